@@ -1,0 +1,14 @@
+//! Types and arithmetic shared by the fan-xdp eBPF programs and user space.
+//!
+//! Everything here is `no_std` and allocation-free so the kernel side and the
+//! user side run the very same code: the Fan mapping exists exactly once.
+#![no_std]
+
+pub mod ipv4;
+pub mod fan;
+pub mod maps;
+pub mod stats;
+
+pub use fan::{FanError, FanMap};
+pub use maps::FanEntry;
+pub use stats::{Counter, StatReason};

@@ -1,0 +1,67 @@
+//! Counter slots: one per outcome of a packet, so every drop has a named reason.
+
+/// Packets and bytes seen for one outcome, per CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: Counter is repr(C), Copy, and made of two u64 with no padding.
+unsafe impl aya::Pod for Counter {}
+
+macro_rules! stat_reasons {
+    ($($variant:ident = $name:literal: $doc:literal,)*) => {
+        /// What happened to a packet. The discriminant is the slot in the stats map.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum StatReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl StatReason {
+            pub const ALL: &'static [StatReason] = &[$(StatReason::$variant,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable snake_case name used by `fan-xdp stats` and its JSON.
+            pub const fn name(self) -> &'static str {
+                match self { $(StatReason::$variant => $name,)* }
+            }
+
+            pub const fn description(self) -> &'static str {
+                match self { $(StatReason::$variant => $doc,)* }
+            }
+
+            pub fn from_index(index: u32) -> Option<Self> {
+                Self::ALL.get(index as usize).copied()
+            }
+        }
+    };
+}
+
+stat_reasons! {
+    Encapsulated = "encapsulated": "encapsulated and sent to the underlay host owning the destination",
+    EncapsulatedGso = "encapsulated_gso": "of the encapsulated packets, GSO super-packets (segmented later)",
+    Decapsulated = "decapsulated": "outer header removed, inner packet handed on",
+    PassNotIpv4 = "pass_not_ipv4": "not an IPv4 frame: left to the stack",
+    PassMalformedIpv4 = "pass_malformed_ipv4": "IPv4 header truncated or invalid: left to the stack to reject",
+    PassNotOverlay = "pass_not_overlay": "destination outside every configured overlay: not fan traffic",
+    PassLocalSlice = "pass_local_slice": "destination in this host's own slice: delivered locally",
+    PassNotIpip = "pass_not_ipip": "not IP-in-IP: left to the stack",
+    PassNotLocalUnderlay = "pass_not_local_underlay": "outer destination is not this host's underlay address",
+    PassOuterFragment = "pass_outer_fragment": "outer header is a fragment, which cannot be decapsulated before reassembly",
+    PassMalformedInner = "pass_malformed_inner": "inner header truncated or invalid: left to the stack, which has no IP-in-IP handler",
+    StackTtlExpired = "stack_ttl_expired": "inner TTL would expire: the stack answers with ICMP time exceeded",
+    StackTooBig = "stack_too_big": "encapsulated packet would exceed the underlay MTU: the stack answers with ICMP fragmentation needed",
+    DropTooBig = "drop_too_big": "host-originated packet larger than the underlay MTU allows (fan device MTU misconfigured)",
+    DropReservedHost = "drop_reserved_host": "destination maps to the underlay's network or broadcast address",
+    DropSourceNotLocal = "drop_source_not_local": "inner source is not in this host's slice: it would be dropped as spoofed by the receiver",
+    DropOuterSrcOutsideUnderlay = "drop_outer_src_outside_underlay": "outer source is not in the underlay",
+    DropInnerSrcOutsideOverlay = "drop_inner_src_outside_overlay": "inner source is outside every configured overlay",
+    DropSpoofedSource = "drop_spoofed_source": "outer source is not the underlay host owning the inner source's slice",
+    DropCeNotEct = "drop_ce_not_ect": "outer header marked CE but inner packet is not ECN-capable (RFC 6040)",
+    DropEncapFailed = "drop_encap_failed": "the kernel refused to make room for the outer header",
+    DropDecapFailed = "drop_decap_failed": "the kernel refused to remove the outer header",
+}

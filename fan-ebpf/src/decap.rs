@@ -1,0 +1,177 @@
+//! Decapsulation: validate IP-in-IP packets addressed to this host and strip
+//! the outer header. One decision function serves the XDP and the TC hook.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK,
+        TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
+    helpers::generated::bpf_xdp_adjust_head,
+    programs::{TcContext, XdpContext},
+};
+use aya_log_ebpf::debug;
+use fan_common::{
+    ipv4::{decap_ecn, is_fragment, replace_word, ECN_MASK, ETH_HDR_LEN, IPPROTO_IPIP},
+    StatReason,
+};
+
+use crate::{
+    maps::fan_for,
+    parse::{eth, ipv4, EthHdr, MAX_HEADERS_LEN},
+    stats::count,
+    tc::{ensure_linear, frame},
+};
+
+/// What to do with a received frame.
+pub enum Decision {
+    /// Ours and genuine: remove `outer_len` bytes after the Ethernet header.
+    Decapsulate { outer_len: usize },
+    /// Not fan traffic (or not decapsulable here): the stack decides.
+    Pass(StatReason),
+    /// Fan traffic that must not be delivered.
+    Drop(StatReason),
+}
+
+/// Classifies the frame in `[start, end)`. Fan traffic is checked against the
+/// arithmetic: the outer source must be the underlay host owning the inner
+/// source's slice. If the outer header carries an ECN CE mark, it is copied
+/// into the inner header here (RFC 6040), since the outer header is about to go.
+#[inline(always)]
+pub fn decide(start: usize, end: usize) -> Decision {
+    let Some(eth) = eth(start, end) else {
+        return Decision::Pass(StatReason::PassNotIpv4);
+    };
+    // SAFETY: `eth` was bounds-checked against the packet end.
+    if !unsafe { (*eth).is_ipv4() } {
+        return Decision::Pass(StatReason::PassNotIpv4);
+    }
+    let Some(outer) = ipv4(start, end, ETH_HDR_LEN) else {
+        return Decision::Pass(StatReason::PassMalformedIpv4);
+    };
+    // SAFETY: bounds-checked above; the header is copied out, so later writes
+    // through other pointers cannot alias it.
+    let outer = unsafe { *outer };
+    if outer.protocol != IPPROTO_IPIP {
+        return Decision::Pass(StatReason::PassNotIpip);
+    }
+    if is_fragment(outer.frag_off()) {
+        return Decision::Pass(StatReason::PassOuterFragment);
+    }
+    let outer_len = outer.header_len();
+    let Some(inner_ptr) = ipv4(start, end, ETH_HDR_LEN + outer_len) else {
+        return Decision::Pass(StatReason::PassMalformedInner);
+    };
+    // SAFETY: bounds-checked above.
+    let inner = unsafe { *inner_ptr };
+    let Some(fan) = fan_for(inner.dst_raw()) else {
+        return Decision::Pass(StatReason::PassNotOverlay);
+    };
+    if outer.dst() != fan.local_host {
+        return Decision::Pass(StatReason::PassNotLocalUnderlay);
+    }
+
+    // From here on the packet claims to be fan traffic for us: verify it.
+    let inner_src = inner.src();
+    let src_fan = if fan.map.overlay_contains(inner_src) {
+        fan
+    } else {
+        match fan_for(inner.src_raw()) {
+            Some(src_fan) => src_fan,
+            None => return Decision::Drop(StatReason::DropInnerSrcOutsideOverlay),
+        }
+    };
+    let outer_src = outer.src();
+    if !src_fan.map.underlay_contains(outer_src) {
+        return Decision::Drop(StatReason::DropOuterSrcOutsideUnderlay);
+    }
+    if src_fan.map.host_of(inner_src) != outer_src {
+        return Decision::Drop(StatReason::DropSpoofedSource);
+    }
+
+    let Some(ecn) = decap_ecn(outer.tos, inner.tos) else {
+        return Decision::Drop(StatReason::DropCeNotEct);
+    };
+    if ecn != inner.tos & ECN_MASK {
+        let old = inner.tos_word();
+        let tos = (inner.tos & !ECN_MASK) | ecn;
+        let new = u16::from_ne_bytes([inner.version_ihl, tos]);
+        let check = replace_word(inner.check_word(), old, new);
+        // SAFETY: `inner_ptr` was bounds-checked; both hooks may write packet data.
+        unsafe {
+            (*inner_ptr).tos = tos;
+            (*inner_ptr).check = check.to_ne_bytes();
+        }
+    }
+    Decision::Decapsulate { outer_len }
+}
+
+/// TC ingress on the underlay device.
+#[inline(always)]
+pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
+    ensure_linear(ctx, MAX_HEADERS_LEN);
+    let (start, end) = frame(ctx);
+    let len = ctx.len() as usize;
+    match decide(start, end) {
+        Decision::Decapsulate { outer_len } => {
+            // FIXED_GSO: without it a GRO packet's gso_size would grow by the
+            // removed bytes and the resegmented TCP would exceed the MTU.
+            let flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
+            if ctx.adjust_room(-(outer_len as i32), BPF_ADJ_ROOM_MAC, flags).is_err() {
+                count(StatReason::DropDecapFailed, len);
+                return TC_ACT_SHOT;
+            }
+            count(StatReason::Decapsulated, len);
+            TC_ACT_OK
+        }
+        Decision::Pass(reason) => {
+            count(reason, len);
+            TC_ACT_UNSPEC
+        }
+        Decision::Drop(reason) => {
+            count(reason, len);
+            debug!(ctx, "decap (tc) drop: reason {}", reason as u32);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// XDP on the underlay device, before the stack (and GRO) sees the packet.
+#[inline(always)]
+pub fn decapsulate_xdp(ctx: &XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let len = end - start;
+    match decide(start, end) {
+        Decision::Decapsulate { outer_len } => {
+            // Keep the Ethernet header, drop everything up to the inner
+            // header, and put the Ethernet header back in front of it.
+            let Some(old_eth) = eth(start, end) else {
+                count(StatReason::DropDecapFailed, len);
+                return xdp_action::XDP_DROP;
+            };
+            // SAFETY: bounds-checked by `eth`.
+            let saved: EthHdr = unsafe { *old_eth };
+            // SAFETY: the helper only needs the program's own context.
+            if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
+                count(StatReason::DropDecapFailed, len);
+                return xdp_action::XDP_DROP;
+            }
+            let Some(new_eth) = eth(ctx.data(), ctx.data_end()) else {
+                count(StatReason::DropDecapFailed, len);
+                return xdp_action::XDP_DROP;
+            };
+            // SAFETY: bounds-checked against the adjusted packet.
+            unsafe { *new_eth = saved };
+            count(StatReason::Decapsulated, len);
+            xdp_action::XDP_PASS
+        }
+        Decision::Pass(reason) => {
+            count(reason, len);
+            xdp_action::XDP_PASS
+        }
+        Decision::Drop(reason) => {
+            count(reason, len);
+            debug!(ctx, "decap (xdp) drop: reason {}", reason as u32);
+            xdp_action::XDP_DROP
+        }
+    }
+}

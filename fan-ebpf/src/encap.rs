@@ -1,0 +1,188 @@
+//! Encapsulation: wrap IPv4 packets bound for a remote slice in an outer
+//! IPv4 header addressed by the fan arithmetic, and send them to the underlay.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
+    helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use fan_common::{
+    ipv4::{outer_header, replace_word, ETH_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN},
+    FanEntry, StatReason,
+};
+
+use crate::{
+    maps::fan_for,
+    parse::{ipv4, ptr_at, Ipv4Hdr, MAX_HEADERS_LEN},
+    stats::count,
+    tc::{ensure_linear, frame},
+};
+
+/// Where the encapsulating program runs, which decides what routing
+/// semantics it owes the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Ingress of the slice bridge: traffic from containers that the program
+    /// forwards itself, bypassing the host's forwarding path. It must do what
+    /// a router does: decrement the TTL and refuse what does not fit.
+    Forward,
+    /// Egress of fan-xdp's own NOARP device, where the host's routing puts
+    /// overlay traffic it originates (or forwards itself, TTL already handled).
+    Output,
+}
+
+#[inline(always)]
+pub fn encapsulate(ctx: &TcContext, hook: Hook) -> i32 {
+    match try_encapsulate(ctx, hook) {
+        Ok(action) => action,
+        Err(Outcome::Pass(reason)) => {
+            count(reason, ctx.len() as usize);
+            TC_ACT_UNSPEC
+        }
+        Err(Outcome::Drop(reason)) => {
+            count(reason, ctx.len() as usize);
+            debug!(ctx, "encap drop: reason {}", reason as u32);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+enum Outcome {
+    Pass(StatReason),
+    Drop(StatReason),
+}
+
+#[inline(always)]
+fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
+    ensure_linear(ctx, MAX_HEADERS_LEN);
+    let (start, end) = frame(ctx);
+    let Some(eth) = crate::parse::eth(start, end) else {
+        return Err(Outcome::Pass(StatReason::PassNotIpv4));
+    };
+    // SAFETY: bounds-checked by `eth`.
+    if !unsafe { (*eth).is_ipv4() } {
+        return Err(Outcome::Pass(StatReason::PassNotIpv4));
+    }
+    let Some(ip_ptr) = ipv4(start, end, ETH_HDR_LEN) else {
+        return Err(Outcome::Pass(StatReason::PassMalformedIpv4));
+    };
+    // SAFETY: bounds-checked by `ipv4`.
+    let ip = unsafe { *ip_ptr };
+    let Some(fan) = fan_for(ip.dst_raw()) else {
+        return Err(Outcome::Pass(StatReason::PassNotOverlay));
+    };
+    let dst = ip.dst();
+    if fan.is_local(dst) {
+        return Err(Outcome::Pass(StatReason::PassLocalSlice));
+    }
+    let remote_host = fan.map.host_of(dst);
+    if fan.map.is_reserved_host(remote_host) {
+        return Err(Outcome::Drop(StatReason::DropReservedHost));
+    }
+    if !source_is_local(fan, &ip) {
+        return Err(Outcome::Drop(StatReason::DropSourceNotLocal));
+    }
+    if hook == Hook::Forward && ip.ttl <= 1 {
+        return Err(Outcome::Pass(StatReason::StackTtlExpired));
+    }
+    if !fits_underlay(ctx, fan, &ip, start, end) {
+        return Err(match hook {
+            Hook::Forward => Outcome::Pass(StatReason::StackTooBig),
+            Hook::Output => Outcome::Drop(StatReason::DropTooBig),
+        });
+    }
+
+    if hook == Hook::Forward {
+        let old = ip.ttl_word();
+        let ttl = ip.ttl - 1;
+        let check = replace_word(ip.check_word(), old, u16::from_ne_bytes([ttl, ip.protocol]));
+        // SAFETY: `ip_ptr` was bounds-checked and nothing has moved the data since.
+        unsafe {
+            (*ip_ptr).ttl = ttl;
+            (*ip_ptr).check = check.to_ne_bytes();
+        }
+    }
+
+    // The encapsulation flags make the kernel record the inner header offsets
+    // and tag GSO packets SKB_GSO_IPXIP4, so segmentation later produces valid
+    // IP-in-IP segments. FIXED_GSO keeps gso_size: the overlay MTU already
+    // leaves room for the outer header.
+    let flags = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO) as u64;
+    if ctx.adjust_room(IPV4_HDR_LEN as i32, BPF_ADJ_ROOM_MAC, flags).is_err() {
+        return Err(Outcome::Drop(StatReason::DropEncapFailed));
+    }
+    let outer = outer_header(fan.local_host, remote_host, ip.tos, ip.total_len());
+    if ctx.store(ETH_HDR_LEN, &outer, BPF_F_RECOMPUTE_CSUM as u64).is_err() {
+        return Err(Outcome::Drop(StatReason::DropEncapFailed));
+    }
+
+    let len = ctx.len() as usize;
+    count(StatReason::Encapsulated, len);
+    if gso_size(ctx) != 0 {
+        count(StatReason::EncapsulatedGso, len);
+    }
+    // bpf_redirect_neigh rather than bpf_fib_lookup + bpf_redirect: the kernel
+    // routes the new outer destination itself (so a routed underlay's gateway
+    // works as well as a flat segment), fills both MAC addresses, and queues
+    // the packet while ARP resolves instead of handing us a miss to handle.
+    // SAFETY: a null params pointer with length 0 asks the kernel for the FIB lookup.
+    let action = unsafe { bpf_redirect_neigh(fan.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+    Ok(action as i32)
+}
+
+/// Whether the inner source belongs to this host's slice of its fan. Anything
+/// else would be dropped as spoofed by the receiver; dropping it here keeps it
+/// off the wire and names the reason on the host that sent it.
+#[inline(always)]
+fn source_is_local(dst_fan: &FanEntry, ip: &Ipv4Hdr) -> bool {
+    let src = ip.src();
+    if dst_fan.map.overlay_contains(src) {
+        return dst_fan.is_local(src);
+    }
+    match fan_for(ip.src_raw()) {
+        Some(src_fan) => src_fan.is_local(src),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the program's own context.
+    unsafe { (*ctx.skb.skb).gso_size }
+}
+
+/// Whether every packet this skb becomes still fits the underlay MTU once the
+/// outer header is added. For a GSO packet that is one segment: IP and
+/// transport headers plus `gso_size` payload bytes.
+#[inline(always)]
+fn fits_underlay(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
+    let mut mtu: u32 = 0;
+    // The helper reports the device's current MTU in `mtu` whatever it
+    // decides; its own verdict ignores gso_size, so the comparison is ours.
+    // SAFETY: `mtu` outlives the call; the context pointer is the program's.
+    let ret = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, fan.underlay_ifindex, &mut mtu, 0, 0) };
+    if ret < 0 {
+        return false;
+    }
+    let gso_size = gso_size(ctx);
+    let packet_len = if gso_size == 0 {
+        ip.total_len() as u32
+    } else {
+        let l4_offset = ETH_HDR_LEN + ip.header_len();
+        let l4_header = match ip.protocol {
+            IPPROTO_TCP => match ptr_at::<[u8; 13]>(start, end, l4_offset) {
+                // SAFETY: bounds-checked by `ptr_at`; byte 12 holds the data offset.
+                Some(tcp) => ((unsafe { (*tcp)[12] } >> 4) as u32) * 4,
+                None => return false,
+            },
+            IPPROTO_UDP => 8,
+            _ => 0,
+        };
+        ip.header_len() as u32 + l4_header + gso_size
+    };
+    packet_len + IPV4_HDR_LEN as u32 <= mtu
+}

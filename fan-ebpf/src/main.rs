@@ -1,0 +1,52 @@
+//! fan-xdp's data plane: one program per hook.
+//!
+//! - `fan_encap_forward`: TC ingress of a slice bridge (container traffic).
+//! - `fan_encap_output`: TC egress of fan-xdp's NOARP host device (traffic the host originates).
+//! - `fan_decap_tc`: TC ingress of the underlay device.
+//! - `fan_decap_xdp`: native XDP on the underlay device.
+#![no_std]
+#![no_main]
+
+mod decap;
+mod encap;
+mod maps;
+mod parse;
+mod stats;
+mod tc;
+
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::encap::Hook;
+
+#[classifier]
+pub fn fan_encap_forward(ctx: TcContext) -> i32 {
+    encap::encapsulate(&ctx, Hook::Forward)
+}
+
+#[classifier]
+pub fn fan_encap_output(ctx: TcContext) -> i32 {
+    encap::encapsulate(&ctx, Hook::Output)
+}
+
+#[classifier]
+pub fn fan_decap_tc(ctx: TcContext) -> i32 {
+    decap::decapsulate_tc(&ctx)
+}
+
+#[xdp(frags)]
+pub fn fan_decap_xdp(ctx: XdpContext) -> u32 {
+    decap::decapsulate_xdp(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,22 @@
+//! The maps shared with user space. Names are the pin names user space uses.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, LpmTrie, PerCpuArray},
+};
+use fan_common::{maps::MAX_FANS, Counter, FanEntry, StatReason};
+
+/// Fan configuration keyed by overlay prefix (network byte order): one LPM
+/// lookup of any destination finds its fan, whatever the fleet size.
+#[map]
+pub static FAN_CONFIG: LpmTrie<u32, FanEntry> = LpmTrie::with_max_entries(MAX_FANS, 0);
+
+/// Per-CPU packet and byte counters, one slot per [`StatReason`].
+#[map]
+pub static FAN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(StatReason::COUNT, 0);
+
+/// The fan whose overlay contains `addr_raw` (an address in network byte order).
+#[inline(always)]
+pub fn fan_for(addr_raw: u32) -> Option<&'static FanEntry> {
+    FAN_CONFIG.get(Key::new(32, addr_raw))
+}

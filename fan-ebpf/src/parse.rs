@@ -1,0 +1,135 @@
+//! Bounds-checked access to packet headers.
+//!
+//! Header structs are made of bytes only (alignment 1): packet data carries no
+//! alignment promise, and the accessors spell out the byte order.
+
+use core::mem;
+
+use fan_common::ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IPV4_HDR_LEN};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ether_type: [u8; 2],
+}
+
+impl EthHdr {
+    #[inline(always)]
+    pub fn is_ipv4(&self) -> bool {
+        u16::from_be_bytes(self.ether_type) == ETH_P_IPV4
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: [u8; 2],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    /// Header length in bytes, from IHL.
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        ((self.version_ihl & 0x0f) as usize) * 4
+    }
+
+    /// Version 4 with a header length of at least 20 bytes.
+    #[inline(always)]
+    pub fn is_valid(&self) -> bool {
+        self.version_ihl >> 4 == 4 && self.header_len() >= IPV4_HDR_LEN
+    }
+
+    #[inline(always)]
+    pub fn total_len(&self) -> u16 {
+        u16::from_be_bytes(self.tot_len)
+    }
+
+    #[inline(always)]
+    pub fn frag_off(&self) -> u16 {
+        u16::from_be_bytes(self.frag_off)
+    }
+
+    /// Source address in host byte order.
+    #[inline(always)]
+    pub fn src(&self) -> u32 {
+        u32::from_be_bytes(self.saddr)
+    }
+
+    /// Destination address in host byte order.
+    #[inline(always)]
+    pub fn dst(&self) -> u32 {
+        u32::from_be_bytes(self.daddr)
+    }
+
+    /// Destination as it sits in memory (network byte order): an LPM key.
+    #[inline(always)]
+    pub fn dst_raw(&self) -> u32 {
+        u32::from_ne_bytes(self.daddr)
+    }
+
+    #[inline(always)]
+    pub fn src_raw(&self) -> u32 {
+        u32::from_ne_bytes(self.saddr)
+    }
+
+    /// Checksum as a raw word, for incremental updates.
+    #[inline(always)]
+    pub fn check_word(&self) -> u16 {
+        u16::from_ne_bytes(self.check)
+    }
+
+    /// The raw word holding TTL and protocol.
+    #[inline(always)]
+    pub fn ttl_word(&self) -> u16 {
+        u16::from_ne_bytes([self.ttl, self.protocol])
+    }
+
+    /// The raw word holding version/IHL and TOS.
+    #[inline(always)]
+    pub fn tos_word(&self) -> u16 {
+        u16::from_ne_bytes([self.version_ihl, self.tos])
+    }
+}
+
+/// A pointer to a `T` at `offset` from `start`, if it lies wholly before `end`.
+#[inline(always)]
+pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*mut T> {
+    if start + offset + mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// The Ethernet header of a frame.
+#[inline(always)]
+pub fn eth(start: usize, end: usize) -> Option<*mut EthHdr> {
+    ptr_at(start, end, 0)
+}
+
+/// The IPv4 header at `offset`, if it is valid (version 4, IHL >= 5) and
+/// present in full, options included. `None` means malformed or truncated.
+#[inline(always)]
+pub fn ipv4(start: usize, end: usize, offset: usize) -> Option<*mut Ipv4Hdr> {
+    let ip: *mut Ipv4Hdr = ptr_at(start, end, offset)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let header = unsafe { &*ip };
+    if !header.is_valid() || start + offset + header.header_len() > end {
+        return None;
+    }
+    Some(ip)
+}
+
+/// Bytes of headers the programs may need in linear data: Ethernet, an IPv4
+/// header with full options, and the next 20 bytes (inner IPv4 or TCP header).
+pub const MAX_HEADERS_LEN: usize = ETH_HDR_LEN + 60 + 20;

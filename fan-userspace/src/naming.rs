@@ -1,0 +1,40 @@
+//! Names derived from a slice, following the original Fan tools.
+
+use std::net::Ipv4Addr;
+
+/// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// The bridge name of a slice: `fan-` and the slice's octets joined by `-`,
+/// trailing zero octets dropped (`250.0.28.0/24` is `fan-250-0-28`), as fanctl
+/// and LXD named them. When that exceeds 15 bytes the octets are written as
+/// eight hex digits instead: `33.240.16.32/28` is `fan-21f01020`, which is
+/// always 12 bytes and still unique per slice address.
+pub fn bridge_name(slice: Ipv4Addr) -> String {
+    let octets = slice.octets();
+    let keep = octets.iter().rposition(|&o| o != 0).map_or(1, |i| i + 1);
+    let dotted: Vec<String> = octets[..keep].iter().map(u8::to_string).collect();
+    let name = format!("fan-{}", dotted.join("-"));
+    if name.len() <= IFNAME_MAX {
+        name
+    } else {
+        format!("fan-{:08x}", u32::from(slice))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_fanctl_and_shorten_deterministically() {
+        assert_eq!(bridge_name("250.0.28.0".parse().unwrap()), "fan-250-0-28");
+        assert_eq!(bridge_name("99.224.80.0".parse().unwrap()), "fan-99-224-80");
+        assert_eq!(bridge_name("240.33.0.0".parse().unwrap()), "fan-240-33");
+        assert_eq!(bridge_name("10.0.77.0".parse().unwrap()), "fan-10-0-77");
+        // 16 bytes in dotted form: the hex short form.
+        assert_eq!(bridge_name("33.240.16.32".parse().unwrap()), "fan-21f01020");
+        assert_eq!(bridge_name("100.66.128.0".parse().unwrap()), "fan-100-66-128");
+        assert_eq!(bridge_name("250.255.255.252".parse().unwrap()), "fan-fafffffc");
+    }
+}

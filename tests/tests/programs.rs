@@ -1,0 +1,379 @@
+//! BPF_PROG_TEST_RUN of every program on literal frames: exact bytes out,
+//! the verdict, and the one counter that must move.
+//!
+//! The configured fan: overlay 250.0.0.0/8 over underlay 198.18.0.0/16; this
+//! host is 198.18.0.1 (slice 250.0.1.0/24), the peer is 198.18.0.2 (slice
+//! 250.0.2.0/24). Fixture checksums were computed independently of fan-xdp.
+
+use aya::programs::{TestRun, TestRunOptions};
+use fan_common::{FanEntry, StatReason};
+use fan_tests::{hex, netns::Netns, privileged, topology};
+use fan_userspace::loader::{DECAP_TC, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: continue with the next program / the stack
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+// Frames a container (02:..:aa) sends to its gateway (02:..:01):
+// Ethernet | IPv4 250.0.1.10 -> 250.0.2.20 ICMP, TTL 64, ID 0x1234, DF | ICMP echo "fan!".
+const ENCAP_IN: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// Expected after forwarding encapsulation: Ethernet untouched (bpf_redirect_neigh
+// rewrites it on the way out) | outer 198.18.0.1 -> 198.18.0.2, proto 4, TTL 64,
+// ID 0, DF, total 52 | inner with TTL 63 and its checksum updated.
+const ENCAP_FORWARD_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 3f01328a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// Host-originated traffic keeps its TTL: the host is not forwarding it.
+const ENCAP_OUTPUT_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// TOS 0xb9 (DSCP 46, ECT(1)) is copied to the outer header.
+const ENCAP_TOS_IN: &str = "020000000001 0200000000aa 0800
+    45b90020 12344000 400130d1 fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_TOS_OUT: &str = "020000000001 0200000000aa 0800
+    45b90034 00004000 4004ade5 c6120001 c6120002
+    45b90020 12344000 3f0131d1 fa00010a fa000214
+    0800e139 42420001 66616e21";
+// Inner header with options (IHL 6: NOP NOP NOP EOL) is carried as it is.
+const ENCAP_INNER_OPTIONS_IN: &str = "020000000001 0200000000aa 0800
+    46000024 12344000 40012e85 fa00010a fa000214 01010100
+    0800e139 42420001 66616e21";
+const ENCAP_INNER_OPTIONS_OUT: &str = "020000000001 0200000000aa 0800
+    45000038 00004000 4004ae9a c6120001 c6120002
+    46000024 12344000 3f012f85 fa00010a fa000214 01010100
+    0800e139 42420001 66616e21";
+const ENCAP_TTL1: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 0101708a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_TTL1_OUTPUT_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 0101708a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_TTL2: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 02016f8a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_TTL2_FORWARD_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 0101708a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// 250.0.1.10 -> 10.1.2.3: outside the overlay.
+const ENCAP_NOT_OVERLAY: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4001219b fa00010a 0a010203
+    0800e139 42420001 66616e21";
+// 250.0.1.10 -> 250.0.1.20: our own slice.
+const ENCAP_LOCAL_SLICE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4001328a fa00010a fa000114
+    0800e139 42420001 66616e21";
+// 250.0.0.5 maps to 198.18.0.0, 250.255.255.5 to 198.18.255.255: no hosts.
+const ENCAP_RESERVED_NETWORK: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40013399 fa00010a fa000005
+    0800e139 42420001 66616e21";
+const ENCAP_RESERVED_BROADCAST: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40013399 fa00010a faffff05
+    0800e139 42420001 66616e21";
+// Source 250.0.3.3 belongs to host 198.18.0.3, not to us.
+const ENCAP_SOURCE_NOT_LOCAL: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40012f91 fa000303 fa000214
+    0800e139 42420001 66616e21";
+// UDP, total length 1481 / 1480 (payload zeros follow the header): 1481 + 20
+// exceeds the 1500-byte underlay MTU, 1480 + 20 fits exactly.
+const UDP_1481_HEADER: &str = "020000000001 0200000000aa 0800
+    450005c9 12344000 40112bd1 fa00010a fa000214";
+const UDP_1480_HEADER: &str = "020000000001 0200000000aa 0800
+    450005c8 12344000 40112bd2 fa00010a fa000214";
+const UDP_1480_FORWARD_OUT_HEADERS: &str = "020000000001 0200000000aa 0800
+    450005dc 00004000 4004a8f6 c6120001 c6120002
+    450005c8 12344000 3f112cd2 fa00010a fa000214";
+
+// Frames on the underlay from 198.18.0.2 (02:..:22) to us (02:..:11).
+// Outer 198.18.0.2 -> 198.18.0.1 proto 4 | inner 250.0.2.20 -> 250.0.1.10 ICMP.
+const DECAP_IN: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_OUT: &str = "020000000011 020000000022 0800
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Outer header with options (IHL 6): stripped by its real length.
+const DECAP_OUTER_OPTIONS_IN: &str = "020000000011 020000000022 0800
+    46000038 00004000 4004ab99 c6120002 c6120001 01010100
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Inner header with options: delivered as it is.
+const DECAP_INNER_OPTIONS_IN: &str = "020000000011 020000000022 0800
+    45000038 00004000 4004ae9a c6120002 c6120001
+    46000024 12344000 40012e85 fa000214 fa00010a 01010100
+    0800e139 42420001 66616e21";
+const DECAP_INNER_OPTIONS_OUT: &str = "020000000011 020000000022 0800
+    46000024 12344000 40012e85 fa000214 fa00010a 01010100
+    0800e139 42420001 66616e21";
+// Outer CE (TOS 0x03) over inner ECT(0) (0x02): the inner becomes CE, checksum updated.
+const DECAP_CE_IN: &str = "020000000011 020000000022 0800
+    45030034 00004000 4004ae9b c6120002 c6120001
+    45020020 12344000 40013188 fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_CE_OUT: &str = "020000000011 020000000022 0800
+    45030020 12344000 40013187 fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Outer CE over a Not-ECT inner packet: RFC 6040 says drop.
+const DECAP_CE_NOT_ECT: &str = "020000000011 020000000022 0800
+    45030034 00004000 4004ae9b c6120002 c6120001
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Outer source 198.18.0.3 does not own 250.0.2.20 (198.18.0.2 does).
+const DECAP_SPOOFED: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9d c6120003 c6120001
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Outer source 203.0.113.2 is not in the underlay.
+const DECAP_OUTER_SRC_OUTSIDE_UNDERLAY: &str = "020000000011 020000000022 0800
+    45000034 00004000 400438b0 cb007102 c6120001
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Inner destination 10.1.2.3 is outside the overlay.
+const DECAP_INNER_DST_OUTSIDE_OVERLAY: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40012091 fa000214 0a010203
+    0800e139 42420001 66616e21";
+// Inner source 10.9.9.9 is outside the overlay.
+const DECAP_INNER_SRC_OUTSIDE_OVERLAY: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40011a8d 0a090909 fa00010a
+    0800e139 42420001 66616e21";
+// Outer destination 198.18.0.7 is not this host.
+const DECAP_NOT_FOR_US: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae98 c6120002 c6120007
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Outer header with MF set: a fragment.
+const DECAP_OUTER_FRAGMENT: &str = "020000000011 020000000022 0800
+    45000034 00002000 4004ce9e c6120002 c6120001
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+// Plain ICMP between underlay hosts.
+const UNDERLAY_PING: &str = "020000000011 020000000022 0800
+    45000020 12344000 40019c81 c6120002 c6120001
+    0800e139 42420001 66616e21";
+// ARP request who-has 198.18.0.1 tell 198.18.0.2.
+const ARP: &str = "ffffffffffff 020000000022 0806
+    0001 0800 06 04 0001 020000000022 c6120002 000000000000 c6120001";
+// IPv6 frame (header only: version 6, next header 59 = none).
+const IPV6: &str = "020000000011 020000000022 86dd
+    60000000 00003b40 fe800000000000000000000000000002 fe800000000000000000000000000001";
+
+/// A fan dataplane loaded inside a fresh namespace whose `eth0` (a veth with
+/// MTU 1500) is the underlay device, configured as host 198.18.0.1.
+struct Bed {
+    ns: Netns,
+    dataplane: Dataplane,
+}
+
+impl Bed {
+    fn new() -> Self {
+        let ns = Netns::new("progs").unwrap();
+        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]).unwrap();
+        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+        let ifindex = ns.enter(|| topology::ifindex("eth0")).unwrap().unwrap();
+        let mut dataplane = Dataplane::load(0).unwrap();
+        dataplane
+            .insert_fan(&FanEntry {
+                map: topology::fan_map(),
+                local_host: u32::from_be_bytes([198, 18, 0, 1]),
+                underlay_ifindex: ifindex,
+            })
+            .unwrap();
+        Self { ns, dataplane }
+    }
+
+    /// Runs program `name` ("xdp" for the XDP program) on `input` once and
+    /// checks verdict, output bytes and that exactly `reason` counted one packet.
+    #[track_caller]
+    fn check(&mut self, name: &str, input: &[u8], verdict: u32, output: &[u8], reason: StatReason) {
+        let before = self.dataplane.stats().unwrap();
+        let mut out = vec![0u8; input.len() + 256];
+        let dataplane = &mut self.dataplane;
+        let result = self
+            .ns
+            .enter(|| {
+                let opts = TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                };
+                if name == "xdp" {
+                    dataplane.xdp().unwrap().test_run(opts)
+                } else {
+                    dataplane.classifier(name).unwrap().test_run(opts)
+                }
+            })
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name} on {} bytes: test run failed: {e:?}", input.len()));
+        let case = format!("{name} on {}", hex_string(&input[..input.len().min(40)]));
+        assert_eq!(result.return_value, verdict, "verdict of {case}");
+        let out = &out[..result.data_size_out as usize];
+        assert_eq!(hex_string(out), hex_string(output), "bytes out of {case}");
+        let delta = self.dataplane.stats().unwrap().since(&before);
+        for &r in StatReason::ALL {
+            let expected = u64::from(r == reason);
+            assert_eq!(delta.get(r).packets, expected, "counter {} after {case}", r.name());
+        }
+    }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A frame made of the literal headers followed by zero payload up to `len` bytes.
+fn padded(headers: &str, len: usize) -> Vec<u8> {
+    let mut frame = hex(headers);
+    frame.resize(len, 0);
+    frame
+}
+
+#[test]
+fn encapsulation_forward_hook() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    let f = ENCAP_FORWARD;
+    bed.check(f, &hex(ENCAP_IN), TC_ACT_REDIRECT, &hex(ENCAP_FORWARD_OUT), StatReason::Encapsulated);
+    bed.check(f, &hex(ENCAP_TOS_IN), TC_ACT_REDIRECT, &hex(ENCAP_TOS_OUT), StatReason::Encapsulated);
+    bed.check(
+        f,
+        &hex(ENCAP_INNER_OPTIONS_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_INNER_OPTIONS_OUT),
+        StatReason::Encapsulated,
+    );
+    bed.check(f, &hex(ENCAP_TTL2), TC_ACT_REDIRECT, &hex(ENCAP_TTL2_FORWARD_OUT), StatReason::Encapsulated);
+    bed.check(f, &hex(ENCAP_TTL1), TC_ACT_UNSPEC, &hex(ENCAP_TTL1), StatReason::StackTtlExpired);
+    let big = padded(UDP_1481_HEADER, 14 + 1481);
+    bed.check(f, &big, TC_ACT_UNSPEC, &big, StatReason::StackTooBig);
+    let fits = padded(UDP_1480_HEADER, 14 + 1480);
+    let fits_out = padded(UDP_1480_FORWARD_OUT_HEADERS, 14 + 20 + 1480);
+    bed.check(f, &fits, TC_ACT_REDIRECT, &fits_out, StatReason::Encapsulated);
+}
+
+#[test]
+fn encapsulation_output_hook() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    let o = ENCAP_OUTPUT;
+    bed.check(o, &hex(ENCAP_IN), TC_ACT_REDIRECT, &hex(ENCAP_OUTPUT_OUT), StatReason::Encapsulated);
+    // TTL is the host's own business here: TTL 1 is sent, unchanged.
+    bed.check(o, &hex(ENCAP_TTL1), TC_ACT_REDIRECT, &hex(ENCAP_TTL1_OUTPUT_OUT), StatReason::Encapsulated);
+    let big = padded(UDP_1481_HEADER, 14 + 1481);
+    bed.check(o, &big, TC_ACT_SHOT, &big, StatReason::DropTooBig);
+}
+
+#[test]
+fn encapsulation_leaves_other_traffic_alone_and_refuses_what_names_no_host() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    for program in [ENCAP_FORWARD, ENCAP_OUTPUT] {
+        for (frame, verdict, reason) in [
+            (ENCAP_NOT_OVERLAY, TC_ACT_UNSPEC, StatReason::PassNotOverlay),
+            (ENCAP_LOCAL_SLICE, TC_ACT_UNSPEC, StatReason::PassLocalSlice),
+            (ARP, TC_ACT_UNSPEC, StatReason::PassNotIpv4),
+            (IPV6, TC_ACT_UNSPEC, StatReason::PassNotIpv4),
+            (ENCAP_RESERVED_NETWORK, TC_ACT_SHOT, StatReason::DropReservedHost),
+            (ENCAP_RESERVED_BROADCAST, TC_ACT_SHOT, StatReason::DropReservedHost),
+            (ENCAP_SOURCE_NOT_LOCAL, TC_ACT_SHOT, StatReason::DropSourceNotLocal),
+        ] {
+            let frame = hex(frame);
+            bed.check(program, &frame, verdict, &frame, reason);
+        }
+    }
+}
+
+#[test]
+fn encapsulation_of_truncated_headers() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    // The kernel refuses skb test runs of IPv4 frames shorter than a basic
+    // IPv4 header (EINVAL), so TC sees cuts inside the options: IHL 6 claims
+    // 24 bytes and 20 to 23 are there. (The XDP runs below cut everywhere.)
+    let full = hex(ENCAP_INNER_OPTIONS_IN);
+    for len in 34..38 {
+        let frame = &full[..len];
+        for program in [ENCAP_FORWARD, ENCAP_OUTPUT] {
+            bed.check(program, frame, TC_ACT_UNSPEC, frame, StatReason::PassMalformedIpv4);
+        }
+    }
+}
+
+/// Decapsulation expectations shared by the TC and the XDP program.
+/// `shortest` is the shortest frame the kernel will test-run.
+fn decapsulation_cases(bed: &mut Bed, program: &str, verdicts: [u32; 3], shortest: usize) {
+    let [ok, pass, drop] = verdicts;
+    let d = StatReason::Decapsulated;
+    bed.check(program, &hex(DECAP_IN), ok, &hex(DECAP_OUT), d);
+    bed.check(program, &hex(DECAP_OUTER_OPTIONS_IN), ok, &hex(DECAP_OUT), d);
+    bed.check(program, &hex(DECAP_INNER_OPTIONS_IN), ok, &hex(DECAP_INNER_OPTIONS_OUT), d);
+    bed.check(program, &hex(DECAP_CE_IN), ok, &hex(DECAP_CE_OUT), d);
+    for (frame, verdict, reason) in [
+        (DECAP_CE_NOT_ECT, drop, StatReason::DropCeNotEct),
+        (DECAP_SPOOFED, drop, StatReason::DropSpoofedSource),
+        (DECAP_OUTER_SRC_OUTSIDE_UNDERLAY, drop, StatReason::DropOuterSrcOutsideUnderlay),
+        (DECAP_INNER_SRC_OUTSIDE_OVERLAY, drop, StatReason::DropInnerSrcOutsideOverlay),
+        (DECAP_INNER_DST_OUTSIDE_OVERLAY, pass, StatReason::PassNotOverlay),
+        (DECAP_NOT_FOR_US, pass, StatReason::PassNotLocalUnderlay),
+        (DECAP_OUTER_FRAGMENT, pass, StatReason::PassOuterFragment),
+        (UNDERLAY_PING, pass, StatReason::PassNotIpip),
+        (ARP, pass, StatReason::PassNotIpv4),
+        (IPV6, pass, StatReason::PassNotIpv4),
+    ] {
+        let frame = hex(frame);
+        bed.check(program, &frame, verdict, &frame, reason);
+    }
+    // Every cut inside the headers: outer IPv4 incomplete (left to the stack
+    // to reject), then inner IPv4 incomplete (left to the stack, which has no
+    // IP-in-IP handler and drops it); the same with outer options.
+    for (fixture, outer_end, inner_end) in [(DECAP_IN, 34, 54), (DECAP_OUTER_OPTIONS_IN, 38, 58)] {
+        let full = hex(fixture);
+        for len in shortest..inner_end {
+            let frame = &full[..len];
+            let reason = if len < outer_end {
+                StatReason::PassMalformedIpv4
+            } else {
+                StatReason::PassMalformedInner
+            };
+            bed.check(program, frame, pass, frame, reason);
+        }
+    }
+}
+
+#[test]
+fn decapsulation_tc() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    // The kernel refuses skb test runs of IPv4 frames shorter than 34 bytes.
+    decapsulation_cases(&mut bed, DECAP_TC, [TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT], 34);
+}
+
+#[test]
+fn decapsulation_xdp() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    decapsulation_cases(&mut bed, "xdp", [XDP_PASS, XDP_PASS, XDP_DROP], 14);
+}
