@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod topology;
+pub mod traffic;
 
 /// Whether privileged tests can run. Without root they skip, except under CI
 /// (`CI=true`), where a skipped privileged test is a failure.

@@ -8,7 +8,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use fan_common::{FanEntry, FanMap};
-use fan_userspace::naming::bridge_name;
+use fan_userspace::{
+    loader::{Dataplane, DecapMode},
+    naming::bridge_name,
+};
 
 use crate::netns::Netns;
 
@@ -40,6 +43,21 @@ pub struct Host {
 }
 
 impl Host {
+    /// Loads fan-xdp's programs in this host's namespace, attaches them to
+    /// eth0 (decapsulation in `mode`), the slice bridge and the host device,
+    /// and writes the fan entry. Dropping the result detaches everything.
+    pub fn attach(&self, mode: DecapMode) -> Result<Dataplane> {
+        let entry = self.fan_entry()?;
+        self.ns.enter(|| -> Result<Dataplane> {
+            let mut dataplane = Dataplane::load(0)?;
+            dataplane.insert_fan(&entry)?;
+            dataplane.attach_decap("eth0", mode)?;
+            dataplane.attach_encap_forward(&self.bridge)?;
+            dataplane.attach_encap_output(HOST_DEVICE)?;
+            Ok(dataplane)
+        })?
+    }
+
     /// The fan map entry of this host, with the ifindex of its `eth0`.
     pub fn fan_entry(&self) -> Result<FanEntry> {
         let ifindex = self.ns.enter(|| ifindex("eth0"))??;

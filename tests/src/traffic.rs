@@ -1,0 +1,167 @@
+//! Traffic between namespaces: ping, a verified TCP bulk transfer, and
+//! underlay captures. Every loop here is bounded in bytes and in time.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::netns::Netns;
+
+/// No single transfer, capture or wait may take longer than this.
+pub const TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether `count` pings from `from` to `to` are all answered.
+pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<bool> {
+    let out = from.output(
+        "ping",
+        &["-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2", &to.to_string()],
+    )?;
+    Ok(out.status.success())
+}
+
+/// The byte at position `i` of a transfer: a pattern that catches reordered,
+/// duplicated, dropped or corrupted data.
+fn pattern(i: u64) -> u8 {
+    (i ^ (i >> 8) ^ (i >> 16)).wrapping_mul(31) as u8
+}
+
+/// Sends `bytes` bytes over TCP from `client` to a listener in `server` at
+/// `addr`, and checks every byte on arrival. Returns the bytes verified.
+pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) -> Result<u64> {
+    let port = 5201;
+    let listener = server
+        .enter(|| TcpListener::bind((addr, port)))?
+        .with_context(|| format!("listening on {addr}:{port}"))?;
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + TIME_LIMIT;
+    let client_failed = AtomicBool::new(false);
+
+    std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| -> Result<u64> {
+            let (mut stream, _) = loop {
+                match listener.accept() {
+                    Ok(conn) => break conn,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        ensure!(!client_failed.load(Ordering::Relaxed), "the client gave up");
+                        ensure!(Instant::now() < deadline, "no connection within the time limit");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            stream.set_nonblocking(false)?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut received = 0u64;
+            loop {
+                ensure!(Instant::now() < deadline, "transfer exceeded the time limit");
+                let n = stream.read(&mut buf).context("receiving")?;
+                if n == 0 {
+                    break;
+                }
+                for (k, &b) in buf[..n].iter().enumerate() {
+                    if b != pattern(received + k as u64) {
+                        bail!("byte {} arrived corrupted", received + k as u64);
+                    }
+                }
+                received += n as u64;
+            }
+            Ok(received)
+        });
+
+        let sent = client.enter(|| -> Result<u64> {
+            let target = SocketAddr::from((addr, port));
+            let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+                .with_context(|| format!("connecting to {target}"))?;
+            stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut sent = 0u64;
+            while sent < bytes {
+                ensure!(Instant::now() < deadline, "transfer exceeded the time limit");
+                let n = (bytes - sent).min(buf.len() as u64) as usize;
+                for (k, b) in buf[..n].iter_mut().enumerate() {
+                    *b = pattern(sent + k as u64);
+                }
+                stream.write_all(&buf[..n]).context("sending")?;
+                sent += n as u64;
+            }
+            stream.shutdown(std::net::Shutdown::Write)?;
+            Ok(sent)
+        });
+        let sent = match sent {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(e)) | Err(e) => {
+                client_failed.store(true, Ordering::Relaxed);
+                let _ = receiver.join();
+                return Err(e);
+            }
+        };
+        let received = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        ensure!(received == sent, "sent {sent} bytes but {received} arrived");
+        Ok(received)
+    })
+}
+
+/// A packet capture running in a namespace; stopped when dropped.
+pub struct Capture {
+    child: Child,
+    pub path: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Captures the first 128 bytes of every frame on `iface` in `ns`.
+    pub fn start(ns: &Netns, iface: &str, path: std::path::PathBuf) -> Result<Self> {
+        let mut child = ns
+            .command("tcpdump")
+            .args(["-i", iface, "-s", "128", "-U", "-n", "-w"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tcpdump (install it with `cargo xtask setup`)")?;
+        // tcpdump says "listening on" once the socket is open.
+        let stderr = child.stderr.take().context("tcpdump stderr")?;
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line)?;
+        ensure!(line.contains("listening"), "tcpdump did not start: {line}");
+        Ok(Self { child, path })
+    }
+
+    /// Stops the capture and returns the captured frames.
+    pub fn finish(mut self) -> Result<Vec<Vec<u8>>> {
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.child.wait()?;
+        read_pcap(&std::fs::read(&self.path)?)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The frames of a classic little-endian pcap file.
+pub fn read_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
+    ensure!(data.len() >= 24 && data[..4] == [0xd4, 0xc3, 0xb2, 0xa1], "not a pcap file");
+    let mut frames = Vec::new();
+    let mut at = 24;
+    while at + 16 <= data.len() {
+        let caplen = u32::from_le_bytes(data[at + 8..at + 12].try_into()?) as usize;
+        at += 16;
+        ensure!(at + caplen <= data.len(), "truncated pcap record");
+        frames.push(data[at..at + caplen].to_vec());
+        at += caplen;
+    }
+    Ok(frames)
+}
