@@ -1,1 +1,84 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | test | demo`.
+//!
+//! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
+//! fresh machine and can install that toolchain itself.
+
+mod setup;
+mod test;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "fan-xdp project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent: only what is missing).
+    Setup,
+    /// Build everything in release mode (the eBPF object is built by fan-userspace's build script).
+    Build,
+    /// Run setup if needed, then every test: unit, BPF test runs and the namespace tests.
+    Test {
+        /// Skip the setup check.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Build, then run a fleet of simulated Fan hosts with containers, talking over the fan.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            cargo(&["build", "--release"])
+        }
+        Task::Test { no_setup } => {
+            if !no_setup {
+                setup::run()?;
+            }
+            test::run()
+        }
+        Task::Demo => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "fan-tests", "--bin", "fan-demo"])?;
+            let status = Command::new(workspace_root().join("target/release/fan-demo"))
+                .status()
+                .context("running fan-demo")?;
+            if !status.success() {
+                bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// Runs cargo with `args` in the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Runs every test and prints one total.
+//!
+//! Host-only tests run in parallel; the namespace tests run one at a time,
+//! since they measure real transfers on a 2-core machine.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::workspace_root;
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+pub fn run() -> Result<()> {
+    let mut totals = Totals::default();
+    let mut ok = true;
+    ok &= cargo_test(&["--workspace", "--exclude", "fan-tests", "--exclude", "fan-ebpf"], &[], &mut totals)?;
+    ok &= cargo_test(&["-p", "fan-tests"], &["--test-threads=1"], &mut totals)?;
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !ok {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test ARGS -- TEST_ARGS`, echoing its output and adding up its
+/// "test result:" lines. Returns whether it succeeded.
+fn cargo_test(args: &[&str], test_args: &[&str], totals: &mut Totals) -> Result<bool> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .arg("test")
+        .args(args)
+        .arg("--")
+        .args(test_args)
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(kind)) = (words.next(), words.next()) {
+                    let Ok(n) = n.parse::<u64>() else { continue };
+                    match kind {
+                        "passed" => totals.passed += n,
+                        "failed" => totals.failed += n,
+                        "ignored" => totals.ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(child.wait()?.success())
+}
