@@ -126,6 +126,19 @@ fn fan_works_end_to_end(mode: DecapMode) {
     assert!(text.contains("Time to live exceeded"), "no time exceeded: {text}");
     assert!(stats(&planes[0]).get(StatReason::StackTtlExpired).packets >= 1);
 
+    // A container whose link MTU exceeds the overlay MTU: what would not fit
+    // the underlay goes to the stack, which answers "fragmentation needed"
+    // with the overlay MTU, and TCP adapts.
+    c1.ip(&["link", "set", "eth0", "mtu", "1500"]).unwrap();
+    h1.ns.ip(&["link", "set", "veth1", "mtu", "1500"]).unwrap();
+    let out = c1.output("ping", &["-n", "-c", "1", "-M", "do", "-s", "1472", "-W", "2", &a2.to_string()]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mtu = 1480"), "no fragmentation needed: {text}");
+    assert!(stats(&planes[0]).get(StatReason::StackTooBig).packets >= 1);
+    assert_eq!(tcp_transfer(&c2, &c1, a2, 16 << 20).unwrap(), 16 << 20, "TCP after PMTU discovery");
+    c1.ip(&["link", "set", "eth0", "mtu", "1480"]).unwrap();
+    h1.ns.ip(&["link", "set", "veth1", "mtu", "1480"]).unwrap();
+
     // Both directions, TSO on (GSO packets are encapsulated whole) ...
     bulk_transfer(&fleet, &planes, 1, 0, true);
     // ... TSO off in the sending container (every segment encapsulated) ...

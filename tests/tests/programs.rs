@@ -6,7 +6,7 @@
 //! 250.0.2.0/24). Fixture checksums were computed independently of fan-xdp.
 
 use aya::programs::{TestRun, TestRunOptions};
-use fan_common::{FanEntry, StatReason};
+use fan_common::{FanEntry, FanMap, StatReason, fan::validate_fans};
 use fan_tests::{hex, netns::Netns, privileged, topology};
 use fan_userspace::loader::{DECAP_TC, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT};
 
@@ -169,6 +169,50 @@ const ARP: &str = "ffffffffffff 020000000022 0806
 const IPV6: &str = "020000000011 020000000022 86dd
     60000000 00003b40 fe800000000000000000000000000002 fe800000000000000000000000000001";
 
+// A second fan on the same host: overlay 240.0.0.0/8 over underlay
+// 198.19.0.0/16, where this host is 198.19.0.1 (slice 240.0.1.0/24).
+const ENCAP2_IN: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4001458a f000010a f0000214
+    0800e139 42420001 66616e21";
+const ENCAP2_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9c c6130001 c6130002
+    45000020 12344000 3f01468a f000010a f0000214
+    0800e139 42420001 66616e21";
+// From our 250/8 slice to a 240/8 address: the destination's fan carries it.
+const ENCAP_CROSS_IN: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40013b8a fa00010a f0000214
+    0800e139 42420001 66616e21";
+const ENCAP_CROSS_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9c c6130001 c6130002
+    45000020 12344000 3f013c8a fa00010a f0000214
+    0800e139 42420001 66616e21";
+const DECAP2_IN: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9c c6130002 c6130001
+    45000020 12344000 4001458a f0000214 f000010a
+    0800e139 42420001 66616e21";
+const DECAP2_OUT: &str = "020000000011 020000000022 0800
+    45000020 12344000 4001458a f0000214 f000010a
+    0800e139 42420001 66616e21";
+// 240/8 traffic sent to our 250/8 underlay address is not for this fan.
+const DECAP2_WRONG_LOCAL: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9d c6130002 c6120001
+    45000020 12344000 4001458a f0000214 f000010a
+    0800e139 42420001 66616e21";
+// Inner 250.0.2.20 -> 240.0.1.10: the source is checked against its own fan
+// (250/8 over 198.18/16), so 198.18.0.2 is the right sender ...
+const DECAP_CROSS_IN: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9d c6120002 c6130001
+    45000020 12344000 40013b8a fa000214 f000010a
+    0800e139 42420001 66616e21";
+const DECAP_CROSS_OUT: &str = "020000000011 020000000022 0800
+    45000020 12344000 40013b8a fa000214 f000010a
+    0800e139 42420001 66616e21";
+// ... and 198.19.0.2 is outside that fan's underlay.
+const DECAP_CROSS_WRONG_UNDERLAY: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9c c6130002 c6130001
+    45000020 12344000 40013b8a fa000214 f000010a
+    0800e139 42420001 66616e21";
+
 /// A fan dataplane loaded inside a fresh namespace whose `eth0` (a veth with
 /// MTU 1500) is the underlay device, configured as host 198.18.0.1.
 struct Bed {
@@ -191,6 +235,17 @@ impl Bed {
             })
             .unwrap();
         Self { ns, dataplane }
+    }
+
+    /// Adds the second fan: 240.0.0.0/8 over 198.19.0.0/16 as host 198.19.0.1.
+    fn with_second_fan(mut self) -> Self {
+        let ifindex = self.ns.enter(|| topology::ifindex("eth0")).unwrap().unwrap();
+        let map = FanMap::new(u32::from_be_bytes([240, 0, 0, 0]), 8, u32::from_be_bytes([198, 19, 0, 0]), 16);
+        validate_fans(&[topology::fan_map(), map]).unwrap();
+        self.dataplane
+            .insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex })
+            .unwrap();
+        self
     }
 
     /// Runs program `name` ("xdp" for the XDP program) on `input` once and
@@ -376,4 +431,28 @@ fn decapsulation_xdp() {
     }
     let mut bed = Bed::new();
     decapsulation_cases(&mut bed, "xdp", [XDP_PASS, XDP_PASS, XDP_DROP], 14);
+}
+
+#[test]
+fn several_fans_on_one_host() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new().with_second_fan();
+    let (e, s) = (StatReason::Encapsulated, StatReason::Decapsulated);
+    // The first fan is unaffected by the second.
+    bed.check(ENCAP_FORWARD, &hex(ENCAP_IN), TC_ACT_REDIRECT, &hex(ENCAP_FORWARD_OUT), e);
+    bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_OK, &hex(DECAP_OUT), s);
+    bed.check(ENCAP_FORWARD, &hex(ENCAP2_IN), TC_ACT_REDIRECT, &hex(ENCAP2_OUT), e);
+    bed.check(ENCAP_FORWARD, &hex(ENCAP_CROSS_IN), TC_ACT_REDIRECT, &hex(ENCAP_CROSS_OUT), e);
+    for program in [DECAP_TC, "xdp"] {
+        let (ok, pass, drop) =
+            if program == "xdp" { (XDP_PASS, XDP_PASS, XDP_DROP) } else { (TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT) };
+        bed.check(program, &hex(DECAP2_IN), ok, &hex(DECAP2_OUT), s);
+        bed.check(program, &hex(DECAP_CROSS_IN), ok, &hex(DECAP_CROSS_OUT), s);
+        let frame = hex(DECAP2_WRONG_LOCAL);
+        bed.check(program, &frame, pass, &frame, StatReason::PassNotLocalUnderlay);
+        let frame = hex(DECAP_CROSS_WRONG_UNDERLAY);
+        bed.check(program, &frame, drop, &frame, StatReason::DropOuterSrcOutsideUnderlay);
+    }
 }
