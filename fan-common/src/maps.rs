@@ -39,3 +39,59 @@ impl FanEntry {
 #[cfg(feature = "user")]
 // SAFETY: FanEntry is repr(C), Copy, and made only of integers with explicit padding.
 unsafe impl aya::Pod for FanEntry {}
+
+/// Key of the metadata map: `[prefix length, overlay network (host order)]`.
+pub type FanMetaKey = [u32; 2];
+
+/// How decapsulation is attached to the underlay device.
+pub mod decap_mode {
+    pub const XDP: u8 = 1;
+    pub const TC: u8 = 2;
+}
+
+/// Why `--mode auto` (or the user) picked the decapsulation hook.
+pub mod mode_reason {
+    pub const REQUESTED: u8 = 0;
+    /// veth: XDP would strip TSO from the peer; TC keeps GSO aggregates whole.
+    pub const AUTO_VETH: u8 = 1;
+    /// A NIC whose driver took the native XDP program.
+    pub const AUTO_NATIVE_XDP: u8 = 2;
+    /// A NIC whose driver refused native XDP.
+    pub const AUTO_NO_NATIVE_XDP: u8 = 3;
+}
+
+/// A sysctl value not recorded (the fan was attached over one that already
+/// held the record, or the value could not be read).
+pub const SYSCTL_UNKNOWN: u8 = 0xff;
+
+/// What user space remembers about one attached fan, kept in a pinned map so
+/// that `show`, `stats` and `detach` need no other state. Not read by the programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct FanMeta {
+    /// Underlay interface name, NUL-padded.
+    pub iface: [u8; 16],
+    /// Slice bridge name, NUL-padded.
+    pub bridge: [u8; 16],
+    pub decap_mode: u8,
+    pub mode_reason: u8,
+    /// Masquerade slice traffic leaving the overlay.
+    pub nat: u8,
+    /// Every attach step finished.
+    pub complete: u8,
+    /// net.ipv4.ip_forward, the underlay's rp_filter and conf.all.rp_filter
+    /// before fan-xdp changed them.
+    pub orig_forwarding: u8,
+    pub orig_rp_filter: u8,
+    pub orig_rp_filter_all: u8,
+    pub underlay_len: u8,
+    /// This host's underlay address (host byte order).
+    pub host: u32,
+    pub host_reserve: u32,
+    pub mtu: u32,
+    pub layout_version: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: FanMeta is repr(C), Copy, and made only of integers with explicit padding.
+unsafe impl aya::Pod for FanMeta {}

@@ -2,9 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
 };
-use fan_common::{maps::MAX_FANS, Counter, FanEntry, StatReason};
+use fan_common::{
+    maps::{FanMeta, FanMetaKey, MAX_FANS},
+    Counter, FanEntry, StatReason,
+};
 
 /// Fan configuration keyed by overlay prefix (network byte order): one LPM
 /// lookup of any destination finds its fan, whatever the fleet size.
@@ -14,6 +17,12 @@ pub static FAN_CONFIG: LpmTrie<u32, FanEntry> = LpmTrie::with_max_entries(MAX_FA
 /// Per-CPU packet and byte counters, one slot per [`StatReason`].
 #[map]
 pub static FAN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(StatReason::COUNT, 0);
+
+/// User space's record of each fan (bridge, interface, mode, original
+/// sysctls). The programs never read it; it lives here so it is created and
+/// pinned with the other maps.
+#[map]
+pub static FAN_META: HashMap<FanMetaKey, FanMeta> = HashMap::with_max_entries(MAX_FANS, 0);
 
 /// The fan whose overlay contains `addr_raw` (an address in network byte order).
 #[inline(always)]

@@ -5,10 +5,18 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{LpmTrie, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
 };
-use fan_common::{Counter, FanEntry, StatReason};
+use fan_common::{
+    Counter, FanEntry, StatReason,
+    maps::{FanMeta, FanMetaKey},
+};
+
+use crate::state::StateDir;
 
 /// The eBPF object built from `fan-ebpf` by this crate's build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fan-ebpf"));
@@ -20,6 +28,8 @@ pub const DECAP_TC: &str = "fan_decap_tc";
 pub const DECAP_XDP: &str = "fan_decap_xdp";
 pub const CONFIG_MAP: &str = "FAN_CONFIG";
 pub const STATS_MAP: &str = "FAN_STATS";
+pub const META_MAP: &str = "FAN_META";
+const MAPS: [&str; 3] = [CONFIG_MAP, STATS_MAP, META_MAP];
 
 /// Where decapsulation runs on the underlay device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +49,23 @@ impl Dataplane {
     /// Loads every program. With `log_level` 0 the eBPF side's log statements
     /// are compiled out by the verifier (the level is a constant it sees).
     pub fn load(log_level: u8) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global("AYA_LOG_LEVEL", &log_level, true)
-            .load(EBPF_OBJECT)
-            .context("loading the fan-xdp eBPF object")?;
+        Self::load_with(EbpfLoader::new().override_global("AYA_LOG_LEVEL", &log_level, true))
+    }
+
+    /// Loads every program with its maps pinned in `dir`: maps already pinned
+    /// there (by an earlier attach) are reused, so their contents survive.
+    pub fn load_pinned(dir: &StateDir, log_level: u8) -> Result<Self> {
+        let paths: Vec<_> = MAPS.iter().map(|m| dir.map(m)).collect();
+        let mut loader = EbpfLoader::new();
+        loader.override_global("AYA_LOG_LEVEL", &log_level, true);
+        for (name, path) in MAPS.iter().zip(&paths) {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        Self::load_with(&mut loader)
+    }
+
+    fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Self> {
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the fan-xdp eBPF object")?;
         for name in [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC] {
             let program: &mut SchedClassifier = program(&mut ebpf, name)?;
             program.load().with_context(|| format!("verifier rejected {name}"))?;
@@ -83,12 +106,93 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Makes `program` run at `hook` of `device` through a link pinned at
+    /// `pin`. An existing pinned link is kept; if it runs another version of
+    /// the program (a different tag), the program is replaced in place,
+    /// atomically, with no moment without a program. Returns whether anything changed.
+    pub fn ensure_link(&mut self, program: &str, device: &str, hook: Hook, pin: &std::path::Path) -> Result<bool> {
+        let existing = match PinnedLink::from_pin(pin) {
+            Ok(link) => Some(FdLink::from(link)),
+            Err(aya::programs::links::LinkError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
+        };
+        let new_tag = self.tag(program)?;
+        if let Some(link) = existing {
+            let info = link.info().context("reading pinned link")?;
+            let old = program_tag(info.program_id());
+            if old == new_tag {
+                return Ok(false);
+            }
+            match hook {
+                Hook::Xdp => {
+                    let xdp: &mut Xdp = program_mut(&mut self.ebpf, program)?;
+                    let id = xdp.attach_to_link(link.try_into()?).context("replacing the XDP program")?;
+                    drop(xdp.take_link(id)?);
+                }
+                Hook::TcIngress | Hook::TcEgress => {
+                    let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+                    let id = tc.attach_to_link(link.try_into()?).context("replacing the TC program")?;
+                    // The pin keeps the link; dropping our handle only closes an fd.
+                    drop(tc.take_link(id)?);
+                }
+            }
+            return Ok(true);
+        }
+        let link: FdLink = match hook {
+            Hook::Xdp => {
+                let xdp: &mut Xdp = program_mut(&mut self.ebpf, program)?;
+                let id = xdp
+                    .attach(device, XdpMode::Driver)
+                    .with_context(|| format!("attaching native XDP to {device}"))?;
+                xdp.take_link(id)?.try_into()?
+            }
+            Hook::TcIngress | Hook::TcEgress => {
+                let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+                let attach_type =
+                    if hook == Hook::TcIngress { TcAttachType::Ingress } else { TcAttachType::Egress };
+                let id = tc
+                    .attach(device, attach_type)
+                    .with_context(|| format!("attaching {program} to {device} {attach_type:?}"))?;
+                tc.take_link(id)?.try_into()?
+            }
+        };
+        link.pin(pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        Ok(true)
+    }
+
+    /// Pins every program in `dir`, replacing pins of older versions.
+    pub fn pin_programs(&mut self, dir: &StateDir) -> Result<()> {
+        for name in [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC, DECAP_XDP] {
+            let path = dir.program(name);
+            let _ = std::fs::remove_file(&path);
+            let program = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
+            program.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn tag(&self, name: &str) -> Result<u64> {
+        let program = self.ebpf.program(name).ok_or_else(|| anyhow!("no program {name}"))?;
+        Ok(program.info()?.tag())
+    }
+
+    /// Writes fan-xdp's record of a fan.
+    pub fn insert_meta(&mut self, key: FanMetaKey, meta: &FanMeta) -> Result<()> {
+        let map = self.ebpf.map_mut(META_MAP).ok_or_else(|| anyhow!("no map {META_MAP}"))?;
+        let mut records: BpfHashMap<_, FanMetaKey, FanMeta> = BpfHashMap::try_from(map)?;
+        records.insert(key, meta, 0).context("writing the fan record")?;
+        Ok(())
+    }
+
     /// Adds or replaces the fan whose overlay is `entry.map.overlay`.
     pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
         let map = self.ebpf.map_mut(CONFIG_MAP).ok_or_else(|| anyhow!("no map {CONFIG_MAP}"))?;
         let mut trie: LpmTrie<_, u32, FanEntry> = LpmTrie::try_from(map)?;
-        let key = Key::new(entry.map.overlay_len.into(), entry.map.overlay.to_be());
-        trie.insert(&key, entry, 0).context("writing the fan map entry")?;
+        trie.insert(&overlay_key(entry.map.overlay, entry.map.overlay_len), entry, 0).context("writing the fan map entry")?;
         Ok(())
     }
 
@@ -96,16 +200,7 @@ impl Dataplane {
     pub fn stats(&self) -> Result<Stats> {
         let map = self.ebpf.map(STATS_MAP).ok_or_else(|| anyhow!("no map {STATS_MAP}"))?;
         let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
-        let mut stats = Stats::default();
-        for &reason in StatReason::ALL {
-            let per_cpu = array.get(&(reason as u32), 0)?;
-            let total = per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
-                packets: sum.packets + c.packets,
-                bytes: sum.bytes + c.bytes,
-            });
-            stats.0.insert(reason.name(), total);
-        }
-        Ok(stats)
+        sum_stats(&array)
     }
 
     /// A TC program by name, for attaching elsewhere or test runs.
@@ -119,12 +214,87 @@ impl Dataplane {
     }
 }
 
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    program(ebpf, name)
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name} in the object"))?;
     Ok(program.try_into()?)
+}
+
+/// The tag (hash of the instructions) of a loaded program, 0 if it is gone.
+fn program_tag(id: u32) -> u64 {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| p.tag())
+        .unwrap_or_default()
+}
+
+/// Where a program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+/// The LPM key of an overlay prefix.
+pub fn overlay_key(overlay: u32, len: u8) -> Key<u32> {
+    Key::new(len.into(), overlay.to_be())
+}
+
+/// The pinned maps, opened without loading any program (show, stats, detach).
+pub struct PinnedMaps {
+    pub config: LpmTrie<MapData, u32, FanEntry>,
+    pub meta: BpfHashMap<MapData, FanMetaKey, FanMeta>,
+    pub stats: PerCpuArray<MapData, Counter>,
+}
+
+impl PinnedMaps {
+    pub fn open(dir: &StateDir) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let data = MapData::from_pin(dir.map(name))
+                .with_context(|| format!("opening pinned map {}", dir.map(name).display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(Self {
+            config: LpmTrie::try_from(open(CONFIG_MAP)?)?,
+            meta: BpfHashMap::try_from(open(META_MAP)?)?,
+            stats: PerCpuArray::try_from(open(STATS_MAP)?)?,
+        })
+    }
+
+    /// fan-xdp's record of every fan, ordered by overlay.
+    pub fn fans(&self) -> Result<Vec<(FanMetaKey, FanMeta)>> {
+        let mut fans = self.meta.iter().collect::<Result<Vec<_>, _>>()?;
+        fans.sort_by_key(|(key, _)| (key[1], key[0]));
+        Ok(fans)
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        sum_stats(&self.stats)
+    }
+}
+
+fn sum_stats<T: std::borrow::Borrow<MapData>>(array: &PerCpuArray<T, Counter>) -> Result<Stats> {
+    let mut stats = Stats::default();
+    for &reason in StatReason::ALL {
+        let per_cpu = array.get(&(reason as u32), 0)?;
+        let total = per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        });
+        stats.0.insert(reason.name(), total);
+    }
+    Ok(stats)
 }
 
 /// Counter totals by reason name.

@@ -11,6 +11,7 @@ use fan_common::{FanEntry, FanMap};
 use fan_userspace::{
     loader::{Dataplane, DecapMode},
     naming::bridge_name,
+    record::{HOST_DEVICE, HOST_DEVICE_PEER},
 };
 
 use crate::netns::Netns;
@@ -20,9 +21,6 @@ pub const UNDERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 16);
 pub const UNDERLAY_MTU: u32 = 1500;
 /// IP-in-IP costs 20 bytes of every underlay packet.
 pub const OVERLAY_MTU: u32 = UNDERLAY_MTU - 20;
-/// fan-xdp's NOARP device for traffic the host originates, and its idle peer.
-pub const HOST_DEVICE: &str = "fan-host";
-pub const HOST_DEVICE_PEER: &str = "fan-host-sink";
 
 pub fn fan_map() -> FanMap {
     FanMap::new(u32::from(OVERLAY.0), OVERLAY.1, u32::from(UNDERLAY.0), UNDERLAY.1)
@@ -87,23 +85,84 @@ pub fn ifindex(name: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// The `fan-xdp` binary next to the running test or demo executable
+/// (`cargo xtask test` builds it; so does `cargo build -p fan-userspace`).
+pub fn fan_xdp_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("fan-xdp");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p fan-userspace`", bin.display());
+    bin
+}
+
+impl Host {
+    /// Runs `fan-xdp ARGS` inside this host's namespace, through `ip netns exec`
+    /// like an operator would, and returns its output whatever the exit status.
+    pub fn fan_xdp(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.ns
+            .command(fan_xdp_binary().to_str().context("binary path")?)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .context("running fan-xdp")
+    }
+
+    /// Runs `fan-xdp ARGS` and fails with its stderr unless it succeeds.
+    pub fn fan_xdp_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.fan_xdp(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fan-xdp {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 impl Fleet {
-    /// Builds `hosts` hosts with `containers` containers each, and plumbs each
-    /// host's slice bridge, host device, routes and sysctls by hand (what
-    /// `fan-xdp attach` will own), but attaches no programs.
-    pub fn new(hosts: u8, containers: u8) -> Result<Self> {
+    /// Builds `hosts` hosts on the underlay switch: namespaces with `eth0`
+    /// addressed, and nothing of the fan yet.
+    pub fn new(hosts: u8) -> Result<Self> {
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", "sw", "type", "bridge"])?;
         switch.ip(&["link", "set", "sw", "up"])?;
         let mut fleet = Self { hosts: Vec::new(), switch };
         for i in 1..=hosts {
-            let host = fleet.add_host(i, containers)?;
+            let host = fleet.add_host(i)?;
             fleet.hosts.push(host);
         }
         Ok(fleet)
     }
 
-    fn add_host(&self, i: u8, containers: u8) -> Result<Host> {
+    /// Hosts with their slice plumbing done by hand (bridge, host device,
+    /// route, sysctls: what `fan-xdp attach` owns) and `containers` each, for
+    /// tests of the data plane on its own.
+    pub fn plumbed_by_hand(hosts: u8, containers: u8) -> Result<Self> {
+        let fleet = Self::new(hosts)?;
+        for host in &fleet.hosts {
+            plumb_by_hand(host)?;
+        }
+        fleet.with_containers(containers)
+    }
+
+    /// Adds `containers` containers on every host's slice bridge (which must exist).
+    pub fn with_containers(mut self, containers: u8) -> Result<Self> {
+        for host in &mut self.hosts {
+            for j in 1..=containers {
+                let index = host.containers.len() as u8 + j;
+                let container = add_container(host, index)?;
+                host.containers.push(container);
+            }
+        }
+        Ok(self)
+    }
+
+    fn add_host(&self, i: u8) -> Result<Host> {
         let ns = Netns::new(&format!("h{i}"))?;
         let underlay_addr = Ipv4Addr::new(198, 18, 0, i);
         let fan = fan_map();
@@ -111,57 +170,53 @@ impl Fleet {
         let gateway = Ipv4Addr::from(u32::from(slice) + 1);
         let bridge = bridge_name(slice);
         let port = format!("sw-h{i}");
-
-        // Underlay: eth0 in the host, its peer on the switch.
         self.switch.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
         self.switch.ip(&["link", "set", &port, "master", "sw", "up"])?;
         ns.ip(&["addr", "add", &format!("{underlay_addr}/{}", UNDERLAY.1), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        for (key, value) in [
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            // Loose: decapsulated packets arrive on eth0 from overlay sources
-            // that are routed via the fan device.
-            ("net.ipv4.conf.eth0.rp_filter", "2"),
-            ("net.ipv6.conf.all.disable_ipv6", "1"),
-        ] {
-            ns.sysctl(key, value)?;
-        }
-
-        // The slice bridge with the gateway address and the overlay MTU.
-        let mtu = OVERLAY_MTU.to_string();
-        ns.ip(&["link", "add", &bridge, "mtu", &mtu, "type", "bridge"])?;
-        ns.ip(&["addr", "add", &format!("{gateway}/{}", fan.slice_len()), "dev", &bridge])?;
-        ns.ip(&["link", "set", &bridge, "up"])?;
-
-        // The NOARP device the host's own overlay traffic is routed to.
-        ns.ip(&["link", "add", HOST_DEVICE, "mtu", &mtu, "type", "veth", "peer", "name", HOST_DEVICE_PEER])?;
-        ns.ip(&["link", "set", HOST_DEVICE, "arp", "off", "up"])?;
-        ns.ip(&["link", "set", HOST_DEVICE_PEER, "up"])?;
-        let overlay = format!("{}/{}", OVERLAY.0, OVERLAY.1);
-        ns.ip(&["route", "add", &overlay, "dev", HOST_DEVICE, "src", &gateway.to_string()])?;
-
-        let mut host = Host { ns, underlay_addr, slice, gateway, bridge, containers: Vec::new() };
-        for j in 1..=containers {
-            let container = self.add_container(&host, i, j)?;
-            host.containers.push(container);
-        }
-        Ok(host)
-    }
-
-    fn add_container(&self, host: &Host, i: u8, j: u8) -> Result<Container> {
-        let ns = Netns::new(&format!("c{i}-{j}"))?;
-        let addr = Ipv4Addr::from(u32::from(host.slice) + 10 + j as u32);
-        let port = format!("veth{j}");
-        let mtu = OVERLAY_MTU.to_string();
-        host.ns.ip(&["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-        host.ns.ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
-        ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
-        ns.ip(&["addr", "add", &format!("{addr}/{}", fan_map().slice_len()), "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&["route", "add", "default", "via", &host.gateway.to_string()])?;
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        Ok(Container { ns, addr })
+        Ok(Host { ns, underlay_addr, slice, gateway, bridge, containers: Vec::new() })
     }
+}
+
+fn plumb_by_hand(host: &Host) -> Result<()> {
+    let ns = &host.ns;
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+        // Loose: decapsulated packets arrive on eth0 from overlay sources
+        // that are routed via the fan device.
+        ("net.ipv4.conf.eth0.rp_filter", "2"),
+    ] {
+        ns.sysctl(key, value)?;
+    }
+    let mtu = OVERLAY_MTU.to_string();
+    let bridge = &host.bridge;
+    ns.ip(&["link", "add", bridge, "mtu", &mtu, "type", "bridge"])?;
+    ns.ip(&["addr", "add", &format!("{}/{}", host.gateway, fan_map().slice_len()), "dev", bridge])?;
+    ns.ip(&["link", "set", bridge, "up"])?;
+    ns.ip(&["link", "add", HOST_DEVICE, "mtu", &mtu, "type", "veth", "peer", "name", HOST_DEVICE_PEER])?;
+    ns.ip(&["link", "set", HOST_DEVICE, "arp", "off", "up"])?;
+    ns.ip(&["link", "set", HOST_DEVICE_PEER, "up"])?;
+    let overlay = format!("{}/{}", OVERLAY.0, OVERLAY.1);
+    ns.ip(&["route", "add", &overlay, "dev", HOST_DEVICE, "src", &host.gateway.to_string()])?;
+    Ok(())
+}
+
+/// Container `j` of `host`: a namespace whose `eth0` is a veth on the slice bridge.
+fn add_container(host: &Host, j: u8) -> Result<Container> {
+    let i = host.underlay_addr.octets()[3];
+    let ns = Netns::new(&format!("c{i}-{j}"))?;
+    let addr = Ipv4Addr::from(u32::from(host.slice) + 10 + j as u32);
+    let port = format!("veth{j}");
+    let mtu = OVERLAY_MTU.to_string();
+    host.ns.ip(&["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+    host.ns.ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
+    ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+    ns.ip(&["addr", "add", &format!("{addr}/{}", fan_map().slice_len()), "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", "default", "via", &host.gateway.to_string()])?;
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+    Ok(Container { ns, addr })
 }

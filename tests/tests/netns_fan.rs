@@ -96,7 +96,7 @@ fn assert_only_ipip(frames: &[Vec<u8>], a: Ipv4Addr, b: Ipv4Addr) -> usize {
 }
 
 fn fan_works_end_to_end(mode: DecapMode) {
-    let fleet = Fleet::new(2, 1).expect("building the fleet");
+    let fleet = Fleet::plumbed_by_hand(2, 1).expect("building the fleet");
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, a1) = container(h1);
     let (c2, a2) = container(h2);

@@ -25,7 +25,7 @@ fn main() -> Result<()> {
     }
     println!("Building {HOSTS} hosts with {CONTAINERS} containers each, underlay {}/{}, overlay {}/{} ...",
         UNDERLAY.0, UNDERLAY.1, OVERLAY.0, OVERLAY.1);
-    let fleet = Fleet::new(HOSTS, CONTAINERS)?;
+    let fleet = Fleet::plumbed_by_hand(HOSTS, CONTAINERS)?;
     let planes: Vec<Dataplane> = fleet
         .hosts
         .iter()

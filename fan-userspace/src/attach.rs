@@ -1,0 +1,502 @@
+//! `fan-xdp attach`: make this host a member of a fan.
+//!
+//! Every input is checked before anything changes. Then each step records how
+//! to undo itself; if a later step fails, the steps already done are undone in
+//! reverse, so a failed attach leaves the host as it found it. fan-xdp's own
+//! record of the fan is written first (marked incomplete) so that an attach
+//! killed half-way can be finished by the next attach or cleaned up by detach.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use fan_common::{
+    FanEntry, FanMap,
+    fan::validate_fans,
+    maps::{FanMeta, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason},
+};
+use ipnetwork::Ipv4Network;
+use log::{info, warn};
+
+use crate::{
+    cli::{AttachArgs, Global, Mode},
+    host::{Link, Net, read_sysctl, write_sysctl},
+    ipv4_network,
+    loader::{DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key},
+    nat,
+    naming::{IFNAME_MAX, bridge_name},
+    record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    require_root,
+    state::StateDir,
+};
+
+/// IP-in-IP costs 20 bytes of every underlay packet.
+const OUTER_HEADER: u32 = 20;
+
+/// Everything attach will do, worked out before anything changes.
+struct Plan {
+    iface: Link,
+    host: Ipv4Addr,
+    underlay: Ipv4Network,
+    overlay: Ipv4Network,
+    map: FanMap,
+    slice: Ipv4Network,
+    gateway: Ipv4Addr,
+    bridge: String,
+    mtu: u32,
+    mode: Mode,
+    nat: bool,
+    host_reserve: u32,
+    dir: StateDir,
+    /// Fans already attached in this namespace (other overlays).
+    others: Vec<Fan>,
+    /// This overlay's record, if an earlier attach created it.
+    existing: Option<Fan>,
+}
+
+/// How to take back one step.
+enum Undo {
+    StateDir,
+    Record,
+    Sysctl(String, u8),
+    Link(String),
+    Route(Ipv4Network),
+    Nat(Ipv4Network),
+    Pin(std::path::PathBuf),
+    Config,
+}
+
+pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
+    require_root()?;
+    let net = Net::connect()?;
+    let plan = plan(&net, args, global).await?;
+    if let Some(existing) = &plan.existing
+        && existing.complete
+    {
+        if !same_settings(existing, &plan) {
+            bail!(
+                "overlay {} is already attached with other settings (bridge {}, interface {}, underlay {}); detach it first",
+                plan.overlay,
+                existing.bridge,
+                existing.iface,
+                existing.underlay
+            );
+        }
+    }
+    if let Some(chain) = nat::forward_drop_policy() {
+        warn!(
+            "{chain} drops forwarded packets by default: traffic decapsulated for {bridge} will be dropped. \
+             Allow it, e.g. `nft insert rule <family> <table> <chain> oifname \"{bridge}\" accept` and the same with iifname",
+            bridge = plan.bridge
+        );
+    }
+    let mut undo = Vec::new();
+    match apply(&net, &plan, global, &mut undo).await {
+        Ok(changed) => {
+            if changed {
+                println!(
+                    "attached: {} over {} on {} ({}), slice {} on {}, gateway {}",
+                    plan.overlay, plan.underlay, plan.iface.name, plan.host, plan.slice, plan.bridge, plan.gateway
+                );
+            } else {
+                println!("already attached: {} on {} (nothing to do)", plan.overlay, plan.iface.name);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            rollback(&net, &plan, undo).await;
+            Err(e)
+        }
+    }
+}
+
+fn same_settings(existing: &Fan, plan: &Plan) -> bool {
+    existing.iface == plan.iface.name
+        && existing.underlay == plan.underlay
+        && existing.host == plan.host
+        && existing.bridge == plan.bridge
+        && existing.nat == plan.nat
+        && existing.host_reserve == plan.host_reserve
+        && existing.mtu == plan.mtu
+}
+
+async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
+    let overlay = ipv4_network(args.overlay, "overlay")?;
+    let iface = net.link(&args.iface).await?.ok_or_else(|| anyhow!("no such interface: {}", args.iface))?;
+    let addrs = net.ipv4_addrs(iface.index).await?;
+    if addrs.is_empty() {
+        bail!("{} has no IPv4 address: the underlay address names this host", iface.name);
+    }
+    let (host, underlay) = match args.underlay {
+        Some(u) => {
+            let u = ipv4_network(u, "underlay")?;
+            if u.ip() != u.network() {
+                bail!("underlay {u} has host bits set (did you mean {}/{}?)", u.network(), u.prefix());
+            }
+            let (addr, _) = addrs.iter().find(|(a, _)| u.contains(*a)).ok_or_else(|| {
+                let held: Vec<String> = addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+                anyhow!(
+                    "overlay/underlay mismatch: {} holds no address in underlay {u} (it has {})",
+                    iface.name,
+                    held.join(", ")
+                )
+            })?;
+            (*addr, u)
+        }
+        None => {
+            let (addr, len) = addrs[0];
+            (addr, Ipv4Network::new(addr, len)?.network().to_string().parse::<Ipv4Addr>().map(|n| Ipv4Network::new(n, len))??)
+        }
+    };
+    let map = FanMap::new(
+        u32::from(overlay.network()),
+        overlay.prefix(),
+        u32::from(underlay.network()),
+        underlay.prefix(),
+    );
+    if overlay.ip() != overlay.network() {
+        bail!("overlay {overlay} has host bits set (did you mean {}/{}?)", overlay.network(), overlay.prefix());
+    }
+    map.validate()?;
+    map.validate_host(u32::from(host))?;
+    let slice_start = Ipv4Addr::from(map.slice_of(u32::from(host)));
+    let slice = Ipv4Network::new(slice_start, map.slice_len())?;
+    if args.host_reserve == 0 || args.host_reserve as u64 >= slice.size() as u64 - 2 {
+        bail!("--host-reserve {} must be at least 1 (the gateway) and leave addresses in {slice}", args.host_reserve);
+    }
+    let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
+    let bridge = args.bridge.clone().unwrap_or_else(|| bridge_name(slice_start));
+    if bridge.is_empty() || bridge.len() > IFNAME_MAX {
+        bail!("bridge name {bridge:?} must be 1 to {IFNAME_MAX} bytes");
+    }
+    let max_mtu = iface.mtu.saturating_sub(OUTER_HEADER);
+    let mtu = args.mtu.unwrap_or(max_mtu);
+    if mtu > max_mtu || mtu < 576 {
+        bail!(
+            "--mtu {mtu} does not fit: {} has MTU {}, leaving at most {max_mtu} after the 20-byte outer header (and at least 576)",
+            iface.name,
+            iface.mtu
+        );
+    }
+
+    let dir = StateDir::locate(global.pin_dir.as_deref())?;
+    let _ = dir.sweep_stale();
+    let fans = if dir.exists() { load_fans(&PinnedMaps::open(&dir)?)? } else { Vec::new() };
+    let (mut existing, others): (Vec<Fan>, Vec<Fan>) = fans.into_iter().partition(|f| f.overlay == overlay);
+    let mut maps: Vec<FanMap> = others.iter().map(Fan::map).collect();
+    maps.push(map);
+    validate_fans(&maps)?;
+    if let Some(other) = others.iter().find(|f| f.bridge == bridge) {
+        bail!("bridge {bridge} already serves overlay {}", other.overlay);
+    }
+    let mode = match (args.mode, others.iter().find(|f| f.iface == iface.name)) {
+        // Decapsulation on an interface is shared by its fans: keep its mode.
+        (Mode::Auto, Some(other)) => if other.mode == "xdp" { Mode::Xdp } else { Mode::Tc },
+        (requested, Some(other)) if requested != Mode::Auto && mode_str(requested) != other.mode => bail!(
+            "{} already decapsulates in {} mode for overlay {}; attach with --mode {} or auto",
+            iface.name,
+            other.mode,
+            other.overlay,
+            other.mode
+        ),
+        (requested, _) => requested,
+    };
+    if let Some(prog) = iface.xdp_prog_id
+        && mode != Mode::Tc
+        && !ours(&dir, &iface.name, prog)
+    {
+        let name = aya::programs::loaded_programs()
+            .flatten()
+            .find(|p| p.id() == prog)
+            .and_then(|p| p.name_as_str().map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        bail!(
+            "{} already has XDP program {prog} ({name}) attached; fan-xdp will not replace it (detach it, or attach with --mode tc)",
+            iface.name
+        );
+    }
+    Ok(Plan {
+        iface,
+        host,
+        underlay,
+        overlay,
+        map,
+        slice,
+        gateway,
+        bridge,
+        mtu,
+        mode,
+        nat: !args.no_nat,
+        host_reserve: args.host_reserve,
+        dir,
+        others,
+        existing: existing.pop(),
+    })
+}
+
+fn mode_str(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Xdp => "xdp",
+        Mode::Tc => "tc",
+        Mode::Auto => "auto",
+    }
+}
+
+/// Whether XDP program `prog` on `iface` is attached through our pinned link.
+fn ours(dir: &StateDir, iface: &str, prog: u32) -> bool {
+    aya::programs::links::PinnedLink::from_pin(dir.link(iface, "decap-xdp"))
+        .ok()
+        .map(aya::programs::links::FdLink::from)
+        .and_then(|l| l.info().ok())
+        .is_some_and(|info| info.program_id() == prog)
+}
+
+/// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
+/// step, `fail:<step>` makes it fail there (to exercise the rollback).
+fn checkpoint(step: &str) -> Result<()> {
+    let Ok(inject) = std::env::var("FAN_XDP_INJECT") else { return Ok(()) };
+    match inject.split_once(':') {
+        Some(("kill", s)) if s == step => {
+            // SAFETY: signalling ourselves.
+            unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+            Ok(())
+        }
+        Some(("fail", s)) if s == step => bail!("injected failure after step {step}"),
+        _ => Ok(()),
+    }
+}
+
+/// The attach steps, in order. Names are what `FAN_XDP_INJECT` refers to.
+pub const STEPS: [&str; 8] = ["record", "sysctl", "bridge", "host-device", "route", "nat", "programs", "config"];
+
+async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) -> Result<bool> {
+    let mut changed = false;
+    let key = meta_key(plan.overlay);
+
+    // 1. State directory, maps, and our record of the fan (incomplete).
+    if !plan.dir.exists() {
+        plan.dir.create()?;
+        undo.push(Undo::StateDir);
+    }
+    let log_level = if global.verbose { 5 } else { 0 };
+    let mut dataplane = Dataplane::load_pinned(&plan.dir, log_level)?;
+    let mut meta = match &plan.existing {
+        Some(existing) => existing.meta,
+        None => {
+            let meta = new_record(plan)?;
+            dataplane.insert_meta(key, &meta)?;
+            undo.push(Undo::Record);
+            changed = true;
+            meta
+        }
+    };
+    checkpoint("record")?;
+
+    // 2. Forwarding, and loose reverse-path filtering on the underlay:
+    // decapsulated packets arrive there from overlay sources routed elsewhere.
+    for (sysctl, want) in [
+        ("ip_forward".to_string(), 1u8),
+        (format!("conf/{}/rp_filter", plan.iface.name), 2),
+        ("conf/all/rp_filter".to_string(), 2),
+    ] {
+        let current = read_sysctl(&sysctl)?;
+        let needs = if sysctl == "ip_forward" { current != 1 } else { current == 1 };
+        if needs {
+            write_sysctl(&sysctl, want)?;
+            undo.push(Undo::Sysctl(sysctl, current));
+            changed = true;
+        }
+    }
+    checkpoint("sysctl")?;
+
+    // 3. The slice bridge with the gateway address (adopted if it matches).
+    let bridge = match net.link(&plan.bridge).await? {
+        Some(link) => {
+            if link.kind.as_deref() != Some("bridge") {
+                bail!("{} exists and is not a bridge", plan.bridge);
+            }
+            link
+        }
+        None => {
+            let link = net.create_bridge(&plan.bridge, plan.mtu).await?;
+            undo.push(Undo::Link(plan.bridge.clone()));
+            changed = true;
+            link
+        }
+    };
+    if bridge.mtu != plan.mtu {
+        net.set_mtu(bridge.index, plan.mtu).await?;
+    }
+    if !net.ipv4_addrs(bridge.index).await?.contains(&(plan.gateway, plan.slice.prefix())) {
+        net.add_addr(bridge.index, plan.gateway, plan.slice.prefix()).await?;
+        changed = true;
+    }
+    net.set_up(bridge.index).await?;
+    checkpoint("bridge")?;
+
+    // 4. The NOARP device for the host's own overlay traffic.
+    let host_dev = match net.link(HOST_DEVICE).await? {
+        Some(link) => link,
+        None => {
+            let link = net.create_noarp_veth(HOST_DEVICE, HOST_DEVICE_PEER, plan.mtu).await?;
+            undo.push(Undo::Link(HOST_DEVICE.to_string()));
+            changed = true;
+            link
+        }
+    };
+    if plan.mtu < host_dev.mtu {
+        net.set_mtu(host_dev.index, plan.mtu).await?;
+    }
+    net.set_up(host_dev.index).await?;
+    checkpoint("host-device")?;
+
+    // 5. The overlay route, sourced from the gateway so receivers' anti-spoofing accepts it.
+    match net.find_route(plan.overlay.network(), plan.overlay.prefix()).await? {
+        Some((oif, Some(src))) if oif == host_dev.index && src == plan.gateway => {}
+        Some((oif, _)) if oif != host_dev.index => bail!(
+            "a route to {} already exists via another interface (index {oif}); remove it first",
+            plan.overlay
+        ),
+        stale => {
+            if stale.is_some() {
+                net.del_route(plan.overlay.network(), plan.overlay.prefix(), host_dev.index).await?;
+            }
+            net.add_route(plan.overlay.network(), plan.overlay.prefix(), host_dev.index, plan.gateway).await?;
+            undo.push(Undo::Route(plan.overlay));
+            changed = true;
+        }
+    }
+    checkpoint("route")?;
+
+    // 6. Masquerade slice traffic leaving the overlay.
+    if plan.nat {
+        if !nat::available() {
+            bail!("nft not found: install nftables, or attach with --no-nat");
+        }
+        nat::add_masquerade(plan.slice, plan.overlay)?;
+        undo.push(Undo::Nat(plan.overlay));
+    }
+    checkpoint("nat")?;
+
+    // 7. Programs: decapsulation on the underlay, encapsulation on the bridge
+    // and the host device. Existing links are kept or upgraded in place.
+    let (mode, reason) = decap_choice(plan);
+    let decap_pin = plan.dir.link(&plan.iface.name, if mode == decap_mode::XDP { "decap-xdp" } else { "decap-tc" });
+    let decap = if mode == decap_mode::XDP { (DECAP_XDP, Hook::Xdp) } else { (DECAP_TC, Hook::TcIngress) };
+    let (mode, reason) = match link(&mut dataplane, undo, decap.0, &plan.iface.name, decap.1, &decap_pin) {
+        Ok(c) => {
+            changed |= c;
+            (mode, reason)
+        }
+        Err(e) if plan.mode == Mode::Auto && mode == decap_mode::XDP => {
+            info!("native XDP refused on {} ({e:#}); using TC", plan.iface.name);
+            let pin = plan.dir.link(&plan.iface.name, "decap-tc");
+            changed |= link(&mut dataplane, undo, DECAP_TC, &plan.iface.name, Hook::TcIngress, &pin)?;
+            (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
+        }
+        Err(e) => return Err(e),
+    };
+    let bridge_pin = plan.dir.link(&plan.bridge, "encap");
+    changed |= link(&mut dataplane, undo, ENCAP_FORWARD, &plan.bridge, Hook::TcIngress, &bridge_pin)?;
+    let host_pin = plan.dir.link(HOST_DEVICE, "encap");
+    changed |= link(&mut dataplane, undo, ENCAP_OUTPUT, HOST_DEVICE, Hook::TcEgress, &host_pin)?;
+    dataplane.pin_programs(&plan.dir)?;
+    checkpoint("programs")?;
+
+    // 8. The fan entry the programs look up, then the record marked complete.
+    let entry = FanEntry { map: plan.map, local_host: u32::from(plan.host), underlay_ifindex: plan.iface.index };
+    let maps = PinnedMaps::open(&plan.dir)?;
+    if maps.config.get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0).ok() != Some(entry) {
+        dataplane.insert_fan(&entry)?;
+        undo.push(Undo::Config);
+        changed = true;
+    }
+    checkpoint("config")?;
+    if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
+        meta.complete = 1;
+        meta.decap_mode = mode;
+        meta.mode_reason = reason;
+        dataplane.insert_meta(key, &meta)?;
+    }
+    Ok(changed)
+}
+
+/// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
+fn link(dataplane: &mut Dataplane, undo: &mut Vec<Undo>, program: &str, device: &str, hook: Hook, pin: &std::path::Path) -> Result<bool> {
+    let existed = pin.exists();
+    let changed = dataplane.ensure_link(program, device, hook, pin)?;
+    if !existed {
+        undo.push(Undo::Pin(pin.to_path_buf()));
+    }
+    Ok(changed)
+}
+
+/// The decapsulation hook to try first, and why.
+fn decap_choice(plan: &Plan) -> (u8, u8) {
+    match plan.mode {
+        Mode::Xdp => (decap_mode::XDP, mode_reason::REQUESTED),
+        Mode::Tc => (decap_mode::TC, mode_reason::REQUESTED),
+        Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => (decap_mode::TC, mode_reason::AUTO_VETH),
+        Mode::Auto => (decap_mode::XDP, mode_reason::AUTO_NATIVE_XDP),
+    }
+}
+
+/// A new record: settings, and the sysctls as they were before any fan, so
+/// detaching the last fan restores them. Later fans copy the first one's.
+fn new_record(plan: &Plan) -> Result<FanMeta> {
+    let first = plan.others.first().map(|f| f.meta);
+    let same_iface = plan.others.iter().find(|f| f.iface == plan.iface.name).map(|f| f.meta);
+    let read = |key: &str| read_sysctl(key).unwrap_or(SYSCTL_UNKNOWN);
+    Ok(FanMeta {
+        iface: name_bytes(&plan.iface.name),
+        bridge: name_bytes(&plan.bridge),
+        decap_mode: 0,
+        mode_reason: 0,
+        nat: u8::from(plan.nat),
+        complete: 0,
+        orig_forwarding: first.map_or_else(|| read("ip_forward"), |m| m.orig_forwarding),
+        orig_rp_filter: same_iface
+            .map_or_else(|| read(&format!("conf/{}/rp_filter", plan.iface.name)), |m| m.orig_rp_filter),
+        orig_rp_filter_all: first.map_or_else(|| read("conf/all/rp_filter"), |m| m.orig_rp_filter_all),
+        underlay_len: plan.underlay.prefix(),
+        host: u32::from(plan.host),
+        host_reserve: plan.host_reserve,
+        mtu: plan.mtu,
+        layout_version: MAP_LAYOUT_VERSION,
+    })
+}
+
+async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let result: Result<()> = async {
+            match step {
+                Undo::Config => {
+                    let mut maps = PinnedMaps::open(&plan.dir)?;
+                    maps.config.remove(&overlay_key(plan.map.overlay, plan.map.overlay_len))?;
+                }
+                Undo::Pin(path) => std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?,
+                Undo::Nat(overlay) => nat::remove_masquerade(overlay)?,
+                Undo::Route(overlay) => {
+                    if let Some(dev) = net.link(HOST_DEVICE).await? {
+                        net.del_route(overlay.network(), overlay.prefix(), dev.index).await?;
+                    }
+                }
+                Undo::Link(name) => {
+                    if let Some(link) = net.link(&name).await? {
+                        net.del_link(link.index).await?;
+                    }
+                }
+                Undo::Sysctl(key, value) => write_sysctl(&key, value)?,
+                Undo::Record => {
+                    let mut maps = PinnedMaps::open(&plan.dir)?;
+                    maps.meta.remove(&meta_key(plan.overlay))?;
+                }
+                Undo::StateDir => plan.dir.remove()?,
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!("rollback step failed: {e:#}");
+        }
+    }
+}

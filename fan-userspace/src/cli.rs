@@ -1,0 +1,119 @@
+//! The command line: clap types only.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnetwork::IpNetwork;
+
+#[derive(Parser)]
+#[command(name = "fan-xdp", version, about = "Fan networking as an eBPF/XDP data plane")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// More logging; with `attach`, also turns on the eBPF programs' debug
+    /// events, which `stats --watch -v` prints.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// A bpffs directory for pinned state instead of the host's /sys/fs/bpf.
+    #[arg(long, global = true, env = "FAN_XDP_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make this host a member of a fan: bridge, addresses, routes, NAT, programs.
+    Attach(AttachArgs),
+    /// Remove one fan (--overlay) or every fan of an interface, leaving nothing behind.
+    Detach(DetachArgs),
+    /// The fans attached in this network namespace, read from the pinned state.
+    Show(ShowArgs),
+    /// Packet and byte counters per outcome, summed over CPUs.
+    Stats(StatsArgs),
+    /// Offline calculator: a host's slice, bridge and gateway, and where overlay addresses live.
+    Map(MapArgs),
+    /// Internal: mount bpffs in another mount namespace (used under `ip netns exec`).
+    #[command(name = "__mount-bpffs", hide = true)]
+    MountHelper { pid: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Native XDP decapsulation; fails if the driver cannot run it.
+    Xdp,
+    /// TC ingress decapsulation.
+    Tc,
+    /// TC on veth (XDP there strips TSO from the peer), native XDP where the driver takes it, else TC.
+    Auto,
+}
+
+#[derive(Args, Clone)]
+pub struct AttachArgs {
+    /// The underlay interface.
+    pub iface: String,
+    /// The overlay prefix, e.g. 250.0.0.0/8.
+    #[arg(long)]
+    pub overlay: IpNetwork,
+    /// The underlay prefix (default: the subnet of the interface's primary IPv4 address).
+    #[arg(long)]
+    pub underlay: Option<IpNetwork>,
+    /// Slice bridge name (default: fan-<slice octets>, like fanctl).
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Addresses at the start of the slice kept for the host.
+    #[arg(long, default_value_t = 1)]
+    pub host_reserve: u32,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Do not masquerade slice traffic leaving the overlay.
+    #[arg(long)]
+    pub no_nat: bool,
+    /// Overlay MTU (default: underlay MTU - 20).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+}
+
+#[derive(Args, Clone)]
+pub struct DetachArgs {
+    pub iface: String,
+    /// Only this fan; default: every fan of the interface.
+    #[arg(long)]
+    pub overlay: Option<IpNetwork>,
+}
+
+#[derive(Args, Clone)]
+pub struct ShowArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct StatsArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Print again every second, with rates.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after this many updates.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+pub struct MapArgs {
+    /// The overlay prefix, e.g. 250.0.0.0/8.
+    #[arg(long)]
+    pub overlay: IpNetwork,
+    /// This host's underlay address with the underlay prefix length, e.g. 172.30.0.28/16.
+    #[arg(long)]
+    pub underlay: IpNetwork,
+    /// Overlay addresses to locate.
+    pub addresses: Vec<Ipv4Addr>,
+    #[arg(long)]
+    pub json: bool,
+}

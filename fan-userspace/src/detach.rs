@@ -1,0 +1,90 @@
+//! `fan-xdp detach`: remove one fan, or every fan of an interface, and
+//! everything attach created for it. What fans still share (decapsulation on
+//! the interface, the host device, the state directory) goes with the last one.
+
+use anyhow::Result;
+use fan_common::maps::SYSCTL_UNKNOWN;
+use log::warn;
+
+use crate::{
+    cli::{DetachArgs, Global},
+    host::{Net, write_sysctl},
+    ipv4_network,
+    loader::{PinnedMaps, overlay_key},
+    nat,
+    record::{Fan, HOST_DEVICE, meta_key},
+    require_root,
+    show::attached,
+};
+
+pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
+    require_root()?;
+    let overlay = args.overlay.map(|o| ipv4_network(o, "overlay")).transpose()?;
+    let (dir, fans) = attached(global)?;
+    let (going, staying): (Vec<Fan>, Vec<Fan>) = fans
+        .into_iter()
+        .partition(|f| f.iface == args.iface && overlay.is_none_or(|o| o == f.overlay));
+    if going.is_empty() {
+        match overlay {
+            Some(o) => println!("nothing to detach: overlay {o} is not attached to {}", args.iface),
+            None => println!("nothing to detach: no fan is attached to {}", args.iface),
+        }
+        if dir.exists() && staying.is_empty() {
+            dir.remove()?; // leftovers of an attach killed before its record was written
+        }
+        return Ok(());
+    }
+
+    let net = Net::connect()?;
+    let mut maps = PinnedMaps::open(&dir)?;
+    let host_dev = net.link(HOST_DEVICE).await?;
+    for fan in &going {
+        let map = fan.map();
+        let _ = maps.config.remove(&overlay_key(map.overlay, map.overlay_len));
+        nat::remove_masquerade(fan.overlay)?;
+        if let Some(dev) = &host_dev {
+            net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index).await?;
+        }
+        remove_pin(&dir.link(&fan.bridge, "encap"));
+        if let Some(bridge) = net.link(&fan.bridge).await? {
+            net.del_link(bridge.index).await?;
+        }
+        let _ = maps.meta.remove(&meta_key(fan.overlay));
+        println!("detached: {} from {} (bridge {})", fan.overlay, fan.iface, fan.bridge);
+    }
+
+    let first = &going[0].meta;
+    if !staying.iter().any(|f| f.iface == args.iface) {
+        remove_pin(&dir.link(&args.iface, "decap-xdp"));
+        remove_pin(&dir.link(&args.iface, "decap-tc"));
+        restore(&format!("conf/{}/rp_filter", args.iface), first.orig_rp_filter);
+    }
+    if staying.is_empty() {
+        remove_pin(&dir.link(HOST_DEVICE, "encap"));
+        if let Some(dev) = host_dev {
+            net.del_link(dev.index).await?;
+        }
+        restore("conf/all/rp_filter", first.orig_rp_filter_all);
+        restore("ip_forward", first.orig_forwarding);
+        nat::remove_table()?;
+        drop(maps);
+        dir.remove()?;
+    }
+    Ok(())
+}
+
+fn remove_pin(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!("removing {}: {e}", path.display()),
+    }
+}
+
+fn restore(sysctl: &str, value: u8) {
+    if value != SYSCTL_UNKNOWN
+        && let Err(e) = write_sysctl(sysctl, value)
+    {
+        warn!("restoring {sysctl}: {e:#}");
+    }
+}

@@ -1,0 +1,248 @@
+//! Host plumbing over rtnetlink: links, addresses, routes; and sysctls.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context as _, Result, anyhow};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::AddressAttribute,
+        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp},
+        route::{RouteAddress, RouteAttribute, RouteMessage},
+    },
+};
+
+/// What fan-xdp needs to know about one interface.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// "bridge", "veth", ... or None for a physical NIC.
+    pub kind: Option<String>,
+    /// The XDP program attached to the device, if any.
+    pub xdp_prog_id: Option<u32>,
+    pub noarp: bool,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: 0,
+            kind: None,
+            xdp_prog_id: None,
+            noarp: msg.header.flags.contains(LinkFlags::Noarp),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind_name(kind));
+                        }
+                    }
+                }
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        if let LinkXdp::ProgId(id) = x
+                            && *id != 0
+                        {
+                            link.xdp_prog_id = Some(*id);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    match kind {
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Veth => "veth".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// A netlink connection in the calling thread's network namespace.
+pub struct Net {
+    handle: Handle,
+}
+
+impl Net {
+    pub fn connect() -> Result<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
+            Ok(None) => Ok(None),
+            // The kernel answers ENODEV for an unknown name.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(e).context("looking up an interface by index"),
+        }
+    }
+
+    /// IPv4 addresses of a link with their prefix lengths, primary first.
+    pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            if msg.header.family != AddressFamily::Inet {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                    if !out.iter().any(|(o, _)| o == a) {
+                        out.push((*a, msg.header.prefix_len));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<Link> {
+        self.handle
+            .link()
+            .add(LinkBridge::new(name).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating bridge {name}"))?;
+        self.link(name).await?.ok_or_else(|| anyhow!("bridge {name} vanished after creation"))
+    }
+
+    /// A veth pair whose first end does not ARP: routes to it need no neighbour.
+    pub async fn create_noarp_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Link> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).mtu(mtu).arp(false).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {name}/{peer}"))?;
+        let link = self.link(name).await?.ok_or_else(|| anyhow!("{name} vanished after creation"))?;
+        if let Some(p) = self.link(peer).await? {
+            self.set_up(p.index).await?;
+        }
+        Ok(link)
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .context("setting a link up")
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting MTU {mtu}"))
+    }
+
+    pub async fn add_addr(&self, index: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr), len)
+            .execute()
+            .await
+            .with_context(|| format!("adding address {addr}/{len}"))
+    }
+
+    pub async fn del_link(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            Err(e) => Err(e).context("deleting a link"),
+        }
+    }
+
+    fn route(dest: Ipv4Addr, len: u8, oif: u32, src: Option<Ipv4Addr>) -> RouteMessage {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest, len).output_interface(oif);
+        if let Some(src) = src {
+            builder = builder.pref_source(src);
+        }
+        builder.build()
+    }
+
+    /// The main-table route to exactly `dest/len`, as (output ifindex, preferred source).
+    pub async fn find_route(&self, dest: Ipv4Addr, len: u8) -> Result<Option<(u32, Option<Ipv4Addr>)>> {
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.destination_prefix_length != len {
+                continue;
+            }
+            let (mut dst, mut oif, mut src) = (None, None, None);
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(a)) => src = Some(*a),
+                    _ => {}
+                }
+            }
+            if dst == Some(dest) {
+                if let Some(oif) = oif {
+                    return Ok(Some((oif, src)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn add_route(&self, dest: Ipv4Addr, len: u8, oif: u32, src: Ipv4Addr) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::route(dest, len, oif, Some(src)))
+            .execute()
+            .await
+            .with_context(|| format!("adding route {dest}/{len}"))
+    }
+
+    pub async fn del_route(&self, dest: Ipv4Addr, len: u8, oif: u32) -> Result<()> {
+        match self.handle.route().del(Self::route(dest, len, oif, None)).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting route {dest}/{len}")),
+        }
+    }
+}
+
+/// Reads an IPv4 sysctl of the calling thread's namespace, e.g. `ip_forward`
+/// or `conf/eth0/rp_filter`.
+pub fn read_sysctl(key: &str) -> Result<u8> {
+    let path = format!("/proc/sys/net/ipv4/{key}");
+    let value = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    value.trim().parse().with_context(|| format!("parsing {path}"))
+}
+
+pub fn write_sysctl(key: &str, value: u8) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/{key}");
+    std::fs::write(&path, value.to_string()).with_context(|| format!("writing {path}"))
+}

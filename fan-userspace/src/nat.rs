@@ -1,0 +1,141 @@
+//! Masquerading slice traffic that leaves the overlay, and spotting firewalls
+//! that would drop forwarded fan traffic.
+//!
+//! nftables is driven through `nft -j`, its stable JSON interface: rules are
+//! built as JSON values and the ruleset is read back as JSON, so nothing
+//! parses nft's human output and no libnftables binding is linked. fan-xdp
+//! owns one table, `ip fan-xdp`, with one rule per fan tagged by a comment.
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnetwork::Ipv4Network;
+use serde_json::{Value, json};
+
+pub const TABLE: &str = "fan-xdp";
+const CHAIN: &str = "postrouting";
+
+fn comment(overlay: Ipv4Network) -> String {
+    format!("fan-xdp masquerade {overlay}")
+}
+
+fn nft(input: Option<&Value>, args: &[&str]) -> Result<Value> {
+    let mut cmd = Command::new("nft");
+    cmd.arg("-j").args(args);
+    if input.is_some() {
+        cmd.args(["-f", "-"]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (install nftables, or attach with --no-nat)")?;
+    if let Some(input) = input {
+        child.stdin.take().context("nft stdin")?.write_all(input.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&out.stdout).context("parsing nft JSON output")
+}
+
+/// Whether the `nft` command works here.
+pub fn available() -> bool {
+    Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// The handles of our rules for `overlay`.
+fn rule_handles(overlay: Option<Ipv4Network>) -> Result<Vec<u64>> {
+    let listing = match nft(None, &["list", "table", "ip", TABLE]) {
+        Ok(v) => v,
+        Err(_) => return Ok(Vec::new()), // no table: no rules
+    };
+    let wanted = overlay.map(comment);
+    let mut handles = Vec::new();
+    for item in listing["nftables"].as_array().into_iter().flatten() {
+        let rule = &item["rule"];
+        if rule.is_null() {
+            continue;
+        }
+        let matches = match &wanted {
+            Some(c) => rule["comment"].as_str() == Some(c),
+            None => true,
+        };
+        if matches && let Some(h) = rule["handle"].as_u64() {
+            handles.push(h);
+        }
+    }
+    Ok(handles)
+}
+
+pub fn table_exists() -> bool {
+    nft(None, &["list", "table", "ip", TABLE]).is_ok()
+}
+
+/// Masquerades traffic from `slice` to anywhere outside `overlay` behind the
+/// underlay address. Replaces an earlier rule for the same overlay.
+pub fn add_masquerade(slice: Ipv4Network, overlay: Ipv4Network) -> Result<()> {
+    remove_masquerade(overlay)?;
+    let prefix = |net: Ipv4Network| json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix()}});
+    let field = |name: &str| json!({"payload": {"protocol": "ip", "field": name}});
+    let commands = json!({"nftables": [
+        {"add": {"table": {"family": "ip", "name": TABLE}}},
+        {"add": {"chain": {"family": "ip", "table": TABLE, "name": CHAIN,
+            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+        {"add": {"rule": {"family": "ip", "table": TABLE, "chain": CHAIN, "comment": comment(overlay),
+            "expr": [
+                {"match": {"op": "==", "left": field("saddr"), "right": prefix(slice)}},
+                {"match": {"op": "!=", "left": field("daddr"), "right": prefix(overlay)}},
+                {"masquerade": null}
+            ]}}}
+    ]});
+    nft(Some(&commands), &[]).context("adding the masquerade rule")?;
+    Ok(())
+}
+
+/// Removes the rule for `overlay`, and the table once no rule is left.
+pub fn remove_masquerade(overlay: Ipv4Network) -> Result<()> {
+    for handle in rule_handles(Some(overlay))? {
+        let cmd = json!({"nftables": [{"delete": {"rule": {
+            "family": "ip", "table": TABLE, "chain": CHAIN, "handle": handle}}}]});
+        nft(Some(&cmd), &[]).context("deleting a masquerade rule")?;
+    }
+    if table_exists() && rule_handles(None)?.is_empty() {
+        remove_table()?;
+    }
+    Ok(())
+}
+
+pub fn remove_table() -> Result<()> {
+    if table_exists() {
+        let cmd = json!({"nftables": [{"delete": {"table": {"family": "ip", "name": TABLE}}}]});
+        nft(Some(&cmd), &[]).context("deleting the nft table")?;
+    }
+    Ok(())
+}
+
+/// A description of the first nftables chain (iptables-nft included) that
+/// drops forwarded packets by default, if any.
+pub fn forward_drop_policy() -> Option<String> {
+    let ruleset = nft(None, &["list", "ruleset"]).ok()?;
+    for item in ruleset["nftables"].as_array()? {
+        let chain = &item["chain"];
+        if chain["hook"].as_str() == Some("forward") && chain["policy"].as_str() == Some("drop") {
+            return Some(format!(
+                "{} {} chain {}",
+                chain["family"].as_str().unwrap_or("?"),
+                chain["table"].as_str().unwrap_or("?"),
+                chain["name"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    None
+}

@@ -1,0 +1,79 @@
+//! Network namespace identity: cookies of the current and of every live namespace.
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+};
+
+use anyhow::{Context as _, Result};
+
+/// SO_NETNS_COOKIE (Linux 5.14), not yet in every libc release.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the calling thread's network namespace.
+pub fn current_cookie() -> Result<u64> {
+    // SAFETY: plain socket creation; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for SO_NETNS_COOKIE");
+    }
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the given size.
+    let ret = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    if ret != 0 {
+        return Err(err).context("reading the network namespace cookie (needs Linux 5.14)");
+    }
+    Ok(cookie)
+}
+
+/// Cookies of every network namespace some process or `ip netns` name holds.
+pub fn live_cookies() -> Result<HashSet<u64>> {
+    let mut paths = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                paths.push(entry.path().join("ns/net"));
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        paths.extend(entries.flatten().map(|e| e.path()));
+    }
+    let mut seen_inodes = HashSet::new();
+    let mut cookies = HashSet::new();
+    for path in paths {
+        let Ok(file) = fs::File::open(&path) else { continue };
+        let Ok(meta) = file.metadata() else { continue };
+        if !seen_inodes.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        if let Ok(cookie) = cookie_of(&file) {
+            cookies.insert(cookie);
+        }
+    }
+    cookies.insert(current_cookie()?);
+    Ok(cookies)
+}
+
+/// The cookie of the namespace behind `file`, read on a thread that enters it.
+fn cookie_of(file: &fs::File) -> Result<u64> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on this short-lived thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                current_cookie()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("namespace probe panicked"))?
+    })
+}

@@ -1,0 +1,113 @@
+//! An attached fan as user space sees it: the data-plane entry and fan-xdp's
+//! record combined, with everything derived from them.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use fan_common::{
+    FanMap,
+    maps::{FanMeta, FanMetaKey, decap_mode, mode_reason},
+};
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+use crate::loader::PinnedMaps;
+
+/// fan-xdp's NOARP device for overlay traffic the host originates, and its idle peer.
+pub const HOST_DEVICE: &str = "fan-host";
+pub const HOST_DEVICE_PEER: &str = "fan-host-sink";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Fan {
+    pub overlay: Ipv4Network,
+    pub underlay: Ipv4Network,
+    pub host: Ipv4Addr,
+    pub slice: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    pub iface: String,
+    pub mode: &'static str,
+    pub mode_reason: &'static str,
+    pub nat: bool,
+    pub host_reserve: u32,
+    pub mtu: u32,
+    /// False if an attach was interrupted: detach cleans it up, attach finishes it.
+    pub complete: bool,
+    #[serde(skip)]
+    pub meta: FanMeta,
+}
+
+pub fn meta_key(overlay: Ipv4Network) -> FanMetaKey {
+    [overlay.prefix() as u32, u32::from(overlay.network())]
+}
+
+/// A NUL-padded interface name.
+pub fn name_bytes(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+    out
+}
+
+pub fn name_str(bytes: &[u8; 16]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+pub fn mode_name(mode: u8) -> &'static str {
+    match mode {
+        decap_mode::XDP => "xdp",
+        decap_mode::TC => "tc",
+        _ => "none",
+    }
+}
+
+pub fn reason_text(reason: u8) -> &'static str {
+    match reason {
+        mode_reason::AUTO_VETH => "auto: veth, where XDP would strip TSO from the peer",
+        mode_reason::AUTO_NATIVE_XDP => "auto: the driver runs native XDP",
+        mode_reason::AUTO_NO_NATIVE_XDP => "auto: the driver refused native XDP",
+        _ => "requested",
+    }
+}
+
+impl Fan {
+    /// Built from fan-xdp's record alone, so an interrupted attach (whose
+    /// data-plane entry may be missing) can still be shown and cleaned up.
+    pub fn from_record(key: FanMetaKey, meta: FanMeta) -> Option<Self> {
+        let overlay = Ipv4Network::new(Ipv4Addr::from(key[1]), key[0] as u8).ok()?;
+        let host = Ipv4Addr::from(meta.host);
+        let underlay = Ipv4Network::new(host, meta.underlay_len).ok()?;
+        let map = FanMap::new(key[1], key[0] as u8, u32::from(underlay.network()), meta.underlay_len);
+        let slice_start = Ipv4Addr::from(map.slice_of(meta.host));
+        Some(Self {
+            overlay,
+            underlay: Ipv4Network::new(underlay.network(), meta.underlay_len).ok()?,
+            host,
+            slice: Ipv4Network::new(slice_start, map.slice_len()).ok()?,
+            gateway: Ipv4Addr::from(u32::from(slice_start) + 1),
+            bridge: name_str(&meta.bridge),
+            iface: name_str(&meta.iface),
+            mode: mode_name(meta.decap_mode),
+            mode_reason: reason_text(meta.mode_reason),
+            nat: meta.nat != 0,
+            host_reserve: meta.host_reserve,
+            mtu: meta.mtu,
+            complete: meta.complete != 0,
+            meta,
+        })
+    }
+
+    pub fn map(&self) -> FanMap {
+        FanMap::new(
+            u32::from(self.overlay.network()),
+            self.overlay.prefix(),
+            u32::from(self.underlay.network()),
+            self.underlay.prefix(),
+        )
+    }
+}
+
+/// Every fan recorded in the pinned maps, ordered by overlay.
+pub fn load_fans(maps: &PinnedMaps) -> Result<Vec<Fan>> {
+    Ok(maps.fans()?.into_iter().filter_map(|(key, meta)| Fan::from_record(key, meta)).collect())
+}

@@ -1,0 +1,208 @@
+//! Where fan-xdp's pinned state lives: one directory per network namespace.
+//!
+//! Layout: `<bpffs>/fan-xdp/netns-<cookie>/`, holding the pinned maps (the fan
+//! configuration, counters and fan-xdp's own records), programs and links.
+//! The namespace cookie (SO_NETNS_COOKIE) identifies the namespace and, unlike
+//! an inode number, is never reused, so a new namespace never inherits the
+//! state of a dead one.
+//!
+//! `<bpffs>` is, in order: `--pin-dir`; `/sys/fs/bpf` when it is a bpffs; and
+//! otherwise the host's `/sys/fs/bpf`, mounted if needed. Under `ip netns exec`
+//! every command gets a private mount namespace with a fresh `/sys` and no
+//! bpffs, and a bpffs mounted there would vanish (with its pins) when the
+//! command exits. So fan-xdp finds the nearest ancestor process in another
+//! mount namespace (the shell that ran `ip netns exec`), reaches that
+//! namespace's `/sys/fs/bpf` through `/proc/<pid>/root`, and mounts the bpffs
+//! there with a short-lived helper process when it is missing.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// statfs magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const SYSTEM_BPFFS: &str = "/sys/fs/bpf";
+/// The hidden subcommand that mounts bpffs in another mount namespace.
+pub const MOUNT_HELPER: &str = "__mount-bpffs";
+
+/// The pinned-state directory of the current network namespace.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    /// `<bpffs>/fan-xdp`: every namespace's directory lives here.
+    pub root: PathBuf,
+    /// `<root>/netns-<cookie>`.
+    pub path: PathBuf,
+}
+
+impl StateDir {
+    /// Finds (mounting bpffs if needed) the state directory of this network
+    /// namespace. The directory itself is only created by [`StateDir::create`].
+    pub fn locate(pin_dir: Option<&Path>) -> Result<Self> {
+        let base = match pin_dir {
+            Some(dir) => {
+                if !is_bpffs(dir) {
+                    bail!("--pin-dir {} is not on a bpffs (mount -t bpf bpf {0})", dir.display());
+                }
+                dir.to_path_buf()
+            }
+            None => system_bpffs()?,
+        };
+        let root = base.join("fan-xdp");
+        let path = root.join(format!("netns-{}", netns_cookie()?));
+        Ok(Self { root, path })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    pub fn create(&self) -> Result<()> {
+        fs::create_dir_all(&self.path)
+            .with_context(|| format!("creating the pin directory {}", self.path.display()))
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.path.join(format!("prog_{name}"))
+    }
+
+    /// A link pin, named by device and hook: `link_<device>_<hook>`.
+    pub fn link(&self, device: &str, hook: &str) -> PathBuf {
+        self.path.join(format!("link_{device}_{hook}"))
+    }
+
+    /// Removes the directory and everything pinned in it (the objects live on
+    /// while something else holds them, so this is the last step of a detach).
+    pub fn remove(&self) -> Result<()> {
+        if self.exists() {
+            fs::remove_dir_all(&self.path)
+                .with_context(|| format!("removing {}", self.path.display()))?;
+        }
+        // The shared parent goes when the last namespace's state is gone.
+        let _ = fs::remove_dir(&self.root);
+        Ok(())
+    }
+
+    /// Removes the directories of namespaces that no longer exist.
+    pub fn sweep_stale(&self) -> Result<Vec<PathBuf>> {
+        let live = crate::netns::live_cookies()?;
+        let mut removed = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.root) else { return Ok(removed) };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(cookie) = name.to_str().and_then(|n| n.strip_prefix("netns-")) else {
+                continue;
+            };
+            let Ok(cookie) = cookie.parse::<u64>() else { continue };
+            if !live.contains(&cookie) {
+                fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("removing stale state {}", entry.path().display()))?;
+                removed.push(entry.path());
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The network namespace cookie of the calling thread.
+pub fn netns_cookie() -> Result<u64> {
+    crate::netns::current_cookie()
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statfs writes into `buf`, a plain C struct we own.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a valid out pointer.
+    let ret = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
+    ret == 0 && buf.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The host's bpffs, as reachable from this process.
+fn system_bpffs() -> Result<PathBuf> {
+    let local = Path::new(SYSTEM_BPFFS);
+    if is_bpffs(local) {
+        return Ok(local.to_path_buf());
+    }
+    match outer_mount_ns_pid()? {
+        None => {
+            mount_bpffs(local)?;
+            Ok(local.to_path_buf())
+        }
+        Some(pid) => {
+            let outer = PathBuf::from(format!("/proc/{pid}/root{SYSTEM_BPFFS}"));
+            if !is_bpffs(&outer) {
+                let exe = std::env::current_exe().context("locating the fan-xdp binary")?;
+                let status = Command::new(exe)
+                    .args([MOUNT_HELPER, &pid.to_string()])
+                    .status()
+                    .context("starting the bpffs mount helper")?;
+                if !status.success() || !is_bpffs(&outer) {
+                    bail!(
+                        "bpffs unavailable: {SYSTEM_BPFFS} is not mounted in the host's mount namespace and mounting it failed; mount it (mount -t bpf bpf {SYSTEM_BPFFS}) or pass --pin-dir"
+                    );
+                }
+            }
+            Ok(outer)
+        }
+    }
+}
+
+fn mount_bpffs(target: &Path) -> Result<()> {
+    fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let c_target = CString::new(target.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let ret = unsafe {
+        libc::mount(c"bpf".as_ptr(), c_target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+    };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("bpffs unavailable: mounting it at {} failed", target.display()));
+    }
+    Ok(())
+}
+
+/// The helper's body: join the mount namespace of `pid`, mount the host's
+/// bpffs there. Runs in a fresh single-threaded process, as setns(CLONE_NEWNS) requires.
+pub fn mount_helper(pid: &str) -> Result<()> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/mnt")).context("opening the host mount namespace")?;
+    // SAFETY: a valid namespace fd; this process has a single thread.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("entering the host mount namespace");
+    }
+    let target = Path::new(SYSTEM_BPFFS);
+    if !is_bpffs(target) {
+        mount_bpffs(target)?;
+    }
+    Ok(())
+}
+
+/// The nearest ancestor process whose mount namespace differs from ours, if
+/// any (we run under `ip netns exec` or similar).
+fn outer_mount_ns_pid() -> Result<Option<u32>> {
+    let ours = fs::read_link("/proc/self/ns/mnt").context("reading our mount namespace")?;
+    let mut pid = std::process::id();
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The command name is parenthesised and may contain spaces: parse after it.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let ppid: u32 = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == 0 {
+            return Ok(None);
+        }
+        match fs::read_link(format!("/proc/{ppid}/ns/mnt")) {
+            Ok(theirs) if theirs != ours => return Ok(Some(ppid)),
+            Ok(_) => pid = ppid,
+            Err(_) => return Ok(None),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `fan-xdp stats`: counters per outcome, summed over CPUs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use fan_common::StatReason;
+
+use crate::{cli::{Global, StatsArgs}, loader::{PinnedMaps, Stats}, state::StateDir};
+
+pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
+    let dir = StateDir::locate(global.pin_dir.as_deref())?;
+    if !dir.exists() {
+        bail!("nothing attached in this network namespace");
+    }
+    let maps = PinnedMaps::open(&dir)?;
+    let _logs = if global.verbose { stream_ebpf_logs(&dir) } else { None };
+    let mut previous: Option<(Stats, Instant)> = None;
+    let mut printed = 0u64;
+    loop {
+        let stats = maps.stats()?;
+        let now = Instant::now();
+        print(&stats, previous.as_ref().map(|(s, t)| (s, now - *t)), args.json)?;
+        printed += 1;
+        if !args.watch || args.count.is_some_and(|c| printed >= c) {
+            return Ok(());
+        }
+        previous = Some((stats, now));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn print(stats: &Stats, previous: Option<(&Stats, Duration)>, json: bool) -> Result<()> {
+    if json {
+        let mut out = serde_json::Map::new();
+        for &reason in StatReason::ALL {
+            let c = stats.get(reason);
+            out.insert(reason.name().into(), serde_json::json!({"packets": c.packets, "bytes": c.bytes}));
+        }
+        println!("{}", serde_json::Value::Object(out));
+        return Ok(());
+    }
+    println!("{:<32} {:>14} {:>18} {:>12}", "REASON", "PACKETS", "BYTES", "PACKETS/S");
+    for &reason in StatReason::ALL {
+        let c = stats.get(reason);
+        let rate = previous.map(|(p, dt)| (c.packets - p.get(reason).packets) as f64 / dt.as_secs_f64());
+        println!(
+            "{:<32} {:>14} {:>18} {:>12}",
+            reason.name(),
+            c.packets,
+            c.bytes,
+            rate.map_or_else(|| "-".into(), |r| format!("{r:.0}"))
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Prints the eBPF programs' log events (enabled by `attach -v`) while
+/// watching. All programs of one load share a log buffer: one reader serves them.
+fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
+    for name in [crate::loader::DECAP_TC, crate::loader::DECAP_XDP, crate::loader::ENCAP_FORWARD, crate::loader::ENCAP_OUTPUT] {
+        let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else { continue };
+        let Ok(logger) = aya_log::EbpfLogger::init_from_id(info.id()) else { continue };
+        // SAFETY: the logger owns its ring buffer fd for as long as the
+        // AsyncFd holds it, and as_raw_fd always returns that fd.
+        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
+            continue;
+        };
+        return Some(tokio::spawn(async move {
+            while let Ok(mut guard) = fd.readable_mut().await {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }));
+    }
+    None
+}
