@@ -396,10 +396,15 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         Err(e) => return Err(e),
     };
     let bridge_pin = plan.dir.link(&plan.bridge, "encap");
-    changed |= link(&mut dataplane, undo, ENCAP_FORWARD, &plan.bridge, Hook::TcIngress, &bridge_pin)?;
+    let mut relinked = link(&mut dataplane, undo, ENCAP_FORWARD, &plan.bridge, Hook::TcIngress, &bridge_pin)?;
     let host_pin = plan.dir.link(HOST_DEVICE, "encap");
-    changed |= link(&mut dataplane, undo, ENCAP_OUTPUT, HOST_DEVICE, Hook::TcEgress, &host_pin)?;
-    dataplane.pin_programs(&plan.dir)?;
+    relinked |= link(&mut dataplane, undo, ENCAP_OUTPUT, HOST_DEVICE, Hook::TcEgress, &host_pin)?;
+    // The pinned programs are the ones the links run: re-pin only when a link
+    // took this load's programs, or the freshly loaded copies would linger.
+    if relinked || changed || !plan.dir.program(ENCAP_FORWARD).exists() {
+        dataplane.pin_programs(&plan.dir)?;
+    }
+    changed |= relinked;
     checkpoint("programs")?;
 
     // 8. The fan entry the programs look up, then the record marked complete.

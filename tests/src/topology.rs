@@ -74,6 +74,18 @@ pub struct Fleet {
     pub switch: Netns,
 }
 
+impl Drop for Fleet {
+    /// Deletes the namespaces, then the pinned state `fan-xdp` left for them
+    /// if a test failed before detaching (a real host's would be swept by the
+    /// next attach; tests must not leave it for the next test to find).
+    fn drop(&mut self) {
+        self.hosts.clear();
+        if let Ok(dir) = fan_userspace::state::StateDir::locate(None) {
+            let _ = dir.sweep_stale();
+        }
+    }
+}
+
 /// The ifindex of `name` in the calling thread's namespace.
 pub fn ifindex(name: &str) -> Result<u32> {
     let c_name = std::ffi::CString::new(name)?;

@@ -20,6 +20,9 @@ struct Totals {
 }
 
 pub fn run() -> Result<()> {
+    // The namespace tests drive the fan-xdp binary, which `cargo test` of
+    // another package does not build.
+    crate::cargo(&["build", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
     let mut totals = Totals::default();
     let mut ok = true;
     ok &= cargo_test(&["--workspace", "--exclude", "fan-tests", "--exclude", "fan-ebpf"], &[], &mut totals)?;

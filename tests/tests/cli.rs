@@ -1,0 +1,316 @@
+//! The `fan-xdp` command end to end, always run through `ip netns exec` in
+//! the simulated hosts' namespaces, like an operator would.
+
+use std::net::Ipv4Addr;
+
+use fan_tests::{
+    netns::Netns,
+    privileged,
+    snapshot::{assert_unchanged, snapshot},
+    topology::{Fleet, Host},
+    traffic::{ping, tcp_transfer},
+};
+
+const OVERLAY: &str = "250.0.0.0/8";
+
+fn attach_all(fleet: &Fleet, extra: &[&str]) {
+    for host in &fleet.hosts {
+        let mut args = vec!["attach", "eth0", "--overlay", OVERLAY];
+        args.extend_from_slice(extra);
+        let out = host.fan_xdp_ok(&args).expect("attach");
+        assert!(out.contains("attached: 250.0.0.0/8"), "attach said: {out}");
+    }
+}
+
+/// Every container pings every other container, on its own host and others.
+fn assert_full_mesh(fleet: &Fleet) {
+    let all: Vec<(&Netns, Ipv4Addr)> =
+        fleet.hosts.iter().flat_map(|h| h.containers.iter().map(|c| (&c.ns, c.addr))).collect();
+    for (from, from_addr) in &all {
+        for (_, to) in &all {
+            if from_addr != to {
+                assert!(ping(from, *to, 1).unwrap(), "{from_addr} cannot reach {to}");
+            }
+        }
+    }
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn three_hosts_over_the_cli() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(3).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(2).unwrap();
+    assert_full_mesh(&fleet);
+
+    // TCP between containers on different hosts, and from a host to a remote container.
+    let (h1, h3) = (&fleet.hosts[0], &fleet.hosts[2]);
+    let (c1, c3) = (&h1.containers[0], &h3.containers[1]);
+    assert_eq!(tcp_transfer(&c3.ns, &c1.ns, c3.addr, 8 << 20).unwrap(), 8 << 20);
+    assert_eq!(tcp_transfer(&c1.ns, &c3.ns, c1.addr, 8 << 20).unwrap(), 8 << 20);
+    assert!(ping(&h1.ns, c3.addr, 2).unwrap(), "host 1 -> a container on host 3");
+    assert_eq!(tcp_transfer(&c3.ns, &h1.ns, c3.addr, 4 << 20).unwrap(), 4 << 20);
+
+    // A container reaches the outside through NAT: the "internet" sees the host's underlay address.
+    let internet = Netns::new("internet").unwrap();
+    fleet.switch.ip(&["link", "add", "sw-inet", "type", "veth", "peer", "name", "eth0", "netns", internet.name()]).unwrap();
+    fleet.switch.ip(&["link", "set", "sw-inet", "master", "sw", "up"]).unwrap();
+    internet.ip(&["addr", "add", "198.18.200.1/16", "dev", "eth0"]).unwrap();
+    internet.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let outside = Ipv4Addr::new(198, 18, 200, 1);
+    assert!(ping(&c1.ns, outside, 2).unwrap(), "container -> outside through NAT");
+    let listener = internet.enter(|| std::net::TcpListener::bind((outside, 8080))).unwrap().unwrap();
+    let client = c1.ns.enter(|| std::net::TcpStream::connect((outside, 8080))).unwrap().unwrap();
+    let (_conn, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(h1.underlay_addr), "not masqueraded");
+    drop(client);
+
+    // show: the table, and JSON.
+    let show = h1.fan_xdp_ok(&["show"]).unwrap();
+    assert!(show.contains("fan-250-0-1") && show.contains("250.0.1.0/24") && show.contains(OVERLAY), "{show}");
+    assert!(show.contains("eth0 198.18.0.1/16") && show.contains("nat"), "{show}");
+    let shown = json(&h1.fan_xdp_ok(&["show", "--json"]).unwrap());
+    let fan = &shown[0];
+    assert_eq!(shown.as_array().unwrap().len(), 1);
+    assert_eq!(fan["overlay"], "250.0.0.0/8");
+    assert_eq!(fan["underlay"], "198.18.0.0/16");
+    assert_eq!(fan["slice"], "250.0.1.0/24");
+    assert_eq!(fan["gateway"], "250.0.1.1");
+    assert_eq!(fan["bridge"], "fan-250-0-1");
+    assert_eq!(fan["mode"], "tc", "auto picks TC on veth");
+    assert_eq!(fan["mtu"], 1480);
+    assert_eq!(fan["complete"], true);
+
+    // stats: the traffic above shows up, in the table and in JSON.
+    let stats = json(&h1.fan_xdp_ok(&["stats", "--json"]).unwrap());
+    assert!(stats["encapsulated"]["bytes"].as_u64().unwrap() > 8 << 20, "{stats}");
+    assert!(stats["decapsulated"]["bytes"].as_u64().unwrap() > 1 << 20, "{stats}");
+    assert_eq!(stats["drop_spoofed_source"]["packets"], 0);
+    let table = h1.fan_xdp_ok(&["stats"]).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("encapsulated ")), "{table}");
+    let watched = h1.fan_xdp_ok(&["stats", "--watch", "--count", "2"]).unwrap();
+    assert_eq!(watched.matches("REASON").count(), 2, "{watched}");
+
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    }
+}
+
+#[test]
+fn two_overlays_side_by_side() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+    }
+    let fleet = fleet.with_containers(1).unwrap();
+    // A second container per host on the 240/8 bridges.
+    let second: Vec<(Netns, Ipv4Addr)> = fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            let i = h.underlay_addr.octets()[3];
+            let ns = Netns::new(&format!("d{i}")).unwrap();
+            let addr = Ipv4Addr::new(240, 0, i, 20);
+            let bridge = format!("fan-240-0-{i}");
+            h.ns.ip(&["link", "add", "vd", "mtu", "1480", "type", "veth", "peer", "name", "eth0", "netns", ns.name()]).unwrap();
+            h.ns.ip(&["link", "set", "vd", "master", &bridge, "up"]).unwrap();
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
+            ns.ip(&["link", "set", "eth0", "mtu", "1480", "up"]).unwrap();
+            ns.ip(&["route", "add", "default", "via", &format!("240.0.{i}.1")]).unwrap();
+            (ns, addr)
+        })
+        .collect();
+    let (c1, c2) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "250/8 fan");
+    assert!(ping(&second[0].0, second[1].1, 2).unwrap(), "240/8 fan");
+    let shown = json(&fleet.hosts[0].fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown.as_array().unwrap().len(), 2);
+
+    for host in &fleet.hosts {
+        let out = host.fan_xdp_ok(&["detach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+        assert!(out.contains("detached: 240.0.0.0/8"), "{out}");
+    }
+    assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "250/8 survives detaching 240/8");
+    assert!(!ping(&second[0].0, second[1].1, 1).unwrap(), "240/8 still works after its detach");
+    let shown = json(&fleet.hosts[0].fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown.as_array().unwrap().len(), 1);
+    assert_eq!(shown[0]["overlay"], OVERLAY);
+    drop(second);
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    }
+}
+
+/// Nothing of fan-xdp's is left in `host` (and the machine's BPF objects are as in `before`).
+fn assert_clean(host: &Host, before: &str) {
+    assert_unchanged(&host.ns, before, "detach left something behind");
+}
+
+#[test]
+fn attach_is_idempotent_and_detach_leaves_nothing() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let before = snapshot(&host.ns).unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    let attached = snapshot(&host.ns).unwrap();
+    let again = host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    assert!(again.contains("already attached"), "{again}");
+    assert_unchanged(&host.ns, &attached, "a repeated attach changed something");
+    let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert!(out.contains("detached"), "{out}");
+    assert_clean(host, &before);
+    let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert!(out.contains("nothing to detach"), "{out}");
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_clean(host, &before);
+}
+
+#[test]
+fn every_error_is_named_and_leaves_the_host_as_it_was() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.ns.ip(&["link", "add", "noaddr0", "type", "veth", "peer", "name", "noaddr1"]).unwrap();
+    let before = snapshot(&host.ns).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["attach", "nosuch0", "--overlay", OVERLAY], "no such interface: nosuch0"),
+        (&["attach", "noaddr0", "--overlay", OVERLAY], "noaddr0 has no IPv4 address"),
+        (&["attach", "eth0", "--overlay", OVERLAY, "--underlay", "198.19.0.0/16"], "overlay/underlay mismatch"),
+        (&["attach", "eth0", "--overlay", "250.0.0.0/15"], "prefix too long"),
+        (&["attach", "eth0", "--overlay", "127.0.0.0/8"], "reserved range 127.0.0.0/8"),
+        (&["attach", "eth0", "--overlay", "198.0.0.0/8"], "overlaps underlay"),
+        (&["attach", "eth0", "--overlay", "fd00::/8"], "IPv6"),
+        (&["attach", "eth0", "--overlay", OVERLAY, "--mtu", "1490"], "--mtu 1490 does not fit"),
+        (&["attach", "eth0", "--overlay", OVERLAY, "--pin-dir", "/tmp"], "not on a bpffs"),
+    ];
+    for (args, message) in cases {
+        let out = host.fan_xdp(args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+        assert_unchanged(&host.ns, &before, &format!("{args:?} left something behind"));
+    }
+
+    // Not root.
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let out = host
+        .ns
+        .command("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["attach", "eth0", "--overlay", OVERLAY])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not root"), "{out:?}");
+
+    // A failure inside any step is rolled back completely.
+    for step in fan_userspace::attach::STEPS {
+        let out = host
+            .ns
+            .command(binary.to_str().unwrap())
+            .args(["attach", "eth0", "--overlay", OVERLAY])
+            .env("FAN_XDP_INJECT", format!("fail:{step}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("injected failure after step {step}")), "{stderr}");
+        assert_unchanged(&host.ns, &before, &format!("failure after {step} was not rolled back"));
+    }
+}
+
+#[test]
+fn killed_at_every_step_then_attach_and_detach_recover() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let before = snapshot(&host.ns).unwrap();
+    let binary = fan_tests::topology::fan_xdp_binary();
+    for step in fan_userspace::attach::STEPS {
+        let out = host
+            .ns
+            .command(binary.to_str().unwrap())
+            .args(["attach", "eth0", "--overlay", OVERLAY])
+            .env("FAN_XDP_INJECT", format!("kill:{step}"))
+            .output()
+            .unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "not killed at {step}");
+        host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+            .unwrap_or_else(|e| panic!("attach after a kill at {step}: {e}"));
+        let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+        assert_eq!(shown[0]["complete"], true, "attach after a kill at {step} did not finish");
+        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+        assert_unchanged(&host.ns, &before, &format!("kill at {step}, attach, detach left something"));
+    }
+}
+
+#[test]
+fn a_foreign_xdp_program_is_left_in_place() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    // Someone else's XDP program on eth0 (any program will do: ours, loaded
+    // outside fan-xdp's pinned state).
+    let mut foreign = fan_userspace::loader::Dataplane::load(0).unwrap();
+    host.ns
+        .enter(|| foreign.attach_decap("eth0", fan_userspace::loader::DecapMode::Xdp))
+        .unwrap()
+        .unwrap();
+    let before = snapshot(&host.ns).unwrap();
+    let out = host.fan_xdp(&["attach", "eth0", "--overlay", OVERLAY, "--mode", "xdp"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("already has XDP program") && stderr.contains("fan_decap_xdp"), "{stderr}");
+    assert!(stderr.contains("will not replace it"), "{stderr}");
+    assert_unchanged(&host.ns, &before, "refusal changed the host");
+    drop(foreign);
+}
+
+#[test]
+fn state_is_per_namespace_and_stale_state_is_swept() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    let shown = json(&h2.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown.as_array().unwrap().len(), 0, "host 2 sees host 1's fan");
+    h2.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+    let shown = json(&h1.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown.as_array().unwrap().len(), 1);
+    assert_eq!(shown[0]["overlay"], OVERLAY);
+
+    // A namespace that dies with a fan attached leaves a directory behind,
+    // which the next attach anywhere removes.
+    let count = || std::fs::read_dir("/sys/fs/bpf/fan-xdp").map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count(), 2);
+    let doomed = Fleet::new(1).unwrap();
+    doomed.hosts[0].fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    assert_eq!(count(), 3);
+    drop(doomed);
+    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    assert_eq!(count(), 2, "stale state of a deleted namespace was not swept");
+    h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    h2.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_eq!(count(), 0);
+}
