@@ -181,6 +181,13 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     let _ = dir.sweep_stale();
     let fans = if dir.exists() { load_fans(&PinnedMaps::open(&dir)?)? } else { Vec::new() };
+    if let Some(old) = fans.iter().find(|f| f.meta.layout_version != MAP_LAYOUT_VERSION) {
+        bail!(
+            "the pinned state in {} was written by a fan-xdp with map layout v{} (this one is v{MAP_LAYOUT_VERSION}); detach with that version first",
+            dir.path.display(),
+            old.meta.layout_version
+        );
+    }
     let (mut existing, others): (Vec<Fan>, Vec<Fan>) = fans.into_iter().partition(|f| f.overlay == overlay);
     let mut maps: Vec<FanMap> = others.iter().map(Fan::map).collect();
     maps.push(map);

@@ -7,8 +7,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
     },
 };
 use fan_common::{
@@ -154,8 +155,11 @@ impl Dataplane {
                 let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
                 let attach_type =
                     if hook == Hook::TcIngress { TcAttachType::Ingress } else { TcAttachType::Egress };
+                // First in the TCX chain: fan traffic is ours to handle before
+                // other programs see it, and everything else continues down
+                // the chain untouched (TCX_NEXT).
                 let id = tc
-                    .attach(device, attach_type)
+                    .attach_with_options(device, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
                     .with_context(|| format!("attaching {program} to {device} {attach_type:?}"))?;
                 tc.take_link(id)?.try_into()?
             }

@@ -74,6 +74,29 @@ pub struct Fleet {
     pub switch: Netns,
 }
 
+impl Fleet {
+    /// Plain routing between the slices (host-gw style, no encapsulation):
+    /// one route per remote slice via its host's underlay address.
+    pub fn route_slices(&self) -> Result<()> {
+        for host in &self.hosts {
+            host.ns.sysctl("net.ipv4.ip_forward", "1")?;
+            for other in self.hosts.iter().filter(|o| o.underlay_addr != host.underlay_addr) {
+                host.ns.ip(&["route", "add", &format!("{}/{}", other.slice, fan_map().slice_len()), "via", &other.underlay_addr.to_string()])?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn unroute_slices(&self) -> Result<()> {
+        for host in &self.hosts {
+            for other in self.hosts.iter().filter(|o| o.underlay_addr != host.underlay_addr) {
+                host.ns.ip(&["route", "del", &format!("{}/{}", other.slice, fan_map().slice_len())])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Fleet {
     /// Deletes the namespaces, then the pinned state `fan-xdp` left for them
     /// if a test failed before detaching (a real host's would be swept by the
@@ -165,8 +188,8 @@ impl Fleet {
     /// Adds `containers` containers on every host's slice bridge (which must exist).
     pub fn with_containers(mut self, containers: u8) -> Result<Self> {
         for host in &mut self.hosts {
-            for j in 1..=containers {
-                let index = host.containers.len() as u8 + j;
+            for _ in 0..containers {
+                let index = host.containers.len() as u8 + 1;
                 let container = add_container(host, index)?;
                 host.containers.push(container);
             }
@@ -191,6 +214,17 @@ impl Fleet {
     }
 }
 
+/// The slice bridge with its gateway address, as `fan-xdp attach` would
+/// create it (and adopts it when it finds it).
+pub fn add_bridge(host: &Host) -> Result<()> {
+    let mtu = OVERLAY_MTU.to_string();
+    let bridge = &host.bridge;
+    host.ns.ip(&["link", "add", bridge, "mtu", &mtu, "type", "bridge"])?;
+    host.ns.ip(&["addr", "add", &format!("{}/{}", host.gateway, fan_map().slice_len()), "dev", bridge])?;
+    host.ns.ip(&["link", "set", bridge, "up"])?;
+    Ok(())
+}
+
 fn plumb_by_hand(host: &Host) -> Result<()> {
     let ns = &host.ns;
     for (key, value) in [
@@ -203,11 +237,8 @@ fn plumb_by_hand(host: &Host) -> Result<()> {
     ] {
         ns.sysctl(key, value)?;
     }
+    add_bridge(host)?;
     let mtu = OVERLAY_MTU.to_string();
-    let bridge = &host.bridge;
-    ns.ip(&["link", "add", bridge, "mtu", &mtu, "type", "bridge"])?;
-    ns.ip(&["addr", "add", &format!("{}/{}", host.gateway, fan_map().slice_len()), "dev", bridge])?;
-    ns.ip(&["link", "set", bridge, "up"])?;
     ns.ip(&["link", "add", HOST_DEVICE, "mtu", &mtu, "type", "veth", "peer", "name", HOST_DEVICE_PEER])?;
     ns.ip(&["link", "set", HOST_DEVICE, "arp", "off", "up"])?;
     ns.ip(&["link", "set", HOST_DEVICE_PEER, "up"])?;

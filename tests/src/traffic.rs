@@ -165,3 +165,35 @@ pub fn read_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
     }
     Ok(frames)
 }
+
+/// TCP throughput in Gbit/s from `client` to an iperf3 server started in
+/// `server` on `addr`, over `seconds` seconds with `streams` parallel streams.
+pub fn iperf3(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32, streams: u32) -> Result<f64> {
+    let mut daemon = server
+        .command("iperf3")
+        .args(["-s", "-1", "-B", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (install it with `cargo xtask setup`)")?;
+    // The server needs a moment to listen; the client retries meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let out = loop {
+        let out = client.output(
+            "iperf3",
+            &["-c", &addr.to_string(), "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"],
+        )?;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    ensure!(out.status.success(), "iperf3 failed: {}", String::from_utf8_lossy(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3 reported no result: {}", report["error"]))?;
+    Ok(bps / 1e9)
+}

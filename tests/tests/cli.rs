@@ -314,3 +314,79 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     h2.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     assert_eq!(count(), 0);
 }
+
+#[test]
+fn a_forward_drop_firewall_is_reported() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.ns
+        .run("nft", &["add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }"])
+        .unwrap();
+    let out = host.fan_xdp(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("inet filter chain forward drops forwarded packets"), "{stderr}");
+    assert!(stderr.contains("oifname \"fan-250-0-1\" accept"), "{stderr}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+/// The tag (instruction hash) of the program a pinned link runs.
+fn linked_tag(pin: &std::path::Path) -> u64 {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let link = FdLink::from(PinnedLink::from_pin(pin).unwrap());
+    let id = link.info().unwrap().program_id();
+    aya::programs::loaded_programs().flatten().find(|p| p.id() == id).unwrap().tag()
+}
+
+#[test]
+fn a_newer_program_replaces_the_running_one_without_a_gap() {
+    use aya::programs::links::{FdLink, PinnedLink};
+    use fan_userspace::loader::{Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT};
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let (c1, c2) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    let pin = std::fs::read_dir("/sys/fs/bpf/fan-xdp")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("link_fan-250-0-1_encap"))
+        .find(|p| p.exists())
+        .expect("host 1's bridge link pin");
+
+    // Make host 1's bridge run another program, as an older fan-xdp would
+    // have left it (the output-hook variant: it encapsulates too).
+    let mut other = Dataplane::load(0).unwrap();
+    let forward_tag = other.classifier(ENCAP_FORWARD).unwrap().info().unwrap().tag();
+    let output = other.classifier(ENCAP_OUTPUT).unwrap();
+    let output_tag = output.info().unwrap().tag();
+    let link = FdLink::from(PinnedLink::from_pin(&pin).unwrap());
+    let id = output.attach_to_link(link.try_into().unwrap()).unwrap();
+    drop(output.take_link(id).unwrap());
+    assert_eq!(linked_tag(&pin), output_tag);
+
+    // Upgrade while a ping stream runs: not one packet may be lost.
+    let mut stream = c1
+        .ns
+        .command("ping")
+        .args(["-n", "-q", "-i", "0.005", "-c", "400", "-W", "1", &c2.addr.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = fleet.hosts[0].fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    assert!(out.contains("attached: 250.0.0.0/8"), "the upgrade changed nothing: {out}");
+    let pinged = stream.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&pinged.stdout);
+    assert!(summary.contains("400 packets transmitted, 400 received"), "{summary}");
+    assert_eq!(linked_tag(&pin), forward_tag, "the link does not run the new program");
+    drop(other);
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    }
+}

@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup::run()?;
+            cargo(&["build", "--release", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
             cargo(&["build", "--release", "-p", "fan-tests", "--bin", "fan-demo"])?;
             let status = Command::new(workspace_root().join("target/release/fan-demo"))
                 .status()

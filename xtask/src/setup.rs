@@ -13,6 +13,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "turning TSO off in the tests"),
     ("tcpdump", "underlay captures in the tests"),
     ("procps", "sysctl in the tests"),
+    ("iperf3", "throughput in the demo and the bench"),
+    ("nftables", "nft: fan-xdp's masquerade rules"),
+    ("util-linux", "setpriv in the tests"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
