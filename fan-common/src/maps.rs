@@ -40,6 +40,27 @@ impl FanEntry {
 // SAFETY: FanEntry is repr(C), Copy, and made only of integers with explicit padding.
 unsafe impl aya::Pod for FanEntry {}
 
+/// A container's veth, for delivering decapsulated packets straight into its
+/// namespace. Keyed by the container's overlay address (network byte order).
+/// Written by `fan-xdp run` from the kernel's neighbour and bridge tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Endpoint {
+    /// The host-side end of the container's veth pair (a port of the slice bridge).
+    pub ifindex: u32,
+    /// The container's MAC address: the new Ethernet destination.
+    pub mac: [u8; 6],
+    /// The slice bridge's MAC address (the gateway's): the new Ethernet source.
+    pub gateway_mac: [u8; 6],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: Endpoint is repr(C), Copy, and made only of integers with no padding.
+unsafe impl aya::Pod for Endpoint {}
+
+/// Most containers one host can have direct delivery for.
+pub const MAX_ENDPOINTS: u32 = 16384;
+
 /// Key of the metadata map: `[prefix length, overlay network (host order)]`.
 pub type FanMetaKey = [u32; 2];
 

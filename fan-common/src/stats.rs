@@ -45,6 +45,7 @@ stat_reasons! {
     Encapsulated = "encapsulated": "encapsulated and sent to the underlay host owning the destination",
     EncapsulatedGso = "encapsulated_gso": "of the encapsulated packets, GSO super-packets (segmented later)",
     Decapsulated = "decapsulated": "outer header removed, inner packet handed on",
+    DecapsulatedDirect = "decapsulated_direct": "of the decapsulated packets, delivered straight into the container's namespace (bpf_redirect_peer)",
     PassNotIpv4 = "pass_not_ipv4": "not an IPv4 frame: left to the stack",
     PassMalformedIpv4 = "pass_malformed_ipv4": "IPv4 header truncated or invalid: left to the stack to reject",
     PassNotOverlay = "pass_not_overlay": "destination outside every configured overlay: not fan traffic",

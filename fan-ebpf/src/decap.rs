@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK,
         TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
-    helpers::generated::bpf_xdp_adjust_head,
+    helpers::generated::{bpf_check_mtu, bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -16,7 +16,7 @@ use fan_common::{
 };
 
 use crate::{
-    maps::fan_for,
+    maps::{FAN_ENDPOINTS, fan_for},
     parse::{eth, ipv4, EthHdr, MAX_HEADERS_LEN},
     stats::count,
     tc::{ensure_linear, frame},
@@ -121,7 +121,13 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
                 return TC_ACT_SHOT;
             }
             count(StatReason::Decapsulated, len);
-            TC_ACT_OK
+            match deliver_direct(ctx) {
+                Some(action) => {
+                    count(StatReason::DecapsulatedDirect, len);
+                    action
+                }
+                None => TC_ACT_OK,
+            }
         }
         Decision::Pass(reason) => {
             count(reason, len);
@@ -133,6 +139,50 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// Delivers a decapsulated packet straight into the namespace of the
+/// container it is for, when `fan-xdp run` has told us which veth that is.
+/// This bypasses the host's forwarding path (and the bridge, whose transmit
+/// would segment the still-encapsulation-tagged GSO packet in software), so it
+/// does what the router would have done: decrement the TTL, and leave to the
+/// stack what would expire or not fit. `None`: let the stack deliver it.
+#[inline(always)]
+fn deliver_direct(ctx: &TcContext) -> Option<i32> {
+    let (start, end) = frame(ctx);
+    let eth = eth(start, end)?;
+    let ip_ptr = ipv4(start, end, ETH_HDR_LEN)?;
+    // SAFETY: bounds-checked by `ipv4`.
+    let ip = unsafe { *ip_ptr };
+    // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
+    let endpoint = unsafe { FAN_ENDPOINTS.get(&ip.dst_raw()) }?;
+    if ip.ttl <= 1 {
+        return None;
+    }
+    // The helper fails for a device that no longer exists: a stale entry
+    // then falls back to the stack instead of delivering anywhere.
+    let mut mtu: u32 = 0;
+    // SAFETY: `mtu` outlives the call; the context pointer is the program's.
+    if unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, endpoint.ifindex, &mut mtu, 0, 0) } < 0 {
+        return None;
+    }
+    // SAFETY: reading a field of the program's own context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 && ip.total_len() as u32 > mtu {
+        return None;
+    }
+    let old = ip.ttl_word();
+    let ttl = ip.ttl - 1;
+    let check = replace_word(ip.check_word(), old, u16::from_ne_bytes([ttl, ip.protocol]));
+    // SAFETY: both headers were bounds-checked and nothing moved the data since.
+    unsafe {
+        (*ip_ptr).ttl = ttl;
+        (*ip_ptr).check = check.to_ne_bytes();
+        (*eth).dst = endpoint.mac;
+        (*eth).src = endpoint.gateway_mac;
+    }
+    // SAFETY: the helper takes plain integers.
+    Some(unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32)
 }
 
 /// XDP on the underlay device, before the stack (and GRO) sees the packet.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
 };
 use fan_common::{
-    maps::{FanMeta, FanMetaKey, MAX_FANS},
+    maps::{Endpoint, FanMeta, FanMetaKey, MAX_ENDPOINTS, MAX_FANS},
     Counter, FanEntry, StatReason,
 };
 
@@ -17,6 +17,12 @@ pub static FAN_CONFIG: LpmTrie<u32, FanEntry> = LpmTrie::with_max_entries(MAX_FA
 /// Per-CPU packet and byte counters, one slot per [`StatReason`].
 #[map]
 pub static FAN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(StatReason::COUNT, 0);
+
+/// Containers on this host by overlay address (network byte order), for
+/// delivering decapsulated packets into their namespace without the host's
+/// forwarding path. Empty unless `fan-xdp run` keeps it.
+#[map]
+pub static FAN_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// User space's record of each fan (bridge, interface, mode, original
 /// sysctls). The programs never read it; it lives here so it is created and

@@ -33,6 +33,8 @@ pub enum Command {
     Detach(DetachArgs),
     /// The fans attached in this network namespace, read from the pinned state.
     Show(ShowArgs),
+    /// Long-running mode: keep the direct-delivery endpoint map current (and, with -v, print eBPF events).
+    Run(RunArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
     /// Offline calculator: a host's slice, bridge and gateway, and where overlay addresses live.
@@ -116,4 +118,14 @@ pub struct MapArgs {
     pub addresses: Vec<Ipv4Addr>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Sync the endpoint map once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Full resync at least this often, besides netlink events.
+    #[arg(long, default_value_t = 10)]
+    pub resync_seconds: u64,
 }

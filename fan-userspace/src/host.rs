@@ -10,6 +10,7 @@ use rtnetlink::{
         AddressFamily,
         address::AddressAttribute,
         link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage},
     },
 };
@@ -25,6 +26,7 @@ pub struct Link {
     /// The XDP program attached to the device, if any.
     pub xdp_prog_id: Option<u32>,
     pub noarp: bool,
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Link {
@@ -36,11 +38,13 @@ impl Link {
             kind: None,
             xdp_prog_id: None,
             noarp: msg.header.flags.contains(LinkFlags::Noarp),
+            mac: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -231,6 +235,60 @@ impl Net {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
             Err(e) => Err(e).with_context(|| format!("deleting route {dest}/{len}")),
         }
+    }
+}
+
+impl Net {
+    /// Usable IPv4 neighbours on `ifindex`: address and MAC.
+    pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
+        let mut out = Vec::new();
+        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+        while let Some(msg) = dump.try_next().await.context("listing neighbours")? {
+            if msg.header.ifindex != ifindex
+                || matches!(
+                    msg.header.state,
+                    NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::Noarp | NeighbourState::None
+                )
+            {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((ip, mac));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The forwarding database of bridge `bridge`: which port each MAC was learned on.
+    pub async fn fdb(&self, bridge: u32) -> Result<Vec<([u8; 6], u32)>> {
+        let mut out = Vec::new();
+        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        while let Some(msg) = dump.try_next().await.context("listing the bridge forwarding database")? {
+            let mut mac = None;
+            let mut master = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                    NeighbourAttribute::Controller(m) => master = Some(*m),
+                    _ => {}
+                }
+            }
+            if master == Some(bridge)
+                && msg.header.ifindex != bridge
+                && let Some(mac) = mac
+            {
+                out.push((mac, msg.header.ifindex));
+            }
+        }
+        Ok(out)
     }
 }
 

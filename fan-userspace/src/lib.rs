@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod cli;
 pub mod detach;
+pub mod endpoints;
 pub mod host;
 pub mod loader;
 pub mod map;
@@ -13,6 +14,7 @@ pub mod nat;
 pub mod naming;
 pub mod netns;
 pub mod record;
+pub mod run;
 pub mod show;
 pub mod state;
 pub mod stats;

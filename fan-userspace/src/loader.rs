@@ -14,7 +14,7 @@ use aya::{
 };
 use fan_common::{
     Counter, FanEntry, StatReason,
-    maps::{FanMeta, FanMetaKey},
+    maps::{Endpoint, FanMeta, FanMetaKey},
 };
 
 use crate::state::StateDir;
@@ -30,7 +30,8 @@ pub const DECAP_XDP: &str = "fan_decap_xdp";
 pub const CONFIG_MAP: &str = "FAN_CONFIG";
 pub const STATS_MAP: &str = "FAN_STATS";
 pub const META_MAP: &str = "FAN_META";
-const MAPS: [&str; 3] = [CONFIG_MAP, STATS_MAP, META_MAP];
+pub const ENDPOINTS_MAP: &str = "FAN_ENDPOINTS";
+const MAPS: [&str; 4] = [CONFIG_MAP, STATS_MAP, META_MAP, ENDPOINTS_MAP];
 
 /// Where decapsulation runs on the underlay device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +193,14 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Points direct delivery of `addr` (network byte order) at `endpoint`.
+    pub fn insert_endpoint(&mut self, addr: u32, endpoint: &Endpoint) -> Result<()> {
+        let map = self.ebpf.map_mut(ENDPOINTS_MAP).ok_or_else(|| anyhow!("no map {ENDPOINTS_MAP}"))?;
+        let mut endpoints: BpfHashMap<_, u32, Endpoint> = BpfHashMap::try_from(map)?;
+        endpoints.insert(addr, endpoint, 0).context("writing an endpoint")?;
+        Ok(())
+    }
+
     /// Adds or replaces the fan whose overlay is `entry.map.overlay`.
     pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
         let map = self.ebpf.map_mut(CONFIG_MAP).ok_or_else(|| anyhow!("no map {CONFIG_MAP}"))?;
@@ -260,6 +269,7 @@ pub struct PinnedMaps {
     pub config: LpmTrie<MapData, u32, FanEntry>,
     pub meta: BpfHashMap<MapData, FanMetaKey, FanMeta>,
     pub stats: PerCpuArray<MapData, Counter>,
+    pub endpoints: BpfHashMap<MapData, u32, Endpoint>,
 }
 
 impl PinnedMaps {
@@ -273,6 +283,7 @@ impl PinnedMaps {
             config: LpmTrie::try_from(open(CONFIG_MAP)?)?,
             meta: BpfHashMap::try_from(open(META_MAP)?)?,
             stats: PerCpuArray::try_from(open(STATS_MAP)?)?,
+            endpoints: BpfHashMap::try_from(open(ENDPOINTS_MAP)?)?,
         })
     }
 

@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     attach,
     cli::{Cli, Command},
-    detach, map, show, state, stats,
+    detach, map, run, show, state, stats,
 };
 
 fn main() -> Result<()> {
@@ -22,6 +22,7 @@ fn main() -> Result<()> {
         match &cli.command {
             Command::Attach(args) => attach::run(args, &cli.global).await,
             Command::Detach(args) => detach::run(args, &cli.global).await,
+            Command::Run(args) => run::run(args, &cli.global).await,
             Command::Show(args) => show::run(args, &cli.global),
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),

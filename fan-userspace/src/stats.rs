@@ -57,7 +57,7 @@ fn print(stats: &Stats, previous: Option<(&Stats, Duration)>, json: bool) -> Res
 
 /// Prints the eBPF programs' log events (enabled by `attach -v`) while
 /// watching. All programs of one load share a log buffer: one reader serves them.
-fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
+pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
     for name in [crate::loader::DECAP_TC, crate::loader::DECAP_XDP, crate::loader::ENCAP_FORWARD, crate::loader::ENCAP_OUTPUT] {
         let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else { continue };
         let Ok(logger) = aya_log::EbpfLogger::init_from_id(info.id()) else { continue };

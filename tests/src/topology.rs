@@ -74,6 +74,28 @@ pub struct Fleet {
     pub switch: Netns,
 }
 
+/// A `fan-xdp run` process; stopped with SIGTERM (a clean stop) when dropped.
+pub struct Daemon(std::process::Child);
+
+impl Daemon {
+    /// Stops it the way systemd would, and waits for it.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        Ok(self.0.wait()?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
 impl Fleet {
     /// Plain routing between the slices (host-gw style, no encapsulation):
     /// one route per remote slice via its host's underlay address.
@@ -143,6 +165,19 @@ impl Host {
             .env("RUST_BACKTRACE", "0")
             .output()
             .context("running fan-xdp")
+    }
+
+    /// Starts `fan-xdp run` (the long-running mode) in this host's namespace.
+    pub fn fan_xdp_run(&self) -> Result<Daemon> {
+        let child = self
+            .ns
+            .command(fan_xdp_binary().to_str().context("binary path")?)
+            .args(["run", "--resync-seconds", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting fan-xdp run")?;
+        Ok(Daemon(child))
     }
 
     /// Runs `fan-xdp ARGS` and fails with its stderr unless it succeeds.

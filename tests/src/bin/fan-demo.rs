@@ -39,6 +39,7 @@ fn main() -> Result<()> {
     for host in &fleet.hosts {
         print!("   {}", host.fan_xdp_ok(&["attach", "eth0", "--overlay", &overlay])?);
     }
+    let daemons = fleet.hosts.iter().map(|h| h.fan_xdp_run()).collect::<Result<Vec<_>>>()?;
     println!("\n   fan-xdp show (on h1):");
     for line in fleet.hosts[0].fan_xdp_ok(&["show"])?.lines() {
         println!("   {line}");
@@ -69,6 +70,7 @@ fn main() -> Result<()> {
     }
 
     println!("\n5. fan-xdp detach eth0 on every host, and the namespaces go.");
+    drop(daemons);
     for host in &fleet.hosts {
         host.fan_xdp_ok(&["detach", "eth0"])?;
     }

@@ -1,0 +1,91 @@
+//! `fan-xdp run`: the long-running mode (a systemd unit's `ExecStart`). It
+//! keeps the endpoint map in step with the containers (from netlink link,
+//! neighbour and bridge forwarding events, plus a periodic full resync), and
+//! with `-v` streams the eBPF programs' log. When it stops, it empties the
+//! endpoint map, so every packet takes the stack, which is always correct.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use futures::StreamExt as _;
+use log::{debug, info, warn};
+use rtnetlink::{
+    constants::{RTMGRP_LINK, RTMGRP_NEIGH},
+    sys::{AsyncSocket as _, SocketAddr},
+};
+
+use crate::{
+    cli::{Global, RunArgs},
+    endpoints,
+    host::Net,
+    loader::PinnedMaps,
+    record::load_fans,
+    require_root,
+    state::StateDir,
+};
+
+pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
+    require_root()?;
+    let dir = StateDir::locate(global.pin_dir.as_deref())?;
+    let net = Net::connect()?;
+    if args.once {
+        return sync(&net, &dir).await;
+    }
+    let (mut connection, _, mut events) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
+        .context("subscribing to link and neighbour events")?;
+    tokio::spawn(connection);
+    let _logs = if global.verbose { crate::stats::stream_ebpf_logs(&dir) } else { None };
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
+    info!("fan-xdp run: keeping the endpoint map of {} current", dir.path.display());
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                if event.is_none() {
+                    warn!("netlink event stream ended");
+                    break;
+                }
+                // A burst (a container coming up) arrives as many events:
+                // settle briefly, drain, then resync once.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+                report(sync(&net, &dir).await);
+            }
+            _ = resync.tick() => report(sync(&net, &dir).await),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    if dir.exists() {
+        endpoints::clear(&mut PinnedMaps::open(&dir)?)?;
+    }
+    info!("fan-xdp run: stopped; the endpoint map is empty, traffic takes the stack");
+    Ok(())
+}
+
+fn report(result: Result<()>) {
+    if let Err(e) = result {
+        warn!("endpoint sync failed: {e:#}");
+    }
+}
+
+async fn sync(net: &Net, dir: &StateDir) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut maps = PinnedMaps::open(dir)?;
+    let fans = load_fans(&maps)?;
+    let want = endpoints::desired(net, &fans).await?;
+    let (changed, removed) = endpoints::apply(&mut maps, &want)?;
+    if changed + removed > 0 {
+        info!("endpoints: {} known, {changed} added or changed, {removed} removed", want.len());
+    } else {
+        debug!("endpoints: {} known, unchanged", want.len());
+    }
+    Ok(())
+}
