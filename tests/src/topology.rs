@@ -83,6 +83,13 @@ impl Daemon {
         self.terminate()
     }
 
+    /// Kills it with no chance to clean up.
+    pub fn kill(mut self) -> Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+
     fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
@@ -165,6 +172,12 @@ impl Host {
             .env("RUST_BACKTRACE", "0")
             .output()
             .context("running fan-xdp")
+    }
+
+    /// fan-xdp's pinned maps for this host's namespace.
+    pub fn pinned_maps(&self) -> Result<fan_userspace::loader::PinnedMaps> {
+        let dir = self.ns.enter(|| fan_userspace::state::StateDir::locate(None))??;
+        fan_userspace::loader::PinnedMaps::open(&dir)
     }
 
     /// Starts `fan-xdp run` (the long-running mode) in this host's namespace.
@@ -282,11 +295,16 @@ fn plumb_by_hand(host: &Host) -> Result<()> {
     Ok(())
 }
 
-/// Container `j` of `host`: a namespace whose `eth0` is a veth on the slice bridge.
+/// Container `j` of `host`: a namespace whose `eth0` is a veth on the slice
+/// bridge, with address slice + 10 + j.
 fn add_container(host: &Host, j: u8) -> Result<Container> {
+    add_container_at(host, j, Ipv4Addr::from(u32::from(host.slice) + 10 + j as u32))
+}
+
+/// A container on `host`'s bridge through port `veth<j>` with address `addr`.
+pub fn add_container_at(host: &Host, j: u8, addr: Ipv4Addr) -> Result<Container> {
     let i = host.underlay_addr.octets()[3];
     let ns = Netns::new(&format!("c{i}-{j}"))?;
-    let addr = Ipv4Addr::from(u32::from(host.slice) + 10 + j as u32);
     let port = format!("veth{j}");
     let mtu = OVERLAY_MTU.to_string();
     host.ns.ip(&["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;

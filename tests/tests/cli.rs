@@ -390,3 +390,73 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
         host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     }
 }
+
+/// Packets host `host` delivered straight into a container so far.
+fn direct(host: &Host) -> u64 {
+    let stats = json(&host.fan_xdp_ok(&["stats", "--json"]).unwrap());
+    stats["decapsulated_direct"]["packets"].as_u64().unwrap()
+}
+
+/// Pings until direct delivery on `host` shows up (the daemon learns an
+/// endpoint after the first exchange), or gives up after ~5 s.
+fn wait_for_direct(from: &Netns, to: Ipv4Addr, host: &Host) -> bool {
+    let start = direct(host);
+    for _ in 0..25 {
+        assert!(ping(from, to, 1).unwrap(), "{to} unreachable");
+        if direct(host) > start + 1 {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn direct_delivery_follows_containers_and_never_misdelivers() {
+    use fan_tests::topology::add_container_at;
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let mut fleet = fleet.with_containers(1).unwrap();
+    let daemon = fleet.hosts[1].fan_xdp_run().unwrap();
+    let c1 = fleet.hosts[0].containers.remove(0);
+    let target = fleet.hosts[1].containers[0].addr;
+    assert!(wait_for_direct(&c1.ns, target, &fleet.hosts[1]), "the daemon never enabled direct delivery");
+    let endpoints = |host: &Host| host.pinned_maps().unwrap().endpoints.iter().count();
+    assert_eq!(endpoints(&fleet.hosts[1]), 1);
+
+    // The container goes; a new one takes its address behind another veth.
+    fleet.hosts[1].containers.clear();
+    let replacement = add_container_at(&fleet.hosts[1], 7, target).unwrap();
+    // Its first packets teach the host its MAC, as any container's would.
+    assert!(ping(&replacement.ns, c1.addr, 2).unwrap(), "the new container cannot reach out");
+    assert!(ping(&c1.ns, target, 3).unwrap(), "traffic does not reach the new container");
+    assert!(wait_for_direct(&c1.ns, target, &fleet.hosts[1]), "direct delivery did not follow the new container");
+    let maps = fleet.hosts[1].pinned_maps().unwrap();
+    let (_, endpoint) = maps.endpoints.iter().next().unwrap().unwrap();
+    let veth7 = fleet.hosts[1].ns.enter(|| fan_tests::topology::ifindex("veth7")).unwrap().unwrap();
+    assert_eq!(endpoint.ifindex, veth7, "the endpoint still names the old veth");
+
+    // Killed, the daemon leaves its entries; a stale one must fall back to
+    // the stack, never deliver elsewhere.
+    daemon.kill().unwrap();
+    drop(replacement);
+    let again = add_container_at(&fleet.hosts[1], 8, target).unwrap();
+    assert!(ping(&again.ns, c1.addr, 2).unwrap());
+    assert!(ping(&c1.ns, target, 3).unwrap(), "a stale entry broke delivery");
+
+    // Stopped cleanly, it empties the map: everything takes the stack.
+    let daemon = fleet.hosts[1].fan_xdp_run().unwrap();
+    assert!(wait_for_direct(&c1.ns, target, &fleet.hosts[1]));
+    daemon.stop().unwrap();
+    assert_eq!(endpoints(&fleet.hosts[1]), 0, "a stopped daemon left endpoints behind");
+    let before = direct(&fleet.hosts[1]);
+    assert!(ping(&c1.ns, target, 3).unwrap());
+    assert_eq!(direct(&fleet.hosts[1]), before, "direct delivery without the daemon");
+    drop(again);
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    }
+}
