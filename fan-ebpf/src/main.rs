@@ -4,6 +4,7 @@
 //! - `fan_encap_output`: TC egress of fan-xdp's NOARP host device (traffic the host originates).
 //! - `fan_decap_tc`: TC ingress of the underlay device.
 //! - `fan_decap_xdp`: native XDP on the underlay device.
+//! - `fan_bench_xdp_pass`: only the bench's baseline.
 #![no_std]
 #![no_main]
 
@@ -39,6 +40,12 @@ pub fn fan_decap_tc(ctx: TcContext) -> i32 {
 #[xdp(frags)]
 pub fn fan_decap_xdp(ctx: XdpContext) -> u32 {
     decap::decapsulate_xdp(&ctx)
+}
+
+/// The bench's baseline: the cheapest XDP program there is. Never attached by fan-xdp.
+#[xdp]
+pub fn fan_bench_xdp_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

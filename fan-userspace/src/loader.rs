@@ -27,6 +27,8 @@ pub const ENCAP_FORWARD: &str = "fan_encap_forward";
 pub const ENCAP_OUTPUT: &str = "fan_encap_output";
 pub const DECAP_TC: &str = "fan_decap_tc";
 pub const DECAP_XDP: &str = "fan_decap_xdp";
+/// An XDP program that only returns XDP_PASS: the bench's baseline.
+pub const BENCH_XDP_PASS: &str = "fan_bench_xdp_pass";
 pub const CONFIG_MAP: &str = "FAN_CONFIG";
 pub const STATS_MAP: &str = "FAN_STATS";
 pub const META_MAP: &str = "FAN_META";
@@ -224,6 +226,15 @@ impl Dataplane {
     /// The XDP decapsulation program, for test runs.
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
         program(&mut self.ebpf, DECAP_XDP)
+    }
+
+    /// The bench's XDP_PASS baseline, loaded on first use.
+    pub fn baseline_xdp(&mut self) -> Result<&mut Xdp> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, BENCH_XDP_PASS)?;
+        if xdp.fd().is_err() {
+            xdp.load()?;
+        }
+        Ok(xdp)
     }
 }
 

@@ -3,6 +3,7 @@
 //! the end-to-end tests and the demo.
 
 pub mod netns;
+pub mod paths;
 pub mod snapshot;
 pub mod topology;
 pub mod traffic;

@@ -32,6 +32,12 @@ enum Task {
     },
     /// Build, then run a fleet of simulated Fan hosts with containers, talking over the fan.
     Demo,
+    /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
+    Bench {
+        /// A short smoke run (no speed asserted).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -47,6 +53,10 @@ fn main() -> Result<()> {
             }
             test::run()
         }
+        Task::Bench { quick } => {
+            setup::run()?;
+            bench(quick)
+        }
         Task::Demo => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
@@ -60,6 +70,21 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Builds and runs the bench (`--quick`: the smoke run).
+pub fn bench(quick: bool) -> Result<()> {
+    cargo(&["build", "--release", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
+    cargo(&["build", "--release", "-p", "fan-tests", "--bin", "fan-bench"])?;
+    let mut cmd = Command::new(workspace_root().join("target/release/fan-bench"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    let status = cmd.status().context("running fan-bench")?;
+    if !status.success() {
+        bail!("the bench failed ({status})");
+    }
+    Ok(())
 }
 
 /// The workspace root (xtask lives one level below it).

@@ -16,6 +16,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput in the demo and the bench"),
     ("nftables", "nft: fan-xdp's masquerade rules"),
     ("util-linux", "setpriv in the tests"),
+    ("fonts-dejavu-core", "the font of the bench's chart"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -27,6 +27,17 @@ pub fn run() -> Result<()> {
     let mut ok = true;
     ok &= cargo_test(&["--workspace", "--exclude", "fan-tests", "--exclude", "fan-ebpf"], &[], &mut totals)?;
     ok &= cargo_test(&["-p", "fan-tests"], &["--test-threads=1"], &mut totals)?;
+    // The bench's smoke run: every path sets up, carries traffic and tears
+    // down, the per-packet runs count what they should (no speed asserted).
+    println!("bench smoke: cargo xtask bench --quick");
+    match crate::bench(true) {
+        Ok(()) => totals.passed += 1,
+        Err(e) => {
+            println!("bench smoke FAILED: {e:#}");
+            totals.failed += 1;
+            ok = false;
+        }
+    }
     println!(
         "total: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored

@@ -1,0 +1,413 @@
+//! `cargo xtask bench`: fan-xdp against plain routing and the kernel's
+//! tunnels, side by side on the same namespaces, runs interleaved path by
+//! path, reported as medians with spread and as ratios to plain routing.
+//! Also the per-packet cost of each program, and how it scales with the
+//! number of overlays and of hosts. `--quick` is a short smoke run.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::programs::{TestRun, TestRunOptions};
+use fan_common::{FanEntry, FanMap, StatReason};
+use fan_tests::{
+    hex,
+    netns::Netns,
+    paths::{Active, Path, bench_fleet, kernel_has_ipip},
+    topology::{self, Fleet},
+    traffic::{iperf3, tcp_rr, udp_pps},
+};
+use fan_userspace::loader::{DECAP_TC, Dataplane, ENCAP_FORWARD};
+
+/// A container (02:..:aa) to its gateway: 250.0.1.10 -> 250.0.2.20, ICMP echo.
+const ENCAP_IN: &str = "020000000001 0200000000aa 0800 45000020 12344000 4001318a fa00010a fa000214 0800e139 42420001 66616e21";
+/// From 198.18.0.2 to us: outer proto 4 | inner 250.0.2.20 -> 250.0.1.10.
+const DECAP_IN: &str = "020000000011 020000000022 0800 45000034 00004000 4004ae9e c6120002 c6120001 45000020 12344000 4001318a fa000214 fa00010a 0800e139 42420001 66616e21";
+/// Plain ICMP between underlay hosts: the pass-through case.
+const UNDERLAY_PING: &str = "020000000011 020000000022 0800 45000020 12344000 40019c81 c6120002 c6120001 0800e139 42420001 66616e21";
+
+struct Config {
+    runs: usize,
+    seconds: u32,
+    test_runs: u32,
+    big_fleet: u8,
+}
+
+#[derive(Default, Clone)]
+struct Sample {
+    tcp1: f64,
+    tcp4: f64,
+    udp_kpps: f64,
+    rr_tps: f64,
+    rr_p50: f64,
+    rr_p99: f64,
+    /// ns per invocation of (encapsulation, decapsulation) during the 1-stream run.
+    bpf_ns: Option<(f64, f64)>,
+}
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench builds network namespaces and loads BPF programs: run it as root");
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let cfg = if quick {
+        Config { runs: 1, seconds: 2, test_runs: 2_000, big_fleet: 8 }
+    } else {
+        Config { runs: 5, seconds: 10, test_runs: 20_000, big_fleet: 32 }
+    };
+    let _stats = BpfStats::enable()?;
+    let mut report = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    writeln!(report, "# fan-xdp bench\n\nKernel {kernel}, {cpus} CPUs, {} run(s) of {} s per path{}.\n", cfg.runs, cfg.seconds, if quick { " (--quick: a smoke run, not a measurement)" } else { "" })?;
+
+    let samples = paths(&cfg)?;
+    let table = path_table(&samples);
+    println!("{table}");
+    report += &table;
+
+    let costs = per_packet(&cfg)?;
+    println!("{costs}");
+    report += &costs;
+
+    let scaling = fleet_scaling(&cfg)?;
+    println!("{scaling}");
+    report += &scaling;
+
+    let verdicts = targets(&samples);
+    println!("{verdicts}");
+    report += &verdicts;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("report.md"), &report)?;
+    chart(&samples, &dir.join("throughput.png"))?;
+    println!("Written: {0}/report.md and {0}/throughput.png", dir.canonicalize()?.display());
+    Ok(())
+}
+
+/// kernel.bpf_stats_enabled on for the bench, restored afterwards. It is a
+/// machine-wide switch (not network state): it makes the kernel count each
+/// program's run time and runs.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(path).unwrap_or_else(|_| "0".into());
+        std::fs::write(path, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self(old.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// Total (run time ns, runs) of every loaded program whose name starts with
+/// `prefix` (the kernel keeps 15 bytes of a name: `fan_encap_forwa`).
+fn program_time(prefix: &str) -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with(prefix)))
+        .fold((0, 0), |(t, c), p| (t + p.run_time().as_nanos() as u64, c + p.run_count()))
+}
+
+fn paths(cfg: &Config) -> Result<BTreeMap<String, (Path, Vec<Sample>)>> {
+    let fleet = bench_fleet(2, 1)?;
+    let mut paths = vec![Path::Routing, Path::Vxlan, Path::FanXdp, Path::FanTc, Path::FanTcStack];
+    let ipip = kernel_has_ipip(&fleet.hosts[0].ns);
+    if ipip {
+        paths.insert(2, Path::KernelIpip);
+    }
+    let mut samples: BTreeMap<String, (Path, Vec<Sample>)> = BTreeMap::new();
+    if !ipip {
+        samples.insert(Path::KernelIpip.to_string(), (Path::KernelIpip, Vec::new()));
+    }
+    let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    for run in 0..cfg.runs {
+        for &path in &paths {
+            eprintln!("run {}/{}: {path}", run + 1, cfg.runs);
+            let active = Active::setup(&fleet, path)?;
+            if path == Path::FanTc {
+                wait_for_direct_delivery(&fleet, &client.ns, server.addr)?;
+            }
+            let sample = measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr);
+            active.teardown(&fleet)?;
+            samples.entry(path.to_string()).or_insert((path, Vec::new())).1.push(sample?);
+        }
+    }
+    Ok(samples)
+}
+
+/// `fan-xdp run` learns a container once the host has resolved it: warm up.
+fn wait_for_direct_delivery(fleet: &Fleet, client: &Netns, addr: Ipv4Addr) -> Result<()> {
+    for _ in 0..50 {
+        fan_tests::traffic::ping(client, addr, 1)?;
+        if fleet.hosts[1].pinned_maps()?.endpoints.iter().count() > 0 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("fan-xdp run did not learn the container's endpoint")
+}
+
+fn measure(cfg: &Config, fleet: &Fleet, path: Path, client: &Netns, server: &Netns, addr: Ipv4Addr) -> Result<Sample> {
+    let fan = matches!(path, Path::FanXdp | Path::FanTc | Path::FanTcStack);
+    let decap_prefix = if path == Path::FanXdp { "fan_decap_xdp" } else { "fan_decap_tc" };
+    let before = (program_time("fan_encap_forw"), program_time(decap_prefix));
+    let decapsulated_before = if fan { counter(&fleet.hosts[1], StatReason::Decapsulated)? } else { 0 };
+    let tcp1 = iperf3(server, client, addr, cfg.seconds, 1)?;
+    let after = (program_time("fan_encap_forw"), program_time(decap_prefix));
+    let bpf_ns = fan.then(|| {
+        let per = |b: (u64, u64), a: (u64, u64)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64;
+        (per(before.0, after.0), per(before.1, after.1))
+    });
+    if path == Path::FanXdp {
+        // The XDP figures must be XDP's: attached in driver mode, and counting.
+        let link = fleet.hosts[1].ns.ip(&["-d", "link", "show", "dev", "eth0"])?;
+        ensure!(link.contains("prog/xdp") && !link.contains("xdpgeneric"), "XDP not in driver mode: {link}");
+        ensure!(counter(&fleet.hosts[1], StatReason::Decapsulated)? > decapsulated_before, "XDP counters did not move");
+    }
+    let tcp4 = iperf3(server, client, addr, cfg.seconds, 4)?;
+    let udp_kpps = udp_pps(server, client, addr, cfg.seconds.min(5), 64)? / 1e3;
+    let (rr_tps, rr_p50, rr_p99) = tcp_rr(server, client, addr, cfg.seconds.min(5))?;
+    Ok(Sample { tcp1, tcp4, udp_kpps, rr_tps, rr_p50, rr_p99, bpf_ns })
+}
+
+fn counter(host: &topology::Host, reason: StatReason) -> Result<u64> {
+    Ok(host.pinned_maps()?.stats()?.get(reason).packets)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values[values.len() / 2]
+}
+
+/// "median (min-max)" of one field.
+fn stat(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = samples.iter().map(field).collect();
+    let m = median(&mut v);
+    (m, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+}
+
+fn routing(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> &[Sample] {
+    &samples[&Path::Routing.to_string()].1
+}
+
+fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
+    let base = routing(samples);
+    let fields: [(&str, fn(&Sample) -> f64); 4] = [
+        ("TCP 1 stream, Gbit/s", |s| s.tcp1),
+        ("TCP 4 streams, Gbit/s", |s| s.tcp4),
+        ("UDP 64 B, kpps received", |s| s.udp_kpps),
+        ("TCP request/response, per s", |s| s.rr_tps),
+    ];
+    let mut out = String::from("## Paths (median, min-max; ratio to plain routing)\n\n| path |");
+    for (name, _) in &fields {
+        out += &format!(" {name} |");
+    }
+    out += " RR p50 / p99 µs | BPF ns per invocation (encap / decap) |\n|---|---|---|---|---|---|---|\n";
+    for (name, s) in order(samples) {
+        out += &format!("| {name} |");
+        if s.is_empty() {
+            out += " n/a (no ipip module) | | | | | |\n";
+            continue;
+        }
+        for (_, f) in &fields {
+            let (m, lo, hi) = stat(s, f);
+            let (b, _, _) = stat(base, f);
+            out += &format!(" {m:.2} ({lo:.2}-{hi:.2}) **{:.2}x** |", m / b);
+        }
+        let (p50, _, _) = stat(s, |x| x.rr_p50);
+        let (p99, _, _) = stat(s, |x| x.rr_p99);
+        out += &format!(" {p50:.0} / {p99:.0} |");
+        match s.iter().filter_map(|x| x.bpf_ns).map(|x| x.0).next() {
+            Some(_) => {
+                let (e, _, _) = stat(s, |x| x.bpf_ns.map_or(f64::NAN, |b| b.0));
+                let (d, _, _) = stat(s, |x| x.bpf_ns.map_or(f64::NAN, |b| b.1));
+                out += &format!(" {e:.0} / {d:.0} |\n");
+            }
+            None => out += " - |\n",
+        }
+    }
+    out += "\nBPF ns per invocation come from kernel.bpf_stats_enabled during the 1-stream run; one invocation may carry a 64 KB GSO packet.\n";
+    out
+}
+
+fn order(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> Vec<(String, &Vec<Sample>)> {
+    let mut v: Vec<_> = samples.iter().map(|(k, (p, s))| (*p as u8, k.clone(), s)).collect();
+    v.sort_by_key(|(p, _, _)| *p);
+    v.into_iter().map(|(_, k, s)| (k, s)).collect()
+}
+
+/// A namespace with an `eth0` veth and a loaded data plane configured as
+/// host 198.18.0.1 with `extra` more overlays in the LPM trie.
+fn cost_bed(extra: u32) -> Result<(Netns, Dataplane)> {
+    let ns = Netns::new("cost")?;
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    let ifindex = ns.enter(|| topology::ifindex("eth0"))??;
+    let mut dp = Dataplane::load(0)?;
+    let local = u32::from_be_bytes([198, 18, 0, 1]);
+    dp.insert_fan(&FanEntry { map: topology::fan_map(), local_host: local, underlay_ifindex: ifindex })?;
+    for k in 0..extra {
+        // 251.k.0.0/16 and up over 198.19.0.0/24: disjoint from 250/8 and each other.
+        let overlay = u32::from_be_bytes([251 + (k / 256) as u8, (k % 256) as u8, 0, 0]);
+        let map = FanMap::new(overlay, 16, u32::from_be_bytes([198, 19, 0, 0]), 24);
+        dp.insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex })?;
+    }
+    Ok((ns, dp))
+}
+
+/// Mean ns per run of a program over `n` single runs, each on a fresh copy of
+/// `frame` (BPF_PROG_TEST_RUN copies data_in every call; repeat > 1 would
+/// run later repetitions on the previous one's output). Returns the count of
+/// `expect` as proof every run took the intended path.
+fn cost(ns: &Netns, dp: &mut Dataplane, program: &str, frame: &[u8], n: u32, expect: Option<StatReason>) -> Result<f64> {
+    let before = dp.stats()?;
+    let mut total = Duration::ZERO;
+    let mut out = vec![0u8; frame.len() + 64];
+    ns.enter(|| -> Result<()> {
+        for _ in 0..n {
+            let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+            let result = match program {
+                "xdp" => dp.xdp()?.test_run(opts)?,
+                "xdp-pass" => dp.baseline_xdp()?.test_run(opts)?,
+                name => dp.classifier(name)?.test_run(opts)?,
+            };
+            total += result.duration;
+        }
+        Ok(())
+    })??;
+    if let Some(reason) = expect {
+        let counted = dp.stats()?.since(&before).get(reason).packets;
+        ensure!(counted == n as u64, "{program}: {counted} of {n} runs counted {}", reason.name());
+    }
+    Ok(total.as_nanos() as f64 / n as f64)
+}
+
+fn per_packet(cfg: &Config) -> Result<String> {
+    let mut out = String::from("\n## Per-packet cost (BPF_PROG_TEST_RUN, mean ns per run, each run on the original frame)\n\n| case | 1 overlay | 16 overlays | 256 overlays |\n|---|---|---|---|\n");
+    let cases: [(&str, &str, &str, Option<StatReason>); 6] = [
+        ("encapsulation (TC)", ENCAP_FORWARD, ENCAP_IN, Some(StatReason::Encapsulated)),
+        ("decapsulation (TC)", DECAP_TC, DECAP_IN, Some(StatReason::Decapsulated)),
+        ("decapsulation (XDP)", "xdp", DECAP_IN, Some(StatReason::Decapsulated)),
+        ("pass-through, non-fan (TC)", DECAP_TC, UNDERLAY_PING, Some(StatReason::PassNotIpip)),
+        ("pass-through, non-fan (XDP)", "xdp", UNDERLAY_PING, Some(StatReason::PassNotIpip)),
+        ("baseline: XDP_PASS only", "xdp-pass", DECAP_IN, None),
+    ];
+    let mut rows: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for extra in [0, 15, 255] {
+        let (ns, mut dp) = cost_bed(extra)?;
+        for (i, (_, program, frame, expect)) in cases.iter().enumerate() {
+            rows[i].push(cost(&ns, &mut dp, program, &hex(frame), cfg.test_runs, *expect)?);
+        }
+    }
+    for ((name, ..), row) in cases.iter().zip(&rows) {
+        out += &format!("| {name} | {:.0} | {:.0} | {:.0} |\n", row[0], row[1], row[2]);
+    }
+    let ratio = rows[2][0] / rows[5][0];
+    out += &format!("\nXDP decapsulation costs {ratio:.2}x the XDP_PASS-only program on the same frame.\n");
+    Ok(out)
+}
+
+/// Aggregate fan throughput with every host sending to the next at once.
+fn fleet_scaling(cfg: &Config) -> Result<String> {
+    let mut out = String::from("\n## Fleet size (fan-xdp TC + direct delivery, every host sends to the next at once)\n\n| hosts | aggregate Gbit/s | per pair |\n|---|---|---|\n");
+    for hosts in [2u8, cfg.big_fleet] {
+        eprintln!("fleet of {hosts}");
+        let fleet = bench_fleet(hosts, 1)?;
+        let active = Active::setup(&fleet, Path::FanTc)?;
+        let n = fleet.hosts.len();
+        for i in 0..n {
+            let (from, to) = (&fleet.hosts[i].containers[0], &fleet.hosts[(i + 1) % n].containers[0]);
+            fan_tests::traffic::ping(&from.ns, to.addr, 1)?;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let total: f64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let (from, to) = (&fleet.hosts[i].containers[0], &fleet.hosts[(i + 1) % n].containers[0]);
+                    scope.spawn(move || iperf3(&to.ns, &from.ns, to.addr, cfg.seconds.min(5), 1))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("iperf3 thread")).collect::<Result<Vec<f64>>>()
+        })?
+        .iter()
+        .sum();
+        out += &format!("| {hosts} | {total:.2} | {:.2} |\n", total / n as f64);
+        active.teardown(&fleet)?;
+    }
+    out += "\nOn a 2-CPU machine the aggregate is bounded by the CPUs, not the fleet: flat means the per-packet work does not grow with the number of hosts.\n";
+    Ok(out)
+}
+
+fn targets(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
+    let base = routing(samples);
+    let fan = &samples[&Path::FanTc.to_string()].1;
+    let vxlan = &samples[&Path::Vxlan.to_string()].1;
+    let r = |s: &[Sample], f: fn(&Sample) -> f64| stat(s, f).0 / stat(base, f).0;
+    let checks = [
+        ("TCP 1 stream >= 1.05x routing", r(fan, |s| s.tcp1), 1.05),
+        ("TCP 4 streams >= 1.05x routing", r(fan, |s| s.tcp4), 1.05),
+        ("request/response >= 1.2x routing", r(fan, |s| s.rr_tps), 1.2),
+        ("TCP 1 stream >= 1.25x kernel VXLAN", stat(fan, |s| s.tcp1).0 / stat(vxlan, |s| s.tcp1).0, 1.25),
+    ];
+    let mut out = String::from("\n## Targets (fan-xdp TC + direct delivery)\n\n");
+    for (name, value, goal) in checks {
+        out += &format!("- {name}: {value:.2}x, {}\n", if value >= goal { "met" } else { "NOT met" });
+    }
+    out
+}
+
+fn chart(samples: &BTreeMap<String, (Path, Vec<Sample>)>, file: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+        .context("DejaVu Sans for the chart (install fonts-dejavu-core: cargo xtask setup)")?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
+        .map_err(|_| anyhow::anyhow!("registering the chart font"))?;
+    let base = stat(routing(samples), |s| s.tcp1).0;
+    let bars: Vec<(String, f64)> = order(samples)
+        .into_iter()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(name, s)| (name, stat(s, |x| x.tcp1).0 / base))
+        .collect();
+    let root = BitMapBackend::new(file, (1000, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let top = bars.iter().map(|b| b.1).fold(1.2, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("TCP throughput, 1 stream, ratio to plain routing", ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(300)
+        .build_cartesian_2d(0.0..top, (0..bars.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc("x plain routing")
+        .draw()?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        let color = if i == 0 { RGBColor(150, 150, 150) } else { RGBColor(40, 110, 190) };
+        Rectangle::new([(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))], color.filled())
+    }))?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        Text::new(format!("{v:.2}x"), (*v + top * 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 16))
+    }))?;
+    root.present()?;
+    Ok(())
+}

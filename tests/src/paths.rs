@@ -1,0 +1,165 @@
+//! The ways two slices can be joined, each set up and torn down on the same
+//! namespaces, for side-by-side measurements: plain routes, the kernel's
+//! VXLAN (flannel style), the kernel's ipip driver (the original Fan's wire
+//! format, where the kernel has it), and fan-xdp in its decapsulation modes.
+
+use std::fmt;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    netns::Netns,
+    topology::{Daemon, Fleet, Host, add_bridge, fan_map},
+};
+
+/// Every container link carries this MTU on every path: the VXLAN limit.
+pub const CONTAINER_MTU: u32 = 1450;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Routing,
+    Vxlan,
+    KernelIpip,
+    FanXdp,
+    FanTc,
+    /// fan-xdp in TC mode without `fan-xdp run`: every packet takes the stack.
+    FanTcStack,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Routing => "plain routing",
+            Path::Vxlan => "kernel VXLAN",
+            Path::KernelIpip => "kernel ipip (per-slice routes)",
+            Path::FanXdp => "fan-xdp, XDP decap",
+            Path::FanTc => "fan-xdp, TC decap + direct delivery",
+            Path::FanTcStack => "fan-xdp, TC decap via the stack",
+        })
+    }
+}
+
+/// A configured path; `teardown` restores the plain fleet (bridges, no routes).
+pub struct Active {
+    pub path: Path,
+    daemons: Vec<Daemon>,
+}
+
+/// Whether this kernel can create ipip devices (it has the module).
+pub fn kernel_has_ipip(ns: &Netns) -> bool {
+    let ok = ns.ip(&["link", "add", "ipip-probe", "type", "ipip", "remote", "any"]).is_ok();
+    let _ = ns.ip(&["link", "del", "ipip-probe"]);
+    ok
+}
+
+fn mac(i: u8) -> String {
+    format!("02:fa:00:00:00:{i:02x}")
+}
+
+fn others<'a>(fleet: &'a Fleet, host: &'a Host) -> impl Iterator<Item = &'a Host> {
+    fleet.hosts.iter().filter(move |o| o.underlay_addr != host.underlay_addr)
+}
+
+fn slice(host: &Host) -> String {
+    format!("{}/{}", host.slice, fan_map().slice_len())
+}
+
+impl Active {
+    pub fn setup(fleet: &Fleet, path: Path) -> Result<Self> {
+        let mut daemons = Vec::new();
+        match path {
+            Path::Routing => fleet.route_slices()?,
+            Path::Vxlan => {
+                for host in &fleet.hosts {
+                    let i = host.underlay_addr.octets()[3];
+                    let ns = &host.ns;
+                    ns.sysctl("net.ipv4.ip_forward", "1")?;
+                    ns.ip(&[
+                        "link", "add", "vxlan0", "address", &mac(i), "type", "vxlan", "id", "42", "local",
+                        &host.underlay_addr.to_string(), "dev", "eth0", "dstport", "4789", "nolearning",
+                    ])?;
+                    ns.ip(&["link", "set", "vxlan0", "mtu", &CONTAINER_MTU.to_string(), "up"])?;
+                    ns.ip(&["addr", "add", &format!("{}/32", host.slice), "dev", "vxlan0"])?;
+                    for other in others(fleet, host) {
+                        let j = other.underlay_addr.octets()[3];
+                        let gw = other.slice.to_string();
+                        ns.ip(&["route", "add", &slice(other), "via", &gw, "dev", "vxlan0", "onlink"])?;
+                        ns.ip(&["neigh", "add", &gw, "lladdr", &mac(j), "dev", "vxlan0", "nud", "permanent"])?;
+                        ns.run("bridge", &["fdb", "append", &mac(j), "dev", "vxlan0", "dst", &other.underlay_addr.to_string()])?;
+                    }
+                }
+            }
+            Path::KernelIpip => {
+                for host in &fleet.hosts {
+                    let ns = &host.ns;
+                    ns.sysctl("net.ipv4.ip_forward", "1")?;
+                    ns.ip(&["link", "add", "fan-ipip", "type", "ipip", "remote", "any", "local", &host.underlay_addr.to_string(), "dev", "eth0"])?;
+                    ns.ip(&["link", "set", "fan-ipip", "mtu", "1480", "up"])?;
+                    ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+                    ns.sysctl("net.ipv4.conf.fan-ipip.rp_filter", "0")?;
+                    for other in others(fleet, host) {
+                        ns.ip(&["route", "add", &slice(other), "via", &other.underlay_addr.to_string(), "dev", "fan-ipip", "onlink"])?;
+                    }
+                }
+            }
+            Path::FanXdp | Path::FanTc | Path::FanTcStack => {
+                let mode = if path == Path::FanXdp { "xdp" } else { "tc" };
+                let overlay = format!("{}/{}", crate::topology::OVERLAY.0, crate::topology::OVERLAY.1);
+                for host in &fleet.hosts {
+                    host.fan_xdp_ok(&["attach", "eth0", "--overlay", &overlay, "--mode", mode, "--no-nat"])?;
+                    if path == Path::FanTc {
+                        daemons.push(host.fan_xdp_run()?);
+                    }
+                }
+            }
+        }
+        Ok(Self { path, daemons })
+    }
+
+    pub fn teardown(self, fleet: &Fleet) -> Result<()> {
+        match self.path {
+            Path::Routing => fleet.unroute_slices()?,
+            Path::Vxlan => {
+                for host in &fleet.hosts {
+                    host.ns.ip(&["link", "del", "vxlan0"])?;
+                }
+            }
+            Path::KernelIpip => {
+                for host in &fleet.hosts {
+                    host.ns.ip(&["link", "del", "fan-ipip"])?;
+                }
+            }
+            Path::FanXdp | Path::FanTc | Path::FanTcStack => {
+                drop(self.daemons);
+                for host in &fleet.hosts {
+                    host.fan_xdp_ok(&["detach", "eth0"])?;
+                    // Detach removed the bridge: put the plain one back with its ports.
+                    add_bridge(host)?;
+                    for j in 1..=host.containers.len() {
+                        let port = format!("veth{j}");
+                        host.ns.ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fleet for measurements: bridges made by hand (fan-xdp adopts them),
+/// `containers` per host, every container link at [`CONTAINER_MTU`].
+pub fn bench_fleet(hosts: u8, containers: u8) -> Result<Fleet> {
+    let fleet = Fleet::new(hosts)?;
+    for host in &fleet.hosts {
+        add_bridge(host)?;
+    }
+    let fleet = fleet.with_containers(containers)?;
+    let mtu = CONTAINER_MTU.to_string();
+    for host in &fleet.hosts {
+        for (j, c) in host.containers.iter().enumerate() {
+            c.ns.ip(&["link", "set", "eth0", "mtu", &mtu]).context("container MTU")?;
+            host.ns.ip(&["link", "set", &format!("veth{}", j + 1), "mtu", &mtu])?;
+        }
+    }
+    Ok(fleet)
+}
