@@ -210,11 +210,17 @@ fn iperf3_json(server: &Netns, client: &Netns, addr: Ipv4Addr, args: &[&str]) ->
 /// TCP throughput in Gbit/s from `client` to an iperf3 server started in
 /// `server` on `addr`, over `seconds` seconds with `streams` parallel streams.
 pub fn iperf3(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32, streams: u32) -> Result<f64> {
+    iperf3_tcp(server, client, addr, seconds, streams).map(|(gbps, _)| gbps)
+}
+
+/// As [`iperf3`], also returning the sender's TCP retransmissions.
+pub fn iperf3_tcp(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32, streams: u32) -> Result<(f64, u64)> {
     let report = iperf3_json(server, client, addr, &["-t", &seconds.to_string(), "-P", &streams.to_string()])?;
     let bps = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("iperf3 reported no result: {}", report["error"]))?;
-    Ok(bps / 1e9)
+    let retransmits = report["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok((bps / 1e9, retransmits))
 }
 
 /// Request/response latency over TCP: one byte each way, back to back, for

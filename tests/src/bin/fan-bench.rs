@@ -19,7 +19,7 @@ use fan_tests::{
     netns::Netns,
     paths::{Active, Path, bench_fleet, kernel_has_ipip},
     topology::{self, Fleet},
-    traffic::{iperf3, tcp_rr, udp_pps},
+    traffic::{iperf3, iperf3_tcp, tcp_rr, udp_pps},
 };
 use fan_userspace::loader::{DECAP_TC, Dataplane, ENCAP_FORWARD};
 
@@ -40,6 +40,7 @@ struct Config {
 #[derive(Default, Clone)]
 struct Sample {
     tcp1: f64,
+    retransmits: f64,
     tcp4: f64,
     udp_kpps: f64,
     rr_tps: f64,
@@ -164,7 +165,8 @@ fn measure(cfg: &Config, fleet: &Fleet, path: Path, client: &Netns, server: &Net
     let decap_prefix = if path == Path::FanXdp { "fan_decap_xdp" } else { "fan_decap_tc" };
     let before = (program_time("fan_encap_forw"), program_time(decap_prefix));
     let decapsulated_before = if fan { counter(&fleet.hosts[1], StatReason::Decapsulated)? } else { 0 };
-    let tcp1 = iperf3(server, client, addr, cfg.seconds, 1)?;
+    let (tcp1, retransmits) = iperf3_tcp(server, client, addr, cfg.seconds, 1)?;
+    let retransmits = retransmits as f64;
     let after = (program_time("fan_encap_forw"), program_time(decap_prefix));
     let bpf_ns = fan.then(|| {
         let per = |b: (u64, u64), a: (u64, u64)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64;
@@ -179,7 +181,7 @@ fn measure(cfg: &Config, fleet: &Fleet, path: Path, client: &Netns, server: &Net
     let tcp4 = iperf3(server, client, addr, cfg.seconds, 4)?;
     let udp_kpps = udp_pps(server, client, addr, cfg.seconds.min(5), 64)? / 1e3;
     let (rr_tps, rr_p50, rr_p99) = tcp_rr(server, client, addr, cfg.seconds.min(5))?;
-    Ok(Sample { tcp1, tcp4, udp_kpps, rr_tps, rr_p50, rr_p99, bpf_ns })
+    Ok(Sample { tcp1, retransmits, tcp4, udp_kpps, rr_tps, rr_p50, rr_p99, bpf_ns })
 }
 
 fn counter(host: &topology::Host, reason: StatReason) -> Result<u64> {
@@ -217,11 +219,11 @@ fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
     for (name, _) in &fields {
         out += &format!(" {name} |");
     }
-    out += " RR p50 / p99 µs | BPF ns per invocation (encap / decap) |\n|---|---|---|---|---|---|---|\n";
+    out += " RR p50 / p99 µs | TCP retransmits (1 stream) | BPF ns per invocation (encap / decap) |\n|---|---|---|---|---|---|---|---|\n";
     for (name, s) in order(samples) {
         out += &format!("| {name} |");
         if s.is_empty() {
-            out += " n/a (no ipip module) | | | | | |\n";
+            out += " n/a (no ipip module) | | | | | | |\n";
             continue;
         }
         for (_, f) in &fields {
@@ -232,6 +234,7 @@ fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
         let (p50, _, _) = stat(s, |x| x.rr_p50);
         let (p99, _, _) = stat(s, |x| x.rr_p99);
         out += &format!(" {p50:.0} / {p99:.0} |");
+        out += &format!(" {:.0} |", stat(s, |x| x.retransmits).0);
         match s.iter().filter_map(|x| x.bpf_ns).map(|x| x.0).next() {
             Some(_) => {
                 let (e, _, _) = stat(s, |x| x.bpf_ns.map_or(f64::NAN, |b| b.0));
