@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use fan_common::{
     FanEntry, FanMap,
     fan::validate_fans,
@@ -21,7 +21,7 @@ use crate::{
     cli::{AttachArgs, Global, Mode},
     host::{Link, Net, read_sysctl, write_sysctl},
     ipv4_network,
-    loader::{DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key},
+    loader::{DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key, unlink},
     nat,
     naming::{IFNAME_MAX, bridge_name},
     record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
@@ -61,7 +61,7 @@ enum Undo {
     Link(String),
     Route(Ipv4Network),
     Nat(Ipv4Network),
-    Pin(std::path::PathBuf),
+    Pin(std::path::PathBuf, String, Hook),
     Config,
 }
 
@@ -437,7 +437,7 @@ fn link(dataplane: &mut Dataplane, undo: &mut Vec<Undo>, program: &str, device: 
     let existed = pin.exists();
     let changed = dataplane.ensure_link(program, device, hook, pin)?;
     if !existed {
-        undo.push(Undo::Pin(pin.to_path_buf()));
+        undo.push(Undo::Pin(pin.to_path_buf(), device.to_string(), hook));
     }
     Ok(changed)
 }
@@ -485,7 +485,7 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                     let mut maps = PinnedMaps::open(&plan.dir)?;
                     maps.config.remove(&overlay_key(plan.map.overlay, plan.map.overlay_len))?;
                 }
-                Undo::Pin(path) => std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?,
+                Undo::Pin(path, device, hook) => unlink(&path, &device, hook)?,
                 Undo::Nat(overlay) => nat::remove_masquerade(overlay)?,
                 Undo::Route(overlay) => {
                     if let Some(dev) = net.link(HOST_DEVICE).await? {

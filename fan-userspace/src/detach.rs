@@ -10,7 +10,7 @@ use crate::{
     cli::{DetachArgs, Global},
     host::{Net, write_sysctl},
     ipv4_network,
-    loader::{PinnedMaps, overlay_key},
+    loader::{Hook, PinnedMaps, overlay_key, unlink},
     nat,
     record::{Fan, HOST_DEVICE, meta_key},
     require_root,
@@ -45,7 +45,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         if let Some(dev) = &host_dev {
             net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index).await?;
         }
-        remove_pin(&dir.link(&fan.bridge, "encap"));
+        remove_pin(&dir.link(&fan.bridge, "encap"), &fan.bridge, Hook::TcIngress);
         if let Some(bridge) = net.link(&fan.bridge).await? {
             net.del_link(bridge.index).await?;
         }
@@ -55,12 +55,12 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
 
     let first = &going[0].meta;
     if !staying.iter().any(|f| f.iface == args.iface) {
-        remove_pin(&dir.link(&args.iface, "decap-xdp"));
-        remove_pin(&dir.link(&args.iface, "decap-tc"));
+        remove_pin(&dir.link(&args.iface, "decap-xdp"), &args.iface, Hook::Xdp);
+        remove_pin(&dir.link(&args.iface, "decap-tc"), &args.iface, Hook::TcIngress);
         restore(&format!("conf/{}/rp_filter", args.iface), first.orig_rp_filter);
     }
     if staying.is_empty() {
-        remove_pin(&dir.link(HOST_DEVICE, "encap"));
+        remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);
         if let Some(dev) = host_dev {
             net.del_link(dev.index).await?;
         }
@@ -73,11 +73,9 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     Ok(())
 }
 
-fn remove_pin(path: &std::path::Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!("removing {}: {e}", path.display()),
+fn remove_pin(path: &std::path::Path, device: &str, hook: Hook) {
+    if let Err(e) = unlink(path, device, hook) {
+        warn!("{e:#}");
     }
 }
 

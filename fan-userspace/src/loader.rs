@@ -115,6 +115,9 @@ impl Dataplane {
     /// the program (a different tag), the program is replaced in place,
     /// atomically, with no moment without a program. Returns whether anything changed.
     pub fn ensure_link(&mut self, program: &str, device: &str, hook: Hook, pin: &std::path::Path) -> Result<bool> {
+        if hook != Hook::Xdp && !tcx_supported() {
+            return self.ensure_clsact(program, device, hook, pin);
+        }
         let existing = match PinnedLink::from_pin(pin) {
             Ok(link) => Some(FdLink::from(link)),
             Err(aya::programs::links::LinkError::SyscallError(e))
@@ -156,8 +159,7 @@ impl Dataplane {
             }
             Hook::TcIngress | Hook::TcEgress => {
                 let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
-                let attach_type =
-                    if hook == Hook::TcIngress { TcAttachType::Ingress } else { TcAttachType::Egress };
+                let attach_type = tc_attach_type(hook);
                 // First in the TCX chain: fan traffic is ours to handle before
                 // other programs see it, and everything else continues down
                 // the chain untouched (TCX_NEXT).
@@ -168,6 +170,36 @@ impl Dataplane {
             }
         };
         link.pin(pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        Ok(true)
+    }
+
+    /// The TC attachment for kernels without TCX (before 6.6): a filter on the
+    /// device's clsact qdisc. Such a filter outlives this process by itself;
+    /// the program pinned at `pin` marks it as ours and as which version.
+    /// Replacing a version detaches the old filter before attaching the new,
+    /// a short gap that TCX links do not have.
+    fn ensure_clsact(&mut self, program: &str, device: &str, hook: Hook, pin: &std::path::Path) -> Result<bool> {
+        let attach_type = tc_attach_type(hook);
+        let new_tag = self.tag(program)?;
+        if pin.exists() {
+            let old_tag = aya::programs::ProgramInfo::from_pin(pin).map(|i| i.tag()).unwrap_or_default();
+            if old_tag == new_tag {
+                return Ok(false);
+            }
+            let _ = aya::programs::tc::qdisc_detach_program(device, attach_type, program);
+            std::fs::remove_file(pin)?;
+        }
+        log::info!("TCX unavailable (kernel before 6.6): attaching {program} to {device} through a clsact qdisc");
+        if let Err(e) = aya::programs::tc::qdisc_add_clsact(device) {
+            log::debug!("clsact on {device}: {e} (already present)");
+        }
+        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+        let id = tc
+            .attach_with_options(device, attach_type, TcAttachOptions::Netlink(Default::default()))
+            .with_context(|| format!("attaching {program} to {device} {attach_type:?} (clsact)"))?;
+        // Dropping the handle would remove the filter: it must stay after we exit.
+        std::mem::forget(tc.take_link(id)?);
+        tc.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
         Ok(true)
     }
 
@@ -251,6 +283,36 @@ where
 {
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name} in the object"))?;
     Ok(program.try_into()?)
+}
+
+/// Whether this kernel has TCX (BPF links for TC, Linux 6.6).
+pub fn tcx_supported() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+fn tc_attach_type(hook: Hook) -> TcAttachType {
+    if hook == Hook::TcEgress { TcAttachType::Egress } else { TcAttachType::Ingress }
+}
+
+/// Removes an attachment made by [`Dataplane::ensure_link`] through its pin:
+/// a pinned link goes with its pin; a clsact filter (marked by a pinned
+/// program) is removed from `device` first. A missing pin or device is fine.
+pub fn unlink(pin: &std::path::Path, device: &str, hook: Hook) -> Result<()> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    if PinnedLink::from_pin(pin).is_err()
+        && let Ok(info) = aya::programs::ProgramInfo::from_pin(pin)
+        && hook != Hook::Xdp
+    {
+        let name = [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC]
+            .into_iter()
+            .find(|n| info.name_as_str().is_some_and(|short| n.starts_with(short)))
+            .unwrap_or_default();
+        let _ = aya::programs::tc::qdisc_detach_program(device, tc_attach_type(hook), name);
+    }
+    std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
 }
 
 /// The tag (hash of the instructions) of a loaded program, 0 if it is gone.

@@ -5,6 +5,7 @@
 
 mod setup;
 mod test;
+mod vm;
 
 use std::process::Command;
 
@@ -32,6 +33,16 @@ enum Task {
     },
     /// Build, then run a fleet of simulated Fan hosts with containers, talking over the fan.
     Demo,
+    /// Boot the second kernel (Debian 6.1) in qemu with fan-xdp and the test
+    /// executables under /fan, and run a command there.
+    Vm {
+        /// Time limit for the whole guest run, in seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// The command (a busybox sh command line), e.g. `uname -r` or `deps/programs`.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
         /// A short smoke run (no speed asserted).
@@ -56,6 +67,15 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             setup::run()?;
             bench(quick)
+        }
+        Task::Vm { timeout, command } => {
+            setup::run()?;
+            let payload = vm::test_payload()?;
+            let (status, _) = vm::run_in_vm(&payload, &command.join(" "), std::time::Duration::from_secs(timeout), 0)?;
+            if status != 0 {
+                bail!("the command exited with {status} in the VM");
+            }
+            Ok(())
         }
         Task::Demo => {
             setup::run()?;

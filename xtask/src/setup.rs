@@ -17,6 +17,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft: fan-xdp's masquerade rules"),
     ("util-linux", "setpriv in the tests"),
     ("fonts-dejavu-core", "the font of the bench's chart"),
+    ("qemu-system-x86", "the VM that runs the tests on a second kernel"),
+    ("busybox-static", "the VM's userland"),
+    ("kmod", "depmod and modprobe, to pick the VM's kernel modules"),
+    ("binutils", "strip, to keep the VM's initramfs small"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
