@@ -44,9 +44,37 @@ pub enum DecapMode {
     Tc,
 }
 
-/// The loaded programs and maps. Attachments live as long as this value.
+/// The loaded programs and maps. Attachments made through this value (not
+/// pinned ones) live as long as it does.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Filters attached through netlink (kernels without TCX), which the
+    /// kernel keeps after their fds close: removed on drop, in their namespace.
+    clsact: Vec<ClsactFilter>,
+}
+
+struct ClsactFilter {
+    netns: std::fs::File,
+    iface: String,
+    hook: TcAttachType,
+    program: &'static str,
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        for filter in self.clsact.drain(..) {
+            // Netlink acts in the calling thread's namespace: go to the filter's.
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    use std::os::fd::AsRawFd as _;
+                    // SAFETY: setns on this short-lived thread only.
+                    if unsafe { libc::setns(filter.netns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                        let _ = aya::programs::tc::qdisc_detach_program(&filter.iface, filter.hook, filter.program);
+                    }
+                });
+            });
+        }
+    }
 }
 
 impl Dataplane {
@@ -76,7 +104,7 @@ impl Dataplane {
         }
         let xdp: &mut Xdp = program(&mut ebpf, DECAP_XDP)?;
         xdp.load().with_context(|| format!("verifier rejected {DECAP_XDP}"))?;
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, clsact: Vec::new() })
     }
 
     /// Attaches decapsulation to the underlay device `iface`.
@@ -102,11 +130,19 @@ impl Dataplane {
         self.attach_tc(ENCAP_OUTPUT, device, TcAttachType::Egress)
     }
 
-    fn attach_tc(&mut self, name: &str, iface: &str, hook: TcAttachType) -> Result<()> {
+    fn attach_tc(&mut self, name: &'static str, iface: &str, hook: TcAttachType) -> Result<()> {
+        if !tcx_supported() {
+            // aya falls back to a netlink filter, which needs the qdisc.
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        }
         let program: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         program
             .attach(iface, hook)
             .with_context(|| format!("attaching {name} to {iface} {hook:?}"))?;
+        if !tcx_supported() {
+            let netns = std::fs::File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
+            self.clsact.push(ClsactFilter { netns, iface: iface.to_string(), hook, program: name });
+        }
         Ok(())
     }
 
@@ -302,9 +338,9 @@ pub fn unlink(pin: &std::path::Path, device: &str, hook: Hook) -> Result<()> {
     if !pin.exists() {
         return Ok(());
     }
-    if PinnedLink::from_pin(pin).is_err()
+    // A program pinned where a link would be marks a clsact filter.
+    if hook != Hook::Xdp
         && let Ok(info) = aya::programs::ProgramInfo::from_pin(pin)
-        && hook != Hook::Xdp
     {
         let name = [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC]
             .into_iter()

@@ -119,7 +119,7 @@ impl Capture {
     pub fn start(ns: &Netns, iface: &str, path: std::path::PathBuf) -> Result<Self> {
         let mut child = ns
             .command("tcpdump")
-            .args(["-i", iface, "-s", "128", "-U", "-n", "-w"])
+            .args(["-Z", "root", "-i", iface, "-s", "128", "-U", "-n", "-w"])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -218,6 +218,8 @@ fn initramfs(kernel: &Kernel, payload: &[(PathBuf, String)], command: &str) -> R
          mount -t proc proc /proc\n\
          mount -t sysfs sys /sys\n\
          mount -t devtmpfs dev /dev\n\
+         ln -sf /proc/self/fd /dev/fd; ln -sf /proc/self/fd/0 /dev/stdin\n\
+         ln -sf /proc/self/fd/1 /dev/stdout; ln -sf /proc/self/fd/2 /dev/stderr\n\
          mount -t tmpfs tmp /tmp\n\
          mount -t tmpfs run /run\n\
          mount -t bpf bpf /sys/fs/bpf\n\
