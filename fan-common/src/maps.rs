@@ -20,6 +20,9 @@ pub struct FanEntry {
     pub local_host: u32,
     /// The underlay device encapsulated packets leave by.
     pub underlay_ifindex: u32,
+    /// The overlay MTU: the largest inner packet sent without the stack's
+    /// say (normally the underlay MTU - 20; lower when the path is narrower).
+    pub overlay_mtu: u32,
 }
 
 impl FanEntry {

@@ -155,9 +155,9 @@ fn gso_size(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).gso_size }
 }
 
-/// Whether every packet this skb becomes still fits the underlay MTU once the
-/// outer header is added. For a GSO packet that is one segment: IP and
-/// transport headers plus `gso_size` payload bytes.
+/// Whether every packet this skb becomes fits the fan's overlay MTU and,
+/// with the outer header, the underlay device's current MTU. For a GSO
+/// packet that is one segment: IP and transport headers plus `gso_size`.
 #[inline(always)]
 fn fits_underlay(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
     let mut mtu: u32 = 0;
@@ -184,5 +184,5 @@ fn fits_underlay(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, start: usize, en
         };
         ip.header_len() as u32 + l4_header + gso_size
     };
-    packet_len + IPV4_HDR_LEN as u32 <= mtu
+    packet_len <= fan.overlay_mtu && packet_len + IPV4_HDR_LEN as u32 <= mtu
 }

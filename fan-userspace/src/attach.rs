@@ -415,7 +415,12 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     checkpoint("programs")?;
 
     // 8. The fan entry the programs look up, then the record marked complete.
-    let entry = FanEntry { map: plan.map, local_host: u32::from(plan.host), underlay_ifindex: plan.iface.index };
+    let entry = FanEntry {
+        map: plan.map,
+        local_host: u32::from(plan.host),
+        underlay_ifindex: plan.iface.index,
+        overlay_mtu: plan.mtu,
+    };
     let maps = PinnedMaps::open(&plan.dir)?;
     if maps.config.get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0).ok() != Some(entry) {
         dataplane.insert_fan(&entry)?;

@@ -37,6 +37,8 @@ pub enum Command {
     Run(RunArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
+    /// Load every program on this kernel and report what the verifier said and which hooks exist.
+    Check,
     /// Offline calculator: a host's slice, bridge and gateway, and where overlay addresses live.
     Map(MapArgs),
     /// Internal: mount bpffs in another mount namespace (used under `ip netns exec`).

@@ -296,6 +296,17 @@ impl Dataplane {
         program(&mut self.ebpf, DECAP_XDP)
     }
 
+    /// How many instructions the verifier processed for each program.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC, DECAP_XDP]
+            .into_iter()
+            .map(|name| {
+                let program = self.ebpf.program(name).ok_or_else(|| anyhow!("no program {name}"))?;
+                Ok((name, program.info()?.verified_instruction_count().unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// The bench's XDP_PASS baseline, loaded on first use.
     pub fn baseline_xdp(&mut self) -> Result<&mut Xdp> {
         let xdp: &mut Xdp = program(&mut self.ebpf, BENCH_XDP_PASS)?;

@@ -8,6 +8,19 @@ use fan_userspace::{
     detach, map, run, show, state, stats,
 };
 
+/// `fan-xdp check`: does the data plane load here?
+fn check() -> Result<()> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    println!("kernel {}", kernel.trim());
+    let dataplane = fan_userspace::loader::Dataplane::load(0)?;
+    for (name, count) in dataplane.verified_instructions()? {
+        println!("verified instructions: {name:<20} {count}");
+    }
+    let tcx = fan_userspace::loader::tcx_supported();
+    println!("tc hook: {}", if tcx { "TCX links" } else { "clsact qdisc filters (no TCX before Linux 6.6)" });
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let level = if cli.global.verbose { "debug" } else { "info" };
@@ -26,6 +39,7 @@ fn main() -> Result<()> {
             Command::Show(args) => show::run(args, &cli.global),
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),
+            Command::Check => check(),
             Command::MountHelper { .. } => unreachable!("handled above"),
         }
     })

@@ -47,7 +47,8 @@ pub struct Active {
 
 /// Whether this kernel can create ipip devices (it has the module).
 pub fn kernel_has_ipip(ns: &Netns) -> bool {
-    let ok = ns.ip(&["link", "add", "ipip-probe", "type", "ipip", "remote", "any"]).is_ok();
+    // A local address of its own: `remote any local any` is the fallback tunl0's.
+    let ok = ns.ip(&["link", "add", "ipip-probe", "type", "ipip", "remote", "any", "local", "198.18.255.254"]).is_ok();
     let _ = ns.ip(&["link", "del", "ipip-probe"]);
     ok
 }

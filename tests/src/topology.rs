@@ -63,6 +63,7 @@ impl Host {
             map: fan_map(),
             local_host: u32::from(self.underlay_addr),
             underlay_ifindex: ifindex,
+            overlay_mtu: OVERLAY_MTU,
         })
     }
 }

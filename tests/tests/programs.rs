@@ -246,6 +246,7 @@ impl Bed {
                 map: topology::fan_map(),
                 local_host: u32::from_be_bytes([198, 18, 0, 1]),
                 underlay_ifindex: ifindex,
+                overlay_mtu: 1480,
             })
             .unwrap();
         Self { ns, dataplane }
@@ -257,7 +258,7 @@ impl Bed {
         let map = FanMap::new(u32::from_be_bytes([240, 0, 0, 0]), 8, u32::from_be_bytes([198, 19, 0, 0]), 16);
         validate_fans(&[topology::fan_map(), map]).unwrap();
         self.dataplane
-            .insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex })
+            .insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex, overlay_mtu: 1480 })
             .unwrap();
         self
     }

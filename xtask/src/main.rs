@@ -71,7 +71,7 @@ fn main() -> Result<()> {
         Task::Vm { timeout, command } => {
             setup::run()?;
             let payload = vm::test_payload()?;
-            let (status, _) = vm::run_in_vm(&payload, &command.join(" "), std::time::Duration::from_secs(timeout), 0)?;
+            let (status, _) = vm::run_in_vm(&payload, &command.join(" "), std::time::Duration::from_secs(timeout), 4)?;
             if status != 0 {
                 bail!("the command exited with {status} in the VM");
             }

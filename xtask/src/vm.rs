@@ -259,7 +259,8 @@ fn kvm_works() -> bool {
 /// Boots the guest, runs `command` in it, and returns its exit status and
 /// console lines.
 /// `payload` is copied into the guest; `nics` adds that many virtio-net
-/// devices joined by one qemu hub (a real driver between namespaces).
+/// devices, each pair (0-1, 2-3, ...) joined by a qemu hub of its own: real
+/// NIC drivers and separate segments for the tests to wire namespaces to.
 pub fn run_in_vm(payload: &[(PathBuf, String)], command: &str, limit: Duration, nics: usize) -> Result<(i32, Vec<String>)> {
     let kernel = kernel()?;
     let initrd = initramfs(&kernel, payload, command)?;
@@ -274,7 +275,7 @@ pub fn run_in_vm(payload: &[(PathBuf, String)], command: &str, limit: Duration, 
         .arg(&initrd)
         .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
     for i in 0..nics {
-        cmd.args(["-netdev", &format!("hubport,id=n{i},hubid=0")]);
+        cmd.args(["-netdev", &format!("hubport,id=n{i},hubid={}", i / 2)]);
         cmd.args(["-device", &format!("virtio-net-pci,netdev=n{i},mac=52:54:00:fa:00:{:02x}", i + 1)]);
     }
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;

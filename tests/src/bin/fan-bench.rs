@@ -263,12 +263,12 @@ fn cost_bed(extra: u32) -> Result<(Netns, Dataplane)> {
     let ifindex = ns.enter(|| topology::ifindex("eth0"))??;
     let mut dp = Dataplane::load(0)?;
     let local = u32::from_be_bytes([198, 18, 0, 1]);
-    dp.insert_fan(&FanEntry { map: topology::fan_map(), local_host: local, underlay_ifindex: ifindex })?;
+    dp.insert_fan(&FanEntry { map: topology::fan_map(), local_host: local, underlay_ifindex: ifindex, overlay_mtu: 1480 })?;
     for k in 0..extra {
         // 251.k.0.0/16 and up over 198.19.0.0/24: disjoint from 250/8 and each other.
         let overlay = u32::from_be_bytes([251 + (k / 256) as u8, (k % 256) as u8, 0, 0]);
         let map = FanMap::new(overlay, 16, u32::from_be_bytes([198, 19, 0, 0]), 24);
-        dp.insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex })?;
+        dp.insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex, overlay_mtu: 1480 })?;
     }
     Ok((ns, dp))
 }
