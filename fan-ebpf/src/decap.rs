@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK,
         TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
-    helpers::generated::{bpf_check_mtu, bpf_redirect_peer, bpf_xdp_adjust_head},
+    helpers::generated::{bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -19,7 +19,7 @@ use crate::{
     maps::{FAN_ENDPOINTS, fan_for},
     parse::{eth, ipv4, EthHdr, MAX_HEADERS_LEN},
     stats::count,
-    tc::{ensure_linear, frame},
+    tc::{device_mtu, ensure_linear, frame, gso_size},
 };
 
 /// What to do with a received frame.
@@ -159,25 +159,15 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
     if ip.ttl <= 1 {
         return None;
     }
-    // The helper fails for a device that no longer exists: a stale entry
-    // then falls back to the stack instead of delivering anywhere.
-    let mut mtu: u32 = 0;
-    // SAFETY: `mtu` outlives the call; the context pointer is the program's.
-    if unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, endpoint.ifindex, &mut mtu, 0, 0) } < 0 {
+    // A stale entry (its device gone) falls back to the stack instead of
+    // delivering anywhere.
+    let mtu = device_mtu(ctx, endpoint.ifindex)?;
+    if gso_size(ctx) == 0 && ip.total_len() as u32 > mtu {
         return None;
     }
-    // SAFETY: reading a field of the program's own context.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size == 0 && ip.total_len() as u32 > mtu {
-        return None;
-    }
-    let old = ip.ttl_word();
-    let ttl = ip.ttl - 1;
-    let check = replace_word(ip.check_word(), old, u16::from_ne_bytes([ttl, ip.protocol]));
     // SAFETY: both headers were bounds-checked and nothing moved the data since.
     unsafe {
-        (*ip_ptr).ttl = ttl;
-        (*ip_ptr).check = check.to_ne_bytes();
+        (*ip_ptr).decrement_ttl();
         (*eth).dst = endpoint.mac;
         (*eth).src = endpoint.gateway_mac;
     }

@@ -6,12 +6,12 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
-    helpers::generated::{bpf_check_mtu, bpf_redirect_neigh},
+    helpers::generated::bpf_redirect_neigh,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use fan_common::{
-    ipv4::{outer_header, replace_word, ETH_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN},
+    ipv4::{outer_header, ETH_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN},
     FanEntry, StatReason,
 };
 
@@ -19,7 +19,7 @@ use crate::{
     maps::fan_for,
     parse::{ipv4, ptr_at, Ipv4Hdr, MAX_HEADERS_LEN},
     stats::count,
-    tc::{ensure_linear, frame},
+    tc::{device_mtu, ensure_linear, frame, gso_size},
 };
 
 /// Where the encapsulating program runs, which decides what routing
@@ -97,14 +97,8 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     }
 
     if hook == Hook::Forward {
-        let old = ip.ttl_word();
-        let ttl = ip.ttl - 1;
-        let check = replace_word(ip.check_word(), old, u16::from_ne_bytes([ttl, ip.protocol]));
         // SAFETY: `ip_ptr` was bounds-checked and nothing has moved the data since.
-        unsafe {
-            (*ip_ptr).ttl = ttl;
-            (*ip_ptr).check = check.to_ne_bytes();
-        }
+        unsafe { (*ip_ptr).decrement_ttl() };
     }
 
     // The encapsulation flags make the kernel record the inner header offsets
@@ -149,25 +143,14 @@ fn source_is_local(dst_fan: &FanEntry, ip: &Ipv4Hdr) -> bool {
     }
 }
 
-#[inline(always)]
-fn gso_size(ctx: &TcContext) -> u32 {
-    // SAFETY: reading a field of the program's own context.
-    unsafe { (*ctx.skb.skb).gso_size }
-}
-
 /// Whether every packet this skb becomes fits the fan's overlay MTU and,
 /// with the outer header, the underlay device's current MTU. For a GSO
 /// packet that is one segment: IP and transport headers plus `gso_size`.
 #[inline(always)]
 fn fits_underlay(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
-    let mut mtu: u32 = 0;
-    // The helper reports the device's current MTU in `mtu` whatever it
-    // decides; its own verdict ignores gso_size, so the comparison is ours.
-    // SAFETY: `mtu` outlives the call; the context pointer is the program's.
-    let ret = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, fan.underlay_ifindex, &mut mtu, 0, 0) };
-    if ret < 0 {
+    let Some(mtu) = device_mtu(ctx, fan.underlay_ifindex) else {
         return false;
-    }
+    };
     let gso_size = gso_size(ctx);
     let packet_len = if gso_size == 0 {
         ip.total_len() as u32

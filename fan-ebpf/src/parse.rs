@@ -5,7 +5,7 @@
 
 use core::mem;
 
-use fan_common::ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IPV4_HDR_LEN};
+use fan_common::ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IPV4_HDR_LEN, replace_word};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -99,6 +99,17 @@ impl Ipv4Hdr {
     #[inline(always)]
     pub fn tos_word(&self) -> u16 {
         u16::from_ne_bytes([self.version_ihl, self.tos])
+    }
+}
+
+impl Ipv4Hdr {
+    /// Takes one from the TTL and patches the checksum, as a router does.
+    /// Callers check `ttl > 1` first (TTL 1 is the stack's to answer).
+    #[inline(always)]
+    pub fn decrement_ttl(&mut self) {
+        let old = self.ttl_word();
+        self.ttl -= 1;
+        self.check = replace_word(self.check_word(), old, self.ttl_word()).to_ne_bytes();
     }
 }
 

@@ -1,6 +1,6 @@
 //! Small helpers for TC programs.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::generated::bpf_check_mtu, programs::TcContext};
 
 /// Makes the first `want` bytes (or the whole packet, if shorter) directly
 /// readable. Headers are almost always linear already; this only costs a
@@ -18,4 +18,22 @@ pub fn ensure_linear(ctx: &TcContext, want: usize) {
 #[inline(always)]
 pub fn frame(ctx: &TcContext) -> (usize, usize) {
     (ctx.data(), ctx.data_end())
+}
+
+/// The current MTU of device `ifindex`, or `None` if there is no such device.
+#[inline(always)]
+pub fn device_mtu(ctx: &TcContext, ifindex: u32) -> Option<u32> {
+    let mut mtu: u32 = 0;
+    // The helper reports the device's MTU whatever its own verdict (which
+    // ignores gso_size), and fails only for a missing device.
+    // SAFETY: `mtu` outlives the call; the context pointer is the program's.
+    let ret = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, ifindex, &mut mtu, 0, 0) };
+    (ret >= 0).then_some(mtu)
+}
+
+/// The skb's GSO segment size: 0 for a packet that is not a GSO super-packet.
+#[inline(always)]
+pub fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the program's own context.
+    unsafe { (*ctx.skb.skb).gso_size }
 }

@@ -212,6 +212,11 @@ impl Fleet {
     /// Builds `hosts` hosts on the underlay switch: namespaces with `eth0`
     /// addressed, and nothing of the fan yet.
     pub fn new(hosts: u8) -> Result<Self> {
+        // State left by namespaces that died without a detach (a killed run)
+        // would be swept by the first attach and change what tests compare.
+        if let Ok(dir) = fan_userspace::state::StateDir::locate(None) {
+            let _ = dir.sweep_stale();
+        }
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", "sw", "type", "bridge"])?;
         switch.ip(&["link", "set", "sw", "up"])?;

@@ -96,7 +96,7 @@ fn add_result(line: &str, totals: &mut Totals) {
 fn cargo_test(args: &[&str], test_args: &[&str], totals: &mut Totals) -> Result<bool> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(&cargo)
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .args(args)
         .arg("--")
         .args(test_args)
