@@ -11,9 +11,9 @@ use core::{fmt, net::Ipv4Addr};
 /// Prefixes an overlay may not touch: "this network", loopback, multicast and
 /// the multicast-adjacent class D space.
 pub const RESERVED_OVERLAYS: [(u32, u8); 3] = [
-    (0x0000_0000, 8),  // 0.0.0.0/8
-    (0x7f00_0000, 8),  // 127.0.0.0/8
-    (0xe000_0000, 4),  // 224.0.0.0/4
+    (0x0000_0000, 8), // 0.0.0.0/8
+    (0x7f00_0000, 8), // 127.0.0.0/8
+    (0xe000_0000, 4), // 224.0.0.0/4
 ];
 
 /// The longest slice that still leaves room for a gateway and a container.
@@ -53,7 +53,13 @@ pub struct FanMap {
 impl FanMap {
     #[inline(always)]
     pub const fn new(overlay: u32, overlay_len: u8, underlay: u32, underlay_len: u8) -> Self {
-        Self { overlay, underlay, overlay_len, underlay_len, _pad: [0; 2] }
+        Self {
+            overlay,
+            underlay,
+            overlay_len,
+            underlay_len,
+            _pad: [0; 2],
+        }
     }
 
     /// How far underlay host bits move to become slice bits: `u - o`.
@@ -115,10 +121,14 @@ impl FanMap {
     /// Checks the map on its own; see [`validate_fans`] for several maps on one host.
     pub const fn validate(&self) -> Result<(), FanError> {
         if self.overlay_len > 32 {
-            return Err(FanError::PrefixLenOutOfRange { len: self.overlay_len });
+            return Err(FanError::PrefixLenOutOfRange {
+                len: self.overlay_len,
+            });
         }
         if self.underlay_len > 32 {
-            return Err(FanError::PrefixLenOutOfRange { len: self.underlay_len });
+            return Err(FanError::PrefixLenOutOfRange {
+                len: self.underlay_len,
+            });
         }
         if self.overlay_len >= self.underlay_len {
             return Err(FanError::OverlayNotShorter {
@@ -127,10 +137,14 @@ impl FanMap {
             });
         }
         if self.underlay_len > MAX_SLICE_LEN {
-            return Err(FanError::UnderlayTooLong { underlay_len: self.underlay_len });
+            return Err(FanError::UnderlayTooLong {
+                underlay_len: self.underlay_len,
+            });
         }
         if self.slice_len() > MAX_SLICE_LEN {
-            return Err(FanError::SliceTooLong { slice_len: self.slice_len() });
+            return Err(FanError::SliceTooLong {
+                slice_len: self.slice_len(),
+            });
         }
         if self.overlay & !prefix_mask(self.overlay_len) != 0 {
             return Err(FanError::HostBitsSet {
@@ -159,7 +173,12 @@ impl FanMap {
             }
             i += 1;
         }
-        if prefixes_overlap(self.overlay, self.overlay_len, self.underlay, self.underlay_len) {
+        if prefixes_overlap(
+            self.overlay,
+            self.overlay_len,
+            self.underlay,
+            self.underlay_len,
+        ) {
             return Err(FanError::OverlayOverlapsUnderlay {
                 overlay: self.overlay,
                 overlay_len: self.overlay_len,
@@ -215,16 +234,50 @@ pub enum Role {
 /// Why a fan map or host cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FanError {
-    PrefixLenOutOfRange { len: u8 },
-    OverlayNotShorter { overlay_len: u8, underlay_len: u8 },
-    UnderlayTooLong { underlay_len: u8 },
-    SliceTooLong { slice_len: u8 },
-    HostBitsSet { role: Role, addr: u32, len: u8 },
-    OverlayReserved { overlay: u32, overlay_len: u8, reserved: u32, reserved_len: u8 },
-    OverlayOverlapsUnderlay { overlay: u32, overlay_len: u8, underlay: u32, underlay_len: u8 },
-    OverlaysOverlap { first: u32, first_len: u8, second: u32, second_len: u8 },
-    HostOutsideUnderlay { host: u32, underlay: u32, underlay_len: u8 },
-    ReservedHost { host: u32 },
+    PrefixLenOutOfRange {
+        len: u8,
+    },
+    OverlayNotShorter {
+        overlay_len: u8,
+        underlay_len: u8,
+    },
+    UnderlayTooLong {
+        underlay_len: u8,
+    },
+    SliceTooLong {
+        slice_len: u8,
+    },
+    HostBitsSet {
+        role: Role,
+        addr: u32,
+        len: u8,
+    },
+    OverlayReserved {
+        overlay: u32,
+        overlay_len: u8,
+        reserved: u32,
+        reserved_len: u8,
+    },
+    OverlayOverlapsUnderlay {
+        overlay: u32,
+        overlay_len: u8,
+        underlay: u32,
+        underlay_len: u8,
+    },
+    OverlaysOverlap {
+        first: u32,
+        first_len: u8,
+        second: u32,
+        second_len: u8,
+    },
+    HostOutsideUnderlay {
+        host: u32,
+        underlay: u32,
+        underlay_len: u8,
+    },
+    ReservedHost {
+        host: u32,
+    },
 }
 
 struct Prefix(u32, u8);
@@ -241,7 +294,10 @@ impl fmt::Display for FanError {
             Self::PrefixLenOutOfRange { len } => {
                 write!(f, "prefix length /{len} is out of range (0 to 32)")
             }
-            Self::OverlayNotShorter { overlay_len, underlay_len } => write!(
+            Self::OverlayNotShorter {
+                overlay_len,
+                underlay_len,
+            } => write!(
                 f,
                 "overlay prefix /{overlay_len} must be shorter than underlay prefix /{underlay_len}"
             ),
@@ -266,13 +322,23 @@ impl fmt::Display for FanError {
                     Prefix(net, len)
                 )
             }
-            Self::OverlayReserved { overlay, overlay_len, reserved, reserved_len } => write!(
+            Self::OverlayReserved {
+                overlay,
+                overlay_len,
+                reserved,
+                reserved_len,
+            } => write!(
                 f,
                 "overlay {} is in the reserved range {}",
                 Prefix(overlay, overlay_len),
                 Prefix(reserved, reserved_len)
             ),
-            Self::OverlayOverlapsUnderlay { overlay, overlay_len, underlay, underlay_len } => {
+            Self::OverlayOverlapsUnderlay {
+                overlay,
+                overlay_len,
+                underlay,
+                underlay_len,
+            } => {
                 write!(
                     f,
                     "overlay {} overlaps underlay {}: it would capture the hosts' own traffic",
@@ -280,13 +346,22 @@ impl fmt::Display for FanError {
                     Prefix(underlay, underlay_len)
                 )
             }
-            Self::OverlaysOverlap { first, first_len, second, second_len } => write!(
+            Self::OverlaysOverlap {
+                first,
+                first_len,
+                second,
+                second_len,
+            } => write!(
                 f,
                 "overlays {} and {} overlap",
                 Prefix(first, first_len),
                 Prefix(second, second_len)
             ),
-            Self::HostOutsideUnderlay { host, underlay, underlay_len } => write!(
+            Self::HostOutsideUnderlay {
+                host,
+                underlay,
+                underlay_len,
+            } => write!(
                 f,
                 "host address {} is not in underlay {}",
                 Ipv4Addr::from(host),

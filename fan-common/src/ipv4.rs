@@ -83,8 +83,26 @@ pub fn outer_header(src: u32, dst: u32, tos: u8, inner_len: u16) -> [u8; IPV4_HD
     let t = total.to_be_bytes();
     let df = IP_DF.to_be_bytes();
     let mut h = [
-        0x45, tos, t[0], t[1], 0, 0, df[0], df[1], OUTER_TTL, IPPROTO_IPIP, 0, 0, s[0], s[1], s[2],
-        s[3], d[0], d[1], d[2], d[3],
+        0x45,
+        tos,
+        t[0],
+        t[1],
+        0,
+        0,
+        df[0],
+        df[1],
+        OUTER_TTL,
+        IPPROTO_IPIP,
+        0,
+        0,
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
     ];
     let mut sum = 0u32;
     let mut i = 0;

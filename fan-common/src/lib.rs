@@ -4,8 +4,8 @@
 //! user side run the very same code: the Fan mapping exists exactly once.
 #![no_std]
 
-pub mod ipv4;
 pub mod fan;
+pub mod ipv4;
 pub mod maps;
 pub mod stats;
 

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use fan_common::{fan::prefix_mask, FanMap};
+use fan_common::{FanMap, fan::prefix_mask};
 use proptest::prelude::*;
 
 fn addr(s: &str) -> u32 {
@@ -17,15 +17,69 @@ fn prefix(s: &str) -> (u32, u8) {
 
 /// overlay, underlay host/len, host slice, an overlay destination, its underlay host.
 const VECTORS: &[(&str, &str, &str, &str, &str)] = &[
-    ("250.0.0.0/8", "172.30.0.28/16", "250.0.28.0/24", "250.0.27.5", "172.30.0.27"),
-    ("99.0.0.0/8", "10.88.3.4/16", "99.3.4.0/24", "99.6.7.8", "10.88.6.7"),
-    ("99.0.0.0/8", "10.99.238.5/20", "99.224.80.0/20", "99.224.96.9", "10.99.238.6"),
-    ("33.0.0.0/8", "10.111.1.2/12", "33.240.16.32/28", "33.240.16.80", "10.111.1.5"),
-    ("240.0.0.0/5", "10.88.129.2/20", "240.129.0.0/17", "240.130.0.7", "10.88.129.4"),
-    ("100.64.0.0/10", "10.224.220.10/24", "100.66.128.0/18", "100.66.200.5", "10.224.220.11"),
-    ("250.0.0.0/8", "198.18.0.1/16", "250.0.1.0/24", "250.0.2.2", "198.18.0.2"),
-    ("240.0.0.0/8", "192.168.7.33/24", "240.33.0.0/16", "240.34.0.9", "192.168.7.34"),
-    ("10.0.0.0/16", "192.168.1.77/24", "10.0.77.0/24", "10.0.78.5", "192.168.1.78"),
+    (
+        "250.0.0.0/8",
+        "172.30.0.28/16",
+        "250.0.28.0/24",
+        "250.0.27.5",
+        "172.30.0.27",
+    ),
+    (
+        "99.0.0.0/8",
+        "10.88.3.4/16",
+        "99.3.4.0/24",
+        "99.6.7.8",
+        "10.88.6.7",
+    ),
+    (
+        "99.0.0.0/8",
+        "10.99.238.5/20",
+        "99.224.80.0/20",
+        "99.224.96.9",
+        "10.99.238.6",
+    ),
+    (
+        "33.0.0.0/8",
+        "10.111.1.2/12",
+        "33.240.16.32/28",
+        "33.240.16.80",
+        "10.111.1.5",
+    ),
+    (
+        "240.0.0.0/5",
+        "10.88.129.2/20",
+        "240.129.0.0/17",
+        "240.130.0.7",
+        "10.88.129.4",
+    ),
+    (
+        "100.64.0.0/10",
+        "10.224.220.10/24",
+        "100.66.128.0/18",
+        "100.66.200.5",
+        "10.224.220.11",
+    ),
+    (
+        "250.0.0.0/8",
+        "198.18.0.1/16",
+        "250.0.1.0/24",
+        "250.0.2.2",
+        "198.18.0.2",
+    ),
+    (
+        "240.0.0.0/8",
+        "192.168.7.33/24",
+        "240.33.0.0/16",
+        "240.34.0.9",
+        "192.168.7.34",
+    ),
+    (
+        "10.0.0.0/16",
+        "192.168.1.77/24",
+        "10.0.77.0/24",
+        "10.0.78.5",
+        "192.168.1.78",
+    ),
 ];
 
 fn map_of(overlay: &str, host: &str) -> (FanMap, u32) {
@@ -39,12 +93,28 @@ fn reference_vectors() {
     for &(overlay, host, slice, dst, outer) in VECTORS {
         let (map, host_addr) = map_of(overlay, host);
         let (slice_net, slice_len) = prefix(slice);
-        map.validate().unwrap_or_else(|e| panic!("{overlay} over {host}: {e}"));
+        map.validate()
+            .unwrap_or_else(|e| panic!("{overlay} over {host}: {e}"));
         map.validate_host(host_addr).unwrap();
-        assert_eq!(map.slice_len(), slice_len, "slice length of {host} in {overlay}");
-        assert_eq!(map.slice_of(host_addr), slice_net, "slice of {host} in {overlay}");
-        assert_eq!(map.host_of(addr(dst)), addr(outer), "underlay host of {dst}");
-        assert!(!map.slice_contains(host_addr, addr(dst)), "{dst} must be remote");
+        assert_eq!(
+            map.slice_len(),
+            slice_len,
+            "slice length of {host} in {overlay}"
+        );
+        assert_eq!(
+            map.slice_of(host_addr),
+            slice_net,
+            "slice of {host} in {overlay}"
+        );
+        assert_eq!(
+            map.host_of(addr(dst)),
+            addr(outer),
+            "underlay host of {dst}"
+        );
+        assert!(
+            !map.slice_contains(host_addr, addr(dst)),
+            "{dst} must be remote"
+        );
         assert!(map.owns(addr(outer), addr(dst)));
         assert!(!map.owns(host_addr, addr(dst)), "{host} must not own {dst}");
         // An address inside the host's own slice maps back to the host itself.
@@ -139,7 +209,12 @@ fn small_fans_partition_the_overlay_exactly() {
                 .filter(|((lo, hi), _)| (*lo..=*hi).contains(&a))
                 .map(|(_, &h)| h)
                 .collect();
-            assert_eq!(containing, vec![map.host_of(a)], "address {}", Ipv4Addr::from(a));
+            assert_eq!(
+                containing,
+                vec![map.host_of(a)],
+                "address {}",
+                Ipv4Addr::from(a)
+            );
         }
     }
 }

@@ -3,7 +3,10 @@
 use fan_common::ipv4::{checksum, decap_ecn, is_fragment, outer_header, replace_word};
 
 fn words(bytes: &[u8]) -> Vec<u16> {
-    bytes.chunks(2).map(|c| u16::from_ne_bytes([c[0], c[1]])).collect()
+    bytes
+        .chunks(2)
+        .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+        .collect()
 }
 
 #[test]

@@ -3,8 +3,8 @@
 use std::net::Ipv4Addr;
 
 use fan_common::{
-    fan::{validate_fans, Role},
     FanError, FanMap,
+    fan::{Role, validate_fans},
 };
 
 fn a(s: &str) -> u32 {
@@ -40,12 +40,18 @@ fn prefix_length_out_of_range() {
 fn overlay_must_be_shorter_than_underlay() {
     refused(
         fan("250.0.0.0", 16, "198.18.0.0", 16),
-        FanError::OverlayNotShorter { overlay_len: 16, underlay_len: 16 },
+        FanError::OverlayNotShorter {
+            overlay_len: 16,
+            underlay_len: 16,
+        },
         "overlay prefix /16 must be shorter than underlay prefix /16",
     );
     refused(
         fan("250.0.0.0", 20, "198.0.0.0", 8),
-        FanError::OverlayNotShorter { overlay_len: 20, underlay_len: 8 },
+        FanError::OverlayNotShorter {
+            overlay_len: 20,
+            underlay_len: 8,
+        },
         "overlay prefix /20 must be shorter than underlay prefix /8",
     );
 }
@@ -74,12 +80,20 @@ fn slice_must_leave_room_for_containers() {
 fn no_host_bits_in_either_prefix() {
     refused(
         fan("250.0.0.1", 8, "198.18.0.0", 16),
-        FanError::HostBitsSet { role: Role::Overlay, addr: a("250.0.0.1"), len: 8 },
+        FanError::HostBitsSet {
+            role: Role::Overlay,
+            addr: a("250.0.0.1"),
+            len: 8,
+        },
         "overlay 250.0.0.1/8 has host bits set (did you mean 250.0.0.0/8?)",
     );
     refused(
         fan("250.0.0.0", 8, "198.18.0.1", 16),
-        FanError::HostBitsSet { role: Role::Underlay, addr: a("198.18.0.1"), len: 16 },
+        FanError::HostBitsSet {
+            role: Role::Underlay,
+            addr: a("198.18.0.1"),
+            len: 16,
+        },
         "underlay 198.18.0.1/16 has host bits set (did you mean 198.18.0.0/16?)",
     );
 }
@@ -88,7 +102,12 @@ fn no_host_bits_in_either_prefix() {
 fn reserved_overlays() {
     refused(
         fan("0.0.0.0", 8, "198.18.0.0", 16),
-        FanError::OverlayReserved { overlay: 0, overlay_len: 8, reserved: 0, reserved_len: 8 },
+        FanError::OverlayReserved {
+            overlay: 0,
+            overlay_len: 8,
+            reserved: 0,
+            reserved_len: 8,
+        },
         "overlay 0.0.0.0/8 is in the reserved range 0.0.0.0/8",
     );
     refused(
@@ -154,12 +173,18 @@ fn overlays_on_one_host_must_not_overlap() {
             second_len: 16
         }
     );
-    assert_eq!(err.to_string(), "overlays 250.0.0.0/8 and 250.1.0.0/16 overlap");
+    assert_eq!(
+        err.to_string(),
+        "overlays 250.0.0.0/8 and 250.1.0.0/16 overlap"
+    );
     let disjoint = fan("251.0.0.0", 8, "198.19.0.0", 24);
     assert!(validate_fans(&[first, disjoint]).is_ok());
     // Each map is validated on its own too.
     let bad = fan("127.0.0.0", 8, "198.18.0.0", 16);
-    assert!(matches!(validate_fans(&[first, bad]), Err(FanError::OverlayReserved { .. })));
+    assert!(matches!(
+        validate_fans(&[first, bad]),
+        Err(FanError::OverlayReserved { .. })
+    ));
 }
 
 #[test]
@@ -174,13 +199,18 @@ fn host_must_be_a_real_underlay_host() {
             underlay_len: 16
         }
     );
-    assert_eq!(err.to_string(), "host address 198.19.0.1 is not in underlay 198.18.0.0/16");
+    assert_eq!(
+        err.to_string(),
+        "host address 198.19.0.1 is not in underlay 198.18.0.0/16"
+    );
     for reserved in ["198.18.0.0", "198.18.255.255"] {
         let err = map.validate_host(a(reserved)).unwrap_err();
         assert_eq!(err, FanError::ReservedHost { host: a(reserved) });
         assert_eq!(
             err.to_string(),
-            format!("host address {reserved} is the underlay's network or broadcast address and names no host")
+            format!(
+                "host address {reserved} is the underlay's network or broadcast address and names no host"
+            )
         );
     }
     assert!(map.validate_host(a("198.18.0.1")).is_ok());

@@ -3,21 +3,21 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK,
-        TC_ACT_SHOT, TC_ACT_UNSPEC,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
     helpers::generated::{bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use fan_common::{
-    ipv4::{decap_ecn, is_fragment, replace_word, ECN_MASK, ETH_HDR_LEN, IPPROTO_IPIP},
     StatReason,
+    ipv4::{ECN_MASK, ETH_HDR_LEN, IPPROTO_IPIP, decap_ecn, is_fragment, replace_word},
 };
 
 use crate::{
     maps::{FAN_ENDPOINTS, fan_for},
-    parse::{eth, ipv4, EthHdr, MAX_HEADERS_LEN},
+    parse::{EthHdr, MAX_HEADERS_LEN, eth, ipv4},
     stats::count,
     tc::{device_mtu, ensure_linear, frame, gso_size},
 };
@@ -116,7 +116,10 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
             // FIXED_GSO: without it a GRO packet's gso_size would grow by the
             // removed bytes and the resegmented TCP would exceed the MTU.
             let flags = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
-            if ctx.adjust_room(-(outer_len as i32), BPF_ADJ_ROOM_MAC, flags).is_err() {
+            if ctx
+                .adjust_room(-(outer_len as i32), BPF_ADJ_ROOM_MAC, flags)
+                .is_err()
+            {
                 count(StatReason::DropDecapFailed, len);
                 return TC_ACT_SHOT;
             }

@@ -3,21 +3,21 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
+        TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::bpf_redirect_neigh,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use fan_common::{
-    ipv4::{outer_header, ETH_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN},
     FanEntry, StatReason,
+    ipv4::{ETH_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, outer_header},
 };
 
 use crate::{
     maps::fan_for,
-    parse::{ipv4, ptr_at, Ipv4Hdr, MAX_HEADERS_LEN},
+    parse::{Ipv4Hdr, MAX_HEADERS_LEN, ipv4, ptr_at},
     stats::count,
     tc::{device_mtu, ensure_linear, frame, gso_size},
 };
@@ -106,11 +106,17 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     // IP-in-IP segments. FIXED_GSO keeps gso_size: the overlay MTU already
     // leaves room for the outer header.
     let flags = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO) as u64;
-    if ctx.adjust_room(IPV4_HDR_LEN as i32, BPF_ADJ_ROOM_MAC, flags).is_err() {
+    if ctx
+        .adjust_room(IPV4_HDR_LEN as i32, BPF_ADJ_ROOM_MAC, flags)
+        .is_err()
+    {
         return Err(Outcome::Drop(StatReason::DropEncapFailed));
     }
     let outer = outer_header(fan.local_host, remote_host, ip.tos, ip.total_len());
-    if ctx.store(ETH_HDR_LEN, &outer, BPF_F_RECOMPUTE_CSUM as u64).is_err() {
+    if ctx
+        .store(ETH_HDR_LEN, &outer, BPF_F_RECOMPUTE_CSUM as u64)
+        .is_err()
+    {
         return Err(Outcome::Drop(StatReason::DropEncapFailed));
     }
 

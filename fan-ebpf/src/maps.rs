@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use fan_common::{
-    maps::{Endpoint, FanMeta, FanMetaKey, MAX_ENDPOINTS, MAX_FANS},
     Counter, FanEntry, StatReason,
+    maps::{Endpoint, FanMeta, FanMetaKey, MAX_ENDPOINTS, MAX_FANS},
 };
 
 /// Fan configuration keyed by overlay prefix (network byte order): one LPM

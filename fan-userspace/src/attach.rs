@@ -21,9 +21,12 @@ use crate::{
     cli::{AttachArgs, Global, Mode},
     host::{Link, Net, read_sysctl, write_sysctl},
     ipv4_network,
-    loader::{DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key, unlink},
-    nat,
+    loader::{
+        DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key,
+        unlink,
+    },
     naming::{IFNAME_MAX, bridge_name},
+    nat,
     record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
     require_root,
     state::StateDir,
@@ -95,10 +98,19 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
             if changed {
                 println!(
                     "attached: {} over {} on {} ({}), slice {} on {}, gateway {}",
-                    plan.overlay, plan.underlay, plan.iface.name, plan.host, plan.slice, plan.bridge, plan.gateway
+                    plan.overlay,
+                    plan.underlay,
+                    plan.iface.name,
+                    plan.host,
+                    plan.slice,
+                    plan.bridge,
+                    plan.gateway
                 );
             } else {
-                println!("already attached: {} on {} (nothing to do)", plan.overlay, plan.iface.name);
+                println!(
+                    "already attached: {} on {} (nothing to do)",
+                    plan.overlay, plan.iface.name
+                );
             }
             Ok(())
         }
@@ -121,16 +133,26 @@ fn same_settings(existing: &Fan, plan: &Plan) -> bool {
 
 async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     let overlay = ipv4_network(args.overlay, "overlay")?;
-    let iface = net.link(&args.iface).await?.ok_or_else(|| anyhow!("no such interface: {}", args.iface))?;
+    let iface = net
+        .link(&args.iface)
+        .await?
+        .ok_or_else(|| anyhow!("no such interface: {}", args.iface))?;
     let addrs = net.ipv4_addrs(iface.index).await?;
     if addrs.is_empty() {
-        bail!("{} has no IPv4 address: the underlay address names this host", iface.name);
+        bail!(
+            "{} has no IPv4 address: the underlay address names this host",
+            iface.name
+        );
     }
     let (host, underlay) = match args.underlay {
         Some(u) => {
             let u = ipv4_network(u, "underlay")?;
             if u.ip() != u.network() {
-                bail!("underlay {u} has host bits set (did you mean {}/{}?)", u.network(), u.prefix());
+                bail!(
+                    "underlay {u} has host bits set (did you mean {}/{}?)",
+                    u.network(),
+                    u.prefix()
+                );
             }
             let (addr, _) = addrs.iter().find(|(a, _)| u.contains(*a)).ok_or_else(|| {
                 let held: Vec<String> = addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
@@ -144,7 +166,14 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
         }
         None => {
             let (addr, len) = addrs[0];
-            (addr, Ipv4Network::new(addr, len)?.network().to_string().parse::<Ipv4Addr>().map(|n| Ipv4Network::new(n, len))??)
+            (
+                addr,
+                Ipv4Network::new(addr, len)?
+                    .network()
+                    .to_string()
+                    .parse::<Ipv4Addr>()
+                    .map(|n| Ipv4Network::new(n, len))??,
+            )
         }
     };
     let map = FanMap::new(
@@ -154,17 +183,27 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
         underlay.prefix(),
     );
     if overlay.ip() != overlay.network() {
-        bail!("overlay {overlay} has host bits set (did you mean {}/{}?)", overlay.network(), overlay.prefix());
+        bail!(
+            "overlay {overlay} has host bits set (did you mean {}/{}?)",
+            overlay.network(),
+            overlay.prefix()
+        );
     }
     map.validate()?;
     map.validate_host(u32::from(host))?;
     let slice_start = Ipv4Addr::from(map.slice_of(u32::from(host)));
     let slice = Ipv4Network::new(slice_start, map.slice_len())?;
     if args.host_reserve == 0 || args.host_reserve as u64 >= slice.size() as u64 - 2 {
-        bail!("--host-reserve {} must be at least 1 (the gateway) and leave addresses in {slice}", args.host_reserve);
+        bail!(
+            "--host-reserve {} must be at least 1 (the gateway) and leave addresses in {slice}",
+            args.host_reserve
+        );
     }
     let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
-    let bridge = args.bridge.clone().unwrap_or_else(|| bridge_name(slice_start));
+    let bridge = args
+        .bridge
+        .clone()
+        .unwrap_or_else(|| bridge_name(slice_start));
     if bridge.is_empty() || bridge.len() > IFNAME_MAX {
         bail!("bridge name {bridge:?} must be 1 to {IFNAME_MAX} bytes");
     }
@@ -180,15 +219,23 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
 
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     let _ = dir.sweep_stale();
-    let fans = if dir.exists() { load_fans(&PinnedMaps::open(&dir)?)? } else { Vec::new() };
-    if let Some(old) = fans.iter().find(|f| f.meta.layout_version != MAP_LAYOUT_VERSION) {
+    let fans = if dir.exists() {
+        load_fans(&PinnedMaps::open(&dir)?)?
+    } else {
+        Vec::new()
+    };
+    if let Some(old) = fans
+        .iter()
+        .find(|f| f.meta.layout_version != MAP_LAYOUT_VERSION)
+    {
         bail!(
             "the pinned state in {} was written by a fan-xdp with map layout v{} (this one is v{MAP_LAYOUT_VERSION}); detach with that version first",
             dir.path.display(),
             old.meta.layout_version
         );
     }
-    let (mut existing, others): (Vec<Fan>, Vec<Fan>) = fans.into_iter().partition(|f| f.overlay == overlay);
+    let (mut existing, others): (Vec<Fan>, Vec<Fan>) =
+        fans.into_iter().partition(|f| f.overlay == overlay);
     let mut maps: Vec<FanMap> = others.iter().map(Fan::map).collect();
     maps.push(map);
     validate_fans(&maps)?;
@@ -197,14 +244,24 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     }
     let mode = match (args.mode, others.iter().find(|f| f.iface == iface.name)) {
         // Decapsulation on an interface is shared by its fans: keep its mode.
-        (Mode::Auto, Some(other)) => if other.mode == "xdp" { Mode::Xdp } else { Mode::Tc },
-        (requested, Some(other)) if requested != Mode::Auto && mode_str(requested) != other.mode => bail!(
-            "{} already decapsulates in {} mode for overlay {}; attach with --mode {} or auto",
-            iface.name,
-            other.mode,
-            other.overlay,
-            other.mode
-        ),
+        (Mode::Auto, Some(other)) => {
+            if other.mode == "xdp" {
+                Mode::Xdp
+            } else {
+                Mode::Tc
+            }
+        }
+        (requested, Some(other))
+            if requested != Mode::Auto && mode_str(requested) != other.mode =>
+        {
+            bail!(
+                "{} already decapsulates in {} mode for overlay {}; attach with --mode {} or auto",
+                iface.name,
+                other.mode,
+                other.overlay,
+                other.mode
+            )
+        }
         (requested, _) => requested,
     };
     if let Some(prog) = iface.xdp_prog_id
@@ -260,7 +317,9 @@ fn ours(dir: &StateDir, iface: &str, prog: u32) -> bool {
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
 /// step, `fail:<step>` makes it fail there (to exercise the rollback).
 fn checkpoint(step: &str) -> Result<()> {
-    let Ok(inject) = std::env::var("FAN_XDP_INJECT") else { return Ok(()) };
+    let Ok(inject) = std::env::var("FAN_XDP_INJECT") else {
+        return Ok(());
+    };
     match inject.split_once(':') {
         Some(("kill", s)) if s == step => {
             // SAFETY: signalling ourselves.
@@ -273,7 +332,16 @@ fn checkpoint(step: &str) -> Result<()> {
 }
 
 /// The attach steps, in order. Names are what `FAN_XDP_INJECT` refers to.
-pub const STEPS: [&str; 8] = ["record", "sysctl", "bridge", "host-device", "route", "nat", "programs", "config"];
+pub const STEPS: [&str; 8] = [
+    "record",
+    "sysctl",
+    "bridge",
+    "host-device",
+    "route",
+    "nat",
+    "programs",
+    "config",
+];
 
 async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) -> Result<bool> {
     let mut changed = false;
@@ -306,7 +374,11 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         ("conf/all/rp_filter".to_string(), 2),
     ] {
         let current = read_sysctl(&sysctl)?;
-        let needs = if sysctl == "ip_forward" { current != 1 } else { current == 1 };
+        let needs = if sysctl == "ip_forward" {
+            current != 1
+        } else {
+            current == 1
+        };
         if needs {
             write_sysctl(&sysctl, want)?;
             undo.push(Undo::Sysctl(sysctl, current));
@@ -333,8 +405,13 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     if bridge.mtu != plan.mtu {
         net.set_mtu(bridge.index, plan.mtu).await?;
     }
-    if !net.ipv4_addrs(bridge.index).await?.contains(&(plan.gateway, plan.slice.prefix())) {
-        net.add_addr(bridge.index, plan.gateway, plan.slice.prefix()).await?;
+    if !net
+        .ipv4_addrs(bridge.index)
+        .await?
+        .contains(&(plan.gateway, plan.slice.prefix()))
+    {
+        net.add_addr(bridge.index, plan.gateway, plan.slice.prefix())
+            .await?;
         changed = true;
     }
     net.set_up(bridge.index).await?;
@@ -344,7 +421,9 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     let host_dev = match net.link(HOST_DEVICE).await? {
         Some(link) => link,
         None => {
-            let link = net.create_noarp_veth(HOST_DEVICE, HOST_DEVICE_PEER, plan.mtu).await?;
+            let link = net
+                .create_noarp_veth(HOST_DEVICE, HOST_DEVICE_PEER, plan.mtu)
+                .await?;
             undo.push(Undo::Link(HOST_DEVICE.to_string()));
             changed = true;
             link
@@ -357,7 +436,10 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     checkpoint("host-device")?;
 
     // 5. The overlay route, sourced from the gateway so receivers' anti-spoofing accepts it.
-    match net.find_route(plan.overlay.network(), plan.overlay.prefix()).await? {
+    match net
+        .find_route(plan.overlay.network(), plan.overlay.prefix())
+        .await?
+    {
         Some((oif, Some(src))) if oif == host_dev.index && src == plan.gateway => {}
         Some((oif, _)) if oif != host_dev.index => bail!(
             "a route to {} already exists via another interface (index {oif}); remove it first",
@@ -365,9 +447,20 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         ),
         stale => {
             if stale.is_some() {
-                net.del_route(plan.overlay.network(), plan.overlay.prefix(), host_dev.index).await?;
+                net.del_route(
+                    plan.overlay.network(),
+                    plan.overlay.prefix(),
+                    host_dev.index,
+                )
+                .await?;
             }
-            net.add_route(plan.overlay.network(), plan.overlay.prefix(), host_dev.index, plan.gateway).await?;
+            net.add_route(
+                plan.overlay.network(),
+                plan.overlay.prefix(),
+                host_dev.index,
+                plan.gateway,
+            )
+            .await?;
             undo.push(Undo::Route(plan.overlay));
             changed = true;
         }
@@ -387,25 +480,67 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     // 7. Programs: decapsulation on the underlay, encapsulation on the bridge
     // and the host device. Existing links are kept or upgraded in place.
     let (mode, reason) = decap_choice(plan);
-    let decap_pin = plan.dir.link(&plan.iface.name, if mode == decap_mode::XDP { "decap-xdp" } else { "decap-tc" });
-    let decap = if mode == decap_mode::XDP { (DECAP_XDP, Hook::Xdp) } else { (DECAP_TC, Hook::TcIngress) };
-    let (mode, reason) = match link(&mut dataplane, undo, decap.0, &plan.iface.name, decap.1, &decap_pin) {
+    let decap_pin = plan.dir.link(
+        &plan.iface.name,
+        if mode == decap_mode::XDP {
+            "decap-xdp"
+        } else {
+            "decap-tc"
+        },
+    );
+    let decap = if mode == decap_mode::XDP {
+        (DECAP_XDP, Hook::Xdp)
+    } else {
+        (DECAP_TC, Hook::TcIngress)
+    };
+    let (mode, reason) = match link(
+        &mut dataplane,
+        undo,
+        decap.0,
+        &plan.iface.name,
+        decap.1,
+        &decap_pin,
+    ) {
         Ok(c) => {
             changed |= c;
             (mode, reason)
         }
         Err(e) if plan.mode == Mode::Auto && mode == decap_mode::XDP => {
-            info!("native XDP refused on {} ({e:#}); using TC", plan.iface.name);
+            info!(
+                "native XDP refused on {} ({e:#}); using TC",
+                plan.iface.name
+            );
             let pin = plan.dir.link(&plan.iface.name, "decap-tc");
-            changed |= link(&mut dataplane, undo, DECAP_TC, &plan.iface.name, Hook::TcIngress, &pin)?;
+            changed |= link(
+                &mut dataplane,
+                undo,
+                DECAP_TC,
+                &plan.iface.name,
+                Hook::TcIngress,
+                &pin,
+            )?;
             (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
         }
         Err(e) => return Err(e),
     };
     let bridge_pin = plan.dir.link(&plan.bridge, "encap");
-    let mut relinked = link(&mut dataplane, undo, ENCAP_FORWARD, &plan.bridge, Hook::TcIngress, &bridge_pin)?;
+    let mut relinked = link(
+        &mut dataplane,
+        undo,
+        ENCAP_FORWARD,
+        &plan.bridge,
+        Hook::TcIngress,
+        &bridge_pin,
+    )?;
     let host_pin = plan.dir.link(HOST_DEVICE, "encap");
-    relinked |= link(&mut dataplane, undo, ENCAP_OUTPUT, HOST_DEVICE, Hook::TcEgress, &host_pin)?;
+    relinked |= link(
+        &mut dataplane,
+        undo,
+        ENCAP_OUTPUT,
+        HOST_DEVICE,
+        Hook::TcEgress,
+        &host_pin,
+    )?;
     // The pinned programs are the ones the links run: re-pin only when a link
     // took this load's programs, or the freshly loaded copies would linger.
     if relinked || changed || !plan.dir.program(ENCAP_FORWARD).exists() {
@@ -422,7 +557,12 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         overlay_mtu: plan.mtu,
     };
     let maps = PinnedMaps::open(&plan.dir)?;
-    if maps.config.get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0).ok() != Some(entry) {
+    if maps
+        .config
+        .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)
+        .ok()
+        != Some(entry)
+    {
         dataplane.insert_fan(&entry)?;
         undo.push(Undo::Config);
         changed = true;
@@ -438,7 +578,14 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
 }
 
 /// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
-fn link(dataplane: &mut Dataplane, undo: &mut Vec<Undo>, program: &str, device: &str, hook: Hook, pin: &std::path::Path) -> Result<bool> {
+fn link(
+    dataplane: &mut Dataplane,
+    undo: &mut Vec<Undo>,
+    program: &str,
+    device: &str,
+    hook: Hook,
+    pin: &std::path::Path,
+) -> Result<bool> {
     let existed = pin.exists();
     let changed = dataplane.ensure_link(program, device, hook, pin)?;
     if !existed {
@@ -452,7 +599,9 @@ fn decap_choice(plan: &Plan) -> (u8, u8) {
     match plan.mode {
         Mode::Xdp => (decap_mode::XDP, mode_reason::REQUESTED),
         Mode::Tc => (decap_mode::TC, mode_reason::REQUESTED),
-        Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => (decap_mode::TC, mode_reason::AUTO_VETH),
+        Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => {
+            (decap_mode::TC, mode_reason::AUTO_VETH)
+        }
         Mode::Auto => (decap_mode::XDP, mode_reason::AUTO_NATIVE_XDP),
     }
 }
@@ -461,7 +610,11 @@ fn decap_choice(plan: &Plan) -> (u8, u8) {
 /// detaching the last fan restores them. Later fans copy the first one's.
 fn new_record(plan: &Plan) -> Result<FanMeta> {
     let first = plan.others.first().map(|f| f.meta);
-    let same_iface = plan.others.iter().find(|f| f.iface == plan.iface.name).map(|f| f.meta);
+    let same_iface = plan
+        .others
+        .iter()
+        .find(|f| f.iface == plan.iface.name)
+        .map(|f| f.meta);
     let read = |key: &str| read_sysctl(key).unwrap_or(SYSCTL_UNKNOWN);
     Ok(FanMeta {
         iface: name_bytes(&plan.iface.name),
@@ -471,9 +624,12 @@ fn new_record(plan: &Plan) -> Result<FanMeta> {
         nat: u8::from(plan.nat),
         complete: 0,
         orig_forwarding: first.map_or_else(|| read("ip_forward"), |m| m.orig_forwarding),
-        orig_rp_filter: same_iface
-            .map_or_else(|| read(&format!("conf/{}/rp_filter", plan.iface.name)), |m| m.orig_rp_filter),
-        orig_rp_filter_all: first.map_or_else(|| read("conf/all/rp_filter"), |m| m.orig_rp_filter_all),
+        orig_rp_filter: same_iface.map_or_else(
+            || read(&format!("conf/{}/rp_filter", plan.iface.name)),
+            |m| m.orig_rp_filter,
+        ),
+        orig_rp_filter_all: first
+            .map_or_else(|| read("conf/all/rp_filter"), |m| m.orig_rp_filter_all),
         underlay_len: plan.underlay.prefix(),
         host: u32::from(plan.host),
         host_reserve: plan.host_reserve,
@@ -488,13 +644,15 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
             match step {
                 Undo::Config => {
                     let mut maps = PinnedMaps::open(&plan.dir)?;
-                    maps.config.remove(&overlay_key(plan.map.overlay, plan.map.overlay_len))?;
+                    maps.config
+                        .remove(&overlay_key(plan.map.overlay, plan.map.overlay_len))?;
                 }
                 Undo::Pin(path, device, hook) => unlink(&path, &device, hook)?,
                 Undo::Nat(overlay) => nat::remove_masquerade(overlay)?,
                 Undo::Route(overlay) => {
                     if let Some(dev) = net.link(HOST_DEVICE).await? {
-                        net.del_route(overlay.network(), overlay.prefix(), dev.index).await?;
+                        net.del_route(overlay.network(), overlay.prefix(), dev.index)
+                            .await?;
                     }
                 }
                 Undo::Link(name) => {

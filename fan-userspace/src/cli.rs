@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 
 #[derive(Parser)]
-#[command(name = "fan-xdp", version, about = "Fan networking as an eBPF/XDP data plane")]
+#[command(
+    name = "fan-xdp",
+    version,
+    about = "Fan networking as an eBPF/XDP data plane"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

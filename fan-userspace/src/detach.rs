@@ -19,14 +19,20 @@ use crate::{
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     require_root()?;
-    let overlay = args.overlay.map(|o| ipv4_network(o, "overlay")).transpose()?;
+    let overlay = args
+        .overlay
+        .map(|o| ipv4_network(o, "overlay"))
+        .transpose()?;
     let (dir, fans) = attached(global)?;
     let (going, staying): (Vec<Fan>, Vec<Fan>) = fans
         .into_iter()
         .partition(|f| f.iface == args.iface && overlay.is_none_or(|o| o == f.overlay));
     if going.is_empty() {
         match overlay {
-            Some(o) => println!("nothing to detach: overlay {o} is not attached to {}", args.iface),
+            Some(o) => println!(
+                "nothing to detach: overlay {o} is not attached to {}",
+                args.iface
+            ),
             None => println!("nothing to detach: no fan is attached to {}", args.iface),
         }
         if dir.exists() && staying.is_empty() {
@@ -40,24 +46,41 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     let host_dev = net.link(HOST_DEVICE).await?;
     for fan in &going {
         let map = fan.map();
-        let _ = maps.config.remove(&overlay_key(map.overlay, map.overlay_len));
+        let _ = maps
+            .config
+            .remove(&overlay_key(map.overlay, map.overlay_len));
         nat::remove_masquerade(fan.overlay)?;
         if let Some(dev) = &host_dev {
-            net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index).await?;
+            net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index)
+                .await?;
         }
-        remove_pin(&dir.link(&fan.bridge, "encap"), &fan.bridge, Hook::TcIngress);
+        remove_pin(
+            &dir.link(&fan.bridge, "encap"),
+            &fan.bridge,
+            Hook::TcIngress,
+        );
         if let Some(bridge) = net.link(&fan.bridge).await? {
             net.del_link(bridge.index).await?;
         }
         let _ = maps.meta.remove(&meta_key(fan.overlay));
-        println!("detached: {} from {} (bridge {})", fan.overlay, fan.iface, fan.bridge);
+        println!(
+            "detached: {} from {} (bridge {})",
+            fan.overlay, fan.iface, fan.bridge
+        );
     }
 
     let first = &going[0].meta;
     if !staying.iter().any(|f| f.iface == args.iface) {
         remove_pin(&dir.link(&args.iface, "decap-xdp"), &args.iface, Hook::Xdp);
-        remove_pin(&dir.link(&args.iface, "decap-tc"), &args.iface, Hook::TcIngress);
-        restore(&format!("conf/{}/rp_filter", args.iface), first.orig_rp_filter);
+        remove_pin(
+            &dir.link(&args.iface, "decap-tc"),
+            &args.iface,
+            Hook::TcIngress,
+        );
+        restore(
+            &format!("conf/{}/rp_filter", args.iface),
+            first.orig_rp_filter,
+        );
     }
     if staying.is_empty() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);

@@ -18,19 +18,38 @@ use crate::{host::Net, loader::PinnedMaps, record::Fan};
 pub async fn desired(net: &Net, fans: &[Fan]) -> Result<HashMap<u32, Endpoint>> {
     let mut want = HashMap::new();
     for fan in fans.iter().filter(|f| f.complete) {
-        let Some(bridge) = net.link(&fan.bridge).await? else { continue };
-        let Some(gateway_mac) = bridge.mac else { continue };
+        let Some(bridge) = net.link(&fan.bridge).await? else {
+            continue;
+        };
+        let Some(gateway_mac) = bridge.mac else {
+            continue;
+        };
         let ports: HashMap<[u8; 6], u32> = net.fdb(bridge.index).await?.into_iter().collect();
         for (addr, mac) in net.neighbours(bridge.index).await? {
             if !fan.slice.contains(addr) {
                 continue;
             }
-            let Some(&port) = ports.get(&mac) else { continue };
+            let Some(&port) = ports.get(&mac) else {
+                continue;
+            };
             // Direct delivery needs a veth: bpf_redirect_peer enters its peer.
-            if net.link_by_index(port).await?.and_then(|l| l.kind).as_deref() != Some("veth") {
+            if net
+                .link_by_index(port)
+                .await?
+                .and_then(|l| l.kind)
+                .as_deref()
+                != Some("veth")
+            {
                 continue;
             }
-            want.insert(u32::from(addr).to_be(), Endpoint { ifindex: port, mac, gateway_mac });
+            want.insert(
+                u32::from(addr).to_be(),
+                Endpoint {
+                    ifindex: port,
+                    mac,
+                    gateway_mac,
+                },
+            );
         }
     }
     Ok(want)

@@ -89,7 +89,12 @@ impl Net {
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
             Ok(None) => Ok(None),
@@ -111,13 +116,20 @@ impl Net {
     /// IPv4 addresses of a link with their prefix lengths, primary first.
     pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let mut out = Vec::new();
-        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
             if msg.header.family != AddressFamily::Inet {
                 continue;
             }
             for attr in &msg.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(a)) | AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                if let AddressAttribute::Local(IpAddr::V4(a))
+                | AddressAttribute::Address(IpAddr::V4(a)) = attr
+                {
                     if !out.iter().any(|(o, _)| o == a) {
                         out.push((*a, msg.header.prefix_len));
                     }
@@ -134,7 +146,9 @@ impl Net {
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
-        self.link(name).await?.ok_or_else(|| anyhow!("bridge {name} vanished after creation"))
+        self.link(name)
+            .await?
+            .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))
     }
 
     /// A veth pair whose first end does not ARP: routes to it need no neighbour.
@@ -145,7 +159,10 @@ impl Net {
             .execute()
             .await
             .with_context(|| format!("creating veth pair {name}/{peer}"))?;
-        let link = self.link(name).await?.ok_or_else(|| anyhow!("{name} vanished after creation"))?;
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| anyhow!("{name} vanished after creation"))?;
         if let Some(p) = self.link(peer).await? {
             self.set_up(p.index).await?;
         }
@@ -188,7 +205,9 @@ impl Net {
     }
 
     fn route(dest: Ipv4Addr, len: u8, oif: u32, src: Option<Ipv4Addr>) -> RouteMessage {
-        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest, len).output_interface(oif);
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest, len)
+            .output_interface(oif);
         if let Some(src) = src {
             builder = builder.pref_source(src);
         }
@@ -196,8 +215,16 @@ impl Net {
     }
 
     /// The main-table route to exactly `dest/len`, as (output ifindex, preferred source).
-    pub async fn find_route(&self, dest: Ipv4Addr, len: u8) -> Result<Option<(u32, Option<Ipv4Addr>)>> {
-        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    pub async fn find_route(
+        &self,
+        dest: Ipv4Addr,
+        len: u8,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
         while let Some(msg) = routes.try_next().await.context("listing routes")? {
             if msg.header.destination_prefix_length != len {
                 continue;
@@ -230,7 +257,13 @@ impl Net {
     }
 
     pub async fn del_route(&self, dest: Ipv4Addr, len: u8, oif: u32) -> Result<()> {
-        match self.handle.route().del(Self::route(dest, len, oif, None)).execute().await {
+        match self
+            .handle
+            .route()
+            .del(Self::route(dest, len, oif, None))
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
             Err(e) => Err(e).with_context(|| format!("deleting route {dest}/{len}")),
@@ -242,12 +275,20 @@ impl Net {
     /// Usable IPv4 neighbours on `ifindex`: address and MAC.
     pub async fn neighbours(&self, ifindex: u32) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
         let mut out = Vec::new();
-        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
         while let Some(msg) = dump.try_next().await.context("listing neighbours")? {
             if msg.header.ifindex != ifindex
                 || matches!(
                     msg.header.state,
-                    NeighbourState::Failed | NeighbourState::Incomplete | NeighbourState::Noarp | NeighbourState::None
+                    NeighbourState::Failed
+                        | NeighbourState::Incomplete
+                        | NeighbourState::Noarp
+                        | NeighbourState::None
                 )
             {
                 continue;
@@ -270,13 +311,24 @@ impl Net {
     /// The forwarding database of bridge `bridge`: which port each MAC was learned on.
     pub async fn fdb(&self, bridge: u32) -> Result<Vec<([u8; 6], u32)>> {
         let mut out = Vec::new();
-        let mut dump = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
-        while let Some(msg) = dump.try_next().await.context("listing the bridge forwarding database")? {
+        let mut dump = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(msg) = dump
+            .try_next()
+            .await
+            .context("listing the bridge forwarding database")?
+        {
             let mut mac = None;
             let mut master = None;
             for attr in &msg.attributes {
                 match attr {
-                    NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                    NeighbourAttribute::LinkLayerAddress(l) => {
+                        mac = <[u8; 6]>::try_from(l.as_slice()).ok()
+                    }
                     NeighbourAttribute::Controller(m) => master = Some(*m),
                     _ => {}
                 }
@@ -297,7 +349,10 @@ impl Net {
 pub fn read_sysctl(key: &str) -> Result<u8> {
     let path = format!("/proc/sys/net/ipv4/{key}");
     let value = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    value.trim().parse().with_context(|| format!("parsing {path}"))
+    value
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {path}"))
 }
 
 pub fn write_sysctl(key: &str, value: u8) -> Result<()> {

@@ -69,7 +69,11 @@ impl Drop for Dataplane {
                     use std::os::fd::AsRawFd as _;
                     // SAFETY: setns on this short-lived thread only.
                     if unsafe { libc::setns(filter.netns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
-                        let _ = aya::programs::tc::qdisc_detach_program(&filter.iface, filter.hook, filter.program);
+                        let _ = aya::programs::tc::qdisc_detach_program(
+                            &filter.iface,
+                            filter.hook,
+                            filter.program,
+                        );
                     }
                 });
             });
@@ -97,14 +101,22 @@ impl Dataplane {
     }
 
     fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Self> {
-        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the fan-xdp eBPF object")?;
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the fan-xdp eBPF object")?;
         for name in [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC] {
             let program: &mut SchedClassifier = program(&mut ebpf, name)?;
-            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            program
+                .load()
+                .with_context(|| format!("verifier rejected {name}"))?;
         }
         let xdp: &mut Xdp = program(&mut ebpf, DECAP_XDP)?;
-        xdp.load().with_context(|| format!("verifier rejected {DECAP_XDP}"))?;
-        Ok(Self { ebpf, clsact: Vec::new() })
+        xdp.load()
+            .with_context(|| format!("verifier rejected {DECAP_XDP}"))?;
+        Ok(Self {
+            ebpf,
+            clsact: Vec::new(),
+        })
     }
 
     /// Attaches decapsulation to the underlay device `iface`.
@@ -140,8 +152,14 @@ impl Dataplane {
             .attach(iface, hook)
             .with_context(|| format!("attaching {name} to {iface} {hook:?}"))?;
         if !tcx_supported() {
-            let netns = std::fs::File::open("/proc/thread-self/ns/net").context("opening our network namespace")?;
-            self.clsact.push(ClsactFilter { netns, iface: iface.to_string(), hook, program: name });
+            let netns = std::fs::File::open("/proc/thread-self/ns/net")
+                .context("opening our network namespace")?;
+            self.clsact.push(ClsactFilter {
+                netns,
+                iface: iface.to_string(),
+                hook,
+                program: name,
+            });
         }
         Ok(())
     }
@@ -150,7 +168,13 @@ impl Dataplane {
     /// `pin`. An existing pinned link is kept; if it runs another version of
     /// the program (a different tag), the program is replaced in place,
     /// atomically, with no moment without a program. Returns whether anything changed.
-    pub fn ensure_link(&mut self, program: &str, device: &str, hook: Hook, pin: &std::path::Path) -> Result<bool> {
+    pub fn ensure_link(
+        &mut self,
+        program: &str,
+        device: &str,
+        hook: Hook,
+        pin: &std::path::Path,
+    ) -> Result<bool> {
         if hook != Hook::Xdp && !tcx_supported() {
             return self.ensure_clsact(program, device, hook, pin);
         }
@@ -161,7 +185,9 @@ impl Dataplane {
             {
                 None
             }
-            Err(e) => return Err(e).with_context(|| format!("opening pinned link {}", pin.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
+            }
         };
         let new_tag = self.tag(program)?;
         if let Some(link) = existing {
@@ -173,12 +199,16 @@ impl Dataplane {
             match hook {
                 Hook::Xdp => {
                     let xdp: &mut Xdp = program_mut(&mut self.ebpf, program)?;
-                    let id = xdp.attach_to_link(link.try_into()?).context("replacing the XDP program")?;
+                    let id = xdp
+                        .attach_to_link(link.try_into()?)
+                        .context("replacing the XDP program")?;
                     drop(xdp.take_link(id)?);
                 }
                 Hook::TcIngress | Hook::TcEgress => {
                     let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
-                    let id = tc.attach_to_link(link.try_into()?).context("replacing the TC program")?;
+                    let id = tc
+                        .attach_to_link(link.try_into()?)
+                        .context("replacing the TC program")?;
                     // The pin keeps the link; dropping our handle only closes an fd.
                     drop(tc.take_link(id)?);
                 }
@@ -200,12 +230,17 @@ impl Dataplane {
                 // other programs see it, and everything else continues down
                 // the chain untouched (TCX_NEXT).
                 let id = tc
-                    .attach_with_options(device, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                    .attach_with_options(
+                        device,
+                        attach_type,
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
                     .with_context(|| format!("attaching {program} to {device} {attach_type:?}"))?;
                 tc.take_link(id)?.try_into()?
             }
         };
-        link.pin(pin).with_context(|| format!("pinning link {}", pin.display()))?;
+        link.pin(pin)
+            .with_context(|| format!("pinning link {}", pin.display()))?;
         Ok(true)
     }
 
@@ -214,28 +249,43 @@ impl Dataplane {
     /// the program pinned at `pin` marks it as ours and as which version.
     /// Replacing a version detaches the old filter before attaching the new,
     /// a short gap that TCX links do not have.
-    fn ensure_clsact(&mut self, program: &str, device: &str, hook: Hook, pin: &std::path::Path) -> Result<bool> {
+    fn ensure_clsact(
+        &mut self,
+        program: &str,
+        device: &str,
+        hook: Hook,
+        pin: &std::path::Path,
+    ) -> Result<bool> {
         let attach_type = tc_attach_type(hook);
         let new_tag = self.tag(program)?;
         if pin.exists() {
-            let old_tag = aya::programs::ProgramInfo::from_pin(pin).map(|i| i.tag()).unwrap_or_default();
+            let old_tag = aya::programs::ProgramInfo::from_pin(pin)
+                .map(|i| i.tag())
+                .unwrap_or_default();
             if old_tag == new_tag {
                 return Ok(false);
             }
             let _ = aya::programs::tc::qdisc_detach_program(device, attach_type, program);
             std::fs::remove_file(pin)?;
         }
-        log::info!("TCX unavailable (kernel before 6.6): attaching {program} to {device} through a clsact qdisc");
+        log::info!(
+            "TCX unavailable (kernel before 6.6): attaching {program} to {device} through a clsact qdisc"
+        );
         if let Err(e) = aya::programs::tc::qdisc_add_clsact(device) {
             log::debug!("clsact on {device}: {e} (already present)");
         }
         let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
         let id = tc
-            .attach_with_options(device, attach_type, TcAttachOptions::Netlink(Default::default()))
+            .attach_with_options(
+                device,
+                attach_type,
+                TcAttachOptions::Netlink(Default::default()),
+            )
             .with_context(|| format!("attaching {program} to {device} {attach_type:?} (clsact)"))?;
         // Dropping the handle would remove the filter: it must stay after we exit.
         std::mem::forget(tc.take_link(id)?);
-        tc.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
+        tc.pin(pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(true)
     }
 
@@ -244,44 +294,73 @@ impl Dataplane {
         for name in [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC, DECAP_XDP] {
             let path = dir.program(name);
             let _ = std::fs::remove_file(&path);
-            let program = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name}"))?;
-            program.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?;
+            program
+                .pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
         }
         Ok(())
     }
 
     fn tag(&self, name: &str) -> Result<u64> {
-        let program = self.ebpf.program(name).ok_or_else(|| anyhow!("no program {name}"))?;
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?;
         Ok(program.info()?.tag())
     }
 
     /// Writes fan-xdp's record of a fan.
     pub fn insert_meta(&mut self, key: FanMetaKey, meta: &FanMeta) -> Result<()> {
-        let map = self.ebpf.map_mut(META_MAP).ok_or_else(|| anyhow!("no map {META_MAP}"))?;
+        let map = self
+            .ebpf
+            .map_mut(META_MAP)
+            .ok_or_else(|| anyhow!("no map {META_MAP}"))?;
         let mut records: BpfHashMap<_, FanMetaKey, FanMeta> = BpfHashMap::try_from(map)?;
-        records.insert(key, meta, 0).context("writing the fan record")?;
+        records
+            .insert(key, meta, 0)
+            .context("writing the fan record")?;
         Ok(())
     }
 
     /// Points direct delivery of `addr` (network byte order) at `endpoint`.
     pub fn insert_endpoint(&mut self, addr: u32, endpoint: &Endpoint) -> Result<()> {
-        let map = self.ebpf.map_mut(ENDPOINTS_MAP).ok_or_else(|| anyhow!("no map {ENDPOINTS_MAP}"))?;
+        let map = self
+            .ebpf
+            .map_mut(ENDPOINTS_MAP)
+            .ok_or_else(|| anyhow!("no map {ENDPOINTS_MAP}"))?;
         let mut endpoints: BpfHashMap<_, u32, Endpoint> = BpfHashMap::try_from(map)?;
-        endpoints.insert(addr, endpoint, 0).context("writing an endpoint")?;
+        endpoints
+            .insert(addr, endpoint, 0)
+            .context("writing an endpoint")?;
         Ok(())
     }
 
     /// Adds or replaces the fan whose overlay is `entry.map.overlay`.
     pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
-        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or_else(|| anyhow!("no map {CONFIG_MAP}"))?;
+        let map = self
+            .ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or_else(|| anyhow!("no map {CONFIG_MAP}"))?;
         let mut trie: LpmTrie<_, u32, FanEntry> = LpmTrie::try_from(map)?;
-        trie.insert(&overlay_key(entry.map.overlay, entry.map.overlay_len), entry, 0).context("writing the fan map entry")?;
+        trie.insert(
+            &overlay_key(entry.map.overlay, entry.map.overlay_len),
+            entry,
+            0,
+        )
+        .context("writing the fan map entry")?;
         Ok(())
     }
 
     /// The counters summed over all CPUs.
     pub fn stats(&self) -> Result<Stats> {
-        let map = self.ebpf.map(STATS_MAP).ok_or_else(|| anyhow!("no map {STATS_MAP}"))?;
+        let map = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or_else(|| anyhow!("no map {STATS_MAP}"))?;
         let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
         sum_stats(&array)
     }
@@ -301,8 +380,14 @@ impl Dataplane {
         [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC, DECAP_XDP]
             .into_iter()
             .map(|name| {
-                let program = self.ebpf.program(name).ok_or_else(|| anyhow!("no program {name}"))?;
-                Ok((name, program.info()?.verified_instruction_count().unwrap_or(0)))
+                let program = self
+                    .ebpf
+                    .program(name)
+                    .ok_or_else(|| anyhow!("no program {name}"))?;
+                Ok((
+                    name,
+                    program.info()?.verified_instruction_count().unwrap_or(0),
+                ))
             })
             .collect()
     }
@@ -328,7 +413,9 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("no program {name} in the object"))?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("no program {name} in the object"))?;
     Ok(program.try_into()?)
 }
 
@@ -339,7 +426,11 @@ pub fn tcx_supported() -> bool {
 }
 
 fn tc_attach_type(hook: Hook) -> TcAttachType {
-    if hook == Hook::TcEgress { TcAttachType::Egress } else { TcAttachType::Ingress }
+    if hook == Hook::TcEgress {
+        TcAttachType::Egress
+    } else {
+        TcAttachType::Ingress
+    }
 }
 
 /// Removes an attachment made by [`Dataplane::ensure_link`] through its pin:

@@ -17,7 +17,14 @@ fn check() -> Result<()> {
         println!("verified instructions: {name:<20} {count}");
     }
     let tcx = fan_userspace::loader::tcx_supported();
-    println!("tc hook: {}", if tcx { "TCX links" } else { "clsact qdisc filters (no TCX before Linux 6.6)" });
+    println!(
+        "tc hook: {}",
+        if tcx {
+            "TCX links"
+        } else {
+            "clsact qdisc filters (no TCX before Linux 6.6)"
+        }
+    );
     Ok(())
 }
 
@@ -30,7 +37,9 @@ fn main() -> Result<()> {
     if let Command::MountHelper { pid } = &cli.command {
         return state::mount_helper(pid);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match &cli.command {
             Command::Attach(args) => attach::run(args, &cli.global).await,

@@ -46,13 +46,23 @@ pub fn run(args: &MapArgs) -> Result<()> {
             let (host, verdict) = if !fan.overlay_contains(a) {
                 (None, "not in the overlay: not fan traffic".to_string())
             } else if fan.slice_contains(host, a) {
-                (Some(underlay.ip()), format!("local (this host, {})", underlay.ip()))
+                (
+                    Some(underlay.ip()),
+                    format!("local (this host, {})", underlay.ip()),
+                )
             } else if fan.is_reserved_host(fan.host_of(a)) {
-                (None, format!("none: maps to {owner}, the underlay's network or broadcast address"))
+                (
+                    None,
+                    format!("none: maps to {owner}, the underlay's network or broadcast address"),
+                )
             } else {
                 (Some(owner), format!("on {owner}"))
             };
-            Located { address, host, verdict }
+            Located {
+                address,
+                host,
+                verdict,
+            }
         })
         .collect();
     let report = Report {

@@ -34,7 +34,13 @@ mod tests {
         assert_eq!(bridge_name("10.0.77.0".parse().unwrap()), "fan-10-0-77");
         // 16 bytes in dotted form: the hex short form.
         assert_eq!(bridge_name("33.240.16.32".parse().unwrap()), "fan-21f01020");
-        assert_eq!(bridge_name("100.66.128.0".parse().unwrap()), "fan-100-66-128");
-        assert_eq!(bridge_name("250.255.255.252".parse().unwrap()), "fan-fafffffc");
+        assert_eq!(
+            bridge_name("100.66.128.0".parse().unwrap()),
+            "fan-100-66-128"
+        );
+        assert_eq!(
+            bridge_name("250.255.255.252".parse().unwrap()),
+            "fan-fafffffc"
+        );
     }
 }

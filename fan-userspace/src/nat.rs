@@ -35,11 +35,19 @@ fn nft(input: Option<&Value>, args: &[&str]) -> Result<Value> {
         .spawn()
         .context("running nft (install nftables, or attach with --no-nat)")?;
     if let Some(input) = input {
-        child.stdin.take().context("nft stdin")?.write_all(input.to_string().as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(input.to_string().as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
@@ -49,7 +57,10 @@ fn nft(input: Option<&Value>, args: &[&str]) -> Result<Value> {
 
 /// Whether the `nft` command works here.
 pub fn available() -> bool {
-    Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The handles of our rules for `overlay`.

@@ -22,7 +22,13 @@ pub fn current_cookie() -> Result<u64> {
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: `cookie` and `len` are valid for writes of the given size.
     let ret = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
     };
     let err = std::io::Error::last_os_error();
     // SAFETY: closing the fd we opened.
@@ -38,7 +44,12 @@ pub fn live_cookies() -> Result<HashSet<u64>> {
     let mut paths = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            {
                 paths.push(entry.path().join("ns/net"));
             }
         }
@@ -49,7 +60,9 @@ pub fn live_cookies() -> Result<HashSet<u64>> {
     let mut seen_inodes = HashSet::new();
     let mut cookies = HashSet::new();
     for path in paths {
-        let Ok(file) = fs::File::open(&path) else { continue };
+        let Ok(file) = fs::File::open(&path) else {
+            continue;
+        };
         let Ok(meta) = file.metadata() else { continue };
         if !seen_inodes.insert((meta.dev(), meta.ino())) {
             continue;

@@ -77,7 +77,12 @@ impl Fan {
         let overlay = Ipv4Network::new(Ipv4Addr::from(key[1]), key[0] as u8).ok()?;
         let host = Ipv4Addr::from(meta.host);
         let underlay = Ipv4Network::new(host, meta.underlay_len).ok()?;
-        let map = FanMap::new(key[1], key[0] as u8, u32::from(underlay.network()), meta.underlay_len);
+        let map = FanMap::new(
+            key[1],
+            key[0] as u8,
+            u32::from(underlay.network()),
+            meta.underlay_len,
+        );
         let slice_start = Ipv4Addr::from(map.slice_of(meta.host));
         Some(Self {
             overlay,
@@ -109,5 +114,9 @@ impl Fan {
 
 /// Every fan recorded in the pinned maps, ordered by overlay.
 pub fn load_fans(maps: &PinnedMaps) -> Result<Vec<Fan>> {
-    Ok(maps.fans()?.into_iter().filter_map(|(key, meta)| Fan::from_record(key, meta)).collect())
+    Ok(maps
+        .fans()?
+        .into_iter()
+        .filter_map(|(key, meta)| Fan::from_record(key, meta))
+        .collect())
 }

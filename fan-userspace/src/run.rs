@@ -31,18 +31,26 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     if args.once {
         return sync(&net, &dir).await;
     }
-    let (mut connection, _, mut events) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    let (mut connection, _, mut events) =
+        rtnetlink::new_connection().context("opening rtnetlink")?;
     connection
         .socket_mut()
         .socket_mut()
         .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
         .context("subscribing to link and neighbour events")?;
     tokio::spawn(connection);
-    let _logs = if global.verbose { crate::stats::stream_ebpf_logs(&dir) } else { None };
+    let _logs = if global.verbose {
+        crate::stats::stream_ebpf_logs(&dir)
+    } else {
+        None
+    };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
-    info!("fan-xdp run: keeping the endpoint map of {} current", dir.path.display());
+    info!(
+        "fan-xdp run: keeping the endpoint map of {} current",
+        dir.path.display()
+    );
     loop {
         tokio::select! {
             event = events.next() => {
@@ -83,7 +91,10 @@ async fn sync(net: &Net, dir: &StateDir) -> Result<()> {
     let want = endpoints::desired(net, &fans).await?;
     let (changed, removed) = endpoints::apply(&mut maps, &want)?;
     if changed + removed > 0 {
-        info!("endpoints: {} known, {changed} added or changed, {removed} removed", want.len());
+        info!(
+            "endpoints: {} known, {changed} added or changed, {removed} removed",
+            want.len()
+        );
     } else {
         debug!("endpoints: {} known, unchanged", want.len());
     }

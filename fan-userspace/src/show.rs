@@ -2,12 +2,21 @@
 
 use anyhow::Result;
 
-use crate::{cli::{Global, ShowArgs}, loader::PinnedMaps, record::{Fan, load_fans}, state::StateDir};
+use crate::{
+    cli::{Global, ShowArgs},
+    loader::PinnedMaps,
+    record::{Fan, load_fans},
+    state::StateDir,
+};
 
 /// The fans attached in this namespace (none if nothing was ever attached).
 pub fn attached(global: &Global) -> Result<(StateDir, Vec<Fan>)> {
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
-    let fans = if dir.exists() { load_fans(&PinnedMaps::open(&dir)?)? } else { Vec::new() };
+    let fans = if dir.exists() {
+        load_fans(&PinnedMaps::open(&dir)?)?
+    } else {
+        Vec::new()
+    };
     Ok((dir, fans))
 }
 
@@ -21,9 +30,15 @@ pub fn run(args: &ShowArgs, global: &Global) -> Result<()> {
         println!("no fans attached in this network namespace");
         return Ok(());
     }
-    println!("{:<15} {:<26} {:<18} {:<18} {:<5} FLAGS", "BRIDGE", "UNDERLAY", "OVERLAY", "SLICE", "MODE");
+    println!(
+        "{:<15} {:<26} {:<18} {:<18} {:<5} FLAGS",
+        "BRIDGE", "UNDERLAY", "OVERLAY", "SLICE", "MODE"
+    );
     for fan in &fans {
-        let mut flags = vec![format!("mtu={}", fan.mtu), format!("host-reserve={}", fan.host_reserve)];
+        let mut flags = vec![
+            format!("mtu={}", fan.mtu),
+            format!("host-reserve={}", fan.host_reserve),
+        ];
         if fan.nat {
             flags.push("nat".into());
         }
@@ -41,7 +56,10 @@ pub fn run(args: &ShowArgs, global: &Global) -> Result<()> {
         );
     }
     for fan in fans.iter().filter(|f| f.complete) {
-        println!("{}: decapsulation {} ({})", fan.iface, fan.mode, fan.mode_reason);
+        println!(
+            "{}: decapsulation {} ({})",
+            fan.iface, fan.mode, fan.mode_reason
+        );
     }
     Ok(())
 }

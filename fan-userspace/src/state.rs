@@ -47,7 +47,10 @@ impl StateDir {
         let base = match pin_dir {
             Some(dir) => {
                 if !is_bpffs(dir) {
-                    bail!("--pin-dir {} is not on a bpffs (mount -t bpf bpf {0})", dir.display());
+                    bail!(
+                        "--pin-dir {} is not on a bpffs (mount -t bpf bpf {0})",
+                        dir.display()
+                    );
                 }
                 dir.to_path_buf()
             }
@@ -96,13 +99,17 @@ impl StateDir {
     pub fn sweep_stale(&self) -> Result<Vec<PathBuf>> {
         let live = crate::netns::live_cookies()?;
         let mut removed = Vec::new();
-        let Ok(entries) = fs::read_dir(&self.root) else { return Ok(removed) };
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Ok(removed);
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(cookie) = name.to_str().and_then(|n| n.strip_prefix("netns-")) else {
                 continue;
             };
-            let Ok(cookie) = cookie.parse::<u64>() else { continue };
+            let Ok(cookie) = cookie.parse::<u64>() else {
+                continue;
+            };
             if !live.contains(&cookie) {
                 fs::remove_dir_all(entry.path())
                     .with_context(|| format!("removing stale state {}", entry.path().display()))?;
@@ -119,7 +126,9 @@ pub fn netns_cookie() -> Result<u64> {
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into `buf`, a plain C struct we own.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid NUL-terminated path and a valid out pointer.
@@ -162,11 +171,21 @@ fn mount_bpffs(target: &Path) -> Result<()> {
     let c_target = CString::new(target.as_os_str().as_bytes())?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let ret = unsafe {
-        libc::mount(c"bpf".as_ptr(), c_target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if ret != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("bpffs unavailable: mounting it at {} failed", target.display()));
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!(
+                "bpffs unavailable: mounting it at {} failed",
+                target.display()
+            )
+        });
     }
     Ok(())
 }
@@ -174,7 +193,8 @@ fn mount_bpffs(target: &Path) -> Result<()> {
 /// The helper's body: join the mount namespace of `pid`, mount the host's
 /// bpffs there. Runs in a fresh single-threaded process, as setns(CLONE_NEWNS) requires.
 pub fn mount_helper(pid: &str) -> Result<()> {
-    let ns = fs::File::open(format!("/proc/{pid}/ns/mnt")).context("opening the host mount namespace")?;
+    let ns = fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .context("opening the host mount namespace")?;
     // SAFETY: a valid namespace fd; this process has a single thread.
     if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNS) } != 0 {
         return Err(std::io::Error::last_os_error()).context("entering the host mount namespace");
@@ -195,7 +215,11 @@ fn outer_mount_ns_pid() -> Result<Option<u32>> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // The command name is parenthesised and may contain spaces: parse after it.
         let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let ppid: u32 = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         if ppid == 0 {
             return Ok(None);
         }

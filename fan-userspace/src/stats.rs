@@ -5,7 +5,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use fan_common::StatReason;
 
-use crate::{cli::{Global, StatsArgs}, loader::{PinnedMaps, Stats}, state::StateDir};
+use crate::{
+    cli::{Global, StatsArgs},
+    loader::{PinnedMaps, Stats},
+    state::StateDir,
+};
 
 pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
@@ -13,13 +17,21 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         bail!("nothing attached in this network namespace");
     }
     let maps = PinnedMaps::open(&dir)?;
-    let _logs = if global.verbose { stream_ebpf_logs(&dir) } else { None };
+    let _logs = if global.verbose {
+        stream_ebpf_logs(&dir)
+    } else {
+        None
+    };
     let mut previous: Option<(Stats, Instant)> = None;
     let mut printed = 0u64;
     loop {
         let stats = maps.stats()?;
         let now = Instant::now();
-        print(&stats, previous.as_ref().map(|(s, t)| (s, now - *t)), args.json)?;
+        print(
+            &stats,
+            previous.as_ref().map(|(s, t)| (s, now - *t)),
+            args.json,
+        )?;
         printed += 1;
         if !args.watch || args.count.is_some_and(|c| printed >= c) {
             return Ok(());
@@ -34,15 +46,22 @@ fn print(stats: &Stats, previous: Option<(&Stats, Duration)>, json: bool) -> Res
         let mut out = serde_json::Map::new();
         for &reason in StatReason::ALL {
             let c = stats.get(reason);
-            out.insert(reason.name().into(), serde_json::json!({"packets": c.packets, "bytes": c.bytes}));
+            out.insert(
+                reason.name().into(),
+                serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+            );
         }
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
-    println!("{:<32} {:>14} {:>18} {:>12}", "REASON", "PACKETS", "BYTES", "PACKETS/S");
+    println!(
+        "{:<32} {:>14} {:>18} {:>12}",
+        "REASON", "PACKETS", "BYTES", "PACKETS/S"
+    );
     for &reason in StatReason::ALL {
         let c = stats.get(reason);
-        let rate = previous.map(|(p, dt)| (c.packets - p.get(reason).packets) as f64 / dt.as_secs_f64());
+        let rate =
+            previous.map(|(p, dt)| (c.packets - p.get(reason).packets) as f64 / dt.as_secs_f64());
         println!(
             "{:<32} {:>14} {:>18} {:>12}",
             reason.name(),
@@ -58,9 +77,18 @@ fn print(stats: &Stats, previous: Option<(&Stats, Duration)>, json: bool) -> Res
 /// Prints the eBPF programs' log events (enabled by `attach -v`) while
 /// watching. All programs of one load share a log buffer: one reader serves them.
 pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
-    for name in [crate::loader::DECAP_TC, crate::loader::DECAP_XDP, crate::loader::ENCAP_FORWARD, crate::loader::ENCAP_OUTPUT] {
-        let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else { continue };
-        let Ok(logger) = aya_log::EbpfLogger::init_from_id(info.id()) else { continue };
+    for name in [
+        crate::loader::DECAP_TC,
+        crate::loader::DECAP_XDP,
+        crate::loader::ENCAP_FORWARD,
+        crate::loader::ENCAP_OUTPUT,
+    ] {
+        let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else {
+            continue;
+        };
+        let Ok(logger) = aya_log::EbpfLogger::init_from_id(info.id()) else {
+            continue;
+        };
         // SAFETY: the logger owns its ring buffer fd for as long as the
         // AsyncFd holds it, and as_raw_fd always returns that fd.
         let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {

@@ -56,12 +56,16 @@ impl Netns {
 
     /// Runs a program inside this namespace and returns its output, whatever its exit.
     pub fn output(&self, program: &str, args: &[&str]) -> Result<Output> {
-        self.command(program).args(args).output().with_context(|| format!("running {program}"))
+        self.command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program}"))
     }
 
     /// Sets a sysctl inside this namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.run("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
+        self.run("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
     }
 
     /// Runs `f` on a thread that has entered this namespace, so that interface
@@ -87,7 +91,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -108,10 +114,14 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 /// Deletes namespaces left by test processes that no longer exist (a run
 /// killed before its destructors ran).
 fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };

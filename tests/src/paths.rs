@@ -48,7 +48,19 @@ pub struct Active {
 /// Whether this kernel can create ipip devices (it has the module).
 pub fn kernel_has_ipip(ns: &Netns) -> bool {
     // A local address of its own: `remote any local any` is the fallback tunl0's.
-    let ok = ns.ip(&["link", "add", "ipip-probe", "type", "ipip", "remote", "any", "local", "198.18.255.254"]).is_ok();
+    let ok = ns
+        .ip(&[
+            "link",
+            "add",
+            "ipip-probe",
+            "type",
+            "ipip",
+            "remote",
+            "any",
+            "local",
+            "198.18.255.254",
+        ])
+        .is_ok();
     let _ = ns.ip(&["link", "del", "ipip-probe"]);
     ok
 }
@@ -58,7 +70,10 @@ fn mac(i: u8) -> String {
 }
 
 fn others<'a>(fleet: &'a Fleet, host: &'a Host) -> impl Iterator<Item = &'a Host> {
-    fleet.hosts.iter().filter(move |o| o.underlay_addr != host.underlay_addr)
+    fleet
+        .hosts
+        .iter()
+        .filter(move |o| o.underlay_addr != host.underlay_addr)
 }
 
 fn slice(host: &Host) -> String {
@@ -76,17 +91,74 @@ impl Active {
                     let ns = &host.ns;
                     ns.sysctl("net.ipv4.ip_forward", "1")?;
                     ns.ip(&[
-                        "link", "add", "vxlan0", "address", &mac(i), "type", "vxlan", "id", "42", "local",
-                        &host.underlay_addr.to_string(), "dev", "eth0", "dstport", "4789", "nolearning",
+                        "link",
+                        "add",
+                        "vxlan0",
+                        "address",
+                        &mac(i),
+                        "type",
+                        "vxlan",
+                        "id",
+                        "42",
+                        "local",
+                        &host.underlay_addr.to_string(),
+                        "dev",
+                        "eth0",
+                        "dstport",
+                        "4789",
+                        "nolearning",
                     ])?;
-                    ns.ip(&["link", "set", "vxlan0", "mtu", &CONTAINER_MTU.to_string(), "up"])?;
-                    ns.ip(&["addr", "add", &format!("{}/32", host.slice), "dev", "vxlan0"])?;
+                    ns.ip(&[
+                        "link",
+                        "set",
+                        "vxlan0",
+                        "mtu",
+                        &CONTAINER_MTU.to_string(),
+                        "up",
+                    ])?;
+                    ns.ip(&[
+                        "addr",
+                        "add",
+                        &format!("{}/32", host.slice),
+                        "dev",
+                        "vxlan0",
+                    ])?;
                     for other in others(fleet, host) {
                         let j = other.underlay_addr.octets()[3];
                         let gw = other.slice.to_string();
-                        ns.ip(&["route", "add", &slice(other), "via", &gw, "dev", "vxlan0", "onlink"])?;
-                        ns.ip(&["neigh", "add", &gw, "lladdr", &mac(j), "dev", "vxlan0", "nud", "permanent"])?;
-                        ns.run("bridge", &["fdb", "append", &mac(j), "dev", "vxlan0", "dst", &other.underlay_addr.to_string()])?;
+                        ns.ip(&[
+                            "route",
+                            "add",
+                            &slice(other),
+                            "via",
+                            &gw,
+                            "dev",
+                            "vxlan0",
+                            "onlink",
+                        ])?;
+                        ns.ip(&[
+                            "neigh",
+                            "add",
+                            &gw,
+                            "lladdr",
+                            &mac(j),
+                            "dev",
+                            "vxlan0",
+                            "nud",
+                            "permanent",
+                        ])?;
+                        ns.run(
+                            "bridge",
+                            &[
+                                "fdb",
+                                "append",
+                                &mac(j),
+                                "dev",
+                                "vxlan0",
+                                "dst",
+                                &other.underlay_addr.to_string(),
+                            ],
+                        )?;
                     }
                 }
             }
@@ -94,20 +166,53 @@ impl Active {
                 for host in &fleet.hosts {
                     let ns = &host.ns;
                     ns.sysctl("net.ipv4.ip_forward", "1")?;
-                    ns.ip(&["link", "add", "fan-ipip", "type", "ipip", "remote", "any", "local", &host.underlay_addr.to_string(), "dev", "eth0"])?;
+                    ns.ip(&[
+                        "link",
+                        "add",
+                        "fan-ipip",
+                        "type",
+                        "ipip",
+                        "remote",
+                        "any",
+                        "local",
+                        &host.underlay_addr.to_string(),
+                        "dev",
+                        "eth0",
+                    ])?;
                     ns.ip(&["link", "set", "fan-ipip", "mtu", "1480", "up"])?;
                     ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
                     ns.sysctl("net.ipv4.conf.fan-ipip.rp_filter", "0")?;
                     for other in others(fleet, host) {
-                        ns.ip(&["route", "add", &slice(other), "via", &other.underlay_addr.to_string(), "dev", "fan-ipip", "onlink"])?;
+                        ns.ip(&[
+                            "route",
+                            "add",
+                            &slice(other),
+                            "via",
+                            &other.underlay_addr.to_string(),
+                            "dev",
+                            "fan-ipip",
+                            "onlink",
+                        ])?;
                     }
                 }
             }
             Path::FanXdp | Path::FanTc | Path::FanTcStack => {
                 let mode = if path == Path::FanXdp { "xdp" } else { "tc" };
-                let overlay = format!("{}/{}", crate::topology::OVERLAY.0, crate::topology::OVERLAY.1);
+                let overlay = format!(
+                    "{}/{}",
+                    crate::topology::OVERLAY.0,
+                    crate::topology::OVERLAY.1
+                );
                 for host in &fleet.hosts {
-                    host.fan_xdp_ok(&["attach", "eth0", "--overlay", &overlay, "--mode", mode, "--no-nat"])?;
+                    host.fan_xdp_ok(&[
+                        "attach",
+                        "eth0",
+                        "--overlay",
+                        &overlay,
+                        "--mode",
+                        mode,
+                        "--no-nat",
+                    ])?;
                     if path == Path::FanTc {
                         daemons.push(host.fan_xdp_run()?);
                     }
@@ -138,7 +243,8 @@ impl Active {
                     add_bridge(host)?;
                     for j in 1..=host.containers.len() {
                         let port = format!("veth{j}");
-                        host.ns.ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
+                        host.ns
+                            .ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
                     }
                 }
             }
@@ -158,8 +264,10 @@ pub fn bench_fleet(hosts: u8, containers: u8) -> Result<Fleet> {
     let mtu = CONTAINER_MTU.to_string();
     for host in &fleet.hosts {
         for (j, c) in host.containers.iter().enumerate() {
-            c.ns.ip(&["link", "set", "eth0", "mtu", &mtu]).context("container MTU")?;
-            host.ns.ip(&["link", "set", &format!("veth{}", j + 1), "mtu", &mtu])?;
+            c.ns.ip(&["link", "set", "eth0", "mtu", &mtu])
+                .context("container MTU")?;
+            host.ns
+                .ip(&["link", "set", &format!("veth{}", j + 1), "mtu", &mtu])?;
         }
     }
     Ok(fleet)

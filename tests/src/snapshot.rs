@@ -27,12 +27,21 @@ pub fn snapshot(ns: &Netns) -> Result<String> {
     )?;
     out += &format!("== sysctl\n{sysctls}");
     let bpffs = std::process::Command::new("sh")
-        .args(["-c", "find /sys/fs/bpf/fan-xdp -mindepth 1 2>/dev/null | sort"])
+        .args([
+            "-c",
+            "find /sys/fs/bpf/fan-xdp -mindepth 1 2>/dev/null | sort",
+        ])
         .output()?;
     out += &format!("== bpffs\n{}", String::from_utf8_lossy(&bpffs.stdout));
-    let programs: Vec<u32> = aya::programs::loaded_programs().flatten().map(|p| p.id()).collect();
+    let programs: Vec<u32> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| p.id())
+        .collect();
     let maps: Vec<u32> = aya::maps::loaded_maps().flatten().map(|m| m.id()).collect();
-    let links: Vec<u32> = aya::programs::loaded_links().flatten().map(|l| l.id()).collect();
+    let links: Vec<u32> = aya::programs::loaded_links()
+        .flatten()
+        .map(|l| l.id())
+        .collect();
     out += &format!("== bpf\nprograms {programs:?}\nmaps {maps:?}\nlinks {links:?}\n");
     Ok(out)
 }
@@ -51,8 +60,14 @@ pub fn assert_unchanged(ns: &Netns, before: &str, what: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
         now = snapshot(ns).expect("snapshot");
     }
-    let gone: Vec<&str> = before.lines().filter(|l| !now.lines().any(|n| n == *l)).collect();
-    let added: Vec<&str> = now.lines().filter(|l| !before.lines().any(|b| b == *l)).collect();
+    let gone: Vec<&str> = before
+        .lines()
+        .filter(|l| !now.lines().any(|n| n == *l))
+        .collect();
+    let added: Vec<&str> = now
+        .lines()
+        .filter(|l| !before.lines().any(|b| b == *l))
+        .collect();
     panic!("{what}:\n  gone:  {gone:#?}\n  added: {added:#?}");
 }
 

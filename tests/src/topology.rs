@@ -23,7 +23,12 @@ pub const UNDERLAY_MTU: u32 = 1500;
 pub const OVERLAY_MTU: u32 = UNDERLAY_MTU - 20;
 
 pub fn fan_map() -> FanMap {
-    FanMap::new(u32::from(OVERLAY.0), OVERLAY.1, u32::from(UNDERLAY.0), UNDERLAY.1)
+    FanMap::new(
+        u32::from(OVERLAY.0),
+        OVERLAY.1,
+        u32::from(UNDERLAY.0),
+        UNDERLAY.1,
+    )
 }
 
 pub struct Container {
@@ -110,8 +115,18 @@ impl Fleet {
     pub fn route_slices(&self) -> Result<()> {
         for host in &self.hosts {
             host.ns.sysctl("net.ipv4.ip_forward", "1")?;
-            for other in self.hosts.iter().filter(|o| o.underlay_addr != host.underlay_addr) {
-                host.ns.ip(&["route", "add", &format!("{}/{}", other.slice, fan_map().slice_len()), "via", &other.underlay_addr.to_string()])?;
+            for other in self
+                .hosts
+                .iter()
+                .filter(|o| o.underlay_addr != host.underlay_addr)
+            {
+                host.ns.ip(&[
+                    "route",
+                    "add",
+                    &format!("{}/{}", other.slice, fan_map().slice_len()),
+                    "via",
+                    &other.underlay_addr.to_string(),
+                ])?;
             }
         }
         Ok(())
@@ -119,8 +134,16 @@ impl Fleet {
 
     pub fn unroute_slices(&self) -> Result<()> {
         for host in &self.hosts {
-            for other in self.hosts.iter().filter(|o| o.underlay_addr != host.underlay_addr) {
-                host.ns.ip(&["route", "del", &format!("{}/{}", other.slice, fan_map().slice_len())])?;
+            for other in self
+                .hosts
+                .iter()
+                .filter(|o| o.underlay_addr != host.underlay_addr)
+            {
+                host.ns.ip(&[
+                    "route",
+                    "del",
+                    &format!("{}/{}", other.slice, fan_map().slice_len()),
+                ])?;
             }
         }
         Ok(())
@@ -145,7 +168,8 @@ pub fn ifindex(name: &str) -> Result<u32> {
     // SAFETY: a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     if index == 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {name}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("no interface {name}"));
     }
     Ok(index)
 }
@@ -159,7 +183,11 @@ pub fn fan_xdp_binary() -> std::path::PathBuf {
         dir.pop();
     }
     let bin = dir.join("fan-xdp");
-    assert!(bin.exists(), "{} is missing: build it with `cargo build -p fan-userspace`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p fan-userspace`",
+        bin.display()
+    );
     bin
 }
 
@@ -177,7 +205,9 @@ impl Host {
 
     /// fan-xdp's pinned maps for this host's namespace.
     pub fn pinned_maps(&self) -> Result<fan_userspace::loader::PinnedMaps> {
-        let dir = self.ns.enter(|| fan_userspace::state::StateDir::locate(None))??;
+        let dir = self
+            .ns
+            .enter(|| fan_userspace::state::StateDir::locate(None))??;
         fan_userspace::loader::PinnedMaps::open(&dir)
     }
 
@@ -220,7 +250,10 @@ impl Fleet {
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", "sw", "type", "bridge"])?;
         switch.ip(&["link", "set", "sw", "up"])?;
-        let mut fleet = Self { hosts: Vec::new(), switch };
+        let mut fleet = Self {
+            hosts: Vec::new(),
+            switch,
+        };
         for i in 1..=hosts {
             let host = fleet.add_host(i)?;
             fleet.hosts.push(host);
@@ -259,12 +292,37 @@ impl Fleet {
         let gateway = Ipv4Addr::from(u32::from(slice) + 1);
         let bridge = bridge_name(slice);
         let port = format!("sw-h{i}");
-        self.switch.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-        self.switch.ip(&["link", "set", &port, "master", "sw", "up"])?;
-        ns.ip(&["addr", "add", &format!("{underlay_addr}/{}", UNDERLAY.1), "dev", "eth0"])?;
+        self.switch.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.switch
+            .ip(&["link", "set", &port, "master", "sw", "up"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{underlay_addr}/{}", UNDERLAY.1),
+            "dev",
+            "eth0",
+        ])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        Ok(Host { ns, underlay_addr, slice, gateway, bridge, containers: Vec::new() })
+        Ok(Host {
+            ns,
+            underlay_addr,
+            slice,
+            gateway,
+            bridge,
+            containers: Vec::new(),
+        })
     }
 }
 
@@ -273,8 +331,15 @@ impl Fleet {
 pub fn add_bridge(host: &Host) -> Result<()> {
     let mtu = OVERLAY_MTU.to_string();
     let bridge = &host.bridge;
-    host.ns.ip(&["link", "add", bridge, "mtu", &mtu, "type", "bridge"])?;
-    host.ns.ip(&["addr", "add", &format!("{}/{}", host.gateway, fan_map().slice_len()), "dev", bridge])?;
+    host.ns
+        .ip(&["link", "add", bridge, "mtu", &mtu, "type", "bridge"])?;
+    host.ns.ip(&[
+        "addr",
+        "add",
+        &format!("{}/{}", host.gateway, fan_map().slice_len()),
+        "dev",
+        bridge,
+    ])?;
     host.ns.ip(&["link", "set", bridge, "up"])?;
     Ok(())
 }
@@ -293,18 +358,41 @@ fn plumb_by_hand(host: &Host) -> Result<()> {
     }
     add_bridge(host)?;
     let mtu = OVERLAY_MTU.to_string();
-    ns.ip(&["link", "add", HOST_DEVICE, "mtu", &mtu, "type", "veth", "peer", "name", HOST_DEVICE_PEER])?;
+    ns.ip(&[
+        "link",
+        "add",
+        HOST_DEVICE,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        HOST_DEVICE_PEER,
+    ])?;
     ns.ip(&["link", "set", HOST_DEVICE, "arp", "off", "up"])?;
     ns.ip(&["link", "set", HOST_DEVICE_PEER, "up"])?;
     let overlay = format!("{}/{}", OVERLAY.0, OVERLAY.1);
-    ns.ip(&["route", "add", &overlay, "dev", HOST_DEVICE, "src", &host.gateway.to_string()])?;
+    ns.ip(&[
+        "route",
+        "add",
+        &overlay,
+        "dev",
+        HOST_DEVICE,
+        "src",
+        &host.gateway.to_string(),
+    ])?;
     Ok(())
 }
 
 /// Container `j` of `host`: a namespace whose `eth0` is a veth on the slice
 /// bridge, with address slice + 10 + j.
 fn add_container(host: &Host, j: u8) -> Result<Container> {
-    add_container_at(host, j, Ipv4Addr::from(u32::from(host.slice) + 10 + j as u32))
+    add_container_at(
+        host,
+        j,
+        Ipv4Addr::from(u32::from(host.slice) + 10 + j as u32),
+    )
 }
 
 /// A container on `host`'s bridge through port `veth<j>` with address `addr`.
@@ -313,10 +401,30 @@ pub fn add_container_at(host: &Host, j: u8, addr: Ipv4Addr) -> Result<Container>
     let ns = Netns::new(&format!("c{i}-{j}"))?;
     let port = format!("veth{j}");
     let mtu = OVERLAY_MTU.to_string();
-    host.ns.ip(&["link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-    host.ns.ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
+    host.ns.ip(&[
+        "link",
+        "add",
+        &port,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    host.ns
+        .ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
     ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
-    ns.ip(&["addr", "add", &format!("{addr}/{}", fan_map().slice_len()), "dev", "eth0"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{addr}/{}", fan_map().slice_len()),
+        "dev",
+        "eth0",
+    ])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.ip(&["route", "add", "default", "via", &host.gateway.to_string()])?;
     ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;

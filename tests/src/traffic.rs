@@ -20,7 +20,17 @@ pub const TIME_LIMIT: Duration = Duration::from_secs(60);
 pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<bool> {
     let out = from.output(
         "ping",
-        &["-n", "-q", "-c", &count.to_string(), "-i", "0.2", "-W", "2", &to.to_string()],
+        &[
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &to.to_string(),
+        ],
     )?;
     Ok(out.status.success())
 }
@@ -49,7 +59,10 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) 
                     Ok(conn) => break conn,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         ensure!(!client_failed.load(Ordering::Relaxed), "the client gave up");
-                        ensure!(Instant::now() < deadline, "no connection within the time limit");
+                        ensure!(
+                            Instant::now() < deadline,
+                            "no connection within the time limit"
+                        );
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     Err(e) => return Err(e.into()),
@@ -60,7 +73,10 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) 
             let mut buf = vec![0u8; 1 << 16];
             let mut received = 0u64;
             loop {
-                ensure!(Instant::now() < deadline, "transfer exceeded the time limit");
+                ensure!(
+                    Instant::now() < deadline,
+                    "transfer exceeded the time limit"
+                );
                 let n = stream.read(&mut buf).context("receiving")?;
                 if n == 0 {
                     break;
@@ -83,7 +99,10 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) 
             let mut buf = vec![0u8; 1 << 16];
             let mut sent = 0u64;
             while sent < bytes {
-                ensure!(Instant::now() < deadline, "transfer exceeded the time limit");
+                ensure!(
+                    Instant::now() < deadline,
+                    "transfer exceeded the time limit"
+                );
                 let n = (bytes - sent).min(buf.len() as u64) as usize;
                 for (k, b) in buf[..n].iter_mut().enumerate() {
                     *b = pattern(sent + k as u64);
@@ -102,7 +121,9 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) 
                 return Err(e);
             }
         };
-        let received = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        let received = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
         ensure!(received == sent, "sent {sent} bytes but {received} arrived");
         Ok(received)
     })
@@ -153,7 +174,10 @@ impl Drop for Capture {
 
 /// The frames of a classic little-endian pcap file.
 pub fn read_pcap(data: &[u8]) -> Result<Vec<Vec<u8>>> {
-    ensure!(data.len() >= 24 && data[..4] == [0xd4, 0xc3, 0xb2, 0xa1], "not a pcap file");
+    ensure!(
+        data.len() >= 24 && data[..4] == [0xd4, 0xc3, 0xb2, 0xa1],
+        "not a pcap file"
+    );
     let mut frames = Vec::new();
     let mut at = 24;
     while at + 16 <= data.len() {
@@ -181,7 +205,10 @@ fn iperf3_server(ns: &Netns, addr: Ipv4Addr) -> Result<Child> {
     loop {
         let listening = ns.enter(|| {
             std::fs::read_to_string("/proc/thread-self/net/tcp")
-                .map(|t| t.lines().any(|l| l.contains(":1451 ") && l.split_whitespace().nth(3) == Some("0A")))
+                .map(|t| {
+                    t.lines()
+                        .any(|l| l.contains(":1451 ") && l.split_whitespace().nth(3) == Some("0A"))
+                })
                 .unwrap_or(false)
         })?;
         if listening {
@@ -197,37 +224,72 @@ fn iperf3_server(ns: &Netns, addr: Ipv4Addr) -> Result<Child> {
 }
 
 /// Runs an iperf3 client against a fresh server and returns its JSON report.
-fn iperf3_json(server: &Netns, client: &Netns, addr: Ipv4Addr, args: &[&str]) -> Result<serde_json::Value> {
+fn iperf3_json(
+    server: &Netns,
+    client: &Netns,
+    addr: Ipv4Addr,
+    args: &[&str],
+) -> Result<serde_json::Value> {
     let mut daemon = iperf3_server(server, addr)?;
     let out = client.output("iperf3", &[&["-c", &addr.to_string(), "-J"], args].concat());
     let _ = daemon.kill();
     let _ = daemon.wait();
     let out = out?;
-    ensure!(out.status.success(), "iperf3 failed: {}", String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        out.status.success(),
+        "iperf3 failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     serde_json::from_slice(&out.stdout).context("iperf3 JSON")
 }
 
 /// TCP throughput in Gbit/s from `client` to an iperf3 server started in
 /// `server` on `addr`, over `seconds` seconds with `streams` parallel streams.
-pub fn iperf3(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32, streams: u32) -> Result<f64> {
+pub fn iperf3(
+    server: &Netns,
+    client: &Netns,
+    addr: Ipv4Addr,
+    seconds: u32,
+    streams: u32,
+) -> Result<f64> {
     iperf3_tcp(server, client, addr, seconds, streams).map(|(gbps, _)| gbps)
 }
 
 /// As [`iperf3`], also returning the sender's TCP retransmissions.
-pub fn iperf3_tcp(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32, streams: u32) -> Result<(f64, u64)> {
-    let report = iperf3_json(server, client, addr, &["-t", &seconds.to_string(), "-P", &streams.to_string()])?;
+pub fn iperf3_tcp(
+    server: &Netns,
+    client: &Netns,
+    addr: Ipv4Addr,
+    seconds: u32,
+    streams: u32,
+) -> Result<(f64, u64)> {
+    let report = iperf3_json(
+        server,
+        client,
+        addr,
+        &["-t", &seconds.to_string(), "-P", &streams.to_string()],
+    )?;
     let bps = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("iperf3 reported no result: {}", report["error"]))?;
-    let retransmits = report["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    let retransmits = report["end"]["sum_sent"]["retransmits"]
+        .as_u64()
+        .unwrap_or(0);
     Ok((bps / 1e9, retransmits))
 }
 
 /// Request/response latency over TCP: one byte each way, back to back, for
 /// `seconds`. Returns (transactions per second, p50 µs, p99 µs).
-pub fn tcp_rr(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32) -> Result<(f64, f64, f64)> {
+pub fn tcp_rr(
+    server: &Netns,
+    client: &Netns,
+    addr: Ipv4Addr,
+    seconds: u32,
+) -> Result<(f64, f64, f64)> {
     let port = 5202;
-    let listener = server.enter(|| TcpListener::bind((addr, port)))?.context("rr listener")?;
+    let listener = server
+        .enter(|| TcpListener::bind((addr, port)))?
+        .context("rr listener")?;
     let duration = Duration::from_secs(seconds.into());
     std::thread::scope(|scope| {
         let echo = scope.spawn(move || -> Result<()> {
@@ -241,7 +303,10 @@ pub fn tcp_rr(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32) -> R
             Ok(())
         });
         let samples = client.enter(|| -> Result<Vec<Duration>> {
-            let mut stream = TcpStream::connect_timeout(&SocketAddr::from((addr, port)), Duration::from_secs(5))?;
+            let mut stream = TcpStream::connect_timeout(
+                &SocketAddr::from((addr, port)),
+                Duration::from_secs(5),
+            )?;
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
             let mut samples = Vec::new();
@@ -255,27 +320,50 @@ pub fn tcp_rr(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32) -> R
             }
             Ok(samples)
         })??;
-        echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+        echo.join()
+            .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
         let mut sorted = samples;
         ensure!(!sorted.is_empty(), "no transaction completed");
         sorted.sort();
         let total: Duration = sorted.iter().sum();
         let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
-        Ok((sorted.len() as f64 / total.as_secs_f64(), pct(0.5), pct(0.99)))
+        Ok((
+            sorted.len() as f64 / total.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+        ))
     })
 }
 
 /// UDP packets per second received by an iperf3 server in `server` from a
 /// client sending `payload`-byte datagrams as fast as it can for `seconds`.
-pub fn udp_pps(server: &Netns, client: &Netns, addr: Ipv4Addr, seconds: u32, payload: u32) -> Result<f64> {
+pub fn udp_pps(
+    server: &Netns,
+    client: &Netns,
+    addr: Ipv4Addr,
+    seconds: u32,
+    payload: u32,
+) -> Result<f64> {
     let report = iperf3_json(
         server,
         client,
         addr,
-        &["-u", "-b", "0", "-l", &payload.to_string(), "-t", &seconds.to_string()],
+        &[
+            "-u",
+            "-b",
+            "0",
+            "-l",
+            &payload.to_string(),
+            "-t",
+            &seconds.to_string(),
+        ],
     )?;
     let sum = &report["end"]["sum"];
-    match (sum["packets"].as_f64(), sum["lost_packets"].as_f64(), sum["seconds"].as_f64()) {
+    match (
+        sum["packets"].as_f64(),
+        sum["lost_packets"].as_f64(),
+        sum["seconds"].as_f64(),
+    ) {
         (Some(p), Some(l), Some(s)) if s > 0.0 => Ok((p - l) / s),
         _ => bail!("iperf3 -u reported no result: {}", report["error"]),
     }

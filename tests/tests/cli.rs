@@ -24,8 +24,11 @@ fn attach_all(fleet: &Fleet, extra: &[&str]) {
 
 /// Every container pings every other container, on its own host and others.
 fn assert_full_mesh(fleet: &Fleet) {
-    let all: Vec<(&Netns, Ipv4Addr)> =
-        fleet.hosts.iter().flat_map(|h| h.containers.iter().map(|c| (&c.ns, c.addr))).collect();
+    let all: Vec<(&Netns, Ipv4Addr)> = fleet
+        .hosts
+        .iter()
+        .flat_map(|h| h.containers.iter().map(|c| (&c.ns, c.addr)))
+        .collect();
     for (from, from_addr) in &all {
         for (_, to) in &all {
             if from_addr != to {
@@ -52,29 +55,80 @@ fn three_hosts_over_the_cli() {
     // TCP between containers on different hosts, and from a host to a remote container.
     let (h1, h3) = (&fleet.hosts[0], &fleet.hosts[2]);
     let (c1, c3) = (&h1.containers[0], &h3.containers[1]);
-    assert_eq!(tcp_transfer(&c3.ns, &c1.ns, c3.addr, 8 << 20).unwrap(), 8 << 20);
-    assert_eq!(tcp_transfer(&c1.ns, &c3.ns, c1.addr, 8 << 20).unwrap(), 8 << 20);
-    assert!(ping(&h1.ns, c3.addr, 2).unwrap(), "host 1 -> a container on host 3");
-    assert_eq!(tcp_transfer(&c3.ns, &h1.ns, c3.addr, 4 << 20).unwrap(), 4 << 20);
+    assert_eq!(
+        tcp_transfer(&c3.ns, &c1.ns, c3.addr, 8 << 20).unwrap(),
+        8 << 20
+    );
+    assert_eq!(
+        tcp_transfer(&c1.ns, &c3.ns, c1.addr, 8 << 20).unwrap(),
+        8 << 20
+    );
+    assert!(
+        ping(&h1.ns, c3.addr, 2).unwrap(),
+        "host 1 -> a container on host 3"
+    );
+    assert_eq!(
+        tcp_transfer(&c3.ns, &h1.ns, c3.addr, 4 << 20).unwrap(),
+        4 << 20
+    );
 
     // A container reaches the outside through NAT: the "internet" sees the host's underlay address.
     let internet = Netns::new("internet").unwrap();
-    fleet.switch.ip(&["link", "add", "sw-inet", "type", "veth", "peer", "name", "eth0", "netns", internet.name()]).unwrap();
-    fleet.switch.ip(&["link", "set", "sw-inet", "master", "sw", "up"]).unwrap();
-    internet.ip(&["addr", "add", "198.18.200.1/16", "dev", "eth0"]).unwrap();
+    fleet
+        .switch
+        .ip(&[
+            "link",
+            "add",
+            "sw-inet",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            internet.name(),
+        ])
+        .unwrap();
+    fleet
+        .switch
+        .ip(&["link", "set", "sw-inet", "master", "sw", "up"])
+        .unwrap();
+    internet
+        .ip(&["addr", "add", "198.18.200.1/16", "dev", "eth0"])
+        .unwrap();
     internet.ip(&["link", "set", "eth0", "up"]).unwrap();
     let outside = Ipv4Addr::new(198, 18, 200, 1);
-    assert!(ping(&c1.ns, outside, 2).unwrap(), "container -> outside through NAT");
-    let listener = internet.enter(|| std::net::TcpListener::bind((outside, 8080))).unwrap().unwrap();
-    let client = c1.ns.enter(|| std::net::TcpStream::connect((outside, 8080))).unwrap().unwrap();
+    assert!(
+        ping(&c1.ns, outside, 2).unwrap(),
+        "container -> outside through NAT"
+    );
+    let listener = internet
+        .enter(|| std::net::TcpListener::bind((outside, 8080)))
+        .unwrap()
+        .unwrap();
+    let client = c1
+        .ns
+        .enter(|| std::net::TcpStream::connect((outside, 8080)))
+        .unwrap()
+        .unwrap();
     let (_conn, peer) = listener.accept().unwrap();
-    assert_eq!(peer.ip(), std::net::IpAddr::V4(h1.underlay_addr), "not masqueraded");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(h1.underlay_addr),
+        "not masqueraded"
+    );
     drop(client);
 
     // show: the table, and JSON.
     let show = h1.fan_xdp_ok(&["show"]).unwrap();
-    assert!(show.contains("fan-250-0-1") && show.contains("250.0.1.0/24") && show.contains(OVERLAY), "{show}");
-    assert!(show.contains("eth0 198.18.0.1/16") && show.contains("nat"), "{show}");
+    assert!(
+        show.contains("fan-250-0-1") && show.contains("250.0.1.0/24") && show.contains(OVERLAY),
+        "{show}"
+    );
+    assert!(
+        show.contains("eth0 198.18.0.1/16") && show.contains("nat"),
+        "{show}"
+    );
     let shown = json(&h1.fan_xdp_ok(&["show", "--json"]).unwrap());
     let fan = &shown[0];
     assert_eq!(shown.as_array().unwrap().len(), 1);
@@ -89,12 +143,23 @@ fn three_hosts_over_the_cli() {
 
     // stats: the traffic above shows up, in the table and in JSON.
     let stats = json(&h1.fan_xdp_ok(&["stats", "--json"]).unwrap());
-    assert!(stats["encapsulated"]["bytes"].as_u64().unwrap() > 8 << 20, "{stats}");
-    assert!(stats["decapsulated"]["bytes"].as_u64().unwrap() > 1 << 20, "{stats}");
+    assert!(
+        stats["encapsulated"]["bytes"].as_u64().unwrap() > 8 << 20,
+        "{stats}"
+    );
+    assert!(
+        stats["decapsulated"]["bytes"].as_u64().unwrap() > 1 << 20,
+        "{stats}"
+    );
     assert_eq!(stats["drop_spoofed_source"]["packets"], 0);
     let table = h1.fan_xdp_ok(&["stats"]).unwrap();
-    assert!(table.lines().any(|l| l.starts_with("encapsulated ")), "{table}");
-    let watched = h1.fan_xdp_ok(&["stats", "--watch", "--count", "2"]).unwrap();
+    assert!(
+        table.lines().any(|l| l.starts_with("encapsulated ")),
+        "{table}"
+    );
+    let watched = h1
+        .fan_xdp_ok(&["stats", "--watch", "--count", "2"])
+        .unwrap();
     assert_eq!(watched.matches("REASON").count(), 2, "{watched}");
 
     for host in &fleet.hosts {
@@ -110,7 +175,8 @@ fn two_overlays_side_by_side() {
     let fleet = Fleet::new(2).unwrap();
     attach_all(&fleet, &[]);
     for host in &fleet.hosts {
-        host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+        host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"])
+            .unwrap();
     }
     let fleet = fleet.with_containers(1).unwrap();
     // A second container per host on the 240/8 bridges.
@@ -122,11 +188,29 @@ fn two_overlays_side_by_side() {
             let ns = Netns::new(&format!("d{i}")).unwrap();
             let addr = Ipv4Addr::new(240, 0, i, 20);
             let bridge = format!("fan-240-0-{i}");
-            h.ns.ip(&["link", "add", "vd", "mtu", "1480", "type", "veth", "peer", "name", "eth0", "netns", ns.name()]).unwrap();
-            h.ns.ip(&["link", "set", "vd", "master", &bridge, "up"]).unwrap();
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
-            ns.ip(&["link", "set", "eth0", "mtu", "1480", "up"]).unwrap();
-            ns.ip(&["route", "add", "default", "via", &format!("240.0.{i}.1")]).unwrap();
+            h.ns.ip(&[
+                "link",
+                "add",
+                "vd",
+                "mtu",
+                "1480",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])
+            .unwrap();
+            h.ns.ip(&["link", "set", "vd", "master", &bridge, "up"])
+                .unwrap();
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])
+                .unwrap();
+            ns.ip(&["link", "set", "eth0", "mtu", "1480", "up"])
+                .unwrap();
+            ns.ip(&["route", "add", "default", "via", &format!("240.0.{i}.1")])
+                .unwrap();
             (ns, addr)
         })
         .collect();
@@ -137,11 +221,19 @@ fn two_overlays_side_by_side() {
     assert_eq!(shown.as_array().unwrap().len(), 2);
 
     for host in &fleet.hosts {
-        let out = host.fan_xdp_ok(&["detach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+        let out = host
+            .fan_xdp_ok(&["detach", "eth0", "--overlay", "240.0.0.0/8"])
+            .unwrap();
         assert!(out.contains("detached: 240.0.0.0/8"), "{out}");
     }
-    assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "250/8 survives detaching 240/8");
-    assert!(!ping(&second[0].0, second[1].1, 1).unwrap(), "240/8 still works after its detach");
+    assert!(
+        ping(&c1.ns, c2.addr, 2).unwrap(),
+        "250/8 survives detaching 240/8"
+    );
+    assert!(
+        !ping(&second[0].0, second[1].1, 1).unwrap(),
+        "240/8 still works after its detach"
+    );
     let shown = json(&fleet.hosts[0].fan_xdp_ok(&["show", "--json"]).unwrap());
     assert_eq!(shown.as_array().unwrap().len(), 1);
     assert_eq!(shown[0]["overlay"], OVERLAY);
@@ -164,9 +256,12 @@ fn attach_is_idempotent_and_detach_leaves_nothing() {
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
     let before = snapshot(&host.ns).unwrap();
-    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
     let attached = snapshot(&host.ns).unwrap();
-    let again = host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    let again = host
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
     assert!(again.contains("already attached"), "{again}");
     assert_unchanged(&host.ns, &attached, "a repeated attach changed something");
     let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
@@ -174,7 +269,8 @@ fn attach_is_idempotent_and_detach_leaves_nothing() {
     assert_clean(host, &before);
     let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     assert!(out.contains("nothing to detach"), "{out}");
-    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     assert_clean(host, &before);
 }
@@ -186,25 +282,67 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    host.ns.ip(&["link", "add", "noaddr0", "type", "veth", "peer", "name", "noaddr1"]).unwrap();
+    host.ns
+        .ip(&[
+            "link", "add", "noaddr0", "type", "veth", "peer", "name", "noaddr1",
+        ])
+        .unwrap();
     let before = snapshot(&host.ns).unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["attach", "nosuch0", "--overlay", OVERLAY], "no such interface: nosuch0"),
-        (&["attach", "noaddr0", "--overlay", OVERLAY], "noaddr0 has no IPv4 address"),
-        (&["attach", "eth0", "--overlay", OVERLAY, "--underlay", "198.19.0.0/16"], "overlay/underlay mismatch"),
-        (&["attach", "eth0", "--overlay", "250.0.0.0/15"], "prefix too long"),
-        (&["attach", "eth0", "--overlay", "127.0.0.0/8"], "reserved range 127.0.0.0/8"),
-        (&["attach", "eth0", "--overlay", "198.0.0.0/8"], "overlaps underlay"),
+        (
+            &["attach", "nosuch0", "--overlay", OVERLAY],
+            "no such interface: nosuch0",
+        ),
+        (
+            &["attach", "noaddr0", "--overlay", OVERLAY],
+            "noaddr0 has no IPv4 address",
+        ),
+        (
+            &[
+                "attach",
+                "eth0",
+                "--overlay",
+                OVERLAY,
+                "--underlay",
+                "198.19.0.0/16",
+            ],
+            "overlay/underlay mismatch",
+        ),
+        (
+            &["attach", "eth0", "--overlay", "250.0.0.0/15"],
+            "prefix too long",
+        ),
+        (
+            &["attach", "eth0", "--overlay", "127.0.0.0/8"],
+            "reserved range 127.0.0.0/8",
+        ),
+        (
+            &["attach", "eth0", "--overlay", "198.0.0.0/8"],
+            "overlaps underlay",
+        ),
         (&["attach", "eth0", "--overlay", "fd00::/8"], "IPv6"),
-        (&["attach", "eth0", "--overlay", OVERLAY, "--mtu", "1490"], "--mtu 1490 does not fit"),
-        (&["attach", "eth0", "--overlay", OVERLAY, "--pin-dir", "/tmp"], "not on a bpffs"),
+        (
+            &["attach", "eth0", "--overlay", OVERLAY, "--mtu", "1490"],
+            "--mtu 1490 does not fit",
+        ),
+        (
+            &["attach", "eth0", "--overlay", OVERLAY, "--pin-dir", "/tmp"],
+            "not on a bpffs",
+        ),
     ];
     for (args, message) in cases {
         let out = host.fan_xdp(args).unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
-        assert_unchanged(&host.ns, &before, &format!("{args:?} left something behind"));
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in {stderr}"
+        );
+        assert_unchanged(
+            &host.ns,
+            &before,
+            &format!("{args:?} left something behind"),
+        );
     }
 
     // Not root.
@@ -217,7 +355,10 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
         .args(["attach", "eth0", "--overlay", OVERLAY])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not root"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not root"),
+        "{out:?}"
+    );
 
     // A failure inside any step is rolled back completely.
     for step in fan_userspace::attach::STEPS {
@@ -229,8 +370,15 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&format!("injected failure after step {step}")), "{stderr}");
-        assert_unchanged(&host.ns, &before, &format!("failure after {step} was not rolled back"));
+        assert!(
+            stderr.contains(&format!("injected failure after step {step}")),
+            "{stderr}"
+        );
+        assert_unchanged(
+            &host.ns,
+            &before,
+            &format!("failure after {step} was not rolled back"),
+        );
     }
 }
 
@@ -251,13 +399,24 @@ fn killed_at_every_step_then_attach_and_detach_recover() {
             .env("FAN_XDP_INJECT", format!("kill:{step}"))
             .output()
             .unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "not killed at {step}");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "not killed at {step}"
+        );
         host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
             .unwrap_or_else(|e| panic!("attach after a kill at {step}: {e}"));
         let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
-        assert_eq!(shown[0]["complete"], true, "attach after a kill at {step} did not finish");
+        assert_eq!(
+            shown[0]["complete"], true,
+            "attach after a kill at {step} did not finish"
+        );
         host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-        assert_unchanged(&host.ns, &before, &format!("kill at {step}, attach, detach left something"));
+        assert_unchanged(
+            &host.ns,
+            &before,
+            &format!("kill at {step}, attach, detach left something"),
+        );
     }
 }
 
@@ -276,10 +435,15 @@ fn a_foreign_xdp_program_is_left_in_place() {
         .unwrap()
         .unwrap();
     let before = snapshot(&host.ns).unwrap();
-    let out = host.fan_xdp(&["attach", "eth0", "--overlay", OVERLAY, "--mode", "xdp"]).unwrap();
+    let out = host
+        .fan_xdp(&["attach", "eth0", "--overlay", OVERLAY, "--mode", "xdp"])
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("already has XDP program") && stderr.contains("fan_decap_xdp"), "{stderr}");
+    assert!(
+        stderr.contains("already has XDP program") && stderr.contains("fan_decap_xdp"),
+        "{stderr}"
+    );
     assert!(stderr.contains("will not replace it"), "{stderr}");
     assert_unchanged(&host.ns, &before, "refusal changed the host");
     drop(foreign);
@@ -292,24 +456,41 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     }
     let fleet = Fleet::new(2).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
-    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
     let shown = json(&h2.fan_xdp_ok(&["show", "--json"]).unwrap());
-    assert_eq!(shown.as_array().unwrap().len(), 0, "host 2 sees host 1's fan");
-    h2.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+    assert_eq!(
+        shown.as_array().unwrap().len(),
+        0,
+        "host 2 sees host 1's fan"
+    );
+    h2.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"])
+        .unwrap();
     let shown = json(&h1.fan_xdp_ok(&["show", "--json"]).unwrap());
     assert_eq!(shown.as_array().unwrap().len(), 1);
     assert_eq!(shown[0]["overlay"], OVERLAY);
 
     // A namespace that dies with a fan attached leaves a directory behind,
     // which the next attach anywhere removes.
-    let count = || std::fs::read_dir("/sys/fs/bpf/fan-xdp").map(|d| d.count()).unwrap_or(0);
+    let count = || {
+        std::fs::read_dir("/sys/fs/bpf/fan-xdp")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     assert_eq!(count(), 2);
     let doomed = Fleet::new(1).unwrap();
-    doomed.hosts[0].fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    doomed.hosts[0]
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
     assert_eq!(count(), 3);
     drop(doomed);
-    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
-    assert_eq!(count(), 2, "stale state of a deleted namespace was not swept");
+    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    assert_eq!(
+        count(),
+        2,
+        "stale state of a deleted namespace was not swept"
+    );
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     h2.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     assert_eq!(count(), 0);
@@ -325,11 +506,19 @@ fn a_forward_drop_firewall_is_reported() {
     host.ns
         .run("nft", &["add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }"])
         .unwrap();
-    let out = host.fan_xdp(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    let out = host
+        .fan_xdp(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("inet filter chain forward drops forwarded packets"), "{stderr}");
-    assert!(stderr.contains("oifname \"fan-250-0-1\" accept"), "{stderr}");
+    assert!(
+        stderr.contains("inet filter chain forward drops forwarded packets"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("oifname \"fan-250-0-1\" accept"),
+        "{stderr}"
+    );
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
@@ -338,7 +527,11 @@ fn linked_tag(pin: &std::path::Path) -> u64 {
     use aya::programs::links::{FdLink, PinnedLink};
     let link = FdLink::from(PinnedLink::from_pin(pin).unwrap());
     let id = link.info().unwrap().program_id();
-    aya::programs::loaded_programs().flatten().find(|p| p.id() == id).unwrap().tag()
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .unwrap()
+        .tag()
 }
 
 #[test]
@@ -362,7 +555,12 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
     // Make host 1's bridge run another program, as an older fan-xdp would
     // have left it (the output-hook variant: it encapsulates too).
     let mut other = Dataplane::load(0).unwrap();
-    let forward_tag = other.classifier(ENCAP_FORWARD).unwrap().info().unwrap().tag();
+    let forward_tag = other
+        .classifier(ENCAP_FORWARD)
+        .unwrap()
+        .info()
+        .unwrap()
+        .tag();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
     let output_tag = output.info().unwrap().tag();
     if !fan_userspace::loader::tcx_supported() {
@@ -371,11 +569,22 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
         // detaches and reattaches (a short gap: only TCX swaps atomically).
         std::fs::remove_file(&pin).unwrap();
         output.pin(&pin).unwrap();
-        let out = fleet.hosts[0].fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
-        assert!(out.contains("attached: 250.0.0.0/8"), "the upgrade changed nothing: {out}");
+        let out = fleet.hosts[0]
+            .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+            .unwrap();
+        assert!(
+            out.contains("attached: 250.0.0.0/8"),
+            "the upgrade changed nothing: {out}"
+        );
         let marker = aya::programs::ProgramInfo::from_pin(&pin).unwrap().tag();
-        assert_eq!(marker, forward_tag, "the filter does not run the new program");
-        assert!(ping(&c1.ns, c2.addr, 3).unwrap(), "traffic after the replacement");
+        assert_eq!(
+            marker, forward_tag,
+            "the filter does not run the new program"
+        );
+        assert!(
+            ping(&c1.ns, c2.addr, 3).unwrap(),
+            "traffic after the replacement"
+        );
         drop(other);
         for host in &fleet.hosts {
             host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
@@ -391,17 +600,39 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
     let stream = c1
         .ns
         .command("ping")
-        .args(["-n", "-q", "-i", "0.005", "-c", "400", "-W", "1", &c2.addr.to_string()])
+        .args([
+            "-n",
+            "-q",
+            "-i",
+            "0.005",
+            "-c",
+            "400",
+            "-W",
+            "1",
+            &c2.addr.to_string(),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = fleet.hosts[0].fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
-    assert!(out.contains("attached: 250.0.0.0/8"), "the upgrade changed nothing: {out}");
+    let out = fleet.hosts[0]
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    assert!(
+        out.contains("attached: 250.0.0.0/8"),
+        "the upgrade changed nothing: {out}"
+    );
     let pinged = stream.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&pinged.stdout);
-    assert!(summary.contains("400 packets transmitted, 400 received"), "{summary}");
-    assert_eq!(linked_tag(&pin), forward_tag, "the link does not run the new program");
+    assert!(
+        summary.contains("400 packets transmitted, 400 received"),
+        "{summary}"
+    );
+    assert_eq!(
+        linked_tag(&pin),
+        forward_tag,
+        "the link does not run the new program"
+    );
     drop(other);
     for host in &fleet.hosts {
         host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
@@ -440,7 +671,10 @@ fn direct_delivery_follows_containers_and_never_misdelivers() {
     let daemon = fleet.hosts[1].fan_xdp_run().unwrap();
     let c1 = fleet.hosts[0].containers.remove(0);
     let target = fleet.hosts[1].containers[0].addr;
-    assert!(wait_for_direct(&c1.ns, target, &fleet.hosts[1]), "the daemon never enabled direct delivery");
+    assert!(
+        wait_for_direct(&c1.ns, target, &fleet.hosts[1]),
+        "the daemon never enabled direct delivery"
+    );
     let endpoints = |host: &Host| host.pinned_maps().unwrap().endpoints.iter().count();
     assert_eq!(endpoints(&fleet.hosts[1]), 1);
 
@@ -448,13 +682,29 @@ fn direct_delivery_follows_containers_and_never_misdelivers() {
     fleet.hosts[1].containers.clear();
     let replacement = add_container_at(&fleet.hosts[1], 7, target).unwrap();
     // Its first packets teach the host its MAC, as any container's would.
-    assert!(ping(&replacement.ns, c1.addr, 2).unwrap(), "the new container cannot reach out");
-    assert!(ping(&c1.ns, target, 3).unwrap(), "traffic does not reach the new container");
-    assert!(wait_for_direct(&c1.ns, target, &fleet.hosts[1]), "direct delivery did not follow the new container");
+    assert!(
+        ping(&replacement.ns, c1.addr, 2).unwrap(),
+        "the new container cannot reach out"
+    );
+    assert!(
+        ping(&c1.ns, target, 3).unwrap(),
+        "traffic does not reach the new container"
+    );
+    assert!(
+        wait_for_direct(&c1.ns, target, &fleet.hosts[1]),
+        "direct delivery did not follow the new container"
+    );
     let maps = fleet.hosts[1].pinned_maps().unwrap();
     let (_, endpoint) = maps.endpoints.iter().next().unwrap().unwrap();
-    let veth7 = fleet.hosts[1].ns.enter(|| fan_tests::topology::ifindex("veth7")).unwrap().unwrap();
-    assert_eq!(endpoint.ifindex, veth7, "the endpoint still names the old veth");
+    let veth7 = fleet.hosts[1]
+        .ns
+        .enter(|| fan_tests::topology::ifindex("veth7"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        endpoint.ifindex, veth7,
+        "the endpoint still names the old veth"
+    );
 
     // Killed, the daemon leaves its entries; a stale one must fall back to
     // the stack, never deliver elsewhere.
@@ -462,16 +712,27 @@ fn direct_delivery_follows_containers_and_never_misdelivers() {
     drop(replacement);
     let again = add_container_at(&fleet.hosts[1], 8, target).unwrap();
     assert!(ping(&again.ns, c1.addr, 2).unwrap());
-    assert!(ping(&c1.ns, target, 3).unwrap(), "a stale entry broke delivery");
+    assert!(
+        ping(&c1.ns, target, 3).unwrap(),
+        "a stale entry broke delivery"
+    );
 
     // Stopped cleanly, it empties the map: everything takes the stack.
     let daemon = fleet.hosts[1].fan_xdp_run().unwrap();
     assert!(wait_for_direct(&c1.ns, target, &fleet.hosts[1]));
     daemon.stop().unwrap();
-    assert_eq!(endpoints(&fleet.hosts[1]), 0, "a stopped daemon left endpoints behind");
+    assert_eq!(
+        endpoints(&fleet.hosts[1]),
+        0,
+        "a stopped daemon left endpoints behind"
+    );
     let before = direct(&fleet.hosts[1]);
     assert!(ping(&c1.ns, target, 3).unwrap());
-    assert_eq!(direct(&fleet.hosts[1]), before, "direct delivery without the daemon");
+    assert_eq!(
+        direct(&fleet.hosts[1]),
+        before,
+        "direct delivery without the daemon"
+    );
     drop(again);
     for host in &fleet.hosts {
         host.fan_xdp_ok(&["detach", "eth0"]).unwrap();

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use fan_common::{
     StatReason,
-    ipv4::{IPPROTO_IPIP, IP_DF, OUTER_TTL, checksum},
+    ipv4::{IP_DF, IPPROTO_IPIP, OUTER_TTL, checksum},
 };
 use fan_tests::{
     privileged,
@@ -18,7 +18,12 @@ use fan_userspace::loader::{Dataplane, DecapMode, Stats};
 /// 100 MB per transfer; `FAN_TEST_BULK_MB` lowers it in the emulated VM,
 /// where the CPU is many times slower (the 100 MB runs happen on this kernel).
 fn bulk() -> u64 {
-    std::env::var("FAN_TEST_BULK_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(100) * 1024 * 1024
+    std::env::var("FAN_TEST_BULK_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        * 1024
+        * 1024
 }
 
 fn stats(dataplane: &Dataplane) -> Stats {
@@ -59,18 +64,39 @@ fn bulk_transfer(fleet: &Fleet, planes: &[Dataplane], from: usize, to: usize, ex
     if expect_gso {
         assert!(gso > 0, "TSO on, yet no GSO packet was encapsulated");
     } else {
-        assert_eq!(gso, 0, "TSO off on the sender, yet GSO packets were encapsulated");
+        assert_eq!(
+            gso, 0,
+            "TSO off on the sender, yet GSO packets were encapsulated"
+        );
     }
-    assert!(dec.get(StatReason::Decapsulated).bytes >= bulk, "decapsulated {:?}", dec);
-    for reason in StatReason::ALL.iter().filter(|r| r.name().starts_with("drop_")) {
-        assert_eq!(enc.get(*reason).packets, 0, "sender dropped {}", reason.name());
-        assert_eq!(dec.get(*reason).packets, 0, "receiver dropped {}", reason.name());
+    assert!(
+        dec.get(StatReason::Decapsulated).bytes >= bulk,
+        "decapsulated {:?}",
+        dec
+    );
+    for reason in StatReason::ALL
+        .iter()
+        .filter(|r| r.name().starts_with("drop_"))
+    {
+        assert_eq!(
+            enc.get(*reason).packets,
+            0,
+            "sender dropped {}",
+            reason.name()
+        );
+        assert_eq!(
+            dec.get(*reason).packets,
+            0,
+            "receiver dropped {}",
+            reason.name()
+        );
     }
 }
 
 fn set_tso(ns: &fan_tests::netns::Netns, iface: &str, on: bool) {
     let state = if on { "on" } else { "off" };
-    ns.run("ethtool", &["-K", iface, "tso", state, "gso", state]).expect("ethtool");
+    ns.run("ethtool", &["-K", iface, "tso", state, "gso", state])
+        .expect("ethtool");
 }
 
 /// Checks that everything between the two underlay addresses in a capture is
@@ -82,19 +108,38 @@ fn assert_only_ipip(frames: &[Vec<u8>], a: Ipv4Addr, b: Ipv4Addr) -> usize {
             continue; // ARP and the like
         }
         let ip = &frame[14..];
-        let (src, dst) = (Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
+        let (src, dst) = (
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        );
         if !((src == a && dst == b) || (src == b && dst == a)) {
             continue;
         }
-        assert_eq!(ip[9], IPPROTO_IPIP, "non-IP-in-IP packet between underlay hosts: {:02x?}", &ip[..20]);
+        assert_eq!(
+            ip[9],
+            IPPROTO_IPIP,
+            "non-IP-in-IP packet between underlay hosts: {:02x?}",
+            &ip[..20]
+        );
         assert_eq!(ip[0], 0x45, "outer header has options");
         assert_eq!(ip[8], OUTER_TTL);
-        assert_eq!(u16::from_be_bytes([ip[6], ip[7]]) & IP_DF, IP_DF, "outer DF not set");
-        let words: Vec<u16> = ip[..20].chunks(2).map(|w| u16::from_ne_bytes([w[0], w[1]])).collect();
+        assert_eq!(
+            u16::from_be_bytes([ip[6], ip[7]]) & IP_DF,
+            IP_DF,
+            "outer DF not set"
+        );
+        let words: Vec<u16> = ip[..20]
+            .chunks(2)
+            .map(|w| u16::from_ne_bytes([w[0], w[1]]))
+            .collect();
         assert_eq!(checksum(&words), 0, "outer checksum invalid");
         // The inner source must live in the outer source's slice.
         let inner_src = Ipv4Addr::new(ip[32], ip[33], ip[34], ip[35]);
-        assert_eq!(inner_src.octets()[2], src.octets()[3], "inner {inner_src} not from {src}'s slice");
+        assert_eq!(
+            inner_src.octets()[2],
+            src.octets()[3],
+            "inner {inner_src} not from {src}'s slice"
+        );
         ipip += 1;
     }
     ipip
@@ -107,9 +152,15 @@ fn fan_works_end_to_end(mode: DecapMode) {
     let (c2, a2) = container(h2);
 
     // Without fan-xdp, nothing crosses: there is no IP-in-IP on this kernel.
-    assert!(!ping(c1, a2, 1).unwrap(), "containers reached each other without the fan");
+    assert!(
+        !ping(c1, a2, 1).unwrap(),
+        "containers reached each other without the fan"
+    );
 
-    let planes = [h1.attach(mode).expect("attach h1"), h2.attach(mode).expect("attach h2")];
+    let planes = [
+        h1.attach(mode).expect("attach h1"),
+        h2.attach(mode).expect("attach h2"),
+    ];
 
     let capture_path = std::env::temp_dir().join(format!("{}-underlay.pcap", h2.ns.name()));
     let capture = Capture::start(&h2.ns, "eth0", capture_path).expect("capture");
@@ -119,16 +170,28 @@ fn fan_works_end_to_end(mode: DecapMode) {
     // gateway address as source, which the receivers' anti-spoofing accepts.
     assert!(ping(&h1.ns, a2, 3).unwrap(), "host 1 -> container 2");
     assert!(ping(&h2.ns, a1, 3).unwrap(), "host 2 -> container 1");
-    assert_eq!(tcp_transfer(&c2, &h1.ns, a2, 8 << 20).unwrap(), 8 << 20, "host 1 -> container 2 TCP");
+    assert_eq!(
+        tcp_transfer(&c2, &h1.ns, a2, 8 << 20).unwrap(),
+        8 << 20,
+        "host 1 -> container 2 TCP"
+    );
     bulk_transfer(&fleet, &planes, 0, 1, true);
     let frames = capture.finish().expect("reading the capture");
     let ipip = assert_only_ipip(&frames, h1.underlay_addr, h2.underlay_addr);
     assert!(ipip > 100, "only {ipip} IP-in-IP frames captured");
 
     // A TTL that would expire at the gateway goes to the stack, which answers.
-    let out = c1.output("ping", &["-n", "-c", "1", "-t", "1", "-W", "2", &a2.to_string()]).unwrap();
+    let out = c1
+        .output(
+            "ping",
+            &["-n", "-c", "1", "-t", "1", "-W", "2", &a2.to_string()],
+        )
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Time to live exceeded"), "no time exceeded: {text}");
+    assert!(
+        text.contains("Time to live exceeded"),
+        "no time exceeded: {text}"
+    );
     assert!(stats(&planes[0]).get(StatReason::StackTtlExpired).packets >= 1);
 
     // A container whose link MTU exceeds the overlay MTU: what would not fit
@@ -136,11 +199,34 @@ fn fan_works_end_to_end(mode: DecapMode) {
     // with the overlay MTU, and TCP adapts.
     c1.ip(&["link", "set", "eth0", "mtu", "1500"]).unwrap();
     h1.ns.ip(&["link", "set", "veth1", "mtu", "1500"]).unwrap();
-    let out = c1.output("ping", &["-n", "-c", "1", "-M", "do", "-s", "1472", "-W", "2", &a2.to_string()]).unwrap();
+    let out = c1
+        .output(
+            "ping",
+            &[
+                "-n",
+                "-c",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                "1472",
+                "-W",
+                "2",
+                &a2.to_string(),
+            ],
+        )
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("mtu = 1480"), "no fragmentation needed: {text}");
+    assert!(
+        text.contains("mtu = 1480"),
+        "no fragmentation needed: {text}"
+    );
     assert!(stats(&planes[0]).get(StatReason::StackTooBig).packets >= 1);
-    assert_eq!(tcp_transfer(&c2, &c1, a2, 16 << 20).unwrap(), 16 << 20, "TCP after PMTU discovery");
+    assert_eq!(
+        tcp_transfer(&c2, &c1, a2, 16 << 20).unwrap(),
+        16 << 20,
+        "TCP after PMTU discovery"
+    );
     c1.ip(&["link", "set", "eth0", "mtu", "1480"]).unwrap();
     h1.ns.ip(&["link", "set", "veth1", "mtu", "1480"]).unwrap();
 
@@ -162,8 +248,14 @@ fn fan_works_end_to_end(mode: DecapMode) {
 
     // Detached, the same traffic fails again.
     drop(planes);
-    assert!(!ping(c1, a2, 2).unwrap(), "ping still works after detaching");
-    assert!(tcp_transfer(&c2, &c1, a2, 1 << 20).is_err(), "TCP still works after detaching");
+    assert!(
+        !ping(c1, a2, 2).unwrap(),
+        "ping still works after detaching"
+    );
+    assert!(
+        tcp_transfer(&c2, &c1, a2, 1 << 20).is_err(),
+        "TCP still works after detaching"
+    );
 }
 
 #[test]

@@ -237,7 +237,17 @@ struct Bed {
 impl Bed {
     fn new() -> Self {
         let ns = Netns::new("progs").unwrap();
-        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"]).unwrap();
+        ns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0-peer",
+        ])
+        .unwrap();
         ns.ip(&["link", "set", "eth0", "up"]).unwrap();
         let ifindex = ns.enter(|| topology::ifindex("eth0")).unwrap().unwrap();
         let mut dataplane = Dataplane::load(0).unwrap();
@@ -254,11 +264,25 @@ impl Bed {
 
     /// Adds the second fan: 240.0.0.0/8 over 198.19.0.0/16 as host 198.19.0.1.
     fn with_second_fan(mut self) -> Self {
-        let ifindex = self.ns.enter(|| topology::ifindex("eth0")).unwrap().unwrap();
-        let map = FanMap::new(u32::from_be_bytes([240, 0, 0, 0]), 8, u32::from_be_bytes([198, 19, 0, 0]), 16);
+        let ifindex = self
+            .ns
+            .enter(|| topology::ifindex("eth0"))
+            .unwrap()
+            .unwrap();
+        let map = FanMap::new(
+            u32::from_be_bytes([240, 0, 0, 0]),
+            8,
+            u32::from_be_bytes([198, 19, 0, 0]),
+            16,
+        );
         validate_fans(&[topology::fan_map(), map]).unwrap();
         self.dataplane
-            .insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex, overlay_mtu: 1480 })
+            .insert_fan(&FanEntry {
+                map,
+                local_host: u32::from_be_bytes([198, 19, 0, 1]),
+                underlay_ifindex: ifindex,
+                overlay_mtu: 1480,
+            })
             .unwrap();
         self
     }
@@ -272,7 +296,14 @@ impl Bed {
 
     /// As `check`, with every counter that must count the packet once.
     #[track_caller]
-    fn check_counts(&mut self, name: &str, input: &[u8], verdict: u32, output: &[u8], reasons: &[StatReason]) {
+    fn check_counts(
+        &mut self,
+        name: &str,
+        input: &[u8],
+        verdict: u32,
+        output: &[u8],
+        reasons: &[StatReason],
+    ) {
         let before = self.dataplane.stats().unwrap();
         let mut out = vec![0u8; input.len() + 256];
         let dataplane = &mut self.dataplane;
@@ -299,7 +330,12 @@ impl Bed {
         let delta = self.dataplane.stats().unwrap().since(&before);
         for &r in StatReason::ALL {
             let expected = u64::from(reasons.contains(&r));
-            assert_eq!(delta.get(r).packets, expected, "counter {} after {case}", r.name());
+            assert_eq!(
+                delta.get(r).packets,
+                expected,
+                "counter {} after {case}",
+                r.name()
+            );
         }
     }
 }
@@ -322,8 +358,20 @@ fn encapsulation_forward_hook() {
     }
     let mut bed = Bed::new();
     let f = ENCAP_FORWARD;
-    bed.check(f, &hex(ENCAP_IN), TC_ACT_REDIRECT, &hex(ENCAP_FORWARD_OUT), StatReason::Encapsulated);
-    bed.check(f, &hex(ENCAP_TOS_IN), TC_ACT_REDIRECT, &hex(ENCAP_TOS_OUT), StatReason::Encapsulated);
+    bed.check(
+        f,
+        &hex(ENCAP_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_FORWARD_OUT),
+        StatReason::Encapsulated,
+    );
+    bed.check(
+        f,
+        &hex(ENCAP_TOS_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_TOS_OUT),
+        StatReason::Encapsulated,
+    );
     bed.check(
         f,
         &hex(ENCAP_INNER_OPTIONS_IN),
@@ -331,13 +379,31 @@ fn encapsulation_forward_hook() {
         &hex(ENCAP_INNER_OPTIONS_OUT),
         StatReason::Encapsulated,
     );
-    bed.check(f, &hex(ENCAP_TTL2), TC_ACT_REDIRECT, &hex(ENCAP_TTL2_FORWARD_OUT), StatReason::Encapsulated);
-    bed.check(f, &hex(ENCAP_TTL1), TC_ACT_UNSPEC, &hex(ENCAP_TTL1), StatReason::StackTtlExpired);
+    bed.check(
+        f,
+        &hex(ENCAP_TTL2),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_TTL2_FORWARD_OUT),
+        StatReason::Encapsulated,
+    );
+    bed.check(
+        f,
+        &hex(ENCAP_TTL1),
+        TC_ACT_UNSPEC,
+        &hex(ENCAP_TTL1),
+        StatReason::StackTtlExpired,
+    );
     let big = padded(UDP_1481_HEADER, 14 + 1481);
     bed.check(f, &big, TC_ACT_UNSPEC, &big, StatReason::StackTooBig);
     let fits = padded(UDP_1480_HEADER, 14 + 1480);
     let fits_out = padded(UDP_1480_FORWARD_OUT_HEADERS, 14 + 20 + 1480);
-    bed.check(f, &fits, TC_ACT_REDIRECT, &fits_out, StatReason::Encapsulated);
+    bed.check(
+        f,
+        &fits,
+        TC_ACT_REDIRECT,
+        &fits_out,
+        StatReason::Encapsulated,
+    );
 }
 
 #[test]
@@ -347,9 +413,21 @@ fn encapsulation_output_hook() {
     }
     let mut bed = Bed::new();
     let o = ENCAP_OUTPUT;
-    bed.check(o, &hex(ENCAP_IN), TC_ACT_REDIRECT, &hex(ENCAP_OUTPUT_OUT), StatReason::Encapsulated);
+    bed.check(
+        o,
+        &hex(ENCAP_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_OUTPUT_OUT),
+        StatReason::Encapsulated,
+    );
     // TTL is the host's own business here: TTL 1 is sent, unchanged.
-    bed.check(o, &hex(ENCAP_TTL1), TC_ACT_REDIRECT, &hex(ENCAP_TTL1_OUTPUT_OUT), StatReason::Encapsulated);
+    bed.check(
+        o,
+        &hex(ENCAP_TTL1),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_TTL1_OUTPUT_OUT),
+        StatReason::Encapsulated,
+    );
     let big = padded(UDP_1481_HEADER, 14 + 1481);
     bed.check(o, &big, TC_ACT_SHOT, &big, StatReason::DropTooBig);
 }
@@ -366,9 +444,21 @@ fn encapsulation_leaves_other_traffic_alone_and_refuses_what_names_no_host() {
             (ENCAP_LOCAL_SLICE, TC_ACT_UNSPEC, StatReason::PassLocalSlice),
             (ARP, TC_ACT_UNSPEC, StatReason::PassNotIpv4),
             (IPV6, TC_ACT_UNSPEC, StatReason::PassNotIpv4),
-            (ENCAP_RESERVED_NETWORK, TC_ACT_SHOT, StatReason::DropReservedHost),
-            (ENCAP_RESERVED_BROADCAST, TC_ACT_SHOT, StatReason::DropReservedHost),
-            (ENCAP_SOURCE_NOT_LOCAL, TC_ACT_SHOT, StatReason::DropSourceNotLocal),
+            (
+                ENCAP_RESERVED_NETWORK,
+                TC_ACT_SHOT,
+                StatReason::DropReservedHost,
+            ),
+            (
+                ENCAP_RESERVED_BROADCAST,
+                TC_ACT_SHOT,
+                StatReason::DropReservedHost,
+            ),
+            (
+                ENCAP_SOURCE_NOT_LOCAL,
+                TC_ACT_SHOT,
+                StatReason::DropSourceNotLocal,
+            ),
         ] {
             let frame = hex(frame);
             bed.check(program, &frame, verdict, &frame, reason);
@@ -389,7 +479,13 @@ fn encapsulation_of_truncated_headers() {
     for len in 34..38 {
         let frame = &full[..len];
         for program in [ENCAP_FORWARD, ENCAP_OUTPUT] {
-            bed.check(program, frame, TC_ACT_UNSPEC, frame, StatReason::PassMalformedIpv4);
+            bed.check(
+                program,
+                frame,
+                TC_ACT_UNSPEC,
+                frame,
+                StatReason::PassMalformedIpv4,
+            );
         }
     }
 }
@@ -400,15 +496,39 @@ fn decapsulation_cases(bed: &mut Bed, program: &str, verdicts: [u32; 3], shortes
     let [ok, pass, drop] = verdicts;
     let d = StatReason::Decapsulated;
     bed.check(program, &hex(DECAP_IN), ok, &hex(DECAP_OUT), d);
-    bed.check(program, &hex(DECAP_OUTER_OPTIONS_IN), ok, &hex(DECAP_OUT), d);
-    bed.check(program, &hex(DECAP_INNER_OPTIONS_IN), ok, &hex(DECAP_INNER_OPTIONS_OUT), d);
+    bed.check(
+        program,
+        &hex(DECAP_OUTER_OPTIONS_IN),
+        ok,
+        &hex(DECAP_OUT),
+        d,
+    );
+    bed.check(
+        program,
+        &hex(DECAP_INNER_OPTIONS_IN),
+        ok,
+        &hex(DECAP_INNER_OPTIONS_OUT),
+        d,
+    );
     bed.check(program, &hex(DECAP_CE_IN), ok, &hex(DECAP_CE_OUT), d);
     for (frame, verdict, reason) in [
         (DECAP_CE_NOT_ECT, drop, StatReason::DropCeNotEct),
         (DECAP_SPOOFED, drop, StatReason::DropSpoofedSource),
-        (DECAP_OUTER_SRC_OUTSIDE_UNDERLAY, drop, StatReason::DropOuterSrcOutsideUnderlay),
-        (DECAP_INNER_SRC_OUTSIDE_OVERLAY, drop, StatReason::DropInnerSrcOutsideOverlay),
-        (DECAP_INNER_DST_OUTSIDE_OVERLAY, pass, StatReason::PassNotOverlay),
+        (
+            DECAP_OUTER_SRC_OUTSIDE_UNDERLAY,
+            drop,
+            StatReason::DropOuterSrcOutsideUnderlay,
+        ),
+        (
+            DECAP_INNER_SRC_OUTSIDE_OVERLAY,
+            drop,
+            StatReason::DropInnerSrcOutsideOverlay,
+        ),
+        (
+            DECAP_INNER_DST_OUTSIDE_OVERLAY,
+            pass,
+            StatReason::PassNotOverlay,
+        ),
         (DECAP_NOT_FOR_US, pass, StatReason::PassNotLocalUnderlay),
         (DECAP_OUTER_FRAGMENT, pass, StatReason::PassOuterFragment),
         (UNDERLAY_PING, pass, StatReason::PassNotIpip),
@@ -442,7 +562,12 @@ fn decapsulation_tc() {
     }
     let mut bed = Bed::new();
     // The kernel refuses skb test runs of IPv4 frames shorter than 34 bytes.
-    decapsulation_cases(&mut bed, DECAP_TC, [TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT], 34);
+    decapsulation_cases(
+        &mut bed,
+        DECAP_TC,
+        [TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT],
+        34,
+    );
 }
 
 #[test]
@@ -462,19 +587,52 @@ fn several_fans_on_one_host() {
     let mut bed = Bed::new().with_second_fan();
     let (e, s) = (StatReason::Encapsulated, StatReason::Decapsulated);
     // The first fan is unaffected by the second.
-    bed.check(ENCAP_FORWARD, &hex(ENCAP_IN), TC_ACT_REDIRECT, &hex(ENCAP_FORWARD_OUT), e);
+    bed.check(
+        ENCAP_FORWARD,
+        &hex(ENCAP_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_FORWARD_OUT),
+        e,
+    );
     bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_OK, &hex(DECAP_OUT), s);
-    bed.check(ENCAP_FORWARD, &hex(ENCAP2_IN), TC_ACT_REDIRECT, &hex(ENCAP2_OUT), e);
-    bed.check(ENCAP_FORWARD, &hex(ENCAP_CROSS_IN), TC_ACT_REDIRECT, &hex(ENCAP_CROSS_OUT), e);
+    bed.check(
+        ENCAP_FORWARD,
+        &hex(ENCAP2_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP2_OUT),
+        e,
+    );
+    bed.check(
+        ENCAP_FORWARD,
+        &hex(ENCAP_CROSS_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_CROSS_OUT),
+        e,
+    );
     for program in [DECAP_TC, "xdp"] {
-        let (ok, pass, drop) =
-            if program == "xdp" { (XDP_PASS, XDP_PASS, XDP_DROP) } else { (TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT) };
+        let (ok, pass, drop) = if program == "xdp" {
+            (XDP_PASS, XDP_PASS, XDP_DROP)
+        } else {
+            (TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT)
+        };
         bed.check(program, &hex(DECAP2_IN), ok, &hex(DECAP2_OUT), s);
         bed.check(program, &hex(DECAP_CROSS_IN), ok, &hex(DECAP_CROSS_OUT), s);
         let frame = hex(DECAP2_WRONG_LOCAL);
-        bed.check(program, &frame, pass, &frame, StatReason::PassNotLocalUnderlay);
+        bed.check(
+            program,
+            &frame,
+            pass,
+            &frame,
+            StatReason::PassNotLocalUnderlay,
+        );
         let frame = hex(DECAP_CROSS_WRONG_UNDERLAY);
-        bed.check(program, &frame, drop, &frame, StatReason::DropOuterSrcOutsideUnderlay);
+        bed.check(
+            program,
+            &frame,
+            drop,
+            &frame,
+            StatReason::DropOuterSrcOutsideUnderlay,
+        );
     }
 }
 
@@ -485,17 +643,40 @@ fn decapsulation_delivers_straight_to_a_known_container() {
         return;
     }
     let mut bed = Bed::new();
-    let veth = bed.ns.enter(|| topology::ifindex("eth0-peer")).unwrap().unwrap();
+    let veth = bed
+        .ns
+        .enter(|| topology::ifindex("eth0-peer"))
+        .unwrap()
+        .unwrap();
     let container = u32::from_be_bytes([250, 0, 1, 10]).to_be();
-    let endpoint = Endpoint { ifindex: veth, mac: [0x0a, 0, 0, 0, 0, 2], gateway_mac: [0x0a, 0, 0, 0, 0, 1] };
+    let endpoint = Endpoint {
+        ifindex: veth,
+        mac: [0x0a, 0, 0, 0, 0, 2],
+        gateway_mac: [0x0a, 0, 0, 0, 0, 1],
+    };
     bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
     let (d, direct) = (StatReason::Decapsulated, StatReason::DecapsulatedDirect);
-    bed.check_counts(DECAP_TC, &hex(DECAP_IN), TC_ACT_REDIRECT, &hex(DECAP_DIRECT_OUT), &[d, direct]);
+    bed.check_counts(
+        DECAP_TC,
+        &hex(DECAP_IN),
+        TC_ACT_REDIRECT,
+        &hex(DECAP_DIRECT_OUT),
+        &[d, direct],
+    );
     // TTL 1 is the stack's to answer; XDP never takes the shortcut.
-    bed.check(DECAP_TC, &hex(DECAP_TTL1_IN), TC_ACT_OK, &hex(DECAP_TTL1_OUT), d);
+    bed.check(
+        DECAP_TC,
+        &hex(DECAP_TTL1_IN),
+        TC_ACT_OK,
+        &hex(DECAP_TTL1_OUT),
+        d,
+    );
     bed.check("xdp", &hex(DECAP_IN), XDP_PASS, &hex(DECAP_OUT), d);
     // A stale entry (its veth is gone) falls back to the stack.
-    let gone = Endpoint { ifindex: 9999, ..endpoint };
+    let gone = Endpoint {
+        ifindex: 9999,
+        ..endpoint
+    };
     bed.dataplane.insert_endpoint(container, &gone).unwrap();
     bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_OK, &hex(DECAP_OUT), d);
 }

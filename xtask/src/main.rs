@@ -71,7 +71,12 @@ fn main() -> Result<()> {
         Task::Vm { timeout, command } => {
             setup::run()?;
             let payload = vm::test_payload()?;
-            let (status, _) = vm::run_in_vm(&payload, &command.join(" "), std::time::Duration::from_secs(timeout), 4)?;
+            let (status, _) = vm::run_in_vm(
+                &payload,
+                &command.join(" "),
+                std::time::Duration::from_secs(timeout),
+                4,
+            )?;
             if status != 0 {
                 bail!("the command exited with {status} in the VM");
             }
@@ -79,7 +84,14 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup::run()?;
-            cargo(&["build", "--release", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "fan-userspace",
+                "--bin",
+                "fan-xdp",
+            ])?;
             cargo(&["build", "--release", "-p", "fan-tests", "--bin", "fan-demo"])?;
             let status = Command::new(workspace_root().join("target/release/fan-demo"))
                 .status()
@@ -94,8 +106,22 @@ fn main() -> Result<()> {
 
 /// Builds and runs the bench (`--quick`: the smoke run).
 pub fn bench(quick: bool) -> Result<()> {
-    cargo(&["build", "--release", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
-    cargo(&["build", "--release", "-p", "fan-tests", "--bin", "fan-bench"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "fan-userspace",
+        "--bin",
+        "fan-xdp",
+    ])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "fan-tests",
+        "--bin",
+        "fan-bench",
+    ])?;
     let mut cmd = Command::new(workspace_root().join("target/release/fan-bench"));
     if quick {
         cmd.arg("--quick");

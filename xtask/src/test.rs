@@ -25,12 +25,35 @@ pub fn run() -> Result<()> {
     crate::cargo(&["build", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
     let mut totals = Totals::default();
     let mut ok = true;
-    ok &= cargo_test(&["--workspace", "--exclude", "fan-tests", "--exclude", "fan-ebpf"], &[], &mut totals)?;
+    ok &= cargo_test(
+        &[
+            "--workspace",
+            "--exclude",
+            "fan-tests",
+            "--exclude",
+            "fan-ebpf",
+        ],
+        &[],
+        &mut totals,
+    )?;
     // This kernel has no ipip module: the interop tests run in the VM only.
     let host_tests = ["--test", "programs", "--test", "cli", "--test", "netns_fan"];
-    ok &= cargo_test(&[&["-p", "fan-tests"][..], &host_tests].concat(), &["--test-threads=1"], &mut totals)?;
+    ok &= cargo_test(
+        &[&["-p", "fan-tests"][..], &host_tests].concat(),
+        &["--test-threads=1"],
+        &mut totals,
+    )?;
     println!("fan-xdp check on this kernel:");
-    crate::cargo(&["run", "-q", "-p", "fan-userspace", "--bin", "fan-xdp", "--", "check"])?;
+    crate::cargo(&[
+        "run",
+        "-q",
+        "-p",
+        "fan-userspace",
+        "--bin",
+        "fan-xdp",
+        "--",
+        "check",
+    ])?;
     // The bench's smoke run: every path sets up, carries traffic and tears
     // down, the per-packet runs count what they should (no speed asserted).
     println!("bench smoke: cargo xtask bench --quick");
@@ -67,7 +90,8 @@ fn vm_tests(totals: &mut Totals) -> Result<bool> {
     let payload = crate::vm::test_payload()?;
     let command = "./fan-xdp check; fail=0; for t in programs cli netns_fan interop; do \
                    FAN_TEST_BULK_MB=16 deps/$t --test-threads=1 || fail=1; done; exit $fail";
-    let (status, lines) = crate::vm::run_in_vm(&payload, command, std::time::Duration::from_secs(1800), 4)?;
+    let (status, lines) =
+        crate::vm::run_in_vm(&payload, command, std::time::Duration::from_secs(1800), 4)?;
     for line in &lines {
         add_result(line, totals);
     }

@@ -20,14 +20,29 @@ use crate::workspace_root;
 
 /// The modules the tests need, dependencies resolved by modprobe.
 const MODULES: &[&str] = &[
-    "veth", "bridge", "ipip", "nf_tables", "nft_chain_nat", "nft_masq", "sch_ingress", "cls_bpf", "virtio_net",
+    "veth",
+    "bridge",
+    "ipip",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "sch_ingress",
+    "cls_bpf",
+    "virtio_net",
     "virtio_pci",
 ];
 
 /// Host tools copied into the guest, with their shared libraries.
 const TOOLS: &[&str] = &[
-    "/usr/sbin/ip", "/usr/sbin/bridge", "/usr/sbin/nft", "/usr/bin/ping", "/usr/bin/tcpdump", "/usr/bin/iperf3",
-    "/usr/sbin/ethtool", "/usr/bin/setpriv", "/usr/sbin/sysctl",
+    "/usr/sbin/ip",
+    "/usr/sbin/bridge",
+    "/usr/sbin/nft",
+    "/usr/bin/ping",
+    "/usr/bin/tcpdump",
+    "/usr/bin/iperf3",
+    "/usr/sbin/ethtool",
+    "/usr/bin/setpriv",
+    "/usr/sbin/sysctl",
 ];
 
 /// Printed by the guest's init after the command: the host reads the status from it.
@@ -45,7 +60,11 @@ fn vm_dir() -> PathBuf {
 
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -68,16 +87,24 @@ pub fn kernel() -> Result<Kernel> {
         println!("vm: downloading {package}");
         let download = dir.join("download");
         fs::create_dir_all(&download)?;
-        run(Command::new("apt-get").args(["download", &package]).current_dir(&download))?;
+        run(Command::new("apt-get")
+            .args(["download", &package])
+            .current_dir(&download))?;
         let deb = fs::read_dir(&download)?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.to_string_lossy().contains(&version) && p.extension().is_some_and(|e| e == "deb"))
+            .find(|p| {
+                p.to_string_lossy().contains(&version) && p.extension().is_some_and(|e| e == "deb")
+            })
             .context("the downloaded kernel package")?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
         run(Command::new("depmod").arg("-b").arg(&root).arg(&version))?;
     }
-    Ok(Kernel { version, image, root })
+    Ok(Kernel {
+        version,
+        image,
+        root,
+    })
 }
 
 /// The guest's modules in load order.
@@ -90,7 +117,10 @@ fn module_order(kernel: &Kernel) -> Result<Vec<PathBuf>> {
             .arg(&kernel.root)
             .args(["-S", &kernel.version, module]))?;
         for line in out.lines() {
-            if let Some(path) = line.strip_prefix("insmod ").map(|p| p.split_whitespace().next().unwrap_or(p)) {
+            if let Some(path) = line
+                .strip_prefix("insmod ")
+                .map(|p| p.split_whitespace().next().unwrap_or(p))
+            {
                 if seen.insert(path.to_string()) {
                     order.push(PathBuf::from(path));
                 }
@@ -107,7 +137,12 @@ fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     Ok(text
         .lines()
         .filter_map(|l| {
-            let path = l.split("=>").nth(1).unwrap_or(l).split_whitespace().next()?;
+            let path = l
+                .split("=>")
+                .nth(1)
+                .unwrap_or(l)
+                .split_whitespace()
+                .next()?;
             path.starts_with('/').then(|| PathBuf::from(path))
         })
         .collect())
@@ -122,13 +157,29 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Self {
-        Self { out: Vec::new(), inode: 1, dirs: BTreeSet::new() }
+        Self {
+            out: Vec::new(),
+            inode: 1,
+            dirs: BTreeSet::new(),
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
         let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.inode, mode, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+            self.inode,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
         );
         self.inode += 1;
         self.out.extend_from_slice(header.as_bytes());
@@ -147,7 +198,10 @@ impl Cpio {
 
     fn dir(&mut self, path: &Path) {
         for ancestor in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
-            let s = ancestor.to_string_lossy().trim_start_matches('/').to_string();
+            let s = ancestor
+                .to_string_lossy()
+                .trim_start_matches('/')
+                .to_string();
             if !s.is_empty() && self.dirs.insert(ancestor.to_path_buf()) {
                 self.entry(&s, 0o040755, &[]);
             }
@@ -180,10 +234,13 @@ impl Cpio {
 /// `payload` (host path, guest path) and an init that runs `command`.
 fn initramfs(kernel: &Kernel, payload: &[(PathBuf, String)], command: &str) -> Result<PathBuf> {
     let mut cpio = Cpio::new();
-    for dir in ["/proc", "/sys", "/dev", "/tmp", "/run", "/var", "/etc", "/root"] {
+    for dir in [
+        "/proc", "/sys", "/dev", "/tmp", "/run", "/var", "/etc", "/root",
+    ] {
         cpio.dir(Path::new(dir));
     }
-    cpio.copy(Path::new("/bin/busybox"), "/bin/busybox").context("busybox-static (cargo xtask setup)")?;
+    cpio.copy(Path::new("/bin/busybox"), "/bin/busybox")
+        .context("busybox-static (cargo xtask setup)")?;
     let mut libs = BTreeSet::new();
     for tool in TOOLS {
         cpio.copy(Path::new(tool), tool)?;
@@ -194,7 +251,13 @@ fn initramfs(kernel: &Kernel, payload: &[(PathBuf, String)], command: &str) -> R
     for (host, guest) in payload {
         // Debug info would make the initramfs hundreds of MB.
         let small = stripped.join(host.file_name().context("payload file name")?);
-        let ok = Command::new("strip").arg("--strip-debug").arg("-o").arg(&small).arg(host).status().is_ok_and(|s| s.success());
+        let ok = Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&small)
+            .arg(host)
+            .status()
+            .is_ok_and(|s| s.success());
         cpio.copy(if ok { &small } else { host }, guest)?;
         libs.extend(libraries(host)?);
     }
@@ -205,11 +268,18 @@ fn initramfs(kernel: &Kernel, payload: &[(PathBuf, String)], command: &str) -> R
     let modules = module_order(kernel)?;
     let mut load = String::new();
     for module in &modules {
-        let guest = format!("/modules/{}", module.file_name().unwrap_or_default().to_string_lossy());
+        let guest = format!(
+            "/modules/{}",
+            module.file_name().unwrap_or_default().to_string_lossy()
+        );
         cpio.copy(module, &guest)?;
         load += &format!("insmod {guest} || echo \"vm: insmod {guest} failed\"\n");
     }
-    cpio.file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n", false);
+    cpio.file(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+        false,
+    );
     cpio.file("/etc/group", b"root:x:0:\nnogroup:x:65534:\n", false);
     let init = format!(
         "#!/bin/busybox sh\n\
@@ -241,7 +311,17 @@ fn initramfs(kernel: &Kernel, payload: &[(PathBuf, String)], command: &str) -> R
 fn kvm_works() -> bool {
     Path::new("/dev/kvm").exists()
         && Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35,accel=kvm", "-cpu", "max", "-nographic", "-nodefaults", "-S", "-display", "none"])
+            .args([
+                "-machine",
+                "q35,accel=kvm",
+                "-cpu",
+                "max",
+                "-nographic",
+                "-nodefaults",
+                "-S",
+                "-display",
+                "none",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -261,24 +341,59 @@ fn kvm_works() -> bool {
 /// `payload` is copied into the guest; `nics` adds that many virtio-net
 /// devices, each pair (0-1, 2-3, ...) joined by a qemu hub of its own: real
 /// NIC drivers and separate segments for the tests to wire namespaces to.
-pub fn run_in_vm(payload: &[(PathBuf, String)], command: &str, limit: Duration, nics: usize) -> Result<(i32, Vec<String>)> {
+pub fn run_in_vm(
+    payload: &[(PathBuf, String)],
+    command: &str,
+    limit: Duration,
+    nics: usize,
+) -> Result<(i32, Vec<String>)> {
     let kernel = kernel()?;
     let initrd = initramfs(&kernel, payload, command)?;
     let accel = if kvm_works() { "kvm" } else { "tcg" };
-    println!("vm: booting {} under {accel} (limit {} s)", kernel.version, limit.as_secs());
+    println!(
+        "vm: booting {} under {accel} (limit {} s)",
+        kernel.version,
+        limit.as_secs()
+    );
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", &format!("q35,accel={accel}"), "-cpu", "max", "-smp", "2", "-m", "3072"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel.image)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
+    cmd.args([
+        "-machine",
+        &format!("q35,accel={accel}"),
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "3072",
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(&kernel.image)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
     for i in 0..nics {
         cmd.args(["-netdev", &format!("hubport,id=n{i},hubid={}", i / 2)]);
-        cmd.args(["-device", &format!("virtio-net-pci,netdev=n{i},mac=52:54:00:fa:00:{:02x}", i + 1)]);
+        cmd.args([
+            "-device",
+            &format!(
+                "virtio-net-pci,netdev=n{i},mac=52:54:00:fa:00:{:02x}",
+                i + 1
+            ),
+        ]);
     }
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
     let log_path = vm_dir().join("console.log");
     let mut log = fs::File::create(&log_path)?;
     let stdout = child.stdout.take().context("qemu stdout")?;
@@ -307,7 +422,10 @@ pub fn run_in_vm(payload: &[(PathBuf, String)], command: &str, limit: Duration, 
                 lines.push(line.clone());
                 if line.contains("Kernel panic") {
                     let _ = child.kill();
-                    bail!("the guest kernel panicked; console log: {}", log_path.display());
+                    bail!(
+                        "the guest kernel panicked; console log: {}",
+                        log_path.display()
+                    );
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -315,13 +433,22 @@ pub fn run_in_vm(payload: &[(PathBuf, String)], command: &str, limit: Duration, 
                 if Instant::now() >= deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    bail!("the guest hung: no exit after {} s; console log: {}", limit.as_secs(), log_path.display());
+                    bail!(
+                        "the guest hung: no exit after {} s; console log: {}",
+                        limit.as_secs(),
+                        log_path.display()
+                    );
                 }
             }
         }
     }
     let _ = child.wait();
-    let status = status.with_context(|| format!("the guest stopped without an exit status; console log: {}", log_path.display()))?;
+    let status = status.with_context(|| {
+        format!(
+            "the guest stopped without an exit status; console log: {}",
+            log_path.display()
+        )
+    })?;
     Ok((status, lines))
 }
 
@@ -329,7 +456,13 @@ pub fn run_in_vm(payload: &[(PathBuf, String)], command: &str, limit: Duration, 
 pub fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["test", "-p", "fan-tests", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "fan-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()
@@ -337,10 +470,15 @@ pub fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     ensure!(out.status.success(), "building the test executables failed");
     let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] == "compiler-artifact"
-            && msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
-            && let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str())
+            && msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"))
+            && let (Some(name), Some(exe)) =
+                (msg["target"]["name"].as_str(), msg["executable"].as_str())
         {
             exes.push((name.to_string(), PathBuf::from(exe)));
         }
@@ -352,7 +490,10 @@ pub fn test_executables() -> Result<Vec<(String, PathBuf)>> {
 /// tests expect (`fan-xdp` one level above the executables' `deps/`).
 pub fn test_payload() -> Result<Vec<(PathBuf, String)>> {
     crate::cargo(&["build", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
-    let mut payload = vec![(workspace_root().join("target/debug/fan-xdp"), "/fan/fan-xdp".to_string())];
+    let mut payload = vec![(
+        workspace_root().join("target/debug/fan-xdp"),
+        "/fan/fan-xdp".to_string(),
+    )];
     for (name, exe) in test_executables()? {
         payload.push((exe, format!("/fan/deps/{name}")));
     }

@@ -4,12 +4,7 @@
 //! Also the per-packet cost of each program, and how it scales with the
 //! number of overlays and of hosts. `--quick` is a short smoke run.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::Ipv4Addr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions};
@@ -57,15 +52,37 @@ fn main() -> Result<()> {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let cfg = if quick {
-        Config { runs: 1, seconds: 2, test_runs: 2_000, big_fleet: 8 }
+        Config {
+            runs: 1,
+            seconds: 2,
+            test_runs: 2_000,
+            big_fleet: 8,
+        }
     } else {
-        Config { runs: 5, seconds: 10, test_runs: 20_000, big_fleet: 32 }
+        Config {
+            runs: 5,
+            seconds: 10,
+            test_runs: 20_000,
+            big_fleet: 32,
+        }
     };
     let _stats = BpfStats::enable()?;
     let mut report = String::new();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_string();
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    writeln!(report, "# fan-xdp bench\n\nKernel {kernel}, {cpus} CPUs, {} run(s) of {} s per path{}.\n", cfg.runs, cfg.seconds, if quick { " (--quick: a smoke run, not a measurement)" } else { "" })?;
+    writeln!(
+        report,
+        "# fan-xdp bench\n\nKernel {kernel}, {cpus} CPUs, {} run(s) of {} s per path{}.\n",
+        cfg.runs,
+        cfg.seconds,
+        if quick {
+            " (--quick: a smoke run, not a measurement)"
+        } else {
+            ""
+        }
+    )?;
 
     let samples = paths(&cfg)?;
     let table = path_table(&samples);
@@ -88,7 +105,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("report.md"), &report)?;
     chart(&samples, &dir.join("throughput.png"))?;
-    println!("Written: {0}/report.md and {0}/throughput.png", dir.canonicalize()?.display());
+    println!(
+        "Written: {0}/report.md and {0}/throughput.png",
+        dir.canonicalize()?.display()
+    );
     Ok(())
 }
 
@@ -118,12 +138,20 @@ fn program_time(prefix: &str) -> (u64, u64) {
     aya::programs::loaded_programs()
         .flatten()
         .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with(prefix)))
-        .fold((0, 0), |(t, c), p| (t + p.run_time().as_nanos() as u64, c + p.run_count()))
+        .fold((0, 0), |(t, c), p| {
+            (t + p.run_time().as_nanos() as u64, c + p.run_count())
+        })
 }
 
 fn paths(cfg: &Config) -> Result<BTreeMap<String, (Path, Vec<Sample>)>> {
     let fleet = bench_fleet(2, 1)?;
-    let mut paths = vec![Path::Routing, Path::Vxlan, Path::FanXdp, Path::FanTc, Path::FanTcStack];
+    let mut paths = vec![
+        Path::Routing,
+        Path::Vxlan,
+        Path::FanXdp,
+        Path::FanTc,
+        Path::FanTcStack,
+    ];
     let ipip = kernel_has_ipip(&fleet.hosts[0].ns);
     if ipip {
         paths.insert(2, Path::KernelIpip);
@@ -142,7 +170,11 @@ fn paths(cfg: &Config) -> Result<BTreeMap<String, (Path, Vec<Sample>)>> {
             }
             let sample = measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr);
             active.teardown(&fleet)?;
-            samples.entry(path.to_string()).or_insert((path, Vec::new())).1.push(sample?);
+            samples
+                .entry(path.to_string())
+                .or_insert((path, Vec::new()))
+                .1
+                .push(sample?);
         }
     }
     Ok(samples)
@@ -160,11 +192,26 @@ fn wait_for_direct_delivery(fleet: &Fleet, client: &Netns, addr: Ipv4Addr) -> Re
     bail!("fan-xdp run did not learn the container's endpoint")
 }
 
-fn measure(cfg: &Config, fleet: &Fleet, path: Path, client: &Netns, server: &Netns, addr: Ipv4Addr) -> Result<Sample> {
+fn measure(
+    cfg: &Config,
+    fleet: &Fleet,
+    path: Path,
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+) -> Result<Sample> {
     let fan = matches!(path, Path::FanXdp | Path::FanTc | Path::FanTcStack);
-    let decap_prefix = if path == Path::FanXdp { "fan_decap_xdp" } else { "fan_decap_tc" };
+    let decap_prefix = if path == Path::FanXdp {
+        "fan_decap_xdp"
+    } else {
+        "fan_decap_tc"
+    };
     let before = (program_time("fan_encap_forw"), program_time(decap_prefix));
-    let decapsulated_before = if fan { counter(&fleet.hosts[1], StatReason::Decapsulated)? } else { 0 };
+    let decapsulated_before = if fan {
+        counter(&fleet.hosts[1], StatReason::Decapsulated)?
+    } else {
+        0
+    };
     let (tcp1, retransmits) = iperf3_tcp(server, client, addr, cfg.seconds, 1)?;
     let retransmits = retransmits as f64;
     let after = (program_time("fan_encap_forw"), program_time(decap_prefix));
@@ -174,14 +221,31 @@ fn measure(cfg: &Config, fleet: &Fleet, path: Path, client: &Netns, server: &Net
     });
     if path == Path::FanXdp {
         // The XDP figures must be XDP's: attached in driver mode, and counting.
-        let link = fleet.hosts[1].ns.ip(&["-d", "link", "show", "dev", "eth0"])?;
-        ensure!(link.contains("prog/xdp") && !link.contains("xdpgeneric"), "XDP not in driver mode: {link}");
-        ensure!(counter(&fleet.hosts[1], StatReason::Decapsulated)? > decapsulated_before, "XDP counters did not move");
+        let link = fleet.hosts[1]
+            .ns
+            .ip(&["-d", "link", "show", "dev", "eth0"])?;
+        ensure!(
+            link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+            "XDP not in driver mode: {link}"
+        );
+        ensure!(
+            counter(&fleet.hosts[1], StatReason::Decapsulated)? > decapsulated_before,
+            "XDP counters did not move"
+        );
     }
     let tcp4 = iperf3(server, client, addr, cfg.seconds, 4)?;
     let udp_kpps = udp_pps(server, client, addr, cfg.seconds.min(5), 64)? / 1e3;
     let (rr_tps, rr_p50, rr_p99) = tcp_rr(server, client, addr, cfg.seconds.min(5))?;
-    Ok(Sample { tcp1, retransmits, tcp4, udp_kpps, rr_tps, rr_p50, rr_p99, bpf_ns })
+    Ok(Sample {
+        tcp1,
+        retransmits,
+        tcp4,
+        udp_kpps,
+        rr_tps,
+        rr_p50,
+        rr_p99,
+        bpf_ns,
+    })
 }
 
 fn counter(host: &topology::Host, reason: StatReason) -> Result<u64> {
@@ -200,7 +264,11 @@ fn median(values: &mut [f64]) -> f64 {
 fn stat(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
     let mut v: Vec<f64> = samples.iter().map(field).collect();
     let m = median(&mut v);
-    (m, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+    (
+        m,
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN),
+    )
 }
 
 fn routing(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> &[Sample] {
@@ -249,7 +317,10 @@ fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
 }
 
 fn order(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> Vec<(String, &Vec<Sample>)> {
-    let mut v: Vec<_> = samples.iter().map(|(k, (p, s))| (*p as u8, k.clone(), s)).collect();
+    let mut v: Vec<_> = samples
+        .iter()
+        .map(|(k, (p, s))| (*p as u8, k.clone(), s))
+        .collect();
     v.sort_by_key(|(p, _, _)| *p);
     v.into_iter().map(|(_, k, s)| (k, s)).collect()
 }
@@ -258,17 +329,36 @@ fn order(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> Vec<(String, &Vec<S
 /// host 198.18.0.1 with `extra` more overlays in the LPM trie.
 fn cost_bed(extra: u32) -> Result<(Netns, Dataplane)> {
     let ns = Netns::new("cost")?;
-    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"])?;
+    ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0-peer",
+    ])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
     let ifindex = ns.enter(|| topology::ifindex("eth0"))??;
     let mut dp = Dataplane::load(0)?;
     let local = u32::from_be_bytes([198, 18, 0, 1]);
-    dp.insert_fan(&FanEntry { map: topology::fan_map(), local_host: local, underlay_ifindex: ifindex, overlay_mtu: 1480 })?;
+    dp.insert_fan(&FanEntry {
+        map: topology::fan_map(),
+        local_host: local,
+        underlay_ifindex: ifindex,
+        overlay_mtu: 1480,
+    })?;
     for k in 0..extra {
         // 251.k.0.0/16 and up over 198.19.0.0/24: disjoint from 250/8 and each other.
         let overlay = u32::from_be_bytes([251 + (k / 256) as u8, (k % 256) as u8, 0, 0]);
         let map = FanMap::new(overlay, 16, u32::from_be_bytes([198, 19, 0, 0]), 24);
-        dp.insert_fan(&FanEntry { map, local_host: u32::from_be_bytes([198, 19, 0, 1]), underlay_ifindex: ifindex, overlay_mtu: 1480 })?;
+        dp.insert_fan(&FanEntry {
+            map,
+            local_host: u32::from_be_bytes([198, 19, 0, 1]),
+            underlay_ifindex: ifindex,
+            overlay_mtu: 1480,
+        })?;
     }
     Ok((ns, dp))
 }
@@ -277,13 +367,24 @@ fn cost_bed(extra: u32) -> Result<(Netns, Dataplane)> {
 /// `frame` (BPF_PROG_TEST_RUN copies data_in every call; repeat > 1 would
 /// run later repetitions on the previous one's output). Returns the count of
 /// `expect` as proof every run took the intended path.
-fn cost(ns: &Netns, dp: &mut Dataplane, program: &str, frame: &[u8], n: u32, expect: Option<StatReason>) -> Result<f64> {
+fn cost(
+    ns: &Netns,
+    dp: &mut Dataplane,
+    program: &str,
+    frame: &[u8],
+    n: u32,
+    expect: Option<StatReason>,
+) -> Result<f64> {
     let before = dp.stats()?;
     let mut total = Duration::ZERO;
     let mut out = vec![0u8; frame.len() + 64];
     ns.enter(|| -> Result<()> {
         for _ in 0..n {
-            let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            };
             let result = match program {
                 "xdp" => dp.xdp()?.test_run(opts)?,
                 "xdp-pass" => dp.baseline_xdp()?.test_run(opts)?,
@@ -295,57 +396,111 @@ fn cost(ns: &Netns, dp: &mut Dataplane, program: &str, frame: &[u8], n: u32, exp
     })??;
     if let Some(reason) = expect {
         let counted = dp.stats()?.since(&before).get(reason).packets;
-        ensure!(counted == n as u64, "{program}: {counted} of {n} runs counted {}", reason.name());
+        ensure!(
+            counted == n as u64,
+            "{program}: {counted} of {n} runs counted {}",
+            reason.name()
+        );
     }
     Ok(total.as_nanos() as f64 / n as f64)
 }
 
 fn per_packet(cfg: &Config) -> Result<String> {
-    let mut out = String::from("\n## Per-packet cost (BPF_PROG_TEST_RUN, mean ns per run, each run on the original frame)\n\n| case | 1 overlay | 16 overlays | 256 overlays |\n|---|---|---|---|\n");
+    let mut out = String::from(
+        "\n## Per-packet cost (BPF_PROG_TEST_RUN, mean ns per run, each run on the original frame)\n\n| case | 1 overlay | 16 overlays | 256 overlays |\n|---|---|---|---|\n",
+    );
     let cases: [(&str, &str, &str, Option<StatReason>); 6] = [
-        ("encapsulation (TC)", ENCAP_FORWARD, ENCAP_IN, Some(StatReason::Encapsulated)),
-        ("decapsulation (TC)", DECAP_TC, DECAP_IN, Some(StatReason::Decapsulated)),
-        ("decapsulation (XDP)", "xdp", DECAP_IN, Some(StatReason::Decapsulated)),
-        ("pass-through, non-fan (TC)", DECAP_TC, UNDERLAY_PING, Some(StatReason::PassNotIpip)),
-        ("pass-through, non-fan (XDP)", "xdp", UNDERLAY_PING, Some(StatReason::PassNotIpip)),
+        (
+            "encapsulation (TC)",
+            ENCAP_FORWARD,
+            ENCAP_IN,
+            Some(StatReason::Encapsulated),
+        ),
+        (
+            "decapsulation (TC)",
+            DECAP_TC,
+            DECAP_IN,
+            Some(StatReason::Decapsulated),
+        ),
+        (
+            "decapsulation (XDP)",
+            "xdp",
+            DECAP_IN,
+            Some(StatReason::Decapsulated),
+        ),
+        (
+            "pass-through, non-fan (TC)",
+            DECAP_TC,
+            UNDERLAY_PING,
+            Some(StatReason::PassNotIpip),
+        ),
+        (
+            "pass-through, non-fan (XDP)",
+            "xdp",
+            UNDERLAY_PING,
+            Some(StatReason::PassNotIpip),
+        ),
         ("baseline: XDP_PASS only", "xdp-pass", DECAP_IN, None),
     ];
     let mut rows: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for extra in [0, 15, 255] {
         let (ns, mut dp) = cost_bed(extra)?;
         for (i, (_, program, frame, expect)) in cases.iter().enumerate() {
-            rows[i].push(cost(&ns, &mut dp, program, &hex(frame), cfg.test_runs, *expect)?);
+            rows[i].push(cost(
+                &ns,
+                &mut dp,
+                program,
+                &hex(frame),
+                cfg.test_runs,
+                *expect,
+            )?);
         }
     }
     for ((name, ..), row) in cases.iter().zip(&rows) {
-        out += &format!("| {name} | {:.0} | {:.0} | {:.0} |\n", row[0], row[1], row[2]);
+        out += &format!(
+            "| {name} | {:.0} | {:.0} | {:.0} |\n",
+            row[0], row[1], row[2]
+        );
     }
     let ratio = rows[2][0] / rows[5][0];
-    out += &format!("\nXDP decapsulation costs {ratio:.2}x the XDP_PASS-only program on the same frame.\n");
+    out += &format!(
+        "\nXDP decapsulation costs {ratio:.2}x the XDP_PASS-only program on the same frame.\n"
+    );
     Ok(out)
 }
 
 /// Aggregate fan throughput with every host sending to the next at once.
 fn fleet_scaling(cfg: &Config) -> Result<String> {
-    let mut out = String::from("\n## Fleet size (fan-xdp TC + direct delivery, every host sends to the next at once)\n\n| hosts | aggregate Gbit/s | per pair |\n|---|---|---|\n");
+    let mut out = String::from(
+        "\n## Fleet size (fan-xdp TC + direct delivery, every host sends to the next at once)\n\n| hosts | aggregate Gbit/s | per pair |\n|---|---|---|\n",
+    );
     for hosts in [2u8, cfg.big_fleet] {
         eprintln!("fleet of {hosts}");
         let fleet = bench_fleet(hosts, 1)?;
         let active = Active::setup(&fleet, Path::FanTc)?;
         let n = fleet.hosts.len();
         for i in 0..n {
-            let (from, to) = (&fleet.hosts[i].containers[0], &fleet.hosts[(i + 1) % n].containers[0]);
+            let (from, to) = (
+                &fleet.hosts[i].containers[0],
+                &fleet.hosts[(i + 1) % n].containers[0],
+            );
             fan_tests::traffic::ping(&from.ns, to.addr, 1)?;
         }
         std::thread::sleep(Duration::from_millis(1500));
         let total: f64 = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..n)
                 .map(|i| {
-                    let (from, to) = (&fleet.hosts[i].containers[0], &fleet.hosts[(i + 1) % n].containers[0]);
+                    let (from, to) = (
+                        &fleet.hosts[i].containers[0],
+                        &fleet.hosts[(i + 1) % n].containers[0],
+                    );
                     scope.spawn(move || iperf3(&to.ns, &from.ns, to.addr, cfg.seconds.min(5), 1))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("iperf3 thread")).collect::<Result<Vec<f64>>>()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("iperf3 thread"))
+                .collect::<Result<Vec<f64>>>()
         })?
         .iter()
         .sum();
@@ -364,12 +519,23 @@ fn targets(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
     let checks = [
         ("TCP 1 stream >= 1.05x routing", r(fan, |s| s.tcp1), 1.05),
         ("TCP 4 streams >= 1.05x routing", r(fan, |s| s.tcp4), 1.05),
-        ("request/response >= 1.2x routing", r(fan, |s| s.rr_tps), 1.2),
-        ("TCP 1 stream >= 1.25x kernel VXLAN", stat(fan, |s| s.tcp1).0 / stat(vxlan, |s| s.tcp1).0, 1.25),
+        (
+            "request/response >= 1.2x routing",
+            r(fan, |s| s.rr_tps),
+            1.2,
+        ),
+        (
+            "TCP 1 stream >= 1.25x kernel VXLAN",
+            stat(fan, |s| s.tcp1).0 / stat(vxlan, |s| s.tcp1).0,
+            1.25,
+        ),
     ];
     let mut out = String::from("\n## Targets (fan-xdp TC + direct delivery)\n\n");
     for (name, value, goal) in checks {
-        out += &format!("- {name}: {value:.2}x, {}\n", if value >= goal { "met" } else { "NOT met" });
+        out += &format!(
+            "- {name}: {value:.2}x, {}\n",
+            if value >= goal { "met" } else { "NOT met" }
+        );
     }
     out
 }
@@ -378,8 +544,12 @@ fn chart(samples: &BTreeMap<String, (Path, Vec<Sample>)>, file: &std::path::Path
     use plotters::prelude::*;
     let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
         .context("DejaVu Sans for the chart (install fonts-dejavu-core: cargo xtask setup)")?;
-    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
-        .map_err(|_| anyhow::anyhow!("registering the chart font"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("registering the chart font"))?;
     let base = stat(routing(samples), |s| s.tcp1).0;
     let bars: Vec<(String, f64)> = order(samples)
         .into_iter()
@@ -390,7 +560,10 @@ fn chart(samples: &BTreeMap<String, (Path, Vec<Sample>)>, file: &std::path::Path
     root.fill(&WHITE)?;
     let top = bars.iter().map(|b| b.1).fold(1.2, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&root)
-        .caption("TCP throughput, 1 stream, ratio to plain routing", ("sans-serif", 22))
+        .caption(
+            "TCP throughput, 1 stream, ratio to plain routing",
+            ("sans-serif", 22),
+        )
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(300)
@@ -405,11 +578,25 @@ fn chart(samples: &BTreeMap<String, (Path, Vec<Sample>)>, file: &std::path::Path
         .x_desc("x plain routing")
         .draw()?;
     chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        let color = if i == 0 { RGBColor(150, 150, 150) } else { RGBColor(40, 110, 190) };
-        Rectangle::new([(0.0, SegmentValue::Exact(i)), (*v, SegmentValue::Exact(i + 1))], color.filled())
+        let color = if i == 0 {
+            RGBColor(150, 150, 150)
+        } else {
+            RGBColor(40, 110, 190)
+        };
+        Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (*v, SegmentValue::Exact(i + 1)),
+            ],
+            color.filled(),
+        )
     }))?;
     chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Text::new(format!("{v:.2}x"), (*v + top * 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 16))
+        Text::new(
+            format!("{v:.2}x"),
+            (*v + top * 0.01, SegmentValue::CenterOf(i)),
+            ("sans-serif", 16),
+        )
     }))?;
     root.present()?;
     Ok(())

@@ -21,7 +21,10 @@ fn main() -> Result<()> {
         bail!("the demo builds network namespaces and loads BPF programs: run it as root");
     }
     let overlay = format!("{}/{}", OVERLAY.0, OVERLAY.1);
-    println!("Building {HOSTS} hosts with {CONTAINERS} containers each: underlay {}/{}, overlay {overlay}", UNDERLAY.0, UNDERLAY.1);
+    println!(
+        "Building {HOSTS} hosts with {CONTAINERS} containers each: underlay {}/{}, overlay {overlay}",
+        UNDERLAY.0, UNDERLAY.1
+    );
     let fleet = Fleet::new(HOSTS)?;
     for host in &fleet.hosts {
         add_bridge(host)?;
@@ -29,7 +32,10 @@ fn main() -> Result<()> {
     let fleet = fleet.with_containers(CONTAINERS)?;
     let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
 
-    println!("\n1. Plain routes between the slices (no encapsulation): iperf3 {} -> {}, {SECONDS} s", client.addr, server.addr);
+    println!(
+        "\n1. Plain routes between the slices (no encapsulation): iperf3 {} -> {}, {SECONDS} s",
+        client.addr, server.addr
+    );
     fleet.route_slices()?;
     let routed = iperf3(&server.ns, &client.ns, server.addr, SECONDS, 1)?;
     println!("   {routed:.2} Gbit/s");
@@ -37,9 +43,16 @@ fn main() -> Result<()> {
 
     println!("\n2. fan-xdp attach eth0 --overlay {overlay} on every host:");
     for host in &fleet.hosts {
-        print!("   {}", host.fan_xdp_ok(&["attach", "eth0", "--overlay", &overlay])?);
+        print!(
+            "   {}",
+            host.fan_xdp_ok(&["attach", "eth0", "--overlay", &overlay])?
+        );
     }
-    let daemons = fleet.hosts.iter().map(|h| h.fan_xdp_run()).collect::<Result<Vec<_>>>()?;
+    let daemons = fleet
+        .hosts
+        .iter()
+        .map(|h| h.fan_xdp_run())
+        .collect::<Result<Vec<_>>>()?;
     println!("\n   fan-xdp show (on h1):");
     for line in fleet.hosts[0].fan_xdp_ok(&["show"])?.lines() {
         println!("   {line}");
@@ -47,20 +60,35 @@ fn main() -> Result<()> {
 
     println!("\n3. Every container pings every other:");
     let mut failures = 0;
-    let all: Vec<_> = fleet.hosts.iter().flat_map(|h| h.containers.iter()).collect();
+    let all: Vec<_> = fleet
+        .hosts
+        .iter()
+        .flat_map(|h| h.containers.iter())
+        .collect();
     for from in &all {
         let mut row = format!("   {:<12}", from.addr.to_string());
         for to in all.iter().filter(|t| t.addr != from.addr) {
             let ok = ping(&from.ns, to.addr, 1)?;
             failures += usize::from(!ok);
-            row += &format!(" {}{}", to.addr.octets()[2..].iter().map(u8::to_string).collect::<Vec<_>>().join("."), if ok { "✓" } else { "✗" });
+            row += &format!(
+                " {}{}",
+                to.addr.octets()[2..]
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join("."),
+                if ok { "✓" } else { "✗" }
+            );
         }
         println!("{row}");
     }
 
     println!("\n4. The same iperf3 run over the fan:");
     let fan = iperf3(&server.ns, &client.ns, server.addr, SECONDS, 1)?;
-    println!("   {fan:.2} Gbit/s over the fan, {routed:.2} Gbit/s over plain routes: {:.2}x", fan / routed);
+    println!(
+        "   {fan:.2} Gbit/s over the fan, {routed:.2} Gbit/s over plain routes: {:.2}x",
+        fan / routed
+    );
 
     println!("\n   fan-xdp stats (on h1, non-zero):");
     for line in fleet.hosts[0].fan_xdp_ok(&["stats"])?.lines().skip(1) {
