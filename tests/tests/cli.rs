@@ -738,3 +738,30 @@ fn direct_delivery_follows_containers_and_never_misdelivers() {
         host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     }
 }
+
+#[test]
+fn verbose_shows_the_programs_debug_events() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.fan_xdp_ok(&["-v", "attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let watcher = host
+        .ns
+        .command(binary.to_str().unwrap())
+        .args(["-v", "stats", "--watch", "--count", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // 250.0.0.5 maps to the underlay's network address: dropped, with a debug event.
+    assert!(!ping(&host.ns, "250.0.0.5".parse().unwrap(), 2).unwrap());
+    let out = watcher.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let event = format!("encap drop: reason {}", fan_common::StatReason::DropReservedHost as u32);
+    assert!(log.contains(&event), "no eBPF debug event in: {log}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
