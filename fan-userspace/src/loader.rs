@@ -313,13 +313,16 @@ impl Dataplane {
         Ok(program.info()?.tag())
     }
 
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("no map {name} in the object"))
+    }
+
     /// Writes fan-xdp's record of a fan.
     pub fn insert_meta(&mut self, key: FanMetaKey, meta: &FanMeta) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(META_MAP)
-            .ok_or_else(|| anyhow!("no map {META_MAP}"))?;
-        let mut records: BpfHashMap<_, FanMetaKey, FanMeta> = BpfHashMap::try_from(map)?;
+        let mut records: BpfHashMap<_, FanMetaKey, FanMeta> =
+            BpfHashMap::try_from(self.map_mut(META_MAP)?)?;
         records
             .insert(key, meta, 0)
             .context("writing the fan record")?;
@@ -328,11 +331,8 @@ impl Dataplane {
 
     /// Points direct delivery of `addr` (network byte order) at `endpoint`.
     pub fn insert_endpoint(&mut self, addr: u32, endpoint: &Endpoint) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(ENDPOINTS_MAP)
-            .ok_or_else(|| anyhow!("no map {ENDPOINTS_MAP}"))?;
-        let mut endpoints: BpfHashMap<_, u32, Endpoint> = BpfHashMap::try_from(map)?;
+        let mut endpoints: BpfHashMap<_, u32, Endpoint> =
+            BpfHashMap::try_from(self.map_mut(ENDPOINTS_MAP)?)?;
         endpoints
             .insert(addr, endpoint, 0)
             .context("writing an endpoint")?;
@@ -341,11 +341,7 @@ impl Dataplane {
 
     /// Adds or replaces the fan whose overlay is `entry.map.overlay`.
     pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(CONFIG_MAP)
-            .ok_or_else(|| anyhow!("no map {CONFIG_MAP}"))?;
-        let mut trie: LpmTrie<_, u32, FanEntry> = LpmTrie::try_from(map)?;
+        let mut trie: LpmTrie<_, u32, FanEntry> = LpmTrie::try_from(self.map_mut(CONFIG_MAP)?)?;
         trie.insert(
             &overlay_key(entry.map.overlay, entry.map.overlay_len),
             entry,

@@ -39,6 +39,35 @@ impl fmt::Display for Path {
     }
 }
 
+/// Makes `host` a member of the fan the way the original Ubuntu Fan did, on
+/// the wire: Linux's ipip driver in NBMA mode (`remote any`) and one route per
+/// remote slice via that slice's underlay host.
+pub fn kernel_ipip_host(fleet: &Fleet, host: &Host) -> Result<()> {
+    let ns = &host.ns;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    let local = host.underlay_addr.to_string();
+    ns.ip(&[
+        "link", "add", "fan-ipip", "type", "ipip", "remote", "any", "local", &local, "dev", "eth0",
+    ])?;
+    ns.ip(&["link", "set", "fan-ipip", "mtu", "1480", "up"])?;
+    ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+    ns.sysctl("net.ipv4.conf.fan-ipip.rp_filter", "0")?;
+    for other in others(fleet, host) {
+        let via = other.underlay_addr.to_string();
+        ns.ip(&[
+            "route",
+            "add",
+            &slice(other),
+            "via",
+            &via,
+            "dev",
+            "fan-ipip",
+            "onlink",
+        ])?;
+    }
+    Ok(())
+}
+
 /// A configured path; `teardown` restores the plain fleet (bridges, no routes).
 pub struct Active {
     pub path: Path,
@@ -164,36 +193,7 @@ impl Active {
             }
             Path::KernelIpip => {
                 for host in &fleet.hosts {
-                    let ns = &host.ns;
-                    ns.sysctl("net.ipv4.ip_forward", "1")?;
-                    ns.ip(&[
-                        "link",
-                        "add",
-                        "fan-ipip",
-                        "type",
-                        "ipip",
-                        "remote",
-                        "any",
-                        "local",
-                        &host.underlay_addr.to_string(),
-                        "dev",
-                        "eth0",
-                    ])?;
-                    ns.ip(&["link", "set", "fan-ipip", "mtu", "1480", "up"])?;
-                    ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
-                    ns.sysctl("net.ipv4.conf.fan-ipip.rp_filter", "0")?;
-                    for other in others(fleet, host) {
-                        ns.ip(&[
-                            "route",
-                            "add",
-                            &slice(other),
-                            "via",
-                            &other.underlay_addr.to_string(),
-                            "dev",
-                            "fan-ipip",
-                            "onlink",
-                        ])?;
-                    }
+                    kernel_ipip_host(fleet, host)?;
                 }
             }
             Path::FanXdp | Path::FanTc | Path::FanTcStack => {

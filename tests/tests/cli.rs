@@ -243,6 +243,17 @@ fn two_overlays_side_by_side() {
     }
 }
 
+/// `fan-xdp attach` with the test hook `FAN_XDP_INJECT=<inject>` set.
+fn attach_injected(host: &Host, inject: &str) -> std::process::Output {
+    let binary = fan_tests::topology::fan_xdp_binary();
+    host.ns
+        .command(binary.to_str().unwrap())
+        .args(["attach", "eth0", "--overlay", OVERLAY])
+        .env("FAN_XDP_INJECT", inject)
+        .output()
+        .unwrap()
+}
+
 /// Nothing of fan-xdp's is left in `host` (and the machine's BPF objects are as in `before`).
 fn assert_clean(host: &Host, before: &str) {
     assert_unchanged(&host.ns, before, "detach left something behind");
@@ -362,13 +373,7 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
 
     // A failure inside any step is rolled back completely.
     for step in fan_userspace::attach::STEPS {
-        let out = host
-            .ns
-            .command(binary.to_str().unwrap())
-            .args(["attach", "eth0", "--overlay", OVERLAY])
-            .env("FAN_XDP_INJECT", format!("fail:{step}"))
-            .output()
-            .unwrap();
+        let out = attach_injected(host, &format!("fail:{step}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(&format!("injected failure after step {step}")),
@@ -390,15 +395,8 @@ fn killed_at_every_step_then_attach_and_detach_recover() {
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
     let before = snapshot(&host.ns).unwrap();
-    let binary = fan_tests::topology::fan_xdp_binary();
     for step in fan_userspace::attach::STEPS {
-        let out = host
-            .ns
-            .command(binary.to_str().unwrap())
-            .args(["attach", "eth0", "--overlay", OVERLAY])
-            .env("FAN_XDP_INJECT", format!("kill:{step}"))
-            .output()
-            .unwrap();
+        let out = attach_injected(host, &format!("kill:{step}"));
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&out.status),
             Some(9),
@@ -746,7 +744,8 @@ fn verbose_shows_the_programs_debug_events() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    host.fan_xdp_ok(&["-v", "attach", "eth0", "--overlay", OVERLAY]).unwrap();
+    host.fan_xdp_ok(&["-v", "attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
     let binary = fan_tests::topology::fan_xdp_binary();
     let watcher = host
         .ns
@@ -761,7 +760,10 @@ fn verbose_shows_the_programs_debug_events() {
     assert!(!ping(&host.ns, "250.0.0.5".parse().unwrap(), 2).unwrap());
     let out = watcher.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    let event = format!("encap drop: reason {}", fan_common::StatReason::DropReservedHost as u32);
+    let event = format!(
+        "encap drop: reason {}",
+        fan_common::StatReason::DropReservedHost as u32
+    );
     assert!(log.contains(&event), "no eBPF debug event in: {log}");
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }

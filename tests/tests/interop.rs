@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use fan_common::ipv4::{IP_DF, IPPROTO_IPIP, OUTER_TTL, checksum};
 use fan_tests::{
     netns::Netns,
-    paths::kernel_has_ipip,
+    paths::{kernel_has_ipip, kernel_ipip_host},
     privileged,
     topology::{Fleet, Host, add_bridge},
     traffic::{Capture, ping, tcp_transfer},
@@ -17,52 +17,10 @@ use fan_tests::{
 const OVERLAY: &str = "250.0.0.0/8";
 const BULK: u64 = 100 * 1024 * 1024;
 
-/// Host `host` configured like the original Fan: an NBMA ipip device
-/// (`remote any`) and one route per remote slice via its underlay address.
+/// Host `host` configured like the original Fan, with its slice bridge.
 fn kernel_fan(fleet: &Fleet, host: &Host) {
-    let ns = &host.ns;
     add_bridge(host).unwrap();
-    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    ns.ip(&[
-        "link",
-        "add",
-        "fan-ipip",
-        "type",
-        "ipip",
-        "remote",
-        "any",
-        "local",
-        &host.underlay_addr.to_string(),
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
-    ns.ip(&["link", "set", "fan-ipip", "mtu", "1480", "up"])
-        .unwrap();
-    for key in [
-        "net.ipv4.conf.all.rp_filter",
-        "net.ipv4.conf.fan-ipip.rp_filter",
-    ] {
-        ns.sysctl(key, "0").unwrap();
-    }
-    for other in fleet
-        .hosts
-        .iter()
-        .filter(|o| o.underlay_addr != host.underlay_addr)
-    {
-        let slice = format!("{}/24", other.slice);
-        ns.ip(&[
-            "route",
-            "add",
-            &slice,
-            "via",
-            &other.underlay_addr.to_string(),
-            "dev",
-            "fan-ipip",
-            "onlink",
-        ])
-        .unwrap();
-    }
+    kernel_ipip_host(fleet, host).unwrap();
 }
 
 fn ipip_counter(host: &Host, which: &str) -> u64 {

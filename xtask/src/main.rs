@@ -84,28 +84,19 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup::run()?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "fan-userspace",
-                "--bin",
-                "fan-xdp",
-            ])?;
-            cargo(&["build", "--release", "-p", "fan-tests", "--bin", "fan-demo"])?;
-            let status = Command::new(workspace_root().join("target/release/fan-demo"))
-                .status()
-                .context("running fan-demo")?;
-            if !status.success() {
-                bail!("the demo failed ({status})");
-            }
-            Ok(())
+            run_release("fan-demo", &[])
         }
     }
 }
 
 /// Builds and runs the bench (`--quick`: the smoke run).
 pub fn bench(quick: bool) -> Result<()> {
+    run_release("fan-bench", if quick { &["--quick"] } else { &[] })
+}
+
+/// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
+/// `name` with `args` (it drives `fan-xdp` from beside itself).
+fn run_release(name: &str, args: &[&str]) -> Result<()> {
     cargo(&[
         "build",
         "--release",
@@ -114,21 +105,13 @@ pub fn bench(quick: bool) -> Result<()> {
         "--bin",
         "fan-xdp",
     ])?;
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "fan-tests",
-        "--bin",
-        "fan-bench",
-    ])?;
-    let mut cmd = Command::new(workspace_root().join("target/release/fan-bench"));
-    if quick {
-        cmd.arg("--quick");
-    }
-    let status = cmd.status().context("running fan-bench")?;
+    cargo(&["build", "--release", "-p", "fan-tests", "--bin", name])?;
+    let status = Command::new(workspace_root().join("target/release").join(name))
+        .args(args)
+        .status()
+        .with_context(|| format!("running {name}"))?;
     if !status.success() {
-        bail!("the bench failed ({status})");
+        bail!("{name} failed ({status})");
     }
     Ok(())
 }
