@@ -75,6 +75,9 @@ pub fn run() -> Result<()> {
         println!("setup: nightly rust-src present");
     }
 
+    let kernel = crate::vm::kernel().context("fetching the VM's kernel package")?;
+    println!("setup: VM kernel {} present", kernel.version);
+
     if bpf_linker_ok() {
         println!("setup: bpf-linker present");
     } else {
