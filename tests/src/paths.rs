@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     netns::Netns,
-    topology::{Daemon, Fleet, Host, add_bridge, fan_map},
+    topology::{Daemon, Fleet, Host, add_bridge},
 };
 
 /// Every container link carries this MTU on every path: the VXLAN limit.
@@ -52,12 +52,12 @@ pub fn kernel_ipip_host(fleet: &Fleet, host: &Host) -> Result<()> {
     ns.ip(&["link", "set", "fan-ipip", "mtu", "1480", "up"])?;
     ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
     ns.sysctl("net.ipv4.conf.fan-ipip.rp_filter", "0")?;
-    for other in others(fleet, host) {
+    for other in fleet.others(host) {
         let via = other.underlay_addr.to_string();
         ns.ip(&[
             "route",
             "add",
-            &slice(other),
+            &other.slice_cidr(),
             "via",
             &via,
             "dev",
@@ -96,17 +96,6 @@ pub fn kernel_has_ipip(ns: &Netns) -> bool {
 
 fn mac(i: u8) -> String {
     format!("02:fa:00:00:00:{i:02x}")
-}
-
-fn others<'a>(fleet: &'a Fleet, host: &'a Host) -> impl Iterator<Item = &'a Host> {
-    fleet
-        .hosts
-        .iter()
-        .filter(move |o| o.underlay_addr != host.underlay_addr)
-}
-
-fn slice(host: &Host) -> String {
-    format!("{}/{}", host.slice, fan_map().slice_len())
 }
 
 impl Active {
@@ -152,13 +141,13 @@ impl Active {
                         "dev",
                         "vxlan0",
                     ])?;
-                    for other in others(fleet, host) {
+                    for other in fleet.others(host) {
                         let j = other.underlay_addr.octets()[3];
                         let gw = other.slice.to_string();
                         ns.ip(&[
                             "route",
                             "add",
-                            &slice(other),
+                            &other.slice_cidr(),
                             "via",
                             &gw,
                             "dev",

@@ -115,18 +115,10 @@ impl Fleet {
     pub fn route_slices(&self) -> Result<()> {
         for host in &self.hosts {
             host.ns.sysctl("net.ipv4.ip_forward", "1")?;
-            for other in self
-                .hosts
-                .iter()
-                .filter(|o| o.underlay_addr != host.underlay_addr)
-            {
-                host.ns.ip(&[
-                    "route",
-                    "add",
-                    &format!("{}/{}", other.slice, fan_map().slice_len()),
-                    "via",
-                    &other.underlay_addr.to_string(),
-                ])?;
+            for other in self.others(host) {
+                let via = other.underlay_addr.to_string();
+                host.ns
+                    .ip(&["route", "add", &other.slice_cidr(), "via", &via])?;
             }
         }
         Ok(())
@@ -134,19 +126,18 @@ impl Fleet {
 
     pub fn unroute_slices(&self) -> Result<()> {
         for host in &self.hosts {
-            for other in self
-                .hosts
-                .iter()
-                .filter(|o| o.underlay_addr != host.underlay_addr)
-            {
-                host.ns.ip(&[
-                    "route",
-                    "del",
-                    &format!("{}/{}", other.slice, fan_map().slice_len()),
-                ])?;
+            for other in self.others(host) {
+                host.ns.ip(&["route", "del", &other.slice_cidr()])?;
             }
         }
         Ok(())
+    }
+
+    /// Every host but `host`.
+    pub fn others<'a>(&'a self, host: &'a Host) -> impl Iterator<Item = &'a Host> {
+        self.hosts
+            .iter()
+            .filter(move |o| o.underlay_addr != host.underlay_addr)
     }
 }
 
@@ -160,6 +151,33 @@ impl Drop for Fleet {
             let _ = dir.sweep_stale();
         }
     }
+}
+
+/// A namespace for running the programs on single frames: its `eth0` (a
+/// veth, MTU 1500, up) is the underlay device of a loaded data plane that is
+/// host 198.18.0.1 of the 250.0.0.0/8 fan. Returns eth0's ifindex too.
+pub fn single_host_dataplane(label: &str) -> Result<(Netns, Dataplane, u32)> {
+    let ns = Netns::new(label)?;
+    ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0-peer",
+    ])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    let ifindex = ns.enter(|| ifindex("eth0"))??;
+    let mut dataplane = Dataplane::load(0)?;
+    dataplane.insert_fan(&FanEntry {
+        map: fan_map(),
+        local_host: u32::from_be_bytes([198, 18, 0, 1]),
+        underlay_ifindex: ifindex,
+        overlay_mtu: OVERLAY_MTU,
+    })?;
+    Ok((ns, dataplane, ifindex))
 }
 
 /// The ifindex of `name` in the calling thread's namespace.
@@ -192,6 +210,11 @@ pub fn fan_xdp_binary() -> std::path::PathBuf {
 }
 
 impl Host {
+    /// This host's slice as `a.b.c.d/len`.
+    pub fn slice_cidr(&self) -> String {
+        format!("{}/{}", self.slice, fan_map().slice_len())
+    }
+
     /// Runs `fan-xdp ARGS` inside this host's namespace, through `ip netns exec`
     /// like an operator would, and returns its output whatever the exit status.
     pub fn fan_xdp(&self, args: &[&str]) -> Result<std::process::Output> {
@@ -398,13 +421,34 @@ fn add_container(host: &Host, j: u8) -> Result<Container> {
 /// A container on `host`'s bridge through port `veth<j>` with address `addr`.
 pub fn add_container_at(host: &Host, j: u8, addr: Ipv4Addr) -> Result<Container> {
     let i = host.underlay_addr.octets()[3];
-    let ns = Netns::new(&format!("c{i}-{j}"))?;
-    let port = format!("veth{j}");
+    let ns = plug_container(
+        &host.ns,
+        &host.bridge,
+        &format!("veth{j}"),
+        &format!("c{i}-{j}"),
+        (addr, fan_map().slice_len()),
+        host.gateway,
+    )?;
+    Ok(Container { ns, addr })
+}
+
+/// A new namespace `label` whose `eth0` is the peer of `port`, a veth
+/// plugged into `bridge` in `host_ns`: link MTU [`OVERLAY_MTU`] on both
+/// ends, address `addr/len`, default route via `gateway`.
+pub fn plug_container(
+    host_ns: &Netns,
+    bridge: &str,
+    port: &str,
+    label: &str,
+    (addr, len): (Ipv4Addr, u8),
+    gateway: Ipv4Addr,
+) -> Result<Netns> {
+    let ns = Netns::new(label)?;
     let mtu = OVERLAY_MTU.to_string();
-    host.ns.ip(&[
+    host_ns.ip(&[
         "link",
         "add",
-        &port,
+        port,
         "mtu",
         &mtu,
         "type",
@@ -415,18 +459,11 @@ pub fn add_container_at(host: &Host, j: u8, addr: Ipv4Addr) -> Result<Container>
         "netns",
         ns.name(),
     ])?;
-    host.ns
-        .ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
+    host_ns.ip(&["link", "set", port, "master", bridge, "up"])?;
     ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
-    ns.ip(&[
-        "addr",
-        "add",
-        &format!("{addr}/{}", fan_map().slice_len()),
-        "dev",
-        "eth0",
-    ])?;
+    ns.ip(&["addr", "add", &format!("{addr}/{len}"), "dev", "eth0"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&["route", "add", "default", "via", &host.gateway.to_string()])?;
+    ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
     ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-    Ok(Container { ns, addr })
+    Ok(ns)
 }

@@ -7,7 +7,7 @@ use fan_tests::{
     netns::Netns,
     privileged,
     snapshot::{assert_unchanged, snapshot},
-    topology::{Fleet, Host},
+    topology::{Fleet, Host, plug_container},
     traffic::{ping, tcp_transfer},
 };
 
@@ -185,31 +185,10 @@ fn two_overlays_side_by_side() {
         .iter()
         .map(|h| {
             let i = h.underlay_addr.octets()[3];
-            let ns = Netns::new(&format!("d{i}")).unwrap();
             let addr = Ipv4Addr::new(240, 0, i, 20);
             let bridge = format!("fan-240-0-{i}");
-            h.ns.ip(&[
-                "link",
-                "add",
-                "vd",
-                "mtu",
-                "1480",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])
-            .unwrap();
-            h.ns.ip(&["link", "set", "vd", "master", &bridge, "up"])
-                .unwrap();
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])
-                .unwrap();
-            ns.ip(&["link", "set", "eth0", "mtu", "1480", "up"])
-                .unwrap();
-            ns.ip(&["route", "add", "default", "via", &format!("240.0.{i}.1")])
+            let gateway = Ipv4Addr::new(240, 0, i, 1);
+            let ns = plug_container(&h.ns, &bridge, "vd", &format!("d{i}"), (addr, 24), gateway)
                 .unwrap();
             (ns, addr)
         })

@@ -10,7 +10,7 @@ use fan_tests::{
     netns::Netns,
     paths::{kernel_has_ipip, kernel_ipip_host},
     privileged,
-    topology::{Fleet, Host, add_bridge},
+    topology::{Fleet, Host, add_bridge, plug_container},
     traffic::{Capture, ping, tcp_transfer},
 };
 
@@ -331,28 +331,6 @@ fn container(host: &Netns, addr: &str, gateway: &str) -> Netns {
         "fan-{}",
         gateway.rsplit_once('.').unwrap().0.replace('.', "-")
     );
-    let ns = Netns::new("vc").unwrap();
-    host.ip(&[
-        "link",
-        "add",
-        "vc0",
-        "mtu",
-        "1480",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])
-    .unwrap();
-    host.ip(&["link", "set", "vc0", "master", &bridge, "up"])
-        .unwrap();
-    ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])
-        .unwrap();
-    ns.ip(&["link", "set", "eth0", "mtu", "1480", "up"])
-        .unwrap();
-    ns.ip(&["route", "add", "default", "via", gateway]).unwrap();
-    ns
+    let (addr, gateway) = (addr.parse().unwrap(), gateway.parse().unwrap());
+    plug_container(host, &bridge, "vc0", "vc", (addr, 24), gateway).unwrap()
 }

@@ -236,29 +236,7 @@ struct Bed {
 
 impl Bed {
     fn new() -> Self {
-        let ns = Netns::new("progs").unwrap();
-        ns.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0-peer",
-        ])
-        .unwrap();
-        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-        let ifindex = ns.enter(|| topology::ifindex("eth0")).unwrap().unwrap();
-        let mut dataplane = Dataplane::load(0).unwrap();
-        dataplane
-            .insert_fan(&FanEntry {
-                map: topology::fan_map(),
-                local_host: u32::from_be_bytes([198, 18, 0, 1]),
-                underlay_ifindex: ifindex,
-                overlay_mtu: 1480,
-            })
-            .unwrap();
+        let (ns, dataplane, _) = topology::single_host_dataplane("progs").unwrap();
         Self { ns, dataplane }
     }
 

@@ -328,27 +328,7 @@ fn order(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> Vec<(String, &Vec<S
 /// A namespace with an `eth0` veth and a loaded data plane configured as
 /// host 198.18.0.1 with `extra` more overlays in the LPM trie.
 fn cost_bed(extra: u32) -> Result<(Netns, Dataplane)> {
-    let ns = Netns::new("cost")?;
-    ns.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0-peer",
-    ])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    let ifindex = ns.enter(|| topology::ifindex("eth0"))??;
-    let mut dp = Dataplane::load(0)?;
-    let local = u32::from_be_bytes([198, 18, 0, 1]);
-    dp.insert_fan(&FanEntry {
-        map: topology::fan_map(),
-        local_host: local,
-        underlay_ifindex: ifindex,
-        overlay_mtu: 1480,
-    })?;
+    let (ns, mut dp, ifindex) = topology::single_host_dataplane("cost")?;
     for k in 0..extra {
         // 251.k.0.0/16 and up over 198.19.0.0/24: disjoint from 250/8 and each other.
         let overlay = u32::from_be_bytes([251 + (k / 256) as u8, (k % 256) as u8, 0, 0]);
