@@ -134,4 +134,9 @@ pub struct RunArgs {
     /// Full resync at least this often, besides netlink events.
     #[arg(long, default_value_t = 10)]
     pub resync_seconds: u64,
+    /// Steer each flow from a container to one CPU (RPS on its port, as a
+    /// NIC's RSS would), so a flow sent from two CPUs is not reordered; costs
+    /// a hop between CPUs, which shows in request/response latency.
+    #[arg(long)]
+    pub steer_flows: bool,
 }

@@ -7,16 +7,40 @@
 //! both and makes the map say exactly that, adding, changing and removing
 //! entries; anything unknown is simply absent and takes the stack.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Result;
 use fan_common::maps::Endpoint;
 
-use crate::{host::Net, loader::PinnedMaps, record::Fan};
+use crate::{
+    host::{FdbEntry, Net},
+    loader::PinnedMaps,
+    record::Fan,
+};
 
-/// What the endpoint map should hold now, by address (network byte order).
-pub async fn desired(net: &Net, fans: &[Fan]) -> Result<HashMap<u32, Endpoint>> {
-    let mut want = HashMap::new();
+/// What `fan-xdp run` keeps in step with the slice bridges.
+#[derive(Default)]
+pub struct Slices {
+    /// What the endpoint map should hold, by address (network byte order).
+    pub endpoints: HashMap<u32, Endpoint>,
+    /// The veth ports of the slice bridges (index, name): where containers
+    /// send from, and where encapsulation can start.
+    pub ports: Vec<(u32, String)>,
+    /// Forwarding entries of endpoints the bridge has not seen for a while:
+    /// traffic encapsulated at the port never reaches the bridge to refresh
+    /// them, so they would age out although the container is busy.
+    pub fading: Vec<FdbEntry>,
+}
+
+/// Forwarding entries idle for more than this share of the bridge's ageing
+/// time (300 s by default) are refreshed. Fresher ones were just learned from
+/// real frames, which keeps a container that moved from being pinned back to
+/// its old port.
+const REFRESH_AFTER_AGEING_FRACTION: u32 = 3;
+
+/// Reads the slice bridges of every complete fan in `fans`.
+pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
+    let mut slices = Slices::default();
     for fan in fans.iter().filter(|f| f.complete) {
         let Some(bridge) = net.link(&fan.bridge).await? else {
             continue;
@@ -24,35 +48,46 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<HashMap<u32, Endpoint>> 
         let Some(gateway_mac) = bridge.mac else {
             continue;
         };
-        let ports: HashMap<[u8; 6], u32> = net.fdb(bridge.index).await?.into_iter().collect();
+        let refresh_idle =
+            bridge.ageing.unwrap_or(Duration::from_secs(300)) / REFRESH_AFTER_AGEING_FRACTION;
+        // Direct delivery needs a veth: bpf_redirect_peer enters its peer.
+        let veths: HashMap<u32, String> = net
+            .ports(bridge.index)
+            .await?
+            .into_iter()
+            .filter(|l| l.kind.as_deref() == Some("veth"))
+            .map(|l| (l.index, l.name))
+            .collect();
+        let fdb: HashMap<[u8; 6], FdbEntry> = net
+            .fdb(bridge.index)
+            .await?
+            .into_iter()
+            .filter(|e| veths.contains_key(&e.port))
+            .map(|e| (e.mac, e))
+            .collect();
         for (addr, mac) in net.neighbours(bridge.index).await? {
             if !fan.slice.contains(addr) {
                 continue;
             }
-            let Some(&port) = ports.get(&mac) else {
+            let Some(entry) = fdb.get(&mac) else {
                 continue;
             };
-            // Direct delivery needs a veth: bpf_redirect_peer enters its peer.
-            if net
-                .link_by_index(port)
-                .await?
-                .and_then(|l| l.kind)
-                .as_deref()
-                != Some("veth")
-            {
-                continue;
-            }
-            want.insert(
+            slices.endpoints.insert(
                 u32::from(addr).to_be(),
                 Endpoint {
-                    ifindex: port,
+                    ifindex: entry.port,
                     mac,
                     gateway_mac,
                 },
             );
+            if !entry.permanent && entry.idle > refresh_idle {
+                slices.fading.push(*entry);
+            }
         }
+        slices.ports.extend(veths);
     }
-    Ok(want)
+    slices.ports.sort();
+    Ok(slices)
 }
 
 /// Makes the pinned endpoint map equal `want`. Returns (added or changed, removed).

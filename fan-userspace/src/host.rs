@@ -1,6 +1,9 @@
 //! Host plumbing over rtnetlink: links, addresses, routes; and sysctls.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
@@ -9,8 +12,11 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+        link::{
+            InfoBridge, InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+            LinkXdp,
+        },
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage},
     },
 };
@@ -27,6 +33,21 @@ pub struct Link {
     pub xdp_prog_id: Option<u32>,
     pub noarp: bool,
     pub mac: Option<[u8; 6]>,
+    /// The bridge (or other master) this link is a port of.
+    pub controller: Option<u32>,
+    /// For a bridge: how long it keeps a forwarding entry nobody refreshes.
+    pub ageing: Option<Duration>,
+}
+
+/// One learned entry of a bridge's forwarding database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub mac: [u8; 6],
+    pub port: u32,
+    /// Since the bridge last saw a frame from `mac` on `port`.
+    pub idle: Duration,
+    /// Added by hand (`bridge fdb add ... static`): it never ages.
+    pub permanent: bool,
 }
 
 impl Link {
@@ -39,16 +60,29 @@ impl Link {
             xdp_prog_id: None,
             noarp: msg.header.flags.contains(LinkFlags::Noarp),
             mac: None,
+            controller: None,
+            ageing: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::Controller(index) => link.controller = Some(*index),
                 LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = Some(kind_name(kind));
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind_name(kind)),
+                            LinkInfo::Data(InfoData::Bridge(attrs)) => {
+                                for attr in attrs {
+                                    // In hundredths of a second.
+                                    if let InfoBridge::AgeingTime(t) = attr {
+                                        link.ageing =
+                                            Some(Duration::from_millis(u64::from(*t) * 10));
+                                    }
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -111,6 +145,19 @@ impl Net {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
             Err(e) => Err(e).context("looking up an interface by index"),
         }
+    }
+
+    /// The ports of bridge `bridge`.
+    pub async fn ports(&self, bridge: u32) -> Result<Vec<Link>> {
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.context("listing interfaces")? {
+            let link = Link::from_message(&msg);
+            if link.controller == Some(bridge) {
+                out.push(link);
+            }
+        }
+        Ok(out)
     }
 
     /// IPv4 addresses of a link with their prefix lengths, primary first.
@@ -308,8 +355,9 @@ impl Net {
         Ok(out)
     }
 
-    /// The forwarding database of bridge `bridge`: which port each MAC was learned on.
-    pub async fn fdb(&self, bridge: u32) -> Result<Vec<([u8; 6], u32)>> {
+    /// The forwarding database of bridge `bridge`: which port each MAC was
+    /// learned on, and how long ago the bridge last saw it there.
+    pub async fn fdb(&self, bridge: u32) -> Result<Vec<FdbEntry>> {
         let mut out = Vec::new();
         let mut dump = self
             .handle
@@ -322,14 +370,17 @@ impl Net {
             .await
             .context("listing the bridge forwarding database")?
         {
-            let mut mac = None;
-            let mut master = None;
+            let (mut mac, mut master, mut idle) = (None, None, Duration::ZERO);
             for attr in &msg.attributes {
                 match attr {
                     NeighbourAttribute::LinkLayerAddress(l) => {
                         mac = <[u8; 6]>::try_from(l.as_slice()).ok()
                     }
                     NeighbourAttribute::Controller(m) => master = Some(*m),
+                    // In clock ticks of USER_HZ, which is 100 on Linux.
+                    NeighbourAttribute::CacheInfo(info) => {
+                        idle = Duration::from_millis(u64::from(info.updated) * 10)
+                    }
                     _ => {}
                 }
             }
@@ -337,10 +388,29 @@ impl Net {
                 && msg.header.ifindex != bridge
                 && let Some(mac) = mac
             {
-                out.push((mac, msg.header.ifindex));
+                out.push(FdbEntry {
+                    mac,
+                    port: msg.header.ifindex,
+                    idle,
+                    permanent: msg.header.state == NeighbourState::Permanent,
+                });
             }
         }
         Ok(out)
+    }
+
+    /// Tells bridge of `port` that `mac` is in use there, as a frame from it
+    /// would (`bridge fdb replace ... master use`): the entry's age restarts.
+    pub async fn refresh_fdb(&self, port: u32, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(port, &mac)
+            .state(NeighbourState::Reachable)
+            .flags(NeighbourFlags::Use | NeighbourFlags::Controller)
+            .replace()
+            .execute()
+            .await
+            .context("refreshing a bridge forwarding entry")
     }
 }
 

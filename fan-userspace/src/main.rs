@@ -37,6 +37,16 @@ fn main() -> Result<()> {
     if let Command::MountHelper { pid } = &cli.command {
         return state::mount_helper(pid);
     }
+    if matches!(
+        cli.command,
+        Command::Show(_) | Command::Stats(_) | Command::Map(_)
+    ) {
+        // Read-only reports end quietly when their reader does (`| head`),
+        // as other tools do; commands that change the host keep Rust's
+        // default and finish what they started.
+        // SAFETY: restoring a signal's default action has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -1,8 +1,10 @@
 //! `fan-xdp run`: the long-running mode (a systemd unit's `ExecStart`). It
 //! keeps the endpoint map in step with the containers (from netlink link,
-//! neighbour and bridge forwarding events, plus a periodic full resync), and
+//! neighbour and bridge forwarding events, plus a periodic full resync),
+//! encapsulates at the containers' bridge ports (see [`crate::ports`]), and
 //! with `-v` streams the eBPF programs' log. When it stops, it empties the
-//! endpoint map, so every packet takes the stack, which is always correct.
+//! endpoint map and its port programs go with it, so every packet takes the
+//! bridge and the stack, which is always correct.
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use crate::{
     endpoints,
     host::Net,
     loader::PinnedMaps,
+    ports::PortEncap,
     record::load_fans,
     require_root,
     state::StateDir,
@@ -28,8 +31,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     require_root()?;
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     let net = Net::connect()?;
+    let mut ports = None;
     if args.once {
-        return sync(&net, &dir).await;
+        return sync(&net, &dir, &mut ports, None).await;
     }
     let (mut connection, _, mut events) =
         rtnetlink::new_connection().context("opening rtnetlink")?;
@@ -62,17 +66,20 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 // settle briefly, drain, then resync once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
-                report(sync(&net, &dir).await);
+                report(sync(&net, &dir, &mut ports, Some(args.steer_flows)).await);
             }
-            _ = resync.tick() => report(sync(&net, &dir).await),
+            _ = resync.tick() => report(sync(&net, &dir, &mut ports, Some(args.steer_flows)).await),
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
     }
+    drop(ports);
     if dir.exists() {
         endpoints::clear(&mut PinnedMaps::open(&dir)?)?;
     }
-    info!("fan-xdp run: stopped; the endpoint map is empty, traffic takes the stack");
+    info!(
+        "fan-xdp run: stopped; the endpoint map is empty, traffic takes the bridge and the stack"
+    );
     Ok(())
 }
 
@@ -82,21 +89,47 @@ fn report(result: Result<()>) {
     }
 }
 
-async fn sync(net: &Net, dir: &StateDir) -> Result<()> {
+/// One pass: the endpoint map, then the port programs (`at_ports` says
+/// whether to steer flows; None with `--once`: they would close on exit).
+async fn sync(
+    net: &Net,
+    dir: &StateDir,
+    ports: &mut Option<PortEncap>,
+    at_ports: Option<bool>,
+) -> Result<()> {
     if !dir.exists() {
+        // Detached: the ports' links would keep a dead fan's program running.
+        *ports = None;
         return Ok(());
     }
     let mut maps = PinnedMaps::open(dir)?;
     let fans = load_fans(&maps)?;
     let want = endpoints::desired(net, &fans).await?;
-    let (changed, removed) = endpoints::apply(&mut maps, &want)?;
+    let (changed, removed) = endpoints::apply(&mut maps, &want.endpoints)?;
     if changed + removed > 0 {
         info!(
             "endpoints: {} known, {changed} added or changed, {removed} removed",
-            want.len()
+            want.endpoints.len()
         );
     } else {
-        debug!("endpoints: {} known, unchanged", want.len());
+        debug!("endpoints: {} known, unchanged", want.endpoints.len());
+    }
+
+    if ports.as_ref().is_some_and(|p| !p.is_current(dir)) {
+        info!("a new program version was attached: moving the ports to it");
+        *ports = None;
+    }
+    if let Some(steer_flows) = at_ports
+        && ports.is_none()
+        && fans.iter().any(|f| f.complete)
+    {
+        *ports = PortEncap::open(dir, steer_flows)?;
+    }
+    if let Some(ports) = ports {
+        ports.sync(&want.ports)?;
+        for entry in &want.fading {
+            net.refresh_fdb(entry.port, entry.mac).await?;
+        }
     }
     Ok(())
 }

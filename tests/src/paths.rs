@@ -18,22 +18,56 @@ pub const CONTAINER_MTU: u32 = 1450;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     Routing,
+    /// Plain routing with RPS on the containers' ports, as `--steer-flows` sets.
+    RoutingSteered,
     Vxlan,
     KernelIpip,
     FanXdp,
     FanTc,
+    /// As `FanTc`, with `fan-xdp run --steer-flows`.
+    FanTcSteered,
     /// fan-xdp in TC mode without `fan-xdp run`: every packet takes the stack.
     FanTcStack,
+}
+
+impl Path {
+    pub fn is_fan(self) -> bool {
+        matches!(
+            self,
+            Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack
+        )
+    }
+
+    /// Whether the path learns endpoints through `fan-xdp run`.
+    pub fn runs_daemon(self) -> bool {
+        matches!(self, Path::FanTc | Path::FanTcSteered)
+    }
+}
+
+/// Sets the RPS mask of every container port on `host` (`0` turns it off).
+fn set_port_rps(host: &Host, mask: &str) -> Result<()> {
+    for j in 1..=host.containers.len() {
+        host.ns.run(
+            "sh",
+            &[
+                "-c",
+                &format!("echo {mask} > /sys/class/net/veth{j}/queues/rx-0/rps_cpus"),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Path::Routing => "plain routing",
+            Path::RoutingSteered => "plain routing, flows steered (RPS on ports)",
             Path::Vxlan => "kernel VXLAN",
             Path::KernelIpip => "kernel ipip (per-slice routes)",
             Path::FanXdp => "fan-xdp, XDP decap",
             Path::FanTc => "fan-xdp, TC decap + direct delivery",
+            Path::FanTcSteered => "fan-xdp, TC decap + direct delivery, --steer-flows",
             Path::FanTcStack => "fan-xdp, TC decap via the stack",
         })
     }
@@ -103,6 +137,14 @@ impl Active {
         let mut daemons = Vec::new();
         match path {
             Path::Routing => fleet.route_slices()?,
+            Path::RoutingSteered => {
+                fleet.route_slices()?;
+                let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+                let mask = fan_userspace::ports::rps_mask(&online)?;
+                for host in &fleet.hosts {
+                    set_port_rps(host, &mask)?;
+                }
+            }
             Path::Vxlan => {
                 for host in &fleet.hosts {
                     let i = host.underlay_addr.octets()[3];
@@ -185,7 +227,7 @@ impl Active {
                     kernel_ipip_host(fleet, host)?;
                 }
             }
-            Path::FanXdp | Path::FanTc | Path::FanTcStack => {
+            Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack => {
                 let mode = if path == Path::FanXdp { "xdp" } else { "tc" };
                 let overlay = format!(
                     "{}/{}",
@@ -204,6 +246,8 @@ impl Active {
                     ])?;
                     if path == Path::FanTc {
                         daemons.push(host.fan_xdp_run()?);
+                    } else if path == Path::FanTcSteered {
+                        daemons.push(host.fan_xdp_run_with(&["--steer-flows"])?);
                     }
                 }
             }
@@ -214,6 +258,12 @@ impl Active {
     pub fn teardown(self, fleet: &Fleet) -> Result<()> {
         match self.path {
             Path::Routing => fleet.unroute_slices()?,
+            Path::RoutingSteered => {
+                for host in &fleet.hosts {
+                    set_port_rps(host, "0")?;
+                }
+                fleet.unroute_slices()?;
+            }
             Path::Vxlan => {
                 for host in &fleet.hosts {
                     host.ns.ip(&["link", "del", "vxlan0"])?;
@@ -224,7 +274,7 @@ impl Active {
                     host.ns.ip(&["link", "del", "fan-ipip"])?;
                 }
             }
-            Path::FanXdp | Path::FanTc | Path::FanTcStack => {
+            Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack => {
                 drop(self.daemons);
                 for host in &fleet.hosts {
                     host.fan_xdp_ok(&["detach", "eth0"])?;

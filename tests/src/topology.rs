@@ -236,10 +236,16 @@ impl Host {
 
     /// Starts `fan-xdp run` (the long-running mode) in this host's namespace.
     pub fn fan_xdp_run(&self) -> Result<Daemon> {
+        self.fan_xdp_run_with(&[])
+    }
+
+    /// [`Host::fan_xdp_run`] with extra options.
+    pub fn fan_xdp_run_with(&self, extra: &[&str]) -> Result<Daemon> {
         let child = self
             .ns
             .command(fan_xdp_binary().to_str().context("binary path")?)
             .args(["run", "--resync-seconds", "1"])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -273,6 +279,12 @@ impl Fleet {
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", "sw", "type", "bridge"])?;
         switch.ip(&["link", "set", "sw", "up"])?;
+        // The switch stands for a wire: with br_netfilter loaded (for some
+        // other user of this kernel) it would run firewall hooks on every
+        // frame, a cost no physical switch puts on the hosts.
+        for family in ["iptables", "ip6tables", "arptables"] {
+            let _ = switch.sysctl(&format!("net.bridge.bridge-nf-call-{family}"), "0");
+        }
         let mut fleet = Self {
             hosts: Vec::new(),
             switch,

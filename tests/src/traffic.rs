@@ -252,23 +252,50 @@ pub fn iperf3(
     seconds: u32,
     streams: u32,
 ) -> Result<f64> {
-    iperf3_tcp(server, client, addr, seconds, streams).map(|(gbps, _)| gbps)
+    iperf3_tcp(server, client, addr, seconds, streams, None).map(|(gbps, _)| gbps)
 }
 
-/// As [`iperf3`], also returning the sender's TCP retransmissions.
+/// Keeps the calling thread on `cpu`.
+pub fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    ensure!(
+        rc == 0,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// iperf3's option putting both its client and its server on `cpu`.
+fn affinity(pin: Option<usize>) -> Vec<String> {
+    pin.map(|cpu| vec!["-A".to_string(), format!("{cpu},{cpu}")])
+        .unwrap_or_default()
+}
+
+/// As [`iperf3`], also returning the sender's TCP retransmissions; with
+/// `pin`, client and server both run on that CPU.
 pub fn iperf3_tcp(
     server: &Netns,
     client: &Netns,
     addr: Ipv4Addr,
     seconds: u32,
     streams: u32,
+    pin: Option<usize>,
 ) -> Result<(f64, u64)> {
-    let report = iperf3_json(
-        server,
-        client,
-        addr,
-        &["-t", &seconds.to_string(), "-P", &streams.to_string()],
-    )?;
+    let mut args = vec![
+        "-t".to_string(),
+        seconds.to_string(),
+        "-P".to_string(),
+        streams.to_string(),
+    ];
+    args.extend(affinity(pin));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = iperf3_json(server, client, addr, &args)?;
     let bps = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("iperf3 reported no result: {}", report["error"]))?;
@@ -279,12 +306,14 @@ pub fn iperf3_tcp(
 }
 
 /// Request/response latency over TCP: one byte each way, back to back, for
-/// `seconds`. Returns (transactions per second, p50 µs, p99 µs).
+/// `seconds`. Returns (transactions per second, p50 µs, p99 µs). With
+/// `pin`, both ends run on that CPU.
 pub fn tcp_rr(
     server: &Netns,
     client: &Netns,
     addr: Ipv4Addr,
     seconds: u32,
+    pin: Option<usize>,
 ) -> Result<(f64, f64, f64)> {
     let port = 5202;
     let listener = server
@@ -293,6 +322,9 @@ pub fn tcp_rr(
     let duration = Duration::from_secs(seconds.into());
     std::thread::scope(|scope| {
         let echo = scope.spawn(move || -> Result<()> {
+            if let Some(cpu) = pin {
+                pin_thread(cpu)?;
+            }
             let (mut stream, _) = listener.accept()?;
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -303,6 +335,9 @@ pub fn tcp_rr(
             Ok(())
         });
         let samples = client.enter(|| -> Result<Vec<Duration>> {
+            if let Some(cpu) = pin {
+                pin_thread(cpu)?;
+            }
             let mut stream = TcpStream::connect_timeout(
                 &SocketAddr::from((addr, port)),
                 Duration::from_secs(5),

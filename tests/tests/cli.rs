@@ -746,3 +746,147 @@ fn verbose_shows_the_programs_debug_events() {
     assert!(log.contains(&event), "no eBPF debug event in: {log}");
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
+
+/// The programs on the TCX ingress of `port` in `host`, by name.
+fn port_programs(host: &Host, port: &str) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let port = port.to_string();
+    host.ns
+        .enter(move || SchedClassifier::query_tcx(&port, TcAttachType::Ingress))
+        .unwrap()
+        .unwrap()
+        .1
+        .iter()
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .collect()
+}
+
+/// Frames the slice bridge of `host` has taken in for the host so far.
+fn bridge_rx_packets(host: &Host) -> u64 {
+    let out = host
+        .ns
+        .run(
+            "cat",
+            &[&format!(
+                "/sys/class/net/{}/statistics/rx_packets",
+                host.bridge
+            )],
+        )
+        .unwrap();
+    out.trim().parse().unwrap()
+}
+
+#[test]
+fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let (sender, receiver) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (local, remote) = (&sender.containers[0], &receiver.containers[0]);
+    // Bridges forget an idle MAC after 5 s instead of 300: a short test can
+    // then show that the daemon keeps a busy container's entry alive.
+    sender
+        .ns
+        .ip(&[
+            "link",
+            "set",
+            &sender.bridge,
+            "type",
+            "bridge",
+            "ageing_time",
+            "500",
+        ])
+        .unwrap();
+    let daemons = [
+        sender.fan_xdp_run_with(&["--steer-flows"]).unwrap(),
+        receiver.fan_xdp_run().unwrap(),
+    ];
+    assert!(
+        wait_for_direct(&remote.ns, local.addr, sender),
+        "the daemon never enabled direct delivery"
+    );
+    // The port's RPS mask without leading zero words.
+    let rps = || {
+        sender
+            .ns
+            .run("cat", &["/sys/class/net/veth1/queues/rx-0/rps_cpus"])
+            .unwrap()
+            .trim()
+            .trim_start_matches(['0', ','])
+            .to_string()
+    };
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let all_cpus = fan_userspace::ports::rps_mask(&online).unwrap();
+    // Without TCX (the VM's 6.1) a port filter would outlive the daemon:
+    // encapsulation stays at the bridge there.
+    let at_ports = fan_userspace::loader::tcx_supported();
+    if at_ports {
+        // The kernel keeps 15 bytes of a program's name.
+        let encap = &fan_userspace::loader::ENCAP_FORWARD[..15];
+        assert_eq!(port_programs(sender, "veth1"), [encap]);
+        assert_eq!(
+            rps(),
+            all_cpus.trim_start_matches(['0', ',']),
+            "--steer-flows did not steer the port"
+        );
+    }
+
+    // Frames from the container are encapsulated at its port: the bridge
+    // does not see them (ARP may still cross it).
+    let before = bridge_rx_packets(sender);
+    assert!(ping(&local.ns, remote.addr, 20).unwrap());
+    let crossed = bridge_rx_packets(sender) - before;
+    if at_ports {
+        assert!(
+            crossed < 5,
+            "{crossed} of 20 echo requests crossed the bridge"
+        );
+    } else {
+        assert!(
+            crossed >= 20,
+            "only {crossed} of 20 echo requests crossed the bridge"
+        );
+    }
+
+    // The container's frames no longer teach the bridge where it is; the
+    // daemon refreshes the entry, so after twice the ageing time direct
+    // delivery still knows the container.
+    assert!(
+        ping(&remote.ns, local.addr, 50).unwrap(),
+        "pings to the container were lost"
+    );
+    let fdb = sender
+        .ns
+        .run("bridge", &["fdb", "show", "br", &sender.bridge])
+        .unwrap();
+    let mac = local
+        .ns
+        .run("cat", &["/sys/class/net/eth0/address"])
+        .unwrap();
+    assert!(
+        fdb.contains(mac.trim()),
+        "the container's forwarding entry aged out: {fdb}"
+    );
+    let delivered = direct(sender);
+    assert!(ping(&remote.ns, local.addr, 5).unwrap());
+    assert!(
+        direct(sender) >= delivered + 5,
+        "direct delivery lost the container"
+    );
+
+    // The port programs go with the daemon; the bridge's program takes over.
+    let [daemon, other] = daemons;
+    daemon.stop().unwrap();
+    if at_ports {
+        assert!(port_programs(sender, "veth1").is_empty());
+        assert_eq!(rps(), "", "the port's RPS mask was not restored");
+    }
+    assert!(ping(&local.ns, remote.addr, 3).unwrap());
+    drop(other);
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    }
+}

@@ -25,6 +25,9 @@ const DECAP_IN: &str = "020000000011 020000000022 0800 45000034 00004000 4004ae9
 /// Plain ICMP between underlay hosts: the pass-through case.
 const UNDERLAY_PING: &str = "020000000011 020000000022 0800 45000020 12344000 40019c81 c6120002 c6120001 0800e139 42420001 66616e21";
 
+/// The CPU the pinned measurements run on.
+const CPU: usize = 0;
+
 struct Config {
     runs: usize,
     seconds: u32,
@@ -34,8 +37,11 @@ struct Config {
 
 #[derive(Default, Clone)]
 struct Sample {
+    /// One stream with client, server and all their softirq work on [`CPU`].
     tcp1: f64,
-    retransmits: f64,
+    /// One stream, the scheduler free to use both CPUs, and its retransmits.
+    tcp1_free: f64,
+    retransmits_free: f64,
     tcp4: f64,
     udp_kpps: f64,
     rr_tps: f64,
@@ -84,8 +90,8 @@ fn main() -> Result<()> {
         }
     )?;
 
-    let samples = paths(&cfg)?;
-    let table = path_table(&samples);
+    let (samples, loopback_rr) = paths(&cfg)?;
+    let table = path_table(&samples, loopback_rr);
     println!("{table}");
     report += &table;
 
@@ -143,29 +149,46 @@ fn program_time(prefix: &str) -> (u64, u64) {
         })
 }
 
-fn paths(cfg: &Config) -> Result<BTreeMap<String, (Path, Vec<Sample>)>> {
+/// The samples of every path, and the request/response rate of the client
+/// container over its own loopback (median of one per run): the floor of
+/// what the system calls, scheduling and TCP cost without any path.
+fn paths(cfg: &Config) -> Result<(BTreeMap<String, (Path, Vec<Sample>)>, f64)> {
     let fleet = bench_fleet(2, 1)?;
     let mut paths = vec![
         Path::Routing,
+        Path::RoutingSteered,
         Path::Vxlan,
         Path::FanXdp,
         Path::FanTc,
+        Path::FanTcSteered,
         Path::FanTcStack,
     ];
     let ipip = kernel_has_ipip(&fleet.hosts[0].ns);
     if ipip {
-        paths.insert(2, Path::KernelIpip);
+        paths.insert(3, Path::KernelIpip);
     }
     let mut samples: BTreeMap<String, (Path, Vec<Sample>)> = BTreeMap::new();
     if !ipip {
         samples.insert(Path::KernelIpip.to_string(), (Path::KernelIpip, Vec::new()));
     }
     let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    let mut loopback = Vec::new();
     for run in 0..cfg.runs {
+        let localhost = Ipv4Addr::LOCALHOST;
+        loopback.push(
+            tcp_rr(
+                &client.ns,
+                &client.ns,
+                localhost,
+                cfg.seconds.min(5),
+                Some(CPU),
+            )?
+            .0,
+        );
         for &path in &paths {
             eprintln!("run {}/{}: {path}", run + 1, cfg.runs);
             let active = Active::setup(&fleet, path)?;
-            if path == Path::FanTc {
+            if path.runs_daemon() {
                 wait_for_direct_delivery(&fleet, &client.ns, server.addr)?;
             }
             let sample = measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr);
@@ -177,7 +200,7 @@ fn paths(cfg: &Config) -> Result<BTreeMap<String, (Path, Vec<Sample>)>> {
                 .push(sample?);
         }
     }
-    Ok(samples)
+    Ok((samples, median(&mut loopback)))
 }
 
 /// `fan-xdp run` learns a container once the host has resolved it: warm up.
@@ -200,7 +223,7 @@ fn measure(
     server: &Netns,
     addr: Ipv4Addr,
 ) -> Result<Sample> {
-    let fan = matches!(path, Path::FanXdp | Path::FanTc | Path::FanTcStack);
+    let fan = path.is_fan();
     let decap_prefix = if path == Path::FanXdp {
         "fan_decap_xdp"
     } else {
@@ -212,8 +235,7 @@ fn measure(
     } else {
         0
     };
-    let (tcp1, retransmits) = iperf3_tcp(server, client, addr, cfg.seconds, 1)?;
-    let retransmits = retransmits as f64;
+    let (tcp1, _) = iperf3_tcp(server, client, addr, cfg.seconds, 1, Some(CPU))?;
     let after = (program_time("fan_encap_forw"), program_time(decap_prefix));
     let bpf_ns = fan.then(|| {
         let per = |b: (u64, u64), a: (u64, u64)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64;
@@ -233,12 +255,14 @@ fn measure(
             "XDP counters did not move"
         );
     }
-    let tcp4 = iperf3(server, client, addr, cfg.seconds, 4)?;
+    let (tcp1_free, retransmits_free) = iperf3_tcp(server, client, addr, cfg.seconds, 1, None)?;
+    let (tcp4, _) = iperf3_tcp(server, client, addr, cfg.seconds, 4, Some(CPU))?;
     let udp_kpps = udp_pps(server, client, addr, cfg.seconds.min(5), 64)? / 1e3;
-    let (rr_tps, rr_p50, rr_p99) = tcp_rr(server, client, addr, cfg.seconds.min(5))?;
+    let (rr_tps, rr_p50, rr_p99) = tcp_rr(server, client, addr, cfg.seconds.min(5), Some(CPU))?;
     Ok(Sample {
         tcp1,
-        retransmits,
+        tcp1_free,
+        retransmits_free: retransmits_free as f64,
         tcp4,
         udp_kpps,
         rr_tps,
@@ -275,11 +299,12 @@ fn routing(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> &[Sample] {
     &samples[&Path::Routing.to_string()].1
 }
 
-fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
+fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>, loopback_rr: f64) -> String {
     let base = routing(samples);
-    let fields: [(&str, fn(&Sample) -> f64); 4] = [
+    let fields: [(&str, fn(&Sample) -> f64); 5] = [
         ("TCP 1 stream, Gbit/s", |s| s.tcp1),
         ("TCP 4 streams, Gbit/s", |s| s.tcp4),
+        ("TCP 1 stream, unpinned, Gbit/s", |s| s.tcp1_free),
         ("UDP 64 B, kpps received", |s| s.udp_kpps),
         ("TCP request/response, per s", |s| s.rr_tps),
     ];
@@ -287,11 +312,11 @@ fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
     for (name, _) in &fields {
         out += &format!(" {name} |");
     }
-    out += " RR p50 / p99 µs | TCP retransmits (1 stream) | BPF ns per invocation (encap / decap) |\n|---|---|---|---|---|---|---|---|\n";
+    out += " RR p50 / p99 µs | TCP retransmits (unpinned) | BPF ns per invocation (encap / decap) |\n|---|---|---|---|---|---|---|---|---|\n";
     for (name, s) in order(samples) {
         out += &format!("| {name} |");
         if s.is_empty() {
-            out += " n/a (no ipip module) | | | | | | |\n";
+            out += " n/a (no ipip module) | | | | | | | |\n";
             continue;
         }
         for (_, f) in &fields {
@@ -302,7 +327,7 @@ fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
         let (p50, _, _) = stat(s, |x| x.rr_p50);
         let (p99, _, _) = stat(s, |x| x.rr_p99);
         out += &format!(" {p50:.0} / {p99:.0} |");
-        out += &format!(" {:.0} |", stat(s, |x| x.retransmits).0);
+        out += &format!(" {:.0} |", stat(s, |x| x.retransmits_free).0);
         match s.iter().filter_map(|x| x.bpf_ns).map(|x| x.0).next() {
             Some(_) => {
                 let (e, _, _) = stat(s, |x| x.bpf_ns.map_or(f64::NAN, |b| b.0));
@@ -312,7 +337,26 @@ fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
             None => out += " - |\n",
         }
     }
-    out += "\nBPF ns per invocation come from kernel.bpf_stats_enabled during the 1-stream run; one invocation may carry a 64 KB GSO packet.\n";
+    out += &format!(
+        "\nTCP and request/response run with client, server and so all the softirq work of the path on CPU {CPU}: \
+         the figures measure what the path costs, not where the scheduler put the two ends. \
+         The unpinned run shows the same path with both CPUs in use; a veth transmits on the CPU that sends, \
+         so when the sender's process and its ACK-clocked softirq are on different CPUs one flow is reordered \
+         (the retransmits, on every path). UDP runs unpinned: the sender's CPU carries the path.\n\
+         BPF ns per invocation come from kernel.bpf_stats_enabled during the pinned 1-stream run; one invocation may carry a 64 KB GSO packet.\n"
+    );
+    // A transaction's time minus the same exchange over loopback: what the
+    // path between the containers adds.
+    let above = |s: &[Sample]| 1e6 / stat(s, |x| x.rr_tps).0 - 1e6 / loopback_rr;
+    let fan = &samples[&Path::FanTc.to_string()].1;
+    let (r, f) = (above(routing(samples)), above(fan));
+    out += &format!(
+        "\nRequest/response over the client container's loopback: {loopback_rr:.0} per s ({:.1} µs). \
+         Above that, a transaction spends {r:.1} µs on the path with plain routing and {f:.1} µs with fan-xdp \
+         (TC + direct delivery): {:.2}x less.\n",
+        1e6 / loopback_rr,
+        r / f
+    );
     out
 }
 

@@ -1,0 +1,204 @@
+//! Encapsulation at the slice bridge's ports, run by `fan-xdp run`.
+//!
+//! `attach` puts the encapsulating program at the slice bridge's ingress,
+//! which every container frame for the host reaches after the bridge has
+//! handled it. The same program at the TC ingress of each container's veth
+//! (the bridge port) sees the frame first and skips the bridge altogether:
+//! no bridge hooks, no forwarding database lookup, no second pass through the
+//! receive path. The ports come and go with containers, so the long-running
+//! mode attaches them as they join and lets them go with the daemon: its
+//! TCX links close when it exits, and the bridge's program is always there
+//! behind them, so traffic is encapsulated either way.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{
+    LinkOrder, ProgramInfo, SchedClassifier, TcAttachType,
+    tc::{SchedClassifierLinkId, TcAttachOptions},
+};
+use log::{debug, info, warn};
+
+use crate::{
+    loader::{ENCAP_FORWARD, tcx_supported},
+    state::StateDir,
+};
+
+pub struct PortEncap {
+    program: SchedClassifier,
+    /// The pinned program's id when it was opened: another id means a newer
+    /// version was attached, and the ports must follow it.
+    program_id: u32,
+    links: HashMap<u32, Port>,
+    /// With `--steer-flows`: the RPS mask to give every port.
+    steer: Option<String>,
+}
+
+struct Port {
+    link: SchedClassifierLinkId,
+    /// RPS masks this replaced, to put back when the port is let go.
+    rps_before: Vec<(PathBuf, String)>,
+}
+
+impl Drop for PortEncap {
+    fn drop(&mut self) {
+        for (_, port) in self.links.drain() {
+            restore_rps(&port.rps_before);
+        }
+    }
+}
+
+impl PortEncap {
+    /// The program `attach` pinned in `dir`, ready to attach to ports; None
+    /// on kernels without TCX, where a filter would outlive the daemon.
+    pub fn open(dir: &StateDir, steer_flows: bool) -> Result<Option<Self>> {
+        if !tcx_supported() {
+            return Ok(None);
+        }
+        let pin = dir.program(ENCAP_FORWARD);
+        let program = SchedClassifier::from_pin(&pin)
+            .with_context(|| format!("opening {}", pin.display()))?;
+        let program_id = program.info()?.id();
+        let steer = if steer_flows {
+            let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+                .context("reading the online CPUs")?;
+            Some(rps_mask(&online)?)
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            program,
+            program_id,
+            links: HashMap::new(),
+            steer,
+        }))
+    }
+
+    /// Whether the program pinned in `dir` is still the one this runs.
+    pub fn is_current(&self, dir: &StateDir) -> bool {
+        ProgramInfo::from_pin(dir.program(ENCAP_FORWARD))
+            .is_ok_and(|info| info.id() == self.program_id)
+    }
+
+    /// Runs the program on exactly `ports` (index, name). Returns (added, removed).
+    pub fn sync(&mut self, ports: &[(u32, String)]) -> Result<(usize, usize)> {
+        let gone: Vec<u32> = self
+            .links
+            .keys()
+            .filter(|index| !ports.iter().any(|(i, _)| i == *index))
+            .copied()
+            .collect();
+        for index in &gone {
+            if let Some(port) = self.links.remove(index) {
+                // A deleted device took the link with it; this only closes our fd.
+                let _ = self.program.detach(port.link);
+                restore_rps(&port.rps_before);
+            }
+        }
+        let mut added = 0;
+        for (index, name) in ports {
+            if self.links.contains_key(index) {
+                continue;
+            }
+            // Last in the port's chain: a program someone else put there
+            // (a policy, say) decides first, and its verdict stands.
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            match self
+                .program
+                .attach_with_options(name, TcAttachType::Ingress, options)
+            {
+                Ok(link) => {
+                    let rps_before = match &self.steer {
+                        Some(mask) => steer(name, mask),
+                        None => Vec::new(),
+                    };
+                    self.links.insert(*index, Port { link, rps_before });
+                    added += 1;
+                }
+                // The port may have gone since it was listed; the next sync settles it.
+                Err(e) => debug!("encapsulation at port {name}: {e}"),
+            }
+        }
+        if added + gone.len() > 0 {
+            info!(
+                "encapsulating at {} port(s): {added} added, {} removed",
+                self.links.len(),
+                gone.len()
+            );
+        }
+        Ok((added, gone.len()))
+    }
+
+    pub fn ports(&self) -> usize {
+        self.links.len()
+    }
+}
+
+/// Sets `mask` on every receive queue of `port`; returns what was there.
+fn steer(port: &str, mask: &str) -> Vec<(PathBuf, String)> {
+    let mut before = Vec::new();
+    let Ok(queues) = std::fs::read_dir(format!("/sys/class/net/{port}/queues")) else {
+        return before;
+    };
+    for queue in queues.flatten() {
+        if !queue.file_name().to_string_lossy().starts_with("rx-") {
+            continue;
+        }
+        let path = queue.path().join("rps_cpus");
+        let Ok(old) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        match std::fs::write(&path, mask) {
+            Ok(()) => before.push((path, old.trim().to_string())),
+            Err(e) => warn!("steering flows on {port}: {e}"),
+        }
+    }
+    before
+}
+
+fn restore_rps(before: &[(PathBuf, String)]) {
+    for (path, mask) in before {
+        // Gone with its device, or renamed: nothing left to restore.
+        let _ = std::fs::write(path, mask);
+    }
+}
+
+/// The RPS mask (comma-separated 32-bit hex words, most significant first)
+/// of the CPUs in a kernel CPU list such as `0-3,8`.
+pub fn rps_mask(cpu_list: &str) -> Result<String> {
+    let mut cpus = Vec::new();
+    for part in cpu_list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>()?, b.parse::<usize>()?),
+            None => (part.parse()?, part.parse()?),
+        };
+        anyhow::ensure!(first <= last, "bad CPU range {part}");
+        cpus.extend(first..=last);
+    }
+    let words = cpus.iter().max().map_or(1, |max| max / 32 + 1);
+    let mut mask = vec![0u32; words];
+    for cpu in cpus {
+        mask[cpu / 32] |= 1 << (cpu % 32);
+    }
+    Ok(mask
+        .iter()
+        .rev()
+        .map(|w| format!("{w:08x}"))
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rps_mask;
+
+    #[test]
+    fn rps_masks_from_cpu_lists() {
+        assert_eq!(rps_mask("0-1\n").unwrap(), "00000003");
+        assert_eq!(rps_mask("0").unwrap(), "00000001");
+        assert_eq!(rps_mask("0-3,8").unwrap(), "0000010f");
+        assert_eq!(rps_mask("0-31,33").unwrap(), "00000002,ffffffff");
+        assert!(rps_mask("3-1").is_err());
+        assert!(rps_mask("x").is_err());
+    }
+}
