@@ -35,6 +35,9 @@ struct Config {
     big_fleet: u8,
 }
 
+/// Every path's samples, by the path's name.
+type Samples = BTreeMap<String, (Path, Vec<Sample>)>;
+
 #[derive(Default, Clone)]
 struct Sample {
     /// One stream with client, server and all their softirq work on [`CPU`].
@@ -152,7 +155,7 @@ fn program_time(prefix: &str) -> (u64, u64) {
 /// The samples of every path, and the request/response rate of the client
 /// container over its own loopback (median of one per run): the floor of
 /// what the system calls, scheduling and TCP cost without any path.
-fn paths(cfg: &Config) -> Result<(BTreeMap<String, (Path, Vec<Sample>)>, f64)> {
+fn paths(cfg: &Config) -> Result<(Samples, f64)> {
     let fleet = bench_fleet(2, 1)?;
     let mut paths = vec![
         Path::Routing,
@@ -167,7 +170,7 @@ fn paths(cfg: &Config) -> Result<(BTreeMap<String, (Path, Vec<Sample>)>, f64)> {
     if ipip {
         paths.insert(3, Path::KernelIpip);
     }
-    let mut samples: BTreeMap<String, (Path, Vec<Sample>)> = BTreeMap::new();
+    let mut samples: Samples = BTreeMap::new();
     if !ipip {
         samples.insert(Path::KernelIpip.to_string(), (Path::KernelIpip, Vec::new()));
     }
@@ -295,13 +298,16 @@ fn stat(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
     )
 }
 
-fn routing(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> &[Sample] {
+fn routing(samples: &Samples) -> &[Sample] {
     &samples[&Path::Routing.to_string()].1
 }
 
-fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>, loopback_rr: f64) -> String {
+/// A column of the path table: its heading and the figure it shows.
+type Column = (&'static str, fn(&Sample) -> f64);
+
+fn path_table(samples: &Samples, loopback_rr: f64) -> String {
     let base = routing(samples);
-    let fields: [(&str, fn(&Sample) -> f64); 5] = [
+    let fields: [Column; 5] = [
         ("TCP 1 stream, Gbit/s", |s| s.tcp1),
         ("TCP 4 streams, Gbit/s", |s| s.tcp4),
         ("TCP 1 stream, unpinned, Gbit/s", |s| s.tcp1_free),
@@ -360,7 +366,7 @@ fn path_table(samples: &BTreeMap<String, (Path, Vec<Sample>)>, loopback_rr: f64)
     out
 }
 
-fn order(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> Vec<(String, &Vec<Sample>)> {
+fn order(samples: &Samples) -> Vec<(String, &Vec<Sample>)> {
     let mut v: Vec<_> = samples
         .iter()
         .map(|(k, (p, s))| (*p as u8, k.clone(), s))
@@ -535,7 +541,7 @@ fn fleet_scaling(cfg: &Config) -> Result<String> {
     Ok(out)
 }
 
-fn targets(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
+fn targets(samples: &Samples) -> String {
     let base = routing(samples);
     let fan = &samples[&Path::FanTc.to_string()].1;
     let vxlan = &samples[&Path::Vxlan.to_string()].1;
@@ -564,7 +570,7 @@ fn targets(samples: &BTreeMap<String, (Path, Vec<Sample>)>) -> String {
     out
 }
 
-fn chart(samples: &BTreeMap<String, (Path, Vec<Sample>)>, file: &std::path::Path) -> Result<()> {
+fn chart(samples: &Samples, file: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
     let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
         .context("DejaVu Sans for the chart (install fonts-dejavu-core: cargo xtask setup)")?;
