@@ -22,6 +22,12 @@ fn attach_all(fleet: &Fleet, extra: &[&str]) {
     }
 }
 
+fn detach_all(fleet: &Fleet) {
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).expect("detach");
+    }
+}
+
 /// Every container pings every other container, on its own host and others.
 fn assert_full_mesh(fleet: &Fleet) {
     let all: Vec<(&Netns, Ipv4Addr)> = fleet
@@ -162,9 +168,7 @@ fn three_hosts_over_the_cli() {
         .unwrap();
     assert_eq!(watched.matches("REASON").count(), 2, "{watched}");
 
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    }
+    detach_all(&fleet);
 }
 
 #[test]
@@ -217,9 +221,7 @@ fn two_overlays_side_by_side() {
     assert_eq!(shown.as_array().unwrap().len(), 1);
     assert_eq!(shown[0]["overlay"], OVERLAY);
     drop(second);
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    }
+    detach_all(&fleet);
 }
 
 /// `fan-xdp attach` with the test hook `FAN_XDP_INJECT=<inject>` set.
@@ -563,9 +565,7 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
             "traffic after the replacement"
         );
         drop(other);
-        for host in &fleet.hosts {
-            host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-        }
+        detach_all(&fleet);
         return;
     }
     let link = FdLink::from(PinnedLink::from_pin(&pin).unwrap());
@@ -611,9 +611,7 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
         "the link does not run the new program"
     );
     drop(other);
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    }
+    detach_all(&fleet);
 }
 
 /// Packets host `host` delivered straight into a container so far.
@@ -711,9 +709,7 @@ fn direct_delivery_follows_containers_and_never_misdelivers() {
         "direct delivery without the daemon"
     );
     drop(again);
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    }
+    detach_all(&fleet);
 }
 
 #[test]
@@ -886,7 +882,5 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     }
     assert!(ping(&local.ns, remote.addr, 3).unwrap());
     drop(other);
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    }
+    detach_all(&fleet);
 }
