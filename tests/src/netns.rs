@@ -37,6 +37,24 @@ impl Netns {
         &self.name
     }
 
+    /// A veth pair: `port` here, its peer `eth0` in `other` (a host's NIC on
+    /// the switch, a container's link on its bridge).
+    pub fn add_veth_to(&self, port: &str, other: &Netns) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &other.name,
+        ])
+        .map(drop)
+    }
+
     /// A command that runs inside this namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");

@@ -327,18 +327,7 @@ impl Fleet {
         let gateway = Ipv4Addr::from(u32::from(slice) + 1);
         let bridge = bridge_name(slice);
         let port = format!("sw-h{i}");
-        self.switch.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        self.switch.add_veth_to(&port, &ns)?;
         self.switch
             .ip(&["link", "set", &port, "master", "sw", "up"])?;
         ns.ip(&[
@@ -457,21 +446,8 @@ pub fn plug_container(
 ) -> Result<Netns> {
     let ns = Netns::new(label)?;
     let mtu = OVERLAY_MTU.to_string();
-    host_ns.ip(&[
-        "link",
-        "add",
-        port,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
-    host_ns.ip(&["link", "set", port, "master", bridge, "up"])?;
+    host_ns.add_veth_to(port, &ns)?;
+    host_ns.ip(&["link", "set", port, "mtu", &mtu, "master", bridge, "up"])?;
     ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
     ns.ip(&["addr", "add", &format!("{addr}/{len}"), "dev", "eth0"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;

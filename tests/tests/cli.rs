@@ -80,21 +80,7 @@ fn three_hosts_over_the_cli() {
 
     // A container reaches the outside through NAT: the "internet" sees the host's underlay address.
     let internet = Netns::new("internet").unwrap();
-    fleet
-        .switch
-        .ip(&[
-            "link",
-            "add",
-            "sw-inet",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            internet.name(),
-        ])
-        .unwrap();
+    fleet.switch.add_veth_to("sw-inet", &internet).unwrap();
     fleet
         .switch
         .ip(&["link", "set", "sw-inet", "master", "sw", "up"])
