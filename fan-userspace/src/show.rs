@@ -1,10 +1,13 @@
 //! `fan-xdp show`: the fans of this namespace, from the pinned state.
 
 use anyhow::Result;
+use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
+use serde::Serialize;
 
 use crate::{
     cli::{Global, ShowArgs},
-    loader::PinnedMaps,
+    host::Net,
+    loader::{ENCAP_FORWARD, PinnedMaps, tcx_supported},
     record::{Fan, load_fans},
     state::StateDir,
 };
@@ -20,10 +23,83 @@ pub fn attached(global: &Global) -> Result<(StateDir, Vec<Fan>)> {
     Ok((dir, fans))
 }
 
-pub fn run(args: &ShowArgs, global: &Global) -> Result<()> {
-    let (_, fans) = attached(global)?;
+/// The fast path `fan-xdp run` keeps for a fan: encapsulation at the slice
+/// bridge's ports and the endpoints decapsulated packets go straight to.
+#[derive(Debug, Serialize)]
+pub struct FastPath {
+    /// The slice bridge's ports (container veths).
+    pub ports: usize,
+    /// Ports running the encapsulating program; None where the kernel has
+    /// no TCX, so encapsulation stays at the bridge.
+    pub ports_encapsulating: Option<usize>,
+    /// Containers of the slice that packets are delivered to directly.
+    pub endpoints: usize,
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    fan: &'a Fan,
+    fast_path: Option<FastPath>,
+}
+
+/// What `fan-xdp run` currently does for `fan`, read from the kernel (the
+/// daemon's TCX links and the endpoint map), not from the daemon.
+async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> Result<FastPath> {
+    let ports = match net.link(&fan.bridge).await? {
+        Some(bridge) => net.ports(bridge.index).await?,
+        None => Vec::new(),
+    };
+    let ports_encapsulating = if tcx_supported() {
+        let encap_id = ProgramInfo::from_pin(dir.program(ENCAP_FORWARD))
+            .map(|info| info.id())
+            .ok();
+        let encapsulating = ports.iter().filter(|port| {
+            SchedClassifier::query_tcx(&port.name, TcAttachType::Ingress)
+                .is_ok_and(|(_, programs)| programs.iter().any(|p| Some(p.id()) == encap_id))
+        });
+        Some(encapsulating.count())
+    } else {
+        None
+    };
+    let mut endpoints = 0;
+    for key in maps.endpoints.keys() {
+        if fan
+            .slice
+            .contains(std::net::Ipv4Addr::from(u32::from_be(key?)))
+        {
+            endpoints += 1;
+        }
+    }
+    Ok(FastPath {
+        ports: ports.len(),
+        ports_encapsulating,
+        endpoints,
+    })
+}
+
+pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
+    let (dir, fans) = attached(global)?;
+    let mut fast_paths = Vec::new();
+    if !fans.is_empty() {
+        let net = Net::connect()?;
+        let maps = PinnedMaps::open(&dir)?;
+        for fan in &fans {
+            let shown = if fan.complete {
+                Some(fast_path(&net, &dir, &maps, fan).await?)
+            } else {
+                None
+            };
+            fast_paths.push(shown);
+        }
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&fans)?);
+        let shown: Vec<Shown> = fans
+            .iter()
+            .zip(fast_paths)
+            .map(|(fan, fast_path)| Shown { fan, fast_path })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
     if fans.is_empty() {
@@ -55,11 +131,34 @@ pub fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             flags.join(",")
         );
     }
-    for fan in fans.iter().filter(|f| f.complete) {
+    for (fan, fast_path) in fans.iter().zip(&fast_paths) {
+        let Some(fast_path) = fast_path else { continue };
         println!(
             "{}: decapsulation {} ({})",
             fan.iface, fan.mode, fan.mode_reason
         );
+        println!("{}: {}", fan.bridge, describe(fast_path));
     }
     Ok(())
+}
+
+/// One line on the fast path, saying what is missing when `fan-xdp run` is not.
+fn describe(fast_path: &FastPath) -> String {
+    let ports = fast_path.ports;
+    let encap = match fast_path.ports_encapsulating {
+        Some(n) if n == ports && ports > 0 => {
+            format!("encapsulation at each of the {ports} container port(s)")
+        }
+        Some(0) if ports > 0 => {
+            format!("encapsulation at the bridge, none of its {ports} port(s) (no `fan-xdp run`?)")
+        }
+        Some(n) => {
+            format!("encapsulation at {n} of {ports} container port(s), the others at the bridge")
+        }
+        None => "encapsulation at the bridge (no TCX for port programs)".to_string(),
+    };
+    format!(
+        "{encap}; direct delivery to {} container(s)",
+        fast_path.endpoints
+    )
 }

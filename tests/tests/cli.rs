@@ -805,7 +805,15 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     // Without TCX (the VM's 6.1) a port filter would outlive the daemon:
     // encapsulation stays at the bridge there.
     let at_ports = fan_userspace::loader::tcx_supported();
+    let fast_path = |host: &Host| {
+        let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+        shown[0]["fast_path"].clone()
+    };
+    let shown = fast_path(sender);
+    assert_eq!(shown["ports"], 1, "{shown}");
+    assert_eq!(shown["endpoints"], 1, "{shown}");
     if at_ports {
+        assert_eq!(shown["ports_encapsulating"], 1, "{shown}");
         // The kernel keeps 15 bytes of a program's name.
         let encap = &fan_userspace::loader::ENCAP_FORWARD[..15];
         assert_eq!(port_programs(sender, "veth1"), [encap]);
@@ -827,6 +835,7 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
             "{crossed} of 20 echo requests crossed the bridge"
         );
     } else {
+        assert!(shown["ports_encapsulating"].is_null(), "{shown}");
         assert!(
             crossed >= 20,
             "only {crossed} of 20 echo requests crossed the bridge"
@@ -864,6 +873,10 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     daemon.stop().unwrap();
     if at_ports {
         assert!(port_programs(sender, "veth1").is_empty());
+        let shown = fast_path(sender);
+        assert_eq!(shown["ports_encapsulating"], 0, "{shown}");
+        let text = sender.fan_xdp_ok(&["show"]).unwrap();
+        assert!(text.contains("no `fan-xdp run`?"), "{text}");
         assert_eq!(rps(), "", "the port's RPS mask was not restored");
     }
     assert!(ping(&local.ns, remote.addr, 3).unwrap());
