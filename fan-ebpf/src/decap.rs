@@ -158,7 +158,7 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
     // SAFETY: bounds-checked by `ipv4`.
     let ip = unsafe { *ip_ptr };
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    let endpoint = unsafe { FAN_ENDPOINTS.get(&ip.dst_raw()) }?;
+    let endpoint = unsafe { FAN_ENDPOINTS.get(ip.dst_raw()) }?;
     if ip.ttl <= 1 {
         return None;
     }

@@ -74,16 +74,15 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     let plan = plan(&net, args, global).await?;
     if let Some(existing) = &plan.existing
         && existing.complete
+        && !same_settings(existing, &plan)
     {
-        if !same_settings(existing, &plan) {
-            bail!(
-                "overlay {} is already attached with other settings (bridge {}, interface {}, underlay {}); detach it first",
-                plan.overlay,
-                existing.bridge,
-                existing.iface,
-                existing.underlay
-            );
-        }
+        bail!(
+            "overlay {} is already attached with other settings (bridge {}, interface {}, underlay {}); detach it first",
+            plan.overlay,
+            existing.bridge,
+            existing.iface,
+            existing.underlay
+        );
     }
     if let Some(chain) = nat::forward_drop_policy() {
         warn!(

@@ -176,10 +176,9 @@ impl Net {
             for attr in &msg.attributes {
                 if let AddressAttribute::Local(IpAddr::V4(a))
                 | AddressAttribute::Address(IpAddr::V4(a)) = attr
+                    && !out.iter().any(|(o, _)| o == a)
                 {
-                    if !out.iter().any(|(o, _)| o == a) {
-                        out.push((*a, msg.header.prefix_len));
-                    }
+                    out.push((*a, msg.header.prefix_len));
                 }
             }
         }
@@ -285,10 +284,10 @@ impl Net {
                     _ => {}
                 }
             }
-            if dst == Some(dest) {
-                if let Some(oif) = oif {
-                    return Ok(Some((oif, src)));
-                }
+            if dst == Some(dest)
+                && let Some(oif) = oif
+            {
+                return Ok(Some((oif, src)));
             }
         }
         Ok(None)

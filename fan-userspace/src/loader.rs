@@ -95,7 +95,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader.override_global("AYA_LOG_LEVEL", &log_level, true);
         for (name, path) in MAPS.iter().zip(&paths) {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         Self::load_with(&mut loader)
     }

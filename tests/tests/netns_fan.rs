@@ -171,7 +171,7 @@ fn fan_works_end_to_end(mode: DecapMode) {
     assert!(ping(&h1.ns, a2, 3).unwrap(), "host 1 -> container 2");
     assert!(ping(&h2.ns, a1, 3).unwrap(), "host 2 -> container 1");
     assert_eq!(
-        tcp_transfer(&c2, &h1.ns, a2, 8 << 20).unwrap(),
+        tcp_transfer(c2, &h1.ns, a2, 8 << 20).unwrap(),
         8 << 20,
         "host 1 -> container 2 TCP"
     );
@@ -223,7 +223,7 @@ fn fan_works_end_to_end(mode: DecapMode) {
     );
     assert!(stats(&planes[0]).get(StatReason::StackTooBig).packets >= 1);
     assert_eq!(
-        tcp_transfer(&c2, &c1, a2, 16 << 20).unwrap(),
+        tcp_transfer(c2, c1, a2, 16 << 20).unwrap(),
         16 << 20,
         "TCP after PMTU discovery"
     );
@@ -253,7 +253,7 @@ fn fan_works_end_to_end(mode: DecapMode) {
         "ping still works after detaching"
     );
     assert!(
-        tcp_transfer(&c2, &c1, a2, 1 << 20).is_err(),
+        tcp_transfer(c2, c1, a2, 1 << 20).is_err(),
         "TCP still works after detaching"
     );
 }

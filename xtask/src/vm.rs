@@ -120,10 +120,9 @@ fn module_order(kernel: &Kernel) -> Result<Vec<PathBuf>> {
             if let Some(path) = line
                 .strip_prefix("insmod ")
                 .map(|p| p.split_whitespace().next().unwrap_or(p))
+                && seen.insert(path.to_string())
             {
-                if seen.insert(path.to_string()) {
-                    order.push(PathBuf::from(path));
-                }
+                order.push(PathBuf::from(path));
             }
         }
     }
@@ -191,7 +190,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
