@@ -17,9 +17,9 @@ use fan_common::{
 
 use crate::{
     maps::{FAN_ENDPOINTS, fan_for},
-    parse::{EthHdr, MAX_HEADERS_LEN, eth, ipv4},
+    parse::{EthHdr, eth, ipv4},
     stats::count,
-    tc::{device_mtu, ensure_linear, frame, gso_size},
+    tc::{device_mtu, ensure_ipv4_header, frame, gso_size},
 };
 
 /// What to do with a received frame.
@@ -108,7 +108,10 @@ pub fn decide(start: usize, end: usize) -> Decision {
 /// TC ingress on the underlay device.
 #[inline(always)]
 pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
-    ensure_linear(ctx, MAX_HEADERS_LEN);
+    let (outer_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
+    if protocol == IPPROTO_IPIP {
+        ensure_ipv4_header(ctx, ETH_HDR_LEN + outer_len);
+    }
     let (start, end) = frame(ctx);
     let len = ctx.len() as usize;
     match decide(start, end) {

@@ -17,9 +17,9 @@ use fan_common::{
 
 use crate::{
     maps::fan_for,
-    parse::{Ipv4Hdr, MAX_HEADERS_LEN, ipv4, ptr_at},
+    parse::{Ipv4Hdr, ipv4, ptr_at},
     stats::count,
-    tc::{device_mtu, ensure_linear, frame, gso_size},
+    tc::{device_mtu, ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
 
 /// Where the encapsulating program runs, which decides what routing
@@ -58,7 +58,11 @@ enum Outcome {
 
 #[inline(always)]
 fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
-    ensure_linear(ctx, MAX_HEADERS_LEN);
+    let (ip_len, _) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
+    if gso_size(ctx) != 0 {
+        // `fits_underlay` reads a GSO packet's TCP data offset (byte 12).
+        ensure_linear(ctx, ETH_HDR_LEN + ip_len + TCP_DATA_OFFSET_END);
+    }
     let (start, end) = frame(ctx);
     let Some(eth) = crate::parse::eth(start, end) else {
         return Err(Outcome::Pass(StatReason::PassNotIpv4));
@@ -149,6 +153,9 @@ fn source_is_local(dst_fan: &FanEntry, ip: &Ipv4Hdr) -> bool {
     }
 }
 
+/// Bytes of a TCP header up to and including the data offset.
+const TCP_DATA_OFFSET_END: usize = 13;
+
 /// Whether every packet this skb becomes fits the fan's overlay MTU and,
 /// with the outer header, the underlay device's current MTU. For a GSO
 /// packet that is one segment: IP and transport headers plus `gso_size`.
@@ -163,7 +170,7 @@ fn fits_underlay(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, start: usize, en
     } else {
         let l4_offset = ETH_HDR_LEN + ip.header_len();
         let l4_header = match ip.protocol {
-            IPPROTO_TCP => match ptr_at::<[u8; 13]>(start, end, l4_offset) {
+            IPPROTO_TCP => match ptr_at::<[u8; TCP_DATA_OFFSET_END]>(start, end, l4_offset) {
                 // SAFETY: bounds-checked by `ptr_at`; byte 12 holds the data offset.
                 Some(tcp) => ((unsafe { (*tcp)[12] } >> 4) as u32) * 4,
                 None => return false,

@@ -5,7 +5,7 @@
 
 use core::mem;
 
-use fan_common::ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IPV4_HDR_LEN, replace_word};
+use fan_common::ipv4::{ETH_P_IPV4, IPV4_HDR_LEN, replace_word};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -140,7 +140,3 @@ pub fn ipv4(start: usize, end: usize, offset: usize) -> Option<*mut Ipv4Hdr> {
     }
     Some(ip)
 }
-
-/// Bytes of headers the programs may need in linear data: Ethernet, an IPv4
-/// header with full options, and the next 20 bytes (inner IPv4 or TCP header).
-pub const MAX_HEADERS_LEN: usize = ETH_HDR_LEN + 60 + 20;
