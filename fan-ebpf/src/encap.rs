@@ -30,9 +30,24 @@ pub enum Hook {
     /// forwards itself, bypassing the host's forwarding path. It must do what
     /// a router does: decrement the TTL and refuse what does not fit.
     Forward,
+    /// Ingress of a container's veth, the slice bridge's port: Forward's
+    /// duties one hop earlier. Whatever it passes goes on into the bridge,
+    /// where the Forward program sees it again and counts it, so passes are
+    /// not counted here: the counters read the same with or without
+    /// `fan-xdp run` keeping port programs.
+    Port,
     /// Egress of fan-xdp's own NOARP device, where the host's routing puts
     /// overlay traffic it originates (or forwards itself, TTL already handled).
     Output,
+}
+
+impl Hook {
+    /// Whether the program forwards the packet in the host's place, owing it
+    /// a router's TTL and MTU handling.
+    #[inline(always)]
+    fn forwards(self) -> bool {
+        !matches!(self, Hook::Output)
+    }
 }
 
 #[inline(always)]
@@ -40,7 +55,9 @@ pub fn encapsulate(ctx: &TcContext, hook: Hook) -> i32 {
     match try_encapsulate(ctx, hook) {
         Ok(action) => action,
         Err(Outcome::Pass(reason)) => {
-            count(reason, ctx.len() as usize);
+            if hook != Hook::Port {
+                count(reason, ctx.len() as usize);
+            }
             TC_ACT_UNSPEC
         }
         Err(Outcome::Drop(reason)) => {
@@ -90,17 +107,18 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     if !source_is_local(fan, &ip) {
         return Err(Outcome::Drop(StatReason::DropSourceNotLocal));
     }
-    if hook == Hook::Forward && ip.ttl <= 1 {
+    if hook.forwards() && ip.ttl <= 1 {
         return Err(Outcome::Pass(StatReason::StackTtlExpired));
     }
     if !fits_underlay(ctx, fan, &ip, start, end) {
-        return Err(match hook {
-            Hook::Forward => Outcome::Pass(StatReason::StackTooBig),
-            Hook::Output => Outcome::Drop(StatReason::DropTooBig),
+        return Err(if hook.forwards() {
+            Outcome::Pass(StatReason::StackTooBig)
+        } else {
+            Outcome::Drop(StatReason::DropTooBig)
         });
     }
 
-    if hook == Hook::Forward {
+    if hook.forwards() {
         // SAFETY: `ip_ptr` was bounds-checked and nothing has moved the data since.
         unsafe { (*ip_ptr).decrement_ttl() };
     }

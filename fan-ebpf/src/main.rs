@@ -1,6 +1,7 @@
 //! fan-xdp's data plane: one program per hook.
 //!
 //! - `fan_encap_forward`: TC ingress of a slice bridge (container traffic).
+//! - `fan_encap_port`: TC ingress of a container's veth on that bridge (kept by `fan-xdp run`).
 //! - `fan_encap_output`: TC egress of fan-xdp's NOARP host device (traffic the host originates).
 //! - `fan_decap_tc`: TC ingress of the underlay device.
 //! - `fan_decap_xdp`: native XDP on the underlay device.
@@ -25,6 +26,11 @@ use crate::encap::Hook;
 #[classifier]
 pub fn fan_encap_forward(ctx: TcContext) -> i32 {
     encap::encapsulate(&ctx, Hook::Forward)
+}
+
+#[classifier]
+pub fn fan_encap_port(ctx: TcContext) -> i32 {
+    encap::encapsulate(&ctx, Hook::Port)
 }
 
 #[classifier]

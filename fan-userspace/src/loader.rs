@@ -24,9 +24,13 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Program names, as the entry points in `fan-ebpf/src/main.rs` are called.
 pub const ENCAP_FORWARD: &str = "fan_encap_forward";
+/// Attached by `fan-xdp run` to the slice bridge's ports, not by `attach`.
+pub const ENCAP_PORT: &str = "fan_encap_port";
 pub const ENCAP_OUTPUT: &str = "fan_encap_output";
 pub const DECAP_TC: &str = "fan_decap_tc";
 pub const DECAP_XDP: &str = "fan_decap_xdp";
+/// Every TC program, in the order they are loaded and pinned.
+const TC_PROGRAMS: [&str; 4] = [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT, DECAP_TC];
 /// An XDP program that only returns XDP_PASS: the bench's baseline.
 pub const BENCH_XDP_PASS: &str = "fan_bench_xdp_pass";
 pub const CONFIG_MAP: &str = "FAN_CONFIG";
@@ -104,7 +108,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the fan-xdp eBPF object")?;
-        for name in [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC] {
+        for name in TC_PROGRAMS {
             let program: &mut SchedClassifier = program(&mut ebpf, name)?;
             program
                 .load()
@@ -291,7 +295,7 @@ impl Dataplane {
 
     /// Pins every program in `dir`, replacing pins of older versions.
     pub fn pin_programs(&mut self, dir: &StateDir) -> Result<()> {
-        for name in [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC, DECAP_XDP] {
+        for name in TC_PROGRAMS.into_iter().chain([DECAP_XDP]) {
             let path = dir.program(name);
             let _ = std::fs::remove_file(&path);
             let program = self
@@ -373,8 +377,9 @@ impl Dataplane {
 
     /// How many instructions the verifier processed for each program.
     pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
-        [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC, DECAP_XDP]
+        TC_PROGRAMS
             .into_iter()
+            .chain([DECAP_XDP])
             .map(|name| {
                 let program = self
                     .ebpf
@@ -440,7 +445,7 @@ pub fn unlink(pin: &std::path::Path, device: &str, hook: Hook) -> Result<()> {
     if hook != Hook::Xdp
         && let Ok(info) = aya::programs::ProgramInfo::from_pin(pin)
     {
-        let name = [ENCAP_FORWARD, ENCAP_OUTPUT, DECAP_TC]
+        let name = TC_PROGRAMS
             .into_iter()
             .find(|n| info.name_as_str().is_some_and(|short| n.starts_with(short)))
             .unwrap_or_default();

@@ -2,8 +2,9 @@
 //!
 //! `attach` puts the encapsulating program at the slice bridge's ingress,
 //! which every container frame for the host reaches after the bridge has
-//! handled it. The same program at the TC ingress of each container's veth
-//! (the bridge port) sees the frame first and skips the bridge altogether:
+//! handled it. The same code at the TC ingress of each container's veth (the
+//! bridge port, `fan_encap_port`, which leaves counting what it passes to the
+//! bridge's program) sees the frame first and skips the bridge altogether:
 //! no bridge hooks, no forwarding database lookup, no second pass through the
 //! receive path. The ports come and go with containers, so the long-running
 //! mode attaches them as they join and lets them go with the daemon: its
@@ -20,7 +21,7 @@ use aya::programs::{
 use log::{debug, info, warn};
 
 use crate::{
-    loader::{ENCAP_FORWARD, tcx_supported},
+    loader::{ENCAP_PORT, tcx_supported},
     state::StateDir,
 };
 
@@ -55,9 +56,13 @@ impl PortEncap {
         if !tcx_supported() {
             return Ok(None);
         }
-        let pin = dir.program(ENCAP_FORWARD);
-        let program = SchedClassifier::from_pin(&pin)
-            .with_context(|| format!("opening {}", pin.display()))?;
+        let pin = dir.program(ENCAP_PORT);
+        let program = SchedClassifier::from_pin(&pin).with_context(|| {
+            format!(
+                "opening {} (pinned by `fan-xdp attach`; after an upgrade, attach again)",
+                pin.display()
+            )
+        })?;
         let program_id = program.info()?.id();
         let steer = if steer_flows {
             let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
@@ -76,7 +81,7 @@ impl PortEncap {
 
     /// Whether the program pinned in `dir` is still the one this runs.
     pub fn is_current(&self, dir: &StateDir) -> bool {
-        ProgramInfo::from_pin(dir.program(ENCAP_FORWARD))
+        ProgramInfo::from_pin(dir.program(ENCAP_PORT))
             .is_ok_and(|info| info.id() == self.program_id)
     }
 

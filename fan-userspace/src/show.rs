@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     cli::{Global, ShowArgs},
     host::Net,
-    loader::{ENCAP_FORWARD, PinnedMaps, tcx_supported},
+    loader::{ENCAP_PORT, PinnedMaps, tcx_supported},
     record::{Fan, load_fans},
     state::StateDir,
 };
@@ -51,7 +51,7 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
         None => Vec::new(),
     };
     let ports_encapsulating = if tcx_supported() {
-        let encap_id = ProgramInfo::from_pin(dir.program(ENCAP_FORWARD))
+        let encap_id = ProgramInfo::from_pin(dir.program(ENCAP_PORT))
             .map(|info| info.id())
             .ok();
         let encapsulating = ports.iter().filter(|port| {

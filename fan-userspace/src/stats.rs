@@ -81,6 +81,7 @@ pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
         crate::loader::DECAP_TC,
         crate::loader::DECAP_XDP,
         crate::loader::ENCAP_FORWARD,
+        crate::loader::ENCAP_PORT,
         crate::loader::ENCAP_OUTPUT,
     ] {
         let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else {

@@ -602,8 +602,13 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
 
 /// Packets host `host` delivered straight into a container so far.
 fn direct(host: &Host) -> u64 {
+    counter(host, "decapsulated_direct")
+}
+
+/// Packets counter `name` of host `host` has counted so far.
+fn counter(host: &Host, name: &str) -> u64 {
     let stats = json(&host.fan_xdp_ok(&["stats", "--json"]).unwrap());
-    stats["decapsulated_direct"]["packets"].as_u64().unwrap()
+    stats[name]["packets"].as_u64().unwrap()
 }
 
 /// Pings until direct delivery on `host` shows up (the daemon learns an
@@ -814,9 +819,10 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     assert_eq!(shown["endpoints"], 1, "{shown}");
     if at_ports {
         assert_eq!(shown["ports_encapsulating"], 1, "{shown}");
-        // The kernel keeps 15 bytes of a program's name.
-        let encap = &fan_userspace::loader::ENCAP_FORWARD[..15];
-        assert_eq!(port_programs(sender, "veth1"), [encap]);
+        assert_eq!(
+            port_programs(sender, "veth1"),
+            [fan_userspace::loader::ENCAP_PORT]
+        );
         assert_eq!(
             rps(),
             all_cpus.trim_start_matches(['0', ',']),
@@ -841,6 +847,12 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
             "only {crossed} of 20 echo requests crossed the bridge"
         );
     }
+
+    // What the port passes (here: echo requests to the gateway) the bridge's
+    // program counts once, as it would without the daemon.
+    let before = counter(sender, "pass_local_slice");
+    assert!(ping(&local.ns, sender.gateway, 5).unwrap());
+    assert_eq!(counter(sender, "pass_local_slice") - before, 5);
 
     // The container's frames no longer teach the bridge where it is; the
     // daemon refreshes the entry, so after twice the ageing time direct
