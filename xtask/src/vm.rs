@@ -333,6 +333,12 @@ fn qemu(kernel: &Kernel, accel: &str) -> Command {
     cmd
 }
 
+/// Ends qemu and reaps it, whatever state the guest is in.
+fn stop(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// How long a kernel boot under KVM may take before KVM counts as broken:
 /// it takes about a second where KVM works.
 const KVM_PROBE_LIMIT: Duration = Duration::from_secs(20);
@@ -363,8 +369,7 @@ fn kvm_boots(kernel: &Kernel) -> bool {
         }
     };
     if !exited {
-        let _ = child.kill();
-        let _ = child.wait();
+        stop(&mut child);
         return false;
     }
     let mut console = String::new();
@@ -478,8 +483,7 @@ pub fn run_in_vm(
                 writeln!(log, "qemu: {line}")?;
                 eprintln!("qemu: {line}");
                 if line.contains("KVM internal error") {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    stop(&mut child);
                     bail!(
                         "KVM failed while running the guest ({line}); \
                          FAN_VM_ACCEL=tcg runs it emulated; console log: {}",
@@ -496,7 +500,7 @@ pub fn run_in_vm(
                 }
                 lines.push(line.clone());
                 if line.contains("Kernel panic") {
-                    let _ = child.kill();
+                    stop(&mut child);
                     bail!(
                         "the guest kernel panicked; console log: {}",
                         log_path.display()
@@ -506,8 +510,7 @@ pub fn run_in_vm(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    stop(&mut child);
                     bail!(
                         "the guest hung: no exit after {} s; console log: {}",
                         limit.as_secs(),
