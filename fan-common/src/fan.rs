@@ -8,12 +8,15 @@
 
 use core::{fmt, net::Ipv4Addr};
 
-/// Prefixes an overlay may not touch: "this network", loopback, multicast and
-/// the multicast-adjacent class D space.
-pub const RESERVED_OVERLAYS: [(u32, u8); 3] = [
-    (0x0000_0000, 8), // 0.0.0.0/8
-    (0x7f00_0000, 8), // 127.0.0.0/8
-    (0xe000_0000, 4), // 224.0.0.0/4
+/// Prefixes an overlay may not touch: "this network", loopback, multicast
+/// (class D) and the limited broadcast address, which would otherwise be a
+/// valid inner destination of an overlay such as 255.0.0.0/8. (Class E,
+/// 240.0.0.0/4, is where fans traditionally live, so it stays usable.)
+pub const RESERVED_OVERLAYS: [(u32, u8); 4] = [
+    (0x0000_0000, 8),  // 0.0.0.0/8
+    (0x7f00_0000, 8),  // 127.0.0.0/8
+    (0xe000_0000, 4),  // 224.0.0.0/4
+    (0xffff_ffff, 32), // 255.255.255.255/32
 ];
 
 /// The longest slice that still leaves room for a gateway and a container.
@@ -108,6 +111,14 @@ impl FanMap {
     pub const fn is_reserved_host(&self, host: u32) -> bool {
         let host_bits = host & !prefix_mask(self.underlay_len);
         host_bits == 0 || host_bits == !prefix_mask(self.underlay_len)
+    }
+
+    /// Whether `addr` is the network or broadcast address of the slice of
+    /// underlay host `host`: such an address names no container.
+    #[inline(always)]
+    pub const fn is_slice_edge(&self, host: u32, addr: u32) -> bool {
+        let offset = addr.wrapping_sub(self.slice_of(host));
+        offset == 0 || offset == !prefix_mask(self.slice_len())
     }
 
     /// Whether `underlay_src` is the host that owns `overlay_src` (anti-spoofing).

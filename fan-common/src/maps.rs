@@ -4,7 +4,7 @@ use crate::fan::FanMap;
 
 /// Bumped whenever a map's key or value layout changes, so a loader never
 /// reuses pinned maps written by an incompatible version.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Most fans one host can carry (entries in the LPM trie keyed by overlay).
 pub const MAX_FANS: u32 = 256;
@@ -30,6 +30,13 @@ impl FanEntry {
     #[inline(always)]
     pub const fn local_slice(&self) -> u32 {
         self.map.slice_of(self.local_host)
+    }
+
+    /// The slice gateway: the slice bridge's address, the first after the
+    /// slice's network address.
+    #[inline(always)]
+    pub const fn gateway(&self) -> u32 {
+        self.local_slice() + 1
     }
 
     /// Whether `addr` lies in this host's own slice (delivered locally).
@@ -63,6 +70,11 @@ unsafe impl aya::Pod for Endpoint {}
 
 /// Most containers one host can have direct delivery for.
 pub const MAX_ENDPOINTS: u32 = 16384;
+
+/// Value of the local hosts map, keyed by one of this host's underlay
+/// addresses (network byte order): the number of attached fans using it.
+/// A fan packet is for this host only if its outer destination is a key.
+pub type LocalHostRefs = u32;
 
 /// Key of the metadata map: `[prefix length, overlay network (host order)]`.
 pub type FanMetaKey = [u32; 2];

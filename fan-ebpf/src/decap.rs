@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        xdp_action,
     },
     helpers::generated::{bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
@@ -16,7 +16,8 @@ use fan_common::{
 };
 
 use crate::{
-    maps::{FAN_ENDPOINTS, fan_for},
+    events::event_allowed,
+    maps::{FAN_ENDPOINTS, fan_for, is_local_host},
     parse::{EthHdr, eth, ipv4},
     stats::count,
     tc::{device_mtu, ensure_ipv4_header, frame, gso_size},
@@ -32,10 +33,26 @@ pub enum Decision {
     Drop(StatReason),
 }
 
-/// Classifies the frame in `[start, end)`. Fan traffic is checked against the
-/// arithmetic: the outer source must be the underlay host owning the inner
-/// source's slice. If the outer header carries an ECN CE mark, it is copied
-/// into the inner header here (RFC 6040), since the outer header is about to go.
+/// Classifies the frame in `[start, end)`: the receive policy, in one place.
+///
+/// A frame claims to be fan traffic for this host when it is IP-in-IP (not
+/// an outer fragment) addressed to one of this host's underlay addresses and
+/// at least one inner address lies in an attached overlay. (IP-in-IP whose
+/// inner addresses are in no overlay is not the Fan's: a kernel tunnel may
+/// own it, so the stack decides.) A claim is decapsulated only if
+/// - the inner destination is in this host's slice of its fan, that fan's
+///   local address is the outer destination, and it is neither the slice's
+///   network nor its broadcast address (so nothing is forwarded on behalf of
+///   another host, and limited broadcast or multicast can never be reached:
+///   overlays exclude both);
+/// - the outer source is a host of that fan's underlay: not one of this
+///   host's own addresses, not the underlay's network or broadcast address;
+/// - the inner source is in an attached overlay whose underlay contains the
+///   outer source, and in that overlay its slice is the outer source's.
+///
+/// Every other claim is dropped with its own reason. If the outer header
+/// carries an ECN CE mark, it is copied into the inner header here (RFC
+/// 6040), since the outer header is about to go.
 #[inline(always)]
 pub fn decide(start: usize, end: usize) -> Decision {
     let Some(eth) = eth(start, end) else {
@@ -57,33 +74,48 @@ pub fn decide(start: usize, end: usize) -> Decision {
     if is_fragment(outer.frag_off()) {
         return Decision::Pass(StatReason::PassOuterFragment);
     }
+    if !is_local_host(outer.dst_raw()) {
+        return Decision::Pass(StatReason::PassNotLocalUnderlay);
+    }
     let outer_len = outer.header_len();
     let Some(inner_ptr) = ipv4(start, end, ETH_HDR_LEN + outer_len) else {
-        return Decision::Pass(StatReason::PassMalformedInner);
+        return Decision::Drop(StatReason::DropMalformedInner);
     };
     // SAFETY: bounds-checked above.
     let inner = unsafe { *inner_ptr };
-    let Some(fan) = fan_for(inner.dst_raw()) else {
-        return Decision::Pass(StatReason::PassNotOverlay);
-    };
-    if outer.dst() != fan.local_host {
-        return Decision::Pass(StatReason::PassNotLocalUnderlay);
-    }
-
-    // From here on the packet claims to be fan traffic for us: verify it.
+    let dst_fan = fan_for(inner.dst_raw());
     let inner_src = inner.src();
-    let src_fan = if fan.map.overlay_contains(inner_src) {
-        fan
-    } else {
-        match fan_for(inner.src_raw()) {
-            Some(src_fan) => src_fan,
-            None => return Decision::Drop(StatReason::DropInnerSrcOutsideOverlay),
-        }
+    let src_fan = match dst_fan {
+        Some(fan) if fan.map.overlay_contains(inner_src) => Some(fan),
+        _ => fan_for(inner.src_raw()),
     };
+    let (dst_fan, src_fan) = match (dst_fan, src_fan) {
+        (None, None) => return Decision::Pass(StatReason::PassNotOverlay),
+        (None, Some(_)) => return Decision::Drop(StatReason::DropInnerDstNotLocal),
+        (Some(_), None) => return Decision::Drop(StatReason::DropInnerSrcOutsideOverlay),
+        (Some(dst_fan), Some(src_fan)) => (dst_fan, src_fan),
+    };
+
+    // The inner destination: a container (or the gateway) of this host's slice.
+    let inner_dst = inner.dst();
+    if dst_fan.local_host != outer.dst() || !dst_fan.is_local(inner_dst) {
+        return Decision::Drop(StatReason::DropInnerDstNotLocal);
+    }
+    if dst_fan.map.is_slice_edge(dst_fan.local_host, inner_dst) {
+        return Decision::Drop(StatReason::DropInnerDstReserved);
+    }
+    // The outer source: another host of the fan's underlay.
     let outer_src = outer.src();
-    if !src_fan.map.underlay_contains(outer_src) {
+    if !dst_fan.map.underlay_contains(outer_src) || !src_fan.map.underlay_contains(outer_src) {
         return Decision::Drop(StatReason::DropOuterSrcOutsideUnderlay);
     }
+    if dst_fan.map.is_reserved_host(outer_src) {
+        return Decision::Drop(StatReason::DropOuterSrcReserved);
+    }
+    if is_local_host(outer.src_raw()) {
+        return Decision::Drop(StatReason::DropOuterSrcIsLocal);
+    }
+    // The inner source: in the slice the outer source owns.
     if src_fan.map.host_of(inner_src) != outer_src {
         return Decision::Drop(StatReason::DropSpoofedSource);
     }
@@ -132,7 +164,9 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
                     count(StatReason::DecapsulatedDirect, len);
                     action
                 }
-                None => TC_ACT_OK,
+                // Next program in the chain, then the stack: a firewall or
+                // another data plane attached after us sees the inner packet.
+                None => TC_ACT_UNSPEC,
             }
         }
         Decision::Pass(reason) => {
@@ -141,7 +175,9 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
         }
         Decision::Drop(reason) => {
             count(reason, len);
-            debug!(ctx, "decap (tc) drop: reason {}", reason as u32);
+            if event_allowed() {
+                debug!(ctx, "decap (tc) drop: reason {}", reason as u32);
+            }
             TC_ACT_SHOT
         }
     }
@@ -216,7 +252,9 @@ pub fn decapsulate_xdp(ctx: &XdpContext) -> u32 {
         }
         Decision::Drop(reason) => {
             count(reason, len);
-            debug!(ctx, "decap (xdp) drop: reason {}", reason as u32);
+            if event_allowed() {
+                debug!(ctx, "decap (xdp) drop: reason {}", reason as u32);
+            }
             xdp_action::XDP_DROP
         }
     }

@@ -1,26 +1,37 @@
 //! Encapsulation: wrap IPv4 packets bound for a remote slice in an outer
 //! IPv4 header addressed by the fan arithmetic, and send them to the underlay.
 
+use core::mem;
+
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
-        TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_F_RECOMPUTE_CSUM,
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        BPF_FIB_LKUP_RET_UNSUPP_LWT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1,
     },
-    helpers::generated::bpf_redirect_neigh,
+    helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use fan_common::{
     FanEntry, StatReason,
-    ipv4::{ETH_HDR_LEN, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, outer_header},
+    ipv4::{ETH_HDR_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, outer_header},
 };
 
 use crate::{
-    maps::fan_for,
+    events::event_allowed,
+    maps::{FAN_ENDPOINTS, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     stats::count,
-    tc::{device_mtu, ensure_ipv4_header, ensure_linear, frame, gso_size},
+    tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
+
+/// `AF_INET`, for the route and neighbour helpers.
+const AF_INET: u32 = 2;
 
 /// Where the encapsulating program runs, which decides what routing
 /// semantics it owes the packet.
@@ -62,7 +73,9 @@ pub fn encapsulate(ctx: &TcContext, hook: Hook) -> i32 {
         }
         Err(Outcome::Drop(reason)) => {
             count(reason, ctx.len() as usize);
-            debug!(ctx, "encap drop: reason {}", reason as u32);
+            if event_allowed() {
+                debug!(ctx, "encap drop: reason {}", reason as u32);
+            }
             TC_ACT_SHOT
         }
     }
@@ -77,7 +90,7 @@ enum Outcome {
 fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     let (ip_len, _) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
     if gso_size(ctx) != 0 {
-        // `fits_underlay` reads a GSO packet's TCP data offset (byte 12).
+        // `segment_len` reads a GSO packet's TCP data offset (byte 12).
         ensure_linear(ctx, ETH_HDR_LEN + ip_len + TCP_DATA_OFFSET_END);
     }
     let (start, end) = frame(ctx);
@@ -93,6 +106,9 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     };
     // SAFETY: bounds-checked by `ipv4`.
     let ip = unsafe { *ip_ptr };
+    if hook == Hook::Port && !source_bound_here(ctx, &ip) {
+        return Err(Outcome::Drop(StatReason::DropSourceNotBound));
+    }
     let Some(fan) = fan_for(ip.dst_raw()) else {
         return Err(Outcome::Pass(StatReason::PassNotOverlay));
     };
@@ -104,19 +120,28 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     if fan.map.is_reserved_host(remote_host) {
         return Err(Outcome::Drop(StatReason::DropReservedHost));
     }
-    if !source_is_local(fan, &ip) {
-        return Err(Outcome::Drop(StatReason::DropSourceNotLocal));
-    }
+    check_source(fan, &ip)?;
     if hook.forwards() && ip.ttl <= 1 {
         return Err(Outcome::Pass(StatReason::StackTtlExpired));
     }
-    if !fits_underlay(ctx, fan, &ip, start, end) {
-        return Err(if hook.forwards() {
-            Outcome::Pass(StatReason::StackTooBig)
-        } else {
-            Outcome::Drop(StatReason::DropTooBig)
-        });
+    let total_len = ip.total_len() as u32;
+    if total_len == 0 || total_len + IPV4_HDR_LEN as u32 > u16::MAX as u32 {
+        return Err(Outcome::Drop(StatReason::DropInnerTooLong));
     }
+    let too_big = if hook.forwards() {
+        Outcome::Pass(StatReason::StackTooBig)
+    } else {
+        Outcome::Drop(StatReason::DropTooBig)
+    };
+    let segment = match segment_len(ctx, &ip, start, end) {
+        Some(len) if len <= fan.overlay_mtu => len,
+        _ => return Err(too_big),
+    };
+    let next_hop = match route_to(ctx, fan, remote_host, &ip, segment + IPV4_HDR_LEN as u32) {
+        Ok(next_hop) => next_hop,
+        Err(RouteError::TooBig) => return Err(too_big),
+        Err(RouteError::Drop(reason)) => return Err(Outcome::Drop(reason)),
+    };
 
     if hook.forwards() {
         // SAFETY: `ip_ptr` was bounds-checked and nothing has moved the data since.
@@ -147,56 +172,184 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     if gso_size(ctx) != 0 {
         count(StatReason::EncapsulatedGso, len);
     }
-    // bpf_redirect_neigh rather than bpf_fib_lookup + bpf_redirect: the kernel
-    // routes the new outer destination itself (so a routed underlay's gateway
-    // works as well as a flat segment), fills both MAC addresses, and queues
-    // the packet while ARP resolves instead of handing us a miss to handle.
-    // SAFETY: a null params pointer with length 0 asks the kernel for the FIB lookup.
-    let action = unsafe { bpf_redirect_neigh(fan.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+    if !next_hop.resolved {
+        count(StatReason::EncapsulatedNeighPending, len);
+    }
+    // The route lookup's answer, sent through the neighbour layer rather
+    // than with its MAC addresses written here: the kernel then keeps the
+    // next hop's neighbour entry alive (a stale entry is probed again, so a
+    // peer whose MAC changed is found), and queues the packet while an
+    // unresolved entry resolves.
+    let mut neigh = bpf_redir_neigh {
+        nh_family: AF_INET,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: next_hop.address_raw,
+        },
+    };
+    // SAFETY: `neigh` lives on our stack for the duration of the call.
+    let action = unsafe {
+        bpf_redirect_neigh(
+            next_hop.ifindex,
+            &mut neigh,
+            mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    };
     Ok(action as i32)
 }
 
-/// Whether the inner source belongs to this host's slice of its fan. Anything
-/// else would be dropped as spoofed by the receiver; dropping it here keeps it
-/// off the wire and names the reason on the host that sent it.
+/// The port program's check of a container's source address: an address
+/// bound to another port (a sibling's), or the slice gateway's, is not this
+/// container's to send from. Addresses with no binding yet pass: the check
+/// applies where a binding exists.
 #[inline(always)]
-fn source_is_local(dst_fan: &FanEntry, ip: &Ipv4Hdr) -> bool {
-    let src = ip.src();
-    if dst_fan.map.overlay_contains(src) {
-        return dst_fan.is_local(src);
+fn source_bound_here(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
+    // SAFETY: reading a field of the program's own context.
+    let port = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
+    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(&ip.src_raw()) } {
+        return endpoint.ifindex == port;
     }
     match fan_for(ip.src_raw()) {
-        Some(src_fan) => src_fan.is_local(src),
-        None => false,
+        Some(fan) => ip.src() != fan.gateway(),
+        None => true,
     }
+}
+
+/// Whether the inner source may be sent from this host to `dst_fan`: it
+/// must lie in this host's slice of its own fan, and that fan must share the
+/// underlay address `dst_fan` sends from. Anything else would be dropped by
+/// the receiver (as spoofed, or as sent from outside the source's underlay);
+/// dropping it here keeps it off the wire and names the reason on the host
+/// that sent it.
+#[inline(always)]
+fn check_source(dst_fan: &FanEntry, ip: &Ipv4Hdr) -> Result<(), Outcome> {
+    let src = ip.src();
+    let src_fan = if dst_fan.map.overlay_contains(src) {
+        dst_fan
+    } else {
+        match fan_for(ip.src_raw()) {
+            Some(src_fan) => src_fan,
+            None => return Err(Outcome::Drop(StatReason::DropSourceNotLocal)),
+        }
+    };
+    if !src_fan.is_local(src) {
+        return Err(Outcome::Drop(StatReason::DropSourceNotLocal));
+    }
+    if src_fan.local_host != dst_fan.local_host {
+        return Err(Outcome::Drop(StatReason::DropCrossUnderlay));
+    }
+    Ok(())
 }
 
 /// Bytes of a TCP header up to and including the data offset.
 const TCP_DATA_OFFSET_END: usize = 13;
 
-/// Whether every packet this skb becomes fits the fan's overlay MTU and,
-/// with the outer header, the underlay device's current MTU. For a GSO
-/// packet that is one segment: IP and transport headers plus `gso_size`.
+/// The length of the largest packet this skb becomes: the packet itself, or
+/// for a GSO packet one segment (IP and transport headers plus `gso_size`).
+/// `None` if a GSO packet's TCP header is not there to measure.
 #[inline(always)]
-fn fits_underlay(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
-    let Some(mtu) = device_mtu(ctx, fan.underlay_ifindex) else {
-        return false;
-    };
+fn segment_len(ctx: &TcContext, ip: &Ipv4Hdr, start: usize, end: usize) -> Option<u32> {
     let gso_size = gso_size(ctx);
-    let packet_len = if gso_size == 0 {
-        ip.total_len() as u32
-    } else {
-        let l4_offset = ETH_HDR_LEN + ip.header_len();
-        let l4_header = match ip.protocol {
-            IPPROTO_TCP => match ptr_at::<[u8; TCP_DATA_OFFSET_END]>(start, end, l4_offset) {
-                // SAFETY: bounds-checked by `ptr_at`; byte 12 holds the data offset.
-                Some(tcp) => ((unsafe { (*tcp)[12] } >> 4) as u32) * 4,
-                None => return false,
-            },
-            IPPROTO_UDP => 8,
-            _ => 0,
-        };
-        ip.header_len() as u32 + l4_header + gso_size
+    if gso_size == 0 {
+        return Some(ip.total_len() as u32);
+    }
+    let l4_offset = ETH_HDR_LEN + ip.header_len();
+    let l4_header = match ip.protocol {
+        IPPROTO_TCP => {
+            let tcp = ptr_at::<[u8; TCP_DATA_OFFSET_END]>(start, end, l4_offset)?;
+            // SAFETY: bounds-checked by `ptr_at`; byte 12 holds the data offset.
+            ((unsafe { (*tcp)[12] } >> 4) as u32) * 4
+        }
+        IPPROTO_UDP => 8,
+        _ => 0,
     };
-    packet_len <= fan.overlay_mtu && packet_len + IPV4_HDR_LEN as u32 <= mtu
+    Some(ip.header_len() as u32 + l4_header + gso_size)
+}
+
+/// Where an encapsulated packet goes next, from the kernel's routing table.
+struct NextHop {
+    ifindex: u32,
+    /// The gateway, or the destination host itself on a flat underlay
+    /// (network byte order).
+    address_raw: u32,
+    /// Whether the next hop's neighbour entry was resolved.
+    resolved: bool,
+}
+
+enum RouteError {
+    /// The outer packet would not fit the route's MTU (a locked route MTU, a
+    /// learned path MTU, or the device's).
+    TooBig,
+    Drop(StatReason),
+}
+
+/// Looks up the underlay route from this host to `remote_host` for an outer
+/// packet of `outer_len` bytes, as the kernel would route it, and accepts
+/// only a route through the fan's underlay device. Every failure has its own
+/// reason.
+#[inline(always)]
+fn route_to(
+    ctx: &TcContext,
+    fan: &FanEntry,
+    remote_host: u32,
+    ip: &Ipv4Hdr,
+    outer_len: u32,
+) -> Result<NextHop, RouteError> {
+    // SAFETY: every field of the lookup is plain data; zero is a valid value.
+    let mut params: bpf_fib_lookup = unsafe { mem::zeroed() };
+    params.family = AF_INET as u8;
+    params.l4_protocol = IPPROTO_IPIP;
+    params.ifindex = fan.underlay_ifindex;
+    params.__bindgen_anon_1.tot_len = outer_len as u16;
+    params.__bindgen_anon_2.tos = ip.tos;
+    params.__bindgen_anon_3.ipv4_src = fan.local_host.to_be();
+    params.__bindgen_anon_4.ipv4_dst = remote_host.to_be();
+    // SAFETY: `params` lives on our stack for the duration of the call; the
+    // context pointer is the program's.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params,
+            mem::size_of::<bpf_fib_lookup>() as i32,
+            // No BPF_FIB_LOOKUP_OUTPUT: with it the underlay device becomes
+            // the lookup's output interface, and a host route through another
+            // device would be skipped for a wider one through ours.
+            0,
+        )
+    };
+    let resolved = match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(RouteError::TooBig),
+        BPF_FIB_LKUP_RET_BLACKHOLE => return Err(RouteError::Drop(StatReason::DropFibBlackhole)),
+        BPF_FIB_LKUP_RET_UNREACHABLE => {
+            return Err(RouteError::Drop(StatReason::DropFibUnreachable));
+        }
+        BPF_FIB_LKUP_RET_PROHIBIT => return Err(RouteError::Drop(StatReason::DropFibProhibit)),
+        BPF_FIB_LKUP_RET_NOT_FWDED => {
+            return Err(RouteError::Drop(StatReason::DropFibNotForwarded));
+        }
+        BPF_FIB_LKUP_RET_FWD_DISABLED => {
+            return Err(RouteError::Drop(StatReason::DropFibForwardingDisabled));
+        }
+        BPF_FIB_LKUP_RET_UNSUPP_LWT => {
+            return Err(RouteError::Drop(StatReason::DropFibUnsupportedLwt));
+        }
+        BPF_FIB_LKUP_RET_NO_SRC_ADDR => {
+            return Err(RouteError::Drop(StatReason::DropFibNoSourceAddress));
+        }
+        _ => return Err(RouteError::Drop(StatReason::DropFibFailed)),
+    };
+    // The fan's packets leave by its underlay device; a route elsewhere is
+    // not the underlay the receivers expect us on.
+    if params.ifindex != fan.underlay_ifindex {
+        return Err(RouteError::Drop(StatReason::DropFibNotForwarded));
+    }
+    Ok(NextHop {
+        ifindex: params.ifindex,
+        // SAFETY: an IPv4 lookup leaves its next hop in the IPv4 member.
+        address_raw: unsafe { params.__bindgen_anon_4.ipv4_dst },
+        resolved,
+    })
 }

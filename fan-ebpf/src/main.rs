@@ -11,6 +11,7 @@
 
 mod decap;
 mod encap;
+mod events;
 mod maps;
 mod parse;
 mod stats;

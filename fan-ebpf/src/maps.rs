@@ -6,13 +6,20 @@ use aya_ebpf::{
 };
 use fan_common::{
     Counter, FanEntry, StatReason,
-    maps::{Endpoint, FanMeta, FanMetaKey, MAX_ENDPOINTS, MAX_FANS},
+    maps::{Endpoint, FanMeta, FanMetaKey, LocalHostRefs, MAX_ENDPOINTS, MAX_FANS},
 };
+
+use crate::events::LogBudget;
 
 /// Fan configuration keyed by overlay prefix (network byte order): one LPM
 /// lookup of any destination finds its fan, whatever the fleet size.
 #[map]
 pub static FAN_CONFIG: LpmTrie<u32, FanEntry> = LpmTrie::with_max_entries(MAX_FANS, 0);
+
+/// This host's underlay addresses (network byte order), one per attached
+/// fan's local host: what makes an outer destination ours.
+#[map]
+pub static FAN_LOCAL_HOSTS: HashMap<u32, LocalHostRefs> = HashMap::with_max_entries(MAX_FANS, 0);
 
 /// Per-CPU packet and byte counters, one slot per [`StatReason`].
 #[map]
@@ -29,6 +36,18 @@ pub static FAN_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX
 /// pinned with the other maps.
 #[map]
 pub static FAN_META: HashMap<FanMetaKey, FanMeta> = HashMap::with_max_entries(MAX_FANS, 0);
+
+/// Per-CPU token bucket of the debug events (`-v`). Not pinned: each load
+/// starts with a full bucket.
+#[map]
+pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether `addr_raw` (network byte order) is one of this host's underlay addresses.
+#[inline(always)]
+pub fn is_local_host(addr_raw: u32) -> bool {
+    // SAFETY: a lookup with a key on our stack; only presence is read.
+    unsafe { FAN_LOCAL_HOSTS.get(&addr_raw) }.is_some()
+}
 
 /// The fan whose overlay contains `addr_raw` (an address in network byte order).
 #[inline(always)]

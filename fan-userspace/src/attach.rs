@@ -643,8 +643,7 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
             match step {
                 Undo::Config => {
                     let mut maps = PinnedMaps::open(&plan.dir)?;
-                    maps.config
-                        .remove(&overlay_key(plan.map.overlay, plan.map.overlay_len))?;
+                    maps.remove_fan(plan.map.overlay, plan.map.overlay_len)?;
                 }
                 Undo::Pin(path, device, hook) => unlink(&path, &device, hook)?,
                 Undo::Nat(overlay) => nat::remove_masquerade(overlay)?,

@@ -10,7 +10,7 @@ use crate::{
     cli::{DetachArgs, Global},
     host::{Net, write_sysctl},
     ipv4_network,
-    loader::{Hook, PinnedMaps, overlay_key, unlink},
+    loader::{Hook, PinnedMaps, unlink},
     nat,
     record::{Fan, HOST_DEVICE, meta_key},
     require_root,
@@ -46,9 +46,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     let host_dev = net.link(HOST_DEVICE).await?;
     for fan in &going {
         let map = fan.map();
-        let _ = maps
-            .config
-            .remove(&overlay_key(map.overlay, map.overlay_len));
+        maps.remove_fan(map.overlay, map.overlay_len)?;
         nat::remove_masquerade(fan.overlay)?;
         if let Some(dev) = &host_dev {
             net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index)

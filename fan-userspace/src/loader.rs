@@ -14,7 +14,7 @@ use aya::{
 };
 use fan_common::{
     Counter, FanEntry, StatReason,
-    maps::{Endpoint, FanMeta, FanMetaKey},
+    maps::{Endpoint, FanMeta, FanMetaKey, LocalHostRefs},
 };
 
 use crate::state::StateDir;
@@ -37,7 +37,14 @@ pub const CONFIG_MAP: &str = "FAN_CONFIG";
 pub const STATS_MAP: &str = "FAN_STATS";
 pub const META_MAP: &str = "FAN_META";
 pub const ENDPOINTS_MAP: &str = "FAN_ENDPOINTS";
-const MAPS: [&str; 4] = [CONFIG_MAP, STATS_MAP, META_MAP, ENDPOINTS_MAP];
+pub const LOCAL_HOSTS_MAP: &str = "FAN_LOCAL_HOSTS";
+const MAPS: [&str; 5] = [
+    CONFIG_MAP,
+    STATS_MAP,
+    META_MAP,
+    ENDPOINTS_MAP,
+    LOCAL_HOSTS_MAP,
+];
 
 /// Where decapsulation runs on the underlay device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,7 +350,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Adds or replaces the fan whose overlay is `entry.map.overlay`.
+    /// Adds or replaces the fan whose overlay is `entry.map.overlay`, and
+    /// brings the local hosts map in line with the fans configured.
     pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
         let mut trie: LpmTrie<_, u32, FanEntry> = LpmTrie::try_from(self.map_mut(CONFIG_MAP)?)?;
         trie.insert(
@@ -352,7 +360,10 @@ impl Dataplane {
             0,
         )
         .context("writing the fan map entry")?;
-        Ok(())
+        let fans = fan_entries(&trie)?;
+        let mut hosts: BpfHashMap<_, u32, LocalHostRefs> =
+            BpfHashMap::try_from(self.map_mut(LOCAL_HOSTS_MAP)?)?;
+        sync_local_hosts(&mut hosts, &fans)
     }
 
     /// The counters summed over all CPUs.
@@ -476,12 +487,50 @@ pub fn overlay_key(overlay: u32, len: u8) -> Key<u32> {
     Key::new(len.into(), overlay.to_be())
 }
 
+/// Every fan entry of a configuration map.
+fn fan_entries<T: std::borrow::Borrow<MapData>>(
+    trie: &LpmTrie<T, u32, FanEntry>,
+) -> Result<Vec<FanEntry>> {
+    trie.iter()
+        .map(|item| Ok(item?.1))
+        .collect::<Result<_>>()
+        .context("reading the fan map")
+}
+
+/// Makes the local hosts map hold exactly the local underlay addresses of
+/// `fans`, each with the number of fans using it. The programs accept fan
+/// traffic only for these addresses, and refuse it from them.
+fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
+    hosts: &mut BpfHashMap<T, u32, LocalHostRefs>,
+    fans: &[FanEntry],
+) -> Result<()> {
+    let mut want: BTreeMap<u32, LocalHostRefs> = BTreeMap::new();
+    for fan in fans {
+        *want.entry(fan.local_host.to_be()).or_default() += 1;
+    }
+    let stale: Vec<u32> = hosts
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !want.contains_key(key))
+        .collect();
+    for key in stale {
+        hosts.remove(&key).context("removing a local host")?;
+    }
+    for (key, refs) in want {
+        if hosts.get(&key, 0).ok() != Some(refs) {
+            hosts.insert(key, refs, 0).context("writing a local host")?;
+        }
+    }
+    Ok(())
+}
+
 /// The pinned maps, opened without loading any program (show, stats, detach).
 pub struct PinnedMaps {
     pub config: LpmTrie<MapData, u32, FanEntry>,
     pub meta: BpfHashMap<MapData, FanMetaKey, FanMeta>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub endpoints: BpfHashMap<MapData, u32, Endpoint>,
+    pub local_hosts: BpfHashMap<MapData, u32, LocalHostRefs>,
 }
 
 impl PinnedMaps {
@@ -496,7 +545,20 @@ impl PinnedMaps {
             meta: BpfHashMap::try_from(open(META_MAP)?)?,
             stats: PerCpuArray::try_from(open(STATS_MAP)?)?,
             endpoints: BpfHashMap::try_from(open(ENDPOINTS_MAP)?)?,
+            local_hosts: BpfHashMap::try_from(open(LOCAL_HOSTS_MAP)?)?,
         })
+    }
+
+    /// Removes the fan of overlay `overlay/len` (host byte order) from the
+    /// programs' configuration, and its local host where no other fan uses it.
+    pub fn remove_fan(&mut self, overlay: u32, len: u8) -> Result<()> {
+        match self.config.remove(&overlay_key(overlay, len)) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).context("removing the fan map entry"),
+        }
+        let fans = fan_entries(&self.config)?;
+        sync_local_hosts(&mut self.local_hosts, &fans)
     }
 
     /// fan-xdp's record of every fan, ordered by overlay.

@@ -154,21 +154,31 @@ impl Drop for Fleet {
 }
 
 /// A namespace for running the programs on single frames: its `eth0` (a
-/// veth, MTU 1500, up) is the underlay device of a loaded data plane that is
-/// host 198.18.0.1 of the 250.0.0.0/8 fan. Returns eth0's ifindex too.
+/// veth, MTU 1500, MAC 02:00:00:00:00:11, up, with its peer `eth0-peer` up)
+/// is the underlay device of a loaded data plane that is host 198.18.0.1 of
+/// the 250.0.0.0/8 fan. eth0 also holds 198.19.0.1/16 for fans over a second
+/// underlay, and forwarding is on, so the programs' route lookups find the
+/// underlay routes as on an attached host. Returns eth0's ifindex too.
 pub fn single_host_dataplane(label: &str) -> Result<(Netns, Dataplane, u32)> {
     let ns = Netns::new(label)?;
     ns.ip(&[
         "link",
         "add",
         "eth0",
+        "address",
+        "02:00:00:00:00:11",
         "type",
         "veth",
         "peer",
         "name",
         "eth0-peer",
     ])?;
+    for addr in ["198.18.0.1/16", "198.19.0.1/16"] {
+        ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
+    }
+    ns.ip(&["link", "set", "eth0-peer", "up"])?;
     ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
     let ifindex = ns.enter(|| ifindex("eth0"))??;
     let mut dataplane = Dataplane::load(0)?;
     dataplane.insert_fan(&FanEntry {

@@ -10,7 +10,6 @@ use fan_common::{FanEntry, FanMap, StatReason, fan::validate_fans};
 use fan_tests::{hex, netns::Netns, privileged, topology};
 use fan_userspace::loader::{DECAP_TC, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, ENCAP_PORT};
 
-const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: continue with the next program / the stack
@@ -192,13 +191,11 @@ const ENCAP2_OUT: &str = "020000000001 0200000000aa 0800
     45000034 00004000 4004ae9c c6130001 c6130002
     45000020 12344000 3f01468a f000010a f0000214
     0800e139 42420001 66616e21";
-// From our 250/8 slice to a 240/8 address: the destination's fan carries it.
+// From our 250/8 slice to a 240/8 address: the 240/8 fan would send it from
+// 198.19.0.1, which owns no 250/8 slice, so the receiver could not check the
+// sender and would drop it. The sender drops it and says why.
 const ENCAP_CROSS_IN: &str = "020000000001 0200000000aa 0800
     45000020 12344000 40013b8a fa00010a f0000214
-    0800e139 42420001 66616e21";
-const ENCAP_CROSS_OUT: &str = "020000000001 0200000000aa 0800
-    45000034 00004000 4004ae9c c6130001 c6130002
-    45000020 12344000 3f013c8a fa00010a f0000214
     0800e139 42420001 66616e21";
 const DECAP2_IN: &str = "020000000011 020000000022 0800
     45000034 00004000 4004ae9c c6130002 c6130001
@@ -207,37 +204,217 @@ const DECAP2_IN: &str = "020000000011 020000000022 0800
 const DECAP2_OUT: &str = "020000000011 020000000022 0800
     45000020 12344000 4001458a f0000214 f000010a
     0800e139 42420001 66616e21";
-// 240/8 traffic sent to our 250/8 underlay address is not for this fan.
+// 240/8 traffic sent to our 250/8 underlay address: its destination is not
+// in the slice of the fan that address serves.
 const DECAP2_WRONG_LOCAL: &str = "020000000011 020000000022 0800
     45000034 00004000 4004ae9d c6130002 c6120001
     45000020 12344000 4001458a f0000214 f000010a
     0800e139 42420001 66616e21";
-// Inner 250.0.2.20 -> 240.0.1.10: the source is checked against its own fan
-// (250/8 over 198.18/16), so 198.18.0.2 is the right sender ...
+// Inner 250.0.2.20 -> 240.0.1.10 across underlays: from 198.18.0.2, the
+// owner of the source, it comes from outside the 240/8 fan's underlay ...
 const DECAP_CROSS_IN: &str = "020000000011 020000000022 0800
     45000034 00004000 4004ae9d c6120002 c6130001
     45000020 12344000 40013b8a fa000214 f000010a
     0800e139 42420001 66616e21";
-const DECAP_CROSS_OUT: &str = "020000000011 020000000022 0800
-    45000020 12344000 40013b8a fa000214 f000010a
-    0800e139 42420001 66616e21";
-// ... and 198.19.0.2 is outside that fan's underlay.
+// ... and from 198.19.0.2 it comes from outside the 250/8 fan's underlay.
 const DECAP_CROSS_WRONG_UNDERLAY: &str = "020000000011 020000000022 0800
     45000034 00004000 4004ae9c c6130002 c6130001
     45000020 12344000 40013b8a fa000214 f000010a
     0800e139 42420001 66616e21";
 
+// The receive policy, case by case (outer 198.18.0.2 -> 198.18.0.1 unless named).
+// Outer source is this host's own address, inner source in our own slice.
+const DECAP_OUTER_SRC_IS_LOCAL: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9f c6120001 c6120001
+    45000020 12344000 4001328a fa000114 fa00010a
+    0800e139 42420001 66616e21";
+// Outer sources that name no host: the underlay's broadcast and network
+// addresses (each owning the inner source by the arithmetic).
+const DECAP_OUTER_SRC_BROADCAST: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004aea0 c612ffff c6120001
+    45000020 12344000 40013399 faffff05 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_OUTER_SRC_NETWORK: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004aea0 c6120000 c6120001
+    45000020 12344000 40013399 fa000005 fa00010a
+    0800e139 42420001 66616e21";
+// Inner destination in another host's slice (198.18.0.3's): never forwarded.
+const DECAP_FOR_OTHER_HOST: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40012f76 fa000214 fa00031e
+    0800e139 42420001 66616e21";
+// Inner destination is our slice's broadcast / network address.
+const DECAP_TO_SLICE_BROADCAST: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40013095 fa000214 fa0001ff
+    0800e139 42420001 66616e21";
+const DECAP_TO_SLICE_NETWORK: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40013194 fa000214 fa000100
+    0800e139 42420001 66616e21";
+// Inner destination is limited broadcast / multicast (outside every overlay).
+const DECAP_TO_LIMITED_BROADCAST: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40012c95 fa000214 ffffffff
+    0800e139 42420001 66616e21";
+const DECAP_TO_MULTICAST: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40014c93 fa000214 e0000001
+    0800e139 42420001 66616e21";
+// IP-in-IP with both inner addresses outside every overlay: not the Fan's.
+const DECAP_NOT_FAN: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 40010994 0a090909 0a010203
+    0800e139 42420001 66616e21";
+// A third fan, 10.0.0.0/8 over the same underlay 198.18.0.0/16 (our slice
+// 10.0.1.0/24): 250.0.2.20 -> 10.0.1.10 from 198.18.0.2 is genuine.
+const DECAP3_IN: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 4001218b fa000214 0a00010a
+    0800e139 42420001 66616e21";
+const DECAP3_OUT: &str = "020000000011 020000000022 0800
+    45000020 12344000 4001218b fa000214 0a00010a
+    0800e139 42420001 66616e21";
+const ENCAP3_IN: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4001218b fa00010a 0a000214
+    0800e139 42420001 66616e21";
+const ENCAP3_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 3f01228b fa00010a 0a000214
+    0800e139 42420001 66616e21";
+// To 250.0.4.40: host 198.18.0.4, whose neighbour entry is unresolved.
+const ENCAP_UNRESOLVED_IN: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40012f76 fa00010a fa000428
+    0800e139 42420001 66616e21";
+const ENCAP_UNRESOLVED_OUT: &str = "020000000001 0200000000aa 0800
+    45000034 00004000 4004ae9c c6120001 c6120004
+    45000020 12344000 3f013076 fa00010a fa000428
+    0800e139 42420001 66616e21";
+// Hosts whose underlay route is a blackhole (.5), unreachable (.6),
+// prohibited (.7) or through another device (.8).
+const ENCAP_TO_BLACKHOLE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40012e6c fa00010a fa000532
+    0800e139 42420001 66616e21";
+const ENCAP_TO_UNREACHABLE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40012d62 fa00010a fa00063c
+    0800e139 42420001 66616e21";
+const ENCAP_TO_PROHIBITED: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40012c58 fa00010a fa000746
+    0800e139 42420001 66616e21";
+const ENCAP_TO_OTHER_DEVICE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40012b4e fa00010a fa000850
+    0800e139 42420001 66616e21";
+// Sources a port may not use when 250.0.1.10 is bound to another port, and the gateway's.
+const ENCAP_FROM_GATEWAY: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40013193 fa000101 fa000214
+    0800e139 42420001 66616e21";
+// UDP, total length 1400, to 250.0.9.90: host 198.18.0.9 has a locked route MTU of 1400.
+const UDP_1400_TO_NARROW_ROUTE: &str = "020000000001 0200000000aa 0800
+    45000578 12344000 401124dc fa00010a fa00095a";
+// Total lengths whose outer total length would not fit 16 bits: 65516, and
+// BIG TCP's 0 (the frame itself is short: only the header is read).
+const ENCAP_LEN_65516: &str = "020000000001 0200000000aa 0800
+    4500ffec 12344000 400131bd fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_LEN_0: &str = "020000000001 0200000000aa 0800
+    45000000 12344000 400131aa fa00010a fa000214
+    0800e139 42420001 66616e21";
+
 /// A fan dataplane loaded inside a fresh namespace whose `eth0` (a veth with
 /// MTU 1500) is the underlay device, configured as host 198.18.0.1.
+///
+/// The underlay as the programs' route lookups see it: 198.18.0.2 and
+/// 198.19.0.2 have resolved neighbour entries; 198.18.0.4 none yet; the route
+/// to 198.18.0.5 is a blackhole, to .6 unreachable, to .7 prohibited, to .8
+/// through another device (`eth1`), and to .9 has a locked MTU of 1400.
 struct Bed {
     ns: Netns,
     dataplane: Dataplane,
+    /// The ingress interface of the next runs (0: none), for the port program.
+    ingress_ifindex: u32,
 }
 
 impl Bed {
     fn new() -> Self {
         let (ns, dataplane, _) = topology::single_host_dataplane("progs").unwrap();
-        Self { ns, dataplane }
+        for (host, mac) in [
+            ("198.18.0.2", "02:00:00:00:00:22"),
+            ("198.19.0.2", "02:00:00:00:00:22"),
+        ] {
+            ns.ip(&[
+                "neigh",
+                "add",
+                host,
+                "lladdr",
+                mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
+        }
+        ns.ip(&[
+            "link",
+            "add",
+            "eth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1-peer",
+        ])
+        .unwrap();
+        ns.ip(&["link", "set", "eth1-peer", "up"]).unwrap();
+        ns.ip(&["link", "set", "eth1", "up"]).unwrap();
+        for route in [
+            &["blackhole", "198.18.0.5/32"][..],
+            &["unreachable", "198.18.0.6/32"],
+            &["prohibit", "198.18.0.7/32"],
+            &["198.18.0.8/32", "dev", "eth1"],
+            &["198.18.0.9/32", "dev", "eth0", "mtu", "lock", "1400"],
+        ] {
+            ns.ip(&[&["route", "add"][..], route].concat()).unwrap();
+        }
+        Self {
+            ns,
+            dataplane,
+            ingress_ifindex: 0,
+        }
+    }
+
+    /// Adds a third fan over the first one's underlay: 10.0.0.0/8 over
+    /// 198.18.0.0/16 as host 198.18.0.1 (slice 10.0.1.0/24).
+    fn with_fan_on_the_same_underlay(mut self) -> Self {
+        let ifindex = self
+            .ns
+            .enter(|| topology::ifindex("eth0"))
+            .unwrap()
+            .unwrap();
+        let map = FanMap::new(
+            u32::from_be_bytes([10, 0, 0, 0]),
+            8,
+            u32::from_be_bytes([198, 18, 0, 0]),
+            16,
+        );
+        validate_fans(&[topology::fan_map(), map]).unwrap();
+        self.dataplane
+            .insert_fan(&FanEntry {
+                map,
+                local_host: u32::from_be_bytes([198, 18, 0, 1]),
+                underlay_ifindex: ifindex,
+                overlay_mtu: 1480,
+            })
+            .unwrap();
+        self
+    }
+
+    fn ifindex(&self, name: &str) -> u32 {
+        let name = name.to_string();
+        self.ns
+            .enter(move || topology::ifindex(&name))
+            .unwrap()
+            .unwrap()
     }
 
     /// Adds the second fan: 240.0.0.0/8 over 198.19.0.0/16 as host 198.19.0.1.
@@ -285,12 +462,17 @@ impl Bed {
         let before = self.dataplane.stats().unwrap();
         let mut out = vec![0u8; input.len() + 256];
         let dataplane = &mut self.dataplane;
+        // The start of a `struct __sk_buff`: only `ingress_ifindex` (offset 36) set.
+        let mut skb = [0u8; 40];
+        skb[36..40].copy_from_slice(&self.ingress_ifindex.to_ne_bytes());
+        let ctx_in = (self.ingress_ifindex != 0 && name != "xdp").then_some(&skb[..]);
         let result = self
             .ns
             .enter(|| {
                 let opts = TestRunOptions {
                     data_in: Some(input),
                     data_out: Some(&mut out),
+                    ctx_in,
                     ..Default::default()
                 };
                 if name == "xdp" {
@@ -517,9 +699,42 @@ fn decapsulation_cases(bed: &mut Bed, program: &str, verdicts: [u32; 3], shortes
         ),
         (
             DECAP_INNER_DST_OUTSIDE_OVERLAY,
-            pass,
-            StatReason::PassNotOverlay,
+            drop,
+            StatReason::DropInnerDstNotLocal,
         ),
+        (
+            DECAP_OUTER_SRC_IS_LOCAL,
+            drop,
+            StatReason::DropOuterSrcIsLocal,
+        ),
+        (
+            DECAP_OUTER_SRC_BROADCAST,
+            drop,
+            StatReason::DropOuterSrcReserved,
+        ),
+        (
+            DECAP_OUTER_SRC_NETWORK,
+            drop,
+            StatReason::DropOuterSrcReserved,
+        ),
+        (DECAP_FOR_OTHER_HOST, drop, StatReason::DropInnerDstNotLocal),
+        (
+            DECAP_TO_SLICE_BROADCAST,
+            drop,
+            StatReason::DropInnerDstReserved,
+        ),
+        (
+            DECAP_TO_SLICE_NETWORK,
+            drop,
+            StatReason::DropInnerDstReserved,
+        ),
+        (
+            DECAP_TO_LIMITED_BROADCAST,
+            drop,
+            StatReason::DropInnerDstNotLocal,
+        ),
+        (DECAP_TO_MULTICAST, drop, StatReason::DropInnerDstNotLocal),
+        (DECAP_NOT_FAN, pass, StatReason::PassNotOverlay),
         (DECAP_NOT_FOR_US, pass, StatReason::PassNotLocalUnderlay),
         (DECAP_OUTER_FRAGMENT, pass, StatReason::PassOuterFragment),
         (UNDERLAY_PING, pass, StatReason::PassNotIpip),
@@ -530,18 +745,18 @@ fn decapsulation_cases(bed: &mut Bed, program: &str, verdicts: [u32; 3], shortes
         bed.check(program, &frame, verdict, &frame, reason);
     }
     // Every cut inside the headers: outer IPv4 incomplete (left to the stack
-    // to reject), then inner IPv4 incomplete (left to the stack, which has no
-    // IP-in-IP handler and drops it); the same with outer options.
+    // to reject), then inner IPv4 incomplete (fan traffic for us, dropped);
+    // the same with outer options.
     for (fixture, outer_end, inner_end) in [(DECAP_IN, 34, 54), (DECAP_OUTER_OPTIONS_IN, 38, 58)] {
         let full = hex(fixture);
         for len in shortest..inner_end {
             let frame = &full[..len];
-            let reason = if len < outer_end {
-                StatReason::PassMalformedIpv4
+            let (verdict, reason) = if len < outer_end {
+                (pass, StatReason::PassMalformedIpv4)
             } else {
-                StatReason::PassMalformedInner
+                (drop, StatReason::DropMalformedInner)
             };
-            bed.check(program, frame, pass, frame, reason);
+            bed.check(program, frame, verdict, frame, reason);
         }
     }
 }
@@ -553,10 +768,12 @@ fn decapsulation_tc() {
     }
     let mut bed = Bed::new();
     // The kernel refuses skb test runs of IPv4 frames shorter than 34 bytes.
+    // Decapsulated packets for the stack go on down the TCX chain (UNSPEC),
+    // so programs attached after ours see them too.
     decapsulation_cases(
         &mut bed,
         DECAP_TC,
-        [TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT],
+        [TC_ACT_UNSPEC, TC_ACT_UNSPEC, TC_ACT_SHOT],
         34,
     );
 }
@@ -585,7 +802,7 @@ fn several_fans_on_one_host() {
         &hex(ENCAP_FORWARD_OUT),
         e,
     );
-    bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_OK, &hex(DECAP_OUT), s);
+    bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_UNSPEC, &hex(DECAP_OUT), s);
     bed.check(
         ENCAP_FORWARD,
         &hex(ENCAP2_IN),
@@ -593,38 +810,185 @@ fn several_fans_on_one_host() {
         &hex(ENCAP2_OUT),
         e,
     );
-    bed.check(
-        ENCAP_FORWARD,
-        &hex(ENCAP_CROSS_IN),
-        TC_ACT_REDIRECT,
-        &hex(ENCAP_CROSS_OUT),
-        e,
-    );
-    for program in [DECAP_TC, "xdp"] {
-        let (ok, pass, drop) = if program == "xdp" {
-            (XDP_PASS, XDP_PASS, XDP_DROP)
-        } else {
-            (TC_ACT_OK, TC_ACT_UNSPEC, TC_ACT_SHOT)
-        };
-        bed.check(program, &hex(DECAP2_IN), ok, &hex(DECAP2_OUT), s);
-        bed.check(program, &hex(DECAP_CROSS_IN), ok, &hex(DECAP_CROSS_OUT), s);
-        let frame = hex(DECAP2_WRONG_LOCAL);
+    let frame = hex(ENCAP_CROSS_IN);
+    for program in [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT] {
         bed.check(
             program,
             &frame,
-            pass,
+            TC_ACT_SHOT,
             &frame,
-            StatReason::PassNotLocalUnderlay,
-        );
-        let frame = hex(DECAP_CROSS_WRONG_UNDERLAY);
-        bed.check(
-            program,
-            &frame,
-            drop,
-            &frame,
-            StatReason::DropOuterSrcOutsideUnderlay,
+            StatReason::DropCrossUnderlay,
         );
     }
+    for program in [DECAP_TC, "xdp"] {
+        let (ok, drop) = if program == "xdp" {
+            (XDP_PASS, XDP_DROP)
+        } else {
+            (TC_ACT_UNSPEC, TC_ACT_SHOT)
+        };
+        bed.check(program, &hex(DECAP2_IN), ok, &hex(DECAP2_OUT), s);
+        for (fixture, reason) in [
+            (DECAP2_WRONG_LOCAL, StatReason::DropInnerDstNotLocal),
+            (DECAP_CROSS_IN, StatReason::DropOuterSrcOutsideUnderlay),
+            (
+                DECAP_CROSS_WRONG_UNDERLAY,
+                StatReason::DropOuterSrcOutsideUnderlay,
+            ),
+        ] {
+            let frame = hex(fixture);
+            bed.check(program, &frame, drop, &frame, reason);
+        }
+    }
+}
+
+#[test]
+fn two_overlays_over_one_underlay() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new().with_fan_on_the_same_underlay();
+    bed.check(
+        ENCAP_FORWARD,
+        &hex(ENCAP3_IN),
+        TC_ACT_REDIRECT,
+        &hex(ENCAP3_OUT),
+        StatReason::Encapsulated,
+    );
+    let d = StatReason::Decapsulated;
+    bed.check(
+        DECAP_TC,
+        &hex(DECAP3_IN),
+        TC_ACT_UNSPEC,
+        &hex(DECAP3_OUT),
+        d,
+    );
+    bed.check("xdp", &hex(DECAP3_IN), XDP_PASS, &hex(DECAP3_OUT), d);
+}
+
+#[test]
+fn encapsulation_follows_the_underlay_route() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    for program in [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT] {
+        let forwards = program != ENCAP_OUTPUT;
+        let out = if forwards {
+            hex(ENCAP_UNRESOLVED_OUT)
+        } else {
+            // The host's own packet keeps its TTL.
+            hex(&ENCAP_UNRESOLVED_OUT.replace("3f013076", "40012f76"))
+        };
+        bed.check_counts(
+            program,
+            &hex(ENCAP_UNRESOLVED_IN),
+            TC_ACT_REDIRECT,
+            &out,
+            &[
+                StatReason::Encapsulated,
+                StatReason::EncapsulatedNeighPending,
+            ],
+        );
+        for (fixture, reason) in [
+            (ENCAP_TO_BLACKHOLE, StatReason::DropFibBlackhole),
+            (ENCAP_TO_UNREACHABLE, StatReason::DropFibUnreachable),
+            (ENCAP_TO_PROHIBITED, StatReason::DropFibProhibit),
+            (ENCAP_TO_OTHER_DEVICE, StatReason::DropFibNotForwarded),
+        ] {
+            let frame = hex(fixture);
+            bed.check(program, &frame, TC_ACT_SHOT, &frame, reason);
+        }
+        // The route's locked MTU counts, not only the device's: 1400 + 20 > 1400.
+        let narrow = padded(UDP_1400_TO_NARROW_ROUTE, 14 + 1400);
+        if forwards {
+            let counted = if program == ENCAP_PORT {
+                vec![]
+            } else {
+                vec![StatReason::StackTooBig]
+            };
+            bed.check_counts(program, &narrow, TC_ACT_UNSPEC, &narrow, &counted);
+        } else {
+            bed.check(
+                program,
+                &narrow,
+                TC_ACT_SHOT,
+                &narrow,
+                StatReason::DropTooBig,
+            );
+        }
+    }
+    bed.ns.sysctl("net.ipv4.conf.eth0.forwarding", "0").unwrap();
+    let frame = hex(ENCAP_IN);
+    bed.check(
+        ENCAP_FORWARD,
+        &frame,
+        TC_ACT_SHOT,
+        &frame,
+        StatReason::DropFibForwardingDisabled,
+    );
+}
+
+#[test]
+fn encapsulation_never_writes_a_wrapped_length() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    for program in [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT] {
+        for fixture in [ENCAP_LEN_65516, ENCAP_LEN_0] {
+            let frame = hex(fixture);
+            bed.check(
+                program,
+                &frame,
+                TC_ACT_SHOT,
+                &frame,
+                StatReason::DropInnerTooLong,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_port_sends_only_from_addresses_bound_to_it() {
+    use fan_common::maps::Endpoint;
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    let (port, sibling) = (bed.ifindex("eth1-peer"), bed.ifindex("eth0-peer"));
+    let endpoint = Endpoint {
+        ifindex: port,
+        mac: [0x0a, 0, 0, 0, 0, 2],
+        gateway_mac: [0x0a, 0, 0, 0, 0, 1],
+    };
+    let container = u32::from_be_bytes([250, 0, 1, 10]).to_be();
+    bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
+    let (frame, gateway) = (hex(ENCAP_IN), hex(ENCAP_FROM_GATEWAY));
+    // 250.0.1.10 is bound to `port`: sent from the sibling's port it is dropped.
+    bed.ingress_ifindex = sibling;
+    bed.check(
+        ENCAP_PORT,
+        &frame,
+        TC_ACT_SHOT,
+        &frame,
+        StatReason::DropSourceNotBound,
+    );
+    bed.check(
+        ENCAP_PORT,
+        &gateway,
+        TC_ACT_SHOT,
+        &gateway,
+        StatReason::DropSourceNotBound,
+    );
+    // From its own port it goes out as usual.
+    bed.ingress_ifindex = port;
+    bed.check(
+        ENCAP_PORT,
+        &frame,
+        TC_ACT_REDIRECT,
+        &hex(ENCAP_FORWARD_OUT),
+        StatReason::Encapsulated,
+    );
 }
 
 #[test]
@@ -658,7 +1022,7 @@ fn decapsulation_delivers_straight_to_a_known_container() {
     bed.check(
         DECAP_TC,
         &hex(DECAP_TTL1_IN),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         &hex(DECAP_TTL1_OUT),
         d,
     );
@@ -669,5 +1033,5 @@ fn decapsulation_delivers_straight_to_a_known_container() {
         ..endpoint
     };
     bed.dataplane.insert_endpoint(container, &gone).unwrap();
-    bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_OK, &hex(DECAP_OUT), d);
+    bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_UNSPEC, &hex(DECAP_OUT), d);
 }
