@@ -136,6 +136,30 @@ fn reserved_host_parts_are_recognised() {
     assert!(map.is_reserved_host(map.host_of(addr("250.255.255.7"))));
 }
 
+#[test]
+fn slice_edges_and_the_gateway() {
+    let (map, host) = map_of("250.0.0.0/8", "198.18.0.28/16");
+    for (a, edge) in [
+        ("250.0.28.0", true),
+        ("250.0.28.255", true),
+        ("250.0.28.1", false),
+        ("250.0.28.254", false),
+    ] {
+        assert_eq!(map.is_slice_edge(host, addr(a)), edge, "{a}");
+    }
+    // A /16 slice: 10.5.0.0/16 of 10.0.0.0/8 over 198.18.0.0/24 host .5.
+    let (map, host) = map_of("10.0.0.0/8", "198.18.0.5/24");
+    assert!(map.is_slice_edge(host, addr("10.5.255.255")));
+    assert!(!map.is_slice_edge(host, addr("10.5.0.255")));
+    let entry = fan_common::FanEntry {
+        map,
+        local_host: host,
+        underlay_ifindex: 1,
+        overlay_mtu: 1480,
+    };
+    assert_eq!(entry.gateway(), addr("10.5.0.1"));
+}
+
 /// Every valid (overlay length, underlay length) pair.
 fn valid_pairs() -> impl Strategy<Value = (u8, u8)> {
     (1u8..=29)

@@ -141,6 +141,18 @@ fn reserved_overlays() {
         },
         "overlay 96.0.0.0/3 is in the reserved range 127.0.0.0/8",
     );
+    // An overlay holding the limited broadcast address would make
+    // 255.255.255.255 a valid inner destination.
+    refused(
+        fan("255.0.0.0", 8, "198.18.0.0", 16),
+        FanError::OverlayReserved {
+            overlay: a("255.0.0.0"),
+            overlay_len: 8,
+            reserved: a("255.255.255.255"),
+            reserved_len: 32,
+        },
+        "overlay 255.0.0.0/8 is in the reserved range 255.255.255.255/32",
+    );
     // 240/4 is the typical fan space and stays usable.
     assert!(fan("240.0.0.0", 5, "10.88.128.0", 20).validate().is_ok());
 }

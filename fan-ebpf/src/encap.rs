@@ -10,10 +10,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
         BPF_FIB_LKUP_RET_UNSUPP_LWT, TC_ACT_SHOT, TC_ACT_UNSPEC,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
-        bpf_redir_neigh__bindgen_ty_1,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
@@ -30,8 +29,8 @@ use crate::{
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
 
-/// `AF_INET`, for the route and neighbour helpers.
-const AF_INET: u32 = 2;
+/// `AF_INET`, for the route lookup.
+const AF_INET: u8 = 2;
 
 /// Where the encapsulating program runs, which decides what routing
 /// semantics it owes the packet.
@@ -172,28 +171,27 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     if gso_size(ctx) != 0 {
         count(StatReason::EncapsulatedGso, len);
     }
-    if !next_hop.resolved {
-        count(StatReason::EncapsulatedNeighPending, len);
-    }
-    // The route lookup's answer, sent through the neighbour layer rather
-    // than with its MAC addresses written here: the kernel then keeps the
-    // next hop's neighbour entry alive (a stale entry is probed again, so a
-    // peer whose MAC changed is found), and queues the packet while an
-    // unresolved entry resolves.
-    let mut neigh = bpf_redir_neigh {
-        nh_family: AF_INET,
-        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: next_hop.address_raw,
-        },
-    };
-    // SAFETY: `neigh` lives on our stack for the duration of the call.
-    let action = unsafe {
-        bpf_redirect_neigh(
-            next_hop.ifindex,
-            &mut neigh,
-            mem::size_of::<bpf_redir_neigh>() as i32,
-            0,
-        )
+    let action = match next_hop.neighbour {
+        Some((dst_mac, src_mac)) => {
+            // The route lookup's answer, as Cilium's fib helpers use it: both
+            // MAC addresses written here, straight out of the device.
+            if ctx.store(0, &dst_mac, 0).is_err() || ctx.store(6, &src_mac, 0).is_err() {
+                return Err(Outcome::Drop(StatReason::DropEncapFailed));
+            }
+            // SAFETY: the helper takes plain integers.
+            unsafe { bpf_redirect(next_hop.ifindex, 0) }
+        }
+        None => {
+            count(StatReason::EncapsulatedNeighPending, len);
+            // The next hop's neighbour entry is unresolved: the kernel routes
+            // the packet again (giving it the underlay route; a host packet
+            // still carries its overlay route, which the neighbour queue
+            // would follow back to the host device) and queues it while ARP
+            // resolves. Packets the queue discards show in the kernel's
+            // arp_cache statistics, not in fan-xdp's counters.
+            // SAFETY: a null params pointer with length 0 asks the kernel for the route.
+            unsafe { bpf_redirect_neigh(next_hop.ifindex, core::ptr::null_mut(), 0, 0) }
+        }
     };
     Ok(action as i32)
 }
@@ -270,11 +268,9 @@ fn segment_len(ctx: &TcContext, ip: &Ipv4Hdr, start: usize, end: usize) -> Optio
 /// Where an encapsulated packet goes next, from the kernel's routing table.
 struct NextHop {
     ifindex: u32,
-    /// The gateway, or the destination host itself on a flat underlay
-    /// (network byte order).
-    address_raw: u32,
-    /// Whether the next hop's neighbour entry was resolved.
-    resolved: bool,
+    /// The next hop's and the device's MAC addresses, when the next hop's
+    /// neighbour entry is resolved.
+    neighbour: Option<([u8; 6], [u8; 6])>,
 }
 
 enum RouteError {
@@ -298,7 +294,7 @@ fn route_to(
 ) -> Result<NextHop, RouteError> {
     // SAFETY: every field of the lookup is plain data; zero is a valid value.
     let mut params: bpf_fib_lookup = unsafe { mem::zeroed() };
-    params.family = AF_INET as u8;
+    params.family = AF_INET;
     params.l4_protocol = IPPROTO_IPIP;
     params.ifindex = fan.underlay_ifindex;
     params.__bindgen_anon_1.tot_len = outer_len as u16;
@@ -348,8 +344,6 @@ fn route_to(
     }
     Ok(NextHop {
         ifindex: params.ifindex,
-        // SAFETY: an IPv4 lookup leaves its next hop in the IPv4 member.
-        address_raw: unsafe { params.__bindgen_anon_4.ipv4_dst },
-        resolved,
+        neighbour: resolved.then_some((params.dmac, params.smac)),
     })
 }

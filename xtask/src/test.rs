@@ -37,7 +37,16 @@ pub fn run() -> Result<()> {
         &mut totals,
     )?;
     // This kernel has no ipip module: the interop tests run in the VM only.
-    let host_tests = ["--test", "programs", "--test", "cli", "--test", "netns_fan"];
+    let host_tests = [
+        "--test",
+        "programs",
+        "--test",
+        "cli",
+        "--test",
+        "netns_fan",
+        "--test",
+        "policy",
+    ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),
         &["--test-threads=1"],
