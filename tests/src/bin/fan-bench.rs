@@ -382,6 +382,19 @@ fn order(samples: &Samples) -> Vec<(String, &Vec<Sample>)> {
 /// host 198.18.0.1 with `extra` more overlays in the LPM trie.
 fn cost_bed(extra: u32) -> Result<(Netns, Dataplane)> {
     let (ns, mut dp, ifindex) = topology::single_host_dataplane("cost")?;
+    // The peer's neighbour entry resolved, as on a host that is talking to it:
+    // encapsulation takes its everyday path (route lookup, MACs, redirect).
+    ns.ip(&[
+        "neigh",
+        "add",
+        "198.18.0.2",
+        "lladdr",
+        "02:00:00:00:00:22",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
     for k in 0..extra {
         // 251.k.0.0/16 and up over 198.19.0.0/24: disjoint from 250/8 and each other.
         let overlay = u32::from_be_bytes([251 + (k / 256) as u8, (k % 256) as u8, 0, 0]);
