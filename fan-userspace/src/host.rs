@@ -413,6 +413,24 @@ impl Net {
     }
 }
 
+/// The forwarding switch of the namespace.
+pub const IP_FORWARD: &str = "ip_forward";
+/// Loose reverse-path filtering: a source must be routable through some interface.
+pub const RP_FILTER_LOOSE: u8 = 2;
+const RP_FILTER_STRICT: u8 = 1;
+
+/// The rp_filter sysctl of one interface.
+pub fn rp_filter_key(iface: &str) -> String {
+    format!("conf/{iface}/rp_filter")
+}
+
+/// Whether reverse-path filtering on `iface` is strict: the kernel applies
+/// the larger of `conf/all/rp_filter` and the device's own value.
+pub fn rp_filter_is_strict(iface: &str) -> Result<bool> {
+    let effective = read_sysctl("conf/all/rp_filter")?.max(read_sysctl(&rp_filter_key(iface))?);
+    Ok(effective == RP_FILTER_STRICT)
+}
+
 /// Reads an IPv4 sysctl of the calling thread's namespace, e.g. `ip_forward`
 /// or `conf/eth0/rp_filter`.
 pub fn read_sysctl(key: &str) -> Result<u8> {

@@ -233,6 +233,8 @@ fn attach_is_idempotent_and_detach_leaves_nothing() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
+    // Detach leaves forwarding on (whatever started after attach may rely on it).
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let before = snapshot(&host.ns).unwrap();
     host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
@@ -361,6 +363,8 @@ fn killed_at_every_step_then_attach_and_detach_recover() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
+    // Detach leaves forwarding on (whatever started after attach may rely on it).
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let before = snapshot(&host.ns).unwrap();
     for step in fan_userspace::attach::STEPS {
         let out = attach_injected(host, &format!("kill:{step}"));
@@ -894,4 +898,79 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     assert!(ping(&local.ns, remote.addr, 3).unwrap());
     drop(other);
     detach_all(&fleet);
+}
+
+/// An IPv4 sysctl of `host`'s namespace, e.g. `conf/eth0/rp_filter`.
+fn sysctl(host: &Host, key: &str) -> String {
+    host.ns
+        .run("cat", &[&format!("/proc/sys/net/ipv4/{key}")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn set_sysctl(host: &Host, key: &str, value: &str) {
+    host.ns
+        .sysctl(&format!("net.ipv4.{}", key.replace('/', ".")), value)
+        .unwrap();
+}
+
+#[test]
+fn rp_filter_is_loosened_on_the_underlay_only_and_forwarding_stays_on() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let attach = || {
+        host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+            .unwrap()
+    };
+    let detach = || host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+
+    // Strict through conf/all: only eth0 is loosened, every other
+    // interface keeps strict filtering.
+    set_sysctl(host, "ip_forward", "0");
+    set_sysctl(host, "conf/all/rp_filter", "1");
+    set_sysctl(host, "conf/eth0/rp_filter", "0");
+    attach();
+    assert_eq!(
+        sysctl(host, "conf/all/rp_filter"),
+        "1",
+        "conf/all was changed"
+    );
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "2");
+    assert_eq!(sysctl(host, "ip_forward"), "1");
+    detach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "0", "not restored");
+    assert_eq!(sysctl(host, "conf/all/rp_filter"), "1");
+    assert_eq!(
+        sysctl(host, "ip_forward"),
+        "1",
+        "detach turned forwarding off under whoever relies on it now"
+    );
+
+    // Not strict: nothing to loosen, nothing written.
+    set_sysctl(host, "conf/all/rp_filter", "0");
+    attach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "0");
+    detach();
+
+    // Strict on the device; changed by someone else after attach: their
+    // value stays.
+    set_sysctl(host, "conf/eth0/rp_filter", "1");
+    attach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "2");
+    set_sysctl(host, "conf/eth0/rp_filter", "0");
+    detach();
+    assert_eq!(
+        sysctl(host, "conf/eth0/rp_filter"),
+        "0",
+        "detach overwrote a value fan-xdp did not write"
+    );
+    // Unchanged since attach: restored.
+    set_sysctl(host, "conf/eth0/rp_filter", "1");
+    attach();
+    detach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "1");
 }
