@@ -974,3 +974,110 @@ fn rp_filter_is_loosened_on_the_underlay_only_and_forwarding_stays_on() {
     detach();
     assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "1");
 }
+
+/// Runs `script` with `sh` in a private mount namespace (`unshare -m`), so
+/// that what it mounts vanishes with it. `$FAN_XDP` is the binary and `$NS`
+/// the namespace of `host`; returns what the script printed, whatever its exit.
+fn in_private_mounts(host: &Host, script: &str) -> String {
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("FAN_XDP", fan_tests::topology::fan_xdp_binary())
+        .env("NS", host.ns.name())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn state_directories_others_could_change_are_refused() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let cookie = host
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let mount_point = TempDir::new("bpffs");
+    let pins = mount_point.0.clone();
+    // Each case gets a fresh bpffs (mode 1777, as bpffs is by default) at
+    // $PINS, prepared by `setup`, then an attach that must refuse it.
+    let refused = |setup: &str, expected: &str| {
+        let out = in_private_mounts(
+            host,
+            &format!(
+                "PINS={pins}; mount -t bpf bpf $PINS && {setup} && \
+                 ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY}; \
+                 echo exit $?"
+            ),
+        );
+        assert!(
+            out.contains(expected) && out.contains("exit 1"),
+            "{setup}: expected {expected:?} in {out}"
+        );
+        assert!(!out.contains("attached:"), "{setup}: {out}");
+    };
+    let ns_dir = format!("$PINS/fan-xdp/netns-{cookie}");
+    refused(
+        "ln -s /tmp $PINS/fan-xdp",
+        &format!("{pins}/fan-xdp: it is a symbolic link"),
+    );
+    refused(
+        "mkdir -m 0777 $PINS/fan-xdp",
+        &format!("{pins}/fan-xdp: it is writable by group or others (mode 777)"),
+    );
+    refused(
+        "mkdir -m 0700 $PINS/fan-xdp && chown 65534 $PINS/fan-xdp",
+        &format!("{pins}/fan-xdp: it is owned by uid 65534, not root"),
+    );
+    refused(
+        &format!(
+            "mkdir -m 0700 $PINS/fan-xdp && mkdir $PINS/elsewhere && ln -s $PINS/elsewhere {ns_dir}"
+        ),
+        &format!("{pins}/fan-xdp/netns-{cookie}: it is a symbolic link"),
+    );
+    refused(
+        &format!("mkdir -m 0700 $PINS/fan-xdp && mkdir -m 0770 {ns_dir}"),
+        "is writable by group or others (mode 770)",
+    );
+
+    // What fan-xdp creates itself is root's alone, and so is a bpffs it mounts.
+    let out = in_private_mounts(
+        host,
+        &format!(
+            "PINS={pins}; mount -t bpf bpf $PINS && \
+             ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY} && \
+             stat -c 'dir %a %u' $PINS/fan-xdp {ns_dir} && \
+             ip netns exec $NS $FAN_XDP --pin-dir $PINS detach eth0 && \
+             umount -l /sys/fs/bpf && ip netns exec $NS $FAN_XDP show && \
+             stat -c 'mounted %a' /sys/fs/bpf"
+        ),
+    );
+    assert_eq!(out.matches("dir 700 0").count(), 2, "{out}");
+    // bpffs always sets the sticky bit on its root; the rest is the mode given.
+    assert!(out.contains("mounted 1700"), "{out}");
+}
+
+/// An empty directory under /tmp for this test process, removed when dropped.
+struct TempDir(String);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        let path = format!("/tmp/fxt{}-{label}", std::process::id());
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
