@@ -14,7 +14,7 @@ use rtnetlink::{
         address::AddressAttribute,
         link::{
             InfoBridge, InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-            LinkXdp,
+            LinkXdp, State,
         },
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage},
@@ -37,6 +37,11 @@ pub struct Link {
     pub controller: Option<u32>,
     /// For a bridge: how long it keeps a forwarding entry nobody refreshes.
     pub ageing: Option<Duration>,
+    /// The operational state is up: for a veth, its peer is up too.
+    pub oper_up: bool,
+    /// For a veth (or other link with a peer): the id, in this namespace,
+    /// of the namespace its peer is in, when that is another one.
+    pub peer_netns_id: Option<i32>,
 }
 
 /// One learned entry of a bridge's forwarding database.
@@ -62,12 +67,16 @@ impl Link {
             mac: None,
             controller: None,
             ageing: None,
+            oper_up: false,
+            peer_netns_id: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Controller(index) => link.controller = Some(*index),
+                LinkAttribute::OperState(state) => link.oper_up = *state == State::Up,
+                LinkAttribute::LinkNetNsId(id) => link.peer_netns_id = Some(*id),
                 LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {

@@ -1081,3 +1081,121 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// The overlay addresses the endpoint map of `host` delivers to directly.
+fn endpoint_addrs(host: &Host) -> Vec<Ipv4Addr> {
+    let maps = host.pinned_maps().unwrap();
+    let mut addrs: Vec<Ipv4Addr> = maps
+        .endpoints
+        .keys()
+        .map(|k| Ipv4Addr::from(u32::from_be(k.unwrap())))
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// Polls the endpoint map of `host` until `wanted` holds (at most ~5 s: the
+/// daemon under test resyncs every second and on every link event).
+fn wait_for_endpoints(host: &Host, wanted: impl Fn(&[Ipv4Addr]) -> bool) -> Vec<Ipv4Addr> {
+    let mut addrs = endpoint_addrs(host);
+    for _ in 0..50 {
+        if wanted(&addrs) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        addrs = endpoint_addrs(host);
+    }
+    addrs
+}
+
+/// Makes `host` know `addr` behind `port` for good: a permanent neighbour
+/// entry on the slice bridge and a static forwarding entry, as a runtime
+/// that programs them would. They survive the port going down, so only
+/// fan-xdp's own check keeps the endpoint out of the map then.
+fn pin_neighbour(host: &Host, addr: Ipv4Addr, mac: &str, port: &str) {
+    host.ns
+        .run(
+            "bridge",
+            &["fdb", "replace", mac, "dev", port, "master", "static"],
+        )
+        .unwrap();
+    host.ns
+        .ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            &host.bridge,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> String {
+    ns.run("cat", &[&format!("/sys/class/net/{iface}/address")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn direct_delivery_only_to_ports_whose_peer_is_up_in_another_namespace() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let host = &fleet.hosts[0];
+    let container = &host.containers[0];
+
+    // A bridge port whose veth peer stays in the host's own namespace: no
+    // container behind it, and bpf_redirect_peer into it would be dropped.
+    let ns = &host.ns;
+    ns.ip(&[
+        "link",
+        "add",
+        "vlocal",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vlocal-peer",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "vlocal", "master", &host.bridge, "up"])
+        .unwrap();
+    ns.ip(&["link", "set", "vlocal-peer", "up"]).unwrap();
+    // Pinned after the last port joined: a bridge may take a new port's MAC
+    // as its own, and a changed address flushes even permanent neighbours.
+    let local = Ipv4Addr::new(250, 0, 1, 50);
+    pin_neighbour(host, local, &mac_of(ns, "vlocal-peer"), "vlocal");
+    pin_neighbour(
+        host,
+        container.addr,
+        &mac_of(&container.ns, "eth0"),
+        "veth1",
+    );
+
+    host.fan_xdp_ok(&["run", "--once"]).unwrap();
+    assert_eq!(
+        endpoint_addrs(host),
+        [container.addr],
+        "only the container in its own namespace is an endpoint"
+    );
+
+    // The daemon takes the endpoint out when the container's link goes
+    // down, and puts it back when it comes up.
+    let daemon = host.fan_xdp_run().unwrap();
+    container.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let addrs = wait_for_endpoints(host, |a| a.is_empty());
+    assert!(addrs.is_empty(), "endpoints with the peer down: {addrs:?}");
+    container.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let addrs = wait_for_endpoints(host, |a| a == [container.addr]);
+    assert_eq!(addrs, [container.addr], "the endpoint did not come back");
+    daemon.stop().unwrap();
+    detach_all(&fleet);
+}
