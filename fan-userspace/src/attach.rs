@@ -12,14 +12,17 @@ use anyhow::{Result, anyhow, bail};
 use fan_common::{
     FanEntry, FanMap,
     fan::validate_fans,
-    maps::{FanMeta, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason},
+    maps::{FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason},
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
 
 use crate::{
     cli::{AttachArgs, Global, Mode},
-    host::{Link, Net, read_sysctl, write_sysctl},
+    host::{
+        IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict, rp_filter_key,
+        write_sysctl,
+    },
     ipv4_network,
     loader::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key,
@@ -367,23 +370,13 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
 
     // 2. Forwarding, and loose reverse-path filtering on the underlay:
     // decapsulated packets arrive there from overlay sources routed elsewhere.
-    for (sysctl, want) in [
-        ("ip_forward".to_string(), 1u8),
-        (format!("conf/{}/rp_filter", plan.iface.name), 2),
-        ("conf/all/rp_filter".to_string(), 2),
-    ] {
-        let current = read_sysctl(&sysctl)?;
-        let needs = if sysctl == "ip_forward" {
-            current != 1
-        } else {
-            current == 1
-        };
-        if needs {
-            write_sysctl(&sysctl, want)?;
-            undo.push(Undo::Sysctl(sysctl, current));
-            changed = true;
-        }
+    let forwarding = read_sysctl(IP_FORWARD)?;
+    if forwarding != 1 {
+        write_sysctl(IP_FORWARD, 1)?;
+        undo.push(Undo::Sysctl(IP_FORWARD.to_string(), forwarding));
+        changed = true;
     }
+    changed |= loosen_rp_filter(&mut dataplane, key, &mut meta, &plan.iface.name, undo)?;
     checkpoint("sysctl")?;
 
     // 3. The slice bridge with the gateway address (adopted if it matches).
@@ -576,6 +569,33 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     Ok(changed)
 }
 
+/// Makes reverse-path filtering on the underlay `iface` loose, only if it is
+/// strict there. The kernel applies the larger of `conf/all` and the device's
+/// value, so only the device is written and `conf/all`, which governs every
+/// other interface, is left alone. The value found is recorded in the fan's
+/// record before the write, so that an attach killed in between still leaves
+/// detach knowing what to restore.
+fn loosen_rp_filter(
+    dataplane: &mut Dataplane,
+    key: FanMetaKey,
+    meta: &mut FanMeta,
+    iface: &str,
+    undo: &mut Vec<Undo>,
+) -> Result<bool> {
+    if !rp_filter_is_strict(iface)? {
+        return Ok(false);
+    }
+    let sysctl = rp_filter_key(iface);
+    let before = read_sysctl(&sysctl)?;
+    if meta.orig_rp_filter == SYSCTL_UNKNOWN {
+        meta.orig_rp_filter = before;
+        dataplane.insert_meta(key, meta)?;
+    }
+    write_sysctl(&sysctl, RP_FILTER_LOOSE)?;
+    undo.push(Undo::Sysctl(sysctl, before));
+    Ok(true)
+}
+
 /// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
 fn link(
     dataplane: &mut Dataplane,
@@ -622,13 +642,12 @@ fn new_record(plan: &Plan) -> Result<FanMeta> {
         mode_reason: 0,
         nat: u8::from(plan.nat),
         complete: 0,
-        orig_forwarding: first.map_or_else(|| read("ip_forward"), |m| m.orig_forwarding),
-        orig_rp_filter: same_iface.map_or_else(
-            || read(&format!("conf/{}/rp_filter", plan.iface.name)),
-            |m| m.orig_rp_filter,
-        ),
-        orig_rp_filter_all: first
-            .map_or_else(|| read("conf/all/rp_filter"), |m| m.orig_rp_filter_all),
+        // Recorded for the record only: detach leaves forwarding on.
+        orig_forwarding: first.map_or_else(|| read(IP_FORWARD), |m| m.orig_forwarding),
+        // Filled in by the sysctl step if it loosens the device.
+        orig_rp_filter: same_iface.map_or(SYSCTL_UNKNOWN, |m| m.orig_rp_filter),
+        // fan-xdp no longer writes conf/all (older versions did).
+        orig_rp_filter_all: SYSCTL_UNKNOWN,
         underlay_len: plan.underlay.prefix(),
         host: u32::from(plan.host),
         host_reserve: plan.host_reserve,

@@ -4,11 +4,11 @@
 
 use anyhow::Result;
 use fan_common::maps::SYSCTL_UNKNOWN;
-use log::warn;
+use log::{info, warn};
 
 use crate::{
     cli::{DetachArgs, Global},
-    host::{Net, write_sysctl},
+    host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
     ipv4_network,
     loader::{Hook, PinnedMaps, unlink},
     nat,
@@ -75,18 +75,22 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
             &args.iface,
             Hook::TcIngress,
         );
-        restore(
-            &format!("conf/{}/rp_filter", args.iface),
-            first.orig_rp_filter,
-        );
+        let recorded = going
+            .iter()
+            .map(|f| f.meta.orig_rp_filter)
+            .find(|&v| v != SYSCTL_UNKNOWN)
+            .unwrap_or(SYSCTL_UNKNOWN);
+        restore_if_ours(&rp_filter_key(&args.iface), recorded);
     }
     if staying.is_empty() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);
         if let Some(dev) = host_dev {
             net.del_link(dev.index).await?;
         }
-        restore("conf/all/rp_filter", first.orig_rp_filter_all);
-        restore("ip_forward", first.orig_forwarding);
+        // Only older versions loosened conf/all; new records say UNKNOWN.
+        restore_if_ours("conf/all/rp_filter", first.orig_rp_filter_all);
+        // Forwarding stays on: a runtime that started after attach (Docker,
+        // LXD, libvirt) may rely on it, and none of them turns it off either.
         nat::remove_table()?;
         drop(maps);
         dir.remove()?;
@@ -100,10 +104,22 @@ fn remove_pin(path: &std::path::Path, device: &str, hook: Hook) {
     }
 }
 
-fn restore(sysctl: &str, value: u8) {
-    if value != SYSCTL_UNKNOWN
-        && let Err(e) = write_sysctl(sysctl, value)
-    {
-        warn!("restoring {sysctl}: {e:#}");
+/// Puts back the rp_filter value `recorded` before attach loosened it, unless
+/// it was not recorded or something else has set another value since: that
+/// choice is theirs to keep.
+fn restore_if_ours(sysctl: &str, recorded: u8) {
+    if recorded == SYSCTL_UNKNOWN {
+        return;
+    }
+    match read_sysctl(sysctl) {
+        Ok(RP_FILTER_LOOSE) => {
+            if let Err(e) = write_sysctl(sysctl, recorded) {
+                warn!("restoring {sysctl}: {e:#}");
+            }
+        }
+        Ok(other) => info!(
+            "leaving {sysctl} at {other}: it was changed after attach set it to {RP_FILTER_LOOSE}"
+        ),
+        Err(e) => warn!("{e:#}"),
     }
 }

@@ -5,7 +5,10 @@
 //! container's address to its MAC, and the bridge's forwarding database maps
 //! that MAC to the port (the host end of the container's veth). `sync` reads
 //! both and makes the map say exactly that, adding, changing and removing
-//! entries; anything unknown is simply absent and takes the stack.
+//! entries; anything unknown is simply absent and takes the stack. So is a
+//! container whose veth is down or whose peer is not in another namespace
+//! (see [`can_deliver_to`]); `fan-xdp run` resyncs on every link event, so
+//! an endpoint leaves the map when its link goes down.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -13,7 +16,7 @@ use anyhow::Result;
 use fan_common::maps::Endpoint;
 
 use crate::{
-    host::{FdbEntry, Net},
+    host::{FdbEntry, Link, Net},
     loader::PinnedMaps,
     record::Fan,
 };
@@ -50,19 +53,23 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
         };
         let refresh_idle =
             bridge.ageing.unwrap_or(Duration::from_secs(300)) / REFRESH_AFTER_AGEING_FRACTION;
-        // Direct delivery needs a veth: bpf_redirect_peer enters its peer.
-        let veths: HashMap<u32, String> = net
-            .ports(bridge.index)
-            .await?
-            .into_iter()
+        let ports = net.ports(bridge.index).await?;
+        // Encapsulation at a port works on any veth; delivery only on some.
+        let veths: HashMap<u32, String> = ports
+            .iter()
             .filter(|l| l.kind.as_deref() == Some("veth"))
-            .map(|l| (l.index, l.name))
+            .map(|l| (l.index, l.name.clone()))
+            .collect();
+        let deliverable: Vec<u32> = ports
+            .iter()
+            .filter(|l| can_deliver_to(l))
+            .map(|l| l.index)
             .collect();
         let fdb: HashMap<[u8; 6], FdbEntry> = net
             .fdb(bridge.index)
             .await?
             .into_iter()
-            .filter(|e| veths.contains_key(&e.port))
+            .filter(|e| deliverable.contains(&e.port))
             .map(|e| (e.mac, e))
             .collect();
         for (addr, mac) in net.neighbours(bridge.index).await? {
@@ -88,6 +95,15 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
     }
     slices.ports.sort();
     Ok(slices)
+}
+
+/// Whether direct delivery through bridge port `port` can reach a container.
+/// `bpf_redirect_peer` enters a veth's peer; the kernel drops the packet,
+/// after the program already counted it delivered, when that peer is down
+/// or in this same namespace (no container there). So: a veth that is up
+/// (which a veth is only while its peer is) with its peer in another namespace.
+pub fn can_deliver_to(port: &Link) -> bool {
+    port.kind.as_deref() == Some("veth") && port.oper_up && port.peer_netns_id.is_some()
 }
 
 /// Makes the pinned endpoint map equal `want`. Returns (added or changed, removed).

@@ -14,7 +14,7 @@ use rtnetlink::{
         address::AddressAttribute,
         link::{
             InfoBridge, InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-            LinkXdp,
+            LinkXdp, State,
         },
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage},
@@ -37,6 +37,11 @@ pub struct Link {
     pub controller: Option<u32>,
     /// For a bridge: how long it keeps a forwarding entry nobody refreshes.
     pub ageing: Option<Duration>,
+    /// The operational state is up: for a veth, its peer is up too.
+    pub oper_up: bool,
+    /// For a veth (or other link with a peer): the id, in this namespace,
+    /// of the namespace its peer is in, when that is another one.
+    pub peer_netns_id: Option<i32>,
 }
 
 /// One learned entry of a bridge's forwarding database.
@@ -62,12 +67,16 @@ impl Link {
             mac: None,
             controller: None,
             ageing: None,
+            oper_up: false,
+            peer_netns_id: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Controller(index) => link.controller = Some(*index),
+                LinkAttribute::OperState(state) => link.oper_up = *state == State::Up,
+                LinkAttribute::LinkNetNsId(id) => link.peer_netns_id = Some(*id),
                 LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
@@ -411,6 +420,24 @@ impl Net {
             .await
             .context("refreshing a bridge forwarding entry")
     }
+}
+
+/// The forwarding switch of the namespace.
+pub const IP_FORWARD: &str = "ip_forward";
+/// Loose reverse-path filtering: a source must be routable through some interface.
+pub const RP_FILTER_LOOSE: u8 = 2;
+const RP_FILTER_STRICT: u8 = 1;
+
+/// The rp_filter sysctl of one interface.
+pub fn rp_filter_key(iface: &str) -> String {
+    format!("conf/{iface}/rp_filter")
+}
+
+/// Whether reverse-path filtering on `iface` is strict: the kernel applies
+/// the larger of `conf/all/rp_filter` and the device's own value.
+pub fn rp_filter_is_strict(iface: &str) -> Result<bool> {
+    let effective = read_sysctl("conf/all/rp_filter")?.max(read_sysctl(&rp_filter_key(iface))?);
+    Ok(effective == RP_FILTER_STRICT)
 }
 
 /// Reads an IPv4 sysctl of the calling thread's namespace, e.g. `ip_forward`

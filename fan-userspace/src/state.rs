@@ -13,12 +13,20 @@
 //! command exits. So fan-xdp finds the nearest ancestor process in another
 //! mount namespace (the shell that ran `ip netns exec`), reaches that
 //! namespace's `/sys/fs/bpf` through `/proc/<pid>/root`, and mounts the bpffs
-//! there with a short-lived helper process when it is missing.
+//! there with a short-lived helper process when it is missing, with mode 0700.
+//!
+//! A bpffs is world-writable (mode 1777) unless mounted otherwise, so anyone
+//! could have made `fan-xdp/` or a namespace's directory first, or made it a
+//! symbolic link to somewhere else. Both are checked without following links
+//! and refused unless root owns them and nobody else may write to them.
 
 use std::{
     ffi::CString,
     fs,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{DirBuilderExt as _, MetadataExt as _},
+    },
     path::{Path, PathBuf},
     process::Command,
 };
@@ -58,16 +66,34 @@ impl StateDir {
         };
         let root = base.join("fan-xdp");
         let path = root.join(format!("netns-{}", netns_cookie()?));
+        // The root first: a trusted namespace directory inside an untrusted
+        // parent could be swapped for another.
+        check_private_dir(&root)?;
+        check_private_dir(&path)?;
         Ok(Self { root, path })
     }
 
     pub fn exists(&self) -> bool {
-        self.path.is_dir()
+        // Not followed: `locate` refused a symlink, and one made since is not ours.
+        fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_dir())
     }
 
+    /// Creates the shared parent and this namespace's directory, each owned
+    /// by root with mode 0700 (a bpffs root is world-writable, mode 1777).
     pub fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.path)
-            .with_context(|| format!("creating the pin directory {}", self.path.display()))
+        for dir in [&self.root, &self.path] {
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating the pin directory {}", dir.display()));
+                }
+            }
+            // Also after creating: another process may have made it first.
+            check_private_dir(dir)?;
+        }
+        Ok(())
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -120,6 +146,36 @@ impl StateDir {
     }
 }
 
+/// Refuses a state directory that anyone but root could have made or could
+/// change: a symbolic link (never followed), something not a directory, a
+/// directory not owned by root, or one writable by its group or by others.
+/// A directory that does not exist (yet) is fine.
+pub fn check_private_dir(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    };
+    let problem = if meta.file_type().is_symlink() {
+        "is a symbolic link, which fan-xdp never follows".to_string()
+    } else if !meta.is_dir() {
+        "is not a directory".to_string()
+    } else if meta.uid() != 0 {
+        format!("is owned by uid {}, not root", meta.uid())
+    } else if meta.mode() & 0o022 != 0 {
+        format!(
+            "is writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "refusing the state directory {}: it {problem}; remove it (fan-xdp recreates it owned by root, mode 0700)",
+        path.display()
+    )
+}
+
 /// The network namespace cookie of the calling thread.
 pub fn netns_cookie() -> Result<u64> {
     crate::netns::current_cookie()
@@ -169,14 +225,16 @@ fn system_bpffs() -> Result<PathBuf> {
 fn mount_bpffs(target: &Path) -> Result<()> {
     fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let c_target = CString::new(target.as_os_str().as_bytes())?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
+    // Only root may create pins at the top: bpffs defaults to mode 1777.
+    let options = c"mode=0700";
+    // SAFETY: valid NUL-terminated strings; bpffs parses the data as a string.
     let ret = unsafe {
         libc::mount(
             c"bpf".as_ptr(),
             c_target.as_ptr(),
             c"bpf".as_ptr(),
             0,
-            std::ptr::null(),
+            options.as_ptr().cast(),
         )
     };
     if ret != 0 {

@@ -233,6 +233,8 @@ fn attach_is_idempotent_and_detach_leaves_nothing() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
+    // Detach leaves forwarding on (whatever started after attach may rely on it).
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let before = snapshot(&host.ns).unwrap();
     host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
@@ -361,6 +363,8 @@ fn killed_at_every_step_then_attach_and_detach_recover() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
+    // Detach leaves forwarding on (whatever started after attach may rely on it).
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let before = snapshot(&host.ns).unwrap();
     for step in fan_userspace::attach::STEPS {
         let out = attach_injected(host, &format!("kill:{step}"));
@@ -893,5 +897,305 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     }
     assert!(ping(&local.ns, remote.addr, 3).unwrap());
     drop(other);
+    detach_all(&fleet);
+}
+
+/// An IPv4 sysctl of `host`'s namespace, e.g. `conf/eth0/rp_filter`.
+fn sysctl(host: &Host, key: &str) -> String {
+    host.ns
+        .run("cat", &[&format!("/proc/sys/net/ipv4/{key}")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn set_sysctl(host: &Host, key: &str, value: &str) {
+    host.ns
+        .sysctl(&format!("net.ipv4.{}", key.replace('/', ".")), value)
+        .unwrap();
+}
+
+#[test]
+fn rp_filter_is_loosened_on_the_underlay_only_and_forwarding_stays_on() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let attach = || {
+        host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+            .unwrap()
+    };
+    let detach = || host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+
+    // Strict through conf/all: only eth0 is loosened, every other
+    // interface keeps strict filtering.
+    set_sysctl(host, "ip_forward", "0");
+    set_sysctl(host, "conf/all/rp_filter", "1");
+    set_sysctl(host, "conf/eth0/rp_filter", "0");
+    attach();
+    assert_eq!(
+        sysctl(host, "conf/all/rp_filter"),
+        "1",
+        "conf/all was changed"
+    );
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "2");
+    assert_eq!(sysctl(host, "ip_forward"), "1");
+    detach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "0", "not restored");
+    assert_eq!(sysctl(host, "conf/all/rp_filter"), "1");
+    assert_eq!(
+        sysctl(host, "ip_forward"),
+        "1",
+        "detach turned forwarding off under whoever relies on it now"
+    );
+
+    // Not strict: nothing to loosen, nothing written.
+    set_sysctl(host, "conf/all/rp_filter", "0");
+    attach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "0");
+    detach();
+
+    // Strict on the device; changed by someone else after attach: their
+    // value stays.
+    set_sysctl(host, "conf/eth0/rp_filter", "1");
+    attach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "2");
+    set_sysctl(host, "conf/eth0/rp_filter", "0");
+    detach();
+    assert_eq!(
+        sysctl(host, "conf/eth0/rp_filter"),
+        "0",
+        "detach overwrote a value fan-xdp did not write"
+    );
+    // Unchanged since attach: restored.
+    set_sysctl(host, "conf/eth0/rp_filter", "1");
+    attach();
+    detach();
+    assert_eq!(sysctl(host, "conf/eth0/rp_filter"), "1");
+}
+
+/// Runs `script` with `sh` in a private mount namespace (`unshare -m`), so
+/// that what it mounts vanishes with it. `$FAN_XDP` is the binary and `$NS`
+/// the namespace of `host`; returns what the script printed, whatever its exit.
+fn in_private_mounts(host: &Host, script: &str) -> String {
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("FAN_XDP", fan_tests::topology::fan_xdp_binary())
+        .env("NS", host.ns.name())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn state_directories_others_could_change_are_refused() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let cookie = host
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let mount_point = TempDir::new("bpffs");
+    let pins = mount_point.0.clone();
+    // Each case gets a fresh bpffs (mode 1777, as bpffs is by default) at
+    // $PINS, prepared by `setup`, then an attach that must refuse it.
+    let refused = |setup: &str, expected: &str| {
+        let out = in_private_mounts(
+            host,
+            &format!(
+                "PINS={pins}; mount -t bpf bpf $PINS && {setup} && \
+                 ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY}; \
+                 echo exit $?"
+            ),
+        );
+        assert!(
+            out.contains(expected) && out.contains("exit 1"),
+            "{setup}: expected {expected:?} in {out}"
+        );
+        assert!(!out.contains("attached:"), "{setup}: {out}");
+    };
+    let ns_dir = format!("$PINS/fan-xdp/netns-{cookie}");
+    refused(
+        "ln -s /tmp $PINS/fan-xdp",
+        &format!("{pins}/fan-xdp: it is a symbolic link"),
+    );
+    refused(
+        "mkdir -m 0777 $PINS/fan-xdp",
+        &format!("{pins}/fan-xdp: it is writable by group or others (mode 777)"),
+    );
+    refused(
+        "mkdir -m 0700 $PINS/fan-xdp && chown 65534 $PINS/fan-xdp",
+        &format!("{pins}/fan-xdp: it is owned by uid 65534, not root"),
+    );
+    refused(
+        &format!(
+            "mkdir -m 0700 $PINS/fan-xdp && mkdir $PINS/elsewhere && ln -s $PINS/elsewhere {ns_dir}"
+        ),
+        &format!("{pins}/fan-xdp/netns-{cookie}: it is a symbolic link"),
+    );
+    refused(
+        &format!("mkdir -m 0700 $PINS/fan-xdp && mkdir -m 0770 {ns_dir}"),
+        "is writable by group or others (mode 770)",
+    );
+
+    // What fan-xdp creates itself is root's alone, and so is a bpffs it mounts.
+    let out = in_private_mounts(
+        host,
+        &format!(
+            "PINS={pins}; mount -t bpf bpf $PINS && \
+             ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY} && \
+             stat -c 'dir %a %u' $PINS/fan-xdp {ns_dir} && \
+             ip netns exec $NS $FAN_XDP --pin-dir $PINS detach eth0 && \
+             umount -l /sys/fs/bpf && ip netns exec $NS $FAN_XDP show && \
+             stat -c 'mounted %a' /sys/fs/bpf"
+        ),
+    );
+    assert_eq!(out.matches("dir 700 0").count(), 2, "{out}");
+    // bpffs always sets the sticky bit on its root; the rest is the mode given.
+    assert!(out.contains("mounted 1700"), "{out}");
+}
+
+/// An empty directory under /tmp for this test process, removed when dropped.
+struct TempDir(String);
+
+impl TempDir {
+    fn new(label: &str) -> Self {
+        let path = format!("/tmp/fxt{}-{label}", std::process::id());
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The overlay addresses the endpoint map of `host` delivers to directly.
+fn endpoint_addrs(host: &Host) -> Vec<Ipv4Addr> {
+    let maps = host.pinned_maps().unwrap();
+    let mut addrs: Vec<Ipv4Addr> = maps
+        .endpoints
+        .keys()
+        .map(|k| Ipv4Addr::from(u32::from_be(k.unwrap())))
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// Polls the endpoint map of `host` until `wanted` holds (at most ~5 s: the
+/// daemon under test resyncs every second and on every link event).
+fn wait_for_endpoints(host: &Host, wanted: impl Fn(&[Ipv4Addr]) -> bool) -> Vec<Ipv4Addr> {
+    let mut addrs = endpoint_addrs(host);
+    for _ in 0..50 {
+        if wanted(&addrs) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        addrs = endpoint_addrs(host);
+    }
+    addrs
+}
+
+/// Makes `host` know `addr` behind `port` for good: a permanent neighbour
+/// entry on the slice bridge and a static forwarding entry, as a runtime
+/// that programs them would. They survive the port going down, so only
+/// fan-xdp's own check keeps the endpoint out of the map then.
+fn pin_neighbour(host: &Host, addr: Ipv4Addr, mac: &str, port: &str) {
+    host.ns
+        .run(
+            "bridge",
+            &["fdb", "replace", mac, "dev", port, "master", "static"],
+        )
+        .unwrap();
+    host.ns
+        .ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            mac,
+            "dev",
+            &host.bridge,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> String {
+    ns.run("cat", &[&format!("/sys/class/net/{iface}/address")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn direct_delivery_only_to_ports_whose_peer_is_up_in_another_namespace() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let host = &fleet.hosts[0];
+    let container = &host.containers[0];
+
+    // A bridge port whose veth peer stays in the host's own namespace: no
+    // container behind it, and bpf_redirect_peer into it would be dropped.
+    let ns = &host.ns;
+    ns.ip(&[
+        "link",
+        "add",
+        "vlocal",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vlocal-peer",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "vlocal", "master", &host.bridge, "up"])
+        .unwrap();
+    ns.ip(&["link", "set", "vlocal-peer", "up"]).unwrap();
+    // Pinned after the last port joined: a bridge may take a new port's MAC
+    // as its own, and a changed address flushes even permanent neighbours.
+    let local = Ipv4Addr::new(250, 0, 1, 50);
+    pin_neighbour(host, local, &mac_of(ns, "vlocal-peer"), "vlocal");
+    pin_neighbour(
+        host,
+        container.addr,
+        &mac_of(&container.ns, "eth0"),
+        "veth1",
+    );
+
+    host.fan_xdp_ok(&["run", "--once"]).unwrap();
+    assert_eq!(
+        endpoint_addrs(host),
+        [container.addr],
+        "only the container in its own namespace is an endpoint"
+    );
+
+    // The daemon takes the endpoint out when the container's link goes
+    // down, and puts it back when it comes up.
+    let daemon = host.fan_xdp_run().unwrap();
+    container.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
+    let addrs = wait_for_endpoints(host, |a| a.is_empty());
+    assert!(addrs.is_empty(), "endpoints with the peer down: {addrs:?}");
+    container.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let addrs = wait_for_endpoints(host, |a| a == [container.addr]);
+    assert_eq!(addrs, [container.addr], "the endpoint did not come back");
+    daemon.stop().unwrap();
     detach_all(&fleet);
 }
