@@ -115,3 +115,78 @@ pub fn outer_header(src: u32, dst: u32, tos: u8, inner_len: u16) -> [u8; IPV4_HD
     h[11] = c[1];
     h
 }
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const ICMP_HDR_LEN: usize = 8;
+/// The TOS of ICMP errors: the original's, with precedence "internetwork
+/// control" (as the kernel's icmp_send sets it).
+pub const ICMP_ERROR_TOS: u8 = 0xc0;
+
+/// Whether an ICMP message of `icmp_type` is an error (never answered with another).
+#[inline(always)]
+pub const fn is_icmp_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 3 | 4 | 5 | 11 | 12)
+}
+
+/// The IPv4 header of an ICMP error from `src` to `dst` (host order) whose
+/// ICMP part (header and quote) is `icmp_len` bytes: TTL 64, no DF, ID 0.
+#[inline(always)]
+pub fn icmp_error_ip_header(src: u32, dst: u32, icmp_len: u16) -> [u8; IPV4_HDR_LEN] {
+    let total = (icmp_len as u32 + IPV4_HDR_LEN as u32) as u16;
+    let (s, d, t) = (src.to_be_bytes(), dst.to_be_bytes(), total.to_be_bytes());
+    let mut h = [
+        0x45,
+        ICMP_ERROR_TOS,
+        t[0],
+        t[1],
+        0,
+        0,
+        0,
+        0,
+        OUTER_TTL,
+        IPPROTO_ICMP,
+        0,
+        0,
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
+    ];
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < IPV4_HDR_LEN {
+        sum += u16::from_ne_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    let c = fold(sum).to_ne_bytes();
+    h[10] = c[0];
+    h[11] = c[1];
+    h
+}
+
+/// The ICMP "fragmentation needed" header announcing next-hop MTU `mtu`,
+/// its checksum completed with `quote_sum`: the one's complement sum of the
+/// quoted bytes as raw 16-bit words.
+#[inline(always)]
+pub fn icmp_frag_needed_header(mtu: u16, quote_sum: u32) -> [u8; ICMP_HDR_LEN] {
+    let m = mtu.to_be_bytes();
+    let mut h = [ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 0, 0, 0, 0, m[0], m[1]];
+    let mut sum = quote_sum;
+    let mut i = 0;
+    while i < ICMP_HDR_LEN {
+        sum += u16::from_ne_bytes([h[i], h[i + 1]]) as u32;
+        i += 2;
+    }
+    // Fold the carries of a long quote before the final fold.
+    sum = (sum & 0xffff) + (sum >> 16);
+    let c = fold(sum).to_ne_bytes();
+    h[2] = c[0];
+    h[3] = c[1];
+    h
+}

@@ -72,9 +72,55 @@ unsafe impl aya::Pod for Endpoint {}
 pub const MAX_ENDPOINTS: u32 = 16384;
 
 /// Value of the local hosts map, keyed by one of this host's underlay
-/// addresses (network byte order): the number of attached fans using it.
-/// A fan packet is for this host only if its outer destination is a key.
-pub type LocalHostRefs = u32;
+/// addresses (network byte order). A fan packet is for this host only if its
+/// outer destination is a key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct LocalHost {
+    /// The widest underlay (host byte order) of the fans using this address:
+    /// every fan host this host can send to lies in it.
+    pub underlay: u32,
+    pub underlay_len: u8,
+    pub _pad: [u8; 3],
+    /// How many attached fans use this address.
+    pub fans: u32,
+}
+
+impl LocalHost {
+    /// Whether `host` is another member of this address's underlay: inside
+    /// it, and neither its network nor its broadcast address.
+    #[inline(always)]
+    pub const fn has_peer(&self, host: u32) -> bool {
+        let mask = crate::fan::prefix_mask(self.underlay_len);
+        let bits = host & !mask;
+        host & mask == self.underlay && bits != 0 && bits != !mask
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: LocalHost is repr(C), Copy, and made only of integers with explicit padding.
+unsafe impl aya::Pod for LocalHost {}
+
+/// The path MTU learned towards one remote underlay host (keyed by its
+/// address, network byte order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PathMtu {
+    /// The largest outer packet the path carries.
+    pub mtu: u32,
+    pub _pad: u32,
+    /// When it was learned (CLOCK_MONOTONIC, ns): it expires after
+    /// [`crate::pmtu::PMTU_EXPIRES_NS`].
+    pub learned_ns: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: PathMtu is repr(C), Copy, and made only of integers with explicit padding.
+unsafe impl aya::Pod for PathMtu {}
+
+/// Most remote hosts with a learned path MTU (an LRU map: forged messages
+/// about many hosts can only push older entries out).
+pub const MAX_PATH_MTUS: u32 = 4096;
 
 /// Key of the metadata map: `[prefix length, overlay network (host order)]`.
 pub type FanMetaKey = [u32; 2];

@@ -12,13 +12,16 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use fan_common::{
     StatReason,
-    ipv4::{ECN_MASK, ETH_HDR_LEN, IPPROTO_IPIP, decap_ecn, is_fragment, replace_word},
+    ipv4::{
+        ECN_MASK, ETH_HDR_LEN, IPPROTO_ICMP, IPPROTO_IPIP, decap_ecn, is_fragment, replace_word,
+    },
 };
 
 use crate::{
     events::event_allowed,
     maps::{FAN_ENDPOINTS, fan_for, is_local_host},
     parse::{EthHdr, eth, ipv4},
+    pmtu,
     stats::count,
     tc::{device_mtu, ensure_ipv4_header, frame, gso_size},
 };
@@ -69,6 +72,15 @@ pub fn decide(start: usize, end: usize) -> Decision {
     // through other pointers cannot alias it.
     let outer = unsafe { *outer };
     if outer.protocol != IPPROTO_IPIP {
+        // Routers' "fragmentation needed" about our outer packets: the
+        // underlay device is the one place they may be learned from.
+        if outer.protocol == IPPROTO_ICMP
+            && !is_fragment(outer.frag_off())
+            && is_local_host(outer.dst_raw())
+            && let Some(reason) = pmtu::learn(start, end, &outer)
+        {
+            return Decision::Pass(reason);
+        }
         return Decision::Pass(StatReason::PassNotIpip);
     }
     if is_fragment(outer.frag_off()) {

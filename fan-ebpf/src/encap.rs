@@ -25,6 +25,7 @@ use crate::{
     events::event_allowed,
     maps::{FAN_ENDPOINTS, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
+    pmtu::{answer_too_big, path_mtu},
     stats::count,
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
@@ -136,6 +137,22 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
         Some(len) if len <= fan.overlay_mtu => len,
         _ => return Err(too_big),
     };
+    if let Some(path) = path_mtu(remote_host)
+        && segment + IPV4_HDR_LEN as u32 > path
+    {
+        if !hook.forwards() {
+            // The host's own packet: its route to the remote slice carries the
+            // path MTU while `fan-xdp run` keeps it, so this one predates it.
+            return Err(Outcome::Drop(StatReason::DropTooBigForPath));
+        }
+        return match answer_too_big(ctx, fan, &ip, path) {
+            Ok(action) => Ok(action),
+            Err(StatReason::StackTooBigForPath) => {
+                Err(Outcome::Pass(StatReason::StackTooBigForPath))
+            }
+            Err(reason) => Err(Outcome::Drop(reason)),
+        };
+    }
     let next_hop = match route_to(ctx, fan, remote_host, &ip, segment + IPV4_HDR_LEN as u32) {
         Ok(next_hop) => next_hop,
         Err(RouteError::TooBig) => return Err(too_big),

@@ -14,6 +14,8 @@ mod encap;
 mod events;
 mod maps;
 mod parse;
+mod pmtu;
+mod ratelimit;
 mod stats;
 mod tc;
 

@@ -2,14 +2,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use fan_common::{
     Counter, FanEntry, StatReason,
-    maps::{Endpoint, FanMeta, FanMetaKey, LocalHostRefs, MAX_ENDPOINTS, MAX_FANS},
+    maps::{
+        Endpoint, FanMeta, FanMetaKey, LocalHost, MAX_ENDPOINTS, MAX_FANS, MAX_PATH_MTUS, PathMtu,
+    },
 };
 
-use crate::events::LogBudget;
+use crate::ratelimit::TokenBucket;
 
 /// Fan configuration keyed by overlay prefix (network byte order): one LPM
 /// lookup of any destination finds its fan, whatever the fleet size.
@@ -19,7 +21,12 @@ pub static FAN_CONFIG: LpmTrie<u32, FanEntry> = LpmTrie::with_max_entries(MAX_FA
 /// This host's underlay addresses (network byte order), one per attached
 /// fan's local host: what makes an outer destination ours.
 #[map]
-pub static FAN_LOCAL_HOSTS: HashMap<u32, LocalHostRefs> = HashMap::with_max_entries(MAX_FANS, 0);
+pub static FAN_LOCAL_HOSTS: HashMap<u32, LocalHost> = HashMap::with_max_entries(MAX_FANS, 0);
+
+/// Path MTUs learned towards remote underlay hosts (network byte order),
+/// from ICMP fragmentation needed received on the underlay device only.
+#[map]
+pub static FAN_PATH_MTU: LruHashMap<u32, PathMtu> = LruHashMap::with_max_entries(MAX_PATH_MTUS, 0);
 
 /// Per-CPU packet and byte counters, one slot per [`StatReason`].
 #[map]
@@ -37,16 +44,24 @@ pub static FAN_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX
 #[map]
 pub static FAN_META: HashMap<FanMetaKey, FanMeta> = HashMap::with_max_entries(MAX_FANS, 0);
 
-/// Per-CPU token bucket of the debug events (`-v`). Not pinned: each load
-/// starts with a full bucket.
+/// Per-CPU token buckets of the debug events (`-v`) and of the ICMP answers
+/// to packets too big for a learned path. Not pinned: each load starts full.
 #[map]
-pub static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);
+pub static LOG_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static ICMP_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// This host's underlay address `addr_raw` (network byte order), if it is one.
+#[inline(always)]
+pub fn local_host(addr_raw: u32) -> Option<&'static LocalHost> {
+    // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
+    unsafe { FAN_LOCAL_HOSTS.get(&addr_raw) }
+}
 
 /// Whether `addr_raw` (network byte order) is one of this host's underlay addresses.
 #[inline(always)]
 pub fn is_local_host(addr_raw: u32) -> bool {
-    // SAFETY: a lookup with a key on our stack; only presence is read.
-    unsafe { FAN_LOCAL_HOSTS.get(&addr_raw) }.is_some()
+    local_host(addr_raw).is_some()
 }
 
 /// The fan whose overlay contains `addr_raw` (an address in network byte order).

@@ -14,7 +14,7 @@ use aya::{
 };
 use fan_common::{
     Counter, FanEntry, StatReason,
-    maps::{Endpoint, FanMeta, FanMetaKey, LocalHostRefs},
+    maps::{Endpoint, FanMeta, FanMetaKey, LocalHost, PathMtu},
 };
 
 use crate::state::StateDir;
@@ -38,12 +38,14 @@ pub const STATS_MAP: &str = "FAN_STATS";
 pub const META_MAP: &str = "FAN_META";
 pub const ENDPOINTS_MAP: &str = "FAN_ENDPOINTS";
 pub const LOCAL_HOSTS_MAP: &str = "FAN_LOCAL_HOSTS";
-const MAPS: [&str; 5] = [
+pub const PATH_MTU_MAP: &str = "FAN_PATH_MTU";
+const MAPS: [&str; 6] = [
     CONFIG_MAP,
     STATS_MAP,
     META_MAP,
     ENDPOINTS_MAP,
     LOCAL_HOSTS_MAP,
+    PATH_MTU_MAP,
 ];
 
 /// Where decapsulation runs on the underlay device.
@@ -361,9 +363,23 @@ impl Dataplane {
         )
         .context("writing the fan map entry")?;
         let fans = fan_entries(&trie)?;
-        let mut hosts: BpfHashMap<_, u32, LocalHostRefs> =
+        let mut hosts: BpfHashMap<_, u32, LocalHost> =
             BpfHashMap::try_from(self.map_mut(LOCAL_HOSTS_MAP)?)?;
         sync_local_hosts(&mut hosts, &fans)
+    }
+
+    /// The path MTU learned towards remote underlay host `host` (host order).
+    pub fn path_mtu(&self, host: u32) -> Result<Option<PathMtu>> {
+        let map = self
+            .ebpf
+            .map(PATH_MTU_MAP)
+            .ok_or_else(|| anyhow!("no map {PATH_MTU_MAP}"))?;
+        let mtus: BpfHashMap<_, u32, PathMtu> = BpfHashMap::try_from(map)?;
+        match mtus.get(&host.to_be(), 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading a path MTU"),
+        }
     }
 
     /// The counters summed over all CPUs.
@@ -498,15 +514,25 @@ fn fan_entries<T: std::borrow::Borrow<MapData>>(
 }
 
 /// Makes the local hosts map hold exactly the local underlay addresses of
-/// `fans`, each with the number of fans using it. The programs accept fan
-/// traffic only for these addresses, and refuse it from them.
+/// `fans`, each with the widest underlay using it and how many fans do. The
+/// programs accept fan traffic only for these addresses, refuse it from
+/// them, and learn path MTUs only towards hosts of those underlays.
 fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
-    hosts: &mut BpfHashMap<T, u32, LocalHostRefs>,
+    hosts: &mut BpfHashMap<T, u32, LocalHost>,
     fans: &[FanEntry],
 ) -> Result<()> {
-    let mut want: BTreeMap<u32, LocalHostRefs> = BTreeMap::new();
+    let mut want: BTreeMap<u32, LocalHost> = BTreeMap::new();
     for fan in fans {
-        *want.entry(fan.local_host.to_be()).or_default() += 1;
+        let host = want.entry(fan.local_host.to_be()).or_insert(LocalHost {
+            underlay: fan.map.underlay,
+            underlay_len: fan.map.underlay_len,
+            ..LocalHost::default()
+        });
+        if fan.map.underlay_len < host.underlay_len {
+            host.underlay = fan.map.underlay;
+            host.underlay_len = fan.map.underlay_len;
+        }
+        host.fans += 1;
     }
     let stale: Vec<u32> = hosts
         .keys()
@@ -516,9 +542,9 @@ fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
     for key in stale {
         hosts.remove(&key).context("removing a local host")?;
     }
-    for (key, refs) in want {
-        if hosts.get(&key, 0).ok() != Some(refs) {
-            hosts.insert(key, refs, 0).context("writing a local host")?;
+    for (key, host) in want {
+        if hosts.get(&key, 0).ok() != Some(host) {
+            hosts.insert(key, host, 0).context("writing a local host")?;
         }
     }
     Ok(())
@@ -530,7 +556,9 @@ pub struct PinnedMaps {
     pub meta: BpfHashMap<MapData, FanMetaKey, FanMeta>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub endpoints: BpfHashMap<MapData, u32, Endpoint>,
-    pub local_hosts: BpfHashMap<MapData, u32, LocalHostRefs>,
+    pub local_hosts: BpfHashMap<MapData, u32, LocalHost>,
+    /// Path MTUs learned towards remote hosts (an LRU hash map).
+    pub path_mtus: BpfHashMap<MapData, u32, PathMtu>,
 }
 
 impl PinnedMaps {
@@ -546,6 +574,7 @@ impl PinnedMaps {
             stats: PerCpuArray::try_from(open(STATS_MAP)?)?,
             endpoints: BpfHashMap::try_from(open(ENDPOINTS_MAP)?)?,
             local_hosts: BpfHashMap::try_from(open(LOCAL_HOSTS_MAP)?)?,
+            path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
         })
     }
 

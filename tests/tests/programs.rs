@@ -322,6 +322,101 @@ const ENCAP_LEN_0: &str = "020000000001 0200000000aa 0800
     45000000 12344000 400131aa fa00010a fa000214
     0800e139 42420001 66616e21";
 
+// Path MTU (frames of the router's and the answers, checksums computed independently).
+// A router (198.18.0.254) to us: our 1500-byte packet to 198.18.0.2 (inner 250.0.1.10 ->
+// 250.0.2.20, UDP) needs fragmentation, next-hop MTU 1400. Quote: outer and inner
+// headers and 8 bytes.
+const PMTU_1400: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304f783 00000578 450005dc 00004000 4004a8f6
+    c6120001 c6120002 450005c8 12344000 40112bd2
+    fa00010a fa000214 00000000 00000000";
+// The same from a router that quotes only the 28 bytes RFC 792 asks for, MTU 1300.
+const PMTU_1300_TRUNCATED: &str = "020000000011 020000000022 0800
+    45000038 00000000 4001eda1 c61200fe c6120001
+    03045aeb 00000514 450005dc 00004000 4004a8f6
+    c6120001 c6120002 450005c8 12344000";
+// A higher MTU than the one known (1400) for 198.18.0.2: ignored until it expires.
+const PMTU_1450_HIGHER: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304f751 000005aa 450005dc 00004000 4004a8f6
+    c6120001 c6120002 450005c8 12344000 40112bd2
+    fa00010a fa000214 00000000 00000000";
+// An MTU not below the quoted packet (1500 of 1500).
+const PMTU_AS_LONG: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304f71f 000005dc 450005dc 00004000 4004a8f4
+    c6120001 c6120004 450005c8 12344000 401129be
+    fa00010a fa000428 00000000 00000000";
+// MTU 0 and 67: below any link.
+const PMTU_0: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304fcfb 00000000 450005dc 00004000 4004a8f4
+    c6120001 c6120004 450005c8 12344000 401129be
+    fa00010a fa000428 00000000 00000000";
+const PMTU_67: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304fcb8 00000043 450005dc 00004000 4004a8f4
+    c6120001 c6120004 450005c8 12344000 401129be
+    fa00010a fa000428 00000000 00000000";
+// MTU 68, about 198.18.0.3: learned as the kernel's min_pmtu, 552.
+const PMTU_68: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304fcb7 00000044 450005dc 00004000 4004a8f5
+    c6120001 c6120003 450005c8 12344000 40112ac8
+    fa00010a fa00031e 00000000 00000000";
+// Forged: the quoted packet was not ours (from 198.18.0.7).
+const PMTU_WRONG_QUOTED_SOURCE: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304f783 00000578 450005dc 00004000 4004a8ee
+    c6120007 c6120004 450005c8 12344000 401123be
+    fa00070a fa000428 00000000 00000000";
+// Forged: the quoted destination is no fan host (outside the underlay; its broadcast).
+const PMTU_QUOTED_DST_NOT_A_HOST: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304f783 00000578 450005dc 00004000 40043301
+    c6120001 cb007109 450005c8 12344000 401129be
+    fa00010a fa000428 00000000 00000000";
+const PMTU_QUOTED_DST_BROADCAST: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304f783 00000578 450005dc 00004000 4004a8f8
+    c6120001 c612ffff 450005c8 12344000 40112de1
+    fa00010a faffff05 00000000 00000000";
+// Forged: the quoted inner source is not in our slice.
+const PMTU_INNER_NOT_OURS: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed8d c61200fe c6120001
+    0304f783 00000578 450005dc 00004000 4004a8f4
+    c6120001 c6120004 450005c8 12344000 401127c5
+    fa000303 fa000428 00000000 00000000";
+// Not addressed to us.
+const PMTU_NOT_FOR_US: &str = "020000000011 020000000022 0800
+    4500004c 00000000 4001ed87 c61200fe c6120007
+    0304f783 00000578 450005dc 00004000 4004a8ee
+    c6120007 c6120004 450005c8 12344000 401123be
+    fa00070a fa000428 00000000 00000000";
+// UDP with DF, total length 1381, to 250.0.2.20: 1381 + 20 is over the learned 1400.
+const UDP_DF_1381_HEADER: &str = "020000000001 0200000000aa 0800
+    45000565 12344000 40112c35 fa00010a fa000214";
+// Its answer: to the container (02:..:aa) from the gateway's MAC, 250.0.1.1 ->
+// 250.0.1.10, ICMP fragmentation needed, MTU 1380, quoting the header and 8 bytes.
+const UDP_DF_1381_ANSWER: &str = "0200000000aa 020000000001 0800
+    45c00038 00000000 400183f9 fa000101 fa00010a
+    0304f797 00000564 45000565 12344000 40112c35
+    fa00010a fa000214 00000000 00000000";
+// Without DF: the stack fragments it.
+const UDP_1381_HEADER: &str = "020000000001 0200000000aa 0800
+    45000565 12340000 40116c35 fa00010a fa000214";
+// An ICMP error (destination unreachable) with DF, 1381 bytes: never answered.
+const ICMP_ERROR_1381_HEADER: &str = "020000000001 0200000000aa 0800
+    45000565 12344000 40012c45 fa00010a fa000214 03010000";
+
+// 1380 + 20 fits the learned path exactly: encapsulated as usual.
+const UDP_DF_1380_HEADER: &str = "020000000001 0200000000aa 0800
+    45000564 12344000 40112c36 fa00010a fa000214";
+const UDP_DF_1380_FORWARD_OUT_HEADERS: &str = "020000000022 020000000011 0800
+    45000578 00004000 4004a95a c6120001 c6120002
+    45000564 12344000 3f112d36 fa00010a fa000214";
+
 /// A fan dataplane loaded inside a fresh namespace whose `eth0` (a veth with
 /// MTU 1500) is the underlay device, configured as host 198.18.0.1.
 ///
@@ -1036,4 +1131,179 @@ fn decapsulation_delivers_straight_to_a_known_container() {
     };
     bed.dataplane.insert_endpoint(container, &gone).unwrap();
     bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_UNSPEC, &hex(DECAP_OUT), d);
+}
+
+/// The path MTU learned towards 198.18.0.2 and its value, if any.
+fn learned(bed: &Bed, host: [u8; 4]) -> Option<u32> {
+    let host = u32::from_be_bytes(host);
+    bed.dataplane.path_mtu(host).unwrap().map(|p| p.mtu)
+}
+
+#[test]
+fn path_mtu_is_learned_by_the_kernels_rules_and_only_from_our_packets() {
+    if !privileged() {
+        return;
+    }
+    for program in [DECAP_TC, "xdp"] {
+        let mut bed = Bed::new();
+        let pass = if program == "xdp" {
+            XDP_PASS
+        } else {
+            TC_ACT_UNSPEC
+        };
+        let mut check = |bed: &mut Bed, fixture: &str, reasons: &[StatReason]| {
+            let frame = hex(fixture);
+            bed.check_counts(program, &frame, pass, &frame, reasons);
+        };
+        let (learned_new, ignored) = (
+            &[StatReason::PmtuLearned, StatReason::PmtuHostAdded][..],
+            |r| vec![r],
+        );
+        check(&mut bed, PMTU_1400, learned_new);
+        assert_eq!(learned(&bed, [198, 18, 0, 2]), Some(1400), "{program}");
+        // An increase waits for the entry to expire; a decrease is learned,
+        // also from the shortest quote RFC 792 allows.
+        check(
+            &mut bed,
+            PMTU_1450_HIGHER,
+            &ignored(StatReason::PmtuIgnoredNotLower),
+        );
+        check(&mut bed, PMTU_1300_TRUNCATED, &[StatReason::PmtuLearned]);
+        assert_eq!(learned(&bed, [198, 18, 0, 2]), Some(1300), "{program}");
+        // 68 is clamped up to the kernel's min_pmtu.
+        check(&mut bed, PMTU_68, learned_new);
+        assert_eq!(learned(&bed, [198, 18, 0, 3]), Some(552), "{program}");
+        for (fixture, reason) in [
+            (PMTU_0, StatReason::PmtuIgnoredTooSmall),
+            (PMTU_67, StatReason::PmtuIgnoredTooSmall),
+            (PMTU_AS_LONG, StatReason::PmtuIgnoredNotSmaller),
+            (PMTU_WRONG_QUOTED_SOURCE, StatReason::PmtuRejectedQuote),
+            (PMTU_QUOTED_DST_NOT_A_HOST, StatReason::PmtuRejectedQuote),
+            (PMTU_QUOTED_DST_BROADCAST, StatReason::PmtuRejectedQuote),
+            (PMTU_INNER_NOT_OURS, StatReason::PmtuRejectedInner),
+            (PMTU_NOT_FOR_US, StatReason::PassNotIpip),
+        ] {
+            check(&mut bed, fixture, &ignored(reason));
+        }
+        // None of those changed what is known.
+        assert_eq!(learned(&bed, [198, 18, 0, 4]), None, "{program}");
+        assert_eq!(learned(&bed, [203, 0, 113, 9]), None, "{program}");
+        assert_eq!(learned(&bed, [198, 18, 0, 2]), Some(1300), "{program}");
+    }
+}
+
+#[test]
+fn packets_too_big_for_the_learned_path_are_answered_or_fragmented() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    let frame = hex(PMTU_1400);
+    bed.check_counts(
+        DECAP_TC,
+        &frame,
+        TC_ACT_UNSPEC,
+        &frame,
+        &[StatReason::PmtuLearned, StatReason::PmtuHostAdded],
+    );
+    let df = padded(UDP_DF_1381_HEADER, 14 + 1381);
+    let answer = hex(UDP_DF_1381_ANSWER);
+    let no_df = padded(UDP_1381_HEADER, 14 + 1381);
+    let icmp_error = padded(ICMP_ERROR_1381_HEADER, 14 + 1381);
+    for program in [ENCAP_FORWARD, ENCAP_PORT] {
+        bed.check(
+            program,
+            &df,
+            TC_ACT_REDIRECT,
+            &answer,
+            StatReason::PmtuAnswered,
+        );
+        let passed = if program == ENCAP_PORT {
+            vec![]
+        } else {
+            vec![StatReason::StackTooBigForPath]
+        };
+        bed.check_counts(program, &no_df, TC_ACT_UNSPEC, &no_df, &passed);
+        bed.check(
+            program,
+            &icmp_error,
+            TC_ACT_SHOT,
+            &icmp_error,
+            StatReason::DropTooBigForPath,
+        );
+    }
+    // The host's own packet: its route carries the path MTU once `fan-xdp
+    // run` keeps it; one that does not fit is dropped.
+    bed.check(
+        ENCAP_OUTPUT,
+        &df,
+        TC_ACT_SHOT,
+        &df,
+        StatReason::DropTooBigForPath,
+    );
+    // 1380 + 20 fits the path: encapsulated as usual.
+    let fits = padded(UDP_DF_1380_HEADER, 14 + 1380);
+    let fits_out = padded(UDP_DF_1380_FORWARD_OUT_HEADERS, 14 + 20 + 1380);
+    bed.check(
+        ENCAP_FORWARD,
+        &fits,
+        TC_ACT_REDIRECT,
+        &fits_out,
+        StatReason::Encapsulated,
+    );
+}
+
+#[test]
+fn answers_are_rate_limited_per_cpu() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    let frame = hex(PMTU_1400);
+    bed.check_counts(
+        DECAP_TC,
+        &frame,
+        TC_ACT_UNSPEC,
+        &frame,
+        &[StatReason::PmtuLearned, StatReason::PmtuHostAdded],
+    );
+    let df = padded(UDP_DF_1381_HEADER, 14 + 1381);
+    let before = bed.dataplane.stats().unwrap();
+    let runs = 1200u64;
+    let started = std::time::Instant::now();
+    let dataplane = &mut bed.dataplane;
+    bed.ns
+        .enter(|| {
+            let program = dataplane.classifier(ENCAP_FORWARD).unwrap();
+            let mut out = vec![0u8; df.len() + 64];
+            for _ in 0..runs {
+                let opts = TestRunOptions {
+                    data_in: Some(&df),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                };
+                program.test_run(opts).unwrap();
+            }
+        })
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let delta = bed.dataplane.stats().unwrap().since(&before);
+    let answered = delta.get(StatReason::PmtuAnswered).packets;
+    let suppressed = delta.get(StatReason::PmtuAnswerSuppressed).packets;
+    assert_eq!(answered + suppressed, runs);
+    // A burst of 1000, then 1000 a second per CPU; the runs may move
+    // between the CPUs.
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let allowed = cpus * (1000.0 + 1000.0 * elapsed) + 1.0;
+    assert!(
+        (answered as f64) <= allowed,
+        "{answered} answers in {elapsed:.3} s on {cpus} CPUs"
+    );
+    assert!(
+        answered >= 1000,
+        "{answered} answers: the burst was not granted"
+    );
+    if cpus * (1000.0 + 1000.0 * elapsed) < runs as f64 {
+        assert!(suppressed > 0, "no answer suppressed in {elapsed:.3} s");
+    }
 }
