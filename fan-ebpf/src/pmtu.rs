@@ -164,9 +164,13 @@ fn is_icmp_error_packet(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
     }
 }
 
-/// The quote: the packet's IPv4 header and the 8 bytes after it, all that
-/// RFC 792 asks for. At most 60 + 8 bytes.
-const MAX_QUOTE: usize = 68;
+/// Bytes quoted after the packet's IPv4 header. RFC 792 asks for 8; more
+/// is allowed (RFC 1812 up to 576 in all), and a TCP packet whose checksum
+/// the stack still has to fill in (CHECKSUM_PARTIAL) cannot be trimmed
+/// short of its checksum field, 18 bytes in.
+const QUOTED_PAYLOAD: usize = 64;
+/// The longest quote: a header with 40 bytes of options, and the payload.
+const MAX_QUOTE: usize = 60 + QUOTED_PAYLOAD;
 
 /// Turns the packet into its ICMP answer in place and redirects it back:
 /// trim to the quote, make room for the new IPv4 and ICMP headers, write
@@ -174,7 +178,7 @@ const MAX_QUOTE: usize = 68;
 #[inline(always)]
 fn build_answer(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, mtu: u16) -> Option<i32> {
     let old_eth: EthHdr = ctx.load(0).ok()?;
-    let quote_len = ip.header_len() + 8;
+    let quote_len = ip.header_len() + QUOTED_PAYLOAD;
     // Trimming also ends GSO: the answer is one small packet.
     // SAFETY: the context pointer is the program's; plain integers otherwise.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut _, (ETH_HDR_LEN + quote_len) as u32, 0) }

@@ -17,7 +17,7 @@ use rtnetlink::{
             LinkXdp, State,
         },
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteMessage},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
     },
 };
 
@@ -309,6 +309,29 @@ impl Net {
             .execute()
             .await
             .with_context(|| format!("adding route {dest}/{len}"))
+    }
+
+    /// Adds or replaces the route to `dest/len` through `oif` from `src`
+    /// with route MTU `mtu`.
+    pub async fn replace_route_with_mtu(
+        &self,
+        dest: Ipv4Addr,
+        len: u8,
+        oif: u32,
+        src: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<()> {
+        let mut route = Self::route(dest, len, oif, Some(src));
+        route
+            .attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding route {dest}/{len} with MTU {mtu}"))
     }
 
     pub async fn del_route(&self, dest: Ipv4Addr, len: u8, oif: u32) -> Result<()> {

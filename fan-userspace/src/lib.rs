@@ -13,6 +13,7 @@ pub mod map;
 pub mod naming;
 pub mod nat;
 pub mod netns;
+pub mod pmtu;
 pub mod ports;
 pub mod record;
 pub mod run;

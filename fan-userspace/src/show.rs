@@ -4,10 +4,13 @@ use anyhow::Result;
 use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
 use serde::Serialize;
 
+use fan_common::maps::PathMtu;
+
 use crate::{
     cli::{Global, ShowArgs},
     host::Net,
     loader::{ENCAP_PORT, PinnedMaps, tcx_supported},
+    pmtu,
     record::{Fan, load_fans},
     state::StateDir,
 };
@@ -41,6 +44,31 @@ struct Shown<'a> {
     #[serde(flatten)]
     fan: &'a Fan,
     fast_path: Option<FastPath>,
+    path_mtus: Vec<LearnedPathMtu>,
+}
+
+/// A path MTU the programs learned towards a host of a fan's underlay.
+#[derive(Debug, Serialize)]
+struct LearnedPathMtu {
+    host: std::net::Ipv4Addr,
+    mtu: u32,
+    age_seconds: u64,
+    /// Past the kernel's mtu_expires: no longer applied.
+    expired: bool,
+}
+
+/// The learned path MTUs towards hosts of `fan`'s underlay.
+fn path_mtus(learned: &[(std::net::Ipv4Addr, PathMtu, bool)], fan: &Fan) -> Vec<LearnedPathMtu> {
+    learned
+        .iter()
+        .filter(|(host, _, _)| fan.underlay.contains(*host))
+        .map(|(host, entry, fresh)| LearnedPathMtu {
+            host: *host,
+            mtu: entry.mtu,
+            age_seconds: pmtu::age_seconds(entry.learned_ns),
+            expired: !fresh,
+        })
+        .collect()
 }
 
 /// What `fan-xdp run` currently does for `fan`, read from the kernel (the
@@ -81,9 +109,11 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
 pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
     let (dir, fans) = attached(global)?;
     let mut fast_paths = Vec::new();
+    let mut learned = Vec::new();
     if !fans.is_empty() {
         let net = Net::connect()?;
         let maps = PinnedMaps::open(&dir)?;
+        learned = pmtu::learned(&maps)?;
         for fan in &fans {
             let shown = if fan.complete {
                 Some(fast_path(&net, &dir, &maps, fan).await?)
@@ -97,7 +127,11 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
         let shown: Vec<Shown> = fans
             .iter()
             .zip(fast_paths)
-            .map(|(fan, fast_path)| Shown { fan, fast_path })
+            .map(|(fan, fast_path)| Shown {
+                fan,
+                fast_path,
+                path_mtus: path_mtus(&learned, fan),
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
@@ -138,6 +172,16 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             fan.iface, fan.mode, fan.mode_reason
         );
         println!("{}: {}", fan.bridge, describe(fast_path));
+        for learned in path_mtus(&learned, fan) {
+            println!(
+                "{}: path MTU to {} is {} (learned {} s ago{})",
+                fan.iface,
+                learned.host,
+                learned.mtu,
+                learned.age_seconds,
+                if learned.expired { ", expired" } else { "" }
+            );
+        }
     }
     Ok(())
 }

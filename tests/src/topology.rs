@@ -84,6 +84,19 @@ pub struct Fleet {
 pub struct Daemon(std::process::Child);
 
 impl Daemon {
+    /// Starts `fan-xdp run ARGS` in `ns`, resyncing every second.
+    pub fn start(ns: &Netns, extra: &[&str]) -> Result<Self> {
+        let child = ns
+            .command(fan_xdp_binary().to_str().context("binary path")?)
+            .args(["run", "--resync-seconds", "1"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting fan-xdp run")?;
+        Ok(Self(child))
+    }
+
     /// Stops it the way systemd would, and waits for it.
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
         self.terminate()
@@ -251,16 +264,7 @@ impl Host {
 
     /// [`Host::fan_xdp_run`] with extra options.
     pub fn fan_xdp_run_with(&self, extra: &[&str]) -> Result<Daemon> {
-        let child = self
-            .ns
-            .command(fan_xdp_binary().to_str().context("binary path")?)
-            .args(["run", "--resync-seconds", "1"])
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting fan-xdp run")?;
-        Ok(Daemon(child))
+        Daemon::start(&self.ns, extra)
     }
 
     /// Runs `fan-xdp ARGS` and fails with its stderr unless it succeeds.

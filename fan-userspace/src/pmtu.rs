@@ -1,0 +1,138 @@
+//! Path MTUs in the host's routes: what the programs learn about narrower
+//! underlay paths (the pinned `FAN_PATH_MTU` map) becomes, for each remote
+//! slice behind such a path, a route through `fan-host` with that MTU less
+//! the outer header. The stack then fragments packets without DF (from
+//! containers, which the programs hand to it) before they are encapsulated,
+//! and the host's own sockets see the path MTU of their route. Kept by
+//! `fan-xdp run`; removed when it stops, which falls back to the overlay's
+//! route.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::{Context as _, Result};
+use fan_common::{ipv4::IPV4_HDR_LEN, maps::PathMtu, pmtu::is_fresh};
+use ipnetwork::Ipv4Network;
+use log::info;
+
+use crate::{host::Net, loader::PinnedMaps, record::Fan, record::HOST_DEVICE};
+
+/// A route to a remote slice with a lowered MTU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SliceRoute {
+    pub slice: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// The learned path MTUs: remote host, its entry, and whether it still holds.
+pub fn learned(maps: &PinnedMaps) -> Result<Vec<(Ipv4Addr, PathMtu, bool)>> {
+    let now = monotonic_ns();
+    let mut out = Vec::new();
+    for item in maps.path_mtus.iter() {
+        let (key, entry) = item.context("reading the path MTU map")?;
+        out.push((
+            Ipv4Addr::from(u32::from_be(key)),
+            entry,
+            is_fresh(entry.learned_ns, now),
+        ));
+    }
+    out.sort_by_key(|(host, _, _)| *host);
+    Ok(out)
+}
+
+/// How long ago `learned_ns` (CLOCK_MONOTONIC) was, in seconds.
+pub fn age_seconds(learned_ns: u64) -> u64 {
+    monotonic_ns().saturating_sub(learned_ns) / 1_000_000_000
+}
+
+/// The routes the learned path MTUs call for: one per remote slice of each
+/// complete fan whose underlay holds a host with a fresh entry.
+pub fn wanted(learned: &[(Ipv4Addr, PathMtu, bool)], fans: &[Fan]) -> Vec<SliceRoute> {
+    let mut routes = Vec::new();
+    for (host, entry, fresh) in learned {
+        if !fresh {
+            continue;
+        }
+        for fan in fans.iter().filter(|f| f.complete) {
+            let map = fan.map();
+            let host_bits = u32::from(*host);
+            if !map.underlay_contains(host_bits) || *host == fan.host {
+                continue;
+            }
+            let slice = Ipv4Addr::from(map.slice_of(host_bits));
+            let Ok(slice) = Ipv4Network::new(slice, map.slice_len()) else {
+                continue;
+            };
+            let mtu = entry.mtu.saturating_sub(IPV4_HDR_LEN as u32).min(fan.mtu);
+            routes.push(SliceRoute {
+                slice,
+                gateway: fan.gateway,
+                mtu,
+            });
+        }
+    }
+    routes.sort();
+    routes
+}
+
+/// The routes `fan-xdp run` has put in place, by slice.
+#[derive(Default)]
+pub struct SliceRoutes(BTreeMap<Ipv4Network, SliceRoute>);
+
+impl SliceRoutes {
+    /// Brings the host's routes in line with `wanted`, logging each change.
+    pub async fn sync(&mut self, net: &Net, wanted: &[SliceRoute]) -> Result<()> {
+        let Some(device) = net.link(HOST_DEVICE).await? else {
+            self.0.clear();
+            return Ok(());
+        };
+        let want: BTreeMap<_, _> = wanted.iter().map(|r| (r.slice, *r)).collect();
+        let gone: Vec<Ipv4Network> = self
+            .0
+            .keys()
+            .filter(|slice| !want.contains_key(slice))
+            .copied()
+            .collect();
+        for slice in gone {
+            net.del_route(slice.network(), slice.prefix(), device.index)
+                .await?;
+            self.0.remove(&slice);
+            info!("path MTU towards {slice} expired: its route is gone");
+        }
+        for (slice, route) in want {
+            if self.0.get(&slice) == Some(&route) {
+                continue;
+            }
+            net.replace_route_with_mtu(
+                slice.network(),
+                slice.prefix(),
+                device.index,
+                route.gateway,
+                route.mtu,
+            )
+            .await?;
+            self.0.insert(slice, route);
+            info!(
+                "path MTU towards {slice}: route through {HOST_DEVICE} with MTU {}",
+                route.mtu
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes every route put in place.
+    pub async fn clear(&mut self, net: &Net) -> Result<()> {
+        self.sync(net, &[]).await
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
