@@ -27,9 +27,11 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     loop {
         let stats = maps.stats()?;
         let now = Instant::now();
+        let evicted = path_mtus_evicted(&maps, &stats)?;
         print(
             &stats,
             previous.as_ref().map(|(s, t)| (s, now - *t)),
+            evicted,
             args.json,
         )?;
         printed += 1;
@@ -41,7 +43,22 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     }
 }
 
-fn print(stats: &Stats, previous: Option<(&Stats, Duration)>, json: bool) -> Result<()> {
+/// Path MTU entries the LRU table pushed out: entries are only ever added
+/// (expired ones stay until evicted), so this is those added less those held.
+fn path_mtus_evicted(maps: &PinnedMaps, stats: &Stats) -> Result<u64> {
+    let held = maps.path_mtus.keys().count() as u64;
+    Ok(stats
+        .get(StatReason::PmtuHostAdded)
+        .packets
+        .saturating_sub(held))
+}
+
+fn print(
+    stats: &Stats,
+    previous: Option<(&Stats, Duration)>,
+    path_mtus_evicted: u64,
+    json: bool,
+) -> Result<()> {
     if json {
         let mut out = serde_json::Map::new();
         for &reason in StatReason::ALL {
@@ -51,6 +68,10 @@ fn print(stats: &Stats, previous: Option<(&Stats, Duration)>, json: bool) -> Res
                 serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
             );
         }
+        out.insert(
+            "pmtu_evicted".into(),
+            serde_json::json!({ "entries": path_mtus_evicted }),
+        );
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
@@ -70,6 +91,7 @@ fn print(stats: &Stats, previous: Option<(&Stats, Duration)>, json: bool) -> Res
             rate.map_or_else(|| "-".into(), |r| format!("{r:.0}"))
         );
     }
+    println!("path MTU entries evicted from the full table: {path_mtus_evicted}");
     println!();
     Ok(())
 }

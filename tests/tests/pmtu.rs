@@ -279,6 +279,21 @@ fn a_narrower_hop_on_the_underlay_needs_no_mtu_option() {
     );
     assert!(ping_df(&h1.ns, h2.addr, 1352));
     assert!(!ping_df(&h1.ns, h2.addr, 1353));
+    // Without DF, the stack fragments to the route's MTU before the
+    // fragments are encapsulated: a 2000-byte echo goes through both ways.
+    let fragmented = h1
+        .container
+        .output(
+            "ping",
+            &["-n", "-q", "-c", "2", "-W", "2", "-M", "dont", "-s", "2000", &h2.addr.to_string()],
+        )
+        .unwrap();
+    assert!(
+        fragmented.status.success(),
+        "fragmentable echoes: {}",
+        String::from_utf8_lossy(&fragmented.stdout)
+    );
+    assert!(h1.stats().get(StatReason::StackTooBigForPath).packets >= 1);
     assert_eq!(
         tcp_transfer(&h2.container, &h1.ns, h2.addr, BULK).unwrap(),
         BULK,
