@@ -11,6 +11,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use fan_common::{FanEntry, FanMap, StatReason};
 use fan_tests::{
     hex,
+    measure::{self, PINNED_CPU as CPU, Spread, median},
     netns::Netns,
     paths::{Active, Path, bench_fleet, kernel_has_ipip},
     topology::{self, Fleet},
@@ -24,9 +25,6 @@ const ENCAP_IN: &str = "020000000001 0200000000aa 0800 45000020 12344000 4001318
 const DECAP_IN: &str = "020000000011 020000000022 0800 45000034 00004000 4004ae9e c6120002 c6120001 45000020 12344000 4001318a fa000214 fa00010a 0800e139 42420001 66616e21";
 /// Plain ICMP between underlay hosts: the pass-through case.
 const UNDERLAY_PING: &str = "020000000011 020000000022 0800 45000020 12344000 40019c81 c6120002 c6120001 0800e139 42420001 66616e21";
-
-/// The CPU the pinned measurements run on.
-const CPU: usize = 0;
 
 struct Config {
     runs: usize,
@@ -191,32 +189,17 @@ fn paths(cfg: &Config) -> Result<(Samples, f64)> {
         );
         for &path in &paths {
             eprintln!("run {}/{}: {path}", run + 1, cfg.runs);
-            let active = Active::setup(&fleet, path)?;
-            if path.runs_daemon() {
-                wait_for_direct_delivery(&fleet, &client.ns, server.addr)?;
-            }
-            let sample = measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr);
-            active.teardown(&fleet)?;
+            let sample = measure::on_path(&fleet, path, &client.ns, server.addr, || {
+                measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr)
+            })?;
             samples
                 .entry(path.to_string())
                 .or_insert((path, Vec::new()))
                 .1
-                .push(sample?);
+                .push(sample);
         }
     }
     Ok((samples, median(&mut loopback)))
-}
-
-/// `fan-xdp run` learns a container once the host has resolved it: warm up.
-fn wait_for_direct_delivery(fleet: &Fleet, client: &Netns, addr: Ipv4Addr) -> Result<()> {
-    for _ in 0..50 {
-        fan_tests::traffic::ping(client, addr, 1)?;
-        if fleet.hosts[1].pinned_maps()?.endpoints.iter().count() > 0 {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("fan-xdp run did not learn the container's endpoint")
 }
 
 fn measure(
@@ -282,23 +265,10 @@ fn counter(host: &topology::Host, reason: StatReason) -> Result<u64> {
     Ok(host.pinned_maps()?.stats()?.get(reason).packets)
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values[values.len() / 2]
-}
-
 /// "median (min-max)" of one field.
 fn stat(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = samples.iter().map(field).collect();
-    let m = median(&mut v);
-    (
-        m,
-        v.first().copied().unwrap_or(f64::NAN),
-        v.last().copied().unwrap_or(f64::NAN),
-    )
+    let spread = Spread::of(samples.iter().map(field));
+    (spread.median, spread.min, spread.max)
 }
 
 fn routing(samples: &Samples) -> &[Sample] {
