@@ -37,7 +37,16 @@ pub fn run() -> Result<()> {
         &mut totals,
     )?;
     // This kernel has no ipip module: the interop tests run in the VM only.
-    let host_tests = ["--test", "programs", "--test", "cli", "--test", "netns_fan"];
+    // --lib: the tests crate's own unit tests (chart, measurements, readiness).
+    let host_tests = [
+        "--lib",
+        "--test",
+        "programs",
+        "--test",
+        "cli",
+        "--test",
+        "netns_fan",
+    ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),
         &["--test-threads=1"],
