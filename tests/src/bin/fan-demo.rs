@@ -143,8 +143,11 @@ fn compare_throughput(fleet: &Fleet) -> Result<()> {
     let [routing, fan] = runs.map(Spread::of);
     for (path, spread) in paths.iter().zip([routing, fan]) {
         println!(
-            "   {path:<38} median {:.2} Gbit/s (runs {:.2}-{:.2})",
-            spread.median, spread.min, spread.max
+            "   {:<36} median {:.2} Gbit/s (runs {:.2}-{:.2})",
+            path.to_string(),
+            spread.median,
+            spread.min,
+            spread.max
         );
     }
     let ratio = fan.relative_to(&routing);
