@@ -25,10 +25,8 @@ const DENY_ALL: &str =
 /// checking that apt would neither remove nor downgrade an installed package.
 pub fn install(packages: &[&str]) -> Result<()> {
     run(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
-    let plan = simulate(packages)?;
-    let refused = refusals(&planned_changes(&plan), dpkg_older)?;
-    if !refused.is_empty() {
-        bail!("{}", refusal_message(packages, &refused));
+    if !refused_changes(packages)?.is_empty() {
+        bail!("{}", refusal_message(&culprits(packages)?));
     }
     let _guard = NoServiceStarts::at(Path::new(POLICY_RC))?;
     run(Command::new("apt-get")
@@ -134,16 +132,43 @@ pub fn refusals(
     Ok(refused)
 }
 
-fn refusal_message(packages: &[&str], refused: &[String]) -> String {
-    format!(
-        "setup: installing {0} would make apt {1}. Setup never removes or downgrades what is installed. \
-         Either install {0} yourself in versions that fit what you have \
-         (where those came from backports: `apt-get install -t bookworm-backports {0}`), \
-         or, if you do not need them, remove or replace those packages yourself; \
-         then run `cargo xtask setup` again",
-        packages.join(" "),
-        refused.join(", ")
-    )
+/// What setup refuses in apt's plan for installing `packages`.
+fn refused_changes(packages: &[&str]) -> Result<Vec<String>> {
+    refusals(&planned_changes(&simulate(packages)?), dpkg_older)
+}
+
+/// Each of `packages` whose own install apt would pair with a removal or
+/// downgrade, with those changes: so that the user learns which package
+/// conflicts with what. If none does alone, all of them together.
+fn culprits<'a>(packages: &[&'a str]) -> Result<Vec<(Vec<&'a str>, Vec<String>)>> {
+    let mut found = Vec::new();
+    for &package in packages {
+        let refused = refused_changes(&[package])?;
+        if !refused.is_empty() {
+            found.push((vec![package], refused));
+        }
+    }
+    if found.is_empty() {
+        found.push((packages.to_vec(), refused_changes(packages)?));
+    }
+    Ok(found)
+}
+
+fn refusal_message(culprits: &[(Vec<&str>, Vec<String>)]) -> String {
+    let mut message =
+        String::from("setup: stopped, since it never removes or downgrades what is installed:");
+    for (packages, refused) in culprits {
+        message += &format!(
+            "\n  installing {} would make apt {}",
+            packages.join(" "),
+            refused.join(", ")
+        );
+    }
+    message += "\nEither install those packages yourself in versions that fit what you have \
+                (where yours came from backports: `apt-get install -t bookworm-backports PACKAGE`), \
+                or, if you do not need them, remove or replace the packages named above yourself; \
+                then run `cargo xtask setup` again.";
+    message
 }
 
 /// Whether Debian version `a` is older than `b`, as dpkg orders them
@@ -313,6 +338,21 @@ Conf iperf3 (3.12-1+deb12u1 Debian-Security:12/oldstable-security [amd64])
             refusals(&planned_changes(line), dpkg_older).unwrap(),
             ["downgrade qemu-utils 1:8.2.1+ds-1~bpo12+1 to 1:7.2+dfsg-7+deb12u18+b3"]
         );
+    }
+
+    #[test]
+    fn the_refusal_names_the_package_asked_for_and_what_it_would_remove() {
+        let message = refusal_message(&[(
+            vec!["qemu-system-x86"],
+            vec!["remove qemu-utils 1:8.2.1+ds-1~bpo12+1".to_string()],
+        )]);
+        assert!(
+            message.contains(
+                "installing qemu-system-x86 would make apt remove qemu-utils 1:8.2.1+ds-1~bpo12+1"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("cargo xtask setup` again"), "{message}");
     }
 
     #[test]
