@@ -278,18 +278,24 @@ impl Active {
                 drop(self.daemons);
                 for host in &fleet.hosts {
                     host.fan_xdp_ok(&["detach", "eth0"])?;
-                    // Detach removed the bridge: put the plain one back with its ports.
-                    add_bridge(host)?;
-                    for j in 1..=host.containers.len() {
-                        let port = format!("veth{j}");
-                        host.ns
-                            .ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
-                    }
+                    replug_plain_bridge(host)?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// After `fan-xdp detach`, which deletes the slice bridge it adopted: the
+/// plain bridge again, with the host's container ports on it.
+pub fn replug_plain_bridge(host: &Host) -> Result<()> {
+    add_bridge(host)?;
+    for j in 1..=host.containers.len() {
+        let port = format!("veth{j}");
+        host.ns
+            .ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
+    }
+    Ok(())
 }
 
 /// A fleet for measurements: bridges made by hand (fan-xdp adopts them),

@@ -4,7 +4,10 @@
 //! Addresses: host `i` (1-based) is 198.18.0.i/16 on the underlay and owns
 //! slice 250.0.i.0/24 of overlay 250.0.0.0/8; its container `j` is 250.0.i.(10+j).
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use fan_common::{FanEntry, FanMap};
@@ -215,6 +218,23 @@ pub fn ifindex(name: &str) -> Result<u32> {
     Ok(index)
 }
 
+/// Whether `fan-xdp show --json` output says `fan-xdp run` has taken over
+/// every fan's slice: its port program on each of the bridge's ports, or no
+/// port programs to wait for (a kernel without TCX). False while no fan is
+/// attached or an attach is incomplete (no fast path shown).
+pub fn ports_taken_over(show_json: &str) -> Result<bool> {
+    let fans: Vec<serde_json::Value> =
+        serde_json::from_str(show_json).context("fan-xdp show --json")?;
+    Ok(!fans.is_empty()
+        && fans.iter().all(|fan| {
+            let fast_path = &fan["fast_path"];
+            match fast_path["ports_encapsulating"] {
+                serde_json::Value::Null => fast_path.is_object(),
+                ref encapsulating => *encapsulating == fast_path["ports"],
+            }
+        }))
+}
+
 /// The `fan-xdp` binary next to the running test or demo executable
 /// (`cargo xtask test` builds it; so does `cargo build -p fan-userspace`).
 pub fn fan_xdp_binary() -> std::path::PathBuf {
@@ -265,6 +285,27 @@ impl Host {
     /// [`Host::fan_xdp_run`] with extra options.
     pub fn fan_xdp_run_with(&self, extra: &[&str]) -> Result<Daemon> {
         Daemon::start(&self.ns, extra)
+    }
+
+    /// Waits, polling `fan-xdp show --json`, until the `fan-xdp run` of
+    /// this host has its program on every container port of its fans, and
+    /// returns how long that took; fails with what show says after `limit`.
+    pub fn wait_for_run_ready(&self, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let shown = self.fan_xdp_ok(&["show", "--json"])?;
+            if ports_taken_over(&shown)? {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= limit {
+                anyhow::bail!(
+                    "fan-xdp run in {} did not take over its ports within {limit:?}; fan-xdp show:\n{}",
+                    self.ns.name(),
+                    self.fan_xdp_ok(&["show"]).unwrap_or(shown)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs `fan-xdp ARGS` and fails with its stderr unless it succeeds.
@@ -468,4 +509,38 @@ pub fn plug_container(
     ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
     ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
     Ok(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fan-xdp show --json` with `fast_path` as given, the rest as printed.
+    fn shown(fast_path: &str) -> String {
+        format!(
+            r#"[{{"overlay": "250.0.0.0/8", "underlay": "198.18.0.0/16", "host": "198.18.0.1",
+                "slice": "250.0.1.0/24", "gateway": "250.0.1.1", "bridge": "fan-250-0-1",
+                "iface": "eth0", "mode": "tc", "mode_reason": "veth", "nat": true,
+                "host_reserve": 0, "mtu": 1480, "complete": true, "fast_path": {fast_path}}}]"#
+        )
+    }
+
+    #[test]
+    fn ready_once_every_port_has_the_program() {
+        let ready = r#"{"ports": 2, "ports_encapsulating": 2, "endpoints": 0}"#;
+        let starting = r#"{"ports": 2, "ports_encapsulating": 0, "endpoints": 0}"#;
+        let halfway = r#"{"ports": 2, "ports_encapsulating": 1, "endpoints": 0}"#;
+        assert!(ports_taken_over(&shown(ready)).unwrap());
+        assert!(!ports_taken_over(&shown(starting)).unwrap());
+        assert!(!ports_taken_over(&shown(halfway)).unwrap());
+    }
+
+    #[test]
+    fn without_tcx_there_is_nothing_to_wait_for_but_an_incomplete_fan_is_not_ready() {
+        let no_tcx = r#"{"ports": 2, "ports_encapsulating": null, "endpoints": 0}"#;
+        assert!(ports_taken_over(&shown(no_tcx)).unwrap());
+        assert!(!ports_taken_over(&shown("null")).unwrap());
+        assert!(!ports_taken_over("[]").unwrap());
+        assert!(ports_taken_over("not json").is_err());
+    }
 }

@@ -3,6 +3,7 @@
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
 //! fresh machine and can install that toolchain itself.
 
+mod apt;
 mod setup;
 mod test;
 mod vm;

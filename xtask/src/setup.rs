@@ -4,42 +4,56 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the tests drive.
-const PACKAGES: &[(&str, &str)] = &[
-    ("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
-    (
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the tests drive,
+/// each with what shows it is already here from any source.
+const PACKAGES: &[Need] = &[
+    Need::package("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
+    Need::package(
         "libpolly-22-dev",
         "needed to link bpf-linker against LLVM 22",
     ),
-    ("iproute2", "ip: namespaces, veth, bridges in the tests"),
-    ("iputils-ping", "ping in the tests"),
-    ("ethtool", "turning TSO off in the tests"),
-    ("tcpdump", "underlay captures in the tests"),
-    ("procps", "sysctl in the tests"),
-    ("iperf3", "throughput in the demo and the bench"),
-    ("nftables", "nft: fan-xdp's masquerade rules"),
-    ("util-linux", "setpriv in the tests"),
-    ("fonts-dejavu-core", "the font of the bench's chart"),
-    (
-        "qemu-system-x86",
-        "the VM that runs the tests on a second kernel",
+    Need::program(
+        "iproute2",
+        "ip",
+        "ip: namespaces, veth, bridges in the tests",
     ),
-    ("busybox-static", "the VM's userland"),
-    (
+    Need::program("iputils-ping", "ping", "ping in the tests"),
+    Need::program("ethtool", "ethtool", "turning TSO off in the tests"),
+    Need::program("tcpdump", "tcpdump", "underlay captures in the tests"),
+    Need::program("procps", "sysctl", "sysctl in the tests"),
+    Need::program("iperf3", "iperf3", "throughput in the demo and the bench"),
+    Need::program("nftables", "nft", "nft: fan-xdp's masquerade rules"),
+    Need::program("util-linux", "setpriv", "setpriv in the tests"),
+    Need {
+        package: "fonts-dejavu-core",
+        why: "the font of the bench's chart",
+        present: Present::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    },
+    Need {
+        package: "qemu-system-x86",
+        why: "the VM that runs the tests on a second kernel",
+        // Bookworm's 7.2 is what the VM runs were made with; a newer one
+        // (backports, a local build) is used as it is.
+        present: Present::ProgramAtLeast("qemu-system-x86_64", (7, 2)),
+    },
+    // Only Debian's static build will do: the VM copies /bin/busybox alone.
+    Need::package("busybox-static", "the VM's userland"),
+    Need::program(
         "kmod",
+        "depmod",
         "depmod and modprobe, to pick the VM's kernel modules",
     ),
-    ("binutils", "strip, to keep the VM's initramfs small"),
+    Need::program(
+        "binutils",
+        "strip",
+        "strip, to keep the VM's initramfs small",
+    ),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(name, _)| !package_installed(name))
-        .map(|(name, _)| *name)
-        .collect();
+    let missing: Vec<&Need> = PACKAGES.iter().filter(|need| !need.satisfied()).collect();
     if missing.is_empty() {
         println!("setup: Debian packages present");
     } else {
@@ -103,6 +117,114 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// A Debian package setup installs unless what it brings is already here.
+struct Need {
+    package: &'static str,
+    /// Why the project needs it, said when it is installed.
+    why: &'static str,
+    present: Present,
+}
+
+/// What shows a package's contents are here without dpkg knowing the
+/// package by that name: a program or a file from another package, a
+/// backport or a local build.
+enum Present {
+    /// Only dpkg's record of the package.
+    Package,
+    /// A program on PATH.
+    Program(&'static str),
+    /// A program on PATH whose `--version` says at least (major, minor).
+    ProgramAtLeast(&'static str, (u32, u32)),
+    File(&'static str),
+}
+
+impl Need {
+    const fn package(package: &'static str, why: &'static str) -> Self {
+        Self {
+            package,
+            why,
+            present: Present::Package,
+        }
+    }
+
+    const fn program(package: &'static str, program: &'static str, why: &'static str) -> Self {
+        Self {
+            package,
+            why,
+            present: Present::Program(program),
+        }
+    }
+
+    fn satisfied(&self) -> bool {
+        if package_installed(self.package) {
+            return true;
+        }
+        let found = match self.present {
+            Present::Package => None,
+            Present::Program(program) => on_path(program),
+            Present::ProgramAtLeast(program, minimum) => {
+                on_path(program).filter(|path| program_at_least(path, minimum))
+            }
+            Present::File(path) => Some(std::path::PathBuf::from(path)).filter(|p| p.exists()),
+        };
+        if let Some(found) = &found {
+            println!(
+                "setup: using {} (package {} is not installed, what it brings is here)",
+                found.display(),
+                self.package
+            );
+        }
+        found.is_some()
+    }
+}
+
+/// The first executable called `program` in PATH's directories.
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|file| {
+            std::fs::metadata(file)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Whether `program --version` reports at least `minimum`.
+fn program_at_least(program: &std::path::Path, minimum: (u32, u32)) -> bool {
+    let Ok(out) = Command::new(program).arg("--version").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let enough = new_enough(&text, minimum);
+    if !enough {
+        println!(
+            "setup: {} reports {:?}, not at least {}.{}: installing Debian's",
+            program.display(),
+            text.lines().next().unwrap_or(""),
+            minimum.0,
+            minimum.1
+        );
+    }
+    enough
+}
+
+/// Whether a `--version` text names a version of at least `minimum`.
+fn new_enough(version_text: &str, minimum: (u32, u32)) -> bool {
+    reported_version(version_text).is_some_and(|version| version >= minimum)
+}
+
+/// (major, minor) of the first word of a `--version` text that reads as a
+/// dotted version: "QEMU emulator version 8.2.1 (Debian ...)" is (8, 2).
+fn reported_version(text: &str) -> Option<(u32, u32)> {
+    text.split_whitespace().find_map(|word| {
+        let mut parts = word.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some((major, minor))
+    })
+}
+
 fn package_installed(name: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${db:Status-Status}", name])
@@ -111,22 +233,18 @@ fn package_installed(name: &str) -> bool {
         .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
 }
 
-fn install_packages(missing: &[&str]) -> Result<()> {
+fn install_packages(missing: &[&Need]) -> Result<()> {
+    let names: Vec<&str> = missing.iter().map(|need| need.package).collect();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "setup: missing Debian packages {missing:?}; run `sudo cargo xtask setup` (apt-get needs root)"
+            "setup: missing Debian packages {names:?}; run `sudo cargo xtask setup` (apt-get needs root)"
         );
     }
-    println!("setup: installing {}", missing.join(" "));
-    run_cmd(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
-    run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(|| format!("apt-get install {}", missing.join(" ")))
+    for need in missing {
+        println!("setup: installing {} ({})", need.package, need.why);
+    }
+    crate::apt::install(&names)
 }
 
 fn nightly_has_rust_src() -> Result<bool> {
@@ -162,4 +280,40 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_read_from_version_texts() {
+        assert_eq!(
+            reported_version(
+                "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022"
+            ),
+            Some((7, 2))
+        );
+        assert_eq!(
+            reported_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1~bpo12+1)"),
+            Some((10, 0))
+        );
+        assert_eq!(reported_version("qemu: no version here"), None);
+    }
+
+    #[test]
+    fn a_newer_qemu_is_new_enough_an_older_or_unreadable_one_is_not() {
+        let minimum = (7, 2);
+        assert!(new_enough("QEMU emulator version 10.0.2", minimum));
+        assert!(new_enough("QEMU emulator version 7.2.0", minimum));
+        assert!(!new_enough("QEMU emulator version 7.1.5", minimum));
+        assert!(!new_enough("QEMU emulator version 6.2.0", minimum));
+        assert!(!new_enough("", minimum));
+    }
+
+    #[test]
+    fn programs_are_found_on_path_only_when_executable() {
+        assert!(on_path("sh").is_some());
+        assert!(on_path("no-such-program-fan-xdp").is_none());
+    }
 }

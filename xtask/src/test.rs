@@ -52,6 +52,8 @@ pub fn run() -> Result<()> {
         &["--test-threads=1"],
         &mut totals,
     )?;
+    // The tests crate's own unit tests: the chart, the measurements, readiness.
+    ok &= cargo_test(&["-p", "fan-tests", "--lib"], &[], &mut totals)?;
     println!("fan-xdp check on this kernel:");
     crate::cargo(&[
         "run",

@@ -10,7 +10,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use fan_common::{FanEntry, FanMap, StatReason};
 use fan_tests::{
+    chart::{Chart, Panel, Row, RowKind},
     hex,
+    measure::{self, PINNED_CPU as CPU, Spread, median},
     netns::Netns,
     paths::{Active, Path, bench_fleet, kernel_has_ipip},
     topology::{self, Fleet},
@@ -24,9 +26,6 @@ const ENCAP_IN: &str = "020000000001 0200000000aa 0800 45000020 12344000 4001318
 const DECAP_IN: &str = "020000000011 020000000022 0800 45000034 00004000 4004ae9e c6120002 c6120001 45000020 12344000 4001318a fa000214 fa00010a 0800e139 42420001 66616e21";
 /// Plain ICMP between underlay hosts: the pass-through case.
 const UNDERLAY_PING: &str = "020000000011 020000000022 0800 45000020 12344000 40019c81 c6120002 c6120001 0800e139 42420001 66616e21";
-
-/// The CPU the pinned measurements run on.
-const CPU: usize = 0;
 
 struct Config {
     runs: usize,
@@ -112,7 +111,8 @@ fn main() -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("report.md"), &report)?;
-    chart(&samples, &dir.join("throughput.png"))?;
+    fan_tests::chart::register_font()?;
+    chart(&samples, cfg.runs, quick).write_png(&dir.join("throughput.png"))?;
     println!(
         "Written: {0}/report.md and {0}/throughput.png",
         dir.canonicalize()?.display()
@@ -191,32 +191,17 @@ fn paths(cfg: &Config) -> Result<(Samples, f64)> {
         );
         for &path in &paths {
             eprintln!("run {}/{}: {path}", run + 1, cfg.runs);
-            let active = Active::setup(&fleet, path)?;
-            if path.runs_daemon() {
-                wait_for_direct_delivery(&fleet, &client.ns, server.addr)?;
-            }
-            let sample = measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr);
-            active.teardown(&fleet)?;
+            let sample = measure::on_path(&fleet, path, &client.ns, server.addr, || {
+                measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr)
+            })?;
             samples
                 .entry(path.to_string())
                 .or_insert((path, Vec::new()))
                 .1
-                .push(sample?);
+                .push(sample);
         }
     }
     Ok((samples, median(&mut loopback)))
-}
-
-/// `fan-xdp run` learns a container once the host has resolved it: warm up.
-fn wait_for_direct_delivery(fleet: &Fleet, client: &Netns, addr: Ipv4Addr) -> Result<()> {
-    for _ in 0..50 {
-        fan_tests::traffic::ping(client, addr, 1)?;
-        if fleet.hosts[1].pinned_maps()?.endpoints.iter().count() > 0 {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("fan-xdp run did not learn the container's endpoint")
 }
 
 fn measure(
@@ -282,23 +267,10 @@ fn counter(host: &topology::Host, reason: StatReason) -> Result<u64> {
     Ok(host.pinned_maps()?.stats()?.get(reason).packets)
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values[values.len() / 2]
-}
-
 /// "median (min-max)" of one field.
 fn stat(samples: &[Sample], field: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = samples.iter().map(field).collect();
-    let m = median(&mut v);
-    (
-        m,
-        v.first().copied().unwrap_or(f64::NAN),
-        v.last().copied().unwrap_or(f64::NAN),
-    )
+    let spread = Spread::of(samples.iter().map(field));
+    (spread.median, spread.min, spread.max)
 }
 
 fn routing(samples: &Samples) -> &[Sample] {
@@ -557,18 +529,30 @@ fn fleet_scaling(cfg: &Config) -> Result<String> {
     Ok(out)
 }
 
+/// fan-xdp's targets as ratios to plain routing (the README's).
+const TCP_TARGET: f64 = 1.05;
+const RR_TARGET: f64 = 1.2;
+
 fn targets(samples: &Samples) -> String {
     let base = routing(samples);
     let fan = &samples[&Path::FanTc.to_string()].1;
     let vxlan = &samples[&Path::Vxlan.to_string()].1;
     let r = |s: &[Sample], f: fn(&Sample) -> f64| stat(s, f).0 / stat(base, f).0;
     let checks = [
-        ("TCP 1 stream >= 1.05x routing", r(fan, |s| s.tcp1), 1.05),
-        ("TCP 4 streams >= 1.05x routing", r(fan, |s| s.tcp4), 1.05),
+        (
+            "TCP 1 stream >= 1.05x routing",
+            r(fan, |s| s.tcp1),
+            TCP_TARGET,
+        ),
+        (
+            "TCP 4 streams >= 1.05x routing",
+            r(fan, |s| s.tcp4),
+            TCP_TARGET,
+        ),
         (
             "request/response >= 1.2x routing",
             r(fan, |s| s.rr_tps),
-            1.2,
+            RR_TARGET,
         ),
         (
             "TCP 1 stream >= 1.25x kernel VXLAN",
@@ -586,64 +570,67 @@ fn targets(samples: &Samples) -> String {
     out
 }
 
-fn chart(samples: &Samples, file: &std::path::Path) -> Result<()> {
-    use plotters::prelude::*;
-    let font = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-        .context("DejaVu Sans for the chart (install fonts-dejavu-core: cargo xtask setup)")?;
-    plotters::style::register_font(
-        "sans-serif",
-        FontStyle::Normal,
-        Box::leak(font.into_boxed_slice()),
-    )
-    .map_err(|_| anyhow::anyhow!("registering the chart font"))?;
-    let base = stat(routing(samples), |s| s.tcp1).0;
-    let bars: Vec<(String, f64)> = order(samples)
-        .into_iter()
+/// The path table's columns that the chart draws, with fan-xdp's target
+/// for each as a ratio to plain routing.
+const CHARTED: [(Column, Option<f64>); 4] = [
+    (("TCP, 1 stream", |s| s.tcp1), Some(TCP_TARGET)),
+    (("TCP, 4 streams", |s| s.tcp4), Some(TCP_TARGET)),
+    (("UDP 64 B, packets/s", |s| s.udp_kpps), None),
+    (
+        ("TCP request/response, per s", |s| s.rr_tps),
+        Some(RR_TARGET),
+    ),
+];
+
+/// Every measured path (a path this kernel cannot run has no row) in
+/// every charted column, as ratios to plain routing's median.
+fn chart(samples: &Samples, runs: usize, quick: bool) -> Chart {
+    let mut measured: Vec<(Path, &[Sample])> = samples
+        .values()
         .filter(|(_, s)| !s.is_empty())
-        .map(|(name, s)| (name, stat(s, |x| x.tcp1).0 / base))
+        .map(|(path, s)| (*path, s.as_slice()))
         .collect();
-    let root = BitMapBackend::new(file, (1000, 520)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let top = bars.iter().map(|b| b.1).fold(1.2, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "TCP throughput, 1 stream, ratio to plain routing",
-            ("sans-serif", 22),
-        )
-        .margin(20)
-        .x_label_area_size(40)
-        .y_label_area_size(300)
-        .build_cartesian_2d(0.0..top, (0..bars.len()).into_segmented())?;
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
-            _ => String::new(),
+    measured.sort_by_key(|(path, _)| *path as u8);
+    let base = routing(samples);
+    let rows = measured
+        .iter()
+        .map(|(path, _)| Row {
+            label: path.to_string(),
+            kind: match path {
+                Path::Routing => RowKind::Reference,
+                p if p.is_fan() => RowKind::FanXdp,
+                _ => RowKind::Other,
+            },
         })
-        .x_desc("x plain routing")
-        .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        let color = if i == 0 {
-            RGBColor(150, 150, 150)
-        } else {
-            RGBColor(40, 110, 190)
-        };
-        Rectangle::new(
-            [
-                (0.0, SegmentValue::Exact(i)),
-                (*v, SegmentValue::Exact(i + 1)),
-            ],
-            color.filled(),
-        )
-    }))?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Text::new(
-            format!("{v:.2}x"),
-            (*v + top * 0.01, SegmentValue::CenterOf(i)),
-            ("sans-serif", 16),
-        )
-    }))?;
-    root.present()?;
-    Ok(())
+        .collect();
+    let panels = CHARTED
+        .iter()
+        .map(|&((title, field), target)| {
+            let reference = Spread::of(base.iter().map(field));
+            Panel {
+                title: title.to_string(),
+                target,
+                ratios: measured
+                    .iter()
+                    .map(|(_, s)| Spread::of(s.iter().map(field)).relative_to(&reference))
+                    .collect(),
+            }
+        })
+        .collect();
+    Chart {
+        heading: format!(
+            "fan-xdp bench: every path as a ratio to plain routing, median of {runs} run(s) per path{}",
+            if quick {
+                " (--quick: a smoke run, not a measurement)"
+            } else {
+                ""
+            }
+        ),
+        footnote: "Bar: the median (blue: fan-xdp; orange: the kernel's other ways). \
+                   Whisker: the runs' min-max, over plain routing's median. \
+                   Grey line: plain routing (1.00x). Dashed red: fan-xdp's target."
+            .to_string(),
+        rows,
+        panels,
+    }
 }
