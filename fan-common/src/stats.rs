@@ -56,6 +56,7 @@ stat_reasons! {
     PassOuterFragment = "pass_outer_fragment": "outer header is a fragment, which cannot be decapsulated before reassembly",
     StackTtlExpired = "stack_ttl_expired": "inner TTL would expire: the stack answers with ICMP time exceeded",
     StackTooBigForPath = "stack_too_big_for_path": "larger than the learned path MTU allows and fragmentable (no DF): the stack fragments it (by the route MTU fan-xdp run keeps)",
+    StackFragmentForPath = "stack_fragment_for_path": "a fragment towards a host with a learned path MTU: to the stack, with the rest of its datagram (which the stack fragments to the route MTU fan-xdp run keeps)",
     PmtuAnswered = "pmtu_answered": "larger than the learned path MTU allows, with DF: answered with ICMP fragmentation needed from the slice gateway",
     PmtuAnswerSuppressed = "pmtu_answer_suppressed": "larger than the learned path MTU allows, with DF, but the per-CPU limit of ICMP answers was reached: dropped",
     DropAnswerFailed = "drop_answer_failed": "the kernel refused to reshape a packet into its ICMP answer",

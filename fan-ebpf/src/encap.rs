@@ -18,7 +18,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use fan_common::{
     FanEntry, StatReason,
-    ipv4::{ETH_HDR_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, outer_header},
+    ipv4::{
+        ETH_HDR_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, is_fragment,
+        outer_header,
+    },
 };
 
 use crate::{
@@ -137,21 +140,29 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
         Some(len) if len <= fan.overlay_mtu => len,
         _ => return Err(too_big),
     };
-    if let Some(path) = path_mtu(remote_host)
-        && segment + IPV4_HDR_LEN as u32 > path
-    {
+    if let Some(path) = path_mtu(remote_host) {
+        let too_big = segment + IPV4_HDR_LEN as u32 > path;
         if !hook.forwards() {
-            // The host's own packet: its route to the remote slice carries the
-            // path MTU while `fan-xdp run` keeps it, so this one predates it.
-            return Err(Outcome::Drop(StatReason::DropTooBigForPath));
-        }
-        return match answer_too_big(ctx, fan, &ip, path) {
-            Ok(action) => Ok(action),
-            Err(StatReason::StackTooBigForPath) => {
-                Err(Outcome::Pass(StatReason::StackTooBigForPath))
+            if too_big {
+                // The host's own packet: its route to the remote slice carries
+                // the path MTU while `fan-xdp run` keeps it; this one predates it.
+                return Err(Outcome::Drop(StatReason::DropTooBigForPath));
             }
-            Err(reason) => Err(Outcome::Drop(reason)),
-        };
+        } else if is_fragment(ip.frag_off()) {
+            // Every fragment of a datagram takes one path: the stack, which
+            // fragments what does not fit (or first reassembles, with
+            // conntrack), where the fragments that fit would otherwise go
+            // ahead and leave the others waiting for them in a reassembly queue.
+            return Err(Outcome::Pass(StatReason::StackFragmentForPath));
+        } else if too_big {
+            return match answer_too_big(ctx, fan, &ip, path) {
+                Ok(action) => Ok(action),
+                Err(StatReason::StackTooBigForPath) => {
+                    Err(Outcome::Pass(StatReason::StackTooBigForPath))
+                }
+                Err(reason) => Err(Outcome::Drop(reason)),
+            };
+        }
     }
     let next_hop = match route_to(ctx, fan, remote_host, &ip, segment + IPV4_HDR_LEN as u32) {
         Ok(next_hop) => next_hop,

@@ -420,6 +420,11 @@ const UDP_DF_1380_FORWARD_OUT_HEADERS: &str = "020000000022 020000000011 0800
     45000578 00004000 4004a95a c6120001 c6120002
     45000564 12344000 3f112d36 fa00010a fa000214";
 
+// A first fragment (MF) of 1000 bytes to 250.0.2.20: it fits, but its datagram's
+// other fragments may not.
+const UDP_FRAGMENT_1000_HEADER: &str = "020000000001 0200000000aa 0800
+    450003e8 12342000 40114db2 fa00010a fa000214";
+
 /// A fan dataplane loaded inside a fresh namespace whose `eth0` (a veth with
 /// MTU 1500) is the underlay device, configured as host 198.18.0.1.
 ///
@@ -1213,7 +1218,22 @@ fn packets_too_big_for_the_learned_path_are_answered_or_fragmented() {
     let answer = hex(UDP_DF_1381_ANSWER);
     let no_df = padded(UDP_1381_HEADER, 14 + 1381);
     let icmp_error = padded(ICMP_ERROR_1381_HEADER, 14 + 1381);
+    let fragment = padded(UDP_FRAGMENT_1000_HEADER, 14 + 1000);
     for program in [ENCAP_FORWARD, ENCAP_PORT] {
+        let counted = |reason| {
+            if program == ENCAP_PORT {
+                vec![]
+            } else {
+                vec![reason]
+            }
+        };
+        bed.check_counts(
+            program,
+            &fragment,
+            TC_ACT_UNSPEC,
+            &fragment,
+            &counted(StatReason::StackFragmentForPath),
+        );
         bed.check(
             program,
             &df,
