@@ -4,7 +4,7 @@ use crate::fan::FanMap;
 
 /// Bumped whenever a map's key or value layout changes, so a loader never
 /// reuses pinned maps written by an incompatible version.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Most fans one host can carry (entries in the LPM trie keyed by overlay).
 pub const MAX_FANS: u32 = 256;
@@ -114,6 +114,18 @@ pub struct FanMeta {
     pub host_reserve: u32,
     pub mtu: u32,
     pub layout_version: u32,
+    /// What attach made itself ([`owned`] bits), so detach removes exactly
+    /// that and keeps what it adopted. Set before the thing is made.
+    pub owned: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Bits of [`FanMeta::owned`].
+pub mod owned {
+    /// attach created the slice bridge.
+    pub const BRIDGE: u8 = 1;
+    /// attach added the gateway address to the slice bridge.
+    pub const GATEWAY_ADDRESS: u8 = 2;
 }
 
 #[cfg(feature = "user")]

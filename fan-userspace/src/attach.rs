@@ -8,11 +8,13 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
     FanEntry, FanMap,
     fan::validate_fans,
-    maps::{FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason},
+    maps::{
+        FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason, owned,
+    },
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
@@ -64,7 +66,10 @@ enum Undo {
     StateDir,
     Record,
     Sysctl(String, u8),
+    /// Clear an [`owned`] bit of the record again.
+    Claim(u8),
     Link(String),
+    Address(u32, Ipv4Addr, u8),
     Route(Ipv4Network),
     Nat(Ipv4Network),
     Pin(std::path::PathBuf, String, Hook),
@@ -222,7 +227,14 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     let _ = dir.sweep_stale();
     let fans = if dir.exists() {
-        load_fans(&PinnedMaps::open(&dir)?)?
+        PinnedMaps::open(&dir)
+            .and_then(|maps| load_fans(&maps))
+            .with_context(|| {
+                format!(
+                    "reading the pinned state in {} (left by a fan-xdp with another map layout? detach with that version first)",
+                    dir.path.display()
+                )
+            })?
     } else {
         Vec::new()
     };
@@ -379,7 +391,9 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     changed |= loosen_rp_filter(&mut dataplane, key, &mut meta, &plan.iface.name, undo)?;
     checkpoint("sysctl")?;
 
-    // 3. The slice bridge with the gateway address (adopted if it matches).
+    // 3. The slice bridge with the gateway address: created, or adopted if
+    // one by that name exists. What attach makes is claimed in the record
+    // first, so detach removes it even after a kill half-way, and nothing else.
     let bridge = match net.link(&plan.bridge).await? {
         Some(link) => {
             if link.kind.as_deref() != Some("bridge") {
@@ -388,6 +402,7 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             link
         }
         None => {
+            claim(&mut dataplane, key, &mut meta, owned::BRIDGE, undo)?;
             let link = net.create_bridge(&plan.bridge, plan.mtu).await?;
             undo.push(Undo::Link(plan.bridge.clone()));
             changed = true;
@@ -402,8 +417,14 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         .await?
         .contains(&(plan.gateway, plan.slice.prefix()))
     {
+        claim(&mut dataplane, key, &mut meta, owned::GATEWAY_ADDRESS, undo)?;
         net.add_addr(bridge.index, plan.gateway, plan.slice.prefix())
             .await?;
+        undo.push(Undo::Address(
+            bridge.index,
+            plan.gateway,
+            plan.slice.prefix(),
+        ));
         changed = true;
     }
     net.set_up(bridge.index).await?;
@@ -569,6 +590,23 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     Ok(changed)
 }
 
+/// Records in the fan's record that attach is about to make the thing
+/// `bit` names (an [`owned`] bit), before it does.
+fn claim(
+    dataplane: &mut Dataplane,
+    key: FanMetaKey,
+    meta: &mut FanMeta,
+    bit: u8,
+    undo: &mut Vec<Undo>,
+) -> Result<()> {
+    if meta.owned & bit == 0 {
+        meta.owned |= bit;
+        dataplane.insert_meta(key, meta)?;
+        undo.push(Undo::Claim(bit));
+    }
+    Ok(())
+}
+
 /// Makes reverse-path filtering on the underlay `iface` loose, only if it is
 /// strict there. The kernel applies the larger of `conf/all` and the device's
 /// value, so only the device is written and `conf/all`, which governs every
@@ -653,6 +691,8 @@ fn new_record(plan: &Plan) -> Result<FanMeta> {
         host_reserve: plan.host_reserve,
         mtu: plan.mtu,
         layout_version: MAP_LAYOUT_VERSION,
+        owned: 0,
+        _pad: [0; 3],
     })
 }
 
@@ -671,6 +711,15 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                     if let Some(dev) = net.link(HOST_DEVICE).await? {
                         net.del_route(overlay.network(), overlay.prefix(), dev.index)
                             .await?;
+                    }
+                }
+                Undo::Address(index, addr, len) => net.del_addr(index, addr, len).await?,
+                Undo::Claim(bit) => {
+                    let mut maps = PinnedMaps::open(&plan.dir)?;
+                    let key = meta_key(plan.overlay);
+                    if let Ok(mut meta) = maps.meta.get(&key, 0) {
+                        meta.owned &= !bit;
+                        maps.meta.insert(key, meta, 0)?;
                     }
                 }
                 Undo::Link(name) => {

@@ -251,6 +251,27 @@ impl Net {
             .with_context(|| format!("adding address {addr}/{len}"))
     }
 
+    /// Removes `addr/len` from link `index`; an address already gone is fine.
+    pub async fn del_addr(&self, index: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(IpAddr::V4(addr))
+            .set_prefix_length_filter(len)
+            .execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .with_context(|| format!("deleting address {addr}/{len}"))?;
+        }
+        Ok(())
+    }
+
     pub async fn del_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),

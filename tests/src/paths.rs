@@ -277,14 +277,9 @@ impl Active {
             Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack => {
                 drop(self.daemons);
                 for host in &fleet.hosts {
+                    // The bridges were made by hand and adopted: detach keeps
+                    // them, with their ports and the gateway address.
                     host.fan_xdp_ok(&["detach", "eth0"])?;
-                    // Detach removed the bridge: put the plain one back with its ports.
-                    add_bridge(host)?;
-                    for j in 1..=host.containers.len() {
-                        let port = format!("veth{j}");
-                        host.ns
-                            .ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
-                    }
                 }
             }
         }

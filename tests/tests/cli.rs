@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use fan_tests::{
     netns::Netns,
     privileged,
-    snapshot::{assert_unchanged, snapshot},
+    snapshot::{assert_netns_unchanged, assert_unchanged, netns_snapshot, snapshot},
     topology::{Fleet, Host, plug_container},
     traffic::{ping, tcp_transfer},
 };
@@ -1198,4 +1198,60 @@ fn direct_delivery_only_to_ports_whose_peer_is_up_in_another_namespace() {
     assert_eq!(addrs, [container.addr], "the endpoint did not come back");
     daemon.stop().unwrap();
     detach_all(&fleet);
+}
+
+#[test]
+fn detach_keeps_a_bridge_it_did_not_create_or_that_has_other_ports() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    // An operator's bridge with an address of its own, given to attach.
+    host.ns
+        .ip(&["link", "add", "mybr", "mtu", "1480", "type", "bridge"])
+        .unwrap();
+    host.ns
+        .ip(&["addr", "add", "10.77.0.1/24", "dev", "mybr"])
+        .unwrap();
+    host.ns.ip(&["link", "set", "mybr", "up"]).unwrap();
+    let before = netns_snapshot(&host.ns).unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--bridge", "mybr"])
+        .unwrap();
+    let addrs = host.ns.ip(&["-4", "addr", "show", "mybr"]).unwrap();
+    assert!(addrs.contains("250.0.1.1/24"), "{addrs}");
+    let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_netns_unchanged(
+        &host.ns,
+        &before,
+        "detach did not leave the adopted bridge as it was",
+    );
+    assert!(out.contains("kept: fan-xdp did not create it"), "{out}");
+
+    // A bridge attach created, into which a runtime has plugged a
+    // container since: it stays, without the fan's address.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let container = plug_container(
+        &host.ns,
+        &host.bridge,
+        "vrt",
+        "runtime",
+        (Ipv4Addr::new(250, 0, 1, 30), 24),
+        host.gateway,
+    )
+    .unwrap();
+    let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert!(out.contains("kept: it still has ports (vrt)"), "{out}");
+    let addrs = host
+        .ns
+        .ip(&["-4", "addr", "show", &host.bridge])
+        .expect("the bridge with a runtime's port is gone");
+    assert!(!addrs.contains("250.0.1.1"), "the gateway stayed: {addrs}");
+    drop(container);
+    // Nothing plugged in any more: a new attach adopts it as its own again
+    // (it created it), and detach removes it.
+    host.ns.ip(&["link", "del", &host.bridge]).unwrap();
+    assert_netns_unchanged(&host.ns, &before, "leftovers besides the kept bridge");
 }
