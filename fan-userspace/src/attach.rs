@@ -27,8 +27,8 @@ use crate::{
     },
     ipv4_network,
     loader::{
-        DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key,
-        unlink,
+        DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
+        overlay_key, pinned_link_ifindex, pinned_program_id, tcx_supported, unlink,
     },
     naming::{IFNAME_MAX, bridge_name},
     nat,
@@ -507,13 +507,16 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         (DECAP_TC, Hook::TcIngress)
     };
     let (mode, reason) = match link(
+        net,
         &mut dataplane,
         undo,
         decap.0,
         &plan.iface.name,
         decap.1,
         &decap_pin,
-    ) {
+    )
+    .await
+    {
         Ok(c) => {
             changed |= c;
             (mode, reason)
@@ -525,35 +528,41 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             );
             let pin = plan.dir.link(&plan.iface.name, "decap-tc");
             changed |= link(
+                net,
                 &mut dataplane,
                 undo,
                 DECAP_TC,
                 &plan.iface.name,
                 Hook::TcIngress,
                 &pin,
-            )?;
+            )
+            .await?;
             (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
         }
         Err(e) => return Err(e),
     };
     let bridge_pin = plan.dir.link(&plan.bridge, "encap");
     let mut relinked = link(
+        net,
         &mut dataplane,
         undo,
         ENCAP_FORWARD,
         &plan.bridge,
         Hook::TcIngress,
         &bridge_pin,
-    )?;
+    )
+    .await?;
     let host_pin = plan.dir.link(HOST_DEVICE, "encap");
     relinked |= link(
+        net,
         &mut dataplane,
         undo,
         ENCAP_OUTPUT,
         HOST_DEVICE,
         Hook::TcEgress,
         &host_pin,
-    )?;
+    )
+    .await?;
     // The pinned programs are the ones the links run: re-pin only when a link
     // took this load's programs, or the freshly loaded copies would linger.
     if relinked || changed || !plan.dir.program(ENCAP_FORWARD).exists() {
@@ -635,7 +644,8 @@ fn loosen_rp_filter(
 }
 
 /// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
-fn link(
+async fn link(
+    net: &Net,
     dataplane: &mut Dataplane,
     undo: &mut Vec<Undo>,
     program: &str,
@@ -643,12 +653,58 @@ fn link(
     hook: Hook,
     pin: &std::path::Path,
 ) -> Result<bool> {
-    let existed = pin.exists();
-    let changed = dataplane.ensure_link(program, device, hook, pin)?;
-    if !existed {
+    retire_if_defunct(net, pin, device, hook).await?;
+    let change = dataplane.ensure_link(program, device, hook, pin)?;
+    if change == LinkChange::Created {
         undo.push(Undo::Pin(pin.to_path_buf(), device.to_string(), hook));
     }
-    Ok(changed)
+    Ok(change.changed())
+}
+
+/// Removes the pin at `pin` if what it attached is not on `device` as it is
+/// now: the device was deleted since, and perhaps re-created under its name
+/// (netplan, a driver reload), taking the program with it. Trusting such a
+/// pin would report success and attach nothing. A TCX or XDP link must be on
+/// the device's current ifindex (a defunct one reports 0); a clsact filter
+/// (kernels before 6.6, marked by a pinned program) must be on the device.
+async fn retire_if_defunct(
+    net: &Net,
+    pin: &std::path::Path,
+    device: &str,
+    hook: Hook,
+) -> Result<()> {
+    let now = net
+        .link(device)
+        .await?
+        .ok_or_else(|| anyhow!("no such interface: {device}"))?
+        .index;
+    let attached_to = if hook != Hook::Xdp && !tcx_supported() {
+        let Some(program) = pinned_program_id(pin) else {
+            return Ok(());
+        };
+        let on_device = net.tc_bpf_programs(now, hook == Hook::TcEgress).await?;
+        if on_device.contains(&program) {
+            return Ok(());
+        }
+        None
+    } else {
+        match pinned_link_ifindex(pin)? {
+            None => return Ok(()),
+            Some(index) if index == now => return Ok(()),
+            Some(index) => Some(index),
+        }
+    };
+    match attached_to {
+        None | Some(0) => info!(
+            "{}: {device} was deleted since; attaching anew",
+            pin.display()
+        ),
+        Some(old) => info!(
+            "{}: attached to ifindex {old}, but {device} is ifindex {now} now; attaching anew",
+            pin.display()
+        ),
+    }
+    std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
 }
 
 /// The decapsulation hook to try first, and why.

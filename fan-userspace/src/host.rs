@@ -18,6 +18,7 @@ use rtnetlink::{
         },
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage},
+        tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
 };
 
@@ -278,6 +279,42 @@ impl Net {
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
             Err(e) => Err(e).context("deleting a link"),
         }
+    }
+
+    /// The ids of the BPF programs in the tc filters on the ingress (or
+    /// egress) clsact hook of link `index`.
+    pub async fn tc_bpf_programs(&self, index: u32, egress: bool) -> Result<Vec<u32>> {
+        let mut request = self.handle.traffic_filter(index as i32).get();
+        request = if egress {
+            request.egress()
+        } else {
+            request.ingress()
+        };
+        let mut filters = request.execute();
+        let mut out = Vec::new();
+        loop {
+            let msg = match filters.try_next().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                // No clsact qdisc on the device (a re-created one): no filters.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::EINVAL, -libc::ENOENT].contains(&e.raw_code()) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e).context("listing tc filters"),
+            };
+            for attr in &msg.attributes {
+                if let TcAttribute::Options(options) = attr {
+                    for option in options {
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
+                            out.push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn route(dest: Ipv4Addr, len: u8, oif: u32, src: Option<Ipv4Addr>) -> RouteMessage {

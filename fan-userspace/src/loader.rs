@@ -1,6 +1,14 @@
 //! Loads the eBPF object, attaches its programs and fills its maps.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -171,14 +179,16 @@ impl Dataplane {
     /// Makes `program` run at `hook` of `device` through a link pinned at
     /// `pin`. An existing pinned link is kept; if it runs another version of
     /// the program (a different tag), the program is replaced in place,
-    /// atomically, with no moment without a program. Returns whether anything changed.
+    /// atomically, with no moment without a program. A pin whose attachment
+    /// is not on `device` as it is now must be removed first (see
+    /// [`pinned_link_ifindex`]). Returns what changed.
     pub fn ensure_link(
         &mut self,
         program: &str,
         device: &str,
         hook: Hook,
         pin: &std::path::Path,
-    ) -> Result<bool> {
+    ) -> Result<LinkChange> {
         if hook != Hook::Xdp && !tcx_supported() {
             return self.ensure_clsact(program, device, hook, pin);
         }
@@ -198,7 +208,7 @@ impl Dataplane {
             let info = link.info().context("reading pinned link")?;
             let old = program_tag(info.program_id());
             if old == new_tag {
-                return Ok(false);
+                return Ok(LinkChange::Unchanged);
             }
             match hook {
                 Hook::Xdp => {
@@ -217,7 +227,7 @@ impl Dataplane {
                     drop(tc.take_link(id)?);
                 }
             }
-            return Ok(true);
+            return Ok(LinkChange::Replaced);
         }
         let link: FdLink = match hook {
             Hook::Xdp => {
@@ -245,7 +255,7 @@ impl Dataplane {
         };
         link.pin(pin)
             .with_context(|| format!("pinning link {}", pin.display()))?;
-        Ok(true)
+        Ok(LinkChange::Created)
     }
 
     /// The TC attachment for kernels without TCX (before 6.6): a filter on the
@@ -259,19 +269,25 @@ impl Dataplane {
         device: &str,
         hook: Hook,
         pin: &std::path::Path,
-    ) -> Result<bool> {
+    ) -> Result<LinkChange> {
         let attach_type = tc_attach_type(hook);
         let new_tag = self.tag(program)?;
+        let change = if pin.exists() {
+            LinkChange::Replaced
+        } else {
+            LinkChange::Created
+        };
         if pin.exists() {
             let old_tag = aya::programs::ProgramInfo::from_pin(pin)
                 .map(|i| i.tag())
                 .unwrap_or_default();
             if old_tag == new_tag {
-                return Ok(false);
+                return Ok(LinkChange::Unchanged);
             }
             let _ = aya::programs::tc::qdisc_detach_program(device, attach_type, program);
             std::fs::remove_file(pin)?;
         }
+
         log::info!(
             "TCX unavailable (kernel before 6.6): attaching {program} to {device} through a clsact qdisc"
         );
@@ -290,7 +306,7 @@ impl Dataplane {
         std::mem::forget(tc.take_link(id)?);
         tc.pin(pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
-        Ok(true)
+        Ok(change)
     }
 
     /// Pins every program in `dir`, replacing pins of older versions.
@@ -461,6 +477,116 @@ fn program_tag(id: u32) -> u64 {
         .find(|p| p.id() == id)
         .map(|p| p.tag())
         .unwrap_or_default()
+}
+
+/// What [`Dataplane::ensure_link`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The pinned link already ran this program.
+    Unchanged,
+    /// The pinned link now runs this program instead of another version.
+    Replaced,
+    /// A new link was made and pinned (none was, or only a defunct one).
+    Created,
+}
+
+impl LinkChange {
+    pub fn changed(self) -> bool {
+        self != LinkChange::Unchanged
+    }
+}
+
+/// `bpf_attr` for BPF_OBJ_GET (the fields up to `file_flags`).
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_link_info` up to the XDP/TCX part of its union (which starts
+/// 8-aligned, at byte 16): `ifindex` is the first field of both.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfoHead {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _hole: u32,
+    ifindex: u32,
+    attach_type: u32,
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The ifindex of the device the XDP or TCX link pinned at `pin` is
+/// attached to, None if nothing is pinned there. A link outlives its device,
+/// defunct, and then reports 0; a device re-created under the same name
+/// (netplan, a driver reload) has another ifindex. aya's
+/// `LinkInfo` does not expose it, so this asks the kernel itself.
+pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
+    let path = CString::new(pin.as_os_str().as_bytes())?;
+    let mut get = ObjGetAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `get` is a valid bpf_attr prefix of the size given, and
+    // `pathname` points to a NUL-terminated string that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw mut get,
+            std::mem::size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
+    }
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut info = LinkInfoHead::default();
+    let mut query = InfoByFdAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfoHead>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: `query` is a valid bpf_attr prefix; `info` is writable for
+    // `info_len` bytes, and the kernel writes no more than that.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut query,
+            std::mem::size_of::<InfoByFdAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading pinned link {}", pin.display()));
+    }
+    Ok(Some(info.ifindex))
+}
+
+/// The id of the program pinned at `pin` (the marker of a clsact filter).
+pub fn pinned_program_id(pin: &Path) -> Option<u32> {
+    aya::programs::ProgramInfo::from_pin(pin)
+        .ok()
+        .map(|info| info.id())
 }
 
 /// Where a program runs.

@@ -1255,3 +1255,48 @@ fn detach_keeps_a_bridge_it_did_not_create_or_that_has_other_ports() {
     host.ns.ip(&["link", "del", &host.bridge]).unwrap();
     assert_netns_unchanged(&host.ns, &before, "leftovers besides the kept bridge");
 }
+
+/// Deletes host `i`'s underlay link (both ends of its veth to the switch)
+/// and makes it again with the same name and address, as netplan or a
+/// driver reload would: a new device with a new ifindex.
+fn recreate_underlay(fleet: &Fleet, i: usize) {
+    let host = &fleet.hosts[i];
+    let port = format!("sw-h{}", i + 1);
+    host.ns.ip(&["link", "del", "eth0"]).unwrap();
+    fleet.switch.add_veth_to(&port, &host.ns).unwrap();
+    fleet
+        .switch
+        .ip(&["link", "set", &port, "master", "sw", "up"])
+        .unwrap();
+    let addr = format!("{}/16", host.underlay_addr);
+    host.ns.ip(&["addr", "add", &addr, "dev", "eth0"]).unwrap();
+    host.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+}
+
+#[test]
+fn attach_again_after_the_underlay_was_recreated_brings_traffic_back() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["tc", "xdp"] {
+        let fleet = Fleet::new(2).unwrap();
+        attach_all(&fleet, &["--mode", mode]);
+        let fleet = fleet.with_containers(1).unwrap();
+        let (c1, c2) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+        assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "{mode}: before");
+        recreate_underlay(&fleet, 0);
+        let out = fleet.hosts[0]
+            .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--mode", mode])
+            .unwrap();
+        assert!(out.contains("attached: 250.0.0.0/8"), "{mode}: {out}");
+        assert!(
+            ping(&c1.ns, c2.addr, 3).unwrap(),
+            "{mode}: no traffic after attaching to the re-created underlay"
+        );
+        assert!(
+            ping(&c2.ns, c1.addr, 3).unwrap(),
+            "{mode}: no traffic into the host with the re-created underlay"
+        );
+        detach_all(&fleet);
+    }
+}
