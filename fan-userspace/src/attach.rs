@@ -28,7 +28,7 @@ use crate::{
     ipv4_network,
     loader::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
-        overlay_key, pinned_link_ifindex, pinned_program_id, tcx_supported, unlink,
+        overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
     },
     naming::{IFNAME_MAX, bridge_name},
     nat,
@@ -80,6 +80,18 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_root()?;
     let net = Net::connect()?;
     let plan = plan(&net, args, global).await?;
+    // After planning, which changes nothing: state of namespaces that are gone.
+    match sweep_stale(&plan.dir) {
+        Ok(removed) => {
+            for path in removed {
+                info!(
+                    "removed the state of a namespace that is gone: {}",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => warn!("sweeping stale state: {e:#}"),
+    }
     if let Some(existing) = &plan.existing
         && existing.complete
         && !same_settings(existing, &plan)
@@ -225,7 +237,6 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     }
 
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
-    let _ = dir.sweep_stale();
     let fans = if dir.exists() {
         PinnedMaps::open(&dir)
             .and_then(|maps| load_fans(&maps))

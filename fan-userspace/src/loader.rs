@@ -559,6 +559,12 @@ pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
     }
     // SAFETY: the kernel just returned this fd, and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // A program's info would read as a link's: tell them apart by the fd's kind.
+    let kind = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .with_context(|| format!("inspecting pinned object {}", pin.display()))?;
+    if kind.as_os_str() != "anon_inode:bpf-link" {
+        anyhow::bail!("{} is not a BPF link ({})", pin.display(), kind.display());
+    }
     let mut info = LinkInfoHead::default();
     let mut query = InfoByFdAttr {
         bpf_fd: fd.as_raw_fd() as u32,
@@ -580,6 +586,60 @@ pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
             .with_context(|| format!("reading pinned link {}", pin.display()));
     }
     Ok(Some(info.ifindex))
+}
+
+/// Removes the state directories of other namespaces that are gone, judged
+/// by their pins: a directory goes only if every link pinned in it is
+/// defunct (its device was deleted, as a namespace's devices are when it
+/// dies). A namespace kept alive by a bind mount anywhere, or used by a
+/// fan-xdp in another PID namespace, keeps its devices and so its links.
+/// Where a pin cannot say (a clsact filter's marker, before Linux 6.6, or a
+/// directory with no links yet: an attach in progress), the directory goes
+/// only if no process or `ip netns` name holds its namespace either.
+/// Returns what was removed.
+pub fn sweep_stale(dir: &StateDir) -> Result<Vec<std::path::PathBuf>> {
+    let mut live = None;
+    let mut removed = Vec::new();
+    for (path, cookie) in dir.others() {
+        let stale = match pins_say_defunct(&path)? {
+            Some(defunct) => defunct,
+            None => {
+                let live = match &live {
+                    Some(live) => live,
+                    None => live.insert(crate::netns::live_cookies()?),
+                };
+                !live.contains(&cookie)
+            }
+        };
+        if stale {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing stale state {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether every attachment pinned in `dir` is defunct; None if the pins
+/// cannot tell (no links, or a clsact marker among them).
+fn pins_say_defunct(dir: &Path) -> Result<Option<bool>> {
+    let mut links = 0;
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+    {
+        if !entry.file_name().to_string_lossy().starts_with("link_") {
+            continue;
+        }
+        match pinned_link_ifindex(&entry.path()) {
+            Ok(Some(0)) => links += 1,
+            Ok(Some(_)) => return Ok(Some(false)),
+            Ok(None) => {}
+            // Not a link: a program marking a clsact filter.
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok((links > 0).then_some(true))
 }
 
 /// The id of the program pinned at `pin` (the marker of a clsact filter).

@@ -440,29 +440,56 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     assert_eq!(shown[0]["overlay"], OVERLAY);
 
     // A namespace that dies with a fan attached leaves a directory behind,
-    // which the next attach anywhere removes.
-    let count = || {
-        std::fs::read_dir("/sys/fs/bpf/fan-xdp")
-            .map(|d| d.count())
-            .unwrap_or(0)
+    // which the next attach anywhere removes. (Only this test's directories
+    // are looked at: other test runs may share the machine's bpffs.)
+    let state = |host: &Host| {
+        let cookie = host
+            .ns
+            .enter(fan_userspace::netns::current_cookie)
+            .unwrap()
+            .unwrap();
+        std::path::PathBuf::from(format!("/sys/fs/bpf/fan-xdp/netns-{cookie}"))
     };
-    assert_eq!(count(), 2);
+    assert!(state(h1).exists() && state(h2).exists());
     let doomed = Fleet::new(1).unwrap();
     doomed.hosts[0]
         .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
-    assert_eq!(count(), 3);
+    let doomed_state = state(&doomed.hosts[0]);
+    assert!(doomed_state.exists());
     drop(doomed);
+    wait_until_links_defunct(&doomed_state);
     h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
-    assert_eq!(
-        count(),
-        2,
+    assert!(
+        !doomed_state.exists(),
         "stale state of a deleted namespace was not swept"
     );
+    assert!(state(h1).exists() && state(h2).exists(), "live state swept");
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     h2.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    assert_eq!(count(), 0);
+    assert!(!state(h1).exists() && !state(h2).exists());
+}
+
+/// A deleted namespace's devices go in the kernel's deferred work: waits
+/// (at most ~5 s) until every link pinned in `dir` reports no device.
+fn wait_until_links_defunct(dir: &std::path::Path) {
+    let defunct = || {
+        std::fs::read_dir(dir).unwrap().flatten().all(|entry| {
+            !entry.file_name().to_string_lossy().starts_with("link_")
+                || matches!(
+                    fan_userspace::loader::pinned_link_ifindex(&entry.path()),
+                    Ok(Some(0)) | Err(_)
+                )
+        })
+    };
+    for _ in 0..50 {
+        if defunct() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the links in {} outlived their namespace", dir.display());
 }
 
 #[test]
@@ -1299,4 +1326,74 @@ fn attach_again_after_the_underlay_was_recreated_brings_traffic_back() {
         );
         detach_all(&fleet);
     }
+}
+
+/// While alive, the namespace `ns` has no `ip netns` name and no process in
+/// it: it is held only by a bind mount elsewhere, as a runtime may hold one.
+/// Dropping this puts the name back.
+struct Hidden<'a> {
+    ns: &'a Netns,
+    holder: String,
+}
+
+impl<'a> Hidden<'a> {
+    fn new(ns: &'a Netns) -> Self {
+        let holder = format!("/tmp/fxt{}-holds-{}", std::process::id(), ns.name());
+        let name = format!("/run/netns/{}", ns.name());
+        std::fs::write(&holder, "").unwrap();
+        fan_tests::netns::run(std::process::Command::new("mount").args(["--bind", &name, &holder]))
+            .unwrap();
+        let hidden = Self { ns, holder };
+        fan_tests::netns::run(std::process::Command::new("umount").arg(&name)).unwrap();
+        std::fs::remove_file(&name).unwrap();
+        hidden
+    }
+}
+
+impl Drop for Hidden<'_> {
+    fn drop(&mut self) {
+        let name = format!("/run/netns/{}", self.ns.name());
+        let _ = std::fs::write(&name, "");
+        let _ = std::process::Command::new("mount")
+            .args(["--bind", &self.holder, &name])
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg(&self.holder)
+            .status();
+        let _ = std::fs::remove_file(&self.holder);
+    }
+}
+
+#[test]
+fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    assert!(ping(&c2.ns, c1.addr, 2).unwrap());
+    let cookie = h1
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let state = format!("/sys/fs/bpf/fan-xdp/netns-{cookie}");
+    {
+        let _hidden = Hidden::new(&h1.ns);
+        // Any attach sweeps the state of namespaces that are gone.
+        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+            .unwrap();
+        assert!(
+            std::path::Path::new(&state).exists(),
+            "the state of a live namespace was swept"
+        );
+        assert!(
+            ping(&c2.ns, c1.addr, 2).unwrap(),
+            "the live namespace's data plane was detached"
+        );
+    }
+    detach_all(&fleet);
 }
