@@ -34,6 +34,7 @@ use crate::{
     nat,
     record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
     require_root,
+    rundir::RunDir,
     state::StateDir,
 };
 
@@ -78,8 +79,11 @@ enum Undo {
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_root()?;
+    // Held until attach returns: planning and applying see no other change.
+    let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
     let net = Net::connect()?;
     let plan = plan(&net, args, global).await?;
+    checkpoint("plan")?;
     // After planning, which changes nothing: state of namespaces that are gone.
     match sweep_stale(&plan.dir) {
         Ok(removed) => {
@@ -340,7 +344,8 @@ fn ours(dir: &StateDir, iface: &str, prog: u32) -> bool {
 }
 
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
-/// step, `fail:<step>` makes it fail there (to exercise the rollback).
+/// step, `fail:<step>` makes it fail there (to exercise the rollback),
+/// `pause:<step>` holds it there for two seconds (to race another command).
 fn checkpoint(step: &str) -> Result<()> {
     let Ok(inject) = std::env::var("FAN_XDP_INJECT") else {
         return Ok(());
@@ -352,6 +357,11 @@ fn checkpoint(step: &str) -> Result<()> {
             Ok(())
         }
         Some(("fail", s)) if s == step => bail!("injected failure after step {step}"),
+        // Widens the window in which a concurrent command could interfere.
+        Some(("pause", s)) if s == step => {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

@@ -14,11 +14,14 @@ use crate::{
     nat,
     record::{Fan, HOST_DEVICE, meta_key},
     require_root,
+    rundir::RunDir,
     show::attached,
 };
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     require_root()?;
+    // Held until detach returns: no attach changes the fans meanwhile.
+    let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
     let overlay = args
         .overlay
         .map(|o| ipv4_network(o, "overlay"))

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod ports;
 pub mod record;
 pub mod run;
+pub mod rundir;
 pub mod show;
 pub mod state;
 pub mod stats;

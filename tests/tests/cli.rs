@@ -1397,3 +1397,48 @@ fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
     }
     detach_all(&fleet);
 }
+
+#[test]
+fn concurrent_attaches_of_overlapping_overlays_one_wins() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let attach = |overlay: &str, inject: &str| {
+        host.ns
+            .command(binary.to_str().unwrap())
+            .args(["attach", "eth0", "--overlay", overlay])
+            .env("FAN_XDP_INJECT", inject)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The first holds still after planning, long enough for the second to
+    // plan too if nothing stopped it.
+    let first = attach(OVERLAY, "pause:plan");
+    let second = attach("250.0.0.0/9", "");
+    let outcomes: Vec<std::process::Output> = [first, second]
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    let succeeded = outcomes.iter().filter(|o| o.status.success()).count();
+    let report: Vec<String> = outcomes
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert_eq!(succeeded, 1, "both or neither attached: {report:?}");
+    let loser = outcomes.iter().find(|o| !o.status.success()).unwrap();
+    let why = String::from_utf8_lossy(&loser.stderr);
+    assert!(
+        why.contains("overlays 250.0.0.0/8 and 250.0.0.0/9 overlap")
+            || why.contains("overlays 250.0.0.0/9 and 250.0.0.0/8 overlap"),
+        "{why}"
+    );
+    let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
