@@ -171,6 +171,8 @@ impl Net {
     }
 
     /// IPv4 addresses of a link with their prefix lengths, primary first.
+    /// This host's own address is IFA_LOCAL; IFA_ADDRESS is the same on a
+    /// broadcast link but the peer's on a point-to-point one, so it is not read.
     pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let mut out = Vec::new();
         let mut addrs = self
@@ -184,8 +186,7 @@ impl Net {
                 continue;
             }
             for attr in &msg.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(a))
-                | AddressAttribute::Address(IpAddr::V4(a)) = attr
+                if let AddressAttribute::Local(IpAddr::V4(a)) = attr
                     && !out.iter().any(|(o, _)| o == a)
                 {
                     out.push((*a, msg.header.prefix_len));

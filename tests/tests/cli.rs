@@ -1442,3 +1442,31 @@ fn concurrent_attaches_of_overlapping_overlays_one_wins() {
     assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
+
+#[test]
+fn a_point_to_point_underlay_names_this_host_not_the_peer() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    // IFA_LOCAL 198.18.0.1, IFA_ADDRESS (the peer) 198.18.0.99.
+    host.ns.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+    host.ns
+        .ip(&[
+            "addr",
+            "add",
+            "198.18.0.1",
+            "peer",
+            "198.18.0.99/16",
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown[0]["host"], "198.18.0.1", "{shown}");
+    assert_eq!(shown[0]["slice"], "250.0.1.0/24", "{shown}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
