@@ -33,7 +33,7 @@ use crate::{
     naming::{IFNAME_MAX, bridge_name},
     nat,
     record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
-    require_root,
+    require_capabilities,
     rundir::RunDir,
     state::StateDir,
 };
@@ -78,7 +78,7 @@ enum Undo {
 }
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
-    require_root()?;
+    require_capabilities()?;
     // Held until attach returns: planning and applying see no other change.
     let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
     let net = Net::connect()?;

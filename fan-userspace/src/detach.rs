@@ -13,13 +13,13 @@ use crate::{
     loader::{Hook, PinnedMaps, overlay_key, unlink},
     nat,
     record::{Fan, HOST_DEVICE, meta_key},
-    require_root,
+    require_capabilities,
     rundir::RunDir,
     show::attached,
 };
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
-    require_root()?;
+    require_capabilities()?;
     // Held until detach returns: no attach changes the fans meanwhile.
     let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
     let overlay = args

@@ -23,12 +23,12 @@ use crate::{
     loader::PinnedMaps,
     ports::PortEncap,
     record::load_fans,
-    require_root,
+    require_capabilities,
     state::StateDir,
 };
 
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
-    require_root()?;
+    require_capabilities()?;
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     let net = Net::connect()?;
     let mut ports = None;

@@ -336,7 +336,7 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not root"),
+        String::from_utf8_lossy(&out.stderr).contains("missing capability CAP_NET_ADMIN"),
         "{out:?}"
     );
 
@@ -1469,4 +1469,40 @@ fn a_point_to_point_underlay_names_this_host_not_the_peer() {
     assert_eq!(shown[0]["host"], "198.18.0.1", "{shown}");
     assert_eq!(shown[0]["slice"], "250.0.1.0/24", "{shown}");
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn root_without_a_needed_capability_is_told_which() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let before = netns_snapshot(&host.ns).unwrap();
+    let binary = fan_tests::topology::fan_xdp_binary();
+    for (drop, missing) in [
+        ("cap_net_admin", "missing capability CAP_NET_ADMIN"),
+        (
+            "cap_bpf,cap_sys_admin",
+            "missing capability CAP_BPF (or CAP_SYS_ADMIN)",
+        ),
+    ] {
+        // Still uid 0: only the capabilities are gone.
+        let out = host
+            .ns
+            .output(
+                "capsh",
+                &[
+                    &format!("--drop={drop}"),
+                    "--",
+                    "-c",
+                    &format!("{} attach eth0 --overlay {OVERLAY}", binary.display()),
+                ],
+            )
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "attached without {drop}");
+        assert!(stderr.contains(missing), "without {drop}: {stderr}");
+        assert_netns_unchanged(&host.ns, &before, "a refusal changed the host");
+    }
 }
