@@ -346,11 +346,16 @@ fn ours(dir: &StateDir, iface: &str, prog: u32) -> bool {
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
 /// step, `fail:<step>` makes it fail there (to exercise the rollback),
 /// `pause:<step>` holds it there for two seconds (to race another command).
+/// Honoured only in builds with the `fault-injection` feature.
 fn checkpoint(step: &str) -> Result<()> {
-    let Ok(inject) = std::env::var("FAN_XDP_INJECT") else {
+    injected(std::env::var("FAN_XDP_INJECT").ok().as_deref(), step)
+}
+
+fn injected(inject: Option<&str>, step: &str) -> Result<()> {
+    if !cfg!(feature = "fault-injection") {
         return Ok(());
-    };
-    match inject.split_once(':') {
+    }
+    match inject.and_then(|i| i.split_once(':')) {
         Some(("kill", s)) if s == step => {
             // SAFETY: signalling ourselves.
             unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
@@ -817,5 +822,16 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
         if let Err(e) = result {
             warn!("rollback step failed: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fault_injection_only_in_builds_with_the_feature() {
+        let result = super::injected(Some("fail:record"), "record");
+        assert_eq!(result.is_err(), cfg!(feature = "fault-injection"));
+        assert!(super::injected(Some("fail:record"), "nat").is_ok());
+        assert!(super::injected(None, "record").is_ok());
     }
 }

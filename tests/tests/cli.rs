@@ -210,6 +210,17 @@ fn two_overlays_side_by_side() {
     detach_all(&fleet);
 }
 
+/// Fails the test unless the fan-xdp binary honours FAN_XDP_INJECT.
+fn require_fault_injection(host: &Host) {
+    let out = attach_injected(host, "fail:plan");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("injected failure after step plan"),
+        "the fan-xdp binary ignores FAN_XDP_INJECT: build it with \
+         `cargo build -p fan-userspace --bin fan-xdp --features fault-injection` \
+         (cargo xtask test does)"
+    );
+}
+
 /// `fan-xdp attach` with the test hook `FAN_XDP_INJECT=<inject>` set.
 fn attach_injected(host: &Host, inject: &str) -> std::process::Output {
     let binary = fan_tests::topology::fan_xdp_binary();
@@ -341,6 +352,7 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
     );
 
     // A failure inside any step is rolled back completely.
+    require_fault_injection(host);
     for step in fan_userspace::attach::STEPS {
         let out = attach_injected(host, &format!("fail:{step}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -365,6 +377,7 @@ fn killed_at_every_step_then_attach_and_detach_recover() {
     let host = &fleet.hosts[0];
     // Detach leaves forwarding on (whatever started after attach may rely on it).
     host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    require_fault_injection(host);
     let before = snapshot(&host.ns).unwrap();
     for step in fan_userspace::attach::STEPS {
         let out = attach_injected(host, &format!("kill:{step}"));
@@ -1405,6 +1418,7 @@ fn concurrent_attaches_of_overlapping_overlays_one_wins() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
+    require_fault_injection(host);
     let binary = fan_tests::topology::fan_xdp_binary();
     let attach = |overlay: &str, inject: &str| {
         host.ns
