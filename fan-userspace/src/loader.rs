@@ -719,14 +719,56 @@ impl Stats {
         self.0.get(reason.name()).copied().unwrap_or_default()
     }
 
-    /// The change from `earlier` to `self`.
+    /// The change from `earlier` to `self`. A counter below its earlier
+    /// value was reset in between (its map re-created by a detach and an
+    /// attach): what it counted since the reset is all it says.
     pub fn since(&self, earlier: &Stats) -> Stats {
         let mut delta = self.clone();
         for (name, counter) in delta.0.iter_mut() {
             let before = earlier.0.get(name).copied().unwrap_or_default();
-            counter.packets -= before.packets;
-            counter.bytes -= before.bytes;
+            if let (Some(packets), Some(bytes)) = (
+                counter.packets.checked_sub(before.packets),
+                counter.bytes.checked_sub(before.bytes),
+            ) {
+                *counter = Counter { packets, bytes };
+            }
         }
         delta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fan_common::{Counter, StatReason};
+
+    use super::Stats;
+
+    fn stats(packets: u64, bytes: u64) -> Stats {
+        let mut stats = Stats::default();
+        stats
+            .0
+            .insert(StatReason::Encapsulated.name(), Counter { packets, bytes });
+        stats
+    }
+
+    #[test]
+    fn deltas_of_counters_that_grew_or_were_reset() {
+        let delta = stats(10, 1000).since(&stats(4, 400));
+        assert_eq!(
+            delta.get(StatReason::Encapsulated),
+            Counter {
+                packets: 6,
+                bytes: 600
+            }
+        );
+        // Reset in between: the counts since the reset, not a wrapped number.
+        let delta = stats(3, 300).since(&stats(4, 400));
+        assert_eq!(
+            delta.get(StatReason::Encapsulated),
+            Counter {
+                packets: 3,
+                bytes: 300
+            }
+        );
     }
 }
