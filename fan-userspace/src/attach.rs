@@ -22,8 +22,8 @@ use log::{info, warn};
 use crate::{
     cli::{AttachArgs, Global, Mode},
     host::{
-        IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict, rp_filter_key,
-        write_sysctl,
+        FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
+        rp_filter_key, write_sysctl,
     },
     ipv4_network,
     loader::{
@@ -71,10 +71,20 @@ enum Undo {
     Claim(u8),
     Link(String),
     Address(u32, Ipv4Addr, u8),
+    /// Put back the MTU a link had.
+    Mtu(u32, u32),
+    /// Set a link down again.
+    Down(u32),
+    /// Delete the overlay route attach added.
     Route(Ipv4Network),
-    Nat(Ipv4Network),
+    /// Put back the route attach replaced, exactly as it was.
+    RestoreRoute(Box<FoundRoute>),
+    /// Remove the masquerade rule attach added, or put back the one it
+    /// replaced (the slice it masqueraded).
+    Nat(Ipv4Network, Option<Ipv4Network>),
     Pin(std::path::PathBuf, String, Hook),
-    Config,
+    /// Put back the fan entry found (or remove the one added).
+    Config(Option<FanEntry>),
 }
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
@@ -437,6 +447,8 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     };
     if bridge.mtu != plan.mtu {
         net.set_mtu(bridge.index, plan.mtu).await?;
+        undo.push(Undo::Mtu(bridge.index, bridge.mtu));
+        changed = true;
     }
     if !net
         .ipv4_addrs(bridge.index)
@@ -453,7 +465,7 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         ));
         changed = true;
     }
-    net.set_up(bridge.index).await?;
+    changed |= bring_up(net, &bridge, undo).await?;
     checkpoint("bridge")?;
 
     // 4. The NOARP device for the host's own overlay traffic.
@@ -468,41 +480,44 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             link
         }
     };
+    // Shared by every fan: the smallest overlay MTU of them.
     if plan.mtu < host_dev.mtu {
         net.set_mtu(host_dev.index, plan.mtu).await?;
+        undo.push(Undo::Mtu(host_dev.index, host_dev.mtu));
+        changed = true;
     }
-    net.set_up(host_dev.index).await?;
+    changed |= bring_up(net, &host_dev, undo).await?;
     checkpoint("host-device")?;
 
     // 5. The overlay route, sourced from the gateway so receivers' anti-spoofing accepts it.
-    match net
+    let found = net
         .find_route(plan.overlay.network(), plan.overlay.prefix())
-        .await?
-    {
-        Some((oif, Some(src))) if oif == host_dev.index && src == plan.gateway => {}
-        Some((oif, _)) if oif != host_dev.index => bail!(
-            "a route to {} already exists via another interface (index {oif}); remove it first",
-            plan.overlay
-        ),
-        stale => {
-            if stale.is_some() {
-                net.del_route(
-                    plan.overlay.network(),
-                    plan.overlay.prefix(),
-                    host_dev.index,
-                )
-                .await?;
+        .await?;
+    let ours = found.as_ref().is_some_and(|r| {
+        r.unicast && !r.multipath && r.oif == Some(host_dev.index) && r.src == Some(plan.gateway)
+    });
+    if !ours {
+        if let Some(stale) = found {
+            if !stale.unicast || stale.multipath || stale.oif != Some(host_dev.index) {
+                bail!(
+                    "a route to {} already exists ({}); remove it first",
+                    plan.overlay,
+                    describe_route(&stale)
+                );
             }
-            net.add_route(
-                plan.overlay.network(),
-                plan.overlay.prefix(),
-                host_dev.index,
-                plan.gateway,
-            )
-            .await?;
-            undo.push(Undo::Route(plan.overlay));
-            changed = true;
+            // Ours but for its source (an older version's, or changed by hand).
+            net.del_found_route(&stale).await?;
+            undo.push(Undo::RestoreRoute(Box::new(stale)));
         }
+        net.add_route(
+            plan.overlay.network(),
+            plan.overlay.prefix(),
+            host_dev.index,
+            Some(plan.gateway),
+        )
+        .await?;
+        undo.push(Undo::Route(plan.overlay));
+        changed = true;
     }
     checkpoint("route")?;
 
@@ -511,8 +526,17 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         if !nat::available() {
             bail!("nft not found: install nftables, or attach with --no-nat");
         }
-        nat::add_masquerade(plan.slice, plan.overlay)?;
-        undo.push(Undo::Nat(plan.overlay));
+        match nat::ensure_masquerade(plan.slice, plan.overlay)? {
+            nat::Masquerade::Unchanged => {}
+            nat::Masquerade::Added => {
+                undo.push(Undo::Nat(plan.overlay, None));
+                changed = true;
+            }
+            nat::Masquerade::Replaced(old_slice) => {
+                undo.push(Undo::Nat(plan.overlay, Some(old_slice)));
+                changed = true;
+            }
+        }
     }
     checkpoint("nat")?;
 
@@ -605,17 +629,18 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         overlay_mtu: plan.mtu,
     };
     let maps = PinnedMaps::open(&plan.dir)?;
-    if maps
+    let previous = maps
         .config
         .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)
-        .ok()
-        != Some(entry)
-    {
+        .ok();
+    if previous != Some(entry) {
         dataplane.insert_fan(&entry)?;
-        undo.push(Undo::Config);
+        undo.push(Undo::Config(previous));
         changed = true;
     }
     checkpoint("config")?;
+    // Nothing fails after this: the decapsulation of another mode can go.
+    changed |= retire_other_decap(plan, mode)?;
     if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
         meta.complete = 1;
         meta.decap_mode = mode;
@@ -666,6 +691,46 @@ fn loosen_rp_filter(
     }
     write_sysctl(&sysctl, RP_FILTER_LOOSE)?;
     undo.push(Undo::Sysctl(sysctl, before));
+    Ok(true)
+}
+
+/// What kind of route is in the way, for the refusal.
+fn describe_route(route: &FoundRoute) -> String {
+    match (route.unicast, route.multipath, route.oif) {
+        (false, _, _) => format!("of type {:?}", route.message.header.kind).to_lowercase(),
+        (_, true, _) => "with several next hops".to_string(),
+        (_, _, Some(oif)) => format!("via another interface, index {oif}"),
+        (_, _, None) => "with no output interface".to_string(),
+    }
+}
+
+/// Sets `link` up unless it is; the undo sets it down again.
+async fn bring_up(net: &Net, link: &Link, undo: &mut Vec<Undo>) -> Result<bool> {
+    if link.up {
+        return Ok(false);
+    }
+    net.set_up(link.index).await?;
+    undo.push(Undo::Down(link.index));
+    Ok(true)
+}
+
+/// Removes the decapsulation of the mode not chosen from the underlay: a
+/// re-attach with another `--mode` would otherwise leave both attached.
+fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
+    let (other, hook) = if mode == decap_mode::XDP {
+        ("decap-tc", Hook::TcIngress)
+    } else {
+        ("decap-xdp", Hook::Xdp)
+    };
+    let pin = plan.dir.link(&plan.iface.name, other);
+    if !pin.exists() {
+        return Ok(false);
+    }
+    unlink(&pin, &plan.iface.name, hook)?;
+    info!(
+        "removed {other} from {}: now decapsulating in the other mode",
+        plan.iface.name
+    );
     Ok(true)
 }
 
@@ -782,19 +847,28 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
     for step in undo.into_iter().rev() {
         let result: Result<()> = async {
             match step {
-                Undo::Config => {
+                Undo::Config(previous) => {
                     let mut maps = PinnedMaps::open(&plan.dir)?;
-                    maps.config
-                        .remove(&overlay_key(plan.map.overlay, plan.map.overlay_len))?;
+                    let key = overlay_key(plan.map.overlay, plan.map.overlay_len);
+                    match previous {
+                        Some(entry) => maps.config.insert(&key, entry, 0)?,
+                        None => maps.config.remove(&key)?,
+                    }
                 }
                 Undo::Pin(path, device, hook) => unlink(&path, &device, hook)?,
-                Undo::Nat(overlay) => nat::remove_masquerade(overlay)?,
+                Undo::Nat(overlay, None) => nat::remove_masquerade(overlay)?,
+                Undo::Nat(overlay, Some(slice)) => {
+                    nat::ensure_masquerade(slice, overlay)?;
+                }
                 Undo::Route(overlay) => {
                     if let Some(dev) = net.link(HOST_DEVICE).await? {
                         net.del_route(overlay.network(), overlay.prefix(), dev.index)
                             .await?;
                     }
                 }
+                Undo::RestoreRoute(route) => net.restore_route(&route).await?,
+                Undo::Mtu(index, mtu) => net.set_mtu(index, mtu).await?,
+                Undo::Down(index) => net.set_down(index).await?,
                 Undo::Address(index, addr, len) => net.del_addr(index, addr, len).await?,
                 Undo::Claim(bit) => {
                     let mut maps = PinnedMaps::open(&plan.dir)?;

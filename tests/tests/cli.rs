@@ -1520,3 +1520,142 @@ fn root_without_a_needed_capability_is_told_which() {
         assert_netns_unchanged(&host.ns, &before, "a refusal changed the host");
     }
 }
+
+/// `fan-xdp attach eth0 ARGS` with `FAN_XDP_INJECT=fail:<step>`; asserts
+/// that it failed there.
+fn attach_failing_at(host: &Host, args: &[&str], step: &str) {
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let out = host
+        .ns
+        .command(binary.to_str().unwrap())
+        .args(["attach", "eth0"])
+        .args(args)
+        .env("FAN_XDP_INJECT", format!("fail:{step}"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("injected failure after step {step}")),
+        "{args:?} at {step}: {stderr}"
+    );
+}
+
+#[test]
+fn a_failed_reattach_puts_back_what_it_found() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    require_fault_injection(host);
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    // Found by the re-attach: the overlay route without its source (as an
+    // older version or an operator left it), which attach replaces.
+    host.ns
+        .ip(&["route", "replace", OVERLAY, "dev", "fan-host"])
+        .unwrap();
+    let attached = netns_snapshot(&host.ns).unwrap();
+    let entry = || {
+        let maps = host.pinned_maps().unwrap();
+        maps.config
+            .get(&fan_userspace::loader::overlay_key(0xfa00_0000, 8), 0)
+            .ok()
+    };
+    let entry_before = entry().expect("the fan entry");
+    // Again, with another mode, failing after each step in turn: each
+    // failure must leave exactly what was there (the masquerade rule, the
+    // route, TC decapsulation, the fan entry).
+    for step in fan_userspace::attach::STEPS {
+        attach_failing_at(host, &["--overlay", OVERLAY, "--mode", "xdp"], step);
+        assert_netns_unchanged(
+            &host.ns,
+            &attached,
+            &format!("a re-attach failing after {step} changed the host"),
+        );
+        assert_eq!(entry(), Some(entry_before), "fan entry after {step}");
+    }
+    // Succeeding, it decapsulates in the new mode only.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--mode", "xdp"])
+        .unwrap();
+    let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown[0]["mode"], "xdp", "{shown}");
+    assert!(
+        !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
+        "TC decapsulation stayed beside XDP"
+    );
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn a_failed_attach_puts_back_an_adopted_bridge_and_the_shared_mtu() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    require_fault_injection(host);
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    // Someone's bridge, down, MTU 1500, no address: attach would adopt it.
+    // It was up once: a device's first up gives it its default qdisc, which
+    // no later down takes away, so a never-up bridge could not be put back.
+    host.ns
+        .ip(&["link", "add", &host.bridge, "type", "bridge"])
+        .unwrap();
+    host.ns.ip(&["link", "set", &host.bridge, "up"]).unwrap();
+    host.ns.ip(&["link", "set", &host.bridge, "down"]).unwrap();
+    let before = netns_snapshot(&host.ns).unwrap();
+    for step in fan_userspace::attach::STEPS {
+        attach_failing_at(host, &["--overlay", OVERLAY], step);
+        assert_netns_unchanged(
+            &host.ns,
+            &before,
+            &format!("an attach failing after {step} left the adopted bridge changed"),
+        );
+    }
+    // A second fan with a smaller MTU lowers the shared host device's; a
+    // failed attach of it puts the MTU back.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let attached = netns_snapshot(&host.ns).unwrap();
+    for step in ["host-device", "route", "config"] {
+        attach_failing_at(host, &["--overlay", "240.0.0.0/8", "--mtu", "1400"], step);
+        assert_netns_unchanged(
+            &host.ns,
+            &attached,
+            &format!("a second fan failing after {step} changed the host"),
+        );
+    }
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn only_the_main_tables_overlay_route_counts_and_an_odd_one_is_named() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    // Policy routing's business, not fan-xdp's.
+    host.ns
+        .ip(&["route", "add", OVERLAY, "dev", "eth0", "table", "100"])
+        .unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    // A blackhole in the main table is in the way, and said to be.
+    host.ns
+        .ip(&["route", "add", "blackhole", "240.0.0.0/8"])
+        .unwrap();
+    let out = host
+        .fan_xdp(&["attach", "eth0", "--overlay", "240.0.0.0/8"])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "attached over a blackhole route");
+    assert!(
+        stderr.contains("a route to 240.0.0.0/8 already exists (of type blackhole)"),
+        "{stderr}"
+    );
+}
