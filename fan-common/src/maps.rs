@@ -172,6 +172,18 @@ pub struct FanMeta {
     pub host_reserve: u32,
     pub mtu: u32,
     pub layout_version: u32,
+    /// What attach made itself ([`owned`] bits), so detach removes exactly
+    /// that and keeps what it adopted. Set before the thing is made.
+    pub owned: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Bits of [`FanMeta::owned`].
+pub mod owned {
+    /// attach created the slice bridge.
+    pub const BRIDGE: u8 = 1;
+    /// attach added the gateway address to the slice bridge.
+    pub const GATEWAY_ADDRESS: u8 = 2;
 }
 
 #[cfg(feature = "user")]

@@ -8,11 +8,13 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
     FanEntry, FanMap,
     fan::validate_fans,
-    maps::{FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason},
+    maps::{
+        FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason, owned,
+    },
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
@@ -20,18 +22,19 @@ use log::{info, warn};
 use crate::{
     cli::{AttachArgs, Global, Mode},
     host::{
-        IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict, rp_filter_key,
-        write_sysctl,
+        FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
+        rp_filter_key, write_sysctl,
     },
     ipv4_network,
     loader::{
-        DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, PinnedMaps, overlay_key,
-        unlink,
+        DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
+        overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
     },
     naming::{IFNAME_MAX, bridge_name},
     nat,
     record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
-    require_root,
+    require_capabilities,
+    rundir::RunDir,
     state::StateDir,
 };
 
@@ -64,17 +67,45 @@ enum Undo {
     StateDir,
     Record,
     Sysctl(String, u8),
+    /// Clear an [`owned`] bit of the record again.
+    Claim(u8),
     Link(String),
+    Address(u32, Ipv4Addr, u8),
+    /// Put back the MTU a link had.
+    Mtu(u32, u32),
+    /// Set a link down again.
+    Down(u32),
+    /// Delete the overlay route attach added.
     Route(Ipv4Network),
-    Nat(Ipv4Network),
+    /// Put back the route attach replaced, exactly as it was.
+    RestoreRoute(Box<FoundRoute>),
+    /// Remove the masquerade rule attach added, or put back the one it
+    /// replaced (the slice it masqueraded).
+    Nat(Ipv4Network, Option<Ipv4Network>),
     Pin(std::path::PathBuf, String, Hook),
-    Config,
+    /// Put back the fan entry found (or remove the one added).
+    Config(Option<FanEntry>),
 }
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
-    require_root()?;
+    require_capabilities()?;
+    // Held until attach returns: planning and applying see no other change.
+    let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
     let net = Net::connect()?;
     let plan = plan(&net, args, global).await?;
+    checkpoint("plan")?;
+    // After planning, which changes nothing: state of namespaces that are gone.
+    match sweep_stale(&plan.dir) {
+        Ok(removed) => {
+            for path in removed {
+                info!(
+                    "removed the state of a namespace that is gone: {}",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => warn!("sweeping stale state: {e:#}"),
+    }
     if let Some(existing) = &plan.existing
         && existing.complete
         && !same_settings(existing, &plan)
@@ -220,9 +251,15 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     }
 
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
-    let _ = dir.sweep_stale();
     let fans = if dir.exists() {
-        load_fans(&PinnedMaps::open(&dir)?)?
+        PinnedMaps::open(&dir)
+            .and_then(|maps| load_fans(&maps))
+            .with_context(|| {
+                format!(
+                    "reading the pinned state in {} (left by a fan-xdp with another map layout? detach with that version first)",
+                    dir.path.display()
+                )
+            })?
     } else {
         Vec::new()
     };
@@ -317,18 +354,29 @@ fn ours(dir: &StateDir, iface: &str, prog: u32) -> bool {
 }
 
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
-/// step, `fail:<step>` makes it fail there (to exercise the rollback).
+/// step, `fail:<step>` makes it fail there (to exercise the rollback),
+/// `pause:<step>` holds it there for two seconds (to race another command).
+/// Honoured only in builds with the `fault-injection` feature.
 fn checkpoint(step: &str) -> Result<()> {
-    let Ok(inject) = std::env::var("FAN_XDP_INJECT") else {
+    injected(std::env::var("FAN_XDP_INJECT").ok().as_deref(), step)
+}
+
+fn injected(inject: Option<&str>, step: &str) -> Result<()> {
+    if !cfg!(feature = "fault-injection") {
         return Ok(());
-    };
-    match inject.split_once(':') {
+    }
+    match inject.and_then(|i| i.split_once(':')) {
         Some(("kill", s)) if s == step => {
             // SAFETY: signalling ourselves.
             unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
             Ok(())
         }
         Some(("fail", s)) if s == step => bail!("injected failure after step {step}"),
+        // Widens the window in which a concurrent command could interfere.
+        Some(("pause", s)) if s == step => {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -379,7 +427,9 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     changed |= loosen_rp_filter(&mut dataplane, key, &mut meta, &plan.iface.name, undo)?;
     checkpoint("sysctl")?;
 
-    // 3. The slice bridge with the gateway address (adopted if it matches).
+    // 3. The slice bridge with the gateway address: created, or adopted if
+    // one by that name exists. What attach makes is claimed in the record
+    // first, so detach removes it even after a kill half-way, and nothing else.
     let bridge = match net.link(&plan.bridge).await? {
         Some(link) => {
             if link.kind.as_deref() != Some("bridge") {
@@ -388,6 +438,7 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             link
         }
         None => {
+            claim(&mut dataplane, key, &mut meta, owned::BRIDGE, undo)?;
             let link = net.create_bridge(&plan.bridge, plan.mtu).await?;
             undo.push(Undo::Link(plan.bridge.clone()));
             changed = true;
@@ -396,17 +447,25 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     };
     if bridge.mtu != plan.mtu {
         net.set_mtu(bridge.index, plan.mtu).await?;
+        undo.push(Undo::Mtu(bridge.index, bridge.mtu));
+        changed = true;
     }
     if !net
         .ipv4_addrs(bridge.index)
         .await?
         .contains(&(plan.gateway, plan.slice.prefix()))
     {
+        claim(&mut dataplane, key, &mut meta, owned::GATEWAY_ADDRESS, undo)?;
         net.add_addr(bridge.index, plan.gateway, plan.slice.prefix())
             .await?;
+        undo.push(Undo::Address(
+            bridge.index,
+            plan.gateway,
+            plan.slice.prefix(),
+        ));
         changed = true;
     }
-    net.set_up(bridge.index).await?;
+    changed |= bring_up(net, &bridge, undo).await?;
     checkpoint("bridge")?;
 
     // 4. The NOARP device for the host's own overlay traffic.
@@ -421,41 +480,44 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             link
         }
     };
+    // Shared by every fan: the smallest overlay MTU of them.
     if plan.mtu < host_dev.mtu {
         net.set_mtu(host_dev.index, plan.mtu).await?;
+        undo.push(Undo::Mtu(host_dev.index, host_dev.mtu));
+        changed = true;
     }
-    net.set_up(host_dev.index).await?;
+    changed |= bring_up(net, &host_dev, undo).await?;
     checkpoint("host-device")?;
 
     // 5. The overlay route, sourced from the gateway so receivers' anti-spoofing accepts it.
-    match net
+    let found = net
         .find_route(plan.overlay.network(), plan.overlay.prefix())
-        .await?
-    {
-        Some((oif, Some(src))) if oif == host_dev.index && src == plan.gateway => {}
-        Some((oif, _)) if oif != host_dev.index => bail!(
-            "a route to {} already exists via another interface (index {oif}); remove it first",
-            plan.overlay
-        ),
-        stale => {
-            if stale.is_some() {
-                net.del_route(
-                    plan.overlay.network(),
-                    plan.overlay.prefix(),
-                    host_dev.index,
-                )
-                .await?;
+        .await?;
+    let ours = found.as_ref().is_some_and(|r| {
+        r.unicast && !r.multipath && r.oif == Some(host_dev.index) && r.src == Some(plan.gateway)
+    });
+    if !ours {
+        if let Some(stale) = found {
+            if !stale.unicast || stale.multipath || stale.oif != Some(host_dev.index) {
+                bail!(
+                    "a route to {} already exists ({}); remove it first",
+                    plan.overlay,
+                    describe_route(&stale)
+                );
             }
-            net.add_route(
-                plan.overlay.network(),
-                plan.overlay.prefix(),
-                host_dev.index,
-                plan.gateway,
-            )
-            .await?;
-            undo.push(Undo::Route(plan.overlay));
-            changed = true;
+            // Ours but for its source (an older version's, or changed by hand).
+            net.del_found_route(&stale).await?;
+            undo.push(Undo::RestoreRoute(Box::new(stale)));
         }
+        net.add_route(
+            plan.overlay.network(),
+            plan.overlay.prefix(),
+            host_dev.index,
+            Some(plan.gateway),
+        )
+        .await?;
+        undo.push(Undo::Route(plan.overlay));
+        changed = true;
     }
     checkpoint("route")?;
 
@@ -464,8 +526,17 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         if !nat::available() {
             bail!("nft not found: install nftables, or attach with --no-nat");
         }
-        nat::add_masquerade(plan.slice, plan.overlay)?;
-        undo.push(Undo::Nat(plan.overlay));
+        match nat::ensure_masquerade(plan.slice, plan.overlay)? {
+            nat::Masquerade::Unchanged => {}
+            nat::Masquerade::Added => {
+                undo.push(Undo::Nat(plan.overlay, None));
+                changed = true;
+            }
+            nat::Masquerade::Replaced(old_slice) => {
+                undo.push(Undo::Nat(plan.overlay, Some(old_slice)));
+                changed = true;
+            }
+        }
     }
     checkpoint("nat")?;
 
@@ -486,13 +557,16 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         (DECAP_TC, Hook::TcIngress)
     };
     let (mode, reason) = match link(
+        net,
         &mut dataplane,
         undo,
         decap.0,
         &plan.iface.name,
         decap.1,
         &decap_pin,
-    ) {
+    )
+    .await
+    {
         Ok(c) => {
             changed |= c;
             (mode, reason)
@@ -504,35 +578,41 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             );
             let pin = plan.dir.link(&plan.iface.name, "decap-tc");
             changed |= link(
+                net,
                 &mut dataplane,
                 undo,
                 DECAP_TC,
                 &plan.iface.name,
                 Hook::TcIngress,
                 &pin,
-            )?;
+            )
+            .await?;
             (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
         }
         Err(e) => return Err(e),
     };
     let bridge_pin = plan.dir.link(&plan.bridge, "encap");
     let mut relinked = link(
+        net,
         &mut dataplane,
         undo,
         ENCAP_FORWARD,
         &plan.bridge,
         Hook::TcIngress,
         &bridge_pin,
-    )?;
+    )
+    .await?;
     let host_pin = plan.dir.link(HOST_DEVICE, "encap");
     relinked |= link(
+        net,
         &mut dataplane,
         undo,
         ENCAP_OUTPUT,
         HOST_DEVICE,
         Hook::TcEgress,
         &host_pin,
-    )?;
+    )
+    .await?;
     // The pinned programs are the ones the links run: re-pin only when a link
     // took this load's programs, or the freshly loaded copies would linger.
     if relinked || changed || !plan.dir.program(ENCAP_FORWARD).exists() {
@@ -549,17 +629,18 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         overlay_mtu: plan.mtu,
     };
     let maps = PinnedMaps::open(&plan.dir)?;
-    if maps
+    let previous = maps
         .config
         .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)
-        .ok()
-        != Some(entry)
-    {
+        .ok();
+    if previous != Some(entry) {
         dataplane.insert_fan(&entry)?;
-        undo.push(Undo::Config);
+        undo.push(Undo::Config(previous));
         changed = true;
     }
     checkpoint("config")?;
+    // Nothing fails after this: the decapsulation of another mode can go.
+    changed |= retire_other_decap(plan, mode)?;
     if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
         meta.complete = 1;
         meta.decap_mode = mode;
@@ -567,6 +648,23 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         dataplane.insert_meta(key, &meta)?;
     }
     Ok(changed)
+}
+
+/// Records in the fan's record that attach is about to make the thing
+/// `bit` names (an [`owned`] bit), before it does.
+fn claim(
+    dataplane: &mut Dataplane,
+    key: FanMetaKey,
+    meta: &mut FanMeta,
+    bit: u8,
+    undo: &mut Vec<Undo>,
+) -> Result<()> {
+    if meta.owned & bit == 0 {
+        meta.owned |= bit;
+        dataplane.insert_meta(key, meta)?;
+        undo.push(Undo::Claim(bit));
+    }
+    Ok(())
 }
 
 /// Makes reverse-path filtering on the underlay `iface` loose, only if it is
@@ -596,8 +694,49 @@ fn loosen_rp_filter(
     Ok(true)
 }
 
+/// What kind of route is in the way, for the refusal.
+fn describe_route(route: &FoundRoute) -> String {
+    match (route.unicast, route.multipath, route.oif) {
+        (false, _, _) => format!("of type {:?}", route.message.header.kind).to_lowercase(),
+        (_, true, _) => "with several next hops".to_string(),
+        (_, _, Some(oif)) => format!("via another interface, index {oif}"),
+        (_, _, None) => "with no output interface".to_string(),
+    }
+}
+
+/// Sets `link` up unless it is; the undo sets it down again.
+async fn bring_up(net: &Net, link: &Link, undo: &mut Vec<Undo>) -> Result<bool> {
+    if link.up {
+        return Ok(false);
+    }
+    net.set_up(link.index).await?;
+    undo.push(Undo::Down(link.index));
+    Ok(true)
+}
+
+/// Removes the decapsulation of the mode not chosen from the underlay: a
+/// re-attach with another `--mode` would otherwise leave both attached.
+fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
+    let (other, hook) = if mode == decap_mode::XDP {
+        ("decap-tc", Hook::TcIngress)
+    } else {
+        ("decap-xdp", Hook::Xdp)
+    };
+    let pin = plan.dir.link(&plan.iface.name, other);
+    if !pin.exists() {
+        return Ok(false);
+    }
+    unlink(&pin, &plan.iface.name, hook)?;
+    info!(
+        "removed {other} from {}: now decapsulating in the other mode",
+        plan.iface.name
+    );
+    Ok(true)
+}
+
 /// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
-fn link(
+async fn link(
+    net: &Net,
     dataplane: &mut Dataplane,
     undo: &mut Vec<Undo>,
     program: &str,
@@ -605,12 +744,58 @@ fn link(
     hook: Hook,
     pin: &std::path::Path,
 ) -> Result<bool> {
-    let existed = pin.exists();
-    let changed = dataplane.ensure_link(program, device, hook, pin)?;
-    if !existed {
+    retire_if_defunct(net, pin, device, hook).await?;
+    let change = dataplane.ensure_link(program, device, hook, pin)?;
+    if change == LinkChange::Created {
         undo.push(Undo::Pin(pin.to_path_buf(), device.to_string(), hook));
     }
-    Ok(changed)
+    Ok(change.changed())
+}
+
+/// Removes the pin at `pin` if what it attached is not on `device` as it is
+/// now: the device was deleted since, and perhaps re-created under its name
+/// (netplan, a driver reload), taking the program with it. Trusting such a
+/// pin would report success and attach nothing. A TCX or XDP link must be on
+/// the device's current ifindex (a defunct one reports 0); a clsact filter
+/// (kernels before 6.6, marked by a pinned program) must be on the device.
+async fn retire_if_defunct(
+    net: &Net,
+    pin: &std::path::Path,
+    device: &str,
+    hook: Hook,
+) -> Result<()> {
+    let now = net
+        .link(device)
+        .await?
+        .ok_or_else(|| anyhow!("no such interface: {device}"))?
+        .index;
+    let attached_to = if hook != Hook::Xdp && !tcx_supported() {
+        let Some(program) = pinned_program_id(pin) else {
+            return Ok(());
+        };
+        let on_device = net.tc_bpf_programs(now, hook == Hook::TcEgress).await?;
+        if on_device.contains(&program) {
+            return Ok(());
+        }
+        None
+    } else {
+        match pinned_link_ifindex(pin)? {
+            None => return Ok(()),
+            Some(index) if index == now => return Ok(()),
+            Some(index) => Some(index),
+        }
+    };
+    match attached_to {
+        None | Some(0) => info!(
+            "{}: {device} was deleted since; attaching anew",
+            pin.display()
+        ),
+        Some(old) => info!(
+            "{}: attached to ifindex {old}, but {device} is ifindex {now} now; attaching anew",
+            pin.display()
+        ),
+    }
+    std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
 }
 
 /// The decapsulation hook to try first, and why.
@@ -653,6 +838,8 @@ fn new_record(plan: &Plan) -> Result<FanMeta> {
         host_reserve: plan.host_reserve,
         mtu: plan.mtu,
         layout_version: MAP_LAYOUT_VERSION,
+        owned: 0,
+        _pad: [0; 3],
     })
 }
 
@@ -660,16 +847,34 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
     for step in undo.into_iter().rev() {
         let result: Result<()> = async {
             match step {
-                Undo::Config => {
+                Undo::Config(previous) => {
                     let mut maps = PinnedMaps::open(&plan.dir)?;
-                    maps.remove_fan(plan.map.overlay, plan.map.overlay_len)?;
+                    match previous {
+                        Some(entry) => maps.insert_fan(&entry)?,
+                        None => maps.remove_fan(plan.map.overlay, plan.map.overlay_len)?,
+                    }
                 }
                 Undo::Pin(path, device, hook) => unlink(&path, &device, hook)?,
-                Undo::Nat(overlay) => nat::remove_masquerade(overlay)?,
+                Undo::Nat(overlay, None) => nat::remove_masquerade(overlay)?,
+                Undo::Nat(overlay, Some(slice)) => {
+                    nat::ensure_masquerade(slice, overlay)?;
+                }
                 Undo::Route(overlay) => {
                     if let Some(dev) = net.link(HOST_DEVICE).await? {
                         net.del_route(overlay.network(), overlay.prefix(), dev.index)
                             .await?;
+                    }
+                }
+                Undo::RestoreRoute(route) => net.restore_route(&route).await?,
+                Undo::Mtu(index, mtu) => net.set_mtu(index, mtu).await?,
+                Undo::Down(index) => net.set_down(index).await?,
+                Undo::Address(index, addr, len) => net.del_addr(index, addr, len).await?,
+                Undo::Claim(bit) => {
+                    let mut maps = PinnedMaps::open(&plan.dir)?;
+                    let key = meta_key(plan.overlay);
+                    if let Ok(mut meta) = maps.meta.get(&key, 0) {
+                        meta.owned &= !bit;
+                        maps.meta.insert(key, meta, 0)?;
                     }
                 }
                 Undo::Link(name) => {
@@ -690,5 +895,16 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
         if let Err(e) = result {
             warn!("rollback step failed: {e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fault_injection_only_in_builds_with_the_feature() {
+        let result = super::injected(Some("fail:record"), "record");
+        assert_eq!(result.is_err(), cfg!(feature = "fault-injection"));
+        assert!(super::injected(Some("fail:record"), "nat").is_ok());
+        assert!(super::injected(None, "record").is_ok());
     }
 }

@@ -27,6 +27,9 @@ pub struct Global {
     /// A bpffs directory for pinned state instead of the host's /sys/fs/bpf.
     #[arg(long, global = true, env = "FAN_XDP_PIN_DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// The parent of the per-namespace directories for locks instead of /run/fan-xdp.
+    #[arg(long, global = true, env = "FAN_XDP_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

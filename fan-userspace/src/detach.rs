@@ -3,7 +3,7 @@
 //! the interface, the host device, the state directory) goes with the last one.
 
 use anyhow::Result;
-use fan_common::maps::SYSCTL_UNKNOWN;
+use fan_common::maps::{SYSCTL_UNKNOWN, owned};
 use log::{info, warn};
 
 use crate::{
@@ -13,12 +13,15 @@ use crate::{
     loader::{Hook, PinnedMaps, unlink},
     nat,
     record::{Fan, HOST_DEVICE, meta_key},
-    require_root,
+    require_capabilities,
+    rundir::RunDir,
     show::attached,
 };
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
-    require_root()?;
+    require_capabilities()?;
+    // Held until detach returns: no attach changes the fans meanwhile.
+    let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
     let overlay = args
         .overlay
         .map(|o| ipv4_network(o, "overlay"))
@@ -57,13 +60,14 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
             &fan.bridge,
             Hook::TcIngress,
         );
-        if let Some(bridge) = net.link(&fan.bridge).await? {
-            net.del_link(bridge.index).await?;
-        }
+        let kept = release_bridge(&net, fan).await?;
         let _ = maps.meta.remove(&meta_key(fan.overlay));
         println!(
-            "detached: {} from {} (bridge {})",
-            fan.overlay, fan.iface, fan.bridge
+            "detached: {} from {} (bridge {}{})",
+            fan.overlay,
+            fan.iface,
+            fan.bridge,
+            kept.map(|why| format!(", kept: {why}")).unwrap_or_default()
         );
     }
 
@@ -96,6 +100,36 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         dir.remove()?;
     }
     Ok(())
+}
+
+/// Takes back what attach did to the fan's slice bridge: deletes the bridge
+/// if attach created it and nothing is plugged into it; otherwise removes
+/// only the gateway address attach added, and says why the bridge stays.
+async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
+    let Some(bridge) = net.link(&fan.bridge).await? else {
+        return Ok(None);
+    };
+    let ports: Vec<String> = net
+        .ports(bridge.index)
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let created = fan.meta.owned & owned::BRIDGE != 0;
+    if created && ports.is_empty() {
+        net.del_link(bridge.index).await?;
+        return Ok(None);
+    }
+    if fan.meta.owned & owned::GATEWAY_ADDRESS != 0 {
+        net.del_addr(bridge.index, fan.gateway, fan.slice.prefix())
+            .await?;
+    }
+    Ok(Some(if created {
+        // Another user's containers (a runtime's) are still plugged in.
+        format!("it still has ports ({})", ports.join(", "))
+    } else {
+        "fan-xdp did not create it".to_string()
+    }))
 }
 
 fn remove_pin(path: &std::path::Path, device: &str, hook: Hook) {

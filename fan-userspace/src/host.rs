@@ -17,7 +17,8 @@ use rtnetlink::{
             LinkXdp, State,
         },
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
+        tc::{TcAttribute, TcFilterBpfOption, TcOption},
     },
 };
 
@@ -32,6 +33,8 @@ pub struct Link {
     /// The XDP program attached to the device, if any.
     pub xdp_prog_id: Option<u32>,
     pub noarp: bool,
+    /// Administratively up (`ip link set ... up`).
+    pub up: bool,
     pub mac: Option<[u8; 6]>,
     /// The bridge (or other master) this link is a port of.
     pub controller: Option<u32>,
@@ -42,6 +45,22 @@ pub struct Link {
     /// For a veth (or other link with a peer): the id, in this namespace,
     /// of the namespace its peer is in, when that is another one.
     pub peer_netns_id: Option<i32>,
+}
+
+/// The main routing table.
+const RT_TABLE_MAIN: u32 = 254;
+
+/// A route as the kernel listed it, kept whole so it can be put back as it was.
+#[derive(Clone, Debug)]
+pub struct FoundRoute {
+    /// The output device, if the route has one next hop.
+    pub oif: Option<u32>,
+    pub src: Option<Ipv4Addr>,
+    /// Several next hops (RTA_MULTIPATH): no single output device.
+    pub multipath: bool,
+    /// A plain unicast route (not blackhole, unreachable, prohibit, ...).
+    pub unicast: bool,
+    pub message: RouteMessage,
 }
 
 /// One learned entry of a bridge's forwarding database.
@@ -64,6 +83,7 @@ impl Link {
             kind: None,
             xdp_prog_id: None,
             noarp: msg.header.flags.contains(LinkFlags::Noarp),
+            up: msg.header.flags.contains(LinkFlags::Up),
             mac: None,
             controller: None,
             ageing: None,
@@ -170,6 +190,8 @@ impl Net {
     }
 
     /// IPv4 addresses of a link with their prefix lengths, primary first.
+    /// This host's own address is IFA_LOCAL; IFA_ADDRESS is the same on a
+    /// broadcast link but the peer's on a point-to-point one, so it is not read.
     pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let mut out = Vec::new();
         let mut addrs = self
@@ -183,8 +205,7 @@ impl Net {
                 continue;
             }
             for attr in &msg.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(a))
-                | AddressAttribute::Address(IpAddr::V4(a)) = attr
+                if let AddressAttribute::Local(IpAddr::V4(a)) = attr
                     && !out.iter().any(|(o, _)| o == a)
                 {
                     out.push((*a, msg.header.prefix_len));
@@ -233,6 +254,15 @@ impl Net {
             .context("setting a link up")
     }
 
+    pub async fn set_down(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .context("setting a link down")
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
         self.handle
             .link()
@@ -251,12 +281,69 @@ impl Net {
             .with_context(|| format!("adding address {addr}/{len}"))
     }
 
+    /// Removes `addr/len` from link `index`; an address already gone is fine.
+    pub async fn del_addr(&self, index: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(IpAddr::V4(addr))
+            .set_prefix_length_filter(len)
+            .execute();
+        while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
+            self.handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .with_context(|| format!("deleting address {addr}/{len}"))?;
+        }
+        Ok(())
+    }
+
     pub async fn del_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
             Err(e) => Err(e).context("deleting a link"),
         }
+    }
+
+    /// The ids of the BPF programs in the tc filters on the ingress (or
+    /// egress) clsact hook of link `index`.
+    pub async fn tc_bpf_programs(&self, index: u32, egress: bool) -> Result<Vec<u32>> {
+        let mut request = self.handle.traffic_filter(index as i32).get();
+        request = if egress {
+            request.egress()
+        } else {
+            request.ingress()
+        };
+        let mut filters = request.execute();
+        let mut out = Vec::new();
+        loop {
+            let msg = match filters.try_next().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                // No clsact qdisc on the device (a re-created one): no filters.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::EINVAL, -libc::ENOENT].contains(&e.raw_code()) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e).context("listing tc filters"),
+            };
+            for attr in &msg.attributes {
+                if let TcAttribute::Options(options) = attr {
+                    for option in options {
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
+                            out.push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn route(dest: Ipv4Addr, len: u8, oif: u32, src: Option<Ipv4Addr>) -> RouteMessage {
@@ -269,12 +356,9 @@ impl Net {
         builder.build()
     }
 
-    /// The main-table route to exactly `dest/len`, as (output ifindex, preferred source).
-    pub async fn find_route(
-        &self,
-        dest: Ipv4Addr,
-        len: u8,
-    ) -> Result<Option<(u32, Option<Ipv4Addr>)>> {
+    /// The main-table route to exactly `dest/len`, if any. Other tables
+    /// (policy routing, the local table) are someone else's business.
+    pub async fn find_route(&self, dest: Ipv4Addr, len: u8) -> Result<Option<FoundRoute>> {
         let mut routes = self
             .handle
             .route()
@@ -284,28 +368,61 @@ impl Net {
             if msg.header.destination_prefix_length != len {
                 continue;
             }
-            let (mut dst, mut oif, mut src) = (None, None, None);
+            let mut found = FoundRoute {
+                oif: None,
+                src: None,
+                multipath: false,
+                unicast: msg.header.kind == RouteType::Unicast,
+                message: msg.clone(),
+            };
+            let (mut dst, mut table) = (None, u32::from(msg.header.table));
             for attr in &msg.attributes {
                 match attr {
                     RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
-                    RouteAttribute::Oif(i) => oif = Some(*i),
-                    RouteAttribute::PrefSource(RouteAddress::Inet(a)) => src = Some(*a),
+                    RouteAttribute::Oif(i) => found.oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(a)) => found.src = Some(*a),
+                    RouteAttribute::MultiPath(_) => found.multipath = true,
+                    RouteAttribute::Table(t) => table = *t,
                     _ => {}
                 }
             }
-            if dst == Some(dest)
-                && let Some(oif) = oif
-            {
-                return Ok(Some((oif, src)));
+            if dst == Some(dest) && table == RT_TABLE_MAIN {
+                return Ok(Some(found));
             }
         }
         Ok(None)
     }
 
-    pub async fn add_route(&self, dest: Ipv4Addr, len: u8, oif: u32, src: Ipv4Addr) -> Result<()> {
+    /// Deletes exactly the route `found` describes.
+    pub async fn del_found_route(&self, found: &FoundRoute) -> Result<()> {
         self.handle
             .route()
-            .add(Self::route(dest, len, oif, Some(src)))
+            .del(found.message.clone())
+            .execute()
+            .await
+            .context("deleting a route")
+    }
+
+    /// Adds the route `found` described again, as it was.
+    pub async fn restore_route(&self, found: &FoundRoute) -> Result<()> {
+        self.handle
+            .route()
+            .add(found.message.clone())
+            .execute()
+            .await
+            .context("restoring a route")
+    }
+
+    pub async fn add_route(
+        &self,
+        dest: Ipv4Addr,
+        len: u8,
+        oif: u32,
+        src: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::route(dest, len, oif, src))
             .execute()
             .await
             .with_context(|| format!("adding route {dest}/{len}"))

@@ -1,6 +1,14 @@
 //! Loads the eBPF object, attaches its programs and fills its maps.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -180,14 +188,16 @@ impl Dataplane {
     /// Makes `program` run at `hook` of `device` through a link pinned at
     /// `pin`. An existing pinned link is kept; if it runs another version of
     /// the program (a different tag), the program is replaced in place,
-    /// atomically, with no moment without a program. Returns whether anything changed.
+    /// atomically, with no moment without a program. A pin whose attachment
+    /// is not on `device` as it is now must be removed first (see
+    /// [`pinned_link_ifindex`]). Returns what changed.
     pub fn ensure_link(
         &mut self,
         program: &str,
         device: &str,
         hook: Hook,
         pin: &std::path::Path,
-    ) -> Result<bool> {
+    ) -> Result<LinkChange> {
         if hook != Hook::Xdp && !tcx_supported() {
             return self.ensure_clsact(program, device, hook, pin);
         }
@@ -207,7 +217,7 @@ impl Dataplane {
             let info = link.info().context("reading pinned link")?;
             let old = program_tag(info.program_id());
             if old == new_tag {
-                return Ok(false);
+                return Ok(LinkChange::Unchanged);
             }
             match hook {
                 Hook::Xdp => {
@@ -226,7 +236,7 @@ impl Dataplane {
                     drop(tc.take_link(id)?);
                 }
             }
-            return Ok(true);
+            return Ok(LinkChange::Replaced);
         }
         let link: FdLink = match hook {
             Hook::Xdp => {
@@ -254,7 +264,7 @@ impl Dataplane {
         };
         link.pin(pin)
             .with_context(|| format!("pinning link {}", pin.display()))?;
-        Ok(true)
+        Ok(LinkChange::Created)
     }
 
     /// The TC attachment for kernels without TCX (before 6.6): a filter on the
@@ -268,19 +278,25 @@ impl Dataplane {
         device: &str,
         hook: Hook,
         pin: &std::path::Path,
-    ) -> Result<bool> {
+    ) -> Result<LinkChange> {
         let attach_type = tc_attach_type(hook);
         let new_tag = self.tag(program)?;
+        let change = if pin.exists() {
+            LinkChange::Replaced
+        } else {
+            LinkChange::Created
+        };
         if pin.exists() {
             let old_tag = aya::programs::ProgramInfo::from_pin(pin)
                 .map(|i| i.tag())
                 .unwrap_or_default();
             if old_tag == new_tag {
-                return Ok(false);
+                return Ok(LinkChange::Unchanged);
             }
             let _ = aya::programs::tc::qdisc_detach_program(device, attach_type, program);
             std::fs::remove_file(pin)?;
         }
+
         log::info!(
             "TCX unavailable (kernel before 6.6): attaching {program} to {device} through a clsact qdisc"
         );
@@ -299,7 +315,7 @@ impl Dataplane {
         std::mem::forget(tc.take_link(id)?);
         tc.pin(pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
-        Ok(true)
+        Ok(change)
     }
 
     /// Pins every program in `dir`, replacing pins of older versions.
@@ -490,6 +506,176 @@ fn program_tag(id: u32) -> u64 {
         .unwrap_or_default()
 }
 
+/// What [`Dataplane::ensure_link`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The pinned link already ran this program.
+    Unchanged,
+    /// The pinned link now runs this program instead of another version.
+    Replaced,
+    /// A new link was made and pinned (none was, or only a defunct one).
+    Created,
+}
+
+impl LinkChange {
+    pub fn changed(self) -> bool {
+        self != LinkChange::Unchanged
+    }
+}
+
+/// `bpf_attr` for BPF_OBJ_GET (the fields up to `file_flags`).
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_link_info` up to the XDP/TCX part of its union (which starts
+/// 8-aligned, at byte 16): `ifindex` is the first field of both.
+#[repr(C)]
+#[derive(Default)]
+struct LinkInfoHead {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _hole: u32,
+    ifindex: u32,
+    attach_type: u32,
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The ifindex of the device the XDP or TCX link pinned at `pin` is
+/// attached to, None if nothing is pinned there. A link outlives its device,
+/// defunct, and then reports 0; a device re-created under the same name
+/// (netplan, a driver reload) has another ifindex. aya's
+/// `LinkInfo` does not expose it, so this asks the kernel itself.
+pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
+    let path = CString::new(pin.as_os_str().as_bytes())?;
+    let mut get = ObjGetAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `get` is a valid bpf_attr prefix of the size given, and
+    // `pathname` points to a NUL-terminated string that outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw mut get,
+            std::mem::size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
+    }
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // A program's info would read as a link's: tell them apart by the fd's kind.
+    let kind = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .with_context(|| format!("inspecting pinned object {}", pin.display()))?;
+    if kind.as_os_str() != "anon_inode:bpf-link" {
+        anyhow::bail!("{} is not a BPF link ({})", pin.display(), kind.display());
+    }
+    let mut info = LinkInfoHead::default();
+    let mut query = InfoByFdAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfoHead>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: `query` is a valid bpf_attr prefix; `info` is writable for
+    // `info_len` bytes, and the kernel writes no more than that.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut query,
+            std::mem::size_of::<InfoByFdAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading pinned link {}", pin.display()));
+    }
+    Ok(Some(info.ifindex))
+}
+
+/// Removes the state directories of other namespaces that are gone, judged
+/// by their pins: a directory goes only if every link pinned in it is
+/// defunct (its device was deleted, as a namespace's devices are when it
+/// dies). A namespace kept alive by a bind mount anywhere, or used by a
+/// fan-xdp in another PID namespace, keeps its devices and so its links.
+/// Where a pin cannot say (a clsact filter's marker, before Linux 6.6, or a
+/// directory with no links yet: an attach in progress), the directory goes
+/// only if no process or `ip netns` name holds its namespace either.
+/// Returns what was removed.
+pub fn sweep_stale(dir: &StateDir) -> Result<Vec<std::path::PathBuf>> {
+    let mut live = None;
+    let mut removed = Vec::new();
+    for (path, cookie) in dir.others() {
+        let stale = match pins_say_defunct(&path)? {
+            Some(defunct) => defunct,
+            None => {
+                let live = match &live {
+                    Some(live) => live,
+                    None => live.insert(crate::netns::live_cookies()?),
+                };
+                !live.contains(&cookie)
+            }
+        };
+        if stale {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing stale state {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether every attachment pinned in `dir` is defunct; None if the pins
+/// cannot tell (no links, or a clsact marker among them).
+fn pins_say_defunct(dir: &Path) -> Result<Option<bool>> {
+    let mut links = 0;
+    for entry in std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+    {
+        if !entry.file_name().to_string_lossy().starts_with("link_") {
+            continue;
+        }
+        match pinned_link_ifindex(&entry.path()) {
+            Ok(Some(0)) => links += 1,
+            Ok(Some(_)) => return Ok(Some(false)),
+            Ok(None) => {}
+            // Not a link: a program marking a clsact filter.
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok((links > 0).then_some(true))
+}
+
+/// The id of the program pinned at `pin` (the marker of a clsact filter).
+pub fn pinned_program_id(pin: &Path) -> Option<u32> {
+    aya::programs::ProgramInfo::from_pin(pin)
+        .ok()
+        .map(|info| info.id())
+}
+
 /// Where a program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -578,6 +764,19 @@ impl PinnedMaps {
         })
     }
 
+    /// Writes the fan entry `entry` back (an undone change), and its local host.
+    pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
+        self.config
+            .insert(
+                &overlay_key(entry.map.overlay, entry.map.overlay_len),
+                entry,
+                0,
+            )
+            .context("writing the fan map entry")?;
+        let fans = fan_entries(&self.config)?;
+        sync_local_hosts(&mut self.local_hosts, &fans)
+    }
+
     /// Removes the fan of overlay `overlay/len` (host byte order) from the
     /// programs' configuration, and its local host where no other fan uses it.
     pub fn remove_fan(&mut self, overlay: u32, len: u8) -> Result<()> {
@@ -624,14 +823,56 @@ impl Stats {
         self.0.get(reason.name()).copied().unwrap_or_default()
     }
 
-    /// The change from `earlier` to `self`.
+    /// The change from `earlier` to `self`. A counter below its earlier
+    /// value was reset in between (its map re-created by a detach and an
+    /// attach): what it counted since the reset is all it says.
     pub fn since(&self, earlier: &Stats) -> Stats {
         let mut delta = self.clone();
         for (name, counter) in delta.0.iter_mut() {
             let before = earlier.0.get(name).copied().unwrap_or_default();
-            counter.packets -= before.packets;
-            counter.bytes -= before.bytes;
+            if let (Some(packets), Some(bytes)) = (
+                counter.packets.checked_sub(before.packets),
+                counter.bytes.checked_sub(before.bytes),
+            ) {
+                *counter = Counter { packets, bytes };
+            }
         }
         delta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fan_common::{Counter, StatReason};
+
+    use super::Stats;
+
+    fn stats(packets: u64, bytes: u64) -> Stats {
+        let mut stats = Stats::default();
+        stats
+            .0
+            .insert(StatReason::Encapsulated.name(), Counter { packets, bytes });
+        stats
+    }
+
+    #[test]
+    fn deltas_of_counters_that_grew_or_were_reset() {
+        let delta = stats(10, 1000).since(&stats(4, 400));
+        assert_eq!(
+            delta.get(StatReason::Encapsulated),
+            Counter {
+                packets: 6,
+                bytes: 600
+            }
+        );
+        // Reset in between: the counts since the reset, not a wrapped number.
+        let delta = stats(3, 300).since(&stats(4, 400));
+        assert_eq!(
+            delta.get(StatReason::Encapsulated),
+            Counter {
+                packets: 3,
+                bytes: 300
+            }
+        );
     }
 }

@@ -63,8 +63,14 @@ pub fn available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The handles of our rules for `overlay`.
+/// The handles of our rules for `overlay` (every overlay if None).
 fn rule_handles(overlay: Option<Ipv4Network>) -> Result<Vec<u64>> {
+    Ok(rules(overlay)?.into_iter().map(|(h, _)| h).collect())
+}
+
+/// Our rules for `overlay` (every overlay if None): handle, and the source
+/// prefix the rule masquerades if it reads as one of ours.
+fn rules(overlay: Option<Ipv4Network>) -> Result<Vec<(u64, Option<Ipv4Network>)>> {
     let listing = match nft(None, &["list", "table", "ip", TABLE]) {
         Ok(v) => v,
         Err(_) => return Ok(Vec::new()), // no table: no rules
@@ -81,35 +87,67 @@ fn rule_handles(overlay: Option<Ipv4Network>) -> Result<Vec<u64>> {
             None => true,
         };
         if matches && let Some(h) = rule["handle"].as_u64() {
-            handles.push(h);
+            handles.push((h, source_prefix(rule)));
         }
     }
     Ok(handles)
+}
+
+/// The prefix of a rule's first match, `ip saddr == PREFIX`, as nft lists it.
+fn source_prefix(rule: &Value) -> Option<Ipv4Network> {
+    let right = &rule["expr"][0]["match"]["right"]["prefix"];
+    let addr = right["addr"].as_str()?.parse().ok()?;
+    Ipv4Network::new(addr, u8::try_from(right["len"].as_u64()?).ok()?).ok()
 }
 
 pub fn table_exists() -> bool {
     nft(None, &["list", "table", "ip", TABLE]).is_ok()
 }
 
+/// What [`ensure_masquerade`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Masquerade {
+    /// The overlay's rule was there, for this slice.
+    Unchanged,
+    Added,
+    /// The overlay's rule masqueraded this other slice; now it is replaced.
+    Replaced(Ipv4Network),
+}
+
 /// Masquerades traffic from `slice` to anywhere outside `overlay` behind the
-/// underlay address. Replaces an earlier rule for the same overlay.
-pub fn add_masquerade(slice: Ipv4Network, overlay: Ipv4Network) -> Result<()> {
-    remove_masquerade(overlay)?;
+/// underlay address. A rule already there for this overlay and slice is
+/// kept as it is; one for another slice is replaced in the same nft
+/// transaction, so masquerading never stops in between.
+pub fn ensure_masquerade(slice: Ipv4Network, overlay: Ipv4Network) -> Result<Masquerade> {
+    let existing = rules(Some(overlay))?;
+    if existing.iter().any(|(_, s)| *s == Some(slice)) && existing.len() == 1 {
+        return Ok(Masquerade::Unchanged);
+    }
     let prefix = |net: Ipv4Network| json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix()}});
     let field = |name: &str| json!({"payload": {"protocol": "ip", "field": name}});
-    let commands = json!({"nftables": [
-        {"add": {"table": {"family": "ip", "name": TABLE}}},
-        {"add": {"chain": {"family": "ip", "table": TABLE, "name": CHAIN,
-            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
-        {"add": {"rule": {"family": "ip", "table": TABLE, "chain": CHAIN, "comment": comment(overlay),
-            "expr": [
-                {"match": {"op": "==", "left": field("saddr"), "right": prefix(slice)}},
-                {"match": {"op": "!=", "left": field("daddr"), "right": prefix(overlay)}},
-                {"masquerade": null}
-            ]}}}
-    ]});
-    nft(Some(&commands), &[]).context("adding the masquerade rule")?;
-    Ok(())
+    let mut commands = vec![
+        json!({"add": {"table": {"family": "ip", "name": TABLE}}}),
+        json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": CHAIN,
+            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
+    ];
+    for (handle, _) in &existing {
+        commands.push(json!({"delete": {"rule": {
+            "family": "ip", "table": TABLE, "chain": CHAIN, "handle": handle}}}));
+    }
+    commands.push(
+        json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": CHAIN,
+        "comment": comment(overlay),
+        "expr": [
+            {"match": {"op": "==", "left": field("saddr"), "right": prefix(slice)}},
+            {"match": {"op": "!=", "left": field("daddr"), "right": prefix(overlay)}},
+            {"masquerade": null}
+        ]}}}),
+    );
+    nft(Some(&json!({"nftables": commands})), &[]).context("adding the masquerade rule")?;
+    Ok(match existing.first() {
+        Some((_, Some(old))) => Masquerade::Replaced(*old),
+        _ => Masquerade::Added,
+    })
 }
 
 /// Removes the rule for `overlay`, and the table once no rule is left.

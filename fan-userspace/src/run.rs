@@ -25,12 +25,12 @@ use crate::{
     pmtu::{self, SliceRoutes},
     ports::PortEncap,
     record::load_fans,
-    require_root,
+    require_capabilities,
     state::StateDir,
 };
 
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
-    require_root()?;
+    require_capabilities()?;
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     let net = Net::connect()?;
     let mut ports = None;

@@ -121,28 +121,20 @@ impl StateDir {
         Ok(())
     }
 
-    /// Removes the directories of namespaces that no longer exist.
-    pub fn sweep_stale(&self) -> Result<Vec<PathBuf>> {
-        let live = crate::netns::live_cookies()?;
-        let mut removed = Vec::new();
+    /// The directories of other namespaces, with their cookies.
+    pub fn others(&self) -> Vec<(PathBuf, u64)> {
         let Ok(entries) = fs::read_dir(&self.root) else {
-            return Ok(removed);
+            return Vec::new();
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(cookie) = name.to_str().and_then(|n| n.strip_prefix("netns-")) else {
-                continue;
-            };
-            let Ok(cookie) = cookie.parse::<u64>() else {
-                continue;
-            };
-            if !live.contains(&cookie) {
-                fs::remove_dir_all(entry.path())
-                    .with_context(|| format!("removing stale state {}", entry.path().display()))?;
-                removed.push(entry.path());
-            }
-        }
-        Ok(removed)
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let cookie = name.to_str()?.strip_prefix("netns-")?.parse::<u64>().ok()?;
+                Some((entry.path(), cookie))
+            })
+            .filter(|(path, _)| *path != self.path)
+            .collect()
     }
 }
 

@@ -277,25 +277,14 @@ impl Active {
             Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack => {
                 drop(self.daemons);
                 for host in &fleet.hosts {
+                    // The bridges were made by hand and adopted: detach keeps
+                    // them, with their ports and the gateway address.
                     host.fan_xdp_ok(&["detach", "eth0"])?;
-                    replug_plain_bridge(host)?;
                 }
             }
         }
         Ok(())
     }
-}
-
-/// After `fan-xdp detach`, which deletes the slice bridge it adopted: the
-/// plain bridge again, with the host's container ports on it.
-pub fn replug_plain_bridge(host: &Host) -> Result<()> {
-    add_bridge(host)?;
-    for j in 1..=host.containers.len() {
-        let port = format!("veth{j}");
-        host.ns
-            .ip(&["link", "set", &port, "master", &host.bridge, "up"])?;
-    }
-    Ok(())
 }
 
 /// A fleet for measurements: bridges made by hand (fan-xdp adopts them),

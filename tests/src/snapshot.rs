@@ -5,10 +5,28 @@ use anyhow::Result;
 
 use crate::netns::Netns;
 
-/// Links, addresses, routes, rules, neighbours, the nft ruleset, the sysctls
-/// fan-xdp touches, fan-xdp's bpffs contents and every BPF program, map and
-/// link id on the machine (tests run one at a time, so those are ours).
+/// [`netns_snapshot`], and every BPF program, map and link id on the
+/// machine (tests run one at a time, so those are ours; where other test
+/// runs share the machine, compare [`netns_snapshot`] instead).
 pub fn snapshot(ns: &Netns) -> Result<String> {
+    let mut out = netns_snapshot(ns)?;
+    let programs: Vec<u32> = aya::programs::loaded_programs()
+        .flatten()
+        .map(|p| p.id())
+        .collect();
+    let maps: Vec<u32> = aya::maps::loaded_maps().flatten().map(|m| m.id()).collect();
+    let links: Vec<u32> = aya::programs::loaded_links()
+        .flatten()
+        .map(|l| l.id())
+        .collect();
+    out += &format!("== bpf\nprograms {programs:?}\nmaps {maps:?}\nlinks {links:?}\n");
+    Ok(out)
+}
+
+/// What one namespace holds: links, addresses, routes, rules, neighbours,
+/// the nft ruleset, the sysctls fan-xdp touches, and fan-xdp's bpffs
+/// directory for this namespace.
+pub fn netns_snapshot(ns: &Netns) -> Result<String> {
     let mut out = String::new();
     for args in [
         &["-d", "link", "show"][..],
@@ -26,23 +44,14 @@ pub fn snapshot(ns: &Netns) -> Result<String> {
         &["-c", "for f in /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/rp_filter; do echo $f $(cat $f); done"],
     )?;
     out += &format!("== sysctl\n{sysctls}");
+    let cookie = ns.enter(fan_userspace::netns::current_cookie)??;
     let bpffs = std::process::Command::new("sh")
         .args([
             "-c",
-            "find /sys/fs/bpf/fan-xdp -mindepth 1 2>/dev/null | sort",
+            &format!("find /sys/fs/bpf/fan-xdp/netns-{cookie} 2>/dev/null | sort"),
         ])
         .output()?;
     out += &format!("== bpffs\n{}", String::from_utf8_lossy(&bpffs.stdout));
-    let programs: Vec<u32> = aya::programs::loaded_programs()
-        .flatten()
-        .map(|p| p.id())
-        .collect();
-    let maps: Vec<u32> = aya::maps::loaded_maps().flatten().map(|m| m.id()).collect();
-    let links: Vec<u32> = aya::programs::loaded_links()
-        .flatten()
-        .map(|l| l.id())
-        .collect();
-    out += &format!("== bpf\nprograms {programs:?}\nmaps {maps:?}\nlinks {links:?}\n");
     Ok(out)
 }
 
@@ -52,13 +61,24 @@ pub fn snapshot(ns: &Netns) -> Result<String> {
 /// settle (a real leak never does).
 #[track_caller]
 pub fn assert_unchanged(ns: &Netns, before: &str, what: &str) {
-    let mut now = snapshot(ns).expect("snapshot");
+    assert_same(ns, snapshot, before, what)
+}
+
+/// [`assert_unchanged`] for a [`netns_snapshot`].
+#[track_caller]
+pub fn assert_netns_unchanged(ns: &Netns, before: &str, what: &str) {
+    assert_same(ns, netns_snapshot, before, what)
+}
+
+#[track_caller]
+fn assert_same(ns: &Netns, take: fn(&Netns) -> Result<String>, before: &str, what: &str) {
+    let mut now = take(ns).expect("snapshot");
     for _ in 0..20 {
         if now == before {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        now = snapshot(ns).expect("snapshot");
+        now = take(ns).expect("snapshot");
     }
     let gone: Vec<&str> = before
         .lines()

@@ -164,7 +164,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.hosts.clear();
         if let Ok(dir) = fan_userspace::state::StateDir::locate(None) {
-            let _ = dir.sweep_stale();
+            let _ = fan_userspace::loader::sweep_stale(&dir);
         }
     }
 }
@@ -329,7 +329,7 @@ impl Fleet {
         // State left by namespaces that died without a detach (a killed run)
         // would be swept by the first attach and change what tests compare.
         if let Ok(dir) = fan_userspace::state::StateDir::locate(None) {
-            let _ = dir.sweep_stale();
+            let _ = fan_userspace::loader::sweep_stale(&dir);
         }
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", "sw", "type", "bridge"])?;

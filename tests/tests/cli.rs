@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use fan_tests::{
     netns::Netns,
     privileged,
-    snapshot::{assert_unchanged, snapshot},
+    snapshot::{assert_netns_unchanged, assert_unchanged, netns_snapshot, snapshot},
     topology::{Fleet, Host, plug_container},
     traffic::{ping, tcp_transfer},
 };
@@ -210,6 +210,17 @@ fn two_overlays_side_by_side() {
     detach_all(&fleet);
 }
 
+/// Fails the test unless the fan-xdp binary honours FAN_XDP_INJECT.
+fn require_fault_injection(host: &Host) {
+    let out = attach_injected(host, "fail:plan");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("injected failure after step plan"),
+        "the fan-xdp binary ignores FAN_XDP_INJECT: build it with \
+         `cargo build -p fan-userspace --bin fan-xdp --features fault-injection` \
+         (cargo xtask test does)"
+    );
+}
+
 /// `fan-xdp attach` with the test hook `FAN_XDP_INJECT=<inject>` set.
 fn attach_injected(host: &Host, inject: &str) -> std::process::Output {
     let binary = fan_tests::topology::fan_xdp_binary();
@@ -336,11 +347,12 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not root"),
+        String::from_utf8_lossy(&out.stderr).contains("missing capability CAP_NET_ADMIN"),
         "{out:?}"
     );
 
     // A failure inside any step is rolled back completely.
+    require_fault_injection(host);
     for step in fan_userspace::attach::STEPS {
         let out = attach_injected(host, &format!("fail:{step}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -365,6 +377,7 @@ fn killed_at_every_step_then_attach_and_detach_recover() {
     let host = &fleet.hosts[0];
     // Detach leaves forwarding on (whatever started after attach may rely on it).
     host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    require_fault_injection(host);
     let before = snapshot(&host.ns).unwrap();
     for step in fan_userspace::attach::STEPS {
         let out = attach_injected(host, &format!("kill:{step}"));
@@ -440,29 +453,56 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     assert_eq!(shown[0]["overlay"], OVERLAY);
 
     // A namespace that dies with a fan attached leaves a directory behind,
-    // which the next attach anywhere removes.
-    let count = || {
-        std::fs::read_dir("/sys/fs/bpf/fan-xdp")
-            .map(|d| d.count())
-            .unwrap_or(0)
+    // which the next attach anywhere removes. (Only this test's directories
+    // are looked at: other test runs may share the machine's bpffs.)
+    let state = |host: &Host| {
+        let cookie = host
+            .ns
+            .enter(fan_userspace::netns::current_cookie)
+            .unwrap()
+            .unwrap();
+        std::path::PathBuf::from(format!("/sys/fs/bpf/fan-xdp/netns-{cookie}"))
     };
-    assert_eq!(count(), 2);
+    assert!(state(h1).exists() && state(h2).exists());
     let doomed = Fleet::new(1).unwrap();
     doomed.hosts[0]
         .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
-    assert_eq!(count(), 3);
+    let doomed_state = state(&doomed.hosts[0]);
+    assert!(doomed_state.exists());
     drop(doomed);
+    wait_until_links_defunct(&doomed_state);
     h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
-    assert_eq!(
-        count(),
-        2,
+    assert!(
+        !doomed_state.exists(),
         "stale state of a deleted namespace was not swept"
     );
+    assert!(state(h1).exists() && state(h2).exists(), "live state swept");
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     h2.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    assert_eq!(count(), 0);
+    assert!(!state(h1).exists() && !state(h2).exists());
+}
+
+/// A deleted namespace's devices go in the kernel's deferred work: waits
+/// (at most ~5 s) until every link pinned in `dir` reports no device.
+fn wait_until_links_defunct(dir: &std::path::Path) {
+    let defunct = || {
+        std::fs::read_dir(dir).unwrap().flatten().all(|entry| {
+            !entry.file_name().to_string_lossy().starts_with("link_")
+                || matches!(
+                    fan_userspace::loader::pinned_link_ifindex(&entry.path()),
+                    Ok(Some(0)) | Err(_)
+                )
+        })
+    };
+    for _ in 0..50 {
+        if defunct() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the links in {} outlived their namespace", dir.display());
 }
 
 #[test]
@@ -1198,4 +1238,424 @@ fn direct_delivery_only_to_ports_whose_peer_is_up_in_another_namespace() {
     assert_eq!(addrs, [container.addr], "the endpoint did not come back");
     daemon.stop().unwrap();
     detach_all(&fleet);
+}
+
+#[test]
+fn detach_keeps_a_bridge_it_did_not_create_or_that_has_other_ports() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    // An operator's bridge with an address of its own, given to attach.
+    host.ns
+        .ip(&["link", "add", "mybr", "mtu", "1480", "type", "bridge"])
+        .unwrap();
+    host.ns
+        .ip(&["addr", "add", "10.77.0.1/24", "dev", "mybr"])
+        .unwrap();
+    host.ns.ip(&["link", "set", "mybr", "up"]).unwrap();
+    let before = netns_snapshot(&host.ns).unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--bridge", "mybr"])
+        .unwrap();
+    let addrs = host.ns.ip(&["-4", "addr", "show", "mybr"]).unwrap();
+    assert!(addrs.contains("250.0.1.1/24"), "{addrs}");
+    let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_netns_unchanged(
+        &host.ns,
+        &before,
+        "detach did not leave the adopted bridge as it was",
+    );
+    assert!(out.contains("kept: fan-xdp did not create it"), "{out}");
+
+    // A bridge attach created, into which a runtime has plugged a
+    // container since: it stays, without the fan's address.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let container = plug_container(
+        &host.ns,
+        &host.bridge,
+        "vrt",
+        "runtime",
+        (Ipv4Addr::new(250, 0, 1, 30), 24),
+        host.gateway,
+    )
+    .unwrap();
+    let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert!(out.contains("kept: it still has ports (vrt)"), "{out}");
+    let addrs = host
+        .ns
+        .ip(&["-4", "addr", "show", &host.bridge])
+        .expect("the bridge with a runtime's port is gone");
+    assert!(!addrs.contains("250.0.1.1"), "the gateway stayed: {addrs}");
+    drop(container);
+    // Nothing plugged in any more: a new attach adopts it as its own again
+    // (it created it), and detach removes it.
+    host.ns.ip(&["link", "del", &host.bridge]).unwrap();
+    assert_netns_unchanged(&host.ns, &before, "leftovers besides the kept bridge");
+}
+
+/// Deletes host `i`'s underlay link (both ends of its veth to the switch)
+/// and makes it again with the same name and address, as netplan or a
+/// driver reload would: a new device with a new ifindex.
+fn recreate_underlay(fleet: &Fleet, i: usize) {
+    let host = &fleet.hosts[i];
+    let port = format!("sw-h{}", i + 1);
+    host.ns.ip(&["link", "del", "eth0"]).unwrap();
+    fleet.switch.add_veth_to(&port, &host.ns).unwrap();
+    fleet
+        .switch
+        .ip(&["link", "set", &port, "master", "sw", "up"])
+        .unwrap();
+    let addr = format!("{}/16", host.underlay_addr);
+    host.ns.ip(&["addr", "add", &addr, "dev", "eth0"]).unwrap();
+    host.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+}
+
+#[test]
+fn attach_again_after_the_underlay_was_recreated_brings_traffic_back() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["tc", "xdp"] {
+        let fleet = Fleet::new(2).unwrap();
+        attach_all(&fleet, &["--mode", mode]);
+        let fleet = fleet.with_containers(1).unwrap();
+        let (c1, c2) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+        assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "{mode}: before");
+        recreate_underlay(&fleet, 0);
+        let out = fleet.hosts[0]
+            .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--mode", mode])
+            .unwrap();
+        assert!(out.contains("attached: 250.0.0.0/8"), "{mode}: {out}");
+        assert!(
+            ping(&c1.ns, c2.addr, 3).unwrap(),
+            "{mode}: no traffic after attaching to the re-created underlay"
+        );
+        assert!(
+            ping(&c2.ns, c1.addr, 3).unwrap(),
+            "{mode}: no traffic into the host with the re-created underlay"
+        );
+        detach_all(&fleet);
+    }
+}
+
+/// While alive, the namespace `ns` has no `ip netns` name and no process in
+/// it: it is held only by a bind mount elsewhere, as a runtime may hold one.
+/// Dropping this puts the name back.
+struct Hidden<'a> {
+    ns: &'a Netns,
+    holder: String,
+}
+
+impl<'a> Hidden<'a> {
+    fn new(ns: &'a Netns) -> Self {
+        let holder = format!("/tmp/fxt{}-holds-{}", std::process::id(), ns.name());
+        let name = format!("/run/netns/{}", ns.name());
+        std::fs::write(&holder, "").unwrap();
+        fan_tests::netns::run(std::process::Command::new("mount").args(["--bind", &name, &holder]))
+            .unwrap();
+        let hidden = Self { ns, holder };
+        fan_tests::netns::run(std::process::Command::new("umount").arg(&name)).unwrap();
+        std::fs::remove_file(&name).unwrap();
+        hidden
+    }
+}
+
+impl Drop for Hidden<'_> {
+    fn drop(&mut self) {
+        let name = format!("/run/netns/{}", self.ns.name());
+        let _ = std::fs::write(&name, "");
+        let _ = std::process::Command::new("mount")
+            .args(["--bind", &self.holder, &name])
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg(&self.holder)
+            .status();
+        let _ = std::fs::remove_file(&self.holder);
+    }
+}
+
+#[test]
+fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    assert!(ping(&c2.ns, c1.addr, 2).unwrap());
+    let cookie = h1
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let state = format!("/sys/fs/bpf/fan-xdp/netns-{cookie}");
+    {
+        let _hidden = Hidden::new(&h1.ns);
+        // Any attach sweeps the state of namespaces that are gone.
+        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+            .unwrap();
+        assert!(
+            std::path::Path::new(&state).exists(),
+            "the state of a live namespace was swept"
+        );
+        assert!(
+            ping(&c2.ns, c1.addr, 2).unwrap(),
+            "the live namespace's data plane was detached"
+        );
+    }
+    detach_all(&fleet);
+}
+
+#[test]
+fn concurrent_attaches_of_overlapping_overlays_one_wins() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    require_fault_injection(host);
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let attach = |overlay: &str, inject: &str| {
+        host.ns
+            .command(binary.to_str().unwrap())
+            .args(["attach", "eth0", "--overlay", overlay])
+            .env("FAN_XDP_INJECT", inject)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The first holds still after planning, long enough for the second to
+    // plan too if nothing stopped it.
+    let first = attach(OVERLAY, "pause:plan");
+    let second = attach("250.0.0.0/9", "");
+    let outcomes: Vec<std::process::Output> = [first, second]
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    let succeeded = outcomes.iter().filter(|o| o.status.success()).count();
+    let report: Vec<String> = outcomes
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert_eq!(succeeded, 1, "both or neither attached: {report:?}");
+    let loser = outcomes.iter().find(|o| !o.status.success()).unwrap();
+    let why = String::from_utf8_lossy(&loser.stderr);
+    assert!(
+        why.contains("overlays 250.0.0.0/8 and 250.0.0.0/9 overlap")
+            || why.contains("overlays 250.0.0.0/9 and 250.0.0.0/8 overlap"),
+        "{why}"
+    );
+    let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn a_point_to_point_underlay_names_this_host_not_the_peer() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    // IFA_LOCAL 198.18.0.1, IFA_ADDRESS (the peer) 198.18.0.99.
+    host.ns.ip(&["addr", "flush", "dev", "eth0"]).unwrap();
+    host.ns
+        .ip(&[
+            "addr",
+            "add",
+            "198.18.0.1",
+            "peer",
+            "198.18.0.99/16",
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown[0]["host"], "198.18.0.1", "{shown}");
+    assert_eq!(shown[0]["slice"], "250.0.1.0/24", "{shown}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn root_without_a_needed_capability_is_told_which() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let before = netns_snapshot(&host.ns).unwrap();
+    let binary = fan_tests::topology::fan_xdp_binary();
+    for (drop, missing) in [
+        ("cap_net_admin", "missing capability CAP_NET_ADMIN"),
+        (
+            "cap_bpf,cap_sys_admin",
+            "missing capability CAP_BPF (or CAP_SYS_ADMIN)",
+        ),
+    ] {
+        // Still uid 0: only the capabilities are gone.
+        let out = host
+            .ns
+            .output(
+                "capsh",
+                &[
+                    &format!("--drop={drop}"),
+                    "--",
+                    "-c",
+                    &format!("{} attach eth0 --overlay {OVERLAY}", binary.display()),
+                ],
+            )
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "attached without {drop}");
+        assert!(stderr.contains(missing), "without {drop}: {stderr}");
+        assert_netns_unchanged(&host.ns, &before, "a refusal changed the host");
+    }
+}
+
+/// `fan-xdp attach eth0 ARGS` with `FAN_XDP_INJECT=fail:<step>`; asserts
+/// that it failed there.
+fn attach_failing_at(host: &Host, args: &[&str], step: &str) {
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let out = host
+        .ns
+        .command(binary.to_str().unwrap())
+        .args(["attach", "eth0"])
+        .args(args)
+        .env("FAN_XDP_INJECT", format!("fail:{step}"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("injected failure after step {step}")),
+        "{args:?} at {step}: {stderr}"
+    );
+}
+
+#[test]
+fn a_failed_reattach_puts_back_what_it_found() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    require_fault_injection(host);
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    // Found by the re-attach: the overlay route without its source (as an
+    // older version or an operator left it), which attach replaces.
+    host.ns
+        .ip(&["route", "replace", OVERLAY, "dev", "fan-host"])
+        .unwrap();
+    let attached = netns_snapshot(&host.ns).unwrap();
+    let entry = || {
+        let maps = host.pinned_maps().unwrap();
+        maps.config
+            .get(&fan_userspace::loader::overlay_key(0xfa00_0000, 8), 0)
+            .ok()
+    };
+    let entry_before = entry().expect("the fan entry");
+    // Again, with another mode, failing after each step in turn: each
+    // failure must leave exactly what was there (the masquerade rule, the
+    // route, TC decapsulation, the fan entry).
+    for step in fan_userspace::attach::STEPS {
+        attach_failing_at(host, &["--overlay", OVERLAY, "--mode", "xdp"], step);
+        assert_netns_unchanged(
+            &host.ns,
+            &attached,
+            &format!("a re-attach failing after {step} changed the host"),
+        );
+        assert_eq!(entry(), Some(entry_before), "fan entry after {step}");
+    }
+    // Succeeding, it decapsulates in the new mode only.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--mode", "xdp"])
+        .unwrap();
+    let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
+    assert_eq!(shown[0]["mode"], "xdp", "{shown}");
+    assert!(
+        !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
+        "TC decapsulation stayed beside XDP"
+    );
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn a_failed_attach_puts_back_an_adopted_bridge_and_the_shared_mtu() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    require_fault_injection(host);
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    // Someone's bridge, down, MTU 1500, no address: attach would adopt it.
+    // It was up once: a device's first up gives it its default qdisc, which
+    // no later down takes away, so a never-up bridge could not be put back.
+    host.ns
+        .ip(&["link", "add", &host.bridge, "type", "bridge"])
+        .unwrap();
+    host.ns.ip(&["link", "set", &host.bridge, "up"]).unwrap();
+    host.ns.ip(&["link", "set", &host.bridge, "down"]).unwrap();
+    let before = netns_snapshot(&host.ns).unwrap();
+    for step in fan_userspace::attach::STEPS {
+        attach_failing_at(host, &["--overlay", OVERLAY], step);
+        assert_netns_unchanged(
+            &host.ns,
+            &before,
+            &format!("an attach failing after {step} left the adopted bridge changed"),
+        );
+    }
+    // A second fan with a smaller MTU lowers the shared host device's; a
+    // failed attach of it puts the MTU back.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let attached = netns_snapshot(&host.ns).unwrap();
+    for step in ["host-device", "route", "config"] {
+        attach_failing_at(host, &["--overlay", "240.0.0.0/8", "--mtu", "1400"], step);
+        assert_netns_unchanged(
+            &host.ns,
+            &attached,
+            &format!("a second fan failing after {step} changed the host"),
+        );
+    }
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn only_the_main_tables_overlay_route_counts_and_an_odd_one_is_named() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    // Policy routing's business, not fan-xdp's.
+    host.ns
+        .ip(&["route", "add", OVERLAY, "dev", "eth0", "table", "100"])
+        .unwrap();
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    // A blackhole in the main table is in the way, and said to be.
+    host.ns
+        .ip(&["route", "add", "blackhole", "240.0.0.0/8"])
+        .unwrap();
+    let out = host
+        .fan_xdp(&["attach", "eth0", "--overlay", "240.0.0.0/8"])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "attached over a blackhole route");
+    assert!(
+        stderr.contains("a route to 240.0.0.0/8 already exists (of type blackhole)"),
+        "{stderr}"
+    );
 }

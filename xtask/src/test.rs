@@ -22,7 +22,15 @@ struct Totals {
 pub fn run() -> Result<()> {
     // The namespace tests drive the fan-xdp binary, which `cargo test` of
     // another package does not build.
-    crate::cargo(&["build", "-p", "fan-userspace", "--bin", "fan-xdp"])?;
+    crate::cargo(&[
+        "build",
+        "-p",
+        "fan-userspace",
+        "--bin",
+        "fan-xdp",
+        "--features",
+        "fault-injection",
+    ])?;
     let mut totals = Totals::default();
     let mut ok = true;
     ok &= cargo_test(
@@ -62,6 +70,9 @@ pub fn run() -> Result<()> {
         "fan-userspace",
         "--bin",
         "fan-xdp",
+        // The same build the tests drove, not a rebuild of it without the feature.
+        "--features",
+        "fault-injection",
         "--",
         "check",
     ])?;

@@ -1,0 +1,116 @@
+//! Where fan-xdp keeps what is not a pin: `/run/fan-xdp/netns-<cookie>/`.
+//!
+//! bpffs holds only pins (it refuses regular files, FIFOs and sockets), so
+//! locks, and later the agent's status, control socket and logs, live in
+//! this directory, one per network namespace (keyed by its cookie, as the
+//! pin directory is, so simulated hosts on one machine never share a file).
+//! It dies with the boot, as the pins do. Like the pin directories, both
+//! levels are created owned by root with mode 0700, and refused if they are
+//! symbolic links, not root's, or writable by others.
+//!
+//! `state.lock` is held by every command that changes a namespace's fans
+//! (attach, detach), for as long as it plans and applies the change: two
+//! concurrent attaches with overlapping overlays then cannot both pass
+//! validation and race on the pins. Lock files are never deleted: deleting
+//! one while another process waits on it would let two processes lock two
+//! different files.
+
+use std::{
+    fs,
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use log::info;
+
+use crate::state::check_private_dir;
+
+/// The default parent of every namespace's run directory.
+const SYSTEM_RUN_DIR: &str = "/run/fan-xdp";
+
+/// The run directory of one network namespace.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    /// `/run/fan-xdp` (or the override): every namespace's directory lives here.
+    pub root: PathBuf,
+    /// `<root>/netns-<cookie>`.
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// The run directory of the calling thread's namespace, under
+    /// `run_dir` if given (tests), else under `/run/fan-xdp`.
+    pub fn locate(run_dir: Option<&Path>) -> Result<Self> {
+        let root = run_dir.map_or_else(|| PathBuf::from(SYSTEM_RUN_DIR), Path::to_path_buf);
+        let path = root.join(format!("netns-{}", crate::netns::current_cookie()?));
+        check_private_dir(&root)?;
+        check_private_dir(&path)?;
+        Ok(Self { root, path })
+    }
+
+    /// Creates both levels (root-owned, mode 0700) if missing, and checks them.
+    pub fn create(&self) -> Result<()> {
+        for dir in [&self.root, &self.path] {
+            match fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating {}", dir.display()));
+                }
+            }
+            check_private_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Takes `state.lock`, waiting while another fan-xdp holds it.
+    pub fn lock_state(&self) -> Result<StateLock> {
+        self.create()?;
+        let path = self.path.join("state.lock");
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            // Never through a symbolic link planted in its place.
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
+            info!(
+                "another fan-xdp is changing this namespace's fans ({} is held): waiting for it",
+                path.display()
+            );
+            if !try_flock(&file, libc::LOCK_EX)? {
+                unreachable!("a blocking flock returns only when it holds the lock");
+            }
+        }
+        Ok(StateLock { _file: file })
+    }
+}
+
+/// Held `state.lock`: released when dropped (or when the process ends).
+pub struct StateLock {
+    _file: fs::File,
+}
+
+/// flock(2); false if `LOCK_NB` was given and another process holds it.
+fn try_flock(file: &fs::File, operation: libc::c_int) -> Result<bool> {
+    loop {
+        // SAFETY: flock on a file descriptor we own, open for the call.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e).context("locking state.lock"),
+        }
+    }
+}
