@@ -118,6 +118,11 @@ pub struct PathMtu {
 // SAFETY: PathMtu is repr(C), Copy, and made only of integers with explicit padding.
 unsafe impl aya::Pod for PathMtu {}
 
+/// How long the programs trust the endpoint map after the agent's last
+/// heartbeat (it beats every second): after a SIGKILL, nothing keeps
+/// redirecting to ports that may have changed hands.
+pub const AGENT_HEARTBEAT_TIMEOUT_NS: u64 = 3_000_000_000;
+
 /// Most remote hosts with a learned path MTU (an LRU map: forged messages
 /// about many hosts can only push older entries out).
 pub const MAX_PATH_MTUS: u32 = 4096;

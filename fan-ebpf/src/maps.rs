@@ -1,13 +1,15 @@
 //! The maps shared with user space. Names are the pin names user space uses.
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use fan_common::{
     Counter, FanEntry, StatReason,
     maps::{
-        Endpoint, FanMeta, FanMetaKey, LocalHost, MAX_ENDPOINTS, MAX_FANS, MAX_PATH_MTUS, PathMtu,
+        AGENT_HEARTBEAT_TIMEOUT_NS, Endpoint, FanMeta, FanMetaKey, LocalHost, MAX_ENDPOINTS,
+        MAX_FANS, MAX_PATH_MTUS, PathMtu,
     },
 };
 
@@ -37,6 +39,22 @@ pub static FAN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(StatR
 /// forwarding path. Empty unless `fan-xdp run` keeps it.
 #[map]
 pub static FAN_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// The agent's heartbeat (CLOCK_MONOTONIC ns, 0 when it stopped): the
+/// endpoint map is followed only while it is fresh.
+#[map]
+pub static FAN_AGENT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether the agent that keeps the endpoint map has beaten recently.
+#[inline(always)]
+pub fn agent_alive() -> bool {
+    let Some(beat) = FAN_AGENT.get(0) else {
+        return false;
+    };
+    // SAFETY: the helper takes no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    *beat != 0 && now.wrapping_sub(*beat) < AGENT_HEARTBEAT_TIMEOUT_NS
+}
 
 /// User space's record of each fan (bridge, interface, mode, original
 /// sysctls). The programs never read it; it lives here so it is created and

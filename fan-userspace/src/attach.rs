@@ -20,6 +20,7 @@ use ipnetwork::Ipv4Network;
 use log::{info, warn};
 
 use crate::{
+    agent,
     cli::{AttachArgs, Global, Mode},
     host::{
         FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
@@ -90,7 +91,8 @@ enum Undo {
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
     // Held until attach returns: planning and applying see no other change.
-    let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
+    let run_dir = RunDir::locate(global.run_dir.as_deref())?;
+    let _lock = run_dir.lock_state()?;
     let net = Net::connect()?;
     let plan = plan(&net, args, global).await?;
     checkpoint("plan")?;
@@ -144,6 +146,11 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
                     "already attached: {} on {} (nothing to do)",
                     plan.overlay, plan.iface.name
                 );
+            }
+            // The fast path: the agent keeps it (and is already running if
+            // another fan of this namespace started it).
+            if !args.no_agent {
+                agent::ensure(&run_dir, global)?;
             }
             Ok(())
         }

@@ -40,8 +40,10 @@ pub enum Command {
     Detach(DetachArgs),
     /// The fans attached in this network namespace, read from the pinned state.
     Show(ShowArgs),
-    /// Long-running mode: keep the direct-delivery endpoint map current (and, with -v, print eBPF events).
+    /// The host agent: keeps the fast path (endpoints, port programs, path MTU routes); attach starts it.
     Run(RunArgs),
+    /// Make the agent resync now, and return when it has.
+    Reload,
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
     /// Load every program on this kernel and report what the verifier said and which hooks exist.
@@ -87,6 +89,10 @@ pub struct AttachArgs {
     /// Overlay MTU (default: underlay MTU - 20).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Do not start the agent (`fan-xdp run`) where none runs: every packet
+    /// then takes the bridge and the host's stack.
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 #[derive(Args, Clone)]
@@ -142,4 +148,7 @@ pub struct RunArgs {
     /// a hop between CPUs, which shows in request/response latency.
     #[arg(long)]
     pub steer_flows: bool,
+    /// Started by `attach` (the last `detach` stops it).
+    #[arg(long, hide = true)]
+    pub started_by_attach: bool,
 }

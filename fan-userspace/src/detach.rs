@@ -7,6 +7,7 @@ use fan_common::maps::{SYSCTL_UNKNOWN, owned};
 use log::{info, warn};
 
 use crate::{
+    agent,
     cli::{DetachArgs, Global},
     host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
     ipv4_network,
@@ -21,7 +22,8 @@ use crate::{
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
     // Held until detach returns: no attach changes the fans meanwhile.
-    let _lock = RunDir::locate(global.run_dir.as_deref())?.lock_state()?;
+    let run_dir = RunDir::locate(global.run_dir.as_deref())?;
+    let _lock = run_dir.lock_state()?;
     let overlay = args
         .overlay
         .map(|o| ipv4_network(o, "overlay"))
@@ -44,6 +46,16 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         return Ok(());
     }
 
+    // The last fan: an agent that attach started goes first, so nothing
+    // it keeps races the teardown (an agent a service manager runs stays,
+    // and lets go of the fast path by itself).
+    if staying.is_empty()
+        && let Some(status) = agent::status(&run_dir)
+        && status.started_by_attach
+    {
+        agent::stop(&run_dir)?;
+        println!("stopped the agent (pid {})", status.pid);
+    }
     let net = Net::connect()?;
     let mut maps = PinnedMaps::open(&dir)?;
     let host_dev = net.link(HOST_DEVICE).await?;

@@ -3,6 +3,7 @@
 //! Data flows one way: `cli` -> a command module (`attach`, `detach`, `show`,
 //! `stats`, `map`) -> the loader and host plumbing -> the kernel.
 
+pub mod agent;
 pub mod attach;
 pub mod cli;
 pub mod detach;
@@ -13,6 +14,7 @@ pub mod map;
 pub mod naming;
 pub mod nat;
 pub mod netns;
+pub mod notify;
 pub mod pmtu;
 pub mod ports;
 pub mod record;

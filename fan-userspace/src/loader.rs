@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -47,7 +47,9 @@ pub const META_MAP: &str = "FAN_META";
 pub const ENDPOINTS_MAP: &str = "FAN_ENDPOINTS";
 pub const LOCAL_HOSTS_MAP: &str = "FAN_LOCAL_HOSTS";
 pub const PATH_MTU_MAP: &str = "FAN_PATH_MTU";
-const MAPS: [&str; 6] = [
+pub const AGENT_MAP: &str = "FAN_AGENT";
+const MAPS: [&str; 7] = [
+    AGENT_MAP,
     CONFIG_MAP,
     STATS_MAP,
     META_MAP,
@@ -382,6 +384,13 @@ impl Dataplane {
         let mut hosts: BpfHashMap<_, u32, LocalHost> =
             BpfHashMap::try_from(self.map_mut(LOCAL_HOSTS_MAP)?)?;
         sync_local_hosts(&mut hosts, &fans)
+    }
+
+    /// Sets the agent's heartbeat to `ns` (CLOCK_MONOTONIC), as the agent
+    /// does every second: for tests of the programs.
+    pub fn set_heartbeat(&mut self, ns: u64) -> Result<()> {
+        let mut agent: Array<_, u64> = Array::try_from(self.map_mut(AGENT_MAP)?)?;
+        agent.set(0, ns, 0).context("writing the heartbeat")
     }
 
     /// The path MTU learned towards remote underlay host `host` (host order).
@@ -745,6 +754,8 @@ pub struct PinnedMaps {
     pub local_hosts: BpfHashMap<MapData, u32, LocalHost>,
     /// Path MTUs learned towards remote hosts (an LRU hash map).
     pub path_mtus: BpfHashMap<MapData, u32, PathMtu>,
+    /// The agent's heartbeat.
+    pub agent: Array<MapData, u64>,
 }
 
 impl PinnedMaps {
@@ -761,7 +772,23 @@ impl PinnedMaps {
             endpoints: BpfHashMap::try_from(open(ENDPOINTS_MAP)?)?,
             local_hosts: BpfHashMap::try_from(open(LOCAL_HOSTS_MAP)?)?,
             path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
+            agent: Array::try_from(open(AGENT_MAP)?)?,
         })
+    }
+
+    /// The agent's heartbeat: the programs follow the endpoint map for
+    /// [`fan_common::maps::AGENT_HEARTBEAT_TIMEOUT_NS`] after it.
+    pub fn beat(&mut self) -> Result<()> {
+        self.agent
+            .set(0, monotonic_ns(), 0)
+            .context("writing the agent's heartbeat")
+    }
+
+    /// The agent stopped: no more direct delivery, whatever the map says.
+    pub fn stop_beating(&mut self) -> Result<()> {
+        self.agent
+            .set(0, 0, 0)
+            .context("clearing the agent's heartbeat")
     }
 
     /// Writes the fan entry `entry` back (an undone change), and its local host.
@@ -875,4 +902,15 @@ mod tests {
             }
         );
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the programs' `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

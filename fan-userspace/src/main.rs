@@ -55,6 +55,7 @@ fn main() -> Result<()> {
             Command::Attach(args) => attach::run(args, &cli.global).await,
             Command::Detach(args) => detach::run(args, &cli.global).await,
             Command::Run(args) => run::run(args, &cli.global).await,
+            Command::Reload => run::reload(&cli.global),
             Command::Show(args) => show::run(args, &cli.global).await,
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),

@@ -14,7 +14,11 @@ use fan_common::{ipv4::IPV4_HDR_LEN, maps::PathMtu, pmtu::is_fresh};
 use ipnetwork::Ipv4Network;
 use log::info;
 
-use crate::{host::Net, loader::PinnedMaps, record::Fan, record::HOST_DEVICE};
+use crate::{
+    host::Net,
+    loader::{PinnedMaps, monotonic_ns},
+    record::{Fan, HOST_DEVICE},
+};
 
 /// A route to a remote slice with a lowered MTU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,15 +128,4 @@ impl SliceRoutes {
     pub async fn clear(&mut self, net: &Net) -> Result<()> {
         self.sync(net, &[]).await
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

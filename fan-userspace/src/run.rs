@@ -7,9 +7,9 @@
 //! endpoint map and its port programs go with it, so every packet takes the
 //! bridge and the stack, which is always correct.
 
-use std::time::Duration;
+use std::{io::Write as _, os::unix::fs::PermissionsExt as _, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use log::{debug, info, warn};
 use rtnetlink::{
@@ -17,15 +17,20 @@ use rtnetlink::{
     sys::{AsyncSocket as _, SocketAddr},
 };
 
+use tokio::net::UnixListener;
+
 use crate::{
+    agent,
     cli::{Global, RunArgs},
     endpoints,
     host::Net,
     loader::PinnedMaps,
+    notify,
     pmtu::{self, SliceRoutes},
     ports::PortEncap,
     record::load_fans,
     require_capabilities,
+    rundir::RunDir,
     state::StateDir,
 };
 
@@ -36,8 +41,20 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let mut ports = None;
     let mut routes = SliceRoutes::default();
     if args.once {
-        return sync(&net, &dir, &mut ports, None, None).await;
+        return sync(&net, &dir, &mut ports, None, None).await.map(drop);
     }
+    let run_dir = RunDir::locate(global.run_dir.as_deref())?;
+    let _lock = agent::lock(&run_dir)?;
+    // Under `ip netns exec` the bpffs is reached through the mount namespace
+    // of the command's parent, which may exit long before the agent does.
+    let dir = dir.held_open()?;
+    let files = agent::Files::of(&run_dir);
+    // A socket left by an agent that died: ours to replace, as we hold the lock.
+    let _ = std::fs::remove_file(&files.socket);
+    let control = UnixListener::bind(&files.socket)
+        .with_context(|| format!("listening on {}", files.socket.display()))?;
+    std::fs::set_permissions(&files.socket, std::fs::Permissions::from_mode(0o600))?;
+
     let (mut connection, _, mut events) =
         rtnetlink::new_connection().context("opening rtnetlink")?;
     connection
@@ -54,12 +71,39 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
-    // Path MTUs are learned by the programs, with no netlink event to say
-    // so: their routes are checked every second (a read of a small map).
-    let mut path_mtus = tokio::time::interval(Duration::from_secs(1));
+    // Every second: the heartbeat, and the path MTU routes (the programs
+    // learn path MTUs with no netlink event to say so).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut status = agent::Status {
+        pid: std::process::id(),
+        version: agent::version(),
+        started_by_attach: args.started_by_attach,
+        since: unix_now(),
+        ..agent::Status::default()
+    };
+    macro_rules! full_sync {
+        () => {
+            sync(
+                &net,
+                &dir,
+                &mut ports,
+                Some(args.steer_flows),
+                Some(&mut routes),
+            )
+            .await
+        };
+    }
+    // Ready once the first sync is done: the fast path is in place.
+    let first = full_sync!();
+    publish(&run_dir, &dir, &mut status, first);
+    status.ready = true;
+    publish(&run_dir, &dir, &mut status, Ok(Synced::default()));
+    notify::notify("READY=1");
     info!(
-        "fan-xdp run: keeping the endpoint map of {} current",
-        dir.path.display()
+        "fan-xdp run: serving {} (pid {}, version {})",
+        dir.path.display(),
+        status.pid,
+        status.version
     );
     loop {
         tokio::select! {
@@ -72,32 +116,154 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 // settle briefly, drain, then resync once.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
-                report(sync(&net, &dir, &mut ports, Some(args.steer_flows), Some(&mut routes)).await);
+                let synced = full_sync!();
+                publish(&run_dir, &dir, &mut status, synced);
             }
-            _ = resync.tick() => report(
-                sync(&net, &dir, &mut ports, Some(args.steer_flows), Some(&mut routes)).await
-            ),
-            _ = path_mtus.tick() => report(sync_routes(&net, &dir, &mut routes).await),
+            _ = resync.tick() => {
+                let synced = full_sync!();
+                publish(&run_dir, &dir, &mut status, synced);
+            }
+            _ = tick.tick() => {
+                if args.started_by_attach && !dir.exists() {
+                    info!("fan-xdp run: every fan is detached; stopping");
+                    break;
+                }
+                report(beat(&dir));
+                report(sync_routes(&net, &dir, &mut routes).await);
+                agent::cap_log(&run_dir);
+            }
+            accepted = control.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                match answer(stream, &status) {
+                    Ok(Request::Status) => {}
+                    Ok(Request::Reload) => {
+                        let synced = full_sync!();
+                        publish(&run_dir, &dir, &mut status, synced);
+                        notify::notify("STATUS=reloaded");
+                    }
+                    Ok(Request::Stop) => break,
+                    Err(e) => warn!("control request: {e:#}"),
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
     }
+    notify::notify("STOPPING=1");
     drop(ports);
     if let Err(e) = routes.clear(&net).await {
         warn!("removing the path MTU routes: {e:#}");
     }
     if dir.exists() {
-        endpoints::clear(&mut PinnedMaps::open(&dir)?)?;
+        let mut maps = PinnedMaps::open(&dir)?;
+        maps.stop_beating()?;
+        endpoints::clear(&mut maps)?;
     }
+    let _ = std::fs::remove_file(&files.status);
+    let _ = std::fs::remove_file(&files.socket);
     info!(
         "fan-xdp run: stopped; the endpoint map is empty, traffic takes the bridge and the stack"
     );
     Ok(())
 }
 
+/// `fan-xdp reload`: the agent resyncs, then answers.
+pub fn reload(global: &Global) -> Result<()> {
+    let run_dir = RunDir::locate(global.run_dir.as_deref())?;
+    if agent::running(&run_dir).is_none() {
+        bail!("no fan-xdp run serves this network namespace");
+    }
+    agent::request(&run_dir, "reload", Duration::from_secs(30))?;
+    println!("reloaded");
+    Ok(())
+}
+
+/// What a control connection asked for.
+enum Request {
+    Status,
+    Reload,
+    Stop,
+}
+
+/// Reads a control connection's request and answers it (for reload, the
+/// answer comes before the resync; the client's wait is short either way).
+/// Only root may ask anything.
+fn answer(stream: tokio::net::UnixStream, status: &agent::Status) -> Result<Request> {
+    let peer = stream
+        .peer_cred()
+        .context("reading the client's credentials")?;
+    let mut stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    if peer.uid() != 0 {
+        writeln!(
+            stream,
+            r#"{{"ok":false,"error":"only root may control the agent"}}"#
+        )?;
+        bail!("refused a request from uid {}", peer.uid());
+    }
+    let op = agent::parse_request(&stream)?;
+    let request = match op.as_str() {
+        "status" => Request::Status,
+        "reload" => Request::Reload,
+        "stop" => Request::Stop,
+        other => {
+            writeln!(stream, r#"{{"ok":false,"error":"unknown op"}}"#)?;
+            bail!("unknown op {other:?}");
+        }
+    };
+    let reply = serde_json::json!({ "ok": true, "status": status });
+    writeln!(stream, "{reply}")?;
+    Ok(request)
+}
+
+/// What a sync found, for the status.
+#[derive(Default)]
+struct Synced {
+    endpoints: usize,
+    ports: usize,
+}
+
+/// Records a sync in the status file (and says so to the service manager).
+fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced: Result<Synced>) {
+    match synced {
+        Ok(synced) => {
+            status.last_sync = unix_now();
+            if synced.endpoints + synced.ports > 0 || status.bindings.is_empty() {
+                status.bindings = [("learned".to_string(), synced.endpoints as u64)].into();
+                status.ports = synced.ports as u64;
+            }
+        }
+        Err(e) => warn!("sync failed: {e:#}"),
+    }
+    report(beat(dir));
+    if let Err(e) = agent::write_status(run_dir, status) {
+        warn!("writing the agent's status: {e:#}");
+    }
+    notify::notify(&format!(
+        "STATUS=direct delivery to {} container(s), encapsulation at {} port(s)",
+        status.bindings.get("learned").copied().unwrap_or(0),
+        status.ports
+    ));
+}
+
+fn beat(dir: &StateDir) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    PinnedMaps::open(dir)?.beat()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn report(result: Result<()>) {
     if let Err(e) = result {
-        warn!("endpoint sync failed: {e:#}");
+        warn!("{e:#}");
     }
 }
 
@@ -110,14 +276,14 @@ async fn sync(
     ports: &mut Option<PortEncap>,
     at_ports: Option<bool>,
     routes: Option<&mut SliceRoutes>,
-) -> Result<()> {
+) -> Result<Synced> {
     if !dir.exists() {
         // Detached: the ports' links would keep a dead fan's program running.
         *ports = None;
         if let Some(routes) = routes {
             routes.clear(net).await?;
         }
-        return Ok(());
+        return Ok(Synced::default());
     }
     let mut maps = PinnedMaps::open(dir)?;
     let fans = load_fans(&maps)?;
@@ -153,7 +319,10 @@ async fn sync(
             .sync(net, &pmtu::wanted(&pmtu::learned(&maps)?, &fans))
             .await?;
     }
-    Ok(())
+    Ok(Synced {
+        endpoints: want.endpoints.len(),
+        ports: ports.as_ref().map_or(0, PortEncap::ports),
+    })
 }
 
 /// The path MTU routes alone.

@@ -7,11 +7,13 @@ use serde::Serialize;
 use fan_common::maps::PathMtu;
 
 use crate::{
+    agent,
     cli::{Global, ShowArgs},
     host::Net,
     loader::{ENCAP_PORT, PinnedMaps, tcx_supported},
     pmtu,
     record::{Fan, load_fans},
+    rundir::RunDir,
     state::StateDir,
 };
 
@@ -45,6 +47,8 @@ struct Shown<'a> {
     fan: &'a Fan,
     fast_path: Option<FastPath>,
     path_mtus: Vec<LearnedPathMtu>,
+    /// The agent serving the namespace, from its status; None: none runs.
+    agent: Option<&'a agent::Status>,
 }
 
 /// A path MTU the programs learned towards a host of a fan's underlay.
@@ -108,6 +112,7 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
 
 pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
     let (dir, fans) = attached(global)?;
+    let serving = agent::status(&RunDir::locate(global.run_dir.as_deref())?);
     let mut fast_paths = Vec::new();
     let mut learned = Vec::new();
     if !fans.is_empty() {
@@ -131,6 +136,7 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
                 fan,
                 fast_path,
                 path_mtus: path_mtus(&learned, fan),
+                agent: serving.as_ref(),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&shown)?);
@@ -165,13 +171,14 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             flags.join(",")
         );
     }
+    println!("{}", describe_agent(serving.as_ref()));
     for (fan, fast_path) in fans.iter().zip(&fast_paths) {
         let Some(fast_path) = fast_path else { continue };
         println!(
             "{}: decapsulation {} ({})",
             fan.iface, fan.mode, fan.mode_reason
         );
-        println!("{}: {}", fan.bridge, describe(fast_path));
+        println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some()));
         for learned in path_mtus(&learned, fan) {
             println!(
                 "{}: path MTU to {} is {} (learned {} s ago{})",
@@ -187,14 +194,19 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
 }
 
 /// One line on the fast path, saying what is missing when `fan-xdp run` is not.
-fn describe(fast_path: &FastPath) -> String {
+fn describe(fast_path: &FastPath, agent_runs: bool) -> String {
     let ports = fast_path.ports;
     let encap = match fast_path.ports_encapsulating {
         Some(n) if n == ports && ports > 0 => {
             format!("encapsulation at each of the {ports} container port(s)")
         }
+        Some(0) if ports > 0 && agent_runs => {
+            format!(
+                "encapsulation at the bridge for now: the agent is taking over its {ports} port(s)"
+            )
+        }
         Some(0) if ports > 0 => {
-            format!("encapsulation at the bridge, none of its {ports} port(s) (no `fan-xdp run`?)")
+            format!("encapsulation at the bridge, none of its {ports} port(s) (no agent runs)")
         }
         Some(n) => {
             format!("encapsulation at {n} of {ports} container port(s), the others at the bridge")
@@ -204,5 +216,37 @@ fn describe(fast_path: &FastPath) -> String {
     format!(
         "{encap}; direct delivery to {} container(s)",
         fast_path.endpoints
+    )
+}
+
+/// One line on the agent serving the namespace.
+fn describe_agent(status: Option<&agent::Status>) -> String {
+    let Some(status) = status else {
+        return "agent: none runs (attached with --no-agent, or it was stopped): every packet takes the bridge and the stack".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let bindings: Vec<String> = status
+        .bindings
+        .iter()
+        .map(|(origin, n)| format!("{n} {origin}"))
+        .collect();
+    format!(
+        "agent: fan-xdp run (pid {}, version {}){}, up {} s, last sync {} s ago; bindings: {}",
+        status.pid,
+        status.version,
+        if status.started_by_attach {
+            ", started by attach"
+        } else {
+            ""
+        },
+        now.saturating_sub(status.since),
+        now.saturating_sub(status.last_sync),
+        if bindings.is_empty() {
+            "none".to_string()
+        } else {
+            bindings.join(", ")
+        }
     )
 }

@@ -25,7 +25,7 @@ use std::{
     fs,
     os::unix::{
         ffi::OsStrExt as _,
-        fs::{DirBuilderExt as _, MetadataExt as _},
+        fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
     process::Command,
@@ -70,6 +70,32 @@ impl StateDir {
         // parent could be swapped for another.
         check_private_dir(&root)?;
         check_private_dir(&path)?;
+        Ok(Self { root, path })
+    }
+
+    /// The same directory, reached through a descriptor of its bpffs that
+    /// this process keeps open: `/proc/self/fd/<n>/fan-xdp/...`. For the
+    /// agent, whose bpffs may be reachable only through another process's
+    /// mount namespace (`/proc/<pid>/root/...` under `ip netns exec`), and
+    /// that process may exit first; an open descriptor keeps the mount.
+    pub fn held_open(self) -> Result<Self> {
+        let base = self
+            .root
+            .parent()
+            .context("the state directory has no parent")?;
+        let held = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(base)
+            .with_context(|| format!("opening {}", base.display()))?;
+        // Kept open for the rest of the process's life, on purpose.
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(held);
+        let root = PathBuf::from(format!("/proc/self/fd/{fd}")).join("fan-xdp");
+        let path = root.join(
+            self.path
+                .file_name()
+                .context("the state directory has no name")?,
+        );
         Ok(Self { root, path })
     }
 

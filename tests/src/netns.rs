@@ -109,9 +109,26 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Whatever still runs inside (an agent a failed test did not stop)
+        // would keep the namespace alive after its name is gone.
+        kill_processes_in(&self.name);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// SIGKILLs every process in namespace `name` (by pid, from `ip netns pids`).
+fn kill_processes_in(name: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: signalling a process by pid; it lives in our test namespace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 

@@ -28,19 +28,26 @@ pub enum Path {
     FanTcSteered,
     /// fan-xdp in TC mode without `fan-xdp run`: every packet takes the stack.
     FanTcStack,
+    /// `fan-xdp attach` with nothing else, as a user runs it: the agent it
+    /// starts keeps the fast path.
+    FanAttachOnly,
 }
 
 impl Path {
     pub fn is_fan(self) -> bool {
         matches!(
             self,
-            Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack
+            Path::FanXdp
+                | Path::FanTc
+                | Path::FanTcSteered
+                | Path::FanTcStack
+                | Path::FanAttachOnly
         )
     }
 
     /// Whether the path learns endpoints through `fan-xdp run`.
     pub fn runs_daemon(self) -> bool {
-        matches!(self, Path::FanTc | Path::FanTcSteered)
+        matches!(self, Path::FanTc | Path::FanTcSteered | Path::FanAttachOnly)
     }
 }
 
@@ -69,6 +76,7 @@ impl fmt::Display for Path {
             Path::FanTc => "fan-xdp, TC decap + direct delivery",
             Path::FanTcSteered => "fan-xdp, TC decap + direct delivery, --steer-flows",
             Path::FanTcStack => "fan-xdp, TC decap via the stack",
+            Path::FanAttachOnly => "fan-xdp, attach only (as a user runs it)",
         })
     }
 }
@@ -227,15 +235,25 @@ impl Active {
                     kernel_ipip_host(fleet, host)?;
                 }
             }
-            Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack => {
+            Path::FanXdp
+            | Path::FanTc
+            | Path::FanTcSteered
+            | Path::FanTcStack
+            | Path::FanAttachOnly => {
                 let mode = if path == Path::FanXdp { "xdp" } else { "tc" };
+                // Every path but the user's own manages its agent itself.
+                let agent = if path == Path::FanAttachOnly {
+                    None
+                } else {
+                    Some("--no-agent")
+                };
                 let overlay = format!(
                     "{}/{}",
                     crate::topology::OVERLAY.0,
                     crate::topology::OVERLAY.1
                 );
                 for host in &fleet.hosts {
-                    host.fan_xdp_ok(&[
+                    let mut args = vec![
                         "attach",
                         "eth0",
                         "--overlay",
@@ -243,7 +261,9 @@ impl Active {
                         "--mode",
                         mode,
                         "--no-nat",
-                    ])?;
+                    ];
+                    args.extend(agent);
+                    host.fan_xdp_ok(&args)?;
                     if path == Path::FanTc {
                         daemons.push(host.fan_xdp_run()?);
                     } else if path == Path::FanTcSteered {
@@ -274,7 +294,11 @@ impl Active {
                     host.ns.ip(&["link", "del", "fan-ipip"])?;
                 }
             }
-            Path::FanXdp | Path::FanTc | Path::FanTcSteered | Path::FanTcStack => {
+            Path::FanXdp
+            | Path::FanTc
+            | Path::FanTcSteered
+            | Path::FanTcStack
+            | Path::FanAttachOnly => {
                 drop(self.daemons);
                 for host in &fleet.hosts {
                     // The bridges were made by hand and adopted: detach keeps

@@ -676,7 +676,8 @@ fn direct_delivery_follows_containers_and_never_misdelivers() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    // The test runs, kills and stops the agent itself.
+    attach_all(&fleet, &["--no-agent"]);
     let mut fleet = fleet.with_containers(1).unwrap();
     let daemon = fleet.hosts[1].fan_xdp_run().unwrap();
     let c1 = fleet.hosts[0].containers.remove(0);
@@ -813,7 +814,7 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    attach_all(&fleet, &["--no-agent"]);
     let fleet = fleet.with_containers(1).unwrap();
     let (sender, receiver) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (local, remote) = (&sender.containers[0], &receiver.containers[0]);
@@ -1187,7 +1188,7 @@ fn direct_delivery_only_to_ports_whose_peer_is_up_in_another_namespace() {
         return;
     }
     let fleet = Fleet::new(1).unwrap();
-    attach_all(&fleet, &[]);
+    attach_all(&fleet, &["--no-agent"]);
     let fleet = fleet.with_containers(1).unwrap();
     let host = &fleet.hosts[0];
     let container = &host.containers[0];

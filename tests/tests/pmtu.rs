@@ -17,7 +17,7 @@ use fan_tests::{
     hex,
     netns::Netns,
     privileged,
-    topology::{Daemon, fan_xdp_binary, plug_container},
+    topology::{fan_xdp_binary, plug_container},
     traffic::{mac_of, send_frames, tcp_transfer},
 };
 use fan_userspace::loader::Stats;
@@ -29,7 +29,6 @@ struct Host {
     ns: Netns,
     container: Netns,
     addr: Ipv4Addr,
-    daemon: Option<Daemon>,
 }
 
 impl Host {
@@ -64,7 +63,6 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        drop(self.daemon.take());
         let _ = self
             .ns
             .command(fan_xdp_binary().to_str().unwrap())
@@ -146,7 +144,6 @@ fn build() -> Net {
             container: Netns::new("placeholder").unwrap(),
             ns,
             addr: format!("{slice}.10").parse().unwrap(),
-            daemon: None,
         };
         host.fan_xdp(&[
             "attach",
@@ -167,7 +164,6 @@ fn build() -> Net {
             gateway,
         )
         .unwrap();
-        host.daemon = Some(Daemon::start(&host.ns, &[]).unwrap());
         hosts.push(host);
     }
     Net {
@@ -267,8 +263,8 @@ fn a_narrower_hop_on_the_underlay_needs_no_mtu_option() {
         BULK
     );
 
-    // The host's own sockets: fan-xdp run gives the remote slice a route
-    // with the path's MTU.
+    // The host's own sockets: the agent attach started gives the remote
+    // slice a route with the path's MTU.
     assert!(
         eventually(|| {
             let routes = h1.ns.ip(&["route", "show", "250.2.2.0/24"]).unwrap();

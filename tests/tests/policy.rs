@@ -179,9 +179,8 @@ fn a_container_cannot_send_from_its_siblings_address() {
     attach_all(&fleet, &[]);
     let fleet = fleet.with_containers(2).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
-    let daemon = h1.fan_xdp_run().unwrap();
-    // Both containers speak, so the daemon learns their bindings and
-    // attaches the port programs.
+    // Both containers speak, so the agent attach started learns their
+    // bindings and attaches the port programs.
     let target = h2.containers[0].addr;
     let bound = |addr: Ipv4Addr| {
         let key = u32::from(addr).to_be();
@@ -219,7 +218,6 @@ fn a_container_cannot_send_from_its_siblings_address() {
         before.get(StatReason::Encapsulated).packets,
         "a packet with a sibling's source was encapsulated"
     );
-    drop(daemon);
     detach_all(&fleet);
 }
 

@@ -1116,6 +1116,16 @@ fn decapsulation_delivers_straight_to_a_known_container() {
     };
     bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
     let (d, direct) = (StatReason::Decapsulated, StatReason::DecapsulatedDirect);
+    // The endpoint map counts only while its keeper beats: never beaten,
+    // or beaten longer ago than the timeout, it is not followed.
+    bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_UNSPEC, &hex(DECAP_OUT), d);
+    let now = fan_userspace::loader::monotonic_ns();
+    let timeout = fan_common::maps::AGENT_HEARTBEAT_TIMEOUT_NS;
+    bed.dataplane
+        .set_heartbeat(now - timeout - 1_000_000)
+        .unwrap();
+    bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_UNSPEC, &hex(DECAP_OUT), d);
+    bed.dataplane.set_heartbeat(now).unwrap();
     bed.check_counts(
         DECAP_TC,
         &hex(DECAP_IN),

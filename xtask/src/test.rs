@@ -54,6 +54,10 @@ pub fn run() -> Result<()> {
         "netns_fan",
         "--test",
         "policy",
+        "--test",
+        "pmtu",
+        "--test",
+        "agent",
     ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),

@@ -44,11 +44,7 @@ fn main() -> Result<()> {
             host.fan_xdp_ok(&["attach", "eth0", "--overlay", &overlay])?
         );
     }
-    let daemons = fleet
-        .hosts
-        .iter()
-        .map(|h| h.fan_xdp_run())
-        .collect::<Result<Vec<_>>>()?;
+    // Each attach started the host's agent, which takes over the ports.
     wait_until_daemons_ready(&fleet)?;
     println!("\n   fan-xdp show (on h1):");
     for line in fleet.hosts[0].fan_xdp_ok(&["show"])?.lines() {
@@ -90,7 +86,6 @@ fn main() -> Result<()> {
     // The bridges were made by hand and adopted: detach keeps them, with
     // the containers on them, for the comparison that follows.
     println!("\n4. fan-xdp detach eth0 on every host.");
-    drop(daemons);
     for host in &fleet.hosts {
         host.fan_xdp_ok(&["detach", "eth0"])?;
     }

@@ -1,0 +1,359 @@
+//! The host agent (`fan-xdp run`), as the rest of fan-xdp sees it: one per
+//! network namespace, found through its run directory.
+//!
+//! - `agent.lock`, held for the agent's whole life (never deleted: see
+//!   [`crate::rundir`]); it holds the agent's pid, so a second agent refuses
+//!   and names the first.
+//! - `agent.json`, its status (pid, version, since, last sync, bindings),
+//!   rewritten after each sync; `show` reads it.
+//! - `agent.sock`, its control socket: one JSON request per connection
+//!   (`{"op":"status"}`, `{"op":"reload"}`, `{"op":"stop"}`), answered after
+//!   the agent has acted; only root may ask (SO_PEERCRED).
+//! - `agent.log`, where an agent that `attach` started writes (capped).
+//!
+//! `attach` starts an agent where none runs, `detach` of the last fan stops
+//! one that attach started, and the agent is stopped through its socket,
+//! never by a recorded pid (which may have been reused).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::OpenOptionsExt as _, net::UnixStream, process::CommandExt as _},
+    },
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{cli::Global, rundir::RunDir};
+
+/// This build: the package version and a hash of the eBPF object, so that
+/// an attach from a newer fan-xdp (or with other programs) replaces an
+/// older agent.
+pub fn version() -> String {
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in crate::loader::EBPF_OBJECT {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}+{hash:016x}", env!("CARGO_PKG_VERSION"))
+}
+
+/// What the agent says about itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub pid: u32,
+    pub version: String,
+    /// Started by `attach` (and so stopped by the last `detach`).
+    pub started_by_attach: bool,
+    /// Unix times (seconds).
+    pub since: u64,
+    pub last_sync: u64,
+    /// The fans are up and the first sync is done.
+    pub ready: bool,
+    /// Addresses delivered straight into containers, by where the binding
+    /// came from (`learned`: the bridge's neighbour and forwarding tables).
+    pub bindings: BTreeMap<String, u64>,
+    /// Container ports running the encapsulating program.
+    pub ports: u64,
+}
+
+/// The agent's files in a run directory.
+pub struct Files {
+    pub lock: PathBuf,
+    pub status: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Files {
+    pub fn of(run: &RunDir) -> Self {
+        Self {
+            lock: run.path.join("agent.lock"),
+            status: run.path.join("agent.json"),
+            socket: run.path.join("agent.sock"),
+            log: run.path.join("agent.log"),
+        }
+    }
+}
+
+/// `agent.lock`, held: this process is the namespace's agent.
+pub struct AgentLock {
+    _file: fs::File,
+}
+
+/// Takes `agent.lock` for this process's life, or refuses, naming the agent
+/// that holds it.
+pub fn lock(run: &RunDir) -> Result<AgentLock> {
+    run.create()?;
+    let files = Files::of(run);
+    let mut file = open_lock(&files)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = holder_pid(&files).map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        bail!(
+            "another fan-xdp run (pid {holder}) already serves this network namespace ({} is held)",
+            files.lock.display()
+        );
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(AgentLock { _file: file })
+}
+
+fn open_lock(files: &Files) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&files.lock)
+        .with_context(|| format!("opening {}", files.lock.display()))
+}
+
+fn holder_pid(files: &Files) -> Option<u32> {
+    fs::read_to_string(&files.lock).ok()?.trim().parse().ok()
+}
+
+/// The pid of the agent serving this namespace, if one runs (it holds the lock).
+pub fn running(run: &RunDir) -> Option<u32> {
+    let files = Files::of(run);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&files.lock)
+        .ok()?;
+    // SAFETY: flock on a descriptor we own; a shared lock we get is dropped with it.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    if free {
+        return None;
+    }
+    Some(holder_pid(&files).unwrap_or(0))
+}
+
+/// Writes the status atomically (a reader never sees half of it).
+pub fn write_status(run: &RunDir, status: &Status) -> Result<()> {
+    let files = Files::of(run);
+    let tmp = files.status.with_extension("json.tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(&serde_json::to_vec(status)?)?;
+    fs::rename(&tmp, &files.status).context("publishing the agent's status")
+}
+
+/// The status of the agent serving this namespace, if one runs.
+pub fn status(run: &RunDir) -> Option<Status> {
+    running(run)?;
+    let text = fs::read_to_string(Files::of(run).status).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Sends `op` to the agent and returns its answer.
+pub fn request(run: &RunDir, op: &str, timeout: Duration) -> Result<serde_json::Value> {
+    let socket = Files::of(run).socket;
+    let mut stream = UnixStream::connect(&socket)
+        .with_context(|| format!("connecting to the agent at {}", socket.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    writeln!(stream, "{}", serde_json::json!({ "op": op }))?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .context("waiting for the agent's answer")?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("the agent answered {line:?}"))?;
+    if answer["ok"] != true {
+        bail!(
+            "the agent refused {op}: {}",
+            answer["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(answer)
+}
+
+/// How long `attach` waits for a new agent to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes sure an agent of this version serves the namespace: starts one
+/// where none runs (a unit under systemd, else a detached process), or
+/// replaces one of another version. Returns once it reports ready.
+pub fn ensure(run: &RunDir, global: &Global) -> Result<()> {
+    if let Some(current) = status(run) {
+        if current.version == version() {
+            return Ok(());
+        }
+        log::info!(
+            "replacing the agent (pid {}, version {}) with this version ({})",
+            current.pid,
+            current.version,
+            version()
+        );
+        stop(run)?;
+    } else if running(run).is_some() {
+        // Running, but not (yet) saying anything: give it its time.
+        return wait_ready(run);
+    }
+    if std::env::var_os("INVOCATION_ID").is_some() {
+        // Under systemd: the unit owns the agent's life, not this command.
+        let status = Command::new("systemctl")
+            .args(["start", "fan-xdp.service"])
+            .status()
+            .context("running systemctl start fan-xdp.service")?;
+        if !status.success() {
+            bail!("systemctl start fan-xdp.service failed ({status})");
+        }
+    } else {
+        spawn(run, global)?;
+    }
+    wait_ready(run)
+}
+
+/// Starts `fan-xdp run` as a detached process: its own session, no
+/// inherited descriptors, a reduced environment, umask 077, working
+/// directory /, output to the capped `agent.log`.
+fn spawn(run: &RunDir, global: &Global) -> Result<()> {
+    let files = Files::of(run);
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&files.log)
+        .with_context(|| format!("opening {}", files.log.display()))?;
+    let exe = std::env::current_exe().context("finding the fan-xdp executable")?;
+    let mut command = Command::new(exe);
+    command.arg("run").arg("--started-by-attach");
+    if let Some(dir) = &global.pin_dir {
+        command.arg("--pin-dir").arg(dir);
+    }
+    if let Some(dir) = &global.run_dir {
+        command.arg("--run-dir").arg(dir);
+    }
+    // Never -v: the agent would read the programs' event buffer, which has
+    // one consumer, and `fan-xdp -v stats` would see nothing.
+    command
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls (setsid, umask, close_range)
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::umask(0o077);
+            // Everything but stdin, stdout and stderr (which exec keeps).
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    // Not waited for: reaped by whoever inherits it once attach exits.
+    let child = command.spawn().context("starting fan-xdp run")?;
+    log::info!("started the agent (pid {})", child.id());
+    Ok(())
+}
+
+fn wait_ready(run: &RunDir) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if status(run).is_some_and(|s| s.ready) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = Files::of(run).log;
+    Err(anyhow!(
+        "the agent did not report ready within {}s; see {}",
+        READY_TIMEOUT.as_secs(),
+        log.display()
+    ))
+}
+
+/// Asks the agent to stop and waits until it has (its lock is free).
+pub fn stop(run: &RunDir) -> Result<()> {
+    if running(run).is_none() {
+        return Ok(());
+    }
+    request(run, "stop", Duration::from_secs(5))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(run).is_some() {
+        if Instant::now() > deadline {
+            bail!("the agent acknowledged stop but still runs after 10s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Most an agent's log may grow before it starts over.
+pub const LOG_LIMIT: u64 = 1 << 20;
+
+/// Starts the log over when it has outgrown [`LOG_LIMIT`] (a `-v` drop
+/// flood must not fill /run). Appends continue at the new end.
+pub fn cap_log(run: &RunDir) {
+    let log = Files::of(run).log;
+    if fs::symlink_metadata(&log).is_ok_and(|m| m.is_file() && m.len() > LOG_LIMIT)
+        && let Ok(file) = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log)
+    {
+        let _ = file.set_len(0);
+    }
+}
+
+/// Reads one request line from a control connection (bounded).
+pub fn parse_request(mut reader: impl std::io::Read) -> Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 256 {
+        if reader.read(&mut byte)? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    let request: serde_json::Value =
+        serde_json::from_slice(&line).context("a request is one JSON object")?;
+    request["op"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("a request names its op"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn requests_name_their_op() {
+        assert_eq!(
+            super::parse_request(&b"{\"op\":\"stop\"}\n"[..]).unwrap(),
+            "stop"
+        );
+        assert!(super::parse_request(&b"{\"op\":1}\n"[..]).is_err());
+        assert!(super::parse_request(&b"stop\n"[..]).is_err());
+    }
+
+    #[test]
+    fn the_version_names_the_programs() {
+        let version = super::version();
+        assert!(version.starts_with(env!("CARGO_PKG_VERSION")));
+        assert_eq!(version.len(), env!("CARGO_PKG_VERSION").len() + 17);
+    }
+}

@@ -1,0 +1,349 @@
+//! The host agent (`fan-xdp run`) as a user meets it: started by `attach`,
+//! one per namespace, ready only when the fast path is in place, reloaded
+//! and stopped through its socket, trusted by the programs only while it
+//! beats, and gone after the last `detach`.
+
+use std::{
+    io::Read as _,
+    net::Ipv4Addr,
+    os::unix::net::UnixDatagram,
+    time::{Duration, Instant},
+};
+
+use fan_common::StatReason;
+use fan_tests::{
+    netns::Netns,
+    privileged,
+    topology::{Fleet, Host, fan_xdp_binary},
+    traffic::{ping, tcp_transfer},
+};
+
+const OVERLAY: &str = "250.0.0.0/8";
+
+fn attach_all(fleet: &Fleet, extra: &[&str]) {
+    for host in &fleet.hosts {
+        let args = [&["attach", "eth0", "--overlay", OVERLAY][..], extra].concat();
+        host.fan_xdp_ok(&args).expect("attach");
+    }
+}
+
+fn detach_all(fleet: &Fleet) {
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).expect("detach");
+    }
+}
+
+fn show(host: &Host) -> serde_json::Value {
+    serde_json::from_str(&host.fan_xdp_ok(&["show", "--json"]).unwrap()).unwrap()
+}
+
+fn counter(host: &Host, reason: StatReason) -> u64 {
+    host.pinned_maps()
+        .unwrap()
+        .stats()
+        .unwrap()
+        .get(reason)
+        .packets
+}
+
+/// The pids of fan-xdp processes in `ns`.
+fn fan_xdp_pids(ns: &Netns) -> Vec<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns.name()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "fan-xdp")
+        })
+        .collect()
+}
+
+/// Pings `to` from `from` until `host` delivers straight into a container
+/// (bounded); whether it did.
+fn wait_for_direct(from: &Netns, to: Ipv4Addr, host: &Host) -> bool {
+    let start = counter(host, StatReason::DecapsulatedDirect);
+    for _ in 0..25 {
+        let _ = ping(from, to, 1);
+        if counter(host, StatReason::DecapsulatedDirect) > start {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+fn agent_pid(host: &Host) -> u64 {
+    show(host)[0]["agent"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no agent in {}", show(host)))
+}
+
+#[test]
+fn attach_alone_gives_the_fast_path_and_the_last_detach_stops_its_agent() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    assert!(
+        wait_for_direct(&c1.ns, c2.addr, h2),
+        "attach alone never gave direct delivery"
+    );
+    let shown = show(h2);
+    assert_eq!(shown[0]["agent"]["started_by_attach"], true, "{shown}");
+    assert_eq!(shown[0]["agent"]["ready"], true, "{shown}");
+    let text = h2.fan_xdp_ok(&["show"]).unwrap();
+    assert!(
+        text.contains("agent: fan-xdp run (pid") && !text.contains("no agent"),
+        "{text}"
+    );
+    for host in &fleet.hosts {
+        assert_eq!(fan_xdp_pids(&host.ns).len(), 1, "one agent per namespace");
+    }
+    detach_all(&fleet);
+    for host in &fleet.hosts {
+        assert_eq!(
+            fan_xdp_pids(&host.ns),
+            Vec::<u32>::new(),
+            "a fan-xdp process outlived the last detach"
+        );
+    }
+}
+
+#[test]
+fn a_second_agent_refuses_and_names_the_first() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    attach_all(&fleet, &[]);
+    let host = &fleet.hosts[0];
+    let first = agent_pid(host);
+    let out = host.fan_xdp(&["run"]).unwrap();
+    assert!(!out.status.success(), "a second agent started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("pid {first}")), "{err}");
+    // attach again leaves the agent that runs alone.
+    attach_all(&fleet, &[]);
+    assert_eq!(agent_pid(host), first);
+    detach_all(&fleet);
+}
+
+#[test]
+fn ready_is_announced_once_the_fast_path_is_in_place() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    attach_all(&fleet, &["--no-agent"]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let host = &fleet.hosts[0];
+    // The test is the service manager: it owns the notification socket.
+    let dir = std::env::temp_dir().join(format!("fan-xdp-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let manager = UnixDatagram::bind(&dir).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut agent = host
+        .ns
+        .command(fan_xdp_binary().to_str().unwrap())
+        .arg("run")
+        .env("NOTIFY_SOCKET", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        let Ok(n) = manager.recv(&mut buf) else { break };
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        received.push(message.clone());
+        if message == "READY=1" {
+            break;
+        }
+    }
+    assert_eq!(
+        received.last().map(String::as_str),
+        Some("READY=1"),
+        "{received:?}"
+    );
+    // At READY=1 the container's port already runs the program.
+    let shown = show(host);
+    let fast = &shown[0]["fast_path"];
+    assert_eq!(fast["ports"], 1, "{shown}");
+    if fan_userspace::loader::tcx_supported() {
+        assert_eq!(fast["ports_encapsulating"], 1, "{shown}");
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let mut stopping = false;
+    while let Ok(n) = manager.recv(&mut buf) {
+        if &buf[..n] == b"STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    let status = agent.wait().unwrap();
+    let mut err = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(stopping, "no STOPPING=1");
+    assert!(status.success(), "{status}: {err}");
+    // SIGTERM ends the fast path and leaves the fans attached.
+    let shown = show(host);
+    assert!(shown[0]["agent"].is_null(), "{shown}");
+    assert_eq!(shown[0]["complete"], true, "{shown}");
+    let _ = std::fs::remove_file(&dir);
+    detach_all(&fleet);
+}
+
+#[test]
+fn reload_returns_once_the_agent_has_resynced() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    fleet.hosts[0]
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    fleet.hosts[1]
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--no-agent"])
+        .unwrap();
+    let before = show(&fleet.hosts[0])[0]["agent"]["last_sync"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = fleet.hosts[0].fan_xdp_ok(&["reload"]).unwrap();
+    assert_eq!(out.trim(), "reloaded");
+    let after = show(&fleet.hosts[0])[0]["agent"]["last_sync"]
+        .as_u64()
+        .unwrap();
+    assert!(after > before, "no sync on reload ({before} -> {after})");
+    let out = fleet.hosts[1].fan_xdp(&["reload"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no fan-xdp run serves"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    detach_all(&fleet);
+}
+
+#[test]
+fn a_killed_agent_is_not_trusted_and_a_transfer_outlives_it() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    assert!(wait_for_direct(&c1.ns, c2.addr, h2));
+    // 100 MB at 200 Mbit/s: about four seconds, so the agent dies mid-way.
+    c1.ns
+        .run(
+            "tc",
+            &[
+                "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "200mbit", "burst", "256kb",
+                "latency", "50ms",
+            ],
+        )
+        .unwrap();
+    let bytes = 100u64 << 20;
+    std::thread::scope(|scope| {
+        let transfer = scope.spawn(|| tcp_transfer(&c2.ns, &c1.ns, c2.addr, bytes));
+        std::thread::sleep(Duration::from_millis(1000));
+        // SIGKILL: no chance to empty the endpoint map.
+        let pid = agent_pid(h2) as i32;
+        // SAFETY: signalling the agent by the pid its status names, in our test namespace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(500));
+        attach_all(&fleet, &[]);
+        assert!(
+            !transfer.is_finished(),
+            "the transfer ended before the agent was restarted: nothing was tested"
+        );
+        assert_eq!(
+            transfer.join().unwrap().unwrap(),
+            bytes,
+            "the transfer did not survive the agent's restart"
+        );
+    });
+    c1.ns
+        .run("tc", &["qdisc", "del", "dev", "eth0", "root"])
+        .unwrap();
+    assert!(
+        wait_for_direct(&c1.ns, c2.addr, h2),
+        "no direct delivery after the restart"
+    );
+
+    // Killed again and not restarted: once the heartbeat is older than the
+    // timeout, the endpoint map it left behind is no longer followed.
+    let pid = agent_pid(h2) as i32;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_nanos(
+        fan_common::maps::AGENT_HEARTBEAT_TIMEOUT_NS + 500_000_000,
+    ));
+    assert!(
+        h2.pinned_maps().unwrap().endpoints.iter().count() > 0,
+        "the killed agent's endpoints are still pinned"
+    );
+    let direct = counter(h2, StatReason::DecapsulatedDirect);
+    assert!(ping(&c1.ns, c2.addr, 3).unwrap(), "the stack path works");
+    assert_eq!(
+        counter(h2, StatReason::DecapsulatedDirect),
+        direct,
+        "direct delivery on a dead agent's map"
+    );
+    detach_all(&fleet);
+}
+
+#[test]
+fn the_agent_outlives_the_shell_that_ran_attach() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    // As an operator types it: a shell runs `ip netns exec ... attach` and
+    // exits. The agent reaches the host's bpffs through that shell's mount
+    // namespace, which is gone once the shell is.
+    for host in &fleet.hosts {
+        let script = format!(
+            "ip netns exec {} {} attach eth0 --overlay {OVERLAY}",
+            host.ns.name(),
+            fan_xdp_binary().display()
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("RUST_BACKTRACE", "0")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    // Plugged after the shells exited: only an agent that can still reach
+    // its maps learns these containers.
+    let fleet = fleet.with_containers(1).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    assert!(
+        wait_for_direct(&h1.containers[0].ns, h2.containers[0].addr, h2),
+        "the agent lost its maps when the shell exited"
+    );
+    detach_all(&fleet);
+}
