@@ -10,7 +10,10 @@
 //! (see [`can_deliver_to`]); `fan-xdp run` resyncs on every link event, so
 //! an endpoint leaves the map when its link goes down.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::Result;
 use fan_common::maps::Endpoint;
@@ -29,6 +32,8 @@ pub struct Slices {
     /// The veth ports of the slice bridges (index, name): where containers
     /// send from, and where encapsulation can start.
     pub ports: Vec<(u32, String)>,
+    /// The ports direct delivery can reach (see [`can_deliver_to`]).
+    pub deliverable: HashSet<u32>,
     /// Forwarding entries of endpoints the bridge has not seen for a while:
     /// traffic encapsulated at the port never reaches the bridge to refresh
     /// them, so they would age out although the container is busy.
@@ -92,6 +97,7 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
             }
         }
         slices.ports.extend(veths);
+        slices.deliverable.extend(deliverable);
     }
     slices.ports.sort();
     Ok(slices)
@@ -104,6 +110,37 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
 /// (which a veth is only while its peer is) with its peer in another namespace.
 pub fn can_deliver_to(port: &Link) -> bool {
     port.kind.as_deref() == Some("veth") && port.oper_up && port.peer_netns_id.is_some()
+}
+
+/// What the endpoint map should hold given what it holds: a binding holds
+/// while its port can deliver. Neither a neighbour entry that the kernel's
+/// garbage collection drops (a quiet container) nor one that another
+/// container rewrites by answering ARP for the address moves or removes it;
+/// the address is released when its port goes (the container is gone). On
+/// its own port, a binding follows the container's MAC.
+pub fn keep_bindings(have: &HashMap<u32, Endpoint>, slices: &Slices) -> HashMap<u32, Endpoint> {
+    let mut want = slices.endpoints.clone();
+    for (addr, bound) in have {
+        if !slices.deliverable.contains(&bound.ifindex) {
+            continue;
+        }
+        match want.get(addr) {
+            Some(learned) if learned.ifindex == bound.ifindex => {}
+            Some(learned) => {
+                log::warn!(
+                    "{} is bound to port {} and answered for on port {}: kept where it is",
+                    std::net::Ipv4Addr::from(u32::from_be(*addr)),
+                    bound.ifindex,
+                    learned.ifindex
+                );
+                want.insert(*addr, *bound);
+            }
+            None => {
+                want.insert(*addr, *bound);
+            }
+        }
+    }
+    want
 }
 
 /// Makes the pinned endpoint map equal `want`. Returns (added or changed, removed).
@@ -127,4 +164,49 @@ pub fn apply(maps: &mut PinnedMaps, want: &HashMap<u32, Endpoint>) -> Result<(us
 /// Empties the endpoint map: every packet takes the stack.
 pub fn clear(maps: &mut PinnedMaps) -> Result<()> {
     apply(maps, &HashMap::new()).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(ifindex: u32, last: u8) -> Endpoint {
+        Endpoint {
+            ifindex,
+            mac: [2, 0, 0, 0, 0, last],
+            gateway_mac: [2, 0, 0, 0, 0, 1],
+        }
+    }
+
+    #[test]
+    fn a_binding_holds_while_its_port_can_deliver() {
+        let (a, b, c) = (10u32.to_be(), 11u32.to_be(), 12u32.to_be());
+        let have = HashMap::from([
+            (a, endpoint(5, 0xa)),
+            (b, endpoint(6, 0xb)),
+            (c, endpoint(7, 0xc)),
+        ]);
+        let slices = Slices {
+            // a: another port answers for it; b: its neighbour entry is gone;
+            // c: its port is gone, and a new port holds it.
+            endpoints: HashMap::from([(a, endpoint(6, 0xb)), (c, endpoint(8, 0xd))]),
+            deliverable: HashSet::from([5, 6, 8]),
+            ..Slices::default()
+        };
+        let want = keep_bindings(&have, &slices);
+        assert_eq!(want[&a], endpoint(5, 0xa), "moved by another port's ARP");
+        assert_eq!(
+            want[&b],
+            endpoint(6, 0xb),
+            "dropped with its neighbour entry"
+        );
+        assert_eq!(want[&c], endpoint(8, 0xd), "not released with its port");
+        // On its own port a binding follows the container's MAC.
+        let slices = Slices {
+            endpoints: HashMap::from([(a, endpoint(5, 0xe))]),
+            deliverable: HashSet::from([5]),
+            ..Slices::default()
+        };
+        assert_eq!(keep_bindings(&have, &slices)[&a], endpoint(5, 0xe));
+    }
 }

@@ -288,14 +288,16 @@ async fn sync(
     let mut maps = PinnedMaps::open(dir)?;
     let fans = load_fans(&maps)?;
     let want = endpoints::desired(net, &fans).await?;
-    let (changed, removed) = endpoints::apply(&mut maps, &want.endpoints)?;
+    let have = maps.endpoints.iter().collect::<Result<_, _>>()?;
+    let bound = endpoints::keep_bindings(&have, &want);
+    let (changed, removed) = endpoints::apply(&mut maps, &bound)?;
     if changed + removed > 0 {
         info!(
             "endpoints: {} known, {changed} added or changed, {removed} removed",
-            want.endpoints.len()
+            bound.len()
         );
     } else {
-        debug!("endpoints: {} known, unchanged", want.endpoints.len());
+        debug!("endpoints: {} known, unchanged", bound.len());
     }
 
     if ports.as_ref().is_some_and(|p| !p.is_current(dir)) {
@@ -320,7 +322,7 @@ async fn sync(
             .await?;
     }
     Ok(Synced {
-        endpoints: want.endpoints.len(),
+        endpoints: bound.len(),
         ports: ports.as_ref().map_or(0, PortEncap::ports),
     })
 }

@@ -12,10 +12,11 @@ use std::{
 
 use fan_common::StatReason;
 use fan_tests::{
+    hex,
     netns::Netns,
     privileged,
     topology::{Fleet, Host, fan_xdp_binary},
-    traffic::{ping, tcp_transfer},
+    traffic::{mac_of, ping, send_frames, snmp_counter, tcp_transfer},
 };
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -345,5 +346,51 @@ fn the_agent_outlives_the_shell_that_ran_attach() {
         wait_for_direct(&h1.containers[0].ns, h2.containers[0].addr, h2),
         "the agent lost its maps when the shell exited"
     );
+    detach_all(&fleet);
+}
+
+#[test]
+fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffic() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(2).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
+    assert!(wait_for_direct(&client.ns, owner.addr, h2));
+    // The rogue container claims its sibling's address (250.0.2.11) with
+    // its own MAC, in gratuitous ARP replies, past the neighbour locktime.
+    let rogue_mac = mac_of(&rogue.ns, "eth0").unwrap();
+    let mut arp = vec![0xff; 6];
+    arp.extend(rogue_mac);
+    arp.extend(hex("0806 0001 0800 06 04 0002"));
+    arp.extend(rogue_mac);
+    arp.extend(owner.addr.octets());
+    arp.extend([0xff; 6]);
+    arp.extend(owner.addr.octets());
+    std::thread::sleep(Duration::from_millis(1200));
+    send_frames(&rogue.ns, "eth0", &vec![arp; 3]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (owner_echoes, rogue_echoes) = (
+        snmp_counter(&owner.ns, "Icmp", "InEchos").unwrap(),
+        snmp_counter(&rogue.ns, "Icmp", "InEchos").unwrap(),
+    );
+    let direct = counter(h2, StatReason::DecapsulatedDirect);
+    assert!(
+        ping(&client.ns, owner.addr, 3).unwrap(),
+        "the owner lost its traffic"
+    );
+    assert_eq!(
+        snmp_counter(&owner.ns, "Icmp", "InEchos").unwrap(),
+        owner_echoes + 3
+    );
+    assert_eq!(
+        snmp_counter(&rogue.ns, "Icmp", "InEchos").unwrap(),
+        rogue_echoes,
+        "the rogue container got its sibling's traffic"
+    );
+    assert!(counter(h2, StatReason::DecapsulatedDirect) >= direct + 3);
     detach_all(&fleet);
 }
