@@ -118,6 +118,25 @@ pub struct PathMtu {
 // SAFETY: PathMtu is repr(C), Copy, and made only of integers with explicit padding.
 unsafe impl aya::Pod for PathMtu {}
 
+/// Values of the bypass map (`FAN_BYPASS`): whether the bridge and port
+/// programs and direct delivery may skip the host's netfilter. Unset (0) is
+/// on, as before the map existed.
+pub mod bypass {
+    pub const UNSET: u32 = 0;
+    /// Decided by the rule (`--bypass auto`): netfilter has nothing to do.
+    pub const AUTO_ON: u32 = 1;
+    /// Decided by the rule: netfilter could act on forwarded fan traffic.
+    pub const AUTO_OFF: u32 = 2;
+    pub const FORCED_ON: u32 = 3;
+    pub const FORCED_OFF: u32 = 4;
+
+    /// Whether packets must take the host's stack.
+    #[inline(always)]
+    pub const fn is_off(value: u32) -> bool {
+        value == AUTO_OFF || value == FORCED_OFF
+    }
+}
+
 /// How long the programs trust the endpoint map after the agent's last
 /// heartbeat (it beats every second): after a SIGKILL, nothing keeps
 /// redirecting to ports that may have changed hands.

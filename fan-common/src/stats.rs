@@ -54,6 +54,7 @@ stat_reasons! {
     PassNotIpip = "pass_not_ipip": "not IP-in-IP: left to the stack",
     PassNotLocalUnderlay = "pass_not_local_underlay": "outer destination is not this host's underlay address",
     PassOuterFragment = "pass_outer_fragment": "outer header is a fragment, which cannot be decapsulated before reassembly",
+    StackBypassOff = "stack_bypass_off": "the host's netfilter could act on fan traffic (the bypass is off): encapsulated after the stack has forwarded it, delivered through the stack",
     StackTtlExpired = "stack_ttl_expired": "inner TTL would expire: the stack answers with ICMP time exceeded",
     StackTooBigForPath = "stack_too_big_for_path": "larger than the learned path MTU allows and fragmentable (no DF): the stack fragments it (by the route MTU fan-xdp run keeps)",
     StackFragmentForPath = "stack_fragment_for_path": "a fragment towards a host with a learned path MTU: to the stack, with the rest of its datagram (which the stack fragments to the route MTU fan-xdp run keeps)",

@@ -19,7 +19,7 @@ use fan_common::{
 
 use crate::{
     events::event_allowed,
-    maps::{FAN_ENDPOINTS, agent_alive, fan_for, is_local_host},
+    maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host},
     parse::{EthHdr, eth, ipv4},
     pmtu,
     stats::count,
@@ -210,8 +210,9 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
     let ip = unsafe { *ip_ptr };
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
     let endpoint = unsafe { FAN_ENDPOINTS.get(ip.dst_raw()) }?;
-    // A map whose keeper stopped beating may name ports that changed hands.
-    if !agent_alive() {
+    // A map whose keeper stopped beating may name ports that changed hands;
+    // with the bypass off, the host's netfilter must see the packet.
+    if !agent_alive() || bypass_off() {
         return None;
     }
     if ip.ttl <= 1 {

@@ -26,7 +26,7 @@ use fan_common::{
 
 use crate::{
     events::event_allowed,
-    maps::{FAN_ENDPOINTS, fan_for},
+    maps::{FAN_ENDPOINTS, bypass_off, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{answer_too_big, path_mtu},
     stats::count,
@@ -118,6 +118,11 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     let dst = ip.dst();
     if fan.is_local(dst) {
         return Err(Outcome::Pass(StatReason::PassLocalSlice));
+    }
+    if hook.forwards() && bypass_off() {
+        // Forwarded through the stack (FORWARD, NAT, conntrack), then
+        // encapsulated at fan-host's egress.
+        return Err(Outcome::Pass(StatReason::StackBypassOff));
     }
     let remote_host = fan.map.host_of(dst);
     if fan.map.is_reserved_host(remote_host) {

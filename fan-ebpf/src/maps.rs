@@ -45,6 +45,19 @@ pub static FAN_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX
 #[map]
 pub static FAN_AGENT: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Whether the fast path may skip the host's netfilter (see
+/// `fan_common::maps::bypass`); written by attach and the agent.
+#[map]
+pub static FAN_BYPASS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether fan traffic must take the host's stack, for its netfilter.
+#[inline(always)]
+pub fn bypass_off() -> bool {
+    FAN_BYPASS
+        .get(0)
+        .is_some_and(|value| fan_common::maps::bypass::is_off(*value))
+}
+
 /// Whether the agent that keeps the endpoint map has beaten recently.
 #[inline(always)]
 pub fn agent_alive() -> bool {

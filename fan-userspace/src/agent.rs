@@ -62,6 +62,9 @@ pub struct Status {
     pub bindings: BTreeMap<String, u64>,
     /// Container ports running the encapsulating program.
     pub ports: u64,
+    /// Whether the fast path may skip netfilter, and why (not).
+    pub bypass: bool,
+    pub bypass_why: String,
 }
 
 /// The agent's files in a run directory.

@@ -21,7 +21,7 @@ use log::{info, warn};
 
 use crate::{
     agent,
-    cli::{AttachArgs, Global, Mode},
+    cli::{AttachArgs, Bypass, Global, Mode},
     host::{
         FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
         rp_filter_key, write_sysctl,
@@ -54,6 +54,7 @@ struct Plan {
     bridge: String,
     mtu: u32,
     mode: Mode,
+    bypass: Bypass,
     nat: bool,
     host_reserve: u32,
     dir: StateDir,
@@ -335,6 +336,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
         bridge,
         mtu,
         mode,
+        bypass: args.bypass,
         nat: !args.no_nat,
         host_reserve: args.host_reserve,
         dir,
@@ -628,14 +630,26 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
     changed |= relinked;
     checkpoint("programs")?;
 
-    // 8. The fan entry the programs look up, then the record marked complete.
+    // 8. Whether the fast path may skip netfilter, before any packet of this
+    // fan is encapsulated; then the fan entry the programs look up, and the
+    // record marked complete.
+    let (bypass, verdict) = crate::bypass::decide(plan.bypass);
+    let mut maps = PinnedMaps::open(&plan.dir)?;
+    if maps.bypass()? != bypass {
+        maps.set_bypass(bypass)?;
+    }
+    if !verdict.on {
+        warn!(
+            "the bypass is off ({}): fan traffic takes the host's stack, so netfilter sees it (slower); `--bypass on` forces the fast path",
+            verdict.why
+        );
+    }
     let entry = FanEntry {
         map: plan.map,
         local_host: u32::from(plan.host),
         underlay_ifindex: plan.iface.index,
         overlay_mtu: plan.mtu,
     };
-    let maps = PinnedMaps::open(&plan.dir)?;
     let previous = maps
         .config
         .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)

@@ -93,6 +93,18 @@ pub struct AttachArgs {
     /// then takes the bridge and the host's stack.
     #[arg(long)]
     pub no_agent: bool,
+    /// Whether the fast path may skip the host's netfilter (FORWARD, NAT,
+    /// conntrack) for fan traffic: auto turns it off where netfilter could act.
+    #[arg(long, value_enum, default_value_t = Bypass::Auto)]
+    pub bypass: Bypass,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Bypass {
+    /// On unless the host's netfilter could act on forwarded fan traffic.
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Args, Clone)]

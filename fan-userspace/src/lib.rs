@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod bypass;
 pub mod cli;
 pub mod detach;
 pub mod endpoints;

@@ -48,8 +48,10 @@ pub const ENDPOINTS_MAP: &str = "FAN_ENDPOINTS";
 pub const LOCAL_HOSTS_MAP: &str = "FAN_LOCAL_HOSTS";
 pub const PATH_MTU_MAP: &str = "FAN_PATH_MTU";
 pub const AGENT_MAP: &str = "FAN_AGENT";
-const MAPS: [&str; 7] = [
+pub const BYPASS_MAP: &str = "FAN_BYPASS";
+const MAPS: [&str; 8] = [
     AGENT_MAP,
+    BYPASS_MAP,
     CONFIG_MAP,
     STATS_MAP,
     META_MAP,
@@ -756,6 +758,8 @@ pub struct PinnedMaps {
     pub path_mtus: BpfHashMap<MapData, u32, PathMtu>,
     /// The agent's heartbeat.
     pub agent: Array<MapData, u64>,
+    /// Whether the fast path may skip netfilter (`fan_common::maps::bypass`).
+    pub bypass: Array<MapData, u32>,
 }
 
 impl PinnedMaps {
@@ -773,7 +777,19 @@ impl PinnedMaps {
             local_hosts: BpfHashMap::try_from(open(LOCAL_HOSTS_MAP)?)?,
             path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
             agent: Array::try_from(open(AGENT_MAP)?)?,
+            bypass: Array::try_from(open(BYPASS_MAP)?)?,
         })
+    }
+
+    /// The bypass value the programs follow.
+    pub fn bypass(&self) -> Result<u32> {
+        self.bypass.get(&0, 0).context("reading the bypass setting")
+    }
+
+    pub fn set_bypass(&mut self, value: u32) -> Result<()> {
+        self.bypass
+            .set(0, value, 0)
+            .context("writing the bypass setting")
     }
 
     /// The agent's heartbeat: the programs follow the endpoint map for

@@ -22,7 +22,7 @@ fn comment(overlay: Ipv4Network) -> String {
     format!("fan-xdp masquerade {overlay}")
 }
 
-fn nft(input: Option<&Value>, args: &[&str]) -> Result<Value> {
+pub(crate) fn nft(input: Option<&Value>, args: &[&str]) -> Result<Value> {
     let mut cmd = Command::new("nft");
     cmd.arg("-j").args(args);
     if input.is_some() {

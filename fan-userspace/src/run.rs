@@ -20,7 +20,7 @@ use rtnetlink::{
 use tokio::net::UnixListener;
 
 use crate::{
-    agent,
+    agent, bypass,
     cli::{Global, RunArgs},
     endpoints,
     host::Net,
@@ -95,9 +95,8 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     // Ready once the first sync is done: the fast path is in place.
     let first = full_sync!();
-    publish(&run_dir, &dir, &mut status, first);
     status.ready = true;
-    publish(&run_dir, &dir, &mut status, Ok(Synced::default()));
+    publish(&run_dir, &dir, &mut status, first);
     notify::notify("READY=1");
     info!(
         "fan-xdp run: serving {} (pid {}, version {})",
@@ -223,6 +222,7 @@ fn answer(stream: tokio::net::UnixStream, status: &agent::Status) -> Result<Requ
 struct Synced {
     endpoints: usize,
     ports: usize,
+    bypass: Option<bypass::Verdict>,
 }
 
 /// Records a sync in the status file (and says so to the service manager).
@@ -230,9 +230,11 @@ fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced:
     match synced {
         Ok(synced) => {
             status.last_sync = unix_now();
-            if synced.endpoints + synced.ports > 0 || status.bindings.is_empty() {
-                status.bindings = [("learned".to_string(), synced.endpoints as u64)].into();
-                status.ports = synced.ports as u64;
+            status.bindings = [("learned".to_string(), synced.endpoints as u64)].into();
+            status.ports = synced.ports as u64;
+            if let Some(verdict) = synced.bypass {
+                status.bypass = verdict.on;
+                status.bypass_why = verdict.why;
             }
         }
         Err(e) => warn!("sync failed: {e:#}"),
@@ -287,9 +289,24 @@ async fn sync(
     }
     let mut maps = PinnedMaps::open(dir)?;
     let fans = load_fans(&maps)?;
+    // The bypass first: where netfilter could act, there is no fast path.
+    let value = maps.bypass()?;
+    let (decided, verdict) = bypass::decide(bypass::setting_of(value));
+    if decided != value {
+        maps.set_bypass(decided)?;
+        info!(
+            "bypass {} ({})",
+            if verdict.on { "on" } else { "off" },
+            verdict.why
+        );
+    }
     let want = endpoints::desired(net, &fans).await?;
     let have = maps.endpoints.iter().collect::<Result<_, _>>()?;
-    let bound = endpoints::keep_bindings(&have, &want);
+    let bound = if verdict.on {
+        endpoints::keep_bindings(&have, &want)
+    } else {
+        std::collections::HashMap::new()
+    };
     let (changed, removed) = endpoints::apply(&mut maps, &bound)?;
     if changed + removed > 0 {
         info!(
@@ -304,7 +321,11 @@ async fn sync(
         info!("a new program version was attached: moving the ports to it");
         *ports = None;
     }
+    if !verdict.on {
+        *ports = None;
+    }
     if let Some(steer_flows) = at_ports
+        && verdict.on
         && ports.is_none()
         && fans.iter().any(|f| f.complete)
     {
@@ -324,6 +345,7 @@ async fn sync(
     Ok(Synced {
         endpoints: bound.len(),
         ports: ports.as_ref().map_or(0, PortEncap::ports),
+        bypass: Some(verdict),
     })
 }
 

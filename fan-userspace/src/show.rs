@@ -7,7 +7,7 @@ use serde::Serialize;
 use fan_common::maps::PathMtu;
 
 use crate::{
-    agent,
+    agent, bypass,
     cli::{Global, ShowArgs},
     host::Net,
     loader::{ENCAP_PORT, PinnedMaps, tcx_supported},
@@ -49,6 +49,8 @@ struct Shown<'a> {
     path_mtus: Vec<LearnedPathMtu>,
     /// The agent serving the namespace, from its status; None: none runs.
     agent: Option<&'a agent::Status>,
+    /// Whether the fast path may skip the host's netfilter, and why (not).
+    bypass: &'a bypass::Verdict,
 }
 
 /// A path MTU the programs learned towards a host of a fan's underlay.
@@ -115,10 +117,15 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
     let serving = agent::status(&RunDir::locate(global.run_dir.as_deref())?);
     let mut fast_paths = Vec::new();
     let mut learned = Vec::new();
+    let mut bypass = bypass::Verdict {
+        on: true,
+        why: String::new(),
+    };
     if !fans.is_empty() {
         let net = Net::connect()?;
         let maps = PinnedMaps::open(&dir)?;
         learned = pmtu::learned(&maps)?;
+        bypass = bypass_now(maps.bypass()?);
         for fan in &fans {
             let shown = if fan.complete {
                 Some(fast_path(&net, &dir, &maps, fan).await?)
@@ -137,6 +144,7 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
                 fast_path,
                 path_mtus: path_mtus(&learned, fan),
                 agent: serving.as_ref(),
+                bypass: &bypass,
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&shown)?);
@@ -172,6 +180,14 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
         );
     }
     println!("{}", describe_agent(serving.as_ref()));
+    if bypass.on {
+        println!("bypass: on (the fast path skips netfilter: {})", bypass.why);
+    } else {
+        println!(
+            "bypass: off ({}): fan traffic takes the host's stack; `fan-xdp attach ... --bypass on` forces the fast path",
+            bypass.why
+        );
+    }
     for (fan, fast_path) in fans.iter().zip(&fast_paths) {
         let Some(fast_path) = fast_path else { continue };
         println!(
@@ -249,4 +265,22 @@ fn describe_agent(status: Option<&agent::Status>) -> String {
             bindings.join(", ")
         }
     )
+}
+
+/// What the bypass value in force means, with the reason behind it.
+fn bypass_now(value: u32) -> bypass::Verdict {
+    use fan_common::maps::bypass as value_of;
+    match value {
+        value_of::AUTO_OFF => bypass::Verdict {
+            on: false,
+            why: bypass::netfilter_could_act()
+                .unwrap_or_else(|| "netfilter could act (until the agent looks again)".into()),
+        },
+        value_of::FORCED_OFF => bypass::decide(crate::cli::Bypass::Off).1,
+        value_of::FORCED_ON => bypass::decide(crate::cli::Bypass::On).1,
+        _ => bypass::Verdict {
+            on: true,
+            why: "netfilter has nothing for forwarded fan traffic".into(),
+        },
+    }
 }

@@ -58,6 +58,8 @@ pub fn run() -> Result<()> {
         "pmtu",
         "--test",
         "agent",
+        "--test",
+        "netfilter",
     ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),

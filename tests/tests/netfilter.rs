@@ -1,0 +1,203 @@
+//! The fast path never breaks NAT or a firewall: where the host's netfilter
+//! could act on forwarded fan traffic, the bypass is off by default and fan
+//! traffic takes the stack, with the agent and without it, with bridge
+//! netfilter on and off.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use fan_tests::{netns::Netns, privileged, topology::Fleet, traffic::ping};
+
+const OVERLAY: &str = "250.0.0.0/8";
+
+fn attach_all(fleet: &Fleet, extra: &[&str]) {
+    for host in &fleet.hosts {
+        let args = [&["attach", "eth0", "--overlay", OVERLAY][..], extra].concat();
+        host.fan_xdp_ok(&args).expect("attach");
+    }
+}
+
+fn detach_all(fleet: &Fleet) {
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0"]).expect("detach");
+    }
+}
+
+/// Loads an nftables ruleset (nft's own syntax) into `ns`.
+fn nft(ns: &Netns, ruleset: &str) {
+    let path =
+        std::env::temp_dir().join(format!("fan-xdp-nft-{}-{}", std::process::id(), ns.name()));
+    std::fs::write(&path, ruleset).unwrap();
+    ns.run("nft", &["-f", path.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&path);
+}
+
+/// One request and its answer over TCP: the server in `server` listens on
+/// `listen`, the client in `client` connects to `connect` (a service
+/// address a DNAT rule maps to `listen`). Bounded by a few seconds.
+fn exchange(server: &Netns, listen: SocketAddr, client: &Netns, connect: SocketAddr) -> bool {
+    let listener = server.enter(|| TcpListener::bind(listen)).unwrap().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::scope(|scope| {
+        let served = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).ok()?;
+                        stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                        let mut request = [0u8; 4];
+                        stream.read_exact(&mut request).ok()?;
+                        stream.write_all(b"pong").ok()?;
+                        return Some(request);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            None
+        });
+        let answered = client
+            .enter(|| -> Option<[u8; 4]> {
+                let mut stream =
+                    TcpStream::connect_timeout(&connect, Duration::from_secs(3)).ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                stream.write_all(b"ping").ok()?;
+                let mut answer = [0u8; 4];
+                stream.read_exact(&mut answer).ok()?;
+                Some(answer)
+            })
+            .unwrap();
+        served.join().unwrap() == Some(*b"ping") && answered == Some(*b"pong")
+    })
+}
+
+#[test]
+fn a_dnat_service_address_works_with_or_without_agent_and_bridge_netfilter() {
+    if !privileged() {
+        return;
+    }
+    for agent in [false, true] {
+        for bridge_netfilter in ["0", "1"] {
+            let case = format!("agent {agent}, bridge netfilter {bridge_netfilter}");
+            let fleet = Fleet::new(2).unwrap();
+            let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+            // A ClusterIP-like service on the client's host: 10.96.0.10:80 is
+            // the server container's port 8080.
+            nft(
+                &h1.ns,
+                "table ip svc {
+                    chain prerouting {
+                        type nat hook prerouting priority -100; policy accept;
+                        ip daddr 10.96.0.10 tcp dport 80 dnat to 250.0.2.11:8080
+                    }
+                }",
+            );
+            let _ = h1
+                .ns
+                .sysctl("net.bridge.bridge-nf-call-iptables", bridge_netfilter);
+            attach_all(&fleet, if agent { &[] } else { &["--no-agent"] });
+            let fleet = fleet.with_containers(1).unwrap();
+            let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+            let (client, server) = (&h1.containers[0], &h2.containers[0]);
+            let shown = h1.fan_xdp_ok(&["show"]).unwrap();
+            assert!(
+                shown.contains("bypass: off (ip svc chain prerouting rewrites addresses (NAT))"),
+                "{case}: {shown}"
+            );
+            for attempt in 0..3 {
+                assert!(
+                    exchange(
+                        &server.ns,
+                        SocketAddr::from((server.addr, 8080)),
+                        &client.ns,
+                        SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 80)),
+                    ),
+                    "{case}: connection {attempt} to the service address failed"
+                );
+            }
+            drop(h2);
+            detach_all(&fleet);
+        }
+    }
+}
+
+#[test]
+fn a_container_reaches_a_port_published_on_its_own_host() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    // As `docker run -p` publishes on the gateway: 250.0.1.1:8080 is the
+    // remote container's port 80.
+    nft(
+        &fleet.hosts[0].ns,
+        "table ip published {
+            chain prerouting {
+                type nat hook prerouting priority -100; policy accept;
+                ip daddr 250.0.1.1 tcp dport 8080 dnat to 250.0.2.11:80
+            }
+        }",
+    );
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    for attempt in 0..3 {
+        assert!(
+            exchange(
+                &server.ns,
+                SocketAddr::from((server.addr, 80)),
+                &client.ns,
+                SocketAddr::from((Ipv4Addr::new(250, 0, 1, 1), 8080)),
+            ),
+            "connection {attempt} to the published port failed"
+        );
+    }
+    detach_all(&fleet);
+}
+
+#[test]
+fn a_forward_rule_still_applies_by_default() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    nft(
+        &fleet.hosts[1].ns,
+        "table inet filter {
+            chain forward {
+                type filter hook forward priority 0; policy accept;
+                ip saddr 250.0.1.11 drop
+            }
+        }",
+    );
+    attach_all(&fleet, &[]);
+    let fleet = fleet.with_containers(2).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let target = h2.containers[0].addr;
+    assert!(
+        !ping(&h1.containers[0].ns, target, 3).unwrap(),
+        "the forward rule was bypassed"
+    );
+    assert!(
+        ping(&h1.containers[1].ns, target, 3).unwrap(),
+        "traffic the rule allows is lost"
+    );
+    let shown = h2.fan_xdp_ok(&["show"]).unwrap();
+    assert!(
+        shown.contains("bypass: off (inet filter chain forward filters forwarded packets)")
+            && shown.contains("--bypass on"),
+        "{shown}"
+    );
+    // Forced on, the fast path skips the rule (as documented).
+    detach_all(&fleet);
+    attach_all(&fleet, &["--bypass", "on"]);
+    let fast = h2.fan_xdp_ok(&["show"]).unwrap();
+    assert!(
+        fast.contains("bypass: on (the fast path skips netfilter: --bypass on)"),
+        "{fast}"
+    );
+    detach_all(&fleet);
+}
