@@ -542,6 +542,7 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
 
     // 7. Programs: decapsulation on the underlay, encapsulation on the bridge
     // and the host device. Existing links are kept or upgraded in place.
+    let same_version = dataplane.use_pinned_programs(&plan.dir)?;
     let (mode, reason) = decap_choice(plan);
     let decap_pin = plan.dir.link(
         &plan.iface.name,
@@ -613,9 +614,10 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         &host_pin,
     )
     .await?;
-    // The pinned programs are the ones the links run: re-pin only when a link
-    // took this load's programs, or the freshly loaded copies would linger.
-    if relinked || changed || !plan.dir.program(ENCAP_FORWARD).exists() {
+    // The pinned programs are the ones the links run: a new version (or a
+    // first attach) moved every link to this load's programs, so they
+    // replace the pins, all together; otherwise the links run the pins'.
+    if !same_version {
         dataplane.pin_programs(&plan.dir)?;
     }
     changed |= relinked;

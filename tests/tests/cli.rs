@@ -1659,3 +1659,69 @@ fn only_the_main_tables_overlay_route_counts_and_an_odd_one_is_named() {
         "{stderr}"
     );
 }
+
+/// The id of the program the attachment pinned at `pin` runs: a link's, or
+/// before 6.6 the clsact filter's (the pin is that program).
+fn linked_program(pin: &std::path::Path) -> u32 {
+    use aya::programs::links::{FdLink, PinnedLink};
+    if !fan_userspace::loader::tcx_supported() {
+        return aya::programs::ProgramInfo::from_pin(pin).unwrap().id();
+    }
+    FdLink::from(PinnedLink::from_pin(pin).unwrap())
+        .info()
+        .unwrap()
+        .program_id()
+}
+
+#[test]
+fn the_pinned_programs_are_the_ones_the_links_run() {
+    use fan_userspace::loader::{DECAP_TC, ENCAP_FORWARD, ENCAP_OUTPUT};
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let cookie = host
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fan-xdp/netns-{cookie}"));
+    let pinned = |name: &str| {
+        aya::programs::ProgramInfo::from_pin(dir.join(format!("prog_{name}")))
+            .unwrap()
+            .id()
+    };
+    let check = |when: &str| {
+        for (link, program) in [
+            ("link_eth0_decap-tc", DECAP_TC),
+            ("link_fan-250-0-1_encap", ENCAP_FORWARD),
+            ("link_fan-host_encap", ENCAP_OUTPUT),
+        ] {
+            assert_eq!(
+                linked_program(&dir.join(link)),
+                pinned(program),
+                "{when}: {link} runs another instance than prog_{program}"
+            );
+        }
+    };
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    check("after the first attach");
+    let port_program = pinned(fan_userspace::loader::ENCAP_PORT);
+    // A second fan changes things, but not the programs' version.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"])
+        .unwrap();
+    check("after a second fan");
+    assert_eq!(
+        linked_program(&dir.join("link_fan-240-0-1_encap")),
+        pinned(ENCAP_FORWARD),
+        "the second fan's bridge runs a copy"
+    );
+    assert_eq!(
+        pinned(fan_userspace::loader::ENCAP_PORT),
+        port_program,
+        "the port program was re-pinned: fan-xdp run would take it for a new version"
+    );
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
