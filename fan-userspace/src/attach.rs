@@ -82,6 +82,8 @@ enum Undo {
     /// Remove the masquerade rule attach added, or put back the one it
     /// replaced (the slice it masqueraded).
     Nat(Ipv4Network, Option<Ipv4Network>),
+    /// Take an overlay out of the masquerade exceptions again.
+    NatException(Ipv4Network),
     Pin(std::path::PathBuf, String, Hook),
     /// Put back the fan entry found (or remove the one added).
     Config(Option<FanEntry>),
@@ -526,7 +528,8 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         if !nat::available() {
             bail!("nft not found: install nftables, or attach with --no-nat");
         }
-        match nat::ensure_masquerade(plan.slice, plan.overlay)? {
+        let others: Vec<Ipv4Network> = plan.others.iter().map(|f| f.overlay).collect();
+        match nat::ensure_masquerade(plan.slice, plan.overlay, &others)? {
             nat::Masquerade::Unchanged => {}
             nat::Masquerade::Added => {
                 undo.push(Undo::Nat(plan.overlay, None));
@@ -537,6 +540,11 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
                 changed = true;
             }
         }
+    }
+    // Whichever fans masquerade, none touches traffic to this overlay.
+    if nat::include_overlay(plan.overlay)? {
+        undo.push(Undo::NatException(plan.overlay));
+        changed = true;
     }
     checkpoint("nat")?;
 
@@ -860,8 +868,10 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                 Undo::Pin(path, device, hook) => unlink(&path, &device, hook)?,
                 Undo::Nat(overlay, None) => nat::remove_masquerade(overlay)?,
                 Undo::Nat(overlay, Some(slice)) => {
-                    nat::ensure_masquerade(slice, overlay)?;
+                    let others: Vec<Ipv4Network> = plan.others.iter().map(|f| f.overlay).collect();
+                    nat::ensure_masquerade(slice, overlay, &others)?;
                 }
+                Undo::NatException(overlay) => nat::exclude_overlay(overlay)?,
                 Undo::Route(overlay) => {
                     if let Some(dev) = net.link(HOST_DEVICE).await? {
                         net.del_route(overlay.network(), overlay.prefix(), dev.index)

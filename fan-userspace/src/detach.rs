@@ -52,6 +52,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         let _ = maps
             .config
             .remove(&overlay_key(map.overlay, map.overlay_len));
+        nat::exclude_overlay(fan.overlay)?;
         nat::remove_masquerade(fan.overlay)?;
         if let Some(dev) = &host_dev {
             net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index)

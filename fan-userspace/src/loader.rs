@@ -646,9 +646,11 @@ pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
 /// defunct (its device was deleted, as a namespace's devices are when it
 /// dies). A namespace kept alive by a bind mount anywhere, or used by a
 /// fan-xdp in another PID namespace, keeps its devices and so its links.
-/// Where a pin cannot say (a clsact filter's marker, before Linux 6.6, or a
-/// directory with no links yet: an attach in progress), the directory goes
-/// only if no process or `ip netns` name holds its namespace either.
+/// Where the pins cannot say (only clsact filters' markers, before Linux 6.6,
+/// beside defunct links, or no links yet: an attach in progress), the
+/// directory goes only if no process or `ip netns` name holds its namespace
+/// either: before 6.6, only a namespace whose decapsulation is XDP (a link)
+/// is safe from that weaker judgement.
 /// Returns what was removed.
 pub fn sweep_stale(dir: &StateDir) -> Result<Vec<std::path::PathBuf>> {
     let mut live = None;
@@ -673,10 +675,12 @@ pub fn sweep_stale(dir: &StateDir) -> Result<Vec<std::path::PathBuf>> {
     Ok(removed)
 }
 
-/// Whether every attachment pinned in `dir` is defunct; None if the pins
-/// cannot tell (no links, or a clsact marker among them).
+/// Whether every attachment pinned in `dir` is defunct: Some(false) if a
+/// link in it is alive, Some(true) if it has links and all are defunct,
+/// None if the pins cannot tell (no links, or clsact markers besides
+/// defunct links).
 fn pins_say_defunct(dir: &Path) -> Result<Option<bool>> {
-    let mut links = 0;
+    let (mut defunct, mut markers) = (0, 0);
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .flatten()
@@ -685,14 +689,14 @@ fn pins_say_defunct(dir: &Path) -> Result<Option<bool>> {
             continue;
         }
         match pinned_link_ifindex(&entry.path()) {
-            Ok(Some(0)) => links += 1,
+            Ok(Some(0)) => defunct += 1,
             Ok(Some(_)) => return Ok(Some(false)),
             Ok(None) => {}
             // Not a link: a program marking a clsact filter.
-            Err(_) => return Ok(None),
+            Err(_) => markers += 1,
         }
     }
-    Ok((links > 0).then_some(true))
+    Ok((defunct > 0 && markers == 0).then_some(true))
 }
 
 /// The id of the program pinned at `pin` (the marker of a clsact filter).

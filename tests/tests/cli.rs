@@ -1383,7 +1383,14 @@ fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    // Before 6.6, TC attachments are clsact filters, whose marker pins cannot
+    // tell a live namespace from a dead one: only an XDP link can there.
+    let mode = if fan_userspace::loader::tcx_supported() {
+        "tc"
+    } else {
+        "xdp"
+    };
+    attach_all(&fleet, &["--mode", mode]);
     let fleet = fleet.with_containers(1).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
@@ -1397,7 +1404,7 @@ fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
     {
         let _hidden = Hidden::new(&h1.ns);
         // Any attach sweeps the state of namespaces that are gone.
-        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--mode", mode])
             .unwrap();
         assert!(
             std::path::Path::new(&state).exists(),
@@ -1724,4 +1731,71 @@ fn the_pinned_programs_are_the_ones_the_links_run() {
         "the port program was re-pinned: fan-xdp run would take it for a new version"
     );
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn masquerading_leaves_traffic_to_every_attached_overlay_alone() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    // A second overlay: without NAT on host 1, with NAT on host 2.
+    for (host, extra) in fleet.hosts.iter().zip([&["--no-nat"][..], &[]]) {
+        let mut args = vec!["attach", "eth0", "--overlay", "240.0.0.0/8"];
+        args.extend_from_slice(extra);
+        host.fan_xdp_ok(&args).unwrap();
+    }
+    let fleet = fleet.with_containers(1).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let other = Ipv4Addr::new(240, 0, 2, 20);
+    let d2 = plug_container(
+        &h2.ns,
+        "fan-240-0-2",
+        "vd",
+        "d2",
+        (other, 24),
+        Ipv4Addr::new(240, 0, 2, 1),
+    )
+    .unwrap();
+    let c1 = &h1.containers[0];
+    // Echoes larger than the overlay MTU are not encapsulated by the
+    // programs but handed to the stack (stack_too_big), which fragments them
+    // and routes them out through fan-host, past the masquerade rules: from
+    // the 250/8 slice to the 240/8 overlay they must keep their source.
+    let too_big = counter(h1, "stack_too_big");
+    let out = c1
+        .ns
+        .output(
+            "ping",
+            &["-n", "-c", "2", "-W", "2", "-s", "2000", &other.to_string()],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "large pings to another fan's overlay were lost: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        counter(h1, "stack_too_big") >= too_big + 2,
+        "the pings did not take the stack path"
+    );
+    assert_eq!(
+        counter(h1, "drop_source_not_local"),
+        0,
+        "masqueraded, then dropped"
+    );
+    drop(d2);
+    // Detach takes each overlay out of the exceptions again.
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0", "--overlay", "240.0.0.0/8"])
+            .unwrap();
+    }
+    let ruleset = h2
+        .ns
+        .run("nft", &["list", "table", "ip", "fan-xdp"])
+        .unwrap();
+    assert!(!ruleset.contains("240.0.0.0/8"), "{ruleset}");
+    assert!(ruleset.contains("250.0.0.0/8"), "{ruleset}");
+    detach_all(&fleet);
 }
