@@ -1589,10 +1589,31 @@ fn a_failed_reattach_puts_back_what_it_found() {
         .unwrap();
     let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
     assert_eq!(shown[0]["mode"], "xdp", "{shown}");
+    let cookie = host
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let dir = format!("/sys/fs/bpf/fan-xdp/netns-{cookie}");
     assert!(
-        !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
+        !std::path::Path::new(&format!("{dir}/link_eth0_decap-tc")).exists(),
         "TC decapsulation stayed beside XDP"
     );
+    if fan_userspace::loader::tcx_supported() {
+        assert!(
+            !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
+            "TC decapsulation is still in eth0's TCX chain"
+        );
+    } else {
+        let filters = host
+            .ns
+            .run("tc", &["filter", "show", "dev", "eth0", "ingress"])
+            .unwrap();
+        assert!(
+            !filters.contains("fan_decap_tc"),
+            "TC decapsulation is still a clsact filter: {filters}"
+        );
+    }
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
