@@ -88,6 +88,13 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
             .find(|&v| v != SYSCTL_UNKNOWN)
             .unwrap_or(SYSCTL_UNKNOWN);
         restore_if_ours(&rp_filter_key(&args.iface), recorded);
+        if going
+            .iter()
+            .any(|f| f.meta.owned & owned::CLSACT_UNDERLAY != 0)
+            && let Some(iface) = net.link(&args.iface).await?
+        {
+            net.del_clsact(iface.index).await?;
+        }
     }
     if staying.is_empty() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);
@@ -122,6 +129,9 @@ async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
     if created && ports.is_empty() {
         net.del_link(bridge.index).await?;
         return Ok(None);
+    }
+    if fan.meta.owned & owned::CLSACT_BRIDGE != 0 {
+        net.del_clsact(bridge.index).await?;
     }
     if fan.meta.owned & owned::GATEWAY_ADDRESS != 0 {
         net.del_addr(bridge.index, fan.gateway, fan.slice.prefix())
