@@ -488,7 +488,11 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
 /// (at most ~5 s) until every link pinned in `dir` reports no device.
 fn wait_until_links_defunct(dir: &std::path::Path) {
     let defunct = || {
-        std::fs::read_dir(dir).unwrap().flatten().all(|entry| {
+        // Gone already: swept when the fleet was dropped.
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return true;
+        };
+        entries.flatten().all(|entry| {
             !entry.file_name().to_string_lossy().starts_with("link_")
                 || matches!(
                     fan_userspace::loader::pinned_link_ifindex(&entry.path()),
@@ -1016,12 +1020,14 @@ fn rp_filter_is_loosened_on_the_underlay_only_and_forwarding_stays_on() {
 }
 
 /// Runs `script` with `sh` in a private mount namespace (`unshare -m`), so
-/// that what it mounts vanishes with it. `$FAN_XDP` is the binary and `$NS`
-/// the namespace of `host`; returns what the script printed, whatever its exit.
+/// that what it mounts vanishes with it. `$FAN_XDP` is the binary, `$IP`
+/// iproute2's `ip` and `$NS` the namespace of `host`; returns what the script printed, whatever its exit.
 fn in_private_mounts(host: &Host, script: &str) -> String {
     let out = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", script])
         .env("FAN_XDP", fan_tests::topology::fan_xdp_binary())
+        // By path: a busybox sh would run its own `ip` applet, which has no netns.
+        .env("IP", in_path("ip"))
         .env("NS", host.ns.name())
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -1031,6 +1037,16 @@ fn in_private_mounts(host: &Host, script: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The first `program` on PATH.
+fn in_path(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
 
 #[test]
@@ -1054,7 +1070,7 @@ fn state_directories_others_could_change_are_refused() {
             host,
             &format!(
                 "PINS={pins}; mount -t bpf bpf $PINS && {setup} && \
-                 ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY}; \
+                 $IP netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY}; \
                  echo exit $?"
             ),
         );
@@ -1093,10 +1109,10 @@ fn state_directories_others_could_change_are_refused() {
         host,
         &format!(
             "PINS={pins}; mount -t bpf bpf $PINS && \
-             ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY} && \
+             $IP netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY} && \
              stat -c 'dir %a %u' $PINS/fan-xdp {ns_dir} && \
-             ip netns exec $NS $FAN_XDP --pin-dir $PINS detach eth0 && \
-             umount -l /sys/fs/bpf && ip netns exec $NS $FAN_XDP show && \
+             $IP netns exec $NS $FAN_XDP --pin-dir $PINS detach eth0 && \
+             umount -l /sys/fs/bpf && $IP netns exec $NS $FAN_XDP show && \
              stat -c 'mounted %a' /sys/fs/bpf"
         ),
     );
@@ -1502,22 +1518,26 @@ fn root_without_a_needed_capability_is_told_which() {
     let before = netns_snapshot(&host.ns).unwrap();
     let binary = fan_tests::topology::fan_xdp_binary();
     for (drop, missing) in [
-        ("cap_net_admin", "missing capability CAP_NET_ADMIN"),
+        ("-net_admin", "missing capability CAP_NET_ADMIN"),
         (
-            "cap_bpf,cap_sys_admin",
+            "-bpf,-sys_admin",
             "missing capability CAP_BPF (or CAP_SYS_ADMIN)",
         ),
     ] {
-        // Still uid 0: only the capabilities are gone.
+        // Still uid 0: only the capabilities are gone (a program root runs
+        // gets its bounding set).
         let out = host
             .ns
             .output(
-                "capsh",
+                "setpriv",
                 &[
-                    &format!("--drop={drop}"),
-                    "--",
-                    "-c",
-                    &format!("{} attach eth0 --overlay {OVERLAY}", binary.display()),
+                    "--bounding-set",
+                    drop,
+                    binary.to_str().unwrap(),
+                    "attach",
+                    "eth0",
+                    "--overlay",
+                    OVERLAY,
                 ],
             )
             .unwrap();
