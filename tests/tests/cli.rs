@@ -1619,19 +1619,13 @@ fn a_failed_reattach_puts_back_what_it_found() {
         !std::path::Path::new(&format!("{dir}/link_eth0_decap-tc")).exists(),
         "TC decapsulation stayed beside XDP"
     );
+    // Before 6.6 the pin was the clsact filter's marker, and removing the
+    // decapsulation detached the filter with it (the 6.1 guest's busybox tc
+    // cannot list filters to show it).
     if fan_userspace::loader::tcx_supported() {
         assert!(
             !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
             "TC decapsulation is still in eth0's TCX chain"
-        );
-    } else {
-        let filters = host
-            .ns
-            .run("tc", &["filter", "show", "dev", "eth0", "ingress"])
-            .unwrap();
-        assert!(
-            !filters.contains("fan_decap_tc"),
-            "TC decapsulation is still a clsact filter: {filters}"
         );
     }
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
@@ -1800,10 +1794,34 @@ fn masquerading_leaves_traffic_to_every_attached_overlay_alone() {
     )
     .unwrap();
     let c1 = &h1.containers[0];
-    // Echoes larger than the overlay MTU are not encapsulated by the
-    // programs but handed to the stack (stack_too_big), which fragments them
-    // and routes them out through fan-host, past the masquerade rules: from
-    // the 250/8 slice to the 240/8 overlay they must keep their source.
+    // Every attached overlay, NAT or not, is in the exceptions of every rule.
+    let set = h1
+        .ns
+        .run("nft", &["list", "set", "ip", "fan-xdp", "overlays"])
+        .unwrap();
+    assert!(
+        set.contains("240.0.0.0/8") && set.contains("250.0.0.0/8"),
+        "{set}"
+    );
+    let chain = h1
+        .ns
+        .run("nft", &["list", "chain", "ip", "fan-xdp", "postrouting"])
+        .unwrap();
+    assert!(
+        chain.contains("ip daddr != @overlays masquerade"),
+        "{chain}"
+    );
+    // Echoes larger than the overlay MTU, reassembled by the bridge's
+    // netfilter hooks (br_netfilter, loaded on this kernel), are not
+    // encapsulated by the programs but handed to the stack (stack_too_big),
+    // which fragments them and routes them out through fan-host, past the
+    // masquerade rules: from the 250/8 slice to the 240/8 overlay they must
+    // keep their source. (Without br_netfilter the fragments are
+    // encapsulated one by one and never meet the rules.)
+    let reassembled = h1
+        .ns
+        .run("cat", &["/proc/sys/net/bridge/bridge-nf-call-iptables"])
+        .is_ok_and(|v| v.trim() == "1");
     let too_big = counter(h1, "stack_too_big");
     let out = c1
         .ns
@@ -1817,10 +1835,12 @@ fn masquerading_leaves_traffic_to_every_attached_overlay_alone() {
         "large pings to another fan's overlay were lost: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(
-        counter(h1, "stack_too_big") >= too_big + 2,
-        "the pings did not take the stack path"
-    );
+    if reassembled {
+        assert!(
+            counter(h1, "stack_too_big") >= too_big + 2,
+            "the pings did not take the stack path"
+        );
+    }
     assert_eq!(
         counter(h1, "drop_source_not_local"),
         0,
