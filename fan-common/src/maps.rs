@@ -208,6 +208,11 @@ pub mod owned {
     pub const BRIDGE: u8 = 1;
     /// attach added the gateway address to the slice bridge.
     pub const GATEWAY_ADDRESS: u8 = 2;
+    /// Before Linux 6.6: attach added the clsact qdisc its TC filters need
+    /// to the underlay device (shared by the fans of that device).
+    pub const CLSACT_UNDERLAY: u8 = 4;
+    /// Before Linux 6.6: attach added the clsact qdisc to the slice bridge.
+    pub const CLSACT_BRIDGE: u8 = 8;
 }
 
 #[cfg(feature = "user")]

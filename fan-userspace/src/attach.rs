@@ -84,9 +84,13 @@ enum Undo {
     /// Remove the masquerade rule attach added, or put back the one it
     /// replaced (the slice it masqueraded).
     Nat(Ipv4Network, Option<Ipv4Network>),
+    /// Take an overlay out of the masquerade exceptions again.
+    NatException(Ipv4Network),
     Pin(std::path::PathBuf, String, Hook),
     /// Put back the fan entry found (or remove the one added).
     Config(Option<FanEntry>),
+    /// Delete the clsact qdisc attach added to a device (before 6.6).
+    Clsact(u32),
 }
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
@@ -535,7 +539,8 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         if !nat::available() {
             bail!("nft not found: install nftables, or attach with --no-nat");
         }
-        match nat::ensure_masquerade(plan.slice, plan.overlay)? {
+        let others: Vec<Ipv4Network> = plan.others.iter().map(|f| f.overlay).collect();
+        match nat::ensure_masquerade(plan.slice, plan.overlay, &others)? {
             nat::Masquerade::Unchanged => {}
             nat::Masquerade::Added => {
                 undo.push(Undo::Nat(plan.overlay, None));
@@ -547,10 +552,16 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             }
         }
     }
+    // Whichever fans masquerade, none touches traffic to this overlay.
+    if nat::include_overlay(plan.overlay)? {
+        undo.push(Undo::NatException(plan.overlay));
+        changed = true;
+    }
     checkpoint("nat")?;
 
     // 7. Programs: decapsulation on the underlay, encapsulation on the bridge
     // and the host device. Existing links are kept or upgraded in place.
+    let same_version = dataplane.use_pinned_programs(&plan.dir)?;
     let (mode, reason) = decap_choice(plan);
     let decap_pin = plan.dir.link(
         &plan.iface.name,
@@ -573,6 +584,11 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         &plan.iface.name,
         decap.1,
         &decap_pin,
+        Some(Clsact {
+            key,
+            meta: &mut meta,
+            bit: owned::CLSACT_UNDERLAY,
+        }),
     )
     .await
     {
@@ -594,6 +610,11 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
                 &plan.iface.name,
                 Hook::TcIngress,
                 &pin,
+                Some(Clsact {
+                    key,
+                    meta: &mut meta,
+                    bit: owned::CLSACT_UNDERLAY,
+                }),
             )
             .await?;
             (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
@@ -609,6 +630,11 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         &plan.bridge,
         Hook::TcIngress,
         &bridge_pin,
+        Some(Clsact {
+            key,
+            meta: &mut meta,
+            bit: owned::CLSACT_BRIDGE,
+        }),
     )
     .await?;
     let host_pin = plan.dir.link(HOST_DEVICE, "encap");
@@ -620,11 +646,14 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
         HOST_DEVICE,
         Hook::TcEgress,
         &host_pin,
+        // fan-host is fan-xdp's: its qdisc goes with it.
+        None,
     )
     .await?;
-    // The pinned programs are the ones the links run: re-pin only when a link
-    // took this load's programs, or the freshly loaded copies would linger.
-    if relinked || changed || !plan.dir.program(ENCAP_FORWARD).exists() {
+    // The pinned programs are the ones the links run: a new version (or a
+    // first attach) moved every link to this load's programs, so they
+    // replace the pins, all together; otherwise the links run the pins'.
+    if !same_version {
         dataplane.pin_programs(&plan.dir)?;
     }
     changed |= relinked;
@@ -755,7 +784,17 @@ fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
     Ok(true)
 }
 
+/// Who answers for the clsact qdisc a TC filter needs before Linux 6.6: the
+/// fan's record (its [`owned`] bit says attach added it), or nobody, where
+/// the device is fan-xdp's own and the qdisc goes with it.
+struct Clsact<'a> {
+    key: FanMetaKey,
+    meta: &'a mut FanMeta,
+    bit: u8,
+}
+
 /// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
+#[allow(clippy::too_many_arguments)]
 async fn link(
     net: &Net,
     dataplane: &mut Dataplane,
@@ -764,13 +803,44 @@ async fn link(
     device: &str,
     hook: Hook,
     pin: &std::path::Path,
+    clsact: Option<Clsact<'_>>,
 ) -> Result<bool> {
     retire_if_defunct(net, pin, device, hook).await?;
+    if hook != Hook::Xdp
+        && !tcx_supported()
+        && let Some(Clsact { key, meta, bit }) = clsact
+    {
+        claim_clsact(net, dataplane, key, meta, bit, device, undo).await?;
+    }
     let change = dataplane.ensure_link(program, device, hook, pin)?;
     if change == LinkChange::Created {
         undo.push(Undo::Pin(pin.to_path_buf(), device.to_string(), hook));
     }
     Ok(change.changed())
+}
+
+/// Before attaching a TC filter without TCX: if `device` has no clsact
+/// qdisc yet, the filter's attach adds one, so claim it in the record first
+/// (detach removes it then) and undo it on rollback.
+async fn claim_clsact(
+    net: &Net,
+    dataplane: &mut Dataplane,
+    key: FanMetaKey,
+    meta: &mut FanMeta,
+    bit: u8,
+    device: &str,
+    undo: &mut Vec<Undo>,
+) -> Result<()> {
+    let index = net
+        .link(device)
+        .await?
+        .ok_or_else(|| anyhow!("no such interface: {device}"))?
+        .index;
+    if !net.has_clsact(index).await? {
+        claim(dataplane, key, meta, bit, undo)?;
+        undo.push(Undo::Clsact(index));
+    }
+    Ok(())
 }
 
 /// Removes the pin at `pin` if what it attached is not on `device` as it is
@@ -859,7 +929,9 @@ fn new_record(plan: &Plan) -> Result<FanMeta> {
         host_reserve: plan.host_reserve,
         mtu: plan.mtu,
         layout_version: MAP_LAYOUT_VERSION,
-        owned: 0,
+        // The underlay's clsact qdisc is the fans' of that device together:
+        // the claim passes on, so the last one to go removes it.
+        owned: same_iface.map_or(0, |m| m.owned & owned::CLSACT_UNDERLAY),
         _pad: [0; 3],
     })
 }
@@ -878,8 +950,10 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                 Undo::Pin(path, device, hook) => unlink(&path, &device, hook)?,
                 Undo::Nat(overlay, None) => nat::remove_masquerade(overlay)?,
                 Undo::Nat(overlay, Some(slice)) => {
-                    nat::ensure_masquerade(slice, overlay)?;
+                    let others: Vec<Ipv4Network> = plan.others.iter().map(|f| f.overlay).collect();
+                    nat::ensure_masquerade(slice, overlay, &others)?;
                 }
+                Undo::NatException(overlay) => nat::exclude_overlay(overlay)?,
                 Undo::Route(overlay) => {
                     if let Some(dev) = net.link(HOST_DEVICE).await? {
                         net.del_route(overlay.network(), overlay.prefix(), dev.index)
@@ -887,6 +961,7 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                     }
                 }
                 Undo::RestoreRoute(route) => net.restore_route(&route).await?,
+                Undo::Clsact(index) => net.del_clsact(index).await?,
                 Undo::Mtu(index, mtu) => net.set_mtu(index, mtu).await?,
                 Undo::Down(index) => net.set_down(index).await?,
                 Undo::Address(index, addr, len) => net.del_addr(index, addr, len).await?,

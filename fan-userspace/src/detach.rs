@@ -62,6 +62,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     for fan in &going {
         let map = fan.map();
         maps.remove_fan(map.overlay, map.overlay_len)?;
+        nat::exclude_overlay(fan.overlay)?;
         nat::remove_masquerade(fan.overlay)?;
         if let Some(dev) = &host_dev {
             net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index)
@@ -97,6 +98,13 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
             .find(|&v| v != SYSCTL_UNKNOWN)
             .unwrap_or(SYSCTL_UNKNOWN);
         restore_if_ours(&rp_filter_key(&args.iface), recorded);
+        if going
+            .iter()
+            .any(|f| f.meta.owned & owned::CLSACT_UNDERLAY != 0)
+            && let Some(iface) = net.link(&args.iface).await?
+        {
+            net.del_clsact(iface.index).await?;
+        }
     }
     if staying.is_empty() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);
@@ -131,6 +139,9 @@ async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
     if created && ports.is_empty() {
         net.del_link(bridge.index).await?;
         return Ok(None);
+    }
+    if fan.meta.owned & owned::CLSACT_BRIDGE != 0 {
+        net.del_clsact(bridge.index).await?;
     }
     if fan.meta.owned & owned::GATEWAY_ADDRESS != 0 {
         net.del_addr(bridge.index, fan.gateway, fan.slice.prefix())

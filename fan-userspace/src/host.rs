@@ -18,7 +18,7 @@ use rtnetlink::{
         },
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
-        tc::{TcAttribute, TcFilterBpfOption, TcOption},
+        tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcOption},
     },
 };
 
@@ -307,6 +307,43 @@ impl Net {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
             Err(e) => Err(e).context("deleting a link"),
+        }
+    }
+
+    /// Whether link `index` has a clsact qdisc (where TC filters hang
+    /// before Linux 6.6).
+    pub async fn has_clsact(&self, index: u32) -> Result<bool> {
+        let mut qdiscs = self.handle.qdisc().get().index(index as i32).execute();
+        while let Some(msg) = qdiscs.try_next().await.context("listing qdiscs")? {
+            if msg.header.index == index as i32
+                && msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(kind) if kind == "clsact"))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Deletes the clsact qdisc of link `index`, and with it its filters; a
+    /// qdisc or link already gone is fine.
+    pub async fn del_clsact(&self, index: u32) -> Result<()> {
+        let mut request = self.handle.qdisc().del(index as i32);
+        request.message_mut().header.parent = TcHandle::CLSACT;
+        request.message_mut().header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [-libc::ENOENT, -libc::EINVAL, -libc::ENODEV].contains(&e.raw_code()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).context("deleting a clsact qdisc"),
         }
     }
 

@@ -76,6 +76,14 @@ pub struct Dataplane {
     /// Filters attached through netlink (kernels without TCX), which the
     /// kernel keeps after their fds close: removed on drop, in their namespace.
     clsact: Vec<ClsactFilter>,
+    /// See [`Dataplane::use_pinned_programs`].
+    pinned: Option<PinnedPrograms>,
+}
+
+/// The programs pinned by an earlier attach of the same version.
+struct PinnedPrograms {
+    tc: std::collections::HashMap<&'static str, SchedClassifier>,
+    xdp: Xdp,
 }
 
 struct ClsactFilter {
@@ -141,6 +149,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             clsact: Vec::new(),
+            pinned: None,
         })
     }
 
@@ -216,23 +225,22 @@ impl Dataplane {
                 return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
             }
         };
-        let new_tag = self.tag(program)?;
+        let target = self.target_id(program)?;
         if let Some(link) = existing {
             let info = link.info().context("reading pinned link")?;
-            let old = program_tag(info.program_id());
-            if old == new_tag {
+            if info.program_id() == target {
                 return Ok(LinkChange::Unchanged);
             }
             match hook {
                 Hook::Xdp => {
-                    let xdp: &mut Xdp = program_mut(&mut self.ebpf, program)?;
+                    let xdp = self.target_xdp(program)?;
                     let id = xdp
                         .attach_to_link(link.try_into()?)
                         .context("replacing the XDP program")?;
                     drop(xdp.take_link(id)?);
                 }
                 Hook::TcIngress | Hook::TcEgress => {
-                    let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+                    let tc = self.target_tc(program)?;
                     let id = tc
                         .attach_to_link(link.try_into()?)
                         .context("replacing the TC program")?;
@@ -244,14 +252,14 @@ impl Dataplane {
         }
         let link: FdLink = match hook {
             Hook::Xdp => {
-                let xdp: &mut Xdp = program_mut(&mut self.ebpf, program)?;
+                let xdp = self.target_xdp(program)?;
                 let id = xdp
                     .attach(device, XdpMode::Driver)
                     .with_context(|| format!("attaching native XDP to {device}"))?;
                 xdp.take_link(id)?.try_into()?
             }
             Hook::TcIngress | Hook::TcEgress => {
-                let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+                let tc = self.target_tc(program)?;
                 let attach_type = tc_attach_type(hook);
                 // First in the TCX chain: fan traffic is ours to handle before
                 // other programs see it, and everything else continues down
@@ -273,8 +281,8 @@ impl Dataplane {
 
     /// The TC attachment for kernels without TCX (before 6.6): a filter on the
     /// device's clsact qdisc. Such a filter outlives this process by itself;
-    /// the program pinned at `pin` marks it as ours and as which version.
-    /// Replacing a version detaches the old filter before attaching the new,
+    /// the program pinned at `pin` marks it as ours and as which instance it
+    /// runs. Replacing one detaches the old filter before attaching the new,
     /// a short gap that TCX links do not have.
     fn ensure_clsact(
         &mut self,
@@ -284,17 +292,14 @@ impl Dataplane {
         pin: &std::path::Path,
     ) -> Result<LinkChange> {
         let attach_type = tc_attach_type(hook);
-        let new_tag = self.tag(program)?;
+        let target = self.target_id(program)?;
         let change = if pin.exists() {
             LinkChange::Replaced
         } else {
             LinkChange::Created
         };
         if pin.exists() {
-            let old_tag = aya::programs::ProgramInfo::from_pin(pin)
-                .map(|i| i.tag())
-                .unwrap_or_default();
-            if old_tag == new_tag {
+            if pinned_program_id(pin) == Some(target) {
                 return Ok(LinkChange::Unchanged);
             }
             let _ = aya::programs::tc::qdisc_detach_program(device, attach_type, program);
@@ -307,7 +312,7 @@ impl Dataplane {
         if let Err(e) = aya::programs::tc::qdisc_add_clsact(device) {
             log::debug!("clsact on {device}: {e} (already present)");
         }
-        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+        let tc = self.target_tc(program)?;
         let id = tc
             .attach_with_options(
                 device,
@@ -320,6 +325,63 @@ impl Dataplane {
         tc.pin(pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(change)
+    }
+
+    /// Makes links run the programs pinned in `dir` if they are this very
+    /// version (every program's tag the same as this load's): links then
+    /// share one instance of each program with the pins, and with them the
+    /// log buffer `-v` streams and the id `fan-xdp run` follows. Returns
+    /// false (and links take this load's programs, all of them, and the pins
+    /// must be replaced with them) on a first attach or a new version.
+    pub fn use_pinned_programs(&mut self, dir: &StateDir) -> Result<bool> {
+        let mut tc = std::collections::HashMap::new();
+        for name in TC_PROGRAMS {
+            let path = dir.program(name);
+            let Ok(program) = SchedClassifier::from_pin(&path) else {
+                return Ok(false);
+            };
+            if program.info()?.tag() != self.tag(name)? {
+                return Ok(false);
+            }
+            tc.insert(name, program);
+        }
+        let Ok(xdp) = Xdp::from_pin(
+            dir.program(DECAP_XDP),
+            aya_obj::programs::XdpAttachType::Interface,
+        ) else {
+            return Ok(false);
+        };
+        if xdp.info()?.tag() != self.tag(DECAP_XDP)? {
+            return Ok(false);
+        }
+        self.pinned = Some(PinnedPrograms { tc, xdp });
+        Ok(true)
+    }
+
+    /// The id of the instance of `program` links should run.
+    fn target_id(&mut self, program: &str) -> Result<u32> {
+        Ok(if program == DECAP_XDP {
+            self.target_xdp(program)?.info()?.id()
+        } else {
+            self.target_tc(program)?.info()?.id()
+        })
+    }
+
+    fn target_tc(&mut self, program: &str) -> Result<&mut SchedClassifier> {
+        match &mut self.pinned {
+            Some(pinned) => pinned
+                .tc
+                .get_mut(program)
+                .ok_or_else(|| anyhow!("no pinned program {program}")),
+            None => program_mut(&mut self.ebpf, program),
+        }
+    }
+
+    fn target_xdp(&mut self, program: &str) -> Result<&mut Xdp> {
+        match &mut self.pinned {
+            Some(pinned) => Ok(&mut pinned.xdp),
+            None => program_mut(&mut self.ebpf, program),
+        }
     }
 
     /// Pins every program in `dir`, replacing pins of older versions.
@@ -508,15 +570,6 @@ pub fn unlink(pin: &std::path::Path, device: &str, hook: Hook) -> Result<()> {
     std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
 }
 
-/// The tag (hash of the instructions) of a loaded program, 0 if it is gone.
-fn program_tag(id: u32) -> u64 {
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == id)
-        .map(|p| p.tag())
-        .unwrap_or_default()
-}
-
 /// What [`Dataplane::ensure_link`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkChange {
@@ -631,9 +684,11 @@ pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
 /// defunct (its device was deleted, as a namespace's devices are when it
 /// dies). A namespace kept alive by a bind mount anywhere, or used by a
 /// fan-xdp in another PID namespace, keeps its devices and so its links.
-/// Where a pin cannot say (a clsact filter's marker, before Linux 6.6, or a
-/// directory with no links yet: an attach in progress), the directory goes
-/// only if no process or `ip netns` name holds its namespace either.
+/// Where the pins cannot say (only clsact filters' markers, before Linux 6.6,
+/// beside defunct links, or no links yet: an attach in progress), the
+/// directory goes only if no process or `ip netns` name holds its namespace
+/// either: before 6.6, only a namespace whose decapsulation is XDP (a link)
+/// is safe from that weaker judgement.
 /// Returns what was removed.
 pub fn sweep_stale(dir: &StateDir) -> Result<Vec<std::path::PathBuf>> {
     let mut live = None;
@@ -658,10 +713,12 @@ pub fn sweep_stale(dir: &StateDir) -> Result<Vec<std::path::PathBuf>> {
     Ok(removed)
 }
 
-/// Whether every attachment pinned in `dir` is defunct; None if the pins
-/// cannot tell (no links, or a clsact marker among them).
+/// Whether every attachment pinned in `dir` is defunct: Some(false) if a
+/// link in it is alive, Some(true) if it has links and all are defunct,
+/// None if the pins cannot tell (no links, or clsact markers besides
+/// defunct links).
 fn pins_say_defunct(dir: &Path) -> Result<Option<bool>> {
-    let mut links = 0;
+    let (mut defunct, mut markers) = (0, 0);
     for entry in std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .flatten()
@@ -670,14 +727,14 @@ fn pins_say_defunct(dir: &Path) -> Result<Option<bool>> {
             continue;
         }
         match pinned_link_ifindex(&entry.path()) {
-            Ok(Some(0)) => links += 1,
+            Ok(Some(0)) => defunct += 1,
             Ok(Some(_)) => return Ok(Some(false)),
             Ok(None) => {}
             // Not a link: a program marking a clsact filter.
-            Err(_) => return Ok(None),
+            Err(_) => markers += 1,
         }
     }
-    Ok((links > 0).then_some(true))
+    Ok((defunct > 0 && markers == 0).then_some(true))
 }
 
 /// The id of the program pinned at `pin` (the marker of a clsact filter).

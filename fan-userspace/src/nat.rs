@@ -118,18 +118,30 @@ pub enum Masquerade {
 /// underlay address. A rule already there for this overlay and slice is
 /// kept as it is; one for another slice is replaced in the same nft
 /// transaction, so masquerading never stops in between.
-pub fn ensure_masquerade(slice: Ipv4Network, overlay: Ipv4Network) -> Result<Masquerade> {
+///
+/// No fan's traffic to any overlay attached here is masqueraded: it would
+/// leave the overlay with a source no receiver accepts. The rule excludes
+/// the set `@overlays`, which holds every attached overlay; this adds
+/// `others` to it, and [`include_overlay`] each fan's own.
+pub fn ensure_masquerade(
+    slice: Ipv4Network,
+    overlay: Ipv4Network,
+    others: &[Ipv4Network],
+) -> Result<Masquerade> {
     let existing = rules(Some(overlay))?;
-    if existing.iter().any(|(_, s)| *s == Some(slice)) && existing.len() == 1 {
+    if existing.len() == 1 && existing[0].1 == Some(slice) && excludes_overlays(overlay)? {
         return Ok(Masquerade::Unchanged);
     }
-    let prefix = |net: Ipv4Network| json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix()}});
     let field = |name: &str| json!({"payload": {"protocol": "ip", "field": name}});
     let mut commands = vec![
         json!({"add": {"table": {"family": "ip", "name": TABLE}}}),
         json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": CHAIN,
             "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
+        add_overlays_set(),
     ];
+    if !others.is_empty() {
+        commands.push(elements("add", others));
+    }
     for (handle, _) in &existing {
         commands.push(json!({"delete": {"rule": {
             "family": "ip", "table": TABLE, "chain": CHAIN, "handle": handle}}}));
@@ -139,7 +151,7 @@ pub fn ensure_masquerade(slice: Ipv4Network, overlay: Ipv4Network) -> Result<Mas
         "comment": comment(overlay),
         "expr": [
             {"match": {"op": "==", "left": field("saddr"), "right": prefix(slice)}},
-            {"match": {"op": "!=", "left": field("daddr"), "right": prefix(overlay)}},
+            {"match": {"op": "!=", "left": field("daddr"), "right": format!("@{OVERLAYS}")}},
             {"masquerade": null}
         ]}}}),
     );
@@ -148,6 +160,86 @@ pub fn ensure_masquerade(slice: Ipv4Network, overlay: Ipv4Network) -> Result<Mas
         Some((_, Some(old))) => Masquerade::Replaced(*old),
         _ => Masquerade::Added,
     })
+}
+
+/// The set of every overlay attached here, which no masquerade rule touches.
+const OVERLAYS: &str = "overlays";
+
+fn prefix(net: Ipv4Network) -> Value {
+    json!({"prefix": {"addr": net.network().to_string(), "len": net.prefix()}})
+}
+
+fn add_overlays_set() -> Value {
+    json!({"add": {"set": {"family": "ip", "table": TABLE, "name": OVERLAYS,
+        "type": "ipv4_addr", "flags": ["interval"]}}})
+}
+
+/// `verb` ("add" or "delete") `overlays` in the set.
+fn elements(verb: &str, overlays: &[Ipv4Network]) -> Value {
+    let elem: Vec<Value> = overlays.iter().map(|o| prefix(*o)).collect();
+    json!({verb: {"element": {"family": "ip", "table": TABLE, "name": OVERLAYS, "elem": elem}}})
+}
+
+/// Whether the rule for `overlay` excludes `@overlays` (older versions'
+/// rules excluded only their own overlay).
+fn excludes_overlays(overlay: Ipv4Network) -> Result<bool> {
+    let listing = nft(None, &["list", "chain", "ip", TABLE, CHAIN])?;
+    let wanted = comment(overlay);
+    let set = format!("@{OVERLAYS}");
+    Ok(listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| &item["rule"])
+        .filter(|rule| rule["comment"].as_str() == Some(wanted.as_str()))
+        .all(|rule| rule["expr"][1]["match"]["right"].as_str() == Some(set.as_str())))
+}
+
+/// The overlays in the set, if the table exists.
+fn overlays_in_set() -> Result<Option<Vec<Ipv4Network>>> {
+    if !table_exists() {
+        return Ok(None);
+    }
+    let listing = match nft(None, &["list", "set", "ip", TABLE, OVERLAYS]) {
+        Ok(listing) => listing,
+        Err(_) => return Ok(Some(Vec::new())), // a table of an older version
+    };
+    let mut out = Vec::new();
+    for item in listing["nftables"].as_array().into_iter().flatten() {
+        for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+            let p = &elem["prefix"];
+            if let (Some(addr), Some(len)) = (p["addr"].as_str(), p["len"].as_u64())
+                && let (Ok(addr), Ok(len)) = (addr.parse(), u8::try_from(len))
+                && let Ok(net) = Ipv4Network::new(addr, len)
+            {
+                out.push(net);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Puts `overlay` in the set no masquerade rule touches, if fan-xdp's table
+/// exists (no table: nothing is masqueraded). Returns whether it added it.
+pub fn include_overlay(overlay: Ipv4Network) -> Result<bool> {
+    let Some(present) = overlays_in_set()? else {
+        return Ok(false);
+    };
+    if present.contains(&overlay) {
+        return Ok(false);
+    }
+    let commands = json!({"nftables": [add_overlays_set(), elements("add", &[overlay])]});
+    nft(Some(&commands), &[]).context("adding an overlay to the masquerade exceptions")?;
+    Ok(true)
+}
+
+/// Takes `overlay` out of the set again, if it is there.
+pub fn exclude_overlay(overlay: Ipv4Network) -> Result<()> {
+    if overlays_in_set()?.is_some_and(|present| present.contains(&overlay)) {
+        let commands = json!({"nftables": [elements("delete", &[overlay])]});
+        nft(Some(&commands), &[]).context("removing an overlay from the masquerade exceptions")?;
+    }
+    Ok(())
 }
 
 /// Removes the rule for `overlay`, and the table once no rule is left.

@@ -39,6 +39,8 @@ pub fn netns_snapshot(ns: &Netns) -> Result<String> {
         out += &format!("== ip {}\n{}", args.join(" "), without_timers(&text));
     }
     out += &format!("== nft\n{}", ns.run("nft", &["list", "ruleset"])?);
+    // Before 6.6, TC programs need a clsact qdisc, which attach may add.
+    out += &format!("== tc\n{}", ns.run("tc", &["qdisc", "show"])?);
     let sysctls = ns.run(
         "sh",
         &["-c", "for f in /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/rp_filter; do echo $f $(cat $f); done"],

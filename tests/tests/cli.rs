@@ -488,7 +488,11 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
 /// (at most ~5 s) until every link pinned in `dir` reports no device.
 fn wait_until_links_defunct(dir: &std::path::Path) {
     let defunct = || {
-        std::fs::read_dir(dir).unwrap().flatten().all(|entry| {
+        // Gone already: swept when the fleet was dropped.
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return true;
+        };
+        entries.flatten().all(|entry| {
             !entry.file_name().to_string_lossy().starts_with("link_")
                 || matches!(
                     fan_userspace::loader::pinned_link_ifindex(&entry.path()),
@@ -1017,12 +1021,14 @@ fn rp_filter_is_loosened_on_the_underlay_only_and_forwarding_stays_on() {
 }
 
 /// Runs `script` with `sh` in a private mount namespace (`unshare -m`), so
-/// that what it mounts vanishes with it. `$FAN_XDP` is the binary and `$NS`
-/// the namespace of `host`; returns what the script printed, whatever its exit.
+/// that what it mounts vanishes with it. `$FAN_XDP` is the binary, `$IP`
+/// iproute2's `ip` and `$NS` the namespace of `host`; returns what the script printed, whatever its exit.
 fn in_private_mounts(host: &Host, script: &str) -> String {
     let out = std::process::Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", script])
         .env("FAN_XDP", fan_tests::topology::fan_xdp_binary())
+        // By path: a busybox sh would run its own `ip` applet, which has no netns.
+        .env("IP", in_path("ip"))
         .env("NS", host.ns.name())
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -1032,6 +1038,16 @@ fn in_private_mounts(host: &Host, script: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The first `program` on PATH.
+fn in_path(program: &str) -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
 
 #[test]
@@ -1055,7 +1071,7 @@ fn state_directories_others_could_change_are_refused() {
             host,
             &format!(
                 "PINS={pins}; mount -t bpf bpf $PINS && {setup} && \
-                 ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY}; \
+                 $IP netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY}; \
                  echo exit $?"
             ),
         );
@@ -1094,10 +1110,10 @@ fn state_directories_others_could_change_are_refused() {
         host,
         &format!(
             "PINS={pins}; mount -t bpf bpf $PINS && \
-             ip netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY} && \
+             $IP netns exec $NS $FAN_XDP --pin-dir $PINS attach eth0 --overlay {OVERLAY} && \
              stat -c 'dir %a %u' $PINS/fan-xdp {ns_dir} && \
-             ip netns exec $NS $FAN_XDP --pin-dir $PINS detach eth0 && \
-             umount -l /sys/fs/bpf && ip netns exec $NS $FAN_XDP show && \
+             $IP netns exec $NS $FAN_XDP --pin-dir $PINS detach eth0 && \
+             umount -l /sys/fs/bpf && $IP netns exec $NS $FAN_XDP show && \
              stat -c 'mounted %a' /sys/fs/bpf"
         ),
     );
@@ -1384,7 +1400,14 @@ fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    // Before 6.6, TC attachments are clsact filters, whose marker pins cannot
+    // tell a live namespace from a dead one: only an XDP link can there.
+    let mode = if fan_userspace::loader::tcx_supported() {
+        "tc"
+    } else {
+        "xdp"
+    };
+    attach_all(&fleet, &["--mode", mode]);
     let fleet = fleet.with_containers(1).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
@@ -1398,7 +1421,7 @@ fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
     {
         let _hidden = Hidden::new(&h1.ns);
         // Any attach sweeps the state of namespaces that are gone.
-        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--mode", mode])
             .unwrap();
         assert!(
             std::path::Path::new(&state).exists(),
@@ -1496,22 +1519,26 @@ fn root_without_a_needed_capability_is_told_which() {
     let before = netns_snapshot(&host.ns).unwrap();
     let binary = fan_tests::topology::fan_xdp_binary();
     for (drop, missing) in [
-        ("cap_net_admin", "missing capability CAP_NET_ADMIN"),
+        ("-net_admin", "missing capability CAP_NET_ADMIN"),
         (
-            "cap_bpf,cap_sys_admin",
+            "-bpf,-sys_admin",
             "missing capability CAP_BPF (or CAP_SYS_ADMIN)",
         ),
     ] {
-        // Still uid 0: only the capabilities are gone.
+        // Still uid 0: only the capabilities are gone (a program root runs
+        // gets its bounding set).
         let out = host
             .ns
             .output(
-                "capsh",
+                "setpriv",
                 &[
-                    &format!("--drop={drop}"),
-                    "--",
-                    "-c",
-                    &format!("{} attach eth0 --overlay {OVERLAY}", binary.display()),
+                    "--bounding-set",
+                    drop,
+                    binary.to_str().unwrap(),
+                    "attach",
+                    "eth0",
+                    "--overlay",
+                    OVERLAY,
                 ],
             )
             .unwrap();
@@ -1583,10 +1610,25 @@ fn a_failed_reattach_puts_back_what_it_found() {
         .unwrap();
     let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
     assert_eq!(shown[0]["mode"], "xdp", "{shown}");
+    let cookie = host
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let dir = format!("/sys/fs/bpf/fan-xdp/netns-{cookie}");
     assert!(
-        !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
+        !std::path::Path::new(&format!("{dir}/link_eth0_decap-tc")).exists(),
         "TC decapsulation stayed beside XDP"
     );
+    // Before 6.6 the pin was the clsact filter's marker, and removing the
+    // decapsulation detached the filter with it (the 6.1 guest's busybox tc
+    // cannot list filters to show it).
+    if fan_userspace::loader::tcx_supported() {
+        assert!(
+            !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
+            "TC decapsulation is still in eth0's TCX chain"
+        );
+    }
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
@@ -1659,4 +1701,163 @@ fn only_the_main_tables_overlay_route_counts_and_an_odd_one_is_named() {
         stderr.contains("a route to 240.0.0.0/8 already exists (of type blackhole)"),
         "{stderr}"
     );
+}
+
+/// The id of the program the attachment pinned at `pin` runs: a link's, or
+/// before 6.6 the clsact filter's (the pin is that program).
+fn linked_program(pin: &std::path::Path) -> u32 {
+    use aya::programs::links::{FdLink, PinnedLink};
+    if !fan_userspace::loader::tcx_supported() {
+        return aya::programs::ProgramInfo::from_pin(pin).unwrap().id();
+    }
+    FdLink::from(PinnedLink::from_pin(pin).unwrap())
+        .info()
+        .unwrap()
+        .program_id()
+}
+
+#[test]
+fn the_pinned_programs_are_the_ones_the_links_run() {
+    use fan_userspace::loader::{DECAP_TC, ENCAP_FORWARD, ENCAP_OUTPUT};
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let cookie = host
+        .ns
+        .enter(fan_userspace::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fan-xdp/netns-{cookie}"));
+    let pinned = |name: &str| {
+        aya::programs::ProgramInfo::from_pin(dir.join(format!("prog_{name}")))
+            .unwrap()
+            .id()
+    };
+    let check = |when: &str| {
+        for (link, program) in [
+            ("link_eth0_decap-tc", DECAP_TC),
+            ("link_fan-250-0-1_encap", ENCAP_FORWARD),
+            ("link_fan-host_encap", ENCAP_OUTPUT),
+        ] {
+            assert_eq!(
+                linked_program(&dir.join(link)),
+                pinned(program),
+                "{when}: {link} runs another instance than prog_{program}"
+            );
+        }
+    };
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    check("after the first attach");
+    let port_program = pinned(fan_userspace::loader::ENCAP_PORT);
+    // A second fan changes things, but not the programs' version.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"])
+        .unwrap();
+    check("after a second fan");
+    assert_eq!(
+        linked_program(&dir.join("link_fan-240-0-1_encap")),
+        pinned(ENCAP_FORWARD),
+        "the second fan's bridge runs a copy"
+    );
+    assert_eq!(
+        pinned(fan_userspace::loader::ENCAP_PORT),
+        port_program,
+        "the port program was re-pinned: fan-xdp run would take it for a new version"
+    );
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn masquerading_leaves_traffic_to_every_attached_overlay_alone() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    attach_all(&fleet, &[]);
+    // A second overlay: without NAT on host 1, with NAT on host 2.
+    for (host, extra) in fleet.hosts.iter().zip([&["--no-nat"][..], &[]]) {
+        let mut args = vec!["attach", "eth0", "--overlay", "240.0.0.0/8"];
+        args.extend_from_slice(extra);
+        host.fan_xdp_ok(&args).unwrap();
+    }
+    let fleet = fleet.with_containers(1).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let other = Ipv4Addr::new(240, 0, 2, 20);
+    let d2 = plug_container(
+        &h2.ns,
+        "fan-240-0-2",
+        "vd",
+        "d2",
+        (other, 24),
+        Ipv4Addr::new(240, 0, 2, 1),
+    )
+    .unwrap();
+    let c1 = &h1.containers[0];
+    // Every attached overlay, NAT or not, is in the exceptions of every rule.
+    let set = h1
+        .ns
+        .run("nft", &["list", "set", "ip", "fan-xdp", "overlays"])
+        .unwrap();
+    assert!(
+        set.contains("240.0.0.0/8") && set.contains("250.0.0.0/8"),
+        "{set}"
+    );
+    let chain = h1
+        .ns
+        .run("nft", &["list", "chain", "ip", "fan-xdp", "postrouting"])
+        .unwrap();
+    assert!(
+        chain.contains("ip daddr != @overlays masquerade"),
+        "{chain}"
+    );
+    // Echoes larger than the overlay MTU, reassembled by the bridge's
+    // netfilter hooks (br_netfilter, loaded on this kernel), are not
+    // encapsulated by the programs but handed to the stack (stack_too_big),
+    // which fragments them and routes them out through fan-host, past the
+    // masquerade rules: from the 250/8 slice to the 240/8 overlay they must
+    // keep their source. (Without br_netfilter the fragments are
+    // encapsulated one by one and never meet the rules.)
+    let reassembled = h1
+        .ns
+        .run("cat", &["/proc/sys/net/bridge/bridge-nf-call-iptables"])
+        .is_ok_and(|v| v.trim() == "1");
+    let too_big = counter(h1, "stack_too_big");
+    let out = c1
+        .ns
+        .output(
+            "ping",
+            &["-n", "-c", "2", "-W", "2", "-s", "2000", &other.to_string()],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "large pings to another fan's overlay were lost: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    if reassembled {
+        assert!(
+            counter(h1, "stack_too_big") >= too_big + 2,
+            "the pings did not take the stack path"
+        );
+    }
+    assert_eq!(
+        counter(h1, "drop_source_not_local"),
+        0,
+        "masqueraded, then dropped"
+    );
+    drop(d2);
+    // Detach takes each overlay out of the exceptions again.
+    for host in &fleet.hosts {
+        host.fan_xdp_ok(&["detach", "eth0", "--overlay", "240.0.0.0/8"])
+            .unwrap();
+    }
+    let ruleset = h2
+        .ns
+        .run("nft", &["list", "table", "ip", "fan-xdp"])
+        .unwrap();
+    assert!(!ruleset.contains("240.0.0.0/8"), "{ruleset}");
+    assert!(ruleset.contains("250.0.0.0/8"), "{ruleset}");
+    detach_all(&fleet);
 }
