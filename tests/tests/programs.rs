@@ -1169,7 +1169,7 @@ fn path_mtu_is_learned_by_the_kernels_rules_and_only_from_our_packets() {
         } else {
             TC_ACT_UNSPEC
         };
-        let mut check = |bed: &mut Bed, fixture: &str, reasons: &[StatReason]| {
+        let check = |bed: &mut Bed, fixture: &str, reasons: &[StatReason]| {
             let frame = hex(fixture);
             bed.check_counts(program, &frame, pass, &frame, reasons);
         };
