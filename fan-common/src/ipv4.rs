@@ -78,31 +78,28 @@ pub const fn decap_ecn(outer: u8, inner: u8) -> Option<u8> {
 #[inline(always)]
 pub fn outer_header(src: u32, dst: u32, tos: u8, inner_len: u16) -> [u8; IPV4_HDR_LEN] {
     let total = (inner_len as u32 + IPV4_HDR_LEN as u32) as u16;
-    let s = src.to_be_bytes();
-    let d = dst.to_be_bytes();
-    let t = total.to_be_bytes();
-    let df = IP_DF.to_be_bytes();
+    ipv4_header(src, dst, tos, total, IP_DF, IPPROTO_IPIP)
+}
+
+/// A 20-byte IPv4 header with ID 0 and TTL 64, its checksum folded in.
+#[inline(always)]
+fn ipv4_header(
+    src: u32,
+    dst: u32,
+    tos: u8,
+    total: u16,
+    frag_off: u16,
+    protocol: u8,
+) -> [u8; IPV4_HDR_LEN] {
+    let (s, d, t, f) = (
+        src.to_be_bytes(),
+        dst.to_be_bytes(),
+        total.to_be_bytes(),
+        frag_off.to_be_bytes(),
+    );
     let mut h = [
-        0x45,
-        tos,
-        t[0],
-        t[1],
-        0,
-        0,
-        df[0],
-        df[1],
-        OUTER_TTL,
-        IPPROTO_IPIP,
-        0,
-        0,
-        s[0],
-        s[1],
-        s[2],
-        s[3],
-        d[0],
-        d[1],
-        d[2],
-        d[3],
+        0x45, tos, t[0], t[1], 0, 0, f[0], f[1], OUTER_TTL, protocol, 0, 0, s[0], s[1], s[2], s[3],
+        d[0], d[1], d[2], d[3],
     ];
     let mut sum = 0u32;
     let mut i = 0;
@@ -135,39 +132,7 @@ pub const fn is_icmp_error(icmp_type: u8) -> bool {
 #[inline(always)]
 pub fn icmp_error_ip_header(src: u32, dst: u32, icmp_len: u16) -> [u8; IPV4_HDR_LEN] {
     let total = (icmp_len as u32 + IPV4_HDR_LEN as u32) as u16;
-    let (s, d, t) = (src.to_be_bytes(), dst.to_be_bytes(), total.to_be_bytes());
-    let mut h = [
-        0x45,
-        ICMP_ERROR_TOS,
-        t[0],
-        t[1],
-        0,
-        0,
-        0,
-        0,
-        OUTER_TTL,
-        IPPROTO_ICMP,
-        0,
-        0,
-        s[0],
-        s[1],
-        s[2],
-        s[3],
-        d[0],
-        d[1],
-        d[2],
-        d[3],
-    ];
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < IPV4_HDR_LEN {
-        sum += u16::from_ne_bytes([h[i], h[i + 1]]) as u32;
-        i += 2;
-    }
-    let c = fold(sum).to_ne_bytes();
-    h[10] = c[0];
-    h[11] = c[1];
-    h
+    ipv4_header(src, dst, ICMP_ERROR_TOS, total, 0, IPPROTO_ICMP)
 }
 
 /// The ICMP "fragmentation needed" header announcing next-hop MTU `mtu`,

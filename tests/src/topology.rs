@@ -126,6 +126,24 @@ impl Drop for Daemon {
 }
 
 impl Fleet {
+    /// `fan-xdp attach eth0 --overlay 250.0.0.0/8 EXTRA` on every host.
+    pub fn attach_all(&self, extra: &[&str]) -> Result<()> {
+        let overlay = format!("{}/{}", OVERLAY.0, OVERLAY.1);
+        for host in &self.hosts {
+            let args = [&["attach", "eth0", "--overlay", &overlay][..], extra].concat();
+            host.fan_xdp_ok(&args)?;
+        }
+        Ok(())
+    }
+
+    /// `fan-xdp detach eth0` on every host.
+    pub fn detach_all(&self) -> Result<()> {
+        for host in &self.hosts {
+            host.fan_xdp_ok(&["detach", "eth0"])?;
+        }
+        Ok(())
+    }
+
     /// Plain routing between the slices (host-gw style, no encapsulation):
     /// one route per remote slice via its host's underlay address.
     pub fn route_slices(&self) -> Result<()> {
@@ -267,6 +285,26 @@ impl Host {
             .env("RUST_BACKTRACE", "0")
             .output()
             .context("running fan-xdp")
+    }
+
+    /// Packets counted for `reason` in this host's pinned counters.
+    pub fn counter(&self, reason: fan_common::StatReason) -> Result<u64> {
+        Ok(self.pinned_maps()?.stats()?.get(reason).packets)
+    }
+
+    /// Pings `to` from `from` until this host delivers straight into a
+    /// container (bounded: about five seconds); whether it did.
+    pub fn wait_for_direct(&self, from: &Netns, to: Ipv4Addr) -> Result<bool> {
+        let direct = fan_common::StatReason::DecapsulatedDirect;
+        let start = self.counter(direct)?;
+        for _ in 0..25 {
+            let _ = crate::traffic::ping(from, to, 1);
+            if self.counter(direct)? > start {
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(false)
     }
 
     /// fan-xdp's pinned maps for this host's namespace.

@@ -5,7 +5,6 @@
 
 use std::{
     io::Read as _,
-    net::Ipv4Addr,
     os::unix::net::UnixDatagram,
     time::{Duration, Instant},
 };
@@ -21,30 +20,8 @@ use fan_tests::{
 
 const OVERLAY: &str = "250.0.0.0/8";
 
-fn attach_all(fleet: &Fleet, extra: &[&str]) {
-    for host in &fleet.hosts {
-        let args = [&["attach", "eth0", "--overlay", OVERLAY][..], extra].concat();
-        host.fan_xdp_ok(&args).expect("attach");
-    }
-}
-
-fn detach_all(fleet: &Fleet) {
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).expect("detach");
-    }
-}
-
 fn show(host: &Host) -> serde_json::Value {
     serde_json::from_str(&host.fan_xdp_ok(&["show", "--json"]).unwrap()).unwrap()
-}
-
-fn counter(host: &Host, reason: StatReason) -> u64 {
-    host.pinned_maps()
-        .unwrap()
-        .stats()
-        .unwrap()
-        .get(reason)
-        .packets
 }
 
 /// The pids of fan-xdp processes in `ns`.
@@ -63,20 +40,6 @@ fn fan_xdp_pids(ns: &Netns) -> Vec<u32> {
         .collect()
 }
 
-/// Pings `to` from `from` until `host` delivers straight into a container
-/// (bounded); whether it did.
-fn wait_for_direct(from: &Netns, to: Ipv4Addr, host: &Host) -> bool {
-    let start = counter(host, StatReason::DecapsulatedDirect);
-    for _ in 0..25 {
-        let _ = ping(from, to, 1);
-        if counter(host, StatReason::DecapsulatedDirect) > start {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 fn agent_pid(host: &Host) -> u64 {
     show(host)[0]["agent"]["pid"]
         .as_u64()
@@ -89,12 +52,12 @@ fn attach_alone_gives_the_fast_path_and_the_last_detach_stops_its_agent() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     let fleet = fleet.with_containers(1).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
     assert!(
-        wait_for_direct(&c1.ns, c2.addr, h2),
+        h2.wait_for_direct(&c1.ns, c2.addr).unwrap(),
         "attach alone never gave direct delivery"
     );
     let shown = show(h2);
@@ -108,7 +71,7 @@ fn attach_alone_gives_the_fast_path_and_the_last_detach_stops_its_agent() {
     for host in &fleet.hosts {
         assert_eq!(fan_xdp_pids(&host.ns).len(), 1, "one agent per namespace");
     }
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
     for host in &fleet.hosts {
         assert_eq!(
             fan_xdp_pids(&host.ns),
@@ -124,7 +87,7 @@ fn a_second_agent_refuses_and_names_the_first() {
         return;
     }
     let fleet = Fleet::new(1).unwrap();
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     let host = &fleet.hosts[0];
     let first = agent_pid(host);
     let out = host.fan_xdp(&["run"]).unwrap();
@@ -132,9 +95,9 @@ fn a_second_agent_refuses_and_names_the_first() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("pid {first}")), "{err}");
     // attach again leaves the agent that runs alone.
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     assert_eq!(agent_pid(host), first);
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
@@ -143,7 +106,7 @@ fn ready_is_announced_once_the_fast_path_is_in_place() {
         return;
     }
     let fleet = Fleet::new(1).unwrap();
-    attach_all(&fleet, &["--no-agent"]);
+    fleet.attach_all(&["--no-agent"]).unwrap();
     let fleet = fleet.with_containers(1).unwrap();
     let host = &fleet.hosts[0];
     // The test is the service manager: it owns the notification socket.
@@ -209,7 +172,7 @@ fn ready_is_announced_once_the_fast_path_is_in_place() {
     assert!(shown[0]["agent"].is_null(), "{shown}");
     assert_eq!(shown[0]["complete"], true, "{shown}");
     let _ = std::fs::remove_file(&dir);
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
@@ -241,7 +204,7 @@ fn reload_returns_once_the_agent_has_resynced() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
@@ -250,11 +213,11 @@ fn a_killed_agent_is_not_trusted_and_a_transfer_outlives_it() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     let fleet = fleet.with_containers(1).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
-    assert!(wait_for_direct(&c1.ns, c2.addr, h2));
+    assert!(h2.wait_for_direct(&c1.ns, c2.addr).unwrap());
     // 100 MB at 200 Mbit/s: about four seconds, so the agent dies mid-way.
     c1.ns
         .run(
@@ -274,7 +237,7 @@ fn a_killed_agent_is_not_trusted_and_a_transfer_outlives_it() {
         // SAFETY: signalling the agent by the pid its status names, in our test namespace.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         std::thread::sleep(Duration::from_millis(500));
-        attach_all(&fleet, &[]);
+        fleet.attach_all(&[]).unwrap();
         assert!(
             !transfer.is_finished(),
             "the transfer ended before the agent was restarted: nothing was tested"
@@ -289,7 +252,7 @@ fn a_killed_agent_is_not_trusted_and_a_transfer_outlives_it() {
         .run("tc", &["qdisc", "del", "dev", "eth0", "root"])
         .unwrap();
     assert!(
-        wait_for_direct(&c1.ns, c2.addr, h2),
+        h2.wait_for_direct(&c1.ns, c2.addr).unwrap(),
         "no direct delivery after the restart"
     );
 
@@ -305,14 +268,14 @@ fn a_killed_agent_is_not_trusted_and_a_transfer_outlives_it() {
         h2.pinned_maps().unwrap().endpoints.iter().count() > 0,
         "the killed agent's endpoints are still pinned"
     );
-    let direct = counter(h2, StatReason::DecapsulatedDirect);
+    let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
     assert!(ping(&c1.ns, c2.addr, 3).unwrap(), "the stack path works");
     assert_eq!(
-        counter(h2, StatReason::DecapsulatedDirect),
+        h2.counter(StatReason::DecapsulatedDirect).unwrap(),
         direct,
         "direct delivery on a dead agent's map"
     );
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
@@ -343,10 +306,11 @@ fn the_agent_outlives_the_shell_that_ran_attach() {
     let fleet = fleet.with_containers(1).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     assert!(
-        wait_for_direct(&h1.containers[0].ns, h2.containers[0].addr, h2),
+        h2.wait_for_direct(&h1.containers[0].ns, h2.containers[0].addr)
+            .unwrap(),
         "the agent lost its maps when the shell exited"
     );
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
@@ -355,11 +319,11 @@ fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffi
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     let fleet = fleet.with_containers(2).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
-    assert!(wait_for_direct(&client.ns, owner.addr, h2));
+    assert!(h2.wait_for_direct(&client.ns, owner.addr).unwrap());
     // The rogue container claims its sibling's address (250.0.2.11) with
     // its own MAC, in gratuitous ARP replies, past the neighbour locktime.
     let rogue_mac = mac_of(&rogue.ns, "eth0").unwrap();
@@ -377,7 +341,7 @@ fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffi
         snmp_counter(&owner.ns, "Icmp", "InEchos").unwrap(),
         snmp_counter(&rogue.ns, "Icmp", "InEchos").unwrap(),
     );
-    let direct = counter(h2, StatReason::DecapsulatedDirect);
+    let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
     assert!(
         ping(&client.ns, owner.addr, 3).unwrap(),
         "the owner lost its traffic"
@@ -391,6 +355,6 @@ fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffi
         rogue_echoes,
         "the rogue container got its sibling's traffic"
     );
-    assert!(counter(h2, StatReason::DecapsulatedDirect) >= direct + 3);
-    detach_all(&fleet);
+    assert!(h2.counter(StatReason::DecapsulatedDirect).unwrap() >= direct + 3);
+    fleet.detach_all().unwrap();
 }

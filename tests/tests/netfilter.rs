@@ -11,21 +11,6 @@ use std::{
 
 use fan_tests::{netns::Netns, privileged, topology::Fleet, traffic::ping};
 
-const OVERLAY: &str = "250.0.0.0/8";
-
-fn attach_all(fleet: &Fleet, extra: &[&str]) {
-    for host in &fleet.hosts {
-        let args = [&["attach", "eth0", "--overlay", OVERLAY][..], extra].concat();
-        host.fan_xdp_ok(&args).expect("attach");
-    }
-}
-
-fn detach_all(fleet: &Fleet) {
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).expect("detach");
-    }
-}
-
 /// Loads an nftables ruleset (nft's own syntax) into `ns`.
 fn nft(ns: &Netns, ruleset: &str) {
     let path =
@@ -98,7 +83,9 @@ fn a_dnat_service_address_works_with_or_without_agent_and_bridge_netfilter() {
             let _ = h1
                 .ns
                 .sysctl("net.bridge.bridge-nf-call-iptables", bridge_netfilter);
-            attach_all(&fleet, if agent { &[] } else { &["--no-agent"] });
+            fleet
+                .attach_all(if agent { &[] } else { &["--no-agent"] })
+                .unwrap();
             let fleet = fleet.with_containers(1).unwrap();
             let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
             let (client, server) = (&h1.containers[0], &h2.containers[0]);
@@ -118,7 +105,7 @@ fn a_dnat_service_address_works_with_or_without_agent_and_bridge_netfilter() {
                     "{case}: connection {attempt} to the service address failed"
                 );
             }
-            detach_all(&fleet);
+            fleet.detach_all().unwrap();
         }
     }
 }
@@ -140,7 +127,7 @@ fn a_container_reaches_a_port_published_on_its_own_host() {
             }
         }",
     );
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     let fleet = fleet.with_containers(1).unwrap();
     let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
     for attempt in 0..3 {
@@ -154,7 +141,7 @@ fn a_container_reaches_a_port_published_on_its_own_host() {
             "connection {attempt} to the published port failed"
         );
     }
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
@@ -172,7 +159,7 @@ fn a_forward_rule_still_applies_by_default() {
             }
         }",
     );
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     let fleet = fleet.with_containers(2).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let target = h2.containers[0].addr;
@@ -191,12 +178,12 @@ fn a_forward_rule_still_applies_by_default() {
         "{shown}"
     );
     // Forced on, the fast path skips the rule (as documented).
-    detach_all(&fleet);
-    attach_all(&fleet, &["--bypass", "on"]);
+    fleet.detach_all().unwrap();
+    fleet.attach_all(&["--bypass", "on"]).unwrap();
     let fast = h2.fan_xdp_ok(&["show"]).unwrap();
     assert!(
         fast.contains("bypass: on (the fast path skips netfilter: --bypass on)"),
         "{fast}"
     );
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }

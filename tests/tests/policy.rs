@@ -33,19 +33,6 @@ const FOR_A_THIRD_HOST: &str = "45000034 00004000 4004ae9e c6120001 c6120002
 const FROM_THE_SIBLING: &str = "45000020 12344000 40013191 fa00010c fa00020b
     0800e139 42420001 66616e21";
 
-fn attach_all(fleet: &Fleet, extra: &[&str]) {
-    for host in &fleet.hosts {
-        let args = [&["attach", "eth0", "--overlay", OVERLAY][..], extra].concat();
-        host.fan_xdp_ok(&args).expect("attach");
-    }
-}
-
-fn detach_all(fleet: &Fleet) {
-    for host in &fleet.hosts {
-        host.fan_xdp_ok(&["detach", "eth0"]).expect("detach");
-    }
-}
-
 fn stats(host: &Host) -> Stats {
     host.pinned_maps().unwrap().stats().unwrap()
 }
@@ -81,7 +68,7 @@ fn a_peer_cannot_speak_for_this_host_or_use_it_as_a_relay() {
     }
     for mode in ["tc", "xdp"] {
         let fleet = Fleet::new(3).unwrap();
-        attach_all(&fleet, &["--mode", mode]);
+        fleet.attach_all(&["--mode", mode]).unwrap();
         let fleet = fleet.with_containers(1).unwrap();
         let [h1, h2, _h3] = &fleet.hosts[..] else {
             unreachable!()
@@ -135,7 +122,7 @@ fn a_peer_cannot_speak_for_this_host_or_use_it_as_a_relay() {
             before.get(StatReason::Decapsulated).packets,
             "{mode}: a forged packet was decapsulated"
         );
-        detach_all(&fleet);
+        fleet.detach_all().unwrap();
     }
 }
 
@@ -145,7 +132,9 @@ fn decapsulated_traffic_continues_down_the_underlays_tcx_chain() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    // No agent: every decapsulated packet takes the stack path, the one that
+    // continues down the chain (direct delivery ends it, as documented).
+    fleet.attach_all(&["--no-agent"]).unwrap();
     let fleet = fleet.with_containers(1).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     // A second TCX program after fan-xdp's on h2's underlay, standing for a
@@ -160,14 +149,13 @@ fn decapsulated_traffic_continues_down_the_underlays_tcx_chain() {
         .unwrap();
     let seen = |probe: &Dataplane| probe.stats().unwrap().get(StatReason::PassNotOverlay);
     let before = seen(&probe).packets;
-    // Without `fan-xdp run` every decapsulated packet takes the stack path.
     assert!(ping(&h1.containers[0].ns, h2.containers[0].addr, 3).unwrap());
     assert!(
         seen(&probe).packets >= before + 3,
         "the program after fan-xdp's never saw the decapsulated packets"
     );
     drop(probe);
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
@@ -176,7 +164,7 @@ fn a_container_cannot_send_from_its_siblings_address() {
         return;
     }
     let fleet = Fleet::new(2).unwrap();
-    attach_all(&fleet, &[]);
+    fleet.attach_all(&[]).unwrap();
     let fleet = fleet.with_containers(2).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     // Both containers speak, so the agent attach started learns their
@@ -218,7 +206,7 @@ fn a_container_cannot_send_from_its_siblings_address() {
         before.get(StatReason::Encapsulated).packets,
         "a packet with a sibling's source was encapsulated"
     );
-    detach_all(&fleet);
+    fleet.detach_all().unwrap();
 }
 
 #[test]
