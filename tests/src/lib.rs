@@ -2,6 +2,8 @@
 //! fan topologies of simulated hosts and containers built from them. Used by
 //! the end-to-end tests and the demo.
 
+pub mod fuzz;
+pub mod model;
 pub mod netns;
 pub mod paths;
 pub mod snapshot;

@@ -1,0 +1,342 @@
+//! Differential testing of the five programs against the model: generated
+//! and corpus cases run through BPF_PROG_TEST_RUN and through the model,
+//! compared byte for byte, verdict and counters; properties on top.
+
+pub mod bed;
+pub mod check;
+pub mod corpus;
+pub mod generate;
+pub mod rng;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use self::{
+    bed::{Bed, Observed, Runner, Side},
+    check::{compare, observed_fate, properties},
+    generate::{Case, Generator},
+    rng::{Rng, mix},
+};
+use crate::model::{
+    self, Fate, Program, RunContext,
+    wire::{ETH_LEN, decrement_ttl},
+};
+
+pub struct Settings {
+    pub cases_per_program: u64,
+    pub seed: u64,
+    /// The corpus, replayed first: (file name, its text). Embedded in the
+    /// test executable, so the VM replays it too.
+    pub corpus: Vec<(&'static str, &'static str)>,
+    /// Where new disagreements are appended, if anywhere.
+    pub record_file: Option<PathBuf>,
+    /// Print a progress line every this many generated cases (0: never).
+    pub progress_every: u64,
+}
+
+/// Runs and counted outcomes of one program.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    pub runs: u64,
+    /// Runs the kernel refused (the model predicted the refusal).
+    pub refused: u64,
+    /// Outcome counters moved (subset counters such as `encapsulated_gso` aside).
+    pub outcomes: u64,
+    /// The port program's passes, which it leaves to the bridge's program to count.
+    pub uncounted_passes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub tallies: BTreeMap<Program, Tally>,
+    pub corpus_cases: usize,
+    /// Known findings (corpus `known=`) that still reproduce, and that no longer do.
+    pub known_reproduced: Vec<String>,
+    pub known_fixed: Vec<String>,
+    pub disagreements: u64,
+    /// The first disagreements in full, as reproducers.
+    pub reports: Vec<String>,
+    /// Encapsulations by A decapsulated again by B.
+    pub round_trips: u64,
+    /// Of those, inner destinations that are B's slice edges, which B drops.
+    pub round_trips_to_slice_edges: u64,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn cases(&self) -> u64 {
+        self.tallies.values().map(|t| t.runs).sum()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut text = format!(
+            "fuzz: seed {:#018x}: {} runs ({} corpus cases, {} round trips) in {:.1} s, {:.0} runs/s, {} disagreements\n",
+            self.seed,
+            self.cases(),
+            self.corpus_cases,
+            self.round_trips,
+            self.elapsed.as_secs_f64(),
+            self.cases() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            self.disagreements,
+        );
+        for (program, t) in &self.tallies {
+            text += &format!(
+                "  {:<18} runs {:>9}  refused {:>7}  outcomes counted {:>9}  port passes {:>7}\n",
+                program.name(),
+                t.runs,
+                t.refused,
+                t.outcomes,
+                t.uncounted_passes
+            );
+        }
+        for known in &self.known_reproduced {
+            text += &format!("  known finding still reproduces: {known}\n");
+        }
+        for known in &self.known_fixed {
+            text += &format!("  known finding no longer reproduces (drop its mark): {known}\n");
+        }
+        for report in &self.reports {
+            text += &format!("{report}\n");
+        }
+        text
+    }
+}
+
+/// How many disagreements are printed in full.
+const MAX_REPORTS: usize = 20;
+/// How many encapsulations are kept for the round trip.
+const MAX_ROUND_TRIPS: usize = 50_000;
+
+/// The seed of case `index` of `program` in a run seeded `seed`.
+pub fn case_seed(seed: u64, program: Program, index: u64) -> u64 {
+    mix(seed ^ mix(((program as u64) << 48) ^ index))
+}
+
+/// The generated case `index` of `program` (what a reproducer's seed names).
+pub fn generated_case(config: &model::Config, seed: u64, program: Program, index: u64) -> Case {
+    let mut rng = Rng::new(case_seed(seed, program, index));
+    Generator::new(config).case(&mut rng, program)
+}
+
+struct Checked {
+    observed: Observed,
+    problems: Vec<String>,
+}
+
+/// One run through the program and the model.
+fn check_case(
+    config: &model::Config,
+    ports: &dyn Fn(&str) -> u32,
+    runner: &mut Runner,
+    case: &Case,
+    tally: &mut Tally,
+) -> Result<Checked> {
+    let ctx = RunContext {
+        ingress_ifindex: ports(&case.port),
+        gso_size: case.gso_size,
+    };
+    let predicted = model::predict(config, case.program, &case.frame, ctx);
+    let observed = runner.run(case.program, &case.frame, ctx)?;
+    let mut problems = compare(&predicted, &observed);
+    problems.extend(properties(config, case.program, &case.frame, &observed));
+    tally.runs += 1;
+    match &observed {
+        Observed::Refused(_) => tally.refused += 1,
+        Observed::Ran { counters, .. } => {
+            let outcomes = counters
+                .iter()
+                .filter(|c| !check::is_subset_counter(c.0))
+                .count() as u64;
+            tally.outcomes += outcomes;
+            if case.program == Program::EncapPort && observed_fate(counters) == Fate::Passed {
+                tally.uncounted_passes += 1;
+            }
+        }
+    }
+    Ok(Checked { observed, problems })
+}
+
+pub fn run(settings: &Settings) -> Result<Report> {
+    let start = Instant::now();
+    let mut a = Bed::new(Side::A)?;
+    let mut b = Bed::new(Side::B)?;
+    let mut corpus = Vec::new();
+    for (name, text) in &settings.corpus {
+        corpus.extend(corpus::parse(name, text)?);
+    }
+    let mut report = Report {
+        seed: settings.seed,
+        corpus_cases: corpus.len(),
+        ..Default::default()
+    };
+    let ports_a = a.ports();
+    let resolve = move |name: &str| bed::resolve_port(&ports_a, name);
+    let Bed {
+        ns,
+        dataplane,
+        config,
+        ..
+    } = &mut a;
+    let config_a = config.clone();
+    let b_hosts: Vec<u32> = b.config.fans.iter().map(|f| f.local_host).collect();
+    let mut round_trips: Vec<(Program, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut failures: Vec<(Case, String)> = Vec::new();
+    ns.enter(|| -> Result<()> {
+        let mut runner = Runner::new(dataplane)?;
+        for entry in &corpus {
+            let tally = report.tallies.entry(entry.case.program).or_default();
+            let checked = check_case(&config_a, &resolve, &mut runner, &entry.case, tally)?;
+            let line = corpus::format(&entry.case);
+            match (&entry.known, checked.problems.is_empty()) {
+                (Some(label), false) => report.known_reproduced.push(label.clone()),
+                (Some(label), true) => report.known_fixed.push(label.clone()),
+                (None, true) => {}
+                (None, false) => {
+                    let why = format!(
+                        "corpus line {}: {}",
+                        entry.line,
+                        checked.problems.join("; ")
+                    );
+                    failures.push((entry.case.clone(), format!("{line}\n  {why}")));
+                }
+            }
+        }
+        let generator = Generator::new(&config_a);
+        let mut generated = 0u64;
+        for program in Program::ALL {
+            for index in 0..settings.cases_per_program {
+                let mut rng = Rng::new(case_seed(settings.seed, program, index));
+                let case = generator.case(&mut rng, program);
+                let tally = report.tallies.entry(program).or_default();
+                let checked = check_case(&config_a, &resolve, &mut runner, &case, tally)?;
+                if !checked.problems.is_empty() {
+                    let text = format!(
+                        "seed={:#x} case={index} {}\n  {}",
+                        settings.seed,
+                        corpus::format(&case),
+                        checked.problems.join("\n  ")
+                    );
+                    failures.push((case.clone(), text));
+                } else if let Observed::Ran {
+                    frame, counters, ..
+                } = &checked.observed
+                {
+                    let to_b = frame.len() >= 34 && b_hosts.contains(&model::wire::be32(frame, 30));
+                    if program.is_encap()
+                        && observed_fate(counters) == Fate::Encapsulated
+                        && to_b
+                        && round_trips.len() < MAX_ROUND_TRIPS
+                    {
+                        round_trips.push((program, case.frame.clone(), frame.clone()));
+                    }
+                }
+                generated += 1;
+                if settings.progress_every != 0 && generated.is_multiple_of(settings.progress_every)
+                {
+                    eprintln!(
+                        "fuzz: {generated} cases, {} disagreements, {:.0} s",
+                        failures.len(),
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+        Ok(())
+    })??;
+    let config_b = b.config.clone();
+    let Bed { ns, dataplane, .. } = &mut b;
+    let no_ports = |_: &str| 0;
+    ns.enter(|| -> Result<()> {
+        let mut runner = Runner::new(dataplane)?;
+        for (encapsulator, input, encapsulated) in &round_trips {
+            for program in [Program::DecapTc, Program::DecapXdp] {
+                let case = Case {
+                    program,
+                    port: "0".into(),
+                    gso_size: 0,
+                    frame: encapsulated.clone(),
+                };
+                let tally = report.tallies.entry(program).or_default();
+                let checked = check_case(&config_b, &no_ports, &mut runner, &case, tally)?;
+                let mut problems = checked.problems;
+                match round_trip_result(*encapsulator, input, encapsulated, &checked.observed) {
+                    RoundTrip::Intact => report.round_trips += 1,
+                    RoundTrip::SliceEdge => {
+                        report.round_trips += 1;
+                        report.round_trips_to_slice_edges += 1;
+                    }
+                    RoundTrip::Broken(why) => problems.push(why),
+                }
+                if !problems.is_empty() {
+                    let text = format!(
+                        "round trip (B decapsulates A's {} of {}): {}\n  {}",
+                        encapsulator.name(),
+                        model::wire::to_hex(input),
+                        corpus::format(&case),
+                        problems.join("\n  ")
+                    );
+                    failures.push((case, text));
+                }
+            }
+        }
+        Ok(())
+    })??;
+    report.disagreements = failures.len() as u64;
+    for (case, text) in failures.iter().take(MAX_REPORTS) {
+        report.reports.push(format!("DISAGREEMENT {text}"));
+        if let Some(file) = &settings.record_file {
+            let first_line = text.lines().nth(1).unwrap_or("").trim();
+            corpus::record(file, case, first_line)?;
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+enum RoundTrip {
+    /// B gave back A's input: the Ethernet header as A's program left it,
+    /// the inner TTL less one where A forwarded.
+    Intact,
+    /// The inner destination is a slice edge of B's, which B drops.
+    SliceEdge,
+    Broken(String),
+}
+
+fn round_trip_result(
+    encapsulator: Program,
+    input: &[u8],
+    encapsulated: &[u8],
+    observed: &Observed,
+) -> RoundTrip {
+    let Observed::Ran {
+        frame, counters, ..
+    } = observed
+    else {
+        return RoundTrip::Broken("B refused to run A's encapsulation".into());
+    };
+    match observed_fate(counters) {
+        Fate::Decapsulated => {
+            let mut expected = encapsulated[..ETH_LEN].to_vec();
+            expected.extend_from_slice(&input[ETH_LEN..]);
+            if encapsulator != Program::EncapOutput {
+                decrement_ttl(&mut expected, ETH_LEN);
+            }
+            if *frame == expected {
+                RoundTrip::Intact
+            } else {
+                RoundTrip::Broken(format!(
+                    "round trip changed the packet: expected {}",
+                    model::wire::to_hex(&expected)
+                ))
+            }
+        }
+        _ if counters.iter().any(|c| c.0 == "drop_inner_dst_reserved") => RoundTrip::SliceEdge,
+        _ => RoundTrip::Broken(format!("B did not decapsulate A's packet: {counters:?}")),
+    }
+}
