@@ -180,6 +180,7 @@ impl Bed {
             fans,
             endpoints,
             underlay: underlay(side, eth0, &ports, devices),
+            enforce: vec![],
         };
         Ok(Self {
             ns,

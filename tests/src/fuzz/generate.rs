@@ -30,6 +30,9 @@ const EDGE_LENGTHS: [usize; 16] = [
     576, 1279, 1280, 1300, 1301, 1379, 1380, 1381, 1399, 1400, 1401, 1479, 1480, 1481, 1500, 2900,
 ];
 
+/// Frame lengths around the test run's buffer limits.
+const JUMBO_LENGTHS: [usize; 9] = [3519, 3520, 3521, 3711, 3712, 3713, 3900, 4096, 4200];
+
 /// GSO segment sizes: tiny, usual MSS values, the edges of the MTUs, and
 /// values that only fit the context's 32 bits (the skb keeps 16).
 const GSO_SIZES: [u32; 13] = [
@@ -99,6 +102,11 @@ impl<'a> Generator<'a> {
         };
         if rng.chance(1, 6) {
             truncate_at_a_boundary(rng, &mut frame);
+        } else if rng.chance(1, 150) {
+            // Past the limits of a test run's buffer: the skb's page, the
+            // linear part of XDP's (beyond it, fragments).
+            let len = *rng.pick(&JUMBO_LENGTHS);
+            frame.resize(len.max(frame.len()), 0);
         }
         let port = if program == Program::EncapPort {
             self.port_for(rng, &frame)

@@ -37,6 +37,9 @@ pub struct Settings {
     pub record_file: Option<PathBuf>,
     /// Print a progress line every this many generated cases (0: never).
     pub progress_every: u64,
+    /// Predict the README's policy where the programs are known to depart
+    /// from it (every known finding then shows as a disagreement).
+    pub enforce_findings: bool,
 }
 
 /// Runs and counted outcomes of one program.
@@ -56,9 +59,10 @@ pub struct Report {
     pub seed: u64,
     pub tallies: BTreeMap<Program, Tally>,
     pub corpus_cases: usize,
-    /// Known findings (corpus `known=`) that still reproduce, and that no longer do.
+    /// Known findings (corpus `known=`) that still reproduce.
     pub known_reproduced: Vec<String>,
-    pub known_fixed: Vec<String>,
+    /// Generated cases that ran into a known finding, by label, with the first one.
+    pub known_hits: BTreeMap<&'static str, (u64, String)>,
     pub disagreements: u64,
     /// The first disagreements in full, as reproducers.
     pub reports: Vec<String>,
@@ -66,6 +70,10 @@ pub struct Report {
     pub round_trips: u64,
     /// Of those, inner destinations that are B's slice edges, which B drops.
     pub round_trips_to_slice_edges: u64,
+    /// Packets counted per program and counter: what the cases reached.
+    pub counters: BTreeMap<(Program, &'static str), u64>,
+    /// Cases run a second time on the same input, which must do the same.
+    pub repetitions: u64,
     pub elapsed: Duration,
 }
 
@@ -95,11 +103,26 @@ impl Report {
                 t.uncounted_passes
             );
         }
+        text += "  counters reached (packets):\n";
+        for program in self.tallies.keys() {
+            let reached: Vec<String> = self
+                .counters
+                .iter()
+                .filter(|((p, _), _)| p == program)
+                .map(|((_, name), n)| format!("{name} {n}"))
+                .collect();
+            text += &format!("    {}: {}\n", program.name(), reached.join(", "));
+        }
+        text += &format!(
+            "  repetitions on the original input: {}\n",
+            self.repetitions
+        );
         for known in &self.known_reproduced {
             text += &format!("  known finding still reproduces: {known}\n");
         }
-        for known in &self.known_fixed {
-            text += &format!("  known finding no longer reproduces (drop its mark): {known}\n");
+        for (label, (hits, first)) in &self.known_hits {
+            text +=
+                &format!("  known finding {label}: {hits} generated cases, the first: {first}\n");
         }
         for report in &self.reports {
             text += &format!("{report}\n");
@@ -110,6 +133,9 @@ impl Report {
 
 /// How many disagreements are printed in full.
 const MAX_REPORTS: usize = 20;
+/// Every this many generated cases run twice: a run must not depend on the
+/// ones before it (per-CPU state, maps).
+const REPEAT_EVERY: u64 = 16;
 /// How many encapsulations are kept for the round trip.
 const MAX_ROUND_TRIPS: usize = 50_000;
 
@@ -127,6 +153,8 @@ pub fn generated_case(config: &model::Config, seed: u64, program: Program, index
 struct Checked {
     observed: Observed,
     problems: Vec<String>,
+    /// The known finding the case runs into (the model predicted the programs there).
+    known: Option<&'static str>,
 }
 
 /// One run through the program and the model.
@@ -136,12 +164,14 @@ fn check_case(
     runner: &mut Runner,
     case: &Case,
     tally: &mut Tally,
+    reached: &mut BTreeMap<(Program, &'static str), u64>,
 ) -> Result<Checked> {
     let ctx = RunContext {
         ingress_ifindex: ports(&case.port),
         gso_size: case.gso_size,
     };
     let predicted = model::predict(config, case.program, &case.frame, ctx);
+    let known = model::known_finding(config, case.program, &case.frame, ctx).map(|f| f.label());
     let observed = runner.run(case.program, &case.frame, ctx)?;
     let mut problems = compare(&predicted, &observed);
     problems.extend(properties(config, case.program, &case.frame, &observed));
@@ -149,6 +179,9 @@ fn check_case(
     match &observed {
         Observed::Refused(_) => tally.refused += 1,
         Observed::Ran { counters, .. } => {
+            for &(name, packets, _) in counters {
+                *reached.entry((case.program, name)).or_default() += packets;
+            }
             let outcomes = counters
                 .iter()
                 .filter(|c| !check::is_subset_counter(c.0))
@@ -159,7 +192,11 @@ fn check_case(
             }
         }
     }
-    Ok(Checked { observed, problems })
+    Ok(Checked {
+        observed,
+        problems,
+        known,
+    })
 }
 
 pub fn run(settings: &Settings) -> Result<Report> {
@@ -183,7 +220,10 @@ pub fn run(settings: &Settings) -> Result<Report> {
         config,
         ..
     } = &mut a;
-    let config_a = config.clone();
+    let mut config_a = config.clone();
+    if settings.enforce_findings {
+        config_a.enforce = model::config::Finding::ALL.to_vec();
+    }
     let b_hosts: Vec<u32> = b.config.fans.iter().map(|f| f.local_host).collect();
     let mut round_trips: Vec<(Program, Vec<u8>, Vec<u8>)> = Vec::new();
     let mut failures: Vec<(Case, String)> = Vec::new();
@@ -191,20 +231,29 @@ pub fn run(settings: &Settings) -> Result<Report> {
         let mut runner = Runner::new(dataplane)?;
         for entry in &corpus {
             let tally = report.tallies.entry(entry.case.program).or_default();
-            let checked = check_case(&config_a, &resolve, &mut runner, &entry.case, tally)?;
+            let checked = check_case(
+                &config_a,
+                &resolve,
+                &mut runner,
+                &entry.case,
+                tally,
+                &mut report.counters,
+            )?;
             let line = corpus::format(&entry.case);
-            match (&entry.known, checked.problems.is_empty()) {
-                (Some(label), false) => report.known_reproduced.push(label.clone()),
-                (Some(label), true) => report.known_fixed.push(label.clone()),
-                (None, true) => {}
-                (None, false) => {
-                    let why = format!(
-                        "corpus line {}: {}",
-                        entry.line,
-                        checked.problems.join("; ")
-                    );
-                    failures.push((entry.case.clone(), format!("{line}\n  {why}")));
+            let mut problems = checked.problems;
+            if let Some(label) = &entry.known {
+                if checked.known == Some(label.as_str()) {
+                    report.known_reproduced.push(label.clone());
+                } else {
+                    problems.push(format!(
+                        "marked known={label}, but the model says it runs into {:?}",
+                        checked.known
+                    ));
                 }
+            }
+            if !problems.is_empty() {
+                let why = format!("corpus line {}: {}", entry.line, problems.join("; "));
+                failures.push((entry.case.clone(), format!("{line}\n  {why}")));
             }
         }
         let generator = Generator::new(&config_a);
@@ -214,7 +263,34 @@ pub fn run(settings: &Settings) -> Result<Report> {
                 let mut rng = Rng::new(case_seed(settings.seed, program, index));
                 let case = generator.case(&mut rng, program);
                 let tally = report.tallies.entry(program).or_default();
-                let checked = check_case(&config_a, &resolve, &mut runner, &case, tally)?;
+                let mut checked = check_case(
+                    &config_a,
+                    &resolve,
+                    &mut runner,
+                    &case,
+                    tally,
+                    &mut report.counters,
+                )?;
+                if index.is_multiple_of(REPEAT_EVERY) {
+                    report.repetitions += 1;
+                    let ctx = RunContext {
+                        ingress_ifindex: resolve(&case.port),
+                        gso_size: case.gso_size,
+                    };
+                    let again = runner.run(case.program, &case.frame, ctx)?;
+                    if again != checked.observed {
+                        checked.problems.push(format!(
+                            "a second run on the original input did otherwise: {again:?}"
+                        ));
+                    }
+                }
+                if let Some(label) = checked.known {
+                    let hit = report
+                        .known_hits
+                        .entry(label)
+                        .or_insert_with(|| (0, corpus::format(&case)));
+                    hit.0 += 1;
+                }
                 if !checked.problems.is_empty() {
                     let text = format!(
                         "seed={:#x} case={index} {}\n  {}",
@@ -249,7 +325,8 @@ pub fn run(settings: &Settings) -> Result<Report> {
         }
         Ok(())
     })??;
-    let config_b = b.config.clone();
+    let mut config_b = b.config.clone();
+    config_b.enforce = config_a.enforce.clone();
     let Bed { ns, dataplane, .. } = &mut b;
     let no_ports = |_: &str| 0;
     ns.enter(|| -> Result<()> {
@@ -263,7 +340,14 @@ pub fn run(settings: &Settings) -> Result<Report> {
                     frame: encapsulated.clone(),
                 };
                 let tally = report.tallies.entry(program).or_default();
-                let checked = check_case(&config_b, &no_ports, &mut runner, &case, tally)?;
+                let checked = check_case(
+                    &config_b,
+                    &no_ports,
+                    &mut runner,
+                    &case,
+                    tally,
+                    &mut report.counters,
+                )?;
                 let mut problems = checked.problems;
                 match round_trip_result(*encapsulator, input, encapsulated, &checked.observed) {
                     RoundTrip::Intact => report.round_trips += 1,
@@ -271,6 +355,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
                         report.round_trips += 1;
                         report.round_trips_to_slice_edges += 1;
                     }
+                    RoundTrip::TooLongToRun => {}
                     RoundTrip::Broken(why) => problems.push(why),
                 }
                 if !problems.is_empty() {
@@ -305,6 +390,8 @@ enum RoundTrip {
     Intact,
     /// The inner destination is a slice edge of B's, which B drops.
     SliceEdge,
+    /// A's packet grew past what a test run takes (a jumbo frame's 20 more bytes).
+    TooLongToRun,
     Broken(String),
 }
 
@@ -318,6 +405,9 @@ fn round_trip_result(
         frame, counters, ..
     } = observed
     else {
+        if !model::kernel_accepts(Program::DecapTc, encapsulated) {
+            return RoundTrip::TooLongToRun;
+        }
         return RoundTrip::Broken("B refused to run A's encapsulation".into());
     };
     match observed_fate(counters) {

@@ -87,12 +87,41 @@ impl Underlay {
     }
 }
 
+/// A place where the programs disagree with the README's stated policy.
+/// By default the model predicts what the programs do there (so the
+/// fuzzer can look for other differences) and reports each case that hits
+/// it; `Config::enforce` makes it predict the README instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// The README: the outer source must not be "the underlay's network or
+    /// broadcast address". The programs check that against the inner
+    /// destination's fan only; when the inner source's fan has another
+    /// (narrower) underlay, the source fan's network or broadcast address
+    /// is accepted as the owner of a slice that no host can hold (the
+    /// sender refuses to send to it: `drop_reserved_host`).
+    OuterSourceReservedInSourceFan,
+}
+
+impl Finding {
+    pub const ALL: [Finding; 1] = [Finding::OuterSourceReservedInSourceFan];
+
+    /// The label corpus lines use (`known=<label>`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Finding::OuterSourceReservedInSourceFan => "outer-source-reserved-in-source-fan",
+        }
+    }
+}
+
 /// Everything the model's prediction depends on besides the frame.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
     pub fans: Vec<Fan>,
     pub endpoints: Vec<Endpoint>,
     pub underlay: Underlay,
+    /// Findings for which the model predicts the README's policy rather
+    /// than the programs' behaviour.
+    pub enforce: Vec<Finding>,
 }
 
 impl Config {

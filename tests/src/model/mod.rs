@@ -10,6 +10,8 @@
 pub mod config;
 mod decap;
 mod encap;
+#[cfg(test)]
+mod fixtures;
 pub mod route;
 pub mod wire;
 
@@ -142,6 +144,25 @@ pub fn predict(
         Program::EncapOutput => encap::run(config, encap::Hook::Output, frame, ctx),
         Program::DecapTc => decap::run_tc(config, frame, ctx),
         Program::DecapXdp => decap::run_xdp(config, frame),
+    })
+}
+
+/// The known finding this input runs into, if any: the model's prediction
+/// for the programs and its prediction for the README's policy part here.
+pub fn known_finding(
+    config: &Config,
+    program: Program,
+    frame: &[u8],
+    ctx: RunContext,
+) -> Option<config::Finding> {
+    let programs = predict(config, program, frame, ctx);
+    config::Finding::ALL.into_iter().find(|finding| {
+        if config.enforce.contains(finding) {
+            return false;
+        }
+        let mut readme = config.clone();
+        readme.enforce.push(*finding);
+        predict(&readme, program, frame, ctx) != programs
     })
 }
 
