@@ -226,7 +226,8 @@ pub fn run(settings: &Settings) -> Result<Report> {
     }
     let b_hosts: Vec<u32> = b.config.fans.iter().map(|f| f.local_host).collect();
     let mut round_trips: Vec<(Program, Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut failures: Vec<(Case, String)> = Vec::new();
+    // Disagreements, with the case when it replays as a corpus line.
+    let mut failures: Vec<(Option<Case>, String)> = Vec::new();
     ns.enter(|| -> Result<()> {
         let mut runner = Runner::new(dataplane)?;
         for entry in &corpus {
@@ -253,7 +254,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
             }
             if !problems.is_empty() {
                 let why = format!("corpus line {}: {}", entry.line, problems.join("; "));
-                failures.push((entry.case.clone(), format!("{line}\n  {why}")));
+                failures.push((Some(entry.case.clone()), format!("{line}\n  {why}")));
             }
         }
         let generator = Generator::new(&config_a);
@@ -284,24 +285,21 @@ pub fn run(settings: &Settings) -> Result<Report> {
                         ));
                     }
                 }
-                if let Some(label) = checked.known {
-                    let hit = report
-                        .known_hits
-                        .entry(label)
-                        .or_insert_with(|| (0, corpus::format(&case)));
-                    hit.0 += 1;
-                }
-                if !checked.problems.is_empty() {
-                    let text = format!(
-                        "seed={:#x} case={index} {}\n  {}",
-                        settings.seed,
-                        corpus::format(&case),
-                        checked.problems.join("\n  ")
-                    );
-                    failures.push((case.clone(), text));
-                } else if let Observed::Ran {
-                    frame, counters, ..
-                } = &checked.observed
+                let reproducer = format!("seed={:#x} case={index}", settings.seed);
+                let agreed = note_case(
+                    &mut report,
+                    &mut failures,
+                    &reproducer,
+                    &case,
+                    &checked,
+                    true,
+                );
+                if let (
+                    true,
+                    Observed::Ran {
+                        frame, counters, ..
+                    },
+                ) = (agreed, &checked.observed)
                 {
                     let to_b = frame.len() >= 34 && b_hosts.contains(&model::wire::be32(frame, 30));
                     if program.is_encap()
@@ -323,6 +321,15 @@ pub fn run(settings: &Settings) -> Result<Report> {
                 }
             }
         }
+        forwarding_off_phase(
+            settings,
+            ns,
+            &config_a,
+            &resolve,
+            &mut runner,
+            &mut report,
+            &mut failures,
+        )?;
         Ok(())
     })??;
     let mut config_b = b.config.clone();
@@ -366,7 +373,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
                         corpus::format(&case),
                         problems.join("\n  ")
                     );
-                    failures.push((case, text));
+                    failures.push((Some(case), text));
                 }
             }
         }
@@ -375,7 +382,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     report.disagreements = failures.len() as u64;
     for (case, text) in failures.iter().take(MAX_REPORTS) {
         report.reports.push(format!("DISAGREEMENT {text}"));
-        if let Some(file) = &settings.record_file {
+        if let (Some(file), Some(case)) = (&settings.record_file, case) {
             let first_line = text.lines().nth(1).unwrap_or("").trim();
             corpus::record(file, case, first_line)?;
         }
@@ -383,6 +390,80 @@ pub fn run(settings: &Settings) -> Result<Report> {
     report.elapsed = start.elapsed();
     Ok(report)
 }
+
+/// Records a case's known finding and disagreement; whether it agreed.
+fn note_case(
+    report: &mut Report,
+    failures: &mut Vec<(Option<Case>, String)>,
+    reproducer: &str,
+    case: &Case,
+    checked: &Checked,
+    replayable: bool,
+) -> bool {
+    if let Some(label) = checked.known {
+        let hit = report
+            .known_hits
+            .entry(label)
+            .or_insert_with(|| (0, corpus::format(case)));
+        hit.0 += 1;
+    }
+    if checked.problems.is_empty() {
+        return true;
+    }
+    let text = format!(
+        "{reproducer} {}\n  {}",
+        corpus::format(case),
+        checked.problems.join("\n  ")
+    );
+    failures.push((Some(case.clone()).filter(|_| replayable), text));
+    false
+}
+
+/// The encapsulating programs with forwarding off on the underlay device,
+/// where every route lookup stops (a fiftieth of the run's cases).
+fn forwarding_off_phase(
+    settings: &Settings,
+    ns: &crate::netns::Netns,
+    config: &model::Config,
+    ports: &dyn Fn(&str) -> u32,
+    runner: &mut Runner,
+    report: &mut Report,
+    failures: &mut Vec<(Option<Case>, String)>,
+) -> Result<()> {
+    let mut off = config.clone();
+    let eth0 = config.fans[0].underlay_ifindex;
+    for device in &mut off.underlay.devices {
+        if device.ifindex == eth0 {
+            device.forwarding = false;
+        }
+    }
+    ns.sysctl("net.ipv4.conf.eth0.forwarding", "0")?;
+    let generator = Generator::new(&off);
+    let seed = settings.seed ^ FORWARDING_OFF_SEED;
+    for program in [
+        Program::EncapForward,
+        Program::EncapPort,
+        Program::EncapOutput,
+    ] {
+        for index in 0..settings.cases_per_program.div_ceil(50) {
+            let mut rng = Rng::new(case_seed(seed, program, index));
+            let case = generator.case(&mut rng, program);
+            let tally = report.tallies.entry(program).or_default();
+            let checked = check_case(&off, ports, runner, &case, tally, &mut report.counters)?;
+            let reproducer = format!(
+                "seed={:#x} case={index} (forwarding off on eth0)",
+                settings.seed
+            );
+            // Not a corpus line: it means something else with forwarding on.
+            note_case(report, failures, &reproducer, &case, &checked, false);
+        }
+    }
+    ns.sysctl("net.ipv4.conf.eth0.forwarding", "1")?;
+    Ok(())
+}
+
+/// Mixed into the run's seed for the forwarding-off phase.
+const FORWARDING_OFF_SEED: u64 = 0x6f66_66;
 
 enum RoundTrip {
     /// B gave back A's input: the Ethernet header as A's program left it,
