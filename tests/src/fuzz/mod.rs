@@ -463,7 +463,7 @@ fn forwarding_off_phase(
 }
 
 /// Mixed into the run's seed for the forwarding-off phase.
-const FORWARDING_OFF_SEED: u64 = 0x6f66_66;
+const FORWARDING_OFF_SEED: u64 = 0x006f_6666;
 
 enum RoundTrip {
     /// B gave back A's input: the Ethernet header as A's program left it,
