@@ -379,6 +379,23 @@ pub fn run(settings: &Settings) -> Result<Report> {
         }
         Ok(())
     })??;
+    // Per program, the outcomes counted add up to the runs: every run the
+    // kernel took counted exactly one, but the port program's passes.
+    for (program, t) in &report.tallies {
+        if t.outcomes + t.uncounted_passes + t.refused != t.runs {
+            failures.push((
+                None,
+                format!(
+                    "{}: {} runs, but {} outcomes counted, {} port passes and {} refused",
+                    program.name(),
+                    t.runs,
+                    t.outcomes,
+                    t.uncounted_passes,
+                    t.refused
+                ),
+            ));
+        }
+    }
     report.disagreements = failures.len() as u64;
     for (case, text) in failures.iter().take(MAX_REPORTS) {
         report.reports.push(format!("DISAGREEMENT {text}"));
