@@ -157,46 +157,247 @@ struct Checked {
     known: Option<&'static str>,
 }
 
-/// One run through the program and the model.
-fn check_case(
-    config: &model::Config,
-    ports: &dyn Fn(&str) -> u32,
-    runner: &mut Runner,
-    case: &Case,
-    tally: &mut Tally,
-    reached: &mut BTreeMap<(Program, &'static str), u64>,
-) -> Result<Checked> {
-    let ctx = RunContext {
-        ingress_ifindex: ports(&case.port),
-        gso_size: case.gso_size,
-    };
-    let predicted = model::predict(config, case.program, &case.frame, ctx);
-    let known = model::known_finding(config, case.program, &case.frame, ctx).map(|f| f.label());
-    let observed = runner.run(case.program, &case.frame, ctx)?;
-    let mut problems = compare(&predicted, &observed);
-    problems.extend(properties(config, case.program, &case.frame, &observed));
-    tally.runs += 1;
-    match &observed {
-        Observed::Refused(_) => tally.refused += 1,
-        Observed::Ran { counters, .. } => {
-            for &(name, packets, _) in counters {
-                *reached.entry((case.program, name)).or_default() += packets;
-            }
-            let outcomes = counters
-                .iter()
-                .filter(|c| !check::is_subset_counter(c.0))
-                .count() as u64;
-            tally.outcomes += outcomes;
-            if case.program == Program::EncapPort && observed_fate(counters) == Fate::Passed {
-                tally.uncounted_passes += 1;
-            }
+/// A disagreement, with the case when it replays as a corpus line.
+type Failure = (Option<Case>, String);
+
+/// An encapsulation by A to B: the encapsulating program, its input and output.
+type RoundTripCase = (Program, Vec<u8>, Vec<u8>);
+
+/// One bed's side of a run: the model's configuration for it, its ports,
+/// the runner inside its namespace, and where results go.
+struct Checker<'a, 'd> {
+    config: &'a model::Config,
+    ports: &'a (dyn Fn(&str) -> u32 + Sync),
+    runner: &'a mut Runner<'d>,
+    report: &'a mut Report,
+    failures: &'a mut Vec<Failure>,
+}
+
+impl Checker<'_, '_> {
+    /// One run through the program and the model.
+    fn check(&mut self, case: &Case) -> Result<Checked> {
+        let ctx = self.context(case);
+        let config = self.config;
+        let predicted = model::predict(config, case.program, &case.frame, ctx);
+        let known = model::known_finding(config, case.program, &case.frame, ctx).map(|f| f.label());
+        let observed = self.runner.run(case.program, &case.frame, ctx)?;
+        let mut problems = compare(&predicted, &observed);
+        problems.extend(properties(config, case.program, &case.frame, &observed));
+        self.tally(case, &observed);
+        Ok(Checked {
+            observed,
+            problems,
+            known,
+        })
+    }
+
+    fn context(&self, case: &Case) -> RunContext {
+        RunContext {
+            ingress_ifindex: (self.ports)(&case.port),
+            gso_size: case.gso_size,
         }
     }
-    Ok(Checked {
-        observed,
-        problems,
-        known,
-    })
+
+    fn tally(&mut self, case: &Case, observed: &Observed) {
+        let tally = self.report.tallies.entry(case.program).or_default();
+        tally.runs += 1;
+        let Observed::Ran { counters, .. } = observed else {
+            tally.refused += 1;
+            return;
+        };
+        for &(name, packets, _) in counters {
+            *self
+                .report
+                .counters
+                .entry((case.program, name))
+                .or_default() += packets;
+        }
+        tally.outcomes += counters
+            .iter()
+            .filter(|c| !check::is_subset_counter(c.0))
+            .count() as u64;
+        if case.program == Program::EncapPort && observed_fate(counters) == Fate::Passed {
+            tally.uncounted_passes += 1;
+        }
+    }
+
+    /// Records a case's known finding and disagreement; whether it agreed.
+    fn note(&mut self, reproducer: &str, case: &Case, checked: &Checked, replayable: bool) -> bool {
+        if let Some(label) = checked.known {
+            let hit = self
+                .report
+                .known_hits
+                .entry(label)
+                .or_insert_with(|| (0, corpus::format(case)));
+            hit.0 += 1;
+        }
+        if checked.problems.is_empty() {
+            return true;
+        }
+        let text = format!(
+            "{reproducer} {}\n  {}",
+            corpus::format(case),
+            checked.problems.join("\n  ")
+        );
+        self.failures
+            .push((Some(case.clone()).filter(|_| replayable), text));
+        false
+    }
+
+    /// The corpus, first: each line must agree, and a `known=` line must
+    /// still run into its finding.
+    fn replay_corpus(&mut self, corpus: &[corpus::Entry]) -> Result<()> {
+        for entry in corpus {
+            let mut checked = self.check(&entry.case)?;
+            if let Some(label) = &entry.known {
+                if checked.known == Some(label.as_str()) {
+                    self.report.known_reproduced.push(label.clone());
+                } else {
+                    checked.problems.push(format!(
+                        "marked known={label}, but the model says it runs into {:?}",
+                        checked.known
+                    ));
+                }
+            }
+            checked.known = None;
+            let reproducer = format!("corpus line {}:", entry.line);
+            self.note(&reproducer, &entry.case, &checked, true);
+        }
+        Ok(())
+    }
+
+    /// The generated cases, every sixteenth twice; returns A's
+    /// encapsulations to B for the round trip.
+    fn generated(
+        &mut self,
+        settings: &Settings,
+        start: Instant,
+        b_hosts: &[u32],
+    ) -> Result<Vec<RoundTripCase>> {
+        let generator = Generator::new(self.config);
+        let mut round_trips = Vec::new();
+        let mut generated = 0u64;
+        for program in Program::ALL {
+            for index in 0..settings.cases_per_program {
+                let mut rng = Rng::new(case_seed(settings.seed, program, index));
+                let case = generator.case(&mut rng, program);
+                let mut checked = self.check(&case)?;
+                if index.is_multiple_of(REPEAT_EVERY) {
+                    self.report.repetitions += 1;
+                    let again = self
+                        .runner
+                        .run(case.program, &case.frame, self.context(&case))?;
+                    if again != checked.observed {
+                        checked.problems.push(format!(
+                            "a second run on the original input did otherwise: {again:?}"
+                        ));
+                    }
+                }
+                let reproducer = format!("seed={:#x} case={index}", settings.seed);
+                let agreed = self.note(&reproducer, &case, &checked, true);
+                if agreed
+                    && round_trips.len() < MAX_ROUND_TRIPS
+                    && let Some(out) = encapsulated_to(&checked.observed, b_hosts)
+                {
+                    round_trips.push((program, case.frame.clone(), out));
+                }
+                generated += 1;
+                if settings.progress_every != 0 && generated.is_multiple_of(settings.progress_every)
+                {
+                    eprintln!(
+                        "fuzz: {generated} cases, {} disagreements, {:.0} s",
+                        self.failures.len(),
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+        Ok(round_trips)
+    }
+
+    /// The encapsulating programs with forwarding off on the underlay
+    /// device, where every route lookup stops (a fiftieth of the run's cases).
+    fn forwarding_off(&mut self, settings: &Settings, ns: &crate::netns::Netns) -> Result<()> {
+        let mut off = self.config.clone();
+        let eth0 = off.fans[0].underlay_ifindex;
+        for device in &mut off.underlay.devices {
+            if device.ifindex == eth0 {
+                device.forwarding = false;
+            }
+        }
+        ns.sysctl("net.ipv4.conf.eth0.forwarding", "0")?;
+        let mut checker = Checker {
+            config: &off,
+            ports: self.ports,
+            runner: self.runner,
+            report: self.report,
+            failures: self.failures,
+        };
+        let generator = Generator::new(&off);
+        let seed = settings.seed ^ FORWARDING_OFF_SEED;
+        for program in [
+            Program::EncapForward,
+            Program::EncapPort,
+            Program::EncapOutput,
+        ] {
+            for index in 0..settings.cases_per_program.div_ceil(50) {
+                let mut rng = Rng::new(case_seed(seed, program, index));
+                let case = generator.case(&mut rng, program);
+                let checked = checker.check(&case)?;
+                let reproducer = format!(
+                    "seed={:#x} case={index} (forwarding off on eth0)",
+                    settings.seed
+                );
+                // Not a corpus line: it means something else with forwarding on.
+                checker.note(&reproducer, &case, &checked, false);
+            }
+        }
+        ns.sysctl("net.ipv4.conf.eth0.forwarding", "1")?;
+        Ok(())
+    }
+
+    /// B decapsulates what A encapsulated for it, with both programs.
+    fn round_trips(&mut self, round_trips: &[RoundTripCase]) -> Result<()> {
+        for (encapsulator, input, encapsulated) in round_trips {
+            for program in [Program::DecapTc, Program::DecapXdp] {
+                let case = Case {
+                    program,
+                    port: "0".into(),
+                    gso_size: 0,
+                    frame: encapsulated.clone(),
+                };
+                let mut checked = self.check(&case)?;
+                match round_trip_result(*encapsulator, input, encapsulated, &checked.observed) {
+                    RoundTrip::Intact => self.report.round_trips += 1,
+                    RoundTrip::SliceEdge => {
+                        self.report.round_trips += 1;
+                        self.report.round_trips_to_slice_edges += 1;
+                    }
+                    RoundTrip::TooLongToRun => {}
+                    RoundTrip::Broken(why) => checked.problems.push(why),
+                }
+                let reproducer = format!(
+                    "round trip (B decapsulates A's {} of {}):",
+                    encapsulator.name(),
+                    model::wire::to_hex(input)
+                );
+                self.note(&reproducer, &case, &checked, true);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The frame out of a run that encapsulated it to one of `hosts`.
+fn encapsulated_to(observed: &Observed, hosts: &[u32]) -> Option<Vec<u8>> {
+    let Observed::Ran {
+        frame, counters, ..
+    } = observed
+    else {
+        return None;
+    };
+    let to = frame.len() >= 34 && hosts.contains(&model::wire::be32(frame, 30));
+    (to && observed_fate(counters) == Fate::Encapsulated).then(|| frame.clone())
 }
 
 pub fn run(settings: &Settings) -> Result<Report> {
@@ -212,6 +413,15 @@ pub fn run(settings: &Settings) -> Result<Report> {
         corpus_cases: corpus.len(),
         ..Default::default()
     };
+    let mut failures: Vec<Failure> = Vec::new();
+    let enforce = if settings.enforce_findings {
+        model::config::Finding::ALL.to_vec()
+    } else {
+        vec![]
+    };
+    a.config.enforce = enforce.clone();
+    b.config.enforce = enforce;
+    let b_hosts: Vec<u32> = b.config.fans.iter().map(|f| f.local_host).collect();
     let ports_a = a.ports();
     let resolve = move |name: &str| bed::resolve_port(&ports_a, name);
     let Bed {
@@ -220,182 +430,38 @@ pub fn run(settings: &Settings) -> Result<Report> {
         config,
         ..
     } = &mut a;
-    let mut config_a = config.clone();
-    if settings.enforce_findings {
-        config_a.enforce = model::config::Finding::ALL.to_vec();
-    }
-    let b_hosts: Vec<u32> = b.config.fans.iter().map(|f| f.local_host).collect();
-    let mut round_trips: Vec<(Program, Vec<u8>, Vec<u8>)> = Vec::new();
-    // Disagreements, with the case when it replays as a corpus line.
-    let mut failures: Vec<(Option<Case>, String)> = Vec::new();
+    let round_trips = ns.enter(|| -> Result<Vec<RoundTripCase>> {
+        let mut runner = Runner::new(dataplane)?;
+        let mut checker = Checker {
+            config,
+            ports: &resolve,
+            runner: &mut runner,
+            report: &mut report,
+            failures: &mut failures,
+        };
+        checker.replay_corpus(&corpus)?;
+        let round_trips = checker.generated(settings, start, &b_hosts)?;
+        checker.forwarding_off(settings, ns)?;
+        Ok(round_trips)
+    })??;
+    let Bed {
+        ns,
+        dataplane,
+        config,
+        ..
+    } = &mut b;
     ns.enter(|| -> Result<()> {
         let mut runner = Runner::new(dataplane)?;
-        for entry in &corpus {
-            let tally = report.tallies.entry(entry.case.program).or_default();
-            let checked = check_case(
-                &config_a,
-                &resolve,
-                &mut runner,
-                &entry.case,
-                tally,
-                &mut report.counters,
-            )?;
-            let line = corpus::format(&entry.case);
-            let mut problems = checked.problems;
-            if let Some(label) = &entry.known {
-                if checked.known == Some(label.as_str()) {
-                    report.known_reproduced.push(label.clone());
-                } else {
-                    problems.push(format!(
-                        "marked known={label}, but the model says it runs into {:?}",
-                        checked.known
-                    ));
-                }
-            }
-            if !problems.is_empty() {
-                let why = format!("corpus line {}: {}", entry.line, problems.join("; "));
-                failures.push((Some(entry.case.clone()), format!("{line}\n  {why}")));
-            }
+        Checker {
+            config,
+            ports: &|_: &str| 0,
+            runner: &mut runner,
+            report: &mut report,
+            failures: &mut failures,
         }
-        let generator = Generator::new(&config_a);
-        let mut generated = 0u64;
-        for program in Program::ALL {
-            for index in 0..settings.cases_per_program {
-                let mut rng = Rng::new(case_seed(settings.seed, program, index));
-                let case = generator.case(&mut rng, program);
-                let tally = report.tallies.entry(program).or_default();
-                let mut checked = check_case(
-                    &config_a,
-                    &resolve,
-                    &mut runner,
-                    &case,
-                    tally,
-                    &mut report.counters,
-                )?;
-                if index.is_multiple_of(REPEAT_EVERY) {
-                    report.repetitions += 1;
-                    let ctx = RunContext {
-                        ingress_ifindex: resolve(&case.port),
-                        gso_size: case.gso_size,
-                    };
-                    let again = runner.run(case.program, &case.frame, ctx)?;
-                    if again != checked.observed {
-                        checked.problems.push(format!(
-                            "a second run on the original input did otherwise: {again:?}"
-                        ));
-                    }
-                }
-                let reproducer = format!("seed={:#x} case={index}", settings.seed);
-                let agreed = note_case(
-                    &mut report,
-                    &mut failures,
-                    &reproducer,
-                    &case,
-                    &checked,
-                    true,
-                );
-                if let (
-                    true,
-                    Observed::Ran {
-                        frame, counters, ..
-                    },
-                ) = (agreed, &checked.observed)
-                {
-                    let to_b = frame.len() >= 34 && b_hosts.contains(&model::wire::be32(frame, 30));
-                    if program.is_encap()
-                        && observed_fate(counters) == Fate::Encapsulated
-                        && to_b
-                        && round_trips.len() < MAX_ROUND_TRIPS
-                    {
-                        round_trips.push((program, case.frame.clone(), frame.clone()));
-                    }
-                }
-                generated += 1;
-                if settings.progress_every != 0 && generated.is_multiple_of(settings.progress_every)
-                {
-                    eprintln!(
-                        "fuzz: {generated} cases, {} disagreements, {:.0} s",
-                        failures.len(),
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            }
-        }
-        forwarding_off_phase(
-            settings,
-            ns,
-            &config_a,
-            &resolve,
-            &mut runner,
-            &mut report,
-            &mut failures,
-        )?;
-        Ok(())
+        .round_trips(&round_trips)
     })??;
-    let mut config_b = b.config.clone();
-    config_b.enforce = config_a.enforce.clone();
-    let Bed { ns, dataplane, .. } = &mut b;
-    let no_ports = |_: &str| 0;
-    ns.enter(|| -> Result<()> {
-        let mut runner = Runner::new(dataplane)?;
-        for (encapsulator, input, encapsulated) in &round_trips {
-            for program in [Program::DecapTc, Program::DecapXdp] {
-                let case = Case {
-                    program,
-                    port: "0".into(),
-                    gso_size: 0,
-                    frame: encapsulated.clone(),
-                };
-                let tally = report.tallies.entry(program).or_default();
-                let checked = check_case(
-                    &config_b,
-                    &no_ports,
-                    &mut runner,
-                    &case,
-                    tally,
-                    &mut report.counters,
-                )?;
-                let mut problems = checked.problems;
-                match round_trip_result(*encapsulator, input, encapsulated, &checked.observed) {
-                    RoundTrip::Intact => report.round_trips += 1,
-                    RoundTrip::SliceEdge => {
-                        report.round_trips += 1;
-                        report.round_trips_to_slice_edges += 1;
-                    }
-                    RoundTrip::TooLongToRun => {}
-                    RoundTrip::Broken(why) => problems.push(why),
-                }
-                if !problems.is_empty() {
-                    let text = format!(
-                        "round trip (B decapsulates A's {} of {}): {}\n  {}",
-                        encapsulator.name(),
-                        model::wire::to_hex(input),
-                        corpus::format(&case),
-                        problems.join("\n  ")
-                    );
-                    failures.push((Some(case), text));
-                }
-            }
-        }
-        Ok(())
-    })??;
-    // Per program, the outcomes counted add up to the runs: every run the
-    // kernel took counted exactly one, but the port program's passes.
-    for (program, t) in &report.tallies {
-        if t.outcomes + t.uncounted_passes + t.refused != t.runs {
-            failures.push((
-                None,
-                format!(
-                    "{}: {} runs, but {} outcomes counted, {} port passes and {} refused",
-                    program.name(),
-                    t.runs,
-                    t.outcomes,
-                    t.uncounted_passes,
-                    t.refused
-                ),
-            ));
-        }
-    }
+    failures.extend(outcomes_add_up(&report));
     report.disagreements = failures.len() as u64;
     for (case, text) in failures.iter().take(MAX_REPORTS) {
         report.reports.push(format!("DISAGREEMENT {text}"));
@@ -408,75 +474,25 @@ pub fn run(settings: &Settings) -> Result<Report> {
     Ok(report)
 }
 
-/// Records a case's known finding and disagreement; whether it agreed.
-fn note_case(
-    report: &mut Report,
-    failures: &mut Vec<(Option<Case>, String)>,
-    reproducer: &str,
-    case: &Case,
-    checked: &Checked,
-    replayable: bool,
-) -> bool {
-    if let Some(label) = checked.known {
-        let hit = report
-            .known_hits
-            .entry(label)
-            .or_insert_with(|| (0, corpus::format(case)));
-        hit.0 += 1;
-    }
-    if checked.problems.is_empty() {
-        return true;
-    }
-    let text = format!(
-        "{reproducer} {}\n  {}",
-        corpus::format(case),
-        checked.problems.join("\n  ")
-    );
-    failures.push((Some(case.clone()).filter(|_| replayable), text));
-    false
-}
-
-/// The encapsulating programs with forwarding off on the underlay device,
-/// where every route lookup stops (a fiftieth of the run's cases).
-fn forwarding_off_phase(
-    settings: &Settings,
-    ns: &crate::netns::Netns,
-    config: &model::Config,
-    ports: &dyn Fn(&str) -> u32,
-    runner: &mut Runner,
-    report: &mut Report,
-    failures: &mut Vec<(Option<Case>, String)>,
-) -> Result<()> {
-    let mut off = config.clone();
-    let eth0 = config.fans[0].underlay_ifindex;
-    for device in &mut off.underlay.devices {
-        if device.ifindex == eth0 {
-            device.forwarding = false;
-        }
-    }
-    ns.sysctl("net.ipv4.conf.eth0.forwarding", "0")?;
-    let generator = Generator::new(&off);
-    let seed = settings.seed ^ FORWARDING_OFF_SEED;
-    for program in [
-        Program::EncapForward,
-        Program::EncapPort,
-        Program::EncapOutput,
-    ] {
-        for index in 0..settings.cases_per_program.div_ceil(50) {
-            let mut rng = Rng::new(case_seed(seed, program, index));
-            let case = generator.case(&mut rng, program);
-            let tally = report.tallies.entry(program).or_default();
-            let checked = check_case(&off, ports, runner, &case, tally, &mut report.counters)?;
-            let reproducer = format!(
-                "seed={:#x} case={index} (forwarding off on eth0)",
-                settings.seed
+/// Per program, the outcomes counted add up to the runs: every run the
+/// kernel took counted exactly one, but the port program's passes.
+fn outcomes_add_up(report: &Report) -> Vec<Failure> {
+    report
+        .tallies
+        .iter()
+        .filter(|(_, t)| t.outcomes + t.uncounted_passes + t.refused != t.runs)
+        .map(|(program, t)| {
+            let text = format!(
+                "{}: {} runs, but {} outcomes counted, {} port passes and {} refused",
+                program.name(),
+                t.runs,
+                t.outcomes,
+                t.uncounted_passes,
+                t.refused
             );
-            // Not a corpus line: it means something else with forwarding on.
-            note_case(report, failures, &reproducer, &case, &checked, false);
-        }
-    }
-    ns.sysctl("net.ipv4.conf.eth0.forwarding", "1")?;
-    Ok(())
+            (None, text)
+        })
+        .collect()
 }
 
 /// Mixed into the run's seed for the forwarding-off phase.
