@@ -61,20 +61,30 @@ const NARROW_PORT_MTU: u32 = 1300;
 /// The ifindex of a device that does not exist (a stale endpoint, a bogus port).
 pub const MISSING_IFINDEX: u32 = 9999;
 
-/// A fan of the bed: (overlay, its length, underlay, its length, overlay MTU).
-type FanSpec = ([u8; 4], u8, [u8; 4], u8, u32);
+/// A fan of the bed: (overlay, its length, underlay, its length, overlay
+/// MTU, what is added to the host's last address byte for its local address).
+type FanSpec = ([u8; 4], u8, [u8; 4], u8, u32, u8);
 
 /// The fans.
 /// Slices /24 (three of them, two over one underlay), /30 (the smallest:
 /// network, gateway, one container, broadcast) and /24 over a /20 underlay
-/// that lies inside another fan's /16.
+/// that lies inside another fan's /16, from a second address of the host on
+/// that network (198.18.0.3 on A, .4 on B).
 const FANS: [FanSpec; 5] = [
-    ([250, 0, 0, 0], 8, [198, 18, 0, 0], 16, 1480),
-    ([240, 0, 0, 0], 8, [198, 19, 0, 0], 16, 1480),
-    ([10, 0, 0, 0], 8, [198, 18, 0, 0], 16, 1480),
-    ([100, 64, 0, 0], 14, [198, 19, 0, 0], 16, 1400),
-    ([172, 16, 0, 0], 12, [198, 18, 0, 0], 20, 1480),
+    ([250, 0, 0, 0], 8, [198, 18, 0, 0], 16, 1480, 0),
+    ([240, 0, 0, 0], 8, [198, 19, 0, 0], 16, 1480, 0),
+    ([10, 0, 0, 0], 8, [198, 18, 0, 0], 16, 1480, 0),
+    ([100, 64, 0, 0], 14, [198, 19, 0, 0], 16, 1400, 0),
+    ([172, 16, 0, 0], 12, [198, 18, 0, 0], 20, 1480, 2),
 ];
+
+/// Every underlay address of `side`'s eth0 (each fan's local address, once).
+fn local_addresses(side: Side) -> Vec<u32> {
+    let mut addresses: Vec<u32> = FANS.iter().map(|f| underlay_host(side, f.2, f.5)).collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
 
 /// Containers with direct delivery on host A: (address, port device or
 /// `None` for a stale entry, container MAC's last byte).
@@ -103,8 +113,8 @@ fn addr(bytes: [u8; 4]) -> u32 {
     u32::from_be_bytes(bytes)
 }
 
-fn underlay_host(side: Side, underlay: [u8; 4]) -> u32 {
-    addr([underlay[0], underlay[1], 0, side.host_byte()])
+fn underlay_host(side: Side, underlay: [u8; 4], offset: u8) -> u32 {
+    addr([underlay[0], underlay[1], 0, side.host_byte() + offset])
 }
 
 impl Bed {
@@ -224,10 +234,12 @@ fn make_devices(ns: &Netns, side: Side) -> Result<()> {
         "name",
         "eth0-peer",
     ])?;
-    for underlay in [[198, 18, 0, 0], [198, 19, 0, 0]] {
-        let host = Ipv4Addr::from(underlay_host(side, underlay));
+    for host in local_addresses(side) {
+        let host = Ipv4Addr::from(host);
         ns.ip(&["addr", "add", &format!("{host}/16"), "dev", "eth0"])?;
-        let peer = Ipv4Addr::from(underlay_host(side.other(), underlay));
+    }
+    for underlay in [[198, 18, 0, 0], [198, 19, 0, 0]] {
+        let peer = Ipv4Addr::from(underlay_host(side.other(), underlay, 0));
         let peer_mac = mac_text(side.other().mac());
         ns.ip(&[
             "neigh",
@@ -306,9 +318,9 @@ fn make_routes(ns: &Netns) -> Result<()> {
 
 fn fans(side: Side, eth0: u32) -> Vec<Fan> {
     FANS.iter()
-        .map(|&(overlay, olen, underlay, ulen, mtu)| Fan {
+        .map(|&(overlay, olen, underlay, ulen, mtu, offset)| Fan {
             map: FanMap::new(addr(overlay), olen, addr(underlay), ulen),
-            local_host: underlay_host(side, underlay),
+            local_host: underlay_host(side, underlay, offset),
             underlay_ifindex: eth0,
             overlay_mtu: mtu,
         })
@@ -328,10 +340,9 @@ fn underlay(side: Side, eth0: u32, ports: &[(String, u32)], devices: Vec<Device>
             dev: eth0,
             locked_mtu: None,
         });
-        local_table.push(underlay_host(side, underlay));
         local_table.push(addr(underlay) | 0xffff);
         neighbours.push(Neighbour {
-            addr: underlay_host(side.other(), underlay),
+            addr: underlay_host(side.other(), underlay, 0),
             dev: eth0,
             mac: side.other().mac(),
         });
@@ -348,6 +359,7 @@ fn underlay(side: Side, eth0: u32, ports: &[(String, u32)], devices: Vec<Device>
             });
         }
     }
+    local_table.extend(local_addresses(side));
     Underlay {
         routes,
         local_table,

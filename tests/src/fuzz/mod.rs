@@ -272,7 +272,7 @@ impl Checker<'_, '_> {
         &mut self,
         settings: &Settings,
         start: Instant,
-        b_hosts: &[u32],
+        peer: &model::Config,
     ) -> Result<Vec<RoundTripCase>> {
         let generator = Generator::new(self.config);
         let mut round_trips = Vec::new();
@@ -297,7 +297,7 @@ impl Checker<'_, '_> {
                 let agreed = self.note(&reproducer, &case, &checked, true);
                 if agreed
                     && round_trips.len() < MAX_ROUND_TRIPS
-                    && let Some(out) = encapsulated_to(&checked.observed, b_hosts)
+                    && let Some(out) = encapsulated_to(&checked.observed, peer)
                 {
                     round_trips.push((program, case.frame.clone(), out));
                 }
@@ -388,16 +388,23 @@ impl Checker<'_, '_> {
     }
 }
 
-/// The frame out of a run that encapsulated it to one of `hosts`.
-fn encapsulated_to(observed: &Observed, hosts: &[u32]) -> Option<Vec<u8>> {
+/// The frame out of a run that encapsulated it to the peer's address in
+/// the inner destination's fan (`peer` is the peer's configuration).
+fn encapsulated_to(observed: &Observed, peer: &model::Config) -> Option<Vec<u8>> {
     let Observed::Ran {
         frame, counters, ..
     } = observed
     else {
         return None;
     };
-    let to = frame.len() >= 34 && hosts.contains(&model::wire::be32(frame, 30));
-    (to && observed_fate(counters) == Fate::Encapsulated).then(|| frame.clone())
+    if observed_fate(counters) != Fate::Encapsulated || frame.len() < 54 {
+        return None;
+    }
+    let (outer_dst, inner_dst) = (model::wire::be32(frame, 30), model::wire::be32(frame, 50));
+    let to_peer = peer
+        .fan_for(inner_dst)
+        .is_some_and(|fan| fan.local_host == outer_dst);
+    to_peer.then(|| frame.clone())
 }
 
 pub fn run(settings: &Settings) -> Result<Report> {
@@ -421,7 +428,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
     };
     a.config.enforce = enforce.clone();
     b.config.enforce = enforce;
-    let b_hosts: Vec<u32> = b.config.fans.iter().map(|f| f.local_host).collect();
+    let config_b = b.config.clone();
     let ports_a = a.ports();
     let resolve = move |name: &str| bed::resolve_port(&ports_a, name);
     let Bed {
@@ -440,7 +447,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
             failures: &mut failures,
         };
         checker.replay_corpus(&corpus)?;
-        let round_trips = checker.generated(settings, start, &b_hosts)?;
+        let round_trips = checker.generated(settings, start, &config_b)?;
         checker.forwarding_off(settings, ns)?;
         Ok(round_trips)
     })??;
