@@ -3,7 +3,9 @@
 //! the end-to-end tests and the demo.
 
 pub mod chart;
+pub mod fuzz;
 pub mod measure;
+pub mod model;
 pub mod netns;
 pub mod paths;
 pub mod snapshot;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | demo`.
+//! Project tasks: `cargo xtask setup | build | test | demo | fuzz | vm | bench`.
 //!
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
 //! fresh machine and can install that toolchain itself.
@@ -44,6 +44,16 @@ enum Task {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Differential fuzzing: every program against the reference model
+    /// (tests/src/model) on the corpus, then on generated cases.
+    Fuzz {
+        /// Generated cases per program.
+        #[arg(long, default_value_t = 2_000_000)]
+        cases: u64,
+        /// The seed (decimal or 0x-hex); a random one if not given. Printed either way.
+        #[arg(long)]
+        seed: Option<String>,
+    },
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
         /// A short smoke run (no speed asserted).
@@ -64,6 +74,10 @@ fn main() -> Result<()> {
                 setup::run()?;
             }
             test::run()
+        }
+        Task::Fuzz { cases, seed } => {
+            setup::run()?;
+            fuzz(cases, seed)
         }
         Task::Bench { quick } => {
             setup::run()?;
@@ -88,6 +102,35 @@ fn main() -> Result<()> {
             run_release("fan-demo", &[])
         }
     }
+}
+
+/// Runs the fuzz test executable (optimised: the long run is mostly the
+/// model and the generator between syscalls) with `cases` per program.
+fn fuzz(cases: u64, seed: Option<String>) -> Result<()> {
+    let seed = seed.unwrap_or_else(|| format!("{:#x}", random_seed()));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["test", "--release", "-p", "fan-tests", "--test", "fuzz"])
+        .args(["--", "--nocapture", "--test-threads=1"])
+        .env("FAN_FUZZ_CASES", cases.to_string())
+        .env("FAN_FUZZ_SEED", &seed)
+        .current_dir(workspace_root())
+        .status()
+        .context("running the fuzz test")?;
+    if !status.success() {
+        bail!(
+            "the fuzz run failed (seed {seed}; reproducers above and in tests/corpus/regressions.txt)"
+        );
+    }
+    Ok(())
+}
+
+/// A seed for a run nobody asked to repeat: the clock and the process id.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// Builds and runs the bench (`--quick`: the smoke run).

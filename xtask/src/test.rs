@@ -60,6 +60,10 @@ pub fn run() -> Result<()> {
         "agent",
         "--test",
         "netfilter",
+        // The programs against the reference model: the corpus and 100,000
+        // generated cases per program, seeded by the commit.
+        "--test",
+        "fuzz",
     ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),
@@ -127,10 +131,11 @@ const NOT_IN_VM: &str = "fan_with_xdp_decapsulation";
 fn vm_tests(totals: &mut Totals) -> Result<bool> {
     let payload = crate::vm::test_payload()?;
     println!("vm: {NOT_IN_VM} runs on this kernel only (veth XDP wedges the emulated 6.1 guest)");
+    // The fuzz run is 5,000 cases per program there: the guest's CPU is emulated.
     let command = format!(
-        "./fan-xdp check; fail=0; for t in programs cli netns_fan interop; do \
-         FAN_TEST_BULK_MB=16 deps/$t --test-threads=1 --skip {NOT_IN_VM} || fail=1; done; \
-         exit $fail"
+        "./fan-xdp check; fail=0; for t in programs cli netns_fan interop fuzz; do \
+         FAN_TEST_BULK_MB=16 FAN_FUZZ_CASES=5000 deps/$t --test-threads=1 --skip {NOT_IN_VM} \
+         || fail=1; done; exit $fail"
     );
     let (status, lines) =
         crate::vm::run_in_vm(&payload, &command, std::time::Duration::from_secs(1800), 4)?;

@@ -1,0 +1,186 @@
+//! Comparing a run with the model's prediction, and the properties every
+//! run must have whatever the model says.
+
+use super::bed::Observed;
+use crate::model::{
+    Config, Fate, Prediction, Program,
+    wire::{ETH_LEN, Ipv4View, to_hex},
+};
+
+/// Counters that count a packet a second time, as a subset of another
+/// outcome: documented double counts, not outcomes of their own.
+const SUBSET_COUNTERS: [&str; 3] = [
+    "encapsulated_gso",
+    "encapsulated_neigh_pending",
+    "decapsulated_direct",
+];
+
+pub fn is_subset_counter(name: &str) -> bool {
+    SUBSET_COUNTERS.contains(&name)
+}
+
+/// The differences between the model's prediction and the run, if any.
+pub fn compare(predicted: &Option<Prediction>, observed: &Observed) -> Vec<String> {
+    let mut differences = Vec::new();
+    match (predicted, observed) {
+        (None, Observed::Refused(_)) => {}
+        (None, Observed::Ran { verdict, .. }) => differences.push(format!(
+            "model: the kernel refuses this run; program: it ran, verdict {verdict:#x}"
+        )),
+        (Some(p), Observed::Refused(errno)) => differences.push(format!(
+            "model: verdict {:#x}; program: the kernel refused the run (errno {errno})",
+            p.verdict
+        )),
+        (
+            Some(p),
+            Observed::Ran {
+                verdict,
+                frame,
+                counters,
+            },
+        ) => {
+            if p.verdict != *verdict {
+                differences.push(format!(
+                    "verdict: model {:#x}, program {verdict:#x}",
+                    p.verdict
+                ));
+            }
+            if p.frame != *frame {
+                differences.push(frame_difference(&p.frame, frame));
+            }
+            let mut expected: Vec<(&str, u64, u64)> =
+                p.counters.iter().map(|&(n, b)| (n, 1, b)).collect();
+            let mut seen = counters.clone();
+            expected.sort();
+            seen.sort();
+            if expected != seen {
+                differences.push(format!(
+                    "counters (name, packets, bytes): model {expected:?}, program {seen:?}"
+                ));
+            }
+        }
+    }
+    differences
+}
+
+/// Where two frames part, with the bytes around it.
+fn frame_difference(model: &[u8], program: &[u8]) -> String {
+    let at = model
+        .iter()
+        .zip(program)
+        .position(|(a, b)| a != b)
+        .unwrap_or(model.len().min(program.len()));
+    let from = at.saturating_sub(8);
+    let window = |f: &[u8]| to_hex(&f[from.min(f.len())..(at + 24).min(f.len())]);
+    format!(
+        "frame out (model {} bytes, program {}): first difference at byte {at}; from byte {from}: model {}, program {}",
+        model.len(),
+        program.len(),
+        window(model),
+        window(program)
+    )
+}
+
+/// What the run did to the packet, read from the counters it moved.
+pub fn observed_fate(counters: &[(&'static str, u64, u64)]) -> Fate {
+    let moved = |name: &str| counters.iter().any(|c| c.0 == name);
+    if moved("encapsulated") {
+        Fate::Encapsulated
+    } else if moved("decapsulated_direct") {
+        Fate::DeliveredDirect
+    } else if moved("decapsulated") {
+        Fate::Decapsulated
+    } else if counters.iter().any(|c| c.0.starts_with("drop_")) {
+        Fate::Dropped
+    } else {
+        Fate::Passed
+    }
+}
+
+/// The properties of one run, independent of the model: violations found.
+pub fn properties(
+    config: &Config,
+    program: Program,
+    input: &[u8],
+    observed: &Observed,
+) -> Vec<String> {
+    let Observed::Ran {
+        frame, counters, ..
+    } = observed
+    else {
+        return vec![];
+    };
+    let mut violations = Vec::new();
+    let fate = observed_fate(counters);
+    // Exactly one outcome per run: every counter one packet, and one
+    // counter that is not a subset of another (none for the port program's
+    // passes, which the bridge's program counts).
+    if counters.iter().any(|c| c.1 != 1) {
+        violations.push(format!(
+            "a counter moved by more than one packet: {counters:?}"
+        ));
+    }
+    let outcomes = counters
+        .iter()
+        .filter(|c| !SUBSET_COUNTERS.contains(&c.0))
+        .count();
+    let expected_outcomes = usize::from(!(program == Program::EncapPort && fate == Fate::Passed));
+    if outcomes != expected_outcomes {
+        violations.push(format!(
+            "{outcomes} outcomes counted, expected {expected_outcomes}: {counters:?}"
+        ));
+    }
+    match fate {
+        Fate::Passed => {
+            if frame != input {
+                violations.push("a passed frame was changed".into());
+            }
+        }
+        Fate::Dropped => {}
+        Fate::Encapsulated => {
+            let outer = Ipv4View::parse(frame, ETH_LEN);
+            if !outer.is_some_and(|h| h.checksum_ok()) {
+                violations.push("the outer header's checksum is wrong".into());
+            }
+            if checksum_ok_at(input, ETH_LEN) && !checksum_ok_at(frame, ETH_LEN + 20) {
+                violations.push("the inner checksum went wrong in encapsulation".into());
+            }
+        }
+        Fate::Decapsulated | Fate::DeliveredDirect => {
+            violations.extend(decapsulated_properties(config, input, frame));
+        }
+    }
+    violations
+}
+
+fn checksum_ok_at(frame: &[u8], at: usize) -> bool {
+    Ipv4View::parse(frame, at).is_some_and(|h| h.checksum_ok())
+}
+
+/// A delivered inner source lies in the slice its outer source owns, and a
+/// correct inner checksum stays correct.
+fn decapsulated_properties(config: &Config, input: &[u8], output: &[u8]) -> Vec<String> {
+    let mut violations = Vec::new();
+    let (Some(outer), Some(inner_out)) = (
+        Ipv4View::parse(input, ETH_LEN),
+        Ipv4View::parse(output, ETH_LEN),
+    ) else {
+        return vec!["a decapsulated frame without its IPv4 headers".into()];
+    };
+    let owned = config
+        .fans
+        .iter()
+        .any(|f| f.map.owns(outer.src(), inner_out.src()));
+    if !owned {
+        violations.push(format!(
+            "delivered inner source {:#010x} is not owned by outer source {:#010x}",
+            inner_out.src(),
+            outer.src()
+        ));
+    }
+    let inner_in_at = ETH_LEN + outer.header_len();
+    if checksum_ok_at(input, inner_in_at) && !inner_out.checksum_ok() {
+        violations.push("the inner checksum went wrong in decapsulation".into());
+    }
+    violations
+}

@@ -1,0 +1,542 @@
+//! The case generator: structured frames biased towards the edges of the
+//! policy and of the parsers, plus byte-wise mutation of fixtures.
+
+use super::rng::Rng;
+use crate::model::{
+    Config, Program,
+    config::Fan,
+    wire::{ETH_LEN, PROTO_IPIP, PROTO_TCP, PROTO_UDP, from_hex, header_checksum, put16},
+};
+
+/// One input: the program, the port it arrives on (by device name, so a
+/// corpus line means the same in every namespace), the GSO size, the frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub program: Program,
+    pub port: String,
+    pub gso_size: u32,
+    pub frame: Vec<u8>,
+}
+
+const PROTO_ICMP: u8 = 1;
+
+/// Ports a container's frame may arrive on: both container ports, none,
+/// the underlay device, and one that does not exist.
+const PORTS: [&str; 5] = ["eth0-peer", "eth1-peer", "0", "eth0", "missing"];
+
+/// Inner lengths at the MTU rules' edges (overlay MTUs 1480 and 1400, the
+/// locked route MTU 1400 less the outer header, a narrow container port 1300).
+const EDGE_LENGTHS: [usize; 16] = [
+    576, 1279, 1280, 1300, 1301, 1379, 1380, 1381, 1399, 1400, 1401, 1479, 1480, 1481, 1500, 2900,
+];
+
+/// Frame lengths around the test run's buffer limits.
+const JUMBO_LENGTHS: [usize; 9] = [3519, 3520, 3521, 3711, 3712, 3713, 3900, 4096, 4200];
+
+/// GSO segment sizes: tiny, usual MSS values, the edges of the MTUs, and
+/// values that only fit the context's 32 bits (the skb keeps 16).
+const GSO_SIZES: [u32; 13] = [
+    1, 8, 536, 1000, 1340, 1360, 1380, 1440, 1448, 1460, 1480, 65535, 65536,
+];
+
+/// Addresses outside every overlay, and the special ones.
+const OUTSIDE: [[u8; 4]; 10] = [
+    [192, 0, 2, 1],
+    [203, 0, 113, 7],
+    [255, 255, 255, 255],
+    [224, 0, 0, 1],
+    [239, 255, 255, 250],
+    [0, 0, 0, 0],
+    [127, 0, 0, 1],
+    [198, 18, 0, 1],
+    [198, 18, 0, 2],
+    [198, 19, 0, 2],
+];
+
+/// Frames from programs.rs (valid fan traffic and its neighbours), for
+/// byte-wise mutation.
+const FIXTURES: [&str; 6] = [
+    // A container's echo request 250.0.1.10 -> 250.0.2.20.
+    "0200000000010200000000aa08004500002012344000400131 8afa00010afa0002140800e13942420001 66616e21",
+    // The same with an inner option (IHL 6).
+    "0200000000010200000000aa0800460000241234400040012e85fa00010afa000214010101000800e1394242000166616e21",
+    // Genuine fan traffic 198.18.0.2 -> 198.18.0.1, inner 250.0.2.20 -> 250.0.1.10.
+    "0200000000110200000000220800450000340000400040 04ae9ec6120002c612000145000020123440004001318afa000214fa00010a0800e1394242000166616e21",
+    // Outer options (IHL 6).
+    "02000000001102000000002208004600003800004000 4004ab99c6120002c61200010101010045000020123440004001318afa000214fa00010a0800e1394242000166616e21",
+    // Outer CE over inner ECT(0).
+    "020000000011020000000022080045030034000040004004ae9bc6120002c612000145020020123440004001 3188fa000214fa00010a0800e1394242000166616e21",
+    // The second fan: 198.19.0.2 -> 198.19.0.1, inner 240.0.2.20 -> 240.0.1.10.
+    "020000000011020000000022080045000034000040004004ae9cc6130002c613000145000020123440004001458af0000214f000010a0800e1394242000166616e21",
+];
+
+pub struct Generator<'a> {
+    config: &'a Config,
+    fixtures: Vec<Vec<u8>>,
+}
+
+impl<'a> Generator<'a> {
+    pub fn new(config: &'a Config) -> Self {
+        let fixtures = FIXTURES
+            .iter()
+            .map(|text| {
+                let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+                from_hex(&digits).expect("fixture hex")
+            })
+            .collect();
+        Self { config, fixtures }
+    }
+
+    pub fn case(&self, rng: &mut Rng, program: Program) -> Case {
+        let mut frame = if rng.chance(1, 8) {
+            self.mutated_fixture(rng)
+        } else {
+            // Now and then the other direction's traffic, so each program
+            // also sees what is not meant for it.
+            let encap_shaped = program.is_encap() != rng.chance(1, 10);
+            if encap_shaped {
+                self.container_frame(rng)
+            } else {
+                self.underlay_frame(rng)
+            }
+        };
+        if rng.chance(1, 6) {
+            truncate_at_a_boundary(rng, &mut frame);
+        } else if rng.chance(1, 150) {
+            // Past the limits of a test run's buffer: the skb's page, the
+            // linear part of XDP's (beyond it, fragments).
+            let len = *rng.pick(&JUMBO_LENGTHS);
+            frame.resize(len.max(frame.len()), 0);
+        }
+        let port = if program == Program::EncapPort {
+            self.port_for(rng, &frame)
+        } else {
+            "0".to_string()
+        };
+        let gso_size = if !program.is_xdp() && rng.chance(1, 8) {
+            *rng.pick(&GSO_SIZES)
+        } else {
+            0
+        };
+        Case {
+            program,
+            port,
+            gso_size,
+            frame,
+        }
+    }
+
+    /// Mostly the port the source is bound to (so the frame gets past the
+    /// port rule), else any.
+    fn port_for(&self, rng: &mut Rng, frame: &[u8]) -> String {
+        if rng.chance(2, 3) && frame.len() >= ETH_LEN + 20 {
+            let src = u32::from_be_bytes(frame[26..30].try_into().unwrap());
+            if let Some(e) = self.config.endpoint(src) {
+                let name = if e.ifindex == super::bed::MISSING_IFINDEX {
+                    "missing"
+                } else if rng.chance(1, 2) {
+                    "eth0-peer"
+                } else {
+                    "eth1-peer"
+                };
+                return name.to_string();
+            }
+        }
+        rng.pick(&PORTS).to_string()
+    }
+
+    /// What a container sends its gateway: an IPv4 packet for the overlay.
+    fn container_frame(&self, rng: &mut Rng) -> Vec<u8> {
+        let (src, dst) = if rng.chance(1, 2) {
+            self.plausible_sender_pair(rng)
+        } else {
+            (self.inner_addr(rng), self.inner_addr(rng))
+        };
+        let packet = self.ip_packet(rng, src, dst, 2);
+        with_ethernet(rng, &packet)
+    }
+
+    /// What arrives on the underlay: mostly IP-in-IP, often genuine.
+    fn underlay_frame(&self, rng: &mut Rng) -> Vec<u8> {
+        let (outer_src, outer_dst, inner_src, inner_dst) = if rng.chance(1, 2) {
+            self.plausible_claim(rng)
+        } else {
+            (
+                self.underlay_addr(rng),
+                self.underlay_addr(rng),
+                self.inner_addr(rng),
+                self.inner_addr(rng),
+            )
+        };
+        let inner = self.ip_packet(rng, inner_src, inner_dst, 1);
+        let protocol = if rng.chance(9, 10) {
+            PROTO_IPIP
+        } else {
+            let any = rng.u8();
+            *rng.pick(&[PROTO_ICMP, PROTO_TCP, PROTO_UDP, 41, 47, any])
+        };
+        let fields = self.header_fields(rng, protocol, outer_src, outer_dst);
+        let outer = ip_header(rng, fields, &inner);
+        let mut packet = outer;
+        packet.extend_from_slice(&inner);
+        with_ethernet(rng, &packet)
+    }
+
+    /// A source in one of this host's slices and a destination in a remote
+    /// slice of a fan with the same local address, then perhaps one of the
+    /// two replaced by anything.
+    fn plausible_sender_pair(&self, rng: &mut Rng) -> (u32, u32) {
+        let src_fan = *rng.pick(&self.config.fans);
+        let src = self.slice_addr(rng, &src_fan, src_fan.local_host);
+        let peers: Vec<Fan> = self
+            .config
+            .fans
+            .iter()
+            .filter(|f| f.local_host == src_fan.local_host)
+            .copied()
+            .collect();
+        let dst_fan = *rng.pick(&peers);
+        let host = self.host_in(rng, &dst_fan);
+        let dst = self.slice_addr(rng, &dst_fan, host);
+        match rng.below(6) {
+            0 => (self.inner_addr(rng), dst),
+            1 => (src, self.inner_addr(rng)),
+            _ => (src, dst),
+        }
+    }
+
+    /// A claim that passes the receive policy when nothing is replaced:
+    /// (outer source, outer destination, inner source, inner destination).
+    fn plausible_claim(&self, rng: &mut Rng) -> (u32, u32, u32, u32) {
+        let dst_fan = *rng.pick(&self.config.fans);
+        let inner_dst = self.slice_addr(rng, &dst_fan, dst_fan.local_host);
+        let src_fan = *rng.pick(&self.config.fans);
+        let owner = self.host_in(rng, &src_fan);
+        let inner_src = self.slice_addr(rng, &src_fan, owner);
+        let mut claim = (owner, dst_fan.local_host, inner_src, inner_dst);
+        match rng.below(8) {
+            0 => claim.0 = self.underlay_addr(rng),
+            1 => claim.1 = self.underlay_addr(rng),
+            2 => claim.2 = self.inner_addr(rng),
+            3 => claim.3 = self.inner_addr(rng),
+            _ => {}
+        }
+        claim
+    }
+
+    /// Any overlay-ish address: this host's slices, remote slices, or outside.
+    fn inner_addr(&self, rng: &mut Rng) -> u32 {
+        let fan = *rng.pick(&self.config.fans);
+        match rng.below(20) {
+            0..=6 => self.slice_addr(rng, &fan, fan.local_host),
+            7..=14 => {
+                let host = self.host_in(rng, &fan);
+                self.slice_addr(rng, &fan, host)
+            }
+            15..=18 => u32::from_be_bytes(*rng.pick(&OUTSIDE)),
+            _ => rng.u32(),
+        }
+    }
+
+    /// An address in the slice of `host`: its edges, the gateway, a
+    /// container with direct delivery, or any.
+    fn slice_addr(&self, rng: &mut Rng, fan: &Fan, host: u32) -> u32 {
+        let base = fan.map.slice_of(host);
+        let size = 1u64 << (32 - u32::from(fan.map.slice_len()));
+        let last = (size - 1) as u32;
+        let offset = match rng.below(9) {
+            0 => 0,
+            1 => 1,
+            2 => 2,
+            3 => last,
+            4 => last - 1,
+            5 => {
+                // A container this host delivers to directly, if in this slice.
+                let in_slice: Vec<u32> = self
+                    .config
+                    .endpoints
+                    .iter()
+                    .map(|e| e.addr)
+                    .filter(|&a| fan.map.slice_contains(host, a))
+                    .collect();
+                if in_slice.is_empty() {
+                    10.min(last)
+                } else {
+                    rng.pick(&in_slice) - base
+                }
+            }
+            _ => rng.below(size) as u32,
+        };
+        base + offset
+    }
+
+    /// A host of the fan's underlay: this one, the peer, the bed's special
+    /// hosts (unresolved, blackhole, unreachable, prohibited, other device,
+    /// narrow route), the reserved host parts, or any.
+    fn host_in(&self, rng: &mut Rng, fan: &Fan) -> u32 {
+        let host_bits_max = !fan_common::fan::prefix_mask(fan.map.underlay_len);
+        let bits = match rng.below(16) {
+            0..=3 => 2,
+            4 => 1,
+            5..=10 => rng.range(3, 9) as u32,
+            11 => 0,
+            12 => host_bits_max,
+            13 => host_bits_max - 1,
+            _ => rng.u32() & host_bits_max,
+        };
+        fan.map.underlay | bits
+    }
+
+    /// An outer address: ours, a peer's, an underlay edge, or anything.
+    fn underlay_addr(&self, rng: &mut Rng) -> u32 {
+        let fan = *rng.pick(&self.config.fans);
+        match rng.below(10) {
+            0..=2 => fan.local_host,
+            3..=6 => self.host_in(rng, &fan),
+            7 => {
+                let edges = [0, 0xffff, 0x0fff, 0x1000];
+                (fan.map.underlay & 0xffff_0000) | rng.pick(&edges)
+            }
+            8 => u32::from_be_bytes(*rng.pick(&OUTSIDE)),
+            _ => rng.u32(),
+        }
+    }
+
+    /// An inner IPv4 packet with a transport header (or a nested IP-in-IP
+    /// packet while `depth` allows).
+    fn ip_packet(&self, rng: &mut Rng, src: u32, dst: u32, depth: u32) -> Vec<u8> {
+        let protocol = match rng.below(12) {
+            0..=3 => PROTO_ICMP,
+            4..=6 => PROTO_UDP,
+            7..=9 => PROTO_TCP,
+            10 if depth > 0 => PROTO_IPIP,
+            _ => rng.u8(),
+        };
+        let mut payload = if protocol == PROTO_IPIP && depth > 0 {
+            let (s, d) = (self.inner_addr(rng), self.inner_addr(rng));
+            self.ip_packet(rng, s, d, depth - 1)
+        } else {
+            transport_header(rng, protocol)
+        };
+        let data_len = if rng.chance(1, 10) {
+            rng.pick(&EDGE_LENGTHS).saturating_sub(20 + payload.len())
+        } else {
+            rng.range(0, 48)
+        };
+        let start = payload.len();
+        payload.resize(start + data_len, 0);
+        rng.fill(&mut payload[start..start + data_len.min(64)]);
+        let fields = self.header_fields(rng, protocol, src, dst);
+        ip_header(rng, fields, &payload)
+            .into_iter()
+            .chain(payload)
+            .collect()
+    }
+
+    fn header_fields(&self, rng: &mut Rng, protocol: u8, src: u32, dst: u32) -> HeaderFields {
+        let any_ttl = rng.u8();
+        HeaderFields {
+            tos: if rng.chance(1, 2) { rng.u8() } else { 0 },
+            id: rng.u16(),
+            flags_offset: match rng.below(10) {
+                0..=3 => 0x4000,
+                4..=6 => 0,
+                7 => 0x2000,
+                8 => *rng.pick(&[0x0001, 0x2001, 0x1fff, 0x8000, 0x6000, 0x4001]),
+                _ => rng.u16(),
+            },
+            ttl: *rng.pick(&[64, 64, 64, 0, 1, 2, 3, 63, 255, any_ttl]),
+            protocol,
+            src,
+            dst,
+        }
+    }
+
+    fn mutated_fixture(&self, rng: &mut Rng) -> Vec<u8> {
+        let mut frame = rng.pick(&self.fixtures).clone();
+        for _ in 0..rng.range(1, 4) {
+            if frame.is_empty() {
+                break;
+            }
+            let at = rng.below(frame.len() as u64) as usize;
+            match rng.below(6) {
+                0 => frame[at] = rng.u8(),
+                1 => frame[at] = *rng.pick(&[0x00, 0xff, 0x45, 0x46, 0x4f, 0x04, 0x01, 0x03]),
+                2 => frame[at] ^= 1 << rng.below(8),
+                3 => frame.insert(at, rng.u8()),
+                4 => {
+                    frame.remove(at);
+                }
+                _ => frame.truncate(at),
+            }
+        }
+        frame
+    }
+}
+
+struct HeaderFields {
+    tos: u8,
+    id: u16,
+    flags_offset: u16,
+    ttl: u8,
+    protocol: u8,
+    src: u32,
+    dst: u32,
+}
+
+/// An IPv4 header for `payload`, now and then with options of any length,
+/// a wrong version, IHL below 5 or beyond the packet, a total length that
+/// disagrees with the packet, or a wrong checksum.
+fn ip_header(rng: &mut Rng, f: HeaderFields, payload: &[u8]) -> Vec<u8> {
+    let options = if rng.chance(1, 8) {
+        ip_options(rng)
+    } else {
+        vec![]
+    };
+    let header_len = 20 + options.len();
+    let mut h = vec![0u8; 20];
+    h[0] = 0x40 | (header_len / 4) as u8;
+    h[1] = f.tos;
+    let real_total = (header_len + payload.len()).min(0xffff) as u16;
+    put16(&mut h, 2, real_total);
+    put16(&mut h, 4, f.id);
+    put16(&mut h, 6, f.flags_offset);
+    h[8] = f.ttl;
+    h[9] = f.protocol;
+    h[12..16].copy_from_slice(&f.src.to_be_bytes());
+    h[16..20].copy_from_slice(&f.dst.to_be_bytes());
+    h.extend_from_slice(&options);
+    if rng.chance(1, 10) {
+        let any = rng.u16();
+        let total = *rng.pick(&[
+            0,
+            1,
+            19,
+            20,
+            real_total.wrapping_sub(1),
+            real_total.wrapping_add(1),
+            real_total.wrapping_add(100),
+            65515,
+            65516,
+            65535,
+            any,
+        ]);
+        put16(&mut h, 2, total);
+    }
+    if rng.chance(1, 40) {
+        h[0] = (rng.u8() & 0xf0) | (h[0] & 0x0f);
+    }
+    if rng.chance(1, 30) {
+        h[0] = (h[0] & 0xf0) | (rng.u8() & 0x0f);
+    }
+    let check = header_checksum(&h);
+    put16(&mut h, 10, check);
+    if rng.chance(1, 25) {
+        h[10] ^= rng.u8() | 1;
+    }
+    h
+}
+
+/// IPv4 options padding the header to a multiple of 4 bytes: NOPs, an early
+/// end of list, a record-route, or noise.
+fn ip_options(rng: &mut Rng) -> Vec<u8> {
+    let len = 4 * rng.range(1, 10);
+    let mut options = vec![0u8; len];
+    match rng.below(4) {
+        0 => options.fill(1),
+        1 => {
+            options.fill(1);
+            options[len - 1] = 0;
+        }
+        2 => {
+            options[0] = 7;
+            options[1] = (len - 1) as u8;
+            options[2] = 4;
+        }
+        _ => rng.fill(&mut options),
+    }
+    options
+}
+
+/// A transport header: ICMP echo, UDP, TCP with a data offset that may lie.
+fn transport_header(rng: &mut Rng, protocol: u8) -> Vec<u8> {
+    match protocol {
+        PROTO_ICMP => vec![8, 0, 0, 0, 0x42, 0x42, 0, 1],
+        PROTO_UDP => {
+            let mut udp = vec![0u8; 8];
+            rng.fill(&mut udp[..4]);
+            udp
+        }
+        PROTO_TCP => {
+            let mut tcp = vec![0u8; 20];
+            rng.fill(&mut tcp);
+            let data_offset = if rng.chance(3, 4) { 5 } else { rng.u8() & 0x0f };
+            tcp[12] = data_offset << 4;
+            let options = (usize::from(data_offset) * 4).saturating_sub(20);
+            tcp.resize(20 + options, 1);
+            tcp
+        }
+        _ => {
+            let mut bytes = vec![0u8; rng.range(0, 8)];
+            rng.fill(&mut bytes);
+            bytes
+        }
+    }
+}
+
+/// An Ethernet header in front of `packet`: IPv4 mostly, now and then a
+/// VLAN tag, ARP, IPv6 or any Ethernet type.
+fn with_ethernet(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(packet.len() + 18);
+    let dst = *rng.pick(&[
+        [2, 0, 0, 0, 0, 0x01],
+        [2, 0, 0, 0, 0, 0x11],
+        [0xff; 6],
+        [2, 0, 0, 0, 0, 0x22],
+    ]);
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+    match rng.below(100) {
+        0..=87 => frame.extend_from_slice(&[0x08, 0x00]),
+        88..=90 => frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00]),
+        91..=93 => {
+            frame.extend_from_slice(&[0x08, 0x06]);
+            frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x22, 198, 18, 0, 2]);
+            frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
+            return frame;
+        }
+        94..=96 => {
+            frame.extend_from_slice(&[0x86, 0xdd]);
+            frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
+            frame.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            frame.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            return frame;
+        }
+        _ => frame.extend_from_slice(&rng.u16().to_be_bytes()),
+    }
+    frame.extend_from_slice(packet);
+    frame
+}
+
+/// Cuts the frame at one of its header boundaries (give or take two bytes),
+/// or anywhere.
+fn truncate_at_a_boundary(rng: &mut Rng, frame: &mut Vec<u8>) {
+    let mut boundaries = vec![ETH_LEN];
+    let mut at = ETH_LEN;
+    // Up to two IPv4 headers (outer, inner) and what follows them.
+    for _ in 0..2 {
+        let Some(&first) = frame.get(at) else { break };
+        let header_len = usize::from(first & 0x0f) * 4;
+        boundaries.extend([at + 20, at + header_len]);
+        at += header_len.max(20);
+        boundaries.extend([at + 8, at + 13, at + 20]);
+    }
+    let cut = if rng.chance(1, 8) {
+        rng.range(0, frame.len())
+    } else {
+        let boundary = *rng.pick(&boundaries) as i64 + rng.range(0, 4) as i64 - 2;
+        boundary.clamp(0, frame.len() as i64) as usize
+    };
+    frame.truncate(cut);
+}

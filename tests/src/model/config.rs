@@ -1,0 +1,145 @@
+//! What the model knows of the host it predicts for: the fans, the
+//! containers with direct delivery, and the underlay's routes and neighbours
+//! as the kernel's route lookup would see them.
+
+use fan_common::FanMap;
+
+/// One attached fan as the programs see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Fan {
+    pub map: FanMap,
+    /// This host's underlay address in this fan.
+    pub local_host: u32,
+    pub underlay_ifindex: u32,
+    /// The largest inner packet sent without the stack's say.
+    pub overlay_mtu: u32,
+}
+
+impl Fan {
+    /// Whether `addr` is in this host's own slice.
+    pub fn is_local(&self, addr: u32) -> bool {
+        self.map.overlay_contains(addr) && self.map.slice_contains(self.local_host, addr)
+    }
+
+    /// The slice gateway: the address after the local slice's network address.
+    pub fn gateway(&self) -> u32 {
+        self.map.slice_of(self.local_host) + 1
+    }
+}
+
+/// A container with direct delivery (`fan-xdp run` keeps these).
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
+    pub addr: u32,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// A unicast route out of `dev`.
+    Unicast,
+    Blackhole,
+    Unreachable,
+    Prohibit,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub prefix: u32,
+    pub len: u8,
+    pub kind: RouteKind,
+    pub dev: u32,
+    /// `mtu lock N`: the route's MTU instead of the device's.
+    pub locked_mtu: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Device {
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    pub forwarding: bool,
+}
+
+/// A resolved neighbour entry (permanent in the bed).
+#[derive(Clone, Copy, Debug)]
+pub struct Neighbour {
+    pub addr: u32,
+    pub dev: u32,
+    pub mac: [u8; 6],
+}
+
+/// The underlay as the route lookup sees it from the host's namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Underlay {
+    pub routes: Vec<Route>,
+    /// Addresses the local table answers as local or broadcast: never forwarded.
+    pub local_table: Vec<u32>,
+    pub devices: Vec<Device>,
+    pub neighbours: Vec<Neighbour>,
+}
+
+impl Underlay {
+    pub fn device(&self, ifindex: u32) -> Option<&Device> {
+        self.devices.iter().find(|d| d.ifindex == ifindex)
+    }
+}
+
+/// A place where the programs disagree with the README's stated policy.
+/// By default the model predicts what the programs do there (so the
+/// fuzzer can look for other differences) and reports each case that hits
+/// it; `Config::enforce` makes it predict the README instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// The README: the outer source must not be "the underlay's network or
+    /// broadcast address". The programs check that against the inner
+    /// destination's fan only; when the inner source's fan has another
+    /// (narrower) underlay, the source fan's network or broadcast address
+    /// is accepted as the owner of a slice that no host can hold (the
+    /// sender refuses to send to it: `drop_reserved_host`).
+    OuterSourceReservedInSourceFan,
+}
+
+impl Finding {
+    pub const ALL: [Finding; 1] = [Finding::OuterSourceReservedInSourceFan];
+
+    /// The label corpus lines use (`known=<label>`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Finding::OuterSourceReservedInSourceFan => "outer-source-reserved-in-source-fan",
+        }
+    }
+}
+
+/// Everything the model's prediction depends on besides the frame.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    pub fans: Vec<Fan>,
+    pub endpoints: Vec<Endpoint>,
+    pub underlay: Underlay,
+    /// Findings for which the model predicts the README's policy rather
+    /// than the programs' behaviour.
+    pub enforce: Vec<Finding>,
+}
+
+impl Config {
+    /// The fan whose overlay contains `addr`: the longest overlay prefix wins,
+    /// as in the programs' LPM map (overlays never overlap on a valid host).
+    pub fn fan_for(&self, addr: u32) -> Option<&Fan> {
+        self.fans
+            .iter()
+            .filter(|fan| fan.map.overlay_contains(addr))
+            .max_by_key(|fan| fan.map.overlay_len)
+    }
+
+    /// Whether `addr` is this host's underlay address in some fan.
+    pub fn is_local_host(&self, addr: u32) -> bool {
+        self.fans.iter().any(|fan| fan.local_host == addr)
+    }
+
+    pub fn endpoint(&self, addr: u32) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.addr == addr)
+    }
+}

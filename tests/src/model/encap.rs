@@ -1,0 +1,226 @@
+//! The encapsulating programs, as the README's "Packet paths" describes them.
+
+use super::{
+    Fate, Prediction, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    config::{Config, Fan},
+    route::Lookup,
+    untouched,
+    wire::{
+        ETH_LEN, ETHERTYPE_IPV4, IPV4_MIN_LEN, Ipv4Fields, Ipv4View, PROTO_IPIP, PROTO_TCP,
+        PROTO_UDP, decrement_ttl, ethertype,
+    },
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// The slice bridge's ingress: forwards for the host.
+    Forward,
+    /// A container port's ingress: forwards for the host, one hop earlier;
+    /// its passes are counted by the bridge's program, not here.
+    Port,
+    /// The host device's egress: the host's own packets.
+    Output,
+}
+
+impl Hook {
+    /// Whether the program acts as a router (TTL, MTU answered by the stack).
+    fn forwards(self) -> bool {
+        self != Hook::Output
+    }
+}
+
+/// The outer header's TTL: the underlay is a network of its own.
+const OUTER_TTL: u8 = 64;
+const DONT_FRAGMENT: u16 = 0x4000;
+/// The largest inner length whose outer total length still fits 16 bits.
+const MAX_INNER_LEN: u32 = 65535 - IPV4_MIN_LEN as u32;
+
+/// Why a frame is not encapsulated: passed on (with the counter, which the
+/// port program does not bump) or dropped.
+enum NotSent {
+    Pass(&'static str),
+    Drop(&'static str),
+}
+
+pub fn run(config: &Config, hook: Hook, frame: &[u8], ctx: RunContext) -> Prediction {
+    match encapsulate(config, hook, frame, ctx) {
+        Ok(prediction) => prediction,
+        Err(NotSent::Pass(counter)) => {
+            let counted = (hook != Hook::Port).then_some(counter);
+            untouched(frame, TC_ACT_UNSPEC, counted, Fate::Passed)
+        }
+        Err(NotSent::Drop(counter)) => untouched(frame, TC_ACT_SHOT, Some(counter), Fate::Dropped),
+    }
+}
+
+fn encapsulate(
+    config: &Config,
+    hook: Hook,
+    frame: &[u8],
+    ctx: RunContext,
+) -> Result<Prediction, NotSent> {
+    if ethertype(frame) != Some(ETHERTYPE_IPV4) {
+        return Err(NotSent::Pass("pass_not_ipv4"));
+    }
+    let Some(ip) = Ipv4View::parse(frame, ETH_LEN) else {
+        return Err(NotSent::Pass("pass_malformed_ipv4"));
+    };
+    if hook == Hook::Port && !source_is_this_ports(config, ip.src(), ctx.ingress_ifindex) {
+        return Err(NotSent::Drop("drop_source_not_bound"));
+    }
+    let Some(fan) = config.fan_for(ip.dst()) else {
+        return Err(NotSent::Pass("pass_not_overlay"));
+    };
+    if fan.is_local(ip.dst()) {
+        return Err(NotSent::Pass("pass_local_slice"));
+    }
+    let remote = fan.map.host_of(ip.dst());
+    if fan.map.is_reserved_host(remote) {
+        return Err(NotSent::Drop("drop_reserved_host"));
+    }
+    source_may_send_to(config, fan, ip.src())?;
+    if hook.forwards() && ip.ttl() <= 1 {
+        return Err(NotSent::Pass("stack_ttl_expired"));
+    }
+    let inner_len = u32::from(ip.total_len());
+    if inner_len == 0 || inner_len > MAX_INNER_LEN {
+        return Err(NotSent::Drop("drop_inner_too_long"));
+    }
+    let too_big = if hook.forwards() {
+        NotSent::Pass("stack_too_big")
+    } else {
+        NotSent::Drop("drop_too_big")
+    };
+    let gso_size = ctx.gso_size & 0xffff;
+    let Some(largest) = largest_packet(frame, &ip, gso_size) else {
+        return Err(too_big);
+    };
+    if largest > fan.overlay_mtu {
+        return Err(too_big);
+    }
+    let outer_len = largest + IPV4_MIN_LEN as u32;
+    let lookup = config
+        .underlay
+        .lookup(fan.underlay_ifindex, remote, outer_len);
+    let next_hop = match lookup {
+        Lookup::Resolved { ifindex, .. } | Lookup::Unresolved { ifindex }
+            if ifindex != fan.underlay_ifindex =>
+        {
+            return Err(NotSent::Drop("drop_fib_not_forwarded"));
+        }
+        Lookup::Resolved {
+            next_hop_mac,
+            device_mac,
+            ..
+        } => Some((next_hop_mac, device_mac)),
+        Lookup::Unresolved { .. } => None,
+        Lookup::FragNeeded => return Err(too_big),
+        Lookup::Blackhole => return Err(NotSent::Drop("drop_fib_blackhole")),
+        Lookup::Unreachable => return Err(NotSent::Drop("drop_fib_unreachable")),
+        Lookup::Prohibit => return Err(NotSent::Drop("drop_fib_prohibit")),
+        Lookup::NotForwarded => return Err(NotSent::Drop("drop_fib_not_forwarded")),
+        Lookup::ForwardingDisabled => {
+            return Err(NotSent::Drop("drop_fib_forwarding_disabled"));
+        }
+    };
+
+    let mut inner = frame[ETH_LEN..].to_vec();
+    if hook.forwards() {
+        decrement_ttl(&mut inner, 0);
+    }
+    if gso_size != 0 {
+        // The kernel grows a GSO skb only if it is TCP (or UDP with a fixed
+        // segment size), and a test run's GSO skb has no GSO type at all:
+        // making room fails, after the TTL was taken.
+        let mut left = frame[..ETH_LEN].to_vec();
+        left.extend_from_slice(&inner);
+        let len = frame.len() as u64;
+        return Ok(Prediction {
+            verdict: TC_ACT_SHOT,
+            frame: left,
+            counters: vec![("drop_encap_failed", len)],
+            fate: Fate::Dropped,
+        });
+    }
+    let mut out = frame[..ETH_LEN].to_vec();
+    out.extend_from_slice(&outer_header(fan, remote, &ip));
+    out.extend_from_slice(&inner);
+    let bytes = out.len() as u64;
+    let mut counters = vec![("encapsulated", bytes)];
+    match next_hop {
+        Some((next_hop_mac, device_mac)) => {
+            out[0..6].copy_from_slice(&next_hop_mac);
+            out[6..12].copy_from_slice(&device_mac);
+        }
+        // The kernel writes the Ethernet header once ARP resolves.
+        None => counters.push(("encapsulated_neigh_pending", bytes)),
+    }
+    Ok(Prediction {
+        verdict: TC_ACT_REDIRECT,
+        frame: out,
+        counters,
+        fate: Fate::Encapsulated,
+    })
+}
+
+/// The port rule: a source bound to another port, or the slice gateway's
+/// address, is not this container's to send from; an unbound address is.
+fn source_is_this_ports(config: &Config, src: u32, port: u32) -> bool {
+    if let Some(endpoint) = config.endpoint(src) {
+        return endpoint.ifindex == port;
+    }
+    config.fan_for(src).is_none_or(|fan| src != fan.gateway())
+}
+
+/// The sender's half of the receive policy: the inner source must be in
+/// this host's slice of its fan, and that fan must send from the same
+/// underlay address as the destination's fan.
+fn source_may_send_to(config: &Config, dst_fan: &Fan, src: u32) -> Result<(), NotSent> {
+    let Some(src_fan) = config.fan_for(src) else {
+        return Err(NotSent::Drop("drop_source_not_local"));
+    };
+    if !src_fan.is_local(src) {
+        return Err(NotSent::Drop("drop_source_not_local"));
+    }
+    if src_fan.local_host != dst_fan.local_host {
+        return Err(NotSent::Drop("drop_cross_underlay"));
+    }
+    Ok(())
+}
+
+/// The longest packet this skb becomes on the wire, less the outer header:
+/// itself, or for a GSO packet one segment (IP and transport header plus
+/// the segment size). `None` when a GSO TCP packet's header is cut short.
+fn largest_packet(frame: &[u8], ip: &Ipv4View, gso_size: u32) -> Option<u32> {
+    if gso_size == 0 {
+        return Some(u32::from(ip.total_len()));
+    }
+    let l4_at = ETH_LEN + ip.header_len();
+    let l4_header = match ip.protocol() {
+        PROTO_TCP => {
+            // The data offset, in the upper half of byte 12.
+            let data_offset = *frame.get(l4_at + 12)?;
+            u32::from(data_offset >> 4) * 4
+        }
+        PROTO_UDP => 8,
+        _ => 0,
+    };
+    Some(ip.header_len() as u32 + l4_header + gso_size)
+}
+
+/// The outer header: protocol 4 from this host to the owner of the
+/// destination, TOS (DSCP and ECN: RFC 6040's normal mode copies ECN)
+/// copied, ID 0 with DF, TTL 64.
+fn outer_header(fan: &Fan, remote: u32, inner: &Ipv4View) -> [u8; IPV4_MIN_LEN] {
+    Ipv4Fields {
+        tos: inner.tos(),
+        total_len: inner.total_len() + IPV4_MIN_LEN as u16,
+        id: 0,
+        flags_offset: DONT_FRAGMENT,
+        ttl: OUTER_TTL,
+        protocol: PROTO_IPIP,
+        src: fan.local_host,
+        dst: remote,
+    }
+    .to_bytes()
+}

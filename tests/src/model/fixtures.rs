@@ -1,0 +1,176 @@
+//! The model against programs.rs's literal fixtures (checksums computed
+//! independently of fan-xdp), without a kernel: the model must predict
+//! what the programs are known to do before it judges them.
+
+use fan_common::FanMap;
+
+use super::{
+    Config, Fate, Program, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_PASS,
+    config::{Device, Endpoint, Fan, Neighbour, Route, RouteKind, Underlay},
+    predict,
+};
+use crate::hex;
+
+const ETH0: u32 = 2;
+const PORT: u32 = 3;
+
+/// programs.rs's bed: 250.0.0.0/8 over 198.18.0.0/16 as 198.18.0.1, the
+/// peer .2 resolved, .4 not, .5 a blackhole.
+fn bed() -> Config {
+    let underlay = |a: [u8; 4]| u32::from_be_bytes(a);
+    Config {
+        fans: vec![Fan {
+            map: FanMap::new(underlay([250, 0, 0, 0]), 8, underlay([198, 18, 0, 0]), 16),
+            local_host: underlay([198, 18, 0, 1]),
+            underlay_ifindex: ETH0,
+            overlay_mtu: 1480,
+        }],
+        endpoints: vec![Endpoint {
+            addr: underlay([250, 0, 1, 10]),
+            ifindex: PORT,
+            mac: [0x0a, 0, 0, 0, 0, 2],
+            gateway_mac: [0x0a, 0, 0, 0, 0, 1],
+        }],
+        underlay: Underlay {
+            routes: vec![
+                Route {
+                    prefix: underlay([198, 18, 0, 0]),
+                    len: 16,
+                    kind: RouteKind::Unicast,
+                    dev: ETH0,
+                    locked_mtu: None,
+                },
+                Route {
+                    prefix: underlay([198, 18, 0, 5]),
+                    len: 32,
+                    kind: RouteKind::Blackhole,
+                    dev: ETH0,
+                    locked_mtu: None,
+                },
+            ],
+            local_table: vec![underlay([198, 18, 0, 1])],
+            devices: vec![
+                Device {
+                    ifindex: ETH0,
+                    mtu: 1500,
+                    mac: [2, 0, 0, 0, 0, 0x11],
+                    forwarding: true,
+                },
+                Device {
+                    ifindex: PORT,
+                    mtu: 1500,
+                    mac: [0; 6],
+                    forwarding: true,
+                },
+            ],
+            neighbours: vec![Neighbour {
+                addr: underlay([198, 18, 0, 2]),
+                dev: ETH0,
+                mac: [2, 0, 0, 0, 0, 0x22],
+            }],
+        },
+        enforce: vec![],
+    }
+}
+
+const ENCAP_IN: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_FORWARD_OUT: &str = "020000000022 020000000011 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 3f01328a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_OUTPUT_OUT: &str = "020000000022 020000000011 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_TOS_IN: &str = "020000000001 0200000000aa 0800
+    45b90020 12344000 400130d1 fa00010a fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_TOS_OUT: &str = "020000000022 020000000011 0800
+    45b90034 00004000 4004ade5 c6120001 c6120002
+    45b90020 12344000 3f0131d1 fa00010a fa000214
+    0800e139 42420001 66616e21";
+const DECAP_IN: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9e c6120002 c6120001
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_OUT: &str = "020000000011 020000000022 0800
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_DIRECT_OUT: &str = "0a0000000002 0a0000000001 0800
+    45000020 12344000 3f01328a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_CE_IN: &str = "020000000011 020000000022 0800
+    45030034 00004000 4004ae9b c6120002 c6120001
+    45020020 12344000 40013188 fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_CE_OUT: &str = "020000000011 020000000022 0800
+    45030020 12344000 40013187 fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const DECAP_SPOOFED: &str = "020000000011 020000000022 0800
+    45000034 00004000 4004ae9d c6120003 c6120001
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const ENCAP_TO_BLACKHOLE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40012e6c fa00010a fa000532
+    0800e139 42420001 66616e21";
+
+/// A run; the port program's frames arrive on the port 250.0.1.10 is bound to.
+fn run(program: Program, frame: &str) -> super::Prediction {
+    let ctx = RunContext {
+        ingress_ifindex: if program == Program::EncapPort {
+            PORT
+        } else {
+            0
+        },
+        gso_size: 0,
+    };
+    predict(&bed(), program, &hex(frame), ctx).expect("a runnable frame")
+}
+
+#[test]
+fn encapsulation_fixtures() {
+    for (program, out) in [
+        (Program::EncapForward, ENCAP_FORWARD_OUT),
+        (Program::EncapPort, ENCAP_FORWARD_OUT),
+        (Program::EncapOutput, ENCAP_OUTPUT_OUT),
+    ] {
+        let p = run(program, ENCAP_IN);
+        assert_eq!((p.verdict, p.frame), (TC_ACT_REDIRECT, hex(out)));
+        assert_eq!(p.counters, vec![("encapsulated", 66)]);
+    }
+    // From the sibling's port (none here), 250.0.1.10 is not the sender's.
+    let p = predict(
+        &bed(),
+        Program::EncapPort,
+        &hex(ENCAP_IN),
+        RunContext::default(),
+    )
+    .unwrap();
+    assert_eq!(p.counters, vec![("drop_source_not_bound", 46)]);
+    let p = run(Program::EncapForward, ENCAP_TOS_IN);
+    assert_eq!(p.frame, hex(ENCAP_TOS_OUT));
+    let p = run(Program::EncapForward, ENCAP_TO_BLACKHOLE);
+    assert_eq!(p.verdict, TC_ACT_SHOT);
+    assert_eq!(p.counters, vec![("drop_fib_blackhole", 46)]);
+}
+
+#[test]
+fn decapsulation_fixtures() {
+    let p = run(Program::DecapXdp, DECAP_IN);
+    assert_eq!((p.verdict, p.frame), (XDP_PASS, hex(DECAP_OUT)));
+    // 250.0.1.10 has direct delivery: straight into the container, TTL 63.
+    let p = run(Program::DecapTc, DECAP_IN);
+    assert_eq!(
+        (p.verdict, p.frame),
+        (TC_ACT_REDIRECT, hex(DECAP_DIRECT_OUT))
+    );
+    assert_eq!(p.fate, Fate::DeliveredDirect);
+    let p = run(Program::DecapXdp, DECAP_CE_IN);
+    assert_eq!(p.frame, hex(DECAP_CE_OUT));
+    let p = run(Program::DecapXdp, DECAP_SPOOFED);
+    assert_eq!(p.counters, vec![("drop_spoofed_source", 66)]);
+    let p = run(Program::EncapForward, DECAP_IN);
+    assert_eq!(p.verdict, TC_ACT_UNSPEC);
+}
