@@ -1,10 +1,13 @@
 //! `fan-xdp attach`: make this host a member of a fan.
 //!
-//! Every input is checked before anything changes. Then each step records how
-//! to undo itself; if a later step fails, the steps already done are undone in
-//! reverse, so a failed attach leaves the host as it found it. fan-xdp's own
-//! record of the fan is written first (marked incomplete) so that an attach
-//! killed half-way can be finished by the next attach or cleaned up by detach.
+//! `plan` checks every input and changes nothing. Then the steps run in
+//! their order ([`Step`], named as `FAN_XDP_INJECT` names them), each
+//! changing one kind of thing and pushing, for every change, an undo that
+//! holds the state it found; if a later step fails, the undos run in
+//! reverse and put back exactly what was there. fan-xdp's record of the fan
+//! is written first (marked incomplete), and what attach creates is claimed
+//! in it before it is made, so that an attach killed half-way is finished by
+//! the next attach or cleaned up by detach, which removes only that.
 
 use std::net::Ipv4Addr;
 
@@ -394,124 +397,249 @@ fn injected(inject: Option<&str>, step: &str) -> Result<()> {
     }
 }
 
+/// One step of attach. Each changes one kind of thing, and for every change
+/// pushes an undo that holds what it found, so a failure restores exactly that.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The state directory, the pinned maps and fan-xdp's record of the fan (incomplete).
+    Record,
+    /// Forwarding, and loose reverse-path filtering on the underlay.
+    Sysctl,
+    /// The slice bridge with the gateway address.
+    Bridge,
+    /// The NOARP device for the host's own overlay traffic.
+    HostDevice,
+    /// The overlay route.
+    Route,
+    /// Masquerading slice traffic leaving the overlays.
+    Nat,
+    /// Decapsulation on the underlay, encapsulation on the bridge and host device.
+    Programs,
+    /// The fan entry the programs look up.
+    Config,
+}
+
+impl Step {
+    const ORDER: [Step; 8] = [
+        Step::Record,
+        Step::Sysctl,
+        Step::Bridge,
+        Step::HostDevice,
+        Step::Route,
+        Step::Nat,
+        Step::Programs,
+        Step::Config,
+    ];
+
+    const fn name(self) -> &'static str {
+        match self {
+            Step::Record => "record",
+            Step::Sysctl => "sysctl",
+            Step::Bridge => "bridge",
+            Step::HostDevice => "host-device",
+            Step::Route => "route",
+            Step::Nat => "nat",
+            Step::Programs => "programs",
+            Step::Config => "config",
+        }
+    }
+}
+
 /// The attach steps, in order. Names are what `FAN_XDP_INJECT` refers to.
-pub const STEPS: [&str; 8] = [
-    "record",
-    "sysctl",
-    "bridge",
-    "host-device",
-    "route",
-    "nat",
-    "programs",
-    "config",
-];
+pub const STEPS: [&str; 8] = {
+    let mut names = [""; 8];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Step::ORDER[i].name();
+        i += 1;
+    }
+    names
+};
 
 async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) -> Result<bool> {
-    let mut changed = false;
-    let key = meta_key(plan.overlay);
-
-    // 1. State directory, maps, and our record of the fan (incomplete).
-    if !plan.dir.exists() {
-        plan.dir.create()?;
-        undo.push(Undo::StateDir);
+    let mut attach = Attach::open(net, plan, global, undo)?;
+    for step in Step::ORDER {
+        attach.run(step).await?;
+        checkpoint(step.name())?;
     }
-    let log_level = if global.verbose { 5 } else { 0 };
-    let mut dataplane = Dataplane::load_pinned(&plan.dir, log_level)?;
-    let mut meta = match &plan.existing {
-        Some(existing) => existing.meta,
-        None => {
-            let meta = new_record(plan)?;
-            dataplane.insert_meta(key, &meta)?;
-            undo.push(Undo::Record);
-            changed = true;
-            meta
+    attach.finish()
+}
+
+/// An attach under way: what the steps share.
+struct Attach<'a> {
+    net: &'a Net,
+    plan: &'a Plan,
+    undo: &'a mut Vec<Undo>,
+    dataplane: Dataplane,
+    key: FanMetaKey,
+    /// fan-xdp's record of the fan as written so far.
+    meta: FanMeta,
+    /// Whether any step changed anything.
+    changed: bool,
+    /// The host device, once its step made sure of it.
+    host_dev: Option<Link>,
+    /// The decapsulation mode and why, once the programs step attached it.
+    decap: Option<(u8, u8)>,
+}
+
+impl<'a> Attach<'a> {
+    /// Creates the state directory if needed and loads the programs with
+    /// the maps pinned there (part of the record step: undone with it).
+    fn open(
+        net: &'a Net,
+        plan: &'a Plan,
+        global: &Global,
+        undo: &'a mut Vec<Undo>,
+    ) -> Result<Self> {
+        if !plan.dir.exists() {
+            plan.dir.create()?;
+            undo.push(Undo::StateDir);
         }
-    };
-    checkpoint("record")?;
-
-    // 2. Forwarding, and loose reverse-path filtering on the underlay:
-    // decapsulated packets arrive there from overlay sources routed elsewhere.
-    let forwarding = read_sysctl(IP_FORWARD)?;
-    if forwarding != 1 {
-        write_sysctl(IP_FORWARD, 1)?;
-        undo.push(Undo::Sysctl(IP_FORWARD.to_string(), forwarding));
-        changed = true;
+        let log_level = if global.verbose { 5 } else { 0 };
+        let dataplane = Dataplane::load_pinned(&plan.dir, log_level)?;
+        let meta = match &plan.existing {
+            Some(existing) => existing.meta,
+            None => new_record(plan)?,
+        };
+        Ok(Self {
+            net,
+            plan,
+            undo,
+            dataplane,
+            key: meta_key(plan.overlay),
+            meta,
+            changed: false,
+            host_dev: None,
+            decap: None,
+        })
     }
-    changed |= loosen_rp_filter(&mut dataplane, key, &mut meta, &plan.iface.name, undo)?;
-    checkpoint("sysctl")?;
 
-    // 3. The slice bridge with the gateway address: created, or adopted if
-    // one by that name exists. What attach makes is claimed in the record
-    // first, so detach removes it even after a kill half-way, and nothing else.
-    let bridge = match net.link(&plan.bridge).await? {
-        Some(link) => {
-            if link.kind.as_deref() != Some("bridge") {
-                bail!("{} exists and is not a bridge", plan.bridge);
+    async fn run(&mut self, step: Step) -> Result<()> {
+        match step {
+            Step::Record => self.record(),
+            Step::Sysctl => self.sysctl(),
+            Step::Bridge => self.bridge().await,
+            Step::HostDevice => self.host_device().await,
+            Step::Route => self.route().await,
+            Step::Nat => self.nat(),
+            Step::Programs => self.programs().await,
+            Step::Config => self.config(),
+        }
+    }
+
+    /// fan-xdp's record of the fan, written first and marked incomplete, so
+    /// an attach killed later is finished by the next or cleaned up by detach.
+    fn record(&mut self) -> Result<()> {
+        if self.plan.existing.is_none() {
+            self.dataplane.insert_meta(self.key, &self.meta)?;
+            self.undo.push(Undo::Record);
+            self.changed = true;
+        }
+        Ok(())
+    }
+
+    /// Forwarding, and loose reverse-path filtering on the underlay:
+    /// decapsulated packets arrive there from overlay sources routed elsewhere.
+    fn sysctl(&mut self) -> Result<()> {
+        let forwarding = read_sysctl(IP_FORWARD)?;
+        if forwarding != 1 {
+            write_sysctl(IP_FORWARD, 1)?;
+            self.undo
+                .push(Undo::Sysctl(IP_FORWARD.to_string(), forwarding));
+            self.changed = true;
+        }
+        self.changed |= loosen_rp_filter(
+            &mut self.dataplane,
+            self.key,
+            &mut self.meta,
+            &self.plan.iface.name,
+            self.undo,
+        )?;
+        Ok(())
+    }
+
+    /// The slice bridge with the gateway address: created, or adopted if one
+    /// by that name exists. What attach makes is claimed in the record
+    /// first, so detach removes it even after a kill half-way, and nothing else.
+    async fn bridge(&mut self) -> Result<()> {
+        let (net, plan) = (self.net, self.plan);
+        let bridge = match net.link(&plan.bridge).await? {
+            Some(link) => {
+                if link.kind.as_deref() != Some("bridge") {
+                    bail!("{} exists and is not a bridge", plan.bridge);
+                }
+                link
             }
-            link
+            None => {
+                self.claim(owned::BRIDGE)?;
+                let link = net.create_bridge(&plan.bridge, plan.mtu).await?;
+                self.undo.push(Undo::Link(plan.bridge.clone()));
+                self.changed = true;
+                link
+            }
+        };
+        if bridge.mtu != plan.mtu {
+            net.set_mtu(bridge.index, plan.mtu).await?;
+            self.undo.push(Undo::Mtu(bridge.index, bridge.mtu));
+            self.changed = true;
         }
-        None => {
-            claim(&mut dataplane, key, &mut meta, owned::BRIDGE, undo)?;
-            let link = net.create_bridge(&plan.bridge, plan.mtu).await?;
-            undo.push(Undo::Link(plan.bridge.clone()));
-            changed = true;
-            link
+        let gateway = (plan.gateway, plan.slice.prefix());
+        if !net.ipv4_addrs(bridge.index).await?.contains(&gateway) {
+            self.claim(owned::GATEWAY_ADDRESS)?;
+            net.add_addr(bridge.index, gateway.0, gateway.1).await?;
+            self.undo
+                .push(Undo::Address(bridge.index, gateway.0, gateway.1));
+            self.changed = true;
         }
-    };
-    if bridge.mtu != plan.mtu {
-        net.set_mtu(bridge.index, plan.mtu).await?;
-        undo.push(Undo::Mtu(bridge.index, bridge.mtu));
-        changed = true;
+        self.changed |= bring_up(net, &bridge, self.undo).await?;
+        Ok(())
     }
-    if !net
-        .ipv4_addrs(bridge.index)
-        .await?
-        .contains(&(plan.gateway, plan.slice.prefix()))
-    {
-        claim(&mut dataplane, key, &mut meta, owned::GATEWAY_ADDRESS, undo)?;
-        net.add_addr(bridge.index, plan.gateway, plan.slice.prefix())
+
+    /// The NOARP device for the host's own overlay traffic, shared by every
+    /// fan, with the smallest overlay MTU of them.
+    async fn host_device(&mut self) -> Result<()> {
+        let (net, plan) = (self.net, self.plan);
+        let host_dev = match net.link(HOST_DEVICE).await? {
+            Some(link) => link,
+            None => {
+                let link = net
+                    .create_noarp_veth(HOST_DEVICE, HOST_DEVICE_PEER, plan.mtu)
+                    .await?;
+                self.undo.push(Undo::Link(HOST_DEVICE.to_string()));
+                self.changed = true;
+                link
+            }
+        };
+        if plan.mtu < host_dev.mtu {
+            net.set_mtu(host_dev.index, plan.mtu).await?;
+            self.undo.push(Undo::Mtu(host_dev.index, host_dev.mtu));
+            self.changed = true;
+        }
+        self.changed |= bring_up(net, &host_dev, self.undo).await?;
+        self.host_dev = Some(host_dev);
+        Ok(())
+    }
+
+    /// The overlay route via the host device, sourced from the gateway so
+    /// receivers' anti-spoofing accepts it.
+    async fn route(&mut self) -> Result<()> {
+        let (net, plan) = (self.net, self.plan);
+        let host_dev = self
+            .host_dev
+            .as_ref()
+            .ok_or_else(|| anyhow!("the route step runs after the host device's"))?
+            .index;
+        let found = net
+            .find_route(plan.overlay.network(), plan.overlay.prefix())
             .await?;
-        undo.push(Undo::Address(
-            bridge.index,
-            plan.gateway,
-            plan.slice.prefix(),
-        ));
-        changed = true;
-    }
-    changed |= bring_up(net, &bridge, undo).await?;
-    checkpoint("bridge")?;
-
-    // 4. The NOARP device for the host's own overlay traffic.
-    let host_dev = match net.link(HOST_DEVICE).await? {
-        Some(link) => link,
-        None => {
-            let link = net
-                .create_noarp_veth(HOST_DEVICE, HOST_DEVICE_PEER, plan.mtu)
-                .await?;
-            undo.push(Undo::Link(HOST_DEVICE.to_string()));
-            changed = true;
-            link
+        let ours = found.as_ref().is_some_and(|r| {
+            r.unicast && !r.multipath && r.oif == Some(host_dev) && r.src == Some(plan.gateway)
+        });
+        if ours {
+            return Ok(());
         }
-    };
-    // Shared by every fan: the smallest overlay MTU of them.
-    if plan.mtu < host_dev.mtu {
-        net.set_mtu(host_dev.index, plan.mtu).await?;
-        undo.push(Undo::Mtu(host_dev.index, host_dev.mtu));
-        changed = true;
-    }
-    changed |= bring_up(net, &host_dev, undo).await?;
-    checkpoint("host-device")?;
-
-    // 5. The overlay route, sourced from the gateway so receivers' anti-spoofing accepts it.
-    let found = net
-        .find_route(plan.overlay.network(), plan.overlay.prefix())
-        .await?;
-    let ours = found.as_ref().is_some_and(|r| {
-        r.unicast && !r.multipath && r.oif == Some(host_dev.index) && r.src == Some(plan.gateway)
-    });
-    if !ours {
         if let Some(stale) = found {
-            if !stale.unicast || stale.multipath || stale.oif != Some(host_dev.index) {
+            if !stale.unicast || stale.multipath || stale.oif != Some(host_dev) {
                 bail!(
                     "a route to {} already exists ({}); remove it first",
                     plan.overlay,
@@ -520,184 +648,223 @@ async fn apply(net: &Net, plan: &Plan, global: &Global, undo: &mut Vec<Undo>) ->
             }
             // Ours but for its source (an older version's, or changed by hand).
             net.del_found_route(&stale).await?;
-            undo.push(Undo::RestoreRoute(Box::new(stale)));
+            self.undo.push(Undo::RestoreRoute(Box::new(stale)));
         }
         net.add_route(
             plan.overlay.network(),
             plan.overlay.prefix(),
-            host_dev.index,
+            host_dev,
             Some(plan.gateway),
         )
         .await?;
-        undo.push(Undo::Route(plan.overlay));
-        changed = true;
+        self.undo.push(Undo::Route(plan.overlay));
+        self.changed = true;
+        Ok(())
     }
-    checkpoint("route")?;
 
-    // 6. Masquerade slice traffic leaving the overlay.
-    if plan.nat {
-        if !nat::available() {
-            bail!("nft not found: install nftables, or attach with --no-nat");
-        }
-        let others: Vec<Ipv4Network> = plan.others.iter().map(|f| f.overlay).collect();
-        match nat::ensure_masquerade(plan.slice, plan.overlay, &others)? {
-            nat::Masquerade::Unchanged => {}
-            nat::Masquerade::Added => {
-                undo.push(Undo::Nat(plan.overlay, None));
-                changed = true;
+    /// Masquerades slice traffic leaving the overlays (unless `--no-nat`),
+    /// and in any case keeps every fan's rule off traffic to this overlay.
+    fn nat(&mut self) -> Result<()> {
+        let plan = self.plan;
+        if plan.nat {
+            if !nat::available() {
+                bail!("nft not found: install nftables, or attach with --no-nat");
             }
-            nat::Masquerade::Replaced(old_slice) => {
-                undo.push(Undo::Nat(plan.overlay, Some(old_slice)));
-                changed = true;
+            let others: Vec<Ipv4Network> = plan.others.iter().map(|f| f.overlay).collect();
+            match nat::ensure_masquerade(plan.slice, plan.overlay, &others)? {
+                nat::Masquerade::Unchanged => {}
+                nat::Masquerade::Added => {
+                    self.undo.push(Undo::Nat(plan.overlay, None));
+                    self.changed = true;
+                }
+                nat::Masquerade::Replaced(old_slice) => {
+                    self.undo.push(Undo::Nat(plan.overlay, Some(old_slice)));
+                    self.changed = true;
+                }
             }
         }
+        if nat::include_overlay(plan.overlay)? {
+            self.undo.push(Undo::NatException(plan.overlay));
+            self.changed = true;
+        }
+        Ok(())
     }
-    // Whichever fans masquerade, none touches traffic to this overlay.
-    if nat::include_overlay(plan.overlay)? {
-        undo.push(Undo::NatException(plan.overlay));
-        changed = true;
-    }
-    checkpoint("nat")?;
 
-    // 7. Programs: decapsulation on the underlay, encapsulation on the bridge
-    // and the host device. Existing links are kept or upgraded in place.
-    let same_version = dataplane.use_pinned_programs(&plan.dir)?;
-    let (mode, reason) = decap_choice(plan);
-    let decap_pin = plan.dir.link(
-        &plan.iface.name,
-        if mode == decap_mode::XDP {
-            "decap-xdp"
+    /// Decapsulation on the underlay, encapsulation on the bridge and the
+    /// host device. Existing links are kept or upgraded in place.
+    async fn programs(&mut self) -> Result<()> {
+        let plan = self.plan;
+        let same_version = self.dataplane.use_pinned_programs(&plan.dir)?;
+        let (mode, reason) = decap_choice(plan);
+        let (program, hook, pin) = if mode == decap_mode::XDP {
+            (DECAP_XDP, Hook::Xdp, "decap-xdp")
         } else {
-            "decap-tc"
-        },
-    );
-    let decap = if mode == decap_mode::XDP {
-        (DECAP_XDP, Hook::Xdp)
-    } else {
-        (DECAP_TC, Hook::TcIngress)
-    };
-    let (mode, reason) = match link(
-        net,
-        &mut dataplane,
-        undo,
-        decap.0,
-        &plan.iface.name,
-        decap.1,
-        &decap_pin,
-        Some(Clsact {
-            key,
-            meta: &mut meta,
-            bit: owned::CLSACT_UNDERLAY,
-        }),
-    )
-    .await
-    {
-        Ok(c) => {
-            changed |= c;
-            (mode, reason)
-        }
-        Err(e) if plan.mode == Mode::Auto && mode == decap_mode::XDP => {
-            info!(
-                "native XDP refused on {} ({e:#}); using TC",
-                plan.iface.name
-            );
-            let pin = plan.dir.link(&plan.iface.name, "decap-tc");
-            changed |= link(
-                net,
-                &mut dataplane,
-                undo,
-                DECAP_TC,
-                &plan.iface.name,
-                Hook::TcIngress,
-                &pin,
-                Some(Clsact {
-                    key,
-                    meta: &mut meta,
-                    bit: owned::CLSACT_UNDERLAY,
-                }),
-            )
+            (DECAP_TC, Hook::TcIngress, "decap-tc")
+        };
+        let decap_pin = plan.dir.link(&plan.iface.name, pin);
+        let underlay = LinkTarget {
+            device: &plan.iface.name,
+            clsact: Some(owned::CLSACT_UNDERLAY),
+        };
+        let decap = match self.link(program, &underlay, hook, &decap_pin).await {
+            Ok(changed) => {
+                self.changed |= changed;
+                (mode, reason)
+            }
+            Err(e) if plan.mode == Mode::Auto && mode == decap_mode::XDP => {
+                info!(
+                    "native XDP refused on {} ({e:#}); using TC",
+                    plan.iface.name
+                );
+                let pin = plan.dir.link(&plan.iface.name, "decap-tc");
+                self.changed |= self
+                    .link(DECAP_TC, &underlay, Hook::TcIngress, &pin)
+                    .await?;
+                (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
+            }
+            Err(e) => return Err(e),
+        };
+        self.decap = Some(decap);
+        let bridge = LinkTarget {
+            device: &plan.bridge,
+            clsact: Some(owned::CLSACT_BRIDGE),
+        };
+        let bridge_pin = plan.dir.link(&plan.bridge, "encap");
+        self.changed |= self
+            .link(ENCAP_FORWARD, &bridge, Hook::TcIngress, &bridge_pin)
             .await?;
-            (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
-        }
-        Err(e) => return Err(e),
-    };
-    let bridge_pin = plan.dir.link(&plan.bridge, "encap");
-    let mut relinked = link(
-        net,
-        &mut dataplane,
-        undo,
-        ENCAP_FORWARD,
-        &plan.bridge,
-        Hook::TcIngress,
-        &bridge_pin,
-        Some(Clsact {
-            key,
-            meta: &mut meta,
-            bit: owned::CLSACT_BRIDGE,
-        }),
-    )
-    .await?;
-    let host_pin = plan.dir.link(HOST_DEVICE, "encap");
-    relinked |= link(
-        net,
-        &mut dataplane,
-        undo,
-        ENCAP_OUTPUT,
-        HOST_DEVICE,
-        Hook::TcEgress,
-        &host_pin,
         // fan-host is fan-xdp's: its qdisc goes with it.
-        None,
-    )
-    .await?;
-    // The pinned programs are the ones the links run: a new version (or a
-    // first attach) moved every link to this load's programs, so they
-    // replace the pins, all together; otherwise the links run the pins'.
-    if !same_version {
-        dataplane.pin_programs(&plan.dir)?;
+        let host = LinkTarget {
+            device: HOST_DEVICE,
+            clsact: None,
+        };
+        let host_pin = plan.dir.link(HOST_DEVICE, "encap");
+        self.changed |= self
+            .link(ENCAP_OUTPUT, &host, Hook::TcEgress, &host_pin)
+            .await?;
+        // The pinned programs are the ones the links run: a new version (or a
+        // first attach) moved every link to this load's programs, so they
+        // replace the pins, all together; otherwise the links run the pins'.
+        if !same_version {
+            self.dataplane.pin_programs(&plan.dir)?;
+        }
+        Ok(())
     }
-    changed |= relinked;
-    checkpoint("programs")?;
 
-    // 8. Whether the fast path may skip netfilter, before any packet of this
-    // fan is encapsulated; then the fan entry the programs look up, and the
-    // record marked complete.
-    let (bypass, verdict) = crate::bypass::decide(plan.bypass);
-    let mut maps = PinnedMaps::open(&plan.dir)?;
-    if maps.bypass()? != bypass {
-        maps.set_bypass(bypass)?;
+    /// Whether the fast path may skip netfilter, before any packet of this
+    /// fan is encapsulated; then the fan entry the programs look up,
+    /// pointing at the underlay's current ifindex.
+    fn config(&mut self) -> Result<()> {
+        let plan = self.plan;
+        let (bypass, verdict) = crate::bypass::decide(plan.bypass);
+        let mut maps = PinnedMaps::open(&plan.dir)?;
+        if maps.bypass()? != bypass {
+            maps.set_bypass(bypass)?;
+        }
+        if !verdict.on {
+            warn!(
+                "the bypass is off ({}): fan traffic takes the host's stack, so netfilter sees it (slower); `--bypass on` forces the fast path",
+                verdict.why
+            );
+        }
+        let entry = FanEntry {
+            map: plan.map,
+            local_host: u32::from(plan.host),
+            underlay_ifindex: plan.iface.index,
+            overlay_mtu: plan.mtu,
+        };
+        let previous = maps
+            .config
+            .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)
+            .ok();
+        if previous != Some(entry) {
+            self.dataplane.insert_fan(&entry)?;
+            self.undo.push(Undo::Config(previous));
+            self.changed = true;
+        }
+        Ok(())
     }
-    if !verdict.on {
-        warn!(
-            "the bypass is off ({}): fan traffic takes the host's stack, so netfilter sees it (slower); `--bypass on` forces the fast path",
-            verdict.why
-        );
+
+    /// After the last step, where nothing can fail any more: the other
+    /// mode's decapsulation goes, and the record is marked complete.
+    fn finish(mut self) -> Result<bool> {
+        let (mode, reason) = self
+            .decap
+            .ok_or_else(|| anyhow!("attach finished without its programs step"))?;
+        self.changed |= retire_other_decap(self.plan, mode)?;
+        let meta = &mut self.meta;
+        if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
+            meta.complete = 1;
+            meta.decap_mode = mode;
+            meta.mode_reason = reason;
+            self.dataplane.insert_meta(self.key, meta)?;
+        }
+        Ok(self.changed)
     }
-    let entry = FanEntry {
-        map: plan.map,
-        local_host: u32::from(plan.host),
-        underlay_ifindex: plan.iface.index,
-        overlay_mtu: plan.mtu,
-    };
-    let previous = maps
-        .config
-        .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)
-        .ok();
-    if previous != Some(entry) {
-        dataplane.insert_fan(&entry)?;
-        undo.push(Undo::Config(previous));
-        changed = true;
+
+    fn claim(&mut self, bit: u8) -> Result<()> {
+        claim(
+            &mut self.dataplane,
+            self.key,
+            &mut self.meta,
+            bit,
+            self.undo,
+        )
     }
-    checkpoint("config")?;
-    // Nothing fails after this: the decapsulation of another mode can go.
-    changed |= retire_other_decap(plan, mode)?;
-    if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
-        meta.complete = 1;
-        meta.decap_mode = mode;
-        meta.mode_reason = reason;
-        dataplane.insert_meta(key, &meta)?;
+
+    /// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
+    async fn link(
+        &mut self,
+        program: &str,
+        target: &LinkTarget<'_>,
+        hook: Hook,
+        pin: &std::path::Path,
+    ) -> Result<bool> {
+        let net = self.net;
+        retire_if_defunct(net, pin, target.device, hook).await?;
+        if hook != Hook::Xdp
+            && !tcx_supported()
+            && let Some(bit) = target.clsact
+        {
+            self.claim_clsact(bit, target.device).await?;
+        }
+        let change = self
+            .dataplane
+            .ensure_link(program, target.device, hook, pin)?;
+        if change == LinkChange::Created {
+            self.undo.push(Undo::Pin(
+                pin.to_path_buf(),
+                target.device.to_string(),
+                hook,
+            ));
+        }
+        Ok(change.changed())
     }
-    Ok(changed)
+
+    /// Before attaching a TC filter without TCX: if the device has no clsact
+    /// qdisc yet, the filter's attach adds one, so claim it in the record
+    /// first (detach removes it then) and undo it on rollback.
+    async fn claim_clsact(&mut self, bit: u8, device: &str) -> Result<()> {
+        let index = self
+            .net
+            .link(device)
+            .await?
+            .ok_or_else(|| anyhow!("no such interface: {device}"))?
+            .index;
+        if !self.net.has_clsact(index).await? {
+            self.claim(bit)?;
+            self.undo.push(Undo::Clsact(index));
+        }
+        Ok(())
+    }
+}
+
+/// A device a program is attached to, and the [`owned`] bit that records
+/// that attach added its clsact qdisc (before 6.6), or None where the
+/// device is fan-xdp's own and the qdisc goes with it.
+struct LinkTarget<'a> {
+    device: &'a str,
+    clsact: Option<u8>,
 }
 
 /// Records in the fan's record that attach is about to make the thing
@@ -782,65 +949,6 @@ fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
         plan.iface.name
     );
     Ok(true)
-}
-
-/// Who answers for the clsact qdisc a TC filter needs before Linux 6.6: the
-/// fan's record (its [`owned`] bit says attach added it), or nobody, where
-/// the device is fan-xdp's own and the qdisc goes with it.
-struct Clsact<'a> {
-    key: FanMetaKey,
-    meta: &'a mut FanMeta,
-    bit: u8,
-}
-
-/// Attaches one program (or keeps/upgrades its pinned link) and records the undo.
-#[allow(clippy::too_many_arguments)]
-async fn link(
-    net: &Net,
-    dataplane: &mut Dataplane,
-    undo: &mut Vec<Undo>,
-    program: &str,
-    device: &str,
-    hook: Hook,
-    pin: &std::path::Path,
-    clsact: Option<Clsact<'_>>,
-) -> Result<bool> {
-    retire_if_defunct(net, pin, device, hook).await?;
-    if hook != Hook::Xdp
-        && !tcx_supported()
-        && let Some(Clsact { key, meta, bit }) = clsact
-    {
-        claim_clsact(net, dataplane, key, meta, bit, device, undo).await?;
-    }
-    let change = dataplane.ensure_link(program, device, hook, pin)?;
-    if change == LinkChange::Created {
-        undo.push(Undo::Pin(pin.to_path_buf(), device.to_string(), hook));
-    }
-    Ok(change.changed())
-}
-
-/// Before attaching a TC filter without TCX: if `device` has no clsact
-/// qdisc yet, the filter's attach adds one, so claim it in the record first
-/// (detach removes it then) and undo it on rollback.
-async fn claim_clsact(
-    net: &Net,
-    dataplane: &mut Dataplane,
-    key: FanMetaKey,
-    meta: &mut FanMeta,
-    bit: u8,
-    device: &str,
-    undo: &mut Vec<Undo>,
-) -> Result<()> {
-    let index = net
-        .link(device)
-        .await?
-        .ok_or_else(|| anyhow!("no such interface: {device}"))?
-        .index;
-    if !net.has_clsact(index).await? {
-        claim(dataplane, key, meta, bit, undo)?;
-        undo.push(Undo::Clsact(index));
-    }
-    Ok(())
 }
 
 /// Removes the pin at `pin` if what it attached is not on `device` as it is
