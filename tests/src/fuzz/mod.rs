@@ -66,7 +66,7 @@ pub struct Report {
     pub disagreements: u64,
     /// The first disagreements in full, as reproducers.
     pub reports: Vec<String>,
-    /// Encapsulations by A decapsulated again by B.
+    /// Round-trip runs: B decapsulating A's encapsulations (with both programs).
     pub round_trips: u64,
     /// Of those, inner destinations that are B's slice edges, which B drops.
     pub round_trips_to_slice_edges: u64,
