@@ -121,7 +121,9 @@ pub fn decide(start: usize, end: usize) -> Decision {
     if !dst_fan.map.underlay_contains(outer_src) || !src_fan.map.underlay_contains(outer_src) {
         return Decision::Drop(StatReason::DropOuterSrcOutsideUnderlay);
     }
-    if dst_fan.map.is_reserved_host(outer_src) {
+    // Reserved in either fan: a source fan with a narrower underlay has
+    // its own network and broadcast addresses, which own no slice there.
+    if dst_fan.map.is_reserved_host(outer_src) || src_fan.map.is_reserved_host(outer_src) {
         return Decision::Drop(StatReason::DropOuterSrcReserved);
     }
     if is_local_host(outer.src_raw()) {

@@ -4,7 +4,7 @@
 use super::{
     Fate, Prediction, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP,
     XDP_LINEAR_MAX, XDP_PASS,
-    config::{Config, Finding},
+    config::Config,
     untouched,
     wire::{ETH_LEN, ETHERTYPE_IPV4, Ipv4View, PROTO_IPIP, decrement_ttl, ethertype, set_ecn},
 };
@@ -167,17 +167,9 @@ fn check_claim(config: &Config, outer: &Ipv4View, inner: &Ipv4View) -> Result<()
     if !dst_fan.map.underlay_contains(outer_src) || !src_fan.map.underlay_contains(outer_src) {
         return Err(Verdict::Drop("drop_outer_src_outside_underlay"));
     }
-    if dst_fan.map.is_reserved_host(outer_src) {
-        return Err(Verdict::Drop("drop_outer_src_reserved"));
-    }
     // The README's rule holds for the source's fan too: its network or
-    // broadcast address names no host, so it owns no slice. The programs
-    // do not check it (a known finding; see `Finding`).
-    if config
-        .enforce
-        .contains(&Finding::OuterSourceReservedInSourceFan)
-        && src_fan.map.is_reserved_host(outer_src)
-    {
+    // broadcast address names no host, so it owns no slice.
+    if dst_fan.map.is_reserved_host(outer_src) || src_fan.map.is_reserved_host(outer_src) {
         return Err(Verdict::Drop("drop_outer_src_reserved"));
     }
     if config.is_local_host(outer_src) {
