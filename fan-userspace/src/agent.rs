@@ -19,10 +19,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{BufRead as _, BufReader, Write as _},
-    os::{
-        fd::AsRawFd as _,
-        unix::{fs::OpenOptionsExt as _, net::UnixStream, process::CommandExt as _},
-    },
+    os::unix::{fs::OpenOptionsExt as _, net::UnixStream, process::CommandExt as _},
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -31,7 +28,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{cli::Global, rundir::RunDir};
+use crate::{
+    cli::Global,
+    rundir::{RunDir, open_lock_file, try_flock},
+};
 
 /// This build: the package version and a hash of the eBPF object, so that
 /// an attach from a newer fan-xdp (or with other programs) replaces an
@@ -96,9 +96,8 @@ pub struct AgentLock {
 pub fn lock(run: &RunDir) -> Result<AgentLock> {
     run.create()?;
     let files = Files::of(run);
-    let mut file = open_lock(&files)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let mut file = open_lock_file(&files.lock)?;
+    if !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
         let holder = holder_pid(&files).map_or_else(|| "unknown".to_string(), |p| p.to_string());
         bail!(
             "another fan-xdp run (pid {holder}) already serves this network namespace ({} is held)",
@@ -108,18 +107,6 @@ pub fn lock(run: &RunDir) -> Result<AgentLock> {
     file.set_len(0)?;
     write!(file, "{}", std::process::id())?;
     Ok(AgentLock { _file: file })
-}
-
-fn open_lock(files: &Files) -> Result<fs::File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&files.lock)
-        .with_context(|| format!("opening {}", files.lock.display()))
 }
 
 fn holder_pid(files: &Files) -> Option<u32> {
@@ -134,9 +121,8 @@ pub fn running(run: &RunDir) -> Option<u32> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&files.lock)
         .ok()?;
-    // SAFETY: flock on a descriptor we own; a shared lock we get is dropped with it.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-    if free {
+    // A shared lock we get is released when `file` closes.
+    if try_flock(&file, libc::LOCK_SH | libc::LOCK_NB).unwrap_or(false) {
         return None;
     }
     Some(holder_pid(&files).unwrap_or(0))

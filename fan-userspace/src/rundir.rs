@@ -17,17 +17,14 @@
 
 use std::{
     fs,
-    os::{
-        fd::AsRawFd as _,
-        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    },
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
 use log::info;
 
-use crate::state::check_private_dir;
+use crate::state::{check_private_dir, create_private_dirs};
 
 /// The default parent of every namespace's run directory.
 const SYSTEM_RUN_DIR: &str = "/run/fan-xdp";
@@ -54,33 +51,14 @@ impl RunDir {
 
     /// Creates both levels (root-owned, mode 0700) if missing, and checks them.
     pub fn create(&self) -> Result<()> {
-        for dir in [&self.root, &self.path] {
-            match fs::DirBuilder::new().mode(0o700).create(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("creating {}", dir.display()));
-                }
-            }
-            check_private_dir(dir)?;
-        }
-        Ok(())
+        create_private_dirs(&[&self.root, &self.path], "the run directory")
     }
 
     /// Takes `state.lock`, waiting while another fan-xdp holds it.
     pub fn lock_state(&self) -> Result<StateLock> {
         self.create()?;
         let path = self.path.join("state.lock");
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            // Never through a symbolic link planted in its place.
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let file = open_lock_file(&path)?;
         if !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
             info!(
                 "another fan-xdp is changing this namespace's fans ({} is held): waiting for it",
@@ -94,13 +72,27 @@ impl RunDir {
     }
 }
 
+/// Opens (creating it, mode 0600) a lock file of a run directory; never
+/// through a symbolic link planted in its place.
+pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Held `state.lock`: released when dropped (or when the process ends).
 pub struct StateLock {
     _file: fs::File,
 }
 
 /// flock(2); false if `LOCK_NB` was given and another process holds it.
-fn try_flock(file: &fs::File, operation: libc::c_int) -> Result<bool> {
+pub(crate) fn try_flock(file: &fs::File, operation: libc::c_int) -> Result<bool> {
     loop {
         // SAFETY: flock on a file descriptor we own, open for the call.
         if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {

@@ -107,19 +107,7 @@ impl StateDir {
     /// Creates the shared parent and this namespace's directory, each owned
     /// by root with mode 0700 (a bpffs root is world-writable, mode 1777).
     pub fn create(&self) -> Result<()> {
-        for dir in [&self.root, &self.path] {
-            match fs::DirBuilder::new().mode(0o700).create(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("creating the pin directory {}", dir.display()));
-                }
-            }
-            // Also after creating: another process may have made it first.
-            check_private_dir(dir)?;
-        }
-        Ok(())
+        create_private_dirs(&[&self.root, &self.path], "the pin directory")
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -162,6 +150,23 @@ impl StateDir {
             .filter(|(path, _)| *path != self.path)
             .collect()
     }
+}
+
+/// Creates each of `dirs` in order (owned by root, mode 0700) where missing,
+/// and checks each with [`check_private_dir`], also after creating it:
+/// another process may have made it first. `what` names them in errors.
+pub fn create_private_dirs(dirs: &[&Path], what: &str) -> Result<()> {
+    for dir in dirs {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {what} {}", dir.display()));
+            }
+        }
+        check_private_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Refuses a state directory that anyone but root could have made or could
