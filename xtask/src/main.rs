@@ -169,6 +169,17 @@ pub fn workspace_root() -> std::path::PathBuf {
 }
 
 /// Runs cargo with `args` in the workspace root.
+/// The fan-xdp the tests drive, as cargo arguments: with fault injection
+/// (`FAN_XDP_INJECT`), which only the tests' build has.
+pub const TEST_FAN_XDP: [&str; 6] = [
+    "-p",
+    "fan-userspace",
+    "--bin",
+    "fan-xdp",
+    "--features",
+    "fault-injection",
+];
+
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)

@@ -22,15 +22,7 @@ struct Totals {
 pub fn run() -> Result<()> {
     // The namespace tests drive the fan-xdp binary, which `cargo test` of
     // another package does not build.
-    crate::cargo(&[
-        "build",
-        "-p",
-        "fan-userspace",
-        "--bin",
-        "fan-xdp",
-        "--features",
-        "fault-injection",
-    ])?;
+    crate::cargo(&[&["build"][..], &crate::TEST_FAN_XDP].concat())?;
     let mut totals = Totals::default();
     let mut ok = true;
     ok &= cargo_test(
@@ -73,19 +65,8 @@ pub fn run() -> Result<()> {
     // The tests crate's own unit tests: the chart, the measurements, readiness.
     ok &= cargo_test(&["-p", "fan-tests", "--lib"], &[], &mut totals)?;
     println!("fan-xdp check on this kernel:");
-    crate::cargo(&[
-        "run",
-        "-q",
-        "-p",
-        "fan-userspace",
-        "--bin",
-        "fan-xdp",
-        // The same build the tests drove, not a rebuild of it without the feature.
-        "--features",
-        "fault-injection",
-        "--",
-        "check",
-    ])?;
+    // The same build the tests drove, not a rebuild of it without the feature.
+    crate::cargo(&[&["run", "-q"][..], &crate::TEST_FAN_XDP, &["--", "check"]].concat())?;
     // The bench's smoke run: every path sets up, carries traffic and tears
     // down, the per-packet runs count what they should (no speed asserted).
     println!("bench smoke: cargo xtask bench --quick");

@@ -567,15 +567,7 @@ pub fn test_executables() -> Result<Vec<(String, PathBuf)>> {
 /// The guest payload: fan-xdp and every test executable, laid out as the
 /// tests expect (`fan-xdp` one level above the executables' `deps/`).
 pub fn test_payload() -> Result<Vec<(PathBuf, String)>> {
-    crate::cargo(&[
-        "build",
-        "-p",
-        "fan-userspace",
-        "--bin",
-        "fan-xdp",
-        "--features",
-        "fault-injection",
-    ])?;
+    crate::cargo(&[&["build"][..], &crate::TEST_FAN_XDP].concat())?;
     let mut payload = vec![(
         workspace_root().join("target/debug/fan-xdp"),
         "/fan/fan-xdp".to_string(),
