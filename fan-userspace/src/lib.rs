@@ -1,29 +1,18 @@
-//! fan-xdp's user side: the `fan-xdp` command, its host plumbing and the loader.
+//! fan-xdp's user side: the `fan-xdp` command, its agent, host plumbing and data-plane loader.
 //!
-//! Data flows one way: `cli` -> a command module (`attach`, `detach`, `show`,
-//! `stats`, `map`) -> the loader and host plumbing -> the kernel.
+//! The folders are the architecture. Data flows one way:
+//! `cli` -> `commands` (one module per command) -> `dataplane` (the programs and
+//! their pinned maps) and `host` (netlink, nftables, sysctls) -> the kernel; and
+//! a client -> `agent` (the per-namespace daemon) -> `dataplane` and `host`.
+//! `state` is where things are kept: pins, `/run` and the records of what
+//! attach created.
 
 pub mod agent;
-pub mod attach;
-pub mod bypass;
 pub mod cli;
-pub mod detach;
-pub mod endpoints;
+pub mod commands;
+pub mod dataplane;
 pub mod host;
-pub mod loader;
-pub mod map;
-pub mod naming;
-pub mod nat;
-pub mod netns;
-pub mod notify;
-pub mod pmtu;
-pub mod ports;
-pub mod record;
-pub mod run;
-pub mod rundir;
-pub mod show;
 pub mod state;
-pub mod stats;
 
 use anyhow::{Context as _, Result, bail};
 use ipnetwork::{IpNetwork, Ipv4Network};

@@ -3,20 +3,21 @@
 use anyhow::Result;
 use clap::Parser as _;
 use fan_userspace::{
-    attach,
+    agent::run,
     cli::{Cli, Command},
-    detach, map, run, show, state, stats,
+    commands::{attach, detach, map, show, stats},
+    state,
 };
 
 /// `fan-xdp check`: does the data plane load here?
 fn check() -> Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     println!("kernel {}", kernel.trim());
-    let dataplane = fan_userspace::loader::Dataplane::load(0)?;
+    let dataplane = fan_userspace::dataplane::Dataplane::load(0)?;
     for (name, count) in dataplane.verified_instructions()? {
         println!("verified instructions: {name:<20} {count}");
     }
-    let tcx = fan_userspace::loader::tcx_supported();
+    let tcx = fan_userspace::dataplane::tcx_supported();
     println!(
         "tc hook: {}",
         if tcx {

@@ -148,7 +148,7 @@ impl Active {
             Path::RoutingSteered => {
                 fleet.route_slices()?;
                 let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-                let mask = fan_userspace::ports::rps_mask(&online)?;
+                let mask = fan_userspace::agent::ports::rps_mask(&online)?;
                 for host in &fleet.hosts {
                     set_port_rps(host, &mask)?;
                 }

@@ -46,7 +46,7 @@ pub fn netns_snapshot(ns: &Netns) -> Result<String> {
         &["-c", "for f in /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/rp_filter; do echo $f $(cat $f); done"],
     )?;
     out += &format!("== sysctl\n{sysctls}");
-    let cookie = ns.enter(fan_userspace::netns::current_cookie)??;
+    let cookie = ns.enter(fan_userspace::host::netns::current_cookie)??;
     let bpffs = std::process::Command::new("sh")
         .args([
             "-c",

@@ -12,9 +12,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use fan_common::{FanEntry, FanMap};
 use fan_userspace::{
-    loader::{Dataplane, DecapMode},
-    naming::bridge_name,
-    record::{HOST_DEVICE, HOST_DEVICE_PEER},
+    dataplane::{Dataplane, DecapMode},
+    host::naming::bridge_name,
+    state::record::{HOST_DEVICE, HOST_DEVICE_PEER},
 };
 
 use crate::netns::Netns;
@@ -182,7 +182,7 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.hosts.clear();
         if let Ok(dir) = fan_userspace::state::StateDir::locate(None) {
-            let _ = fan_userspace::loader::sweep_stale(&dir);
+            let _ = fan_userspace::dataplane::sweep_stale(&dir);
         }
     }
 }
@@ -308,11 +308,11 @@ impl Host {
     }
 
     /// fan-xdp's pinned maps for this host's namespace.
-    pub fn pinned_maps(&self) -> Result<fan_userspace::loader::PinnedMaps> {
+    pub fn pinned_maps(&self) -> Result<fan_userspace::dataplane::PinnedMaps> {
         let dir = self
             .ns
             .enter(|| fan_userspace::state::StateDir::locate(None))??;
-        fan_userspace::loader::PinnedMaps::open(&dir)
+        fan_userspace::dataplane::PinnedMaps::open(&dir)
     }
 
     /// Starts `fan-xdp run` (the long-running mode) in this host's namespace.
@@ -367,7 +367,7 @@ impl Fleet {
         // State left by namespaces that died without a detach (a killed run)
         // would be swept by the first attach and change what tests compare.
         if let Ok(dir) = fan_userspace::state::StateDir::locate(None) {
-            let _ = fan_userspace::loader::sweep_stale(&dir);
+            let _ = fan_userspace::dataplane::sweep_stale(&dir);
         }
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", "sw", "type", "bridge"])?;

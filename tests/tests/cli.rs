@@ -353,7 +353,7 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
 
     // A failure inside any step is rolled back completely.
     require_fault_injection(host);
-    for step in fan_userspace::attach::STEPS {
+    for step in fan_userspace::commands::attach::STEPS {
         let out = attach_injected(host, &format!("fail:{step}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -379,7 +379,7 @@ fn killed_at_every_step_then_attach_and_detach_recover() {
     host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     require_fault_injection(host);
     let before = snapshot(&host.ns).unwrap();
-    for step in fan_userspace::attach::STEPS {
+    for step in fan_userspace::commands::attach::STEPS {
         let out = attach_injected(host, &format!("kill:{step}"));
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&out.status),
@@ -411,9 +411,9 @@ fn a_foreign_xdp_program_is_left_in_place() {
     let host = &fleet.hosts[0];
     // Someone else's XDP program on eth0 (any program will do: ours, loaded
     // outside fan-xdp's pinned state).
-    let mut foreign = fan_userspace::loader::Dataplane::load(0).unwrap();
+    let mut foreign = fan_userspace::dataplane::Dataplane::load(0).unwrap();
     host.ns
-        .enter(|| foreign.attach_decap("eth0", fan_userspace::loader::DecapMode::Xdp))
+        .enter(|| foreign.attach_decap("eth0", fan_userspace::dataplane::DecapMode::Xdp))
         .unwrap()
         .unwrap();
     let before = snapshot(&host.ns).unwrap();
@@ -458,7 +458,7 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     let state = |host: &Host| {
         let cookie = host
             .ns
-            .enter(fan_userspace::netns::current_cookie)
+            .enter(fan_userspace::host::netns::current_cookie)
             .unwrap()
             .unwrap();
         std::path::PathBuf::from(format!("/sys/fs/bpf/fan-xdp/netns-{cookie}"))
@@ -495,7 +495,7 @@ fn wait_until_links_defunct(dir: &std::path::Path) {
         entries.flatten().all(|entry| {
             !entry.file_name().to_string_lossy().starts_with("link_")
                 || matches!(
-                    fan_userspace::loader::pinned_link_ifindex(&entry.path()),
+                    fan_userspace::dataplane::pinned_link_ifindex(&entry.path()),
                     Ok(Some(0)) | Err(_)
                 )
         })
@@ -550,7 +550,7 @@ fn linked_tag(pin: &std::path::Path) -> u64 {
 #[test]
 fn a_newer_program_replaces_the_running_one_without_a_gap() {
     use aya::programs::links::{FdLink, PinnedLink};
-    use fan_userspace::loader::{Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT};
+    use fan_userspace::dataplane::{Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT};
     if !privileged() {
         return;
     }
@@ -576,7 +576,7 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
         .tag();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
     let output_tag = output.info().unwrap().tag();
-    if !fan_userspace::loader::tcx_supported() {
+    if !fan_userspace::dataplane::tcx_supported() {
         // Without TCX (Linux < 6.6) the filter sits on a clsact qdisc and the
         // pin is a program marking which version it runs; a replacement
         // detaches and reattaches (a short gap: only TCX swaps atomically).
@@ -855,10 +855,10 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
             .to_string()
     };
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    let all_cpus = fan_userspace::ports::rps_mask(&online).unwrap();
+    let all_cpus = fan_userspace::agent::ports::rps_mask(&online).unwrap();
     // Without TCX (the VM's 6.1) a port filter would outlive the daemon:
     // encapsulation stays at the bridge there.
-    let at_ports = fan_userspace::loader::tcx_supported();
+    let at_ports = fan_userspace::dataplane::tcx_supported();
     let fast_path = |host: &Host| {
         let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
         shown[0]["fast_path"].clone()
@@ -870,7 +870,7 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
         assert_eq!(shown["ports_encapsulating"], 1, "{shown}");
         assert_eq!(
             port_programs(sender, "veth1"),
-            [fan_userspace::loader::ENCAP_PORT]
+            [fan_userspace::dataplane::ENCAP_PORT]
         );
         assert_eq!(
             rps(),
@@ -1059,7 +1059,7 @@ fn state_directories_others_could_change_are_refused() {
     let host = &fleet.hosts[0];
     let cookie = host
         .ns
-        .enter(fan_userspace::netns::current_cookie)
+        .enter(fan_userspace::host::netns::current_cookie)
         .unwrap()
         .unwrap();
     let mount_point = TempDir::new("bpffs");
@@ -1402,7 +1402,7 @@ fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
     let fleet = Fleet::new(2).unwrap();
     // Before 6.6, TC attachments are clsact filters, whose marker pins cannot
     // tell a live namespace from a dead one: only an XDP link can there.
-    let mode = if fan_userspace::loader::tcx_supported() {
+    let mode = if fan_userspace::dataplane::tcx_supported() {
         "tc"
     } else {
         "xdp"
@@ -1414,7 +1414,7 @@ fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
     assert!(ping(&c2.ns, c1.addr, 2).unwrap());
     let cookie = h1
         .ns
-        .enter(fan_userspace::netns::current_cookie)
+        .enter(fan_userspace::host::netns::current_cookie)
         .unwrap()
         .unwrap();
     let state = format!("/sys/fs/bpf/fan-xdp/netns-{cookie}");
@@ -1589,14 +1589,14 @@ fn a_failed_reattach_puts_back_what_it_found() {
     let entry = || {
         let maps = host.pinned_maps().unwrap();
         maps.config
-            .get(&fan_userspace::loader::overlay_key(0xfa00_0000, 8), 0)
+            .get(&fan_userspace::dataplane::overlay_key(0xfa00_0000, 8), 0)
             .ok()
     };
     let entry_before = entry().expect("the fan entry");
     // Again, with another mode, failing after each step in turn: each
     // failure must leave exactly what was there (the masquerade rule, the
     // route, TC decapsulation, the fan entry).
-    for step in fan_userspace::attach::STEPS {
+    for step in fan_userspace::commands::attach::STEPS {
         attach_failing_at(host, &["--overlay", OVERLAY, "--mode", "xdp"], step);
         assert_netns_unchanged(
             &host.ns,
@@ -1612,7 +1612,7 @@ fn a_failed_reattach_puts_back_what_it_found() {
     assert_eq!(shown[0]["mode"], "xdp", "{shown}");
     let cookie = host
         .ns
-        .enter(fan_userspace::netns::current_cookie)
+        .enter(fan_userspace::host::netns::current_cookie)
         .unwrap()
         .unwrap();
     let dir = format!("/sys/fs/bpf/fan-xdp/netns-{cookie}");
@@ -1623,9 +1623,9 @@ fn a_failed_reattach_puts_back_what_it_found() {
     // Before 6.6 the pin was the clsact filter's marker, and removing the
     // decapsulation detached the filter with it (the 6.1 guest's busybox tc
     // cannot list filters to show it).
-    if fan_userspace::loader::tcx_supported() {
+    if fan_userspace::dataplane::tcx_supported() {
         assert!(
-            !port_programs(host, "eth0").contains(&fan_userspace::loader::DECAP_TC.to_string()),
+            !port_programs(host, "eth0").contains(&fan_userspace::dataplane::DECAP_TC.to_string()),
             "TC decapsulation is still in eth0's TCX chain"
         );
     }
@@ -1650,7 +1650,7 @@ fn a_failed_attach_puts_back_an_adopted_bridge_and_the_shared_mtu() {
     host.ns.ip(&["link", "set", &host.bridge, "up"]).unwrap();
     host.ns.ip(&["link", "set", &host.bridge, "down"]).unwrap();
     let before = netns_snapshot(&host.ns).unwrap();
-    for step in fan_userspace::attach::STEPS {
+    for step in fan_userspace::commands::attach::STEPS {
         attach_failing_at(host, &["--overlay", OVERLAY], step);
         assert_netns_unchanged(
             &host.ns,
@@ -1707,7 +1707,7 @@ fn only_the_main_tables_overlay_route_counts_and_an_odd_one_is_named() {
 /// before 6.6 the clsact filter's (the pin is that program).
 fn linked_program(pin: &std::path::Path) -> u32 {
     use aya::programs::links::{FdLink, PinnedLink};
-    if !fan_userspace::loader::tcx_supported() {
+    if !fan_userspace::dataplane::tcx_supported() {
         return aya::programs::ProgramInfo::from_pin(pin).unwrap().id();
     }
     FdLink::from(PinnedLink::from_pin(pin).unwrap())
@@ -1718,7 +1718,7 @@ fn linked_program(pin: &std::path::Path) -> u32 {
 
 #[test]
 fn the_pinned_programs_are_the_ones_the_links_run() {
-    use fan_userspace::loader::{DECAP_TC, ENCAP_FORWARD, ENCAP_OUTPUT};
+    use fan_userspace::dataplane::{DECAP_TC, ENCAP_FORWARD, ENCAP_OUTPUT};
     if !privileged() {
         return;
     }
@@ -1726,7 +1726,7 @@ fn the_pinned_programs_are_the_ones_the_links_run() {
     let host = &fleet.hosts[0];
     let cookie = host
         .ns
-        .enter(fan_userspace::netns::current_cookie)
+        .enter(fan_userspace::host::netns::current_cookie)
         .unwrap()
         .unwrap();
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fan-xdp/netns-{cookie}"));
@@ -1751,7 +1751,7 @@ fn the_pinned_programs_are_the_ones_the_links_run() {
     host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
     check("after the first attach");
-    let port_program = pinned(fan_userspace::loader::ENCAP_PORT);
+    let port_program = pinned(fan_userspace::dataplane::ENCAP_PORT);
     // A second fan changes things, but not the programs' version.
     host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8"])
         .unwrap();
@@ -1762,7 +1762,7 @@ fn the_pinned_programs_are_the_ones_the_links_run() {
         "the second fan's bridge runs a copy"
     );
     assert_eq!(
-        pinned(fan_userspace::loader::ENCAP_PORT),
+        pinned(fan_userspace::dataplane::ENCAP_PORT),
         port_program,
         "the port program was re-pinned: fan-xdp run would take it for a new version"
     );

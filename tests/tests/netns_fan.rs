@@ -13,7 +13,7 @@ use fan_tests::{
     topology::{Fleet, Host},
     traffic::{Capture, ping, tcp_transfer},
 };
-use fan_userspace::loader::{Dataplane, DecapMode, Stats};
+use fan_userspace::dataplane::{Dataplane, DecapMode, Stats};
 
 /// 100 MB per transfer; `FAN_TEST_BULK_MB` lowers it in the emulated VM,
 /// where the CPU is many times slower (the 100 MB runs happen on this kernel).

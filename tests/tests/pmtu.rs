@@ -20,7 +20,7 @@ use fan_tests::{
     topology::{fan_xdp_binary, plug_container},
     traffic::{mac_of, send_frames, tcp_transfer},
 };
-use fan_userspace::loader::Stats;
+use fan_userspace::dataplane::Stats;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const BULK: u64 = 20 << 20;
@@ -54,7 +54,7 @@ impl Host {
             .enter(|| fan_userspace::state::StateDir::locate(None))
             .unwrap()
             .unwrap();
-        fan_userspace::loader::PinnedMaps::open(&dir)
+        fan_userspace::dataplane::PinnedMaps::open(&dir)
             .unwrap()
             .stats()
             .unwrap()

@@ -13,7 +13,7 @@ use fan_tests::{
     topology::{Fleet, Host},
     traffic::{mac_of, ping, send_frames, snmp_counter},
 };
-use fan_userspace::loader::{Dataplane, Stats};
+use fan_userspace::dataplane::{Dataplane, Stats};
 
 const OVERLAY: &str = "250.0.0.0/8";
 const FORGED: usize = 5;

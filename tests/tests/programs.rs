@@ -8,7 +8,7 @@
 use aya::programs::{TestRun, TestRunOptions};
 use fan_common::{FanEntry, FanMap, StatReason, fan::validate_fans};
 use fan_tests::{hex, netns::Netns, privileged, topology};
-use fan_userspace::loader::{DECAP_TC, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, ENCAP_PORT};
+use fan_userspace::dataplane::{DECAP_TC, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, ENCAP_PORT};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -1119,7 +1119,7 @@ fn decapsulation_delivers_straight_to_a_known_container() {
     // The endpoint map counts only while its keeper beats: never beaten,
     // or beaten longer ago than the timeout, it is not followed.
     bed.check(DECAP_TC, &hex(DECAP_IN), TC_ACT_UNSPEC, &hex(DECAP_OUT), d);
-    let now = fan_userspace::loader::monotonic_ns();
+    let now = fan_userspace::dataplane::monotonic_ns();
     let timeout = fan_common::maps::AGENT_HEARTBEAT_TIMEOUT_NS;
     bed.dataplane
         .set_heartbeat(now - timeout - 1_000_000)

@@ -18,7 +18,7 @@ use fan_tests::{
     topology::{self, Fleet},
     traffic::{iperf3, iperf3_tcp, tcp_rr, udp_pps},
 };
-use fan_userspace::loader::{DECAP_TC, Dataplane, ENCAP_FORWARD};
+use fan_userspace::dataplane::{DECAP_TC, Dataplane, ENCAP_FORWARD};
 
 /// A container (02:..:aa) to its gateway: 250.0.1.10 -> 250.0.2.20, ICMP echo.
 const ENCAP_IN: &str = "020000000001 0200000000aa 0800 45000020 12344000 4001318a fa00010a fa000214 0800e139 42420001 66616e21";

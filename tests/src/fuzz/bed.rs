@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, Result};
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use fan_common::{FanEntry, FanMap, StatReason, fan::validate_fans, maps::Endpoint as MapEndpoint};
-use fan_userspace::loader::{Dataplane, Stats};
+use fan_userspace::dataplane::{Dataplane, Stats};
 
 use crate::{
     model::{
@@ -422,7 +422,7 @@ impl<'a> Runner<'a> {
             .is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(1))
         {
             self.dataplane
-                .set_heartbeat(fan_userspace::loader::monotonic_ns())?;
+                .set_heartbeat(fan_userspace::dataplane::monotonic_ns())?;
             self.beaten = Some(std::time::Instant::now());
         }
         let mut skb = [0u8; SKB_CTX_LEN];

@@ -16,8 +16,8 @@ use log::info;
 
 use crate::{
     host::Net,
-    loader::{PinnedMaps, monotonic_ns},
-    record::{Fan, HOST_DEVICE},
+    dataplane::{PinnedMaps, monotonic_ns},
+    state::record::{Fan, HOST_DEVICE},
 };
 
 /// A route to a remote slice with a lowered MTU.

@@ -30,15 +30,15 @@ use crate::{
         rp_filter_key, write_sysctl,
     },
     ipv4_network,
-    loader::{
+    dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
         overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
     },
-    naming::{IFNAME_MAX, bridge_name},
-    nat,
-    record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    host::naming::{IFNAME_MAX, bridge_name},
+    host::nat,
+    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
     require_capabilities,
-    rundir::RunDir,
+    state::rundir::RunDir,
     state::StateDir,
 };
 
@@ -756,7 +756,7 @@ impl<'a> Attach<'a> {
     /// pointing at the underlay's current ifindex.
     fn config(&mut self) -> Result<()> {
         let plan = self.plan;
-        let (bypass, verdict) = crate::bypass::decide(plan.bypass);
+        let (bypass, verdict) = crate::host::bypass::decide(plan.bypass);
         let mut maps = PinnedMaps::open(&plan.dir)?;
         if maps.bypass()? != bypass {
             maps.set_bypass(bypass)?;

@@ -21,7 +21,7 @@ use aya::programs::{
 use log::{debug, info, warn};
 
 use crate::{
-    loader::{ENCAP_PORT, tcx_supported},
+    dataplane::{ENCAP_PORT, tcx_supported},
     state::StateDir,
 };
 

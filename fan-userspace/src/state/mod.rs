@@ -20,6 +20,9 @@
 //! symbolic link to somewhere else. Both are checked without following links
 //! and refused unless root owns them and nobody else may write to them.
 
+pub mod record;
+pub mod rundir;
+
 use std::{
     ffi::CString,
     fs,
@@ -201,7 +204,7 @@ pub fn check_private_dir(path: &Path) -> Result<()> {
 
 /// The network namespace cookie of the calling thread.
 pub fn netns_cookie() -> Result<u64> {
-    crate::netns::current_cookie()
+    crate::host::netns::current_cookie()
 }
 
 pub fn is_bpffs(path: &Path) -> bool {

@@ -1,8 +1,8 @@
 //! `fan-xdp run`: the long-running mode (a systemd unit's `ExecStart`). It
 //! keeps the endpoint map in step with the containers (from netlink link,
 //! neighbour and bridge forwarding events, plus a periodic full resync),
-//! encapsulates at the containers' bridge ports (see [`crate::ports`]),
-//! turns the path MTUs the programs learn into routes (see [`crate::pmtu`]),
+//! encapsulates at the containers' bridge ports (see [`crate::agent::ports`]),
+//! turns the path MTUs the programs learn into routes (see [`crate::agent::pmtu`]),
 //! and with `-v` streams the eBPF programs' log. When it stops, it empties the
 //! endpoint map and its port programs go with it, so every packet takes the
 //! bridge and the stack, which is always correct.
@@ -20,17 +20,17 @@ use rtnetlink::{
 use tokio::net::UnixListener;
 
 use crate::{
-    agent, bypass,
+    agent, host::bypass,
     cli::{Global, RunArgs},
-    endpoints,
+    agent::endpoints,
     host::Net,
-    loader::PinnedMaps,
-    notify,
-    pmtu::{self, SliceRoutes},
-    ports::PortEncap,
-    record::load_fans,
+    dataplane::PinnedMaps,
+    agent::notify,
+    agent::pmtu::{self, SliceRoutes},
+    agent::ports::PortEncap,
+    state::record::load_fans,
     require_capabilities,
-    rundir::RunDir,
+    state::rundir::RunDir,
     state::StateDir,
 };
 
@@ -64,7 +64,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         .context("subscribing to link and neighbour events")?;
     tokio::spawn(connection);
     let _logs = if global.verbose {
-        crate::stats::stream_ebpf_logs(&dir)
+        crate::commands::stats::stream_ebpf_logs(&dir)
     } else {
         None
     };

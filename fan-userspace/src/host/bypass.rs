@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use fan_common::maps::bypass;
 use serde_json::Value;
 
-use crate::{cli::Bypass, nat};
+use crate::{cli::Bypass, host::nat};
 
 /// The verdict, and why when it is off.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -11,12 +11,12 @@ use crate::{
     cli::{DetachArgs, Global},
     host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
     ipv4_network,
-    loader::{Hook, PinnedMaps, unlink},
-    nat,
-    record::{Fan, HOST_DEVICE, meta_key},
+    dataplane::{Hook, PinnedMaps, unlink},
+    host::nat,
+    state::record::{Fan, HOST_DEVICE, meta_key},
     require_capabilities,
-    rundir::RunDir,
-    show::attached,
+    state::rundir::RunDir,
+    commands::show::attached,
 };
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {

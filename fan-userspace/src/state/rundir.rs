@@ -43,7 +43,7 @@ impl RunDir {
     /// `run_dir` if given (tests), else under `/run/fan-xdp`.
     pub fn locate(run_dir: Option<&Path>) -> Result<Self> {
         let root = run_dir.map_or_else(|| PathBuf::from(SYSTEM_RUN_DIR), Path::to_path_buf);
-        let path = root.join(format!("netns-{}", crate::netns::current_cookie()?));
+        let path = root.join(format!("netns-{}", crate::host::netns::current_cookie()?));
         check_private_dir(&root)?;
         check_private_dir(&path)?;
         Ok(Self { root, path })

@@ -699,7 +699,7 @@ pub fn sweep_stale(dir: &StateDir) -> Result<Vec<std::path::PathBuf>> {
             None => {
                 let live = match &live {
                     Some(live) => live,
-                    None => live.insert(crate::netns::live_cookies()?),
+                    None => live.insert(crate::host::netns::live_cookies()?),
                 };
                 !live.contains(&cookie)
             }

@@ -1,5 +1,10 @@
 //! Host plumbing over rtnetlink: links, addresses, routes; and sysctls.
 
+pub mod bypass;
+pub mod naming;
+pub mod nat;
+pub mod netns;
+
 use std::{
     net::{IpAddr, Ipv4Addr},
     time::Duration,

@@ -7,7 +7,7 @@ use fan_common::StatReason;
 
 use crate::{
     cli::{Global, StatsArgs},
-    loader::{PinnedMaps, Stats},
+    dataplane::{PinnedMaps, Stats},
     state::StateDir,
 };
 
@@ -100,11 +100,11 @@ fn print(
 /// watching. All programs of one load share a log buffer: one reader serves them.
 pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
     for name in [
-        crate::loader::DECAP_TC,
-        crate::loader::DECAP_XDP,
-        crate::loader::ENCAP_FORWARD,
-        crate::loader::ENCAP_PORT,
-        crate::loader::ENCAP_OUTPUT,
+        crate::dataplane::DECAP_TC,
+        crate::dataplane::DECAP_XDP,
+        crate::dataplane::ENCAP_FORWARD,
+        crate::dataplane::ENCAP_PORT,
+        crate::dataplane::ENCAP_OUTPUT,
     ] {
         let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else {
             continue;

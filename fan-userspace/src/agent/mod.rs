@@ -2,7 +2,7 @@
 //! network namespace, found through its run directory.
 //!
 //! - `agent.lock`, held for the agent's whole life (never deleted: see
-//!   [`crate::rundir`]); it holds the agent's pid, so a second agent refuses
+//!   [`crate::state::rundir`]); it holds the agent's pid, so a second agent refuses
 //!   and names the first.
 //! - `agent.json`, its status (pid, version, since, last sync, bindings),
 //!   rewritten after each sync; `show` reads it.
@@ -14,6 +14,12 @@
 //! `attach` starts an agent where none runs, `detach` of the last fan stops
 //! one that attach started, and the agent is stopped through its socket,
 //! never by a recorded pid (which may have been reused).
+
+pub mod endpoints;
+pub mod notify;
+pub mod pmtu;
+pub mod ports;
+pub mod run;
 
 use std::{
     collections::BTreeMap,
@@ -30,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::Global,
-    rundir::{RunDir, open_lock_file, try_flock},
+    state::rundir::{RunDir, open_lock_file, try_flock},
 };
 
 /// This build: the package version and a hash of the eBPF object, so that
@@ -39,7 +45,7 @@ use crate::{
 pub fn version() -> String {
     // FNV-1a: stable across runs and builds, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in crate::loader::EBPF_OBJECT {
+    for byte in crate::dataplane::EBPF_OBJECT {
         hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{}+{hash:016x}", env!("CARGO_PKG_VERSION"))

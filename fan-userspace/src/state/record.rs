@@ -11,7 +11,7 @@ use fan_common::{
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
-use crate::loader::PinnedMaps;
+use crate::dataplane::PinnedMaps;
 
 /// fan-xdp's NOARP device for overlay traffic the host originates, and its idle peer.
 pub const HOST_DEVICE: &str = "fan-host";

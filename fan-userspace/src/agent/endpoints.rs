@@ -20,8 +20,8 @@ use fan_common::maps::Endpoint;
 
 use crate::{
     host::{FdbEntry, Link, Net},
-    loader::PinnedMaps,
-    record::Fan,
+    dataplane::PinnedMaps,
+    state::record::Fan,
 };
 
 /// What `fan-xdp run` keeps in step with the slice bridges.

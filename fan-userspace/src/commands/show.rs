@@ -7,13 +7,13 @@ use serde::Serialize;
 use fan_common::maps::PathMtu;
 
 use crate::{
-    agent, bypass,
+    agent, host::bypass,
     cli::{Global, ShowArgs},
     host::Net,
-    loader::{ENCAP_PORT, PinnedMaps, tcx_supported},
-    pmtu,
-    record::{Fan, load_fans},
-    rundir::RunDir,
+    dataplane::{ENCAP_PORT, PinnedMaps, tcx_supported},
+    agent::pmtu,
+    state::record::{Fan, load_fans},
+    state::rundir::RunDir,
     state::StateDir,
 };
 

@@ -1,0 +1,8 @@
+//! One module per command of `fan-xdp`. Commands never import each other:
+//! what two of them share lives in the module that owns it.
+
+pub mod attach;
+pub mod detach;
+pub mod map;
+pub mod show;
+pub mod stats;
