@@ -52,6 +52,9 @@ pub fn run() -> Result<()> {
         "agent",
         "--test",
         "netfilter",
+        // The docs' `fan-xdp map` examples, run and compared.
+        "--test",
+        "docs",
         // The programs against the reference model: the corpus and 100,000
         // generated cases per program, seeded by the commit.
         "--test",
