@@ -495,6 +495,14 @@ fn cpu_per_port_added(host: &Host, run: &RunDir, agent: u32, n: usize) -> f64 {
         std::fs::remove_file(file).unwrap();
     };
     let peers = Netns::new("cpu-peers").unwrap();
+    // No IPv6 on the new links: each one's router solicitations and duplicate
+    // address detection would be flooded to every port of the bridge, work
+    // that grows with the ports and that the kernel charges to whichever
+    // process it interrupts, the agent among them.
+    for ns in [&host.ns, &peers] {
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+            .unwrap();
+    }
     let full_reads = || fan_userspace::agent::status(run).unwrap().full_reads;
     let reads_before = full_reads();
     let start = cpu_ns(agent);

@@ -494,6 +494,8 @@ impl<'a> Attach<'a> {
         undo: &'a mut Vec<Undo>,
     ) -> Result<Self> {
         if !plan.dir.exists() {
+            // Planning changed nothing; bpffs is mounted now, if it must be.
+            plan.dir.mount()?;
             plan.dir.create()?;
             undo.push(Undo::StateDir);
         }
