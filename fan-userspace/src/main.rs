@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, bind, detach, map, show, stats},
+    commands::{attach, bind, detach, doctor, map, show, stats},
     state,
 };
 
@@ -40,7 +40,7 @@ fn main() -> Result<()> {
     }
     if matches!(
         cli.command,
-        Command::Show(_) | Command::Stats(_) | Command::Map(_)
+        Command::Show(_) | Command::Stats(_) | Command::Map(_) | Command::Doctor
     ) {
         // Read-only reports end quietly when their reader does (`| head`),
         // as other tools do; commands that change the host keep Rust's
@@ -62,6 +62,7 @@ fn main() -> Result<()> {
             Command::Show(args) => show::run(args, &cli.global).await,
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),
+            Command::Doctor => doctor::run(&cli.global).await,
             Command::Check => check(),
             Command::MountHelper { .. } => unreachable!("handled above"),
         }

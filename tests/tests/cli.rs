@@ -1944,3 +1944,60 @@ fn planning_mounts_no_bpffs_and_a_refused_attach_leaves_none_mounted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn doctor_names_what_breaks_a_fan_and_how_to_fix_it() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let healthy = host.fan_xdp_ok(&["doctor"]).unwrap();
+    assert_eq!(healthy, "ok: 1 fan(s), nothing found that breaks them\n");
+
+    // Three things that break fans in the field.
+    host.ns.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
+    host.ns
+        .ip(&[
+            "link", "add", "big0", "mtu", "1500", "type", "veth", "peer", "name", "big1",
+        ])
+        .unwrap();
+    host.ns
+        .ip(&["link", "set", "big0", "master", &host.bridge])
+        .unwrap();
+    let run = host
+        .ns
+        .enter(|| fan_userspace::state::rundir::RunDir::locate(None))
+        .unwrap()
+        .unwrap();
+    fan_userspace::agent::stop(&run).unwrap();
+    let out = host.fan_xdp(&["doctor"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "doctor found nothing: {stdout}");
+    for (problem, fix) in [
+        (
+            "problem: no agent serves this network namespace",
+            "fix: start it",
+        ),
+        (
+            "problem: strict reverse-path filtering on eth0",
+            "fix: sysctl -w net.ipv4.conf.eth0.rp_filter=2",
+        ),
+        (
+            "problem: big0 on fan-250-0-1 has MTU 1500 above the fan's 1480",
+            "MTU 1480",
+        ),
+    ] {
+        assert!(
+            stdout.contains(problem) && stdout.contains(fix),
+            "{problem} / {fix} missing in:\n{stdout}"
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: 3 problem(s) found")
+            || String::from_utf8_lossy(&out.stderr).contains("3 problem(s) found")
+    );
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}

@@ -50,6 +50,8 @@ pub enum Command {
     Unbind(UnbindArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
+    /// Check what breaks fans in the field (agent, bypass, forwarding, rp_filter, a dropping FORWARD chain, defunct links, MTUs, programs in front) and say how to fix each.
+    Doctor,
     /// Load every program on this kernel and report what the verifier said and which hooks exist.
     Check,
     /// Offline calculator: a host's slice, bridge and gateway, and where overlay addresses live.
