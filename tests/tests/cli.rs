@@ -1920,28 +1920,20 @@ fn planning_mounts_no_bpffs_and_a_refused_attach_leaves_none_mounted() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    let binary = fan_tests::topology::fan_xdp_binary();
-    let run = format!("ip netns exec {} {}", host.ns.name(), binary.display());
-    let script = format!(
-        "umount /sys/fs/bpf || exit 9; \
-         {run} attach eth0 --overlay {OVERLAY} --mtu 9999 --no-agent 2>/dev/null; echo refused=$?; \
-         stat -f -c %T /sys/fs/bpf; \
-         {run} attach eth0 --overlay {OVERLAY} --no-agent >/dev/null && stat -f -c %T /sys/fs/bpf; \
-         {run} detach eth0 >/dev/null"
+    let bpffs_mounts = "grep -c ' /sys/fs/bpf bpf ' /proc/self/mounts";
+    let out = in_private_mounts(
+        host,
+        &format!(
+            "umount /sys/fs/bpf || exit 9; \
+             $IP netns exec $NS $FAN_XDP attach eth0 --overlay {OVERLAY} --mtu 9999 --no-agent 2>/dev/null; \
+             echo refused=$?; {bpffs_mounts}; \
+             $IP netns exec $NS $FAN_XDP attach eth0 --overlay {OVERLAY} --no-agent >/dev/null && {bpffs_mounts}; \
+             $IP netns exec $NS $FAN_XDP detach eth0 >/dev/null"
+        ),
     );
-    // The shell's own mount namespace: the host's bpffs stays as it is.
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
-        lines,
-        ["refused=1", "sysfs", "bpf_fs"],
-        "stdout {stdout}, stderr {}",
-        String::from_utf8_lossy(&out.stderr)
+        out, "refused=1\n0\n1\n",
+        "a refused attach mounted bpffs, or an attach did not"
     );
 }
 
