@@ -168,3 +168,262 @@ fn every_command_in_every_advertised_version() {
     }
     fleet.detach_all().unwrap();
 }
+
+/// Nothing of attachment `id` is left on `host`: no port, allocation or binding.
+fn assert_nothing_left(plugin: &Plugin, host: &Host, why: &str) {
+    assert_eq!(ports(host), Vec::<String>::new(), "{why}: a port was left");
+    assert_eq!(plugin.allocations(host), BTreeSet::new(), "{why}: an allocation was left");
+    assert_eq!(bound(host), vec![], "{why}: a binding was left");
+}
+
+#[test]
+fn every_error_path_answers_with_the_spec_code_and_names_the_problem() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let plugin = Plugin::new("errors");
+    let ns = Netns::new("ce").unwrap();
+    let a = Attachment::of("c1", &ns);
+    let good = conf("1.0.0");
+    let expect = |answer: Answer, code: u64, needle: &str| {
+        assert_eq!(answer.code(), code, "{}", answer.json);
+        assert!(answer.msg().contains(needle), "{:?} lacks {needle:?}", answer.msg());
+        assert_eq!(answer.json["cniVersion"], "1.0.0", "errors speak the configuration's version");
+    };
+
+    // Before the fan is attached: try again later; STATUS: not available.
+    expect(plugin.run(host, "ADD", Some(&a), &good), 11, "the fan 250.0.0.0/8 is not attached");
+    let status = plugin.run(host, "STATUS", None, &conf("1.1.0"));
+    assert_eq!(status.code(), 50, "{}", status.json);
+    // DEL of a container it never saw, before anything exists: success.
+    assert!(plugin.run(host, "DEL", Some(&a), &good).ok);
+    // Attached without an agent: the binding cannot be made, so try again later.
+    fleet.attach_all(&["--no-agent"]).unwrap();
+    expect(plugin.run(host, "ADD", Some(&a), &good), 11, "no agent");
+    assert!(plugin.run(host, "STATUS", None, &conf("1.1.0")).msg().contains("no agent"));
+    fleet.attach_all(&[]).unwrap();
+    assert!(plugin.run(host, "STATUS", None, &conf("1.1.0")).ok);
+
+    // The environment: each variable checked before it is used.
+    let long = "x".repeat(16);
+    let env_cases: [(&str, &str, &str); 9] = [
+        ("CNI_COMMAND", "add", "CNI_COMMAND \"add\""),
+        ("CNI_CONTAINERID", "", "CNI_CONTAINERID is empty"),
+        ("CNI_CONTAINERID", "../../etc", "CNI_CONTAINERID \"../../etc\""),
+        ("CNI_CONTAINERID", "a;b", "CNI_CONTAINERID \"a;b\""),
+        ("CNI_IFNAME", &long, "16 bytes"),
+        ("CNI_IFNAME", "a/b", "'/'"),
+        ("CNI_IFNAME", "..", "not an interface name"),
+        ("CNI_NETNS", "", "CNI_NETNS is not set"),
+        ("CNI_NETNS", "relative/ns", "not an absolute path"),
+    ];
+    for (key, value, needle) in env_cases {
+        let state = plugin.state.path.to_str().unwrap();
+        let answer = invoke(
+            &host.ns,
+            &plugin.bin,
+            "fan",
+            "ADD",
+            Some(&a),
+            &good,
+            &[(key, value), ("FAN_XDP_STATE_DIR", state)],
+        )
+        .unwrap();
+        expect(answer, 4, needle);
+    }
+    // The configuration: decode, version, each field.
+    let decode = plugin.run(host, "ADD", Some(&a), "{not json");
+    assert_eq!(decode.code(), 6, "{}", decode.json);
+    let old = plugin.run(host, "ADD", Some(&a), &conf("0.2.0"));
+    assert_eq!(old.code(), 1, "{}", old.json);
+    assert!(old.msg().contains("0.2.0"));
+    let no_overlay = r#"{"cniVersion":"1.0.0","name":"fan","type":"fan"}"#;
+    expect(plugin.run(host, "ADD", Some(&a), no_overlay), 7, "overlay is missing");
+    expect(
+        plugin.run(host, "ADD", Some(&a), &conf_with("1.0.0", "mtu", json!(1481))),
+        7,
+        "mtu 1481 is larger than the fan's MTU 1480",
+    );
+    expect(
+        plugin.run(host, "ADD", Some(&a), &conf_with("1.0.0", "overlay", json!("240.0.0.0/8"))),
+        11,
+        "the fan 240.0.0.0/8 is not attached",
+    );
+    expect(plugin.run(host, "CHECK", Some(&a), &good), 7, "prevResult is missing");
+    let gc = plugin.run(host, "GC", None, &conf("1.1.0"));
+    assert_eq!(gc.code(), 7);
+    assert!(gc.msg().contains("cni.dev/valid-attachments"));
+    assert_nothing_left(&plugin, host, "refused before any change");
+
+    // Failures half-way are undone: the interface name taken in the container...
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "taken"]).unwrap();
+    expect(plugin.run(host, "ADD", Some(&a), &good), 101, "creating the container's veth pair");
+    assert_nothing_left(&plugin, host, "ADD refused by the kernel");
+    ns.ip(&["link", "del", "eth0"]).unwrap();
+    // ...a delegated IPAM plugin that is not there...
+    let missing = conf_with("1.0.0", "ipam", json!({"type": "no-such-ipam"}));
+    expect(plugin.run(host, "ADD", Some(&a), &missing), 102, "\"no-such-ipam\" is in none of CNI_PATH");
+    // ...or one that hands out an address outside this host's slice.
+    let data = TempDir::new("errors-host-local").unwrap();
+    let outside = conf_with(
+        "1.0.0",
+        "ipam",
+        json!({"type": "host-local", "subnet": "250.0.9.0/24", "dataDir": data.path}),
+    );
+    expect(
+        plugin.run(host, "ADD", Some(&a), &outside),
+        7,
+        "not a container address of this host's slice 250.0.1.0/24",
+    );
+    let leases = std::fs::read_dir(data.path.join("fan")).unwrap().flatten();
+    let leases: Vec<String> = leases
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+        .collect();
+    assert_eq!(leases, Vec::<String>::new(), "host-local's allocation was not given back");
+    assert_nothing_left(&plugin, host, "ADD refused after IPAM");
+
+    // CHECK finds what is missing: the host end deleted behind its back.
+    let result = plugin.run(host, "ADD", Some(&a), &good).result().clone();
+    host.ns.ip(&["link", "del", &port("c1")]).unwrap();
+    expect(
+        plugin.run(host, "CHECK", Some(&a), &conf_with("1.0.0", "prevResult", result)),
+        103,
+        "is missing",
+    );
+    assert!(plugin.run(host, "DEL", Some(&a), &good).ok);
+    assert_nothing_left(&plugin, host, "DEL after CHECK");
+    fleet.detach_all().unwrap();
+}
+
+#[test]
+fn fifty_concurrent_adds_get_fifty_addresses_and_dels_give_them_back() {
+    if !privileged() {
+        return;
+    }
+    let fleet = one_host();
+    let host = &fleet.hosts[0];
+    let plugin = Plugin::new("fifty");
+    let containers: Vec<Netns> = (0..50).map(|i| Netns::new(&format!("p{i}")).unwrap()).collect();
+    let ids: Vec<String> = (0..50).map(|i| format!("parallel-{i}")).collect();
+    let run_all = |command: &str| -> Vec<Answer> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = containers
+                .iter()
+                .zip(&ids)
+                .map(|(ns, id)| {
+                    let plugin = &plugin;
+                    scope.spawn(move || plugin.run(host, command, Some(&Attachment::of(id, ns)), &conf("1.0.0")))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let started = std::time::Instant::now();
+    let added = run_all("ADD");
+    eprintln!("50 concurrent ADDs: {:?}", started.elapsed());
+    let addresses: BTreeSet<Ipv4Addr> = added
+        .iter()
+        .map(|answer| {
+            let address = answer.result()["ips"][0]["address"].as_str().unwrap();
+            address.trim_end_matches("/24").parse().unwrap()
+        })
+        .collect();
+    assert_eq!(addresses.len(), 50, "two ADDs got the same address");
+    let cni_range = Ipv4Addr::new(250, 0, 1, 192)..=Ipv4Addr::new(250, 0, 1, 254);
+    assert!(addresses.iter().all(|a| cni_range.contains(a)), "{addresses:?}");
+    assert_eq!(plugin.allocations(host), addresses);
+    assert_eq!(bound(host).len(), 50);
+    assert_eq!(ports(host).len(), 50);
+    // Every one can send: the first and the last to each other.
+    let last = *addresses.iter().last().unwrap();
+    assert!(ping(&containers[0], last, 1).unwrap() || ping(&containers[0], last, 1).unwrap());
+    let started = std::time::Instant::now();
+    for answer in run_all("DEL") {
+        assert!(answer.ok, "{answer:?}");
+    }
+    eprintln!("50 concurrent DELs: {:?}", started.elapsed());
+    assert_nothing_left(&plugin, host, "50 DELs");
+    fleet.detach_all().unwrap();
+}
+
+#[test]
+fn del_is_idempotent_twice_without_the_namespace_and_after_detach() {
+    if !privileged() {
+        return;
+    }
+    let fleet = one_host();
+    let host = &fleet.hosts[0];
+    let plugin = Plugin::new("del");
+    let good = conf("1.0.0");
+    // Twice in a row.
+    let ns = Netns::new("d1").unwrap();
+    let a = Attachment::of("d1", &ns);
+    plugin.run(host, "ADD", Some(&a), &good).result();
+    for round in ["first", "second"] {
+        let del = plugin.run(host, "DEL", Some(&a), &good);
+        assert!(del.ok && del.json.is_null(), "{round} DEL: {del:?}");
+        assert_nothing_left(&plugin, host, round);
+    }
+    // With the namespace already gone: given as it was, and as an empty CNI_NETNS.
+    let ns = Netns::new("d2").unwrap();
+    let a = Attachment::of("d2", &ns);
+    plugin.run(host, "ADD", Some(&a), &good).result();
+    drop(ns);
+    assert!(plugin.run(host, "DEL", Some(&a), &good).ok);
+    let empty = Attachment { netns: None, ..a.clone() };
+    assert!(plugin.run(host, "DEL", Some(&empty), &good).ok);
+    assert_nothing_left(&plugin, host, "DEL after the namespace went");
+    // For a container it never saw.
+    let never = Attachment { container_id: "never-seen", ..empty.clone() };
+    assert!(plugin.run(host, "DEL", Some(&never), &good).ok);
+    // After the fan was detached: the allocation is found and released all the same.
+    let ns = Netns::new("d3").unwrap();
+    let a = Attachment::of("d3", &ns);
+    plugin.run(host, "ADD", Some(&a), &good).result();
+    drop(ns);
+    fleet.detach_all().unwrap();
+    assert!(plugin.run(host, "DEL", Some(&a), &good).ok);
+    assert_eq!(plugin.allocations(host), BTreeSet::new(), "DEL after detach kept the address");
+}
+
+#[test]
+fn gc_releases_attachments_not_listed_and_spares_an_add_in_flight() {
+    if !privileged() {
+        return;
+    }
+    let fleet = one_host();
+    let host = &fleet.hosts[0];
+    let plugin = Plugin::new("gc");
+    let good = conf("1.1.0");
+    let spaces: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("g{i}")).unwrap()).collect();
+    let ids = ["keep", "stale", "in-flight"];
+    let mut address = Vec::new();
+    for (ns, id) in spaces.iter().zip(ids) {
+        let result = plugin.run(host, "ADD", Some(&Attachment::of(id, ns)), &good).result().clone();
+        address.push(result["ips"][0]["address"].as_str().unwrap().trim_end_matches("/24").parse::<Ipv4Addr>().unwrap());
+    }
+    // An ADD of "in-flight" holds its marker (flock) until it has answered;
+    // the test holds it as that ADD would.
+    let store = plugin.state.path.join(format!("cni/fan/{}-24", host.slice));
+    let marker = store.join(format!("inflight-{}", attachment_key("fan", "in-flight", "eth0")));
+    let held = std::fs::File::create(&marker).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
+    let valid = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let gc = conf_with("1.1.0", "cni.dev/valid-attachments", valid);
+    assert!(plugin.run(host, "GC", None, &gc).ok);
+    assert_eq!(plugin.allocations(host), BTreeSet::from([address[0], address[2]]));
+    let left: Vec<Ipv4Addr> = bound(host).iter().map(|b| b.address).collect();
+    assert_eq!(left, vec![address[0], address[2]], "the stale binding stayed");
+    assert_eq!(ports(host).len(), 2, "the stale port stayed");
+    // Once that ADD has answered (and is not listed), the next GC takes it.
+    drop(held);
+    let _ = std::fs::remove_file(&marker);
+    assert!(plugin.run(host, "GC", None, &gc).ok);
+    assert_eq!(plugin.allocations(host), BTreeSet::from([address[0]]));
+    assert_eq!(ports(host), vec![port("keep")]);
+    fleet.detach_all().unwrap();
+}

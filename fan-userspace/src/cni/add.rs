@@ -88,7 +88,10 @@ pub async fn add(
         }
         Some(_) => {
             let out = delegate::run(conf, Command::Add, path)?.expect("ADD prints a result");
-            let (address, gateway) = delegated_address(&out, &fan)?;
+            let (address, gateway) = delegated_address(&out, &fan).inspect_err(|_| {
+                // Refused: the plugin's allocation is given back.
+                let _ = delegate::run(conf, Command::Del, path);
+            })?;
             (address, gateway, Some(out), Source::Delegated)
         }
     };

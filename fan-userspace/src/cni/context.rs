@@ -32,8 +32,7 @@ pub fn attached_fan(overlay: Ipv4Network) -> Result<Fan, String> {
         .map_err(|e| format!("fan-xdp's pinned state cannot be read ({e:#})"))?;
     if !dir.exists() {
         return Err(format!(
-            "no fan is attached on this host (no {})",
-            dir.path.display()
+            "the fan {overlay} is not attached on this host (no fan is)"
         ));
     }
     let maps =
