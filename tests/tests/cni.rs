@@ -7,7 +7,7 @@
 //! tests, and these are the plugin's: the protocol, every error path, the
 //! reference plugins and Podman, each a few dozen lines.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use fan_tests::{
     cni::{Answer, Attachment, BinDir, TempDir, invoke},
@@ -31,7 +31,12 @@ fn conf(version: &str) -> String {
 
 /// `conf` with `key` set to `value`.
 fn conf_with(version: &str, key: &str, value: Value) -> String {
-    let mut c: Value = serde_json::from_str(&conf(version)).unwrap();
+    set(&conf(version), key, value)
+}
+
+/// The configuration `text` with `key` set to `value`.
+fn set(text: &str, key: &str, value: Value) -> String {
+    let mut c: Value = serde_json::from_str(text).unwrap();
     c[key] = value;
     c.to_string()
 }
@@ -425,5 +430,72 @@ fn gc_releases_attachments_not_listed_and_spares_an_add_in_flight() {
     assert!(plugin.run(host, "GC", None, &gc).ok);
     assert_eq!(plugin.allocations(host), BTreeSet::from([address[0]]));
     assert_eq!(ports(host), vec![port("keep")]);
+    fleet.detach_all().unwrap();
+}
+
+/// host-local's allocations in `data` for network `fan`.
+fn host_local_leases(data: &TempDir) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data.path.join("fan")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+        .collect()
+}
+
+#[test]
+fn host_local_ipam_delegated_and_portmap_chained_after_fan() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let plugin = Plugin::new("reference");
+    let data = TempDir::new("host-local").unwrap();
+    // Debian's plugins list up to 1.0.0, so a list chaining them is 1.0.0.
+    let fan = conf_with(
+        "1.0.0",
+        "ipam",
+        json!({"type": "host-local", "dataDir": data.path,
+               "ranges": [[{"subnet": "250.0.1.0/24", "rangeStart": "250.0.1.100",
+                            "rangeEnd": "250.0.1.110", "gateway": "250.0.1.1"}]]}),
+    );
+    let (server_ns, client_ns) = (Netns::new("srv").unwrap(), Netns::new("cli").unwrap());
+    let (server, client) = (Attachment::of("server", &server_ns), Attachment::of("client", &client_ns));
+    let result = plugin.run(h1, "ADD", Some(&server), &fan).result().clone();
+    assert_eq!(result["ips"], json!([{"address": "250.0.1.100/24", "gateway": "250.0.1.1", "interface": 1}]));
+    assert_eq!(result["routes"], json!([{"dst": "0.0.0.0/0", "gw": "250.0.1.1"}]));
+    assert_eq!(host_local_leases(&data), ["250.0.1.100"]);
+    plugin.run(h1, "ADD", Some(&client), &fan).result();
+    assert_eq!(bound(h1).len(), 2, "delegated addresses are bound too");
+    let check = plugin.run(h1, "CHECK", Some(&server), &set(&fan, "prevResult", result.clone()));
+    assert!(check.ok, "CHECK with host-local: {check:?}");
+
+    // portmap after fan: 198.18.0.1:8080 (the underlay address) and the
+    // gateway's 8080 lead to the server container's 5201.
+    let portmap = json!({"cniVersion": "1.0.0", "name": "fan", "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 5201, "protocol": "tcp"}]},
+        "prevResult": result});
+    let chained = invoke(&h1.ns, &plugin.bin, "portmap", "ADD", Some(&server), &portmap.to_string(), &[]).unwrap();
+    assert_eq!(chained.result()["ips"], portmap["prevResult"]["ips"], "portmap passes fan's result on");
+    let listen = std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5201));
+    let bytes = 4 << 20;
+    let published = std::net::SocketAddr::from((h1.underlay_addr, 8080));
+    assert_eq!(tcp_transfer_via(&server_ns, listen, &h2.ns, published, bytes).unwrap(), bytes);
+    let via_gateway = std::net::SocketAddr::from((h1.gateway, 8080));
+    assert_eq!(tcp_transfer_via(&server_ns, listen, &client_ns, via_gateway, bytes).unwrap(), bytes);
+
+    // Torn down in reverse, as a runtime does.
+    let del = invoke(&h1.ns, &plugin.bin, "portmap", "DEL", Some(&server), &portmap.to_string(), &[]).unwrap();
+    assert!(del.ok, "{del:?}");
+    for a in [&server, &client] {
+        assert!(plugin.run(h1, "DEL", Some(a), &fan).ok);
+    }
+    assert_eq!(host_local_leases(&data), Vec::<String>::new());
+    assert_nothing_left(&plugin, h1, "DEL with host-local");
     fleet.detach_all().unwrap();
 }
