@@ -9,6 +9,7 @@ pub mod measure;
 pub mod model;
 pub mod netns;
 pub mod paths;
+pub mod podman;
 pub mod snapshot;
 pub mod topology;
 pub mod traffic;

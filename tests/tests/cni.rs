@@ -11,6 +11,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use fan_tests::{
     cni::{Answer, Attachment, BinDir, TempDir, invoke},
+    podman::Podman,
     netns::Netns,
     privileged,
     topology::{Fleet, Host},
@@ -497,5 +498,94 @@ fn host_local_ipam_delegated_and_portmap_chained_after_fan() {
     }
     assert_eq!(host_local_leases(&data), Vec::<String>::new());
     assert_nothing_left(&plugin, h1, "DEL with host-local");
+    fleet.detach_all().unwrap();
+}
+
+/// The network configuration of every host, byte for byte: nothing in it is
+/// per host. 1.0.0, the newest Podman 4.3's libcni speaks.
+const CONFLIST: &str = "{\"cniVersion\":\"1.0.0\",\"name\":\"fan\",\"plugins\":[{\"type\":\"fan\",\"overlay\":\"250.0.0.0/8\"}]}\n";
+
+/// The plugin's default state (Podman leaves the cleanup of a container to
+/// a process that does not get the test's environment) for `host`'s slice.
+fn default_store(host: &Host) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/var/lib/fan-xdp/cni/fan/{}-24", host.slice))
+}
+
+fn stored_addresses(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn podman_containers_on_two_hosts_reach_each_other_and_rm_leaves_nothing() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    let bin = BinDir::new("podman").unwrap();
+    let podmans: Vec<Podman> = fleet
+        .hosts
+        .iter()
+        .map(|h| Podman::new(&h.ns, &bin.path, CONFLIST.as_bytes()).unwrap())
+        .collect();
+    for podman in &podmans {
+        assert_eq!(std::fs::read(podman.conflist()).unwrap(), CONFLIST.as_bytes());
+        podman.start("web").unwrap();
+    }
+    let addresses: Vec<Ipv4Addr> = podmans.iter().map(|p| p.address("web").unwrap()).collect();
+    for (host, address) in fleet.hosts.iter().zip(&addresses) {
+        let range = Ipv4Addr::from(u32::from(host.slice) + 192)..=Ipv4Addr::from(u32::from(host.slice) + 254);
+        assert!(range.contains(address), "{address} is not in {}'s CNI range", host.slice);
+        assert_eq!(bound(host).len(), 1, "the container's address is bound on {}", host.slice);
+    }
+    let (one, two) = (&podmans[0], &podmans[1]);
+    for (from, to) in [(one, addresses[1]), (two, addresses[0])] {
+        from.exec("web", &["ping", "-c", "3", "-W", "2", &to.to_string()]).unwrap();
+    }
+    // 100 MB of random bytes from one container to the other, compared by digest.
+    let megabytes: u64 = std::env::var("FAN_TEST_BULK_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let count = format!("count={megabytes}");
+    one.exec("web", &["dd", "if=/dev/urandom", "of=/tmp/blob", "bs=1M", &count]).unwrap();
+    two.run(&["exec", "-d", "web", "nc", "-l", "-p", "5000", "-e", "sh", "-c", "cat > /tmp/blob"]).unwrap();
+    let target = addresses[1].to_string();
+    let mut sent = false;
+    for _ in 0..50 {
+        // The listener may not be up yet: retried, bounded.
+        if one.exec("web", &["sh", "-c", &format!("timeout 60 nc {target} 5000 < /tmp/blob")]).is_ok() {
+            sent = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(sent, "the transfer never connected");
+    let size = (megabytes << 20).to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while two.exec("web", &["stat", "-c", "%s", "/tmp/blob"]).unwrap_or_default() != size {
+        assert!(std::time::Instant::now() < deadline, "the transfer did not complete");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let digest = |p: &Podman| p.exec("web", &["md5sum", "/tmp/blob"]).unwrap();
+    assert_eq!(digest(one), digest(two), "the bytes arrived changed");
+
+    // `podman rm` gives back the veth, the allocation and the binding.
+    for (podman, host) in podmans.iter().zip(&fleet.hosts) {
+        podman.run(&["rm", "-f", "-t", "0", "web"]).unwrap();
+        assert_eq!(ports(host), Vec::<String>::new(), "podman rm left a veth");
+        assert_eq!(stored_addresses(&default_store(host)), Vec::<String>::new(), "podman rm left the allocation");
+        assert_eq!(bound(host), vec![], "podman rm left the binding");
+        let _ = std::fs::remove_dir_all(default_store(host));
+    }
+    for dir in ["/var/lib/fan-xdp/cni/fan", "/var/lib/fan-xdp/cni", "/var/lib/fan-xdp"] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    drop(podmans);
     fleet.detach_all().unwrap();
 }
