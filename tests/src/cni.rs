@@ -98,7 +98,9 @@ impl Answer {
     /// The error code, failing the test if the plugin succeeded.
     pub fn code(&self) -> u64 {
         assert!(!self.ok, "expected an error, got {}", self.json);
-        self.json["code"].as_u64().unwrap_or_else(|| panic!("no code in {}", self.json))
+        self.json["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no code in {}", self.json))
     }
 
     pub fn msg(&self) -> &str {
@@ -152,7 +154,8 @@ pub fn invoke(
     let json = if text.trim().is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&text).with_context(|| format!("{plugin} {command} printed {text:?}"))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("{plugin} {command} printed {text:?}"))?
     };
     Ok(Answer {
         ok: out.status.success(),

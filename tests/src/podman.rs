@@ -49,7 +49,15 @@ impl<'a> Podman<'a> {
     pub fn new(host: &'a Netns, bin: &Path, conflist: &[u8]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("fan-podman-{}", host.name()));
         let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["root", "runroot", "tmp", "networks", "rootfs/bin", "rootfs/etc", "rootfs/tmp"] {
+        for sub in [
+            "root",
+            "runroot",
+            "tmp",
+            "networks",
+            "rootfs/bin",
+            "rootfs/etc",
+            "rootfs/tmp",
+        ] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         std::fs::write(dir.join("networks/fan.conflist"), conflist)?;
@@ -94,16 +102,30 @@ impl<'a> Podman<'a> {
     pub fn start(&self, name: &str) -> Result<()> {
         let rootfs = self.dir.join("rootfs");
         self.run(&[
-            "run", "-d", "--name", name, "--network", "fan", "--rootfs",
-            rootfs.to_str().context("rootfs path")?, "sleep", "600",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "fan",
+            "--rootfs",
+            rootfs.to_str().context("rootfs path")?,
+            "sleep",
+            "600",
         ])
         .map(drop)
     }
 
     /// The container's address on the fan, as Podman reports it.
     pub fn address(&self, name: &str) -> Result<std::net::Ipv4Addr> {
-        let text = self.run(&["inspect", "-f", "{{.NetworkSettings.Networks.fan.IPAddress}}", name])?;
-        text.parse().with_context(|| format!("podman inspect gave {text:?}"))
+        let text = self.run(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.fan.IPAddress}}",
+            name,
+        ])?;
+        text.parse()
+            .with_context(|| format!("podman inspect gave {text:?}"))
     }
 
     /// `podman exec NAME ARGS`.
