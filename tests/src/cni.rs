@@ -4,7 +4,9 @@
 //! object on stdout), run inside a simulated host's namespace.
 
 use std::{
+    collections::BTreeSet,
     io::Write as _,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Stdio,
 };
@@ -21,13 +23,13 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 /// is the plugin when run by that name) and links to the reference plugins.
 pub struct BinDir {
     pub path: PathBuf,
+    _dir: TempDir,
 }
 
 impl BinDir {
     pub fn new(label: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("fan-cni-bin-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)?;
+        let dir = TempDir::new(&format!("bin-{label}"))?;
+        let path = dir.path.clone();
         std::os::unix::fs::symlink(fan_xdp_binary(), path.join("fan"))?;
         for plugin in ["host-local", "portmap", "loopback"] {
             let reference = Path::new(REFERENCE_PLUGINS).join(plugin);
@@ -35,14 +37,21 @@ impl BinDir {
                 std::os::unix::fs::symlink(reference, path.join(plugin))?;
             }
         }
-        Ok(Self { path })
+        Ok(Self { path, _dir: dir })
     }
 }
 
-impl Drop for BinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// The addresses named by the files of `dir` (the plugin's allocations,
+/// host-local's): empty if there is no such directory.
+pub fn addresses_in(dir: &Path) -> BTreeSet<Ipv4Addr> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A private directory, removed when dropped (the plugin's state, host-local's).

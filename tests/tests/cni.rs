@@ -10,7 +10,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use fan_tests::{
-    cni::{Answer, Attachment, BinDir, TempDir, invoke},
+    cni::{Answer, Attachment, BinDir, TempDir, addresses_in, invoke},
     netns::Netns,
     podman::Podman,
     privileged,
@@ -72,15 +72,7 @@ impl Plugin {
 
     /// The plugin's allocations on `host`'s slice.
     fn allocations(&self, host: &Host) -> BTreeSet<Ipv4Addr> {
-        let dir = self.state.path.join(format!("cni/fan/{}-24", host.slice));
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        addresses_in(&self.state.path.join(format!("cni/fan/{}-24", host.slice)))
     }
 }
 
@@ -382,16 +374,11 @@ fn every_error_path_answers_with_the_spec_code_and_names_the_problem() {
     expect(
         plugin.run(host, "ADD", Some(&a), &outside),
         7,
-        "not a container address of this host's slice 250.0.1.0/24",
+        "the IPAM plugin gave 250.0.9.2, which is not a container address of this host's slice 250.0.1.0/24",
     );
-    let leases = std::fs::read_dir(data.path.join("fan")).unwrap().flatten();
-    let leases: Vec<String> = leases
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.parse::<Ipv4Addr>().is_ok())
-        .collect();
     assert_eq!(
-        leases,
-        Vec::<String>::new(),
+        host_local_leases(&data),
+        BTreeSet::new(),
         "host-local's allocation was not given back"
     );
     assert_nothing_left(&plugin, host, "ADD refused after IPAM");
@@ -587,15 +574,8 @@ fn gc_releases_attachments_not_listed_and_spares_an_add_in_flight() {
 }
 
 /// host-local's allocations in `data` for network `fan`.
-fn host_local_leases(data: &TempDir) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data.path.join("fan")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.parse::<Ipv4Addr>().is_ok())
-        .collect()
+fn host_local_leases(data: &TempDir) -> BTreeSet<Ipv4Addr> {
+    addresses_in(&data.path.join("fan"))
 }
 
 #[test]
@@ -632,7 +612,10 @@ fn host_local_ipam_delegated_and_portmap_chained_after_fan() {
         result["routes"],
         json!([{"dst": "0.0.0.0/0", "gw": "250.0.1.1"}])
     );
-    assert_eq!(host_local_leases(&data), ["250.0.1.100"]);
+    assert_eq!(
+        host_local_leases(&data),
+        BTreeSet::from([Ipv4Addr::new(250, 0, 1, 100)])
+    );
     plugin.run(h1, "ADD", Some(&client), &fan).result();
     assert_eq!(bound(h1).len(), 2, "delegated addresses are bound too");
     let check = plugin.run(
@@ -692,7 +675,7 @@ fn host_local_ipam_delegated_and_portmap_chained_after_fan() {
     for a in [&server, &client] {
         assert!(plugin.run(h1, "DEL", Some(a), &fan).ok);
     }
-    assert_eq!(host_local_leases(&data), Vec::<String>::new());
+    assert_eq!(host_local_leases(&data), BTreeSet::new());
     assert_nothing_left(&plugin, h1, "DEL with host-local");
 
     // An address bound to another live port is refused, and given back to host-local.
@@ -716,7 +699,7 @@ fn host_local_ipam_delegated_and_portmap_chained_after_fan() {
         "{}",
         refused.msg()
     );
-    assert_eq!(host_local_leases(&single), Vec::<String>::new());
+    assert_eq!(host_local_leases(&single), BTreeSet::new());
     assert_eq!(
         (ports(h1), plugin.allocations(h1)),
         (vec![], BTreeSet::new())
@@ -737,18 +720,6 @@ const CONFLIST: &str = "{\"cniVersion\":\"1.0.0\",\"name\":\"fan\",\"plugins\":[
 /// a process that does not get the test's environment) for `host`'s slice.
 fn default_store(host: &Host) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/var/lib/fan-xdp/cni/fan/{}-24", host.slice))
-}
-
-fn stored_addresses(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<Ipv4Addr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -859,8 +830,8 @@ fn podman_containers_on_two_hosts_reach_each_other_and_rm_leaves_nothing() {
         podman.run(&["rm", "-f", "-t", "0", "web"]).unwrap();
         assert_eq!(ports(host), Vec::<String>::new(), "podman rm left a veth");
         assert_eq!(
-            stored_addresses(&default_store(host)),
-            Vec::<String>::new(),
+            addresses_in(&default_store(host)),
+            BTreeSet::new(),
             "podman rm left the allocation"
         );
         assert_eq!(bound(host), vec![], "podman rm left the binding");

@@ -117,14 +117,7 @@ fn main() -> Result<()> {
                     prefix.display()
                 );
             }
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "fan-userspace",
-                "--bin",
-                "fan-xdp",
-            ])?;
+            build_release_fan_xdp()?;
             let bin = prefix.join("bin");
             std::fs::create_dir_all(&bin)?;
             let installed = bin.join("fan-xdp");
@@ -177,9 +170,8 @@ pub fn bench(quick: bool) -> Result<()> {
     run_release("fan-bench", if quick { &["--quick"] } else { &[] })
 }
 
-/// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
-/// `name` with `args` (it drives `fan-xdp` from beside itself).
-fn run_release(name: &str, args: &[&str]) -> Result<()> {
+/// Builds `target/release/fan-xdp`.
+fn build_release_fan_xdp() -> Result<()> {
     cargo(&[
         "build",
         "--release",
@@ -187,7 +179,13 @@ fn run_release(name: &str, args: &[&str]) -> Result<()> {
         "fan-userspace",
         "--bin",
         "fan-xdp",
-    ])?;
+    ])
+}
+
+/// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
+/// `name` with `args` (it drives `fan-xdp` from beside itself).
+fn run_release(name: &str, args: &[&str]) -> Result<()> {
+    build_release_fan_xdp()?;
     cargo(&["build", "--release", "-p", "fan-tests", "--bin", name])?;
     let status = Command::new(workspace_root().join("target/release").join(name))
         .args(args)
