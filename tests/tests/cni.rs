@@ -460,6 +460,69 @@ fn fifty_concurrent_adds_get_fifty_addresses_and_dels_give_them_back() {
 }
 
 #[test]
+fn mtu_routes_dns_and_a_preceding_plugins_result() {
+    if !privileged() {
+        return;
+    }
+    let fleet = one_host();
+    let host = &fleet.hosts[0];
+    let plugin = Plugin::new("options");
+    let ns = Netns::new("opt").unwrap();
+    let a = Attachment::of("options", &ns);
+    // A plugin before fan in the list left an interface of its own and DNS.
+    let before = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "before0"}],
+                        "ips": [], "dns": {"nameservers": ["9.9.9.9"]}});
+    let mut with = conf_with("1.0.0", "mtu", json!(1400));
+    with = set(&with, "routes", json!([{"dst": "10.0.0.0/8"}]));
+    with = set(
+        &with,
+        "dns",
+        json!({"nameservers": ["250.0.1.1"], "search": ["fan"]}),
+    );
+    with = set(&with, "prevResult", before);
+    let result = plugin.run(host, "ADD", Some(&a), &with).result().clone();
+    let names: Vec<&str> = result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["before0", &port("options"), "eth0"],
+        "prevResult comes first"
+    );
+    assert_eq!(
+        result["ips"][0]["interface"], 2,
+        "indexes count the earlier interfaces"
+    );
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "10.0.0.0/8", "gw": "250.0.1.1"}])
+    );
+    assert_eq!(
+        result["dns"],
+        json!({"nameservers": ["250.0.1.1"], "search": ["fan"]})
+    );
+    let link = ns.ip(&["link", "show", "eth0"]).unwrap();
+    assert!(link.contains("mtu 1400"), "{link}");
+    let routes = ns.ip(&["route", "show"]).unwrap();
+    assert!(
+        routes.contains("10.0.0.0/8 via 250.0.1.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        !routes.contains("default"),
+        "routes replace the default route: {routes}"
+    );
+    let check = set(&with, "prevResult", result);
+    assert!(plugin.run(host, "CHECK", Some(&a), &check).ok);
+    assert!(plugin.run(host, "DEL", Some(&a), &with).ok);
+    assert_nothing_left(&plugin, host, "DEL with options");
+    fleet.detach_all().unwrap();
+}
+
+#[test]
 fn del_is_idempotent_twice_without_the_namespace_and_after_detach() {
     if !privileged() {
         return;
