@@ -16,7 +16,7 @@ use super::{
     context, delegate,
     env::{Command, Invocation},
     error::{
-        ADDRESS_BOUND_ELSEWHERE, CniError, CniResult, Code as _, INVALID_CONFIG, IO_FAILURE,
+        ADDRESS_BOUND_ELSEWHERE, AGENT, CniError, CniResult, Code as _, INVALID_CONFIG, IO_FAILURE,
         PLUMBING, RANGE_FULL,
     },
     ids::{attachment_key, port_name},
@@ -142,10 +142,11 @@ pub async fn add(
         let _ = net.del_link_named(&port).await;
         undo_address(&source);
         let text = format!("{e:#}");
-        let code = if text.contains("bound") {
+        // The agent's words for an address another live port holds.
+        let code = if text.contains("is already bound to") {
             ADDRESS_BOUND_ELSEWHERE
         } else {
-            super::error::AGENT
+            AGENT
         };
         return Err(CniError::new(
             code,
