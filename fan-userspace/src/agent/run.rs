@@ -47,6 +47,9 @@ use crate::{
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
+    // The agent may start before any attach (at boot): it mounts bpffs, so
+    // that the directory it holds open below is the one attach pins into.
+    dir.mount()?;
     let net = Net::connect()?;
     let mut ports = None;
     let mut routes = SliceRoutes::default();
@@ -102,7 +105,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     tokio::spawn(connection);
     let _logs = if global.verbose {
-        crate::commands::stats::stream_ebpf_logs(&dir)
+        crate::dataplane::inspect::stream_ebpf_logs(&dir)
     } else {
         None
     };

@@ -1,5 +1,7 @@
 //! Loads the eBPF object, attaches its programs and fills its maps.
 
+pub mod inspect;
+
 use std::{
     collections::BTreeMap,
     ffi::CString,
