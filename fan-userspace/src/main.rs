@@ -30,6 +30,19 @@ fn check() -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Run as `fan` (a link in a CNI binary directory), fan-xdp is the CNI
+    // plugin: the protocol is environment, stdin and stdout, not arguments.
+    if std::env::args_os()
+        .next()
+        .and_then(|argv0| {
+            std::path::Path::new(&argv0)
+                .file_name()
+                .map(|n| n == fan_userspace::cni::PLUGIN_NAME)
+        })
+        .unwrap_or(false)
+    {
+        std::process::exit(fan_userspace::cni::main());
+    }
     let cli = Cli::parse();
     let level = if cli.global.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
