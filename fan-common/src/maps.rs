@@ -36,7 +36,7 @@ impl FanEntry {
     /// slice's network address.
     #[inline(always)]
     pub const fn gateway(&self) -> u32 {
-        self.local_slice() + 1
+        self.map.gateway_of(self.local_host)
     }
 
     /// Whether `addr` lies in this host's own slice (delivered locally).

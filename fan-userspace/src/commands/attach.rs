@@ -38,12 +38,13 @@ use crate::{
     },
     ipv4_network, require_capabilities,
     state::StateDir,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes},
     state::rundir::RunDir,
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.
-const OUTER_HEADER: u32 = 20;
+/// The outer IPv4 header the programs add (no options).
+const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {
@@ -224,12 +225,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
             )
         }
     };
-    let map = FanMap::new(
-        u32::from(overlay.network()),
-        overlay.prefix(),
-        u32::from(underlay.network()),
-        underlay.prefix(),
-    );
+    let map = fan_map(overlay, underlay);
     if overlay.ip() != overlay.network() {
         bail!(
             "overlay {overlay} has host bits set (did you mean {}/{}?)",
@@ -250,7 +246,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     if args.dhcp {
         bail!("--dhcp: DHCP on the slice is not available yet in this build of fan-xdp");
     }
-    let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
+    let gateway = Ipv4Addr::from(map.gateway_of(u32::from(host)));
     let bridge = args
         .bridge
         .clone()

@@ -78,19 +78,14 @@ impl Fan {
         let overlay = Ipv4Network::new(Ipv4Addr::from(key[1]), key[0] as u8).ok()?;
         let host = Ipv4Addr::from(meta.host);
         let underlay = Ipv4Network::new(host, meta.underlay_len).ok()?;
-        let map = FanMap::new(
-            key[1],
-            key[0] as u8,
-            u32::from(underlay.network()),
-            meta.underlay_len,
-        );
+        let map = fan_map(overlay, underlay);
         let slice_start = Ipv4Addr::from(map.slice_of(meta.host));
         Some(Self {
             overlay,
             underlay: Ipv4Network::new(underlay.network(), meta.underlay_len).ok()?,
             host,
             slice: Ipv4Network::new(slice_start, map.slice_len()).ok()?,
-            gateway: Ipv4Addr::from(u32::from(slice_start) + 1),
+            gateway: Ipv4Addr::from(map.gateway_of(meta.host)),
             bridge: name_str(&meta.bridge),
             iface: name_str(&meta.iface),
             mode: mode_name(meta.decap_mode),
@@ -110,13 +105,19 @@ impl Fan {
     }
 
     pub fn map(&self) -> FanMap {
-        FanMap::new(
-            u32::from(self.overlay.network()),
-            self.overlay.prefix(),
-            u32::from(self.underlay.network()),
-            self.underlay.prefix(),
-        )
+        fan_map(self.overlay, self.underlay)
     }
+}
+
+/// The Fan mapping of an overlay over an underlay, from their networks as
+/// written (host bits in the overlay are the caller's to refuse).
+pub fn fan_map(overlay: Ipv4Network, underlay: Ipv4Network) -> FanMap {
+    FanMap::new(
+        u32::from(overlay.ip()),
+        overlay.prefix(),
+        u32::from(underlay.network()),
+        underlay.prefix(),
+    )
 }
 
 /// Every fan recorded in the pinned maps, ordered by overlay.
