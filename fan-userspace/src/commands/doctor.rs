@@ -2,6 +2,7 @@
 //! fix each. Read-only; exits non-zero when it found a problem.
 
 use anyhow::{Result, bail};
+use fan_common::maps::DecapMode;
 
 use crate::{
     agent,
@@ -101,12 +102,12 @@ pub async fn run(global: &Global) -> Result<()> {
                 format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
             );
         }
-        let hook = if fan.mode == "xdp" {
+        let hook = if fan.mode == Some(DecapMode::Xdp) {
             "decap-xdp"
         } else {
             "decap-tc"
         };
-        if (fan.mode == "xdp" || tcx_supported())
+        if (fan.mode == Some(DecapMode::Xdp) || tcx_supported())
             && let Ok(Some(index)) = pinned_link_ifindex(&dir.link(&fan.iface, hook))
             && index != iface.index
         {
@@ -118,7 +119,7 @@ pub async fn run(global: &Global) -> Result<()> {
                 format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
             );
         }
-        if fan.mode == "tc" && tcx_supported() {
+        if fan.mode == Some(DecapMode::Tc) && tcx_supported() {
             for (id, name) in inspect::tcx_ingress_before(&dir, &fan.iface, DECAP_TC) {
                 found(
                     format!(
