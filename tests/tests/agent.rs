@@ -317,14 +317,20 @@ fn the_agent_outlives_the_shell_that_ran_attach() {
     fleet.detach_all().unwrap();
 }
 
+/// Two attached hosts with two containers each: a client on the first, an
+/// owner and a rogue sibling on the second.
+fn two_hosts_with_two_containers() -> Fleet {
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    fleet.with_containers(2).unwrap()
+}
+
 #[test]
 fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffic() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(2).unwrap();
+    let fleet = two_hosts_with_two_containers();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
     assert!(h2.wait_for_direct(&client.ns, owner.addr).unwrap());
@@ -392,9 +398,7 @@ fn a_bound_address_is_delivered_before_any_arp_is_never_taken_over_and_outlives_
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(2).unwrap();
+    let fleet = two_hosts_with_two_containers();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
     let run = run_dir(h2);
