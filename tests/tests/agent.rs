@@ -693,3 +693,72 @@ fn reap(mut child: std::process::Child) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One HTTP request to `addr` from inside `host`'s namespace; the whole answer.
+fn http(host: &Host, addr: &str, request: &str) -> String {
+    let (addr, request) = (addr.to_string(), request.to_string());
+    host.ns
+        .enter(move || {
+            use std::io::Write as _;
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .unwrap()
+}
+
+#[test]
+fn the_agent_serves_metrics_only_where_asked_and_only_get_metrics() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    fleet.attach_all(&["--no-agent"]).unwrap();
+    let host = &fleet.hosts[0];
+    let out = host.fan_xdp(&["run", "--metrics", "0.0.0.0:9469"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--metrics-any-address"),
+        "{stderr}"
+    );
+
+    let agent = host
+        .fan_xdp_run_with(&["--metrics", "127.0.0.1:9469"])
+        .unwrap();
+    host.wait_for_run_ready(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let scraped = loop {
+        let answer = http(
+            host,
+            "127.0.0.1:9469",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        if answer.starts_with("HTTP/1.1 200 OK") || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(scraped.starts_with("HTTP/1.1 200 OK\r\n"), "{scraped}");
+    assert!(
+        scraped.contains("\nfan_xdp_packets_total{reason=\"encapsulated\"} "),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("# TYPE fan_xdp_bytes_total counter\n"),
+        "{scraped}"
+    );
+    let other = http(host, "127.0.0.1:9469", "GET / HTTP/1.1\r\n\r\n");
+    assert!(other.starts_with("HTTP/1.1 404 Not Found"), "{other}");
+    let post = http(host, "127.0.0.1:9469", "POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(
+        post.starts_with("HTTP/1.1 405 Method Not Allowed"),
+        "{post}"
+    );
+    agent.stop().unwrap();
+    fleet.detach_all().unwrap();
+}

@@ -46,6 +46,9 @@ use crate::{
 
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
+    if let Some(addr) = args.metrics {
+        agent::metrics::check(addr, args.metrics_any_address)?;
+    }
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     // The agent may start before any attach (at boot): it mounts bpffs, so
     // that the directory it holds open below is the one attach pins into.
@@ -66,6 +69,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
+    if let Some(addr) = args.metrics {
+        agent::metrics::serve(addr, dir.clone())?;
+    }
     let files = agent::Files::of(&run_dir);
     // A socket left by an agent that died: ours to replace, as we hold the lock.
     let _ = std::fs::remove_file(&files.socket);

@@ -190,6 +190,12 @@ pub struct RunArgs {
     /// a hop between CPUs, which shows in request/response latency.
     #[arg(long)]
     pub steer_flows: bool,
+    /// Serve the counters for Prometheus on ADDR:PORT (GET /metrics); off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on a wildcard address (every address of the host, which its containers reach too).
+    #[arg(long, requires = "metrics")]
+    pub metrics_any_address: bool,
     /// Started by `attach` (the last `detach` stops it).
     #[arg(long, hide = true)]
     pub started_by_attach: bool,
