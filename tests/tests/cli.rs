@@ -928,7 +928,10 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
         direct(sender) >= delivered + 5,
         "direct delivery lost the container: {}\n{}",
         fast_path(sender),
-        sender.ns.run("bridge", &["fdb", "show", "br", &sender.bridge]).unwrap_or_default()
+        sender
+            .ns
+            .run("bridge", &["fdb", "show", "br", &sender.bridge])
+            .unwrap_or_default()
     );
 
     // The port programs go with the daemon; the bridge's program takes over.
