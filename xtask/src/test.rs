@@ -52,6 +52,9 @@ pub fn run() -> Result<()> {
         "agent",
         "--test",
         "netfilter",
+        // DHCP on the slice: dnsmasq and udhcpc, which the VM has not.
+        "--test",
+        "dhcp",
         // The programs against the reference model: the corpus and 100,000
         // generated cases per program, seeded by the commit.
         "--test",

@@ -70,6 +70,15 @@ impl RunDir {
         }
         Ok(StateLock { _file: file })
     }
+
+    /// Takes `state.lock` if nobody holds it: the agent's DHCP supervision
+    /// waits for a round while attach or detach changes the fans (detach
+    /// stops a fan's DHCP server, which the agent must not restart meanwhile).
+    pub fn try_lock_state(&self) -> Result<Option<StateLock>> {
+        self.create()?;
+        let file = open_lock_file(&self.path.join("state.lock"))?;
+        Ok(try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(StateLock { _file: file }))
+    }
 }
 
 /// Opens (creating it, mode 0600) a lock file of a run directory; never
@@ -106,3 +115,21 @@ pub(crate) fn try_flock(file: &fs::File, operation: libc::c_int) -> Result<bool>
         }
     }
 }
+/// Writes `bytes` to `path` so that a reader sees the old content or the new,
+/// never half: a private (0600) temporary file beside it, then a rename.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
