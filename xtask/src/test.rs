@@ -52,6 +52,9 @@ pub fn run() -> Result<()> {
         "agent",
         "--test",
         "netfilter",
+        // The docs' `fan-xdp map` examples, run and compared.
+        "--test",
+        "docs",
         // DHCP on the slice: dnsmasq and udhcpc, which the VM has not.
         "--test",
         "dhcp",

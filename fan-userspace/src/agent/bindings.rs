@@ -111,11 +111,16 @@ impl Bindings {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
-        Ok(Self { by_address, file: Some(file) })
+        Ok(Self {
+            by_address,
+            file: Some(file),
+        })
     }
 
     fn save(&self) -> Result<()> {
-        let Some(file) = &self.file else { return Ok(()) };
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         let list: Vec<&Binding> = self.by_address.values().collect();
         write_private_atomically(file, &serde_json::to_vec(&list)?)
     }
@@ -125,7 +130,9 @@ impl Bindings {
     /// the same MAC updates it.
     pub fn bind(&mut self, binding: Binding, slices: &Slices) -> Result<()> {
         if binding.origin == Origin::Learned {
-            bail!("a binding's origin is cni, dhcp or static: learned entries come from the bridge");
+            bail!(
+                "a binding's origin is cni, dhcp or static: learned entries come from the bridge"
+            );
         }
         let mac = binding.mac_bytes()?;
         if !slices.in_slice(binding.address) {
@@ -145,7 +152,11 @@ impl Bindings {
                 binding.address,
                 held.port.as_deref().unwrap_or(&held.mac),
                 held.origin.name(),
-                if held.owner.is_empty() { "an unnamed owner" } else { &held.owner }
+                if held.owner.is_empty() {
+                    "an unnamed owner"
+                } else {
+                    &held.owner
+                }
             );
         }
         self.by_address.insert(binding.address, binding);
@@ -154,7 +165,11 @@ impl Bindings {
 
     /// Removes `address`'s binding if `origin` made it; idempotent.
     pub fn unbind(&mut self, address: Ipv4Addr, origin: Origin) -> Result<bool> {
-        if self.by_address.get(&address).is_some_and(|b| b.origin == origin) {
+        if self
+            .by_address
+            .get(&address)
+            .is_some_and(|b| b.origin == origin)
+        {
             self.by_address.remove(&address);
             self.save()?;
             return Ok(true);
@@ -202,7 +217,11 @@ impl Bindings {
         if !slices.deliverable.contains(&ifindex) {
             return None;
         }
-        Some(Endpoint { ifindex, mac, gateway_mac: slices.gateway_mac_of(binding.address)? })
+        Some(Endpoint {
+            ifindex,
+            mac,
+            gateway_mac: slices.gateway_mac_of(binding.address)?,
+        })
     }
 
     /// How many bindings each origin has, for the status.
@@ -221,8 +240,12 @@ const BIND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Asks the agent to bind `binding`; returns once the endpoint map holds it
 /// (or, when its port cannot deliver yet, once the agent has recorded it).
 pub fn bind(run: &RunDir, binding: &Binding) -> Result<()> {
-    super::send(run, &serde_json::json!({ "op": "bind", "binding": binding }), BIND_TIMEOUT)
-        .map(drop)
+    super::send(
+        run,
+        &serde_json::json!({ "op": "bind", "binding": binding }),
+        BIND_TIMEOUT,
+    )
+    .map(drop)
 }
 
 /// Asks the agent to drop `address`'s binding of `origin` (success if it had none).
@@ -267,14 +290,32 @@ mod tests {
     fn a_bound_address_resolves_by_port_or_by_fdb() {
         let mut table = Bindings::default();
         let s = slices();
-        table.bind(binding("250.0.28.7", "02:00:00:00:00:0a", Some("veth-a"), Origin::Cni), &s).unwrap();
-        table.bind(binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp), &s).unwrap();
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0a",
+                    Some("veth-a"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
+            .unwrap();
+        table
+            .bind(
+                binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp),
+                &s,
+            )
+            .unwrap();
         let endpoints = table.endpoints(&s);
         let key = |a: &str| u32::from(a.parse::<Ipv4Addr>().unwrap()).to_be();
         assert_eq!(endpoints[&key("250.0.28.7")].ifindex, 5);
         assert_eq!(endpoints[&key("250.0.28.7")].mac, [2, 0, 0, 0, 0, 0xa]);
         assert_eq!(endpoints[&key("250.0.28.8")].ifindex, 6);
-        assert_eq!(endpoints[&key("250.0.28.8")].gateway_mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            endpoints[&key("250.0.28.8")].gateway_mac,
+            [2, 0, 0, 0, 0, 1]
+        );
         assert_eq!(table.counts()["cni"], 1);
     }
 
@@ -282,18 +323,61 @@ mod tests {
     fn a_live_binding_is_not_taken_over() {
         let mut table = Bindings::default();
         let s = slices();
-        table.bind(binding("250.0.28.7", "02:00:00:00:00:0a", Some("veth-a"), Origin::Cni), &s).unwrap();
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0a",
+                    Some("veth-a"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
+            .unwrap();
         let err = table
-            .bind(binding("250.0.28.7", "02:00:00:00:00:0b", Some("veth-b"), Origin::Cni), &s)
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0b",
+                    Some("veth-b"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
             .unwrap_err();
         assert!(err.to_string().contains("already bound to veth-a"), "{err}");
         // Once its port is gone, the address is free again.
-        let gone = Slices { deliverable: HashSet::from([6]), ..slices() };
-        table.bind(binding("250.0.28.7", "02:00:00:00:00:0b", Some("veth-b"), Origin::Cni), &gone).unwrap();
+        let gone = Slices {
+            deliverable: HashSet::from([6]),
+            ..slices()
+        };
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0b",
+                    Some("veth-b"),
+                    Origin::Cni,
+                ),
+                &gone,
+            )
+            .unwrap();
         // Unbinding is for the origin that bound it, and idempotent.
-        assert!(!table.unbind("250.0.28.7".parse().unwrap(), Origin::Dhcp).unwrap());
-        assert!(table.unbind("250.0.28.7".parse().unwrap(), Origin::Cni).unwrap());
-        assert!(!table.unbind("250.0.28.7".parse().unwrap(), Origin::Cni).unwrap());
+        assert!(
+            !table
+                .unbind("250.0.28.7".parse().unwrap(), Origin::Dhcp)
+                .unwrap()
+        );
+        assert!(
+            table
+                .unbind("250.0.28.7".parse().unwrap(), Origin::Cni)
+                .unwrap()
+        );
+        assert!(
+            !table
+                .unbind("250.0.28.7".parse().unwrap(), Origin::Cni)
+                .unwrap()
+        );
     }
 
     #[test]
@@ -301,12 +385,44 @@ mod tests {
         let mut table = Bindings::default();
         let s = slices();
         let err = |b| table_err(&mut Bindings::default(), b, &s);
-        assert!(err(binding("250.0.29.7", "02:00:00:00:00:0a", None, Origin::Cni)).contains("in no slice"));
-        assert!(err(binding("250.0.28.7", "02:00:00:00:0a", None, Origin::Cni)).contains("six hex pairs"));
-        assert!(err(binding("250.0.28.7", "02:00:00:00:00:0a", Some("eth9"), Origin::Cni)).contains("not a port"));
-        assert!(err(binding("250.0.28.7", "02:00:00:00:00:0a", None, Origin::Learned)).contains("origin"));
+        assert!(
+            err(binding(
+                "250.0.29.7",
+                "02:00:00:00:00:0a",
+                None,
+                Origin::Cni
+            ))
+            .contains("in no slice")
+        );
+        assert!(
+            err(binding("250.0.28.7", "02:00:00:00:0a", None, Origin::Cni))
+                .contains("six hex pairs")
+        );
+        assert!(
+            err(binding(
+                "250.0.28.7",
+                "02:00:00:00:00:0a",
+                Some("eth9"),
+                Origin::Cni
+            ))
+            .contains("not a port")
+        );
+        assert!(
+            err(binding(
+                "250.0.28.7",
+                "02:00:00:00:00:0a",
+                None,
+                Origin::Learned
+            ))
+            .contains("origin")
+        );
         assert!(table.list().next().is_none());
-        table.bind(binding("250.0.28.9", "02:00:00:00:00:0a", None, Origin::Static), &s).unwrap();
+        table
+            .bind(
+                binding("250.0.28.9", "02:00:00:00:00:0a", None, Origin::Static),
+                &s,
+            )
+            .unwrap();
     }
 
     fn table_err(table: &mut Bindings, b: Binding, s: &Slices) -> String {
@@ -317,17 +433,33 @@ mod tests {
     fn replacing_an_origin_keeps_the_others() {
         let mut table = Bindings::default();
         let s = slices();
-        table.bind(binding("250.0.28.7", "02:00:00:00:00:0a", Some("veth-a"), Origin::Cni), &s).unwrap();
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0a",
+                    Some("veth-a"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
+            .unwrap();
         let leases = vec![
             binding("250.0.28.7", "02:00:00:00:00:0c", None, Origin::Dhcp),
             binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp),
         ];
         assert!(table.replace_origin(Origin::Dhcp, leases.clone()).unwrap());
         assert!(!table.replace_origin(Origin::Dhcp, leases).unwrap());
-        let origins: Vec<_> = table.list().map(|b| (b.address.to_string(), b.origin)).collect();
+        let origins: Vec<_> = table
+            .list()
+            .map(|b| (b.address.to_string(), b.origin))
+            .collect();
         assert_eq!(
             origins,
-            [("250.0.28.7".to_string(), Origin::Cni), ("250.0.28.8".to_string(), Origin::Dhcp)]
+            [
+                ("250.0.28.7".to_string(), Origin::Cni),
+                ("250.0.28.8".to_string(), Origin::Dhcp)
+            ]
         );
         assert!(table.replace_origin(Origin::Dhcp, vec![]).unwrap());
         assert_eq!(table.list().count(), 1);
@@ -335,7 +467,10 @@ mod tests {
 
     #[test]
     fn macs_round_trip() {
-        assert_eq!(parse_mac("02:00:5e:10:00:ff").unwrap(), [2, 0, 0x5e, 0x10, 0, 0xff]);
+        assert_eq!(
+            parse_mac("02:00:5e:10:00:ff").unwrap(),
+            [2, 0, 0x5e, 0x10, 0, 0xff]
+        );
         assert_eq!(format_mac([2, 0, 0x5e, 0x10, 0, 0xff]), "02:00:5e:10:00:ff");
         assert!(parse_mac("02:00:5e:10:00:ff:00").is_err());
         assert!(parse_mac("02-00-5e-10-00-ff").is_err());

@@ -21,8 +21,8 @@ use fan_common::maps::Endpoint;
 use ipnetwork::Ipv4Network;
 
 use crate::{
-    host::{FdbEntry, Link, Net},
     dataplane::PinnedMaps,
+    host::{FdbEntry, Link, Net},
     state::record::Fan,
 };
 
@@ -98,7 +98,9 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
             .map(|e| (e.mac, e))
             .collect();
         slices.gateways.push((fan.slice, gateway_mac));
-        slices.fdb.extend(fdb.iter().map(|(mac, entry)| (*mac, entry.port)));
+        slices
+            .fdb
+            .extend(fdb.iter().map(|(mac, entry)| (*mac, entry.port)));
         for (addr, mac) in net.neighbours(bridge.index).await? {
             if !fan.slice.contains(addr) {
                 continue;

@@ -23,20 +23,21 @@ use rtnetlink::{
 use tokio::net::UnixListener;
 
 use crate::{
-    agent, host::bypass,
-    cli::{Global, RunArgs},
+    agent,
     agent::bindings::{Binding, Bindings, Origin},
     agent::endpoints,
     agent::dhcp,
-    host::Net,
-    dataplane::PinnedMaps,
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
-    state::record::load_fans,
+    cli::{Global, RunArgs},
+    dataplane::PinnedMaps,
+    host::Net,
+    host::bypass,
     require_capabilities,
-    state::rundir::RunDir,
     state::StateDir,
+    state::record::load_fans,
+    state::rundir::RunDir,
 };
 
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
@@ -47,7 +48,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let mut routes = SliceRoutes::default();
     if args.once {
         let none = Bindings::default();
-        return sync(&net, &dir, &none, &mut ports, None, None).await.map(drop);
+        return sync(&net, &dir, &none, &mut ports, None, None)
+            .await
+            .map(drop);
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
@@ -264,7 +267,10 @@ fn read_request(
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
     if peer.uid() != 0 {
-        reply(&mut stream, Err(anyhow::anyhow!("only root may control the agent")));
+        reply(
+            &mut stream,
+            Err(anyhow::anyhow!("only root may control the agent")),
+        );
         bail!("refused a request from uid {}", peer.uid());
     }
     let request = agent::parse_request(&stream);
@@ -274,10 +280,7 @@ fn read_request(
             "reload" => Request::Reload,
             "stop" => Request::Stop,
             "bind" => Request::Bind(field(&request, "binding")?),
-            "unbind" => Request::Unbind(
-                field(&request, "address")?,
-                field(&request, "origin")?,
-            ),
+            "unbind" => Request::Unbind(field(&request, "address")?, field(&request, "origin")?),
             "bindings" => Request::Bindings,
             other => bail!("unknown op {other:?}"),
         })
@@ -419,7 +422,10 @@ async fn sync(
     let have = maps.endpoints.iter().collect::<Result<_, _>>()?;
     // What the bridge taught us, then what was bound on purpose over it.
     let (mut bound, chosen) = if verdict.on {
-        (endpoints::keep_bindings(&have, &want), bindings.endpoints(&want))
+        (
+            endpoints::keep_bindings(&have, &want),
+            bindings.endpoints(&want),
+        )
     } else {
         Default::default()
     };
