@@ -72,7 +72,11 @@ pub fn fan_xdp(host: &Host, state: &StateDir, args: &[&str]) -> Result<String> {
 }
 
 /// As [`fan_xdp`], whatever the exit status.
-pub fn fan_xdp_output(host: &Host, state: &StateDir, args: &[&str]) -> Result<std::process::Output> {
+pub fn fan_xdp_output(
+    host: &Host,
+    state: &StateDir,
+    args: &[&str],
+) -> Result<std::process::Output> {
     let (key, value) = state.env();
     host.ns
         .command(fan_xdp_binary().to_str().context("binary path")?)
@@ -87,7 +91,12 @@ pub fn fan_xdp_output(host: &Host, state: &StateDir, args: &[&str]) -> Result<st
 /// `bridge` of `host_ns`, up and without an address. The link keeps the
 /// veth default MTU (1500): only the lease's option 26 brings it down to
 /// the fan's.
-pub fn plug_dhcp_container(host_ns: &Netns, bridge: &str, port: &str, label: &str) -> Result<Netns> {
+pub fn plug_dhcp_container(
+    host_ns: &Netns,
+    bridge: &str,
+    port: &str,
+    label: &str,
+) -> Result<Netns> {
     let ns = Netns::new(label)?;
     host_ns.add_veth_to(port, &ns)?;
     host_ns.ip(&["link", "set", port, "master", bridge, "up"])?;
@@ -153,7 +162,8 @@ pub fn leased(ns: &Netns) -> Result<Leased> {
         .as_str()
         .with_context(|| format!("no address on eth0 of {}: {addrs}", ns.name()))?
         .parse()?;
-    let routes: serde_json::Value = serde_json::from_str(&ns.ip(&["-j", "route", "show", "default"])?)?;
+    let routes: serde_json::Value =
+        serde_json::from_str(&ns.ip(&["-j", "route", "show", "default"])?)?;
     Ok(Leased {
         addr,
         prefix: info["prefixlen"].as_u64().context("prefix length")? as u8,
@@ -164,7 +174,10 @@ pub fn leased(ns: &Netns) -> Result<Leased> {
 
 /// The pids of processes named `comm` in `ns` (from `ip netns pids`).
 pub fn pids_named(ns: &Netns, comm: &str) -> Vec<u32> {
-    let Ok(out) = Command::new("ip").args(["netns", "pids", ns.name()]).output() else {
+    let Ok(out) = Command::new("ip")
+        .args(["netns", "pids", ns.name()])
+        .output()
+    else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)

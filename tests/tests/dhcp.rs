@@ -24,7 +24,11 @@ use fan_tests::{
 const OVERLAY: &str = "250.0.0.0/8";
 
 fn attach_dhcp(host: &Host, state: &StateDir, extra: &[&str]) -> String {
-    let args = [&["attach", "eth0", "--overlay", OVERLAY, "--dhcp"][..], extra].concat();
+    let args = [
+        &["attach", "eth0", "--overlay", OVERLAY, "--dhcp"][..],
+        extra,
+    ]
+    .concat();
     fan_xdp(host, state, &args).unwrap()
 }
 
@@ -36,7 +40,13 @@ fn show(host: &Host, state: &StateDir, extra: &[&str]) -> serde_json::Value {
 /// The DHCP container `j` of `host`, on port `dveth<j>`.
 fn dhcp_container(host: &Host, j: u32) -> Netns {
     let i = host.underlay_addr.octets()[3];
-    plug_dhcp_container(&host.ns, &host.bridge, &format!("dveth{j}"), &format!("d{i}-{j}")).unwrap()
+    plug_dhcp_container(
+        &host.ns,
+        &host.bridge,
+        &format!("dveth{j}"),
+        &format!("d{i}-{j}"),
+    )
+    .unwrap()
 }
 
 fn in_default_dhcp_range(host: &Host, addr: Ipv4Addr) -> bool {
@@ -72,38 +82,87 @@ fn containers_lease_from_the_dhcp_range_with_the_gateway_and_the_fan_mtu() {
     let said = attach_dhcp(h1, &state, &[]);
     assert!(said.contains("DHCP: dnsmasq (pid"), "{said}");
     attach_dhcp(h2, &state, &[]);
-    let (a, b, peer) = (dhcp_container(h1, 1), dhcp_container(h1, 2), dhcp_container(h2, 1));
-    let (la, lb, lp) = (lease(&a).unwrap(), lease(&b).unwrap(), lease(&peer).unwrap());
+    let (a, b, peer) = (
+        dhcp_container(h1, 1),
+        dhcp_container(h1, 2),
+        dhcp_container(h2, 1),
+    );
+    let (la, lb, lp) = (
+        lease(&a).unwrap(),
+        lease(&b).unwrap(),
+        lease(&peer).unwrap(),
+    );
     for (host, leased) in [(h1, &la), (h1, &lb), (h2, &lp)] {
-        assert!(in_default_dhcp_range(host, leased.addr), "{leased:?} outside {}'s DHCP range", host.bridge);
+        assert!(
+            in_default_dhcp_range(host, leased.addr),
+            "{leased:?} outside {}'s DHCP range",
+            host.bridge
+        );
         assert_eq!(leased.prefix, 24, "{leased:?}");
-        assert_eq!(leased.router, Some(host.gateway), "{leased:?}: the router is the gateway");
-        assert_eq!(leased.mtu, OVERLAY_MTU, "{leased:?}: option 26 sets the fan's MTU");
+        assert_eq!(
+            leased.router,
+            Some(host.gateway),
+            "{leased:?}: the router is the gateway"
+        );
+        assert_eq!(
+            leased.mtu, OVERLAY_MTU,
+            "{leased:?}: option 26 sets the fan's MTU"
+        );
     }
     assert_ne!(la.addr, lb.addr);
-    assert!(ping(&a, lp.addr, 2).unwrap(), "no ping across the fan from a leased address");
+    assert!(
+        ping(&a, lp.addr, 2).unwrap(),
+        "no ping across the fan from a leased address"
+    );
     // show: the server, its leases, and each lease as a dhcp binding.
     let shown = show(h1, &state, &["--leases"]);
     let dhcp = &shown[0]["dhcp"];
     assert_eq!(dhcp["running"], true, "{shown}");
     assert_eq!(dhcp["leases"], 2, "{shown}");
     assert_eq!(dhcp["range"], "250.0.1.2-250.0.1.127", "{shown}");
-    let mac_a = mac_of(&a, "eth0").unwrap().map(|b| format!("{b:02x}")).join(":");
+    let mac_a = mac_of(&a, "eth0")
+        .unwrap()
+        .map(|b| format!("{b:02x}"))
+        .join(":");
     let listed = shown[0]["leases"].as_array().unwrap();
-    let row = listed.iter().find(|l| l["address"] == la.addr.to_string()).unwrap();
+    let row = listed
+        .iter()
+        .find(|l| l["address"] == la.addr.to_string())
+        .unwrap();
     assert_eq!(row["mac"], mac_a, "{shown}");
     assert_eq!(row["port"], "dveth1", "{shown}");
-    assert!(eventually(Duration::from_secs(5), || {
-        show(h1, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
-    }), "the leases never became dhcp bindings: {}", show(h1, &state, &[]));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            show(h1, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
+        }),
+        "the leases never became dhcp bindings: {}",
+        show(h1, &state, &[])
+    );
     let text = fan_xdp(h1, &state, &["show", "--leases"]).unwrap();
-    assert!(text.contains("DHCP: running (dnsmasq pid") && text.contains("2 lease(s) in use of 126"), "{text}");
-    assert!(text.contains(&la.addr.to_string()) && text.contains("dveth1"), "{text}");
+    assert!(
+        text.contains("DHCP: running (dnsmasq pid") && text.contains("2 lease(s) in use of 126"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&la.addr.to_string()) && text.contains("dveth1"),
+        "{text}"
+    );
     // One dnsmasq, configured on its command line only, bound to the bridge.
     let pids = pids_named(&h1.ns, "dnsmasq");
     assert_eq!(pids.len(), 1, "{pids:?}");
-    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", pids[0])).unwrap().replace('\0', " ");
-    for flag in ["--conf-file=/dev/null", "--interface=fan-250-0-1", "--port=0", "--no-ping", "--dhcp-lease-max=126", "--dhcp-authoritative", "--dhcp-option-force=26,1480", "--dhcp-option=option:router,250.0.1.1"] {
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", pids[0]))
+        .unwrap()
+        .replace('\0', " ");
+    for flag in [
+        "--conf-file=/dev/null",
+        "--interface=fan-250-0-1",
+        "--port=0",
+        "--no-ping",
+        "--dhcp-lease-max=126",
+        "--dhcp-authoritative",
+        "--dhcp-option-force=26,1480",
+        "--dhcp-option=option:router,250.0.1.1",
+    ] {
         assert!(cmdline.contains(flag), "{flag} missing from {cmdline}");
     }
     for host in [h1, h2] {
@@ -129,23 +188,47 @@ fn the_server_is_adopted_after_an_agent_restart_and_restarted_when_killed() {
     let agent = show(h1, &state, &[])[0]["agent"]["pid"].as_u64().unwrap();
     // SAFETY: signalling the agent of our test namespace by its pid.
     unsafe { libc::kill(agent as i32, libc::SIGKILL) };
-    assert!(eventually(Duration::from_secs(5), || pids_named(&h1.ns, "fan-xdp").is_empty()));
+    assert!(eventually(Duration::from_secs(5), || pids_named(
+        &h1.ns, "fan-xdp"
+    )
+    .is_empty()));
     attach_dhcp(h1, &state, &[]);
-    assert_eq!(dhcp_pid(h1, &state), Some(server), "the restarted agent replaced the server");
-    assert_eq!(pids_named(&h1.ns, "dnsmasq"), vec![server as u32], "one server, the same");
-    assert_eq!(lease(&c).unwrap(), first, "the renewal after an agent restart moved the address");
+    assert_eq!(
+        dhcp_pid(h1, &state),
+        Some(server),
+        "the restarted agent replaced the server"
+    );
+    assert_eq!(
+        pids_named(&h1.ns, "dnsmasq"),
+        vec![server as u32],
+        "one server, the same"
+    );
+    assert_eq!(
+        lease(&c).unwrap(),
+        first,
+        "the renewal after an agent restart moved the address"
+    );
     // dnsmasq killed: the agent starts another, which keeps the leases.
     // SAFETY: signalling the dnsmasq of our test namespace by its pid.
     unsafe { libc::kill(server as i32, libc::SIGKILL) };
     assert!(
-        eventually(Duration::from_secs(10), || dhcp_pid(h1, &state).is_some_and(|p| p != server)),
+        eventually(Duration::from_secs(10), || dhcp_pid(h1, &state)
+            .is_some_and(|p| p != server)),
         "dnsmasq was not restarted: {}",
         show(h1, &state, &[])
     );
     assert_eq!(pids_named(&h1.ns, "dnsmasq").len(), 1);
-    assert_eq!(lease(&c).unwrap(), first, "the restarted server forgot the lease");
+    assert_eq!(
+        lease(&c).unwrap(),
+        first,
+        "the restarted server forgot the lease"
+    );
     let other = dhcp_container(h1, 2);
-    assert_ne!(lease(&other).unwrap().addr, first.addr, "a leased address handed out twice");
+    assert_ne!(
+        lease(&other).unwrap().addr,
+        first.addr,
+        "a leased address handed out twice"
+    );
     fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
 }
 
@@ -159,14 +242,25 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
     let fleet = Fleet::new(1).unwrap();
     let h1 = &fleet.hosts[0];
     // Someone else's dnsmasq in the same namespace, on its own interface.
-    h1.ns.ip(&["link", "add", "other0", "type", "dummy"]).unwrap();
-    h1.ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "other0"]).unwrap();
+    h1.ns
+        .ip(&["link", "add", "other0", "type", "dummy"])
+        .unwrap();
+    h1.ns
+        .ip(&["addr", "add", "10.9.0.1/24", "dev", "other0"])
+        .unwrap();
     h1.ns.ip(&["link", "set", "other0", "up"]).unwrap();
     let foreign_leases = state.0.with_extension("foreign.leases");
     let mut foreign = h1
         .ns
         .command("dnsmasq")
-        .args(["--conf-file=/dev/null", "--keep-in-foreground", "--bind-dynamic", "--interface=other0", "--port=0", "--dhcp-range=10.9.0.10,10.9.0.20"])
+        .args([
+            "--conf-file=/dev/null",
+            "--keep-in-foreground",
+            "--bind-dynamic",
+            "--interface=other0",
+            "--port=0",
+            "--dhcp-range=10.9.0.10,10.9.0.20",
+        ])
         .arg(format!("--dhcp-leasefile={}", foreign_leases.display()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -176,11 +270,26 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
     let c = dhcp_container(h1, 1);
     lease(&c).unwrap();
     let ours = dhcp_pid(h1, &state).unwrap() as u32;
-    let lease_file = show(h1, &state, &[])[0]["dhcp"]["lease_file"].as_str().unwrap().to_string();
+    let lease_file = show(h1, &state, &[])[0]["dhcp"]["lease_file"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let said = fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
-    assert!(said.contains(&format!("stopped the DHCP server of {OVERLAY} (dnsmasq pid {ours})")), "{said}");
-    assert_eq!(pids_named(&h1.ns, "dnsmasq"), vec![foreign.id()], "detach stopped the wrong dnsmasq");
-    assert!(std::path::Path::new(&lease_file).exists(), "the leases went with detach");
+    assert!(
+        said.contains(&format!(
+            "stopped the DHCP server of {OVERLAY} (dnsmasq pid {ours})"
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        pids_named(&h1.ns, "dnsmasq"),
+        vec![foreign.id()],
+        "detach stopped the wrong dnsmasq"
+    );
+    assert!(
+        std::path::Path::new(&lease_file).exists(),
+        "the leases went with detach"
+    );
     assert!(pids_named(&h1.ns, "fan-xdp").is_empty());
     let _ = foreign.kill();
     let _ = foreign.wait();
@@ -200,11 +309,23 @@ fn a_containers_own_dhcp_server_is_not_heard() {
     // The rogue answers on the slice first: it runs before the client asks,
     // with no probe, authoritative, offering its own router.
     let rogue = dhcp_container(h1, 1);
-    rogue.ip(&["addr", "add", "250.0.1.250/24", "dev", "eth0"]).unwrap();
+    rogue
+        .ip(&["addr", "add", "250.0.1.250/24", "dev", "eth0"])
+        .unwrap();
     let rogue_leases = state.0.with_extension("rogue.leases");
     let mut server = rogue
         .command("dnsmasq")
-        .args(["--conf-file=/dev/null", "--keep-in-foreground", "--bind-dynamic", "--interface=eth0", "--port=0", "--no-ping", "--dhcp-authoritative", "--dhcp-range=250.0.1.200,250.0.1.210", "--dhcp-option=3,250.0.1.250"])
+        .args([
+            "--conf-file=/dev/null",
+            "--keep-in-foreground",
+            "--bind-dynamic",
+            "--interface=eth0",
+            "--port=0",
+            "--no-ping",
+            "--dhcp-authoritative",
+            "--dhcp-range=250.0.1.200,250.0.1.210",
+            "--dhcp-option=3,250.0.1.250",
+        ])
         .arg(format!("--dhcp-leasefile={}", rogue_leases.display()))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -214,8 +335,15 @@ fn a_containers_own_dhcp_server_is_not_heard() {
     h1.wait_for_run_ready(Duration::from_secs(10)).unwrap();
     let before = h1.counter(StatReason::DropDhcpServerReply).unwrap();
     let leased = lease(&client).unwrap();
-    assert!(in_default_dhcp_range(h1, leased.addr), "took the rogue's offer: {leased:?}");
-    assert_eq!(leased.router, Some(h1.gateway), "took the rogue's router: {leased:?}");
+    assert!(
+        in_default_dhcp_range(h1, leased.addr),
+        "took the rogue's offer: {leased:?}"
+    );
+    assert_eq!(
+        leased.router,
+        Some(h1.gateway),
+        "took the rogue's router: {leased:?}"
+    );
     assert!(
         h1.counter(StatReason::DropDhcpServerReply).unwrap() > before,
         "the rogue's offers were not dropped at its port"
@@ -237,15 +365,26 @@ fn a_leased_address_stays_with_its_container_against_arp() {
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     attach_dhcp(h1, &state, &[]);
     attach_dhcp(h2, &state, &[]);
-    let (owner, rogue, client) = (dhcp_container(h2, 1), dhcp_container(h2, 2), dhcp_container(h1, 1));
-    let (lo, _, _) = (lease(&owner).unwrap(), lease(&rogue).unwrap(), lease(&client).unwrap());
+    let (owner, rogue, client) = (
+        dhcp_container(h2, 1),
+        dhcp_container(h2, 2),
+        dhcp_container(h1, 1),
+    );
+    let (lo, _, _) = (
+        lease(&owner).unwrap(),
+        lease(&rogue).unwrap(),
+        lease(&client).unwrap(),
+    );
     assert!(eventually(Duration::from_secs(5), || {
         show(h2, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
     }));
     // Bound before any traffic: the very first packets go straight in.
     let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
     assert!(ping(&client, lo.addr, 2).unwrap());
-    assert!(h2.counter(StatReason::DecapsulatedDirect).unwrap() >= direct + 2, "a lease gave no direct delivery");
+    assert!(
+        h2.counter(StatReason::DecapsulatedDirect).unwrap() >= direct + 2,
+        "a lease gave no direct delivery"
+    );
     // The rogue claims the owner's address with its own MAC.
     let rogue_mac = mac_of(&rogue, "eth0").unwrap();
     let mut arp = vec![0xff; 6];
@@ -262,9 +401,19 @@ fn a_leased_address_stays_with_its_container_against_arp() {
         snmp_counter(&owner, "Icmp", "InEchos").unwrap(),
         snmp_counter(&rogue, "Icmp", "InEchos").unwrap(),
     );
-    assert!(ping(&client, lo.addr, 3).unwrap(), "the owner lost its traffic");
-    assert_eq!(snmp_counter(&owner, "Icmp", "InEchos").unwrap(), owner_echoes + 3);
-    assert_eq!(snmp_counter(&rogue, "Icmp", "InEchos").unwrap(), rogue_echoes, "the rogue got its sibling's traffic");
+    assert!(
+        ping(&client, lo.addr, 3).unwrap(),
+        "the owner lost its traffic"
+    );
+    assert_eq!(
+        snmp_counter(&owner, "Icmp", "InEchos").unwrap(),
+        owner_echoes + 3
+    );
+    assert_eq!(
+        snmp_counter(&rogue, "Icmp", "InEchos").unwrap(),
+        rogue_echoes,
+        "the rogue got its sibling's traffic"
+    );
     for host in [h1, h2] {
         fan_xdp(host, &state, &["detach", "eth0"]).unwrap();
     }
@@ -289,7 +438,10 @@ fn forty_dhcp_containers_per_host_reach_a_peer_on_the_other() {
         }
     }
     // All clients at once, as containers starting together would.
-    let clients: Vec<_> = containers.iter().map(|(_, ns)| start_client(ns).unwrap()).collect();
+    let clients: Vec<_> = containers
+        .iter()
+        .map(|(_, ns)| start_client(ns).unwrap())
+        .collect();
     let leases: Vec<Leased> = containers
         .iter()
         .zip(clients)
@@ -304,16 +456,29 @@ fn forty_dhcp_containers_per_host_reach_a_peer_on_the_other() {
     }
     addrs.sort();
     addrs.dedup();
-    assert_eq!(addrs.len(), 2 * PER_HOST as usize, "an address was leased twice");
+    assert_eq!(
+        addrs.len(),
+        2 * PER_HOST as usize,
+        "an address was leased twice"
+    );
     // Each reaches a fixed peer on the other host (the other's first).
     let peers = [leases[PER_HOST as usize].addr, leases[0].addr];
     for ((i, ns), leased) in containers.iter().zip(&leases) {
-        assert!(ping(ns, peers[*i], 1).unwrap(), "{} cannot reach {}", leased.addr, peers[*i]);
+        assert!(
+            ping(ns, peers[*i], 1).unwrap(),
+            "{} cannot reach {}",
+            leased.addr,
+            peers[*i]
+        );
     }
     for host in &fleet.hosts {
-        assert!(eventually(Duration::from_secs(5), || {
-            show(host, &state, &[])[0]["agent"]["bindings"]["dhcp"] == PER_HOST
-        }), "{}", show(host, &state, &[]));
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                show(host, &state, &[])[0]["agent"]["bindings"]["dhcp"] == PER_HOST
+            }),
+            "{}",
+            show(host, &state, &[])
+        );
         fan_xdp(host, &state, &["detach", "eth0"]).unwrap();
     }
 }
@@ -328,17 +493,49 @@ fn the_address_plan_is_set_per_fan_and_bad_plans_change_nothing() {
     let fleet = Fleet::new(1).unwrap();
     let h1 = &fleet.hosts[0];
     let refused = |args: &[&str], says: &str| {
-        let out = fan_xdp_output(h1, &state, &[&["attach", "eth0", "--overlay", OVERLAY][..], args].concat()).unwrap();
+        let out = fan_xdp_output(
+            h1,
+            &state,
+            &[&["attach", "eth0", "--overlay", OVERLAY][..], args].concat(),
+        )
+        .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(says), "{args:?}: {stderr}");
-        assert_eq!(show(h1, &state, &[]), serde_json::json!([]), "{args:?} left a fan behind");
-        assert!(h1.ns.ip(&["link", "show", "fan-250-0-1"]).is_err(), "{args:?} left the bridge behind");
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            show(h1, &state, &[]),
+            serde_json::json!([]),
+            "{args:?} left a fan behind"
+        );
+        assert!(
+            h1.ns.ip(&["link", "show", "fan-250-0-1"]).is_err(),
+            "{args:?} left the bridge behind"
+        );
     };
     refused(&["--dhcp", "--no-agent"], "--dhcp needs the agent");
-    refused(&["--dhcp-range", "250.0.1.2-250.0.1.200"], "the DHCP range and the Docker range overlap");
-    refused(&["--cni-range", "250.0.1.192-250.0.1.255"], "the CNI range reaches outside the slice");
-    refused(&["--host-reserve", "9", "--dhcp-range", "250.0.1.5-250.0.1.50"], "the host reserve and the DHCP range overlap");
-    refused(&["--docker-cidr", "250.0.1.130/26"], "not one aligned prefix");
+    refused(
+        &["--dhcp-range", "250.0.1.2-250.0.1.200"],
+        "the DHCP range and the Docker range overlap",
+    );
+    refused(
+        &["--cni-range", "250.0.1.192-250.0.1.255"],
+        "the CNI range reaches outside the slice",
+    );
+    refused(
+        &[
+            "--host-reserve",
+            "9",
+            "--dhcp-range",
+            "250.0.1.5-250.0.1.50",
+        ],
+        "the host reserve and the DHCP range overlap",
+    );
+    refused(
+        &["--docker-cidr", "250.0.1.130/26"],
+        "not one aligned prefix",
+    );
     // dnsmasq missing: named by its package, and nothing attached.
     let out = h1
         .ns
@@ -349,16 +546,32 @@ fn the_address_plan_is_set_per_fan_and_bad_plans_change_nothing() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("--dhcp needs dnsmasq"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("--dhcp needs dnsmasq"),
+        "{stderr}"
+    );
     assert_eq!(show(h1, &state, &[]), serde_json::json!([]));
     // A plan of one's own: kept with the fan, shown, served.
-    let plan = ["--host-reserve", "9", "--dhcp-range", "250.0.1.10-250.0.1.99", "--cni-range", "250.0.1.100-250.0.1.127", "--docker-cidr", "250.0.1.192/26"];
+    let plan = [
+        "--host-reserve",
+        "9",
+        "--dhcp-range",
+        "250.0.1.10-250.0.1.99",
+        "--cni-range",
+        "250.0.1.100-250.0.1.127",
+        "--docker-cidr",
+        "250.0.1.192/26",
+    ];
     attach_dhcp(h1, &state, &plan);
     let shown = show(h1, &state, &[]);
-    assert_eq!(shown[0]["plan"], serde_json::json!({
-        "gateway": "250.0.1.1", "reserve": "250.0.1.1-250.0.1.9", "dhcp": "250.0.1.10-250.0.1.99",
-        "docker": "250.0.1.192/26", "cni": "250.0.1.100-250.0.1.127"
-    }), "{shown}");
+    assert_eq!(
+        shown[0]["plan"],
+        serde_json::json!({
+            "gateway": "250.0.1.1", "reserve": "250.0.1.1-250.0.1.9", "dhcp": "250.0.1.10-250.0.1.99",
+            "docker": "250.0.1.192/26", "cni": "250.0.1.100-250.0.1.127"
+        }),
+        "{shown}"
+    );
     assert_eq!(
         shown[0]["docker_opts"],
         "DOCKER_OPTS=\"-b fan-250-0-1 --mtu=1480 --fixed-cidr=250.0.1.192/26 --iptables=false --ip6tables=false --ip-masq=false\"",
@@ -368,10 +581,26 @@ fn the_address_plan_is_set_per_fan_and_bad_plans_change_nothing() {
     let c = dhcp_container(h1, 1);
     let leased = lease(&c).unwrap();
     let offset = u32::from(leased.addr) - u32::from(h1.slice);
-    assert!((10..=99).contains(&offset), "{leased:?} outside the DHCP range given");
+    assert!(
+        (10..=99).contains(&offset),
+        "{leased:?} outside the DHCP range given"
+    );
     // The same again changes nothing; another plan is refused.
     assert!(attach_dhcp(h1, &state, &plan).contains("already attached"));
-    let out = fan_xdp_output(h1, &state, &["attach", "eth0", "--overlay", OVERLAY, "--dhcp", "--host-reserve", "9"]).unwrap();
+    let out = fan_xdp_output(
+        h1,
+        &state,
+        &[
+            "attach",
+            "eth0",
+            "--overlay",
+            OVERLAY,
+            "--dhcp",
+            "--host-reserve",
+            "9",
+        ],
+    )
+    .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("another address plan or DHCP setting"));
     fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
 }

@@ -190,9 +190,20 @@ impl Servers {
             }
             let mut server = self.running.remove(&overlay).expect("listed above");
             if keep {
-                warn!("dnsmasq for {overlay} (pid {}) exited: restarting it", server.pid);
+                warn!(
+                    "dnsmasq for {overlay} (pid {}) exited: restarting it",
+                    server.pid
+                );
             } else {
-                info!("stopping dnsmasq for {overlay} (pid {}): {}", server.pid, if wanted.contains_key(&overlay) { "its slice or range changed" } else { "DHCP is off" });
+                info!(
+                    "stopping dnsmasq for {overlay} (pid {}): {}",
+                    server.pid,
+                    if wanted.contains_key(&overlay) {
+                        "its slice or range changed"
+                    } else {
+                        "DHCP is off"
+                    }
+                );
                 if let Err(e) = stop(server.pid, &server.argv, server.child.as_mut()) {
                     warn!("stopping dnsmasq for {overlay}: {e:#}");
                 }
@@ -222,26 +233,52 @@ impl Servers {
             }
             self.last_start.insert(overlay, Instant::now());
         }
-        self.leases.retain(|overlay, _| self.running.contains_key(overlay));
+        self.leases
+            .retain(|overlay, _| self.running.contains_key(overlay));
     }
 
     fn adopt_or_start(&mut self, want: Wanted) -> Result<Running> {
         if let Some(pid) = recorded_pid(&want.files.pid) {
             if cmdline(pid).as_deref() == Some(&want.argv[..]) {
-                info!("adopted dnsmasq for {} (pid {pid}), still running", want.overlay);
-                return Ok(Running { argv: want.argv, pid, child: None, files: want.files });
+                info!(
+                    "adopted dnsmasq for {} (pid {pid}), still running",
+                    want.overlay
+                );
+                return Ok(Running {
+                    argv: want.argv,
+                    pid,
+                    child: None,
+                    files: want.files,
+                });
             }
             if is_ours(pid, &want.files.pid) {
-                info!("replacing dnsmasq for {} (pid {pid}): its command line differs", want.overlay);
+                info!(
+                    "replacing dnsmasq for {} (pid {pid}): its command line differs",
+                    want.overlay
+                );
                 stop(pid, &cmdline(pid).unwrap_or_default(), None)?;
             }
         }
-        let dir = want.files.leases.parent().context("the lease file has no directory")?;
+        let dir = want
+            .files
+            .leases
+            .parent()
+            .context("the lease file has no directory")?;
         let root = dir.parent().context("the lease directory has no parent")?;
         create_private_dirs(&[root, dir], "the DHCP lease directory")?;
         let child = spawn(&want.argv)?;
-        info!("started dnsmasq for {} (pid {}): {}", want.overlay, child.id(), want.argv[1..].join(" "));
-        Ok(Running { argv: want.argv, pid: child.id(), child: Some(child), files: want.files })
+        info!(
+            "started dnsmasq for {} (pid {}): {}",
+            want.overlay,
+            child.id(),
+            want.argv[1..].join(" ")
+        );
+        Ok(Running {
+            argv: want.argv,
+            pid: child.id(),
+            child: Some(child),
+            files: want.files,
+        })
     }
 
     /// The leases of every running server as bindings of origin `dhcp`
@@ -251,8 +288,13 @@ impl Servers {
         let now = unix_now();
         let mut out = Vec::new();
         for (overlay, server) in &self.running {
-            let modified = fs::metadata(&server.files.leases).and_then(|m| m.modified()).ok();
-            let cached = self.leases.get(overlay).filter(|(t, _)| Some(*t) == modified);
+            let modified = fs::metadata(&server.files.leases)
+                .and_then(|m| m.modified())
+                .ok();
+            let cached = self
+                .leases
+                .get(overlay)
+                .filter(|(t, _)| Some(*t) == modified);
             let leases = match (cached, modified) {
                 (Some((_, leases)), _) => leases.clone(),
                 (None, Some(time)) => {
@@ -262,14 +304,22 @@ impl Servers {
                 }
                 (None, None) => Vec::new(),
             };
-            out.extend(leases.iter().filter(|l| l.expiry == 0 || l.expiry > now).map(Lease::binding));
+            out.extend(
+                leases
+                    .iter()
+                    .filter(|l| l.expiry == 0 || l.expiry > now)
+                    .map(Lease::binding),
+            );
         }
         out
     }
 
     /// Each running server's overlay and pid, for the status.
     pub fn pids(&self) -> BTreeMap<String, u32> {
-        self.running.iter().map(|(o, s)| (o.to_string(), s.pid)).collect()
+        self.running
+            .iter()
+            .map(|(o, s)| (o.to_string(), s.pid))
+            .collect()
     }
 }
 
@@ -413,7 +463,13 @@ fn stop(pid: u32, argv: &[String], child: Option<&mut Child>) -> Result<()> {
     let signal = |sig: libc::c_int| {
         // SAFETY: a pidfd we hold, a signal number, no siginfo, no flags.
         unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0u32)
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<u8>(),
+                0u32,
+            )
         }
     };
     signal(libc::SIGTERM);
@@ -529,7 +585,13 @@ fn parse_leases(text: &str) -> Vec<Lease> {
             let expiry = fields.next()?.parse().ok()?;
             let mac = fields.next()?.to_ascii_lowercase();
             let address = fields.next()?.parse().ok()?;
-            Some(Lease { expiry, mac, address, hostname: named(fields.next()), client_id: named(fields.next()) })
+            Some(Lease {
+                expiry,
+                mac,
+                address,
+                hostname: named(fields.next()),
+                client_id: named(fields.next()),
+            })
         })
         .collect()
 }

@@ -25,8 +25,8 @@ use tokio::net::UnixListener;
 use crate::{
     agent,
     agent::bindings::{Binding, Bindings, Origin},
-    agent::endpoints,
     agent::dhcp,
+    agent::endpoints,
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,

@@ -27,6 +27,7 @@ use log::{info, warn};
 
 use crate::{
     agent,
+    agent::dhcp,
     cli::{AttachArgs, Bypass, Global, Mode},
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
@@ -43,7 +44,6 @@ use crate::{
     state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
     state::rundir::RunDir,
     state::settings::{self, Settings},
-    agent::dhcp,
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.

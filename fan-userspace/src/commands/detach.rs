@@ -8,6 +8,7 @@ use log::{info, warn};
 
 use crate::{
     agent,
+    agent::dhcp,
     cli::{DetachArgs, Global},
     commands::show::attached,
     dataplane::{Hook, PinnedMaps, unlink},
@@ -16,7 +17,6 @@ use crate::{
     ipv4_network, require_capabilities,
     state::record::{Fan, HOST_DEVICE, meta_key},
     state::rundir::RunDir,
-    agent::dhcp,
     state::settings,
 };
 

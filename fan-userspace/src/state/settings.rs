@@ -77,7 +77,8 @@ impl Settings {
     /// slice, off its network and broadcast addresses).
     pub fn plan(&self, slice: Ipv4Network, host_reserve: u32) -> Result<AddressPlan> {
         let (base, len) = (slice.network(), slice.prefix());
-        let describe = |e: fan_common::plan::PlanError| anyhow!("address plan of slice {slice}: {e}");
+        let describe =
+            |e: fan_common::plan::PlanError| anyhow!("address plan of slice {slice}: {e}");
         let mut plan = AddressPlan::default_for(base, len, host_reserve).map_err(describe)?;
         // The overrides follow the slice if it moved since they were given.
         let from = self.slice.map_or(base, |s| s.network());
@@ -113,8 +114,11 @@ impl Settings {
 
 /// The settings file of `overlay`.
 pub fn path(run: &RunDir, overlay: Ipv4Network) -> PathBuf {
-    run.path
-        .join(format!("fan-{}-{}.json", overlay.network(), overlay.prefix()))
+    run.path.join(format!(
+        "fan-{}-{}.json",
+        overlay.network(),
+        overlay.prefix()
+    ))
 }
 
 /// The settings of `overlay`; a fan without a file has the defaults.
@@ -187,18 +191,39 @@ mod tests {
         assert_eq!(plan.docker.to_string(), "250.0.28.128/26");
 
         // A DHCP range over Docker's default is refused, naming both and every part.
-        let overlapping =
-            Settings::new(slice, true, Some(range("250.0.28.2", "250.0.28.200")), None, None);
+        let overlapping = Settings::new(
+            slice,
+            true,
+            Some(range("250.0.28.2", "250.0.28.200")),
+            None,
+            None,
+        );
         let err = overlapping.plan(slice, 1).unwrap_err().to_string();
-        assert!(err.contains("the DHCP range and the Docker range overlap"), "{err}");
+        assert!(
+            err.contains("the DHCP range and the Docker range overlap"),
+            "{err}"
+        );
         assert!(err.contains("DHCP range 250.0.28.2-250.0.28.200"), "{err}");
         // Over the host reserve, or outside the slice.
-        let over_reserve =
-            Settings::new(slice, false, Some(range("250.0.28.5", "250.0.28.50")), None, None);
+        let over_reserve = Settings::new(
+            slice,
+            false,
+            Some(range("250.0.28.5", "250.0.28.50")),
+            None,
+            None,
+        );
         let err = over_reserve.plan(slice, 9).unwrap_err().to_string();
-        assert!(err.contains("host reserve and the DHCP range overlap"), "{err}");
-        let outside =
-            Settings::new(slice, false, None, Some(range("250.0.29.1", "250.0.29.9")), None);
+        assert!(
+            err.contains("host reserve and the DHCP range overlap"),
+            "{err}"
+        );
+        let outside = Settings::new(
+            slice,
+            false,
+            None,
+            Some(range("250.0.29.1", "250.0.29.9")),
+            None,
+        );
         let err = outside.plan(slice, 1).unwrap_err().to_string();
         assert!(err.contains("CNI range reaches outside the slice"), "{err}");
     }
@@ -207,8 +232,13 @@ mod tests {
     fn overrides_follow_a_moved_slice() {
         let old: Ipv4Network = "250.0.28.0/24".parse().unwrap();
         let new: Ipv4Network = "250.0.29.0/24".parse().unwrap();
-        let settings =
-            Settings::new(old, true, Some(range("250.0.28.10", "250.0.28.99")), None, None);
+        let settings = Settings::new(
+            old,
+            true,
+            Some(range("250.0.28.10", "250.0.28.99")),
+            None,
+            None,
+        );
         assert_eq!(
             settings.plan(new, 1).unwrap().dhcp,
             range("250.0.29.10", "250.0.29.99")

@@ -42,7 +42,13 @@ struct ShownLease {
     port: Option<String>,
 }
 
-pub async fn slice_use(net: &Net, run: &RunDir, global: &Global, fan: &Fan, leases: bool) -> Result<SliceUse> {
+pub async fn slice_use(
+    net: &Net,
+    run: &RunDir,
+    global: &Global,
+    fan: &Fan,
+    leases: bool,
+) -> Result<SliceUse> {
     let plan = settings::plan_of(run, fan).ok();
     let dhcp = match (settings::dhcp_of(run, fan)?, &plan) {
         (true, Some(plan)) => Some(dhcp::status(run, global.state_dir.as_deref(), fan, plan)),
@@ -114,7 +120,10 @@ pub fn describe_slice_use(fan: &Fan, slice: &SliceUse) -> Vec<String> {
         lines.push(format!("{}: {opts}", fan.bridge));
     }
     lines.push(match &slice.dhcp {
-        None => format!("{}: DHCP: off (attach --dhcp serves the DHCP range)", fan.bridge),
+        None => format!(
+            "{}: DHCP: off (attach --dhcp serves the DHCP range)",
+            fan.bridge
+        ),
         Some(dhcp) => match dhcp.pid {
             Some(pid) => format!(
                 "{}: DHCP: running (dnsmasq pid {pid}), {} lease(s) in use of {} ({})",
