@@ -303,6 +303,48 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
 }
 
 #[test]
+fn two_fans_serve_side_by_side_and_detach_stops_only_its_own() {
+    if !privileged() {
+        return;
+    }
+    require_tools().unwrap();
+    let state = StateDir::new().unwrap();
+    let fleet = Fleet::new(1).unwrap();
+    let h1 = &fleet.hosts[0];
+    attach_dhcp(h1, &state, &[]);
+    fan_xdp(
+        h1,
+        &state,
+        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
+    )
+    .unwrap();
+    let (c250, c240) = (
+        dhcp_container(h1, 1),
+        plug_dhcp_container(&h1.ns, "fan-240-0-1", "dveth2", "d1-240").unwrap(),
+    );
+    let (l250, l240) = (lease(&c250).unwrap(), lease(&c240).unwrap());
+    assert_eq!(l250.router, Some(h1.gateway), "{l250:?}");
+    assert_eq!(l240.router, Some(Ipv4Addr::new(240, 0, 1, 1)), "{l240:?}");
+    assert_eq!(l240.addr.octets()[..3], [240, 0, 1], "{l240:?}");
+    assert_eq!(pids_named(&h1.ns, "dnsmasq").len(), 2);
+    // One fan detached: its server goes, the agent does not start it again,
+    // and the other fan's server stays.
+    let kept = show(h1, &state, &[])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["overlay"] == OVERLAY)
+        .unwrap()["dhcp"]["pid"]
+        .as_u64()
+        .unwrap();
+    fan_xdp(h1, &state, &["detach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pids_named(&h1.ns, "dnsmasq"), vec![kept as u32]);
+    assert_eq!(lease(&c250).unwrap(), l250);
+    fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+}
+
+#[test]
 fn a_containers_own_dhcp_server_is_not_heard() {
     if !privileged() {
         return;
