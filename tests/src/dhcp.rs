@@ -35,7 +35,8 @@ pub fn require_tools() -> Result<()> {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A private `--state-dir` (where fan-xdp keeps DHCP leases), removed on drop.
+/// A private `--state-dir` (where fan-xdp keeps DHCP leases), removed on
+/// drop with whatever a test put there (a foreign server's leases).
 pub struct StateDir(pub PathBuf);
 
 impl StateDir {
@@ -43,6 +44,10 @@ impl StateDir {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("fan-tests-state-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
+        // Private, as fan-xdp wants its state directory.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         Ok(Self(path))
     }
 

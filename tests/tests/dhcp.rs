@@ -261,6 +261,66 @@ fn the_server_is_adopted_after_an_agent_restart_and_restarted_when_killed() {
     fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
 }
 
+/// The value of `--NAME=` in the command line of process `pid`.
+fn flag_of(pid: u32, name: &str) -> String {
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    let prefix = format!("--{name}=");
+    cmdline
+        .split('\0')
+        .find_map(|arg| arg.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {cmdline:?}"))
+        .to_string()
+}
+
+#[test]
+fn a_server_left_with_another_command_line_is_replaced() {
+    let Some((state, fleet)) = bed(1) else {
+        return;
+    };
+    let h1 = &fleet.hosts[0];
+    attach_dhcp(h1, &state, &[]);
+    let ours = dhcp_pid(h1, &state).unwrap() as u32;
+    let (pid_file, lease_file) = (flag_of(ours, "pid-file"), flag_of(ours, "dhcp-leasefile"));
+    // While the agent is down, its server is replaced by one serving
+    // another range under the same pid file (as a server of a slice that
+    // moved meanwhile would be).
+    let agent = show(h1, &state, &[])[0]["agent"]["pid"].as_u64().unwrap();
+    for pid in [agent as i32, ours as i32] {
+        // SAFETY: signalling processes of our test namespace by their pids.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        pids_named(&h1.ns, "fan-xdp").is_empty() && pids_named(&h1.ns, "dnsmasq").is_empty()
+    }));
+    let mut stale = foreign_dnsmasq(
+        &h1.ns,
+        &h1.bridge,
+        "250.0.1.100,250.0.1.110",
+        &[&format!("--pid-file={pid_file}")],
+        std::path::Path::new(&lease_file),
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == stale.id().to_string())
+    }));
+    attach_dhcp(h1, &state, &[]);
+    let stopped = eventually(Duration::from_secs(5), || {
+        stale.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !stopped {
+        let _ = stale.kill();
+        let _ = stale.wait();
+    }
+    assert!(stopped, "the stale server was adopted, not stopped");
+    let servers = pids_named(&h1.ns, "dnsmasq");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_ne!(servers[0], stale.id(), "the stale server was adopted");
+    assert_eq!(
+        flag_of(servers[0], "dhcp-range"),
+        "250.0.1.2,250.0.1.127,255.255.255.0,1h"
+    );
+    fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+}
+
 #[test]
 fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
     let Some((state, fleet)) = bed(1) else {
@@ -278,7 +338,7 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
         .ip(&["addr", "add", "10.9.0.1/24", "dev", "other0"])
         .unwrap();
     h1.ns.ip(&["link", "set", "other0", "up"]).unwrap();
-    let foreign_leases = state.0.with_extension("foreign.leases");
+    let foreign_leases = state.0.join("foreign.leases");
     let mut foreign = foreign_dnsmasq(
         &h1.ns,
         "other0",
@@ -313,7 +373,6 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
     assert!(pids_named(&h1.ns, "fan-xdp").is_empty());
     let _ = foreign.kill();
     let _ = foreign.wait();
-    let _ = std::fs::remove_file(foreign_leases);
 }
 
 #[test]
@@ -368,7 +427,7 @@ fn a_containers_own_dhcp_server_is_not_heard() {
     rogue
         .ip(&["addr", "add", "250.0.1.250/24", "dev", "eth0"])
         .unwrap();
-    let rogue_leases = state.0.with_extension("rogue.leases");
+    let rogue_leases = state.0.join("rogue.leases");
     let mut server = foreign_dnsmasq(
         &rogue,
         "eth0",
@@ -399,7 +458,6 @@ fn a_containers_own_dhcp_server_is_not_heard() {
     );
     let _ = server.kill();
     let _ = server.wait();
-    let _ = std::fs::remove_file(rogue_leases);
     fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
 }
 
