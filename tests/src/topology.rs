@@ -87,17 +87,28 @@ pub struct Fleet {
 pub struct Daemon(std::process::Child);
 
 impl Daemon {
-    /// Starts `fan-xdp run ARGS` in `ns`, resyncing every second.
+    /// Starts `fan-xdp run ARGS` in `ns`, resyncing every second unless
+    /// ARGS say otherwise.
     pub fn start(ns: &Netns, extra: &[&str]) -> Result<Self> {
+        let resync: &[&str] = if extra.contains(&"--resync-seconds") {
+            &[]
+        } else {
+            &["--resync-seconds", "1"]
+        };
         let child = ns
             .command(fan_xdp_binary().to_str().context("binary path")?)
-            .args(["run", "--resync-seconds", "1"])
+            .arg("run")
+            .args(resync)
             .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("starting fan-xdp run")?;
         Ok(Self(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
     }
 
     /// Stops it the way systemd would, and waits for it.

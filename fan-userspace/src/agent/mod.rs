@@ -19,6 +19,7 @@
 pub mod bindings;
 pub mod dhcp;
 pub mod endpoints;
+pub mod known;
 pub mod notify;
 pub mod pmtu;
 pub mod ports;
@@ -46,6 +47,12 @@ use crate::{
 /// an attach from a newer fan-xdp (or with other programs) replaces an
 /// older agent.
 pub fn version() -> String {
+    // The tests' stand-in for an agent of an older release.
+    if cfg!(feature = "fault-injection")
+        && std::env::var("FAN_XDP_INJECT").is_ok_and(|v| v == "version:older")
+    {
+        return "0.0.0+older".into();
+    }
     // FNV-1a: stable across runs and builds, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in crate::dataplane::EBPF_OBJECT {
@@ -71,6 +78,11 @@ pub struct Status {
     pub bindings: BTreeMap<String, u64>,
     /// Container ports running the encapsulating program.
     pub ports: u64,
+    /// Full reads of every link, neighbour and forwarding entry so far (at
+    /// start, periodically, on reload, or when an event cannot be taken in
+    /// alone); events otherwise change only what they are about.
+    #[serde(default)]
+    pub full_reads: u64,
     /// Whether the fast path may skip netfilter, and why (not).
     pub bypass: bool,
     pub bypass_why: String,
@@ -193,11 +205,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes sure an agent of this version serves the namespace: starts one
 /// where none runs (a unit under systemd, else a detached process), or
-/// replaces one of another version. Returns once it reports ready.
+/// replaces one of another version, or has the one that runs resync.
+/// Returns once it reports ready (or has resynced).
 pub fn ensure(run: &RunDir, global: &Global) -> Result<()> {
     if let Some(current) = status(run) {
         if current.version == version() {
-            return Ok(());
+            // It follows netlink events one change at a time; a fan that
+            // attach just completed is news it reads whole.
+            return request(run, "reload", Duration::from_secs(30)).map(drop);
         }
         log::info!(
             "replacing the agent (pid {}, version {}) with this version ({})",

@@ -8,11 +8,15 @@
 //! bridge and the stack, which is always correct.
 
 use std::{
-    collections::BTreeMap, io::Write as _, net::Ipv4Addr, os::unix::fs::PermissionsExt as _,
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+use fan_common::maps::Endpoint;
 use futures::StreamExt as _;
 use log::{debug, info, warn};
 use rtnetlink::{
@@ -27,6 +31,7 @@ use crate::{
     agent::bindings::{Binding, Bindings, Origin},
     agent::dhcp,
     agent::endpoints,
+    agent::known::{self, Known},
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
@@ -43,12 +48,15 @@ use crate::{
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
+    // The agent may start before any attach (at boot): it mounts bpffs, so
+    // that the directory it holds open below is the one attach pins into.
+    dir.mount()?;
     let net = Net::connect()?;
     let mut ports = None;
     let mut routes = SliceRoutes::default();
     if args.once {
         let none = Bindings::default();
-        return sync(&net, &dir, &none, &mut ports, None, None)
+        return sync(&net, &dir, &none, &mut None, &mut ports, None, None)
             .await
             .map(drop);
     }
@@ -56,6 +64,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let _lock = agent::lock(&run_dir)?;
     let mut bindings = Bindings::load(&run_dir)?;
     let mut dhcp_servers = dhcp::Servers::default();
+    let mut known: Option<Known> = None;
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
@@ -73,9 +82,32 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         .socket_mut()
         .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
         .context("subscribing to link and neighbour events")?;
+    // Hundreds of containers starting at once announce megabytes of events;
+    // the default buffer (rmem_default, about 200 KiB) would drop most of
+    // them. A lost event is caught (an overrun makes the agent read
+    // everything), but each costs a full read.
+    let events_fd = connection.socket_mut().socket_mut().as_raw_fd();
+    let buffer: libc::c_int = EVENT_BUFFER_BYTES;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int
+    // that outlives the call and its size.
+    let set = unsafe {
+        libc::setsockopt(
+            events_fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const buffer).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        warn!(
+            "enlarging the netlink event buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     tokio::spawn(connection);
     let _logs = if global.verbose {
-        crate::commands::stats::stream_ebpf_logs(&dir)
+        crate::dataplane::inspect::stream_ebpf_logs(&dir)
     } else {
         None
     };
@@ -92,18 +124,24 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         since: unix_now(),
         ..agent::Status::default()
     };
+    // A full sync, and a heartbeat right after it (the first one must be
+    // fresh before READY; the tick keeps it so).
     macro_rules! full_sync {
-        () => {
-            sync(
+        () => {{
+            let synced = sync(
                 &net,
                 &dir,
                 &bindings,
+                &mut known,
                 &mut ports,
                 Some(args.steer_flows),
                 Some(&mut routes),
             )
-            .await
-        };
+            .await;
+            report(beat(&dir));
+            status.full_reads += 1;
+            synced
+        }};
     }
     // The DHCP servers of fans attached with --dhcp, and their leases.
     macro_rules! dhcp_round {
@@ -121,7 +159,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     dhcp_round!();
     let first = full_sync!();
     status.ready = true;
-    publish(&run_dir, &dir, &mut status, first);
+    publish(&run_dir, &mut status, first);
     notify::notify("READY=1");
     info!(
         "fan-xdp run: serving {} (pid {}, version {})",
@@ -132,20 +170,37 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     loop {
         tokio::select! {
             event = events.next() => {
-                if event.is_none() {
+                let Some((first, _)) = event else {
                     warn!("netlink event stream ended");
                     break;
+                };
+                // A burst (a container coming up, or hundreds) arrives as
+                // many events: take them in until the kernel is quiet for a
+                // moment (or for at most a quarter of a second), then write once.
+                let mut messages = vec![first];
+                let burst = std::time::Instant::now();
+                while burst.elapsed() < BURST_MOST {
+                    match tokio::time::timeout(BURST_QUIET, events.next()).await {
+                        Ok(Some((message, _))) => messages.push(message),
+                        _ => break,
+                    }
                 }
-                // A burst (a container coming up) arrives as many events:
-                // settle briefly, drain, then resync once.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
-                let synced = full_sync!();
-                publish(&run_dir, &dir, &mut status, synced);
+                let taken = known
+                    .as_mut()
+                    .and_then(|k| k.take_in(&messages, &dir, &bindings, &mut ports));
+                let synced = match taken {
+                    Some(counts) => counts.map(|bindings| Synced {
+                        bindings,
+                        ports: ports.as_ref().map_or(0, PortEncap::ports),
+                        bypass: None,
+                    }),
+                    None => full_sync!(),
+                };
+                publish(&run_dir, &mut status, synced);
             }
             _ = resync.tick() => {
                 let synced = full_sync!();
-                publish(&run_dir, &dir, &mut status, synced);
+                publish(&run_dir, &mut status, synced);
             }
             _ = tick.tick() => {
                 if args.started_by_attach && !dir.exists() {
@@ -156,7 +211,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 report(sync_routes(&net, &dir, &mut routes).await);
                 if dhcp_round!() {
                     let synced = full_sync!();
-                    publish(&run_dir, &dir, &mut status, synced);
+                    publish(&run_dir, &mut status, synced);
                 }
                 agent::cap_log(&run_dir);
             }
@@ -174,7 +229,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     Request::Reload => {
                         dhcp_round!();
                         let synced = full_sync!();
-                        publish(&run_dir, &dir, &mut status, synced);
+                        publish(&run_dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");
                         Ok(serde_json::json!({ "status": status }))
                     }
@@ -187,7 +242,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                         match bind(&net, &dir, &mut bindings, binding).await {
                             Ok(()) => {
                                 let synced = full_sync!();
-                                publish(&run_dir, &dir, &mut status, synced);
+                                publish(&run_dir, &mut status, synced);
                                 is_delivered(&dir, address)
                                     .map(|active| serde_json::json!({ "active": active }))
                             }
@@ -200,7 +255,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                                 info!("{address}: {} binding removed", origin.name());
                             }
                             let synced = full_sync!();
-                            publish(&run_dir, &dir, &mut status, synced);
+                            publish(&run_dir, &mut status, synced);
                             Ok(serde_json::json!({ "removed": removed }))
                         }
                         Err(e) => Err(e),
@@ -232,6 +287,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     );
     Ok(())
 }
+
+/// Events closer than this belong to one burst, taken in together...
+const BURST_QUIET: Duration = Duration::from_millis(20);
+/// ...for at most this long, so a steady stream still gets written.
+const BURST_MOST: Duration = Duration::from_millis(250);
+
+/// The netlink event socket's receive buffer.
+const EVENT_BUFFER_BYTES: libc::c_int = 16 << 20;
 
 /// `fan-xdp reload`: the agent resyncs, then answers.
 pub fn reload(global: &Global) -> Result<()> {
@@ -343,7 +406,7 @@ struct Synced {
 }
 
 /// Records a sync in the status file (and says so to the service manager).
-fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced: Result<Synced>) {
+fn publish(run_dir: &RunDir, status: &mut agent::Status, synced: Result<Synced>) {
     match synced {
         Ok(synced) => {
             status.last_sync = unix_now();
@@ -356,7 +419,6 @@ fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced:
         }
         Err(e) => warn!("sync failed: {e:#}"),
     }
-    report(beat(dir));
     if let Err(e) = agent::write_status(run_dir, status) {
         warn!("writing the agent's status: {e:#}");
     }
@@ -393,10 +455,12 @@ async fn sync(
     net: &Net,
     dir: &StateDir,
     bindings: &Bindings,
+    known: &mut Option<Known>,
     ports: &mut Option<PortEncap>,
     at_ports: Option<bool>,
     routes: Option<&mut SliceRoutes>,
 ) -> Result<Synced> {
+    *known = None;
     if !dir.exists() {
         // Detached: the ports' links would keep a dead fan's program running.
         *ports = None;
@@ -418,23 +482,11 @@ async fn sync(
             verdict.why
         );
     }
-    let want = endpoints::desired(net, &fans).await?;
-    let have = maps.endpoints.iter().collect::<Result<_, _>>()?;
-    // What the bridge taught us, then what was bound on purpose over it.
-    let (mut bound, chosen) = if verdict.on {
-        (
-            endpoints::keep_bindings(&have, &want),
-            bindings.endpoints(&want),
-        )
-    } else {
-        Default::default()
-    };
-    let mut counts = bindings.counts();
-    counts.retain(|_, _| verdict.on);
-    let learned = bound.keys().filter(|k| !chosen.contains_key(k)).count();
-    counts.insert("learned".into(), learned as u64);
-    bound.extend(chosen);
-    let (changed, removed) = endpoints::apply(&mut maps, &bound)?;
+    let observed = endpoints::observe(net, &fans).await?;
+    let want = observed.slices();
+    let have: HashMap<u32, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
+    let (bound, counts) = known::choose(&have, &want, bindings, verdict.on);
+    let (changed, removed) = endpoints::apply_diff(&mut maps, &have, &bound)?;
     if changed + removed > 0 {
         info!(
             "endpoints: {} known, {changed} added or changed, {removed} removed",
@@ -443,6 +495,11 @@ async fn sync(
     } else {
         debug!("endpoints: {} known, unchanged", bound.len());
     }
+    *known = Some(Known {
+        observed,
+        have: bound,
+        bypass_on: verdict.on,
+    });
 
     if ports.as_ref().is_some_and(|p| !p.is_current(dir)) {
         info!("a new program version was attached: moving the ports to it");

@@ -31,9 +31,10 @@ use crate::{
     cli::{AttachArgs, Bypass, Global, Mode},
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
-        overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
+        inspect, overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported,
+        unlink,
     },
-    host::naming::{IFNAME_MAX, bridge_name},
+    host::naming::{IFNAME_MAX, bridge_mac, bridge_name},
     host::nat,
     host::{
         FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
@@ -128,7 +129,7 @@ const DHCP_TIMEOUT: Duration = Duration::from_secs(10);
 fn wait_for_dhcp(run_dir: &RunDir, global: &Global, overlay: &Ipv4Network) -> Result<()> {
     let deadline = Instant::now() + DHCP_TIMEOUT;
     loop {
-        let fans = crate::commands::show::attached(global)?.1;
+        let fans = crate::state::record::attached(global)?.1;
         let fan = fans
             .iter()
             .find(|f| f.overlay == *overlay)
@@ -403,13 +404,9 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Re
     };
     if let Some(prog) = iface.xdp_prog_id
         && mode != Mode::Tc
-        && !ours(&dir, &iface.name, prog)
+        && !inspect::xdp_link_runs(&dir, &iface.name, prog)
     {
-        let name = aya::programs::loaded_programs()
-            .flatten()
-            .find(|p| p.id() == prog)
-            .and_then(|p| p.name_as_str().map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
+        let name = inspect::program_name(prog).unwrap_or_else(|| "unknown".into());
         bail!(
             "{} already has XDP program {prog} ({name}) attached; fan-xdp will not replace it (detach it, or attach with --mode tc)",
             iface.name
@@ -443,15 +440,6 @@ fn mode_str(mode: Mode) -> &'static str {
         Mode::Tc => "tc",
         Mode::Auto => "auto",
     }
-}
-
-/// Whether XDP program `prog` on `iface` is attached through our pinned link.
-fn ours(dir: &StateDir, iface: &str, prog: u32) -> bool {
-    aya::programs::links::PinnedLink::from_pin(dir.link(iface, "decap-xdp"))
-        .ok()
-        .map(aya::programs::links::FdLink::from)
-        .and_then(|l| l.info().ok())
-        .is_some_and(|info| info.program_id() == prog)
 }
 
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
@@ -577,6 +565,8 @@ impl<'a> Attach<'a> {
         undo: &'a mut Vec<Undo>,
     ) -> Result<Self> {
         if !plan.dir.exists() {
+            // Planning changed nothing; bpffs is mounted now, if it must be.
+            plan.dir.mount()?;
             plan.dir.create()?;
             undo.push(Undo::StateDir);
         }
@@ -664,7 +654,8 @@ impl<'a> Attach<'a> {
             }
             None => {
                 self.claim(owned::BRIDGE)?;
-                let link = net.create_bridge(&plan.bridge, plan.mtu).await?;
+                let mac = bridge_mac(plan.gateway);
+                let link = net.create_bridge(&plan.bridge, plan.mtu, mac).await?;
                 self.undo.push(Undo::Link(plan.bridge.clone()));
                 self.changed = true;
                 link

@@ -10,12 +10,11 @@ use crate::{
     agent,
     agent::dhcp,
     cli::{DetachArgs, Global},
-    commands::show::attached,
     dataplane::{Hook, PinnedMaps, unlink},
     host::nat,
     host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
     ipv4_network, require_capabilities,
-    state::record::{Fan, HOST_DEVICE, meta_key},
+    state::record::{Fan, HOST_DEVICE, attached, meta_key},
     state::rundir::RunDir,
     state::settings,
 };
@@ -118,6 +117,17 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         {
             net.del_clsact(iface.index).await?;
         }
+    }
+    // fan-host carries every fan's host traffic, at the smallest fan MTU:
+    // the fan that needed it lower may just have gone.
+    if let (Some(dev), Some(lowest)) = (&host_dev, staying.iter().map(|f| f.mtu).min())
+        && dev.mtu < lowest
+    {
+        net.set_mtu(dev.index, lowest).await?;
+        println!(
+            "{HOST_DEVICE}: MTU {} -> {lowest}, the smallest of the fans left",
+            dev.mtu
+        );
     }
     if staying.is_empty() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);

@@ -18,7 +18,7 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     }
     let maps = PinnedMaps::open(&dir)?;
     let _logs = if global.verbose {
-        stream_ebpf_logs(&dir)
+        crate::dataplane::inspect::stream_ebpf_logs(&dir)
     } else {
         None
     };
@@ -94,35 +94,4 @@ fn print(
     println!("path MTU entries evicted from the full table: {path_mtus_evicted}");
     println!();
     Ok(())
-}
-
-/// Prints the eBPF programs' log events (enabled by `attach -v`) while
-/// watching. All programs of one load share a log buffer: one reader serves them.
-pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
-    for name in [
-        crate::dataplane::DECAP_TC,
-        crate::dataplane::DECAP_XDP,
-        crate::dataplane::ENCAP_FORWARD,
-        crate::dataplane::ENCAP_PORT,
-        crate::dataplane::ENCAP_OUTPUT,
-    ] {
-        let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else {
-            continue;
-        };
-        let Ok(logger) = aya_log::EbpfLogger::init_from_id(info.id()) else {
-            continue;
-        };
-        // SAFETY: the logger owns its ring buffer fd for as long as the
-        // AsyncFd holds it, and as_raw_fd always returns that fd.
-        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
-            continue;
-        };
-        return Some(tokio::spawn(async move {
-            while let Ok(mut guard) = fd.readable_mut().await {
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-        }));
-    }
-    None
 }
