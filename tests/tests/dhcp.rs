@@ -2,6 +2,10 @@
 //! meets them: containers that take their addresses with busybox udhcpc
 //! from the dnsmasq the agent supervises, on simulated hosts. Host kernel
 //! only (the 6.1 VM has no dnsmasq).
+//!
+//! Over 400 lines on purpose: each test is one scenario end to end, whole in
+//! itself so that a failure reads on its own; what they share is in
+//! `fan_tests::dhcp` and the helpers at the top.
 
 use std::{
     net::Ipv4Addr,
