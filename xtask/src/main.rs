@@ -4,6 +4,7 @@
 //! fresh machine and can install that toolchain itself.
 
 mod apt;
+mod cni;
 mod setup;
 mod test;
 mod vm;
@@ -53,6 +54,15 @@ enum Task {
         /// The seed (decimal or 0x-hex); a random one if not given. Printed either way.
         #[arg(long)]
         seed: Option<String>,
+    },
+    /// Install the release fan-xdp into PREFIX/bin and the CNI plugin `fan`
+    /// (a link to it) into the CNI binary directory.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Where CNI runtimes look for plugins.
+        #[arg(long, default_value = cni::DEFAULT_CNI_BIN_DIR)]
+        cni_bin_dir: std::path::PathBuf,
     },
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
@@ -110,6 +120,28 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Task::Install {
+            prefix,
+            cni_bin_dir,
+        } => {
+            if !prefix.is_absolute() {
+                bail!(
+                    "--prefix {} must be an absolute path (the plugin's link names the binary by it)",
+                    prefix.display()
+                );
+            }
+            build_release_fan_xdp()?;
+            let bin = prefix.join("bin");
+            std::fs::create_dir_all(&bin)?;
+            let installed = bin.join("fan-xdp");
+            // Beside, then renamed over: a running agent keeps its binary.
+            let staged = bin.join(".fan-xdp.new");
+            std::fs::copy(workspace_root().join("target/release/fan-xdp"), &staged)
+                .context("copying the release fan-xdp")?;
+            std::fs::rename(&staged, &installed)?;
+            println!("installed {}", installed.display());
+            cni::install_plugin(&installed, &cni_bin_dir)
+        }
         Task::Demo => {
             setup::run()?;
             run_release("fan-demo", &[])
@@ -156,9 +188,8 @@ fn containers_bench() -> Result<()> {
     run_release("fan-containers", &[])
 }
 
-/// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
-/// `name` with `args` (it drives `fan-xdp` from beside itself).
-fn run_release(name: &str, args: &[&str]) -> Result<()> {
+/// Builds `target/release/fan-xdp`.
+fn build_release_fan_xdp() -> Result<()> {
     cargo(&[
         "build",
         "--release",
@@ -166,7 +197,13 @@ fn run_release(name: &str, args: &[&str]) -> Result<()> {
         "fan-userspace",
         "--bin",
         "fan-xdp",
-    ])?;
+    ])
+}
+
+/// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
+/// `name` with `args` (it drives `fan-xdp` from beside itself).
+fn run_release(name: &str, args: &[&str]) -> Result<()> {
+    build_release_fan_xdp()?;
     cargo(&["build", "--release", "-p", "fan-tests", "--bin", name])?;
     let status = Command::new(workspace_root().join("target/release").join(name))
         .args(args)

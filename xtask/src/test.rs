@@ -53,6 +53,9 @@ pub fn run() -> Result<()> {
         "agent",
         "--test",
         "netfilter",
+        // The CNI plugin: its protocol, the reference plugins, Podman.
+        "--test",
+        "cni",
         // The docs' `fan-xdp map` examples, run and compared.
         "--test",
         "docs",

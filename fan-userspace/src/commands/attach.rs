@@ -18,9 +18,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
     FanEntry, FanMap,
     fan::validate_fans,
-    maps::{
-        FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason, owned,
-    },
+    maps::{DecapMode, FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, ModeReason, SYSCTL_UNKNOWN, owned},
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
@@ -42,13 +40,14 @@ use crate::{
     },
     ipv4_network, require_capabilities,
     state::StateDir,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes},
     state::rundir::RunDir,
     state::settings::{self, Settings},
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.
-const OUTER_HEADER: u32 = 20;
+/// The outer IPv4 header the programs add (no options).
+const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {
@@ -288,12 +287,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Re
             )
         }
     };
-    let map = FanMap::new(
-        u32::from(overlay.network()),
-        overlay.prefix(),
-        u32::from(underlay.network()),
-        underlay.prefix(),
-    );
+    let map = fan_map(overlay, underlay);
     if overlay.ip() != overlay.network() {
         bail!(
             "overlay {overlay} has host bits set (did you mean {}/{}?)",
@@ -331,7 +325,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Re
     if args.dhcp {
         settings.dnsmasq = Some(dhcp::find_dnsmasq()?);
     }
-    let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
+    let gateway = Ipv4Addr::from(map.gateway_of(u32::from(host)));
     let bridge = args
         .bridge
         .clone()
@@ -383,21 +377,21 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Re
     let mode = match (args.mode, others.iter().find(|f| f.iface == iface.name)) {
         // Decapsulation on an interface is shared by its fans: keep its mode.
         (Mode::Auto, Some(other)) => {
-            if other.mode == "xdp" {
+            if other.mode == Some(DecapMode::Xdp) {
                 Mode::Xdp
             } else {
                 Mode::Tc
             }
         }
         (requested, Some(other))
-            if requested != Mode::Auto && mode_str(requested) != other.mode =>
+            if requested_decap(requested).is_some() && requested_decap(requested) != other.mode =>
         {
             bail!(
                 "{} already decapsulates in {} mode for overlay {}; attach with --mode {} or auto",
                 iface.name,
-                other.mode,
+                other.mode_name(),
                 other.overlay,
-                other.mode
+                other.mode_name()
             )
         }
         (requested, _) => requested,
@@ -432,14 +426,6 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Re
         others,
         existing: existing.pop(),
     })
-}
-
-fn mode_str(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Xdp => "xdp",
-        Mode::Tc => "tc",
-        Mode::Auto => "auto",
-    }
 }
 
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
@@ -552,7 +538,7 @@ struct Attach<'a> {
     /// The host device, once its step made sure of it.
     host_dev: Option<Link>,
     /// The decapsulation mode and why, once the programs step attached it.
-    decap: Option<(u8, u8)>,
+    decap: Option<(DecapMode, ModeReason)>,
 }
 
 impl<'a> Attach<'a> {
@@ -779,7 +765,7 @@ impl<'a> Attach<'a> {
         let plan = self.plan;
         let same_version = self.dataplane.use_pinned_programs(&plan.dir)?;
         let (mode, reason) = decap_choice(plan);
-        let (program, hook, pin) = if mode == decap_mode::XDP {
+        let (program, hook, pin) = if mode == DecapMode::Xdp {
             (DECAP_XDP, Hook::Xdp, "decap-xdp")
         } else {
             (DECAP_TC, Hook::TcIngress, "decap-tc")
@@ -794,7 +780,7 @@ impl<'a> Attach<'a> {
                 self.changed |= changed;
                 (mode, reason)
             }
-            Err(e) if plan.mode == Mode::Auto && mode == decap_mode::XDP => {
+            Err(e) if plan.mode == Mode::Auto && mode == DecapMode::Xdp => {
                 info!(
                     "native XDP refused on {} ({e:#}); using TC",
                     plan.iface.name
@@ -803,7 +789,7 @@ impl<'a> Attach<'a> {
                 self.changed |= self
                     .link(DECAP_TC, &underlay, Hook::TcIngress, &pin)
                     .await?;
-                (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
+                (DecapMode::Tc, ModeReason::AutoNoNativeXdp)
             }
             Err(e) => return Err(e),
         };
@@ -876,10 +862,10 @@ impl<'a> Attach<'a> {
             .ok_or_else(|| anyhow!("attach finished without its programs step"))?;
         self.changed |= retire_other_decap(self.plan, mode)?;
         let meta = &mut self.meta;
-        if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
+        if meta.complete == 0 || meta.decap_mode != mode as u8 || meta.mode_reason != reason as u8 {
             meta.complete = 1;
-            meta.decap_mode = mode;
-            meta.mode_reason = reason;
+            meta.decap_mode = mode as u8;
+            meta.mode_reason = reason as u8;
             self.dataplane.insert_meta(self.key, meta)?;
         }
         Ok(self.changed)
@@ -1016,8 +1002,8 @@ async fn bring_up(net: &Net, link: &Link, undo: &mut Vec<Undo>) -> Result<bool> 
 
 /// Removes the decapsulation of the mode not chosen from the underlay: a
 /// re-attach with another `--mode` would otherwise leave both attached.
-fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
-    let (other, hook) = if mode == decap_mode::XDP {
+fn retire_other_decap(plan: &Plan, mode: DecapMode) -> Result<bool> {
+    let (other, hook) = if mode == DecapMode::Xdp {
         ("decap-tc", Hook::TcIngress)
     } else {
         ("decap-xdp", Hook::Xdp)
@@ -1080,15 +1066,24 @@ async fn retire_if_defunct(
     std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
 }
 
+/// The hook `--mode` asks for, if it names one.
+fn requested_decap(mode: Mode) -> Option<DecapMode> {
+    match mode {
+        Mode::Xdp => Some(DecapMode::Xdp),
+        Mode::Tc => Some(DecapMode::Tc),
+        Mode::Auto => None,
+    }
+}
+
 /// The decapsulation hook to try first, and why.
-fn decap_choice(plan: &Plan) -> (u8, u8) {
+fn decap_choice(plan: &Plan) -> (DecapMode, ModeReason) {
     match plan.mode {
-        Mode::Xdp => (decap_mode::XDP, mode_reason::REQUESTED),
-        Mode::Tc => (decap_mode::TC, mode_reason::REQUESTED),
+        Mode::Xdp => (DecapMode::Xdp, ModeReason::Requested),
+        Mode::Tc => (DecapMode::Tc, ModeReason::Requested),
         Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => {
-            (decap_mode::TC, mode_reason::AUTO_VETH)
+            (DecapMode::Tc, ModeReason::AutoVeth)
         }
-        Mode::Auto => (decap_mode::XDP, mode_reason::AUTO_NATIVE_XDP),
+        Mode::Auto => (DecapMode::Xdp, ModeReason::AutoNativeXdp),
     }
 }
 
