@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod cni;
+pub mod dhcp;
 pub mod fuzz;
 pub mod measure;
 pub mod model;

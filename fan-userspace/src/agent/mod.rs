@@ -17,6 +17,7 @@
 //! never by a recorded pid (which may have been reused).
 
 pub mod bindings;
+pub mod dhcp;
 pub mod endpoints;
 pub mod known;
 pub mod metrics;
@@ -155,11 +156,15 @@ pub fn write_status(run: &RunDir, status: &Status) -> Result<()> {
         .context("publishing the agent's status")
 }
 
-/// The status of the agent serving this namespace, if one runs.
+/// The status of the agent serving this namespace, if one runs. A status
+/// file left by an agent that was killed (SIGKILL leaves it, ready) is not
+/// the status of the agent that took the lock since: until that one has
+/// written its own, there is none.
 pub fn status(run: &RunDir) -> Option<Status> {
-    running(run)?;
+    let holder = running(run)?;
     let text = fs::read_to_string(Files::of(run).status).ok()?;
-    serde_json::from_str(&text).ok()
+    let status: Status = serde_json::from_str(&text).ok()?;
+    (status.pid == holder).then_some(status)
 }
 
 /// Sends `op` to the agent and returns its answer.
@@ -273,6 +278,9 @@ fn spawn(run: &RunDir, global: &Global) -> Result<()> {
     }
     if let Some(dir) = &global.run_dir {
         command.arg("--run-dir").arg(dir);
+    }
+    if let Some(dir) = &global.state_dir {
+        command.arg("--state-dir").arg(dir);
     }
     // Never -v: the agent would read the programs' event buffer, which has
     // one consumer, and `fan-xdp -v stats` would see nothing.

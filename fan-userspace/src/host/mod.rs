@@ -228,10 +228,20 @@ impl Net {
     pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<Link> {
         self.handle
             .link()
-            .add(LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build())
+            .add(LinkBridge::new(name).address(mac.to_vec()).build())
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
+        let link = self
+            .link(name)
+            .await?
+            .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))?;
+        // Set as a change, not at creation: only then does the kernel keep
+        // the MTU when a port with a larger one joins (a container veth left
+        // at 1500 would otherwise raise the bridge to 1500).
+        if link.mtu != mtu {
+            self.set_mtu(link.index, mtu).await?;
+        }
         self.link(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))
