@@ -48,6 +48,15 @@ const PACKAGES: &[Need] = &[
         "strip",
         "strip, to keep the VM's initramfs small",
     ),
+    // The container runtimes the runtimes tests drive, each inside the
+    // namespace of the host it serves. Docker and LXD by Debian's package:
+    // the versions docs/containers.md describes (the docker client some
+    // machines have in /usr/local/bin is not Debian's daemon, and a snap's
+    // LXD is another program). Their services never start on install: the
+    // deny-all policy-rc.d that `apt::install` holds while apt runs.
+    Need::package("docker.io", "Docker 20.10 on the fan, in the runtimes tests"),
+    Need::program("lxc", "lxc-start", "LXC containers on the fan, in the runtimes tests"),
+    Need::package("lxd", "LXD 5.0 containers on the fan, in the runtimes tests"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
