@@ -8,6 +8,7 @@ pub mod measure;
 pub mod model;
 pub mod netns;
 pub mod paths;
+pub mod runtimes;
 pub mod snapshot;
 pub mod topology;
 pub mod traffic;

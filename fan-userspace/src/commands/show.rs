@@ -12,6 +12,7 @@ use crate::{
     host::Net,
     dataplane::{ENCAP_PORT, PinnedMaps, tcx_supported},
     agent::pmtu,
+    state::docker::DockerOptions,
     state::record::{Fan, load_fans},
     state::rundir::RunDir,
     state::StateDir,
@@ -51,6 +52,8 @@ struct Shown<'a> {
     agent: Option<&'a agent::Status>,
     /// Whether the fast path may skip the host's netfilter, and why (not).
     bypass: &'a bypass::Verdict,
+    /// dockerd's options for this fan's slice (docs/containers.md).
+    docker: DockerOptions,
 }
 
 /// A path MTU the programs learned towards a host of a fan's underlay.
@@ -136,17 +139,20 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
         }
     }
     if args.json {
-        let shown: Vec<Shown> = fans
+        let shown = fans
             .iter()
             .zip(fast_paths)
-            .map(|(fan, fast_path)| Shown {
-                fan,
-                fast_path,
-                path_mtus: path_mtus(&learned, fan),
-                agent: serving.as_ref(),
-                bypass: &bypass,
+            .map(|(fan, fast_path)| {
+                Ok(Shown {
+                    fan,
+                    fast_path,
+                    path_mtus: path_mtus(&learned, fan),
+                    agent: serving.as_ref(),
+                    bypass: &bypass,
+                    docker: DockerOptions::for_fan(fan)?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Shown>>>()?;
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
@@ -195,6 +201,7 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             fan.iface, fan.mode, fan.mode_reason
         );
         println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some()));
+        println!("{}: docker: {}", fan.bridge, DockerOptions::for_fan(fan)?.docker_opts);
         for learned in path_mtus(&learned, fan) {
             println!(
                 "{}: path MTU to {} is {} (learned {} s ago{})",

@@ -220,13 +220,30 @@ impl Net {
         Ok(out)
     }
 
+    /// A bridge whose MTU stays `mtu` whatever is plugged into it. The
+    /// kernel keeps a bridge's MTU only once it was set by a change request:
+    /// one given at creation follows the ports and falls back to 1500 when
+    /// the last port leaves (the next container, a runtime that copies the
+    /// bridge's MTU, would then get 1500 on a 1480 fan). A request for the
+    /// MTU the device already has is ignored, so that case goes through
+    /// another value first, while nothing is plugged in yet.
     pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<Link> {
         self.handle
             .link()
-            .add(LinkBridge::new(name).mtu(mtu).build())
+            .add(LinkBridge::new(name).build())
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
+        let created = self
+            .link(name)
+            .await?
+            .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))?;
+        if created.mtu == mtu {
+            // Attach allows no fan MTU below 576, so mtu - 1 is valid.
+            let other = mtu - 1;
+            self.set_mtu(created.index, other).await?;
+        }
+        self.set_mtu(created.index, mtu).await?;
         self.link(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))

@@ -1,0 +1,1 @@
+//! Debian's LXC 5.0 on a simulated host (to come).
