@@ -11,12 +11,15 @@ use std::net::Ipv4Addr;
 use fan_tests::{
     privileged,
     runtimes::{
-        Bed,
-        docker::{DOCKERD, Dockerd, LEFTOVERS},
+        Bed, LEASE_TIME, Lease,
+        docker::{self, DOCKERD, Dockerd},
         installed,
+        lxc::{LXC_START, LxcHost},
+        lxd::{self, LXD, Lxd},
+        wait_for_lease,
     },
     topology::Host,
-    traffic::tcp_transfer,
+    traffic::{ping, tcp_transfer},
 };
 
 const MB: u64 = 1 << 20;
@@ -43,7 +46,7 @@ fn docker_bed() -> Option<Bed<Dockerd>> {
     if !privileged() || !installed("docker.io", DOCKERD) {
         return None;
     }
-    let mut bed = Bed::new(2, &[], &LEFTOVERS).unwrap();
+    let mut bed = Bed::new(2, &[], &docker::leftovers()).unwrap();
     for (i, host) in bed.fleet.hosts.iter().enumerate() {
         let dockerd = Dockerd::start(host, &format!("h{}", i + 1), &docker_options(host)).unwrap();
         dockerd.import_busybox().unwrap();
@@ -192,7 +195,7 @@ fn dockers_user_defined_network_adopts_the_fan_bridge_and_network_rm_leaves_it()
     if !privileged() || !installed("docker.io", DOCKERD) {
         return;
     }
-    let mut bed = Bed::new(2, &[], &LEFTOVERS).unwrap();
+    let mut bed = Bed::new(2, &[], &docker::leftovers()).unwrap();
     let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
     // A dockerd with no default bridge of its own (none on the fan's either).
     let plain = Dockerd::start(h1, "h1", &["--bridge=none".into(), "--iptables=false".into()])
@@ -274,4 +277,83 @@ fn detach_and_reattach_while_docker_runs_leave_its_containers_connected() {
     assert!(docker_ping(d1, "c1", c2.addr), "c1 lost h2 after re-attach");
     assert!(docker_ping(d2, "c2", c1.addr), "c2 lost c1 after re-attach");
     assert_eq!(tcp_transfer(&c2.ns, &c1.ns, c2.addr, 4 * MB).unwrap(), 4 * MB);
+}
+
+/// The address plan's DHCP range of a /24 slice with the default host
+/// reserve (the gateway alone): .2 to the end of the first half.
+fn in_dhcp_range(host: &Host, addr: Ipv4Addr) -> bool {
+    let offset = u32::from(addr) - u32::from(host.slice);
+    (2..=127).contains(&offset)
+}
+
+/// What every DHCP client on `host`'s slice must have been given.
+fn assert_fan_lease(host: &Host, name: &str, lease: &Lease) {
+    assert!(
+        in_dhcp_range(host, lease.addr),
+        "{name} leased {}, outside {}'s DHCP range",
+        lease.addr,
+        host.slice_cidr()
+    );
+    assert_eq!(
+        (lease.prefix, lease.mtu, lease.router),
+        (24, 1480, host.gateway),
+        "{name}'s lease"
+    );
+}
+
+#[test]
+fn lxc_containers_on_two_hosts_take_fan_dhcp_addresses_ping_and_transfer() {
+    if !privileged() || !installed("lxc", LXC_START) {
+        return;
+    }
+    let mut bed = Bed::new(2, &["--dhcp"], &[]).unwrap();
+    let mut containers = Vec::new();
+    for (i, host) in bed.fleet.hosts.iter().enumerate() {
+        let mut lxc = LxcHost::new(host, &format!("h{}", i + 1)).unwrap();
+        containers.push(lxc.start("c1", &host.bridge, 1480).unwrap());
+        bed.runtimes.push(lxc);
+    }
+    let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
+    let leases: Vec<Lease> = containers
+        .iter()
+        .map(|c| wait_for_lease(&c.rootfs, LEASE_TIME).unwrap())
+        .collect();
+    assert_fan_lease(h1, "c1 on h1", &leases[0]);
+    assert_fan_lease(h2, "c1 on h2", &leases[1]);
+    let (c1, c2) = (&containers[0], &containers[1]);
+    assert!(ping(&c1.ns, leases[1].addr, 3).unwrap(), "h1's c1 cannot ping h2's");
+    assert!(ping(&c2.ns, leases[0].addr, 3).unwrap(), "h2's c1 cannot ping h1's");
+    assert_eq!(
+        tcp_transfer(&c2.ns, &c1.ns, leases[1].addr, 20 * MB).unwrap(),
+        20 * MB
+    );
+    drop(containers);
+}
+
+#[test]
+fn lxd_containers_with_a_bridged_nic_take_fan_dhcp_addresses_and_ping_across() {
+    if !privileged() || !installed("lxd", LXD) {
+        return;
+    }
+    let mut bed = Bed::new(2, &["--dhcp"], &lxd::leftovers()).unwrap();
+    let mut containers = Vec::new();
+    for (i, host) in bed.fleet.hosts.iter().enumerate() {
+        let mut lxd = Lxd::start(host, &format!("h{}", i + 1), &host.bridge, 1480).unwrap();
+        containers.push(lxd.launch("c1").unwrap());
+        bed.runtimes.push(lxd);
+    }
+    let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
+    let leases: Vec<Lease> = containers
+        .iter()
+        .map(|c| wait_for_lease(&c.rootfs, LEASE_TIME).unwrap())
+        .collect();
+    assert_fan_lease(h1, "c1 on h1", &leases[0]);
+    assert_fan_lease(h2, "c1 on h2", &leases[1]);
+    // LXD sees the address DHCP gave (it reads it from the container).
+    let seen = bed.runtimes[0].address("c1").unwrap();
+    assert!(seen.starts_with(&format!("{} (eth0)", leases[0].addr)), "{seen}");
+    let (c1, c2) = (&containers[0], &containers[1]);
+    assert!(ping(&c1.ns, leases[1].addr, 3).unwrap(), "h1's c1 cannot ping h2's");
+    assert!(ping(&c2.ns, leases[0].addr, 3).unwrap(), "h2's c1 cannot ping h1's");
+    drop(containers);
 }

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::{Scratch, busybox_rootfs, in_host, remove_cgroups};
+use super::{Scratch, busybox_rootfs, in_host, remove_cgroups, terminate};
 use crate::{netns::Netns, topology::Host};
 
 /// Debian's daemon and client (a newer client may come first in PATH).
@@ -19,8 +19,11 @@ pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const DOCKER: &str = "/usr/bin/docker";
 
 /// What dockerd 20.10 writes outside its own directories, whatever its
-/// flags: its key, the plugin directory, the shims' sockets.
-pub const LEFTOVERS: [&str; 3] = ["/etc/docker", "/run/docker", "/run/containerd"];
+/// flags: its key, the plugin directory, the shims' sockets. The runtime
+/// tests remove those that were not there before.
+pub fn leftovers() -> Vec<String> {
+    ["/etc/docker", "/run/docker", "/run/containerd"].map(String::from).to_vec()
+}
 
 /// The busybox image every test imports.
 pub const IMAGE: &str = "fxt-busybox";
@@ -50,7 +53,7 @@ impl Dockerd {
         let cgroup = format!("fxt{}-docker-{label}", std::process::id());
         let log = std::fs::File::create(dir.join("dockerd.log"))?;
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let child = in_host(&host.ns, DOCKERD)
+        let child = in_host(host.ns.name(), DOCKERD)
             .args(["--data-root", &path("data")])
             .args(["--exec-root", &path("exec")])
             .args(["--pidfile", &path("dockerd.pid")])
@@ -132,7 +135,7 @@ impl Dockerd {
     /// `tar -C ROOTFS -c . | docker import -c 'ENV PATH=/bin' - fxt-busybox`.
     pub fn import_busybox(&self) -> Result<()> {
         let rootfs = self.dir.join("rootfs");
-        busybox_rootfs(&rootfs)?;
+        busybox_rootfs(&rootfs, false)?;
         let tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
@@ -210,23 +213,4 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// SIGTERM to `child` (by its pid), SIGKILL if it has not exited within
-/// `grace`; reaped either way.
-pub fn terminate(child: &mut Child, grace: Duration) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    // SAFETY: signalling our own child process, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }

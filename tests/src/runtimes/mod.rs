@@ -14,14 +14,16 @@ pub mod lxc;
 pub mod lxd;
 
 use std::{
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command},
     sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::{netns::Netns, topology::Fleet};
+use crate::topology::Fleet;
 
 /// Whether `package`'s program `program` is here. Missing, the test skips,
 /// except under CI (`CI=true`), where a skipped test is a failure.
@@ -57,7 +59,7 @@ impl<R> Bed<R> {
     /// 250.0.0.0/8 ATTACH`, nothing of any runtime yet. `leftovers` are paths
     /// outside their own directories that the runtime writes: those absent
     /// now are removed at the end.
-    pub fn new(hosts: u8, attach: &[&str], leftovers: &[&str]) -> Result<Self> {
+    pub fn new(hosts: u8, attach: &[&str], leftovers: &[String]) -> Result<Self> {
         let guard = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -84,7 +86,7 @@ impl<R> Drop for Bed<R> {
 struct Leftovers(Vec<PathBuf>);
 
 impl Leftovers {
-    fn absent_now(paths: &[&str]) -> Self {
+    fn absent_now(paths: &[String]) -> Self {
         Self(
             paths
                 .iter()
@@ -96,7 +98,11 @@ impl Leftovers {
 
     fn remove(&self) {
         for path in &self.0 {
-            let _ = std::fs::remove_dir_all(path);
+            if path.starts_with("/sys/fs/cgroup") {
+                remove_cgroup_tree(path);
+            } else {
+                let _ = std::fs::remove_dir_all(path);
+            }
         }
     }
 }
@@ -134,12 +140,21 @@ impl Drop for Scratch {
 /// Removes the cgroup `name` (with the groups below it, deepest first) from
 /// every hierarchy: what a runtime told to use it as its parent made.
 pub fn remove_cgroups(name: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for hierarchy in hierarchies.flatten() {
-        remove_cgroup_tree(&hierarchy.path().join(name));
+    for path in cgroups(name) {
+        remove_cgroup_tree(Path::new(&path));
     }
+}
+
+/// The cgroup `name` in every hierarchy (`/sys/fs/cgroup/*/NAME`).
+pub fn cgroups(name: &str) -> Vec<String> {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    hierarchies
+        .flatten()
+        .filter(|h| h.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|h| h.path().join(name).to_string_lossy().into_owned())
+        .collect()
 }
 
 fn remove_cgroup_tree(dir: &Path) {
@@ -154,10 +169,11 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// `program` inside host namespace `ns`, in a mount namespace of its own.
-pub fn in_host(ns: &Netns, program: &str) -> Command {
+/// `program` inside host namespace `ns` (its `ip netns` name), in a mount
+/// namespace of its own.
+pub fn in_host(ns: &str, program: &str) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+    cmd.arg(format!("--net=/run/netns/{ns}"))
         .args(["unshare", "--mount", "--propagation", "private", program]);
     cmd
 }
@@ -165,9 +181,9 @@ pub fn in_host(ns: &Netns, program: &str) -> Command {
 /// [`in_host`] with a fresh `/sys` of the namespace (LXC and LXD find the
 /// slice bridge there) and the host's cgroup tree moved back under it, by
 /// way of `aside`, an empty directory.
-pub fn in_host_with_sysfs(ns: &Netns, aside: &Path, program: &str) -> Command {
+pub fn in_host_with_sysfs(ns: &str, aside: &Path, program: &str) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+    cmd.arg(format!("--net=/run/netns/{ns}"))
         .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
         .arg(
             "mount --rbind /sys/fs/cgroup \"$0\" && mount -t sysfs sysfs /sys \
@@ -179,9 +195,10 @@ pub fn in_host_with_sysfs(ns: &Netns, aside: &Path, program: &str) -> Command {
 }
 
 /// A root filesystem of Debian's static busybox (one link per applet) in
-/// `dir`, with `/init`: the script a container starts with, which runs
-/// `udhcpc` when told to (its first argument `dhcp`) and then waits.
-pub fn busybox_rootfs(dir: &Path) -> Result<()> {
+/// `dir`, with `/init` (also `/sbin/init`): a container's first process,
+/// which with `dhcp` runs busybox's `udhcpc` and then waits.
+pub fn busybox_rootfs(dir: &Path, dhcp: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin)?;
     for sub in ["sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root"] {
@@ -196,17 +213,17 @@ pub fn busybox_rootfs(dir: &Path) -> Result<()> {
         }
     }
     std::fs::write(dir.join("etc/udhcpc.script"), DHCP_SCRIPT)?;
-    std::fs::write(dir.join("init"), INIT)?;
+    std::fs::write(dir.join("init"), if dhcp { INIT_DHCP } else { INIT })?;
     std::os::unix::fs::symlink("/init", dir.join("sbin/init"))?;
     for script in ["init", "etc/udhcpc.script"] {
-        use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(dir.join(script), std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
 }
 
 /// busybox udhcpc hands a lease to a script; this one applies the address,
-/// the MTU (option 26) and the router, and records the lease in /run/lease.
+/// the MTU (option 26) and the router, and records the lease in /run/lease
+/// (`ADDRESS PREFIX MTU ROUTER`), so a test can tell what DHCP sent.
 const DHCP_SCRIPT: &str = r#"#!/bin/sh
 case "$1" in
 deconfig)
@@ -224,12 +241,68 @@ esac
 exit 0
 "#;
 
-/// A container's first process: a DHCP client that keeps its lease when
-/// asked, then nothing but waiting, bounded (a test never runs that long).
-const INIT: &str = r#"#!/bin/sh
-export PATH=/bin
-if [ "$1" = dhcp ] || [ -e /etc/fan-dhcp ]; then
-    udhcpc -i eth0 -s /etc/udhcpc.script -O mtu -t 20 -T 1 -b
-fi
-exec sleep 900
-"#;
+/// Waiting, bounded: no test runs that long.
+const INIT: &str = "#!/bin/sh\nexec /bin/sleep 900\n";
+
+/// A DHCP client that keeps its lease (`-b`: on in the background once it
+/// has one, or after 20 tries), asking for the MTU, then waiting.
+const INIT_DHCP: &str = "#!/bin/sh\nexport PATH=/bin\n\
+udhcpc -i eth0 -s /etc/udhcpc.script -O mtu -t 20 -T 1 -b\nexec sleep 900\n";
+
+/// What a container's DHCP client was given, from its `/run/lease`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    pub mtu: u32,
+    pub router: Ipv4Addr,
+}
+
+/// Waits (bounded by `limit`) for the lease the DHCP client of the
+/// container with root filesystem `rootfs` applied.
+pub fn wait_for_lease(rootfs: &Path, limit: Duration) -> Result<Lease> {
+    let file = rootfs.join("run/lease");
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let field = |i: usize| -> Result<&str> {
+                words.get(i).copied().with_context(|| format!("lease {text:?}"))
+            };
+            return Ok(Lease {
+                addr: field(0)?.parse()?,
+                prefix: field(1)?.parse()?,
+                mtu: field(2)?.parse()?,
+                router: field(3)?.parse()?,
+            });
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "no DHCP lease in {} within {limit:?}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How long a container may take to get its DHCP lease.
+pub const LEASE_TIME: Duration = Duration::from_secs(20);
+
+/// SIGTERM to `child` (by its pid), SIGKILL if it has not exited within
+/// `grace`; reaped either way.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    // SAFETY: signalling our own child process, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
