@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, detach, map, show, stats},
+    commands::{attach, bind, detach, map, show, stats},
     state,
 };
 
@@ -57,6 +57,8 @@ fn main() -> Result<()> {
             Command::Detach(args) => detach::run(args, &cli.global).await,
             Command::Run(args) => run::run(args, &cli.global).await,
             Command::Reload => run::reload(&cli.global),
+            Command::Bind(args) => bind::bind(args, &cli.global),
+            Command::Unbind(args) => bind::unbind(args, &cli.global),
             Command::Show(args) => show::run(args, &cli.global).await,
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),

@@ -7,7 +7,10 @@
 //! endpoint map and its port programs go with it, so every packet takes the
 //! bridge and the stack, which is always correct.
 
-use std::{io::Write as _, os::unix::fs::PermissionsExt as _, time::Duration};
+use std::{
+    collections::BTreeMap, io::Write as _, net::Ipv4Addr, os::unix::fs::PermissionsExt as _,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
@@ -20,18 +23,20 @@ use rtnetlink::{
 use tokio::net::UnixListener;
 
 use crate::{
-    agent, host::bypass,
-    cli::{Global, RunArgs},
+    agent,
+    agent::bindings::{Binding, Bindings, Origin},
     agent::endpoints,
-    host::Net,
-    dataplane::PinnedMaps,
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
-    state::record::load_fans,
+    cli::{Global, RunArgs},
+    dataplane::PinnedMaps,
+    host::Net,
+    host::bypass,
     require_capabilities,
-    state::rundir::RunDir,
     state::StateDir,
+    state::record::load_fans,
+    state::rundir::RunDir,
 };
 
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
@@ -41,10 +46,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let mut ports = None;
     let mut routes = SliceRoutes::default();
     if args.once {
-        return sync(&net, &dir, &mut ports, None, None).await.map(drop);
+        let none = Bindings::default();
+        return sync(&net, &dir, &none, &mut ports, None, None)
+            .await
+            .map(drop);
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
+    let mut bindings = Bindings::load(&run_dir)?;
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
@@ -86,6 +95,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             sync(
                 &net,
                 &dir,
+                &bindings,
                 &mut ports,
                 Some(args.steer_flows),
                 Some(&mut routes),
@@ -133,16 +143,53 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             }
             accepted = control.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                match answer(stream, &status) {
-                    Ok(Request::Status) => {}
-                    Ok(Request::Reload) => {
+                let (mut stream, request) = match read_request(stream) {
+                    Ok(read) => read,
+                    Err(e) => {
+                        warn!("control request: {e:#}");
+                        continue;
+                    }
+                };
+                let answer = match request {
+                    Request::Status => Ok(serde_json::json!({ "status": status })),
+                    Request::Reload => {
                         let synced = full_sync!();
                         publish(&run_dir, &dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");
+                        Ok(serde_json::json!({ "status": status }))
                     }
-                    Ok(Request::Stop) => break,
-                    Err(e) => warn!("control request: {e:#}"),
-                }
+                    Request::Stop => {
+                        reply(&mut stream, Ok(serde_json::json!({})));
+                        break;
+                    }
+                    Request::Bind(binding) => {
+                        let address = binding.address;
+                        match bind(&net, &dir, &mut bindings, binding).await {
+                            Ok(()) => {
+                                let synced = full_sync!();
+                                publish(&run_dir, &dir, &mut status, synced);
+                                is_delivered(&dir, address)
+                                    .map(|active| serde_json::json!({ "active": active }))
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Request::Unbind(address, origin) => match bindings.unbind(address, origin) {
+                        Ok(removed) => {
+                            if removed {
+                                info!("{address}: {} binding removed", origin.name());
+                            }
+                            let synced = full_sync!();
+                            publish(&run_dir, &dir, &mut status, synced);
+                            Ok(serde_json::json!({ "removed": removed }))
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Request::Bindings => {
+                        Ok(serde_json::json!({ "bindings": bindings.list().collect::<Vec<_>>() }))
+                    }
+                };
+                reply(&mut stream, answer);
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -182,12 +229,16 @@ enum Request {
     Status,
     Reload,
     Stop,
+    Bind(Binding),
+    Unbind(Ipv4Addr, Origin),
+    Bindings,
 }
 
-/// Reads a control connection's request and answers it (for reload, the
-/// answer comes before the resync; the client's wait is short either way).
-/// Only root may ask anything.
-fn answer(stream: tokio::net::UnixStream, status: &agent::Status) -> Result<Request> {
+/// Reads a control connection's request; the caller acts, then answers
+/// with [`reply`]. Only root may ask anything.
+fn read_request(
+    stream: tokio::net::UnixStream,
+) -> Result<(std::os::unix::net::UnixStream, Request)> {
     let peer = stream
         .peer_cred()
         .context("reading the client's credentials")?;
@@ -196,31 +247,77 @@ fn answer(stream: tokio::net::UnixStream, status: &agent::Status) -> Result<Requ
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
     if peer.uid() != 0 {
-        writeln!(
-            stream,
-            r#"{{"ok":false,"error":"only root may control the agent"}}"#
-        )?;
+        reply(
+            &mut stream,
+            Err(anyhow::anyhow!("only root may control the agent")),
+        );
         bail!("refused a request from uid {}", peer.uid());
     }
-    let op = agent::parse_request(&stream)?;
-    let request = match op.as_str() {
-        "status" => Request::Status,
-        "reload" => Request::Reload,
-        "stop" => Request::Stop,
-        other => {
-            writeln!(stream, r#"{{"ok":false,"error":"unknown op"}}"#)?;
-            bail!("unknown op {other:?}");
+    let request = agent::parse_request(&stream);
+    let parsed = request.and_then(|request| {
+        Ok(match request["op"].as_str().unwrap_or_default() {
+            "status" => Request::Status,
+            "reload" => Request::Reload,
+            "stop" => Request::Stop,
+            "bind" => Request::Bind(field(&request, "binding")?),
+            "unbind" => Request::Unbind(field(&request, "address")?, field(&request, "origin")?),
+            "bindings" => Request::Bindings,
+            other => bail!("unknown op {other:?}"),
+        })
+    });
+    match parsed {
+        Ok(request) => Ok((stream, request)),
+        Err(e) => {
+            reply(&mut stream, Err(anyhow::anyhow!("{e:#}")));
+            Err(e)
         }
+    }
+}
+
+/// A request's field `name`, or an error naming it.
+fn field<T: serde::de::DeserializeOwned>(request: &serde_json::Value, name: &str) -> Result<T> {
+    serde_json::from_value(request[name].clone())
+        .with_context(|| format!("the request's {name:?} field"))
+}
+
+/// Answers a control request: `{"ok":true, ...}` or `{"ok":false,"error":..}`.
+fn reply(stream: &mut std::os::unix::net::UnixStream, answer: Result<serde_json::Value>) {
+    let line = match answer {
+        Ok(mut value) => {
+            value["ok"] = true.into();
+            value
+        }
+        Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
     };
-    let reply = serde_json::json!({ "ok": true, "status": status });
-    writeln!(stream, "{reply}")?;
-    Ok(request)
+    if let Err(e) = writeln!(stream, "{line}") {
+        debug!("answering a control request: {e}");
+    }
+}
+
+/// Records `binding` in the table, checked against the slices as they are now.
+async fn bind(net: &Net, dir: &StateDir, bindings: &mut Bindings, binding: Binding) -> Result<()> {
+    if !dir.exists() {
+        bail!("no fan is attached in this network namespace");
+    }
+    let fans = load_fans(&PinnedMaps::open(dir)?)?;
+    let slices = endpoints::desired(net, &fans).await?;
+    let (address, origin) = (binding.address, binding.origin);
+    bindings.bind(binding, &slices)?;
+    info!("{address}: {} binding recorded", origin.name());
+    Ok(())
+}
+
+/// Whether the endpoint map delivers `address` straight to a container.
+fn is_delivered(dir: &StateDir, address: Ipv4Addr) -> Result<bool> {
+    let maps = PinnedMaps::open(dir)?;
+    Ok(maps.endpoints.get(&u32::from(address).to_be(), 0).is_ok())
 }
 
 /// What a sync found, for the status.
 #[derive(Default)]
 struct Synced {
-    endpoints: usize,
+    /// Addresses delivered straight into containers, by origin.
+    bindings: BTreeMap<String, u64>,
     ports: usize,
     bypass: Option<bypass::Verdict>,
 }
@@ -230,7 +327,7 @@ fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced:
     match synced {
         Ok(synced) => {
             status.last_sync = unix_now();
-            status.bindings = [("learned".to_string(), synced.endpoints as u64)].into();
+            status.bindings = synced.bindings;
             status.ports = synced.ports as u64;
             if let Some(verdict) = synced.bypass {
                 status.bypass = verdict.on;
@@ -245,7 +342,7 @@ fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced:
     }
     notify::notify(&format!(
         "STATUS=direct delivery to {} container(s), encapsulation at {} port(s)",
-        status.bindings.get("learned").copied().unwrap_or(0),
+        status.bindings.values().sum::<u64>(),
         status.ports
     ));
 }
@@ -275,6 +372,7 @@ fn report(result: Result<()>) {
 async fn sync(
     net: &Net,
     dir: &StateDir,
+    bindings: &Bindings,
     ports: &mut Option<PortEncap>,
     at_ports: Option<bool>,
     routes: Option<&mut SliceRoutes>,
@@ -302,11 +400,20 @@ async fn sync(
     }
     let want = endpoints::desired(net, &fans).await?;
     let have = maps.endpoints.iter().collect::<Result<_, _>>()?;
-    let bound = if verdict.on {
-        endpoints::keep_bindings(&have, &want)
+    // What the bridge taught us, then what was bound on purpose over it.
+    let (mut bound, chosen) = if verdict.on {
+        (
+            endpoints::keep_bindings(&have, &want),
+            bindings.endpoints(&want),
+        )
     } else {
-        std::collections::HashMap::new()
+        Default::default()
     };
+    let mut counts = bindings.counts();
+    counts.retain(|_, _| verdict.on);
+    let learned = bound.keys().filter(|k| !chosen.contains_key(k)).count();
+    counts.insert("learned".into(), learned as u64);
+    bound.extend(chosen);
     let (changed, removed) = endpoints::apply(&mut maps, &bound)?;
     if changed + removed > 0 {
         info!(
@@ -343,7 +450,7 @@ async fn sync(
             .await?;
     }
     Ok(Synced {
-        endpoints: bound.len(),
+        bindings: counts,
         ports: ports.as_ref().map_or(0, PortEncap::ports),
         bypass: Some(verdict),
     })

@@ -44,6 +44,10 @@ pub enum Command {
     Run(RunArgs),
     /// Make the agent resync now, and return when it has.
     Reload,
+    /// Deliver an overlay address straight to one container (a `static` binding, kept by the agent).
+    Bind(BindArgs),
+    /// Remove a `static` binding (success if there was none).
+    Unbind(UnbindArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
     /// Load every program on this kernel and report what the verifier said and which hooks exist.
@@ -116,6 +120,23 @@ pub struct DetachArgs {
     /// Only this fan; default: every fan of the interface.
     #[arg(long)]
     pub overlay: Option<IpNetwork>,
+}
+
+#[derive(Args, Clone)]
+pub struct BindArgs {
+    /// The container's overlay address, in a slice of this host.
+    pub address: Ipv4Addr,
+    /// The container's MAC address (aa:bb:cc:dd:ee:ff).
+    #[arg(long)]
+    pub mac: String,
+    /// The host end of the container's veth (default: the port the bridge learned the MAC on).
+    #[arg(long)]
+    pub port: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct UnbindArgs {
+    pub address: Ipv4Addr,
 }
 
 #[derive(Args, Clone)]

@@ -25,21 +25,20 @@ use log::{info, warn};
 use crate::{
     agent,
     cli::{AttachArgs, Bypass, Global, Mode},
-    host::{
-        FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
-        rp_filter_key, write_sysctl,
-    },
-    ipv4_network,
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
         overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
     },
     host::naming::{IFNAME_MAX, bridge_name},
     host::nat,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
-    require_capabilities,
-    state::rundir::RunDir,
+    host::{
+        FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
+        rp_filter_key, write_sysctl,
+    },
+    ipv4_network, require_capabilities,
     state::StateDir,
+    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    state::rundir::RunDir,
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.

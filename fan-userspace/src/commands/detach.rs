@@ -9,14 +9,13 @@ use log::{info, warn};
 use crate::{
     agent,
     cli::{DetachArgs, Global},
-    host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
-    ipv4_network,
+    commands::show::attached,
     dataplane::{Hook, PinnedMaps, unlink},
     host::nat,
+    host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
+    ipv4_network, require_capabilities,
     state::record::{Fan, HOST_DEVICE, meta_key},
-    require_capabilities,
     state::rundir::RunDir,
-    commands::show::attached,
 };
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
