@@ -3,6 +3,7 @@
 //! the end-to-end tests and the demo.
 
 pub mod chart;
+pub mod dhcp;
 pub mod fuzz;
 pub mod measure;
 pub mod model;

@@ -9,9 +9,10 @@
 use std::net::Ipv4Addr;
 
 use fan_tests::{
+    dhcp::Leased,
     privileged,
     runtimes::{
-        Bed, LEASE_TIME, Lease,
+        Bed, LEASE_TIME,
         docker::{self, DOCKERD, Dockerd},
         installed,
         lxc::{LXC_START, LxcHost},
@@ -24,15 +25,19 @@ use fan_tests::{
 
 const MB: u64 = 1 << 20;
 
-fn show(host: &Host) -> serde_json::Value {
-    serde_json::from_str(&host.fan_xdp_ok(&["show", "--json"]).unwrap()).unwrap()
-}
-
-/// dockerd's options for `host`'s fan, as `fan-xdp show --json` gives them.
-fn docker_options(host: &Host) -> Vec<String> {
-    let shown = show(host);
-    serde_json::from_value(shown[0]["docker"]["args"].clone())
-        .unwrap_or_else(|e| panic!("no docker options in {shown}: {e}"))
+/// dockerd's options for host `i`'s fan: the `DOCKER_OPTS` line that
+/// `fan-xdp show --json` gives, split as a shell would.
+fn docker_options<R>(bed: &Bed<R>, i: usize) -> Vec<String> {
+    let shown: serde_json::Value =
+        serde_json::from_str(&bed.fan_xdp(i, &["show", "--json"]).unwrap()).unwrap();
+    let line = shown[0]["docker_opts"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no docker_opts in {shown}"));
+    let opts = line
+        .strip_prefix("DOCKER_OPTS=\"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("not a DOCKER_OPTS line: {line}"));
+    opts.split_whitespace().map(String::from).collect()
 }
 
 /// The address plan's Docker range of a /24 slice: its third quarter.
@@ -47,8 +52,9 @@ fn docker_bed() -> Option<Bed<Dockerd>> {
         return None;
     }
     let mut bed = Bed::new(2, &[], &docker::leftovers()).unwrap();
-    for (i, host) in bed.fleet.hosts.iter().enumerate() {
-        let dockerd = Dockerd::start(host, &format!("h{}", i + 1), &docker_options(host)).unwrap();
+    for i in 0..bed.fleet.hosts.len() {
+        let options = docker_options(&bed, i);
+        let dockerd = Dockerd::start(&bed.fleet.hosts[i], &format!("h{}", i + 1), &options).unwrap();
         dockerd.import_busybox().unwrap();
         bed.runtimes.push(dockerd);
     }
@@ -61,34 +67,6 @@ fn docker_ping(dockerd: &Dockerd, name: &str, to: Ipv4Addr) -> bool {
         .exec(name, &["ping", "-c", "3", "-W", "2", &to.to_string()])
         .unwrap();
     out.status.success()
-}
-
-#[test]
-fn show_gives_the_seeds_docker_options_with_the_plans_fixed_cidr() {
-    if !privileged() {
-        return;
-    }
-    let fleet = fan_tests::topology::Fleet::new(1).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let host = &fleet.hosts[0];
-    assert_eq!(
-        docker_options(host),
-        [
-            "-b",
-            "fan-250-0-1",
-            "--mtu=1480",
-            "--iptables=false",
-            "--fixed-cidr=250.0.1.128/26"
-        ]
-    );
-    let text = host.fan_xdp_ok(&["show"]).unwrap();
-    assert!(
-        text.contains(
-            r#"fan-250-0-1: docker: DOCKER_OPTS="-b fan-250-0-1 --mtu=1480 --iptables=false --fixed-cidr=250.0.1.128/26""#
-        ),
-        "{text}"
-    );
-    fleet.detach_all().unwrap();
 }
 
 /// Runtimes that are not told an MTU copy the bridge's (LXD's bridged nic,
@@ -198,11 +176,15 @@ fn dockers_user_defined_network_adopts_the_fan_bridge_and_network_rm_leaves_it()
     let mut bed = Bed::new(2, &[], &docker::leftovers()).unwrap();
     let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
     // A dockerd with no default bridge of its own (none on the fan's either).
-    let plain = Dockerd::start(h1, "h1", &["--bridge=none".into(), "--iptables=false".into()])
-        .unwrap();
+    let plain = Dockerd::start(
+        h1,
+        "h1",
+        &["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"].map(String::from),
+    )
+    .unwrap();
     plain.import_busybox().unwrap();
     // The seed's dockerd, whose default network already is the fan bridge.
-    let seeds = Dockerd::start(h2, "h2", &docker_options(h2)).unwrap();
+    let seeds = Dockerd::start(h2, "h2", &docker_options(&bed, 1)).unwrap();
     let before = bridge_state(h1);
     assert_eq!(before.1, "250.0.1.1/24", "{before:?}");
     let create = |dockerd: &Dockerd, host: &Host| {
@@ -264,14 +246,13 @@ fn detach_and_reattach_while_docker_runs_leave_its_containers_connected() {
     let c1 = d1.run("c1", &[]).unwrap();
     let c2 = d2.run("c2", &[]).unwrap();
     assert!(docker_ping(d1, "c1", c2.addr));
-    let detached = h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    let detached = bed.fan_xdp(0, &["detach", "eth0"]).unwrap();
     assert!(
         detached.contains(&format!("(bridge {}, kept: ", h1.bridge)),
         "{detached}"
     );
     assert_eq!(bridge_ports(h1), 1, "c1's port left {}", h1.bridge);
-    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", "250.0.0.0/8"])
-        .unwrap();
+    bed.attach(0, &[]).unwrap();
     assert_eq!(bridge_state(h1).1, "250.0.1.1/24");
     assert_eq!(d1.address("c1").unwrap(), c1.addr);
     assert!(docker_ping(d1, "c1", c2.addr), "c1 lost h2 after re-attach");
@@ -287,7 +268,7 @@ fn in_dhcp_range(host: &Host, addr: Ipv4Addr) -> bool {
 }
 
 /// What every DHCP client on `host`'s slice must have been given.
-fn assert_fan_lease(host: &Host, name: &str, lease: &Lease) {
+fn assert_fan_lease(host: &Host, name: &str, lease: &Leased) {
     assert!(
         in_dhcp_range(host, lease.addr),
         "{name} leased {}, outside {}'s DHCP range",
@@ -296,7 +277,7 @@ fn assert_fan_lease(host: &Host, name: &str, lease: &Lease) {
     );
     assert_eq!(
         (lease.prefix, lease.mtu, lease.router),
-        (24, 1480, host.gateway),
+        (24, 1480, Some(host.gateway)),
         "{name}'s lease"
     );
 }
@@ -314,15 +295,20 @@ fn lxc_containers_on_two_hosts_take_fan_dhcp_addresses_ping_and_transfer() {
         bed.runtimes.push(lxc);
     }
     let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
-    let leases: Vec<Lease> = containers
+    let leases: Vec<Leased> = containers
         .iter()
-        .map(|c| wait_for_lease(&c.rootfs, LEASE_TIME).unwrap())
+        .map(|c| wait_for_lease(&c.ns, LEASE_TIME).unwrap())
         .collect();
     assert_fan_lease(h1, "c1 on h1", &leases[0]);
     assert_fan_lease(h2, "c1 on h2", &leases[1]);
     let (c1, c2) = (&containers[0], &containers[1]);
     assert!(ping(&c1.ns, leases[1].addr, 3).unwrap(), "h1's c1 cannot ping h2's");
     assert!(ping(&c2.ns, leases[0].addr, 3).unwrap(), "h2's c1 cannot ping h1's");
+    // The lease is a binding: packets go straight into the container.
+    assert!(
+        h2.wait_for_direct(&c1.ns, leases[1].addr).unwrap(),
+        "no direct delivery to h2's DHCP container"
+    );
     assert_eq!(
         tcp_transfer(&c2.ns, &c1.ns, leases[1].addr, 20 * MB).unwrap(),
         20 * MB
@@ -343,9 +329,9 @@ fn lxd_containers_with_a_bridged_nic_take_fan_dhcp_addresses_and_ping_across() {
         bed.runtimes.push(lxd);
     }
     let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
-    let leases: Vec<Lease> = containers
+    let leases: Vec<Leased> = containers
         .iter()
-        .map(|c| wait_for_lease(&c.rootfs, LEASE_TIME).unwrap())
+        .map(|c| wait_for_lease(&c.ns, LEASE_TIME).unwrap())
         .collect();
     assert_fan_lease(h1, "c1 on h1", &leases[0]);
     assert_fan_lease(h2, "c1 on h2", &leases[1]);

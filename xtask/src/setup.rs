@@ -24,6 +24,17 @@ const PACKAGES: &[Need] = &[
     Need::program("iperf3", "iperf3", "throughput in the demo and the bench"),
     Need::program("nftables", "nft", "nft: fan-xdp's masquerade rules"),
     Need::program("util-linux", "setpriv", "setpriv in the tests"),
+    Need::program(
+        "dnsmasq-base",
+        "dnsmasq",
+        "the DHCP server `attach --dhcp` runs on a slice bridge",
+    ),
+    Need {
+        package: "udhcpc",
+        why: "the DHCP client of the DHCP tests and the containers bench",
+        // Its script applies the router and the MTU; busybox's sample does not.
+        present: Present::File("/etc/udhcpc/default.script"),
+    },
     Need {
         package: "fonts-dejavu-core",
         why: "the font of the bench's chart",

@@ -56,6 +56,9 @@ pub fn run() -> Result<()> {
         // The docs' `fan-xdp map` examples, run and compared.
         "--test",
         "docs",
+        // DHCP on the slice: dnsmasq and udhcpc, which the VM has not.
+        "--test",
+        "dhcp",
         // The programs against the reference model: the corpus and 100,000
         // generated cases per program, seeded by the commit.
         "--test",

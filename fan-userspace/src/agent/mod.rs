@@ -17,6 +17,7 @@
 //! never by a recorded pid (which may have been reused).
 
 pub mod bindings;
+pub mod dhcp;
 pub mod endpoints;
 pub mod notify;
 pub mod pmtu;
@@ -240,6 +241,9 @@ fn spawn(run: &RunDir, global: &Global) -> Result<()> {
     }
     if let Some(dir) = &global.run_dir {
         command.arg("--run-dir").arg(dir);
+    }
+    if let Some(dir) = &global.state_dir {
+        command.arg("--state-dir").arg(dir);
     }
     // Never -v: the agent would read the programs' event buffer, which has
     // one consumer, and `fan-xdp -v stats` would see nothing.

@@ -25,6 +25,7 @@ use tokio::net::UnixListener;
 use crate::{
     agent,
     agent::bindings::{Binding, Bindings, Origin},
+    agent::dhcp,
     agent::endpoints,
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
@@ -54,6 +55,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
     let mut bindings = Bindings::load(&run_dir)?;
+    let mut dhcp_servers = dhcp::Servers::default();
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
@@ -103,7 +105,20 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             .await
         };
     }
+    // The DHCP servers of fans attached with --dhcp, and their leases.
+    macro_rules! dhcp_round {
+        () => {
+            dhcp::round(
+                &mut dhcp_servers,
+                &run_dir,
+                global.state_dir.as_deref(),
+                &dir,
+                &mut bindings,
+            )
+        };
+    }
     // Ready once the first sync is done: the fast path is in place.
+    dhcp_round!();
     let first = full_sync!();
     status.ready = true;
     publish(&run_dir, &dir, &mut status, first);
@@ -139,6 +154,10 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 }
                 report(beat(&dir));
                 report(sync_routes(&net, &dir, &mut routes).await);
+                if dhcp_round!() {
+                    let synced = full_sync!();
+                    publish(&run_dir, &dir, &mut status, synced);
+                }
                 agent::cap_log(&run_dir);
             }
             accepted = control.accept() => {
@@ -153,6 +172,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 let answer = match request {
                     Request::Status => Ok(serde_json::json!({ "status": status })),
                     Request::Reload => {
+                        dhcp_round!();
                         let synced = full_sync!();
                         publish(&run_dir, &dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");

@@ -9,7 +9,10 @@
 //! in it before it is made, so that an attach killed half-way is finished by
 //! the next attach or cleaned up by detach, which removes only that.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
@@ -24,6 +27,7 @@ use log::{info, warn};
 
 use crate::{
     agent,
+    agent::dhcp,
     cli::{AttachArgs, Bypass, Global, Mode},
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
@@ -39,6 +43,7 @@ use crate::{
     state::StateDir,
     state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
     state::rundir::RunDir,
+    state::settings::{self, Settings},
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.
@@ -60,6 +65,9 @@ struct Plan {
     nat: bool,
     host_reserve: u32,
     dir: StateDir,
+    run: RunDir,
+    /// The address plan's overrides and DHCP, kept in the run directory.
+    settings: Settings,
     /// Fans already attached in this namespace (other overlays).
     others: Vec<Fan>,
     /// This overlay's record, if an earlier attach created it.
@@ -93,15 +101,62 @@ enum Undo {
     Config(Option<FanEntry>),
     /// Delete the clsact qdisc attach added to a device (before 6.6).
     Clsact(u32),
+    /// Put back the fan's settings as they were (defaults: no file).
+    Settings(Settings),
 }
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
-    // Held until attach returns: planning and applying see no other change.
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
-    let _lock = run_dir.lock_state()?;
+    let fan = {
+        // Held while attach plans and applies: neither sees another change.
+        let _lock = run_dir.lock_state()?;
+        attach(args, global, &run_dir).await?
+    };
+    if args.dhcp {
+        // The agent starts the server once the lock is free; its reload
+        // answers after a full sync.
+        agent::request(&run_dir, "reload", Duration::from_secs(30))?;
+        wait_for_dhcp(&run_dir, global, &fan)?;
+    }
+    Ok(())
+}
+
+/// How long attach waits for the agent to start the DHCP server.
+const DHCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn wait_for_dhcp(run_dir: &RunDir, global: &Global, overlay: &Ipv4Network) -> Result<()> {
+    let deadline = Instant::now() + DHCP_TIMEOUT;
+    loop {
+        let fans = crate::commands::show::attached(global)?.1;
+        let fan = fans
+            .iter()
+            .find(|f| f.overlay == *overlay)
+            .ok_or_else(|| anyhow!("fan {overlay} is gone"))?;
+        let plan = settings::plan_of(run_dir, fan)?;
+        let status = dhcp::status(run_dir, global.state_dir.as_deref(), fan, &plan);
+        if let Some(pid) = status.pid {
+            println!(
+                "DHCP: dnsmasq (pid {pid}) leases {} on {} (router {}, MTU {})",
+                status.range, fan.bridge, fan.gateway, fan.mtu
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not start the DHCP server for {overlay} within {} s; see {}",
+                DHCP_TIMEOUT.as_secs(),
+                agent::Files::of(run_dir).log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Plans and applies the attach (holding `state.lock`); returns the overlay.
+async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<Ipv4Network> {
     let net = Net::connect()?;
-    let plan = plan(&net, args, global).await?;
+    let plan = plan(&net, args, global, run_dir).await?;
     checkpoint("plan")?;
     // After planning, which changes nothing: state of namespaces that are gone.
     match sweep_stale(&plan.dir) {
@@ -125,6 +180,15 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
             existing.bridge,
             existing.iface,
             existing.underlay
+        );
+    }
+    if let Some(existing) = &plan.existing
+        && existing.complete
+        && !same_plan(&settings::load(run_dir, plan.overlay)?, &plan.settings)
+    {
+        bail!(
+            "overlay {} is already attached with another address plan or DHCP setting; detach it first",
+            plan.overlay
         );
     }
     if let Some(chain) = nat::forward_drop_policy() {
@@ -157,9 +221,9 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
             // The fast path: the agent keeps it (and is already running if
             // another fan of this namespace started it).
             if !args.no_agent {
-                agent::ensure(&run_dir, global)?;
+                agent::ensure(run_dir, global)?;
             }
-            Ok(())
+            Ok(plan.overlay)
         }
         Err(e) => {
             rollback(&net, &plan, undo).await;
@@ -178,7 +242,16 @@ fn same_settings(existing: &Fan, plan: &Plan) -> bool {
         && existing.mtu == plan.mtu
 }
 
-async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
+/// Whether two fans' settings ask for the same (wherever dnsmasq was found).
+fn same_plan(a: &Settings, b: &Settings) -> bool {
+    let without_program = |s: &Settings| Settings {
+        dnsmasq: None,
+        ..s.clone()
+    };
+    without_program(a) == without_program(b)
+}
+
+async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Result<Plan> {
     let overlay = ipv4_network(args.overlay, "overlay")?;
     let iface = net
         .link(&args.iface)
@@ -246,8 +319,25 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
             args.host_reserve
         );
     }
+    if args.dhcp && args.no_agent {
+        bail!(
+            "--dhcp needs the agent, which starts and supervises the DHCP server (dnsmasq): attach without --no-agent"
+        );
+    }
+    let mut settings = Settings::new(
+        slice,
+        args.dhcp,
+        args.dhcp_range,
+        args.cni_range,
+        args.docker_cidr,
+    );
+    // A slice too small for a plan (a /29 or /30) attaches as before, as
+    // long as nothing asks for one.
+    if !settings.is_default() {
+        settings.plan(slice, args.host_reserve)?;
+    }
     if args.dhcp {
-        bail!("--dhcp: DHCP on the slice is not available yet in this build of fan-xdp");
+        settings.dnsmasq = Some(dhcp::find_dnsmasq()?);
     }
     let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
     let bridge = args
@@ -349,6 +439,8 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
         nat: !args.no_nat,
         host_reserve: args.host_reserve,
         dir,
+        run: run.clone(),
+        settings,
         others,
         existing: existing.pop(),
     })
@@ -535,6 +627,13 @@ impl<'a> Attach<'a> {
         if self.plan.existing.is_none() {
             self.dataplane.insert_meta(self.key, &self.meta)?;
             self.undo.push(Undo::Record);
+            self.changed = true;
+        }
+        let (run, overlay) = (&self.plan.run, self.plan.overlay);
+        let found = settings::load(run, overlay)?;
+        if found != self.plan.settings {
+            settings::save(run, overlay, &self.plan.settings)?;
+            self.undo.push(Undo::Settings(found));
             self.changed = true;
         }
         Ok(())
@@ -1094,6 +1193,7 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                     maps.meta.remove(&meta_key(plan.overlay))?;
                 }
                 Undo::StateDir => plan.dir.remove()?,
+                Undo::Settings(found) => settings::save(&plan.run, plan.overlay, &found)?,
             }
             Ok(())
         }

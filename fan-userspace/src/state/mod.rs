@@ -20,9 +20,9 @@
 //! symbolic link to somewhere else. Both are checked without following links
 //! and refused unless root owns them and nobody else may write to them.
 
-pub mod docker;
 pub mod record;
 pub mod rundir;
+pub mod settings;
 
 use std::{
     ffi::CString,

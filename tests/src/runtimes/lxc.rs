@@ -25,7 +25,6 @@ pub struct LxcContainer {
     pub name: String,
     /// The container's network namespace, named for the traffic helpers.
     pub ns: Netns,
-    pub rootfs: PathBuf,
 }
 
 /// The container config the tests (and docs/containers.md) use: a busybox
@@ -112,7 +111,6 @@ impl LxcHost {
         Ok(LxcContainer {
             name: name.to_string(),
             ns: Netns::attach(name, pid)?,
-            rootfs,
         })
     }
 }

@@ -66,7 +66,6 @@ pub struct LxdContainer {
     pub name: String,
     /// The container's network namespace, named for the traffic helpers.
     pub ns: Netns,
-    pub rootfs: PathBuf,
 }
 
 impl Lxd {
@@ -177,7 +176,6 @@ impl Lxd {
         Ok(LxdContainer {
             name: name.to_string(),
             ns: Netns::attach(name, pid)?,
-            rootfs: self.dir.join("pool/containers").join(name).join("rootfs"),
         })
     }
 

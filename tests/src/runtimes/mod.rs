@@ -14,7 +14,6 @@ pub mod lxc;
 pub mod lxd;
 
 use std::{
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command},
     sync::{Mutex, MutexGuard},
@@ -23,7 +22,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::topology::Fleet;
+use crate::{
+    dhcp::{Leased, StateDir, fan_xdp_output, leased},
+    topology::Fleet,
+};
 
 /// Whether `package`'s program `program` is here. Missing, the test skips,
 /// except under CI (`CI=true`), where a skipped test is a failure.
@@ -50,6 +52,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 pub struct Bed<R> {
     pub runtimes: Vec<R>,
     leftovers: Leftovers,
+    /// fan-xdp's `--state-dir` (DHCP leases), private to the test.
+    pub state: StateDir,
     pub fleet: Fleet,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
@@ -63,21 +67,45 @@ impl<R> Bed<R> {
         let guard = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let leftovers = Leftovers::absent_now(leftovers);
-        let fleet = Fleet::new(hosts)?;
-        fleet.attach_all(attach)?;
-        Ok(Self {
+        let bed = Self {
             runtimes: Vec::new(),
-            leftovers,
-            fleet,
+            leftovers: Leftovers::absent_now(leftovers),
+            state: StateDir::new()?,
+            fleet: Fleet::new(hosts)?,
             _one_at_a_time: guard,
-        })
+        };
+        for i in 0..bed.fleet.hosts.len() {
+            bed.attach(i, attach)?;
+        }
+        Ok(bed)
+    }
+
+    /// `fan-xdp attach eth0 --overlay 250.0.0.0/8 ARGS` on host `i`.
+    pub fn attach(&self, i: usize, args: &[&str]) -> Result<String> {
+        self.fan_xdp(i, &[&["attach", "eth0", "--overlay", "250.0.0.0/8"][..], args].concat())
+    }
+
+    /// `fan-xdp ARGS` on host `i`, with the bed's state directory.
+    pub fn fan_xdp(&self, i: usize, args: &[&str]) -> Result<String> {
+        let out = fan_xdp_output(&self.fleet.hosts[i], &self.state, args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fan-xdp {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
 impl<R> Drop for Bed<R> {
+    /// The runtimes stop before the fans go (a detach stops the agent and
+    /// its dnsmasq), then what they left and the state directory go.
     fn drop(&mut self) {
         self.runtimes.clear();
+        for i in 0..self.fleet.hosts.len() {
+            let _ = self.fan_xdp(i, &["detach", "eth0"]);
+        }
         self.leftovers.remove();
     }
 }
@@ -157,16 +185,28 @@ pub fn cgroups(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Removes cgroup `dir` and the groups below it. A runtime's stop command
+/// returns before its last processes (LXC's monitor) have left their
+/// groups, so this tries again for up to five seconds.
 fn remove_cgroup_tree(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while try_remove_cgroup_tree(dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One pass, deepest first; whether `dir` is still there.
+fn try_remove_cgroup_tree(dir: &Path) -> bool {
     if let Ok(children) = std::fs::read_dir(dir) {
         for child in children.flatten() {
             if child.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&child.path());
+                try_remove_cgroup_tree(&child.path());
             }
         }
     }
     // A cgroup directory goes with rmdir once it has no children or tasks.
     let _ = std::fs::remove_dir(dir);
+    dir.exists()
 }
 
 /// `program` inside host namespace `ns` (its `ip netns` name), in a mount
@@ -221,9 +261,9 @@ pub fn busybox_rootfs(dir: &Path, dhcp: bool) -> Result<()> {
     Ok(())
 }
 
-/// busybox udhcpc hands a lease to a script; this one applies the address,
-/// the MTU (option 26) and the router, and records the lease in /run/lease
-/// (`ADDRESS PREFIX MTU ROUTER`), so a test can tell what DHCP sent.
+/// busybox udhcpc hands a lease to a script; this one applies the MTU
+/// (option 26), the address and the router, in that order, so that a
+/// default route means the whole lease is in place.
 const DHCP_SCRIPT: &str = r#"#!/bin/sh
 case "$1" in
 deconfig)
@@ -231,11 +271,10 @@ deconfig)
     ip link set "$interface" up
     ;;
 bound|renew)
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
     ip -4 addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
     for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
-    echo "$ip $mask $mtu $router" > /run/lease
     ;;
 esac
 exit 0
@@ -249,39 +288,23 @@ const INIT: &str = "#!/bin/sh\nexec /bin/sleep 900\n";
 const INIT_DHCP: &str = "#!/bin/sh\nexport PATH=/bin\n\
 udhcpc -i eth0 -s /etc/udhcpc.script -O mtu -t 20 -T 1 -b\nexec sleep 900\n";
 
-/// What a container's DHCP client was given, from its `/run/lease`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-    pub mtu: u32,
-    pub router: Ipv4Addr,
-}
-
-/// Waits (bounded by `limit`) for the lease the DHCP client of the
-/// container with root filesystem `rootfs` applied.
-pub fn wait_for_lease(rootfs: &Path, limit: Duration) -> Result<Lease> {
-    let file = rootfs.join("run/lease");
+/// Waits (bounded by `limit`) until the DHCP client in container namespace
+/// `ns` has applied its lease (address, MTU and default route), and returns
+/// what eth0 holds then.
+pub fn wait_for_lease(ns: &crate::netns::Netns, limit: Duration) -> Result<Leased> {
     let started = Instant::now();
     loop {
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            let words: Vec<&str> = text.split_whitespace().collect();
-            let field = |i: usize| -> Result<&str> {
-                words.get(i).copied().with_context(|| format!("lease {text:?}"))
-            };
-            return Ok(Lease {
-                addr: field(0)?.parse()?,
-                prefix: field(1)?.parse()?,
-                mtu: field(2)?.parse()?,
-                router: field(3)?.parse()?,
-            });
+        match leased(ns) {
+            Ok(leased) if leased.router.is_some() => return Ok(leased),
+            Ok(_) | Err(_) if started.elapsed() < limit => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            result => {
+                return result.and_then(|leased| {
+                    anyhow::bail!("{} got no default route within {limit:?}: {leased:?}", ns.name())
+                })
+            }
         }
-        anyhow::ensure!(
-            started.elapsed() < limit,
-            "no DHCP lease in {} within {limit:?}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

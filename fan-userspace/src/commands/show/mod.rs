@@ -14,10 +14,12 @@ use crate::{
     host::Net,
     host::bypass,
     state::StateDir,
-    state::docker::DockerOptions,
     state::record::{Fan, load_fans},
     state::rundir::RunDir,
 };
+
+mod slice;
+use slice::{SliceUse, describe_slice_use, slice_use};
 
 /// The fans attached in this namespace (none if nothing was ever attached).
 pub fn attached(global: &Global) -> Result<(StateDir, Vec<Fan>)> {
@@ -53,8 +55,8 @@ struct Shown<'a> {
     agent: Option<&'a agent::Status>,
     /// Whether the fast path may skip the host's netfilter, and why (not).
     bypass: &'a bypass::Verdict,
-    /// dockerd's options for this fan's slice (docs/containers.md).
-    docker: DockerOptions,
+    #[serde(flatten)]
+    slice: SliceUse,
 }
 
 /// A path MTU the programs learned towards a host of a fan's underlay.
@@ -118,8 +120,10 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
 
 pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
     let (dir, fans) = attached(global)?;
-    let serving = agent::status(&RunDir::locate(global.run_dir.as_deref())?);
+    let run = RunDir::locate(global.run_dir.as_deref())?;
+    let serving = agent::status(&run);
     let mut fast_paths = Vec::new();
+    let mut slices = Vec::new();
     let mut learned = Vec::new();
     let mut bypass = bypass::Verdict {
         on: true,
@@ -137,23 +141,23 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
                 None
             };
             fast_paths.push(shown);
+            slices.push(slice_use(&net, &run, global, fan, args.leases).await?);
         }
     }
     if args.json {
-        let shown = fans
+        let shown: Vec<Shown> = fans
             .iter()
             .zip(fast_paths)
-            .map(|(fan, fast_path)| {
-                Ok(Shown {
-                    fan,
-                    fast_path,
-                    path_mtus: path_mtus(&learned, fan),
-                    agent: serving.as_ref(),
-                    bypass: &bypass,
-                    docker: DockerOptions::for_fan(fan)?,
-                })
+            .zip(slices)
+            .map(|((fan, fast_path), slice)| Shown {
+                fan,
+                fast_path,
+                path_mtus: path_mtus(&learned, fan),
+                agent: serving.as_ref(),
+                bypass: &bypass,
+                slice,
             })
-            .collect::<Result<Vec<Shown>>>()?;
+            .collect();
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(());
     }
@@ -195,14 +199,16 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             bypass.why
         );
     }
-    for (fan, fast_path) in fans.iter().zip(&fast_paths) {
+    for ((fan, fast_path), slice) in fans.iter().zip(&fast_paths).zip(&slices) {
+        for line in describe_slice_use(fan, slice) {
+            println!("{line}");
+        }
         let Some(fast_path) = fast_path else { continue };
         println!(
             "{}: decapsulation {} ({})",
             fan.iface, fan.mode, fan.mode_reason
         );
         println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some()));
-        println!("{}: docker: {}", fan.bridge, DockerOptions::for_fan(fan)?.docker_opts);
         for learned in path_mtus(&learned, fan) {
             println!(
                 "{}: path MTU to {} is {} (learned {} s ago{})",
