@@ -4,6 +4,7 @@
 //! fresh machine and can install that toolchain itself.
 
 mod apt;
+mod services;
 mod setup;
 mod test;
 mod vm;

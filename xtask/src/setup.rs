@@ -264,7 +264,13 @@ fn install_packages(missing: &[&Need]) -> Result<()> {
     for need in missing {
         println!("setup: installing {} ({})", need.package, need.why);
     }
-    crate::apt::install(&names)
+    let before = crate::services::present_units(crate::services::unit_dir());
+    crate::apt::install(&names)?;
+    let new: Vec<&str> = crate::services::present_units(crate::services::unit_dir())
+        .into_iter()
+        .filter(|unit| !before.contains(unit))
+        .collect();
+    crate::services::disable_at_boot(&new)
 }
 
 fn nightly_has_rust_src() -> Result<bool> {
@@ -294,7 +300,7 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<()> {
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
