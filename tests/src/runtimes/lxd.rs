@@ -26,10 +26,10 @@ pub fn leftovers() -> Vec<String> {
 }
 
 /// The preseed (`lxd init --preseed`) the tests use: a `dir` pool at
-/// `pool` (outside LXD_DIR, which LXD refuses), and the default profile's
-/// nic on the slice bridge with the fan's MTU. Privileged containers: root
-/// here has no subordinate ids to map.
-pub fn preseed(pool: &str, bridge: &str, mtu: u32) -> String {
+/// `pool` (outside LXD_DIR, which LXD refuses) and the default profile's
+/// root disk on it. Privileged containers: root here has no subordinate
+/// ids to map.
+pub fn preseed(pool: &str) -> String {
     format!(
         "storage_pools:
 - name: default
@@ -45,11 +45,6 @@ profiles:
       type: disk
       path: /
       pool: default
-    eth0:
-      type: nic
-      nictype: bridged
-      parent: {bridge}
-      mtu: \"{mtu}\"
 "
     )
 }
@@ -70,7 +65,8 @@ pub struct LxdContainer {
 
 impl Lxd {
     /// Starts LXD in `host`'s namespace (no route out: it would try to reach
-    /// an image server), initialised with [`preseed`] for `bridge`.
+    /// an image server), initialised with [`preseed`], the default
+    /// profile's `eth0` a bridged nic on `bridge`.
     pub fn start(host: &Host, label: &str, bridge: &str, mtu: u32) -> Result<Self> {
         let dir = Scratch::new(&format!("lxd-{label}"))?;
         for sub in ["lxd", "pool", "aside"] {
@@ -97,8 +93,22 @@ impl Lxd {
             .status()?;
         ensure!(ready.success(), "lxd not ready: {}", lxd.log());
         let pool = lxd.dir.join("pool");
-        let preseed = preseed(pool.to_str().context("pool path")?, bridge, mtu);
+        let preseed = preseed(pool.to_str().context("pool path")?);
         lxd.run_with_input(LXD, &["init", "--preseed"], &preseed)?;
+        // The nic on the slice bridge, as an LXD fan network's profile
+        // moves to fan-xdp (docs/containers.md).
+        lxd.lxc(&[
+            "profile",
+            "device",
+            "add",
+            "default",
+            "eth0",
+            "nic",
+            "nictype=bridged",
+            &format!("parent={bridge}"),
+            &format!("mtu={mtu}"),
+            "name=eth0",
+        ])?;
         lxd.import_busybox()?;
         Ok(lxd)
     }
