@@ -117,7 +117,9 @@ pub fn start_client(ns: &Netns) -> Result<Child> {
             "mount --bind /dev/null /etc/resolv.conf && exec udhcpc -i eth0 -f -q -n -t 10 -T 1 -s {UDHCPC_SCRIPT}"
         ))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        // Only stderr is kept (for a failure's message): a bench starts
+        // hundreds of clients at once, each pipe is a descriptor.
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting udhcpc")

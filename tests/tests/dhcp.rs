@@ -110,6 +110,9 @@ fn containers_lease_from_the_dhcp_range_with_the_gateway_and_the_fan_mtu() {
         );
     }
     assert_ne!(la.addr, lb.addr);
+    // Ports left at 1500 do not raise the bridge's MTU (nor the gateway's).
+    let bridge = h1.ns.ip(&["link", "show", &h1.bridge]).unwrap();
+    assert!(bridge.contains(&format!("mtu {OVERLAY_MTU} ")), "{bridge}");
     assert!(
         ping(&a, lp.addr, 2).unwrap(),
         "no ping across the fan from a leased address"
@@ -241,9 +244,12 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
     let state = StateDir::new().unwrap();
     let fleet = Fleet::new(1).unwrap();
     let h1 = &fleet.hosts[0];
-    // Someone else's dnsmasq in the same namespace, on its own interface.
+    // Someone else's dnsmasq in the same namespace, on its own interface
+    // (a veth: this kernel has no dummy module).
     h1.ns
-        .ip(&["link", "add", "other0", "type", "dummy"])
+        .ip(&[
+            "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+        ])
         .unwrap();
     h1.ns
         .ip(&["addr", "add", "10.9.0.1/24", "dev", "other0"])
@@ -556,37 +562,38 @@ fn the_address_plan_is_set_per_fan_and_bad_plans_change_nothing() {
         "--host-reserve",
         "9",
         "--dhcp-range",
-        "250.0.1.10-250.0.1.99",
+        "250.0.1.10-250.0.1.63",
         "--cni-range",
-        "250.0.1.100-250.0.1.127",
+        "250.0.1.128-250.0.1.254",
         "--docker-cidr",
-        "250.0.1.192/26",
+        "250.0.1.64/26",
     ];
     attach_dhcp(h1, &state, &plan);
     let shown = show(h1, &state, &[]);
     assert_eq!(
         shown[0]["plan"],
         serde_json::json!({
-            "gateway": "250.0.1.1", "reserve": "250.0.1.1-250.0.1.9", "dhcp": "250.0.1.10-250.0.1.99",
-            "docker": "250.0.1.192/26", "cni": "250.0.1.100-250.0.1.127"
+            "gateway": "250.0.1.1", "reserve": "250.0.1.1-250.0.1.9", "dhcp": "250.0.1.10-250.0.1.63",
+            "docker": "250.0.1.64/26", "cni": "250.0.1.128-250.0.1.254"
         }),
         "{shown}"
     );
     assert_eq!(
         shown[0]["docker_opts"],
-        "DOCKER_OPTS=\"-b fan-250-0-1 --mtu=1480 --fixed-cidr=250.0.1.192/26 --iptables=false --ip6tables=false --ip-masq=false\"",
+        "DOCKER_OPTS=\"-b fan-250-0-1 --mtu=1480 --fixed-cidr=250.0.1.64/26 --iptables=false --ip6tables=false --ip-masq=false\"",
     );
     let text = fan_xdp(h1, &state, &["show"]).unwrap();
-    assert!(text.contains("address plan: host reserve 250.0.1.1-250.0.1.9 (gateway 250.0.1.1), DHCP 250.0.1.10-250.0.1.99, Docker 250.0.1.192/26, CNI 250.0.1.100-250.0.1.127"), "{text}");
+    assert!(text.contains("address plan: host reserve 250.0.1.1-250.0.1.9 (gateway 250.0.1.1), DHCP 250.0.1.10-250.0.1.63, Docker 250.0.1.64/26, CNI 250.0.1.128-250.0.1.254"), "{text}");
     let c = dhcp_container(h1, 1);
     let leased = lease(&c).unwrap();
     let offset = u32::from(leased.addr) - u32::from(h1.slice);
     assert!(
-        (10..=99).contains(&offset),
+        (10..=63).contains(&offset),
         "{leased:?} outside the DHCP range given"
     );
     // The same again changes nothing; another plan is refused.
-    assert!(attach_dhcp(h1, &state, &plan).contains("already attached"));
+    let again = attach_dhcp(h1, &state, &plan);
+    assert!(again.contains("already attached"), "{again}");
     let out = fan_xdp_output(
         h1,
         &state,

@@ -60,6 +60,10 @@ enum Task {
         /// A short smoke run (no speed asserted).
         #[arg(long)]
         quick: bool,
+        /// Only the containers part: 2 hosts with 250 DHCP containers each
+        /// (and 25 each, for the agent's CPU per container).
+        #[arg(long)]
+        containers: bool,
     },
 }
 
@@ -80,9 +84,18 @@ fn main() -> Result<()> {
             setup::run()?;
             fuzz(cases, seed)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, containers } => {
             setup::run()?;
-            bench(quick)
+            if containers {
+                return containers_bench();
+            }
+            bench(quick)?;
+            // Not in the smoke run: `cargo xtask test` runs 2 x 40 DHCP
+            // containers for correctness (tests/tests/dhcp.rs).
+            if !quick {
+                containers_bench()?;
+            }
+            Ok(())
         }
         Task::Vm { timeout, command } => {
             setup::run()?;
@@ -137,6 +150,11 @@ fn random_seed() -> u64 {
 /// Builds and runs the bench (`--quick`: the smoke run).
 pub fn bench(quick: bool) -> Result<()> {
     run_release("fan-bench", if quick { &["--quick"] } else { &[] })
+}
+
+/// Hundreds of DHCP containers per host (`fan-containers`).
+fn containers_bench() -> Result<()> {
+    run_release("fan-containers", &[])
 }
 
 /// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs

@@ -241,3 +241,35 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     pub started_by_attach: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_prefixes_are_parsed_or_refused_by_name() {
+        let range = parse_range("250.0.28.2-250.0.28.127").unwrap();
+        assert_eq!(range.len(), 126);
+        assert!(
+            parse_range("250.0.28.2")
+                .unwrap_err()
+                .contains("not FIRST-LAST")
+        );
+        assert!(
+            parse_range("250.0.28.9-250.0.28.2")
+                .unwrap_err()
+                .contains("comes after")
+        );
+        assert!(parse_range("250.0.28.2-x").unwrap_err().contains("\"x\""));
+        assert_eq!(
+            parse_cidr("250.0.28.128/26").unwrap().to_string(),
+            "250.0.28.128/26"
+        );
+        assert!(
+            parse_cidr("250.0.28.130/26")
+                .unwrap_err()
+                .contains("aligned")
+        );
+        assert!(parse_cidr("250.0.28.128").unwrap_err().contains("BASE/LEN"));
+    }
+}

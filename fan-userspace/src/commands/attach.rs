@@ -184,7 +184,7 @@ async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<
     }
     if let Some(existing) = &plan.existing
         && existing.complete
-        && !same_plan(&settings::load(run_dir, plan.overlay)?, &plan.settings)
+        && !settings::load(run_dir, plan.overlay)?.same_request(&plan.settings)
     {
         bail!(
             "overlay {} is already attached with another address plan or DHCP setting; detach it first",
@@ -240,15 +240,6 @@ fn same_settings(existing: &Fan, plan: &Plan) -> bool {
         && existing.nat == plan.nat
         && existing.host_reserve == plan.host_reserve
         && existing.mtu == plan.mtu
-}
-
-/// Whether two fans' settings ask for the same (wherever dnsmasq was found).
-fn same_plan(a: &Settings, b: &Settings) -> bool {
-    let without_program = |s: &Settings| Settings {
-        dnsmasq: None,
-        ..s.clone()
-    };
-    without_program(a) == without_program(b)
 }
 
 async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Result<Plan> {
@@ -631,7 +622,7 @@ impl<'a> Attach<'a> {
         }
         let (run, overlay) = (&self.plan.run, self.plan.overlay);
         let found = settings::load(run, overlay)?;
-        if found != self.plan.settings {
+        if !found.same_request(&self.plan.settings) {
             settings::save(run, overlay, &self.plan.settings)?;
             self.undo.push(Undo::Settings(found));
             self.changed = true;

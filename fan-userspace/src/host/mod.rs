@@ -222,10 +222,11 @@ impl Net {
 
     /// A bridge whose MTU stays `mtu` whatever is plugged into it. The
     /// kernel keeps a bridge's MTU only once it was set by a change request:
-    /// one given at creation follows the ports and falls back to 1500 when
-    /// the last port leaves (the next container, a runtime that copies the
-    /// bridge's MTU, would then get 1500 on a 1480 fan). A request for the
-    /// MTU the device already has is ignored, so that case goes through
+    /// one given at creation follows the ports, rising with a port of a
+    /// larger MTU (a DHCP container's veth left at 1500) and falling back to
+    /// 1500 when the last port leaves (the next container of a runtime that
+    /// copies the bridge's MTU would get 1500 on a 1480 fan). A request for
+    /// the MTU the device already has is ignored, so that case goes through
     /// another value first, while nothing is plugged in yet.
     pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<Link> {
         self.handle

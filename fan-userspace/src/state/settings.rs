@@ -72,6 +72,18 @@ impl Settings {
             && self.docker_cidr.is_none()
     }
 
+    /// Whether both ask for the same: DHCP and the same overrides (the slice
+    /// is the fan's, and where dnsmasq was found is not a request).
+    pub fn same_request(&self, other: &Settings) -> bool {
+        (self.dhcp, self.dhcp_range, self.cni_range, self.docker_cidr)
+            == (
+                other.dhcp,
+                other.dhcp_range,
+                other.cni_range,
+                other.docker_cidr,
+            )
+    }
+
     /// The plan of `slice` with `host_reserve` addresses kept for the host:
     /// the default one with these overrides, validated (disjoint, inside the
     /// slice, off its network and broadcast addresses).
@@ -257,6 +269,10 @@ mod tests {
         let text = serde_json::to_string(&settings).unwrap();
         assert_eq!(serde_json::from_str::<Settings>(&text).unwrap(), settings);
         assert!(Settings::default().is_default());
+        // What attach builds for no flags asks for what no file means.
+        let none = Settings::new("250.0.28.0/24".parse().unwrap(), false, None, None, None);
+        assert!(none.is_default() && none.same_request(&Settings::default()));
+        assert!(!settings.same_request(&Settings::default()));
         assert!(!settings.is_default());
     }
 }
