@@ -95,6 +95,27 @@ fn the_slice_bridge_keeps_the_fans_mtu_when_its_last_container_leaves() {
     fleet.detach_all().unwrap();
 }
 
+/// The same when the fan's MTU is the 1500 a new bridge already has (a
+/// 1520 underlay): the kernel ignores a request for the MTU a device has,
+/// so that one would not be kept either.
+#[test]
+fn a_1500_slice_bridge_keeps_its_mtu_when_a_larger_port_joins() {
+    if !privileged() {
+        return;
+    }
+    let fleet = fan_tests::topology::Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.ns.ip(&["link", "set", "eth0", "mtu", "1520"]).unwrap();
+    fleet.attach_all(&["--no-agent"]).unwrap();
+    assert_eq!(bridge_mtu(host), "1500");
+    host.ns
+        .ip(&["link", "add", "big0", "mtu", "9000", "type", "veth", "peer", "name", "big1"])
+        .unwrap();
+    host.ns.ip(&["link", "set", "big0", "master", &host.bridge]).unwrap();
+    assert_eq!(bridge_mtu(host), "1500", "a 9000 port raised the slice bridge's MTU");
+    fleet.detach_all().unwrap();
+}
+
 #[test]
 fn docker_containers_on_two_hosts_ping_and_move_100_mb_inside_dockers_range() {
     let Some(bed) = docker_bed() else { return };
