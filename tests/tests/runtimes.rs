@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 
 use fan_tests::{
     dhcp::Leased,
+    netns::Netns,
     privileged,
     runtimes::{
         Bed, LEASE_TIME,
@@ -288,19 +289,32 @@ fn in_dhcp_range(host: &Host, addr: Ipv4Addr) -> bool {
     (2..=127).contains(&offset)
 }
 
-/// What every DHCP client on `host`'s slice must have been given.
-fn assert_fan_lease(host: &Host, name: &str, lease: &Leased) {
-    assert!(
-        in_dhcp_range(host, lease.addr),
-        "{name} leased {}, outside {}'s DHCP range",
-        lease.addr,
-        host.slice_cidr()
-    );
-    assert_eq!(
-        (lease.prefix, lease.mtu, lease.router),
-        (24, 1480, Some(host.gateway)),
-        "{name}'s lease"
-    );
+/// Waits for the leases of one container on each of the two hosts, checks
+/// each is what fan-xdp's DHCP gives on that host's slice (the plan's
+/// range, prefix 24, MTU 1480, the gateway as router), and that the two
+/// containers ping each other across the fan. Returns the leases.
+fn leased_and_reaching(hosts: &[Host], containers: [&Netns; 2]) -> Vec<Leased> {
+    let leases: Vec<Leased> = containers
+        .iter()
+        .map(|ns| wait_for_lease(ns, LEASE_TIME).unwrap())
+        .collect();
+    for (host, lease) in hosts.iter().zip(&leases) {
+        assert!(
+            in_dhcp_range(host, lease.addr),
+            "leased {}, outside {}'s DHCP range",
+            lease.addr,
+            host.slice_cidr()
+        );
+        assert_eq!(
+            (lease.prefix, lease.mtu, lease.router),
+            (24, 1480, Some(host.gateway)),
+            "the lease on {}",
+            host.slice_cidr()
+        );
+    }
+    assert!(ping(containers[0], leases[1].addr, 3).unwrap(), "h1's container cannot ping h2's");
+    assert!(ping(containers[1], leases[0].addr, 3).unwrap(), "h2's container cannot ping h1's");
+    leases
 }
 
 #[test]
@@ -315,16 +329,9 @@ fn lxc_containers_on_two_hosts_take_fan_dhcp_addresses_ping_and_transfer() {
         containers.push(lxc.start("c1", &host.bridge, 1480).unwrap());
         bed.runtimes.push(lxc);
     }
-    let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
-    let leases: Vec<Leased> = containers
-        .iter()
-        .map(|c| wait_for_lease(&c.ns, LEASE_TIME).unwrap())
-        .collect();
-    assert_fan_lease(h1, "c1 on h1", &leases[0]);
-    assert_fan_lease(h2, "c1 on h2", &leases[1]);
     let (c1, c2) = (&containers[0], &containers[1]);
-    assert!(ping(&c1.ns, leases[1].addr, 3).unwrap(), "h1's c1 cannot ping h2's");
-    assert!(ping(&c2.ns, leases[0].addr, 3).unwrap(), "h2's c1 cannot ping h1's");
+    let leases = leased_and_reaching(&bed.fleet.hosts, [&c1.ns, &c2.ns]);
+    let h2 = &bed.fleet.hosts[1];
     // The lease is a binding: packets go straight into the container.
     assert!(
         h2.wait_for_direct(&c1.ns, leases[1].addr).unwrap(),
@@ -349,18 +356,9 @@ fn lxd_containers_with_a_bridged_nic_take_fan_dhcp_addresses_and_ping_across() {
         containers.push(lxd.launch("c1").unwrap());
         bed.runtimes.push(lxd);
     }
-    let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
-    let leases: Vec<Leased> = containers
-        .iter()
-        .map(|c| wait_for_lease(&c.ns, LEASE_TIME).unwrap())
-        .collect();
-    assert_fan_lease(h1, "c1 on h1", &leases[0]);
-    assert_fan_lease(h2, "c1 on h2", &leases[1]);
+    let leases = leased_and_reaching(&bed.fleet.hosts, [&containers[0].ns, &containers[1].ns]);
     // LXD sees the address DHCP gave (it reads it from the container).
     let seen = bed.runtimes[0].address("c1").unwrap();
     assert!(seen.starts_with(&format!("{} (eth0)", leases[0].addr)), "{seen}");
-    let (c1, c2) = (&containers[0], &containers[1]);
-    assert!(ping(&c1.ns, leases[1].addr, 3).unwrap(), "h1's c1 cannot ping h2's");
-    assert!(ping(&c2.ns, leases[0].addr, 3).unwrap(), "h2's c1 cannot ping h1's");
     drop(containers);
 }

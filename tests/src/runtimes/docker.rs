@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use super::{Scratch, busybox_rootfs, in_host, remove_cgroups, terminate};
+use super::{Scratch, busybox_rootfs, in_host, remove_cgroups, stdout_of, terminate};
 use crate::{netns::Netns, topology::Host};
 
 /// Debian's daemon and client (a newer client may come first in PATH).
@@ -121,14 +121,7 @@ impl Dockerd {
 
     /// `docker ARGS`, failing with its stderr; returns stdout, trimmed.
     pub fn docker(&self, args: &[&str]) -> Result<String> {
-        let out = self.docker_output(args)?;
-        ensure!(
-            out.status.success(),
-            "docker {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        stdout_of(self.docker_output(args)?, &format!("docker {}", args.join(" ")))
     }
 
     /// Imports [`IMAGE`] from a busybox root filesystem, offline:
@@ -149,12 +142,7 @@ impl Dockerd {
             .args(["import", "-c", "ENV PATH=/bin", "-", IMAGE])
             .stdin(tar.stdout.context("tar's output")?)
             .output()?;
-        ensure!(
-            out.status.success(),
-            "docker import failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        stdout_of(out, "docker import").map(drop)
     }
 
     /// `docker run -d --name NAME RUN_ARGS fxt-busybox sleep 900`; the

@@ -4,9 +4,9 @@
 
 use std::{path::PathBuf, process::Command};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 
-use super::{Scratch, busybox_rootfs, in_host_with_sysfs, remove_cgroups};
+use super::{Scratch, busybox_rootfs, in_host_with_sysfs, remove_cgroups, stdout_of};
 use crate::{netns::Netns, topology::Host};
 
 pub const LXC_START: &str = "/usr/bin/lxc-start";
@@ -75,14 +75,12 @@ impl LxcHost {
             .args(args)
             .output()
             .with_context(|| format!("running {program}"))?;
-        ensure!(
-            out.status.success(),
-            "{program} -n {name} {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.log(name)).unwrap_or_default()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        stdout_of(out, &format!("{program} -n {name} {}", args.join(" "))).with_context(|| {
+            format!(
+                "the container's log: {}",
+                std::fs::read_to_string(self.log(name)).unwrap_or_default()
+            )
+        })
     }
 
     fn log(&self, name: &str) -> PathBuf {

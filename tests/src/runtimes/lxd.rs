@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use super::{Scratch, busybox_rootfs, cgroups, in_host_with_sysfs, terminate};
+use super::{Scratch, busybox_rootfs, cgroups, in_host_with_sysfs, stdout_of, terminate};
 use crate::{netns::Netns, topology::Host};
 
 pub const LXD: &str = "/usr/bin/lxd";
@@ -137,14 +137,7 @@ impl Lxd {
             .take()
             .context("stdin")?
             .write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        stdout_of(child.wait_with_output()?, &format!("{program} {}", args.join(" ")))
     }
 
     /// `lxc image import META ROOTFS --alias fxt-busybox`: a busybox root

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    dhcp::{Leased, StateDir, fan_xdp_output, leased},
+    dhcp::{Leased, StateDir, leased},
     topology::Fleet,
 };
 
@@ -87,14 +87,7 @@ impl<R> Bed<R> {
 
     /// `fan-xdp ARGS` on host `i`, with the bed's state directory.
     pub fn fan_xdp(&self, i: usize, args: &[&str]) -> Result<String> {
-        let out = fan_xdp_output(&self.fleet.hosts[i], &self.state, args)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "fan-xdp {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::dhcp::fan_xdp(&self.fleet.hosts[i], &self.state, args)
     }
 }
 
@@ -133,6 +126,18 @@ impl Leftovers {
             }
         }
     }
+}
+
+/// The trimmed stdout of a runtime's command (`what`, for the message), or
+/// an error naming it with its stderr.
+pub fn stdout_of(out: std::process::Output, what: &str) -> Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A directory of one runtime's own, removed with its contents when dropped.
