@@ -30,16 +30,37 @@ use crate::{
 /// Whether `package`'s program `program` is here. Missing, the test skips,
 /// except under CI (`CI=true`), where a skipped test is a failure.
 pub fn installed(package: &str, program: &str) -> bool {
-    if Path::new(program).exists() {
-        return true;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    match missing(package, program, Path::new(program).exists(), ci) {
+        None => true,
+        Some(Missing::Fail(message)) => panic!("{message}"),
+        Some(Missing::Skip(message)) => {
+            eprintln!("{message}");
+            false
+        }
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{program} is missing: install Debian's {package} (`cargo xtask setup` does); CI=true forbids skipping this test"
-        );
+}
+
+#[derive(Debug, PartialEq)]
+enum Missing {
+    Fail(String),
+    Skip(String),
+}
+
+/// What a runtime test does about its program: run (None), fail, or skip,
+/// with a message that names the package to install.
+fn missing(package: &str, program: &str, present: bool, ci: bool) -> Option<Missing> {
+    if present {
+        return None;
     }
-    eprintln!("skipping: {program} is missing (Debian's {package}; `cargo xtask setup` installs it)");
-    false
+    let install = format!("install Debian's {package} (`cargo xtask setup` does)");
+    Some(if ci {
+        Missing::Fail(format!(
+            "{program} is missing: {install}; CI=true forbids skipping this test"
+        ))
+    } else {
+        Missing::Skip(format!("skipping: {program} is missing: {install}"))
+    })
 }
 
 /// Runtime tests share files outside their own directories (Docker's
@@ -333,4 +354,26 @@ pub fn terminate(child: &mut Child, grace: Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_runtime_fails_under_ci_naming_its_package_and_skips_elsewhere() {
+        assert_eq!(missing("lxd", "/usr/bin/lxd", true, true), None);
+        assert_eq!(
+            missing("lxd", "/usr/bin/lxd", false, true),
+            Some(Missing::Fail(
+                "/usr/bin/lxd is missing: install Debian's lxd (`cargo xtask setup` does); CI=true forbids skipping this test".into()
+            ))
+        );
+        assert_eq!(
+            missing("docker.io", "/usr/sbin/dockerd", false, false),
+            Some(Missing::Skip(
+                "skipping: /usr/sbin/dockerd is missing: install Debian's docker.io (`cargo xtask setup` does)".into()
+            ))
+        );
+    }
 }
