@@ -63,8 +63,9 @@ fn missing(package: &str, program: &str, present: bool, ci: bool) -> Option<Miss
     })
 }
 
-/// Runtime tests share files outside their own directories (Docker's
-/// `/run/containerd`, LXD's socket names), so they run one at a time.
+/// Runtime tests share paths outside their own directories (dockerd's
+/// `/run/containerd`, LXD's `lxc.pivot` cgroups), which a bed removes at
+/// its end when they were absent at its start: they run one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A fleet with runtimes on it. Field order is drop order: the runtimes stop
@@ -320,17 +321,16 @@ udhcpc -i eth0 -s /etc/udhcpc.script -O mtu -t 20 -T 1 -b\nexec sleep 900\n";
 pub fn wait_for_lease(ns: &crate::netns::Netns, limit: Duration) -> Result<Leased> {
     let started = Instant::now();
     loop {
-        match leased(ns) {
-            Ok(leased) if leased.router.is_some() => return Ok(leased),
-            Ok(_) | Err(_) if started.elapsed() < limit => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            result => {
-                return result.and_then(|leased| {
-                    anyhow::bail!("{} got no default route within {limit:?}: {leased:?}", ns.name())
-                })
-            }
+        let now = leased(ns);
+        if now.as_ref().is_ok_and(|leased| leased.router.is_some()) {
+            return now;
         }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "{} has no complete lease within {limit:?}: {now:?}",
+            ns.name()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
