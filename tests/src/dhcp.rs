@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::{
     netns::Netns,
-    topology::{Host, fan_xdp_binary},
+    topology::{Host, fan_xdp_binary, stdout_of_success},
 };
 
 /// Debian's udhcpc script: without it busybox's udhcpc sets no address.
@@ -60,15 +60,7 @@ impl Drop for StateDir {
 /// `fan-xdp ARGS` in `host`'s namespace with leases under `state`; its
 /// stdout, or an error with its stderr.
 pub fn fan_xdp(host: &Host, state: &StateDir, args: &[&str]) -> Result<String> {
-    let out = fan_xdp_output(host, state, args)?;
-    ensure!(
-        out.status.success(),
-        "fan-xdp {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    stdout_of_success(args, fan_xdp_output(host, state, args)?)
 }
 
 /// As [`fan_xdp`], whatever the exit status.

@@ -456,6 +456,19 @@ pub fn send_frames(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
     })?
 }
 
+/// A gratuitous ARP reply, broadcast from `mac`, claiming `addr` for it:
+/// how a container takes over a sibling's address.
+pub fn gratuitous_arp(mac: [u8; 6], addr: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0xff; 6];
+    arp.extend(mac);
+    arp.extend(crate::hex("0806 0001 0800 06 04 0002"));
+    arp.extend(mac);
+    arp.extend(addr.octets());
+    arp.extend([0xff; 6]);
+    arp.extend(addr.octets());
+    arp
+}
+
 /// The MAC address of `iface` in `ns`, as 6 bytes.
 pub fn mac_of(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
     let text = ns.run("cat", &[&format!("/sys/class/net/{iface}/address")])?;

@@ -11,11 +11,10 @@ use std::{
 
 use fan_common::StatReason;
 use fan_tests::{
-    hex,
     netns::Netns,
     privileged,
     topology::{Fleet, Host, fan_xdp_binary},
-    traffic::{mac_of, ping, send_frames, snmp_counter, tcp_transfer},
+    traffic::{gratuitous_arp, mac_of, ping, send_frames, snmp_counter, tcp_transfer},
 };
 use fan_userspace::{
     agent::bindings::{self, Binding, Origin, format_mac},
@@ -330,14 +329,7 @@ fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffi
     assert!(h2.wait_for_direct(&client.ns, owner.addr).unwrap());
     // The rogue container claims its sibling's address (250.0.2.11) with
     // its own MAC, in gratuitous ARP replies, past the neighbour locktime.
-    let rogue_mac = mac_of(&rogue.ns, "eth0").unwrap();
-    let mut arp = vec![0xff; 6];
-    arp.extend(rogue_mac);
-    arp.extend(hex("0806 0001 0800 06 04 0002"));
-    arp.extend(rogue_mac);
-    arp.extend(owner.addr.octets());
-    arp.extend([0xff; 6]);
-    arp.extend(owner.addr.octets());
+    let arp = gratuitous_arp(mac_of(&rogue.ns, "eth0").unwrap(), owner.addr);
     std::thread::sleep(Duration::from_millis(1200));
     send_frames(&rogue.ns, "eth0", &vec![arp; 3]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));

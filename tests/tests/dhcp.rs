@@ -14,14 +14,49 @@ use fan_tests::{
         Leased, StateDir, fan_xdp, fan_xdp_output, finish_client, lease, pids_named,
         plug_dhcp_container, require_tools, start_client,
     },
-    hex,
     netns::Netns,
     privileged,
     topology::{Fleet, Host, OVERLAY_MTU},
-    traffic::{mac_of, ping, send_frames, snmp_counter},
+    traffic::{gratuitous_arp, mac_of, ping, send_frames, snmp_counter},
 };
+use fan_userspace::agent::bindings::format_mac;
 
 const OVERLAY: &str = "250.0.0.0/8";
+
+/// A state directory and a fleet of `hosts`, or None where privileged
+/// tests skip (never under `CI=true`). The DHCP tools must be there.
+fn bed(hosts: u8) -> Option<(StateDir, Fleet)> {
+    if !privileged() {
+        return None;
+    }
+    require_tools().unwrap();
+    Some((StateDir::new().unwrap(), Fleet::new(hosts).unwrap()))
+}
+
+/// A dnsmasq of someone else's in `ns`, serving `range` on `iface`.
+fn foreign_dnsmasq(
+    ns: &Netns,
+    iface: &str,
+    range: &str,
+    extra: &[&str],
+    leases: &std::path::Path,
+) -> std::process::Child {
+    ns.command("dnsmasq")
+        .args([
+            "--conf-file=/dev/null",
+            "--keep-in-foreground",
+            "--bind-dynamic",
+            "--port=0",
+        ])
+        .arg(format!("--interface={iface}"))
+        .arg(format!("--dhcp-range={range}"))
+        .arg(format!("--dhcp-leasefile={}", leases.display()))
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
 
 fn attach_dhcp(host: &Host, state: &StateDir, extra: &[&str]) -> String {
     let args = [
@@ -72,12 +107,9 @@ fn dhcp_pid(host: &Host, state: &StateDir) -> Option<u64> {
 
 #[test]
 fn containers_lease_from_the_dhcp_range_with_the_gateway_and_the_fan_mtu() {
-    if !privileged() {
+    let Some((state, fleet)) = bed(2) else {
         return;
-    }
-    require_tools().unwrap();
-    let state = StateDir::new().unwrap();
-    let fleet = Fleet::new(2).unwrap();
+    };
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let said = attach_dhcp(h1, &state, &[]);
     assert!(said.contains("DHCP: dnsmasq (pid"), "{said}");
@@ -123,10 +155,7 @@ fn containers_lease_from_the_dhcp_range_with_the_gateway_and_the_fan_mtu() {
     assert_eq!(dhcp["running"], true, "{shown}");
     assert_eq!(dhcp["leases"], 2, "{shown}");
     assert_eq!(dhcp["range"], "250.0.1.2-250.0.1.127", "{shown}");
-    let mac_a = mac_of(&a, "eth0")
-        .unwrap()
-        .map(|b| format!("{b:02x}"))
-        .join(":");
+    let mac_a = format_mac(mac_of(&a, "eth0").unwrap());
     let listed = shown[0]["leases"].as_array().unwrap();
     let row = listed
         .iter()
@@ -175,12 +204,9 @@ fn containers_lease_from_the_dhcp_range_with_the_gateway_and_the_fan_mtu() {
 
 #[test]
 fn the_server_is_adopted_after_an_agent_restart_and_restarted_when_killed() {
-    if !privileged() {
+    let Some((state, fleet)) = bed(1) else {
         return;
-    }
-    require_tools().unwrap();
-    let state = StateDir::new().unwrap();
-    let fleet = Fleet::new(1).unwrap();
+    };
     let h1 = &fleet.hosts[0];
     attach_dhcp(h1, &state, &[]);
     let c = dhcp_container(h1, 1);
@@ -237,12 +263,9 @@ fn the_server_is_adopted_after_an_agent_restart_and_restarted_when_killed() {
 
 #[test]
 fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
-    if !privileged() {
+    let Some((state, fleet)) = bed(1) else {
         return;
-    }
-    require_tools().unwrap();
-    let state = StateDir::new().unwrap();
-    let fleet = Fleet::new(1).unwrap();
+    };
     let h1 = &fleet.hosts[0];
     // Someone else's dnsmasq in the same namespace, on its own interface
     // (a veth: this kernel has no dummy module).
@@ -256,22 +279,13 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
         .unwrap();
     h1.ns.ip(&["link", "set", "other0", "up"]).unwrap();
     let foreign_leases = state.0.with_extension("foreign.leases");
-    let mut foreign = h1
-        .ns
-        .command("dnsmasq")
-        .args([
-            "--conf-file=/dev/null",
-            "--keep-in-foreground",
-            "--bind-dynamic",
-            "--interface=other0",
-            "--port=0",
-            "--dhcp-range=10.9.0.10,10.9.0.20",
-        ])
-        .arg(format!("--dhcp-leasefile={}", foreign_leases.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut foreign = foreign_dnsmasq(
+        &h1.ns,
+        "other0",
+        "10.9.0.10,10.9.0.20",
+        &[],
+        &foreign_leases,
+    );
     attach_dhcp(h1, &state, &[]);
     let c = dhcp_container(h1, 1);
     lease(&c).unwrap();
@@ -303,13 +317,49 @@ fn detach_stops_the_server_and_nothing_that_is_not_fan_xdps() {
 }
 
 #[test]
-fn a_containers_own_dhcp_server_is_not_heard() {
-    if !privileged() {
+fn two_fans_serve_side_by_side_and_detach_stops_only_its_own() {
+    let Some((state, fleet)) = bed(1) else {
         return;
-    }
-    require_tools().unwrap();
-    let state = StateDir::new().unwrap();
-    let fleet = Fleet::new(1).unwrap();
+    };
+    let h1 = &fleet.hosts[0];
+    attach_dhcp(h1, &state, &[]);
+    fan_xdp(
+        h1,
+        &state,
+        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
+    )
+    .unwrap();
+    let (c250, c240) = (
+        dhcp_container(h1, 1),
+        plug_dhcp_container(&h1.ns, "fan-240-0-1", "dveth2", "d1-240").unwrap(),
+    );
+    let (l250, l240) = (lease(&c250).unwrap(), lease(&c240).unwrap());
+    assert_eq!(l250.router, Some(h1.gateway), "{l250:?}");
+    assert_eq!(l240.router, Some(Ipv4Addr::new(240, 0, 1, 1)), "{l240:?}");
+    assert_eq!(l240.addr.octets()[..3], [240, 0, 1], "{l240:?}");
+    assert_eq!(pids_named(&h1.ns, "dnsmasq").len(), 2);
+    // One fan detached: its server goes, the agent does not start it again,
+    // and the other fan's server stays.
+    let kept = show(h1, &state, &[])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["overlay"] == OVERLAY)
+        .unwrap()["dhcp"]["pid"]
+        .as_u64()
+        .unwrap();
+    fan_xdp(h1, &state, &["detach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pids_named(&h1.ns, "dnsmasq"), vec![kept as u32]);
+    assert_eq!(lease(&c250).unwrap(), l250);
+    fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn a_containers_own_dhcp_server_is_not_heard() {
+    let Some((state, fleet)) = bed(1) else {
+        return;
+    };
     let h1 = &fleet.hosts[0];
     attach_dhcp(h1, &state, &[]);
     // The rogue answers on the slice first: it runs before the client asks,
@@ -319,24 +369,17 @@ fn a_containers_own_dhcp_server_is_not_heard() {
         .ip(&["addr", "add", "250.0.1.250/24", "dev", "eth0"])
         .unwrap();
     let rogue_leases = state.0.with_extension("rogue.leases");
-    let mut server = rogue
-        .command("dnsmasq")
-        .args([
-            "--conf-file=/dev/null",
-            "--keep-in-foreground",
-            "--bind-dynamic",
-            "--interface=eth0",
-            "--port=0",
+    let mut server = foreign_dnsmasq(
+        &rogue,
+        "eth0",
+        "250.0.1.200,250.0.1.210",
+        &[
             "--no-ping",
             "--dhcp-authoritative",
-            "--dhcp-range=250.0.1.200,250.0.1.210",
             "--dhcp-option=3,250.0.1.250",
-        ])
-        .arg(format!("--dhcp-leasefile={}", rogue_leases.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        &rogue_leases,
+    );
     let client = dhcp_container(h1, 2);
     h1.wait_for_run_ready(Duration::from_secs(10)).unwrap();
     let before = h1.counter(StatReason::DropDhcpServerReply).unwrap();
@@ -362,12 +405,9 @@ fn a_containers_own_dhcp_server_is_not_heard() {
 
 #[test]
 fn a_leased_address_stays_with_its_container_against_arp() {
-    if !privileged() {
+    let Some((state, fleet)) = bed(2) else {
         return;
-    }
-    require_tools().unwrap();
-    let state = StateDir::new().unwrap();
-    let fleet = Fleet::new(2).unwrap();
+    };
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     attach_dhcp(h1, &state, &[]);
     attach_dhcp(h2, &state, &[]);
@@ -392,14 +432,7 @@ fn a_leased_address_stays_with_its_container_against_arp() {
         "a lease gave no direct delivery"
     );
     // The rogue claims the owner's address with its own MAC.
-    let rogue_mac = mac_of(&rogue, "eth0").unwrap();
-    let mut arp = vec![0xff; 6];
-    arp.extend(rogue_mac);
-    arp.extend(hex("0806 0001 0800 06 04 0002"));
-    arp.extend(rogue_mac);
-    arp.extend(lo.addr.octets());
-    arp.extend([0xff; 6]);
-    arp.extend(lo.addr.octets());
+    let arp = gratuitous_arp(mac_of(&rogue, "eth0").unwrap(), lo.addr);
     std::thread::sleep(Duration::from_millis(1200));
     send_frames(&rogue, "eth0", &vec![arp; 3]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -491,12 +524,9 @@ fn forty_dhcp_containers_per_host_reach_a_peer_on_the_other() {
 
 #[test]
 fn the_address_plan_is_set_per_fan_and_bad_plans_change_nothing() {
-    if !privileged() {
+    let Some((state, fleet)) = bed(1) else {
         return;
-    }
-    require_tools().unwrap();
-    let state = StateDir::new().unwrap();
-    let fleet = Fleet::new(1).unwrap();
+    };
     let h1 = &fleet.hosts[0];
     let refused = |args: &[&str], says: &str| {
         let out = fan_xdp_output(

@@ -143,11 +143,15 @@ pub fn write_status(run: &RunDir, status: &Status) -> Result<()> {
         .context("publishing the agent's status")
 }
 
-/// The status of the agent serving this namespace, if one runs.
+/// The status of the agent serving this namespace, if one runs. A status
+/// file left by an agent that was killed (SIGKILL leaves it, ready) is not
+/// the status of the agent that took the lock since: until that one has
+/// written its own, there is none.
 pub fn status(run: &RunDir) -> Option<Status> {
-    running(run)?;
+    let holder = running(run)?;
     let text = fs::read_to_string(Files::of(run).status).ok()?;
-    serde_json::from_str(&text).ok()
+    let status: Status = serde_json::from_str(&text).ok()?;
+    (status.pid == holder).then_some(status)
 }
 
 /// Sends `op` to the agent and returns its answer.

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    agent::dhcp,
+    agent::{bindings::format_mac, dhcp},
     cli::Global,
     host::Net,
     state::{record::Fan, rundir::RunDir, settings},
@@ -100,10 +100,6 @@ async fn shown_leases(net: &Net, fan: &Fan, file: &std::path::Path) -> Result<Ve
             lease,
         })
         .collect())
-}
-
-fn format_mac(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// The text lines of a fan's slice use.
