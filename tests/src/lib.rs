@@ -11,6 +11,7 @@ pub mod model;
 pub mod netns;
 pub mod paths;
 pub mod podman;
+pub mod runtimes;
 pub mod snapshot;
 pub mod topology;
 pub mod traffic;

@@ -5,6 +5,7 @@
 
 mod apt;
 mod cni;
+mod services;
 mod setup;
 mod test;
 mod vm;

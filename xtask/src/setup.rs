@@ -70,6 +70,25 @@ const PACKAGES: &[Need] = &[
         why: "the reference CNI plugins (host-local, portmap) the CNI tests chain",
         present: Present::File("/usr/lib/cni/portmap"),
     },
+    // The container runtimes the runtimes tests drive, each inside the
+    // namespace of the host it serves. Docker and LXD by Debian's package:
+    // the versions docs/containers.md describes (the docker client some
+    // machines have in /usr/local/bin is not Debian's daemon, and a snap's
+    // LXD is another program). Their services never start on install: the
+    // deny-all policy-rc.d that `apt::install` holds while apt runs.
+    Need::package(
+        "docker.io",
+        "Docker 20.10 on the fan, in the runtimes tests",
+    ),
+    Need::program(
+        "lxc",
+        "lxc-start",
+        "LXC containers on the fan, in the runtimes tests",
+    ),
+    Need::package(
+        "lxd",
+        "LXD 5.0 containers on the fan, in the runtimes tests",
+    ),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -266,7 +285,13 @@ fn install_packages(missing: &[&Need]) -> Result<()> {
     for need in missing {
         println!("setup: installing {} ({})", need.package, need.why);
     }
-    crate::apt::install(&names)
+    let before = crate::services::present_units(crate::services::unit_dir());
+    crate::apt::install(&names)?;
+    let new: Vec<&str> = crate::services::present_units(crate::services::unit_dir())
+        .into_iter()
+        .filter(|unit| !before.contains(unit))
+        .collect();
+    crate::services::disable_at_boot(&new)
 }
 
 fn nightly_has_rust_src() -> Result<bool> {
@@ -296,7 +321,7 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<()> {
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");

@@ -66,6 +66,10 @@ pub fn run() -> Result<()> {
         // generated cases per program, seeded by the commit.
         "--test",
         "fuzz",
+        // Docker, LXC and LXD on the fan (about a minute); not in the VM,
+        // whose 6.1 guest has no container runtimes.
+        "--test",
+        "runtimes",
     ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),
