@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod dataplane;
 pub mod host;
 pub mod state;

@@ -6,7 +6,7 @@ use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
     commands::{attach, detach, map, show, stats},
-    state,
+    config, state,
 };
 
 /// `fan-xdp check`: does the data plane load here?
@@ -29,7 +29,23 @@ fn check() -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// A failure prints `error: <message>` and each cause below it, and exits
+/// 1: never the `Debug` form, which carries a backtrace whenever
+/// `RUST_BACKTRACE` is set (it is on many machines).
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> Result<()> {
     let cli = Cli::parse();
     let level = if cli.global.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
@@ -55,6 +71,8 @@ fn main() -> Result<()> {
         match &cli.command {
             Command::Attach(args) => attach::run(args, &cli.global).await,
             Command::Detach(args) => detach::run(args, &cli.global).await,
+            Command::Up(args) => config::apply::up(args, &cli.global).await,
+            Command::Down(args) => config::apply::down(args, &cli.global).await,
             Command::Run(args) => run::run(args, &cli.global).await,
             Command::Reload => run::reload(&cli.global),
             Command::Show(args) => show::run(args, &cli.global).await,

@@ -19,8 +19,8 @@ use anyhow::Result;
 use fan_common::maps::Endpoint;
 
 use crate::{
-    host::{FdbEntry, Link, Net},
     dataplane::PinnedMaps,
+    host::{FdbEntry, Link, Net},
     state::record::Fan,
 };
 

@@ -15,7 +15,9 @@
 //! one that attach started, and the agent is stopped through its socket,
 //! never by a recorded pid (which may have been reused).
 
+pub mod config;
 pub mod endpoints;
+pub mod follow;
 pub mod notify;
 pub mod pmtu;
 pub mod ports;

@@ -15,8 +15,8 @@ use ipnetwork::Ipv4Network;
 use log::info;
 
 use crate::{
-    host::Net,
     dataplane::{PinnedMaps, monotonic_ns},
+    host::Net,
     state::record::{Fan, HOST_DEVICE},
 };
 

@@ -13,25 +13,29 @@ use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use log::{debug, info, warn};
 use rtnetlink::{
-    constants::{RTMGRP_LINK, RTMGRP_NEIGH},
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK, RTMGRP_NEIGH},
+    packet_core::NetlinkPayload,
+    packet_route::RouteNetlinkMessage,
     sys::{AsyncSocket as _, SocketAddr},
 };
 
 use tokio::net::UnixListener;
 
 use crate::{
-    agent, host::bypass,
-    cli::{Global, RunArgs},
+    agent,
     agent::endpoints,
-    host::Net,
-    dataplane::PinnedMaps,
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
-    state::record::load_fans,
+    agent::{config::FileFans, follow::Follower},
+    cli::{Global, RunArgs},
+    dataplane::PinnedMaps,
+    host::Net,
+    host::bypass,
     require_capabilities,
-    state::rundir::RunDir,
     state::StateDir,
+    state::record::load_fans,
+    state::rundir::RunDir,
 };
 
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
@@ -60,8 +64,11 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     connection
         .socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
-        .context("subscribing to link and neighbour events")?;
+        .bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR,
+        ))
+        .context("subscribing to link, neighbour and address events")?;
     tokio::spawn(connection);
     let _logs = if global.verbose {
         crate::commands::stats::stream_ebpf_logs(&dir)
@@ -93,7 +100,20 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             .await
         };
     }
-    // Ready once the first sync is done: the fast path is in place.
+    // attach and detach, run from here for the configuration's fans and to
+    // follow the host, reach the bpffs through the descriptor held open.
+    let inner = Global {
+        pin_dir: dir.root.parent().map(std::path::Path::to_path_buf),
+        ..global.clone()
+    };
+    let mut file_fans = FileFans::new(args);
+    // A bad file stops the start: nothing of it is applied.
+    let lines = file_fans.read()?;
+    if let Err(e) = file_fans.apply(&net, &inner, lines).await {
+        warn!("the configuration's fans: {e:#}");
+    }
+    let mut follower = Follower::default();
+    // Ready once the fans are up and the first sync is done: the fast path is in place.
     let first = full_sync!();
     status.ready = true;
     publish(&run_dir, &dir, &mut status, first);
@@ -113,12 +133,22 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 }
                 // A burst (a container coming up) arrives as many events:
                 // settle briefly, drain, then resync once.
+                let mut host_changed = event.as_ref().is_some_and(|(m, _)| about_the_host(&m.payload));
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+                while let Ok(Some((m, _))) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+                    host_changed |= about_the_host(&m.payload);
+                }
+                if host_changed {
+                    report(follower.follow(&net, &dir, &inner).await);
+                    file_fans.retry(&net, &inner).await;
+                }
                 let synced = full_sync!();
                 publish(&run_dir, &dir, &mut status, synced);
             }
             _ = resync.tick() => {
+                // The safety net for host changes whose event was missed.
+                report(follower.follow(&net, &dir, &inner).await);
+                file_fans.retry(&net, &inner).await;
                 let synced = full_sync!();
                 publish(&run_dir, &dir, &mut status, synced);
             }
@@ -133,15 +163,33 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             }
             accepted = control.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                match answer(stream, &status) {
-                    Ok(Request::Status) => {}
-                    Ok(Request::Reload) => {
+                let (request, stream) = match receive(stream) {
+                    Ok(received) => received,
+                    Err(e) => {
+                        warn!("control request: {e:#}");
+                        continue;
+                    }
+                };
+                // Answered once done, so that `fan-xdp reload` (the unit's
+                // ExecReload) returns when the file is applied, or with why not.
+                let done = match request {
+                    Request::Status | Request::Stop => Ok(()),
+                    Request::Reload => {
+                        let applied = match file_fans.read() {
+                            Ok(lines) => file_fans.apply(&net, &inner, lines).await,
+                            Err(e) => Err(e),
+                        };
                         let synced = full_sync!();
                         publish(&run_dir, &dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");
+                        applied
                     }
-                    Ok(Request::Stop) => break,
-                    Err(e) => warn!("control request: {e:#}"),
+                };
+                if let Err(e) = reply(stream, &status, done) {
+                    warn!("answering a control request: {e:#}");
+                }
+                if matches!(request, Request::Stop) {
+                    break;
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -178,16 +226,15 @@ pub fn reload(global: &Global) -> Result<()> {
 }
 
 /// What a control connection asked for.
+#[derive(Clone, Copy)]
 enum Request {
     Status,
     Reload,
     Stop,
 }
 
-/// Reads a control connection's request and answers it (for reload, the
-/// answer comes before the resync; the client's wait is short either way).
-/// Only root may ask anything.
-fn answer(stream: tokio::net::UnixStream, status: &agent::Status) -> Result<Request> {
+/// Reads a control connection's request. Only root may ask anything.
+fn receive(stream: tokio::net::UnixStream) -> Result<(Request, std::os::unix::net::UnixStream)> {
     let peer = stream
         .peer_cred()
         .context("reading the client's credentials")?;
@@ -212,9 +259,35 @@ fn answer(stream: tokio::net::UnixStream, status: &agent::Status) -> Result<Requ
             bail!("unknown op {other:?}");
         }
     };
-    let reply = serde_json::json!({ "ok": true, "status": status });
+    Ok((request, stream))
+}
+
+/// Answers a request once it is done: the status, or why it failed.
+fn reply(
+    mut stream: std::os::unix::net::UnixStream,
+    status: &agent::Status,
+    done: Result<()>,
+) -> Result<()> {
+    let reply = match done {
+        Ok(()) => serde_json::json!({ "ok": true, "status": status }),
+        Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
+    };
     writeln!(stream, "{reply}")?;
-    Ok(request)
+    Ok(())
+}
+
+/// Whether a netlink message is about links or addresses (what
+/// [`Follower`] follows), not neighbours or forwarding entries.
+fn about_the_host(payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
+    matches!(
+        payload,
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewLink(_)
+                | RouteNetlinkMessage::DelLink(_)
+                | RouteNetlinkMessage::NewAddress(_)
+                | RouteNetlinkMessage::DelAddress(_)
+        )
+    )
 }
 
 /// What a sync found, for the status.

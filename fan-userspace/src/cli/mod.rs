@@ -38,6 +38,12 @@ pub enum Command {
     Attach(AttachArgs),
     /// Remove one fan (--overlay) or every fan of an interface, leaving nothing behind.
     Detach(DetachArgs),
+    /// fanctl's spelling of attach: `up [OVERLAY] UNDERLAY [dhcp] [host-reserve N] [bridge NAME]`
+    /// (OVERLAY defaults to 250.0.0.0/8), or `up -a`: every fan of the configuration not marked off.
+    Up(UpArgs),
+    /// fanctl's spelling of detach: `down [OVERLAY] UNDERLAY`, `down -a` (every fan the
+    /// configuration names) or `down -e` (every fan attached here).
+    Down(DownArgs),
     /// The fans attached in this network namespace, read from the pinned state.
     Show(ShowArgs),
     /// The host agent: keeps the fast path (endpoints, port programs, path MTU routes); attach starts it.
@@ -115,6 +121,42 @@ pub struct DetachArgs {
     pub overlay: Option<IpNetwork>,
 }
 
+/// Where fanctl keeps its fans: `up -a`, `down -a` and `fan-xdp run` read it.
+pub const FAN_CONFIG: &str = "/etc/network/fan";
+
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    /// Every fan of the configuration file not marked `off`.
+    #[arg(short = 'a', long = "all", conflicts_with = "words")]
+    pub all: bool,
+    /// The configuration file (one fan per line, as fanctl's).
+    #[arg(long, default_value = FAN_CONFIG)]
+    pub config: PathBuf,
+    /// As attach's: do not start the agent.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// `[OVERLAY] UNDERLAY [dhcp] [host-reserve N] [bridge NAME] [mode M] [mtu N] [no-nat] [bypass B]`;
+    /// UNDERLAY is ADDR/LEN, IFACE/LEN or default.
+    #[arg(required_unless_present = "all", value_name = "WORDS")]
+    pub words: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct DownArgs {
+    /// Every fan the configuration file names (also those marked `off`).
+    #[arg(short = 'a', long = "all", conflicts_with_all = ["words", "existing"])]
+    pub all: bool,
+    /// Every fan attached in this network namespace.
+    #[arg(short = 'e', long = "existing", conflicts_with = "words")]
+    pub existing: bool,
+    /// The configuration file, for -a.
+    #[arg(long, default_value = FAN_CONFIG)]
+    pub config: PathBuf,
+    /// `[OVERLAY] UNDERLAY`, as given to `up` (keywords after them are accepted and ignored).
+    #[arg(required_unless_present_any = ["all", "existing"], value_name = "WORDS")]
+    pub words: Vec<String>,
+}
+
 #[derive(Args, Clone)]
 pub struct ShowArgs {
     #[arg(long)]
@@ -160,7 +202,11 @@ pub struct RunArgs {
     /// a hop between CPUs, which shows in request/response latency.
     #[arg(long)]
     pub steer_flows: bool,
-    /// Started by `attach` (the last `detach` stops it).
+    /// Started by `attach` (the last `detach` stops it; reads no configuration).
     #[arg(long, hide = true)]
     pub started_by_attach: bool,
+    /// The configuration whose fans to bring up at start and on `reload`
+    /// (default /etc/network/fan; a missing default file means no fans).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }

@@ -25,21 +25,20 @@ use log::{info, warn};
 use crate::{
     agent,
     cli::{AttachArgs, Bypass, Global, Mode},
-    host::{
-        FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
-        rp_filter_key, write_sysctl,
-    },
-    ipv4_network,
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
         overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
     },
     host::naming::{IFNAME_MAX, bridge_name},
     host::nat,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
-    require_capabilities,
-    state::rundir::RunDir,
+    host::{
+        FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
+        rp_filter_key, write_sysctl,
+    },
+    ipv4_network, require_capabilities,
     state::StateDir,
+    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    state::rundir::RunDir,
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.
@@ -954,9 +953,7 @@ fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
 /// Removes the pin at `pin` if what it attached is not on `device` as it is
 /// now: the device was deleted since, and perhaps re-created under its name
 /// (netplan, a driver reload), taking the program with it. Trusting such a
-/// pin would report success and attach nothing. A TCX or XDP link must be on
-/// the device's current ifindex (a defunct one reports 0); a clsact filter
-/// (kernels before 6.6, marked by a pinned program) must be on the device.
+/// pin would report success and attach nothing.
 async fn retire_if_defunct(
     net: &Net,
     pin: &std::path::Path,
@@ -968,33 +965,44 @@ async fn retire_if_defunct(
         .await?
         .ok_or_else(|| anyhow!("no such interface: {device}"))?
         .index;
-    let attached_to = if hook != Hook::Xdp && !tcx_supported() {
-        let Some(program) = pinned_program_id(pin) else {
-            return Ok(());
-        };
-        let on_device = net.tc_bpf_programs(now, hook == Hook::TcEgress).await?;
-        if on_device.contains(&program) {
-            return Ok(());
-        }
-        None
-    } else {
-        match pinned_link_ifindex(pin)? {
-            None => return Ok(()),
-            Some(index) if index == now => return Ok(()),
-            Some(index) => Some(index),
-        }
-    };
-    match attached_to {
-        None | Some(0) => info!(
+    match defunct(net, pin, now, hook).await? {
+        None => return Ok(()),
+        Some(None | Some(0)) => info!(
             "{}: {device} was deleted since; attaching anew",
             pin.display()
         ),
-        Some(old) => info!(
+        Some(Some(old)) => info!(
             "{}: attached to ifindex {old}, but {device} is ifindex {now} now; attaching anew",
             pin.display()
         ),
     }
     std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
+}
+
+/// Whether the attachment pinned at `pin` is no longer on the device whose
+/// ifindex is `now`: None if it is there (or nothing is pinned), else the
+/// ifindex it is on (0 or None: its device is gone). A TCX or XDP link must
+/// be on the device's current ifindex (a defunct one reports 0); a clsact
+/// filter (kernels before 6.6, marked by a pinned program) must be on the
+/// device. The agent asks this too, to follow a re-created device.
+pub async fn defunct(
+    net: &Net,
+    pin: &std::path::Path,
+    now: u32,
+    hook: Hook,
+) -> Result<Option<Option<u32>>> {
+    if hook != Hook::Xdp && !tcx_supported() {
+        let Some(program) = pinned_program_id(pin) else {
+            return Ok(None);
+        };
+        let on_device = net.tc_bpf_programs(now, hook == Hook::TcEgress).await?;
+        return Ok((!on_device.contains(&program)).then_some(None));
+    }
+    Ok(match pinned_link_ifindex(pin)? {
+        None => None,
+        Some(index) if index == now => None,
+        Some(index) => Some(Some(index)),
+    })
 }
 
 /// The decapsulation hook to try first, and why.

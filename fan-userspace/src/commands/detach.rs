@@ -9,14 +9,13 @@ use log::{info, warn};
 use crate::{
     agent,
     cli::{DetachArgs, Global},
-    host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
-    ipv4_network,
+    commands::show::attached,
     dataplane::{Hook, PinnedMaps, unlink},
     host::nat,
+    host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
+    ipv4_network, require_capabilities,
     state::record::{Fan, HOST_DEVICE, meta_key},
-    require_capabilities,
     state::rundir::RunDir,
-    commands::show::attached,
 };
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
@@ -52,6 +51,8 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     if staying.is_empty()
         && let Some(status) = agent::status(&run_dir)
         && status.started_by_attach
+        // The agent itself detaching (its underlay moved): it stays.
+        && status.pid != std::process::id()
     {
         agent::stop(&run_dir)?;
         println!("stopped the agent (pid {})", status.pid);

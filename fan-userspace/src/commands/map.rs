@@ -6,7 +6,7 @@ use anyhow::Result;
 use fan_common::FanMap;
 use serde::Serialize;
 
-use crate::{cli::MapArgs, ipv4_network, host::naming::bridge_name};
+use crate::{cli::MapArgs, host::naming::bridge_name, ipv4_network};
 
 #[derive(Serialize)]
 struct Located {

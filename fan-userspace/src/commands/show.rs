@@ -7,14 +7,15 @@ use serde::Serialize;
 use fan_common::maps::PathMtu;
 
 use crate::{
-    agent, host::bypass,
-    cli::{Global, ShowArgs},
-    host::Net,
-    dataplane::{ENCAP_PORT, PinnedMaps, tcx_supported},
+    agent,
     agent::pmtu,
+    cli::{Global, ShowArgs},
+    dataplane::{ENCAP_PORT, PinnedMaps, tcx_supported},
+    host::Net,
+    host::bypass,
+    state::StateDir,
     state::record::{Fan, load_fans},
     state::rundir::RunDir,
-    state::StateDir,
 };
 
 /// The fans attached in this namespace (none if nothing was ever attached).

@@ -1,0 +1,455 @@
+//! fanctl's configuration, `/etc/network/fan`, and the words of its verbs
+//! (`fan-xdp up [OVERLAY] UNDERLAY ...`): one grammar for both.
+//!
+//! A line is `OVERLAY UNDERLAY [KEYWORD ...]`, `#` starts a comment, blank
+//! lines are skipped. UNDERLAY is `ADDR/LEN` (this host's address, or the
+//! underlay network), `IFACE/LEN` (that interface's primary address with
+//! that prefix length) or `default` (the interface of the default route).
+//! fanctl's keywords are `dhcp`, `host-reserve N`, `bridge NAME` and `off`;
+//! fan-xdp's own are `mode tc|xdp|auto`, `mtu N`, `no-nat` and
+//! `bypass off|on|auto`.
+//!
+//! Parsing is all or nothing: the first bad token is an error naming the
+//! file, line, column and token, and nothing of the file is returned. What
+//! needs the host (which interface, which address) is [`resolve`]'s.
+
+pub mod apply;
+pub mod resolve;
+
+use std::{fmt, net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use fan_common::FanMap;
+use ipnetwork::Ipv4Network;
+
+use crate::{
+    cli::{Bypass, Mode},
+    host::naming::IFNAME_MAX,
+};
+
+/// Where fanctl keeps its fans, and so where `up -a` and `fan-xdp run` look.
+pub const DEFAULT_PATH: &str = crate::cli::FAN_CONFIG;
+
+/// The overlay of `up`/`down` when only the underlay is given, as fanctl's.
+pub fn default_overlay() -> Ipv4Network {
+    Ipv4Network::new(Ipv4Addr::new(250, 0, 0, 0), 8).expect("250.0.0.0/8 is a network")
+}
+
+/// How a line names this host's underlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Underlay {
+    /// `ADDR/LEN`: this host's address (or the underlay network) and the
+    /// underlay's prefix length.
+    Address(Ipv4Addr, u8),
+    /// `IFACE/LEN`: that interface's primary address, with this prefix length.
+    Interface(String, u8),
+    /// `default`: the interface of the default route, and its prefix.
+    Default,
+}
+
+impl fmt::Display for Underlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Underlay::Address(addr, len) => write!(f, "{addr}/{len}"),
+            Underlay::Interface(name, len) => write!(f, "{name}/{len}"),
+            Underlay::Default => write!(f, "default"),
+        }
+    }
+}
+
+/// One fan as a line (or the verb's words) asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FanLine {
+    pub overlay: Ipv4Network,
+    pub underlay: Underlay,
+    pub dhcp: bool,
+    pub host_reserve: Option<u32>,
+    pub bridge: Option<String>,
+    /// Listed, but not brought up by `up -a` or the agent.
+    pub off: bool,
+    pub mode: Option<Mode>,
+    pub mtu: Option<u32>,
+    pub no_nat: bool,
+    pub bypass: Option<Bypass>,
+    /// The line it came from (0 for the command line), for messages.
+    pub line: usize,
+}
+
+/// A refused token: where it is, what it is, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or None for the command line.
+    pub file: Option<String>,
+    /// 1-based; 0 on the command line.
+    pub line: usize,
+    /// 1-based, in characters; on the command line, the word's position.
+    pub column: usize,
+    pub token: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(
+                f,
+                "{file}:{}:{}: {:?}: {}",
+                self.line, self.column, self.token, self.message
+            ),
+            None => write!(f, "word {} {:?}: {}", self.column, self.token, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A word and where it starts (1-based column, or word number).
+#[derive(Clone, Copy)]
+struct Word<'a> {
+    column: usize,
+    text: &'a str,
+}
+
+/// Reads and parses a configuration file. The agent also checks who may
+/// write it: see [`check_owner`].
+pub fn read(path: &Path) -> Result<Vec<FanLine>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(parse(&path.display().to_string(), &text)?)
+}
+
+/// Parses a whole file: every fan, or the first error.
+pub fn parse(file: &str, text: &str) -> Result<Vec<FanLine>, ConfigError> {
+    let mut fans: Vec<FanLine> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let words = split(line);
+        if words.is_empty() {
+            continue;
+        }
+        let error = |word: Word, message: String| ConfigError {
+            file: Some(file.to_string()),
+            line: index + 1,
+            column: word.column,
+            token: word.text.to_string(),
+            message,
+        };
+        let mut fan = parse_words(&words, false).map_err(|(w, m)| error(w, m))?;
+        fan.line = index + 1;
+        if let Some(other) = fans.iter().find(|f| overlaps(f.overlay, fan.overlay)) {
+            let message = if other.overlay == fan.overlay {
+                format!("overlay {} is already on line {}", fan.overlay, other.line)
+            } else {
+                format!(
+                    "overlay {} overlaps {} on line {}",
+                    fan.overlay, other.overlay, other.line
+                )
+            };
+            return Err(error(words[0], message));
+        }
+        fans.push(fan);
+    }
+    Ok(fans)
+}
+
+/// Parses the words of `up`/`down` (OVERLAY may be left out: then it is
+/// [`default_overlay`]). Errors name the word by its position.
+pub fn parse_args(args: &[String]) -> Result<FanLine, ConfigError> {
+    let words: Vec<Word> = args
+        .iter()
+        .enumerate()
+        .map(|(i, text)| Word {
+            column: i + 1,
+            text,
+        })
+        .collect();
+    if words.is_empty() {
+        return Err(ConfigError {
+            file: None,
+            line: 0,
+            column: 0,
+            token: String::new(),
+            message: "expected [OVERLAY] UNDERLAY (e.g. `eth0/16` or `250.0.0.0/8 10.1.2.3/16`)"
+                .into(),
+        });
+    }
+    parse_words(&words, true).map_err(|(word, message)| ConfigError {
+        file: None,
+        line: 0,
+        column: word.column,
+        token: word.text.to_string(),
+        message,
+    })
+}
+
+/// The words of a line up to a comment, each with its 1-based column.
+fn split(line: &str) -> Vec<Word<'_>> {
+    let mut words = Vec::new();
+    let mut start = None;
+    let mut column = 0;
+    for (offset, c) in line.char_indices() {
+        column += 1;
+        match (c.is_whitespace(), start) {
+            (true, Some((at, col))) => {
+                words.push(Word {
+                    column: col,
+                    text: &line[at..offset],
+                });
+                start = None;
+            }
+            (false, None) if c == '#' => return words,
+            (false, None) => start = Some((offset, column)),
+            _ => {}
+        }
+    }
+    if let Some((at, col)) = start {
+        words.push(Word {
+            column: col,
+            text: &line[at..],
+        });
+    }
+    words
+}
+
+type WordError<'a> = (Word<'a>, String);
+
+fn parse_words<'a>(words: &[Word<'a>], overlay_optional: bool) -> Result<FanLine, WordError<'a>> {
+    // The overlay is left out when the first word is the underlay: not a
+    // prefix, or a prefix with no underlay after it.
+    let starts_with_overlay = !overlay_optional
+        || (parse_prefix(words[0].text).is_some()
+            && words.get(1).is_some_and(|w| is_underlay_word(w.text)));
+    let (overlay, rest) = if starts_with_overlay {
+        (parse_overlay(words[0])?, &words[1..])
+    } else {
+        (default_overlay(), words)
+    };
+    let Some((&underlay_word, keywords)) = rest.split_first() else {
+        return Err((words[0], "expected the underlay after the overlay".into()));
+    };
+    let underlay = parse_underlay(underlay_word)?;
+    let mut fan = FanLine {
+        overlay,
+        underlay,
+        dhcp: false,
+        host_reserve: None,
+        bridge: None,
+        off: false,
+        mode: None,
+        mtu: None,
+        no_nat: false,
+        bypass: None,
+        line: 0,
+    };
+    if let Underlay::Address(_, len) | Underlay::Interface(_, len) = fan.underlay {
+        check_map(overlay, len, &fan.underlay).map_err(|m| (underlay_word, m))?;
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    let mut iter = keywords.iter().copied();
+    while let Some(word) = iter.next() {
+        if seen.contains(&word.text) {
+            return Err((word, format!("{} is given twice", word.text)));
+        }
+        let mut value = || {
+            iter.next()
+                .ok_or_else(|| (word, format!("{} needs a value", word.text)))
+        };
+        match word.text {
+            "dhcp" => fan.dhcp = true,
+            "off" => fan.off = true,
+            "no-nat" => fan.no_nat = true,
+            "host-reserve" => {
+                let v = value()?;
+                match v.text.parse::<u32>() {
+                    Ok(n) if n >= 1 => fan.host_reserve = Some(n),
+                    _ => {
+                        return Err((v, "host-reserve is a count of addresses, at least 1".into()));
+                    }
+                }
+            }
+            "mtu" => {
+                let v = value()?;
+                match v.text.parse::<u32>() {
+                    Ok(n) if (576..=65535).contains(&n) => fan.mtu = Some(n),
+                    _ => return Err((v, "mtu is a number from 576 to 65535".into())),
+                }
+            }
+            "bridge" => {
+                let v = value()?;
+                check_ifname(v.text).map_err(|m| (v, m))?;
+                fan.bridge = Some(v.text.to_string());
+            }
+            "mode" => {
+                let v = value()?;
+                fan.mode = Some(match v.text {
+                    "tc" => Mode::Tc,
+                    "xdp" => Mode::Xdp,
+                    "auto" => Mode::Auto,
+                    _ => return Err((v, "mode is tc, xdp or auto".into())),
+                });
+            }
+            "bypass" => {
+                let v = value()?;
+                fan.bypass = Some(match v.text {
+                    "off" => Bypass::Off,
+                    "on" => Bypass::On,
+                    "auto" => Bypass::Auto,
+                    _ => return Err((v, "bypass is off, on or auto".into())),
+                });
+            }
+            _ => {
+                return Err((
+                    word,
+                    "unknown keyword (expected dhcp, host-reserve N, bridge NAME, off, mode M, mtu N, no-nat or bypass B)"
+                        .into(),
+                ));
+            }
+        }
+        seen.push(word.text);
+    }
+    Ok(fan)
+}
+
+fn is_underlay_word(text: &str) -> bool {
+    text == "default" || text.contains('/')
+}
+
+/// `A.B.C.D/LEN` with LEN at most 32.
+fn parse_prefix(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = text.split_once('/')?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((addr.parse().ok()?, len))
+}
+
+fn parse_overlay(word: Word<'_>) -> Result<Ipv4Network, WordError<'_>> {
+    let Some((addr, len)) = parse_prefix(word.text) else {
+        let why = if word.text.contains(':') {
+            "the overlay is IPv6: fan-xdp maps IPv4 only"
+        } else {
+            "the overlay is an IPv4 prefix, e.g. 250.0.0.0/8"
+        };
+        return Err((word, why.into()));
+    };
+    let net = Ipv4Network::new(addr, len).map_err(|e| (word, e.to_string()))?;
+    if net.network() != addr {
+        return Err((
+            word,
+            format!(
+                "the overlay has host bits set (did you mean {}/{len}?)",
+                net.network()
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_underlay(word: Word<'_>) -> Result<Underlay, WordError<'_>> {
+    if word.text == "default" {
+        return Ok(Underlay::Default);
+    }
+    if let Some((addr, len)) = parse_prefix(word.text) {
+        return Ok(Underlay::Address(addr, len));
+    }
+    let bad = |why: &str| {
+        Err((
+            word,
+            format!("{why}: the underlay is ADDR/LEN, IFACE/LEN or default"),
+        ))
+    };
+    if word.text.contains(':') {
+        return Err((word, "the underlay is IPv6: fan-xdp maps IPv4 only".into()));
+    }
+    let Some((name, len)) = word.text.rsplit_once('/') else {
+        return bad("no prefix length");
+    };
+    let Some(len) = len.parse::<u8>().ok().filter(|l| (1..=32).contains(l)) else {
+        return bad("the prefix length is 1 to 32");
+    };
+    if name.split('.').count() == 4 && name.split('.').all(|p| p.parse::<u32>().is_ok()) {
+        return bad("not an IPv4 address");
+    }
+    check_ifname(name).map_err(|m| (word, m))?;
+    Ok(Underlay::Interface(name.to_string(), len))
+}
+
+/// The fan map's own rules (overlay shorter than the underlay, slices of
+/// at least 4 addresses, no reserved ranges), where the file says enough.
+fn check_map(overlay: Ipv4Network, len: u8, underlay: &Underlay) -> Result<(), String> {
+    let network = match underlay {
+        Underlay::Address(addr, _) => Ipv4Network::new(*addr, len)
+            .map(|n| u32::from(n.network()))
+            .map_err(|e| e.to_string())?,
+        // The host decides the network: take one of that length that the
+        // overlay cannot overlap (the other half of the address space), so
+        // only the rules on lengths and the overlay itself can refuse.
+        _ => {
+            (u32::from(overlay.network()) ^ 0x8000_0000)
+                & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+        }
+    };
+    let map = FanMap::new(u32::from(overlay.network()), overlay.prefix(), network, len);
+    match (map.validate(), underlay) {
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(()), Underlay::Address(addr, _)) => map.validate_host(u32::from(*addr)).or_else(|e| {
+            // The underlay's network itself names no host but is allowed.
+            if u32::from(*addr) == network {
+                Ok(())
+            } else {
+                Err(e.to_string())
+            }
+        }),
+        (Ok(()), _) => Ok(()),
+    }
+}
+
+/// The kernel's rule for an interface name (dev_valid_name).
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > IFNAME_MAX {
+        return Err(format!("an interface name is 1 to {IFNAME_MAX} bytes"));
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        return Err("not an interface name".into());
+    }
+    Ok(())
+}
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The agent reads its file only if root owns it and only root may write
+/// it: whoever can write it can reconfigure the host's network.
+pub fn check_owner(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    owner_allows(path, meta.uid(), meta.mode())
+}
+
+fn owner_allows(path: &Path, uid: u32, mode: u32) -> Result<()> {
+    if uid != 0 {
+        bail!(
+            "{} is owned by uid {uid}, not root: refusing it (it configures the host's network)",
+            path.display()
+        );
+    }
+    if mode & 0o022 != 0 {
+        bail!(
+            "{} is writable by {} (mode {:o}): refusing it; `chmod go-w {}`",
+            path.display(),
+            if mode & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            mode & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
