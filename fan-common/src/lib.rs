@@ -7,6 +7,7 @@
 pub mod fan;
 pub mod ipv4;
 pub mod maps;
+pub mod plan;
 pub mod pmtu;
 pub mod stats;
 

@@ -103,6 +103,9 @@ pub struct AttachArgs {
     /// conntrack) for fan traffic: auto turns it off where netfilter could act.
     #[arg(long, value_enum, default_value_t = Bypass::Auto)]
     pub bypass: Bypass,
+    /// Serve DHCP on the slice bridge from the plan's DHCP range (needs the agent).
+    #[arg(long)]
+    pub dhcp: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -246,6 +246,9 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
             args.host_reserve
         );
     }
+    if args.dhcp {
+        bail!("--dhcp: DHCP on the slice is not available yet in this build of fan-xdp");
+    }
     let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
     let bridge = args
         .bridge

@@ -7,6 +7,7 @@ use anyhow::Result;
 use fan_common::{
     FanMap,
     maps::{FanMeta, FanMetaKey, decap_mode, mode_reason},
+    plan::AddressPlan,
 };
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
@@ -100,6 +101,12 @@ impl Fan {
             complete: meta.complete != 0,
             meta,
         })
+    }
+
+    /// The slice's address plan (see [`fan_common::plan`]).
+    pub fn plan(&self) -> Result<AddressPlan> {
+        AddressPlan::default_for(self.slice.network(), self.slice.prefix(), self.host_reserve)
+            .map_err(|e| anyhow::anyhow!("slice {} of fan {}: {e}", self.slice, self.overlay))
     }
 
     pub fn map(&self) -> FanMap {
