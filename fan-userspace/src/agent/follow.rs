@@ -182,6 +182,9 @@ fn args_of(fan: &Fan, bypass: u32, bridge: Option<String>) -> AttachArgs {
         mtu: Some(fan.mtu),
         no_agent: true,
         bypass: bypass::setting_of(bypass),
+        // The record keeps no DHCP setting yet (DHCP on the slice has not
+        // landed): once it does, carry it over from the record here.
+        dhcp: false,
     }
 }
 

@@ -87,6 +87,7 @@ pub async fn attach_args(net: &Net, fan: &FanLine, no_agent: bool) -> Result<Att
         mtu: fan.mtu,
         no_agent,
         bypass: fan.bypass.unwrap_or(Bypass::Auto),
+        dhcp: fan.dhcp,
     })
 }
 
