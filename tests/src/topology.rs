@@ -100,6 +100,24 @@ impl Daemon {
         Ok(Self(child))
     }
 
+    /// [`Daemon::start`], its output (the agent's log) appended to `log`.
+    pub fn start_logged(ns: &Netns, extra: &[&str], log: &std::path::Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = ns
+            .command(fan_xdp_binary().to_str().context("binary path")?)
+            .args(["run", "--resync-seconds", "1"])
+            .args(extra)
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting fan-xdp run")?;
+        Ok(Self(child))
+    }
+
     /// Stops it the way systemd would, and waits for it.
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
         self.terminate()

@@ -52,6 +52,9 @@ pub fn run() -> Result<()> {
         "agent",
         "--test",
         "netfilter",
+        // fanctl's file and verbs, reboots, address changes: host kernel only.
+        "--test",
+        "host_lives",
         // The programs against the reference model: the corpus and 100,000
         // generated cases per program, seeded by the commit.
         "--test",
