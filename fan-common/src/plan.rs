@@ -59,14 +59,22 @@ impl Cidr {
     /// The prefix, or `None` if `base` is not aligned to `len` or `len` > 32.
     pub fn new(base: Ipv4Addr, len: u8) -> Option<Self> {
         let host_bits = 32u32.checked_sub(len as u32)?;
-        let size_minus_one = if host_bits == 32 { u32::MAX } else { (1u32 << host_bits) - 1 };
+        let size_minus_one = if host_bits == 32 {
+            u32::MAX
+        } else {
+            (1u32 << host_bits) - 1
+        };
         (u32::from(base) & size_minus_one == 0).then_some(Self { base, len })
     }
 
     pub fn range(&self) -> AddrRange {
         let base = u32::from(self.base);
         let host_bits = 32 - self.len as u32;
-        let last = if host_bits == 32 { u32::MAX } else { base | ((1u32 << host_bits) - 1) };
+        let last = if host_bits == 32 {
+            u32::MAX
+        } else {
+            base | ((1u32 << host_bits) - 1)
+        };
         AddrRange::new(self.base, Ipv4Addr::from(last))
     }
 }
@@ -148,7 +156,10 @@ impl fmt::Display for PlanError {
                 write!(f, "the {} and the {} overlap", first.name(), second.name())
             }
             PlanError::ReserveNotAtGateway => {
-                write!(f, "the host reserve must start at the gateway, the slice's first host address")
+                write!(
+                    f,
+                    "the host reserve must start at the gateway, the slice's first host address"
+                )
             }
         }
     }
@@ -176,14 +187,20 @@ impl AddressPlan {
         // The reserve and at least one DHCP address fit in the first half.
         let most = half - 2;
         if host_reserve == 0 || host_reserve > most {
-            return Err(PlanError::HostReserve { requested: host_reserve, most });
+            return Err(PlanError::HostReserve {
+                requested: host_reserve,
+                most,
+            });
         }
         let at = |offset: u32| Ipv4Addr::from(base + offset);
         let plan = Self {
             gateway: at(1),
             reserve: AddrRange::new(at(1), at(host_reserve)),
             dhcp: AddrRange::new(at(host_reserve + 1), at(half - 1)),
-            docker: Cidr { base: at(half), len: slice_len + 2 },
+            docker: Cidr {
+                base: at(half),
+                len: slice_len + 2,
+            },
             cni: AddrRange::new(at(half + quarter), at(size - 2)),
         };
         plan.validate(slice_base, slice_len)?;
@@ -218,7 +235,10 @@ impl AddressPlan {
         for (i, (first, a)) in parts.iter().enumerate() {
             for (second, b) in &parts[i + 1..] {
                 if a.overlaps(b) {
-                    return Err(PlanError::Overlap { first: *first, second: *second });
+                    return Err(PlanError::Overlap {
+                        first: *first,
+                        second: *second,
+                    });
                 }
             }
         }
@@ -248,10 +268,25 @@ mod tests {
     fn default_plan_of_a_24() {
         let plan = AddressPlan::default_for(ip("250.0.28.0"), 24, 1).unwrap();
         assert_eq!(plan.gateway, ip("250.0.28.1"));
-        assert_eq!(plan.reserve, AddrRange::new(ip("250.0.28.1"), ip("250.0.28.1")));
-        assert_eq!(plan.dhcp, AddrRange::new(ip("250.0.28.2"), ip("250.0.28.127")));
-        assert_eq!(plan.docker, Cidr { base: ip("250.0.28.128"), len: 26 });
-        assert_eq!(plan.cni, AddrRange::new(ip("250.0.28.192"), ip("250.0.28.254")));
+        assert_eq!(
+            plan.reserve,
+            AddrRange::new(ip("250.0.28.1"), ip("250.0.28.1"))
+        );
+        assert_eq!(
+            plan.dhcp,
+            AddrRange::new(ip("250.0.28.2"), ip("250.0.28.127"))
+        );
+        assert_eq!(
+            plan.docker,
+            Cidr {
+                base: ip("250.0.28.128"),
+                len: 26
+            }
+        );
+        assert_eq!(
+            plan.cni,
+            AddrRange::new(ip("250.0.28.192"), ip("250.0.28.254"))
+        );
         assert_eq!(plan.dhcp.len(), 126);
         assert_eq!(plan.cni.len(), 63);
     }
@@ -259,15 +294,42 @@ mod tests {
     #[test]
     fn default_plan_scales_to_a_16_and_down_to_a_28() {
         let plan = AddressPlan::default_for(ip("250.5.0.0"), 16, 10).unwrap();
-        assert_eq!(plan.reserve, AddrRange::new(ip("250.5.0.1"), ip("250.5.0.10")));
-        assert_eq!(plan.dhcp, AddrRange::new(ip("250.5.0.11"), ip("250.5.127.255")));
-        assert_eq!(plan.docker, Cidr { base: ip("250.5.128.0"), len: 18 });
-        assert_eq!(plan.cni, AddrRange::new(ip("250.5.192.0"), ip("250.5.255.254")));
+        assert_eq!(
+            plan.reserve,
+            AddrRange::new(ip("250.5.0.1"), ip("250.5.0.10"))
+        );
+        assert_eq!(
+            plan.dhcp,
+            AddrRange::new(ip("250.5.0.11"), ip("250.5.127.255"))
+        );
+        assert_eq!(
+            plan.docker,
+            Cidr {
+                base: ip("250.5.128.0"),
+                len: 18
+            }
+        );
+        assert_eq!(
+            plan.cni,
+            AddrRange::new(ip("250.5.192.0"), ip("250.5.255.254"))
+        );
 
         let small = AddressPlan::default_for(ip("250.0.0.16"), 28, 1).unwrap();
-        assert_eq!(small.dhcp, AddrRange::new(ip("250.0.0.18"), ip("250.0.0.23")));
-        assert_eq!(small.docker, Cidr { base: ip("250.0.0.24"), len: 30 });
-        assert_eq!(small.cni, AddrRange::new(ip("250.0.0.28"), ip("250.0.0.30")));
+        assert_eq!(
+            small.dhcp,
+            AddrRange::new(ip("250.0.0.18"), ip("250.0.0.23"))
+        );
+        assert_eq!(
+            small.docker,
+            Cidr {
+                base: ip("250.0.0.24"),
+                len: 30
+            }
+        );
+        assert_eq!(
+            small.cni,
+            AddrRange::new(ip("250.0.0.28"), ip("250.0.0.30"))
+        );
     }
 
     #[test]
@@ -278,11 +340,17 @@ mod tests {
         );
         assert_eq!(
             AddressPlan::default_for(ip("250.0.28.0"), 24, 0),
-            Err(PlanError::HostReserve { requested: 0, most: 126 })
+            Err(PlanError::HostReserve {
+                requested: 0,
+                most: 126
+            })
         );
         assert_eq!(
             AddressPlan::default_for(ip("250.0.28.0"), 24, 127),
-            Err(PlanError::HostReserve { requested: 127, most: 126 })
+            Err(PlanError::HostReserve {
+                requested: 127,
+                most: 126
+            })
         );
         let base = AddressPlan::default_for(ip("250.0.28.0"), 24, 1).unwrap();
         let overlapping = AddressPlan {
@@ -291,7 +359,10 @@ mod tests {
         };
         assert_eq!(
             overlapping.validate(ip("250.0.28.0"), 24),
-            Err(PlanError::Overlap { first: Part::Dhcp, second: Part::Cni })
+            Err(PlanError::Overlap {
+                first: Part::Dhcp,
+                second: Part::Cni
+            })
         );
         let onto_broadcast = AddressPlan {
             cni: AddrRange::new(ip("250.0.28.192"), ip("250.0.28.255")),

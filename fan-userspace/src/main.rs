@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, detach, map, show, stats},
+    commands::{attach, detach, generate, map, show, stats},
     config, state,
 };
 
@@ -51,8 +51,10 @@ fn run_cli() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     // The mount helper must stay single-threaded (setns into a mount
     // namespace requires it), so it runs before any runtime starts.
-    if let Command::MountHelper { pid } = &cli.command {
-        return state::mount_helper(pid);
+    match &cli.command {
+        Command::MountHelper { pid } => return state::mount_helper(pid),
+        Command::Generate { dir } => return generate::run(dir),
+        _ => {}
     }
     if matches!(
         cli.command,
@@ -79,7 +81,9 @@ fn run_cli() -> Result<()> {
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),
             Command::Check => check(),
-            Command::MountHelper { .. } => unreachable!("handled above"),
+            Command::MountHelper { .. } | Command::Generate { .. } => {
+                unreachable!("handled above")
+            }
         }
     })
 }

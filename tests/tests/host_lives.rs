@@ -140,7 +140,10 @@ fn after_a_reboot_the_agent_brings_every_fan_back_from_the_file() {
         }
         let fleet = fleet.with_containers(1).unwrap();
         let (c1, c2) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
-        assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "containers do not reach each other");
+        assert!(
+            ping(&c1.ns, c2.addr, 2).unwrap(),
+            "containers do not reach each other"
+        );
         (fleet, agents)
     };
     let (fleet, agents) = boot();
@@ -153,7 +156,9 @@ fn after_a_reboot_the_agent_brings_every_fan_back_from_the_file() {
             h.ns.enter(|| {
                 (
                     fan_userspace::state::StateDir::locate(None).unwrap().path,
-                    fan_userspace::state::rundir::RunDir::locate(None).unwrap().path,
+                    fan_userspace::state::rundir::RunDir::locate(None)
+                        .unwrap()
+                        .path,
                 )
             })
             .unwrap()
@@ -180,10 +185,18 @@ fn traces_of(host: &Host, slice: &str) -> Vec<String> {
     let mut found = Vec::new();
     for args in [&["addr", "show"][..], &["route", "show", "table", "all"]] {
         let text = host.ns.ip(args).unwrap();
-        found.extend(text.lines().filter(|l| l.contains(slice)).map(str::to_string));
+        found.extend(
+            text.lines()
+                .filter(|l| l.contains(slice))
+                .map(str::to_string),
+        );
     }
     let nft = host.ns.run("nft", &["list", "ruleset"]).unwrap();
-    found.extend(nft.lines().filter(|l| l.contains(slice)).map(str::to_string));
+    found.extend(
+        nft.lines()
+            .filter(|l| l.contains(slice))
+            .map(str::to_string),
+    );
     found
 }
 
@@ -201,14 +214,24 @@ fn the_slice_follows_the_underlay_address_in_both_orders() {
     // its subnet too (the new one of the first order); systemd's sysctl
     // defaults turn it on, as does every DHCP client's address change.
     for scope in ["all", "eth0"] {
-        h2.ns.sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1").unwrap();
+        h2.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
+            .unwrap();
     }
     // The host has talked to its container: the log can name it.
     assert!(ping(&h2.ns, h2.containers[0].addr, 1).unwrap());
     // (new address, old address, whether the new one comes first)
     let moves = [
-        (Ipv4Addr::new(198, 18, 0, 9), Ipv4Addr::new(198, 18, 0, 2), true),
-        (Ipv4Addr::new(198, 18, 0, 5), Ipv4Addr::new(198, 18, 0, 9), false),
+        (
+            Ipv4Addr::new(198, 18, 0, 9),
+            Ipv4Addr::new(198, 18, 0, 2),
+            true,
+        ),
+        (
+            Ipv4Addr::new(198, 18, 0, 5),
+            Ipv4Addr::new(198, 18, 0, 9),
+            false,
+        ),
     ];
     for (step, (new, old, new_first)) in moves.into_iter().enumerate() {
         let (new_cidr, old_cidr) = (format!("{new}/16"), format!("{old}/16"));
@@ -216,12 +239,20 @@ fn the_slice_follows_the_underlay_address_in_both_orders() {
         let new_slice = format!("250.0.{}.0/24", new.octets()[3]);
         let started = Instant::now();
         if new_first {
-            h2.ns.ip(&["addr", "add", &new_cidr, "dev", "eth0"]).unwrap();
-            h2.ns.ip(&["addr", "del", &old_cidr, "dev", "eth0"]).unwrap();
+            h2.ns
+                .ip(&["addr", "add", &new_cidr, "dev", "eth0"])
+                .unwrap();
+            h2.ns
+                .ip(&["addr", "del", &old_cidr, "dev", "eth0"])
+                .unwrap();
         } else {
-            h2.ns.ip(&["addr", "del", &old_cidr, "dev", "eth0"]).unwrap();
+            h2.ns
+                .ip(&["addr", "del", &old_cidr, "dev", "eth0"])
+                .unwrap();
             std::thread::sleep(Duration::from_millis(300));
-            h2.ns.ip(&["addr", "add", &new_cidr, "dev", "eth0"]).unwrap();
+            h2.ns
+                .ip(&["addr", "add", &new_cidr, "dev", "eth0"])
+                .unwrap();
         }
         assert!(
             within(Duration::from_secs(5), || slices(h2)
@@ -230,20 +261,41 @@ fn the_slice_follows_the_underlay_address_in_both_orders() {
             slices(h2),
             attach_agent_log(h2)
         );
-        eprintln!("move {step}: slice {new_slice} after {:?}", started.elapsed());
+        eprintln!(
+            "move {step}: slice {new_slice} after {:?}",
+            started.elapsed()
+        );
         assert_eq!(
             traces_of(h2, &old_slice),
             Vec::<String>::new(),
             "move {step}: the old slice's address, routes or NAT remain"
         );
-        let entry = h2.pinned_maps().unwrap().config.iter().next().unwrap().unwrap().1;
-        assert_eq!(Ipv4Addr::from(entry.local_host), new, "the fan entry kept the old address");
+        let entry = h2
+            .pinned_maps()
+            .unwrap()
+            .config
+            .iter()
+            .next()
+            .unwrap()
+            .unwrap()
+            .1;
+        assert_eq!(
+            Ipv4Addr::from(entry.local_host),
+            new,
+            "the fan entry kept the old address"
+        );
         let bridge = show(h2)[0]["bridge"].as_str().unwrap().to_string();
         assert_eq!(bridge, format!("fan-250-0-{}", new.octets()[3]));
         let addr = Ipv4Addr::new(250, 0, new.octets()[3], 20);
         let moved = container_on(h2, &bridge, 20 + step as u8, addr, 24);
-        assert!(ping(&moved, c1.addr, 3).unwrap(), "move {step}: a container on the new slice does not reach the other host");
-        assert!(ping(&c1.ns, addr, 2).unwrap(), "move {step}: the other host does not reach the new slice");
+        assert!(
+            ping(&moved, c1.addr, 3).unwrap(),
+            "move {step}: a container on the new slice does not reach the other host"
+        );
+        assert!(
+            ping(&c1.ns, addr, 2).unwrap(),
+            "move {step}: the other host does not reach the new slice"
+        );
         drop(moved);
     }
     let log = attach_agent_log(h2);
@@ -251,7 +303,11 @@ fn the_slice_follows_the_underlay_address_in_both_orders() {
         log.contains("eth0 moved from 198.18.0.2 to 198.18.0.9: slice 250.0.2.0/24 on fan-250-0-2 is now 250.0.9.0/24 on fan-250-0-9; containers left on the old slice: 250.0.2.11"),
         "the agent's log does not name the move and the container left behind:\n{log}"
     );
-    assert_eq!(log.matches("moved from").count(), 2, "one line per move:\n{log}");
+    assert_eq!(
+        log.matches("moved from").count(),
+        2,
+        "one line per move:\n{log}"
+    );
     fleet.detach_all().unwrap();
 }
 
@@ -272,20 +328,31 @@ fn the_agent_follows_a_recreated_underlay_and_a_deleted_bridge() {
     h2.ns.ip(&["link", "set", "eth0", "down"]).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     h2.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    assert!(within(Duration::from_secs(5), flows), "no traffic after eth0 went down and up");
+    assert!(
+        within(Duration::from_secs(5), flows),
+        "no traffic after eth0 went down and up"
+    );
 
     // Deleted and re-created under its name (a driver reload, netplan).
     h2.ns.ip(&["link", "del", "eth0"]).unwrap();
     fleet.switch.add_veth_to("sw-h2", &h2.ns).unwrap();
-    fleet.switch.ip(&["link", "set", "sw-h2", "master", "sw", "up"]).unwrap();
-    h2.ns.ip(&["addr", "add", "198.18.0.2/16", "dev", "eth0"]).unwrap();
+    fleet
+        .switch
+        .ip(&["link", "set", "sw-h2", "master", "sw", "up"])
+        .unwrap();
+    h2.ns
+        .ip(&["addr", "add", "198.18.0.2/16", "dev", "eth0"])
+        .unwrap();
     h2.ns.ip(&["link", "set", "eth0", "up"]).unwrap();
     let started = Instant::now();
     assert!(
         within(Duration::from_secs(5), flows),
         "no traffic within 5 s of eth0 being re-created, with no command"
     );
-    eprintln!("traffic again {:?} after eth0 was re-created", started.elapsed());
+    eprintln!(
+        "traffic again {:?} after eth0 was re-created",
+        started.elapsed()
+    );
     let log = attach_agent_log(h2);
     assert_eq!(
         log.matches("underlay eth0 was re-created").count(),
@@ -303,9 +370,16 @@ fn the_agent_follows_a_recreated_underlay_and_a_deleted_bridge() {
         "the slice bridge was not re-created within 5 s"
     );
     let c3 = add_container_at(h2, 3, Ipv4Addr::new(250, 0, 2, 33)).unwrap();
-    assert!(ping(&c1.ns, c3.addr, 3).unwrap(), "no traffic to a container on the re-created bridge");
+    assert!(
+        ping(&c1.ns, c3.addr, 3).unwrap(),
+        "no traffic to a container on the re-created bridge"
+    );
     let log = attach_agent_log(h2);
-    assert_eq!(log.matches("was deleted: attached again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("was deleted: attached again").count(),
+        1,
+        "{log}"
+    );
     drop(c3);
     fleet.detach_all().unwrap();
 }
@@ -320,9 +394,16 @@ fn normalized(ns: &Netns) -> String {
             line.split(' ')
                 .map(|word| {
                     let bare = word.trim_end_matches(':');
-                    if !bare.is_empty() && bare.chars().all(|c| c.is_ascii_digit()) && word.ends_with(':') {
+                    if !bare.is_empty()
+                        && bare.chars().all(|c| c.is_ascii_digit())
+                        && word.ends_with(':')
+                    {
                         "N:".to_string()
-                    } else if word.len() >= 17 && word.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+                    } else if word.len() >= 17
+                        && word
+                            .chars()
+                            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+                    {
                         "MAC".to_string()
                     } else if let Some((name, _)) = word.split_once("@if") {
                         format!("{name}@if")
@@ -361,57 +442,113 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
     let bare = normalized(&host.ns);
     let same = |what: &str, expected: &str| {
         let now = normalized(&host.ns);
-        assert!(now == expected, "{what}: {}", first_difference(expected, &now));
+        assert!(
+            now == expected,
+            "{what}: {}",
+            first_difference(expected, &now)
+        );
     };
 
     // One fan: fanctl's words against attach's.
-    host.fan_xdp_ok(&["attach", "eth0", "--overlay", "250.0.0.0/8", "--host-reserve", "4", "--no-agent"]).unwrap();
+    host.fan_xdp_ok(&[
+        "attach",
+        "eth0",
+        "--overlay",
+        "250.0.0.0/8",
+        "--host-reserve",
+        "4",
+        "--no-agent",
+    ])
+    .unwrap();
     let attached = normalized(&host.ns);
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     same("detach", &bare);
-    host.fan_xdp_ok(&["up", "--no-agent", "eth0/16", "host-reserve", "4"]).unwrap();
+    host.fan_xdp_ok(&["up", "--no-agent", "eth0/16", "host-reserve", "4"])
+        .unwrap();
     same("up eth0/16 host-reserve 4 against attach", &attached);
     host.fan_xdp_ok(&["down", "eth0/16"]).unwrap();
     same("down eth0/16 against detach", &bare);
 
     // The file: up -a against the two attaches its lines stand for.
-    host.fan_xdp_ok(&["attach", "eth0", "--overlay", "250.0.0.0/8", "--host-reserve", "4", "--no-agent"]).unwrap();
-    host.fan_xdp_ok(&["attach", "eth0", "--overlay", "251.0.0.0/8", "--underlay", "198.18.0.0/16", "--bridge", "fan251", "--mode", "tc", "--no-nat", "--no-agent"]).unwrap();
+    host.fan_xdp_ok(&[
+        "attach",
+        "eth0",
+        "--overlay",
+        "250.0.0.0/8",
+        "--host-reserve",
+        "4",
+        "--no-agent",
+    ])
+    .unwrap();
+    host.fan_xdp_ok(&[
+        "attach",
+        "eth0",
+        "--overlay",
+        "251.0.0.0/8",
+        "--underlay",
+        "198.18.0.0/16",
+        "--bridge",
+        "fan251",
+        "--mode",
+        "tc",
+        "--no-nat",
+        "--no-agent",
+    ])
+    .unwrap();
     let both = normalized(&host.ns);
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     same("detach of both", &bare);
-    host.fan_xdp_ok(&["up", "-a", "--no-agent", "--config", config]).unwrap();
+    host.fan_xdp_ok(&["up", "-a", "--no-agent", "--config", config])
+        .unwrap();
     same("up -a against the attaches", &both);
-    host.fan_xdp_ok(&["down", "-a", "--config", config]).unwrap();
+    host.fan_xdp_ok(&["down", "-a", "--config", config])
+        .unwrap();
     same("down -a", &bare);
-    host.fan_xdp_ok(&["up", "-a", "--no-agent", "--config", config]).unwrap();
+    host.fan_xdp_ok(&["up", "-a", "--no-agent", "--config", config])
+        .unwrap();
     host.fan_xdp_ok(&["down", "-e"]).unwrap();
     same("down -e", &bare);
 
     // A bad line anywhere: nothing of the file is applied.
     let bad = dir.join("bad");
     write_config(&bad, "250.0.0.0/8 eth0/16\n251.0.0.0/8 eth0/16 bridge\n");
-    let out = host.fan_xdp(&["up", "-a", "--no-agent", "--config", bad.to_str().unwrap()]).unwrap();
+    let out = host
+        .fan_xdp(&["up", "-a", "--no-agent", "--config", bad.to_str().unwrap()])
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(
         stderr.trim(),
-        format!("error: {}:2:21: \"bridge\": bridge needs a value", bad.display())
+        format!(
+            "error: {}:2:21: \"bridge\": bridge needs a value",
+            bad.display()
+        )
     );
     same("a refused file", &bare);
     // A line that fails on the host: the ones before it are taken back.
     write_config(&bad, "250.0.0.0/8 eth0/16\n251.0.0.0/8 eth0/16 mtu 1490\n");
-    let out = host.fan_xdp(&["up", "-a", "--no-agent", "--config", bad.to_str().unwrap()]).unwrap();
+    let out = host
+        .fan_xdp(&["up", "-a", "--no-agent", "--config", bad.to_str().unwrap()])
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--mtu 1490 does not fit"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--mtu 1490 does not fit"),
+        "{out:?}"
+    );
     same("a file whose second fan failed", &bare);
     drop(fleet);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn first_difference(expected: &str, now: &str) -> String {
-    let gone: Vec<&str> = expected.lines().filter(|l| !now.lines().any(|n| n == *l)).collect();
-    let added: Vec<&str> = now.lines().filter(|l| !expected.lines().any(|e| e == *l)).collect();
+    let gone: Vec<&str> = expected
+        .lines()
+        .filter(|l| !now.lines().any(|n| n == *l))
+        .collect();
+    let added: Vec<&str> = now
+        .lines()
+        .filter(|l| !expected.lines().any(|e| e == *l))
+        .collect();
     format!("gone {gone:#?}, added {added:#?}")
 }
 
@@ -425,7 +562,8 @@ fn reload_applies_the_files_difference() {
     write_config(&config, "250.0.0.0/8 eth0/16\n");
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    let agent = Daemon::start_logged(&host.ns, &["--config", config.to_str().unwrap()], &log).unwrap();
+    let agent =
+        Daemon::start_logged(&host.ns, &["--config", config.to_str().unwrap()], &log).unwrap();
     assert!(within(Duration::from_secs(10), || agent_ready(host)));
     let reload = |text: &str| {
         write_config(&config, text);
@@ -442,20 +580,41 @@ fn reload_applies_the_files_difference() {
     let out = reload("250.0.0.0/8 eth0/16 host-reserve 8\n");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(overlays(), ["250.0.0.0/8"], "removed");
-    assert!(host.ns.ip(&["link", "show", "fan251"]).is_err(), "the removed fan's bridge stayed");
+    assert!(
+        host.ns.ip(&["link", "show", "fan251"]).is_err(),
+        "the removed fan's bridge stayed"
+    );
 
     // A bad file and a file others may write: refused, nothing changes.
-    let out = reload("250.0.0.0/8 eth0/16 host-reserve 8\n# next\n251.0.0.0/8 eth0/16 brige fan251\n");
+    let out =
+        reload("250.0.0.0/8 eth0/16 host-reserve 8\n# next\n251.0.0.0/8 eth0/16 brige fan251\n");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:3:21: \\\"brige\\\": unknown keyword", config.display())) || stderr.contains(&format!("{}:3:21: \"brige\": unknown keyword", config.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:21: \\\"brige\\\": unknown keyword",
+            config.display()
+        )) || stderr.contains(&format!(
+            "{}:3:21: \"brige\": unknown keyword",
+            config.display()
+        )),
+        "{stderr}"
+    );
     write_config(&config, "250.0.0.0/8 eth0/16\n");
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = host.fan_xdp(&["reload"]).unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is writable by others (mode 666): refusing it"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("is writable by others (mode 666): refusing it"),
+        "{out:?}"
+    );
     assert_eq!(overlays(), ["250.0.0.0/8"]);
-    assert_eq!(show(host)[0]["host_reserve"], 8, "a refused file changed a fan");
+    assert_eq!(
+        show(host)[0]["host_reserve"],
+        8,
+        "a refused file changed a fan"
+    );
 
     drop(agent);
     let log = std::fs::read_to_string(&log).unwrap();
@@ -465,7 +624,11 @@ fn reload_applies_the_files_difference() {
         ":1: fan 250.0.0.0/8 over eth0/16: changed: attached",
         ":2: fan 251.0.0.0/8 over eth0/16: removed from the configuration: detached",
     ] {
-        assert_eq!(log.matches(line).count(), 1, "{line:?} once in the log:\n{log}");
+        assert_eq!(
+            log.matches(line).count(),
+            1,
+            "{line:?} once in the log:\n{log}"
+        );
     }
     host.fan_xdp_ok(&["down", "-e"]).unwrap();
     drop(fleet);

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | fuzz | vm | bench`.
+//! Project tasks: `cargo xtask setup | build | install | test | demo | fuzz | vm | bench`.
 //!
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
 //! fresh machine and can install that toolchain itself.
 
 mod apt;
+mod install;
 mod setup;
 mod test;
 mod vm;
@@ -26,6 +27,13 @@ enum Task {
     Setup,
     /// Build everything in release mode (the eBPF object is built by fan-userspace's build script).
     Build,
+    /// Install fan-xdp as a service: the release binary, the systemd unit, man
+    /// pages and shell completions (generated from the command's definitions).
+    Install {
+        /// Where: bin/, lib/systemd/system/, share/man/, share/*completion*.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+    },
     /// Run setup if needed, then every test: unit, BPF test runs and the namespace tests.
     Test {
         /// Skip the setup check.
@@ -68,6 +76,10 @@ fn main() -> Result<()> {
         Task::Build => {
             setup::run()?;
             cargo(&["build", "--release"])
+        }
+        Task::Install { prefix } => {
+            setup::run()?;
+            install::run(&prefix)
         }
         Task::Test { no_setup } => {
             if !no_setup {

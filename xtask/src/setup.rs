@@ -24,6 +24,17 @@ const PACKAGES: &[Need] = &[
     Need::program("iperf3", "iperf3", "throughput in the demo and the bench"),
     Need::program("nftables", "nft", "nft: fan-xdp's masquerade rules"),
     Need::program("util-linux", "setpriv", "setpriv in the tests"),
+    // Installed, never started (the policy-rc.d below); not PID 1 here.
+    Need::program(
+        "systemd",
+        "systemd-analyze",
+        "systemd-analyze verify: the install test checks the unit with it",
+    ),
+    Need::program(
+        "man-db",
+        "man",
+        "man: systemd-analyze verify looks up the unit's man page",
+    ),
     Need {
         package: "fonts-dejavu-core",
         why: "the font of the bench's chart",

@@ -59,6 +59,10 @@ pub enum Command {
     /// Internal: mount bpffs in another mount namespace (used under `ip netns exec`).
     #[command(name = "__mount-bpffs", hide = true)]
     MountHelper { pid: String },
+    /// Internal: write the man pages and shell completions, made from these
+    /// definitions, under DIR (used by `cargo xtask install`).
+    #[command(name = "__generate", hide = true)]
+    Generate { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod detach;
+pub mod generate;
 pub mod map;
 pub mod show;
 pub mod stats;
