@@ -12,11 +12,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::Ipv4Addr,
     time::Duration,
 };
 
 use anyhow::Result;
 use fan_common::maps::Endpoint;
+use ipnetwork::Ipv4Network;
 
 use crate::{
     dataplane::PinnedMaps,
@@ -38,6 +40,24 @@ pub struct Slices {
     /// traffic encapsulated at the port never reaches the bridge to refresh
     /// them, so they would age out although the container is busy.
     pub fading: Vec<FdbEntry>,
+    /// Each deliverable port's MACs, from the bridges' forwarding databases.
+    pub fdb: HashMap<[u8; 6], u32>,
+    /// Each slice and its bridge's MAC (the gateway's).
+    pub gateways: Vec<(Ipv4Network, [u8; 6])>,
+}
+
+impl Slices {
+    pub fn in_slice(&self, address: Ipv4Addr) -> bool {
+        self.gateway_mac_of(address).is_some()
+    }
+
+    /// The MAC of the bridge of `address`'s slice.
+    pub fn gateway_mac_of(&self, address: Ipv4Addr) -> Option<[u8; 6]> {
+        self.gateways
+            .iter()
+            .find(|(slice, _)| slice.contains(address))
+            .map(|(_, mac)| *mac)
+    }
 }
 
 /// Forwarding entries idle for more than this share of the bridge's ageing
@@ -77,6 +97,10 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
             .filter(|e| deliverable.contains(&e.port))
             .map(|e| (e.mac, e))
             .collect();
+        slices.gateways.push((fan.slice, gateway_mac));
+        slices
+            .fdb
+            .extend(fdb.iter().map(|(mac, entry)| (*mac, entry.port)));
         for (addr, mac) in net.neighbours(bridge.index).await? {
             if !fan.slice.contains(addr) {
                 continue;
