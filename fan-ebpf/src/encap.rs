@@ -238,7 +238,7 @@ fn source_bound_here(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
     // SAFETY: reading a field of the program's own context.
     let port = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(&ip.src_raw()) } {
+    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(ip.src_raw()) } {
         return endpoint.ifindex == port;
     }
     match fan_for(ip.src_raw()) {

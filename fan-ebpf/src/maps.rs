@@ -86,7 +86,7 @@ pub static ICMP_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries
 #[inline(always)]
 pub fn local_host(addr_raw: u32) -> Option<&'static LocalHost> {
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    unsafe { FAN_LOCAL_HOSTS.get(&addr_raw) }
+    unsafe { FAN_LOCAL_HOSTS.get(addr_raw) }
 }
 
 /// Whether `addr_raw` (network byte order) is one of this host's underlay addresses.

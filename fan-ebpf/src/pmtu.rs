@@ -37,7 +37,7 @@ pub const ANSWER_BURST: u64 = 1000;
 #[inline(always)]
 pub fn path_mtu(host: u32) -> Option<u32> {
     // SAFETY: a lookup with a key on our stack; the value is copied out.
-    let entry = unsafe { FAN_PATH_MTU.get(&host.to_be()) }?;
+    let entry = unsafe { FAN_PATH_MTU.get(host.to_be()) }?;
     // SAFETY: the helper takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     is_fresh(entry.learned_ns, now).then_some(entry.mtu)
@@ -93,7 +93,7 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = quoted.dst_raw();
     // SAFETY: a lookup with a key on our stack; the value is copied out.
-    let known = unsafe { FAN_PATH_MTU.get(&key) }.copied();
+    let known = unsafe { FAN_PATH_MTU.get(key) }.copied();
     let current = match known {
         Some(entry) if is_fresh(entry.learned_ns, now) => Some(entry.mtu),
         _ => None,
@@ -105,7 +105,7 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
                 _pad: 0,
                 learned_ns: now,
             };
-            if FAN_PATH_MTU.insert(&key, &entry, 0).is_err() {
+            if FAN_PATH_MTU.insert(key, entry, 0).is_err() {
                 return Some(StatReason::PmtuRejectedQuote);
             }
             if known.is_none() {

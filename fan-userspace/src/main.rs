@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, detach, generate, map, show, stats},
+    commands::{attach, bind, detach, generate, map, show, stats},
     config, state,
 };
 
@@ -77,6 +77,8 @@ fn run_cli() -> Result<()> {
             Command::Down(args) => config::apply::down(args, &cli.global).await,
             Command::Run(args) => run::run(args, &cli.global).await,
             Command::Reload => run::reload(&cli.global),
+            Command::Bind(args) => bind::bind(args, &cli.global),
+            Command::Unbind(args) => bind::unbind(args, &cli.global),
             Command::Show(args) => show::run(args, &cli.global).await,
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),

@@ -293,7 +293,7 @@ mod tests {
         Spread { median, min, max }
     }
 
-    /// The README's latest full run, as ratios to plain routing, with
+    /// The latest full run in docs/performance.md, as ratios to plain routing, with
     /// spreads of the size it reports.
     fn sample_chart() -> Chart {
         let rows = [

@@ -17,6 +17,10 @@ use fan_tests::{
     topology::{Fleet, Host, fan_xdp_binary},
     traffic::{mac_of, ping, send_frames, snmp_counter, tcp_transfer},
 };
+use fan_userspace::{
+    agent::bindings::{self, Binding, Origin, format_mac},
+    state::rundir::RunDir,
+};
 
 const OVERLAY: &str = "250.0.0.0/8";
 
@@ -357,4 +361,104 @@ fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffi
     );
     assert!(h2.counter(StatReason::DecapsulatedDirect).unwrap() >= direct + 3);
     fleet.detach_all().unwrap();
+}
+
+/// A `static` binding as `fan-xdp bind` makes it, through the agent's
+/// control socket as the CNI plugin and the DHCP leases do.
+fn binding(address: std::net::Ipv4Addr, mac: [u8; 6], port: &str) -> Binding {
+    Binding {
+        address,
+        mac: format_mac(mac),
+        port: Some(port.to_string()),
+        origin: Origin::Static,
+        owner: "fan-xdp bind".into(),
+    }
+}
+
+fn run_dir(host: &Host) -> RunDir {
+    host.ns.enter(|| RunDir::locate(None)).unwrap().unwrap()
+}
+
+fn delivers(host: &Host, address: std::net::Ipv4Addr) -> Option<[u8; 6]> {
+    let maps = host.pinned_maps().unwrap();
+    maps.endpoints
+        .get(&u32::from(address).to_be(), 0)
+        .ok()
+        .map(|e| e.mac)
+}
+
+#[test]
+fn a_bound_address_is_delivered_before_any_arp_is_never_taken_over_and_outlives_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    let fleet = fleet.with_containers(2).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
+    let run = run_dir(h2);
+    // No packet has crossed yet: the bridge has learned nothing of `owner`.
+    h2.ns.ip(&["neigh", "flush", "dev", &h2.bridge]).unwrap();
+    assert_eq!(delivers(h2, owner.addr), None);
+    let owner_mac = mac_of(&owner.ns, "eth0").unwrap();
+    let bound = h2
+        .fan_xdp_ok(&[
+            "bind",
+            &owner.addr.to_string(),
+            "--mac",
+            &format_mac(owner_mac),
+            "--port",
+            "veth1",
+        ])
+        .unwrap();
+    assert_eq!(bound, format!("{} bound to veth1\n", owner.addr));
+    assert_eq!(
+        delivers(h2, owner.addr),
+        Some(owner_mac),
+        "bind returned before the endpoint map held the address"
+    );
+    // The very first packet is delivered straight into the container.
+    let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
+    assert!(ping(&client.ns, owner.addr, 1).unwrap());
+    assert!(h2.counter(StatReason::DecapsulatedDirect).unwrap() > direct);
+
+    // Another port cannot bind the address while its owner lives.
+    let rogue_mac = mac_of(&rogue.ns, "eth0").unwrap();
+    let refused = host_bind(h2, &binding(owner.addr, rogue_mac, "veth2")).unwrap_err();
+    assert!(refused.contains("already bound to veth1"), "{refused}");
+    assert_eq!(delivers(h2, owner.addr), Some(owner_mac));
+
+    // A new agent keeps the table: the address is delivered with no ARP.
+    fan_userspace::agent::stop(&run).unwrap();
+    h2.ns.ip(&["neigh", "flush", "dev", &h2.bridge]).unwrap();
+    let agent = h2.fan_xdp_run().unwrap();
+    h2.wait_for_run_ready(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        delivers(h2, owner.addr),
+        Some(owner_mac),
+        "the binding died with the agent"
+    );
+    let listed = bindings::list(&run).unwrap();
+    assert_eq!(listed, vec![binding(owner.addr, owner_mac, "veth1")]);
+
+    // Unbinding is for the origin that bound it, and idempotent.
+    bindings::unbind(&run, owner.addr, Origin::Cni).unwrap();
+    assert_eq!(bindings::list(&run).unwrap().len(), 1);
+    bindings::unbind(&run, owner.addr, Origin::Static).unwrap();
+    bindings::unbind(&run, owner.addr, Origin::Static).unwrap();
+    assert!(bindings::list(&run).unwrap().is_empty());
+    let shown = show(h2);
+    assert_eq!(
+        shown[0]["agent"]["bindings"]["static"],
+        serde_json::Value::Null,
+        "{shown}"
+    );
+    agent.stop().unwrap();
+    fleet.detach_all().unwrap();
+}
+
+/// `bind` as a client in another process would call it, its refusal as text.
+fn host_bind(host: &Host, b: &Binding) -> Result<(), String> {
+    bindings::bind(&run_dir(host), b).map_err(|e| format!("{e:#}"))
 }

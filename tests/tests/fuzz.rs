@@ -5,7 +5,7 @@
 //! `FAN_FUZZ_CASES` sets the generated cases per program (100,000 by
 //! default; the VM runs 5,000), `FAN_FUZZ_SEED` the seed (by default derived
 //! from the commit, so a CI run is deterministic; printed either way).
-//! `FAN_FUZZ_README_STRICT=1` makes the model predict the README's policy
+//! `FAN_FUZZ_POLICY_STRICT=1` makes the model predict the stated policy
 //! where the programs are known to depart from it (`model::config::Finding`),
 //! so those cases fail too.
 
@@ -39,7 +39,7 @@ fn the_programs_agree_with_the_model() {
         corpus: CORPUS.to_vec(),
         record_file: corpus_file.exists().then_some(corpus_file),
         progress_every: if cases > 1_000_000 { 1_000_000 } else { 0 },
-        enforce_findings: std::env::var("FAN_FUZZ_README_STRICT").is_ok_and(|v| v == "1"),
+        enforce_findings: std::env::var("FAN_FUZZ_POLICY_STRICT").is_ok_and(|v| v == "1"),
     })
     .expect("the fuzz run");
     println!("{}", report.summary());

@@ -1,6 +1,6 @@
 //! The receive policy end to end, as a hostile host on the underlay tries
 //! it: forged frames written byte for byte onto the wire between attached
-//! hosts (see the README's security section for what the policy promises).
+//! hosts (see docs/security.md for what the policy promises).
 //!
 //! Addresses as in the topology: host `i` is 198.18.0.i and owns slice
 //! 250.0.i.0/24; its container `j` is 250.0.i.(10+j).

@@ -20,6 +20,7 @@ struct Totals {
 }
 
 pub fn run() -> Result<()> {
+    lint()?;
     // The namespace tests drive the fan-xdp binary, which `cargo test` of
     // another package does not build.
     crate::cargo(&[&["build"][..], &crate::TEST_FAN_XDP].concat())?;
@@ -55,6 +56,9 @@ pub fn run() -> Result<()> {
         // fanctl's file and verbs, reboots, address changes: host kernel only.
         "--test",
         "host_lives",
+        // The docs' `fan-xdp map` examples, run and compared.
+        "--test",
+        "docs",
         // The programs against the reference model: the corpus and 100,000
         // generated cases per program, seeded by the commit.
         "--test",
@@ -144,6 +148,45 @@ fn add_result(line: &str, totals: &mut Totals) {
             }
         }
     }
+}
+
+/// Clippy with warnings as errors: the user side, and the eBPF programs for
+/// their own target (nightly, as they are built; their own target directory,
+/// so the two builds do not invalidate each other).
+fn lint() -> Result<()> {
+    let user = [
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--exclude",
+        "fan-ebpf",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    crate::cargo(&user)?;
+    let status = Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "fan-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace_root().join("target/clippy-bpf"),
+        )
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .current_dir(workspace_root())
+        .status()
+        .context("running clippy on the eBPF programs")?;
+    anyhow::ensure!(status.success(), "clippy found warnings in fan-ebpf");
+    Ok(())
 }
 
 /// Runs `cargo test ARGS -- TEST_ARGS`, echoing its output and adding up its

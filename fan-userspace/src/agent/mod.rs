@@ -7,14 +7,16 @@
 //! - `agent.json`, its status (pid, version, since, last sync, bindings),
 //!   rewritten after each sync; `show` reads it.
 //! - `agent.sock`, its control socket: one JSON request per connection
-//!   (`{"op":"status"}`, `{"op":"reload"}`, `{"op":"stop"}`), answered after
-//!   the agent has acted; only root may ask (SO_PEERCRED).
+//!   (`{"op":"status"}`, `{"op":"reload"}`, `{"op":"stop"}`, and the
+//!   binding ops of [`bindings`]), answered after the agent has acted; only
+//!   root may ask (SO_PEERCRED).
 //! - `agent.log`, where an agent that `attach` started writes (capped).
 //!
 //! `attach` starts an agent where none runs, `detach` of the last fan stops
 //! one that attach started, and the agent is stopped through its socket,
 //! never by a recorded pid (which may have been reused).
 
+pub mod bindings;
 pub mod config;
 pub mod endpoints;
 pub mod follow;
@@ -38,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     cli::Global,
-    state::rundir::{RunDir, open_lock_file, try_flock},
+    state::rundir::{RunDir, open_lock_file, try_flock, write_private_atomically},
 };
 
 /// This build: the package version and a hash of the eBPF object, so that
@@ -138,18 +140,8 @@ pub fn running(run: &RunDir) -> Option<u32> {
 
 /// Writes the status atomically (a reader never sees half of it).
 pub fn write_status(run: &RunDir, status: &Status) -> Result<()> {
-    let files = Files::of(run);
-    let tmp = files.status.with_extension("json.tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(&serde_json::to_vec(status)?)?;
-    fs::rename(&tmp, &files.status).context("publishing the agent's status")
+    write_private_atomically(&Files::of(run).status, &serde_json::to_vec(status)?)
+        .context("publishing the agent's status")
 }
 
 /// The status of the agent serving this namespace, if one runs.
@@ -161,12 +153,22 @@ pub fn status(run: &RunDir) -> Option<Status> {
 
 /// Sends `op` to the agent and returns its answer.
 pub fn request(run: &RunDir, op: &str, timeout: Duration) -> Result<serde_json::Value> {
+    send(run, &serde_json::json!({ "op": op }), timeout)
+}
+
+/// Sends one request to the agent and returns its answer, or the agent's
+/// refusal as an error.
+pub fn send(
+    run: &RunDir,
+    request: &serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
     let socket = Files::of(run).socket;
     let mut stream = UnixStream::connect(&socket)
         .with_context(|| format!("connecting to the agent at {}", socket.display()))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    writeln!(stream, "{}", serde_json::json!({ "op": op }))?;
+    writeln!(stream, "{request}")?;
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
@@ -175,7 +177,8 @@ pub fn request(run: &RunDir, op: &str, timeout: Duration) -> Result<serde_json::
         serde_json::from_str(&line).with_context(|| format!("the agent answered {line:?}"))?;
     if answer["ok"] != true {
         bail!(
-            "the agent refused {op}: {}",
+            "the agent refused {}: {}",
+            request["op"].as_str().unwrap_or("the request"),
             answer["error"].as_str().unwrap_or("no reason given")
         );
     }
@@ -317,11 +320,15 @@ pub fn cap_log(run: &RunDir) {
     }
 }
 
-/// Reads one request line from a control connection (bounded).
-pub fn parse_request(mut reader: impl std::io::Read) -> Result<String> {
+/// Longest request line the agent reads (a binding is well under it).
+const REQUEST_MAX: usize = 4096;
+
+/// Reads one request line from a control connection (bounded): a JSON
+/// object that names its op.
+pub fn parse_request(mut reader: impl std::io::Read) -> Result<serde_json::Value> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    while line.len() < 256 {
+    while line.len() < REQUEST_MAX {
         if reader.read(&mut byte)? == 0 || byte[0] == b'\n' {
             break;
         }
@@ -329,10 +336,10 @@ pub fn parse_request(mut reader: impl std::io::Read) -> Result<String> {
     }
     let request: serde_json::Value =
         serde_json::from_slice(&line).context("a request is one JSON object")?;
-    request["op"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("a request names its op"))
+    if !request["op"].is_string() {
+        bail!("a request names its op");
+    }
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -340,7 +347,7 @@ mod tests {
     #[test]
     fn requests_name_their_op() {
         assert_eq!(
-            super::parse_request(&b"{\"op\":\"stop\"}\n"[..]).unwrap(),
+            super::parse_request(&b"{\"op\":\"stop\"}\n"[..]).unwrap()["op"],
             "stop"
         );
         assert!(super::parse_request(&b"{\"op\":1}\n"[..]).is_err());

@@ -7,7 +7,10 @@
 //! endpoint map and its port programs go with it, so every packet takes the
 //! bridge and the stack, which is always correct.
 
-use std::{io::Write as _, os::unix::fs::PermissionsExt as _, time::Duration};
+use std::{
+    collections::BTreeMap, io::Write as _, net::Ipv4Addr, os::unix::fs::PermissionsExt as _,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
@@ -23,6 +26,7 @@ use tokio::net::UnixListener;
 
 use crate::{
     agent,
+    agent::bindings::{Binding, Bindings, Origin},
     agent::endpoints,
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
@@ -45,10 +49,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let mut ports = None;
     let mut routes = SliceRoutes::default();
     if args.once {
-        return sync(&net, &dir, &mut ports, None, None).await.map(drop);
+        let none = Bindings::default();
+        return sync(&net, &dir, &none, &mut ports, None, None)
+            .await
+            .map(drop);
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
+    let mut bindings = Bindings::load(&run_dir)?;
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
@@ -93,6 +101,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             sync(
                 &net,
                 &dir,
+                &bindings,
                 &mut ports,
                 Some(args.steer_flows),
                 Some(&mut routes),
@@ -163,17 +172,18 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             }
             accepted = control.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (request, stream) = match receive(stream) {
-                    Ok(received) => received,
+                let (mut stream, request) = match read_request(stream) {
+                    Ok(read) => read,
                     Err(e) => {
                         warn!("control request: {e:#}");
                         continue;
                     }
                 };
-                // Answered once done, so that `fan-xdp reload` (the unit's
-                // ExecReload) returns when the file is applied, or with why not.
-                let done = match request {
-                    Request::Status | Request::Stop => Ok(()),
+                let answer = match request {
+                    Request::Status => Ok(serde_json::json!({ "status": status })),
+                    // Answered once done, so that `fan-xdp reload` (the
+                    // unit's ExecReload) returns when the file is applied,
+                    // or with why not.
                     Request::Reload => {
                         let applied = match file_fans.read() {
                             Ok(lines) => file_fans.apply(&net, &inner, lines).await,
@@ -182,15 +192,40 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                         let synced = full_sync!();
                         publish(&run_dir, &dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");
-                        applied
+                        applied.map(|()| serde_json::json!({ "status": status }))
+                    }
+                    Request::Stop => {
+                        reply(&mut stream, Ok(serde_json::json!({})));
+                        break;
+                    }
+                    Request::Bind(binding) => {
+                        let address = binding.address;
+                        match bind(&net, &dir, &mut bindings, binding).await {
+                            Ok(()) => {
+                                let synced = full_sync!();
+                                publish(&run_dir, &dir, &mut status, synced);
+                                is_delivered(&dir, address)
+                                    .map(|active| serde_json::json!({ "active": active }))
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Request::Unbind(address, origin) => match bindings.unbind(address, origin) {
+                        Ok(removed) => {
+                            if removed {
+                                info!("{address}: {} binding removed", origin.name());
+                            }
+                            let synced = full_sync!();
+                            publish(&run_dir, &dir, &mut status, synced);
+                            Ok(serde_json::json!({ "removed": removed }))
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Request::Bindings => {
+                        Ok(serde_json::json!({ "bindings": bindings.list().collect::<Vec<_>>() }))
                     }
                 };
-                if let Err(e) = reply(stream, &status, done) {
-                    warn!("answering a control request: {e:#}");
-                }
-                if matches!(request, Request::Stop) {
-                    break;
-                }
+                reply(&mut stream, answer);
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -226,15 +261,20 @@ pub fn reload(global: &Global) -> Result<()> {
 }
 
 /// What a control connection asked for.
-#[derive(Clone, Copy)]
 enum Request {
     Status,
     Reload,
     Stop,
+    Bind(Binding),
+    Unbind(Ipv4Addr, Origin),
+    Bindings,
 }
 
-/// Reads a control connection's request. Only root may ask anything.
-fn receive(stream: tokio::net::UnixStream) -> Result<(Request, std::os::unix::net::UnixStream)> {
+/// Reads a control connection's request; the caller acts, then answers
+/// with [`reply`]. Only root may ask anything.
+fn read_request(
+    stream: tokio::net::UnixStream,
+) -> Result<(std::os::unix::net::UnixStream, Request)> {
     let peer = stream
         .peer_cred()
         .context("reading the client's credentials")?;
@@ -243,37 +283,70 @@ fn receive(stream: tokio::net::UnixStream) -> Result<(Request, std::os::unix::ne
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.set_write_timeout(Some(Duration::from_secs(1)))?;
     if peer.uid() != 0 {
-        writeln!(
-            stream,
-            r#"{{"ok":false,"error":"only root may control the agent"}}"#
-        )?;
+        reply(
+            &mut stream,
+            Err(anyhow::anyhow!("only root may control the agent")),
+        );
         bail!("refused a request from uid {}", peer.uid());
     }
-    let op = agent::parse_request(&stream)?;
-    let request = match op.as_str() {
-        "status" => Request::Status,
-        "reload" => Request::Reload,
-        "stop" => Request::Stop,
-        other => {
-            writeln!(stream, r#"{{"ok":false,"error":"unknown op"}}"#)?;
-            bail!("unknown op {other:?}");
+    let request = agent::parse_request(&stream);
+    let parsed = request.and_then(|request| {
+        Ok(match request["op"].as_str().unwrap_or_default() {
+            "status" => Request::Status,
+            "reload" => Request::Reload,
+            "stop" => Request::Stop,
+            "bind" => Request::Bind(field(&request, "binding")?),
+            "unbind" => Request::Unbind(field(&request, "address")?, field(&request, "origin")?),
+            "bindings" => Request::Bindings,
+            other => bail!("unknown op {other:?}"),
+        })
+    });
+    match parsed {
+        Ok(request) => Ok((stream, request)),
+        Err(e) => {
+            reply(&mut stream, Err(anyhow::anyhow!("{e:#}")));
+            Err(e)
         }
-    };
-    Ok((request, stream))
+    }
 }
 
-/// Answers a request once it is done: the status, or why it failed.
-fn reply(
-    mut stream: std::os::unix::net::UnixStream,
-    status: &agent::Status,
-    done: Result<()>,
-) -> Result<()> {
-    let reply = match done {
-        Ok(()) => serde_json::json!({ "ok": true, "status": status }),
+/// A request's field `name`, or an error naming it.
+fn field<T: serde::de::DeserializeOwned>(request: &serde_json::Value, name: &str) -> Result<T> {
+    serde_json::from_value(request[name].clone())
+        .with_context(|| format!("the request's {name:?} field"))
+}
+
+/// Answers a control request: `{"ok":true, ...}` or `{"ok":false,"error":..}`.
+fn reply(stream: &mut std::os::unix::net::UnixStream, answer: Result<serde_json::Value>) {
+    let line = match answer {
+        Ok(mut value) => {
+            value["ok"] = true.into();
+            value
+        }
         Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
     };
-    writeln!(stream, "{reply}")?;
+    if let Err(e) = writeln!(stream, "{line}") {
+        debug!("answering a control request: {e}");
+    }
+}
+
+/// Records `binding` in the table, checked against the slices as they are now.
+async fn bind(net: &Net, dir: &StateDir, bindings: &mut Bindings, binding: Binding) -> Result<()> {
+    if !dir.exists() {
+        bail!("no fan is attached in this network namespace");
+    }
+    let fans = load_fans(&PinnedMaps::open(dir)?)?;
+    let slices = endpoints::desired(net, &fans).await?;
+    let (address, origin) = (binding.address, binding.origin);
+    bindings.bind(binding, &slices)?;
+    info!("{address}: {} binding recorded", origin.name());
     Ok(())
+}
+
+/// Whether the endpoint map delivers `address` straight to a container.
+fn is_delivered(dir: &StateDir, address: Ipv4Addr) -> Result<bool> {
+    let maps = PinnedMaps::open(dir)?;
+    Ok(maps.endpoints.get(&u32::from(address).to_be(), 0).is_ok())
 }
 
 /// Whether a netlink message is about links or addresses (what
@@ -293,7 +366,8 @@ fn about_the_host(payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
 /// What a sync found, for the status.
 #[derive(Default)]
 struct Synced {
-    endpoints: usize,
+    /// Addresses delivered straight into containers, by origin.
+    bindings: BTreeMap<String, u64>,
     ports: usize,
     bypass: Option<bypass::Verdict>,
 }
@@ -303,7 +377,7 @@ fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced:
     match synced {
         Ok(synced) => {
             status.last_sync = unix_now();
-            status.bindings = [("learned".to_string(), synced.endpoints as u64)].into();
+            status.bindings = synced.bindings;
             status.ports = synced.ports as u64;
             if let Some(verdict) = synced.bypass {
                 status.bypass = verdict.on;
@@ -318,7 +392,7 @@ fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced:
     }
     notify::notify(&format!(
         "STATUS=direct delivery to {} container(s), encapsulation at {} port(s)",
-        status.bindings.get("learned").copied().unwrap_or(0),
+        status.bindings.values().sum::<u64>(),
         status.ports
     ));
 }
@@ -348,6 +422,7 @@ fn report(result: Result<()>) {
 async fn sync(
     net: &Net,
     dir: &StateDir,
+    bindings: &Bindings,
     ports: &mut Option<PortEncap>,
     at_ports: Option<bool>,
     routes: Option<&mut SliceRoutes>,
@@ -375,11 +450,20 @@ async fn sync(
     }
     let want = endpoints::desired(net, &fans).await?;
     let have = maps.endpoints.iter().collect::<Result<_, _>>()?;
-    let bound = if verdict.on {
-        endpoints::keep_bindings(&have, &want)
+    // What the bridge taught us, then what was bound on purpose over it.
+    let (mut bound, chosen) = if verdict.on {
+        (
+            endpoints::keep_bindings(&have, &want),
+            bindings.endpoints(&want),
+        )
     } else {
-        std::collections::HashMap::new()
+        Default::default()
     };
+    let mut counts = bindings.counts();
+    counts.retain(|_, _| verdict.on);
+    let learned = bound.keys().filter(|k| !chosen.contains_key(k)).count();
+    counts.insert("learned".into(), learned as u64);
+    bound.extend(chosen);
     let (changed, removed) = endpoints::apply(&mut maps, &bound)?;
     if changed + removed > 0 {
         info!(
@@ -416,7 +500,7 @@ async fn sync(
             .await?;
     }
     Ok(Synced {
-        endpoints: bound.len(),
+        bindings: counts,
         ports: ports.as_ref().map_or(0, PortEncap::ports),
         bypass: Some(verdict),
     })

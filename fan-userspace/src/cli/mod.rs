@@ -50,6 +50,10 @@ pub enum Command {
     Run(RunArgs),
     /// Make the agent resync now, and return when it has.
     Reload,
+    /// Deliver an overlay address straight to one container (a `static` binding, kept by the agent).
+    Bind(BindArgs),
+    /// Remove a `static` binding (success if there was none).
+    Unbind(UnbindArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
     /// Load every program on this kernel and report what the verifier said and which hooks exist.
@@ -162,6 +166,23 @@ pub struct DownArgs {
     /// `[OVERLAY] UNDERLAY`, as given to `up` (keywords after them are accepted and ignored).
     #[arg(required_unless_present_any = ["all", "existing"], value_name = "WORDS")]
     pub words: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct BindArgs {
+    /// The container's overlay address, in a slice of this host.
+    pub address: Ipv4Addr,
+    /// The container's MAC address (aa:bb:cc:dd:ee:ff).
+    #[arg(long)]
+    pub mac: String,
+    /// The host end of the container's veth (default: the port the bridge learned the MAC on).
+    #[arg(long)]
+    pub port: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct UnbindArgs {
+    pub address: Ipv4Addr,
 }
 
 #[derive(Args, Clone)]

@@ -2,6 +2,7 @@
 //! what two of them share lives in the module that owns it.
 
 pub mod attach;
+pub mod bind;
 pub mod detach;
 pub mod generate;
 pub mod map;

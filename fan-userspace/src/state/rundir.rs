@@ -106,3 +106,20 @@ pub(crate) fn try_flock(file: &fs::File, operation: libc::c_int) -> Result<bool>
         }
     }
 }
+/// Writes `bytes` to `path` so that a reader sees the old content or the new,
+/// never half: a private (0600) temporary file beside it, then a rename.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}

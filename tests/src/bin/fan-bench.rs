@@ -530,7 +530,7 @@ fn fleet_scaling(cfg: &Config) -> Result<String> {
     Ok(out)
 }
 
-/// fan-xdp's targets as ratios to plain routing (the README's).
+/// fan-xdp's targets as ratios to plain routing (docs/performance.md's).
 const TCP_TARGET: f64 = 1.05;
 const RR_TARGET: f64 = 1.2;
 

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! `#` starts a comment. `known=<label>` marks a reproducer of a known
-//! finding in the programs (see the README): it is replayed and reported,
+//! finding in the programs (see docs/testing.md): it is replayed and reported,
 //! and does not fail the run while the finding stands.
 
 use std::{fs, io::Write as _, path::Path};

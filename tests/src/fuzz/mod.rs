@@ -37,7 +37,7 @@ pub struct Settings {
     pub record_file: Option<PathBuf>,
     /// Print a progress line every this many generated cases (0: never).
     pub progress_every: u64,
-    /// Predict the README's policy where the programs are known to depart
+    /// Predict the stated policy (docs/security.md) where the programs are known to depart
     /// from it (every known finding then shows as a disagreement).
     pub enforce_findings: bool,
 }

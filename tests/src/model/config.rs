@@ -87,10 +87,10 @@ impl Underlay {
     }
 }
 
-/// A place where the programs disagree with the README's stated policy.
+/// A place where the programs disagree with the stated policy (docs/security.md).
 /// By default the model predicts what the programs do there (so the
 /// fuzzer can look for other differences) and reports each case that hits
-/// it; `Config::enforce` makes it predict the README instead. None is open:
+/// it; `Config::enforce` makes it predict the stated policy instead. None is open:
 /// the one found (the outer source's reservation checked in the inner
 /// destination's fan only) is fixed, and its reproducers are plain
 /// regression cases in the corpus.
@@ -112,7 +112,7 @@ pub struct Config {
     pub fans: Vec<Fan>,
     pub endpoints: Vec<Endpoint>,
     pub underlay: Underlay,
-    /// Findings for which the model predicts the README's policy rather
+    /// Findings for which the model predicts the stated policy rather
     /// than the programs' behaviour.
     pub enforce: Vec<Finding>,
 }

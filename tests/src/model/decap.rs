@@ -1,5 +1,5 @@
-//! The decapsulating programs: the receive policy of the README's "The
-//! receive policy and what it guarantees", then the outer header's removal.
+//! The decapsulating programs: the receive policy as docs/security.md states
+//! it, then the outer header's removal.
 
 use super::{
     Fate, Prediction, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP,
@@ -125,7 +125,7 @@ fn receive(config: &Config, frame: &[u8]) -> Verdict {
     let ecn = match (outer.ecn(), inner.ecn()) {
         (ECN_CE, ECN_NOT_ECT) => return Verdict::Drop("drop_ce_not_ect"),
         (ECN_CE, _) => ECN_CE,
-        // Only CE is carried inward (as Linux's tunnels do): the README's policy.
+        // Only CE is carried inward (as Linux's tunnels do): the stated policy (docs/security.md).
         (_, inner_ecn) => inner_ecn,
     };
     let mut updated = frame.to_vec();
@@ -167,7 +167,7 @@ fn check_claim(config: &Config, outer: &Ipv4View, inner: &Ipv4View) -> Result<()
     if !dst_fan.map.underlay_contains(outer_src) || !src_fan.map.underlay_contains(outer_src) {
         return Err(Verdict::Drop("drop_outer_src_outside_underlay"));
     }
-    // The README's rule holds for the source's fan too: its network or
+    // The stated rule holds for the source's fan too: its network or
     // broadcast address names no host, so it owns no slice.
     if dst_fan.map.is_reserved_host(outer_src) || src_fan.map.is_reserved_host(outer_src) {
         return Err(Verdict::Drop("drop_outer_src_reserved"));

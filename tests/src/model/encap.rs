@@ -1,4 +1,4 @@
-//! The encapsulating programs, as the README's "Packet paths" describes them.
+//! The encapsulating programs, as "Packet paths" in docs/design.md describes them.
 
 use super::{
     Fate, Prediction, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,

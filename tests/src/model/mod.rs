@@ -1,6 +1,7 @@
-//! A reference model of fan-xdp's five programs, written from the README's
-//! policy and independent of fan-ebpf: given the host's configuration, one
-//! frame and the test run's context, it predicts the verdict, the exact
+//! A reference model of fan-xdp's five programs, written from the stated
+//! policy (docs/security.md, docs/design.md) and independent of fan-ebpf:
+//! given the host's configuration, one frame and the test run's context, it
+//! predicts the verdict, the exact
 //! frame the program leaves and the counters that move.
 //!
 //! From fan-common it uses only the Fan arithmetic (`FanMap`); headers,
@@ -148,7 +149,7 @@ pub fn predict(
 }
 
 /// The known finding this input runs into, if any: the model's prediction
-/// for the programs and its prediction for the README's policy part here.
+/// for the programs and its prediction for the stated policy part here.
 pub fn known_finding(
     config: &Config,
     program: Program,

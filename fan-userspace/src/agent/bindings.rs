@@ -1,0 +1,478 @@
+//! Bindings: which container port an overlay address is delivered to, and
+//! who said so.
+//!
+//! The CNI plugin, the DHCP server's leases and the command line (`static`)
+//! bind addresses on purpose; the bridge's neighbour and forwarding tables
+//! teach the agent the rest (`learned`, see [`super::endpoints`]). A bound
+//! address is never moved by what is learned (a container that answers ARP
+//! for its neighbour's address gets nothing) and no resync removes it: only
+//! the one who bound it unbinds it. The agent is the only writer of the
+//! table; others ask it over the control socket ([`bind`], [`unbind`],
+//! [`list`]), and the agent answers a bind only once the endpoint map holds
+//! the address, so the first packet already takes the fast path.
+//!
+//! The table is kept in the run directory (`bindings.json`), so an agent
+//! that restarts keeps it; it dies with the boot, as the ports do.
+
+use std::{collections::BTreeMap, fs, net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use fan_common::maps::Endpoint;
+use serde::{Deserialize, Serialize};
+
+use super::endpoints::Slices;
+use crate::state::rundir::{RunDir, write_private_atomically};
+
+/// Where a binding came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The CNI plugin's ADD.
+    Cni,
+    /// A lease of the slice's DHCP server.
+    Dhcp,
+    /// Given on the command line or in the configuration.
+    Static,
+    /// The bridge's neighbour and forwarding tables.
+    Learned,
+}
+
+impl Origin {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Origin::Cni => "cni",
+            Origin::Dhcp => "dhcp",
+            Origin::Static => "static",
+            Origin::Learned => "learned",
+        }
+    }
+}
+
+/// One bound address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub address: Ipv4Addr,
+    /// The container's MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The host end of the container's veth; when absent, the port the
+    /// bridge's forwarding database has for `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    pub origin: Origin,
+    /// Who the binding is for: a container id, a DHCP client id.
+    #[serde(default)]
+    pub owner: String,
+}
+
+impl Binding {
+    fn mac_bytes(&self) -> Result<[u8; 6]> {
+        parse_mac(&self.mac)
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut out {
+        let part = parts.next().filter(|p| p.len() == 2);
+        *byte = part
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .with_context(|| format!("MAC address {text:?} is not six hex pairs"))?;
+    }
+    if parts.next().is_some() {
+        bail!("MAC address {text:?} is not six hex pairs");
+    }
+    Ok(out)
+}
+
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// The agent's table of bound addresses.
+#[derive(Default)]
+pub struct Bindings {
+    by_address: BTreeMap<Ipv4Addr, Binding>,
+    /// Where the table is kept; `None` for `fan-xdp run --once`.
+    file: Option<std::path::PathBuf>,
+}
+
+impl Bindings {
+    /// The table the previous agent of this namespace kept, if any.
+    pub fn load(run: &RunDir) -> Result<Self> {
+        let file = run.path.join("bindings.json");
+        let by_address = match fs::read(&file) {
+            Ok(bytes) => {
+                let list: Vec<Binding> = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                list.into_iter().map(|b| (b.address, b)).collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        Ok(Self {
+            by_address,
+            file: Some(file),
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let list: Vec<&Binding> = self.by_address.values().collect();
+        write_private_atomically(file, &serde_json::to_vec(&list)?)
+    }
+
+    /// Binds `binding.address`, or refuses if another live endpoint holds it
+    /// (`slices` says which ports are live). Binding an address again for
+    /// the same MAC updates it.
+    pub fn bind(&mut self, binding: Binding, slices: &Slices) -> Result<()> {
+        if binding.origin == Origin::Learned {
+            bail!(
+                "a binding's origin is cni, dhcp or static: learned entries come from the bridge"
+            );
+        }
+        let mac = binding.mac_bytes()?;
+        if !slices.in_slice(binding.address) {
+            bail!("{} is in no slice of this host", binding.address);
+        }
+        if let Some(port) = &binding.port
+            && !slices.ports.iter().any(|(_, name)| name == port)
+        {
+            bail!("{port} is not a port of a slice bridge");
+        }
+        if let Some(held) = self.by_address.get(&binding.address)
+            && held.mac_bytes().ok() != Some(mac)
+            && self.resolve_one(held, slices).is_some()
+        {
+            bail!(
+                "{} is already bound to {} ({} binding for {})",
+                binding.address,
+                held.port.as_deref().unwrap_or(&held.mac),
+                held.origin.name(),
+                if held.owner.is_empty() {
+                    "an unnamed owner"
+                } else {
+                    &held.owner
+                }
+            );
+        }
+        self.by_address.insert(binding.address, binding);
+        self.save()
+    }
+
+    /// Removes `address`'s binding if `origin` made it; idempotent.
+    pub fn unbind(&mut self, address: Ipv4Addr, origin: Origin) -> Result<bool> {
+        if self
+            .by_address
+            .get(&address)
+            .is_some_and(|b| b.origin == origin)
+        {
+            self.by_address.remove(&address);
+            self.save()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Makes the bindings of `origin` exactly `wanted` (the DHCP server's
+    /// current leases, say), leaving other origins' alone. Returns whether
+    /// anything changed.
+    pub fn replace_origin(&mut self, origin: Origin, wanted: Vec<Binding>) -> Result<bool> {
+        let before = self.by_address.clone();
+        self.by_address.retain(|_, b| b.origin != origin);
+        for binding in wanted {
+            // Another origin's binding of the same address stands.
+            self.by_address.entry(binding.address).or_insert(binding);
+        }
+        let changed = before != self.by_address;
+        if changed {
+            self.save()?;
+        }
+        Ok(changed)
+    }
+
+    pub fn list(&self) -> impl Iterator<Item = &Binding> {
+        self.by_address.values()
+    }
+
+    /// The endpoint map's entries for the bindings whose port can deliver
+    /// now, keyed as the map is (network byte order).
+    pub fn endpoints(&self, slices: &Slices) -> BTreeMap<u32, Endpoint> {
+        self.by_address
+            .values()
+            .filter_map(|b| Some((u32::from(b.address).to_be(), self.resolve_one(b, slices)?)))
+            .collect()
+    }
+
+    /// The endpoint a binding stands for, if its port is live.
+    fn resolve_one(&self, binding: &Binding, slices: &Slices) -> Option<Endpoint> {
+        let mac = binding.mac_bytes().ok()?;
+        let ifindex = match &binding.port {
+            Some(name) => slices.ports.iter().find(|(_, n)| n == name)?.0,
+            None => *slices.fdb.get(&mac)?,
+        };
+        if !slices.deliverable.contains(&ifindex) {
+            return None;
+        }
+        Some(Endpoint {
+            ifindex,
+            mac,
+            gateway_mac: slices.gateway_mac_of(binding.address)?,
+        })
+    }
+
+    /// How many bindings each origin has, for the status.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for binding in self.by_address.values() {
+            *counts.entry(binding.origin.name().to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// How long a client waits for the agent to act on a binding.
+const BIND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the agent to bind `binding`; returns once the endpoint map holds it
+/// (or, when its port cannot deliver yet, once the agent has recorded it).
+pub fn bind(run: &RunDir, binding: &Binding) -> Result<()> {
+    super::send(
+        run,
+        &serde_json::json!({ "op": "bind", "binding": binding }),
+        BIND_TIMEOUT,
+    )
+    .map(drop)
+}
+
+/// Asks the agent to drop `address`'s binding of `origin` (success if it had none).
+pub fn unbind(run: &RunDir, address: Ipv4Addr, origin: Origin) -> Result<()> {
+    let request = serde_json::json!({ "op": "unbind", "address": address, "origin": origin });
+    super::send(run, &request, BIND_TIMEOUT).map(drop)
+}
+
+/// The agent's bindings (not the learned entries).
+pub fn list(run: &RunDir) -> Result<Vec<Binding>> {
+    let answer = super::send(run, &serde_json::json!({ "op": "bindings" }), BIND_TIMEOUT)?;
+    serde_json::from_value(answer["bindings"].clone()).context("reading the agent's bindings")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use super::*;
+
+    fn slices() -> Slices {
+        Slices {
+            ports: vec![(5, "veth-a".into()), (6, "veth-b".into())],
+            deliverable: HashSet::from([5, 6]),
+            fdb: HashMap::from([([2, 0, 0, 0, 0, 0xb], 6)]),
+            gateways: vec![("250.0.28.0/24".parse().unwrap(), [2, 0, 0, 0, 0, 1])],
+            ..Slices::default()
+        }
+    }
+
+    fn binding(address: &str, mac: &str, port: Option<&str>, origin: Origin) -> Binding {
+        Binding {
+            address: address.parse().unwrap(),
+            mac: mac.into(),
+            port: port.map(str::to_string),
+            origin,
+            owner: "c1".into(),
+        }
+    }
+
+    #[test]
+    fn a_bound_address_resolves_by_port_or_by_fdb() {
+        let mut table = Bindings::default();
+        let s = slices();
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0a",
+                    Some("veth-a"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
+            .unwrap();
+        table
+            .bind(
+                binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp),
+                &s,
+            )
+            .unwrap();
+        let endpoints = table.endpoints(&s);
+        let key = |a: &str| u32::from(a.parse::<Ipv4Addr>().unwrap()).to_be();
+        assert_eq!(endpoints[&key("250.0.28.7")].ifindex, 5);
+        assert_eq!(endpoints[&key("250.0.28.7")].mac, [2, 0, 0, 0, 0, 0xa]);
+        assert_eq!(endpoints[&key("250.0.28.8")].ifindex, 6);
+        assert_eq!(
+            endpoints[&key("250.0.28.8")].gateway_mac,
+            [2, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(table.counts()["cni"], 1);
+    }
+
+    #[test]
+    fn a_live_binding_is_not_taken_over() {
+        let mut table = Bindings::default();
+        let s = slices();
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0a",
+                    Some("veth-a"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
+            .unwrap();
+        let err = table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0b",
+                    Some("veth-b"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("already bound to veth-a"), "{err}");
+        // Once its port is gone, the address is free again.
+        let gone = Slices {
+            deliverable: HashSet::from([6]),
+            ..slices()
+        };
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0b",
+                    Some("veth-b"),
+                    Origin::Cni,
+                ),
+                &gone,
+            )
+            .unwrap();
+        // Unbinding is for the origin that bound it, and idempotent.
+        assert!(
+            !table
+                .unbind("250.0.28.7".parse().unwrap(), Origin::Dhcp)
+                .unwrap()
+        );
+        assert!(
+            table
+                .unbind("250.0.28.7".parse().unwrap(), Origin::Cni)
+                .unwrap()
+        );
+        assert!(
+            !table
+                .unbind("250.0.28.7".parse().unwrap(), Origin::Cni)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_bindings_are_refused_by_name() {
+        let mut table = Bindings::default();
+        let s = slices();
+        let err = |b| table_err(&mut Bindings::default(), b, &s);
+        assert!(
+            err(binding(
+                "250.0.29.7",
+                "02:00:00:00:00:0a",
+                None,
+                Origin::Cni
+            ))
+            .contains("in no slice")
+        );
+        assert!(
+            err(binding("250.0.28.7", "02:00:00:00:0a", None, Origin::Cni))
+                .contains("six hex pairs")
+        );
+        assert!(
+            err(binding(
+                "250.0.28.7",
+                "02:00:00:00:00:0a",
+                Some("eth9"),
+                Origin::Cni
+            ))
+            .contains("not a port")
+        );
+        assert!(
+            err(binding(
+                "250.0.28.7",
+                "02:00:00:00:00:0a",
+                None,
+                Origin::Learned
+            ))
+            .contains("origin")
+        );
+        assert!(table.list().next().is_none());
+        table
+            .bind(
+                binding("250.0.28.9", "02:00:00:00:00:0a", None, Origin::Static),
+                &s,
+            )
+            .unwrap();
+    }
+
+    fn table_err(table: &mut Bindings, b: Binding, s: &Slices) -> String {
+        table.bind(b, s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn replacing_an_origin_keeps_the_others() {
+        let mut table = Bindings::default();
+        let s = slices();
+        table
+            .bind(
+                binding(
+                    "250.0.28.7",
+                    "02:00:00:00:00:0a",
+                    Some("veth-a"),
+                    Origin::Cni,
+                ),
+                &s,
+            )
+            .unwrap();
+        let leases = vec![
+            binding("250.0.28.7", "02:00:00:00:00:0c", None, Origin::Dhcp),
+            binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp),
+        ];
+        assert!(table.replace_origin(Origin::Dhcp, leases.clone()).unwrap());
+        assert!(!table.replace_origin(Origin::Dhcp, leases).unwrap());
+        let origins: Vec<_> = table
+            .list()
+            .map(|b| (b.address.to_string(), b.origin))
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                ("250.0.28.7".to_string(), Origin::Cni),
+                ("250.0.28.8".to_string(), Origin::Dhcp)
+            ]
+        );
+        assert!(table.replace_origin(Origin::Dhcp, vec![]).unwrap());
+        assert_eq!(table.list().count(), 1);
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        assert_eq!(
+            parse_mac("02:00:5e:10:00:ff").unwrap(),
+            [2, 0, 0x5e, 0x10, 0, 0xff]
+        );
+        assert_eq!(format_mac([2, 0, 0x5e, 0x10, 0, 0xff]), "02:00:5e:10:00:ff");
+        assert!(parse_mac("02:00:5e:10:00:ff:00").is_err());
+        assert!(parse_mac("02-00-5e-10-00-ff").is_err());
+    }
+}
