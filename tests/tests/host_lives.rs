@@ -53,8 +53,8 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The slices `show` lists, by overlay (none while show fails: a detach
-/// and attach under way).
+/// The slices of the complete fans `show` lists, by overlay (none while
+/// show fails: a detach and attach under way).
 fn slices(host: &Host) -> Vec<(String, String)> {
     let Some(shown) = try_show(host) else {
         return Vec::new();
@@ -63,6 +63,7 @@ fn slices(host: &Host) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|f| f["complete"] == true)
         .map(|f| {
             (
                 f["overlay"].as_str().unwrap().to_string(),
@@ -179,6 +180,13 @@ fn after_a_reboot_the_agent_brings_every_fan_back_from_the_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two hosts attached (their agents started by attach), one container each.
+fn two_hosts_on_the_fan() -> Fleet {
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    fleet.with_containers(1).unwrap()
+}
+
 /// Everything of `slice` (e.g. "250.0.2.") left in `host`: addresses,
 /// routes, NAT rules.
 fn traces_of(host: &Host, slice: &str) -> Vec<String> {
@@ -205,9 +213,7 @@ fn the_slice_follows_the_underlay_address_in_both_orders() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(1).unwrap();
+    let fleet = two_hosts_on_the_fan();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let c1 = &h1.containers[0];
     // Without it, deleting the primary address deletes the secondaries in
@@ -316,9 +322,7 @@ fn the_agent_follows_a_recreated_underlay_and_a_deleted_bridge() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(1).unwrap();
+    let fleet = two_hosts_on_the_fan();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
     assert!(ping(&c1.ns, c2.addr, 2).unwrap());
@@ -386,9 +390,8 @@ fn the_agent_follows_a_recreated_underlay_and_a_deleted_bridge() {
 
 /// A namespace's state with what differs between two creations of the same
 /// thing left out: interface indexes, MAC addresses, bridge ids.
-fn normalized(ns: &Netns) -> String {
-    netns_snapshot(ns)
-        .unwrap()
+fn normalized(ns: &Netns) -> anyhow::Result<String> {
+    Ok(netns_snapshot(ns)?
         .lines()
         .map(|line| {
             line.split(' ')
@@ -415,8 +418,19 @@ fn normalized(ns: &Netns) -> String {
                 .join(" ")
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n"))
 }
+
+/// The attach that `250.0.0.0/8 eth0/16 host-reserve 4` stands for.
+const ATTACH_250: [&str; 7] = [
+    "attach",
+    "eth0",
+    "--overlay",
+    "250.0.0.0/8",
+    "--host-reserve",
+    "4",
+    "--no-agent",
+];
 
 #[test]
 fn up_and_down_reach_the_same_state_as_attach_and_detach() {
@@ -439,28 +453,14 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
     let host = &fleet.hosts[0];
     // Forwarding stays on after detach, by design: bare with it on.
     host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let bare = normalized(&host.ns);
+    let bare = normalized(&host.ns).unwrap();
     let same = |what: &str, expected: &str| {
-        let now = normalized(&host.ns);
-        assert!(
-            now == expected,
-            "{what}: {}",
-            first_difference(expected, &now)
-        );
+        fan_tests::snapshot::assert_same(&host.ns, normalized, expected, what)
     };
 
     // One fan: fanctl's words against attach's.
-    host.fan_xdp_ok(&[
-        "attach",
-        "eth0",
-        "--overlay",
-        "250.0.0.0/8",
-        "--host-reserve",
-        "4",
-        "--no-agent",
-    ])
-    .unwrap();
-    let attached = normalized(&host.ns);
+    host.fan_xdp_ok(&ATTACH_250).unwrap();
+    let attached = normalized(&host.ns).unwrap();
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     same("detach", &bare);
     host.fan_xdp_ok(&["up", "--no-agent", "eth0/16", "host-reserve", "4"])
@@ -470,16 +470,7 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
     same("down eth0/16 against detach", &bare);
 
     // The file: up -a against the two attaches its lines stand for.
-    host.fan_xdp_ok(&[
-        "attach",
-        "eth0",
-        "--overlay",
-        "250.0.0.0/8",
-        "--host-reserve",
-        "4",
-        "--no-agent",
-    ])
-    .unwrap();
+    host.fan_xdp_ok(&ATTACH_250).unwrap();
     host.fan_xdp_ok(&[
         "attach",
         "eth0",
@@ -495,7 +486,7 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
         "--no-agent",
     ])
     .unwrap();
-    let both = normalized(&host.ns);
+    let both = normalized(&host.ns).unwrap();
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     same("detach of both", &bare);
     host.fan_xdp_ok(&["up", "-a", "--no-agent", "--config", config])
@@ -525,6 +516,16 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
         )
     );
     same("a refused file", &bare);
+    // `dhcp` is parsed, and refused (saying why) until DHCP on the slice lands.
+    let out = host
+        .fan_xdp(&["up", "--no-agent", "eth0/16", "dhcp"])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DHCP on the slice is not available yet"),
+        "{out:?}"
+    );
+    same("up with dhcp", &bare);
     // A line that fails on the host: the ones before it are taken back.
     write_config(&bad, "250.0.0.0/8 eth0/16\n251.0.0.0/8 eth0/16 mtu 1490\n");
     let out = host
@@ -538,18 +539,6 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
     same("a file whose second fan failed", &bare);
     drop(fleet);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn first_difference(expected: &str, now: &str) -> String {
-    let gone: Vec<&str> = expected
-        .lines()
-        .filter(|l| !now.lines().any(|n| n == *l))
-        .collect();
-    let added: Vec<&str> = now
-        .lines()
-        .filter(|l| !expected.lines().any(|e| e == *l))
-        .collect();
-    format!("gone {gone:#?}, added {added:#?}")
 }
 
 #[test]
@@ -607,6 +596,14 @@ fn reload_applies_the_files_difference() {
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("is writable by others (mode 666): refusing it"),
+        "{out:?}"
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&config, Some(65534), None).unwrap();
+    let out = host.fan_xdp(&["reload"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("is owned by uid 65534, not root: refusing it"),
         "{out:?}"
     );
     assert_eq!(overlays(), ["250.0.0.0/8"]);

@@ -153,14 +153,7 @@ pub fn bench(quick: bool) -> Result<()> {
 /// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
 /// `name` with `args` (it drives `fan-xdp` from beside itself).
 fn run_release(name: &str, args: &[&str]) -> Result<()> {
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "fan-userspace",
-        "--bin",
-        "fan-xdp",
-    ])?;
+    build_release_fan_xdp()?;
     cargo(&["build", "--release", "-p", "fan-tests", "--bin", name])?;
     let status = Command::new(workspace_root().join("target/release").join(name))
         .args(args)
@@ -170,6 +163,18 @@ fn run_release(name: &str, args: &[&str]) -> Result<()> {
         bail!("{name} failed ({status})");
     }
     Ok(())
+}
+
+/// `target/release/fan-xdp`, as users run it (no test features).
+pub fn build_release_fan_xdp() -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "fan-userspace",
+        "--bin",
+        "fan-xdp",
+    ])
 }
 
 /// The workspace root (xtask lives one level below it).
