@@ -526,6 +526,34 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
         "{out:?}"
     );
     same("up with dhcp", &bare);
+    // `default`: the interface of the default route (a route with no
+    // destination attribute), and its address's prefix.
+    host.ns
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.0.254",
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    host.fan_xdp_ok(&["up", "--no-agent", "default", "host-reserve", "4"])
+        .unwrap();
+    let shown = show(host);
+    assert_eq!(
+        (
+            &shown[0]["iface"],
+            &shown[0]["underlay"],
+            &shown[0]["host_reserve"]
+        ),
+        (&"eth0".into(), &"198.18.0.0/16".into(), &4.into()),
+        "{shown}"
+    );
+    host.fan_xdp_ok(&["down", "default"]).unwrap();
+    host.ns.ip(&["route", "del", "default"]).unwrap();
+    same("up default, down default", &bare);
     // A line that fails on the host: the ones before it are taken back.
     write_config(&bad, "250.0.0.0/8 eth0/16\n251.0.0.0/8 eth0/16 mtu 1490\n");
     let out = host
