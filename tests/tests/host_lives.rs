@@ -314,6 +314,15 @@ fn the_slice_follows_the_underlay_address_in_both_orders() {
         2,
         "one line per move:\n{log}"
     );
+    let printed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("attached:") || l.starts_with("detached:"))
+        .collect();
+    assert_eq!(
+        printed,
+        Vec::<&str>::new(),
+        "the agent's attach and detach printed besides its one line"
+    );
     fleet.detach_all().unwrap();
 }
 

@@ -113,6 +113,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // follow the host, reach the bpffs through the descriptor held open.
     let inner = Global {
         pin_dir: dir.root.parent().map(std::path::Path::to_path_buf),
+        quiet: true,
         ..global.clone()
     };
     let mut file_fans = FileFans::new(args);

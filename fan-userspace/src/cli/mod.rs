@@ -30,6 +30,11 @@ pub struct Global {
     /// The parent of the per-namespace directories for locks instead of /run/fan-xdp.
     #[arg(long, global = true, env = "FAN_XDP_RUN_DIR")]
     pub run_dir: Option<PathBuf>,
+    /// Set by the agent when it runs attach and detach itself (for the
+    /// configuration's fans, or to follow the host): it logs one line per
+    /// change, so theirs are not printed too.
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand)]

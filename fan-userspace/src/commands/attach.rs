@@ -137,7 +137,9 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     let mut undo = Vec::new();
     match apply(&net, &plan, global, &mut undo).await {
         Ok(changed) => {
-            if changed {
+            if global.quiet {
+                // The agent runs this attach, and says what changed itself.
+            } else if changed {
                 println!(
                     "attached: {} over {} on {} ({}), slice {} on {}, gateway {}",
                     plan.overlay,

@@ -76,13 +76,16 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         );
         let kept = release_bridge(&net, fan).await?;
         let _ = maps.meta.remove(&meta_key(fan.overlay));
-        println!(
-            "detached: {} from {} (bridge {}{})",
-            fan.overlay,
-            fan.iface,
-            fan.bridge,
-            kept.map(|why| format!(", kept: {why}")).unwrap_or_default()
-        );
+        // The agent (quiet) says what changed itself.
+        if !global.quiet {
+            println!(
+                "detached: {} from {} (bridge {}{})",
+                fan.overlay,
+                fan.iface,
+                fan.bridge,
+                kept.map(|why| format!(", kept: {why}")).unwrap_or_default()
+            );
+        }
     }
 
     let first = &going[0].meta;
