@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 
 use crate::{
@@ -19,6 +19,7 @@ use crate::{
     commands::{attach, detach, show::attached},
     config::{self, FanLine, apply::describe, resolve},
     host::Net,
+    state::rundir::RunDir,
 };
 
 pub struct FileFans {
@@ -30,26 +31,46 @@ pub struct FileFans {
     lines: Vec<FanLine>,
     /// Lines whose attach failed, retried on host changes.
     pending: Vec<FanLine>,
+    /// The text last read, and where the text last applied is kept: in
+    /// the run directory, so that an agent restarted after an edit (not a
+    /// reboot, which empties /run and every fan with it) still knows which
+    /// fans the old file had brought up.
+    read_text: Option<String>,
+    applied: PathBuf,
 }
 
 impl FileFans {
-    pub fn new(args: &RunArgs) -> Self {
+    pub fn new(args: &RunArgs, run_dir: &RunDir) -> Self {
         let path = match (&args.config, args.started_by_attach) {
             (Some(path), _) => Some(path.clone()),
             (None, true) => None,
             (None, false) => Some(PathBuf::from(FAN_CONFIG)),
         };
+        let applied = run_dir.path.join("config.applied");
+        // What an earlier agent of this boot applied (it is ours: the run
+        // directory is root's, mode 0700); unreadable means nothing.
+        // (An agent that reads no file has no file's fans to take back.)
+        let lines = std::fs::read_to_string(&applied)
+            .ok()
+            .filter(|_| path.is_some())
+            .and_then(|text| config::parse(&applied.display().to_string(), &text).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| !l.off)
+            .collect();
         Self {
             path,
             explicit: args.config.is_some(),
-            lines: Vec::new(),
+            lines,
             pending: Vec::new(),
+            read_text: None,
+            applied,
         }
     }
 
     /// The file's fans not marked off: none if there is no file (unless it
     /// was named); refused if anyone but root owns it or may write it.
-    pub fn read(&self) -> Result<Vec<FanLine>> {
+    pub fn read(&mut self) -> Result<Vec<FanLine>> {
         let Some(path) = &self.path else {
             return Ok(Vec::new());
         };
@@ -60,12 +81,19 @@ impl FileFans {
             bail!("the configuration {} does not exist", path.display());
         }
         config::check_owner(path)?;
-        Ok(config::read(path)?.into_iter().filter(|l| !l.off).collect())
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let lines = config::parse(&path.display().to_string(), &text)?;
+        self.read_text = Some(text);
+        Ok(lines.into_iter().filter(|l| !l.off).collect())
     }
 
     /// Applies what changed in `lines` (from [`FileFans::read`]) since the
     /// last time (at start: every fan). Fails with the lines that failed.
     pub async fn apply(&mut self, net: &Net, global: &Global, lines: Vec<FanLine>) -> Result<()> {
+        if self.path.is_none() {
+            return Ok(());
+        }
         let path = self.path.clone().unwrap_or_default();
         let (_, fans) = attached(global)?;
         let mut failed = Vec::new();
@@ -90,13 +118,19 @@ impl FileFans {
         self.pending.clear();
         for line in &lines {
             let old = self.lines.iter().find(|l| l.overlay == line.overlay);
+            // An unchanged line is attached again too, which changes
+            // nothing where it is up (and brings back one detached by hand).
             let what = match old {
-                Some(old) if same(old, line) => continue,
-                Some(_) => "changed",
-                None => "added",
+                Some(old) if same(old, line) => None,
+                Some(_) => Some("changed"),
+                None => Some("added"),
             };
             match up(net, line, global).await {
-                Ok(()) => info!("{}: {what}: attached", describe(line, &path)),
+                Ok(()) => {
+                    if let Some(what) = what {
+                        info!("{}: {what}: attached", describe(line, &path));
+                    }
+                }
                 Err(e) => {
                     failed.push(format!("{}: {e:#}", describe(line, &path)));
                     self.pending.push(line.clone());
@@ -104,6 +138,13 @@ impl FileFans {
             }
         }
         self.lines = lines;
+        let text = self.read_text.take().unwrap_or_default();
+        if let Err(e) = std::fs::write(&self.applied, text) {
+            warn!(
+                "recording the applied configuration in {}: {e}",
+                self.applied.display()
+            );
+        }
         if !failed.is_empty() {
             for failure in &failed {
                 warn!("{failure}");

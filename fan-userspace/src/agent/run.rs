@@ -116,7 +116,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         quiet: true,
         ..global.clone()
     };
-    let mut file_fans = FileFans::new(args);
+    let mut file_fans = FileFans::new(args, &run_dir);
     // A bad file stops the start: nothing of it is applied.
     let lines = file_fans.read()?;
     if let Err(e) = file_fans.apply(&net, &inner, lines).await {
