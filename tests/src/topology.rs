@@ -87,17 +87,15 @@ pub struct Fleet {
 pub struct Daemon(std::process::Child);
 
 impl Daemon {
-    /// Starts `fan-xdp run ARGS` in `ns`, resyncing every second.
+    /// Starts `fan-xdp run ARGS` in `ns`, resyncing every second unless
+    /// ARGS say otherwise.
     pub fn start(ns: &Netns, extra: &[&str]) -> Result<Self> {
-        let child = ns
-            .command(fan_xdp_binary().to_str().context("binary path")?)
-            .args(["run", "--resync-seconds", "1"])
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting fan-xdp run")?;
-        Ok(Self(child))
+        Self::spawn(
+            ns,
+            extra,
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+        )
     }
 
     /// [`Daemon::start`], its output (the agent's log) appended to `log`.
@@ -107,15 +105,34 @@ impl Daemon {
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
+        Self::spawn(ns, extra, file.try_clone()?.into(), file.into())
+    }
+
+    fn spawn(
+        ns: &Netns,
+        extra: &[&str],
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> Result<Self> {
+        let resync: &[&str] = if extra.contains(&"--resync-seconds") {
+            &[]
+        } else {
+            &["--resync-seconds", "1"]
+        };
         let child = ns
             .command(fan_xdp_binary().to_str().context("binary path")?)
-            .args(["run", "--resync-seconds", "1"])
+            .arg("run")
+            .args(resync)
             .args(extra)
-            .stdout(file.try_clone()?)
-            .stderr(file)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("starting fan-xdp run")?;
         Ok(Self(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
     }
 
     /// Stops it the way systemd would, and waits for it.

@@ -462,3 +462,132 @@ fn a_bound_address_is_delivered_before_any_arp_is_never_taken_over_and_outlives_
 fn host_bind(host: &Host, b: &Binding) -> Result<(), String> {
     bindings::bind(&run_dir(host), b).map_err(|e| format!("{e:#}"))
 }
+
+/// CPU time the process `pid` has used, all its threads, in nanoseconds
+/// (what utime + stime count, at the scheduler's resolution rather than
+/// in clock ticks of 10 ms).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("schedstat")).unwrap();
+            stat.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// Plugs `n` veth ports into the host's slice bridge at once (their peers
+/// in a namespace of their own) and returns the agent's CPU time per port
+/// until it has its program on every one of them; then unplugs them all at
+/// once (deleting the peers' namespace: deleting veths one by one takes
+/// the kernel longer than the rest of the test) and waits until the agent
+/// has let them go.
+fn cpu_per_port_added(host: &Host, run: &RunDir, agent: u32, n: usize) -> f64 {
+    let ports_now = || fan_userspace::agent::status(run).map_or(0, |s| s.ports as usize);
+    let batch = |ns: &Netns, lines: String| {
+        let file = std::env::temp_dir().join(format!("fan-cpu-{}.batch", ns.name()));
+        std::fs::write(&file, lines).unwrap();
+        ns.ip(&["-batch", file.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(file).unwrap();
+    };
+    let peers = Netns::new("cpu-peers").unwrap();
+    // No IPv6 on the new links: each one's router solicitations and duplicate
+    // address detection would be flooded to every port of the bridge, work
+    // that grows with the ports and that the kernel charges to whichever
+    // process it interrupts, the agent among them.
+    for ns in [&host.ns, &peers] {
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+            .unwrap();
+    }
+    let full_reads = || fan_userspace::agent::status(run).unwrap().full_reads;
+    let reads_before = full_reads();
+    let start = cpu_ns(agent);
+    let mut add = String::new();
+    for i in 0..n {
+        add += &format!(
+            "link add fp{i} type veth peer name fq{i} netns {}\n",
+            peers.name()
+        );
+        add += &format!("link set fp{i} master {} up\n", host.bridge);
+    }
+    batch(&host.ns, add);
+    batch(
+        &peers,
+        (0..n).map(|i| format!("link set fq{i} up\n")).collect(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ports_now() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the agent took {} of {n} ports",
+            ports_now()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let per_port = (cpu_ns(agent) - start) as f64 / n as f64;
+    assert_eq!(
+        full_reads(),
+        reads_before,
+        "plugging {n} ports made the agent read everything again instead of taking each event in"
+    );
+    drop(peers);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ports_now() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent kept ports that are gone"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    per_port
+}
+
+#[test]
+fn the_agents_cpu_per_port_added_does_not_grow_with_the_ports() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    fleet.attach_all(&["--no-agent"]).unwrap();
+    let host = &fleet.hosts[0];
+    let run = run_dir(host);
+    // The periodic resync (a safety net reading everything) out of the way:
+    // what is measured is what the events cost.
+    let agent = host
+        .fan_xdp_run_with(&["--resync-seconds", "3600"])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while show(host)[0]["agent"]["ready"] != true {
+        assert!(Instant::now() < deadline, "the agent never got ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Interleaved, so that whatever else the machine does weighs on both sizes.
+    let (mut few, mut many) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        few.push(cpu_per_port_added(host, &run, agent.pid(), 50));
+        many.push(cpu_per_port_added(host, &run, agent.pid(), 500));
+    }
+    let median = |mut runs: Vec<f64>| {
+        runs.sort_by(f64::total_cmp);
+        runs[1]
+    };
+    let (few, many) = (median(few), median(many));
+    eprintln!(
+        "agent CPU per port added: {:.0} us with 50 ports, {:.0} us with 500 ({:.2}x)",
+        few / 1e3,
+        many / 1e3,
+        many / few
+    );
+    assert!(
+        many <= 1.5 * few,
+        "the agent's CPU per port added grows with the ports: {:.0} us with 500 against {:.0} us with 50",
+        many / 1e3,
+        few / 1e3
+    );
+    agent.stop().unwrap();
+    fleet.detach_all().unwrap();
+}

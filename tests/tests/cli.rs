@@ -1863,3 +1863,83 @@ fn masquerading_leaves_traffic_to_every_attached_overlay_alone() {
     assert!(ruleset.contains("250.0.0.0/8"), "{ruleset}");
     detach_all(&fleet);
 }
+
+#[test]
+fn detaching_the_fan_that_lowered_fan_host_raises_its_mtu_again() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let fan_host_mtu = || {
+        host.ns
+            .run("cat", &["/sys/class/net/fan-host/mtu"])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--no-agent"])
+        .unwrap();
+    assert_eq!(fan_host_mtu(), "1480");
+    host.fan_xdp_ok(&[
+        "attach",
+        "eth0",
+        "--overlay",
+        "240.0.0.0/8",
+        "--mtu",
+        "1400",
+        "--no-agent",
+    ])
+    .unwrap();
+    assert_eq!(
+        fan_host_mtu(),
+        "1400",
+        "the shared host device is not at the smaller fan's MTU"
+    );
+    let out = host
+        .fan_xdp_ok(&["detach", "eth0", "--overlay", "240.0.0.0/8"])
+        .unwrap();
+    assert_eq!(
+        fan_host_mtu(),
+        "1480",
+        "fan-host stayed at the MTU of a fan that is gone: {out}"
+    );
+    assert!(out.contains("fan-host: MTU 1400 -> 1480"), "{out}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+/// `attach` where the host's bpffs is not mounted (here: a private mount
+/// namespace with /sys/fs/bpf unmounted, from which the commands run under
+/// `ip netns exec`, as an operator's would): planning, and so a refused
+/// attach, mounts nothing; an attach that goes ahead mounts it.
+#[test]
+fn planning_mounts_no_bpffs_and_a_refused_attach_leaves_none_mounted() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let run = format!("ip netns exec {} {}", host.ns.name(), binary.display());
+    let script = format!(
+        "umount /sys/fs/bpf || exit 9; \
+         {run} attach eth0 --overlay {OVERLAY} --mtu 9999 --no-agent 2>/dev/null; echo refused=$?; \
+         stat -f -c %T /sys/fs/bpf; \
+         {run} attach eth0 --overlay {OVERLAY} --no-agent >/dev/null && stat -f -c %T /sys/fs/bpf; \
+         {run} detach eth0 >/dev/null"
+    );
+    // The shell's own mount namespace: the host's bpffs stays as it is.
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["refused=1", "sysfs", "bpf_fs"],
+        "stdout {stdout}, stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -7,7 +7,8 @@
 //! Only a file that root owns and only root may write is read; a file with
 //! a bad line changes nothing (the error names file, line, column, token).
 //! A line that cannot be attached now (its interface is not there yet, at
-//! boot) is tried again on every link or address change and resync.
+//! boot) is tried again on every address change, every change of a fan's
+//! device and every resync.
 
 use std::path::PathBuf;
 

@@ -22,7 +22,7 @@ use ipnetwork::Ipv4Network;
 
 use crate::{
     dataplane::PinnedMaps,
-    host::{FdbEntry, Link, Net},
+    host::{FdbEntry, Link, Net, events::Change},
     state::record::Fan,
 };
 
@@ -66,9 +66,38 @@ impl Slices {
 /// its old port.
 const REFRESH_AFTER_AGEING_FRACTION: u32 = 3;
 
+/// What the agent knows of one slice bridge: read whole by a full sync,
+/// then kept current by netlink events, one change at a time.
+pub struct Bridge {
+    index: u32,
+    slice: Ipv4Network,
+    gateway_mac: [u8; 6],
+    refresh_idle: Duration,
+    ports: HashMap<u32, Link>,
+    fdb: HashMap<[u8; 6], FdbEntry>,
+    neighbours: HashMap<Ipv4Addr, [u8; 6]>,
+}
+
+/// Every complete fan's slice bridge, as last read or told.
+#[derive(Default)]
+pub struct Observed {
+    bridges: Vec<Bridge>,
+}
+
+/// What one change did to what the agent knows.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing the agent follows.
+    None,
+    /// A port, neighbour or forwarding entry of a slice bridge changed.
+    Changed,
+    /// A slice bridge itself changed or went: read everything again.
+    ReadAgain,
+}
+
 /// Reads the slice bridges of every complete fan in `fans`.
-pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
-    let mut slices = Slices::default();
+pub async fn observe(net: &Net, fans: &[Fan]) -> Result<Observed> {
+    let mut observed = Observed::default();
     for fan in fans.iter().filter(|f| f.complete) {
         let Some(bridge) = net.link(&fan.bridge).await? else {
             continue;
@@ -76,55 +105,169 @@ pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
         let Some(gateway_mac) = bridge.mac else {
             continue;
         };
-        let refresh_idle =
-            bridge.ageing.unwrap_or(Duration::from_secs(300)) / REFRESH_AFTER_AGEING_FRACTION;
-        let ports = net.ports(bridge.index).await?;
-        // Encapsulation at a port works on any veth; delivery only on some.
-        let veths: HashMap<u32, String> = ports
-            .iter()
-            .filter(|l| l.kind.as_deref() == Some("veth"))
-            .map(|l| (l.index, l.name.clone()))
-            .collect();
-        let deliverable: Vec<u32> = ports
-            .iter()
-            .filter(|l| can_deliver_to(l))
-            .map(|l| l.index)
-            .collect();
-        let fdb: HashMap<[u8; 6], FdbEntry> = net
-            .fdb(bridge.index)
-            .await?
-            .into_iter()
-            .filter(|e| deliverable.contains(&e.port))
-            .map(|e| (e.mac, e))
-            .collect();
-        slices.gateways.push((fan.slice, gateway_mac));
-        slices
-            .fdb
-            .extend(fdb.iter().map(|(mac, entry)| (*mac, entry.port)));
-        for (addr, mac) in net.neighbours(bridge.index).await? {
-            if !fan.slice.contains(addr) {
-                continue;
+        observed.bridges.push(Bridge {
+            index: bridge.index,
+            slice: fan.slice,
+            gateway_mac,
+            refresh_idle: bridge.ageing.unwrap_or(Duration::from_secs(300))
+                / REFRESH_AFTER_AGEING_FRACTION,
+            ports: net
+                .ports(bridge.index)
+                .await?
+                .into_iter()
+                .map(|l| (l.index, l))
+                .collect(),
+            fdb: net
+                .fdb(bridge.index)
+                .await?
+                .into_iter()
+                .map(|e| (e.mac, e))
+                .collect(),
+            neighbours: net.neighbours(bridge.index).await?.into_iter().collect(),
+        });
+    }
+    Ok(observed)
+}
+
+/// Reads the slice bridges of every complete fan in `fans`, as [`Slices`].
+pub async fn desired(net: &Net, fans: &[Fan]) -> Result<Slices> {
+    Ok(observe(net, fans).await?.slices())
+}
+
+impl Observed {
+    /// Takes in one change the kernel announced.
+    pub fn apply(&mut self, change: &Change) -> Effect {
+        match change {
+            Change::Link(link) => {
+                if let Some(bridge) = self.bridges.iter().find(|b| b.index == link.index) {
+                    // A bridge announces itself whenever a port comes or
+                    // goes (its carrier, MTU, features); only a new MAC or
+                    // ageing time changes what the agent derives from it.
+                    let ageing = link.ageing.map(|a| a / REFRESH_AFTER_AGEING_FRACTION);
+                    return if link.mac.is_some_and(|m| m != bridge.gateway_mac)
+                        || ageing.is_some_and(|a| a != bridge.refresh_idle)
+                    {
+                        Effect::ReadAgain
+                    } else {
+                        Effect::None
+                    };
+                }
+                let mut effect = Effect::None;
+                for bridge in &mut self.bridges {
+                    if link.controller == Some(bridge.index) {
+                        bridge.ports.insert(link.index, link.clone());
+                        effect = Effect::Changed;
+                    } else if bridge.ports.remove(&link.index).is_some() {
+                        effect = Effect::Changed;
+                    }
+                }
+                effect
             }
-            let Some(entry) = fdb.get(&mac) else {
-                continue;
-            };
-            slices.endpoints.insert(
-                u32::from(addr).to_be(),
-                Endpoint {
-                    ifindex: entry.port,
-                    mac,
-                    gateway_mac,
-                },
-            );
-            if !entry.permanent && entry.idle > refresh_idle {
-                slices.fading.push(*entry);
+            Change::LinkGone(index) => {
+                if self.bridges.iter().any(|b| b.index == *index) {
+                    return Effect::ReadAgain;
+                }
+                let mut effect = Effect::None;
+                for bridge in &mut self.bridges {
+                    if bridge.ports.remove(index).is_some() {
+                        bridge.fdb.retain(|_, e| e.port != *index);
+                        effect = Effect::Changed;
+                    }
+                }
+                effect
+            }
+            Change::Neighbour {
+                ifindex,
+                address,
+                mac,
+            } => {
+                let Some(bridge) = self.bridges.iter_mut().find(|b| b.index == *ifindex) else {
+                    return Effect::None;
+                };
+                match mac {
+                    Some(mac) => bridge.neighbours.insert(*address, *mac),
+                    None => bridge.neighbours.remove(address),
+                };
+                Effect::Changed
+            }
+            Change::Fdb {
+                bridge,
+                entry,
+                gone,
+            } => {
+                let Some(bridge) = self.bridges.iter_mut().find(|b| b.index == *bridge) else {
+                    return Effect::None;
+                };
+                if *gone {
+                    if bridge
+                        .fdb
+                        .get(&entry.mac)
+                        .is_some_and(|e| e.port == entry.port)
+                    {
+                        bridge.fdb.remove(&entry.mac);
+                    }
+                } else {
+                    bridge.fdb.insert(entry.mac, *entry);
+                }
+                Effect::Changed
             }
         }
-        slices.ports.extend(veths);
-        slices.deliverable.extend(deliverable);
     }
-    slices.ports.sort();
-    Ok(slices)
+
+    /// What the endpoint map and the port programs should cover, from what
+    /// is known: a neighbour whose MAC the bridge learned on a port that
+    /// can deliver is an endpoint behind that port.
+    pub fn slices(&self) -> Slices {
+        let mut slices = Slices::default();
+        for bridge in &self.bridges {
+            let deliverable: HashSet<u32> = bridge
+                .ports
+                .values()
+                .filter(|l| can_deliver_to(l))
+                .map(|l| l.index)
+                .collect();
+            let fdb: HashMap<[u8; 6], &FdbEntry> = bridge
+                .fdb
+                .values()
+                .filter(|e| deliverable.contains(&e.port))
+                .map(|e| (e.mac, e))
+                .collect();
+            slices.gateways.push((bridge.slice, bridge.gateway_mac));
+            slices
+                .fdb
+                .extend(fdb.iter().map(|(mac, entry)| (*mac, entry.port)));
+            for (addr, mac) in &bridge.neighbours {
+                if !bridge.slice.contains(*addr) {
+                    continue;
+                }
+                let Some(entry) = fdb.get(mac) else {
+                    continue;
+                };
+                slices.endpoints.insert(
+                    u32::from(*addr).to_be(),
+                    Endpoint {
+                        ifindex: entry.port,
+                        mac: *mac,
+                        gateway_mac: bridge.gateway_mac,
+                    },
+                );
+                if !entry.permanent && entry.idle > bridge.refresh_idle {
+                    slices.fading.push(**entry);
+                }
+            }
+            // Encapsulation at a port works on any veth; delivery only on some.
+            slices.ports.extend(
+                bridge
+                    .ports
+                    .values()
+                    .filter(|l| l.kind.as_deref() == Some("veth"))
+                    .map(|l| (l.index, l.name.clone())),
+            );
+            slices.deliverable.extend(deliverable);
+        }
+        slices.ports.sort();
+        slices
+    }
 }
 
 /// Whether direct delivery through bridge port `port` can reach a container.
@@ -170,9 +313,20 @@ pub fn keep_bindings(have: &HashMap<u32, Endpoint>, slices: &Slices) -> HashMap<
 /// Makes the pinned endpoint map equal `want`. Returns (added or changed, removed).
 pub fn apply(maps: &mut PinnedMaps, want: &HashMap<u32, Endpoint>) -> Result<(usize, usize)> {
     let have: HashMap<u32, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
+    apply_diff(maps, &have, want)
+}
+
+/// Makes the pinned endpoint map, which holds `have`, hold `want`, writing
+/// only the entries that differ. Returns (added or changed, removed).
+pub fn apply_diff(
+    maps: &mut PinnedMaps,
+    have: &HashMap<u32, Endpoint>,
+    want: &HashMap<u32, Endpoint>,
+) -> Result<(usize, usize)> {
     let mut removed = 0;
     for key in have.keys().filter(|k| !want.contains_key(k)) {
-        maps.endpoints.remove(key)?;
+        // Already gone (a detach emptied the map) is gone.
+        let _ = maps.endpoints.remove(key);
         removed += 1;
     }
     let mut changed = 0;
@@ -200,6 +354,111 @@ mod tests {
             mac: [2, 0, 0, 0, 0, last],
             gateway_mac: [2, 0, 0, 0, 0, 1],
         }
+    }
+
+    fn veth(index: u32, controller: u32) -> Link {
+        Link {
+            index,
+            name: format!("veth{index}"),
+            mtu: 1480,
+            kind: Some("veth".into()),
+            xdp_prog_id: None,
+            noarp: false,
+            up: true,
+            mac: Some([2, 0, 0, 0, 1, index as u8]),
+            controller: Some(controller),
+            ageing: None,
+            oper_up: true,
+            peer_netns_id: Some(1),
+        }
+    }
+
+    #[test]
+    fn one_event_changes_what_it_is_about() {
+        let mut observed = Observed {
+            bridges: vec![Bridge {
+                index: 3,
+                slice: "250.0.28.0/24".parse().unwrap(),
+                gateway_mac: [2, 0, 0, 0, 0, 1],
+                refresh_idle: Duration::from_secs(100),
+                ports: HashMap::new(),
+                fdb: HashMap::new(),
+                neighbours: HashMap::new(),
+            }],
+        };
+        let addr: Ipv4Addr = "250.0.28.7".parse().unwrap();
+        let key = u32::from(addr).to_be();
+        let mac = [2, 0, 0, 0, 0, 7];
+        let fdb = FdbEntry {
+            mac,
+            port: 9,
+            idle: Duration::ZERO,
+            permanent: false,
+        };
+        assert_eq!(observed.apply(&Change::Link(veth(9, 3))), Effect::Changed);
+        assert_eq!(
+            observed.apply(&Change::Link(veth(10, 4))),
+            Effect::None,
+            "another bridge's port"
+        );
+        let neighbour = Change::Neighbour {
+            ifindex: 3,
+            address: addr,
+            mac: Some(mac),
+        };
+        assert_eq!(observed.apply(&neighbour), Effect::Changed);
+        assert!(
+            observed.slices().endpoints.is_empty(),
+            "no forwarding entry yet"
+        );
+        assert_eq!(
+            observed.apply(&Change::Fdb {
+                bridge: 3,
+                entry: fdb,
+                gone: false
+            }),
+            Effect::Changed
+        );
+        let slices = observed.slices();
+        assert_eq!(
+            slices.endpoints[&key],
+            Endpoint {
+                ifindex: 9,
+                mac,
+                gateway_mac: [2, 0, 0, 0, 0, 1]
+            }
+        );
+        assert_eq!(slices.ports, vec![(9, "veth9".to_string())]);
+        // The port goes down: no delivery, but encapsulation stays.
+        let down = Link {
+            oper_up: false,
+            ..veth(9, 3)
+        };
+        observed.apply(&Change::Link(down));
+        assert!(observed.slices().endpoints.is_empty());
+        assert_eq!(observed.slices().ports.len(), 1);
+        // It comes back up, then is deleted.
+        observed.apply(&Change::Link(veth(9, 3)));
+        assert_eq!(observed.slices().endpoints.len(), 1);
+        assert_eq!(observed.apply(&Change::LinkGone(9)), Effect::Changed);
+        assert!(observed.slices().endpoints.is_empty() && observed.slices().ports.is_empty());
+        assert_eq!(observed.apply(&Change::LinkGone(9)), Effect::None);
+        // The bridge itself: only a new MAC or its going is news.
+        let bridge = |mac| Link {
+            kind: Some("bridge".into()),
+            mac: Some(mac),
+            controller: None,
+            ..veth(3, 0)
+        };
+        assert_eq!(
+            observed.apply(&Change::Link(bridge([2, 0, 0, 0, 0, 1]))),
+            Effect::None
+        );
+        assert_eq!(
+            observed.apply(&Change::Link(bridge([2, 0, 0, 0, 0, 2]))),
+            Effect::ReadAgain
+        );
+        assert_eq!(observed.apply(&Change::LinkGone(3)), Effect::ReadAgain);
     }
 
     #[test]

@@ -17,12 +17,16 @@
 //!
 //! Each change is one log line; a wait is said once until it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use fan_common::maps::mode_reason;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use log::info;
+use rtnetlink::{
+    packet_core::NetlinkPayload,
+    packet_route::{AddressFamily, RouteNetlinkMessage, link::LinkAttribute},
+};
 
 use crate::{
     cli::{AttachArgs, Global, Mode},
@@ -48,23 +52,52 @@ enum Need {
     Repair(String),
 }
 
-/// The waits already said, by overlay, so that each is logged once.
+/// The waits already said, by overlay, so that each is logged once, and
+/// the devices the fans are on (as of the last look).
 #[derive(Default)]
 pub struct Follower {
     said: HashMap<Ipv4Network, String>,
+    devices: HashSet<String>,
 }
 
 impl Follower {
+    /// Whether a netlink event may concern a fan: any IPv4 address change,
+    /// and a link change of a fan's underlay or slice bridge (or before the
+    /// first look, any). A container's port coming and going does not, so
+    /// hundreds of them cost the follower nothing.
+    pub fn concerns(&self, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
+        let NetlinkPayload::InnerMessage(message) = payload else {
+            return false;
+        };
+        match message {
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                a.header.family == AddressFamily::Inet
+            }
+            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
+                self.devices.is_empty()
+                    || link.attributes.iter().any(|attr| {
+                        matches!(attr, LinkAttribute::IfName(name) if self.devices.contains(name))
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// Looks at every complete fan and acts where the host changed under it.
     pub async fn follow(&mut self, net: &Net, dir: &StateDir, global: &Global) -> Result<()> {
         if !dir.exists() {
             self.said.clear();
+            self.devices.clear();
             return Ok(());
         }
         let (fans, bypass) = {
             let maps = PinnedMaps::open(dir)?;
             (load_fans(&maps)?, maps.bypass()?)
         };
+        self.devices = fans
+            .iter()
+            .flat_map(|f| [f.iface.clone(), f.bridge.clone()])
+            .collect();
         for fan in fans.iter().filter(|f| f.complete) {
             let need = need(net, dir, fan).await?;
             match need {

@@ -20,6 +20,7 @@ pub mod bindings;
 pub mod config;
 pub mod endpoints;
 pub mod follow;
+pub mod known;
 pub mod notify;
 pub mod pmtu;
 pub mod ports;
@@ -72,6 +73,11 @@ pub struct Status {
     pub bindings: BTreeMap<String, u64>,
     /// Container ports running the encapsulating program.
     pub ports: u64,
+    /// Full reads of every link, neighbour and forwarding entry so far (at
+    /// start, periodically, on reload, or when an event cannot be taken in
+    /// alone); events otherwise change only what they are about.
+    #[serde(default)]
+    pub full_reads: u64,
     /// Whether the fast path may skip netfilter, and why (not).
     pub bypass: bool,
     pub bypass_why: String,
@@ -190,11 +196,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes sure an agent of this version serves the namespace: starts one
 /// where none runs (a unit under systemd, else a detached process), or
-/// replaces one of another version. Returns once it reports ready.
+/// replaces one of another version, or has the one that runs resync.
+/// Returns once it reports ready (or has resynced).
 pub fn ensure(run: &RunDir, global: &Global) -> Result<()> {
     if let Some(current) = status(run) {
         if current.version == version() {
-            return Ok(());
+            // It follows netlink events one change at a time; a fan that
+            // attach just completed is news it reads whole.
+            return request(run, "reload", Duration::from_secs(30)).map(drop);
         }
         log::info!(
             "replacing the agent (pid {}, version {}) with this version ({})",

@@ -87,10 +87,11 @@ impl PortEncap {
 
     /// Runs the program on exactly `ports` (index, name). Returns (added, removed).
     pub fn sync(&mut self, ports: &[(u32, String)]) -> Result<(usize, usize)> {
+        let wanted: std::collections::HashSet<u32> = ports.iter().map(|(i, _)| *i).collect();
         let gone: Vec<u32> = self
             .links
             .keys()
-            .filter(|index| !ports.iter().any(|(i, _)| i == *index))
+            .filter(|index| !wanted.contains(index))
             .copied()
             .collect();
         for index in &gone {

@@ -8,17 +8,19 @@
 //! bridge and the stack, which is always correct.
 
 use std::{
-    collections::BTreeMap, io::Write as _, net::Ipv4Addr, os::unix::fs::PermissionsExt as _,
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+use fan_common::maps::Endpoint;
 use futures::StreamExt as _;
 use log::{debug, info, warn};
 use rtnetlink::{
     constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK, RTMGRP_NEIGH},
-    packet_core::NetlinkPayload,
-    packet_route::RouteNetlinkMessage,
     sys::{AsyncSocket as _, SocketAddr},
 };
 
@@ -28,6 +30,7 @@ use crate::{
     agent,
     agent::bindings::{Binding, Bindings, Origin},
     agent::endpoints,
+    agent::known::{self, Known},
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
@@ -45,18 +48,22 @@ use crate::{
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
+    // The agent may start before any attach (at boot): it mounts bpffs, so
+    // that the directory it holds open below is the one attach pins into.
+    dir.mount()?;
     let net = Net::connect()?;
     let mut ports = None;
     let mut routes = SliceRoutes::default();
     if args.once {
         let none = Bindings::default();
-        return sync(&net, &dir, &none, &mut ports, None, None)
+        return sync(&net, &dir, &none, &mut None, &mut ports, None, None)
             .await
             .map(drop);
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
     let mut bindings = Bindings::load(&run_dir)?;
+    let mut known: Option<Known> = None;
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
@@ -77,6 +84,29 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR,
         ))
         .context("subscribing to link, neighbour and address events")?;
+    // Hundreds of containers starting at once announce megabytes of events;
+    // the default buffer (rmem_default, about 200 KiB) would drop most of
+    // them. A lost event is caught (an overrun makes the agent read
+    // everything), but each costs a full read.
+    let events_fd = connection.socket_mut().socket_mut().as_raw_fd();
+    let buffer: libc::c_int = EVENT_BUFFER_BYTES;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a c_int
+    // that outlives the call and its size.
+    let set = unsafe {
+        libc::setsockopt(
+            events_fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const buffer).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        warn!(
+            "enlarging the netlink event buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     tokio::spawn(connection);
     let _logs = if global.verbose {
         crate::commands::stats::stream_ebpf_logs(&dir)
@@ -96,18 +126,24 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         since: unix_now(),
         ..agent::Status::default()
     };
+    // A full sync, and a heartbeat right after it (the first one must be
+    // fresh before READY; the tick keeps it so).
     macro_rules! full_sync {
-        () => {
-            sync(
+        () => {{
+            let synced = sync(
                 &net,
                 &dir,
                 &bindings,
+                &mut known,
                 &mut ports,
                 Some(args.steer_flows),
                 Some(&mut routes),
             )
-            .await
-        };
+            .await;
+            report(beat(&dir));
+            status.full_reads += 1;
+            synced
+        }};
     }
     // attach and detach, run from here for the configuration's fans and to
     // follow the host, reach the bpffs through the descriptor held open.
@@ -126,7 +162,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // Ready once the fans are up and the first sync is done: the fast path is in place.
     let first = full_sync!();
     status.ready = true;
-    publish(&run_dir, &dir, &mut status, first);
+    publish(&run_dir, &mut status, first);
     notify::notify("READY=1");
     info!(
         "fan-xdp run: serving {} (pid {}, version {})",
@@ -137,30 +173,46 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     loop {
         tokio::select! {
             event = events.next() => {
-                if event.is_none() {
+                let Some((first, _)) = event else {
                     warn!("netlink event stream ended");
                     break;
+                };
+                // A burst (a container coming up, or hundreds) arrives as
+                // many events: take them in until the kernel is quiet for a
+                // moment (or for at most a quarter of a second), then write once.
+                let mut messages = vec![first];
+                let burst = std::time::Instant::now();
+                while burst.elapsed() < BURST_MOST {
+                    match tokio::time::timeout(BURST_QUIET, events.next()).await {
+                        Ok(Some((message, _))) => messages.push(message),
+                        _ => break,
+                    }
                 }
-                // A burst (a container coming up) arrives as many events:
-                // settle briefly, drain, then resync once.
-                let mut host_changed = event.as_ref().is_some_and(|(m, _)| about_the_host(&m.payload));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while let Ok(Some((m, _))) = tokio::time::timeout(Duration::ZERO, events.next()).await {
-                    host_changed |= about_the_host(&m.payload);
-                }
-                if host_changed {
+                // The host's own changes (an underlay's address, a fan's
+                // device deleted or re-created) are the follower's.
+                if messages.iter().any(|m| follower.concerns(&m.payload)) {
                     report(follower.follow(&net, &dir, &inner).await);
                     file_fans.retry(&net, &inner).await;
                 }
-                let synced = full_sync!();
-                publish(&run_dir, &dir, &mut status, synced);
+                let taken = known
+                    .as_mut()
+                    .and_then(|k| k.take_in(&messages, &dir, &bindings, &mut ports));
+                let synced = match taken {
+                    Some(counts) => counts.map(|bindings| Synced {
+                        bindings,
+                        ports: ports.as_ref().map_or(0, PortEncap::ports),
+                        bypass: None,
+                    }),
+                    None => full_sync!(),
+                };
+                publish(&run_dir, &mut status, synced);
             }
             _ = resync.tick() => {
                 // The safety net for host changes whose event was missed.
                 report(follower.follow(&net, &dir, &inner).await);
                 file_fans.retry(&net, &inner).await;
                 let synced = full_sync!();
-                publish(&run_dir, &dir, &mut status, synced);
+                publish(&run_dir, &mut status, synced);
             }
             _ = tick.tick() => {
                 if args.started_by_attach && !dir.exists() {
@@ -191,7 +243,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                             Err(e) => Err(e),
                         };
                         let synced = full_sync!();
-                        publish(&run_dir, &dir, &mut status, synced);
+                        publish(&run_dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");
                         applied.map(|()| serde_json::json!({ "status": status }))
                     }
@@ -204,7 +256,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                         match bind(&net, &dir, &mut bindings, binding).await {
                             Ok(()) => {
                                 let synced = full_sync!();
-                                publish(&run_dir, &dir, &mut status, synced);
+                                publish(&run_dir, &mut status, synced);
                                 is_delivered(&dir, address)
                                     .map(|active| serde_json::json!({ "active": active }))
                             }
@@ -217,7 +269,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                                 info!("{address}: {} binding removed", origin.name());
                             }
                             let synced = full_sync!();
-                            publish(&run_dir, &dir, &mut status, synced);
+                            publish(&run_dir, &mut status, synced);
                             Ok(serde_json::json!({ "removed": removed }))
                         }
                         Err(e) => Err(e),
@@ -249,6 +301,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     );
     Ok(())
 }
+
+/// Events closer than this belong to one burst, taken in together...
+const BURST_QUIET: Duration = Duration::from_millis(20);
+/// ...for at most this long, so a steady stream still gets written.
+const BURST_MOST: Duration = Duration::from_millis(250);
+
+/// The netlink event socket's receive buffer.
+const EVENT_BUFFER_BYTES: libc::c_int = 16 << 20;
 
 /// `fan-xdp reload`: the agent resyncs, then answers.
 pub fn reload(global: &Global) -> Result<()> {
@@ -350,20 +410,6 @@ fn is_delivered(dir: &StateDir, address: Ipv4Addr) -> Result<bool> {
     Ok(maps.endpoints.get(&u32::from(address).to_be(), 0).is_ok())
 }
 
-/// Whether a netlink message is about links or addresses (what
-/// [`Follower`] follows), not neighbours or forwarding entries.
-fn about_the_host(payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
-    matches!(
-        payload,
-        NetlinkPayload::InnerMessage(
-            RouteNetlinkMessage::NewLink(_)
-                | RouteNetlinkMessage::DelLink(_)
-                | RouteNetlinkMessage::NewAddress(_)
-                | RouteNetlinkMessage::DelAddress(_)
-        )
-    )
-}
-
 /// What a sync found, for the status.
 #[derive(Default)]
 struct Synced {
@@ -374,7 +420,7 @@ struct Synced {
 }
 
 /// Records a sync in the status file (and says so to the service manager).
-fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced: Result<Synced>) {
+fn publish(run_dir: &RunDir, status: &mut agent::Status, synced: Result<Synced>) {
     match synced {
         Ok(synced) => {
             status.last_sync = unix_now();
@@ -387,7 +433,6 @@ fn publish(run_dir: &RunDir, dir: &StateDir, status: &mut agent::Status, synced:
         }
         Err(e) => warn!("sync failed: {e:#}"),
     }
-    report(beat(dir));
     if let Err(e) = agent::write_status(run_dir, status) {
         warn!("writing the agent's status: {e:#}");
     }
@@ -424,10 +469,12 @@ async fn sync(
     net: &Net,
     dir: &StateDir,
     bindings: &Bindings,
+    known: &mut Option<Known>,
     ports: &mut Option<PortEncap>,
     at_ports: Option<bool>,
     routes: Option<&mut SliceRoutes>,
 ) -> Result<Synced> {
+    *known = None;
     if !dir.exists() {
         // Detached: the ports' links would keep a dead fan's program running.
         *ports = None;
@@ -449,23 +496,11 @@ async fn sync(
             verdict.why
         );
     }
-    let want = endpoints::desired(net, &fans).await?;
-    let have = maps.endpoints.iter().collect::<Result<_, _>>()?;
-    // What the bridge taught us, then what was bound on purpose over it.
-    let (mut bound, chosen) = if verdict.on {
-        (
-            endpoints::keep_bindings(&have, &want),
-            bindings.endpoints(&want),
-        )
-    } else {
-        Default::default()
-    };
-    let mut counts = bindings.counts();
-    counts.retain(|_, _| verdict.on);
-    let learned = bound.keys().filter(|k| !chosen.contains_key(k)).count();
-    counts.insert("learned".into(), learned as u64);
-    bound.extend(chosen);
-    let (changed, removed) = endpoints::apply(&mut maps, &bound)?;
+    let observed = endpoints::observe(net, &fans).await?;
+    let want = observed.slices();
+    let have: HashMap<u32, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
+    let (bound, counts) = known::choose(&have, &want, bindings, verdict.on);
+    let (changed, removed) = endpoints::apply_diff(&mut maps, &have, &bound)?;
     if changed + removed > 0 {
         info!(
             "endpoints: {} known, {changed} added or changed, {removed} removed",
@@ -474,6 +509,11 @@ async fn sync(
     } else {
         debug!("endpoints: {} known, unchanged", bound.len());
     }
+    *known = Some(Known {
+        observed,
+        have: bound,
+        bypass_on: verdict.on,
+    });
 
     if ports.as_ref().is_some_and(|p| !p.is_current(dir)) {
         info!("a new program version was attached: moving the ports to it");

@@ -29,7 +29,7 @@ use crate::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
         overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
     },
-    host::naming::{IFNAME_MAX, bridge_name},
+    host::naming::{IFNAME_MAX, bridge_mac, bridge_name},
     host::nat,
     host::{
         FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
@@ -496,6 +496,8 @@ impl<'a> Attach<'a> {
         undo: &'a mut Vec<Undo>,
     ) -> Result<Self> {
         if !plan.dir.exists() {
+            // Planning changed nothing; bpffs is mounted now, if it must be.
+            plan.dir.mount()?;
             plan.dir.create()?;
             undo.push(Undo::StateDir);
         }
@@ -576,7 +578,8 @@ impl<'a> Attach<'a> {
             }
             None => {
                 self.claim(owned::BRIDGE)?;
-                let link = net.create_bridge(&plan.bridge, plan.mtu).await?;
+                let mac = bridge_mac(plan.gateway);
+                let link = net.create_bridge(&plan.bridge, plan.mtu, mac).await?;
                 self.undo.push(Undo::Link(plan.bridge.clone()));
                 self.changed = true;
                 link

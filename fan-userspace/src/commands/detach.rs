@@ -110,6 +110,17 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
             net.del_clsact(iface.index).await?;
         }
     }
+    // fan-host carries every fan's host traffic, at the smallest fan MTU:
+    // the fan that needed it lower may just have gone.
+    if let (Some(dev), Some(lowest)) = (&host_dev, staying.iter().map(|f| f.mtu).min())
+        && dev.mtu < lowest
+    {
+        net.set_mtu(dev.index, lowest).await?;
+        println!(
+            "{HOST_DEVICE}: MTU {} -> {lowest}, the smallest of the fans left",
+            dev.mtu
+        );
+    }
     if staying.is_empty() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);
         if let Some(dev) = host_dev {

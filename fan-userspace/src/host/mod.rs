@@ -1,6 +1,7 @@
 //! Host plumbing over rtnetlink: links, addresses, routes; and sysctls.
 
 pub mod bypass;
+pub mod events;
 pub mod naming;
 pub mod nat;
 pub mod netns;
@@ -21,7 +22,7 @@ use rtnetlink::{
             InfoBridge, InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
             LinkXdp, State,
         },
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+        neighbour::{NeighbourFlags, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
         tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcOption},
     },
@@ -80,7 +81,7 @@ pub struct FdbEntry {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Self {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Self {
         let mut link = Link {
             index: msg.header.index,
             name: String::new(),
@@ -231,10 +232,13 @@ impl Net {
         Ok(out)
     }
 
-    pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<Link> {
+    /// A bridge with MAC address `mac`. Given explicitly, it stays: a bridge
+    /// left to pick its own takes the lowest MAC among its ports, so it
+    /// would change as containers come and go, under their ARP caches.
+    pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<Link> {
         self.handle
             .link()
-            .add(LinkBridge::new(name).mtu(mtu).build())
+            .add(LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build())
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
@@ -531,26 +535,10 @@ impl Net {
             .set_address_family(AddressFamily::Inet)
             .execute();
         while let Some(msg) = dump.try_next().await.context("listing neighbours")? {
-            if msg.header.ifindex != ifindex
-                || matches!(
-                    msg.header.state,
-                    NeighbourState::Failed
-                        | NeighbourState::Incomplete
-                        | NeighbourState::Noarp
-                        | NeighbourState::None
-                )
-            {
+            if msg.header.ifindex != ifindex || !events::is_usable(msg.header.state) {
                 continue;
             }
-            let (mut ip, mut mac) = (None, None);
-            for attr in &msg.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
-                    NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
-                    _ => {}
-                }
-            }
-            if let (Some(ip), Some(mac)) = (ip, mac) {
+            if let Some((ip, Some(mac))) = events::inet_neighbour_of(&msg) {
                 out.push((ip, mac));
             }
         }
@@ -572,30 +560,10 @@ impl Net {
             .await
             .context("listing the bridge forwarding database")?
         {
-            let (mut mac, mut master, mut idle) = (None, None, Duration::ZERO);
-            for attr in &msg.attributes {
-                match attr {
-                    NeighbourAttribute::LinkLayerAddress(l) => {
-                        mac = <[u8; 6]>::try_from(l.as_slice()).ok()
-                    }
-                    NeighbourAttribute::Controller(m) => master = Some(*m),
-                    // In clock ticks of USER_HZ, which is 100 on Linux.
-                    NeighbourAttribute::CacheInfo(info) => {
-                        idle = Duration::from_millis(u64::from(info.updated) * 10)
-                    }
-                    _ => {}
-                }
-            }
-            if master == Some(bridge)
-                && msg.header.ifindex != bridge
-                && let Some(mac) = mac
+            if let Some((of, entry)) = events::fdb_entry_of(&msg)
+                && of == bridge
             {
-                out.push(FdbEntry {
-                    mac,
-                    port: msg.header.ifindex,
-                    idle,
-                    permanent: msg.header.state == NeighbourState::Permanent,
-                });
+                out.push(entry);
             }
         }
         Ok(out)

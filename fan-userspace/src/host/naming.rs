@@ -22,6 +22,14 @@ pub fn bridge_name(slice: Ipv4Addr) -> String {
     }
 }
 
+/// The slice bridge's MAC address, derived from its gateway address: locally
+/// administered (02), then `fa` for the Fan, then the gateway's four
+/// octets. The same after the bridge is re-created, and one per slice.
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x02, 0xfa, a, b, c, d]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

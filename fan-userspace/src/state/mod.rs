@@ -49,13 +49,28 @@ pub struct StateDir {
     pub root: PathBuf,
     /// `<root>/netns-<cookie>`.
     pub path: PathBuf,
+    /// Where bpffs is to be mounted, if it is not yet (see [`StateDir::mount`]).
+    unmounted: Option<Unmounted>,
+}
+
+/// The host's bpffs is not mounted yet; it goes here.
+#[derive(Clone, Copy, Debug)]
+enum Unmounted {
+    /// On /sys/fs/bpf of this process's mount namespace.
+    Here,
+    /// On /sys/fs/bpf of the mount namespace of process `pid`, the nearest
+    /// ancestor outside ours (we run under `ip netns exec`).
+    InNamespaceOf(u32),
 }
 
 impl StateDir {
-    /// Finds (mounting bpffs if needed) the state directory of this network
-    /// namespace. The directory itself is only created by [`StateDir::create`].
+    /// Finds the state directory of this network namespace, changing
+    /// nothing: where the host's bpffs is not mounted yet, the directory is
+    /// where it will be once [`StateDir::mount`] has mounted it (and does
+    /// not exist till then). The directory itself is only created by
+    /// [`StateDir::create`].
     pub fn locate(pin_dir: Option<&Path>) -> Result<Self> {
-        let base = match pin_dir {
+        let (base, unmounted) = match pin_dir {
             Some(dir) => {
                 if !is_bpffs(dir) {
                     bail!(
@@ -63,7 +78,7 @@ impl StateDir {
                         dir.display()
                     );
                 }
-                dir.to_path_buf()
+                (dir.to_path_buf(), None)
             }
             None => system_bpffs()?,
         };
@@ -73,7 +88,38 @@ impl StateDir {
         // parent could be swapped for another.
         check_private_dir(&root)?;
         check_private_dir(&path)?;
-        Ok(Self { root, path })
+        Ok(Self {
+            root,
+            path,
+            unmounted,
+        })
+    }
+
+    /// Mounts the host's bpffs where [`StateDir::locate`] found it missing
+    /// (root only, mode 0700); nothing where it is mounted.
+    pub fn mount(&self) -> Result<()> {
+        let local = Path::new(SYSTEM_BPFFS);
+        match self.unmounted {
+            None => {}
+            Some(Unmounted::Here) if !is_bpffs(local) => mount_bpffs(local)?,
+            Some(Unmounted::Here) => {}
+            Some(Unmounted::InNamespaceOf(pid)) => {
+                let outer = PathBuf::from(format!("/proc/{pid}/root{SYSTEM_BPFFS}"));
+                if !is_bpffs(&outer) {
+                    let exe = std::env::current_exe().context("locating the fan-xdp binary")?;
+                    let status = Command::new(exe)
+                        .args([MOUNT_HELPER, &pid.to_string()])
+                        .status()
+                        .context("starting the bpffs mount helper")?;
+                    if !status.success() || !is_bpffs(&outer) {
+                        bail!(
+                            "bpffs unavailable: {SYSTEM_BPFFS} is not mounted in the host's mount namespace and mounting it failed; mount it (mount -t bpf bpf {SYSTEM_BPFFS}) or pass --pin-dir"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The same directory, reached through a descriptor of its bpffs that
@@ -99,7 +145,11 @@ impl StateDir {
                 .file_name()
                 .context("the state directory has no name")?,
         );
-        Ok(Self { root, path })
+        Ok(Self {
+            root,
+            path,
+            unmounted: None,
+        })
     }
 
     pub fn exists(&self) -> bool {
@@ -218,34 +268,21 @@ pub fn is_bpffs(path: &Path) -> bool {
     ret == 0 && buf.f_type as i64 == BPF_FS_MAGIC
 }
 
-/// The host's bpffs, as reachable from this process.
-fn system_bpffs() -> Result<PathBuf> {
+/// The host's bpffs, as reachable from this process, and whether it still
+/// has to be mounted there.
+fn system_bpffs() -> Result<(PathBuf, Option<Unmounted>)> {
     let local = Path::new(SYSTEM_BPFFS);
     if is_bpffs(local) {
-        return Ok(local.to_path_buf());
+        return Ok((local.to_path_buf(), None));
     }
-    match outer_mount_ns_pid()? {
-        None => {
-            mount_bpffs(local)?;
-            Ok(local.to_path_buf())
-        }
+    Ok(match outer_mount_ns_pid()? {
+        None => (local.to_path_buf(), Some(Unmounted::Here)),
         Some(pid) => {
             let outer = PathBuf::from(format!("/proc/{pid}/root{SYSTEM_BPFFS}"));
-            if !is_bpffs(&outer) {
-                let exe = std::env::current_exe().context("locating the fan-xdp binary")?;
-                let status = Command::new(exe)
-                    .args([MOUNT_HELPER, &pid.to_string()])
-                    .status()
-                    .context("starting the bpffs mount helper")?;
-                if !status.success() || !is_bpffs(&outer) {
-                    bail!(
-                        "bpffs unavailable: {SYSTEM_BPFFS} is not mounted in the host's mount namespace and mounting it failed; mount it (mount -t bpf bpf {SYSTEM_BPFFS}) or pass --pin-dir"
-                    );
-                }
-            }
-            Ok(outer)
+            let unmounted = (!is_bpffs(&outer)).then_some(Unmounted::InNamespaceOf(pid));
+            (outer, unmounted)
         }
-    }
+    })
 }
 
 fn mount_bpffs(target: &Path) -> Result<()> {
