@@ -1,8 +1,9 @@
 //! Following the host: what happens to a fan's underlay and slice bridge
-//! after attach. Run on every link or address event and on each periodic
-//! resync (the safety net), it looks at each attached fan and, where the host
-//! has changed under it, runs attach or detach again, which already know how
-//! to create what is missing and re-attach what is defunct:
+//! after attach. Run on every IPv4 address event, every link event of a
+//! fan's underlay or slice bridge, and on each periodic resync (the safety
+//! net), it looks at each attached fan and, where the host has changed under
+//! it, runs attach or detach again, which already know how to create what is
+//! missing and re-attach what is defunct:
 //!
 //! - the underlay's address changed (the fan's address is gone and another
 //!   in the underlay is there, whichever came first): the fan is detached
