@@ -38,6 +38,10 @@ pub struct FileFans {
     /// fans the old file had brought up.
     read_text: Option<String>,
     applied: PathBuf,
+    /// Lines read while another command held `state.lock`: applied at the
+    /// next retry (that command may be waiting for the agent's answer).
+    deferred: Option<Vec<FanLine>>,
+    run_dir: RunDir,
 }
 
 impl FileFans {
@@ -66,6 +70,8 @@ impl FileFans {
             pending: Vec::new(),
             read_text: None,
             applied,
+            deferred: None,
+            run_dir: run_dir.clone(),
         }
     }
 
@@ -95,6 +101,13 @@ impl FileFans {
         if self.path.is_none() {
             return Ok(());
         }
+        let Some(_lock) = self.run_dir.try_lock_state()? else {
+            info!(
+                "another fan-xdp is changing the fans: the configuration is applied once it is done"
+            );
+            self.deferred = Some(lines);
+            return Ok(());
+        };
         let path = self.path.clone().unwrap_or_default();
         let (_, fans) = attached(global)?;
         let mut failed = Vec::new();
@@ -158,6 +171,17 @@ impl FileFans {
     /// Tries again the lines that could not be attached (their interface
     /// or address may be there now).
     pub async fn retry(&mut self, net: &Net, global: &Global) {
+        if let Some(lines) = self.deferred.take()
+            && let Err(e) = self.apply(net, global, lines).await
+        {
+            warn!("the configuration's fans: {e:#}");
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let Ok(Some(_lock)) = self.run_dir.try_lock_state() else {
+            return;
+        };
         let path = self.path.clone().unwrap_or_default();
         let mut still = Vec::new();
         for line in std::mem::take(&mut self.pending) {

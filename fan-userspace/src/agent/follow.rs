@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Result;
 use fan_common::maps::mode_reason;
 use ipnetwork::{IpNetwork, Ipv4Network};
-use log::info;
+use log::{debug, info};
 use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{AddressFamily, RouteNetlinkMessage, link::LinkAttribute},
@@ -38,6 +38,7 @@ use crate::{
     state::{
         StateDir,
         record::{Fan, load_fans},
+        rundir::RunDir,
     },
 };
 
@@ -85,12 +86,24 @@ impl Follower {
     }
 
     /// Looks at every complete fan and acts where the host changed under it.
-    pub async fn follow(&mut self, net: &Net, dir: &StateDir, global: &Global) -> Result<()> {
+    pub async fn follow(
+        &mut self,
+        net: &Net,
+        dir: &StateDir,
+        run_dir: &RunDir,
+        global: &Global,
+    ) -> Result<()> {
         if !dir.exists() {
             self.said.clear();
             self.devices.clear();
             return Ok(());
         }
+        // A command changing the fans now may be waiting for the agent:
+        // never wait for it; the next event or resync looks again.
+        let Some(_lock) = run_dir.try_lock_state()? else {
+            debug!("another fan-xdp is changing the fans: following the host at the next look");
+            return Ok(());
+        };
         let (fans, bypass) = {
             let maps = PinnedMaps::open(dir)?;
             (load_fans(&maps)?, maps.bypass()?)
@@ -274,12 +287,7 @@ async fn containers_on(net: &Net, fan: &Fan) -> Result<Vec<String>> {
         .collect();
     named.sort();
     named.dedup();
-    let ports: Vec<String> = net
-        .ports(bridge.index)
-        .await?
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let ports = net.port_names(bridge.index).await?;
     if !ports.is_empty() {
         named.push(format!("on port(s) {}", ports.join(" ")));
     }

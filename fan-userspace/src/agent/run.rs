@@ -149,7 +149,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // follow the host, reach the bpffs through the descriptor held open.
     let inner = Global {
         pin_dir: dir.root.parent().map(std::path::Path::to_path_buf),
-        quiet: true,
+        by_agent: true,
         ..global.clone()
     };
     let mut file_fans = FileFans::new(args, &run_dir);
@@ -191,7 +191,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 // The host's own changes (an underlay's address, a fan's
                 // device deleted or re-created) are the follower's.
                 if messages.iter().any(|m| follower.concerns(&m.payload)) {
-                    report(follower.follow(&net, &dir, &inner).await);
+                    report(follower.follow(&net, &dir, &run_dir, &inner).await);
                     file_fans.retry(&net, &inner).await;
                 }
                 let taken = known
@@ -209,7 +209,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             }
             _ = resync.tick() => {
                 // The safety net for host changes whose event was missed.
-                report(follower.follow(&net, &dir, &inner).await);
+                report(follower.follow(&net, &dir, &run_dir, &inner).await);
                 file_fans.retry(&net, &inner).await;
                 let synced = full_sync!();
                 publish(&run_dir, &mut status, synced);

@@ -31,10 +31,12 @@ pub struct Global {
     #[arg(long, global = true, env = "FAN_XDP_RUN_DIR")]
     pub run_dir: Option<PathBuf>,
     /// Set by the agent when it runs attach and detach itself (for the
-    /// configuration's fans, or to follow the host): it logs one line per
-    /// change, so theirs are not printed too.
+    /// configuration's fans, or to follow the host). It holds `state.lock`
+    /// already, taken without waiting (a command holding it may be waiting
+    /// for the agent's answer), and logs one line per change: so they
+    /// neither lock nor print.
     #[arg(skip)]
-    pub quiet: bool,
+    pub by_agent: bool,
 }
 
 #[derive(Subcommand)]

@@ -97,9 +97,14 @@ enum Undo {
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
-    // Held until attach returns: planning and applying see no other change.
+    // Held until attach returns: planning and applying see no other change
+    // (run by the agent, the agent holds it).
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
-    let _lock = run_dir.lock_state()?;
+    let _lock = if global.by_agent {
+        None
+    } else {
+        Some(run_dir.lock_state()?)
+    };
     let net = Net::connect()?;
     let plan = plan(&net, args, global).await?;
     checkpoint("plan")?;
@@ -137,7 +142,7 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     let mut undo = Vec::new();
     match apply(&net, &plan, global, &mut undo).await {
         Ok(changed) => {
-            if global.quiet {
+            if global.by_agent {
                 // The agent runs this attach, and says what changed itself.
             } else if changed {
                 println!(

@@ -195,6 +195,16 @@ impl Net {
         Ok(out)
     }
 
+    /// The names of bridge `bridge`'s ports.
+    pub async fn port_names(&self, bridge: u32) -> Result<Vec<String>> {
+        Ok(self
+            .ports(bridge)
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect())
+    }
+
     /// IPv4 addresses of a link with their prefix lengths, primary first.
     /// This host's own address is IFA_LOCAL; IFA_ADDRESS is the same on a
     /// broadcast link but the peer's on a point-to-point one, so it is not read.

@@ -54,6 +54,14 @@ impl RunDir {
         create_private_dirs(&[&self.root, &self.path], "the run directory")
     }
 
+    /// Takes `state.lock` if no other fan-xdp holds it. The agent's way: a
+    /// command that holds it may be waiting for the agent's answer.
+    pub fn try_lock_state(&self) -> Result<Option<StateLock>> {
+        self.create()?;
+        let file = open_lock_file(&self.path.join("state.lock"))?;
+        Ok(try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(StateLock { _file: file }))
+    }
+
     /// Takes `state.lock`, waiting while another fan-xdp holds it.
     pub fn lock_state(&self) -> Result<StateLock> {
         self.create()?;
