@@ -591,3 +591,101 @@ fn the_agents_cpu_per_port_added_does_not_grow_with_the_ports() {
     agent.stop().unwrap();
     fleet.detach_all().unwrap();
 }
+
+#[test]
+fn under_systemd_attach_starts_the_unit_and_an_older_agent_is_replaced() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let run = run_dir(host);
+    // A stand-in for systemctl that records what it was asked and starts
+    // the unit's ExecStart, which outlives it (it waits a moment, as the
+    // agent finds the host's bpffs through its ancestors when it starts).
+    let bin = tempfile_dir("fan-systemctl");
+    let calls = bin.join("calls");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> {calls}\n{fan_xdp} run </dev/null >/dev/null 2>&1 &\nsleep 1\n",
+        calls = calls.display(),
+        fan_xdp = fan_xdp_binary().display()
+    );
+    let systemctl = bin.join("systemctl");
+    std::fs::write(&systemctl, script).unwrap();
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = host
+        .ns
+        .command(fan_xdp_binary().to_str().unwrap())
+        .args(["attach", "eth0", "--overlay", OVERLAY])
+        .env("INVOCATION_ID", "0123456789abcdef")
+        .env("PATH", &path)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "start fan-xdp.service\n"
+    );
+    let unit_agent = fan_userspace::agent::status(&run).expect("the unit's agent serves");
+    assert!(
+        unit_agent.ready && !unit_agent.started_by_attach,
+        "{unit_agent:?}"
+    );
+
+    // An agent of an older release serves: an attach from this one replaces it.
+    fan_userspace::agent::stop(&run).unwrap();
+    let older = host
+        .ns
+        .command(fan_xdp_binary().to_str().unwrap())
+        .args(["run"])
+        .env("FAN_XDP_INJECT", "version:older")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fan_userspace::agent::status(&run).is_some_and(|s| s.ready) {
+        assert!(Instant::now() < deadline, "the older agent never got ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        fan_userspace::agent::status(&run).unwrap().version,
+        "0.0.0+older"
+    );
+    let out = host
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let newer = fan_userspace::agent::status(&run).unwrap();
+    assert_eq!(newer.version, fan_userspace::agent::version(), "{out}");
+    assert_ne!(newer.pid, older.id(), "the older agent still serves");
+    reap(older);
+    fleet.detach_all().unwrap();
+    let _ = std::fs::remove_dir_all(&bin);
+}
+
+/// A fresh directory of this test's own under the temporary directory.
+fn tempfile_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Waits for a child that was asked to stop (bounded).
+fn reap(mut child: std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "pid {} did not stop", child.id());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

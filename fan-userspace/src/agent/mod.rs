@@ -48,6 +48,12 @@ use crate::{
 /// an attach from a newer fan-xdp (or with other programs) replaces an
 /// older agent.
 pub fn version() -> String {
+    // The tests' stand-in for an agent of an older release.
+    if cfg!(feature = "fault-injection")
+        && std::env::var("FAN_XDP_INJECT").is_ok_and(|v| v == "version:older")
+    {
+        return "0.0.0+older".into();
+    }
     // FNV-1a: stable across runs and builds, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in crate::dataplane::EBPF_OBJECT {

@@ -109,7 +109,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     tokio::spawn(connection);
     let _logs = if global.verbose {
-        crate::commands::stats::stream_ebpf_logs(&dir)
+        crate::dataplane::inspect::stream_ebpf_logs(&dir)
     } else {
         None
     };

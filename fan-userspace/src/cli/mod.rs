@@ -200,8 +200,12 @@ pub struct ShowArgs {
 
 #[derive(Args, Clone)]
 pub struct StatsArgs {
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// Print the counters in Prometheus' text exposition format (for a
+    /// node exporter's textfile collector, say).
+    #[arg(long, conflicts_with = "watch")]
+    pub prometheus: bool,
     /// Print again every second, with rates.
     #[arg(long)]
     pub watch: bool,

@@ -27,7 +27,8 @@ use crate::{
     cli::{AttachArgs, Bypass, Global, Mode},
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
-        overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
+        inspect, overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported,
+        unlink,
     },
     host::naming::{IFNAME_MAX, bridge_mac, bridge_name},
     host::nat,
@@ -329,13 +330,9 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     };
     if let Some(prog) = iface.xdp_prog_id
         && mode != Mode::Tc
-        && !ours(&dir, &iface.name, prog)
+        && !inspect::xdp_link_runs(&dir, &iface.name, prog)
     {
-        let name = aya::programs::loaded_programs()
-            .flatten()
-            .find(|p| p.id() == prog)
-            .and_then(|p| p.name_as_str().map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
+        let name = inspect::program_name(prog).unwrap_or_else(|| "unknown".into());
         bail!(
             "{} already has XDP program {prog} ({name}) attached; fan-xdp will not replace it (detach it, or attach with --mode tc)",
             iface.name
@@ -367,15 +364,6 @@ fn mode_str(mode: Mode) -> &'static str {
         Mode::Tc => "tc",
         Mode::Auto => "auto",
     }
-}
-
-/// Whether XDP program `prog` on `iface` is attached through our pinned link.
-fn ours(dir: &StateDir, iface: &str, prog: u32) -> bool {
-    aya::programs::links::PinnedLink::from_pin(dir.link(iface, "decap-xdp"))
-        .ok()
-        .map(aya::programs::links::FdLink::from)
-        .and_then(|l| l.info().ok())
-        .is_some_and(|info| info.program_id() == prog)
 }
 
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that

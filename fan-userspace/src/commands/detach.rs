@@ -9,12 +9,11 @@ use log::{info, warn};
 use crate::{
     agent,
     cli::{DetachArgs, Global},
-    commands::show::attached,
     dataplane::{Hook, PinnedMaps, unlink},
     host::nat,
     host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
     ipv4_network, require_capabilities,
-    state::record::{Fan, HOST_DEVICE, meta_key},
+    state::record::{Fan, HOST_DEVICE, attached, meta_key},
     state::rundir::RunDir,
 };
 

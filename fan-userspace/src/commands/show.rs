@@ -1,7 +1,6 @@
 //! `fan-xdp show`: the fans of this namespace, from the pinned state.
 
 use anyhow::Result;
-use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
 use serde::Serialize;
 
 use fan_common::maps::PathMtu;
@@ -10,24 +9,13 @@ use crate::{
     agent,
     agent::pmtu,
     cli::{Global, ShowArgs},
-    dataplane::{ENCAP_PORT, PinnedMaps, tcx_supported},
+    dataplane::{PinnedMaps, inspect, tcx_supported},
     host::Net,
     host::bypass,
     state::StateDir,
-    state::record::{Fan, load_fans},
+    state::record::{Fan, attached},
     state::rundir::RunDir,
 };
-
-/// The fans attached in this namespace (none if nothing was ever attached).
-pub fn attached(global: &Global) -> Result<(StateDir, Vec<Fan>)> {
-    let dir = StateDir::locate(global.pin_dir.as_deref())?;
-    let fans = if dir.exists() {
-        load_fans(&PinnedMaps::open(&dir)?)?
-    } else {
-        Vec::new()
-    };
-    Ok((dir, fans))
-}
 
 /// The fast path `fan-xdp run` keeps for a fan: encapsulation at the slice
 /// bridge's ports and the endpoints decapsulated packets go straight to.
@@ -86,14 +74,10 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
         None => Vec::new(),
     };
     let ports_encapsulating = if tcx_supported() {
-        let encap_id = ProgramInfo::from_pin(dir.program(ENCAP_PORT))
-            .map(|info| info.id())
-            .ok();
-        let encapsulating = ports.iter().filter(|port| {
-            SchedClassifier::query_tcx(&port.name, TcAttachType::Ingress)
-                .is_ok_and(|(_, programs)| programs.iter().any(|p| Some(p.id()) == encap_id))
-        });
-        Some(encapsulating.count())
+        Some(inspect::ports_running_encap(
+            dir,
+            ports.iter().map(|p| p.name.as_str()),
+        ))
     } else {
         None
     };

@@ -18,7 +18,7 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     }
     let maps = PinnedMaps::open(&dir)?;
     let _logs = if global.verbose {
-        stream_ebpf_logs(&dir)
+        crate::dataplane::inspect::stream_ebpf_logs(&dir)
     } else {
         None
     };
@@ -28,6 +28,10 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         let stats = maps.stats()?;
         let now = Instant::now();
         let evicted = path_mtus_evicted(&maps, &stats)?;
+        if args.prometheus {
+            print!("{}", prometheus(&stats, evicted));
+            return Ok(());
+        }
         print(
             &stats,
             previous.as_ref().map(|(s, t)| (s, now - *t)),
@@ -81,8 +85,9 @@ fn print(
     );
     for &reason in StatReason::ALL {
         let c = stats.get(reason);
-        let rate =
-            previous.map(|(p, dt)| (c.packets - p.get(reason).packets) as f64 / dt.as_secs_f64());
+        // A counter that went back (re-created maps) counts from zero again.
+        let rate = previous
+            .map(|(p, dt)| stats.since(p).get(reason).packets as f64 / dt.as_secs_f64());
         println!(
             "{:<32} {:>14} {:>18} {:>12}",
             reason.name(),
@@ -96,33 +101,54 @@ fn print(
     Ok(())
 }
 
-/// Prints the eBPF programs' log events (enabled by `attach -v`) while
-/// watching. All programs of one load share a log buffer: one reader serves them.
-pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
-    for name in [
-        crate::dataplane::DECAP_TC,
-        crate::dataplane::DECAP_XDP,
-        crate::dataplane::ENCAP_FORWARD,
-        crate::dataplane::ENCAP_PORT,
-        crate::dataplane::ENCAP_OUTPUT,
-    ] {
-        let Ok(info) = aya::programs::ProgramInfo::from_pin(dir.program(name)) else {
-            continue;
-        };
-        let Ok(logger) = aya_log::EbpfLogger::init_from_id(info.id()) else {
-            continue;
-        };
-        // SAFETY: the logger owns its ring buffer fd for as long as the
-        // AsyncFd holds it, and as_raw_fd always returns that fd.
-        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
-            continue;
-        };
-        return Some(tokio::spawn(async move {
-            while let Ok(mut guard) = fd.readable_mut().await {
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-        }));
+/// The counters in Prometheus' text exposition format (version 0.0.4): one
+/// packets and one bytes counter per outcome, labelled by its stable name.
+pub fn prometheus(stats: &Stats, path_mtus_evicted: u64) -> String {
+    let mut out = String::new();
+    for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
+        out += &format!(
+            "# HELP fan_xdp_{metric}_total {what} per outcome of fan-xdp's programs, summed over CPUs.\n"
+        );
+        out += &format!("# TYPE fan_xdp_{metric}_total counter\n");
+        for &reason in StatReason::ALL {
+            let c = stats.get(reason);
+            let value = if metric == "packets" { c.packets } else { c.bytes };
+            out += &format!("fan_xdp_{metric}_total{{reason=\"{}\"}} {value}\n", reason.name());
+        }
     }
-    None
+    out += "# HELP fan_xdp_path_mtu_evicted_total Path MTU entries evicted from the full table.\n";
+    out += "# TYPE fan_xdp_path_mtu_evicted_total counter\n";
+    out += &format!("fan_xdp_path_mtu_evicted_total {path_mtus_evicted}\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fan_common::{Counter, StatReason};
+
+    use crate::dataplane::Stats;
+
+    #[test]
+    fn prometheus_text_names_every_outcome_in_the_exposition_format() {
+        let stats = Stats(BTreeMap::from([(
+            StatReason::Encapsulated.name(),
+            Counter { packets: 7, bytes: 700 },
+        )]));
+        let text = super::prometheus(&stats, 2);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "# HELP fan_xdp_packets_total Packets per outcome of fan-xdp's programs, summed over CPUs.",
+                "# TYPE fan_xdp_packets_total counter",
+                "fan_xdp_packets_total{reason=\"encapsulated\"} 7",
+            ]
+        );
+        assert!(lines.contains(&"fan_xdp_bytes_total{reason=\"encapsulated\"} 700"));
+        assert_eq!(lines.last(), Some(&"fan_xdp_path_mtu_evicted_total 2"));
+        let samples = lines.iter().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, 2 * StatReason::ALL.len() + 1);
+    }
 }

@@ -127,3 +127,15 @@ pub fn load_fans(maps: &PinnedMaps) -> Result<Vec<Fan>> {
         .filter_map(|(key, meta)| Fan::from_record(key, meta))
         .collect())
 }
+
+/// The fans attached in this namespace (none if nothing was ever attached),
+/// with their state directory.
+pub fn attached(global: &crate::cli::Global) -> Result<(crate::state::StateDir, Vec<Fan>)> {
+    let dir = crate::state::StateDir::locate(global.pin_dir.as_deref())?;
+    let fans = if dir.exists() {
+        load_fans(&PinnedMaps::open(&dir)?)?
+    } else {
+        Vec::new()
+    };
+    Ok((dir, fans))
+}

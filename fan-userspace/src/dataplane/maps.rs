@@ -1,0 +1,318 @@
+//! The maps: writing them through a loaded object (attach) or through
+//! their pins alone (`PinnedMaps`: show, stats, detach, the agent), and the
+//! counters summed over CPUs.
+
+use super::*;
+
+impl Dataplane {
+    pub(super) fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("no map {name} in the object"))
+    }
+
+    /// Writes fan-xdp's record of a fan.
+    pub fn insert_meta(&mut self, key: FanMetaKey, meta: &FanMeta) -> Result<()> {
+        let mut records: BpfHashMap<_, FanMetaKey, FanMeta> =
+            BpfHashMap::try_from(self.map_mut(META_MAP)?)?;
+        records
+            .insert(key, meta, 0)
+            .context("writing the fan record")?;
+        Ok(())
+    }
+
+    /// Points direct delivery of `addr` (network byte order) at `endpoint`.
+    pub fn insert_endpoint(&mut self, addr: u32, endpoint: &Endpoint) -> Result<()> {
+        let mut endpoints: BpfHashMap<_, u32, Endpoint> =
+            BpfHashMap::try_from(self.map_mut(ENDPOINTS_MAP)?)?;
+        endpoints
+            .insert(addr, endpoint, 0)
+            .context("writing an endpoint")?;
+        Ok(())
+    }
+
+    /// Adds or replaces the fan whose overlay is `entry.map.overlay`, and
+    /// brings the local hosts map in line with the fans configured.
+    pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
+        let mut trie: LpmTrie<_, u32, FanEntry> = LpmTrie::try_from(self.map_mut(CONFIG_MAP)?)?;
+        trie.insert(
+            &overlay_key(entry.map.overlay, entry.map.overlay_len),
+            entry,
+            0,
+        )
+        .context("writing the fan map entry")?;
+        let fans = fan_entries(&trie)?;
+        let mut hosts: BpfHashMap<_, u32, LocalHost> =
+            BpfHashMap::try_from(self.map_mut(LOCAL_HOSTS_MAP)?)?;
+        sync_local_hosts(&mut hosts, &fans)
+    }
+
+    /// Sets the agent's heartbeat to `ns` (CLOCK_MONOTONIC), as the agent
+    /// does every second: for tests of the programs.
+    pub fn set_heartbeat(&mut self, ns: u64) -> Result<()> {
+        let mut agent: Array<_, u64> = Array::try_from(self.map_mut(AGENT_MAP)?)?;
+        agent.set(0, ns, 0).context("writing the heartbeat")
+    }
+
+    /// The path MTU learned towards remote underlay host `host` (host order).
+    pub fn path_mtu(&self, host: u32) -> Result<Option<PathMtu>> {
+        let map = self
+            .ebpf
+            .map(PATH_MTU_MAP)
+            .ok_or_else(|| anyhow!("no map {PATH_MTU_MAP}"))?;
+        let mtus: BpfHashMap<_, u32, PathMtu> = BpfHashMap::try_from(map)?;
+        match mtus.get(&host.to_be(), 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading a path MTU"),
+        }
+    }
+
+    /// The counters summed over all CPUs.
+    pub fn stats(&self) -> Result<Stats> {
+        let map = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or_else(|| anyhow!("no map {STATS_MAP}"))?;
+        let array: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)?;
+        sum_stats(&array)
+    }
+}
+
+/// The LPM key of an overlay prefix.
+pub fn overlay_key(overlay: u32, len: u8) -> Key<u32> {
+    Key::new(len.into(), overlay.to_be())
+}
+
+/// Every fan entry of a configuration map.
+pub(super) fn fan_entries<T: std::borrow::Borrow<MapData>>(
+    trie: &LpmTrie<T, u32, FanEntry>,
+) -> Result<Vec<FanEntry>> {
+    trie.iter()
+        .map(|item| Ok(item?.1))
+        .collect::<Result<_>>()
+        .context("reading the fan map")
+}
+
+/// Makes the local hosts map hold exactly the local underlay addresses of
+/// `fans`, each with the widest underlay using it and how many fans do. The
+/// programs accept fan traffic only for these addresses, refuse it from
+/// them, and learn path MTUs only towards hosts of those underlays.
+pub(super) fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
+    hosts: &mut BpfHashMap<T, u32, LocalHost>,
+    fans: &[FanEntry],
+) -> Result<()> {
+    let mut want: BTreeMap<u32, LocalHost> = BTreeMap::new();
+    for fan in fans {
+        let host = want.entry(fan.local_host.to_be()).or_insert(LocalHost {
+            underlay: fan.map.underlay,
+            underlay_len: fan.map.underlay_len,
+            ..LocalHost::default()
+        });
+        if fan.map.underlay_len < host.underlay_len {
+            host.underlay = fan.map.underlay;
+            host.underlay_len = fan.map.underlay_len;
+        }
+        host.fans += 1;
+    }
+    let stale: Vec<u32> = hosts
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !want.contains_key(key))
+        .collect();
+    for key in stale {
+        hosts.remove(&key).context("removing a local host")?;
+    }
+    for (key, host) in want {
+        if hosts.get(&key, 0).ok() != Some(host) {
+            hosts.insert(key, host, 0).context("writing a local host")?;
+        }
+    }
+    Ok(())
+}
+
+/// The pinned maps, opened without loading any program (show, stats, detach).
+pub struct PinnedMaps {
+    pub config: LpmTrie<MapData, u32, FanEntry>,
+    pub meta: BpfHashMap<MapData, FanMetaKey, FanMeta>,
+    pub stats: PerCpuArray<MapData, Counter>,
+    pub endpoints: BpfHashMap<MapData, u32, Endpoint>,
+    pub local_hosts: BpfHashMap<MapData, u32, LocalHost>,
+    /// Path MTUs learned towards remote hosts (an LRU hash map).
+    pub path_mtus: BpfHashMap<MapData, u32, PathMtu>,
+    /// The agent's heartbeat.
+    pub agent: Array<MapData, u64>,
+    /// Whether the fast path may skip netfilter (`fan_common::maps::bypass`).
+    pub bypass: Array<MapData, u32>,
+}
+
+impl PinnedMaps {
+    pub fn open(dir: &StateDir) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let data = MapData::from_pin(dir.map(name))
+                .with_context(|| format!("opening pinned map {}", dir.map(name).display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(Self {
+            config: LpmTrie::try_from(open(CONFIG_MAP)?)?,
+            meta: BpfHashMap::try_from(open(META_MAP)?)?,
+            stats: PerCpuArray::try_from(open(STATS_MAP)?)?,
+            endpoints: BpfHashMap::try_from(open(ENDPOINTS_MAP)?)?,
+            local_hosts: BpfHashMap::try_from(open(LOCAL_HOSTS_MAP)?)?,
+            path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
+            agent: Array::try_from(open(AGENT_MAP)?)?,
+            bypass: Array::try_from(open(BYPASS_MAP)?)?,
+        })
+    }
+
+    /// The bypass value the programs follow.
+    pub fn bypass(&self) -> Result<u32> {
+        self.bypass.get(&0, 0).context("reading the bypass setting")
+    }
+
+    pub fn set_bypass(&mut self, value: u32) -> Result<()> {
+        self.bypass
+            .set(0, value, 0)
+            .context("writing the bypass setting")
+    }
+
+    /// The agent's heartbeat: the programs follow the endpoint map for
+    /// [`fan_common::maps::AGENT_HEARTBEAT_TIMEOUT_NS`] after it.
+    pub fn beat(&mut self) -> Result<()> {
+        self.agent
+            .set(0, monotonic_ns(), 0)
+            .context("writing the agent's heartbeat")
+    }
+
+    /// The agent stopped: no more direct delivery, whatever the map says.
+    pub fn stop_beating(&mut self) -> Result<()> {
+        self.agent
+            .set(0, 0, 0)
+            .context("clearing the agent's heartbeat")
+    }
+
+    /// Writes the fan entry `entry` back (an undone change), and its local host.
+    pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
+        self.config
+            .insert(
+                &overlay_key(entry.map.overlay, entry.map.overlay_len),
+                entry,
+                0,
+            )
+            .context("writing the fan map entry")?;
+        let fans = fan_entries(&self.config)?;
+        sync_local_hosts(&mut self.local_hosts, &fans)
+    }
+
+    /// Removes the fan of overlay `overlay/len` (host byte order) from the
+    /// programs' configuration, and its local host where no other fan uses it.
+    pub fn remove_fan(&mut self, overlay: u32, len: u8) -> Result<()> {
+        match self.config.remove(&overlay_key(overlay, len)) {
+            Ok(()) => {}
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e).context("removing the fan map entry"),
+        }
+        let fans = fan_entries(&self.config)?;
+        sync_local_hosts(&mut self.local_hosts, &fans)
+    }
+
+    /// fan-xdp's record of every fan, ordered by overlay.
+    pub fn fans(&self) -> Result<Vec<(FanMetaKey, FanMeta)>> {
+        let mut fans = self.meta.iter().collect::<Result<Vec<_>, _>>()?;
+        fans.sort_by_key(|(key, _)| (key[1], key[0]));
+        Ok(fans)
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        sum_stats(&self.stats)
+    }
+}
+
+pub(super) fn sum_stats<T: std::borrow::Borrow<MapData>>(
+    array: &PerCpuArray<T, Counter>,
+) -> Result<Stats> {
+    let mut stats = Stats::default();
+    for &reason in StatReason::ALL {
+        let per_cpu = array.get(&(reason as u32), 0)?;
+        let total = per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+            packets: sum.packets + c.packets,
+            bytes: sum.bytes + c.bytes,
+        });
+        stats.0.insert(reason.name(), total);
+    }
+    Ok(stats)
+}
+
+/// Counter totals by reason name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats(pub BTreeMap<&'static str, Counter>);
+
+impl Stats {
+    pub fn get(&self, reason: StatReason) -> Counter {
+        self.0.get(reason.name()).copied().unwrap_or_default()
+    }
+
+    /// The change from `earlier` to `self`. A counter below its earlier
+    /// value was reset in between (its map re-created by a detach and an
+    /// attach): what it counted since the reset is all it says.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let mut delta = self.clone();
+        for (name, counter) in delta.0.iter_mut() {
+            let before = earlier.0.get(name).copied().unwrap_or_default();
+            if let (Some(packets), Some(bytes)) = (
+                counter.packets.checked_sub(before.packets),
+                counter.bytes.checked_sub(before.bytes),
+            ) {
+                *counter = Counter { packets, bytes };
+            }
+        }
+        delta
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the programs' `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use fan_common::{Counter, StatReason};
+
+    use super::Stats;
+
+    pub(super) fn stats(packets: u64, bytes: u64) -> Stats {
+        let mut stats = Stats::default();
+        stats
+            .0
+            .insert(StatReason::Encapsulated.name(), Counter { packets, bytes });
+        stats
+    }
+
+    #[test]
+    pub(super) fn deltas_of_counters_that_grew_or_were_reset() {
+        let delta = stats(10, 1000).since(&stats(4, 400));
+        assert_eq!(
+            delta.get(StatReason::Encapsulated),
+            Counter {
+                packets: 6,
+                bytes: 600
+            }
+        );
+        // Reset in between: the counts since the reset, not a wrapped number.
+        let delta = stats(3, 300).since(&stats(4, 400));
+        assert_eq!(
+            delta.get(StatReason::Encapsulated),
+            Counter {
+                packets: 3,
+                bytes: 300
+            }
+        );
+    }
+}
