@@ -17,9 +17,10 @@ use log::{info, warn};
 
 use crate::{
     cli::{FAN_CONFIG, Global, RunArgs},
-    commands::{attach, detach, show::attached},
+    commands::{attach, detach},
     config::{self, FanLine, apply::describe, resolve},
     host::Net,
+    state::record::attached,
     state::rundir::RunDir,
 };
 

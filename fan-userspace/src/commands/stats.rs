@@ -86,8 +86,8 @@ fn print(
     for &reason in StatReason::ALL {
         let c = stats.get(reason);
         // A counter that went back (re-created maps) counts from zero again.
-        let rate = previous
-            .map(|(p, dt)| stats.since(p).get(reason).packets as f64 / dt.as_secs_f64());
+        let rate =
+            previous.map(|(p, dt)| stats.since(p).get(reason).packets as f64 / dt.as_secs_f64());
         println!(
             "{:<32} {:>14} {:>18} {:>12}",
             reason.name(),
@@ -112,8 +112,15 @@ pub fn prometheus(stats: &Stats, path_mtus_evicted: u64) -> String {
         out += &format!("# TYPE fan_xdp_{metric}_total counter\n");
         for &reason in StatReason::ALL {
             let c = stats.get(reason);
-            let value = if metric == "packets" { c.packets } else { c.bytes };
-            out += &format!("fan_xdp_{metric}_total{{reason=\"{}\"}} {value}\n", reason.name());
+            let value = if metric == "packets" {
+                c.packets
+            } else {
+                c.bytes
+            };
+            out += &format!(
+                "fan_xdp_{metric}_total{{reason=\"{}\"}} {value}\n",
+                reason.name()
+            );
         }
     }
     out += "# HELP fan_xdp_path_mtu_evicted_total Path MTU entries evicted from the full table.\n";
@@ -134,7 +141,10 @@ mod tests {
     fn prometheus_text_names_every_outcome_in_the_exposition_format() {
         let stats = Stats(BTreeMap::from([(
             StatReason::Encapsulated.name(),
-            Counter { packets: 7, bytes: 700 },
+            Counter {
+                packets: 7,
+                bytes: 700,
+            },
         )]));
         let text = super::prometheus(&stats, 2);
         let lines: Vec<&str> = text.lines().collect();

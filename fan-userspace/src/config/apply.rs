@@ -13,10 +13,11 @@ use log::warn;
 
 use crate::{
     cli::{DownArgs, Global, UpArgs},
-    commands::{attach, detach, show::attached},
+    commands::{attach, detach},
     config::{self, FanLine, Underlay, resolve},
     host::Net,
     state::record::Fan,
+    state::record::attached,
 };
 
 /// `fan-xdp up [OVERLAY] UNDERLAY [KEYWORD ...]`, or `up -a`: every line of
