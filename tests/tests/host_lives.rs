@@ -20,12 +20,26 @@ use fan_tests::{
     traffic::ping,
 };
 
-/// A directory for this test's configuration files and logs.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fan-xdp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory for a test's configuration files and logs, removed when
+/// dropped (also when the test fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("fan-xdp-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Writes `text` as a configuration root owns and only root may write.
@@ -112,7 +126,7 @@ fn after_a_reboot_the_agent_brings_every_fan_back_from_the_file() {
     if !privileged() {
         return;
     }
-    let dir = scratch("reboot");
+    let dir = Scratch::new("reboot");
     let config = dir.join("fan");
     write_config(
         &config,
@@ -177,7 +191,6 @@ fn after_a_reboot_the_agent_brings_every_fan_back_from_the_file() {
     let (fleet, agents) = boot();
     drop(agents);
     fleet.detach_all().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Two hosts attached (their agents started by attach), one container each.
@@ -446,7 +459,7 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
     if !privileged() {
         return;
     }
-    let dir = scratch("verbs");
+    let dir = Scratch::new("verbs");
     let config = dir.join("fan");
     write_config(
         &config,
@@ -575,7 +588,6 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
     );
     same("a file whose second fan failed", &bare);
     drop(fleet);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -583,7 +595,7 @@ fn reload_applies_the_files_difference() {
     if !privileged() {
         return;
     }
-    let dir = scratch("reload");
+    let dir = Scratch::new("reload");
     let (config, log) = (dir.join("fan"), dir.join("agent.log"));
     write_config(&config, "250.0.0.0/8 eth0/16\n");
     let fleet = Fleet::new(1).unwrap();
@@ -689,7 +701,6 @@ fn reload_applies_the_files_difference() {
     }
     host.fan_xdp_ok(&["down", "-e"]).unwrap();
     drop(fleet);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
