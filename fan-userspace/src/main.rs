@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, bind, detach, generate, map, show, stats},
+    commands::{attach, bind, detach, doctor, generate, map, show, stats},
     config, state,
 };
 
@@ -33,6 +33,19 @@ fn check() -> Result<()> {
 /// 1: never the `Debug` form, which carries a backtrace whenever
 /// `RUST_BACKTRACE` is set (it is on many machines).
 fn main() -> std::process::ExitCode {
+    // Run as `fan` (a link in a CNI binary directory), fan-xdp is the CNI
+    // plugin: the protocol is environment, stdin and stdout, not arguments.
+    if std::env::args_os()
+        .next()
+        .and_then(|argv0| {
+            std::path::Path::new(&argv0)
+                .file_name()
+                .map(|n| n == fan_userspace::cni::PLUGIN_NAME)
+        })
+        .unwrap_or(false)
+    {
+        std::process::exit(fan_userspace::cni::main());
+    }
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -58,7 +71,7 @@ fn run_cli() -> Result<()> {
     }
     if matches!(
         cli.command,
-        Command::Show(_) | Command::Stats(_) | Command::Map(_)
+        Command::Show(_) | Command::Stats(_) | Command::Map(_) | Command::Doctor
     ) {
         // Read-only reports end quietly when their reader does (`| head`),
         // as other tools do; commands that change the host keep Rust's
@@ -82,6 +95,7 @@ fn run_cli() -> Result<()> {
             Command::Show(args) => show::run(args, &cli.global).await,
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),
+            Command::Doctor => doctor::run(&cli.global).await,
             Command::Check => check(),
             Command::MountHelper { .. } | Command::Generate { .. } => {
                 unreachable!("handled above")

@@ -3,11 +3,13 @@
 //! the end-to-end tests and the demo.
 
 pub mod chart;
+pub mod cni;
 pub mod fuzz;
 pub mod measure;
 pub mod model;
 pub mod netns;
 pub mod paths;
+pub mod podman;
 pub mod snapshot;
 pub mod topology;
 pub mod traffic;

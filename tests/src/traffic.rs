@@ -44,10 +44,22 @@ fn pattern(i: u64) -> u8 {
 /// Sends `bytes` bytes over TCP from `client` to a listener in `server` at
 /// `addr`, and checks every byte on arrival. Returns the bytes verified.
 pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) -> Result<u64> {
-    let port = 5201;
+    let target = SocketAddr::from((addr, 5201));
+    tcp_transfer_via(server, target, client, target, bytes)
+}
+
+/// [`tcp_transfer`] to a listener at `listen` in `server` from a client
+/// that connects to `target` (a published port that NAT leads to `listen`).
+pub fn tcp_transfer_via(
+    server: &Netns,
+    listen: SocketAddr,
+    client: &Netns,
+    target: SocketAddr,
+    bytes: u64,
+) -> Result<u64> {
     let listener = server
-        .enter(|| TcpListener::bind((addr, port)))?
-        .with_context(|| format!("listening on {addr}:{port}"))?;
+        .enter(|| TcpListener::bind(listen))?
+        .with_context(|| format!("listening on {listen}"))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + TIME_LIMIT;
     let client_failed = AtomicBool::new(false);
@@ -92,7 +104,6 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) 
         });
 
         let sent = client.enter(|| -> Result<u64> {
-            let target = SocketAddr::from((addr, port));
             let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))
                 .with_context(|| format!("connecting to {target}"))?;
             stream.set_write_timeout(Some(Duration::from_secs(10)))?;

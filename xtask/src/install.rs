@@ -26,11 +26,6 @@ pub struct Layout {
     pub bash: PathBuf,
     pub zsh: PathBuf,
     pub fish: PathBuf,
-    /// Where CNI runtimes look for plugins. Issue 15's plugin binary `fan`
-    /// is installed here, beside fan-xdp, once it exists: add it to
-    /// [`install`]'s list of files.
-    #[expect(dead_code, reason = "read once issue 15's CNI plugin is installed")]
-    pub cni_bin: PathBuf,
 }
 
 impl Layout {
@@ -43,17 +38,14 @@ impl Layout {
             bash: share.join("bash-completion/completions"),
             zsh: share.join("zsh/site-functions"),
             fish: share.join("fish/vendor_completions.d"),
-            cni_bin: if prefix == Path::new("/usr/local") || prefix == Path::new("/usr") {
-                PathBuf::from("/opt/cni/bin")
-            } else {
-                prefix.join("lib/cni")
-            },
         }
     }
 }
 
-/// Builds the release binary, then installs it with everything else.
-pub fn run(prefix: &Path) -> Result<()> {
+/// Builds the release binary, then installs it with everything else;
+/// returns the installed binary (the CNI plugin `fan` links to it: see
+/// [`crate::cni`]).
+pub fn run(prefix: &Path) -> Result<PathBuf> {
     crate::build_release_fan_xdp()?;
     let layout = install(prefix, &workspace_root().join("target/release/fan-xdp"))?;
     println!(
@@ -61,7 +53,7 @@ pub fn run(prefix: &Path) -> Result<()> {
         prefix.display()
     );
     println!("unit: {}", layout.unit.join(UNIT).display());
-    Ok(())
+    Ok(layout.bin.join("fan-xdp"))
 }
 
 const UNIT: &str = "fan-xdp.service";

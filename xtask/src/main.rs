@@ -4,6 +4,7 @@
 //! fresh machine and can install that toolchain itself.
 
 mod apt;
+mod cni;
 mod install;
 mod setup;
 mod test;
@@ -27,13 +28,6 @@ enum Task {
     Setup,
     /// Build everything in release mode (the eBPF object is built by fan-userspace's build script).
     Build,
-    /// Install fan-xdp as a service: the release binary, the systemd unit, man
-    /// pages and shell completions (generated from the command's definitions).
-    Install {
-        /// Where: bin/, lib/systemd/system/, share/man/, share/*completion*.
-        #[arg(long, default_value = "/usr/local")]
-        prefix: std::path::PathBuf,
-    },
     /// Run setup if needed, then every test: unit, BPF test runs and the namespace tests.
     Test {
         /// Skip the setup check.
@@ -62,6 +56,18 @@ enum Task {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// Install fan-xdp as a service: the release binary, the systemd unit, man
+    /// pages and shell completions (generated from the command's
+    /// definitions) under PREFIX, and the CNI plugin `fan` (a link to the
+    /// binary) into the CNI binary directory.
+    Install {
+        /// Where: bin/, lib/systemd/system/, share/man/, share/*completion*.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Where CNI runtimes look for plugins.
+        #[arg(long, default_value = cni::DEFAULT_CNI_BIN_DIR)]
+        cni_bin_dir: std::path::PathBuf,
+    },
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
         /// A short smoke run (no speed asserted).
@@ -76,10 +82,6 @@ fn main() -> Result<()> {
         Task::Build => {
             setup::run()?;
             cargo(&["build", "--release"])
-        }
-        Task::Install { prefix } => {
-            setup::run()?;
-            install::run(&prefix)
         }
         Task::Test { no_setup } => {
             if !no_setup {
@@ -108,6 +110,14 @@ fn main() -> Result<()> {
                 bail!("the command exited with {status} in the VM");
             }
             Ok(())
+        }
+        Task::Install {
+            prefix,
+            cni_bin_dir,
+        } => {
+            setup::run()?;
+            let installed = install::run(&prefix)?;
+            cni::install_plugin(&installed, &cni_bin_dir)
         }
         Task::Demo => {
             setup::run()?;

@@ -59,6 +59,17 @@ const PACKAGES: &[Need] = &[
         "strip",
         "strip, to keep the VM's initramfs small",
     ),
+    // The CNI plugin's tests: Podman with its CNI backend (which runs
+    // containers with runc: crun refuses this machine's hybrid cgroups), and
+    // Debian's reference plugins (host-local delegated, portmap chained).
+    // Their packages enable services; the policy-rc.d keeps them stopped.
+    Need::program("podman", "podman", "a real CNI runtime in the CNI tests"),
+    Need::program("runc", "runc", "the OCI runtime of Podman in the CNI tests"),
+    Need {
+        package: "containernetworking-plugins",
+        why: "the reference CNI plugins (host-local, portmap) the CNI tests chain",
+        present: Present::File("/usr/lib/cni/portmap"),
+    },
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -56,6 +56,9 @@ pub fn run() -> Result<()> {
         // fanctl's file and verbs, reboots, address changes: host kernel only.
         "--test",
         "host_lives",
+        // The CNI plugin: its protocol, the reference plugins, Podman.
+        "--test",
+        "cni",
         // The docs' `fan-xdp map` examples, run and compared.
         "--test",
         "docs",

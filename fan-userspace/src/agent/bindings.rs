@@ -286,21 +286,21 @@ mod tests {
         }
     }
 
+    /// 250.0.28.7 bound by the CNI plugin to veth-a.
+    fn owner_binding() -> Binding {
+        binding(
+            "250.0.28.7",
+            "02:00:00:00:00:0a",
+            Some("veth-a"),
+            Origin::Cni,
+        )
+    }
+
     #[test]
     fn a_bound_address_resolves_by_port_or_by_fdb() {
         let mut table = Bindings::default();
         let s = slices();
-        table
-            .bind(
-                binding(
-                    "250.0.28.7",
-                    "02:00:00:00:00:0a",
-                    Some("veth-a"),
-                    Origin::Cni,
-                ),
-                &s,
-            )
-            .unwrap();
+        table.bind(owner_binding(), &s).unwrap();
         table
             .bind(
                 binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp),
@@ -323,17 +323,7 @@ mod tests {
     fn a_live_binding_is_not_taken_over() {
         let mut table = Bindings::default();
         let s = slices();
-        table
-            .bind(
-                binding(
-                    "250.0.28.7",
-                    "02:00:00:00:00:0a",
-                    Some("veth-a"),
-                    Origin::Cni,
-                ),
-                &s,
-            )
-            .unwrap();
+        table.bind(owner_binding(), &s).unwrap();
         let err = table
             .bind(
                 binding(
@@ -433,17 +423,7 @@ mod tests {
     fn replacing_an_origin_keeps_the_others() {
         let mut table = Bindings::default();
         let s = slices();
-        table
-            .bind(
-                binding(
-                    "250.0.28.7",
-                    "02:00:00:00:00:0a",
-                    Some("veth-a"),
-                    Origin::Cni,
-                ),
-                &s,
-            )
-            .unwrap();
+        table.bind(owner_binding(), &s).unwrap();
         let leases = vec![
             binding("250.0.28.7", "02:00:00:00:00:0c", None, Origin::Dhcp),
             binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp),

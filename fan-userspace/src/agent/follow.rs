@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
-use fan_common::maps::mode_reason;
+use fan_common::maps::{DecapMode, ModeReason};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use log::{debug, info};
 use rtnetlink::{
@@ -167,7 +167,7 @@ async fn need(net: &Net, dir: &StateDir, fan: &Fan) -> Result<Need> {
             fan.bridge
         )));
     };
-    let decap = if fan.mode == "xdp" {
+    let decap = if fan.mode == Some(DecapMode::Xdp) {
         ("decap-xdp", Hook::Xdp)
     } else {
         ("decap-tc", Hook::TcIngress)
@@ -213,9 +213,11 @@ async fn need(net: &Net, dir: &StateDir, fan: &Fan) -> Result<Need> {
 /// The attach that gives `fan` again, as it was set up (bridge None: named
 /// by the default rule for whatever slice the host has now).
 fn args_of(fan: &Fan, bypass: u32, bridge: Option<String>) -> AttachArgs {
-    let mode = match (fan.meta.mode_reason, fan.mode) {
-        (mode_reason::REQUESTED, "xdp") => Mode::Xdp,
-        (mode_reason::REQUESTED, "tc") => Mode::Tc,
+    // A mode that was asked for is asked for again; one auto chose, auto chooses.
+    let requested = ModeReason::try_from(fan.meta.mode_reason) == Ok(ModeReason::Requested);
+    let mode = match fan.mode {
+        Some(DecapMode::Xdp) if requested => Mode::Xdp,
+        Some(DecapMode::Tc) if requested => Mode::Tc,
         _ => Mode::Auto,
     };
     AttachArgs {

@@ -63,6 +63,8 @@ pub enum Command {
     Unbind(UnbindArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
+    /// Check what breaks fans in the field (agent, bypass, forwarding, rp_filter, a dropping FORWARD chain, defunct links, MTUs, programs in front) and say how to fix each.
+    Doctor,
     /// Load every program on this kernel and report what the verifier said and which hooks exist.
     Check,
     /// Offline calculator: a host's slice, bridge and gateway, and where overlay addresses live.
@@ -241,6 +243,12 @@ pub struct RunArgs {
     /// a hop between CPUs, which shows in request/response latency.
     #[arg(long)]
     pub steer_flows: bool,
+    /// Serve the counters for Prometheus on ADDR:PORT (GET /metrics); off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on a wildcard address (every address of the host, which its containers reach too).
+    #[arg(long, requires = "metrics")]
+    pub metrics_any_address: bool,
     /// Started by `attach` (the last `detach` stops it; reads no configuration).
     #[arg(long, hide = true)]
     pub started_by_attach: bool,

@@ -15,9 +15,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
     FanEntry, FanMap,
     fan::validate_fans,
-    maps::{
-        FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason, owned,
-    },
+    maps::{DecapMode, FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, ModeReason, SYSCTL_UNKNOWN, owned},
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
@@ -38,12 +36,13 @@ use crate::{
     },
     ipv4_network, require_capabilities,
     state::StateDir,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes},
     state::rundir::RunDir,
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.
-const OUTER_HEADER: u32 = 20;
+/// The outer IPv4 header the programs add (no options).
+const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {
@@ -231,12 +230,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
             )
         }
     };
-    let map = FanMap::new(
-        u32::from(overlay.network()),
-        overlay.prefix(),
-        u32::from(underlay.network()),
-        underlay.prefix(),
-    );
+    let map = fan_map(overlay, underlay);
     if overlay.ip() != overlay.network() {
         bail!(
             "overlay {overlay} has host bits set (did you mean {}/{}?)",
@@ -257,7 +251,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     if args.dhcp {
         bail!("--dhcp: DHCP on the slice is not available yet in this build of fan-xdp");
     }
-    let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
+    let gateway = Ipv4Addr::from(map.gateway_of(u32::from(host)));
     let bridge = args
         .bridge
         .clone()
@@ -309,21 +303,21 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     let mode = match (args.mode, others.iter().find(|f| f.iface == iface.name)) {
         // Decapsulation on an interface is shared by its fans: keep its mode.
         (Mode::Auto, Some(other)) => {
-            if other.mode == "xdp" {
+            if other.mode == Some(DecapMode::Xdp) {
                 Mode::Xdp
             } else {
                 Mode::Tc
             }
         }
         (requested, Some(other))
-            if requested != Mode::Auto && mode_str(requested) != other.mode =>
+            if requested_decap(requested).is_some() && requested_decap(requested) != other.mode =>
         {
             bail!(
                 "{} already decapsulates in {} mode for overlay {}; attach with --mode {} or auto",
                 iface.name,
-                other.mode,
+                other.mode_name(),
                 other.overlay,
-                other.mode
+                other.mode_name()
             )
         }
         (requested, _) => requested,
@@ -356,14 +350,6 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
         others,
         existing: existing.pop(),
     })
-}
-
-fn mode_str(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Xdp => "xdp",
-        Mode::Tc => "tc",
-        Mode::Auto => "auto",
-    }
 }
 
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
@@ -476,7 +462,7 @@ struct Attach<'a> {
     /// The host device, once its step made sure of it.
     host_dev: Option<Link>,
     /// The decapsulation mode and why, once the programs step attached it.
-    decap: Option<(u8, u8)>,
+    decap: Option<(DecapMode, ModeReason)>,
 }
 
 impl<'a> Attach<'a> {
@@ -696,7 +682,7 @@ impl<'a> Attach<'a> {
         let plan = self.plan;
         let same_version = self.dataplane.use_pinned_programs(&plan.dir)?;
         let (mode, reason) = decap_choice(plan);
-        let (program, hook, pin) = if mode == decap_mode::XDP {
+        let (program, hook, pin) = if mode == DecapMode::Xdp {
             (DECAP_XDP, Hook::Xdp, "decap-xdp")
         } else {
             (DECAP_TC, Hook::TcIngress, "decap-tc")
@@ -711,7 +697,7 @@ impl<'a> Attach<'a> {
                 self.changed |= changed;
                 (mode, reason)
             }
-            Err(e) if plan.mode == Mode::Auto && mode == decap_mode::XDP => {
+            Err(e) if plan.mode == Mode::Auto && mode == DecapMode::Xdp => {
                 info!(
                     "native XDP refused on {} ({e:#}); using TC",
                     plan.iface.name
@@ -720,7 +706,7 @@ impl<'a> Attach<'a> {
                 self.changed |= self
                     .link(DECAP_TC, &underlay, Hook::TcIngress, &pin)
                     .await?;
-                (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
+                (DecapMode::Tc, ModeReason::AutoNoNativeXdp)
             }
             Err(e) => return Err(e),
         };
@@ -793,10 +779,10 @@ impl<'a> Attach<'a> {
             .ok_or_else(|| anyhow!("attach finished without its programs step"))?;
         self.changed |= retire_other_decap(self.plan, mode)?;
         let meta = &mut self.meta;
-        if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
+        if meta.complete == 0 || meta.decap_mode != mode as u8 || meta.mode_reason != reason as u8 {
             meta.complete = 1;
-            meta.decap_mode = mode;
-            meta.mode_reason = reason;
+            meta.decap_mode = mode as u8;
+            meta.mode_reason = reason as u8;
             self.dataplane.insert_meta(self.key, meta)?;
         }
         Ok(self.changed)
@@ -933,8 +919,8 @@ async fn bring_up(net: &Net, link: &Link, undo: &mut Vec<Undo>) -> Result<bool> 
 
 /// Removes the decapsulation of the mode not chosen from the underlay: a
 /// re-attach with another `--mode` would otherwise leave both attached.
-fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
-    let (other, hook) = if mode == decap_mode::XDP {
+fn retire_other_decap(plan: &Plan, mode: DecapMode) -> Result<bool> {
+    let (other, hook) = if mode == DecapMode::Xdp {
         ("decap-tc", Hook::TcIngress)
     } else {
         ("decap-xdp", Hook::Xdp)
@@ -1006,15 +992,24 @@ pub async fn defunct(
     })
 }
 
+/// The hook `--mode` asks for, if it names one.
+fn requested_decap(mode: Mode) -> Option<DecapMode> {
+    match mode {
+        Mode::Xdp => Some(DecapMode::Xdp),
+        Mode::Tc => Some(DecapMode::Tc),
+        Mode::Auto => None,
+    }
+}
+
 /// The decapsulation hook to try first, and why.
-fn decap_choice(plan: &Plan) -> (u8, u8) {
+fn decap_choice(plan: &Plan) -> (DecapMode, ModeReason) {
     match plan.mode {
-        Mode::Xdp => (decap_mode::XDP, mode_reason::REQUESTED),
-        Mode::Tc => (decap_mode::TC, mode_reason::REQUESTED),
+        Mode::Xdp => (DecapMode::Xdp, ModeReason::Requested),
+        Mode::Tc => (DecapMode::Tc, ModeReason::Requested),
         Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => {
-            (decap_mode::TC, mode_reason::AUTO_VETH)
+            (DecapMode::Tc, ModeReason::AutoVeth)
         }
-        Mode::Auto => (decap_mode::XDP, mode_reason::AUTO_NATIVE_XDP),
+        Mode::Auto => (DecapMode::Xdp, ModeReason::AutoNativeXdp),
     }
 }
 

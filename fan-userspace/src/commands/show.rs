@@ -160,7 +160,7 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             format!("{} {}/{}", fan.iface, fan.host, fan.underlay.prefix()),
             fan.overlay.to_string(),
             fan.slice.to_string(),
-            fan.mode,
+            fan.mode_name(),
             flags.join(",")
         );
     }
@@ -177,7 +177,9 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
         let Some(fast_path) = fast_path else { continue };
         println!(
             "{}: decapsulation {} ({})",
-            fan.iface, fan.mode, fan.mode_reason
+            fan.iface,
+            fan.mode_name(),
+            fan.mode_reason
         );
         println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some()));
         for learned in path_mtus(&learned, fan) {

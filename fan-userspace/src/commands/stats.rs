@@ -27,9 +27,9 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     loop {
         let stats = maps.stats()?;
         let now = Instant::now();
-        let evicted = path_mtus_evicted(&maps, &stats)?;
+        let evicted = maps.path_mtus_evicted(&stats)?;
         if args.prometheus {
-            print!("{}", prometheus(&stats, evicted));
+            print!("{}", stats.prometheus(evicted));
             return Ok(());
         }
         print(
@@ -45,16 +45,6 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         previous = Some((stats, now));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Path MTU entries the LRU table pushed out: entries are only ever added
-/// (expired ones stay until evicted), so this is those added less those held.
-fn path_mtus_evicted(maps: &PinnedMaps, stats: &Stats) -> Result<u64> {
-    let held = maps.path_mtus.keys().count() as u64;
-    Ok(stats
-        .get(StatReason::PmtuHostAdded)
-        .packets
-        .saturating_sub(held))
 }
 
 fn print(
@@ -99,66 +89,4 @@ fn print(
     println!("path MTU entries evicted from the full table: {path_mtus_evicted}");
     println!();
     Ok(())
-}
-
-/// The counters in Prometheus' text exposition format (version 0.0.4): one
-/// packets and one bytes counter per outcome, labelled by its stable name.
-pub fn prometheus(stats: &Stats, path_mtus_evicted: u64) -> String {
-    let mut out = String::new();
-    for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
-        out += &format!(
-            "# HELP fan_xdp_{metric}_total {what} per outcome of fan-xdp's programs, summed over CPUs.\n"
-        );
-        out += &format!("# TYPE fan_xdp_{metric}_total counter\n");
-        for &reason in StatReason::ALL {
-            let c = stats.get(reason);
-            let value = if metric == "packets" {
-                c.packets
-            } else {
-                c.bytes
-            };
-            out += &format!(
-                "fan_xdp_{metric}_total{{reason=\"{}\"}} {value}\n",
-                reason.name()
-            );
-        }
-    }
-    out += "# HELP fan_xdp_path_mtu_evicted_total Path MTU entries evicted from the full table.\n";
-    out += "# TYPE fan_xdp_path_mtu_evicted_total counter\n";
-    out += &format!("fan_xdp_path_mtu_evicted_total {path_mtus_evicted}\n");
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use fan_common::{Counter, StatReason};
-
-    use crate::dataplane::Stats;
-
-    #[test]
-    fn prometheus_text_names_every_outcome_in_the_exposition_format() {
-        let stats = Stats(BTreeMap::from([(
-            StatReason::Encapsulated.name(),
-            Counter {
-                packets: 7,
-                bytes: 700,
-            },
-        )]));
-        let text = super::prometheus(&stats, 2);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            lines[..3],
-            [
-                "# HELP fan_xdp_packets_total Packets per outcome of fan-xdp's programs, summed over CPUs.",
-                "# TYPE fan_xdp_packets_total counter",
-                "fan_xdp_packets_total{reason=\"encapsulated\"} 7",
-            ]
-        );
-        assert!(lines.contains(&"fan_xdp_bytes_total{reason=\"encapsulated\"} 700"));
-        assert_eq!(lines.last(), Some(&"fan_xdp_path_mtu_evicted_total 2"));
-        let samples = lines.iter().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 2 * StatReason::ALL.len() + 1);
-    }
 }

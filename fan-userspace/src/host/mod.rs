@@ -1,6 +1,7 @@
 //! Host plumbing over rtnetlink: links, addresses, routes; and sysctls.
 
 pub mod bypass;
+pub mod container;
 pub mod events;
 pub mod naming;
 pub mod nat;
