@@ -53,6 +53,9 @@ pub fn run() -> Result<()> {
         "agent",
         "--test",
         "netfilter",
+        // fanctl's file and verbs, reboots, address changes: host kernel only.
+        "--test",
+        "host_lives",
         // The CNI plugin: its protocol, the reference plugins, Podman.
         "--test",
         "cni",
