@@ -538,13 +538,14 @@ fn up_and_down_reach_the_same_state_as_attach_and_detach() {
         )
     );
     same("a refused file", &bare);
-    // `dhcp` is parsed, and refused (saying why) until DHCP on the slice lands.
+    // `dhcp` is attach's --dhcp: refused without the agent, which supervises
+    // the DHCP server, saying so, and nothing is left half-configured.
     let out = host
         .fan_xdp(&["up", "--no-agent", "eth0/16", "dhcp"])
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("DHCP on the slice is not available yet"),
+        String::from_utf8_lossy(&out.stderr).contains("--dhcp needs the agent"),
         "{out:?}"
     );
     same("up with dhcp", &bare);

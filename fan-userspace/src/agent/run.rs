@@ -345,6 +345,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         let mut maps = PinnedMaps::open(&dir)?;
         maps.stop_beating()?;
         endpoints::clear(&mut maps)?;
+    } else {
+        // Every fan is detached: no port of theirs is left to bind to.
+        bindings.forget()?;
     }
     let _ = std::fs::remove_file(&files.status);
     let _ = std::fs::remove_file(&files.socket);

@@ -547,6 +547,8 @@ struct Attach<'a> {
     host_dev: Option<Link>,
     /// The decapsulation mode and why, once the programs step attached it.
     decap: Option<(DecapMode, ModeReason)>,
+    /// `-v`: the programs were loaded with their debug events on.
+    verbose: bool,
 }
 
 impl<'a> Attach<'a> {
@@ -580,6 +582,7 @@ impl<'a> Attach<'a> {
             changed: false,
             host_dev: None,
             decap: None,
+            verbose: global.verbose,
         })
     }
 
@@ -771,7 +774,10 @@ impl<'a> Attach<'a> {
     /// host device. Existing links are kept or upgraded in place.
     async fn programs(&mut self) -> Result<()> {
         let plan = self.plan;
-        let same_version = self.dataplane.use_pinned_programs(&plan.dir)?;
+        // `-v` loaded programs with their debug events on; the pinned ones
+        // of the same version may have them off (the log level is data, not
+        // code: the tags are equal). So -v always moves the links to this load.
+        let same_version = !self.verbose && self.dataplane.use_pinned_programs(&plan.dir)?;
         let (mode, reason) = decap_choice(plan);
         let (program, hook, pin) = if mode == DecapMode::Xdp {
             (DECAP_XDP, Hook::Xdp, "decap-xdp")
