@@ -1400,6 +1400,28 @@ impl Drop for Hidden<'_> {
     }
 }
 
+/// What the sweep falls back on where pins cannot tell (clsact filters,
+/// before 6.6): a namespace held by nothing but a bind mount outside
+/// /run/netns (a runtime's way) still counts as live.
+#[test]
+fn a_namespace_held_only_by_a_bind_mount_elsewhere_counts_as_live() {
+    if !privileged() {
+        return;
+    }
+    let ns = Netns::new("held").unwrap();
+    let cookie = ns
+        .enter(fan_userspace::host::netns::current_cookie)
+        .unwrap()
+        .unwrap();
+    let _hidden = Hidden::new(&ns);
+    assert!(
+        fan_userspace::host::netns::live_cookies()
+            .unwrap()
+            .contains(&cookie),
+        "a namespace held by a bind mount in /tmp was taken for gone"
+    );
+}
+
 #[test]
 fn a_namespace_held_only_by_a_bind_mount_is_not_swept() {
     if !privileged() {

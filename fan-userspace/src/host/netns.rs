@@ -39,7 +39,8 @@ pub fn current_cookie() -> Result<u64> {
     Ok(cookie)
 }
 
-/// Cookies of every network namespace some process or `ip netns` name holds.
+/// Cookies of every network namespace some process, `ip netns` name or
+/// bind mount holds.
 pub fn live_cookies() -> Result<HashSet<u64>> {
     let mut paths = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
@@ -57,6 +58,7 @@ pub fn live_cookies() -> Result<HashSet<u64>> {
     if let Ok(entries) = fs::read_dir("/run/netns") {
         paths.extend(entries.flatten().map(|e| e.path()));
     }
+    paths.extend(bind_mounted());
     let mut seen_inodes = HashSet::new();
     let mut cookies = HashSet::new();
     for path in paths {
@@ -73,6 +75,53 @@ pub fn live_cookies() -> Result<HashSet<u64>> {
     }
     cookies.insert(current_cookie()?);
     Ok(cookies)
+}
+
+/// Network namespaces bind-mounted anywhere, in any mount namespace (a
+/// runtime's `/var/run/docker/netns/...`, say): they live on with no process
+/// in them. Reached through each mount namespace's first process, as
+/// `/proc/<pid>/root/<mount point>`.
+fn bind_mounted() -> Vec<std::path::PathBuf> {
+    let mut seen_mount_ns = HashSet::new();
+    let mut paths = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return paths;
+    };
+    for entry in entries.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(mount_ns) = fs::read_link(entry.path().join("ns/mnt")) else {
+            continue;
+        };
+        if !seen_mount_ns.insert(mount_ns) {
+            continue;
+        }
+        let Ok(mountinfo) = fs::read_to_string(entry.path().join("mountinfo")) else {
+            continue;
+        };
+        for line in mountinfo.lines() {
+            // "... mount-point options ... - fstype source super-options"
+            let Some((before, after)) = line.split_once(" - ") else {
+                continue;
+            };
+            if after.split_whitespace().next() != Some("nsfs") {
+                continue;
+            }
+            if let Some(point) = before.split_whitespace().nth(4) {
+                // Octal escapes (\040 for a space) are left as they are: such
+                // a path does not open, and only makes the sweep keep more.
+                paths.push(
+                    entry
+                        .path()
+                        .join("root")
+                        .join(point.trim_start_matches('/')),
+                );
+            }
+        }
+    }
+    paths
 }
 
 /// The cookie of the namespace behind `file`, read on a thread that enters it.
