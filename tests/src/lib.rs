@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod fuzz;
+pub mod lifecycle;
 pub mod measure;
 pub mod model;
 pub mod netns;

@@ -44,7 +44,16 @@ fn pattern(i: u64) -> u8 {
 /// Sends `bytes` bytes over TCP from `client` to a listener in `server` at
 /// `addr`, and checks every byte on arrival. Returns the bytes verified.
 pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) -> Result<u64> {
-    let port = 5201;
+    tcp_transfer_on(server, client, (addr, 5201), bytes)
+}
+
+/// [`tcp_transfer`] to `port`, so that several can run at once.
+pub fn tcp_transfer_on(
+    server: &Netns,
+    client: &Netns,
+    (addr, port): (Ipv4Addr, u16),
+    bytes: u64,
+) -> Result<u64> {
     let listener = server
         .enter(|| TcpListener::bind((addr, port)))?
         .with_context(|| format!("listening on {addr}:{port}"))?;

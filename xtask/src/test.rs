@@ -60,6 +60,12 @@ pub fn run() -> Result<()> {
         // generated cases per program, seeded by the commit.
         "--test",
         "fuzz",
+        // Over time: 3 leak cycles, 20 upgrades and 20 agent kills under a
+        // transfer, and a 30-second soak (cargo xtask soak runs longer ones).
+        "--test",
+        "lifecycle",
+        "--test",
+        "soak",
     ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),
