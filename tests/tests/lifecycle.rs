@@ -79,16 +79,13 @@ fn linked_tag(pin: &std::path::Path) -> u64 {
 }
 
 /// Bytes a transfer shaped to `rate_bytes` per second needs to outlast
-/// `rounds` rounds of `round` each, with a margin, within the transfers'
-/// time limit.
+/// `rounds` rounds of `round` each: three times that and 5 s (a loaded
+/// machine slows the rounds more than the shaped transfer), within 80% of
+/// the transfers' time limit.
 fn bytes_to_outlast(rate_bytes: u64, rounds: u32, round: Duration) -> u64 {
-    let span = (round * rounds).as_secs_f64() * 1.5 + 3.0;
+    let span = (round * rounds).as_secs_f64() * 3.0 + 5.0;
     let limit = fan_tests::traffic::TIME_LIMIT.as_secs_f64() * 0.8;
-    assert!(
-        span < limit,
-        "{rounds} rounds of {round:?} would not fit the transfer's time limit"
-    );
-    (span * rate_bytes as f64) as u64
+    (span.min(limit) * rate_bytes as f64) as u64
 }
 
 #[test]
@@ -157,9 +154,11 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
     std::thread::scope(|scope| {
         let transfer = scope.spawn(|| tcp_transfer(&c2.ns, &c1.ns, c2.addr, bytes));
         std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
         for _ in 0..rounds {
             slowest = slowest.max(upgrade());
         }
+        println!("{rounds} upgrades in {:?}", started.elapsed());
         assert!(
             !transfer.is_finished(),
             "the transfer ended before the last upgrade: nothing was tested"
