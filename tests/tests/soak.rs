@@ -31,21 +31,34 @@ const UDP_PORT: u16 = 9999;
 const AGENT_RSS_GROWTH_KIB: u64 = 8 << 10;
 
 /// Puts an nft watch on `c`'s eth0 ingress (the netdev hook sees every
-/// frame the port delivers, whatever its MAC): `foreign` counts IPv4
-/// packets for any address but the container's own, `udp` the stream's
-/// datagrams for it.
+/// frame the port delivers): `foreign` counts IPv4 unicast packets sent to
+/// the container's MAC for any address but its own, which its stack would
+/// take in (a misdelivery), and records their destinations in `strays`;
+/// `flooded` counts those with another MAC, which the bridge floods to
+/// every port while it does not know where a MAC is (after a container
+/// left, until the neighbour entries move on) and the stack drops unseen;
+/// `stream` the UDP stream's datagrams for the container. Multicast and
+/// broadcast reach every port by design and are not counted.
 fn watch(c: &Container) {
     let rules = format!(
         "table netdev watch {{
             counter foreign {{}}
-            counter udp {{}}
+            counter stream {{}}
+            counter flooded {{}}
+            set strays {{ type ipv4_addr; size 4096; flags dynamic; }}
             chain in {{
                 type filter hook ingress device eth0 priority 0;
-                meta protocol ip ip daddr != {addr} counter name foreign
-                meta protocol ip ip daddr {addr} udp dport {UDP_PORT} counter name udp
+                ether daddr {mac} ip daddr != {{ {addr}, {broadcast}, 255.255.255.255, 224.0.0.0/4 }} counter name foreign add @strays {{ ip daddr }}
+                ether daddr != {mac} ip daddr != {{ {addr}, {broadcast}, 255.255.255.255, 224.0.0.0/4 }} counter name flooded
+                meta protocol ip ip daddr {addr} udp dport {UDP_PORT} counter name stream
             }}
         }}",
-        addr = c.addr
+        addr = c.addr,
+        broadcast = slice_broadcast(c.addr),
+        mac = mac_of(&c.ns, "eth0")
+            .unwrap()
+            .map(|b| format!("{b:02x}"))
+            .join(":")
     );
     let mut child = c
         .ns
@@ -73,6 +86,22 @@ fn watched(c: &Container, name: &str) -> u64 {
     let words: Vec<&str> = out.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "packets").unwrap();
     words[at + 1].parse().unwrap()
+}
+
+/// The broadcast address of the slice `addr` lies in.
+fn slice_broadcast(addr: Ipv4Addr) -> Ipv4Addr {
+    let host_bits = 32 - u32::from(fan_tests::topology::fan_map().slice_len());
+    Ipv4Addr::from(u32::from(addr) | ((1u32 << host_bits) - 1))
+}
+
+/// The destinations of the packets `c`'s watch counted as foreign.
+fn strays(c: &Container) -> String {
+    let out = c
+        .ns
+        .run("nft", &["list", "set", "netdev", "watch", "strays"])
+        .unwrap();
+    let elements = out.split("elements = {").nth(1).unwrap_or("");
+    elements.split('}').next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Proves the watch sees a misdelivery: a frame for another address,
@@ -154,10 +183,16 @@ fn soak_with_flows_and_containers_coming_and_going() {
     std::thread::scope(|scope| {
         let mut workers = Vec::new();
         for (k, (client, server)) in pairs.iter().enumerate() {
-            let port = 6000 + k as u16;
             let (flows, bytes) = (&flows, &bytes);
             workers.push(scope.spawn(move || {
-                while Instant::now() < deadline {
+                for n in 0.. {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    // A port of its own for each pair, and a new one for each
+                    // flow in turn: the last flow's server end may still be
+                    // closing on the last port.
+                    let port = 10_000 + 16 * k as u16 + n % 16;
                     let n = tcp_transfer_on(&server.ns, &client.ns, (server.addr, port), FLOW_BYTES)
                         .unwrap_or_else(|e| {
                             panic!("flow {} -> {}:{port}: {e:#}", client.addr, server.addr)
@@ -219,9 +254,10 @@ fn soak_with_flows_and_containers_coming_and_going() {
             assert_eq!(
                 watched(&old.c, "foreign"),
                 0,
-                "{} (port veth{}) got packets for another address",
+                "{} (port veth{}) got packets for another address: {}",
                 old.c.addr,
-                old.port
+                old.port,
+                strays(&old.c)
             );
             let index = old.index;
             drop(old);
@@ -241,9 +277,15 @@ fn soak_with_flows_and_containers_coming_and_going() {
     // Less the one stray the watch was proven with.
     let mut misdelivered = 0;
     let mut udp_in = 0;
+    let mut flooded = 0;
     for slot in stable.iter().chain(&churning).flatten() {
-        misdelivered += watched(&slot.c, "foreign");
-        udp_in += watched(&slot.c, "udp");
+        let foreign = watched(&slot.c, "foreign");
+        if foreign > 0 {
+            println!("{} got packets for {}", slot.c.addr, strays(&slot.c));
+        }
+        misdelivered += foreign;
+        udp_in += watched(&slot.c, "stream");
+        flooded += watched(&slot.c, "flooded");
     }
     misdelivered -= 1;
     let direct: u64 = fleet
@@ -254,7 +296,8 @@ fn soak_with_flows_and_containers_coming_and_going() {
     println!(
         "soak {seconds} s, 3 hosts x {per_host} containers: {} TCP flows ({} MiB, every byte \
          checked) over {} long-lived pairs, {} containers replaced, {} UDP datagrams sent, {udp_in} \
-         received by their address's owner, {misdelivered} to another address, {direct} packets delivered directly; agents' RSS {:?} -> {:?} KiB, fds {:?} -> {:?}",
+         received by their address's owner, {misdelivered} misdelivered to a container's MAC for another address, {flooded} frames \
+         for others flooded by the bridges, {direct} packets delivered directly; agents' RSS {:?} -> {:?} KiB, fds {:?} -> {:?}",
         flows.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed) >> 20,
         pairs.len(),
