@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use fan_common::StatReason;
 
 use crate::{
-    topology::{Container, Host, add_container_at},
+    topology::{Container, Fleet, Host, add_container_at},
     traffic::snmp_counter,
 };
 
@@ -108,4 +108,48 @@ impl Footprint {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
         Ok(Self { rss_kib, fds })
     }
+}
+
+/// `hosts` hosts with forwarding on (detach leaves it on: whatever started
+/// after attach may rely on it) and each one's [`lifecycle_snapshot`],
+/// taken before anything of fan-xdp's is there.
+///
+/// [`lifecycle_snapshot`]: crate::snapshot::lifecycle_snapshot
+pub fn fleet_as_found(hosts: u8) -> Result<(Fleet, Vec<String>)> {
+    let fleet = Fleet::new(hosts)?;
+    for host in &fleet.hosts {
+        host.ns.sysctl("net.ipv4.ip_forward", "1")?;
+    }
+    let before = fleet
+        .hosts
+        .iter()
+        .map(|h| crate::snapshot::lifecycle_snapshot(&h.ns))
+        .collect::<Result<_>>()?;
+    Ok((fleet, before))
+}
+
+/// Two attached hosts with a container each, the second host already
+/// delivering straight into its container what the first one's sends.
+pub fn attached_pair() -> Result<Fleet> {
+    let fleet = Fleet::new(2)?;
+    fleet.attach_all(&[])?;
+    let fleet = fleet.with_containers(1)?;
+    let (c1, h2) = (&fleet.hosts[0].containers[0], &fleet.hosts[1]);
+    anyhow::ensure!(
+        h2.wait_for_direct(&c1.ns, h2.containers[0].addr)?,
+        "no direct delivery between the pair"
+    );
+    Ok(fleet)
+}
+
+/// The tag (instruction hash) of the program the link pinned at `pin` runs.
+pub fn linked_tag(pin: &std::path::Path) -> Result<u64> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let link = FdLink::from(PinnedLink::from_pin(pin)?);
+    let id = link.info()?.program_id();
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| p.tag())
+        .with_context(|| format!("no program {id} for the link at {}", pin.display()))
 }

@@ -535,16 +535,9 @@ fn a_forward_drop_firewall_is_reported() {
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
-/// The tag (instruction hash) of the program a pinned link runs.
+/// The tag of the program the link pinned at `pin` runs.
 fn linked_tag(pin: &std::path::Path) -> u64 {
-    use aya::programs::links::{FdLink, PinnedLink};
-    let link = FdLink::from(PinnedLink::from_pin(pin).unwrap());
-    let id = link.info().unwrap().program_id();
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == id)
-        .unwrap()
-        .tag()
+    fan_tests::lifecycle::linked_tag(pin).unwrap()
 }
 
 #[test]

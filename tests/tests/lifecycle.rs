@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 
 use fan_common::StatReason;
 use fan_tests::{
-    lifecycle::{agent_pid, container, drops, env_or, resets, shape, wait_until_bridge_empty},
+    lifecycle::{
+        agent_pid, attached_pair, container, drops, env_or, fleet_as_found, linked_tag, resets,
+        shape, wait_until_bridge_empty,
+    },
     privileged,
-    snapshot::{assert_lifecycle_unchanged, lifecycle_snapshot},
-    topology::{Fleet, Host},
+    snapshot::assert_lifecycle_unchanged,
+    topology::Host,
     traffic::{ping, snmp_counter, tcp_transfer},
 };
 
@@ -25,16 +28,7 @@ fn attach_traffic_detach_cycles_give_everything_back() {
         return;
     }
     let cycles = env_or("FAN_LIFECYCLE_CYCLES", 3);
-    let fleet = Fleet::new(2).unwrap();
-    // Detach leaves forwarding on (whatever started after attach may rely on it).
-    for host in &fleet.hosts {
-        host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    }
-    let before: Vec<String> = fleet
-        .hosts
-        .iter()
-        .map(|h| lifecycle_snapshot(&h.ns).unwrap())
-        .collect();
+    let (fleet, before) = fleet_as_found(2).unwrap();
     let started = Instant::now();
     for cycle in 1..=cycles {
         fleet.attach_all(&[]).unwrap();
@@ -66,18 +60,6 @@ fn attach_traffic_detach_cycles_give_everything_back() {
     );
 }
 
-/// The tag (instruction hash) of the program the link pinned at `pin` runs.
-fn linked_tag(pin: &std::path::Path) -> u64 {
-    use aya::programs::links::{FdLink, PinnedLink};
-    let link = FdLink::from(PinnedLink::from_pin(pin).unwrap());
-    let id = link.info().unwrap().program_id();
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == id)
-        .unwrap()
-        .tag()
-}
-
 /// Bytes a transfer shaped to `rate_bytes` per second needs to outlast
 /// `rounds` rounds of `round` each: three times that and 5 s (a loaded
 /// machine slows the rounds more than the shaped transfer), within 80% of
@@ -102,12 +84,9 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
         return;
     }
     let rounds = 20;
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(1).unwrap();
+    let fleet = attached_pair().unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
-    assert!(h2.wait_for_direct(&c1.ns, c2.addr).unwrap());
     let dir = h1
         .ns
         .enter(|| fan_userspace::state::StateDir::locate(None))
@@ -130,14 +109,14 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
         let id = output.attach_to_link(link.try_into().unwrap()).unwrap();
         // The pin keeps the link; this only closes our handle.
         drop(output.take_link(id).unwrap());
-        assert_eq!(linked_tag(&pin), output_tag, "the older version is not in place");
+        assert_eq!(linked_tag(&pin).unwrap(), output_tag, "the older version is not in place");
         let started = Instant::now();
         let out = h1
             .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
             .unwrap();
         let took = started.elapsed();
         assert!(out.contains("attached: 250.0.0.0/8"), "the upgrade changed nothing: {out}");
-        assert_eq!(linked_tag(&pin), forward_tag, "the link does not run the new program");
+        assert_eq!(linked_tag(&pin).unwrap(), forward_tag, "the link does not run the new program");
         took
     };
     let round = upgrade();
@@ -201,12 +180,9 @@ fn twenty_agent_kills_and_restarts_under_a_transfer_lose_nothing() {
     // Every fifth round waits out the killed agent's heartbeat first, so
     // that direct delivery has really stopped and must come back.
     let expired_every = 5;
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(1).unwrap();
+    let fleet = attached_pair().unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
-    assert!(h2.wait_for_direct(&c1.ns, c2.addr).unwrap());
     let restart = || -> Duration {
         let started = Instant::now();
         h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();

@@ -16,10 +16,10 @@ use std::{
 };
 
 use fan_tests::{
-    lifecycle::{Footprint, agent_pid, container, env_or, wait_until_bridge_empty},
+    lifecycle::{Footprint, agent_pid, container, env_or, fleet_as_found, wait_until_bridge_empty},
     privileged,
-    snapshot::{assert_lifecycle_unchanged, lifecycle_snapshot},
-    topology::{Container, Fleet, Host},
+    snapshot::assert_lifecycle_unchanged,
+    topology::{Container, Host},
     traffic::{mac_of, send_frames, tcp_transfer_on},
 };
 
@@ -135,15 +135,7 @@ fn soak_with_flows_and_containers_coming_and_going() {
     let per_host = env_or("FAN_SOAK_CONTAINERS", 4).clamp(2, 40) as u8;
     let stable_per_host = per_host / 2;
     let churn_every = Duration::from_millis(env_or("FAN_SOAK_CHURN_MS", 1500));
-    let fleet = Fleet::new(3).unwrap();
-    for host in &fleet.hosts {
-        host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    }
-    let before: Vec<String> = fleet
-        .hosts
-        .iter()
-        .map(|h| lifecycle_snapshot(&h.ns).unwrap())
-        .collect();
+    let (fleet, before) = fleet_as_found(3).unwrap();
     fleet.attach_all(&[]).unwrap();
     let plug = |host: &Host, port: u8, index: u8| {
         let c = container(host, port, index).unwrap();
