@@ -75,8 +75,19 @@ pub fn lifecycle_snapshot(ns: &Netns) -> Result<String> {
     if shared && std::env::var("CI").is_ok_and(|v| v == "true") {
         anyhow::bail!("FAN_TEST_SHARED_MACHINE=1 under CI=true: CI compares the BPF ids");
     }
-    let whole = if shared { netns_snapshot(ns)? } else { snapshot(ns)? };
-    let learned = ["REACHABLE", "STALE", "DELAY", "PROBE", "FAILED", "INCOMPLETE"];
+    let whole = if shared {
+        netns_snapshot(ns)?
+    } else {
+        snapshot(ns)?
+    };
+    let learned = [
+        "REACHABLE",
+        "STALE",
+        "DELAY",
+        "PROBE",
+        "FAILED",
+        "INCOMPLETE",
+    ];
     let mut out: String = whole
         .lines()
         .filter(|l| !learned.iter().any(|state| l.trim_end().ends_with(state)))

@@ -40,7 +40,10 @@ fn attach_traffic_detach_cycles_give_everything_back() {
         );
         let bytes = 8 << 20;
         assert_eq!(tcp_transfer(&c2.ns, &c1.ns, c2.addr, bytes).unwrap(), bytes);
-        assert!(ping(&c2.ns, c1.addr, 2).unwrap(), "cycle {cycle}: no way back");
+        assert!(
+            ping(&c2.ns, c1.addr, 2).unwrap(),
+            "cycle {cycle}: no way back"
+        );
         drop((c1, c2));
         for host in &fleet.hosts {
             wait_until_bridge_empty(host).unwrap();
@@ -100,7 +103,12 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
     // same way but has another tag, put on the link as an older fan-xdp
     // would have left it; attach must replace it with the forward program.
     let mut other = Dataplane::load(0).unwrap();
-    let forward_tag = other.classifier(ENCAP_FORWARD).unwrap().info().unwrap().tag();
+    let forward_tag = other
+        .classifier(ENCAP_FORWARD)
+        .unwrap()
+        .info()
+        .unwrap()
+        .tag();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
     let output_tag = output.info().unwrap().tag();
     assert_ne!(forward_tag, output_tag);
@@ -109,14 +117,25 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
         let id = output.attach_to_link(link.try_into().unwrap()).unwrap();
         // The pin keeps the link; this only closes our handle.
         drop(output.take_link(id).unwrap());
-        assert_eq!(linked_tag(&pin).unwrap(), output_tag, "the older version is not in place");
+        assert_eq!(
+            linked_tag(&pin).unwrap(),
+            output_tag,
+            "the older version is not in place"
+        );
         let started = Instant::now();
         let out = h1
             .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
             .unwrap();
         let took = started.elapsed();
-        assert!(out.contains("attached: 250.0.0.0/8"), "the upgrade changed nothing: {out}");
-        assert_eq!(linked_tag(&pin).unwrap(), forward_tag, "the link does not run the new program");
+        assert!(
+            out.contains("attached: 250.0.0.0/8"),
+            "the upgrade changed nothing: {out}"
+        );
+        assert_eq!(
+            linked_tag(&pin).unwrap(),
+            forward_tag,
+            "the link does not run the new program"
+        );
         took
     };
     let round = upgrade();
@@ -142,11 +161,23 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
             !transfer.is_finished(),
             "the transfer ended before the last upgrade: nothing was tested"
         );
-        assert_eq!(transfer.join().unwrap().unwrap(), bytes, "the transfer broke");
+        assert_eq!(
+            transfer.join().unwrap().unwrap(),
+            bytes,
+            "the transfer broke"
+        );
     });
     let retransmitted = snmp_counter(&c1.ns, "Tcp", "RetransSegs").unwrap() - retrans_before;
-    assert_eq!(resets(c1).unwrap() + resets(c2).unwrap(), resets_before, "a connection was reset");
-    assert_eq!(drops(h1).unwrap() + drops(h2).unwrap(), drops_before, "packets were dropped during the upgrades");
+    assert_eq!(
+        resets(c1).unwrap() + resets(c2).unwrap(),
+        resets_before,
+        "a connection was reset"
+    );
+    assert_eq!(
+        drops(h1).unwrap() + drops(h2).unwrap(),
+        drops_before,
+        "packets were dropped during the upgrades"
+    );
     println!(
         "{rounds} upgrades under a {} MB transfer: slowest attach {slowest:?}, \
          0 drops, 0 resets, {retransmitted} segments retransmitted",
@@ -185,7 +216,8 @@ fn twenty_agent_kills_and_restarts_under_a_transfer_lose_nothing() {
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
     let restart = || -> Duration {
         let started = Instant::now();
-        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY]).unwrap();
+        h2.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+            .unwrap();
         started.elapsed()
     };
     let kill = || {
@@ -232,9 +264,17 @@ fn twenty_agent_kills_and_restarts_under_a_transfer_lose_nothing() {
             !transfer.is_finished(),
             "the transfer ended before the last restart: nothing was tested"
         );
-        assert_eq!(transfer.join().unwrap().unwrap(), bytes, "the transfer broke");
+        assert_eq!(
+            transfer.join().unwrap().unwrap(),
+            bytes,
+            "the transfer broke"
+        );
     });
-    assert_eq!(resets(c1).unwrap() + resets(c2).unwrap(), resets_before, "a connection was reset");
+    assert_eq!(
+        resets(c1).unwrap() + resets(c2).unwrap(),
+        resets_before,
+        "a connection was reset"
+    );
     let slowest = |expired: bool| {
         back.iter()
             .filter(|(e, _)| *e == expired)

@@ -60,13 +60,12 @@ fn watch(c: &Container) {
             .map(|b| format!("{b:02x}"))
             .join(":")
     );
-    let mut child = c
-        .ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        c.ns.command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
     use std::io::Write as _;
     child
         .stdin
@@ -79,10 +78,9 @@ fn watch(c: &Container) {
 
 /// Packets the watch's counter `name` of `c` has counted.
 fn watched(c: &Container, name: &str) -> u64 {
-    let out = c
-        .ns
-        .run("nft", &["list", "counter", "netdev", "watch", name])
-        .unwrap();
+    let out =
+        c.ns.run("nft", &["list", "counter", "netdev", "watch", name])
+            .unwrap();
     let words: Vec<&str> = out.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "packets").unwrap();
     words[at + 1].parse().unwrap()
@@ -96,12 +94,17 @@ fn slice_broadcast(addr: Ipv4Addr) -> Ipv4Addr {
 
 /// The destinations of the packets `c`'s watch counted as foreign.
 fn strays(c: &Container) -> String {
-    let out = c
-        .ns
-        .run("nft", &["list", "set", "netdev", "watch", "strays"])
-        .unwrap();
+    let out =
+        c.ns.run("nft", &["list", "set", "netdev", "watch", "strays"])
+            .unwrap();
     let elements = out.split("elements = {").nth(1).unwrap_or("");
-    elements.split('}').next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+    elements
+        .split('}')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Proves the watch sees a misdelivery: a frame for another address,
@@ -150,7 +153,11 @@ fn soak_with_flows_and_containers_coming_and_going() {
     let mut churning: Vec<Vec<Slot>> = fleet
         .hosts
         .iter()
-        .map(|h| (stable_per_host + 1..=per_host).map(|i| plug(h, i, i)).collect())
+        .map(|h| {
+            (stable_per_host + 1..=per_host)
+                .map(|i| plug(h, i, i))
+                .collect()
+        })
         .collect();
     watch_sees_a_stray(&fleet.hosts[0], &stable[0][0].c, "veth1");
 
@@ -185,10 +192,11 @@ fn soak_with_flows_and_containers_coming_and_going() {
                     // flow in turn: the last flow's server end may still be
                     // closing on the last port.
                     let port = 10_000 + 16 * k as u16 + n % 16;
-                    let n = tcp_transfer_on(&server.ns, &client.ns, (server.addr, port), FLOW_BYTES)
-                        .unwrap_or_else(|e| {
-                            panic!("flow {} -> {}:{port}: {e:#}", client.addr, server.addr)
-                        });
+                    let n =
+                        tcp_transfer_on(&server.ns, &client.ns, (server.addr, port), FLOW_BYTES)
+                            .unwrap_or_else(|e| {
+                                panic!("flow {} -> {}:{port}: {e:#}", client.addr, server.addr)
+                            });
                     flows.fetch_add(1, Ordering::Relaxed);
                     bytes.fetch_add(n, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(50));
@@ -203,7 +211,9 @@ fn soak_with_flows_and_containers_coming_and_going() {
                 .iter()
                 .enumerate()
                 .filter(|(b, _)| *b != a)
-                .flat_map(|(_, h)| (1..=per_host).map(|i| Ipv4Addr::from(u32::from(h.slice) + 10 + i as u32)))
+                .flat_map(|(_, h)| {
+                    (1..=per_host).map(|i| Ipv4Addr::from(u32::from(h.slice) + 10 + i as u32))
+                })
                 .collect();
             let socket = from[0]
                 .c
@@ -221,9 +231,7 @@ fn soak_with_flows_and_containers_coming_and_going() {
                         let _ = socket.send_to(&seq.to_be_bytes(), (*t, UDP_PORT));
                         datagrams.fetch_add(1, Ordering::Relaxed);
                     }
-                    std::thread::sleep(Duration::from_millis(
-                        (5 * targets.len() as u64).max(5),
-                    ));
+                    std::thread::sleep(Duration::from_millis((5 * targets.len() as u64).max(5)));
                 }
             }));
         }
@@ -272,7 +280,8 @@ fn soak_with_flows_and_containers_coming_and_going() {
     let mut flooded = 0;
     for slot in stable.iter().chain(&churning).flatten() {
         let foreign = watched(&slot.c, "foreign");
-        if foreign > 0 {
+        let proof = std::ptr::eq(slot, &stable[0][0]) && foreign == 1;
+        if foreign > 0 && !proof {
             println!("{} got packets for {}", slot.c.addr, strays(&slot.c));
         }
         misdelivered += foreign;
@@ -283,7 +292,10 @@ fn soak_with_flows_and_containers_coming_and_going() {
     let direct: u64 = fleet
         .hosts
         .iter()
-        .map(|h| h.counter(fan_common::StatReason::DecapsulatedDirect).unwrap())
+        .map(|h| {
+            h.counter(fan_common::StatReason::DecapsulatedDirect)
+                .unwrap()
+        })
         .sum();
     println!(
         "soak {seconds} s, 3 hosts x {per_host} containers: {} TCP flows ({} MiB, every byte \
@@ -300,8 +312,14 @@ fn soak_with_flows_and_containers_coming_and_going() {
         warm.iter().map(|f| f.fds).collect::<Vec<_>>(),
         end.iter().map(|f| f.fds).collect::<Vec<_>>(),
     );
-    assert_eq!(misdelivered, 0, "packets reached containers that did not own their address");
-    assert!(churned.load(Ordering::Relaxed) > 0, "no container was replaced");
+    assert_eq!(
+        misdelivered, 0,
+        "packets reached containers that did not own their address"
+    );
+    assert!(
+        churned.load(Ordering::Relaxed) > 0,
+        "no container was replaced"
+    );
     for (w, e) in warm.iter().zip(&end) {
         assert!(
             e.rss_kib <= w.rss_kib + AGENT_RSS_GROWTH_KIB,
@@ -309,7 +327,12 @@ fn soak_with_flows_and_containers_coming_and_going() {
             w.rss_kib,
             e.rss_kib
         );
-        assert!(e.fds <= w.fds, "an agent's descriptors grew from {} to {}", w.fds, e.fds);
+        assert!(
+            e.fds <= w.fds,
+            "an agent's descriptors grew from {} to {}",
+            w.fds,
+            e.fds
+        );
     }
     drop(stable);
     drop(churning);
