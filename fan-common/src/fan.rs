@@ -93,6 +93,13 @@ impl FanMap {
         self.overlay | ((host & !prefix_mask(self.underlay_len)) << self.shift())
     }
 
+    /// The gateway of `host`'s slice: the slice bridge's address, the first
+    /// after the slice's network address.
+    #[inline(always)]
+    pub const fn gateway_of(&self, host: u32) -> u32 {
+        self.slice_of(host) + 1
+    }
+
     /// The underlay host that owns overlay address `addr`: the outer destination.
     #[inline(always)]
     pub const fn host_of(&self, addr: u32) -> u32 {

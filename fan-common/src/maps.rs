@@ -36,7 +36,7 @@ impl FanEntry {
     /// slice's network address.
     #[inline(always)]
     pub const fn gateway(&self) -> u32 {
-        self.local_slice() + 1
+        self.map.gateway_of(self.local_host)
     }
 
     /// Whether `addr` lies in this host's own slice (delivered locally).
@@ -149,21 +149,75 @@ pub const MAX_PATH_MTUS: u32 = 4096;
 /// Key of the metadata map: `[prefix length, overlay network (host order)]`.
 pub type FanMetaKey = [u32; 2];
 
-/// How decapsulation is attached to the underlay device.
-pub mod decap_mode {
-    pub const XDP: u8 = 1;
-    pub const TC: u8 = 2;
+/// Where decapsulation runs on the underlay device, as the record holds it
+/// (`FanMeta::decap_mode`; 0 there means none yet, an interrupted attach).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DecapMode {
+    /// Native (driver) XDP: before GRO and before an skb exists.
+    Xdp = 1,
+    /// TC ingress: after GRO, keeps 64 KB aggregates whole (the choice on veth).
+    Tc = 2,
 }
 
-/// Why `--mode auto` (or the user) picked the decapsulation hook.
-pub mod mode_reason {
-    pub const REQUESTED: u8 = 0;
+impl DecapMode {
+    /// As `show`, the command line and the pins name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapMode::Xdp => "xdp",
+            DecapMode::Tc => "tc",
+        }
+    }
+}
+
+impl TryFrom<u8> for DecapMode {
+    type Error = u8;
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            1 => Ok(DecapMode::Xdp),
+            2 => Ok(DecapMode::Tc),
+            other => Err(other),
+        }
+    }
+}
+
+/// Why the decapsulation hook was picked (`FanMeta::mode_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ModeReason {
+    /// `--mode xdp` or `--mode tc`.
+    Requested = 0,
     /// veth: XDP would strip TSO from the peer; TC keeps GSO aggregates whole.
-    pub const AUTO_VETH: u8 = 1;
+    AutoVeth = 1,
     /// A NIC whose driver took the native XDP program.
-    pub const AUTO_NATIVE_XDP: u8 = 2;
+    AutoNativeXdp = 2,
     /// A NIC whose driver refused native XDP.
-    pub const AUTO_NO_NATIVE_XDP: u8 = 3;
+    AutoNoNativeXdp = 3,
+}
+
+impl ModeReason {
+    /// What `show` says.
+    pub const fn text(self) -> &'static str {
+        match self {
+            ModeReason::Requested => "requested",
+            ModeReason::AutoVeth => "auto: veth, where XDP would strip TSO from the peer",
+            ModeReason::AutoNativeXdp => "auto: the driver runs native XDP",
+            ModeReason::AutoNoNativeXdp => "auto: the driver refused native XDP",
+        }
+    }
+}
+
+impl TryFrom<u8> for ModeReason {
+    type Error = u8;
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            0 => Ok(ModeReason::Requested),
+            1 => Ok(ModeReason::AutoVeth),
+            2 => Ok(ModeReason::AutoNativeXdp),
+            3 => Ok(ModeReason::AutoNoNativeXdp),
+            other => Err(other),
+        }
+    }
 }
 
 /// A sysctl value not recorded (the fan was attached over one that already

@@ -75,6 +75,7 @@ stat_reasons! {
     DropReservedHost = "drop_reserved_host": "destination maps to the underlay's network or broadcast address",
     DropSourceNotLocal = "drop_source_not_local": "inner source is not in this host's slice: it would be dropped as spoofed by the receiver",
     DropSourceNotBound = "drop_source_not_bound": "a container port sent from an address bound to another port, or from the gateway's",
+    DropDhcpServerReply = "drop_dhcp_server_reply": "a container port sent a DHCP server reply (UDP 67 -> 68): only the slice's own DHCP server (fan-xdp's dnsmasq on the bridge) may answer its clients",
     DropCrossUnderlay = "drop_cross_underlay": "source and destination fans use different underlay addresses of this host: the receiver could not check the sender, so the packet would be dropped there",
     DropFibBlackhole = "drop_fib_blackhole": "the underlay route to the destination host is a blackhole",
     DropFibUnreachable = "drop_fib_unreachable": "the underlay route to the destination host is unreachable",

@@ -19,8 +19,8 @@ use aya_log_ebpf::debug;
 use fan_common::{
     FanEntry, StatReason,
     ipv4::{
-        ETH_HDR_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, is_fragment,
-        outer_header,
+        ETH_HDR_LEN, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN,
+        is_fragment, outer_header,
     },
 };
 
@@ -91,7 +91,11 @@ enum Outcome {
 
 #[inline(always)]
 fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
-    let (ip_len, _) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
+    let (ip_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
+    if hook == Hook::Port && protocol == IPPROTO_UDP {
+        // The UDP ports, for the DHCP guard.
+        ensure_linear(ctx, ETH_HDR_LEN + ip_len + UDP_PORTS_LEN);
+    }
     if gso_size(ctx) != 0 {
         // `segment_len` reads a GSO packet's TCP data offset (byte 12).
         ensure_linear(ctx, ETH_HDR_LEN + ip_len + TCP_DATA_OFFSET_END);
@@ -109,6 +113,11 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     };
     // SAFETY: bounds-checked by `ipv4`.
     let ip = unsafe { *ip_ptr };
+    if hook == Hook::Port && is_dhcp_server_reply(&ip, start, end) {
+        // Checked before the source: a rogue server answering from its own
+        // (bound) address must not be heard either.
+        return Err(Outcome::Drop(StatReason::DropDhcpServerReply));
+    }
     if hook == Hook::Port && !source_bound_here(ctx, &ip) {
         return Err(Outcome::Drop(StatReason::DropSourceNotBound));
     }
@@ -245,6 +254,32 @@ fn source_bound_here(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
         Some(fan) => ip.src() != fan.gateway(),
         None => true,
     }
+}
+
+/// Source and destination ports of a UDP header.
+const UDP_PORTS_LEN: usize = 4;
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+
+/// Whether a frame a container sent is a DHCP server's reply (UDP 67 -> 68,
+/// to any destination: offers are broadcast or unicast). A container's own
+/// DHCP server would answer the slice's clients before fan-xdp's, handing
+/// out addresses, routers and MTUs of its choosing. Only an unfragmented
+/// datagram or a first fragment carries the ports; the rest are useless
+/// without it.
+#[inline(always)]
+fn is_dhcp_server_reply(ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
+    if ip.protocol != IPPROTO_UDP || ip.frag_off() & IP_OFFSET_MASK != 0 {
+        return false;
+    }
+    let Some(ports) = ptr_at::<[u8; UDP_PORTS_LEN]>(start, end, ETH_HDR_LEN + ip.header_len())
+    else {
+        return false;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let ports = unsafe { *ports };
+    u16::from_be_bytes([ports[0], ports[1]]) == DHCP_SERVER_PORT
+        && u16::from_be_bytes([ports[2], ports[3]]) == DHCP_CLIENT_PORT
 }
 
 /// Whether the inner source may be sent from this host to `dst_fan`: it

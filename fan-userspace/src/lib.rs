@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cni;
 pub mod commands;
 pub mod dataplane;
 pub mod host;

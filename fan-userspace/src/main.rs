@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, bind, detach, map, show, stats},
+    commands::{attach, bind, detach, doctor, map, show, stats},
     state,
 };
 
@@ -30,6 +30,19 @@ fn check() -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    // Run as `fan` (a link in a CNI binary directory), fan-xdp is the CNI
+    // plugin: the protocol is environment, stdin and stdout, not arguments.
+    if std::env::args_os()
+        .next()
+        .and_then(|argv0| {
+            std::path::Path::new(&argv0)
+                .file_name()
+                .map(|n| n == fan_userspace::cni::PLUGIN_NAME)
+        })
+        .unwrap_or(false)
+    {
+        std::process::exit(fan_userspace::cni::main());
+    }
     let cli = Cli::parse();
     let level = if cli.global.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
@@ -40,7 +53,7 @@ fn main() -> Result<()> {
     }
     if matches!(
         cli.command,
-        Command::Show(_) | Command::Stats(_) | Command::Map(_)
+        Command::Show(_) | Command::Stats(_) | Command::Map(_) | Command::Doctor
     ) {
         // Read-only reports end quietly when their reader does (`| head`),
         // as other tools do; commands that change the host keep Rust's
@@ -62,6 +75,7 @@ fn main() -> Result<()> {
             Command::Show(args) => show::run(args, &cli.global).await,
             Command::Stats(args) => stats::run(args, &cli.global).await,
             Command::Map(args) => map::run(args),
+            Command::Doctor => doctor::run(&cli.global).await,
             Command::Check => check(),
             Command::MountHelper { .. } => unreachable!("handled above"),
         }

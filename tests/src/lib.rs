@@ -3,12 +3,16 @@
 //! the end-to-end tests and the demo.
 
 pub mod chart;
+pub mod cni;
+pub mod dhcp;
 pub mod fuzz;
 pub mod lifecycle;
 pub mod measure;
 pub mod model;
 pub mod netns;
 pub mod paths;
+pub mod podman;
+pub mod runtimes;
 pub mod snapshot;
 pub mod topology;
 pub mod traffic;

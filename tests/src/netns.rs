@@ -33,6 +33,17 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Names the network namespace of process `pid` (a container a runtime
+    /// started) `fxt<pid>-<n>-<label>`, so that the helpers here run in it.
+    /// Dropping it removes the name and kills what runs in that namespace.
+    pub fn attach(label: &str, pid: u32) -> Result<Self> {
+        sweep_stale();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
+        run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]))?;
+        Ok(Self { name })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -359,16 +359,20 @@ impl Host {
 
     /// Runs `fan-xdp ARGS` and fails with its stderr unless it succeeds.
     pub fn fan_xdp_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.fan_xdp(args)?;
-        anyhow::ensure!(
-            out.status.success(),
-            "fan-xdp {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of_success(args, self.fan_xdp(args)?)
     }
+}
+
+/// The stdout of `fan-xdp ARGS`, or an error with its stderr unless it succeeded.
+pub fn stdout_of_success(args: &[&str], out: std::process::Output) -> Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "fan-xdp {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Fleet {

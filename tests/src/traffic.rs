@@ -44,19 +44,22 @@ fn pattern(i: u64) -> u8 {
 /// Sends `bytes` bytes over TCP from `client` to a listener in `server` at
 /// `addr`, and checks every byte on arrival. Returns the bytes verified.
 pub fn tcp_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr, bytes: u64) -> Result<u64> {
-    tcp_transfer_on(server, client, (addr, 5201), bytes)
+    let target = SocketAddr::from((addr, 5201));
+    tcp_transfer_via(server, target, client, target, bytes)
 }
 
-/// [`tcp_transfer`] to `port`, so that several can run at once.
-pub fn tcp_transfer_on(
+/// [`tcp_transfer`] to a listener at `listen` in `server` from a client
+/// that connects to `target` (a published port that NAT leads to `listen`).
+pub fn tcp_transfer_via(
     server: &Netns,
+    listen: SocketAddr,
     client: &Netns,
-    (addr, port): (Ipv4Addr, u16),
+    target: SocketAddr,
     bytes: u64,
 ) -> Result<u64> {
     let listener = server
-        .enter(|| TcpListener::bind((addr, port)))?
-        .with_context(|| format!("listening on {addr}:{port}"))?;
+        .enter(|| TcpListener::bind(listen))?
+        .with_context(|| format!("listening on {listen}"))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + TIME_LIMIT;
     let client_failed = AtomicBool::new(false);
@@ -101,7 +104,6 @@ pub fn tcp_transfer_on(
         });
 
         let sent = client.enter(|| -> Result<u64> {
-            let target = SocketAddr::from((addr, port));
             let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))
                 .with_context(|| format!("connecting to {target}"))?;
             stream.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -463,6 +465,19 @@ pub fn send_frames(ns: &Netns, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
         }
         Ok(())
     })?
+}
+
+/// A gratuitous ARP reply, broadcast from `mac`, claiming `addr` for it:
+/// how a container takes over a sibling's address.
+pub fn gratuitous_arp(mac: [u8; 6], addr: Ipv4Addr) -> Vec<u8> {
+    let mut arp = vec![0xff; 6];
+    arp.extend(mac);
+    arp.extend(crate::hex("0806 0001 0800 06 04 0002"));
+    arp.extend(mac);
+    arp.extend(addr.octets());
+    arp.extend([0xff; 6]);
+    arp.extend(addr.octets());
+    arp
 }
 
 /// The MAC address of `iface` in `ns`, as 6 bytes.

@@ -11,11 +11,10 @@ use std::{
 
 use fan_common::StatReason;
 use fan_tests::{
-    hex,
     netns::Netns,
     privileged,
     topology::{Fleet, Host, fan_xdp_binary},
-    traffic::{mac_of, ping, send_frames, snmp_counter, tcp_transfer},
+    traffic::{gratuitous_arp, mac_of, ping, send_frames, snmp_counter, tcp_transfer},
 };
 use fan_userspace::{
     agent::bindings::{self, Binding, Origin, format_mac},
@@ -315,27 +314,26 @@ fn the_agent_outlives_the_shell_that_ran_attach() {
     fleet.detach_all().unwrap();
 }
 
+/// Two attached hosts with two containers each: a client on the first, an
+/// owner and a rogue sibling on the second.
+fn two_hosts_with_two_containers() -> Fleet {
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    fleet.with_containers(2).unwrap()
+}
+
 #[test]
 fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffic() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(2).unwrap();
+    let fleet = two_hosts_with_two_containers();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
     assert!(h2.wait_for_direct(&client.ns, owner.addr).unwrap());
     // The rogue container claims its sibling's address (250.0.2.11) with
     // its own MAC, in gratuitous ARP replies, past the neighbour locktime.
-    let rogue_mac = mac_of(&rogue.ns, "eth0").unwrap();
-    let mut arp = vec![0xff; 6];
-    arp.extend(rogue_mac);
-    arp.extend(hex("0806 0001 0800 06 04 0002"));
-    arp.extend(rogue_mac);
-    arp.extend(owner.addr.octets());
-    arp.extend([0xff; 6]);
-    arp.extend(owner.addr.octets());
+    let arp = gratuitous_arp(mac_of(&rogue.ns, "eth0").unwrap(), owner.addr);
     std::thread::sleep(Duration::from_millis(1200));
     send_frames(&rogue.ns, "eth0", &vec![arp; 3]).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -390,9 +388,7 @@ fn a_bound_address_is_delivered_before_any_arp_is_never_taken_over_and_outlives_
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(2).unwrap();
-    fleet.attach_all(&[]).unwrap();
-    let fleet = fleet.with_containers(2).unwrap();
+    let fleet = two_hosts_with_two_containers();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
     let run = run_dir(h2);
@@ -686,4 +682,73 @@ fn reap(mut child: std::process::Child) {
         assert!(Instant::now() < deadline, "pid {} did not stop", child.id());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One HTTP request to `addr` from inside `host`'s namespace; the whole answer.
+fn http(host: &Host, addr: &str, request: &str) -> String {
+    let (addr, request) = (addr.to_string(), request.to_string());
+    host.ns
+        .enter(move || {
+            use std::io::Write as _;
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .unwrap()
+}
+
+#[test]
+fn the_agent_serves_metrics_only_where_asked_and_only_get_metrics() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    fleet.attach_all(&["--no-agent"]).unwrap();
+    let host = &fleet.hosts[0];
+    let out = host.fan_xdp(&["run", "--metrics", "0.0.0.0:9469"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--metrics-any-address"),
+        "{stderr}"
+    );
+
+    let agent = host
+        .fan_xdp_run_with(&["--metrics", "127.0.0.1:9469"])
+        .unwrap();
+    host.wait_for_run_ready(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let scraped = loop {
+        let answer = http(
+            host,
+            "127.0.0.1:9469",
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        if answer.starts_with("HTTP/1.1 200 OK") || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(scraped.starts_with("HTTP/1.1 200 OK\r\n"), "{scraped}");
+    assert!(
+        scraped.contains("\nfan_xdp_packets_total{reason=\"encapsulated\"} "),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("# TYPE fan_xdp_bytes_total counter\n"),
+        "{scraped}"
+    );
+    let other = http(host, "127.0.0.1:9469", "GET / HTTP/1.1\r\n\r\n");
+    assert!(other.starts_with("HTTP/1.1 404 Not Found"), "{other}");
+    let post = http(host, "127.0.0.1:9469", "POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(
+        post.starts_with("HTTP/1.1 405 Method Not Allowed"),
+        "{post}"
+    );
+    agent.stop().unwrap();
+    fleet.detach_all().unwrap();
 }

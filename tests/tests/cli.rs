@@ -919,7 +919,12 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     assert!(ping(&remote.ns, local.addr, 5).unwrap());
     assert!(
         direct(sender) >= delivered + 5,
-        "direct delivery lost the container"
+        "direct delivery lost the container: {}\n{}",
+        fast_path(sender),
+        sender
+            .ns
+            .run("bridge", &["fdb", "show", "br", &sender.bridge])
+            .unwrap_or_default()
     );
 
     // The port programs go with the daemon; the bridge's program takes over.
@@ -1913,27 +1918,74 @@ fn planning_mounts_no_bpffs_and_a_refused_attach_leaves_none_mounted() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    let binary = fan_tests::topology::fan_xdp_binary();
-    let run = format!("ip netns exec {} {}", host.ns.name(), binary.display());
-    let script = format!(
-        "umount /sys/fs/bpf || exit 9; \
-         {run} attach eth0 --overlay {OVERLAY} --mtu 9999 --no-agent 2>/dev/null; echo refused=$?; \
-         stat -f -c %T /sys/fs/bpf; \
-         {run} attach eth0 --overlay {OVERLAY} --no-agent >/dev/null && stat -f -c %T /sys/fs/bpf; \
-         {run} detach eth0 >/dev/null"
+    let bpffs_mounts = "grep -c ' /sys/fs/bpf bpf ' /proc/self/mounts";
+    let out = in_private_mounts(
+        host,
+        &format!(
+            "umount /sys/fs/bpf || exit 9; \
+             $IP netns exec $NS $FAN_XDP attach eth0 --overlay {OVERLAY} --mtu 9999 --no-agent 2>/dev/null; \
+             echo refused=$?; {bpffs_mounts}; \
+             $IP netns exec $NS $FAN_XDP attach eth0 --overlay {OVERLAY} --no-agent >/dev/null && {bpffs_mounts}; \
+             $IP netns exec $NS $FAN_XDP detach eth0 >/dev/null"
+        ),
     );
-    // The shell's own mount namespace: the host's bpffs stays as it is.
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
-        lines,
-        ["refused=1", "sysfs", "bpf_fs"],
-        "stdout {stdout}, stderr {}",
-        String::from_utf8_lossy(&out.stderr)
+        out, "refused=1\n0\n1\n",
+        "a refused attach mounted bpffs, or an attach did not"
     );
+}
+
+#[test]
+fn doctor_names_what_breaks_a_fan_and_how_to_fix_it() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    let healthy = host.fan_xdp_ok(&["doctor"]).unwrap();
+    assert_eq!(healthy, "ok: 1 fan(s), nothing found that breaks them\n");
+
+    // Three things that break fans in the field.
+    host.ns.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
+    host.ns
+        .ip(&[
+            "link", "add", "big0", "mtu", "1500", "type", "veth", "peer", "name", "big1",
+        ])
+        .unwrap();
+    host.ns
+        .ip(&["link", "set", "big0", "master", &host.bridge])
+        .unwrap();
+    let run = host
+        .ns
+        .enter(|| fan_userspace::state::rundir::RunDir::locate(None))
+        .unwrap()
+        .unwrap();
+    fan_userspace::agent::stop(&run).unwrap();
+    let out = host.fan_xdp(&["doctor"]).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "doctor found nothing: {stdout}");
+    for (problem, fix) in [
+        (
+            "problem: no agent serves this network namespace",
+            "fix: start it",
+        ),
+        (
+            "problem: strict reverse-path filtering on eth0",
+            "fix: sysctl -w net.ipv4.conf.eth0.rp_filter=2",
+        ),
+        (
+            "problem: big0 on fan-250-0-1 has MTU 1500 above the fan's 1480",
+            "MTU 1480",
+        ),
+    ] {
+        assert!(
+            stdout.contains(problem) && stdout.contains(fix),
+            "{problem} / {fix} missing in:\n{stdout}"
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 problem(s) found"), "{stderr}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }

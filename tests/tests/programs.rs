@@ -310,6 +310,30 @@ const ENCAP_TO_OTHER_DEVICE: &str = "020000000001 0200000000aa 0800
 const ENCAP_FROM_GATEWAY: &str = "020000000001 0200000000aa 0800
     45000020 12344000 40013193 fa000101 fa000214
     0800e139 42420001 66616e21";
+// DHCP from a container (UDP | 4 bytes "fan!"): a server's offer 67 -> 68
+// broadcast, a client's discover 68 -> 67 (0.0.0.0 -> broadcast), an offer
+// unicast to a remote container (DF), and a non-first fragment (offset 8)
+// whose first 4 bytes read like those ports.
+const DHCP_OFFER_BROADCAST: &str = "ffffffffffff 0200000000aa 0800
+    45000020 12340000 40116d8f fa00010a ffffffff
+    00430044 000c0000 66616e21";
+const DHCP_DISCOVER: &str = "ffffffffffff 0200000000aa 0800
+    45000020 12340000 4011689a 00000000 ffffffff
+    00440043 000c0000 66616e21";
+const DHCP_OFFER_REMOTE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4011317a fa00010a fa000214
+    00430044 000c0000 66616e21";
+const DHCP_OFFER_REMOTE_FORWARD_OUT: &str = "020000000022 020000000011 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12344000 3f11327a fa00010a fa000214
+    00430044 000c0000 66616e21";
+const DHCP_LIKE_FRAGMENT: &str = "020000000001 0200000000aa 0800
+    45000020 12340001 40117179 fa00010a fa000214
+    00430044 000c0000 66616e21";
+const DHCP_LIKE_FRAGMENT_OUT: &str = "020000000022 020000000011 0800
+    45000034 00004000 4004ae9e c6120001 c6120002
+    45000020 12340001 3f117279 fa00010a fa000214
+    00430044 000c0000 66616e21";
 // UDP, total length 1400, to 250.0.9.90: host 198.18.0.9 has a locked route MTU of 1400.
 const UDP_1400_TO_NARROW_ROUTE: &str = "020000000001 0200000000aa 0800
     45000578 12344000 401124dc fa00010a fa00095a";
@@ -1092,6 +1116,55 @@ fn a_port_sends_only_from_addresses_bound_to_it() {
         &frame,
         TC_ACT_REDIRECT,
         &hex(ENCAP_FORWARD_OUT),
+        StatReason::Encapsulated,
+    );
+}
+
+#[test]
+fn a_port_never_sends_dhcp_server_replies() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    bed.ingress_ifindex = bed.ifindex("eth1-peer");
+    // A container's own DHCP server: dropped at its port, broadcast or not,
+    // and however the bridge's program would have treated it.
+    for offer in [DHCP_OFFER_BROADCAST, DHCP_OFFER_REMOTE] {
+        let frame = hex(offer);
+        bed.check(
+            ENCAP_PORT,
+            &frame,
+            TC_ACT_SHOT,
+            &frame,
+            StatReason::DropDhcpServerReply,
+        );
+    }
+    // A client's request passes the port uncounted (the bridge's program
+    // counts it next, as not fan traffic) and is never encapsulated.
+    let discover = hex(DHCP_DISCOVER);
+    bed.check_counts(ENCAP_PORT, &discover, TC_ACT_UNSPEC, &discover, &[]);
+    bed.check(
+        ENCAP_FORWARD,
+        &discover,
+        TC_ACT_UNSPEC,
+        &discover,
+        StatReason::PassNotOverlay,
+    );
+    // Only a datagram's first fragment carries its ports.
+    bed.check(
+        ENCAP_PORT,
+        &hex(DHCP_LIKE_FRAGMENT),
+        TC_ACT_REDIRECT,
+        &hex(DHCP_LIKE_FRAGMENT_OUT),
+        StatReason::Encapsulated,
+    );
+    // The guard is the port's: the bridge's program sees what is forwarded
+    // to the host, never a server's answer between ports.
+    bed.check(
+        ENCAP_FORWARD,
+        &hex(DHCP_OFFER_REMOTE),
+        TC_ACT_REDIRECT,
+        &hex(DHCP_OFFER_REMOTE_FORWARD_OUT),
         StatReason::Encapsulated,
     );
 }

@@ -20,7 +20,7 @@ use fan_tests::{
     privileged,
     snapshot::assert_lifecycle_unchanged,
     topology::{Container, Host},
-    traffic::{mac_of, send_frames, tcp_transfer_on},
+    traffic::{mac_of, send_frames, tcp_transfer_via},
 };
 
 /// Bytes of each TCP flow; a flow is one connection, content checked.
@@ -192,11 +192,11 @@ fn soak_with_flows_and_containers_coming_and_going() {
                     // flow in turn: the last flow's server end may still be
                     // closing on the last port.
                     let port = 10_000 + 16 * k as u16 + n % 16;
-                    let n =
-                        tcp_transfer_on(&server.ns, &client.ns, (server.addr, port), FLOW_BYTES)
-                            .unwrap_or_else(|e| {
-                                panic!("flow {} -> {}:{port}: {e:#}", client.addr, server.addr)
-                            });
+                    let at = (server.addr, port).into();
+                    let n = tcp_transfer_via(&server.ns, at, &client.ns, at, FLOW_BYTES)
+                        .unwrap_or_else(|e| {
+                            panic!("flow {} -> {}:{port}: {e:#}", client.addr, server.addr)
+                        });
                     flows.fetch_add(1, Ordering::Relaxed);
                     bytes.fetch_add(n, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(50));

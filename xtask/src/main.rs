@@ -4,6 +4,8 @@
 //! fresh machine and can install that toolchain itself.
 
 mod apt;
+mod cni;
+mod services;
 mod setup;
 mod test;
 mod vm;
@@ -68,11 +70,24 @@ enum Task {
         #[arg(long, default_value_t = 0)]
         cycles: u64,
     },
+    /// Install the release fan-xdp into PREFIX/bin and the CNI plugin `fan`
+    /// (a link to it) into the CNI binary directory.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Where CNI runtimes look for plugins.
+        #[arg(long, default_value = cni::DEFAULT_CNI_BIN_DIR)]
+        cni_bin_dir: std::path::PathBuf,
+    },
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
         /// A short smoke run (no speed asserted).
         #[arg(long)]
         quick: bool,
+        /// Only the containers part: 2 hosts with 250 DHCP containers each
+        /// (and 25 each, for the agent's CPU per container).
+        #[arg(long)]
+        containers: bool,
     },
 }
 
@@ -101,9 +116,18 @@ fn main() -> Result<()> {
             setup::run()?;
             soak(minutes, containers, cycles)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, containers } => {
             setup::run()?;
-            bench(quick)
+            if containers {
+                return containers_bench();
+            }
+            bench(quick)?;
+            // Not in the smoke run: `cargo xtask test` runs 2 x 40 DHCP
+            // containers for correctness (tests/tests/dhcp.rs).
+            if !quick {
+                containers_bench()?;
+            }
+            Ok(())
         }
         Task::Vm { timeout, command } => {
             setup::run()?;
@@ -118,6 +142,28 @@ fn main() -> Result<()> {
                 bail!("the command exited with {status} in the VM");
             }
             Ok(())
+        }
+        Task::Install {
+            prefix,
+            cni_bin_dir,
+        } => {
+            if !prefix.is_absolute() {
+                bail!(
+                    "--prefix {} must be an absolute path (the plugin's link names the binary by it)",
+                    prefix.display()
+                );
+            }
+            build_release_fan_xdp()?;
+            let bin = prefix.join("bin");
+            std::fs::create_dir_all(&bin)?;
+            let installed = bin.join("fan-xdp");
+            // Beside, then renamed over: a running agent keeps its binary.
+            let staged = bin.join(".fan-xdp.new");
+            std::fs::copy(workspace_root().join("target/release/fan-xdp"), &staged)
+                .context("copying the release fan-xdp")?;
+            std::fs::rename(&staged, &installed)?;
+            println!("installed {}", installed.display());
+            cni::install_plugin(&installed, &cni_bin_dir)
         }
         Task::Demo => {
             setup::run()?;
@@ -185,9 +231,13 @@ pub fn bench(quick: bool) -> Result<()> {
     run_release("fan-bench", if quick { &["--quick"] } else { &[] })
 }
 
-/// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
-/// `name` with `args` (it drives `fan-xdp` from beside itself).
-fn run_release(name: &str, args: &[&str]) -> Result<()> {
+/// Hundreds of DHCP containers per host (`fan-containers`).
+fn containers_bench() -> Result<()> {
+    run_release("fan-containers", &[])
+}
+
+/// Builds `target/release/fan-xdp`.
+fn build_release_fan_xdp() -> Result<()> {
     cargo(&[
         "build",
         "--release",
@@ -195,7 +245,13 @@ fn run_release(name: &str, args: &[&str]) -> Result<()> {
         "fan-userspace",
         "--bin",
         "fan-xdp",
-    ])?;
+    ])
+}
+
+/// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
+/// `name` with `args` (it drives `fan-xdp` from beside itself).
+fn run_release(name: &str, args: &[&str]) -> Result<()> {
+    build_release_fan_xdp()?;
     cargo(&["build", "--release", "-p", "fan-tests", "--bin", name])?;
     let status = Command::new(workspace_root().join("target/release").join(name))
         .args(args)

@@ -24,6 +24,17 @@ const PACKAGES: &[Need] = &[
     Need::program("iperf3", "iperf3", "throughput in the demo and the bench"),
     Need::program("nftables", "nft", "nft: fan-xdp's masquerade rules"),
     Need::program("util-linux", "setpriv", "setpriv in the tests"),
+    Need::program(
+        "dnsmasq-base",
+        "dnsmasq",
+        "the DHCP server `attach --dhcp` runs on a slice bridge",
+    ),
+    Need {
+        package: "udhcpc",
+        why: "the DHCP client of the DHCP tests and the containers bench",
+        // Its script applies the router and the MTU; busybox's sample does not.
+        present: Present::File("/etc/udhcpc/default.script"),
+    },
     Need {
         package: "fonts-dejavu-core",
         why: "the font of the bench's chart",
@@ -47,6 +58,36 @@ const PACKAGES: &[Need] = &[
         "binutils",
         "strip",
         "strip, to keep the VM's initramfs small",
+    ),
+    // The CNI plugin's tests: Podman with its CNI backend (which runs
+    // containers with runc: crun refuses this machine's hybrid cgroups), and
+    // Debian's reference plugins (host-local delegated, portmap chained).
+    // Their packages enable services; the policy-rc.d keeps them stopped.
+    Need::program("podman", "podman", "a real CNI runtime in the CNI tests"),
+    Need::program("runc", "runc", "the OCI runtime of Podman in the CNI tests"),
+    Need {
+        package: "containernetworking-plugins",
+        why: "the reference CNI plugins (host-local, portmap) the CNI tests chain",
+        present: Present::File("/usr/lib/cni/portmap"),
+    },
+    // The container runtimes the runtimes tests drive, each inside the
+    // namespace of the host it serves. Docker and LXD by Debian's package:
+    // the versions docs/containers.md describes (the docker client some
+    // machines have in /usr/local/bin is not Debian's daemon, and a snap's
+    // LXD is another program). Their services never start on install: the
+    // deny-all policy-rc.d that `apt::install` holds while apt runs.
+    Need::package(
+        "docker.io",
+        "Docker 20.10 on the fan, in the runtimes tests",
+    ),
+    Need::program(
+        "lxc",
+        "lxc-start",
+        "LXC containers on the fan, in the runtimes tests",
+    ),
+    Need::package(
+        "lxd",
+        "LXD 5.0 containers on the fan, in the runtimes tests",
     ),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -244,7 +285,13 @@ fn install_packages(missing: &[&Need]) -> Result<()> {
     for need in missing {
         println!("setup: installing {} ({})", need.package, need.why);
     }
-    crate::apt::install(&names)
+    let before = crate::services::present_units(crate::services::unit_dir());
+    crate::apt::install(&names)?;
+    let new: Vec<&str> = crate::services::present_units(crate::services::unit_dir())
+        .into_iter()
+        .filter(|unit| !before.contains(unit))
+        .collect();
+    crate::services::disable_at_boot(&new)
 }
 
 fn nightly_has_rust_src() -> Result<bool> {
@@ -274,7 +321,7 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<()> {
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");

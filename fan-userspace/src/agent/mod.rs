@@ -17,8 +17,10 @@
 //! never by a recorded pid (which may have been reused).
 
 pub mod bindings;
+pub mod dhcp;
 pub mod endpoints;
 pub mod known;
+pub mod metrics;
 pub mod notify;
 pub mod pmtu;
 pub mod ports;
@@ -154,11 +156,15 @@ pub fn write_status(run: &RunDir, status: &Status) -> Result<()> {
         .context("publishing the agent's status")
 }
 
-/// The status of the agent serving this namespace, if one runs.
+/// The status of the agent serving this namespace, if one runs. A status
+/// file left by an agent that was killed (SIGKILL leaves it, ready) is not
+/// the status of the agent that took the lock since: until that one has
+/// written its own, there is none.
 pub fn status(run: &RunDir) -> Option<Status> {
-    running(run)?;
+    let holder = running(run)?;
     let text = fs::read_to_string(Files::of(run).status).ok()?;
-    serde_json::from_str(&text).ok()
+    let status: Status = serde_json::from_str(&text).ok()?;
+    (status.pid == holder).then_some(status)
 }
 
 /// Sends `op` to the agent and returns its answer.
@@ -217,9 +223,26 @@ pub fn ensure(run: &RunDir, global: &Global) -> Result<()> {
         );
         stop(run)?;
     } else if running(run).is_some() {
-        // Running, but not (yet) saying anything: give it its time.
-        return wait_ready(run);
+        // Holding the lock but saying nothing: starting (then it gets
+        // ready) or stopping (then one is started once it has gone).
+        if wait_ready(run, None)? {
+            return Ok(());
+        }
     }
+    start(run, global)?;
+    if wait_ready(run, Some(global))? {
+        return Ok(());
+    }
+    let log = Files::of(run).log;
+    Err(anyhow!(
+        "the agent did not report ready within {}s; see {}",
+        READY_TIMEOUT.as_secs(),
+        log.display()
+    ))
+}
+
+/// Starts an agent: the unit under systemd, else a detached process.
+fn start(run: &RunDir, global: &Global) -> Result<()> {
     if std::env::var_os("INVOCATION_ID").is_some() {
         // Under systemd: the unit owns the agent's life, not this command.
         let status = Command::new("systemctl")
@@ -229,10 +252,10 @@ pub fn ensure(run: &RunDir, global: &Global) -> Result<()> {
         if !status.success() {
             bail!("systemctl start fan-xdp.service failed ({status})");
         }
+        Ok(())
     } else {
-        spawn(run, global)?;
+        spawn(run, global)
     }
-    wait_ready(run)
 }
 
 /// Starts `fan-xdp run` as a detached process: its own session, no
@@ -255,6 +278,9 @@ fn spawn(run: &RunDir, global: &Global) -> Result<()> {
     }
     if let Some(dir) = &global.run_dir {
         command.arg("--run-dir").arg(dir);
+    }
+    if let Some(dir) = &global.state_dir {
+        command.arg("--state-dir").arg(dir);
     }
     // Never -v: the agent would read the programs' event buffer, which has
     // one consumer, and `fan-xdp -v stats` would see nothing.
@@ -284,20 +310,36 @@ fn spawn(run: &RunDir, global: &Global) -> Result<()> {
     Ok(())
 }
 
-fn wait_ready(run: &RunDir) -> Result<()> {
+/// How long the lock may be free, with no agent ready, before the one
+/// started is taken for gone (it lost the lock to one that was stopping).
+const GONE_AFTER: Duration = Duration::from_secs(1);
+
+/// Waits until an agent reports ready (true), or, when nobody holds the
+/// lock any more, returns false; with `restart`, starts one again instead
+/// (once) when the lock has been free for [`GONE_AFTER`].
+fn wait_ready(run: &RunDir, mut restart: Option<&Global>) -> Result<bool> {
     let deadline = Instant::now() + READY_TIMEOUT;
+    let mut free_since: Option<Instant> = None;
     while Instant::now() < deadline {
         if status(run).is_some_and(|s| s.ready) {
-            return Ok(());
+            return Ok(true);
+        }
+        if running(run).is_some() {
+            free_since = None;
+        } else {
+            let since = *free_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= GONE_AFTER {
+                let Some(global) = restart.take() else {
+                    return Ok(false);
+                };
+                log::info!("the agent started went away; starting another");
+                start(run, global)?;
+                free_since = None;
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = Files::of(run).log;
-    Err(anyhow!(
-        "the agent did not report ready within {}s; see {}",
-        READY_TIMEOUT.as_secs(),
-        log.display()
-    ))
+    Ok(false)
 }
 
 /// Asks the agent to stop and waits until it has (its lock is free).

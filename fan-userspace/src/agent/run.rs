@@ -29,6 +29,7 @@ use tokio::net::UnixListener;
 use crate::{
     agent,
     agent::bindings::{Binding, Bindings, Origin},
+    agent::dhcp,
     agent::endpoints,
     agent::known::{self, Known},
     agent::notify,
@@ -36,8 +37,8 @@ use crate::{
     agent::ports::PortEncap,
     cli::{Global, RunArgs},
     dataplane::PinnedMaps,
-    host::Net,
     host::bypass,
+    host::{Net, events::Change},
     require_capabilities,
     state::StateDir,
     state::record::load_fans,
@@ -46,6 +47,9 @@ use crate::{
 
 pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
+    if let Some(addr) = args.metrics {
+        agent::metrics::check(addr, args.metrics_any_address)?;
+    }
     let dir = StateDir::locate(global.pin_dir.as_deref())?;
     // The agent may start before any attach (at boot): it mounts bpffs, so
     // that the directory it holds open below is the one attach pins into.
@@ -62,10 +66,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
     let mut bindings = Bindings::load(&run_dir)?;
+    let mut dhcp_servers = dhcp::Servers::default();
     let mut known: Option<Known> = None;
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
+    if let Some(addr) = args.metrics {
+        agent::metrics::serve(addr, dir.clone())?;
+    }
     let files = agent::Files::of(&run_dir);
     // A socket left by an agent that died: ours to replace, as we hold the lock.
     let _ = std::fs::remove_file(&files.socket);
@@ -141,7 +149,20 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             synced
         }};
     }
+    // The DHCP servers of fans attached with --dhcp, and their leases.
+    macro_rules! dhcp_round {
+        () => {
+            dhcp::round(
+                &mut dhcp_servers,
+                &run_dir,
+                global.state_dir.as_deref(),
+                &dir,
+                &mut bindings,
+            )
+        };
+    }
     // Ready once the first sync is done: the fast path is in place.
+    dhcp_round!();
     let first = full_sync!();
     status.ready = true;
     publish(&run_dir, &mut status, first);
@@ -194,6 +215,10 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 }
                 report(beat(&dir));
                 report(sync_routes(&net, &dir, &mut routes).await);
+                if dhcp_round!() {
+                    let synced = full_sync!();
+                    publish(&run_dir, &mut status, synced);
+                }
                 agent::cap_log(&run_dir);
             }
             accepted = control.accept() => {
@@ -208,6 +233,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 let answer = match request {
                     Request::Status => Ok(serde_json::json!({ "status": status })),
                     Request::Reload => {
+                        dhcp_round!();
                         let synced = full_sync!();
                         publish(&run_dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");
@@ -219,9 +245,27 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     }
                     Request::Bind(binding) => {
                         let address = binding.address;
-                        match bind(&net, &dir, &mut bindings, binding).await {
-                            Ok(()) => {
-                                let synced = full_sync!();
+                        // With what is known, only the binding's port is read
+                        // again: fifty containers starting at once cost fifty
+                        // small changes, not fifty full reads.
+                        let bound = match known.as_mut() {
+                            Some(known) => {
+                                bind_known(&net, &dir, &mut bindings, known, &mut ports, binding)
+                                    .await
+                                    .map(Some)
+                            }
+                            None => bind(&net, &dir, &mut bindings, binding).await.map(|()| None),
+                        };
+                        match bound {
+                            Ok(counts) => {
+                                let synced = match counts {
+                                    Some(bindings) => Ok(Synced {
+                                        bindings,
+                                        ports: ports.as_ref().map_or(0, PortEncap::ports),
+                                        bypass: None,
+                                    }),
+                                    None => full_sync!(),
+                                };
                                 publish(&run_dir, &mut status, synced);
                                 is_delivered(&dir, address)
                                     .map(|active| serde_json::json!({ "active": active }))
@@ -234,7 +278,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                             if removed {
                                 info!("{address}: {} binding removed", origin.name());
                             }
-                            let synced = full_sync!();
+                            let synced = match known.as_mut() {
+                                Some(known) => known.settle(&dir, &bindings, &mut ports).map(|bindings| Synced {
+                                    bindings,
+                                    ports: ports.as_ref().map_or(0, PortEncap::ports),
+                                    bypass: None,
+                                }),
+                                None => full_sync!(),
+                            };
                             publish(&run_dir, &mut status, synced);
                             Ok(serde_json::json!({ "removed": removed }))
                         }
@@ -368,6 +419,28 @@ async fn bind(net: &Net, dir: &StateDir, bindings: &mut Bindings, binding: Bindi
     bindings.bind(binding, &slices)?;
     info!("{address}: {} binding recorded", origin.name());
     Ok(())
+}
+
+/// Records `binding` against what is known, with its port read again (a
+/// CNI plugin binds right after it plugged the port, maybe before the
+/// agent took in the event), and writes what changed.
+async fn bind_known(
+    net: &Net,
+    dir: &StateDir,
+    bindings: &mut Bindings,
+    known: &mut Known,
+    ports: &mut Option<PortEncap>,
+    binding: Binding,
+) -> Result<BTreeMap<String, u64>> {
+    if let Some(port) = &binding.port
+        && let Some(link) = net.link(port).await?
+    {
+        known.observed.apply(&Change::Link(link));
+    }
+    let (address, origin) = (binding.address, binding.origin);
+    bindings.bind(binding, &known.observed.slices())?;
+    info!("{address}: {} binding recorded", origin.name());
+    known.settle(dir, bindings, ports)
 }
 
 /// Whether the endpoint map delivers `address` straight to a container.

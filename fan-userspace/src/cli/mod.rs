@@ -3,6 +3,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fan_common::plan::{AddrRange, Cidr};
 use ipnetwork::IpNetwork;
 
 #[derive(Parser)]
@@ -30,6 +31,9 @@ pub struct Global {
     /// The parent of the per-namespace directories for locks instead of /run/fan-xdp.
     #[arg(long, global = true, env = "FAN_XDP_RUN_DIR")]
     pub run_dir: Option<PathBuf>,
+    /// Where state that outlives a boot is kept (the DHCP leases) instead of /var/lib/fan-xdp.
+    #[arg(long, global = true, env = "FAN_XDP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -50,6 +54,8 @@ pub enum Command {
     Unbind(UnbindArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
+    /// Check what breaks fans in the field (agent, bypass, forwarding, rp_filter, a dropping FORWARD chain, defunct links, MTUs, programs in front) and say how to fix each.
+    Doctor,
     /// Load every program on this kernel and report what the verifier said and which hooks exist.
     Check,
     /// Offline calculator: a host's slice, bridge and gateway, and where overlay addresses live.
@@ -101,9 +107,55 @@ pub struct AttachArgs {
     /// conntrack) for fan traffic: auto turns it off where netfilter could act.
     #[arg(long, value_enum, default_value_t = Bypass::Auto)]
     pub bypass: Bypass,
-    /// Serve DHCP on the slice bridge from the plan's DHCP range (needs the agent).
+    /// Serve DHCP on the slice bridge from the plan's DHCP range (dnsmasq,
+    /// supervised by the agent).
     #[arg(long)]
     pub dhcp: bool,
+    /// The address plan's DHCP range, FIRST-LAST (default: after the host
+    /// reserve to the end of the slice's first half).
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
+    pub dhcp_range: Option<AddrRange>,
+    /// The address plan's range for the CNI plugin, FIRST-LAST (default: the
+    /// slice's fourth quarter without its broadcast address).
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
+    pub cni_range: Option<AddrRange>,
+    /// The address plan's range for Docker's `--fixed-cidr`, one aligned
+    /// prefix (default: the slice's third quarter).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub docker_cidr: Option<Cidr>,
+}
+
+/// `FIRST-LAST`, both IPv4 addresses, FIRST not after LAST.
+pub fn parse_range(text: &str) -> Result<AddrRange, String> {
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not FIRST-LAST (e.g. 250.0.28.2-250.0.28.127)"))?;
+    let address = |part: &str| {
+        part.trim()
+            .parse::<Ipv4Addr>()
+            .map_err(|_| format!("{part:?} in {text:?} is not an IPv4 address"))
+    };
+    let range = AddrRange::new(address(first)?, address(last)?);
+    if range.is_empty() {
+        return Err(format!("{text:?}: the first address comes after the last"));
+    }
+    Ok(range)
+}
+
+/// `BASE/LEN`, aligned (no host bits).
+pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    let (base, len) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not BASE/LEN (e.g. 250.0.28.128/26)"))?;
+    let base: Ipv4Addr = base
+        .parse()
+        .map_err(|_| format!("{base:?} in {text:?} is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("{len:?} in {text:?} is not a prefix length"))?;
+    Cidr::new(base, len).ok_or_else(|| {
+        format!("{text:?} is not one aligned prefix (host bits set, or a length over 32)")
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,12 +195,19 @@ pub struct UnbindArgs {
 pub struct ShowArgs {
     #[arg(long)]
     pub json: bool,
+    /// List the DHCP leases of each fan (address, MAC, port, expiry).
+    #[arg(long)]
+    pub leases: bool,
 }
 
 #[derive(Args, Clone)]
 pub struct StatsArgs {
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
+    /// Print the counters in Prometheus' text exposition format (for a
+    /// node exporter's textfile collector, say).
+    #[arg(long, conflicts_with = "watch")]
+    pub prometheus: bool,
     /// Print again every second, with rates.
     #[arg(long)]
     pub watch: bool,
@@ -184,7 +243,45 @@ pub struct RunArgs {
     /// a hop between CPUs, which shows in request/response latency.
     #[arg(long)]
     pub steer_flows: bool,
+    /// Serve the counters for Prometheus on ADDR:PORT (GET /metrics); off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Allow --metrics on a wildcard address (every address of the host, which its containers reach too).
+    #[arg(long, requires = "metrics")]
+    pub metrics_any_address: bool,
     /// Started by `attach` (the last `detach` stops it).
     #[arg(long, hide = true)]
     pub started_by_attach: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_prefixes_are_parsed_or_refused_by_name() {
+        let range = parse_range("250.0.28.2-250.0.28.127").unwrap();
+        assert_eq!(range.len(), 126);
+        assert!(
+            parse_range("250.0.28.2")
+                .unwrap_err()
+                .contains("not FIRST-LAST")
+        );
+        assert!(
+            parse_range("250.0.28.9-250.0.28.2")
+                .unwrap_err()
+                .contains("comes after")
+        );
+        assert!(parse_range("250.0.28.2-x").unwrap_err().contains("\"x\""));
+        assert_eq!(
+            parse_cidr("250.0.28.128/26").unwrap().to_string(),
+            "250.0.28.128/26"
+        );
+        assert!(
+            parse_cidr("250.0.28.130/26")
+                .unwrap_err()
+                .contains("aligned")
+        );
+        assert!(parse_cidr("250.0.28.128").unwrap_err().contains("BASE/LEN"));
+    }
 }

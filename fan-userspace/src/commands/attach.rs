@@ -9,21 +9,23 @@
 //! in it before it is made, so that an attach killed half-way is finished by
 //! the next attach or cleaned up by detach, which removes only that.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
     FanEntry, FanMap,
     fan::validate_fans,
-    maps::{
-        FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, SYSCTL_UNKNOWN, decap_mode, mode_reason, owned,
-    },
+    maps::{DecapMode, FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, ModeReason, SYSCTL_UNKNOWN, owned},
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
 
 use crate::{
     agent,
+    agent::dhcp,
     cli::{AttachArgs, Bypass, Global, Mode},
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
@@ -38,12 +40,14 @@ use crate::{
     },
     ipv4_network, require_capabilities,
     state::StateDir,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, load_fans, meta_key, name_bytes},
+    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes},
     state::rundir::RunDir,
+    state::settings::{self, Settings},
 };
 
 /// IP-in-IP costs 20 bytes of every underlay packet.
-const OUTER_HEADER: u32 = 20;
+/// The outer IPv4 header the programs add (no options).
+const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {
@@ -61,6 +65,9 @@ struct Plan {
     nat: bool,
     host_reserve: u32,
     dir: StateDir,
+    run: RunDir,
+    /// The address plan's overrides and DHCP, kept in the run directory.
+    settings: Settings,
     /// Fans already attached in this namespace (other overlays).
     others: Vec<Fan>,
     /// This overlay's record, if an earlier attach created it.
@@ -94,15 +101,62 @@ enum Undo {
     Config(Option<FanEntry>),
     /// Delete the clsact qdisc attach added to a device (before 6.6).
     Clsact(u32),
+    /// Put back the fan's settings as they were (defaults: no file).
+    Settings(Settings),
 }
 
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
-    // Held until attach returns: planning and applying see no other change.
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
-    let _lock = run_dir.lock_state()?;
+    let fan = {
+        // Held while attach plans and applies: neither sees another change.
+        let _lock = run_dir.lock_state()?;
+        attach(args, global, &run_dir).await?
+    };
+    if args.dhcp {
+        // The agent starts the server once the lock is free; its reload
+        // answers after a full sync.
+        agent::request(&run_dir, "reload", Duration::from_secs(30))?;
+        wait_for_dhcp(&run_dir, global, &fan)?;
+    }
+    Ok(())
+}
+
+/// How long attach waits for the agent to start the DHCP server.
+const DHCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn wait_for_dhcp(run_dir: &RunDir, global: &Global, overlay: &Ipv4Network) -> Result<()> {
+    let deadline = Instant::now() + DHCP_TIMEOUT;
+    loop {
+        let fans = crate::state::record::attached(global)?.1;
+        let fan = fans
+            .iter()
+            .find(|f| f.overlay == *overlay)
+            .ok_or_else(|| anyhow!("fan {overlay} is gone"))?;
+        let plan = settings::plan_of(run_dir, fan)?;
+        let status = dhcp::status(run_dir, global.state_dir.as_deref(), fan, &plan);
+        if let Some(pid) = status.pid {
+            println!(
+                "DHCP: dnsmasq (pid {pid}) leases {} on {} (router {}, MTU {})",
+                status.range, fan.bridge, fan.gateway, fan.mtu
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not start the DHCP server for {overlay} within {} s; see {}",
+                DHCP_TIMEOUT.as_secs(),
+                agent::Files::of(run_dir).log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Plans and applies the attach (holding `state.lock`); returns the overlay.
+async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<Ipv4Network> {
     let net = Net::connect()?;
-    let plan = plan(&net, args, global).await?;
+    let plan = plan(&net, args, global, run_dir).await?;
     checkpoint("plan")?;
     // After planning, which changes nothing: state of namespaces that are gone.
     match sweep_stale(&plan.dir) {
@@ -126,6 +180,15 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
             existing.bridge,
             existing.iface,
             existing.underlay
+        );
+    }
+    if let Some(existing) = &plan.existing
+        && existing.complete
+        && !settings::load(run_dir, plan.overlay)?.same_request(&plan.settings)
+    {
+        bail!(
+            "overlay {} is already attached with another address plan or DHCP setting; detach it first",
+            plan.overlay
         );
     }
     if let Some(chain) = nat::forward_drop_policy() {
@@ -158,9 +221,9 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
             // The fast path: the agent keeps it (and is already running if
             // another fan of this namespace started it).
             if !args.no_agent {
-                agent::ensure(&run_dir, global)?;
+                agent::ensure(run_dir, global)?;
             }
-            Ok(())
+            Ok(plan.overlay)
         }
         Err(e) => {
             rollback(&net, &plan, undo).await;
@@ -179,7 +242,7 @@ fn same_settings(existing: &Fan, plan: &Plan) -> bool {
         && existing.mtu == plan.mtu
 }
 
-async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
+async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Result<Plan> {
     let overlay = ipv4_network(args.overlay, "overlay")?;
     let iface = net
         .link(&args.iface)
@@ -224,12 +287,7 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
             )
         }
     };
-    let map = FanMap::new(
-        u32::from(overlay.network()),
-        overlay.prefix(),
-        u32::from(underlay.network()),
-        underlay.prefix(),
-    );
+    let map = fan_map(overlay, underlay);
     if overlay.ip() != overlay.network() {
         bail!(
             "overlay {overlay} has host bits set (did you mean {}/{}?)",
@@ -247,10 +305,27 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
             args.host_reserve
         );
     }
-    if args.dhcp {
-        bail!("--dhcp: DHCP on the slice is not available yet in this build of fan-xdp");
+    if args.dhcp && args.no_agent {
+        bail!(
+            "--dhcp needs the agent, which starts and supervises the DHCP server (dnsmasq): attach without --no-agent"
+        );
     }
-    let gateway = Ipv4Addr::from(u32::from(slice_start) + 1);
+    let mut settings = Settings::new(
+        slice,
+        args.dhcp,
+        args.dhcp_range,
+        args.cni_range,
+        args.docker_cidr,
+    );
+    // A slice too small for a plan (a /29 or /30) attaches as before, as
+    // long as nothing asks for one.
+    if !settings.is_default() {
+        settings.plan(slice, args.host_reserve)?;
+    }
+    if args.dhcp {
+        settings.dnsmasq = Some(dhcp::find_dnsmasq()?);
+    }
+    let gateway = Ipv4Addr::from(map.gateway_of(u32::from(host)));
     let bridge = args
         .bridge
         .clone()
@@ -302,21 +377,21 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
     let mode = match (args.mode, others.iter().find(|f| f.iface == iface.name)) {
         // Decapsulation on an interface is shared by its fans: keep its mode.
         (Mode::Auto, Some(other)) => {
-            if other.mode == "xdp" {
+            if other.mode == Some(DecapMode::Xdp) {
                 Mode::Xdp
             } else {
                 Mode::Tc
             }
         }
         (requested, Some(other))
-            if requested != Mode::Auto && mode_str(requested) != other.mode =>
+            if requested_decap(requested).is_some() && requested_decap(requested) != other.mode =>
         {
             bail!(
                 "{} already decapsulates in {} mode for overlay {}; attach with --mode {} or auto",
                 iface.name,
-                other.mode,
+                other.mode_name(),
                 other.overlay,
-                other.mode
+                other.mode_name()
             )
         }
         (requested, _) => requested,
@@ -346,17 +421,11 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global) -> Result<Plan> {
         nat: !args.no_nat,
         host_reserve: args.host_reserve,
         dir,
+        run: run.clone(),
+        settings,
         others,
         existing: existing.pop(),
     })
-}
-
-fn mode_str(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Xdp => "xdp",
-        Mode::Tc => "tc",
-        Mode::Auto => "auto",
-    }
 }
 
 /// Test hook: `FAN_XDP_INJECT=kill:<step>` SIGKILLs attach right after that
@@ -469,7 +538,7 @@ struct Attach<'a> {
     /// The host device, once its step made sure of it.
     host_dev: Option<Link>,
     /// The decapsulation mode and why, once the programs step attached it.
-    decap: Option<(u8, u8)>,
+    decap: Option<(DecapMode, ModeReason)>,
 }
 
 impl<'a> Attach<'a> {
@@ -525,6 +594,13 @@ impl<'a> Attach<'a> {
         if self.plan.existing.is_none() {
             self.dataplane.insert_meta(self.key, &self.meta)?;
             self.undo.push(Undo::Record);
+            self.changed = true;
+        }
+        let (run, overlay) = (&self.plan.run, self.plan.overlay);
+        let found = settings::load(run, overlay)?;
+        if !found.same_request(&self.plan.settings) {
+            settings::save(run, overlay, &self.plan.settings)?;
+            self.undo.push(Undo::Settings(found));
             self.changed = true;
         }
         Ok(())
@@ -689,7 +765,7 @@ impl<'a> Attach<'a> {
         let plan = self.plan;
         let same_version = self.dataplane.use_pinned_programs(&plan.dir)?;
         let (mode, reason) = decap_choice(plan);
-        let (program, hook, pin) = if mode == decap_mode::XDP {
+        let (program, hook, pin) = if mode == DecapMode::Xdp {
             (DECAP_XDP, Hook::Xdp, "decap-xdp")
         } else {
             (DECAP_TC, Hook::TcIngress, "decap-tc")
@@ -704,7 +780,7 @@ impl<'a> Attach<'a> {
                 self.changed |= changed;
                 (mode, reason)
             }
-            Err(e) if plan.mode == Mode::Auto && mode == decap_mode::XDP => {
+            Err(e) if plan.mode == Mode::Auto && mode == DecapMode::Xdp => {
                 info!(
                     "native XDP refused on {} ({e:#}); using TC",
                     plan.iface.name
@@ -713,7 +789,7 @@ impl<'a> Attach<'a> {
                 self.changed |= self
                     .link(DECAP_TC, &underlay, Hook::TcIngress, &pin)
                     .await?;
-                (decap_mode::TC, mode_reason::AUTO_NO_NATIVE_XDP)
+                (DecapMode::Tc, ModeReason::AutoNoNativeXdp)
             }
             Err(e) => return Err(e),
         };
@@ -786,10 +862,10 @@ impl<'a> Attach<'a> {
             .ok_or_else(|| anyhow!("attach finished without its programs step"))?;
         self.changed |= retire_other_decap(self.plan, mode)?;
         let meta = &mut self.meta;
-        if meta.complete == 0 || meta.decap_mode != mode || meta.mode_reason != reason {
+        if meta.complete == 0 || meta.decap_mode != mode as u8 || meta.mode_reason != reason as u8 {
             meta.complete = 1;
-            meta.decap_mode = mode;
-            meta.mode_reason = reason;
+            meta.decap_mode = mode as u8;
+            meta.mode_reason = reason as u8;
             self.dataplane.insert_meta(self.key, meta)?;
         }
         Ok(self.changed)
@@ -926,8 +1002,8 @@ async fn bring_up(net: &Net, link: &Link, undo: &mut Vec<Undo>) -> Result<bool> 
 
 /// Removes the decapsulation of the mode not chosen from the underlay: a
 /// re-attach with another `--mode` would otherwise leave both attached.
-fn retire_other_decap(plan: &Plan, mode: u8) -> Result<bool> {
-    let (other, hook) = if mode == decap_mode::XDP {
+fn retire_other_decap(plan: &Plan, mode: DecapMode) -> Result<bool> {
+    let (other, hook) = if mode == DecapMode::Xdp {
         ("decap-tc", Hook::TcIngress)
     } else {
         ("decap-xdp", Hook::Xdp)
@@ -990,15 +1066,24 @@ async fn retire_if_defunct(
     std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
 }
 
+/// The hook `--mode` asks for, if it names one.
+fn requested_decap(mode: Mode) -> Option<DecapMode> {
+    match mode {
+        Mode::Xdp => Some(DecapMode::Xdp),
+        Mode::Tc => Some(DecapMode::Tc),
+        Mode::Auto => None,
+    }
+}
+
 /// The decapsulation hook to try first, and why.
-fn decap_choice(plan: &Plan) -> (u8, u8) {
+fn decap_choice(plan: &Plan) -> (DecapMode, ModeReason) {
     match plan.mode {
-        Mode::Xdp => (decap_mode::XDP, mode_reason::REQUESTED),
-        Mode::Tc => (decap_mode::TC, mode_reason::REQUESTED),
+        Mode::Xdp => (DecapMode::Xdp, ModeReason::Requested),
+        Mode::Tc => (DecapMode::Tc, ModeReason::Requested),
         Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => {
-            (decap_mode::TC, mode_reason::AUTO_VETH)
+            (DecapMode::Tc, ModeReason::AutoVeth)
         }
-        Mode::Auto => (decap_mode::XDP, mode_reason::AUTO_NATIVE_XDP),
+        Mode::Auto => (DecapMode::Xdp, ModeReason::AutoNativeXdp),
     }
 }
 
@@ -1085,6 +1170,7 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                     maps.meta.remove(&meta_key(plan.overlay))?;
                 }
                 Undo::StateDir => plan.dir.remove()?,
+                Undo::Settings(found) => settings::save(&plan.run, plan.overlay, &found)?,
             }
             Ok(())
         }

@@ -8,6 +8,7 @@ use log::{info, warn};
 
 use crate::{
     agent,
+    agent::dhcp,
     cli::{DetachArgs, Global},
     dataplane::{Hook, PinnedMaps, unlink},
     host::nat,
@@ -15,6 +16,7 @@ use crate::{
     ipv4_network, require_capabilities,
     state::record::{Fan, HOST_DEVICE, attached, meta_key},
     state::rundir::RunDir,
+    state::settings,
 };
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
@@ -59,6 +61,18 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     let mut maps = PinnedMaps::open(&dir)?;
     let host_dev = net.link(HOST_DEVICE).await?;
     for fan in &going {
+        // The settings first: with them gone the agent (which waits while
+        // we hold state.lock) no longer wants the fan's DHCP server.
+        settings::remove(&run_dir, fan.overlay)?;
+        if let Some(pid) = dhcp::stop_recorded(&run_dir, global.state_dir.as_deref(), fan)? {
+            println!(
+                "stopped the DHCP server of {} (dnsmasq pid {pid}); its leases stay in {}",
+                fan.overlay,
+                dhcp::Files::of(&run_dir, global.state_dir.as_deref(), fan)
+                    .leases
+                    .display()
+            );
+        }
         let map = fan.map();
         maps.remove_fan(map.overlay, map.overlay_len)?;
         nat::exclude_overlay(fan.overlay)?;

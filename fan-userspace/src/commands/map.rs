@@ -3,10 +3,9 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use fan_common::FanMap;
 use serde::Serialize;
 
-use crate::{cli::MapArgs, host::naming::bridge_name, ipv4_network};
+use crate::{cli::MapArgs, host::naming::bridge_name, ipv4_network, state::record::fan_map};
 
 #[derive(Serialize)]
 struct Located {
@@ -28,12 +27,7 @@ pub fn run(args: &MapArgs) -> Result<()> {
     let overlay = ipv4_network(args.overlay, "overlay")?;
     let underlay = ipv4_network(args.underlay, "underlay")?;
     let host = u32::from(underlay.ip());
-    let fan = FanMap::new(
-        u32::from(overlay.ip()),
-        overlay.prefix(),
-        u32::from(underlay.network()),
-        underlay.prefix(),
-    );
+    let fan = fan_map(overlay, underlay);
     fan.validate()?;
     fan.validate_host(host)?;
     let slice = Ipv4Addr::from(fan.slice_of(host));

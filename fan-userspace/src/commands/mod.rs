@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod bind;
 pub mod detach;
+pub mod doctor;
 pub mod map;
 pub mod show;
 pub mod stats;

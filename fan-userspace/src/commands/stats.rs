@@ -27,7 +27,11 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     loop {
         let stats = maps.stats()?;
         let now = Instant::now();
-        let evicted = path_mtus_evicted(&maps, &stats)?;
+        let evicted = maps.path_mtus_evicted(&stats)?;
+        if args.prometheus {
+            print!("{}", stats.prometheus(evicted));
+            return Ok(());
+        }
         print(
             &stats,
             previous.as_ref().map(|(s, t)| (s, now - *t)),
@@ -41,16 +45,6 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         previous = Some((stats, now));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Path MTU entries the LRU table pushed out: entries are only ever added
-/// (expired ones stay until evicted), so this is those added less those held.
-fn path_mtus_evicted(maps: &PinnedMaps, stats: &Stats) -> Result<u64> {
-    let held = maps.path_mtus.keys().count() as u64;
-    Ok(stats
-        .get(StatReason::PmtuHostAdded)
-        .packets
-        .saturating_sub(held))
 }
 
 fn print(
@@ -81,8 +75,9 @@ fn print(
     );
     for &reason in StatReason::ALL {
         let c = stats.get(reason);
+        // A counter that went back (re-created maps) counts from zero again.
         let rate =
-            previous.map(|(p, dt)| (c.packets - p.get(reason).packets) as f64 / dt.as_secs_f64());
+            previous.map(|(p, dt)| stats.since(p).get(reason).packets as f64 / dt.as_secs_f64());
         println!(
             "{:<32} {:>14} {:>18} {:>12}",
             reason.name(),

@@ -64,3 +64,20 @@ pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
     }
     None
 }
+
+/// The programs that run before fan-xdp's pinned program `name` on `iface`'s
+/// TCX ingress (id and name): each decides first, and may drop or redirect
+/// fan traffic before fan-xdp sees it.
+pub fn tcx_ingress_before(dir: &StateDir, iface: &str, name: &str) -> Vec<(u32, String)> {
+    let Ok(ours) = ProgramInfo::from_pin(dir.program(name)).map(|info| info.id()) else {
+        return Vec::new();
+    };
+    let Ok((_, programs)) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress) else {
+        return Vec::new();
+    };
+    programs
+        .iter()
+        .take_while(|p| p.id() != ours)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("unnamed").to_string()))
+        .collect()
+}

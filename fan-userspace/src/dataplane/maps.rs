@@ -223,6 +223,16 @@ impl PinnedMaps {
         Ok(fans)
     }
 
+    /// Path MTU entries the LRU table pushed out: entries are only ever added
+    /// (expired ones stay until evicted), so this is those added less those held.
+    pub fn path_mtus_evicted(&self, stats: &Stats) -> Result<u64> {
+        let held = self.path_mtus.keys().count() as u64;
+        Ok(stats
+            .get(StatReason::PmtuHostAdded)
+            .packets
+            .saturating_sub(held))
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         sum_stats(&self.stats)
     }
@@ -255,6 +265,35 @@ impl Stats {
     /// The change from `earlier` to `self`. A counter below its earlier
     /// value was reset in between (its map re-created by a detach and an
     /// attach): what it counted since the reset is all it says.
+    /// The counters in Prometheus' text exposition format (version 0.0.4): one
+    /// packets and one bytes counter per outcome, labelled by its stable name.
+    pub fn prometheus(&self, path_mtus_evicted: u64) -> String {
+        let mut out = String::new();
+        for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
+            out += &format!(
+                "# HELP fan_xdp_{metric}_total {what} per outcome of fan-xdp's programs, summed over CPUs.\n"
+            );
+            out += &format!("# TYPE fan_xdp_{metric}_total counter\n");
+            for &reason in StatReason::ALL {
+                let c = self.get(reason);
+                let value = if metric == "packets" {
+                    c.packets
+                } else {
+                    c.bytes
+                };
+                out += &format!(
+                    "fan_xdp_{metric}_total{{reason=\"{}\"}} {value}\n",
+                    reason.name()
+                );
+            }
+        }
+        out +=
+            "# HELP fan_xdp_path_mtu_evicted_total Path MTU entries evicted from the full table.\n";
+        out += "# TYPE fan_xdp_path_mtu_evicted_total counter\n";
+        out += &format!("fan_xdp_path_mtu_evicted_total {path_mtus_evicted}\n");
+        out
+    }
+
     pub fn since(&self, earlier: &Stats) -> Stats {
         let mut delta = self.clone();
         for (name, counter) in delta.0.iter_mut() {
@@ -283,11 +322,13 @@ pub fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use fan_common::{Counter, StatReason};
 
     use super::Stats;
 
-    pub(super) fn stats(packets: u64, bytes: u64) -> Stats {
+    fn stats(packets: u64, bytes: u64) -> Stats {
         let mut stats = Stats::default();
         stats
             .0
@@ -296,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn deltas_of_counters_that_grew_or_were_reset() {
+    fn deltas_of_counters_that_grew_or_were_reset() {
         let delta = stats(10, 1000).since(&stats(4, 400));
         assert_eq!(
             delta.get(StatReason::Encapsulated),
@@ -314,5 +355,30 @@ mod tests {
                 bytes: 300
             }
         );
+    }
+
+    #[test]
+    fn prometheus_text_names_every_outcome_in_the_exposition_format() {
+        let stats = Stats(BTreeMap::from([(
+            StatReason::Encapsulated.name(),
+            Counter {
+                packets: 7,
+                bytes: 700,
+            },
+        )]));
+        let text = stats.prometheus(2);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "# HELP fan_xdp_packets_total Packets per outcome of fan-xdp's programs, summed over CPUs.",
+                "# TYPE fan_xdp_packets_total counter",
+                "fan_xdp_packets_total{reason=\"encapsulated\"} 7",
+            ]
+        );
+        assert!(lines.contains(&"fan_xdp_bytes_total{reason=\"encapsulated\"} 700"));
+        assert_eq!(lines.last(), Some(&"fan_xdp_path_mtu_evicted_total 2"));
+        let samples = lines.iter().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, 2 * StatReason::ALL.len() + 1);
     }
 }

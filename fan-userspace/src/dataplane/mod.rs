@@ -75,14 +75,8 @@ const MAPS: [&str; 8] = [
     PATH_MTU_MAP,
 ];
 
-/// Where decapsulation runs on the underlay device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecapMode {
-    /// Native (driver) XDP: before GRO and before an skb exists.
-    Xdp,
-    /// TC ingress: after GRO, keeps 64 KB aggregates whole (the choice on veth).
-    Tc,
-}
+/// Where decapsulation runs on the underlay device: the one type both sides share.
+pub use fan_common::maps::DecapMode;
 
 /// The loaded programs and maps. Attachments made through this value (not
 /// pinned ones) live as long as it does.

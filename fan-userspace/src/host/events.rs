@@ -35,6 +35,14 @@ pub enum Change {
 /// The change a netlink message announces, if it is one fan-xdp follows.
 pub fn change_of(message: &RouteNetlinkMessage) -> Option<Change> {
     match message {
+        // A bridge also announces its ports' bridging state as link messages
+        // of family AF_BRIDGE, which carry neither the port's kind nor its
+        // peer: only the device's own (AF_UNSPEC) messages say what it is.
+        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link)
+            if link.header.interface_family != AddressFamily::Unspec =>
+        {
+            None
+        }
         RouteNetlinkMessage::NewLink(link) => Some(Change::Link(Link::from_message(link))),
         RouteNetlinkMessage::DelLink(link) => Some(Change::LinkGone(link.header.index)),
         RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {

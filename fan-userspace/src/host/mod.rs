@@ -1,6 +1,7 @@
 //! Host plumbing over rtnetlink: links, addresses, routes; and sysctls.
 
 pub mod bypass;
+pub mod container;
 pub mod events;
 pub mod naming;
 pub mod nat;
@@ -221,16 +222,33 @@ impl Net {
         Ok(out)
     }
 
-    /// A bridge with MAC address `mac`. Given explicitly, it stays: a bridge
-    /// left to pick its own takes the lowest MAC among its ports, so it
-    /// would change as containers come and go, under their ARP caches.
+    /// A bridge with MAC address `mac` whose MTU stays `mtu` whatever is
+    /// plugged into it. Both are given explicitly so that they stay: a
+    /// bridge left to pick its own MAC takes the lowest among its ports
+    /// (it would change as containers come and go, under their ARP caches);
+    /// and the kernel keeps a bridge's MTU only once it was set by a change
+    /// request: one given at creation follows the ports, rising with a port
+    /// of a larger MTU (a DHCP container's veth left at 1500) and falling
+    /// back to 1500 when the last port leaves. A request for the MTU the
+    /// device already has is ignored, so that case goes through another
+    /// value first, while nothing is plugged in yet.
     pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<Link> {
         self.handle
             .link()
-            .add(LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build())
+            .add(LinkBridge::new(name).address(mac.to_vec()).build())
             .execute()
             .await
             .with_context(|| format!("creating bridge {name}"))?;
+        let created = self
+            .link(name)
+            .await?
+            .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))?;
+        if created.mtu == mtu {
+            // Attach allows no fan MTU below 576, so mtu - 1 is valid.
+            let other = mtu - 1;
+            self.set_mtu(created.index, other).await?;
+        }
+        self.set_mtu(created.index, mtu).await?;
         self.link(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))

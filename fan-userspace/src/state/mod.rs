@@ -22,6 +22,7 @@
 
 pub mod record;
 pub mod rundir;
+pub mod settings;
 
 use std::{
     ffi::CString,

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use fan_common::{
     FanMap,
-    maps::{FanMeta, FanMetaKey, decap_mode, mode_reason},
+    maps::{DecapMode, FanMeta, FanMetaKey, ModeReason},
     plan::AddressPlan,
 };
 use ipnetwork::Ipv4Network;
@@ -27,7 +27,9 @@ pub struct Fan {
     pub gateway: Ipv4Addr,
     pub bridge: String,
     pub iface: String,
-    pub mode: &'static str,
+    /// None while an interrupted attach has not got that far.
+    #[serde(serialize_with = "serialize_mode")]
+    pub mode: Option<DecapMode>,
     pub mode_reason: &'static str,
     pub nat: bool,
     pub host_reserve: u32,
@@ -54,23 +56,6 @@ pub fn name_str(bytes: &[u8; 16]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-pub fn mode_name(mode: u8) -> &'static str {
-    match mode {
-        decap_mode::XDP => "xdp",
-        decap_mode::TC => "tc",
-        _ => "none",
-    }
-}
-
-pub fn reason_text(reason: u8) -> &'static str {
-    match reason {
-        mode_reason::AUTO_VETH => "auto: veth, where XDP would strip TSO from the peer",
-        mode_reason::AUTO_NATIVE_XDP => "auto: the driver runs native XDP",
-        mode_reason::AUTO_NO_NATIVE_XDP => "auto: the driver refused native XDP",
-        _ => "requested",
-    }
-}
-
 impl Fan {
     /// Built from fan-xdp's record alone, so an interrupted attach (whose
     /// data-plane entry may be missing) can still be shown and cleaned up.
@@ -78,23 +63,19 @@ impl Fan {
         let overlay = Ipv4Network::new(Ipv4Addr::from(key[1]), key[0] as u8).ok()?;
         let host = Ipv4Addr::from(meta.host);
         let underlay = Ipv4Network::new(host, meta.underlay_len).ok()?;
-        let map = FanMap::new(
-            key[1],
-            key[0] as u8,
-            u32::from(underlay.network()),
-            meta.underlay_len,
-        );
+        let map = fan_map(overlay, underlay);
         let slice_start = Ipv4Addr::from(map.slice_of(meta.host));
         Some(Self {
             overlay,
             underlay: Ipv4Network::new(underlay.network(), meta.underlay_len).ok()?,
             host,
             slice: Ipv4Network::new(slice_start, map.slice_len()).ok()?,
-            gateway: Ipv4Addr::from(u32::from(slice_start) + 1),
+            gateway: Ipv4Addr::from(map.gateway_of(meta.host)),
             bridge: name_str(&meta.bridge),
             iface: name_str(&meta.iface),
-            mode: mode_name(meta.decap_mode),
-            mode_reason: reason_text(meta.mode_reason),
+            mode: DecapMode::try_from(meta.decap_mode).ok(),
+            mode_reason: ModeReason::try_from(meta.mode_reason)
+                .map_or("requested", ModeReason::text),
             nat: meta.nat != 0,
             host_reserve: meta.host_reserve,
             mtu: meta.mtu,
@@ -109,14 +90,29 @@ impl Fan {
             .map_err(|e| anyhow::anyhow!("slice {} of fan {}: {e}", self.slice, self.overlay))
     }
 
-    pub fn map(&self) -> FanMap {
-        FanMap::new(
-            u32::from(self.overlay.network()),
-            self.overlay.prefix(),
-            u32::from(self.underlay.network()),
-            self.underlay.prefix(),
-        )
+    /// The decapsulation mode as `show` names it ("none" before it is chosen).
+    pub fn mode_name(&self) -> &'static str {
+        self.mode.map_or("none", DecapMode::name)
     }
+
+    pub fn map(&self) -> FanMap {
+        fan_map(self.overlay, self.underlay)
+    }
+}
+
+fn serialize_mode<S: serde::Serializer>(mode: &Option<DecapMode>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(mode.map_or("none", DecapMode::name))
+}
+
+/// The Fan mapping of an overlay over an underlay, from their networks as
+/// written (host bits in the overlay are the caller's to refuse).
+pub fn fan_map(overlay: Ipv4Network, underlay: Ipv4Network) -> FanMap {
+    FanMap::new(
+        u32::from(overlay.ip()),
+        overlay.prefix(),
+        u32::from(underlay.network()),
+        underlay.prefix(),
+    )
 }
 
 /// Every fan recorded in the pinned maps, ordered by overlay.

@@ -70,6 +70,15 @@ impl RunDir {
         }
         Ok(StateLock { _file: file })
     }
+
+    /// Takes `state.lock` if nobody holds it: the agent's DHCP supervision
+    /// waits for a round while attach or detach changes the fans (detach
+    /// stops a fan's DHCP server, which the agent must not restart meanwhile).
+    pub fn try_lock_state(&self) -> Result<Option<StateLock>> {
+        self.create()?;
+        let file = open_lock_file(&self.path.join("state.lock"))?;
+        Ok(try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(StateLock { _file: file }))
+    }
 }
 
 /// Opens (creating it, mode 0600) a lock file of a run directory; never

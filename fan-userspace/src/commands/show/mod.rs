@@ -17,6 +17,9 @@ use crate::{
     state::rundir::RunDir,
 };
 
+mod slice;
+use slice::{SliceUse, describe_slice_use, slice_use};
+
 /// The fast path `fan-xdp run` keeps for a fan: encapsulation at the slice
 /// bridge's ports and the endpoints decapsulated packets go straight to.
 #[derive(Debug, Serialize)]
@@ -40,6 +43,8 @@ struct Shown<'a> {
     agent: Option<&'a agent::Status>,
     /// Whether the fast path may skip the host's netfilter, and why (not).
     bypass: &'a bypass::Verdict,
+    #[serde(flatten)]
+    slice: SliceUse,
 }
 
 /// A path MTU the programs learned towards a host of a fan's underlay.
@@ -99,8 +104,10 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
 
 pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
     let (dir, fans) = attached(global)?;
-    let serving = agent::status(&RunDir::locate(global.run_dir.as_deref())?);
+    let run = RunDir::locate(global.run_dir.as_deref())?;
+    let serving = agent::status(&run);
     let mut fast_paths = Vec::new();
+    let mut slices = Vec::new();
     let mut learned = Vec::new();
     let mut bypass = bypass::Verdict {
         on: true,
@@ -118,18 +125,21 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
                 None
             };
             fast_paths.push(shown);
+            slices.push(slice_use(&net, &run, global, fan, args.leases).await?);
         }
     }
     if args.json {
         let shown: Vec<Shown> = fans
             .iter()
             .zip(fast_paths)
-            .map(|(fan, fast_path)| Shown {
+            .zip(slices)
+            .map(|((fan, fast_path), slice)| Shown {
                 fan,
                 fast_path,
                 path_mtus: path_mtus(&learned, fan),
                 agent: serving.as_ref(),
                 bypass: &bypass,
+                slice,
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&shown)?);
@@ -160,7 +170,7 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             format!("{} {}/{}", fan.iface, fan.host, fan.underlay.prefix()),
             fan.overlay.to_string(),
             fan.slice.to_string(),
-            fan.mode,
+            fan.mode_name(),
             flags.join(",")
         );
     }
@@ -173,11 +183,16 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             bypass.why
         );
     }
-    for (fan, fast_path) in fans.iter().zip(&fast_paths) {
+    for ((fan, fast_path), slice) in fans.iter().zip(&fast_paths).zip(&slices) {
+        for line in describe_slice_use(fan, slice) {
+            println!("{line}");
+        }
         let Some(fast_path) = fast_path else { continue };
         println!(
             "{}: decapsulation {} ({})",
-            fan.iface, fan.mode, fan.mode_reason
+            fan.iface,
+            fan.mode_name(),
+            fan.mode_reason
         );
         println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some()));
         for learned in path_mtus(&learned, fan) {

@@ -1,0 +1,166 @@
+//! `fan-xdp doctor`: checks what breaks fans in the field, and says how to
+//! fix each. Read-only; exits non-zero when it found a problem.
+
+use anyhow::{Result, bail};
+use fan_common::maps::DecapMode;
+
+use crate::{
+    agent,
+    cli::Global,
+    dataplane::{DECAP_TC, PinnedMaps, inspect, overlay_key, pinned_link_ifindex, tcx_supported},
+    host::{IP_FORWARD, Net, nat, read_sysctl, rp_filter_is_strict},
+    state::{record::attached, rundir::RunDir},
+};
+
+/// One finding: what is wrong, and what fixes it.
+struct Finding {
+    problem: String,
+    fix: String,
+}
+
+pub async fn run(global: &Global) -> Result<()> {
+    let (dir, fans) = attached(global)?;
+    if fans.is_empty() {
+        println!("no fans attached in this network namespace: nothing to check");
+        return Ok(());
+    }
+    let net = Net::connect()?;
+    let maps = PinnedMaps::open(&dir)?;
+    let mut findings = Vec::new();
+    let mut found = |problem: String, fix: String| findings.push(Finding { problem, fix });
+
+    let run_dir = RunDir::locate(global.run_dir.as_deref())?;
+    match agent::status(&run_dir) {
+        None => found(
+            "no agent serves this network namespace: no direct delivery, no encapsulation at the container ports".into(),
+            "start it: `systemctl start fan-xdp` or `fan-xdp run` (attach starts one unless --no-agent)".into(),
+        ),
+        Some(status) if !status.bypass => found(
+            format!("the fast path is off: {}", status.bypass_why),
+            "if netfilter need not see fan traffic, attach again with --bypass on".into(),
+        ),
+        Some(_) => {}
+    }
+    if read_sysctl(IP_FORWARD)? != 1 {
+        found(
+            "forwarding is off: the stack drops what it would forward between the slice and the underlay".into(),
+            "sysctl -w net.ipv4.ip_forward=1".into(),
+        );
+    }
+    if let Some(chain) = nat::forward_drop_policy() {
+        found(
+            format!("{chain} drops forwarded packets by default: fan traffic on the stack path is dropped"),
+            "accept the slice bridges in it, e.g. `nft insert rule <family> <table> <chain> iifname \"fan-*\" accept` and the same with oifname".into(),
+        );
+    }
+    for fan in &fans {
+        if !fan.complete {
+            found(
+                format!(
+                    "fan {} was attached only half-way (the attach was interrupted)",
+                    fan.overlay
+                ),
+                format!(
+                    "finish it: fan-xdp attach {} --overlay {}",
+                    fan.iface, fan.overlay
+                ),
+            );
+            continue;
+        }
+        let Some(iface) = net.link(&fan.iface).await? else {
+            found(
+                format!("the underlay {} of fan {} is gone", fan.iface, fan.overlay),
+                format!(
+                    "when it is back: fan-xdp attach {} --overlay {}",
+                    fan.iface, fan.overlay
+                ),
+            );
+            continue;
+        };
+        if rp_filter_is_strict(&fan.iface)? {
+            found(
+                format!(
+                    "strict reverse-path filtering on {}: decapsulated packets from other slices are dropped",
+                    fan.iface
+                ),
+                format!("sysctl -w net.ipv4.conf.{}.rp_filter=2", fan.iface),
+            );
+        }
+        let entry = maps
+            .config
+            .get(
+                &overlay_key(u32::from(fan.overlay.network()), fan.overlay.prefix()),
+                0,
+            )
+            .ok();
+        if entry.is_some_and(|e| e.underlay_ifindex != iface.index) {
+            found(
+                format!(
+                    "fan {} points at an old {} (the device was re-created)",
+                    fan.overlay, fan.iface
+                ),
+                format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
+            );
+        }
+        let hook = if fan.mode == Some(DecapMode::Xdp) {
+            "decap-xdp"
+        } else {
+            "decap-tc"
+        };
+        if (fan.mode == Some(DecapMode::Xdp) || tcx_supported())
+            && let Ok(Some(index)) = pinned_link_ifindex(&dir.link(&fan.iface, hook))
+            && index != iface.index
+        {
+            found(
+                format!(
+                    "the decapsulation link of {} is defunct (on ifindex {index}, the device is now {})",
+                    fan.iface, iface.index
+                ),
+                format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
+            );
+        }
+        if fan.mode == Some(DecapMode::Tc) && tcx_supported() {
+            for (id, name) in inspect::tcx_ingress_before(&dir, &fan.iface, DECAP_TC) {
+                found(
+                    format!(
+                        "program {id} ({name}) runs before fan-xdp's decapsulation on {} and decides first",
+                        fan.iface
+                    ),
+                    "make sure it hands IP-in-IP on (TCX_NEXT), or detach it".into(),
+                );
+            }
+        }
+        if let Some(bridge) = net.link(&fan.bridge).await? {
+            for port in net.ports(bridge.index).await? {
+                if port.mtu > fan.mtu {
+                    found(
+                        format!(
+                            "{} on {} has MTU {} above the fan's {}: its large packets are dropped",
+                            port.name, fan.bridge, port.mtu, fan.mtu
+                        ),
+                        format!(
+                            "give the container's interface and {} MTU {} (runtimes: --mtu={})",
+                            port.name, fan.mtu, fan.mtu
+                        ),
+                    );
+                }
+            }
+        } else {
+            found(
+                format!(
+                    "the slice bridge {} of fan {} is gone",
+                    fan.bridge, fan.overlay
+                ),
+                format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
+            );
+        }
+    }
+    if findings.is_empty() {
+        println!("ok: {} fan(s), nothing found that breaks them", fans.len());
+        return Ok(());
+    }
+    for finding in &findings {
+        println!("problem: {}\n    fix: {}", finding.problem, finding.fix);
+    }
+    bail!("{} problem(s) found", findings.len())
+}

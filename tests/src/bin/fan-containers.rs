@@ -1,0 +1,289 @@
+//! `cargo xtask bench --containers`: hundreds of containers per host, as the
+//! seed's posts ran them. Two hosts attached with `--dhcp`, each with N
+//! container namespaces that take their addresses from the slice's dnsmasq
+//! with busybox udhcpc, all at once. Reported: the time until all have
+//! addresses, the agent's and dnsmasq's CPU time during the bring-up and at
+//! idle, the bindings in the endpoint map, and the agent's CPU per
+//! container with 250 per host against the same with 25. Correctness is
+//! checked on the way (every lease in the range, each container reaches a
+//! fixed peer on the other host, every lease bound); the figures are
+//! reported, not asserted.
+//!
+//! The underlay is a /24 (198.18.0.0/24), so each host's slice of
+//! 250.0.0.0/8 is a /16 (250.<host>.0.0/16): its default DHCP range holds
+//! 32,766 addresses, room for 250 and more.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use fan_tests::{
+    dhcp::{StateDir, fan_xdp, finish_client, plug_dhcp_container, require_tools, start_client},
+    netns::Netns,
+    topology::{Fleet, Host},
+    traffic::ping,
+};
+use fan_userspace::host::naming::bridge_name;
+
+const OVERLAY: &str = "250.0.0.0/8";
+const SIZES: [u32; 2] = [25, 250];
+const IDLE: Duration = Duration::from_secs(10);
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the containers bench builds network namespaces: run it as root");
+    }
+    require_tools()?;
+    let mut report = String::from("# fan-xdp: hundreds of DHCP containers per host\n\n");
+    writeln!(
+        report,
+        "2 hosts, containers plugged into each slice bridge, then every container's udhcpc started at once; CPU is utime + stime.\n"
+    )?;
+    writeln!(
+        report,
+        "| containers per host | all addresses after | agent CPU: plug / DHCP / idle {} s | dnsmasq CPU: bring-up / idle | dhcp bindings | endpoints | agent CPU per container |",
+        IDLE.as_secs()
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|")?;
+    let mut per_container = Vec::new();
+    for n in SIZES {
+        let run = run(n).with_context(|| format!("{n} containers per host"))?;
+        per_container.push(run.agent_per_container());
+        writeln!(
+            report,
+            "| {n} | {:.2} s | {:.2} / {:.2} / {:.3} s | {:.2} / {:.3} s | {} | {} | {:.2} ms |",
+            run.bring_up.as_secs_f64(),
+            run.agent_plug,
+            run.agent_dhcp,
+            run.agent_idle,
+            run.dnsmasq_bring_up,
+            run.dnsmasq_idle,
+            run.bindings,
+            run.endpoints,
+            run.agent_per_container() * 1000.0
+        )?;
+        println!("{n} per host: done");
+    }
+    writeln!(
+        report,
+        "\nAgent CPU per container added, {} per host against {}: {:.2}x (figures per host, the mean of the two hosts).",
+        SIZES[1],
+        SIZES[0],
+        per_container[1] / per_container[0]
+    )?;
+    println!("{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("containers.md"), &report)?;
+    println!("Written: {}/containers.md", dir.canonicalize()?.display());
+    Ok(())
+}
+
+/// One run's figures, per host (means of the two hosts).
+struct Run {
+    containers: u32,
+    bring_up: Duration,
+    agent_plug: f64,
+    agent_dhcp: f64,
+    agent_idle: f64,
+    dnsmasq_bring_up: f64,
+    dnsmasq_idle: f64,
+    bindings: u64,
+    endpoints: u64,
+}
+
+impl Run {
+    /// Agent CPU seconds per container, plugged and leased.
+    fn agent_per_container(&self) -> f64 {
+        (self.agent_plug + self.agent_dhcp) / f64::from(self.containers)
+    }
+}
+
+fn run(n: u32) -> Result<Run> {
+    let state = StateDir::new()?;
+    let fleet = fleet()?;
+    for host in &fleet.hosts {
+        fan_xdp(
+            host,
+            &state,
+            &["attach", "eth0", "--overlay", OVERLAY, "--dhcp"],
+        )?;
+    }
+    let agents: Vec<u32> = fleet
+        .hosts
+        .iter()
+        .map(|h| pid_of(h, &state, "agent"))
+        .collect::<Result<_>>()?;
+    let servers: Vec<u32> = fleet
+        .hosts
+        .iter()
+        .map(|h| pid_of(h, &state, "dhcp"))
+        .collect::<Result<_>>()?;
+    let cpu = |pids: &[u32]| -> Result<f64> {
+        Ok(pids
+            .iter()
+            .map(|&p| cpu_seconds(p))
+            .collect::<Result<Vec<_>>>()?
+            .iter()
+            .sum::<f64>()
+            / pids.len() as f64)
+    };
+
+    let agent_start = cpu(&agents)?;
+    let mut containers: Vec<(usize, Netns)> = Vec::new();
+    for (i, host) in fleet.hosts.iter().enumerate() {
+        for j in 1..=n {
+            let label = format!("b{}-{j}", i + 1);
+            containers.push((
+                i,
+                plug_dhcp_container(&host.ns, &host.bridge, &format!("bv{j}"), &label)?,
+            ));
+        }
+    }
+    // The agent takes over the new ports (their programs) as they come.
+    settle(&fleet, &state, |shown| {
+        shown["fast_path"]["ports_encapsulating"] == u64::from(n)
+    })?;
+    let agent_plugged = cpu(&agents)?;
+
+    let dnsmasq_start = cpu(&servers)?;
+    let started = Instant::now();
+    let clients: Vec<_> = containers
+        .iter()
+        .map(|(_, ns)| start_client(ns))
+        .collect::<Result<_>>()?;
+    let mut leases = Vec::new();
+    for ((_, ns), client) in containers.iter().zip(clients) {
+        leases.push(finish_client(ns, client)?);
+    }
+    let bring_up = started.elapsed();
+    settle(&fleet, &state, |shown| {
+        shown["agent"]["bindings"]["dhcp"] == u64::from(n)
+    })?;
+    let (agent_leased, dnsmasq_leased) = (cpu(&agents)?, cpu(&servers)?);
+    std::thread::sleep(IDLE);
+    let (agent_idle, dnsmasq_idle) = (cpu(&agents)?, cpu(&servers)?);
+
+    // Correctness: each in its host's range, each reaching a fixed peer.
+    for ((i, _), leased) in containers.iter().zip(&leases) {
+        let host = &fleet.hosts[*i];
+        ensure!(
+            leased.router == Some(host.gateway)
+                && u32::from(leased.addr) >> 16 == u32::from(host.slice) >> 16,
+            "{leased:?} is not a lease of {}",
+            host.bridge
+        );
+    }
+    let peers = [leases[n as usize].addr, leases[0].addr];
+    for ((i, ns), leased) in containers.iter().zip(&leases) {
+        ensure!(
+            ping(ns, peers[*i], 1)?,
+            "{} cannot reach {}",
+            leased.addr,
+            peers[*i]
+        );
+    }
+    let mut bindings = 0;
+    let mut endpoints = 0;
+    for host in &fleet.hosts {
+        let shown = show(host, &state)?;
+        bindings += shown["agent"]["bindings"]["dhcp"].as_u64().unwrap_or(0);
+        endpoints += shown["fast_path"]["endpoints"].as_u64().unwrap_or(0);
+    }
+    for host in &fleet.hosts {
+        fan_xdp(host, &state, &["detach", "eth0"])?;
+    }
+    drop(containers);
+    Ok(Run {
+        containers: n,
+        bring_up,
+        agent_plug: agent_plugged - agent_start,
+        agent_dhcp: agent_leased - agent_plugged,
+        agent_idle: agent_idle - agent_leased,
+        dnsmasq_bring_up: dnsmasq_leased - dnsmasq_start,
+        dnsmasq_idle: dnsmasq_idle - dnsmasq_leased,
+        bindings: bindings / 2,
+        endpoints: endpoints / 2,
+    })
+}
+
+/// Two hosts on a /24 underlay, so each host's slice is a /16.
+fn fleet() -> Result<Fleet> {
+    let switch = Netns::new("csw")?;
+    switch.ip(&["link", "add", "sw", "type", "bridge"])?;
+    switch.ip(&["link", "set", "sw", "up"])?;
+    let mut hosts = Vec::new();
+    for i in 1..=2u8 {
+        let ns = Netns::new(&format!("ch{i}"))?;
+        let port = format!("sw-h{i}");
+        switch.add_veth_to(&port, &ns)?;
+        switch.ip(&["link", "set", &port, "master", "sw", "up"])?;
+        ns.ip(&["addr", "add", &format!("198.18.0.{i}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        let slice = Ipv4Addr::new(250, i, 0, 0);
+        hosts.push(Host {
+            ns,
+            underlay_addr: Ipv4Addr::new(198, 18, 0, i),
+            slice,
+            gateway: Ipv4Addr::new(250, i, 0, 1),
+            bridge: bridge_name(slice),
+            containers: Vec::new(),
+        });
+    }
+    Ok(Fleet { hosts, switch })
+}
+
+fn show(host: &Host, state: &StateDir) -> Result<serde_json::Value> {
+    let shown: serde_json::Value =
+        serde_json::from_str(&fan_xdp(host, state, &["show", "--json"])?)?;
+    Ok(shown[0].clone())
+}
+
+/// The pid `show` reports for the agent (`what` = "agent") or the DHCP server ("dhcp").
+fn pid_of(host: &Host, state: &StateDir, what: &str) -> Result<u32> {
+    let shown = show(host, state)?;
+    shown[what]["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+        .with_context(|| format!("no {what} pid in {shown}"))
+}
+
+/// Waits (60 s at most) until `done` holds for what every host's `show` says.
+fn settle(
+    fleet: &Fleet,
+    state: &StateDir,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown: Vec<_> = fleet
+            .hosts
+            .iter()
+            .map(|h| show(h, state))
+            .collect::<Result<_>>()?;
+        if shown.iter().all(&done) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the hosts did not settle within 60 s: {shown:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').context("a stat line")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
