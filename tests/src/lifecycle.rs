@@ -153,3 +153,17 @@ pub fn linked_tag(pin: &std::path::Path) -> Result<u64> {
         .map(|p| p.tag())
         .with_context(|| format!("no program {id} for the link at {}", pin.display()))
 }
+
+/// The tags of the bridge's program and of the host device's in `other`
+/// (a load of its own): the output hook's program encapsulates the same
+/// way with another tag, which makes it the "other version" a link can be
+/// put on, as an older fan-xdp would have left it, for attach to replace.
+pub fn forward_and_output_tags(
+    other: &mut fan_userspace::dataplane::Dataplane,
+) -> Result<(u64, u64)> {
+    use fan_userspace::dataplane::{ENCAP_FORWARD, ENCAP_OUTPUT};
+    let forward = other.classifier(ENCAP_FORWARD)?.info()?.tag();
+    let output = other.classifier(ENCAP_OUTPUT)?.info()?.tag();
+    anyhow::ensure!(forward != output, "the two programs have one tag");
+    Ok((forward, output))
+}

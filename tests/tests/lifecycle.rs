@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use fan_common::StatReason;
 use fan_tests::{
     lifecycle::{
-        agent_pid, attached_pair, container, drops, env_or, fleet_as_found, linked_tag, resets,
-        shape, wait_until_bridge_empty,
+        agent_pid, attached_pair, container, drops, env_or, fleet_as_found,
+        forward_and_output_tags, linked_tag, resets, shape, wait_until_bridge_empty,
     },
     privileged,
     snapshot::assert_lifecycle_unchanged,
@@ -76,7 +76,7 @@ fn bytes_to_outlast(rate_bytes: u64, rounds: u32, round: Duration) -> u64 {
 #[test]
 fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
     use aya::programs::links::{FdLink, PinnedLink};
-    use fan_userspace::dataplane::{Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT};
+    use fan_userspace::dataplane::{Dataplane, ENCAP_OUTPUT};
     if !privileged() {
         return;
     }
@@ -103,15 +103,8 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
     // same way but has another tag, put on the link as an older fan-xdp
     // would have left it; attach must replace it with the forward program.
     let mut other = Dataplane::load(0).unwrap();
-    let forward_tag = other
-        .classifier(ENCAP_FORWARD)
-        .unwrap()
-        .info()
-        .unwrap()
-        .tag();
+    let (forward_tag, output_tag) = forward_and_output_tags(&mut other).unwrap();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
-    let output_tag = output.info().unwrap().tag();
-    assert_ne!(forward_tag, output_tag);
     let mut upgrade = || -> Duration {
         let link = FdLink::from(PinnedLink::from_pin(&pin).unwrap());
         let id = output.attach_to_link(link.try_into().unwrap()).unwrap();
