@@ -11,6 +11,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod commands;
+pub mod config;
 pub mod dataplane;
 pub mod host;
 pub mod state;

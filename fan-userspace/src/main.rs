@@ -5,8 +5,8 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, bind, detach, doctor, map, show, stats},
-    state,
+    commands::{attach, bind, detach, doctor, generate, map, show, stats},
+    config, state,
 };
 
 /// `fan-xdp check`: does the data plane load here?
@@ -29,7 +29,10 @@ fn check() -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+/// A failure prints `error: <message>` and each cause below it, and exits
+/// 1: never the `Debug` form, which carries a backtrace whenever
+/// `RUST_BACKTRACE` is set (it is on many machines).
+fn main() -> std::process::ExitCode {
     // Run as `fan` (a link in a CNI binary directory), fan-xdp is the CNI
     // plugin: the protocol is environment, stdin and stdout, not arguments.
     if std::env::args_os()
@@ -43,13 +46,28 @@ fn main() -> Result<()> {
     {
         std::process::exit(fan_userspace::cni::main());
     }
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> Result<()> {
     let cli = Cli::parse();
     let level = if cli.global.verbose { "debug" } else { "info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     // The mount helper must stay single-threaded (setns into a mount
     // namespace requires it), so it runs before any runtime starts.
-    if let Command::MountHelper { pid } = &cli.command {
-        return state::mount_helper(pid);
+    match &cli.command {
+        Command::MountHelper { pid } => return state::mount_helper(pid),
+        Command::Generate { dir } => return generate::run(dir),
+        _ => {}
     }
     if matches!(
         cli.command,
@@ -68,6 +86,8 @@ fn main() -> Result<()> {
         match &cli.command {
             Command::Attach(args) => attach::run(args, &cli.global).await,
             Command::Detach(args) => detach::run(args, &cli.global).await,
+            Command::Up(args) => config::apply::up(args, &cli.global).await,
+            Command::Down(args) => config::apply::down(args, &cli.global).await,
             Command::Run(args) => run::run(args, &cli.global).await,
             Command::Reload => run::reload(&cli.global),
             Command::Bind(args) => bind::bind(args, &cli.global),
@@ -77,7 +97,9 @@ fn main() -> Result<()> {
             Command::Map(args) => map::run(args),
             Command::Doctor => doctor::run(&cli.global).await,
             Command::Check => check(),
-            Command::MountHelper { .. } => unreachable!("handled above"),
+            Command::MountHelper { .. } | Command::Generate { .. } => {
+                unreachable!("handled above")
+            }
         }
     })
 }

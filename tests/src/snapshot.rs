@@ -130,8 +130,10 @@ pub fn assert_netns_unchanged(ns: &Netns, before: &str, what: &str) {
     assert_same(ns, netns_snapshot, before, what)
 }
 
+/// Asserts that `take` of `ns` equals `before` (waiting as [`assert_unchanged`]
+/// does), and names the lines gone and added if it never does.
 #[track_caller]
-fn assert_same(ns: &Netns, take: fn(&Netns) -> Result<String>, before: &str, what: &str) {
+pub fn assert_same(ns: &Netns, take: fn(&Netns) -> Result<String>, before: &str, what: &str) {
     let mut now = take(ns).expect("snapshot");
     for _ in 0..20 {
         if now == before {

@@ -90,6 +90,30 @@ impl Daemon {
     /// Starts `fan-xdp run ARGS` in `ns`, resyncing every second unless
     /// ARGS say otherwise.
     pub fn start(ns: &Netns, extra: &[&str]) -> Result<Self> {
+        Self::spawn(
+            ns,
+            extra,
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+        )
+    }
+
+    /// [`Daemon::start`], its output (the agent's log) appended to `log`.
+    pub fn start_logged(ns: &Netns, extra: &[&str], log: &std::path::Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        Self::spawn(ns, extra, file.try_clone()?.into(), file.into())
+    }
+
+    fn spawn(
+        ns: &Netns,
+        extra: &[&str],
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> Result<Self> {
         let resync: &[&str] = if extra.contains(&"--resync-seconds") {
             &[]
         } else {
@@ -100,8 +124,8 @@ impl Daemon {
             .arg("run")
             .args(resync)
             .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("starting fan-xdp run")?;
         Ok(Self(child))

@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | fuzz | soak | vm | bench`.
+//! Project tasks: `cargo xtask setup | build | install | test | demo | fuzz | soak | vm | bench`.
 //!
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
 //! fresh machine and can install that toolchain itself.
 
 mod apt;
 mod cni;
+mod install;
 mod services;
 mod setup;
 mod test;
@@ -70,9 +71,12 @@ enum Task {
         #[arg(long, default_value_t = 0)]
         cycles: u64,
     },
-    /// Install the release fan-xdp into PREFIX/bin and the CNI plugin `fan`
-    /// (a link to it) into the CNI binary directory.
+    /// Install fan-xdp as a service: the release binary, the systemd unit, man
+    /// pages and shell completions (generated from the command's
+    /// definitions) under PREFIX, and the CNI plugin `fan` (a link to the
+    /// binary) into the CNI binary directory.
     Install {
+        /// Where: bin/, lib/systemd/system/, share/man/, share/*completion*.
         #[arg(long, default_value = "/usr/local")]
         prefix: std::path::PathBuf,
         /// Where CNI runtimes look for plugins.
@@ -147,22 +151,8 @@ fn main() -> Result<()> {
             prefix,
             cni_bin_dir,
         } => {
-            if !prefix.is_absolute() {
-                bail!(
-                    "--prefix {} must be an absolute path (the plugin's link names the binary by it)",
-                    prefix.display()
-                );
-            }
-            build_release_fan_xdp()?;
-            let bin = prefix.join("bin");
-            std::fs::create_dir_all(&bin)?;
-            let installed = bin.join("fan-xdp");
-            // Beside, then renamed over: a running agent keeps its binary.
-            let staged = bin.join(".fan-xdp.new");
-            std::fs::copy(workspace_root().join("target/release/fan-xdp"), &staged)
-                .context("copying the release fan-xdp")?;
-            std::fs::rename(&staged, &installed)?;
-            println!("installed {}", installed.display());
+            setup::run()?;
+            let installed = install::run(&prefix)?;
             cni::install_plugin(&installed, &cni_bin_dir)
         }
         Task::Demo => {
@@ -236,18 +226,6 @@ fn containers_bench() -> Result<()> {
     run_release("fan-containers", &[])
 }
 
-/// Builds `target/release/fan-xdp`.
-fn build_release_fan_xdp() -> Result<()> {
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "fan-userspace",
-        "--bin",
-        "fan-xdp",
-    ])
-}
-
 /// Builds `fan-xdp` and the tests crate's binary `name` in release, and runs
 /// `name` with `args` (it drives `fan-xdp` from beside itself).
 fn run_release(name: &str, args: &[&str]) -> Result<()> {
@@ -261,6 +239,18 @@ fn run_release(name: &str, args: &[&str]) -> Result<()> {
         bail!("{name} failed ({status})");
     }
     Ok(())
+}
+
+/// `target/release/fan-xdp`, as users run it (no test features).
+pub fn build_release_fan_xdp() -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "fan-userspace",
+        "--bin",
+        "fan-xdp",
+    ])
 }
 
 /// The workspace root (xtask lives one level below it).

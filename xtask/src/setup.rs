@@ -35,6 +35,17 @@ const PACKAGES: &[Need] = &[
         // Its script applies the router and the MTU; busybox's sample does not.
         present: Present::File("/etc/udhcpc/default.script"),
     },
+    // Installed, never started (the policy-rc.d below); not PID 1 here.
+    Need::program(
+        "systemd",
+        "systemd-analyze",
+        "systemd-analyze verify: the install test checks the unit with it",
+    ),
+    Need::program(
+        "man-db",
+        "man",
+        "man: systemd-analyze verify looks up the unit's man page",
+    ),
     Need {
         package: "fonts-dejavu-core",
         why: "the font of the bench's chart",

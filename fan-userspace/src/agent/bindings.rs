@@ -117,6 +117,20 @@ impl Bindings {
         })
     }
 
+    /// Drops every binding, and the file that kept them.
+    pub fn forget(&mut self) -> Result<()> {
+        self.by_address.clear();
+        match &self.file {
+            Some(file) => match fs::remove_file(file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", file.display()))
+                }
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
     fn save(&self) -> Result<()> {
         let Some(file) = &self.file else {
             return Ok(());

@@ -17,8 +17,10 @@
 //! never by a recorded pid (which may have been reused).
 
 pub mod bindings;
+pub mod config;
 pub mod dhcp;
 pub mod endpoints;
+pub mod follow;
 pub mod known;
 pub mod metrics;
 pub mod notify;

@@ -20,7 +20,7 @@ use fan_common::maps::Endpoint;
 use futures::StreamExt as _;
 use log::{debug, info, warn};
 use rtnetlink::{
-    constants::{RTMGRP_LINK, RTMGRP_NEIGH},
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK, RTMGRP_NEIGH},
     sys::{AsyncSocket as _, SocketAddr},
 };
 
@@ -35,6 +35,7 @@ use crate::{
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
+    agent::{config::FileFans, follow::Follower},
     cli::{Global, RunArgs},
     dataplane::PinnedMaps,
     host::bypass,
@@ -86,8 +87,11 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     connection
         .socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_NEIGH))
-        .context("subscribing to link and neighbour events")?;
+        .bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR,
+        ))
+        .context("subscribing to link, neighbour and address events")?;
     // Hundreds of containers starting at once announce megabytes of events;
     // the default buffer (rmem_default, about 200 KiB) would drop most of
     // them. A lost event is caught (an overrun makes the agent read
@@ -149,6 +153,20 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             synced
         }};
     }
+    // attach and detach, run from here for the configuration's fans and to
+    // follow the host, reach the bpffs through the descriptor held open.
+    let inner = Global {
+        pin_dir: dir.root.parent().map(std::path::Path::to_path_buf),
+        by_agent: true,
+        ..global.clone()
+    };
+    let mut file_fans = FileFans::new(args, &run_dir);
+    // A bad file stops the start: nothing of it is applied.
+    let lines = file_fans.read()?;
+    if let Err(e) = file_fans.apply(&net, &inner, lines).await {
+        warn!("the configuration's fans: {e:#}");
+    }
+    let mut follower = Follower::default();
     // The DHCP servers of fans attached with --dhcp, and their leases.
     macro_rules! dhcp_round {
         () => {
@@ -161,7 +179,8 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             )
         };
     }
-    // Ready once the first sync is done: the fast path is in place.
+    // The file's fans' DHCP servers too, then the first sync: ready once
+    // the fans are up and the fast path is in place.
     dhcp_round!();
     let first = full_sync!();
     status.ready = true;
@@ -191,6 +210,12 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                         _ => break,
                     }
                 }
+                // The host's own changes (an underlay's address, a fan's
+                // device deleted or re-created) are the follower's.
+                if messages.iter().any(|m| follower.concerns(&m.payload)) {
+                    report(follower.follow(&net, &dir, &run_dir, &inner).await);
+                    file_fans.retry(&net, &inner).await;
+                }
                 let taken = known
                     .as_mut()
                     .and_then(|k| k.take_in(&messages, &dir, &bindings, &mut ports));
@@ -205,6 +230,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 publish(&run_dir, &mut status, synced);
             }
             _ = resync.tick() => {
+                // The safety net for host changes whose event was missed.
+                report(follower.follow(&net, &dir, &run_dir, &inner).await);
+                file_fans.retry(&net, &inner).await;
                 let synced = full_sync!();
                 publish(&run_dir, &mut status, synced);
             }
@@ -232,12 +260,19 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 };
                 let answer = match request {
                     Request::Status => Ok(serde_json::json!({ "status": status })),
+                    // Answered once done, so that `fan-xdp reload` (the
+                    // unit's ExecReload) returns when the file is applied,
+                    // or with why not.
                     Request::Reload => {
+                        let applied = match file_fans.read() {
+                            Ok(lines) => file_fans.apply(&net, &inner, lines).await,
+                            Err(e) => Err(e),
+                        };
                         dhcp_round!();
                         let synced = full_sync!();
                         publish(&run_dir, &mut status, synced);
                         notify::notify("STATUS=reloaded");
-                        Ok(serde_json::json!({ "status": status }))
+                        applied.map(|()| serde_json::json!({ "status": status }))
                     }
                     Request::Stop => {
                         reply(&mut stream, Ok(serde_json::json!({})));
@@ -310,6 +345,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         let mut maps = PinnedMaps::open(&dir)?;
         maps.stop_beating()?;
         endpoints::clear(&mut maps)?;
+    } else {
+        // Every fan is detached: no port of theirs is left to bind to.
+        bindings.forget()?;
     }
     let _ = std::fs::remove_file(&files.status);
     let _ = std::fs::remove_file(&files.socket);

@@ -34,6 +34,13 @@ pub struct Global {
     /// Where state that outlives a boot is kept (the DHCP leases) instead of /var/lib/fan-xdp.
     #[arg(long, global = true, env = "FAN_XDP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Set by the agent when it runs attach and detach itself (for the
+    /// configuration's fans, or to follow the host). It holds `state.lock`
+    /// already, taken without waiting (a command holding it may be waiting
+    /// for the agent's answer), and logs one line per change: so they
+    /// neither lock nor print.
+    #[arg(skip)]
+    pub by_agent: bool,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +49,12 @@ pub enum Command {
     Attach(AttachArgs),
     /// Remove one fan (--overlay) or every fan of an interface, leaving nothing behind.
     Detach(DetachArgs),
+    /// fanctl's spelling of attach: `up [OVERLAY] UNDERLAY [dhcp] [host-reserve N] [bridge NAME]`
+    /// (OVERLAY defaults to 250.0.0.0/8), or `up -a`: every fan of the configuration not marked off.
+    Up(UpArgs),
+    /// fanctl's spelling of detach: `down [OVERLAY] UNDERLAY`, `down -a` (every fan the
+    /// configuration names) or `down -e` (every fan attached here).
+    Down(DownArgs),
     /// The fans attached in this network namespace, read from the pinned state.
     Show(ShowArgs),
     /// The host agent: keeps the fast path (endpoints, port programs, path MTU routes); attach starts it.
@@ -63,6 +76,10 @@ pub enum Command {
     /// Internal: mount bpffs in another mount namespace (used under `ip netns exec`).
     #[command(name = "__mount-bpffs", hide = true)]
     MountHelper { pid: String },
+    /// Internal: write the man pages and shell completions, made from these
+    /// definitions, under DIR (used by `cargo xtask install`).
+    #[command(name = "__generate", hide = true)]
+    Generate { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -174,6 +191,42 @@ pub struct DetachArgs {
     pub overlay: Option<IpNetwork>,
 }
 
+/// Where fanctl keeps its fans: `up -a`, `down -a` and `fan-xdp run` read it.
+pub const FAN_CONFIG: &str = "/etc/network/fan";
+
+#[derive(Args, Clone)]
+pub struct UpArgs {
+    /// Every fan of the configuration file not marked `off`.
+    #[arg(short = 'a', long = "all", conflicts_with = "words")]
+    pub all: bool,
+    /// The configuration file (one fan per line, as fanctl's).
+    #[arg(long, default_value = FAN_CONFIG)]
+    pub config: PathBuf,
+    /// As attach's: do not start the agent.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// `[OVERLAY] UNDERLAY [dhcp] [host-reserve N] [bridge NAME] [mode M] [mtu N] [no-nat] [bypass B]`;
+    /// UNDERLAY is ADDR/LEN, IFACE/LEN or default.
+    #[arg(required_unless_present = "all", value_name = "WORDS")]
+    pub words: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct DownArgs {
+    /// Every fan the configuration file names (also those marked `off`).
+    #[arg(short = 'a', long = "all", conflicts_with_all = ["words", "existing"])]
+    pub all: bool,
+    /// Every fan attached in this network namespace.
+    #[arg(short = 'e', long = "existing", conflicts_with = "words")]
+    pub existing: bool,
+    /// The configuration file, for -a.
+    #[arg(long, default_value = FAN_CONFIG)]
+    pub config: PathBuf,
+    /// `[OVERLAY] UNDERLAY`, as given to `up` (keywords after them are accepted and ignored).
+    #[arg(required_unless_present_any = ["all", "existing"], value_name = "WORDS")]
+    pub words: Vec<String>,
+}
+
 #[derive(Args, Clone)]
 pub struct BindArgs {
     /// The container's overlay address, in a slice of this host.
@@ -249,9 +302,13 @@ pub struct RunArgs {
     /// Allow --metrics on a wildcard address (every address of the host, which its containers reach too).
     #[arg(long, requires = "metrics")]
     pub metrics_any_address: bool,
-    /// Started by `attach` (the last `detach` stops it).
+    /// Started by `attach` (the last `detach` stops it; reads no configuration).
     #[arg(long, hide = true)]
     pub started_by_attach: bool,
+    /// The configuration whose fans to bring up at start and on `reload`
+    /// (default /etc/network/fan; a missing default file means no fans).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[cfg(test)]

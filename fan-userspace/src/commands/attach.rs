@@ -109,11 +109,17 @@ pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let fan = {
-        // Held while attach plans and applies: neither sees another change.
-        let _lock = run_dir.lock_state()?;
+        // Held while attach plans and applies: neither sees another change
+        // (run by the agent, the agent holds it).
+        let _lock = if global.by_agent {
+            None
+        } else {
+            Some(run_dir.lock_state()?)
+        };
         attach(args, global, &run_dir).await?
     };
-    if args.dhcp {
+    // The agent that runs an attach itself supervises the server anyway.
+    if args.dhcp && !global.by_agent {
         // The agent starts the server once the lock is free; its reload
         // answers after a full sync.
         agent::request(&run_dir, "reload", Duration::from_secs(30))?;
@@ -201,7 +207,9 @@ async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<
     let mut undo = Vec::new();
     match apply(&net, &plan, global, &mut undo).await {
         Ok(changed) => {
-            if changed {
+            if global.by_agent {
+                // The agent runs this attach, and says what changed itself.
+            } else if changed {
                 println!(
                     "attached: {} over {} on {} ({}), slice {} on {}, gateway {}",
                     plan.overlay,
@@ -539,6 +547,8 @@ struct Attach<'a> {
     host_dev: Option<Link>,
     /// The decapsulation mode and why, once the programs step attached it.
     decap: Option<(DecapMode, ModeReason)>,
+    /// `-v`: the programs were loaded with their debug events on.
+    verbose: bool,
 }
 
 impl<'a> Attach<'a> {
@@ -572,6 +582,7 @@ impl<'a> Attach<'a> {
             changed: false,
             host_dev: None,
             decap: None,
+            verbose: global.verbose,
         })
     }
 
@@ -763,7 +774,10 @@ impl<'a> Attach<'a> {
     /// host device. Existing links are kept or upgraded in place.
     async fn programs(&mut self) -> Result<()> {
         let plan = self.plan;
-        let same_version = self.dataplane.use_pinned_programs(&plan.dir)?;
+        // `-v` loaded programs with their debug events on; the pinned ones
+        // of the same version may have them off (the log level is data, not
+        // code: the tags are equal). So -v always moves the links to this load.
+        let same_version = !self.verbose && self.dataplane.use_pinned_programs(&plan.dir)?;
         let (mode, reason) = decap_choice(plan);
         let (program, hook, pin) = if mode == DecapMode::Xdp {
             (DECAP_XDP, Hook::Xdp, "decap-xdp")
@@ -1023,9 +1037,7 @@ fn retire_other_decap(plan: &Plan, mode: DecapMode) -> Result<bool> {
 /// Removes the pin at `pin` if what it attached is not on `device` as it is
 /// now: the device was deleted since, and perhaps re-created under its name
 /// (netplan, a driver reload), taking the program with it. Trusting such a
-/// pin would report success and attach nothing. A TCX or XDP link must be on
-/// the device's current ifindex (a defunct one reports 0); a clsact filter
-/// (kernels before 6.6, marked by a pinned program) must be on the device.
+/// pin would report success and attach nothing.
 async fn retire_if_defunct(
     net: &Net,
     pin: &std::path::Path,
@@ -1037,33 +1049,44 @@ async fn retire_if_defunct(
         .await?
         .ok_or_else(|| anyhow!("no such interface: {device}"))?
         .index;
-    let attached_to = if hook != Hook::Xdp && !tcx_supported() {
-        let Some(program) = pinned_program_id(pin) else {
-            return Ok(());
-        };
-        let on_device = net.tc_bpf_programs(now, hook == Hook::TcEgress).await?;
-        if on_device.contains(&program) {
-            return Ok(());
-        }
-        None
-    } else {
-        match pinned_link_ifindex(pin)? {
-            None => return Ok(()),
-            Some(index) if index == now => return Ok(()),
-            Some(index) => Some(index),
-        }
-    };
-    match attached_to {
-        None | Some(0) => info!(
+    match defunct(net, pin, now, hook).await? {
+        None => return Ok(()),
+        Some(None | Some(0)) => info!(
             "{}: {device} was deleted since; attaching anew",
             pin.display()
         ),
-        Some(old) => info!(
+        Some(Some(old)) => info!(
             "{}: attached to ifindex {old}, but {device} is ifindex {now} now; attaching anew",
             pin.display()
         ),
     }
     std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))
+}
+
+/// Whether the attachment pinned at `pin` is no longer on the device whose
+/// ifindex is `now`: None if it is there (or nothing is pinned), else the
+/// ifindex it is on (0 or None: its device is gone). A TCX or XDP link must
+/// be on the device's current ifindex (a defunct one reports 0); a clsact
+/// filter (kernels before 6.6, marked by a pinned program) must be on the
+/// device. The agent asks this too, to follow a re-created device.
+pub async fn defunct(
+    net: &Net,
+    pin: &std::path::Path,
+    now: u32,
+    hook: Hook,
+) -> Result<Option<Option<u32>>> {
+    if hook != Hook::Xdp && !tcx_supported() {
+        let Some(program) = pinned_program_id(pin) else {
+            return Ok(None);
+        };
+        let on_device = net.tc_bpf_programs(now, hook == Hook::TcEgress).await?;
+        return Ok((!on_device.contains(&program)).then_some(None));
+    }
+    Ok(match pinned_link_ifindex(pin)? {
+        None => None,
+        Some(index) if index == now => None,
+        Some(index) => Some(Some(index)),
+    })
 }
 
 /// The hook `--mode` asks for, if it names one.

@@ -21,9 +21,14 @@ use crate::{
 
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
-    // Held until detach returns: no attach changes the fans meanwhile.
+    // Held until detach returns: no attach changes the fans meanwhile (run
+    // by the agent, the agent holds it).
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
-    let _lock = run_dir.lock_state()?;
+    let _lock = if global.by_agent {
+        None
+    } else {
+        Some(run_dir.lock_state()?)
+    };
     let overlay = args
         .overlay
         .map(|o| ipv4_network(o, "overlay"))
@@ -52,6 +57,8 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     if staying.is_empty()
         && let Some(status) = agent::status(&run_dir)
         && status.started_by_attach
+        // The agent itself detaching (its underlay moved): it stays.
+        && status.pid != std::process::id()
     {
         agent::stop(&run_dir)?;
         agent::remove_log(&run_dir)?;
@@ -88,13 +95,16 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         );
         let kept = release_bridge(&net, fan).await?;
         let _ = maps.meta.remove(&meta_key(fan.overlay));
-        println!(
-            "detached: {} from {} (bridge {}{})",
-            fan.overlay,
-            fan.iface,
-            fan.bridge,
-            kept.map(|why| format!(", kept: {why}")).unwrap_or_default()
-        );
+        // The agent says what changed itself.
+        if !global.by_agent {
+            println!(
+                "detached: {} from {} (bridge {}{})",
+                fan.overlay,
+                fan.iface,
+                fan.bridge,
+                kept.map(|why| format!(", kept: {why}")).unwrap_or_default()
+            );
+        }
     }
 
     let first = &going[0].meta;
@@ -153,12 +163,7 @@ async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
     let Some(bridge) = net.link(&fan.bridge).await? else {
         return Ok(None);
     };
-    let ports: Vec<String> = net
-        .ports(bridge.index)
-        .await?
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let ports = net.port_names(bridge.index).await?;
     let created = fan.meta.owned & owned::BRIDGE != 0;
     if created && ports.is_empty() {
         net.del_link(bridge.index).await?;

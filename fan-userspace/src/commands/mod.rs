@@ -5,6 +5,7 @@ pub mod attach;
 pub mod bind;
 pub mod detach;
 pub mod doctor;
+pub mod generate;
 pub mod map;
 pub mod show;
 pub mod stats;

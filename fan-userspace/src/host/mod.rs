@@ -196,26 +196,47 @@ impl Net {
         Ok(out)
     }
 
+    /// The names of bridge `bridge`'s ports.
+    pub async fn port_names(&self, bridge: u32) -> Result<Vec<String>> {
+        Ok(self
+            .ports(bridge)
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect())
+    }
+
     /// IPv4 addresses of a link with their prefix lengths, primary first.
     /// This host's own address is IFA_LOCAL; IFA_ADDRESS is the same on a
     /// broadcast link but the peer's on a point-to-point one, so it is not read.
     pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-        let mut out = Vec::new();
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
+        Ok(self
+            .all_ipv4_addrs(Some(index))
+            .await?
+            .into_iter()
+            .map(|(_, addr, len)| (addr, len))
+            .collect())
+    }
+
+    /// (ifindex, address, prefix length) of every IPv4 address, or of one
+    /// link's, primary first.
+    pub async fn all_ipv4_addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let mut out: Vec<(u32, Ipv4Addr, u8)> = Vec::new();
+        let mut request = self.handle.address().get();
+        if let Some(index) = index {
+            request = request.set_link_index_filter(index);
+        }
+        let mut addrs = request.execute();
         while let Some(msg) = addrs.try_next().await.context("listing addresses")? {
             if msg.header.family != AddressFamily::Inet {
                 continue;
             }
+            let link = msg.header.index;
             for attr in &msg.attributes {
                 if let AddressAttribute::Local(IpAddr::V4(a)) = attr
-                    && !out.iter().any(|(o, _)| o == a)
+                    && !out.iter().any(|(l, o, _)| *l == link && o == a)
                 {
-                    out.push((*a, msg.header.prefix_len));
+                    out.push((link, *a, msg.header.prefix_len));
                 }
             }
         }
@@ -450,7 +471,8 @@ impl Net {
                     _ => {}
                 }
             }
-            if dst == Some(dest) && table == RT_TABLE_MAIN {
+            // A default route carries no destination attribute.
+            if dst.unwrap_or(Ipv4Addr::UNSPECIFIED) == dest && table == RT_TABLE_MAIN {
                 return Ok(Some(found));
             }
         }

@@ -54,6 +54,16 @@ impl RunDir {
         create_private_dirs(&[&self.root, &self.path], "the run directory")
     }
 
+    /// Takes `state.lock` if no other fan-xdp holds it. The agent's way: a
+    /// command that holds it may be waiting for the agent's answer; and its
+    /// DHCP supervision skips a round while attach or detach changes the
+    /// fans (detach stops a fan's server, which must not be restarted meanwhile).
+    pub fn try_lock_state(&self) -> Result<Option<StateLock>> {
+        self.create()?;
+        let file = open_lock_file(&self.path.join("state.lock"))?;
+        Ok(try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(StateLock { _file: file }))
+    }
+
     /// Takes `state.lock`, waiting while another fan-xdp holds it.
     pub fn lock_state(&self) -> Result<StateLock> {
         self.create()?;
@@ -69,15 +79,6 @@ impl RunDir {
             }
         }
         Ok(StateLock { _file: file })
-    }
-
-    /// Takes `state.lock` if nobody holds it: the agent's DHCP supervision
-    /// waits for a round while attach or detach changes the fans (detach
-    /// stops a fan's DHCP server, which the agent must not restart meanwhile).
-    pub fn try_lock_state(&self) -> Result<Option<StateLock>> {
-        self.create()?;
-        let file = open_lock_file(&self.path.join("state.lock"))?;
-        Ok(try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then_some(StateLock { _file: file }))
     }
 }
 

@@ -1,0 +1,311 @@
+//! Following the host: what happens to a fan's underlay and slice bridge
+//! after attach. Run on every IPv4 address event, every link event of a
+//! fan's underlay or slice bridge, and on each periodic resync (the safety
+//! net), it looks at each attached fan and, where the host has changed under
+//! it, runs attach or detach again, which already know how to create what is
+//! missing and re-attach what is defunct:
+//!
+//! - the underlay's address changed (the fan's address is gone and another
+//!   in the underlay is there, whichever came first): the fan is detached
+//!   from the old slice and attached on the new one, its bridge named by the
+//!   same rule (the default name follows the slice; a given name stays);
+//! - the underlay was deleted and re-created under its name, or the slice
+//!   bridge was deleted or re-created: attach again re-creates the bridge,
+//!   attaches the programs to the devices as they are now and points the fan
+//!   entry at the underlay's new ifindex;
+//! - the underlay is gone, down, or without an address in its underlay:
+//!   nothing to do but wait (said once).
+//!
+//! Each change is one log line; a wait is said once until it ends.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+use fan_common::maps::{DecapMode, ModeReason};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use log::{debug, info};
+use rtnetlink::{
+    packet_core::NetlinkPayload,
+    packet_route::{AddressFamily, RouteNetlinkMessage, link::LinkAttribute},
+};
+
+use crate::{
+    cli::{AttachArgs, Global, Mode},
+    commands::{attach, detach},
+    config::resolve::detach_args,
+    dataplane::{Hook, PinnedMaps, overlay_key},
+    host::{Net, bypass, naming::bridge_name},
+    state::{
+        StateDir,
+        record::{Fan, load_fans},
+        rundir::RunDir,
+    },
+};
+
+/// What a fan needs after a look at the host.
+#[derive(Debug, PartialEq, Eq)]
+enum Need {
+    Nothing,
+    /// Nothing can be done until the host changes again; why.
+    Wait(String),
+    /// Its address is gone; this one in its underlay is there.
+    Move(std::net::Ipv4Addr),
+    /// Attach again; why.
+    Repair(String),
+}
+
+/// The waits already said, by overlay, so that each is logged once, and
+/// the devices the fans are on (as of the last look).
+#[derive(Default)]
+pub struct Follower {
+    said: HashMap<Ipv4Network, String>,
+    devices: HashSet<String>,
+}
+
+impl Follower {
+    /// Whether a netlink event may concern a fan: any IPv4 address change,
+    /// and a link change of a fan's underlay or slice bridge (or before the
+    /// first look, any). A container's port coming and going does not, so
+    /// hundreds of them cost the follower nothing.
+    pub fn concerns(&self, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
+        let NetlinkPayload::InnerMessage(message) = payload else {
+            return false;
+        };
+        match message {
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                a.header.family == AddressFamily::Inet
+            }
+            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
+                self.devices.is_empty()
+                    || link.attributes.iter().any(|attr| {
+                        matches!(attr, LinkAttribute::IfName(name) if self.devices.contains(name))
+                    })
+            }
+            _ => false,
+        }
+    }
+
+    /// Looks at every complete fan and acts where the host changed under it.
+    pub async fn follow(
+        &mut self,
+        net: &Net,
+        dir: &StateDir,
+        run_dir: &RunDir,
+        global: &Global,
+    ) -> Result<()> {
+        if !dir.exists() {
+            self.said.clear();
+            self.devices.clear();
+            return Ok(());
+        }
+        // A command changing the fans now may be waiting for the agent:
+        // never wait for it; the next event or resync looks again.
+        let Some(_lock) = run_dir.try_lock_state()? else {
+            debug!("another fan-xdp is changing the fans: following the host at the next look");
+            return Ok(());
+        };
+        let (fans, bypass) = {
+            let maps = PinnedMaps::open(dir)?;
+            (load_fans(&maps)?, maps.bypass()?)
+        };
+        self.devices = fans
+            .iter()
+            .flat_map(|f| [f.iface.clone(), f.bridge.clone()])
+            .collect();
+        for fan in fans.iter().filter(|f| f.complete) {
+            let need = need(net, dir, fan).await?;
+            match need {
+                Need::Nothing => {
+                    if self.said.remove(&fan.overlay).is_some() {
+                        info!("overlay {}: {} is back as it was", fan.overlay, fan.iface);
+                    }
+                }
+                Need::Wait(why) => {
+                    if self.said.get(&fan.overlay) != Some(&why) {
+                        info!("overlay {}: {why}", fan.overlay);
+                        self.said.insert(fan.overlay, why);
+                    }
+                }
+                Need::Move(to) => {
+                    self.said.remove(&fan.overlay);
+                    move_fan(net, fan, to, bypass, global, dir).await?;
+                }
+                Need::Repair(why) => {
+                    self.said.remove(&fan.overlay);
+                    let args = args_of(fan, bypass, Some(fan.bridge.clone()), dhcp_of(fan, global));
+                    attach::run(&args, global).await?;
+                    info!("overlay {}: {why}: attached again", fan.overlay);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `fan` needs, from the host as it is now.
+async fn need(net: &Net, dir: &StateDir, fan: &Fan) -> Result<Need> {
+    let Some(iface) = net.link(&fan.iface).await? else {
+        return Ok(Need::Wait(format!(
+            "underlay {} is gone; waiting for it",
+            fan.iface
+        )));
+    };
+    let addrs = net.ipv4_addrs(iface.index).await?;
+    if !addrs.iter().any(|(a, _)| *a == fan.host) {
+        return Ok(
+            match addrs.iter().find(|(a, _)| fan.underlay.contains(*a)) {
+                Some((to, _)) => Need::Move(*to),
+                None => Need::Wait(format!(
+                    "{} lost {} and has no other address in {}; waiting for one",
+                    fan.iface, fan.host, fan.underlay
+                )),
+            },
+        );
+    }
+    let Some(bridge) = net.link(&fan.bridge).await? else {
+        return Ok(Need::Repair(format!(
+            "slice bridge {} was deleted",
+            fan.bridge
+        )));
+    };
+    let decap = if fan.mode == Some(DecapMode::Xdp) {
+        ("decap-xdp", Hook::Xdp)
+    } else {
+        ("decap-tc", Hook::TcIngress)
+    };
+    let entry_index = PinnedMaps::open(dir)?
+        .config
+        .get(
+            &overlay_key(u32::from(fan.overlay.network()), fan.overlay.prefix()),
+            0,
+        )
+        .ok()
+        .map(|e| e.underlay_ifindex);
+    if entry_index != Some(iface.index)
+        || attach::defunct(net, &dir.link(&fan.iface, decap.0), iface.index, decap.1)
+            .await?
+            .is_some()
+    {
+        return Ok(Need::Repair(format!(
+            "underlay {} was re-created (ifindex {})",
+            fan.iface, iface.index
+        )));
+    }
+    if attach::defunct(
+        net,
+        &dir.link(&fan.bridge, "encap"),
+        bridge.index,
+        Hook::TcIngress,
+    )
+    .await?
+    .is_some()
+    {
+        return Ok(Need::Repair(format!(
+            "slice bridge {} was re-created",
+            fan.bridge
+        )));
+    }
+    if !iface.up {
+        return Ok(Need::Wait(format!("underlay {} is down", fan.iface)));
+    }
+    Ok(Need::Nothing)
+}
+
+/// The attach that gives `fan` again, as it was set up (bridge None: named
+/// by the default rule for whatever slice the host has now).
+fn args_of(fan: &Fan, bypass: u32, bridge: Option<String>, dhcp: bool) -> AttachArgs {
+    // A mode that was asked for is asked for again; one auto chose, auto chooses.
+    let requested = ModeReason::try_from(fan.meta.mode_reason) == Ok(ModeReason::Requested);
+    let mode = match fan.mode {
+        Some(DecapMode::Xdp) if requested => Mode::Xdp,
+        Some(DecapMode::Tc) if requested => Mode::Tc,
+        _ => Mode::Auto,
+    };
+    AttachArgs {
+        iface: fan.iface.clone(),
+        overlay: IpNetwork::V4(fan.overlay),
+        underlay: Some(IpNetwork::V4(fan.underlay)),
+        bridge,
+        host_reserve: fan.host_reserve,
+        mode,
+        no_nat: !fan.nat,
+        mtu: Some(fan.mtu),
+        no_agent: true,
+        bypass: bypass::setting_of(bypass),
+        dhcp,
+        // The slice's own plan: ranges set by hand on the old slice name
+        // addresses of that one (a moved fan gets the default plan).
+        dhcp_range: None,
+        cni_range: None,
+        docker_cidr: None,
+    }
+}
+
+/// Whether `fan` was attached with DHCP on its slice (its settings in the
+/// run directory).
+fn dhcp_of(fan: &Fan, global: &Global) -> bool {
+    crate::state::rundir::RunDir::locate(global.run_dir.as_deref())
+        .and_then(|run| crate::state::settings::dhcp_of(&run, fan))
+        .unwrap_or(false)
+}
+
+/// The slice follows the address: detach from the old slice, attach on the
+/// new, and name the containers left behind on the old one.
+async fn move_fan(
+    net: &Net,
+    fan: &Fan,
+    to: std::net::Ipv4Addr,
+    bypass: u32,
+    global: &Global,
+    dir: &StateDir,
+) -> Result<()> {
+    let left = containers_on(net, fan).await?;
+    let bridge = (fan.bridge != bridge_name(fan.slice.network())).then(|| fan.bridge.clone());
+    // Read before detach, which forgets the fan's settings.
+    let dhcp = dhcp_of(fan, global);
+    detach::run(&detach_args(fan), global).await?;
+    attach::run(&args_of(fan, bypass, bridge, dhcp), global).await?;
+    let now = load_fans(&PinnedMaps::open(dir)?)?
+        .into_iter()
+        .find(|f| f.overlay == fan.overlay);
+    let (slice, bridge) = now.map_or_else(
+        || ("none".to_string(), "none".to_string()),
+        |f| (f.slice.to_string(), f.bridge),
+    );
+    info!(
+        "overlay {}: {} moved from {} to {to}: slice {} on {} is now {slice} on {bridge}; containers left on the old slice: {}",
+        fan.overlay,
+        fan.iface,
+        fan.host,
+        fan.slice,
+        fan.bridge,
+        if left.is_empty() {
+            "none".to_string()
+        } else {
+            left.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// The containers on `fan`'s slice bridge with an address in its slice
+/// (from the bridge's neighbours), as `ADDR (PORT)`, or the bare ports.
+async fn containers_on(net: &Net, fan: &Fan) -> Result<Vec<String>> {
+    let Some(bridge) = net.link(&fan.bridge).await? else {
+        return Ok(Vec::new());
+    };
+    let mut named: Vec<String> = net
+        .neighbours(bridge.index)
+        .await?
+        .into_iter()
+        .filter(|(addr, _)| fan.slice.contains(*addr) && *addr != fan.gateway)
+        .map(|(addr, _)| addr.to_string())
+        .collect();
+    named.sort();
+    named.dedup();
+    let ports = net.port_names(bridge.index).await?;
+    if !ports.is_empty() {
+        named.push(format!("on port(s) {}", ports.join(" ")));
+    }
+    Ok(named)
+}
