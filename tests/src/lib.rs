@@ -6,6 +6,7 @@ pub mod chart;
 pub mod cni;
 pub mod dhcp;
 pub mod fuzz;
+pub mod lifecycle;
 pub mod measure;
 pub mod model;
 pub mod netns;

@@ -57,6 +57,58 @@ pub fn netns_snapshot(ns: &Netns) -> Result<String> {
     Ok(out)
 }
 
+/// [`snapshot`], and what else a lifecycle must give back: fan-xdp's run
+/// directory for this namespace less its lock files (`state.lock` and the
+/// agent's are never deleted, by design: deleting one while another process
+/// waits on it would let two processes lock two different files), anything
+/// under `/var/lib/fan-xdp`, and how many descriptors this test process has
+/// open (the commands run as children; a handle the test's own calls into
+/// the crate leaked would show here).
+///
+/// Neighbour entries the kernel learned from the test's traffic (reachable,
+/// stale and the like) are left out: fan-xdp makes none. Where other
+/// processes load BPF on the same machine (a developer's shared one),
+/// `FAN_TEST_SHARED_MACHINE=1` leaves out the machine-wide BPF ids, which
+/// they change; CI (`CI=true`) refuses it.
+pub fn lifecycle_snapshot(ns: &Netns) -> Result<String> {
+    let shared = std::env::var("FAN_TEST_SHARED_MACHINE").is_ok_and(|v| v == "1");
+    if shared && std::env::var("CI").is_ok_and(|v| v == "true") {
+        anyhow::bail!("FAN_TEST_SHARED_MACHINE=1 under CI=true: CI compares the BPF ids");
+    }
+    let whole = if shared {
+        netns_snapshot(ns)?
+    } else {
+        snapshot(ns)?
+    };
+    let learned = [
+        "REACHABLE",
+        "STALE",
+        "DELAY",
+        "PROBE",
+        "FAILED",
+        "INCOMPLETE",
+    ];
+    let mut out: String = whole
+        .lines()
+        .filter(|l| !learned.iter().any(|state| l.trim_end().ends_with(state)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cookie = ns.enter(fan_userspace::host::netns::current_cookie)??;
+    let listing = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "find /run/fan-xdp/netns-{cookie} -mindepth 1 ! -name '*.lock' 2>/dev/null | sort; \
+                 find /var/lib/fan-xdp 2>/dev/null | sort"
+            ),
+        ])
+        .output()?;
+    out += &format!("== run, var\n{}", String::from_utf8_lossy(&listing.stdout));
+    let fds = std::fs::read_dir("/proc/self/fd")?.count();
+    out += &format!("== fds\n{fds}\n");
+    Ok(out)
+}
+
 /// Asserts that the snapshot of `ns` equals `before`. The kernel frees BPF
 /// objects after their last reference in deferred work, so ids of objects
 /// just released may linger a moment: wait up to two seconds for that to
@@ -64,6 +116,12 @@ pub fn netns_snapshot(ns: &Netns) -> Result<String> {
 #[track_caller]
 pub fn assert_unchanged(ns: &Netns, before: &str, what: &str) {
     assert_same(ns, snapshot, before, what)
+}
+
+/// [`assert_unchanged`] for a [`lifecycle_snapshot`].
+#[track_caller]
+pub fn assert_lifecycle_unchanged(ns: &Netns, before: &str, what: &str) {
+    assert_same(ns, lifecycle_snapshot, before, what)
 }
 
 /// [`assert_unchanged`] for a [`netns_snapshot`].

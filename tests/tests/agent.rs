@@ -44,9 +44,7 @@ fn fan_xdp_pids(ns: &Netns) -> Vec<u32> {
 }
 
 fn agent_pid(host: &Host) -> u64 {
-    show(host)[0]["agent"]["pid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no agent in {}", show(host)))
+    fan_tests::lifecycle::agent_pid(host).unwrap().into()
 }
 
 #[test]

@@ -535,22 +535,15 @@ fn a_forward_drop_firewall_is_reported() {
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
-/// The tag (instruction hash) of the program a pinned link runs.
+/// The tag of the program the link pinned at `pin` runs.
 fn linked_tag(pin: &std::path::Path) -> u64 {
-    use aya::programs::links::{FdLink, PinnedLink};
-    let link = FdLink::from(PinnedLink::from_pin(pin).unwrap());
-    let id = link.info().unwrap().program_id();
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == id)
-        .unwrap()
-        .tag()
+    fan_tests::lifecycle::linked_tag(pin).unwrap()
 }
 
 #[test]
 fn a_newer_program_replaces_the_running_one_without_a_gap() {
     use aya::programs::links::{FdLink, PinnedLink};
-    use fan_userspace::dataplane::{Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT};
+    use fan_userspace::dataplane::{Dataplane, ENCAP_OUTPUT};
     if !privileged() {
         return;
     }
@@ -568,14 +561,9 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
     // Make host 1's bridge run another program, as an older fan-xdp would
     // have left it (the output-hook variant: it encapsulates too).
     let mut other = Dataplane::load(0).unwrap();
-    let forward_tag = other
-        .classifier(ENCAP_FORWARD)
-        .unwrap()
-        .info()
-        .unwrap()
-        .tag();
+    let (forward_tag, output_tag) =
+        fan_tests::lifecycle::forward_and_output_tags(&mut other).unwrap();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
-    let output_tag = output.info().unwrap().tag();
     if !fan_userspace::dataplane::tcx_supported() {
         // Without TCX (Linux < 6.6) the filter sits on a clsact qdisc and the
         // pin is a program marking which version it runs; a replacement

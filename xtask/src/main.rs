@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | install | test | demo | fuzz | vm | bench`.
+//! Project tasks: `cargo xtask setup | build | install | test | demo | fuzz | soak | vm | bench`.
 //!
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
 //! fresh machine and can install that toolchain itself.
@@ -57,6 +57,20 @@ enum Task {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// The long runs over time: the soak (3 hosts, flows, containers
+    /// coming and going) for `minutes`, and `cycles` leak cycles of attach,
+    /// traffic and detach (tests/tests/soak.rs and lifecycle.rs).
+    Soak {
+        /// How long the soak runs.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Containers on each host, half of them long-lived, half replaced in turn.
+        #[arg(long, default_value_t = 10)]
+        containers: u64,
+        /// Leak cycles (0: none).
+        #[arg(long, default_value_t = 0)]
+        cycles: u64,
+    },
     /// Install fan-xdp as a service: the release binary, the systemd unit, man
     /// pages and shell completions (generated from the command's
     /// definitions) under PREFIX, and the CNI plugin `fan` (a link to the
@@ -97,6 +111,14 @@ fn main() -> Result<()> {
         Task::Fuzz { cases, seed } => {
             setup::run()?;
             fuzz(cases, seed)
+        }
+        Task::Soak {
+            minutes,
+            containers,
+            cycles,
+        } => {
+            setup::run()?;
+            soak(minutes, containers, cycles)
         }
         Task::Bench { quick, containers } => {
             setup::run()?;
@@ -157,6 +179,31 @@ fn fuzz(cases: u64, seed: Option<String>) -> Result<()> {
         bail!(
             "the fuzz run failed (seed {seed}; reproducers above and in tests/corpus/regressions.txt)"
         );
+    }
+    Ok(())
+}
+
+/// Runs the soak test for `minutes` with `containers` per host, then
+/// `cycles` leak cycles if any, with the fan-xdp build the tests drive.
+fn soak(minutes: u64, containers: u64, cycles: u64) -> Result<()> {
+    cargo(&[&["build"][..], &TEST_FAN_XDP].concat())?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let run = |test: &str, filter: &str| -> Result<()> {
+        let status = Command::new(&cargo)
+            .args(["test", "-p", "fan-tests", "--test", test])
+            .args(["--", "--nocapture", "--test-threads=1", filter])
+            .env("FAN_SOAK_SECONDS", (minutes * 60).to_string())
+            .env("FAN_SOAK_CONTAINERS", containers.to_string())
+            .env("FAN_LIFECYCLE_CYCLES", cycles.to_string())
+            .current_dir(workspace_root())
+            .status()
+            .with_context(|| format!("running the {test} test"))?;
+        anyhow::ensure!(status.success(), "the {test} run failed");
+        Ok(())
+    };
+    run("soak", "soak")?;
+    if cycles > 0 {
+        run("lifecycle", "cycles")?;
     }
     Ok(())
 }

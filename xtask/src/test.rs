@@ -73,6 +73,12 @@ pub fn run() -> Result<()> {
         // whose 6.1 guest has no container runtimes.
         "--test",
         "runtimes",
+        // Over time: 3 leak cycles, 20 upgrades and 20 agent kills under a
+        // transfer, and a 30-second soak (cargo xtask soak runs longer ones).
+        "--test",
+        "lifecycle",
+        "--test",
+        "soak",
     ];
     ok &= cargo_test(
         &[&["-p", "fan-tests"][..], &host_tests].concat(),

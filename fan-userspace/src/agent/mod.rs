@@ -360,6 +360,19 @@ pub fn stop(run: &RunDir) -> Result<()> {
     Ok(())
 }
 
+/// Removes the log of an agent that [`stop`] stopped, with the last fan's
+/// detach: a clean stop leaves nothing to look into, and the directory is
+/// then as before the first attach (less its lock files, kept by design).
+pub fn remove_log(run: &RunDir) -> Result<()> {
+    let log = Files::of(run).log;
+    match fs::remove_file(&log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", log.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Most an agent's log may grow before it starts over.
 pub const LOG_LIMIT: u64 = 1 << 20;
 

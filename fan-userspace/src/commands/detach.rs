@@ -61,6 +61,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         && status.pid != std::process::id()
     {
         agent::stop(&run_dir)?;
+        agent::remove_log(&run_dir)?;
         println!("stopped the agent (pid {})", status.pid);
     }
     let net = Net::connect()?;
