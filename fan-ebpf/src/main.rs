@@ -6,8 +6,12 @@
 //! - `fan_decap_tc`: TC ingress of the underlay device.
 //! - `fan_decap_xdp`: native XDP on the underlay device.
 //! - `fan_bench_xdp_pass`: only the bench's baseline.
-#![no_std]
-#![no_main]
+// The programs are built for the BPF target only. A host build of the
+// workspace (`cargo build --workspace --all-targets`) compiles this crate
+// too: there it is an ordinary, empty program, so that std's panic handler
+// and `main` do not clash with the BPF ones.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 mod decap;
 mod encap;
@@ -57,11 +61,14 @@ pub fn fan_bench_xdp_pass(_ctx: XdpContext) -> u32 {
     aya_ebpf::bindings::xdp_action::XDP_PASS
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
