@@ -53,15 +53,17 @@ pub fn choose(
 
 impl Known {
     /// Takes in the changes `messages` announce. `None` if one of them needs
-    /// a full sync (a slice bridge changed or went, or events were lost); else the bindings by
-    /// origin after the endpoint map and the ports were brought in step.
+    /// a full sync (a slice bridge changed or went, or events were lost);
+    /// `Some(Ok(None))` if none was about a slice bridge (nothing to write);
+    /// else the bindings by origin after the endpoint map and the ports were
+    /// brought in step.
     pub fn take_in(
         &mut self,
         messages: &[NetlinkMessage<RouteNetlinkMessage>],
         dir: &StateDir,
         bindings: &Bindings,
         ports: &mut Option<PortEncap>,
-    ) -> Option<Result<BTreeMap<String, u64>>> {
+    ) -> Option<Result<Option<BTreeMap<String, u64>>>> {
         let mut changed = false;
         for message in messages {
             let inner = match &message.payload {
@@ -87,8 +89,9 @@ impl Known {
         }
         if !changed {
             debug!("{} event(s), none about a slice bridge", messages.len());
+            return Some(Ok(None));
         }
-        Some(self.settle(dir, bindings, ports))
+        Some(self.settle(dir, bindings, ports).map(Some))
     }
 
     /// Writes what differs between what is known and the endpoint map, and

@@ -220,11 +220,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     .as_mut()
                     .and_then(|k| k.take_in(&messages, &dir, &bindings, &mut ports));
                 let synced = match taken {
-                    Some(counts) => counts.map(|bindings| Synced {
+                    // Nothing about a slice bridge: nothing to write or say.
+                    Some(Ok(None)) => continue,
+                    Some(Ok(Some(bindings))) => Ok(Synced {
                         bindings,
                         ports: ports.as_ref().map_or(0, PortEncap::ports),
                         bypass: None,
                     }),
+                    Some(Err(e)) => Err(e),
                     None => full_sync!(),
                 };
                 publish(&run_dir, &mut status, synced);
