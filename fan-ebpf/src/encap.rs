@@ -19,7 +19,7 @@ use aya_log_ebpf::debug;
 use fan_common::{
     FanEntry, StatReason,
     ipv4::{
-        ETH_HDR_LEN, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN,
+        ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN,
         is_fragment, outer_header,
     },
 };
@@ -106,6 +106,14 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     };
     // SAFETY: bounds-checked by `eth`.
     if !unsafe { (*eth).is_ipv4() } {
+        if hook == Hook::Port
+            && let Some(sender) = arp_sender(start, end)
+            && !source_bound_here(ctx, sender)
+        {
+            // An ARP claim of a sibling's (or the gateway's) address would
+            // teach the host's neighbour table, which the stack path follows.
+            return Err(Outcome::Drop(StatReason::DropSourceNotBound));
+        }
         return Err(Outcome::Pass(StatReason::PassNotIpv4));
     }
     let Some(ip_ptr) = ipv4(start, end, ETH_HDR_LEN) else {
@@ -118,7 +126,7 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
         // (bound) address must not be heard either.
         return Err(Outcome::Drop(StatReason::DropDhcpServerReply));
     }
-    if hook == Hook::Port && !source_bound_here(ctx, &ip) {
+    if hook == Hook::Port && !source_bound_here(ctx, ip.src_raw()) {
         return Err(Outcome::Drop(StatReason::DropSourceNotBound));
     }
     let Some(fan) = fan_for(ip.dst_raw()) else {
@@ -238,22 +246,57 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     Ok(action as i32)
 }
 
-/// The port program's check of a container's source address: an address
-/// bound to another port (a sibling's), or the slice gateway's, is not this
+/// The port program's check of a container's source address (`src_raw`, in
+/// network byte order: an IPv4 source or an ARP sender): an address bound
+/// to another port (a sibling's), or the slice gateway's, is not this
 /// container's to send from. Addresses with no binding yet pass: the check
 /// applies where a binding exists.
 #[inline(always)]
-fn source_bound_here(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
+fn source_bound_here(ctx: &TcContext, src_raw: u32) -> bool {
     // SAFETY: reading a field of the program's own context.
     let port = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(ip.src_raw()) } {
+    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(src_raw) } {
         return endpoint.ifindex == port;
     }
-    match fan_for(ip.src_raw()) {
-        Some(fan) => ip.src() != fan.gateway(),
+    match fan_for(src_raw) {
+        Some(fan) => u32::from_be(src_raw) != fan.gateway(),
         None => true,
     }
+}
+
+/// An Ethernet/IPv4 ARP packet's fields up to the sender's protocol address.
+#[repr(C)]
+struct ArpIpv4Head {
+    hardware_type: [u8; 2],
+    protocol_type: [u8; 2],
+    hardware_len: u8,
+    protocol_len: u8,
+    operation: [u8; 2],
+    sender_mac: [u8; 6],
+    sender_ip: [u8; 4],
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+const ARP_HRD_ETHER: u16 = 1;
+
+/// The sender address (network byte order) of an Ethernet/IPv4 ARP packet;
+/// None for anything else.
+#[inline(always)]
+fn arp_sender(start: usize, end: usize) -> Option<u32> {
+    let eth = crate::parse::eth(start, end)?;
+    // SAFETY: bounds-checked by `eth`.
+    if u16::from_be_bytes(unsafe { (*eth).ether_type }) != ETH_P_ARP {
+        return None;
+    }
+    let arp = ptr_at::<ArpIpv4Head>(start, end, ETH_HDR_LEN)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let arp = unsafe { &*arp };
+    let ipv4_over_ethernet = u16::from_be_bytes(arp.hardware_type) == ARP_HRD_ETHER
+        && u16::from_be_bytes(arp.protocol_type) == ETH_P_IPV4
+        && arp.hardware_len == 6
+        && arp.protocol_len == 4;
+    ipv4_over_ethernet.then(|| u32::from_ne_bytes(arp.sender_ip))
 }
 
 /// Source and destination ports of a UDP header.

@@ -420,11 +420,62 @@ fn two_fans_serve_side_by_side_and_detach_stops_only_its_own() {
 
 #[test]
 fn a_containers_own_dhcp_server_is_not_heard() {
-    let Some((state, fleet)) = bed(1) else {
+    rogue_server_is_not_heard(&[]);
+}
+
+/// With the bypass off (netfilter could act) fan traffic takes the stack,
+/// but the ports keep their checks: a rogue DHCP server is still not heard
+/// and a container still cannot send from its sibling's leased address.
+#[test]
+fn with_the_bypass_off_the_ports_still_guard_dhcp_and_sources() {
+    let Some((state, fleet, rogue, client, leased)) =
+        rogue_server_is_not_heard(&["--bypass", "off"])
+    else {
         return;
     };
     let h1 = &fleet.hosts[0];
-    attach_dhcp(h1, &state, &[]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            show(h1, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 1
+        }),
+        "the lease is not bound with the bypass off: {}",
+        show(h1, &state, &[])
+    );
+    let shown = fan_xdp(h1, &state, &["show"]).unwrap();
+    assert!(
+        shown.contains("no fast path (bypass off): source and DHCP checks at 2 of 2 container port(s)"),
+        "{shown}"
+    );
+    // The rogue takes its sibling's leased address and sends from it.
+    rogue
+        .ip(&["addr", "add", &format!("{}/32", leased.addr), "dev", "eth0"])
+        .unwrap();
+    let before = h1.counter(StatReason::DropSourceNotBound).unwrap();
+    let out = rogue
+        .command("ping")
+        .args(["-c", "2", "-W", "1", "-I"])
+        .arg(leased.addr.to_string())
+        .arg(h1.gateway.to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the gateway answered a spoofed source");
+    assert!(
+        h1.counter(StatReason::DropSourceNotBound).unwrap() >= before + 2,
+        "a sibling's source left its port with the bypass off"
+    );
+    // The owner itself still reaches the gateway through the stack.
+    assert!(ping(&client, h1.gateway, 2).unwrap());
+    fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+}
+
+/// A rogue DHCP server in container 1 and a client in container 2 on a host
+/// attached with `extra`: the client takes fan-xdp's lease. Returns the bed
+/// (still attached unless `extra` is empty), the rogue, the client and its
+/// lease, for more checks.
+fn rogue_server_is_not_heard(extra: &[&str]) -> Option<(StateDir, Fleet, Netns, Netns, Leased)> {
+    let (state, fleet) = bed(1)?;
+    let h1 = &fleet.hosts[0];
+    attach_dhcp(h1, &state, extra);
     // The rogue answers on the slice first: it runs before the client asks,
     // with no probe, authoritative, offering its own router.
     let rogue = dhcp_container(h1, 1);
@@ -462,7 +513,10 @@ fn a_containers_own_dhcp_server_is_not_heard() {
     );
     let _ = server.kill();
     let _ = server.wait();
-    fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+    if extra.is_empty() {
+        fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+    }
+    Some((state, fleet, rogue, client, leased))
 }
 
 #[test]
@@ -702,4 +756,72 @@ fn the_address_plan_is_set_per_fan_and_bad_plans_change_nothing() {
     .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("another address plan or DHCP setting"));
     fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+}
+
+/// The slice follows its underlay address (the agent re-attaches the fan)
+/// and the DHCP server moves with it: the old slice's dnsmasq stops, one
+/// serves the new slice bridge with the new slice's range, and a container
+/// there leases from it and reaches the other host.
+#[test]
+fn the_dhcp_server_moves_with_the_slice() {
+    let Some((state, fleet)) = bed(2) else {
+        return;
+    };
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    attach_dhcp(h1, &state, &[]);
+    attach_dhcp(h2, &state, &[]);
+    let peer = dhcp_container(h1, 1);
+    let peer_lease = lease(&peer).unwrap();
+    let old = dhcp_pid(h2, &state).expect("no dnsmasq on h2") as u32;
+    assert_eq!(flag_of(old, "interface"), "fan-250-0-2");
+    // As a DHCP client moves a host's address: the new one first, with
+    // secondaries promoted (systemd's default) so the old one's removal
+    // keeps it.
+    for scope in ["all", "eth0"] {
+        h2.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
+            .unwrap();
+    }
+    h2.ns
+        .ip(&["addr", "add", "198.18.0.9/16", "dev", "eth0"])
+        .unwrap();
+    h2.ns
+        .ip(&["addr", "del", "198.18.0.2/16", "dev", "eth0"])
+        .unwrap();
+    let moved_to = |shown: &serde_json::Value| {
+        shown[0]["bridge"] == "fan-250-0-9"
+            && shown[0]["dhcp"]["pid"]
+                .as_u64()
+                .is_some_and(|pid| pid != u64::from(old))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || moved_to(&show(h2, &state, &[]))),
+        "the DHCP server did not move with the slice: {}",
+        show(h2, &state, &[])
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{old}")).exists(),
+        "the old slice's dnsmasq still runs"
+    );
+    let new = dhcp_pid(h2, &state).unwrap() as u32;
+    assert_eq!(flag_of(new, "interface"), "fan-250-0-9");
+    assert!(
+        flag_of(new, "dhcp-range").starts_with("250.0.9.2,250.0.9.127"),
+        "{}",
+        flag_of(new, "dhcp-range")
+    );
+    let moved = plug_dhcp_container(&h2.ns, "fan-250-0-9", "dveth9", "d9-1").unwrap();
+    let leased = lease(&moved).unwrap();
+    let offset = u32::from(leased.addr).wrapping_sub(u32::from(Ipv4Addr::new(250, 0, 9, 0)));
+    assert!((2..=127).contains(&offset), "{leased:?}");
+    assert_eq!(leased.router, Some(Ipv4Addr::new(250, 0, 9, 1)), "{leased:?}");
+    assert_eq!(leased.mtu, OVERLAY_MTU, "{leased:?}");
+    assert!(
+        ping(&moved, peer_lease.addr, 3).unwrap(),
+        "a container of the moved slice does not reach the other host"
+    );
+    assert!(ping(&peer, leased.addr, 2).unwrap());
+    for host in [h1, h2] {
+        fan_xdp(host, &state, &["detach", "eth0"]).unwrap();
+    }
 }

@@ -310,6 +310,15 @@ const ENCAP_TO_OTHER_DEVICE: &str = "020000000001 0200000000aa 0800
 const ENCAP_FROM_GATEWAY: &str = "020000000001 0200000000aa 0800
     45000020 12344000 40013193 fa000101 fa000214
     0800e139 42420001 66616e21";
+// ARP requests for the gateway 250.0.1.1 from a container (Ethernet/IPv4,
+// RFC 826) whose sender is 250.0.1.10 (bound to a port in the tests), the
+// gateway itself (asking for 250.0.1.10), and the unbound 250.0.1.20.
+const ARP_FROM_BOUND: &str = "ffffffffffff 0200000000aa 0806
+    0001 0800 06 04 0001 0200000000aa fa00010a 000000000000 fa000101";
+const ARP_FROM_GATEWAY: &str = "ffffffffffff 0200000000aa 0806
+    0001 0800 06 04 0001 0200000000aa fa000101 000000000000 fa00010a";
+const ARP_FROM_UNBOUND: &str = "ffffffffffff 0200000000aa 0806
+    0001 0800 06 04 0001 0200000000aa fa000114 000000000000 fa000101";
 // DHCP from a container (UDP | 4 bytes "fan!"): a server's offer 67 -> 68
 // broadcast, a client's discover 68 -> 67 (0.0.0.0 -> broadcast), an offer
 // unicast to a remote container (DF), and a non-first fragment (offset 8)
@@ -1117,6 +1126,51 @@ fn a_port_sends_only_from_addresses_bound_to_it() {
         TC_ACT_REDIRECT,
         &hex(ENCAP_FORWARD_OUT),
         StatReason::Encapsulated,
+    );
+}
+
+#[test]
+fn a_port_sends_no_arp_claim_for_an_address_bound_elsewhere() {
+    use fan_common::maps::Endpoint;
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    let (port, sibling) = (bed.ifindex("eth1-peer"), bed.ifindex("eth0-peer"));
+    let endpoint = Endpoint {
+        ifindex: port,
+        mac: [0x0a, 0, 0, 0, 0, 2],
+        gateway_mac: [0x0a, 0, 0, 0, 0, 1],
+    };
+    let container = u32::from_be_bytes([250, 0, 1, 10]).to_be();
+    bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
+    // From the sibling's port, claims of 250.0.1.10 or of the gateway would
+    // teach the host's neighbour table (which the stack path follows).
+    bed.ingress_ifindex = sibling;
+    for claim in [ARP_FROM_BOUND, ARP_FROM_GATEWAY] {
+        let frame = hex(claim);
+        bed.check(
+            ENCAP_PORT,
+            &frame,
+            TC_ACT_SHOT,
+            &frame,
+            StatReason::DropSourceNotBound,
+        );
+    }
+    // An unbound sender, and the owner's own claim, pass uncounted.
+    let unbound = hex(ARP_FROM_UNBOUND);
+    bed.check_counts(ENCAP_PORT, &unbound, TC_ACT_UNSPEC, &unbound, &[]);
+    bed.ingress_ifindex = port;
+    let own = hex(ARP_FROM_BOUND);
+    bed.check_counts(ENCAP_PORT, &own, TC_ACT_UNSPEC, &own, &[]);
+    // The bridge's program leaves ARP to the bridge.
+    let gateway = hex(ARP_FROM_GATEWAY);
+    bed.check(
+        ENCAP_FORWARD,
+        &gateway,
+        TC_ACT_UNSPEC,
+        &gateway,
+        StatReason::PassNotIpv4,
     );
 }
 

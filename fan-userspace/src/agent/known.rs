@@ -26,22 +26,18 @@ pub struct Known {
     pub observed: Observed,
     /// The endpoint map as the agent last wrote it: the agent is its only writer.
     pub have: HashMap<u32, Endpoint>,
-    /// The bypass was on at the last full sync, so the fast path is in use.
-    pub bypass_on: bool,
 }
 
 /// The endpoint map's entries: what the bridge taught (learned entries,
 /// which keep to a live port), then the bindings made on purpose over it;
-/// and how many each origin has. Nothing while the bypass is off.
+/// and how many each origin has. Kept while the bypass is off too: the
+/// programs then deliver nothing directly (they read the bypass), but the
+/// port programs still check each container's source against them.
 pub fn choose(
     have: &HashMap<u32, Endpoint>,
     want: &Slices,
     bindings: &Bindings,
-    bypass_on: bool,
 ) -> (HashMap<u32, Endpoint>, BTreeMap<String, u64>) {
-    if !bypass_on {
-        return (HashMap::new(), BTreeMap::from([("learned".to_string(), 0)]));
-    }
     let mut bound = endpoints::keep_bindings(have, want);
     let chosen = bindings.endpoints(want);
     let mut counts = bindings.counts();
@@ -103,7 +99,7 @@ impl Known {
         ports: &mut Option<PortEncap>,
     ) -> Result<BTreeMap<String, u64>> {
         let want = self.observed.slices();
-        let (bound, counts) = choose(&self.have, &want, bindings, self.bypass_on);
+        let (bound, counts) = choose(&self.have, &want, bindings);
         if bound != self.have {
             let mut maps = PinnedMaps::open(dir)?;
             let (changed, removed) = endpoints::apply_diff(&mut maps, &self.have, &bound)?;

@@ -516,11 +516,15 @@ fn publish(run_dir: &RunDir, status: &mut agent::Status, synced: Result<Synced>)
     if let Err(e) = agent::write_status(run_dir, status) {
         warn!("writing the agent's status: {e:#}");
     }
-    notify::notify(&format!(
-        "STATUS=direct delivery to {} container(s), encapsulation at {} port(s)",
-        status.bindings.values().sum::<u64>(),
-        status.ports
-    ));
+    let (bound, ports) = (status.bindings.values().sum::<u64>(), status.ports);
+    notify::notify(&if status.bypass {
+        format!("STATUS=direct delivery to {bound} container(s), encapsulation at {ports} port(s)")
+    } else {
+        format!(
+            "STATUS=bypass off ({}): {bound} address(es) bound, source and DHCP checks at {ports} port(s)",
+            status.bypass_why
+        )
+    });
 }
 
 fn beat(dir: &StateDir) -> Result<()> {
@@ -579,7 +583,7 @@ async fn sync(
     let observed = endpoints::observe(net, &fans).await?;
     let want = observed.slices();
     let have: HashMap<u32, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
-    let (bound, counts) = known::choose(&have, &want, bindings, verdict.on);
+    let (bound, counts) = known::choose(&have, &want, bindings);
     let (changed, removed) = endpoints::apply_diff(&mut maps, &have, &bound)?;
     if changed + removed > 0 {
         info!(
@@ -592,18 +596,16 @@ async fn sync(
     *known = Some(Known {
         observed,
         have: bound,
-        bypass_on: verdict.on,
     });
 
     if ports.as_ref().is_some_and(|p| !p.is_current(dir)) {
         info!("a new program version was attached: moving the ports to it");
         *ports = None;
     }
-    if !verdict.on {
-        *ports = None;
-    }
+    // The port programs stay while the bypass is off: they pass what is
+    // for other slices to the stack then, but still drop what a container
+    // must not send (a sibling's source, a DHCP server's replies).
     if let Some(steer_flows) = at_ports
-        && verdict.on
         && ports.is_none()
         && fans.iter().any(|f| f.complete)
     {

@@ -313,7 +313,9 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Re
             args.host_reserve
         );
     }
-    if args.dhcp && args.no_agent {
+    // The agent's own attaches (following the host) say --no-agent only
+    // because the agent is already there.
+    if args.dhcp && args.no_agent && !global.by_agent {
         bail!(
             "--dhcp needs the agent, which starts and supervises the DHCP server (dnsmasq): attach without --no-agent"
         );

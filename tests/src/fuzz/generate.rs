@@ -129,18 +129,22 @@ impl<'a> Generator<'a> {
     /// Mostly the port the source is bound to (so the frame gets past the
     /// port rule), else any.
     fn port_for(&self, rng: &mut Rng, frame: &[u8]) -> String {
-        if rng.chance(2, 3) && frame.len() >= ETH_LEN + 20 {
-            let src = u32::from_be_bytes(frame[26..30].try_into().unwrap());
-            if let Some(e) = self.config.endpoint(src) {
-                let name = if e.ifindex == super::bed::MISSING_IFINDEX {
-                    "missing"
-                } else if rng.chance(1, 2) {
-                    "eth0-peer"
-                } else {
-                    "eth1-peer"
-                };
-                return name.to_string();
-            }
+        let src = crate::model::arp_ipv4_sender(frame).or_else(|| {
+            (frame.len() >= ETH_LEN + 20)
+                .then(|| u32::from_be_bytes(frame[26..30].try_into().unwrap()))
+        });
+        if rng.chance(2, 3)
+            && let Some(src) = src
+            && let Some(e) = self.config.endpoint(src)
+        {
+            let name = if e.ifindex == super::bed::MISSING_IFINDEX {
+                "missing"
+            } else if rng.chance(1, 2) {
+                "eth0-peer"
+            } else {
+                "eth1-peer"
+            };
+            return name.to_string();
         }
         rng.pick(&PORTS).to_string()
     }
@@ -464,7 +468,14 @@ fn transport_header(rng: &mut Rng, protocol: u8) -> Vec<u8> {
         PROTO_ICMP => vec![8, 0, 0, 0, 0x42, 0x42, 0, 1],
         PROTO_UDP => {
             let mut udp = vec![0u8; 8];
-            rng.fill(&mut udp[..4]);
+            if rng.chance(1, 4) {
+                // DHCP: a server's reply (67 -> 68), which ports drop, or the
+                // other way round.
+                let ports = *rng.pick(&[[0, 67, 0, 68], [0, 68, 0, 67], [0, 67, 0, 67]]);
+                udp[..4].copy_from_slice(&ports);
+            } else {
+                rng.fill(&mut udp[..4]);
+            }
             udp
         }
         PROTO_TCP => {
@@ -502,7 +513,13 @@ fn with_ethernet(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
         91..=93 => {
             frame.extend_from_slice(&[0x08, 0x06]);
             frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-            frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x22, 198, 18, 0, 2]);
+            frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x22]);
+            // The sender: often the packet's source (a container claiming
+            // an address of the slice), else an underlay address.
+            match packet.get(12..16) {
+                Some(src) if rng.chance(1, 2) => frame.extend_from_slice(src),
+                _ => frame.extend_from_slice(&[198, 18, 0, 2]),
+            }
             frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
             return frame;
         }

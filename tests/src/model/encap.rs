@@ -7,7 +7,7 @@ use super::{
     untouched,
     wire::{
         ETH_LEN, ETHERTYPE_IPV4, IPV4_MIN_LEN, Ipv4Fields, Ipv4View, PROTO_IPIP, PROTO_TCP,
-        PROTO_UDP, decrement_ttl, ethertype,
+        PROTO_UDP, be16, be32, decrement_ttl, ethertype,
     },
 };
 
@@ -60,11 +60,20 @@ fn encapsulate(
     ctx: RunContext,
 ) -> Result<Prediction, NotSent> {
     if ethertype(frame) != Some(ETHERTYPE_IPV4) {
+        if hook == Hook::Port
+            && let Some(sender) = arp_ipv4_sender(frame)
+            && !source_is_this_ports(config, sender, ctx.ingress_ifindex)
+        {
+            return Err(NotSent::Drop("drop_source_not_bound"));
+        }
         return Err(NotSent::Pass("pass_not_ipv4"));
     }
     let Some(ip) = Ipv4View::parse(frame, ETH_LEN) else {
         return Err(NotSent::Pass("pass_malformed_ipv4"));
     };
+    if hook == Hook::Port && is_dhcp_server_reply(frame, &ip) {
+        return Err(NotSent::Drop("drop_dhcp_server_reply"));
+    }
     if hook == Hook::Port && !source_is_this_ports(config, ip.src(), ctx.ingress_ifindex) {
         return Err(NotSent::Drop("drop_source_not_bound"));
     }
@@ -165,6 +174,33 @@ fn encapsulate(
 
 /// The port rule: a source bound to another port, or the slice gateway's
 /// address, is not this container's to send from; an unbound address is.
+/// A UDP datagram from port 67 (a DHCP server) to port 68 (a client): the
+/// ports lie in the first fragment only, and must be inside the frame.
+fn is_dhcp_server_reply(frame: &[u8], ip: &Ipv4View) -> bool {
+    const FRAGMENT_OFFSET: u16 = 0x1fff;
+    let fragment_offset = be16(frame, ip.offset() + 6) & FRAGMENT_OFFSET;
+    let ports_at = ip.offset() + ip.header_len();
+    ip.protocol() == PROTO_UDP
+        && fragment_offset == 0
+        && frame.len() >= ports_at + 4
+        && be16(frame, ports_at) == 67
+        && be16(frame, ports_at + 2) == 68
+}
+
+/// The sender protocol address of an ARP packet for IPv4 over Ethernet
+/// (RFC 826: hardware type 1, protocol 0x0800, lengths 6 and 4), right
+/// after the Ethernet header; None for any other frame.
+pub fn arp_ipv4_sender(frame: &[u8]) -> Option<u32> {
+    const ETHERTYPE_ARP: u16 = 0x0806;
+    let arp = frame.get(ETH_LEN..ETH_LEN + 18)?;
+    let ipv4_over_ethernet = ethertype(frame) == Some(ETHERTYPE_ARP)
+        && be16(arp, 0) == 1
+        && be16(arp, 2) == ETHERTYPE_IPV4
+        && arp[4] == 6
+        && arp[5] == 4;
+    ipv4_over_ethernet.then(|| be32(arp, 14))
+}
+
 fn source_is_this_ports(config: &Config, src: u32, port: u32) -> bool {
     if let Some(endpoint) = config.endpoint(src) {
         return endpoint.ifindex == port;

@@ -73,6 +73,8 @@ fn bed() -> Config {
     }
 }
 
+const ARP_FROM_BOUND: &str = "ffffffffffff 0200000000aa 0806
+    0001 0800 06 04 0001 0200000000aa fa00010a 000000000000 fa000101";
 const ENCAP_IN: &str = "020000000001 0200000000aa 0800
     45000020 12344000 4001318a fa00010a fa000214
     0800e139 42420001 66616e21";
@@ -149,6 +151,16 @@ fn encapsulation_fixtures() {
     )
     .unwrap();
     assert_eq!(p.counters, vec![("drop_source_not_bound", 46)]);
+    // The same rule for an ARP claim of 250.0.1.10 (a request for the gateway).
+    let p = predict(
+        &bed(),
+        Program::EncapPort,
+        &hex(ARP_FROM_BOUND),
+        RunContext::default(),
+    )
+    .unwrap();
+    assert_eq!(p.verdict, TC_ACT_SHOT);
+    assert_eq!(p.counters, vec![("drop_source_not_bound", 42)]);
     let p = run(Program::EncapForward, ENCAP_TOS_IN);
     assert_eq!(p.frame, hex(ENCAP_TOS_OUT));
     let p = run(Program::EncapForward, ENCAP_TO_BLACKHOLE);

@@ -17,6 +17,7 @@ pub mod route;
 pub mod wire;
 
 pub use config::Config;
+pub use encap::arp_ipv4_sender;
 
 /// The program a case runs through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

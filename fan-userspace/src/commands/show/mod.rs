@@ -194,7 +194,7 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             fan.mode_name(),
             fan.mode_reason
         );
-        println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some()));
+        println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some(), bypass.on));
         for learned in path_mtus(&learned, fan) {
             println!(
                 "{}: path MTU to {} is {} (learned {} s ago{})",
@@ -210,8 +210,19 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
 }
 
 /// One line on the fast path, saying what is missing when `fan-xdp run` is not.
-fn describe(fast_path: &FastPath, agent_runs: bool) -> String {
+fn describe(fast_path: &FastPath, agent_runs: bool, bypass_on: bool) -> String {
     let ports = fast_path.ports;
+    if !bypass_on {
+        let checked = fast_path
+            .ports_encapsulating
+            .map_or("no TCX for port programs".to_string(), |n| {
+                format!("{n} of {ports} container port(s)")
+            });
+        return format!(
+            "no fast path (bypass off): source and DHCP checks at {checked}; {} address(es) bound, none delivered directly",
+            fast_path.endpoints
+        );
+    }
     let encap = match fast_path.ports_encapsulating {
         Some(n) if n == ports && ports > 0 => {
             format!("encapsulation at each of the {ports} container port(s)")
