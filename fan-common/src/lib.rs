@@ -4,6 +4,7 @@
 //! user side run the very same code: the Fan mapping exists exactly once.
 #![no_std]
 
+pub mod events;
 pub mod fan;
 pub mod ipv4;
 pub mod maps;

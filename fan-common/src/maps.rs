@@ -4,7 +4,7 @@ use crate::fan::FanMap;
 
 /// Bumped whenever a map's key or value layout changes, so a loader never
 /// reuses pinned maps written by an incompatible version.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Most fans one host can carry (entries in the LPM trie keyed by overlay).
 pub const MAX_FANS: u32 = 256;

@@ -96,5 +96,5 @@ stat_reasons! {
     DropCeNotEct = "drop_ce_not_ect": "outer header marked CE but inner packet is not ECN-capable (RFC 6040)",
     DropEncapFailed = "drop_encap_failed": "the kernel refused to make room for the outer header",
     DropDecapFailed = "drop_decap_failed": "the kernel refused to remove the outer header",
-    LogSuppressed = "log_suppressed": "debug events (-v) left out by the per-CPU rate limit; not a packet outcome",
+    EventsSuppressed = "events_suppressed": "events for `fan-xdp monitor` left out by the per-CPU rate limit or a full ring buffer; not a packet outcome",
 }

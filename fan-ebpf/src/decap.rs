@@ -9,16 +9,16 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
-use aya_log_ebpf::debug;
 use fan_common::{
     StatReason,
+    events::Program,
     ipv4::{
         ECN_MASK, ETH_HDR_LEN, IPPROTO_ICMP, IPPROTO_IPIP, decap_ecn, is_fragment, replace_word,
     },
 };
 
 use crate::{
-    events::event_allowed,
+    events::{self, Seen},
     maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host},
     parse::{EthHdr, eth, ipv4},
     pmtu,
@@ -185,13 +185,12 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
         }
         Decision::Pass(reason) => {
             count(reason, len);
+            events::passed(&Seen::tc(ctx), Program::DecapTc, reason);
             TC_ACT_UNSPEC
         }
         Decision::Drop(reason) => {
             count(reason, len);
-            if event_allowed() {
-                debug!(ctx, "decap (tc) drop: reason {}", reason as u32);
-            }
+            events::dropped(&Seen::tc(ctx), Program::DecapTc, reason);
             TC_ACT_SHOT
         }
     }
@@ -267,13 +266,12 @@ pub fn decapsulate_xdp(ctx: &XdpContext) -> u32 {
         }
         Decision::Pass(reason) => {
             count(reason, len);
+            events::passed(&Seen::xdp(ctx), Program::DecapXdp, reason);
             xdp_action::XDP_PASS
         }
         Decision::Drop(reason) => {
             count(reason, len);
-            if event_allowed() {
-                debug!(ctx, "decap (xdp) drop: reason {}", reason as u32);
-            }
+            events::dropped(&Seen::xdp(ctx), Program::DecapXdp, reason);
             xdp_action::XDP_DROP
         }
     }

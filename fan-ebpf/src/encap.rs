@@ -15,9 +15,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use aya_log_ebpf::debug;
 use fan_common::{
     FanEntry, StatReason,
+    events::Program,
     ipv4::{
         ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN,
         is_fragment, outer_header,
@@ -25,7 +25,7 @@ use fan_common::{
 };
 
 use crate::{
-    events::event_allowed,
+    events::{self, Seen},
     maps::{FAN_ENDPOINTS, bypass_off, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{answer_too_big, path_mtu},
@@ -62,6 +62,16 @@ impl Hook {
     fn forwards(self) -> bool {
         !matches!(self, Hook::Output)
     }
+
+    /// The program that runs here, as events name it.
+    #[inline(always)]
+    fn program(self) -> Program {
+        match self {
+            Hook::Forward => Program::EncapForward,
+            Hook::Port => Program::EncapPort,
+            Hook::Output => Program::EncapOutput,
+        }
+    }
 }
 
 #[inline(always)]
@@ -71,14 +81,13 @@ pub fn encapsulate(ctx: &TcContext, hook: Hook) -> i32 {
         Err(Outcome::Pass(reason)) => {
             if hook != Hook::Port {
                 count(reason, ctx.len() as usize);
+                events::passed(&Seen::tc(ctx), hook.program(), reason);
             }
             TC_ACT_UNSPEC
         }
         Err(Outcome::Drop(reason)) => {
             count(reason, ctx.len() as usize);
-            if event_allowed() {
-                debug!(ctx, "encap drop: reason {}", reason as u32);
-            }
+            events::dropped(&Seen::tc(ctx), hook.program(), reason);
             TC_ACT_SHOT
         }
     }

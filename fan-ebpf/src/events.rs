@@ -1,27 +1,136 @@
-//! Debug events (`fan-xdp -v`), rate-limited so that a flood of drops, which
-//! a hostile peer can send at will, cannot become a flood of log records.
+//! Events for `fan-xdp monitor`: every drop, and while a monitor asks for
+//! them, samples of the packets passed on to the stack, each with the
+//! packet's addresses.
+//! Rate-limited per CPU (a hostile peer can make drops at will, and must
+//! not make a flood of events of them); an event refused is counted as
+//! `events_suppressed`.
 
-use aya_log_ebpf::macro_support::{Level, level_enabled};
-use fan_common::StatReason;
+use aya_ebpf::programs::{TcContext, XdpContext};
+use fan_common::{
+    StatReason,
+    events::{EVENT_BURST, EVENTS_PER_SECOND, Event, EventKind, Program, SAMPLE_PASSES},
+    ipv4::{ETH_HDR_LEN, IPPROTO_IPIP},
+};
 
-use crate::{maps::LOG_BUDGET, ratelimit::take_token, stats::count};
+use crate::{
+    maps::{DROP_EVENT_BUDGET, FAN_EVENT_SETTINGS, FAN_EVENTS, SAMPLE_BUDGET},
+    parse::{eth, ipv4},
+    ratelimit::take_token,
+    stats::count,
+};
 
-/// Events each CPU may emit per second once its burst is spent.
-pub const EVENTS_PER_SECOND: u64 = 10;
-/// Events a CPU may emit at once after a quiet spell.
-pub const EVENT_BURST: u64 = 20;
+/// The packet whose event is being sent: the readable bytes, its length
+/// and the device the program runs on.
+pub struct Seen {
+    pub start: usize,
+    pub end: usize,
+    pub len: u32,
+    pub ifindex: u32,
+}
 
-/// Whether a debug event may be emitted now. With logging off (the verifier
-/// sees the level as a constant) this is false and costs nothing; a refused
-/// event is counted as `log_suppressed`.
+impl Seen {
+    #[inline(always)]
+    pub fn tc(ctx: &TcContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            len: ctx.len(),
+            // SAFETY: reading a field of the program's own context.
+            ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        }
+    }
+
+    #[inline(always)]
+    pub fn xdp(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            len: (ctx.data_end() - ctx.data()) as u32,
+            // SAFETY: reading a field of the program's own context.
+            ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        }
+    }
+}
+
+/// Sends the event of a drop for `reason`, within the drop budget.
 #[inline(always)]
-pub fn event_allowed() -> bool {
-    if !level_enabled(Level::Debug) {
-        return false;
+pub fn dropped(seen: &Seen, program: Program, reason: StatReason) {
+    if take_token(&DROP_EVENT_BUDGET, EVENTS_PER_SECOND, EVENT_BURST) {
+        send(seen, program, EventKind::Drop, reason);
+    } else {
+        count(StatReason::EventsSuppressed, 0);
     }
-    if take_token(&LOG_BUDGET, EVENTS_PER_SECOND, EVENT_BURST) {
-        return true;
+}
+
+/// Sends a sample of a packet passed on to the stack for `reason`, if a
+/// monitor asked for samples, within the sample budget.
+#[inline(always)]
+pub fn passed(seen: &Seen, program: Program, reason: StatReason) {
+    let asked = FAN_EVENT_SETTINGS
+        .get(0)
+        .is_some_and(|settings| settings & SAMPLE_PASSES != 0);
+    if !asked {
+        return;
     }
-    count(StatReason::LogSuppressed, 0);
-    false
+    if take_token(&SAMPLE_BUDGET, EVENTS_PER_SECOND, EVENT_BURST) {
+        send(seen, program, EventKind::Pass, reason);
+    } else {
+        count(StatReason::EventsSuppressed, 0);
+    }
+}
+
+#[inline(always)]
+fn send(seen: &Seen, program: Program, kind: EventKind, reason: StatReason) {
+    let mut event = Event {
+        reason: reason as u32,
+        ifindex: seen.ifindex,
+        len: seen.len,
+        kind: kind as u8,
+        program: program as u8,
+        ..Event::default()
+    };
+    read_addresses(seen, program, &mut event);
+    if FAN_EVENTS.output::<Event>(&event, 0).is_err() {
+        // The ring is full: the agent is behind (or not reading).
+        count(StatReason::EventsSuppressed, 0);
+    }
+}
+
+/// The addresses of the packet's IPv4 headers: an IP-in-IP packet's outer
+/// and inner ones; else the one header, as inner for the encapsulating
+/// programs (a container's or the host's packet) and as outer for the
+/// decapsulating ones (underlay traffic).
+#[inline(always)]
+fn read_addresses(seen: &Seen, program: Program, event: &mut Event) {
+    let Some(eth) = eth(seen.start, seen.end) else {
+        return;
+    };
+    // SAFETY: bounds-checked by `eth`.
+    if !unsafe { (*eth).is_ipv4() } {
+        return;
+    }
+    let Some(first) = ipv4(seen.start, seen.end, ETH_HDR_LEN) else {
+        return;
+    };
+    // SAFETY: bounds-checked by `ipv4`.
+    let first = unsafe { *first };
+    event.protocol = first.protocol;
+    if first.protocol == IPPROTO_IPIP {
+        event.outer_src = first.src_raw();
+        event.outer_dst = first.dst_raw();
+        let at = ETH_HDR_LEN + first.header_len();
+        if let Some(inner) = ipv4(seen.start, seen.end, at) {
+            // SAFETY: bounds-checked by `ipv4`.
+            let inner = unsafe { *inner };
+            event.inner_src = inner.src_raw();
+            event.inner_dst = inner.dst_raw();
+            event.protocol = inner.protocol;
+        }
+    } else if program.decapsulates() {
+        event.outer_src = first.src_raw();
+        event.outer_dst = first.dst_raw();
+    } else {
+        event.inner_src = first.src_raw();
+        event.inner_dst = first.dst_raw();
+    }
 }

@@ -3,10 +3,11 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use fan_common::{
     Counter, FanEntry, StatReason,
+    events::EVENT_RING_BYTES,
     maps::{
         AGENT_HEARTBEAT_TIMEOUT_NS, Endpoint, FanMeta, FanMetaKey, LocalHost, MAX_ENDPOINTS,
         MAX_FANS, MAX_PATH_MTUS, PathMtu,
@@ -75,10 +76,23 @@ pub fn agent_alive() -> bool {
 #[map]
 pub static FAN_META: HashMap<FanMetaKey, FanMeta> = HashMap::with_max_entries(MAX_FANS, 0);
 
-/// Per-CPU token buckets of the debug events (`-v`) and of the ICMP answers
-/// to packets too big for a learned path. Not pinned: each load starts full.
+/// Drop events and samples for `fan-xdp run`, which fans them out to
+/// `fan-xdp monitor` (see `fan_common::events`).
 #[map]
-pub static LOG_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+pub static FAN_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Slot 0: what the monitors ask for (`fan_common::events::SAMPLE_PASSES`);
+/// written by the agent.
+#[map]
+pub static FAN_EVENT_SETTINGS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU token buckets of the drop events, of the samples, and of the
+/// ICMP answers to packets too big for a learned path. Not pinned: each
+/// load starts full.
+#[map]
+pub static DROP_EVENT_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SAMPLE_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static ICMP_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 

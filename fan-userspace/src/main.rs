@@ -5,7 +5,7 @@ use clap::Parser as _;
 use fan_userspace::{
     agent::run,
     cli::{Cli, Command},
-    commands::{attach, bind, detach, doctor, generate, map, show, stats},
+    commands::{attach, bind, detach, doctor, generate, map, monitor, show, stats},
     config, state,
 };
 
@@ -13,7 +13,7 @@ use fan_userspace::{
 fn check() -> Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     println!("kernel {}", kernel.trim());
-    let dataplane = fan_userspace::dataplane::Dataplane::load(0)?;
+    let dataplane = fan_userspace::dataplane::Dataplane::load()?;
     for (name, count) in dataplane.verified_instructions()? {
         println!("verified instructions: {name:<20} {count}");
     }
@@ -71,7 +71,11 @@ fn run_cli() -> Result<()> {
     }
     if matches!(
         cli.command,
-        Command::Show(_) | Command::Stats(_) | Command::Map(_) | Command::Doctor
+        Command::Show(_)
+            | Command::Stats(_)
+            | Command::Monitor(_)
+            | Command::Map(_)
+            | Command::Doctor
     ) {
         // Read-only reports end quietly when their reader does (`| head`),
         // as other tools do; commands that change the host keep Rust's
@@ -94,6 +98,7 @@ fn run_cli() -> Result<()> {
             Command::Unbind(args) => bind::unbind(args, &cli.global),
             Command::Show(args) => show::run(args, &cli.global).await,
             Command::Stats(args) => stats::run(args, &cli.global).await,
+            Command::Monitor(args) => monitor::run(args, &cli.global),
             Command::Map(args) => map::run(args),
             Command::Doctor => doctor::run(&cli.global).await,
             Command::Check => check(),

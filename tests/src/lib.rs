@@ -9,6 +9,7 @@ pub mod fuzz;
 pub mod lifecycle;
 pub mod measure;
 pub mod model;
+pub mod monitor;
 pub mod netns;
 pub mod paths;
 pub mod podman;

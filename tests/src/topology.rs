@@ -55,7 +55,7 @@ impl Host {
     pub fn attach(&self, mode: DecapMode) -> Result<Dataplane> {
         let entry = self.fan_entry()?;
         self.ns.enter(|| -> Result<Dataplane> {
-            let mut dataplane = Dataplane::load(0)?;
+            let mut dataplane = Dataplane::load()?;
             dataplane.insert_fan(&entry)?;
             dataplane.attach_decap("eth0", mode)?;
             dataplane.attach_encap_forward(&self.bridge)?;
@@ -249,7 +249,7 @@ pub fn single_host_dataplane(label: &str) -> Result<(Netns, Dataplane, u32)> {
     ns.ip(&["link", "set", "eth0", "up"])?;
     ns.sysctl("net.ipv4.ip_forward", "1")?;
     let ifindex = ns.enter(|| ifindex("eth0"))??;
-    let mut dataplane = Dataplane::load(0)?;
+    let mut dataplane = Dataplane::load()?;
     dataplane.insert_fan(&FanEntry {
         map: fan_map(),
         local_host: u32::from_be_bytes([198, 18, 0, 1]),

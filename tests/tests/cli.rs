@@ -411,7 +411,7 @@ fn a_foreign_xdp_program_is_left_in_place() {
     let host = &fleet.hosts[0];
     // Someone else's XDP program on eth0 (any program will do: ours, loaded
     // outside fan-xdp's pinned state).
-    let mut foreign = fan_userspace::dataplane::Dataplane::load(0).unwrap();
+    let mut foreign = fan_userspace::dataplane::Dataplane::load().unwrap();
     host.ns
         .enter(|| foreign.attach_decap("eth0", fan_userspace::dataplane::DecapMode::Xdp))
         .unwrap()
@@ -560,7 +560,7 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
 
     // Make host 1's bridge run another program, as an older fan-xdp would
     // have left it (the output-hook variant: it encapsulates too).
-    let mut other = Dataplane::load(0).unwrap();
+    let mut other = Dataplane::load().unwrap();
     let (forward_tag, output_tag) =
         fan_tests::lifecycle::forward_and_output_tags(&mut other).unwrap();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
@@ -741,34 +741,68 @@ fn direct_delivery_follows_containers_and_never_misdelivers() {
 }
 
 #[test]
-fn verbose_shows_the_programs_debug_events() {
+fn monitor_shows_each_drop_with_its_addresses_to_every_monitor() {
+    use fan_tests::monitor::Monitor;
+    use std::time::Duration;
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(1).unwrap();
-    let host = &fleet.hosts[0];
-    host.fan_xdp_ok(&["-v", "attach", "eth0", "--overlay", OVERLAY])
-        .unwrap();
-    let binary = fan_tests::topology::fan_xdp_binary();
-    let watcher = host
-        .ns
-        .command(binary.to_str().unwrap())
-        .args(["-v", "stats", "--watch", "--count", "4"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    // 250.0.0.5 maps to the underlay's network address: dropped, with a debug event.
-    assert!(!ping(&host.ns, "250.0.0.5".parse().unwrap(), 2).unwrap());
-    let out = watcher.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    let event = format!(
-        "encap drop: reason {}",
-        fan_common::StatReason::DropReservedHost as u32
+    let fleet = Fleet::new(2).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    fleet.attach_all(&[]).unwrap();
+    // Two monitors at once: each gets every event (the agent reads the
+    // ring and fans out; two ring readers would take each other's).
+    let first = Monitor::start(h1, &[]).unwrap();
+    let second = Monitor::start(h1, &["--count", "2"]).unwrap();
+    // 250.0.0.5 maps to the underlay's network address: the host's own
+    // echo requests are dropped at fan-host's egress.
+    assert!(!ping(&h1.ns, "250.0.0.5".parse().unwrap(), 2).unwrap());
+    for monitor in [&first, &second] {
+        let events = monitor.events(2, Duration::from_secs(5));
+        assert_eq!(events.len(), 2, "{events:?}");
+        for event in &events {
+            assert_eq!(event["kind"], "drop", "{event}");
+            assert_eq!(event["reason"], "drop_reserved_host", "{event}");
+            assert_eq!(event["program"], "fan_encap_output", "{event}");
+            assert_eq!(event["device"], "fan-host", "{event}");
+            assert_eq!(event["inner"]["dst"], "250.0.0.5", "{event}");
+            assert_eq!(event["outer"], serde_json::Value::Null, "{event}");
+            assert_eq!(event["protocol"], 1, "{event}");
+        }
+    }
+    let mut second = second;
+    assert!(
+        second.wait(Duration::from_secs(5)).is_some_and(|s| s.success()),
+        "monitor --count 2 did not end after two events"
     );
-    assert!(log.contains(&event), "no eBPF debug event in: {log}");
-    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    // Samples of passes only for a monitor that asks: h2's echo requests
+    // to h1's underlay address are not IP-in-IP, passed to h1's stack.
+    let passes = Monitor::start(h1, &["--passes"]).unwrap();
+    assert!(ping(&h2.ns, h1.underlay_addr, 2).unwrap());
+    // (ARP comes first, sampled as pass_not_ipv4.)
+    let sampled = passes.events(6, Duration::from_secs(3));
+    let sample = sampled
+        .iter()
+        .find(|e| e["reason"] == "pass_not_ipip")
+        .unwrap_or_else(|| panic!("no sample of a passed echo request: {sampled:?}"));
+    assert_eq!(sample["kind"], "pass", "{sample}");
+    assert_eq!(sample["program"], "fan_decap_tc", "{sample}");
+    assert_eq!(sample["device"], "eth0", "{sample}");
+    assert_eq!(sample["outer"]["src"], h2.underlay_addr.to_string(), "{sample}");
+    assert_eq!(sample["outer"]["dst"], h1.underlay_addr.to_string(), "{sample}");
+    // (Its queue may still hold drops: ping retries what a drop refused.)
+    let unasked = first.events(64, Duration::from_millis(500));
+    assert!(
+        unasked.iter().all(|e| e["kind"] == "drop"),
+        "a monitor that did not ask for passes got one: {unasked:?}"
+    );
+    drop(passes);
+    fleet.detach_all().unwrap();
+    // Without an agent there is nothing to monitor, and it says why.
+    let out = h1.fan_xdp(&["monitor"]).unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no fan-xdp run serves this network namespace"), "{said}");
 }
 
 /// The programs on the TCX ingress of `port` in `host`, by name.

@@ -27,7 +27,7 @@ fn attach_traffic_detach_cycles_give_everything_back() {
     if !privileged() {
         return;
     }
-    let cycles = env_or("FAN_LIFECYCLE_CYCLES", 3);
+    let cycles = env_or("FAN_LIFECYCLE_CYCLES", 10);
     let (fleet, before) = fleet_as_found(2).unwrap();
     let started = Instant::now();
     for cycle in 1..=cycles {
@@ -102,7 +102,7 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
     // Another version: the output hook's program, which encapsulates the
     // same way but has another tag, put on the link as an older fan-xdp
     // would have left it; attach must replace it with the forward program.
-    let mut other = Dataplane::load(0).unwrap();
+    let mut other = Dataplane::load().unwrap();
     let (forward_tag, output_tag) = forward_and_output_tags(&mut other).unwrap();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
     let mut upgrade = || -> Duration {
@@ -287,5 +287,63 @@ fn twenty_agent_kills_and_restarts_under_a_transfer_lose_nothing() {
         slowest(false),
         slowest(true)
     );
+    fleet.detach_all().unwrap();
+}
+
+/// State pinned by fan-xdp of map layout 2 (no event ring, no event
+/// settings; every fan's record says v2) is taken over by attach in place:
+/// no detach, the maps it lacked created, the programs replaced (they could
+/// not know the new maps), the counters carried over, traffic kept.
+#[test]
+fn an_older_map_layout_is_migrated_in_place() {
+    use fan_userspace::dataplane::{EVENT_SETTINGS_MAP, EVENTS_MAP, PinnedMaps};
+    if !privileged() {
+        return;
+    }
+    let fleet = attached_pair().unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    let dir = h1
+        .ns
+        .enter(|| fan_userspace::state::StateDir::locate(None))
+        .unwrap()
+        .unwrap();
+    // What layout 2 left: the same maps less the two, records saying v2.
+    for map in [EVENTS_MAP, EVENT_SETTINGS_MAP] {
+        std::fs::remove_file(dir.map(map)).unwrap();
+    }
+    PinnedMaps::open(&dir).unwrap().relabel_layout(2).unwrap();
+    let encapsulated = h1.counter(StatReason::Encapsulated).unwrap();
+    let program = fan_userspace::dataplane::pinned_program_id(&dir.program("fan_encap_forward")).unwrap();
+    let out = h1
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    assert!(out.contains("attached: 250.0.0.0/8"), "{out}");
+    for map in [EVENTS_MAP, EVENT_SETTINGS_MAP] {
+        assert!(dir.map(map).exists(), "{map} was not created");
+    }
+    let fans = fan_userspace::state::record::load_fans(&PinnedMaps::open(&dir).unwrap()).unwrap();
+    assert!(
+        fans.iter()
+            .all(|f| f.meta.layout_version == fan_common::maps::MAP_LAYOUT_VERSION),
+        "a record still says layout v2"
+    );
+    assert_ne!(
+        fan_userspace::dataplane::pinned_program_id(&dir.program("fan_encap_forward")).unwrap(),
+        program,
+        "the programs that cannot know the new maps were kept"
+    );
+    assert!(
+        h1.counter(StatReason::Encapsulated).unwrap() >= encapsulated,
+        "the counters started over"
+    );
+    assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "traffic lost by the migration");
+    assert!(h1.counter(StatReason::Encapsulated).unwrap() >= encapsulated + 2);
+    // The new ring reaches a monitor: the programs write to it.
+    let monitor = fan_tests::monitor::Monitor::start(h1, &[]).unwrap();
+    assert!(!ping(&h1.ns, "250.0.0.5".parse().unwrap(), 1).unwrap());
+    let events = monitor.events(1, Duration::from_secs(5));
+    assert_eq!(events.first().map(|e| e["reason"].clone()), Some("drop_reserved_host".into()), "{events:?}");
+    drop(monitor);
     fleet.detach_all().unwrap();
 }

@@ -142,7 +142,7 @@ fn decapsulated_traffic_continues_down_the_underlays_tcx_chain() {
     // bridge program. Its own (unpinned) maps hold no fan, so it counts every
     // IPv4 packet it sees as `pass_not_overlay`; on this underlay the only
     // such packets are the decapsulated ones.
-    let mut probe = Dataplane::load(0).unwrap();
+    let mut probe = Dataplane::load().unwrap();
     h2.ns
         .enter(|| probe.attach_encap_forward("eth0"))
         .unwrap()
@@ -210,47 +210,16 @@ fn a_container_cannot_send_from_its_siblings_address() {
 }
 
 #[test]
-fn a_drop_flood_is_not_a_log_flood() {
-    use std::{
-        io::BufRead as _,
-        sync::{
-            Arc,
-            atomic::{AtomicU64, Ordering},
-        },
-    };
+fn a_drop_flood_is_not_an_event_flood() {
+    use fan_tests::monitor::Monitor;
     if !privileged() {
         return;
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    host.fan_xdp_ok(&["-v", "attach", "eth0", "--overlay", OVERLAY])
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
-    let binary = fan_tests::topology::fan_xdp_binary();
-    let mut watcher = host
-        .ns
-        .command(binary.to_str().unwrap())
-        .args(["-v", "stats", "--watch", "--count", "60"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Count the debug events as the watcher prints them.
-    let event = format!("encap drop: reason {}", StatReason::DropReservedHost as u32);
-    let logged = Arc::new(AtomicU64::new(0));
-    let reader = {
-        let (stderr, logged) = (watcher.stderr.take().unwrap(), logged.clone());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains(&event) {
-                    logged.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_millis(800));
+    let monitor = Monitor::start(host, &[]).unwrap();
     let before = stats(host);
     // 250.0.0.5 maps to the underlay's network address: every echo is a drop.
     let echoes = 300;
@@ -272,32 +241,26 @@ fn a_drop_flood_is_not_a_log_flood() {
         .unwrap();
     let since = |reason| stats(host).get(reason).packets - before.get(reason).packets;
     let dropped = since(StatReason::DropReservedHost);
-    // The watcher prints what the programs logged; wait (bounded) for it.
-    let mut accounted = 0;
-    for _ in 0..50 {
-        accounted = logged.load(Ordering::Relaxed) + since(StatReason::LogSuppressed);
-        if accounted >= dropped {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let _ = watcher.kill();
-    let _ = watcher.wait();
-    reader.join().unwrap();
-    let (logged, suppressed) = (
-        logged.load(Ordering::Relaxed),
-        since(StatReason::LogSuppressed),
-    );
+    let suppressed = since(StatReason::EventsSuppressed);
+    // Every drop is either sent (the monitor gets it, or is told it lost
+    // it) or counted as suppressed; wait (bounded) for the sent ones.
+    let events = monitor.events((dropped - suppressed) as usize, Duration::from_secs(10));
+    let sent: u64 = events
+        .iter()
+        .map(|e| 1 + e["lost"].as_u64().unwrap_or(0))
+        .sum();
     // ping sends again what the drop refused (ENOBUFS): more drops than echoes.
     assert!(dropped >= echoes, "{dropped} drops for {echoes} echoes");
-    assert!(logged > 0, "no debug event at all");
+    assert!(sent > 0, "no drop event at all");
+    assert!(suppressed > 0, "{sent} events for {dropped} drops: no limit");
     assert!(
-        suppressed > 0,
-        "{logged} events for {dropped} drops: no limit"
+        events.iter().all(|e| e["reason"] == "drop_reserved_host"),
+        "{events:?}"
     );
     assert_eq!(
-        accounted, dropped,
-        "each drop is either logged ({logged}) or counted as suppressed ({suppressed})"
+        sent + suppressed,
+        dropped,
+        "each drop is either sent ({sent}) or counted as suppressed ({suppressed})"
     );
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }

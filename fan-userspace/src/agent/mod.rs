@@ -7,9 +7,10 @@
 //! - `agent.json`, its status (pid, version, since, last sync, bindings),
 //!   rewritten after each sync; `show` reads it.
 //! - `agent.sock`, its control socket: one JSON request per connection
-//!   (`{"op":"status"}`, `{"op":"reload"}`, `{"op":"stop"}`, and the
-//!   binding ops of [`bindings`]), answered after the agent has acted; only
-//!   root may ask (SO_PEERCRED).
+//!   (`{"op":"status"}`, `{"op":"reload"}`, `{"op":"stop"}`, the binding
+//!   ops of [`bindings`], and `{"op":"monitor"}`, answered with a stream of
+//!   events: [`monitor`]), answered after the agent has acted; only root
+//!   may ask (SO_PEERCRED).
 //! - `agent.log`, where an agent that `attach` started writes (capped).
 //!
 //! `attach` starts an agent where none runs, `detach` of the last fan stops
@@ -23,6 +24,7 @@ pub mod endpoints;
 pub mod follow;
 pub mod known;
 pub mod metrics;
+pub mod monitor;
 pub mod notify;
 pub mod pmtu;
 pub mod ports;

@@ -3,7 +3,8 @@
 //! neighbour and bridge forwarding events, plus a periodic full resync),
 //! encapsulates at the containers' bridge ports (see [`crate::agent::ports`]),
 //! turns the path MTUs the programs learn into routes (see [`crate::agent::pmtu`]),
-//! and with `-v` streams the eBPF programs' log. When it stops, it empties the
+//! and hands the programs' drop events to `fan-xdp monitor` (see
+//! [`crate::agent::monitor`]). When it stops, it empties the
 //! endpoint map and its port programs go with it, so every packet takes the
 //! bridge and the stack, which is always correct.
 
@@ -32,6 +33,7 @@ use crate::{
     agent::dhcp,
     agent::endpoints,
     agent::known::{self, Known},
+    agent::monitor::Monitors,
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
@@ -116,11 +118,6 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         );
     }
     tokio::spawn(connection);
-    let _logs = if global.verbose {
-        crate::dataplane::inspect::stream_ebpf_logs(&dir)
-    } else {
-        None
-    };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
@@ -167,6 +164,8 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         warn!("the configuration's fans: {e:#}");
     }
     let mut follower = Follower::default();
+    let mut monitors = Monitors::default();
+    monitors.refresh(&dir);
     // The DHCP servers of fans attached with --dhcp, and their leases.
     macro_rules! dhcp_round {
         () => {
@@ -245,6 +244,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     break;
                 }
                 report(beat(&dir));
+                monitors.refresh(&dir);
                 report(sync_routes(&net, &dir, &mut routes).await);
                 if dhcp_round!() {
                     let synced = full_sync!();
@@ -252,6 +252,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 }
                 agent::cap_log(&run_dir);
             }
+            () = monitors.pump(&dir) => {}
             accepted = control.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let (mut stream, request) = match read_request(stream) {
@@ -332,6 +333,11 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     Request::Bindings => {
                         Ok(serde_json::json!({ "bindings": bindings.list().collect::<Vec<_>>() }))
                     }
+                    Request::Monitor { passes } => {
+                        reply(&mut stream, Ok(serde_json::json!({})));
+                        report(monitors.add(stream, passes, &dir));
+                        continue;
+                    }
                 };
                 reply(&mut stream, answer);
             }
@@ -340,6 +346,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         }
     }
     notify::notify("STOPPING=1");
+    monitors.stop(&dir);
     drop(ports);
     if let Err(e) = routes.clear(&net).await {
         warn!("removing the path MTU routes: {e:#}");
@@ -387,6 +394,8 @@ enum Request {
     Bind(Binding),
     Unbind(Ipv4Addr, Origin),
     Bindings,
+    /// A stream of the programs' events from now on (passes: samples too).
+    Monitor { passes: bool },
 }
 
 /// Reads a control connection's request; the caller acts, then answers
@@ -417,6 +426,9 @@ fn read_request(
             "bind" => Request::Bind(field(&request, "binding")?),
             "unbind" => Request::Unbind(field(&request, "address")?, field(&request, "origin")?),
             "bindings" => Request::Bindings,
+            "monitor" => Request::Monitor {
+                passes: request["passes"].as_bool().unwrap_or(false),
+            },
             other => bail!("unknown op {other:?}"),
         })
     });

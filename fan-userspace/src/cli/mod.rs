@@ -67,6 +67,8 @@ pub enum Command {
     Unbind(UnbindArgs),
     /// Packet and byte counters per outcome, summed over CPUs.
     Stats(StatsArgs),
+    /// Follow the programs' drops as they happen (and with --passes, samples of the packets they pass to the stack), from the agent.
+    Monitor(MonitorArgs),
     /// Check what breaks fans in the field (agent, bypass, forwarding, rp_filter, a dropping FORWARD chain, defunct links, MTUs, programs in front) and say how to fix each.
     Doctor,
     /// Load every program on this kernel and report what the verifier said and which hooks exist.
@@ -265,6 +267,20 @@ pub struct StatsArgs {
     #[arg(long)]
     pub watch: bool,
     /// With --watch: stop after this many updates.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+pub struct MonitorArgs {
+    /// One JSON object per event.
+    #[arg(long)]
+    pub json: bool,
+    /// Samples of the packets the programs pass on to the stack as well
+    /// (rate-limited like the drops: 10 a second per CPU, bursts of 20).
+    #[arg(long)]
+    pub passes: bool,
+    /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,
 }

@@ -226,6 +226,13 @@ async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<
                     plan.overlay, plan.iface.name
                 );
             }
+            // An older layout taken over: the maps it lacked exist now.
+            let relabelled = PinnedMaps::open(&plan.dir)?.relabel_layout(MAP_LAYOUT_VERSION)?;
+            if relabelled > 0 {
+                info!(
+                    "the pinned maps of {relabelled} fan(s) now have layout v{MAP_LAYOUT_VERSION} (migrated in place)"
+                );
+            }
             // The fast path: the agent keeps it (and is already running if
             // another fan of this namespace started it).
             if !args.no_agent {
@@ -239,6 +246,11 @@ async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<
         }
     }
 }
+
+/// Older map layouts an attach takes over in place, without a detach:
+/// layout 2 lacks only the event ring and its settings, which loading the
+/// programs creates and pins beside the maps it reuses (counters included).
+const MIGRATES_FROM: [u32; 1] = [2];
 
 fn same_settings(existing: &Fan, plan: &Plan) -> bool {
     existing.iface == plan.iface.name
@@ -366,10 +378,10 @@ async fn plan(net: &Net, args: &AttachArgs, global: &Global, run: &RunDir) -> Re
     } else {
         Vec::new()
     };
-    if let Some(old) = fans
-        .iter()
-        .find(|f| f.meta.layout_version != MAP_LAYOUT_VERSION)
-    {
+    if let Some(old) = fans.iter().find(|f| {
+        f.meta.layout_version != MAP_LAYOUT_VERSION
+            && !MIGRATES_FROM.contains(&f.meta.layout_version)
+    }) {
         bail!(
             "the pinned state in {} was written by a fan-xdp with map layout v{} (this one is v{MAP_LAYOUT_VERSION}); detach with that version first",
             dir.path.display(),
@@ -568,8 +580,7 @@ impl<'a> Attach<'a> {
             plan.dir.create()?;
             undo.push(Undo::StateDir);
         }
-        let log_level = if global.verbose { 5 } else { 0 };
-        let dataplane = Dataplane::load_pinned(&plan.dir, log_level)?;
+        let dataplane = Dataplane::load_pinned(&plan.dir)?;
         let meta = match &plan.existing {
             Some(existing) => existing.meta,
             None => new_record(plan)?,

@@ -7,6 +7,7 @@ pub mod detach;
 pub mod doctor;
 pub mod generate;
 pub mod map;
+pub mod monitor;
 pub mod show;
 pub mod stats;
 

@@ -17,11 +17,6 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         bail!("nothing attached in this network namespace");
     }
     let maps = PinnedMaps::open(&dir)?;
-    let _logs = if global.verbose {
-        crate::dataplane::inspect::stream_ebpf_logs(&dir)
-    } else {
-        None
-    };
     let mut previous: Option<(Stats, Instant)> = None;
     let mut printed = 0u64;
     loop {

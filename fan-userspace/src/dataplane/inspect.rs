@@ -1,13 +1,13 @@
 //! Read-only questions about the programs in the kernel, for the commands
 //! and the agent: which program an id is, whether a pinned link or a port
-//! runs fan-xdp's, and the programs' debug log.
+//! runs fan-xdp's.
 
 use aya::programs::{
     ProgramInfo, SchedClassifier, TcAttachType,
     links::{FdLink, PinnedLink},
 };
 
-use super::{DECAP_TC, DECAP_XDP, ENCAP_FORWARD, ENCAP_OUTPUT, ENCAP_PORT};
+use super::ENCAP_PORT;
 use crate::state::StateDir;
 
 /// The name of loaded program `id`, if it has one.
@@ -38,31 +38,6 @@ pub fn ports_running_encap<'a>(dir: &StateDir, ports: impl Iterator<Item = &'a s
                 .is_ok_and(|(_, programs)| programs.iter().any(|p| Some(p.id()) == encap))
         })
         .count()
-}
-
-/// Prints the eBPF programs' log events (enabled by `attach -v`). All
-/// programs of one load share a log buffer: one reader serves them.
-pub fn stream_ebpf_logs(dir: &StateDir) -> Option<tokio::task::JoinHandle<()>> {
-    for name in [DECAP_TC, DECAP_XDP, ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT] {
-        let Ok(info) = ProgramInfo::from_pin(dir.program(name)) else {
-            continue;
-        };
-        let Ok(logger) = aya_log::EbpfLogger::init_from_id(info.id()) else {
-            continue;
-        };
-        // SAFETY: the logger owns its ring buffer fd for as long as the
-        // AsyncFd holds it, and as_raw_fd always returns that fd.
-        let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
-            continue;
-        };
-        return Some(tokio::spawn(async move {
-            while let Ok(mut guard) = fd.readable_mut().await {
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-        }));
-    }
-    None
 }
 
 /// The programs that run before fan-xdp's pinned program `name` on `iface`'s

@@ -165,6 +165,23 @@ impl PinnedMaps {
         })
     }
 
+    /// Marks every fan's record as written by map layout `version` (after
+    /// an attach took over an older layout in place); how many it changed.
+    pub fn relabel_layout(&mut self, version: u32) -> Result<usize> {
+        let records: Vec<(FanMetaKey, FanMeta)> = self.meta.iter().collect::<Result<_, _>>()?;
+        let mut changed = 0;
+        for (key, mut meta) in records {
+            if meta.layout_version != version {
+                meta.layout_version = version;
+                self.meta
+                    .insert(key, meta, 0)
+                    .context("writing a fan record")?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// The bypass value the programs follow.
     pub fn bypass(&self) -> Result<u32> {
         self.bypass.get(&0, 0).context("reading the bypass setting")

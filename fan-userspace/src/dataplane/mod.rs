@@ -1,9 +1,11 @@
 //! The data plane as user space drives it: the eBPF object's programs
 //! (`programs`), their attachments per hook kind (`attachments`), their
-//! maps (`maps`), and read-only questions about them (`inspect`). Nothing
+//! maps (`maps`), their event ring (`events`), and read-only questions
+//! about them (`inspect`). Nothing
 //! above this module names aya.
 
 mod attachments;
+mod events;
 pub mod inspect;
 mod maps;
 mod programs;
@@ -13,6 +15,7 @@ pub use attachments::{
 };
 use programs::program_by_name;
 
+pub use events::{EventRing, sample_passes};
 pub use maps::{PinnedMaps, Stats, monotonic_ns, overlay_key};
 
 use std::{
@@ -64,7 +67,11 @@ pub const LOCAL_HOSTS_MAP: &str = "FAN_LOCAL_HOSTS";
 pub const PATH_MTU_MAP: &str = "FAN_PATH_MTU";
 pub const AGENT_MAP: &str = "FAN_AGENT";
 pub const BYPASS_MAP: &str = "FAN_BYPASS";
-const MAPS: [&str; 8] = [
+pub const EVENTS_MAP: &str = "FAN_EVENTS";
+pub const EVENT_SETTINGS_MAP: &str = "FAN_EVENT_SETTINGS";
+/// The pinned maps. A state directory of map layout 2 lacks the last two;
+/// attach creates them in place (see `commands::attach`).
+const MAPS: [&str; 10] = [
     AGENT_MAP,
     BYPASS_MAP,
     CONFIG_MAP,
@@ -73,6 +80,8 @@ const MAPS: [&str; 8] = [
     ENDPOINTS_MAP,
     LOCAL_HOSTS_MAP,
     PATH_MTU_MAP,
+    EVENTS_MAP,
+    EVENT_SETTINGS_MAP,
 ];
 
 /// Where decapsulation runs on the underlay device: the one type both sides share.
@@ -87,6 +96,8 @@ pub struct Dataplane {
     clsact: Vec<ClsactFilter>,
     /// See [`Dataplane::use_pinned_programs`].
     pinned: Option<PinnedPrograms>,
+    /// Whether loading created pinned maps beside existing ones.
+    created_maps: bool,
 }
 
 /// The programs pinned by an earlier attach of the same version.

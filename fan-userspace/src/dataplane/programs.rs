@@ -1,26 +1,30 @@
-//! The programs: loading the object (with the log level set), reusing the
+//! The programs: loading the object, reusing the
 //! pinned programs of the same version, pinning, and handing programs out
 //! by name (to attach, or to test runs).
 
 use super::*;
 
 impl Dataplane {
-    /// Loads every program. With `log_level` 0 the eBPF side's log statements
-    /// are compiled out by the verifier (the level is a constant it sees).
-    pub fn load(log_level: u8) -> Result<Self> {
-        Self::load_with(EbpfLoader::new().override_global("AYA_LOG_LEVEL", &log_level, true))
+    /// Loads every program.
+    pub fn load() -> Result<Self> {
+        Self::load_with(&mut EbpfLoader::new())
     }
 
     /// Loads every program with its maps pinned in `dir`: maps already pinned
-    /// there (by an earlier attach) are reused, so their contents survive.
-    pub fn load_pinned(dir: &StateDir, log_level: u8) -> Result<Self> {
+    /// there (by an earlier attach) are reused, so their contents survive;
+    /// maps not pinned yet are created and pinned.
+    pub fn load_pinned(dir: &StateDir) -> Result<Self> {
         let paths: Vec<_> = MAPS.iter().map(|m| dir.map(m)).collect();
         let mut loader = EbpfLoader::new();
-        loader.override_global("AYA_LOG_LEVEL", &log_level, true);
         for (name, path) in MAPS.iter().zip(&paths) {
             loader.map_pin_path(name, path.as_path());
         }
-        Self::load_with(&mut loader)
+        // A map missing beside others (an older layout's state) is created
+        // now, and programs pinned before cannot be using it.
+        let created = dir.exists() && paths.iter().any(|p| !p.exists());
+        let mut dataplane = Self::load_with(&mut loader)?;
+        dataplane.created_maps = created;
+        Ok(dataplane)
     }
 
     pub(super) fn load_with(loader: &mut EbpfLoader<'_>) -> Result<Self> {
@@ -40,16 +44,21 @@ impl Dataplane {
             ebpf,
             clsact: Vec::new(),
             pinned: None,
+            created_maps: false,
         })
     }
 
     /// Makes links run the programs pinned in `dir` if they are this very
     /// version (every program's tag the same as this load's): links then
     /// share one instance of each program with the pins, and with them the
-    /// log buffer `-v` streams and the id `fan-xdp run` follows. Returns
+    /// id `fan-xdp run` follows. Returns
     /// false (and links take this load's programs, all of them, and the pins
-    /// must be replaced with them) on a first attach or a new version.
+    /// must be replaced with them) on a first attach, a new version, or
+    /// when this load created maps the pinned programs do not know.
     pub fn use_pinned_programs(&mut self, dir: &StateDir) -> Result<bool> {
+        if self.created_maps {
+            return Ok(false);
+        }
         let mut tc = std::collections::HashMap::new();
         for name in TC_PROGRAMS {
             let path = dir.program(name);

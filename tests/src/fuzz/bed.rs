@@ -129,7 +129,7 @@ impl Bed {
             ns.enter(move || topology::ifindex(&name))?
         };
         let eth0 = ifindex("eth0")?;
-        let mut dataplane = Dataplane::load(0)?;
+        let mut dataplane = Dataplane::load()?;
         let fans = fans(side, eth0);
         let maps: Vec<FanMap> = fans.iter().map(|f| f.map).collect();
         validate_fans(&maps).context("the fuzz bed's fans")?;
