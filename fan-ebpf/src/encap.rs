@@ -19,8 +19,8 @@ use fan_common::{
     FanEntry, StatReason,
     events::Program,
     ipv4::{
-        ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN,
-        is_fragment, outer_header,
+        ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_HDR_LEN, is_fragment, outer_header,
     },
 };
 

@@ -772,7 +772,9 @@ fn monitor_shows_each_drop_with_its_addresses_to_every_monitor() {
     }
     let mut second = second;
     assert!(
-        second.wait(Duration::from_secs(5)).is_some_and(|s| s.success()),
+        second
+            .wait(Duration::from_secs(5))
+            .is_some_and(|s| s.success()),
         "monitor --count 2 did not end after two events"
     );
     // Samples of passes only for a monitor that asks: h2's echo requests
@@ -788,8 +790,16 @@ fn monitor_shows_each_drop_with_its_addresses_to_every_monitor() {
     assert_eq!(sample["kind"], "pass", "{sample}");
     assert_eq!(sample["program"], "fan_decap_tc", "{sample}");
     assert_eq!(sample["device"], "eth0", "{sample}");
-    assert_eq!(sample["outer"]["src"], h2.underlay_addr.to_string(), "{sample}");
-    assert_eq!(sample["outer"]["dst"], h1.underlay_addr.to_string(), "{sample}");
+    assert_eq!(
+        sample["outer"]["src"],
+        h2.underlay_addr.to_string(),
+        "{sample}"
+    );
+    assert_eq!(
+        sample["outer"]["dst"],
+        h1.underlay_addr.to_string(),
+        "{sample}"
+    );
     // (Its queue may still hold drops: ping retries what a drop refused.)
     let unasked = first.events(64, Duration::from_millis(500));
     assert!(
@@ -802,7 +812,10 @@ fn monitor_shows_each_drop_with_its_addresses_to_every_monitor() {
     let out = h1.fan_xdp(&["monitor"]).unwrap();
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("no fan-xdp run serves this network namespace"), "{said}");
+    assert!(
+        said.contains("no fan-xdp run serves this network namespace"),
+        "{said}"
+    );
 }
 
 /// The programs on the TCX ingress of `port` in `host`, by name.

@@ -443,7 +443,9 @@ fn with_the_bypass_off_the_ports_still_guard_dhcp_and_sources() {
     );
     let shown = fan_xdp(h1, &state, &["show"]).unwrap();
     assert!(
-        shown.contains("no fast path (bypass off): source and DHCP checks at 2 of 2 container port(s)"),
+        shown.contains(
+            "no fast path (bypass off): source and DHCP checks at 2 of 2 container port(s)"
+        ),
         "{shown}"
     );
     // The rogue takes its sibling's leased address and sends from it.
@@ -458,7 +460,10 @@ fn with_the_bypass_off_the_ports_still_guard_dhcp_and_sources() {
         .arg(h1.gateway.to_string())
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the gateway answered a spoofed source");
+    assert!(
+        !out.status.success(),
+        "the gateway answered a spoofed source"
+    );
     assert!(
         h1.counter(StatReason::DropSourceNotBound).unwrap() >= before + 2,
         "a sibling's source left its port with the bypass off"
@@ -814,7 +819,11 @@ fn the_dhcp_server_moves_with_the_slice() {
     let leased = lease(&moved).unwrap();
     let offset = u32::from(leased.addr).wrapping_sub(u32::from(Ipv4Addr::new(250, 0, 9, 0)));
     assert!((2..=127).contains(&offset), "{leased:?}");
-    assert_eq!(leased.router, Some(Ipv4Addr::new(250, 0, 9, 1)), "{leased:?}");
+    assert_eq!(
+        leased.router,
+        Some(Ipv4Addr::new(250, 0, 9, 1)),
+        "{leased:?}"
+    );
     assert_eq!(leased.mtu, OVERLAY_MTU, "{leased:?}");
     assert!(
         ping(&moved, peer_lease.addr, 3).unwrap(),

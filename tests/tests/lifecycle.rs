@@ -314,7 +314,8 @@ fn an_older_map_layout_is_migrated_in_place() {
     }
     PinnedMaps::open(&dir).unwrap().relabel_layout(2).unwrap();
     let encapsulated = h1.counter(StatReason::Encapsulated).unwrap();
-    let program = fan_userspace::dataplane::pinned_program_id(&dir.program("fan_encap_forward")).unwrap();
+    let program =
+        fan_userspace::dataplane::pinned_program_id(&dir.program("fan_encap_forward")).unwrap();
     let out = h1
         .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
@@ -337,13 +338,20 @@ fn an_older_map_layout_is_migrated_in_place() {
         h1.counter(StatReason::Encapsulated).unwrap() >= encapsulated,
         "the counters started over"
     );
-    assert!(ping(&c1.ns, c2.addr, 2).unwrap(), "traffic lost by the migration");
+    assert!(
+        ping(&c1.ns, c2.addr, 2).unwrap(),
+        "traffic lost by the migration"
+    );
     assert!(h1.counter(StatReason::Encapsulated).unwrap() >= encapsulated + 2);
     // The new ring reaches a monitor: the programs write to it.
     let monitor = fan_tests::monitor::Monitor::start(h1, &[]).unwrap();
     assert!(!ping(&h1.ns, "250.0.0.5".parse().unwrap(), 1).unwrap());
     let events = monitor.events(1, Duration::from_secs(5));
-    assert_eq!(events.first().map(|e| e["reason"].clone()), Some("drop_reserved_host".into()), "{events:?}");
+    assert_eq!(
+        events.first().map(|e| e["reason"].clone()),
+        Some("drop_reserved_host".into()),
+        "{events:?}"
+    );
     drop(monitor);
     fleet.detach_all().unwrap();
 }

@@ -252,7 +252,10 @@ fn a_drop_flood_is_not_an_event_flood() {
     // ping sends again what the drop refused (ENOBUFS): more drops than echoes.
     assert!(dropped >= echoes, "{dropped} drops for {echoes} echoes");
     assert!(sent > 0, "no drop event at all");
-    assert!(suppressed > 0, "{sent} events for {dropped} drops: no limit");
+    assert!(
+        suppressed > 0,
+        "{sent} events for {dropped} drops: no limit"
+    );
     assert!(
         events.iter().all(|e| e["reason"] == "drop_reserved_host"),
         "{events:?}"

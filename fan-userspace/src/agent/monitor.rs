@@ -94,7 +94,11 @@ impl EventRecord {
 impl std::fmt::Display for EventRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.lost > 0 {
-            writeln!(f, "({} event(s) lost: this monitor read too slowly)", self.lost)?;
+            writeln!(
+                f,
+                "({} event(s) lost: this monitor read too slowly)",
+                self.lost
+            )?;
         }
         write!(
             f,
@@ -170,8 +174,8 @@ impl Monitors {
         if self.ring.is_none() {
             // SAFETY: the ring owns its fd for as long as the AsyncFd holds
             // it, and as_raw_fd always returns that fd.
-            let opened = EventRing::open(dir)
-                .and_then(|ring| Ok(unsafe { AsyncFd::register(ring) }?));
+            let opened =
+                EventRing::open(dir).and_then(|ring| Ok(unsafe { AsyncFd::register(ring) }?));
             match opened {
                 Ok(ring) => self.ring = Some(ring),
                 // Pinned by a fan-xdp of map layout 2: no ring until an attach.
@@ -220,7 +224,7 @@ impl Monitors {
         };
         let mut lines = Vec::new();
         while lines.len() < EVENTS_PER_ROUND {
-            let Some(event) = ready.get_inner_mut().next() else {
+            let Some(event) = ready.get_inner_mut().next_event() else {
                 // Drained: the kernel wakes the ring's reader for the next
                 // event only once it has read everything before it.
                 ready.clear_ready();
@@ -304,7 +308,8 @@ pub fn subscribe(run: &crate::state::rundir::RunDir, passes: bool) -> Result<Uni
     let mut answer = Vec::new();
     let mut byte = [0u8];
     while byte[0] != b'\n' {
-        std::io::Read::read_exact(&mut stream, &mut byte).context("waiting for the agent's answer")?;
+        std::io::Read::read_exact(&mut stream, &mut byte)
+            .context("waiting for the agent's answer")?;
         answer.push(byte[0]);
     }
     let answer: serde_json::Value = serde_json::from_slice(&answer)

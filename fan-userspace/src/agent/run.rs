@@ -395,7 +395,9 @@ enum Request {
     Unbind(Ipv4Addr, Origin),
     Bindings,
     /// A stream of the programs' events from now on (passes: samples too).
-    Monitor { passes: bool },
+    Monitor {
+        passes: bool,
+    },
 }
 
 /// Reads a control connection's request; the caller acts, then answers

@@ -15,24 +15,19 @@ pub fn run(args: &MonitorArgs, global: &Global) -> Result<()> {
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let stream = subscribe(&run_dir, args.passes)?;
     let mut out = std::io::stdout().lock();
-    let mut seen = 0u64;
-    if args.count == Some(0) {
-        return Ok(());
-    }
-    for line in BufReader::new(stream).lines() {
+    // The count first: zip asks it before reading the next line, so the
+    // last event ends the command without waiting for another.
+    let limit = args.count.unwrap_or(u64::MAX);
+    for (_, line) in (0..limit).zip(BufReader::new(stream).lines()) {
         let line = line.context("reading the agent's events")?;
         if args.json {
             writeln!(out, "{line}")?;
         } else {
-            let record: EventRecord = serde_json::from_str(&line)
-                .with_context(|| format!("the agent sent {line:?}"))?;
+            let record: EventRecord =
+                serde_json::from_str(&line).with_context(|| format!("the agent sent {line:?}"))?;
             writeln!(out, "{record}")?;
         }
         out.flush()?;
-        seen += 1;
-        if args.count.is_some_and(|count| seen >= count) {
-            break;
-        }
     }
     Ok(())
 }

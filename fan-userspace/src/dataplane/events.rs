@@ -3,7 +3,6 @@
 //! the ring's one reader: a ring buffer has a single consumer position, so
 //! a second reader would take events from the first.
 
-
 use aya::maps::{MapInfo, RingBuf};
 use fan_common::events::{Event, SAMPLE_PASSES};
 
@@ -32,7 +31,7 @@ impl EventRing {
     }
 
     /// The next event the programs sent, if any.
-    pub fn next(&mut self) -> Option<Event> {
+    pub fn next_event(&mut self) -> Option<Event> {
         let item = self.ring.next()?;
         if item.len() < std::mem::size_of::<Event>() {
             return Some(Event::default());

@@ -194,7 +194,11 @@ pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
             fan.mode_name(),
             fan.mode_reason
         );
-        println!("{}: {}", fan.bridge, describe(fast_path, serving.is_some(), bypass.on));
+        println!(
+            "{}: {}",
+            fan.bridge,
+            describe(fast_path, serving.is_some(), bypass.on)
+        );
         for learned in path_mtus(&learned, fan) {
             println!(
                 "{}: path MTU to {} is {} (learned {} s ago{})",
