@@ -14,4 +14,4 @@ pub mod stats;
 
 pub use fan::{FanError, FanMap};
 pub use maps::FanEntry;
-pub use stats::{Counter, StatReason};
+pub use stats::{Counter, FanStatKey, StatReason};

@@ -12,6 +12,24 @@ pub struct Counter {
 // SAFETY: Counter is repr(C), Copy, and made of two u64 with no padding.
 unsafe impl aya::Pod for Counter {}
 
+/// Key of the per-fan counters (`FAN_STATS_BY_FAN`): a fan's overlay
+/// network, in host byte order as `FanMap::overlay` has it, and the
+/// [`StatReason`] slot. Every outcome decided once the packet's fan is
+/// known is counted there as well as in the totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FanStatKey {
+    pub overlay: u32,
+    pub reason: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: FanStatKey is repr(C), Copy, and made of two u32 with no padding.
+unsafe impl aya::Pod for FanStatKey {}
+
+/// Entries of the per-fan counters: every reason of every fan.
+pub const MAX_FAN_STATS: u32 = crate::maps::MAX_FANS * StatReason::COUNT;
+
 macro_rules! stat_reasons {
     ($($variant:ident = $name:literal: $doc:literal,)*) => {
         /// What happened to a packet. The discriminant is the slot in the stats map.
@@ -97,4 +115,13 @@ stat_reasons! {
     DropEncapFailed = "drop_encap_failed": "the kernel refused to make room for the outer header",
     DropDecapFailed = "drop_decap_failed": "the kernel refused to remove the outer header",
     EventsSuppressed = "events_suppressed": "events for `fan-xdp monitor` left out by the per-CPU rate limit or a full ring buffer; not a packet outcome",
+}
+
+impl StatReason {
+    /// Whether this counts what happened to a packet; `events_suppressed`
+    /// counts events left out (the rate limit, a full ring) of packets
+    /// already counted under their outcome.
+    pub const fn is_outcome(self) -> bool {
+        !matches!(self, StatReason::EventsSuppressed)
+    }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use fan_common::{
-    StatReason,
+    FanEntry, StatReason,
     events::Program,
     ipv4::{
         ECN_MASK, ETH_HDR_LEN, IPPROTO_ICMP, IPPROTO_IPIP, decap_ecn, is_fragment, replace_word,
@@ -22,7 +22,7 @@ use crate::{
     maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host},
     parse::{EthHdr, eth, ipv4},
     pmtu,
-    stats::count,
+    stats::count_in,
     tc::{device_mtu, ensure_ipv4_header, frame, gso_size},
 };
 
@@ -56,8 +56,11 @@ pub enum Decision {
 /// Every other claim is dropped with its own reason. If the outer header
 /// carries an ECN CE mark, it is copied into the inner header here (RFC
 /// 6040), since the outer header is about to go.
+///
+/// `found` gets the claim's fan once the inner addresses name one (the
+/// destination's, else the source's), for the per-fan counters.
 #[inline(always)]
-pub fn decide(start: usize, end: usize) -> Decision {
+pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -> Decision {
     let Some(eth) = eth(start, end) else {
         return Decision::Pass(StatReason::PassNotIpv4);
     };
@@ -101,6 +104,7 @@ pub fn decide(start: usize, end: usize) -> Decision {
         Some(fan) if fan.map.overlay_contains(inner_src) => Some(fan),
         _ => fan_for(inner.src_raw()),
     };
+    *found = dst_fan.or(src_fan);
     let (dst_fan, src_fan) = match (dst_fan, src_fan) {
         (None, None) => return Decision::Pass(StatReason::PassNotOverlay),
         (None, Some(_)) => return Decision::Drop(StatReason::DropInnerDstNotLocal),
@@ -160,7 +164,9 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
     }
     let (start, end) = frame(ctx);
     let len = ctx.len() as usize;
-    match decide(start, end) {
+    // The inner destination's fan, once known: its counters count too.
+    let mut fan = None;
+    match decide(start, end, &mut fan) {
         Decision::Decapsulate { outer_len } => {
             // FIXED_GSO: without it a GRO packet's gso_size would grow by the
             // removed bytes and the resegmented TCP would exceed the MTU.
@@ -169,13 +175,13 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
                 .adjust_room(-(outer_len as i32), BPF_ADJ_ROOM_MAC, flags)
                 .is_err()
             {
-                count(StatReason::DropDecapFailed, len);
+                count_in(fan, StatReason::DropDecapFailed, len);
                 return TC_ACT_SHOT;
             }
-            count(StatReason::Decapsulated, len);
+            count_in(fan, StatReason::Decapsulated, len);
             match deliver_direct(ctx) {
                 Some(action) => {
-                    count(StatReason::DecapsulatedDirect, len);
+                    count_in(fan, StatReason::DecapsulatedDirect, len);
                     action
                 }
                 // Next program in the chain, then the stack: a firewall or
@@ -184,12 +190,12 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
             }
         }
         Decision::Pass(reason) => {
-            count(reason, len);
+            count_in(fan, reason, len);
             events::passed(&Seen::tc(ctx), Program::DecapTc, reason);
             TC_ACT_UNSPEC
         }
         Decision::Drop(reason) => {
-            count(reason, len);
+            count_in(fan, reason, len);
             events::dropped(&Seen::tc(ctx), Program::DecapTc, reason);
             TC_ACT_SHOT
         }
@@ -240,37 +246,39 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
 pub fn decapsulate_xdp(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     let len = end - start;
-    match decide(start, end) {
+    // The inner destination's fan, once known: its counters count too.
+    let mut fan = None;
+    match decide(start, end, &mut fan) {
         Decision::Decapsulate { outer_len } => {
             // Keep the Ethernet header, drop everything up to the inner
             // header, and put the Ethernet header back in front of it.
             let Some(old_eth) = eth(start, end) else {
-                count(StatReason::DropDecapFailed, len);
+                count_in(fan, StatReason::DropDecapFailed, len);
                 return xdp_action::XDP_DROP;
             };
             // SAFETY: bounds-checked by `eth`.
             let saved: EthHdr = unsafe { *old_eth };
             // SAFETY: the helper only needs the program's own context.
             if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
-                count(StatReason::DropDecapFailed, len);
+                count_in(fan, StatReason::DropDecapFailed, len);
                 return xdp_action::XDP_DROP;
             }
             let Some(new_eth) = eth(ctx.data(), ctx.data_end()) else {
-                count(StatReason::DropDecapFailed, len);
+                count_in(fan, StatReason::DropDecapFailed, len);
                 return xdp_action::XDP_DROP;
             };
             // SAFETY: bounds-checked against the adjusted packet.
             unsafe { *new_eth = saved };
-            count(StatReason::Decapsulated, len);
+            count_in(fan, StatReason::Decapsulated, len);
             xdp_action::XDP_PASS
         }
         Decision::Pass(reason) => {
-            count(reason, len);
+            count_in(fan, reason, len);
             events::passed(&Seen::xdp(ctx), Program::DecapXdp, reason);
             xdp_action::XDP_PASS
         }
         Decision::Drop(reason) => {
-            count(reason, len);
+            count_in(fan, reason, len);
             events::dropped(&Seen::xdp(ctx), Program::DecapXdp, reason);
             xdp_action::XDP_DROP
         }

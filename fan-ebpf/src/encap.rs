@@ -29,7 +29,7 @@ use crate::{
     maps::{FAN_ENDPOINTS, bypass_off, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{answer_too_big, path_mtu},
-    stats::count,
+    stats::count_in,
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
 
@@ -76,17 +76,19 @@ impl Hook {
 
 #[inline(always)]
 pub fn encapsulate(ctx: &TcContext, hook: Hook) -> i32 {
-    match try_encapsulate(ctx, hook) {
+    // The destination's fan, once known: its counters count the outcome too.
+    let mut fan = None;
+    match try_encapsulate(ctx, hook, &mut fan) {
         Ok(action) => action,
         Err(Outcome::Pass(reason)) => {
             if hook != Hook::Port {
-                count(reason, ctx.len() as usize);
+                count_in(fan, reason, ctx.len() as usize);
                 events::passed(&Seen::tc(ctx), hook.program(), reason);
             }
             TC_ACT_UNSPEC
         }
         Err(Outcome::Drop(reason)) => {
-            count(reason, ctx.len() as usize);
+            count_in(fan, reason, ctx.len() as usize);
             events::dropped(&Seen::tc(ctx), hook.program(), reason);
             TC_ACT_SHOT
         }
@@ -99,7 +101,11 @@ enum Outcome {
 }
 
 #[inline(always)]
-fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
+fn try_encapsulate(
+    ctx: &TcContext,
+    hook: Hook,
+    found: &mut Option<&'static FanEntry>,
+) -> Result<i32, Outcome> {
     let (ip_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
     if hook == Hook::Port && protocol == IPPROTO_UDP {
         // The UDP ports, for the DHCP guard.
@@ -141,6 +147,7 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     let Some(fan) = fan_for(ip.dst_raw()) else {
         return Err(Outcome::Pass(StatReason::PassNotOverlay));
     };
+    *found = Some(fan);
     let dst = ip.dst();
     if fan.is_local(dst) {
         return Err(Outcome::Pass(StatReason::PassLocalSlice));
@@ -226,9 +233,9 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
     }
 
     let len = ctx.len() as usize;
-    count(StatReason::Encapsulated, len);
+    count_in(Some(fan), StatReason::Encapsulated, len);
     if gso_size(ctx) != 0 {
-        count(StatReason::EncapsulatedGso, len);
+        count_in(Some(fan), StatReason::EncapsulatedGso, len);
     }
     let action = match next_hop.neighbour {
         Some((dst_mac, src_mac)) => {
@@ -241,7 +248,7 @@ fn try_encapsulate(ctx: &TcContext, hook: Hook) -> Result<i32, Outcome> {
             unsafe { bpf_redirect(next_hop.ifindex, 0) }
         }
         None => {
-            count(StatReason::EncapsulatedNeighPending, len);
+            count_in(Some(fan), StatReason::EncapsulatedNeighPending, len);
             // The next hop's neighbour entry is unresolved: the kernel routes
             // the packet again (giving it the underlay route; a host packet
             // still carries its overlay route, which the neighbour queue

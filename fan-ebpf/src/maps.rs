@@ -3,15 +3,18 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use fan_common::{
-    Counter, FanEntry, StatReason,
+    Counter, FanEntry, FanStatKey, StatReason,
     events::EVENT_RING_BYTES,
     maps::{
         AGENT_HEARTBEAT_TIMEOUT_NS, Endpoint, FanMeta, FanMetaKey, LocalHost, MAX_ENDPOINTS,
         MAX_FANS, MAX_PATH_MTUS, PathMtu,
     },
+    stats::MAX_FAN_STATS,
 };
 
 use crate::ratelimit::TokenBucket;
@@ -34,6 +37,12 @@ pub static FAN_PATH_MTU: LruHashMap<u32, PathMtu> = LruHashMap::with_max_entries
 /// Per-CPU packet and byte counters, one slot per [`StatReason`].
 #[map]
 pub static FAN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(StatReason::COUNT, 0);
+
+/// The same counters per fan, for the outcomes decided once a packet's fan
+/// is known; an entry appears with a fan's first packet of that outcome.
+#[map]
+pub static FAN_STATS_BY_FAN: PerCpuHashMap<FanStatKey, Counter> =
+    PerCpuHashMap::with_max_entries(MAX_FAN_STATS, 0);
 
 /// Containers on this host by overlay address (network byte order), for
 /// delivering decapsulated packets into their namespace without the host's

@@ -188,6 +188,37 @@ fn two_overlays_side_by_side() {
     assert!(ping(&second[0].0, second[1].1, 2).unwrap(), "240/8 fan");
     let shown = json(&fleet.hosts[0].fan_xdp_ok(&["show", "--json"]).unwrap());
     assert_eq!(shown.as_array().unwrap().len(), 2);
+    // Counters per fan: each fan counts its own traffic, and only its own.
+    let h1 = &fleet.hosts[0];
+    let encapsulated = |fan: Option<&str>| {
+        let mut args = vec!["stats", "--json"];
+        args.extend(fan.map(|f| ["--fan", f]).into_iter().flatten());
+        json(&h1.fan_xdp_ok(&args).unwrap())["encapsulated"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let (a, b) = (
+        encapsulated(Some(OVERLAY)),
+        encapsulated(Some("240.0.0.0/8")),
+    );
+    assert!(a >= 2 && b >= 2, "per-fan counts {a} and {b}");
+    assert!(ping(&second[0].0, second[1].1, 3).unwrap());
+    assert_eq!(
+        encapsulated(Some(OVERLAY)),
+        a,
+        "the 250/8 fan counted the 240/8 fan's packets"
+    );
+    assert!(encapsulated(Some("240.0.0.0/8")) >= b + 3);
+    assert!(
+        encapsulated(None) >= a + b + 3,
+        "the totals are not the fans' sum"
+    );
+    let prometheus = h1.fan_xdp_ok(&["stats", "--prometheus"]).unwrap();
+    assert!(
+        prometheus
+            .contains("fan_xdp_fan_packets_total{overlay=\"240.0.0.0/8\",reason=\"encapsulated\"}"),
+        "{prometheus}"
+    );
 
     for host in &fleet.hosts {
         let out = host
@@ -206,6 +237,14 @@ fn two_overlays_side_by_side() {
     let shown = json(&fleet.hosts[0].fan_xdp_ok(&["show", "--json"]).unwrap());
     assert_eq!(shown.as_array().unwrap().len(), 1);
     assert_eq!(shown[0]["overlay"], OVERLAY);
+    let gone = fleet.hosts[0]
+        .fan_xdp(&["stats", "--fan", "240.0.0.0/8"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&gone.stderr)
+            .contains("no fan with overlay 240.0.0.0/8 is attached here"),
+        "{gone:?}"
+    );
     drop(second);
     detach_all(&fleet);
 }

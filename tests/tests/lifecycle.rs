@@ -291,12 +291,12 @@ fn twenty_agent_kills_and_restarts_under_a_transfer_lose_nothing() {
 }
 
 /// State pinned by fan-xdp of map layout 2 (no event ring, no event
-/// settings; every fan's record says v2) is taken over by attach in place:
+/// settings, no per-fan counters; every fan's record says v2) is taken over by attach in place:
 /// no detach, the maps it lacked created, the programs replaced (they could
 /// not know the new maps), the counters carried over, traffic kept.
 #[test]
 fn an_older_map_layout_is_migrated_in_place() {
-    use fan_userspace::dataplane::{EVENT_SETTINGS_MAP, EVENTS_MAP, PinnedMaps};
+    use fan_userspace::dataplane::{EVENT_SETTINGS_MAP, EVENTS_MAP, PinnedMaps, STATS_BY_FAN_MAP};
     if !privileged() {
         return;
     }
@@ -309,7 +309,7 @@ fn an_older_map_layout_is_migrated_in_place() {
         .unwrap()
         .unwrap();
     // What layout 2 left: the same maps less the two, records saying v2.
-    for map in [EVENTS_MAP, EVENT_SETTINGS_MAP] {
+    for map in [EVENTS_MAP, EVENT_SETTINGS_MAP, STATS_BY_FAN_MAP] {
         std::fs::remove_file(dir.map(map)).unwrap();
     }
     PinnedMaps::open(&dir).unwrap().relabel_layout(2).unwrap();
@@ -320,7 +320,7 @@ fn an_older_map_layout_is_migrated_in_place() {
         .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
     assert!(out.contains("attached: 250.0.0.0/8"), "{out}");
-    for map in [EVENTS_MAP, EVENT_SETTINGS_MAP] {
+    for map in [EVENTS_MAP, EVENT_SETTINGS_MAP, STATS_BY_FAN_MAP] {
         assert!(dir.map(map).exists(), "{map} was not created");
     }
     let fans = fan_userspace::state::record::load_fans(&PinnedMaps::open(&dir).unwrap()).unwrap();
@@ -343,6 +343,16 @@ fn an_older_map_layout_is_migrated_in_place() {
         "traffic lost by the migration"
     );
     assert!(h1.counter(StatReason::Encapsulated).unwrap() >= encapsulated + 2);
+    // The per-fan counters count from the migration on.
+    let fan: serde_json::Value = serde_json::from_str(
+        &h1.fan_xdp_ok(&["stats", "--json", "--fan", OVERLAY])
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        fan["encapsulated"]["packets"].as_u64().unwrap() >= 2,
+        "{fan}"
+    );
     // The new ring reaches a monitor: the programs write to it.
     let monitor = fan_tests::monitor::Monitor::start(h1, &[]).unwrap();
     assert!(!ping(&h1.ns, "250.0.0.5".parse().unwrap(), 1).unwrap());

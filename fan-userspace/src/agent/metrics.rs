@@ -97,7 +97,7 @@ fn metrics(dir: &StateDir) -> Result<String> {
     }
     let maps = PinnedMaps::open(dir)?;
     let stats = maps.stats()?;
-    Ok(stats.prometheus(maps.path_mtus_evicted(&stats)?))
+    Ok(stats.prometheus(maps.path_mtus_evicted(&stats)?, &maps.stats_of_fans()?))
 }
 
 fn answer(mut stream: &TcpStream, status: &str, body: &str) -> Result<()> {

@@ -269,6 +269,10 @@ pub struct StatsArgs {
     /// With --watch: stop after this many updates.
     #[arg(long)]
     pub count: Option<u64>,
+    /// The counters of one fan (by its overlay) instead of the totals: the
+    /// outcomes decided once a packet's fan was known.
+    #[arg(long, value_name = "OVERLAY")]
+    pub fan: Option<ipnetwork::Ipv4Network>,
 }
 
 #[derive(Args, Clone)]

@@ -248,8 +248,9 @@ async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<
 }
 
 /// Older map layouts an attach takes over in place, without a detach:
-/// layout 2 lacks only the event ring and its settings, which loading the
-/// programs creates and pins beside the maps it reuses (counters included).
+/// layout 2 lacks only the event ring, its settings and the per-fan
+/// counters, which loading the programs creates and pins beside the maps it
+/// reuses (the totals included).
 const MIGRATES_FROM: [u32; 1] = [2];
 
 fn same_settings(existing: &Fan, plan: &Plan) -> bool {

@@ -17,16 +17,45 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         bail!("nothing attached in this network namespace");
     }
     let maps = PinnedMaps::open(&dir)?;
+    // The one fan asked for, by the name its counters go by.
+    let fan = match args.fan {
+        Some(overlay) => {
+            let name = overlay.to_string();
+            if maps.stats_by_fan()?.is_none() {
+                bail!(
+                    "the pinned maps have no per-fan counters (written by an older fan-xdp): attach again to migrate them"
+                );
+            }
+            if !maps.stats_of_fans()?.iter().any(|(n, _)| *n == name) {
+                bail!("no fan with overlay {name} is attached here");
+            }
+            Some(name)
+        }
+        None => None,
+    };
     let mut previous: Option<(Stats, Instant)> = None;
     let mut printed = 0u64;
     loop {
-        let stats = maps.stats()?;
+        let totals = maps.stats()?;
         let now = Instant::now();
-        let evicted = maps.path_mtus_evicted(&stats)?;
+        let evicted = maps.path_mtus_evicted(&totals)?;
+        let by_fan = maps.stats_of_fans()?;
         if args.prometheus {
-            print!("{}", stats.prometheus(evicted));
+            let fans: Vec<_> = by_fan
+                .into_iter()
+                .filter(|(name, _)| fan.as_ref().is_none_or(|f| f == name))
+                .collect();
+            print!("{}", totals.prometheus(evicted, &fans));
             return Ok(());
         }
+        let stats = match &fan {
+            Some(name) => by_fan
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s)
+                .unwrap_or_default(),
+            None => totals,
+        };
         print(
             &stats,
             previous.as_ref().map(|(s, t)| (s, now - *t)),

@@ -144,6 +144,9 @@ pub struct PinnedMaps {
     pub agent: Array<MapData, u64>,
     /// Whether the fast path may skip netfilter (`fan_common::maps::bypass`).
     pub bypass: Array<MapData, u32>,
+    /// The counters per fan; None in a state of map layout 2 (until an
+    /// attach migrates it).
+    stats_by_fan: Option<PerCpuHashMap<MapData, FanStatKey, Counter>>,
 }
 
 impl PinnedMaps {
@@ -162,6 +165,10 @@ impl PinnedMaps {
             path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
             agent: Array::try_from(open(AGENT_MAP)?)?,
             bypass: Array::try_from(open(BYPASS_MAP)?)?,
+            stats_by_fan: match dir.map(STATS_BY_FAN_MAP).exists() {
+                true => Some(PerCpuHashMap::try_from(open(STATS_BY_FAN_MAP)?)?),
+                false => None,
+            },
         })
     }
 
@@ -229,6 +236,17 @@ impl PinnedMaps {
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(e).context("removing the fan map entry"),
         }
+        // Its counters go with it: a fan attached again starts from zero.
+        if let Some(by_fan) = &mut self.stats_by_fan {
+            let keys: Vec<FanStatKey> = by_fan
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|key| key.overlay == overlay)
+                .collect();
+            for key in keys {
+                let _ = by_fan.remove(&key);
+            }
+        }
         let fans = fan_entries(&self.config)?;
         sync_local_hosts(&mut self.local_hosts, &fans)
     }
@@ -252,6 +270,51 @@ impl PinnedMaps {
 
     pub fn stats(&self) -> Result<Stats> {
         sum_stats(&self.stats)
+    }
+
+    /// The counters of each fan that has counted anything, by overlay
+    /// network (host byte order); None in a state of map layout 2.
+    pub fn stats_by_fan(&self) -> Result<Option<BTreeMap<u32, Stats>>> {
+        let Some(by_fan) = &self.stats_by_fan else {
+            return Ok(None);
+        };
+        let mut fans: BTreeMap<u32, Stats> = BTreeMap::new();
+        for entry in by_fan.iter() {
+            let (key, per_cpu) = entry.context("reading the per-fan counters")?;
+            let Some(reason) = StatReason::from_index(key.reason) else {
+                continue;
+            };
+            let total = per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+            });
+            fans.entry(key.overlay)
+                .or_default()
+                .0
+                .insert(reason.name(), total);
+        }
+        Ok(Some(fans))
+    }
+
+    /// The counters of every attached fan, named by its overlay (CIDR),
+    /// in overlay order; empty in a state of map layout 2.
+    pub fn stats_of_fans(&self) -> Result<Vec<(String, Stats)>> {
+        let Some(mut by_fan) = self.stats_by_fan()? else {
+            return Ok(Vec::new());
+        };
+        let mut fans = fan_entries(&self.config)?;
+        fans.sort_by_key(|f| (f.map.overlay, f.map.overlay_len));
+        Ok(fans
+            .iter()
+            .map(|f| {
+                let name = format!(
+                    "{}/{}",
+                    std::net::Ipv4Addr::from(f.map.overlay),
+                    f.map.overlay_len
+                );
+                (name, by_fan.remove(&f.map.overlay).unwrap_or_default())
+            })
+            .collect())
     }
 }
 
@@ -283,8 +346,9 @@ impl Stats {
     /// value was reset in between (its map re-created by a detach and an
     /// attach): what it counted since the reset is all it says.
     /// The counters in Prometheus' text exposition format (version 0.0.4): one
-    /// packets and one bytes counter per outcome, labelled by its stable name.
-    pub fn prometheus(&self, path_mtus_evicted: u64) -> String {
+    /// packets and one bytes counter per outcome, labelled by its stable name,
+    /// and the same per fan (`fan_xdp_fan_*`, labelled by overlay too).
+    pub fn prometheus(&self, path_mtus_evicted: u64, by_fan: &[(String, Stats)]) -> String {
         let mut out = String::new();
         for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
             out += &format!(
@@ -308,6 +372,27 @@ impl Stats {
             "# HELP fan_xdp_path_mtu_evicted_total Path MTU entries evicted from the full table.\n";
         out += "# TYPE fan_xdp_path_mtu_evicted_total counter\n";
         out += &format!("fan_xdp_path_mtu_evicted_total {path_mtus_evicted}\n");
+        if by_fan.is_empty() {
+            return out;
+        }
+        for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
+            out += &format!(
+                "# HELP fan_xdp_fan_{metric}_total {what} per fan and outcome decided once the packet's fan was known, summed over CPUs.\n"
+            );
+            out += &format!("# TYPE fan_xdp_fan_{metric}_total counter\n");
+            for (overlay, stats) in by_fan {
+                for (reason, c) in &stats.0 {
+                    let value = if metric == "packets" {
+                        c.packets
+                    } else {
+                        c.bytes
+                    };
+                    out += &format!(
+                        "fan_xdp_fan_{metric}_total{{overlay=\"{overlay}\",reason=\"{reason}\"}} {value}\n"
+                    );
+                }
+            }
+        }
         out
     }
 
@@ -383,7 +468,7 @@ mod tests {
                 bytes: 700,
             },
         )]));
-        let text = stats.prometheus(2);
+        let text = stats.prometheus(2, &[]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[..3],

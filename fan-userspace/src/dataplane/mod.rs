@@ -31,7 +31,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        lpm_trie::Key,
+    },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -39,7 +42,7 @@ use aya::{
     },
 };
 use fan_common::{
-    Counter, FanEntry, StatReason,
+    Counter, FanEntry, FanStatKey, StatReason,
     maps::{Endpoint, FanMeta, FanMetaKey, LocalHost, PathMtu},
 };
 
@@ -61,6 +64,7 @@ const TC_PROGRAMS: [&str; 4] = [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT, DECAP_T
 pub const BENCH_XDP_PASS: &str = "fan_bench_xdp_pass";
 pub const CONFIG_MAP: &str = "FAN_CONFIG";
 pub const STATS_MAP: &str = "FAN_STATS";
+pub const STATS_BY_FAN_MAP: &str = "FAN_STATS_BY_FAN";
 pub const META_MAP: &str = "FAN_META";
 pub const ENDPOINTS_MAP: &str = "FAN_ENDPOINTS";
 pub const LOCAL_HOSTS_MAP: &str = "FAN_LOCAL_HOSTS";
@@ -69,9 +73,9 @@ pub const AGENT_MAP: &str = "FAN_AGENT";
 pub const BYPASS_MAP: &str = "FAN_BYPASS";
 pub const EVENTS_MAP: &str = "FAN_EVENTS";
 pub const EVENT_SETTINGS_MAP: &str = "FAN_EVENT_SETTINGS";
-/// The pinned maps. A state directory of map layout 2 lacks the last two;
+/// The pinned maps. A state directory of map layout 2 lacks the last three;
 /// attach creates them in place (see `commands::attach`).
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 11] = [
     AGENT_MAP,
     BYPASS_MAP,
     CONFIG_MAP,
@@ -82,6 +86,7 @@ const MAPS: [&str; 10] = [
     PATH_MTU_MAP,
     EVENTS_MAP,
     EVENT_SETTINGS_MAP,
+    STATS_BY_FAN_MAP,
 ];
 
 /// Where decapsulation runs on the underlay device: the one type both sides share.
