@@ -3,6 +3,8 @@
 //! `fan-xdp monitor` asks for them. The agent is the ring's only reader
 //! and fans its events out to the monitors.
 
+pub use crate::program::Program;
+
 /// Bytes of the ring buffer: a few thousand events between two reads.
 pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 
@@ -13,51 +15,6 @@ pub const EVENT_BURST: u64 = 20;
 
 /// Bit of the settings map's slot 0: sample what is not dropped too.
 pub const SAMPLE_PASSES: u32 = 1;
-
-/// The program an event comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Program {
-    EncapForward = 0,
-    EncapPort = 1,
-    EncapOutput = 2,
-    DecapTc = 3,
-    DecapXdp = 4,
-}
-
-impl Program {
-    /// The program's name in the object (and in `bpftool prog`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Program::EncapForward => "fan_encap_forward",
-            Program::EncapPort => "fan_encap_port",
-            Program::EncapOutput => "fan_encap_output",
-            Program::DecapTc => "fan_decap_tc",
-            Program::DecapXdp => "fan_decap_xdp",
-        }
-    }
-
-    /// Whether the program sees underlay traffic (its first IPv4 header is
-    /// an outer one) rather than containers' and the host's.
-    pub const fn decapsulates(self) -> bool {
-        matches!(self, Program::DecapTc | Program::DecapXdp)
-    }
-}
-
-impl TryFrom<u8> for Program {
-    type Error = u8;
-
-    fn try_from(value: u8) -> Result<Self, u8> {
-        Ok(match value {
-            0 => Program::EncapForward,
-            1 => Program::EncapPort,
-            2 => Program::EncapOutput,
-            3 => Program::DecapTc,
-            4 => Program::DecapXdp,
-            other => return Err(other),
-        })
-    }
-}
 
 /// Whether the event is a drop or a sample of a packet passed on to the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

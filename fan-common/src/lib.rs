@@ -10,8 +10,10 @@ pub mod ipv4;
 pub mod maps;
 pub mod plan;
 pub mod pmtu;
+pub mod program;
 pub mod stats;
 
 pub use fan::{FanError, FanMap};
 pub use maps::FanEntry;
+pub use program::Program;
 pub use stats::{Counter, FanStatKey, StatReason};

@@ -36,60 +36,35 @@ use crate::{
 /// `AF_INET`, for the route lookup.
 const AF_INET: u8 = 2;
 
-/// Where the encapsulating program runs, which decides what routing
-/// semantics it owes the packet.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// Ingress of the slice bridge: traffic from containers that the program
-    /// forwards itself, bypassing the host's forwarding path. It must do what
-    /// a router does: decrement the TTL and refuse what does not fit.
-    Forward,
-    /// Ingress of a container's veth, the slice bridge's port: Forward's
-    /// duties one hop earlier. Whatever it passes goes on into the bridge,
-    /// where the Forward program sees it again and counts it, so passes are
-    /// not counted here: the counters read the same with or without
-    /// `fan-xdp run` keeping port programs.
-    Port,
-    /// Egress of fan-xdp's own NOARP device, where the host's routing puts
-    /// overlay traffic it originates (or forwards itself, TTL already handled).
-    Output,
-}
-
-impl Hook {
-    /// Whether the program forwards the packet in the host's place, owing it
-    /// a router's TTL and MTU handling.
-    #[inline(always)]
-    fn forwards(self) -> bool {
-        !matches!(self, Hook::Output)
-    }
-
-    /// The program that runs here, as events name it.
-    #[inline(always)]
-    fn program(self) -> Program {
-        match self {
-            Hook::Forward => Program::EncapForward,
-            Hook::Port => Program::EncapPort,
-            Hook::Output => Program::EncapOutput,
-        }
-    }
+/// Whether `program` forwards the packet in the host's place, owing it a
+/// router's TTL and MTU handling: the bridge's and the ports' programs
+/// (traffic from containers) do; fan-host's egress (traffic the host
+/// originates, or forwarded by the host itself, TTL already handled) does not.
+/// The port program does Forward's duties one hop earlier; whatever it
+/// passes goes on into the bridge, where the bridge's program sees it again
+/// and counts it, so passes are not counted at the port: the counters read
+/// the same with or without `fan-xdp run` keeping port programs.
+#[inline(always)]
+fn forwards(program: Program) -> bool {
+    !matches!(program, Program::EncapOutput)
 }
 
 #[inline(always)]
-pub fn encapsulate(ctx: &TcContext, hook: Hook) -> i32 {
+pub fn encapsulate(ctx: &TcContext, program: Program) -> i32 {
     // The destination's fan, once known: its counters count the outcome too.
     let mut fan = None;
-    match try_encapsulate(ctx, hook, &mut fan) {
+    match try_encapsulate(ctx, program, &mut fan) {
         Ok(action) => action,
         Err(Outcome::Pass(reason)) => {
-            if hook != Hook::Port {
+            if program != Program::EncapPort {
                 count_in(fan, reason, ctx.len() as usize);
-                events::passed(&Seen::tc(ctx), hook.program(), reason);
+                events::passed(&Seen::tc(ctx), program, reason);
             }
             TC_ACT_UNSPEC
         }
         Err(Outcome::Drop(reason)) => {
             count_in(fan, reason, ctx.len() as usize);
-            events::dropped(&Seen::tc(ctx), hook.program(), reason);
+            events::dropped(&Seen::tc(ctx), program, reason);
             TC_ACT_SHOT
         }
     }
@@ -103,11 +78,11 @@ enum Outcome {
 #[inline(always)]
 fn try_encapsulate(
     ctx: &TcContext,
-    hook: Hook,
+    program: Program,
     found: &mut Option<&'static FanEntry>,
 ) -> Result<i32, Outcome> {
     let (ip_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
-    if hook == Hook::Port && protocol == IPPROTO_UDP {
+    if program == Program::EncapPort && protocol == IPPROTO_UDP {
         // The UDP ports, for the DHCP guard.
         ensure_linear(ctx, ETH_HDR_LEN + ip_len + UDP_PORTS_LEN);
     }
@@ -121,7 +96,7 @@ fn try_encapsulate(
     };
     // SAFETY: bounds-checked by `eth`.
     if !unsafe { (*eth).is_ipv4() } {
-        if hook == Hook::Port
+        if program == Program::EncapPort
             && let Some(sender) = arp_sender(start, end)
             && !source_bound_here(ctx, sender)
         {
@@ -136,12 +111,12 @@ fn try_encapsulate(
     };
     // SAFETY: bounds-checked by `ipv4`.
     let ip = unsafe { *ip_ptr };
-    if hook == Hook::Port && is_dhcp_server_reply(&ip, start, end) {
+    if program == Program::EncapPort && is_dhcp_server_reply(&ip, start, end) {
         // Checked before the source: a rogue server answering from its own
         // (bound) address must not be heard either.
         return Err(Outcome::Drop(StatReason::DropDhcpServerReply));
     }
-    if hook == Hook::Port && !source_bound_here(ctx, ip.src_raw()) {
+    if program == Program::EncapPort && !source_bound_here(ctx, ip.src_raw()) {
         return Err(Outcome::Drop(StatReason::DropSourceNotBound));
     }
     let Some(fan) = fan_for(ip.dst_raw()) else {
@@ -152,7 +127,7 @@ fn try_encapsulate(
     if fan.is_local(dst) {
         return Err(Outcome::Pass(StatReason::PassLocalSlice));
     }
-    if hook.forwards() && bypass_off() {
+    if forwards(program) && bypass_off() {
         // Forwarded through the stack (FORWARD, NAT, conntrack), then
         // encapsulated at fan-host's egress.
         return Err(Outcome::Pass(StatReason::StackBypassOff));
@@ -162,14 +137,14 @@ fn try_encapsulate(
         return Err(Outcome::Drop(StatReason::DropReservedHost));
     }
     check_source(fan, &ip)?;
-    if hook.forwards() && ip.ttl <= 1 {
+    if forwards(program) && ip.ttl <= 1 {
         return Err(Outcome::Pass(StatReason::StackTtlExpired));
     }
     let total_len = ip.total_len() as u32;
     if total_len == 0 || total_len + IPV4_HDR_LEN as u32 > u16::MAX as u32 {
         return Err(Outcome::Drop(StatReason::DropInnerTooLong));
     }
-    let too_big = if hook.forwards() {
+    let too_big = if forwards(program) {
         Outcome::Pass(StatReason::StackTooBig)
     } else {
         Outcome::Drop(StatReason::DropTooBig)
@@ -180,7 +155,7 @@ fn try_encapsulate(
     };
     if let Some(path) = path_mtu(remote_host) {
         let too_big = segment + IPV4_HDR_LEN as u32 > path;
-        if !hook.forwards() {
+        if !forwards(program) {
             if too_big {
                 // The host's own packet: its route to the remote slice carries
                 // the path MTU while `fan-xdp run` keeps it; this one predates it.
@@ -208,7 +183,7 @@ fn try_encapsulate(
         Err(RouteError::Drop(reason)) => return Err(Outcome::Drop(reason)),
     };
 
-    if hook.forwards() {
+    if forwards(program) {
         // SAFETY: `ip_ptr` was bounds-checked and nothing has moved the data since.
         unsafe { (*ip_ptr).decrement_ttl() };
     }

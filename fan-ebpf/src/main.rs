@@ -28,21 +28,21 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::encap::Hook;
+use fan_common::Program;
 
 #[classifier]
 pub fn fan_encap_forward(ctx: TcContext) -> i32 {
-    encap::encapsulate(&ctx, Hook::Forward)
+    encap::encapsulate(&ctx, Program::EncapForward)
 }
 
 #[classifier]
 pub fn fan_encap_port(ctx: TcContext) -> i32 {
-    encap::encapsulate(&ctx, Hook::Port)
+    encap::encapsulate(&ctx, Program::EncapPort)
 }
 
 #[classifier]
 pub fn fan_encap_output(ctx: TcContext) -> i32 {
-    encap::encapsulate(&ctx, Hook::Output)
+    encap::encapsulate(&ctx, Program::EncapOutput)
 }
 
 #[classifier]

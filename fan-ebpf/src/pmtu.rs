@@ -119,7 +119,7 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
     })
 }
 
-/// What a forwarding hook does with a container's packet too big for the
+/// What a forwarding program does with a container's packet too big for the
 /// learned path MTU `path` towards its destination host: with DF, answer
 /// ICMP fragmentation needed (MTU `path` - 20) from the slice gateway, back
 /// out of the device it came in by; without DF, let the stack fragment it.

@@ -172,9 +172,10 @@ impl StateDir {
         self.path.join(format!("prog_{name}"))
     }
 
-    /// A link pin, named by device and hook: `link_<device>_<hook>`.
-    pub fn link(&self, device: &str, hook: &str) -> PathBuf {
-        self.path.join(format!("link_{device}_{hook}"))
+    /// A BPF link's pin, named by device and the program's role there
+    /// (`encap`, `decap-tc`, `decap-xdp`): `link_<device>_<role>`.
+    pub fn link(&self, device: &str, role: &str) -> PathBuf {
+        self.path.join(format!("link_{device}_{role}"))
     }
 
     /// Removes the directory and everything pinned in it (the objects live on

@@ -12,7 +12,9 @@ use super::{
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
+/// Where an encapsulating program runs, which decides the routing duties
+/// it owes the packet.
+pub enum Site {
     /// The slice bridge's ingress: forwards for the host.
     Forward,
     /// A container port's ingress: forwards for the host, one hop earlier;
@@ -22,10 +24,10 @@ pub enum Hook {
     Output,
 }
 
-impl Hook {
+impl Site {
     /// Whether the program acts as a router (TTL, MTU answered by the stack).
     fn forwards(self) -> bool {
-        self != Hook::Output
+        self != Site::Output
     }
 }
 
@@ -42,11 +44,11 @@ enum NotSent {
     Drop(&'static str),
 }
 
-pub fn run(config: &Config, hook: Hook, frame: &[u8], ctx: RunContext) -> Prediction {
-    match encapsulate(config, hook, frame, ctx) {
+pub fn run(config: &Config, site: Site, frame: &[u8], ctx: RunContext) -> Prediction {
+    match encapsulate(config, site, frame, ctx) {
         Ok(prediction) => prediction,
         Err(NotSent::Pass(counter)) => {
-            let counted = (hook != Hook::Port).then_some(counter);
+            let counted = (site != Site::Port).then_some(counter);
             untouched(frame, TC_ACT_UNSPEC, counted, Fate::Passed)
         }
         Err(NotSent::Drop(counter)) => untouched(frame, TC_ACT_SHOT, Some(counter), Fate::Dropped),
@@ -55,12 +57,12 @@ pub fn run(config: &Config, hook: Hook, frame: &[u8], ctx: RunContext) -> Predic
 
 fn encapsulate(
     config: &Config,
-    hook: Hook,
+    site: Site,
     frame: &[u8],
     ctx: RunContext,
 ) -> Result<Prediction, NotSent> {
     if ethertype(frame) != Some(ETHERTYPE_IPV4) {
-        if hook == Hook::Port
+        if site == Site::Port
             && let Some(sender) = arp_ipv4_sender(frame)
             && !source_is_this_ports(config, sender, ctx.ingress_ifindex)
         {
@@ -71,10 +73,10 @@ fn encapsulate(
     let Some(ip) = Ipv4View::parse(frame, ETH_LEN) else {
         return Err(NotSent::Pass("pass_malformed_ipv4"));
     };
-    if hook == Hook::Port && is_dhcp_server_reply(frame, &ip) {
+    if site == Site::Port && is_dhcp_server_reply(frame, &ip) {
         return Err(NotSent::Drop("drop_dhcp_server_reply"));
     }
-    if hook == Hook::Port && !source_is_this_ports(config, ip.src(), ctx.ingress_ifindex) {
+    if site == Site::Port && !source_is_this_ports(config, ip.src(), ctx.ingress_ifindex) {
         return Err(NotSent::Drop("drop_source_not_bound"));
     }
     let Some(fan) = config.fan_for(ip.dst()) else {
@@ -88,14 +90,14 @@ fn encapsulate(
         return Err(NotSent::Drop("drop_reserved_host"));
     }
     source_may_send_to(config, fan, ip.src())?;
-    if hook.forwards() && ip.ttl() <= 1 {
+    if site.forwards() && ip.ttl() <= 1 {
         return Err(NotSent::Pass("stack_ttl_expired"));
     }
     let inner_len = u32::from(ip.total_len());
     if inner_len == 0 || inner_len > MAX_INNER_LEN {
         return Err(NotSent::Drop("drop_inner_too_long"));
     }
-    let too_big = if hook.forwards() {
+    let too_big = if site.forwards() {
         NotSent::Pass("stack_too_big")
     } else {
         NotSent::Drop("drop_too_big")
@@ -134,7 +136,7 @@ fn encapsulate(
     };
 
     let mut inner = frame[ETH_LEN..].to_vec();
-    if hook.forwards() {
+    if site.forwards() {
         decrement_ttl(&mut inner, 0);
     }
     if gso_size != 0 {

@@ -141,9 +141,9 @@ pub fn predict(
         return None;
     }
     Some(match program {
-        Program::EncapForward => encap::run(config, encap::Hook::Forward, frame, ctx),
-        Program::EncapPort => encap::run(config, encap::Hook::Port, frame, ctx),
-        Program::EncapOutput => encap::run(config, encap::Hook::Output, frame, ctx),
+        Program::EncapForward => encap::run(config, encap::Site::Forward, frame, ctx),
+        Program::EncapPort => encap::run(config, encap::Site::Port, frame, ctx),
+        Program::EncapOutput => encap::run(config, encap::Site::Output, frame, ctx),
         Program::DecapTc => decap::run_tc(config, frame, ctx),
         Program::DecapXdp => decap::run_xdp(config, frame),
     })
