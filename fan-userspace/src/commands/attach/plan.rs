@@ -1,0 +1,254 @@
+//! Planning an attach: every input checked against the host as it is,
+//! nothing changed; and the choices made from the plan (the decapsulation
+//! hook, the fan's first record).
+
+use super::*;
+
+pub(super) async fn plan(
+    net: &Net,
+    args: &AttachArgs,
+    global: &Global,
+    run: &RunDir,
+) -> Result<Plan> {
+    let overlay = ipv4_network(args.overlay, "overlay")?;
+    let iface = net
+        .link(&args.iface)
+        .await?
+        .ok_or_else(|| anyhow!("no such interface: {}", args.iface))?;
+    let addrs = net.ipv4_addrs(iface.index).await?;
+    if addrs.is_empty() {
+        bail!(
+            "{} has no IPv4 address: the underlay address names this host",
+            iface.name
+        );
+    }
+    let (host, underlay) = match args.underlay {
+        Some(u) => {
+            let u = ipv4_network(u, "underlay")?;
+            if u.ip() != u.network() {
+                bail!(
+                    "underlay {u} has host bits set (did you mean {}/{}?)",
+                    u.network(),
+                    u.prefix()
+                );
+            }
+            let (addr, _) = addrs.iter().find(|(a, _)| u.contains(*a)).ok_or_else(|| {
+                let held: Vec<String> = addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+                anyhow!(
+                    "overlay/underlay mismatch: {} holds no address in underlay {u} (it has {})",
+                    iface.name,
+                    held.join(", ")
+                )
+            })?;
+            (*addr, u)
+        }
+        None => {
+            let (addr, len) = addrs[0];
+            (
+                addr,
+                Ipv4Network::new(addr, len)?
+                    .network()
+                    .to_string()
+                    .parse::<Ipv4Addr>()
+                    .map(|n| Ipv4Network::new(n, len))??,
+            )
+        }
+    };
+    let map = fan_map(overlay, underlay);
+    if overlay.ip() != overlay.network() {
+        bail!(
+            "overlay {overlay} has host bits set (did you mean {}/{}?)",
+            overlay.network(),
+            overlay.prefix()
+        );
+    }
+    map.validate()?;
+    map.validate_host(u32::from(host))?;
+    let slice_start = Ipv4Addr::from(map.slice_of(u32::from(host)));
+    let slice = Ipv4Network::new(slice_start, map.slice_len())?;
+    if args.host_reserve == 0 || args.host_reserve as u64 >= slice.size() as u64 - 2 {
+        bail!(
+            "--host-reserve {} must be at least 1 (the gateway) and leave addresses in {slice}",
+            args.host_reserve
+        );
+    }
+    // The agent's own attaches (following the host) say --no-agent only
+    // because the agent is already there.
+    if args.dhcp && args.no_agent && !global.by_agent {
+        bail!(
+            "--dhcp needs the agent, which starts and supervises the DHCP server (dnsmasq): attach without --no-agent"
+        );
+    }
+    let mut settings = Settings::new(
+        slice,
+        args.dhcp,
+        args.dhcp_range,
+        args.cni_range,
+        args.docker_cidr,
+    );
+    // A slice too small for a plan (a /29 or /30) attaches as before, as
+    // long as nothing asks for one.
+    if !settings.is_default() {
+        settings.plan(slice, args.host_reserve)?;
+    }
+    if args.dhcp {
+        settings.dnsmasq = Some(dhcp::find_dnsmasq()?);
+    }
+    let gateway = Ipv4Addr::from(map.gateway_of(u32::from(host)));
+    let bridge = args
+        .bridge
+        .clone()
+        .unwrap_or_else(|| bridge_name(slice_start));
+    if bridge.is_empty() || bridge.len() > IFNAME_MAX {
+        bail!("bridge name {bridge:?} must be 1 to {IFNAME_MAX} bytes");
+    }
+    let max_mtu = iface.mtu.saturating_sub(OUTER_HEADER);
+    let mtu = args.mtu.unwrap_or(max_mtu);
+    if mtu > max_mtu || mtu < 576 {
+        bail!(
+            "--mtu {mtu} does not fit: {} has MTU {}, leaving at most {max_mtu} after the 20-byte outer header (and at least 576)",
+            iface.name,
+            iface.mtu
+        );
+    }
+
+    let dir = StateDir::locate(global.pin_dir.as_deref())?;
+    let fans = if dir.exists() {
+        PinnedMaps::open(&dir)
+            .and_then(|maps| load_fans(&maps))
+            .with_context(|| {
+                format!(
+                    "reading the pinned state in {} (left by a fan-xdp with another map layout? detach with that version first)",
+                    dir.path.display()
+                )
+            })?
+    } else {
+        Vec::new()
+    };
+    if let Some(old) = fans.iter().find(|f| {
+        f.meta.layout_version != MAP_LAYOUT_VERSION
+            && !MIGRATES_FROM.contains(&f.meta.layout_version)
+    }) {
+        bail!(
+            "the pinned state in {} was written by a fan-xdp with map layout v{} (this one is v{MAP_LAYOUT_VERSION}); detach with that version first",
+            dir.path.display(),
+            old.meta.layout_version
+        );
+    }
+    let (mut existing, others): (Vec<Fan>, Vec<Fan>) =
+        fans.into_iter().partition(|f| f.overlay == overlay);
+    let mut maps: Vec<FanMap> = others.iter().map(Fan::map).collect();
+    maps.push(map);
+    validate_fans(&maps)?;
+    if let Some(other) = others.iter().find(|f| f.bridge == bridge) {
+        bail!("bridge {bridge} already serves overlay {}", other.overlay);
+    }
+    let mode = match (args.mode, others.iter().find(|f| f.iface == iface.name)) {
+        // Decapsulation on an interface is shared by its fans: keep its mode.
+        (Mode::Auto, Some(other)) => {
+            if other.mode == Some(DecapMode::Xdp) {
+                Mode::Xdp
+            } else {
+                Mode::Tc
+            }
+        }
+        (requested, Some(other))
+            if requested_decap(requested).is_some() && requested_decap(requested) != other.mode =>
+        {
+            bail!(
+                "{} already decapsulates in {} mode for overlay {}; attach with --mode {} or auto",
+                iface.name,
+                other.mode_name(),
+                other.overlay,
+                other.mode_name()
+            )
+        }
+        (requested, _) => requested,
+    };
+    if let Some(prog) = iface.xdp_prog_id
+        && mode != Mode::Tc
+        && !inspect::xdp_link_runs(&dir, &iface.name, prog)
+    {
+        let name = inspect::program_name(prog).unwrap_or_else(|| "unknown".into());
+        bail!(
+            "{} already has XDP program {prog} ({name}) attached; fan-xdp will not replace it (detach it, or attach with --mode tc)",
+            iface.name
+        );
+    }
+    Ok(Plan {
+        iface,
+        host,
+        underlay,
+        overlay,
+        map,
+        slice,
+        gateway,
+        bridge,
+        mtu,
+        mode,
+        bypass: args.bypass,
+        nat: !args.no_nat,
+        host_reserve: args.host_reserve,
+        dir,
+        run: run.clone(),
+        settings,
+        others,
+        existing: existing.pop(),
+    })
+}
+
+/// The hook `--mode` asks for, if it names one.
+pub(super) fn requested_decap(mode: Mode) -> Option<DecapMode> {
+    match mode {
+        Mode::Xdp => Some(DecapMode::Xdp),
+        Mode::Tc => Some(DecapMode::Tc),
+        Mode::Auto => None,
+    }
+}
+
+/// The decapsulation hook to try first, and why.
+pub(super) fn decap_choice(plan: &Plan) -> (DecapMode, ModeReason) {
+    match plan.mode {
+        Mode::Xdp => (DecapMode::Xdp, ModeReason::Requested),
+        Mode::Tc => (DecapMode::Tc, ModeReason::Requested),
+        Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => {
+            (DecapMode::Tc, ModeReason::AutoVeth)
+        }
+        Mode::Auto => (DecapMode::Xdp, ModeReason::AutoNativeXdp),
+    }
+}
+
+/// A new record: settings, and the sysctls as they were before any fan, so
+/// detaching the last fan restores them. Later fans copy the first one's.
+pub(super) fn new_record(plan: &Plan) -> Result<FanMeta> {
+    let first = plan.others.first().map(|f| f.meta);
+    let same_iface = plan
+        .others
+        .iter()
+        .find(|f| f.iface == plan.iface.name)
+        .map(|f| f.meta);
+    let read = |key: &str| read_sysctl(key).unwrap_or(SYSCTL_UNKNOWN);
+    Ok(FanMeta {
+        iface: name_bytes(&plan.iface.name),
+        bridge: name_bytes(&plan.bridge),
+        decap_mode: 0,
+        mode_reason: 0,
+        nat: u8::from(plan.nat),
+        complete: 0,
+        // Recorded for the record only: detach leaves forwarding on.
+        orig_forwarding: first.map_or_else(|| read(IP_FORWARD), |m| m.orig_forwarding),
+        // Filled in by the sysctl step if it loosens the device.
+        orig_rp_filter: same_iface.map_or(SYSCTL_UNKNOWN, |m| m.orig_rp_filter),
+        // fan-xdp no longer writes conf/all (older versions did).
+        orig_rp_filter_all: SYSCTL_UNKNOWN,
+        underlay_len: plan.underlay.prefix(),
+        host: u32::from(plan.host),
+        host_reserve: plan.host_reserve,
+        mtu: plan.mtu,
+        layout_version: MAP_LAYOUT_VERSION,
+        // The underlay's clsact qdisc is the fans' of that device together:
+        // the claim passes on, so the last one to go removes it.
+        owned: same_iface.map_or(0, |m| m.owned & owned::CLSACT_UNDERLAY),
+        _pad: [0; 3],
+    })
+}
