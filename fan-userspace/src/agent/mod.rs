@@ -19,6 +19,7 @@
 
 pub mod bindings;
 pub mod config;
+mod control;
 pub mod dhcp;
 pub mod endpoints;
 pub mod follow;
@@ -29,6 +30,7 @@ pub mod notify;
 pub mod pmtu;
 pub mod ports;
 pub mod run;
+mod sync;
 
 use std::{
     collections::BTreeMap,
