@@ -2,6 +2,11 @@
 //! one per namespace, ready only when the fast path is in place, reloaded
 //! and stopped through its socket, trusted by the programs only while it
 //! beats, and gone after the last `detach`.
+//!
+//! Over 400 lines: each test is one scenario of the agent's life end to
+//! end, on a fleet of its own, whole so that a failure reads on its own;
+//! what the executables share is in `fan_tests` (topology, traffic,
+//! lifecycle), and the few helpers left sit beside the tests that use them.
 
 use std::{
     io::Read as _,

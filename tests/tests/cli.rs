@@ -1,5 +1,11 @@
 //! The `fan-xdp` command end to end, always run through `ip netns exec` in
 //! the simulated hosts' namespaces, like an operator would.
+//!
+//! Over 400 lines: one test per behaviour of the command, each a scenario
+//! end to end on a fleet of its own, with its few helpers beside it; what
+//! the executables share is in `fan_tests::topology`. `cargo xtask test`
+//! runs this executable on the 6.1 VM by its name and skips the host-only
+//! tests by theirs (xtask's `USER_SIDE_ONLY`), so it stays one.
 
 use std::net::Ipv4Addr;
 

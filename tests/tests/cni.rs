@@ -3,7 +3,7 @@
 //! plugins (host-local delegated, portmap chained after it) and by a real
 //! runtime (Podman 4.3 with its CNI backend). Host kernel only.
 //!
-//! Longer than 400 lines: the issue asks for the plugin's tests in one
+//! Over 400 lines: the issue asks for the plugin's tests in one
 //! runtimes' test executable; the runner and Podman's setup live in
 //! `fan_tests::cni` and `fan_tests::podman`, what is left are the tests.
 

@@ -4,6 +4,11 @@
 //! The configured fan: overlay 250.0.0.0/8 over underlay 198.18.0.0/16; this
 //! host is 198.18.0.1 (slice 250.0.1.0/24), the peer is 198.18.0.2 (slice
 //! 250.0.2.0/24). Fixture checksums were computed independently of fan-xdp.
+//!
+//! Over 400 lines: the literal frames are the tests' expected bytes, each
+//! kept in the file of the tests that read it (a test and its frames read
+//! together), and the bed is this executable's alone; `cargo xtask test`
+//! runs it on the 6.1 VM too, by this executable's name.
 
 use aya::programs::{TestRun, TestRunOptions};
 use fan_common::{FanEntry, FanMap, StatReason, fan::validate_fans};

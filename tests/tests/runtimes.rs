@@ -5,6 +5,11 @@
 //! namespace of the simulated host it serves (tests/src/runtimes). Host
 //! kernel only: the 6.1 VM has no runtimes. docs/containers.md shows the
 //! same commands.
+//!
+//! Over 400 lines: each test is one runtime's scenario end to end, whole
+//! so that a failure reads on its own; the daemons' setup is already in
+//! `fan_tests::runtimes`, what is left are the tests and the few helpers
+//! beside them.
 
 use std::net::Ipv4Addr;
 

@@ -1,12 +1,16 @@
 //! The case generator: structured frames biased towards the edges of the
 //! policy and of the parsers, plus byte-wise mutation of fixtures.
 
+mod headers;
+
 use super::rng::Rng;
 use crate::model::{
     Config, Program,
     config::Fan,
-    wire::{ETH_LEN, PROTO_IPIP, PROTO_TCP, PROTO_UDP, from_hex, header_checksum, put16},
+    wire::{ETH_LEN, PROTO_IPIP, PROTO_TCP, PROTO_UDP, from_hex},
 };
+
+use headers::{HeaderFields, ip_header, transport_header, truncate_at_a_boundary, with_ethernet};
 
 /// One input: the program, the port it arrives on (by device name, so a
 /// corpus line means the same in every namespace), the GSO size, the frame.
@@ -376,184 +380,4 @@ impl<'a> Generator<'a> {
         }
         frame
     }
-}
-
-struct HeaderFields {
-    tos: u8,
-    id: u16,
-    flags_offset: u16,
-    ttl: u8,
-    protocol: u8,
-    src: u32,
-    dst: u32,
-}
-
-/// An IPv4 header for `payload`, now and then with options of any length,
-/// a wrong version, IHL below 5 or beyond the packet, a total length that
-/// disagrees with the packet, or a wrong checksum.
-fn ip_header(rng: &mut Rng, f: HeaderFields, payload: &[u8]) -> Vec<u8> {
-    let options = if rng.chance(1, 8) {
-        ip_options(rng)
-    } else {
-        vec![]
-    };
-    let header_len = 20 + options.len();
-    let mut h = vec![0u8; 20];
-    h[0] = 0x40 | (header_len / 4) as u8;
-    h[1] = f.tos;
-    let real_total = (header_len + payload.len()).min(0xffff) as u16;
-    put16(&mut h, 2, real_total);
-    put16(&mut h, 4, f.id);
-    put16(&mut h, 6, f.flags_offset);
-    h[8] = f.ttl;
-    h[9] = f.protocol;
-    h[12..16].copy_from_slice(&f.src.to_be_bytes());
-    h[16..20].copy_from_slice(&f.dst.to_be_bytes());
-    h.extend_from_slice(&options);
-    if rng.chance(1, 10) {
-        let any = rng.u16();
-        let total = *rng.pick(&[
-            0,
-            1,
-            19,
-            20,
-            real_total.wrapping_sub(1),
-            real_total.wrapping_add(1),
-            real_total.wrapping_add(100),
-            65515,
-            65516,
-            65535,
-            any,
-        ]);
-        put16(&mut h, 2, total);
-    }
-    if rng.chance(1, 40) {
-        h[0] = (rng.u8() & 0xf0) | (h[0] & 0x0f);
-    }
-    if rng.chance(1, 30) {
-        h[0] = (h[0] & 0xf0) | (rng.u8() & 0x0f);
-    }
-    let check = header_checksum(&h);
-    put16(&mut h, 10, check);
-    if rng.chance(1, 25) {
-        h[10] ^= rng.u8() | 1;
-    }
-    h
-}
-
-/// IPv4 options padding the header to a multiple of 4 bytes: NOPs, an early
-/// end of list, a record-route, or noise.
-fn ip_options(rng: &mut Rng) -> Vec<u8> {
-    let len = 4 * rng.range(1, 10);
-    let mut options = vec![0u8; len];
-    match rng.below(4) {
-        0 => options.fill(1),
-        1 => {
-            options.fill(1);
-            options[len - 1] = 0;
-        }
-        2 => {
-            options[0] = 7;
-            options[1] = (len - 1) as u8;
-            options[2] = 4;
-        }
-        _ => rng.fill(&mut options),
-    }
-    options
-}
-
-/// A transport header: ICMP echo, UDP, TCP with a data offset that may lie.
-fn transport_header(rng: &mut Rng, protocol: u8) -> Vec<u8> {
-    match protocol {
-        PROTO_ICMP => vec![8, 0, 0, 0, 0x42, 0x42, 0, 1],
-        PROTO_UDP => {
-            let mut udp = vec![0u8; 8];
-            if rng.chance(1, 4) {
-                // DHCP: a server's reply (67 -> 68), which ports drop, or the
-                // other way round.
-                let ports = *rng.pick(&[[0, 67, 0, 68], [0, 68, 0, 67], [0, 67, 0, 67]]);
-                udp[..4].copy_from_slice(&ports);
-            } else {
-                rng.fill(&mut udp[..4]);
-            }
-            udp
-        }
-        PROTO_TCP => {
-            let mut tcp = vec![0u8; 20];
-            rng.fill(&mut tcp);
-            let data_offset = if rng.chance(3, 4) { 5 } else { rng.u8() & 0x0f };
-            tcp[12] = data_offset << 4;
-            let options = (usize::from(data_offset) * 4).saturating_sub(20);
-            tcp.resize(20 + options, 1);
-            tcp
-        }
-        _ => {
-            let mut bytes = vec![0u8; rng.range(0, 8)];
-            rng.fill(&mut bytes);
-            bytes
-        }
-    }
-}
-
-/// An Ethernet header in front of `packet`: IPv4 mostly, now and then a
-/// VLAN tag, ARP, IPv6 or any Ethernet type.
-fn with_ethernet(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(packet.len() + 18);
-    let dst = *rng.pick(&[
-        [2, 0, 0, 0, 0, 0x01],
-        [2, 0, 0, 0, 0, 0x11],
-        [0xff; 6],
-        [2, 0, 0, 0, 0, 0x22],
-    ]);
-    frame.extend_from_slice(&dst);
-    frame.extend_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
-    match rng.below(100) {
-        0..=87 => frame.extend_from_slice(&[0x08, 0x00]),
-        88..=90 => frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00]),
-        91..=93 => {
-            frame.extend_from_slice(&[0x08, 0x06]);
-            frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-            frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x22]);
-            // The sender: often the packet's source (a container claiming
-            // an address of the slice), else an underlay address.
-            match packet.get(12..16) {
-                Some(src) if rng.chance(1, 2) => frame.extend_from_slice(src),
-                _ => frame.extend_from_slice(&[198, 18, 0, 2]),
-            }
-            frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
-            return frame;
-        }
-        94..=96 => {
-            frame.extend_from_slice(&[0x86, 0xdd]);
-            frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
-            frame.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-            frame.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-            return frame;
-        }
-        _ => frame.extend_from_slice(&rng.u16().to_be_bytes()),
-    }
-    frame.extend_from_slice(packet);
-    frame
-}
-
-/// Cuts the frame at one of its header boundaries (give or take two bytes),
-/// or anywhere.
-fn truncate_at_a_boundary(rng: &mut Rng, frame: &mut Vec<u8>) {
-    let mut boundaries = vec![ETH_LEN];
-    let mut at = ETH_LEN;
-    // Up to two IPv4 headers (outer, inner) and what follows them.
-    for _ in 0..2 {
-        let Some(&first) = frame.get(at) else { break };
-        let header_len = usize::from(first & 0x0f) * 4;
-        boundaries.extend([at + 20, at + header_len]);
-        at += header_len.max(20);
-        boundaries.extend([at + 8, at + 13, at + 20]);
-    }
-    let cut = if rng.chance(1, 8) {
-        rng.range(0, frame.len())
-    } else {
-        let boundary = *rng.pick(&boundaries) as i64 + rng.range(0, 4) as i64 - 2;
-        boundary.clamp(0, frame.len() as i64) as usize
-    };
-    frame.truncate(cut);
 }

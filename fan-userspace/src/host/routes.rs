@@ -1,0 +1,151 @@
+//! IPv4 routes of the main table (`ip route`): finding one and putting it
+//! back as it was, adding, replacing (with a route MTU) and deleting.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result};
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    RouteMessageBuilder,
+    packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
+};
+
+use super::Net;
+
+/// The main routing table.
+const RT_TABLE_MAIN: u32 = 254;
+
+/// A route as the kernel listed it, kept whole so it can be put back as it was.
+#[derive(Clone, Debug)]
+pub struct FoundRoute {
+    /// The output device, if the route has one next hop.
+    pub oif: Option<u32>,
+    pub src: Option<Ipv4Addr>,
+    /// Several next hops (RTA_MULTIPATH): no single output device.
+    pub multipath: bool,
+    /// A plain unicast route (not blackhole, unreachable, prohibit, ...).
+    pub unicast: bool,
+    pub message: RouteMessage,
+}
+
+impl Net {
+    fn route(dest: Ipv4Addr, len: u8, oif: u32, src: Option<Ipv4Addr>) -> RouteMessage {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest, len)
+            .output_interface(oif);
+        if let Some(src) = src {
+            builder = builder.pref_source(src);
+        }
+        builder.build()
+    }
+
+    /// The main-table route to exactly `dest/len`, if any. Other tables
+    /// (policy routing, the local table) are someone else's business.
+    pub async fn find_route(&self, dest: Ipv4Addr, len: u8) -> Result<Option<FoundRoute>> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.destination_prefix_length != len {
+                continue;
+            }
+            let mut found = FoundRoute {
+                oif: None,
+                src: None,
+                multipath: false,
+                unicast: msg.header.kind == RouteType::Unicast,
+                message: msg.clone(),
+            };
+            let (mut dst, mut table) = (None, u32::from(msg.header.table));
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+                    RouteAttribute::Oif(i) => found.oif = Some(*i),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(a)) => found.src = Some(*a),
+                    RouteAttribute::MultiPath(_) => found.multipath = true,
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            // A default route carries no destination attribute.
+            if dst.unwrap_or(Ipv4Addr::UNSPECIFIED) == dest && table == RT_TABLE_MAIN {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes exactly the route `found` describes.
+    pub async fn del_found_route(&self, found: &FoundRoute) -> Result<()> {
+        self.handle
+            .route()
+            .del(found.message.clone())
+            .execute()
+            .await
+            .context("deleting a route")
+    }
+
+    /// Adds the route `found` described again, as it was.
+    pub async fn restore_route(&self, found: &FoundRoute) -> Result<()> {
+        self.handle
+            .route()
+            .add(found.message.clone())
+            .execute()
+            .await
+            .context("restoring a route")
+    }
+
+    pub async fn add_route(
+        &self,
+        dest: Ipv4Addr,
+        len: u8,
+        oif: u32,
+        src: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::route(dest, len, oif, src))
+            .execute()
+            .await
+            .with_context(|| format!("adding route {dest}/{len}"))
+    }
+
+    /// Adds or replaces the route to `dest/len` through `oif` from `src`
+    /// with route MTU `mtu`.
+    pub async fn replace_route_with_mtu(
+        &self,
+        dest: Ipv4Addr,
+        len: u8,
+        oif: u32,
+        src: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<()> {
+        let mut route = Self::route(dest, len, oif, Some(src));
+        route
+            .attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding route {dest}/{len} with MTU {mtu}"))
+    }
+
+    pub async fn del_route(&self, dest: Ipv4Addr, len: u8, oif: u32) -> Result<()> {
+        match self
+            .handle
+            .route()
+            .del(Self::route(dest, len, oif, None))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting route {dest}/{len}")),
+        }
+    }
+}

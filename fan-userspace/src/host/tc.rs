@@ -1,0 +1,83 @@
+//! Traffic control (`tc`): a link's clsact qdisc and the BPF programs of
+//! its filters, where the port programs hang before Linux 6.6.
+
+use anyhow::{Context as _, Result};
+use futures::TryStreamExt as _;
+use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcOption};
+
+use super::Net;
+
+impl Net {
+    /// Whether link `index` has a clsact qdisc (where TC filters hang
+    /// before Linux 6.6).
+    pub async fn has_clsact(&self, index: u32) -> Result<bool> {
+        let mut qdiscs = self.handle.qdisc().get().index(index as i32).execute();
+        while let Some(msg) = qdiscs.try_next().await.context("listing qdiscs")? {
+            if msg.header.index == index as i32
+                && msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(kind) if kind == "clsact"))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Deletes the clsact qdisc of link `index`, and with it its filters; a
+    /// qdisc or link already gone is fine.
+    pub async fn del_clsact(&self, index: u32) -> Result<()> {
+        let mut request = self.handle.qdisc().del(index as i32);
+        request.message_mut().header.parent = TcHandle::CLSACT;
+        request.message_mut().header.handle = TcHandle {
+            major: 0xffff,
+            minor: 0,
+        };
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [-libc::ENOENT, -libc::EINVAL, -libc::ENODEV].contains(&e.raw_code()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).context("deleting a clsact qdisc"),
+        }
+    }
+
+    /// The ids of the BPF programs in the tc filters on the ingress (or
+    /// egress) clsact hook of link `index`.
+    pub async fn tc_bpf_programs(&self, index: u32, egress: bool) -> Result<Vec<u32>> {
+        let mut request = self.handle.traffic_filter(index as i32).get();
+        request = if egress {
+            request.egress()
+        } else {
+            request.ingress()
+        };
+        let mut filters = request.execute();
+        let mut out = Vec::new();
+        loop {
+            let msg = match filters.try_next().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                // No clsact qdisc on the device (a re-created one): no filters.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::EINVAL, -libc::ENOENT].contains(&e.raw_code()) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e).context("listing tc filters"),
+            };
+            for attr in &msg.attributes {
+                if let TcAttribute::Options(options) = attr {
+                    for option in options {
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
+                            out.push(*id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,309 @@
+//! `cargo xtask bench`: fan-xdp against plain routing and the kernel's
+//! tunnels, side by side on the same namespaces, runs interleaved path by
+//! path, reported as medians with spread and as ratios to plain routing.
+//! Also the per-packet cost of each program, and how it scales with the
+//! number of overlays and of hosts. `--quick` is a short smoke run.
+//!
+//! Here the runs over the paths and the fleets; the per-packet cost is in
+//! `cost`, the tables, the targets and the chart in `report`.
+
+mod cost;
+mod report;
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use fan_common::StatReason;
+use fan_tests::{
+    measure::{self, PINNED_CPU as CPU, median},
+    netns::Netns,
+    paths::{Active, Path, bench_fleet, kernel_has_ipip},
+    topology::{self, Fleet},
+    traffic::{iperf3, iperf3_tcp, tcp_rr, udp_pps},
+};
+
+use cost::per_packet;
+use report::{chart, path_table, targets};
+
+struct Config {
+    runs: usize,
+    seconds: u32,
+    test_runs: u32,
+    big_fleet: u8,
+}
+
+/// Every path's samples, by the path's name.
+type Samples = BTreeMap<String, (Path, Vec<Sample>)>;
+
+#[derive(Default, Clone)]
+struct Sample {
+    /// One stream with client, server and all their softirq work on [`CPU`].
+    tcp1: f64,
+    /// One stream, the scheduler free to use both CPUs, and its retransmits.
+    tcp1_free: f64,
+    retransmits_free: f64,
+    tcp4: f64,
+    udp_kpps: f64,
+    rr_tps: f64,
+    rr_p50: f64,
+    rr_p99: f64,
+    /// ns per invocation of (encapsulation, decapsulation) during the 1-stream run.
+    bpf_ns: Option<(f64, f64)>,
+}
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench builds network namespaces and loads BPF programs: run it as root");
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let cfg = if quick {
+        Config {
+            runs: 1,
+            seconds: 2,
+            test_runs: 2_000,
+            big_fleet: 8,
+        }
+    } else {
+        Config {
+            runs: 5,
+            seconds: 10,
+            test_runs: 20_000,
+            big_fleet: 32,
+        }
+    };
+    let mut report = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+        .trim()
+        .to_string();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    writeln!(
+        report,
+        "# fan-xdp bench\n\nKernel {kernel}, {cpus} CPUs, {} run(s) of {} s per path{}.\n",
+        cfg.runs,
+        cfg.seconds,
+        if quick {
+            " (--quick: a smoke run, not a measurement)"
+        } else {
+            ""
+        }
+    )?;
+
+    let (samples, loopback_rr) = paths(&cfg)?;
+    let table = path_table(&samples, loopback_rr);
+    println!("{table}");
+    report += &table;
+
+    let costs = per_packet(&cfg)?;
+    println!("{costs}");
+    report += &costs;
+
+    let scaling = fleet_scaling(&cfg)?;
+    println!("{scaling}");
+    report += &scaling;
+
+    let verdicts = targets(&samples);
+    println!("{verdicts}");
+    report += &verdicts;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("report.md"), &report)?;
+    fan_tests::chart::register_font()?;
+    chart(&samples, cfg.runs, quick).write_png(&dir.join("throughput.png"))?;
+    println!(
+        "Written: {0}/report.md and {0}/throughput.png",
+        dir.canonicalize()?.display()
+    );
+    Ok(())
+}
+
+/// kernel.bpf_stats_enabled on while it lives, restored afterwards. It is a
+/// machine-wide switch (not network state): it makes the kernel count each
+/// program's run time and runs, at the price of two clock reads per run
+/// (2% of a request/response transaction here), so it is on only for the
+/// run whose program time is reported.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let path = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(path).unwrap_or_else(|_| "0".into());
+        std::fs::write(path, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self(old.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// Total (run time ns, runs) of every loaded program whose name starts with
+/// `prefix` (the kernel keeps 15 bytes of a name: `fan_encap_forwa`).
+fn program_time(prefix: &str) -> (u64, u64) {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with(prefix)))
+        .fold((0, 0), |(t, c), p| {
+            (t + p.run_time().as_nanos() as u64, c + p.run_count())
+        })
+}
+
+/// The samples of every path, and the request/response rate of the client
+/// container over its own loopback (median of one per run): the floor of
+/// what the system calls, scheduling and TCP cost without any path.
+fn paths(cfg: &Config) -> Result<(Samples, f64)> {
+    let fleet = bench_fleet(2, 1)?;
+    let mut paths = vec![
+        Path::Routing,
+        Path::RoutingSteered,
+        Path::Vxlan,
+        Path::FanXdp,
+        Path::FanTc,
+        Path::FanTcSteered,
+        Path::FanTcStack,
+        Path::FanAttachOnly,
+    ];
+    let ipip = kernel_has_ipip(&fleet.hosts[0].ns);
+    if ipip {
+        paths.insert(3, Path::KernelIpip);
+    }
+    let mut samples: Samples = BTreeMap::new();
+    if !ipip {
+        samples.insert(Path::KernelIpip.to_string(), (Path::KernelIpip, Vec::new()));
+    }
+    let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    let mut loopback = Vec::new();
+    for run in 0..cfg.runs {
+        let localhost = Ipv4Addr::LOCALHOST;
+        loopback.push(
+            tcp_rr(
+                &client.ns,
+                &client.ns,
+                localhost,
+                cfg.seconds.min(5),
+                Some(CPU),
+            )?
+            .0,
+        );
+        for &path in &paths {
+            eprintln!("run {}/{}: {path}", run + 1, cfg.runs);
+            let sample = measure::on_path(&fleet, path, &client.ns, server.addr, || {
+                measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr)
+            })?;
+            samples
+                .entry(path.to_string())
+                .or_insert((path, Vec::new()))
+                .1
+                .push(sample);
+        }
+    }
+    Ok((samples, median(&mut loopback)))
+}
+
+fn measure(
+    cfg: &Config,
+    fleet: &Fleet,
+    path: Path,
+    client: &Netns,
+    server: &Netns,
+    addr: Ipv4Addr,
+) -> Result<Sample> {
+    let fan = path.is_fan();
+    let decap_prefix = if path == Path::FanXdp {
+        "fan_decap_xdp"
+    } else {
+        "fan_decap_tc"
+    };
+    let stats = fan.then(BpfStats::enable).transpose()?;
+    let before = (program_time("fan_encap_forw"), program_time(decap_prefix));
+    let decapsulated_before = if fan {
+        counter(&fleet.hosts[1], StatReason::Decapsulated)?
+    } else {
+        0
+    };
+    let (tcp1, _) = iperf3_tcp(server, client, addr, cfg.seconds, 1, Some(CPU))?;
+    let after = (program_time("fan_encap_forw"), program_time(decap_prefix));
+    drop(stats);
+    let bpf_ns = fan.then(|| {
+        let per = |b: (u64, u64), a: (u64, u64)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64;
+        (per(before.0, after.0), per(before.1, after.1))
+    });
+    if path == Path::FanXdp {
+        // The XDP figures must be XDP's: attached in driver mode, and counting.
+        let link = fleet.hosts[1]
+            .ns
+            .ip(&["-d", "link", "show", "dev", "eth0"])?;
+        ensure!(
+            link.contains("prog/xdp") && !link.contains("xdpgeneric"),
+            "XDP not in driver mode: {link}"
+        );
+        ensure!(
+            counter(&fleet.hosts[1], StatReason::Decapsulated)? > decapsulated_before,
+            "XDP counters did not move"
+        );
+    }
+    let (tcp1_free, retransmits_free) = iperf3_tcp(server, client, addr, cfg.seconds, 1, None)?;
+    let (tcp4, _) = iperf3_tcp(server, client, addr, cfg.seconds, 4, Some(CPU))?;
+    let udp_kpps = udp_pps(server, client, addr, cfg.seconds.min(5), 64)? / 1e3;
+    let (rr_tps, rr_p50, rr_p99) = tcp_rr(server, client, addr, cfg.seconds.min(5), Some(CPU))?;
+    Ok(Sample {
+        tcp1,
+        tcp1_free,
+        retransmits_free: retransmits_free as f64,
+        tcp4,
+        udp_kpps,
+        rr_tps,
+        rr_p50,
+        rr_p99,
+        bpf_ns,
+    })
+}
+
+fn counter(host: &topology::Host, reason: StatReason) -> Result<u64> {
+    Ok(host.pinned_maps()?.stats()?.get(reason).packets)
+}
+
+/// Aggregate fan throughput with every host sending to the next at once.
+fn fleet_scaling(cfg: &Config) -> Result<String> {
+    let mut out = String::from(
+        "\n## Fleet size (fan-xdp TC + direct delivery, every host sends to the next at once)\n\n| hosts | aggregate Gbit/s | per pair |\n|---|---|---|\n",
+    );
+    for hosts in [2u8, cfg.big_fleet] {
+        eprintln!("fleet of {hosts}");
+        let fleet = bench_fleet(hosts, 1)?;
+        let active = Active::setup(&fleet, Path::FanTc)?;
+        let n = fleet.hosts.len();
+        for i in 0..n {
+            let (from, to) = (
+                &fleet.hosts[i].containers[0],
+                &fleet.hosts[(i + 1) % n].containers[0],
+            );
+            fan_tests::traffic::ping(&from.ns, to.addr, 1)?;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let total: f64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let (from, to) = (
+                        &fleet.hosts[i].containers[0],
+                        &fleet.hosts[(i + 1) % n].containers[0],
+                    );
+                    scope.spawn(move || iperf3(&to.ns, &from.ns, to.addr, cfg.seconds.min(5), 1))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("iperf3 thread"))
+                .collect::<Result<Vec<f64>>>()
+        })?
+        .iter()
+        .sum();
+        out += &format!("| {hosts} | {total:.2} | {:.2} |\n", total / n as f64);
+        active.teardown(&fleet)?;
+    }
+    out += "\nOn a 2-CPU machine the aggregate is bounded by the CPUs, not the fleet: flat means the per-packet work does not grow with the number of hosts.\n";
+    Ok(out)
+}

@@ -1,0 +1,101 @@
+//! Running the programs on single frames in the bed (BPF_PROG_TEST_RUN):
+//! the verdict, the frame out and the counters that moved, or the kernel's
+//! refusal.
+
+use anyhow::{Context as _, Result};
+use aya::programs::{ProgramError, TestRun, TestRunOptions};
+use fan_common::StatReason;
+use fan_userspace::dataplane::{Dataplane, Stats};
+
+use crate::model::{Program, RunContext};
+
+/// What one test run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// The kernel refused the run (its errno).
+    Refused(i32),
+    Ran {
+        verdict: u32,
+        frame: Vec<u8>,
+        /// Every counter that moved: (name, packets, bytes).
+        counters: Vec<(&'static str, u64, u64)>,
+    },
+}
+
+/// Offsets in `struct __sk_buff` (uapi/linux/bpf.h) of the fields a run sets.
+const SKB_INGRESS_IFINDEX: usize = 36;
+const SKB_GSO_SIZE: usize = 176;
+const SKB_CTX_LEN: usize = SKB_GSO_SIZE + 4;
+
+/// Runs programs on single frames. Must be used on a thread inside the
+/// bed's namespace (route lookups resolve in the caller's namespace).
+pub struct Runner<'a> {
+    dataplane: &'a mut Dataplane,
+    stats: Stats,
+    out: Vec<u8>,
+    /// When the agent's heartbeat was last written: the runner beats as the
+    /// agent does (every second), or direct delivery would not be followed.
+    beaten: Option<std::time::Instant>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(dataplane: &'a mut Dataplane) -> Result<Self> {
+        let stats = dataplane.stats()?;
+        Ok(Self {
+            dataplane,
+            stats,
+            out: vec![0; 8192],
+            beaten: None,
+        })
+    }
+
+    /// One run of `program` on `frame`, and the counters it moved.
+    pub fn run(&mut self, program: Program, frame: &[u8], ctx: RunContext) -> Result<Observed> {
+        if self
+            .beaten
+            .is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(1))
+        {
+            self.dataplane
+                .set_heartbeat(fan_userspace::dataplane::monotonic_ns())?;
+            self.beaten = Some(std::time::Instant::now());
+        }
+        let mut skb = [0u8; SKB_CTX_LEN];
+        skb[SKB_INGRESS_IFINDEX..][..4].copy_from_slice(&ctx.ingress_ifindex.to_ne_bytes());
+        skb[SKB_GSO_SIZE..][..4].copy_from_slice(&ctx.gso_size.to_ne_bytes());
+        let with_ctx = !program.is_xdp() && ctx != RunContext::default();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut self.out),
+            ctx_in: with_ctx.then_some(&skb[..]),
+            ..Default::default()
+        };
+        let result = if program.is_xdp() {
+            self.dataplane.xdp()?.test_run(opts)
+        } else {
+            self.dataplane.classifier(program.name())?.test_run(opts)
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(ProgramError::SyscallError(e)) => {
+                return Ok(Observed::Refused(e.io_error.raw_os_error().unwrap_or(0)));
+            }
+            Err(e) => return Err(e).context("test run"),
+        };
+        let stats = self.dataplane.stats()?;
+        let delta = stats.since(&self.stats);
+        self.stats = stats;
+        // Events left out (nothing reads the ring here) are not outcomes.
+        let counters = StatReason::ALL
+            .iter()
+            .filter(|r| r.is_outcome())
+            .map(|&r| (r.name(), delta.get(r)))
+            .filter(|(_, c)| c.packets != 0 || c.bytes != 0)
+            .map(|(name, c)| (name, c.packets, c.bytes))
+            .collect();
+        Ok(Observed::Ran {
+            verdict: result.return_value,
+            frame: self.out[..result.data_size_out as usize].to_vec(),
+            counters,
+        })
+    }
+}
