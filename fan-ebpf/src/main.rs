@@ -19,6 +19,7 @@ mod events;
 mod maps;
 mod parse;
 mod pmtu;
+mod port;
 mod ratelimit;
 mod stats;
 mod tc;

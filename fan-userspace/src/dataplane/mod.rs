@@ -9,6 +9,7 @@ mod events;
 pub mod inspect;
 mod maps;
 mod programs;
+mod stats;
 
 pub use attachments::{
     LinkChange, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
@@ -16,7 +17,9 @@ pub use attachments::{
 use programs::program_by_name;
 
 pub use events::{EventRing, sample_passes};
-pub use maps::{PinnedMaps, Stats, monotonic_ns, overlay_key};
+pub use maps::{PinnedMaps, monotonic_ns, overlay_key};
+pub use stats::Stats;
+use stats::sum_stats;
 
 use std::{
     collections::BTreeMap,
