@@ -3,6 +3,7 @@
 //! `fan-xdp monitor` asks for them. The agent is the ring's only reader
 //! and fans its events out to the monitors.
 
+use crate::WireAddr;
 pub use crate::program::Program;
 
 /// Bytes of the ring buffer: a few thousand events between two reads.
@@ -36,8 +37,8 @@ impl TryFrom<u8> for EventKind {
     }
 }
 
-/// One event. Addresses are as on the wire (network byte order, read with
-/// `u32::from_be`); 0 where the packet has no such header (an outer header
+/// One event. Addresses are as on the wire; 0.0.0.0 where the packet has
+/// no such header (an outer header
 /// on a container's packet not yet encapsulated, an inner one on plain
 /// underlay traffic).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,10 +50,10 @@ pub struct Event {
     pub ifindex: u32,
     /// The packet's length in bytes.
     pub len: u32,
-    pub outer_src: u32,
-    pub outer_dst: u32,
-    pub inner_src: u32,
-    pub inner_dst: u32,
+    pub outer_src: WireAddr,
+    pub outer_dst: WireAddr,
+    pub inner_src: WireAddr,
+    pub inner_dst: WireAddr,
     /// [`EventKind`].
     pub kind: u8,
     /// [`Program`].

@@ -4,6 +4,7 @@
 //! user side run the very same code: the Fan mapping exists exactly once.
 #![no_std]
 
+pub mod addr;
 pub mod events;
 pub mod fan;
 pub mod ipv4;
@@ -13,6 +14,7 @@ pub mod pmtu;
 pub mod program;
 pub mod stats;
 
+pub use addr::WireAddr;
 pub use fan::{FanError, FanMap};
 pub use maps::FanEntry;
 pub use program::Program;

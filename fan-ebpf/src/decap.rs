@@ -79,7 +79,7 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
         // underlay device is the one place they may be learned from.
         if outer.protocol == IPPROTO_ICMP
             && !is_fragment(outer.frag_off())
-            && is_local_host(outer.dst_raw())
+            && is_local_host(outer.dst_wire())
             && let Some(reason) = pmtu::learn(start, end, &outer)
         {
             return Decision::Pass(reason);
@@ -89,7 +89,7 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
     if is_fragment(outer.frag_off()) {
         return Decision::Pass(StatReason::PassOuterFragment);
     }
-    if !is_local_host(outer.dst_raw()) {
+    if !is_local_host(outer.dst_wire()) {
         return Decision::Pass(StatReason::PassNotLocalUnderlay);
     }
     let outer_len = outer.header_len();
@@ -98,11 +98,11 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
     };
     // SAFETY: bounds-checked above.
     let inner = unsafe { *inner_ptr };
-    let dst_fan = fan_for(inner.dst_raw());
+    let dst_fan = fan_for(inner.dst_wire());
     let inner_src = inner.src();
     let src_fan = match dst_fan {
         Some(fan) if fan.map.overlay_contains(inner_src) => Some(fan),
-        _ => fan_for(inner.src_raw()),
+        _ => fan_for(inner.src_wire()),
     };
     *found = dst_fan.or(src_fan);
     let (dst_fan, src_fan) = match (dst_fan, src_fan) {
@@ -130,7 +130,7 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
     if dst_fan.map.is_reserved_host(outer_src) || src_fan.map.is_reserved_host(outer_src) {
         return Decision::Drop(StatReason::DropOuterSrcReserved);
     }
-    if is_local_host(outer.src_raw()) {
+    if is_local_host(outer.src_wire()) {
         return Decision::Drop(StatReason::DropOuterSrcIsLocal);
     }
     // The inner source: in the slice the outer source owns.
@@ -216,7 +216,7 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
     // SAFETY: bounds-checked by `ipv4`.
     let ip = unsafe { *ip_ptr };
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    let endpoint = unsafe { FAN_ENDPOINTS.get(ip.dst_raw()) }?;
+    let endpoint = unsafe { FAN_ENDPOINTS.get(ip.dst_wire()) }?;
     // A map whose keeper stopped beating may name ports that changed hands;
     // with the bypass off, the host's netfilter must see the packet.
     if !agent_alive() || bypass_off() {

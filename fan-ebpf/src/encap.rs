@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fan_common::{
-    FanEntry, StatReason,
+    FanEntry, StatReason, WireAddr,
     events::Program,
     ipv4::{
         ETH_HDR_LEN, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, is_fragment,
@@ -117,10 +117,10 @@ fn try_encapsulate(
         // (bound) address must not be heard either.
         return Err(Outcome::Drop(StatReason::DropDhcpServerReply));
     }
-    if program == Program::EncapPort && !source_bound_here(ctx, ip.src_raw()) {
+    if program == Program::EncapPort && !source_bound_here(ctx, ip.src_wire()) {
         return Err(Outcome::Drop(StatReason::DropSourceNotBound));
     }
-    let Some(fan) = fan_for(ip.dst_raw()) else {
+    let Some(fan) = fan_for(ip.dst_wire()) else {
         return Err(Outcome::Pass(StatReason::PassNotOverlay));
     };
     *found = Some(fan);
@@ -250,7 +250,7 @@ fn check_source(dst_fan: &FanEntry, ip: &Ipv4Hdr) -> Result<(), Outcome> {
     let src_fan = if dst_fan.map.overlay_contains(src) {
         dst_fan
     } else {
-        match fan_for(ip.src_raw()) {
+        match fan_for(ip.src_wire()) {
             Some(src_fan) => src_fan,
             None => return Err(Outcome::Drop(StatReason::DropSourceNotLocal)),
         }
@@ -323,8 +323,8 @@ fn route_to(
     params.ifindex = fan.underlay_ifindex;
     params.__bindgen_anon_1.tot_len = outer_len as u16;
     params.__bindgen_anon_2.tos = ip.tos;
-    params.__bindgen_anon_3.ipv4_src = fan.local_host.to_be();
-    params.__bindgen_anon_4.ipv4_dst = remote_host.to_be();
+    params.__bindgen_anon_3.ipv4_src = WireAddr::from_host(fan.local_host).raw();
+    params.__bindgen_anon_4.ipv4_dst = WireAddr::from_host(remote_host).raw();
     // SAFETY: `params` lives on our stack for the duration of the call; the
     // context pointer is the program's.
     let ret = unsafe {

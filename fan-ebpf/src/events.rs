@@ -116,21 +116,21 @@ fn read_addresses(seen: &Seen, program: Program, event: &mut Event) {
     let first = unsafe { *first };
     event.protocol = first.protocol;
     if first.protocol == IPPROTO_IPIP {
-        event.outer_src = first.src_raw();
-        event.outer_dst = first.dst_raw();
+        event.outer_src = first.src_wire();
+        event.outer_dst = first.dst_wire();
         let at = ETH_HDR_LEN + first.header_len();
         if let Some(inner) = ipv4(seen.start, seen.end, at) {
             // SAFETY: bounds-checked by `ipv4`.
             let inner = unsafe { *inner };
-            event.inner_src = inner.src_raw();
-            event.inner_dst = inner.dst_raw();
+            event.inner_src = inner.src_wire();
+            event.inner_dst = inner.dst_wire();
             event.protocol = inner.protocol;
         }
     } else if program.decapsulates() {
-        event.outer_src = first.src_raw();
-        event.outer_dst = first.dst_raw();
+        event.outer_src = first.src_wire();
+        event.outer_dst = first.dst_wire();
     } else {
-        event.inner_src = first.src_raw();
-        event.inner_dst = first.dst_raw();
+        event.inner_src = first.src_wire();
+        event.inner_dst = first.dst_wire();
     }
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     },
 };
 use fan_common::{
-    Counter, FanEntry, FanStatKey, StatReason,
+    Counter, FanEntry, FanStatKey, StatReason, WireAddr,
     events::EVENT_RING_BYTES,
     maps::{
         AGENT_HEARTBEAT_TIMEOUT_NS, Endpoint, FanMeta, FanMetaKey, LocalHost, MAX_ENDPOINTS,
@@ -22,17 +22,18 @@ use crate::ratelimit::TokenBucket;
 /// Fan configuration keyed by overlay prefix (network byte order): one LPM
 /// lookup of any destination finds its fan, whatever the fleet size.
 #[map]
-pub static FAN_CONFIG: LpmTrie<u32, FanEntry> = LpmTrie::with_max_entries(MAX_FANS, 0);
+pub static FAN_CONFIG: LpmTrie<WireAddr, FanEntry> = LpmTrie::with_max_entries(MAX_FANS, 0);
 
 /// This host's underlay addresses (network byte order), one per attached
 /// fan's local host: what makes an outer destination ours.
 #[map]
-pub static FAN_LOCAL_HOSTS: HashMap<u32, LocalHost> = HashMap::with_max_entries(MAX_FANS, 0);
+pub static FAN_LOCAL_HOSTS: HashMap<WireAddr, LocalHost> = HashMap::with_max_entries(MAX_FANS, 0);
 
 /// Path MTUs learned towards remote underlay hosts (network byte order),
 /// from ICMP fragmentation needed received on the underlay device only.
 #[map]
-pub static FAN_PATH_MTU: LruHashMap<u32, PathMtu> = LruHashMap::with_max_entries(MAX_PATH_MTUS, 0);
+pub static FAN_PATH_MTU: LruHashMap<WireAddr, PathMtu> =
+    LruHashMap::with_max_entries(MAX_PATH_MTUS, 0);
 
 /// Per-CPU packet and byte counters, one slot per [`StatReason`].
 #[map]
@@ -48,7 +49,7 @@ pub static FAN_STATS_BY_FAN: PerCpuHashMap<FanStatKey, Counter> =
 /// delivering decapsulated packets into their namespace without the host's
 /// forwarding path. Empty unless `fan-xdp run` keeps it.
 #[map]
-pub static FAN_ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub static FAN_ENDPOINTS: HashMap<WireAddr, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// The agent's heartbeat (CLOCK_MONOTONIC ns, 0 when it stopped): the
 /// endpoint map is followed only while it is fresh.
@@ -105,21 +106,21 @@ pub static SAMPLE_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entri
 #[map]
 pub static ICMP_BUDGET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
-/// This host's underlay address `addr_raw` (network byte order), if it is one.
+/// This host's underlay address `addr`, if it is one.
 #[inline(always)]
-pub fn local_host(addr_raw: u32) -> Option<&'static LocalHost> {
+pub fn local_host(addr: WireAddr) -> Option<&'static LocalHost> {
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    unsafe { FAN_LOCAL_HOSTS.get(addr_raw) }
+    unsafe { FAN_LOCAL_HOSTS.get(addr) }
 }
 
-/// Whether `addr_raw` (network byte order) is one of this host's underlay addresses.
+/// Whether `addr` is one of this host's underlay addresses.
 #[inline(always)]
-pub fn is_local_host(addr_raw: u32) -> bool {
-    local_host(addr_raw).is_some()
+pub fn is_local_host(addr: WireAddr) -> bool {
+    local_host(addr).is_some()
 }
 
-/// The fan whose overlay contains `addr_raw` (an address in network byte order).
+/// The fan whose overlay contains `addr`.
 #[inline(always)]
-pub fn fan_for(addr_raw: u32) -> Option<&'static FanEntry> {
-    FAN_CONFIG.get(Key::new(32, addr_raw))
+pub fn fan_for(addr: WireAddr) -> Option<&'static FanEntry> {
+    FAN_CONFIG.get(Key::new(32, addr))
 }

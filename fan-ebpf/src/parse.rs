@@ -5,7 +5,10 @@
 
 use core::mem;
 
-use fan_common::ipv4::{ETH_P_IPV4, IPV4_HDR_LEN, replace_word};
+use fan_common::{
+    WireAddr,
+    ipv4::{ETH_P_IPV4, IPV4_HDR_LEN, replace_word},
+};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -72,15 +75,16 @@ impl Ipv4Hdr {
         u32::from_be_bytes(self.daddr)
     }
 
-    /// Destination as it sits in memory (network byte order): an LPM key.
+    /// Destination as the packet carries it: a map key.
     #[inline(always)]
-    pub fn dst_raw(&self) -> u32 {
-        u32::from_ne_bytes(self.daddr)
+    pub fn dst_wire(&self) -> WireAddr {
+        WireAddr::from_octets(self.daddr)
     }
 
+    /// Source as the packet carries it: a map key.
     #[inline(always)]
-    pub fn src_raw(&self) -> u32 {
-        u32::from_ne_bytes(self.saddr)
+    pub fn src_wire(&self) -> WireAddr {
+        WireAddr::from_octets(self.saddr)
     }
 
     /// Checksum as a raw word, for incremental updates.

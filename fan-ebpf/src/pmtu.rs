@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fan_common::{
-    FanEntry, StatReason,
+    FanEntry, StatReason, WireAddr,
     ipv4::{
         ETH_HDR_LEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HDR_LEN, IP_DF, IP_OFFSET_MASK,
         IPPROTO_ICMP, IPPROTO_IPIP, IPV4_HDR_LEN, icmp_error_ip_header, icmp_frag_needed_header,
@@ -37,7 +37,7 @@ pub const ANSWER_BURST: u64 = 1000;
 #[inline(always)]
 pub fn path_mtu(host: u32) -> Option<u32> {
     // SAFETY: a lookup with a key on our stack; the value is copied out.
-    let entry = unsafe { FAN_PATH_MTU.get(host.to_be()) }?;
+    let entry = unsafe { FAN_PATH_MTU.get(WireAddr::from_host(host)) }?;
     // SAFETY: the helper takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     is_fresh(entry.learned_ns, now).then_some(entry.mtu)
@@ -67,12 +67,12 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
     let quoted = unsafe { *quoted };
     // Ours: IP-in-IP from the address the message came to, towards a fan
     // host of that address's underlay (not one of ours).
-    if quoted.protocol != IPPROTO_IPIP || quoted.src_raw() != outer.dst_raw() {
+    if quoted.protocol != IPPROTO_IPIP || quoted.src_wire() != outer.dst_wire() {
         return Some(StatReason::PmtuRejectedQuote);
     }
     let remote = quoted.dst();
-    let ours = local_host(quoted.src_raw()).is_some_and(|local| local.has_peer(remote));
-    if !ours || is_local_host(quoted.dst_raw()) {
+    let ours = local_host(quoted.src_wire()).is_some_and(|local| local.has_peer(remote));
+    if !ours || is_local_host(quoted.dst_wire()) {
         return Some(StatReason::PmtuRejectedQuote);
     }
     // RFC 792 promises only 8 bytes after the quoted header; a longer quote
@@ -81,17 +81,17 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
     if let Some(inner) = ptr_at::<Ipv4Hdr>(start, end, inner_offset) {
         // SAFETY: bounds-checked by `ptr_at`; copied out.
         let inner = unsafe { *inner };
-        let from_us = fan_for(inner.src_raw())
+        let from_us = fan_for(inner.src_wire())
             .is_some_and(|f| f.local_host == quoted.src() && f.is_local(inner.src()));
         let to_remote =
-            fan_for(inner.dst_raw()).is_some_and(|f| f.map.host_of(inner.dst()) == remote);
+            fan_for(inner.dst_wire()).is_some_and(|f| f.map.host_of(inner.dst()) == remote);
         if !from_us || !to_remote {
             return Some(StatReason::PmtuRejectedInner);
         }
     }
     // SAFETY: the helper takes no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = quoted.dst_raw();
+    let key = quoted.dst_wire();
     // SAFETY: a lookup with a key on our stack; the value is copied out.
     let known = unsafe { FAN_PATH_MTU.get(key) }.copied();
     let current = match known {

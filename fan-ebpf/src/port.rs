@@ -3,28 +3,31 @@
 //! claim), and never a DHCP server's reply.
 
 use aya_ebpf::programs::TcContext;
-use fan_common::ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_UDP};
+use fan_common::{
+    WireAddr,
+    ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_UDP},
+};
 
 use crate::{
     maps::{FAN_ENDPOINTS, fan_for},
     parse::{Ipv4Hdr, ptr_at},
 };
 
-/// The port program's check of a container's source address (`src_raw`, in
-/// network byte order: an IPv4 source or an ARP sender): an address bound
+/// The port program's check of a container's source address `src` (an
+/// IPv4 source or an ARP sender): an address bound
 /// to another port (a sibling's), or the slice gateway's, is not this
 /// container's to send from. Addresses with no binding yet pass: the check
 /// applies where a binding exists.
 #[inline(always)]
-pub fn source_bound_here(ctx: &TcContext, src_raw: u32) -> bool {
+pub fn source_bound_here(ctx: &TcContext, src: WireAddr) -> bool {
     // SAFETY: reading a field of the program's own context.
     let port = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(src_raw) } {
+    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(src) } {
         return endpoint.ifindex == port;
     }
-    match fan_for(src_raw) {
-        Some(fan) => u32::from_be(src_raw) != fan.gateway(),
+    match fan_for(src) {
+        Some(fan) => src.to_host() != fan.gateway(),
         None => true,
     }
 }
@@ -44,10 +47,10 @@ struct ArpIpv4Head {
 const ETH_P_ARP: u16 = 0x0806;
 const ARP_HRD_ETHER: u16 = 1;
 
-/// The sender address (network byte order) of an Ethernet/IPv4 ARP packet;
+/// The sender address of an Ethernet/IPv4 ARP packet;
 /// None for anything else.
 #[inline(always)]
-pub fn arp_sender(start: usize, end: usize) -> Option<u32> {
+pub fn arp_sender(start: usize, end: usize) -> Option<WireAddr> {
     let eth = crate::parse::eth(start, end)?;
     // SAFETY: bounds-checked by `eth`.
     if u16::from_be_bytes(unsafe { (*eth).ether_type }) != ETH_P_ARP {
@@ -60,7 +63,7 @@ pub fn arp_sender(start: usize, end: usize) -> Option<u32> {
         && u16::from_be_bytes(arp.protocol_type) == ETH_P_IPV4
         && arp.hardware_len == 6
         && arp.protocol_len == 4;
-    ipv4_over_ethernet.then(|| u32::from_ne_bytes(arp.sender_ip))
+    ipv4_over_ethernet.then(|| WireAddr::from_octets(arp.sender_ip))
 }
 
 /// Source and destination ports of a UDP header.

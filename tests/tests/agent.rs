@@ -383,7 +383,7 @@ fn run_dir(host: &Host) -> RunDir {
 fn delivers(host: &Host, address: std::net::Ipv4Addr) -> Option<[u8; 6]> {
     let maps = host.pinned_maps().unwrap();
     maps.endpoints
-        .get(&u32::from(address).to_be(), 0)
+        .get(&fan_common::WireAddr::from(address), 0)
         .ok()
         .map(|e| e.mac)
 }

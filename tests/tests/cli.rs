@@ -1231,7 +1231,7 @@ fn endpoint_addrs(host: &Host) -> Vec<Ipv4Addr> {
     let mut addrs: Vec<Ipv4Addr> = maps
         .endpoints
         .keys()
-        .map(|k| Ipv4Addr::from(u32::from_be(k.unwrap())))
+        .map(|k| Ipv4Addr::from(k.unwrap()))
         .collect();
     addrs.sort();
     addrs

@@ -171,7 +171,7 @@ fn a_container_cannot_send_from_its_siblings_address() {
     // bindings and attaches the port programs.
     let target = h2.containers[0].addr;
     let bound = |addr: Ipv4Addr| {
-        let key = u32::from(addr).to_be();
+        let key = fan_common::WireAddr::from(addr);
         h1.pinned_maps().unwrap().endpoints.get(&key, 0).is_ok()
     };
     for _ in 0..50 {

@@ -1104,7 +1104,7 @@ fn a_port_sends_only_from_addresses_bound_to_it() {
         mac: [0x0a, 0, 0, 0, 0, 2],
         gateway_mac: [0x0a, 0, 0, 0, 0, 1],
     };
-    let container = u32::from_be_bytes([250, 0, 1, 10]).to_be();
+    let container = fan_common::WireAddr::from_octets([250, 0, 1, 10]);
     bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
     let (frame, gateway) = (hex(ENCAP_IN), hex(ENCAP_FROM_GATEWAY));
     // 250.0.1.10 is bound to `port`: sent from the sibling's port it is dropped.
@@ -1147,7 +1147,7 @@ fn a_port_sends_no_arp_claim_for_an_address_bound_elsewhere() {
         mac: [0x0a, 0, 0, 0, 0, 2],
         gateway_mac: [0x0a, 0, 0, 0, 0, 1],
     };
-    let container = u32::from_be_bytes([250, 0, 1, 10]).to_be();
+    let container = fan_common::WireAddr::from_octets([250, 0, 1, 10]);
     bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
     // From the sibling's port, claims of 250.0.1.10 or of the gateway would
     // teach the host's neighbour table (which the stack path follows).
@@ -1240,7 +1240,7 @@ fn decapsulation_delivers_straight_to_a_known_container() {
         .enter(|| topology::ifindex("eth0-peer"))
         .unwrap()
         .unwrap();
-    let container = u32::from_be_bytes([250, 0, 1, 10]).to_be();
+    let container = fan_common::WireAddr::from_octets([250, 0, 1, 10]);
     let endpoint = Endpoint {
         ifindex: veth,
         mac: [0x0a, 0, 0, 0, 0, 2],

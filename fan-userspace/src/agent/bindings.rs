@@ -14,6 +14,7 @@
 //! The table is kept in the run directory (`bindings.json`), so an agent
 //! that restarts keeps it; it dies with the boot, as the ports do.
 
+use fan_common::WireAddr;
 use std::{collections::BTreeMap, fs, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
@@ -214,10 +215,10 @@ impl Bindings {
 
     /// The endpoint map's entries for the bindings whose port can deliver
     /// now, keyed as the map is (network byte order).
-    pub fn endpoints(&self, slices: &Slices) -> BTreeMap<u32, Endpoint> {
+    pub fn endpoints(&self, slices: &Slices) -> BTreeMap<WireAddr, Endpoint> {
         self.by_address
             .values()
-            .filter_map(|b| Some((u32::from(b.address).to_be(), self.resolve_one(b, slices)?)))
+            .filter_map(|b| Some((WireAddr::from(b.address), self.resolve_one(b, slices)?)))
             .collect()
     }
 

@@ -10,6 +10,7 @@
 //! (see [`can_deliver_to`]); `fan-xdp run` resyncs on every link event, so
 //! an endpoint leaves the map when its link goes down.
 
+use fan_common::WireAddr;
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
@@ -30,7 +31,7 @@ use crate::{
 #[derive(Default)]
 pub struct Slices {
     /// What the endpoint map should hold, by address (network byte order).
-    pub endpoints: HashMap<u32, Endpoint>,
+    pub endpoints: HashMap<WireAddr, Endpoint>,
     /// The veth ports of the slice bridges (index, name): where containers
     /// send from, and where encapsulation can start.
     pub ports: Vec<(u32, String)>,
@@ -244,7 +245,7 @@ impl Observed {
                     continue;
                 };
                 slices.endpoints.insert(
-                    u32::from(*addr).to_be(),
+                    WireAddr::from(*addr),
                     Endpoint {
                         ifindex: entry.port,
                         mac: *mac,
@@ -285,7 +286,10 @@ pub fn can_deliver_to(port: &Link) -> bool {
 /// container rewrites by answering ARP for the address moves or removes it;
 /// the address is released when its port goes (the container is gone). On
 /// its own port, a binding follows the container's MAC.
-pub fn keep_bindings(have: &HashMap<u32, Endpoint>, slices: &Slices) -> HashMap<u32, Endpoint> {
+pub fn keep_bindings(
+    have: &HashMap<WireAddr, Endpoint>,
+    slices: &Slices,
+) -> HashMap<WireAddr, Endpoint> {
     let mut want = slices.endpoints.clone();
     for (addr, bound) in have {
         if !slices.deliverable.contains(&bound.ifindex) {
@@ -296,7 +300,7 @@ pub fn keep_bindings(have: &HashMap<u32, Endpoint>, slices: &Slices) -> HashMap<
             Some(learned) => {
                 log::warn!(
                     "{} is bound to port {} and answered for on port {}: kept where it is",
-                    std::net::Ipv4Addr::from(u32::from_be(*addr)),
+                    std::net::Ipv4Addr::from(*addr),
                     bound.ifindex,
                     learned.ifindex
                 );
@@ -311,8 +315,8 @@ pub fn keep_bindings(have: &HashMap<u32, Endpoint>, slices: &Slices) -> HashMap<
 }
 
 /// Makes the pinned endpoint map equal `want`. Returns (added or changed, removed).
-pub fn apply(maps: &mut PinnedMaps, want: &HashMap<u32, Endpoint>) -> Result<(usize, usize)> {
-    let have: HashMap<u32, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
+pub fn apply(maps: &mut PinnedMaps, want: &HashMap<WireAddr, Endpoint>) -> Result<(usize, usize)> {
+    let have: HashMap<WireAddr, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
     apply_diff(maps, &have, want)
 }
 
@@ -320,8 +324,8 @@ pub fn apply(maps: &mut PinnedMaps, want: &HashMap<u32, Endpoint>) -> Result<(us
 /// only the entries that differ. Returns (added or changed, removed).
 pub fn apply_diff(
     maps: &mut PinnedMaps,
-    have: &HashMap<u32, Endpoint>,
-    want: &HashMap<u32, Endpoint>,
+    have: &HashMap<WireAddr, Endpoint>,
+    want: &HashMap<WireAddr, Endpoint>,
 ) -> Result<(usize, usize)> {
     let mut removed = 0;
     for key in have.keys().filter(|k| !want.contains_key(k)) {

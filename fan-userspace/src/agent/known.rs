@@ -6,6 +6,7 @@
 //! with the number of containers. The periodic full sync stays, as the
 //! safety net for anything an event did not say (or a lost event).
 
+use fan_common::WireAddr;
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
@@ -25,7 +26,7 @@ use crate::{dataplane::PinnedMaps, host::events, state::StateDir};
 pub struct Known {
     pub observed: Observed,
     /// The endpoint map as the agent last wrote it: the agent is its only writer.
-    pub have: HashMap<u32, Endpoint>,
+    pub have: HashMap<WireAddr, Endpoint>,
 }
 
 /// The endpoint map's entries: what the bridge taught (learned entries,
@@ -34,10 +35,10 @@ pub struct Known {
 /// programs then deliver nothing directly (they read the bypass), but the
 /// port programs still check each container's source against them.
 pub fn choose(
-    have: &HashMap<u32, Endpoint>,
+    have: &HashMap<WireAddr, Endpoint>,
     want: &Slices,
     bindings: &Bindings,
-) -> (HashMap<u32, Endpoint>, BTreeMap<String, u64>) {
+) -> (HashMap<WireAddr, Endpoint>, BTreeMap<String, u64>) {
     let mut bound = endpoints::keep_bindings(have, want);
     let chosen = bindings.endpoints(want);
     let mut counts = bindings.counts();

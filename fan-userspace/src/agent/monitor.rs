@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use fan_common::{
-    StatReason,
+    StatReason, WireAddr,
     events::{Event, EventKind, Program},
 };
 use log::{debug, info, warn};
@@ -65,10 +65,10 @@ fn is_zero(n: &u64) -> bool {
 
 impl EventRecord {
     pub fn of(event: &Event) -> Self {
-        let addresses = |src: u32, dst: u32| {
-            (src != 0 || dst != 0).then(|| Addresses {
-                src: Ipv4Addr::from(u32::from_be(src)),
-                dst: Ipv4Addr::from(u32::from_be(dst)),
+        let addresses = |src: WireAddr, dst: WireAddr| {
+            (src != WireAddr::UNSPECIFIED || dst != WireAddr::UNSPECIFIED).then(|| Addresses {
+                src: Ipv4Addr::from(src),
+                dst: Ipv4Addr::from(dst),
             })
         };
         Self {

@@ -34,11 +34,7 @@ pub fn learned(maps: &PinnedMaps) -> Result<Vec<(Ipv4Addr, PathMtu, bool)>> {
     let mut out = Vec::new();
     for item in maps.path_mtus.iter() {
         let (key, entry) = item.context("reading the path MTU map")?;
-        out.push((
-            Ipv4Addr::from(u32::from_be(key)),
-            entry,
-            is_fresh(entry.learned_ns, now),
-        ));
+        out.push((Ipv4Addr::from(key), entry, is_fresh(entry.learned_ns, now)));
     }
     out.sort_by_key(|(host, _, _)| *host);
     Ok(out)

@@ -3,6 +3,7 @@
 //! in, the heartbeat, and the status file a sync leaves. The event loop in
 //! [`crate::agent::run`] decides when.
 
+use fan_common::WireAddr;
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
@@ -71,7 +72,7 @@ pub(super) async fn bind_known(
 /// Whether the endpoint map delivers `address` straight to a container.
 pub(super) fn is_delivered(dir: &StateDir, address: Ipv4Addr) -> Result<bool> {
     let maps = PinnedMaps::open(dir)?;
-    Ok(maps.endpoints.get(&u32::from(address).to_be(), 0).is_ok())
+    Ok(maps.endpoints.get(&WireAddr::from(address), 0).is_ok())
 }
 
 /// What a sync found, for the status.
@@ -160,7 +161,7 @@ pub(super) async fn sync(
     }
     let observed = endpoints::observe(net, &fans).await?;
     let want = observed.slices();
-    let have: HashMap<u32, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
+    let have: HashMap<WireAddr, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
     let (bound, counts) = known::choose(&have, &want, bindings);
     let (changed, removed) = endpoints::apply_diff(&mut maps, &have, &bound)?;
     if changed + removed > 0 {

@@ -21,9 +21,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Points direct delivery of `addr` (network byte order) at `endpoint`.
-    pub fn insert_endpoint(&mut self, addr: u32, endpoint: &Endpoint) -> Result<()> {
-        let mut endpoints: BpfHashMap<_, u32, Endpoint> =
+    /// Points direct delivery of `addr` at `endpoint`.
+    pub fn insert_endpoint(&mut self, addr: WireAddr, endpoint: &Endpoint) -> Result<()> {
+        let mut endpoints: BpfHashMap<_, WireAddr, Endpoint> =
             BpfHashMap::try_from(self.map_mut(ENDPOINTS_MAP)?)?;
         endpoints
             .insert(addr, endpoint, 0)
@@ -34,7 +34,8 @@ impl Dataplane {
     /// Adds or replaces the fan whose overlay is `entry.map.overlay`, and
     /// brings the local hosts map in line with the fans configured.
     pub fn insert_fan(&mut self, entry: &FanEntry) -> Result<()> {
-        let mut trie: LpmTrie<_, u32, FanEntry> = LpmTrie::try_from(self.map_mut(CONFIG_MAP)?)?;
+        let mut trie: LpmTrie<_, WireAddr, FanEntry> =
+            LpmTrie::try_from(self.map_mut(CONFIG_MAP)?)?;
         trie.insert(
             &overlay_key(entry.map.overlay, entry.map.overlay_len),
             entry,
@@ -42,7 +43,7 @@ impl Dataplane {
         )
         .context("writing the fan map entry")?;
         let fans = fan_entries(&trie)?;
-        let mut hosts: BpfHashMap<_, u32, LocalHost> =
+        let mut hosts: BpfHashMap<_, WireAddr, LocalHost> =
             BpfHashMap::try_from(self.map_mut(LOCAL_HOSTS_MAP)?)?;
         sync_local_hosts(&mut hosts, &fans)
     }
@@ -60,8 +61,8 @@ impl Dataplane {
             .ebpf
             .map(PATH_MTU_MAP)
             .ok_or_else(|| anyhow!("no map {PATH_MTU_MAP}"))?;
-        let mtus: BpfHashMap<_, u32, PathMtu> = BpfHashMap::try_from(map)?;
-        match mtus.get(&host.to_be(), 0) {
+        let mtus: BpfHashMap<_, WireAddr, PathMtu> = BpfHashMap::try_from(map)?;
+        match mtus.get(&WireAddr::from_host(host), 0) {
             Ok(entry) => Ok(Some(entry)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading a path MTU"),
@@ -80,13 +81,13 @@ impl Dataplane {
 }
 
 /// The LPM key of an overlay prefix.
-pub fn overlay_key(overlay: u32, len: u8) -> Key<u32> {
-    Key::new(len.into(), overlay.to_be())
+pub fn overlay_key(overlay: u32, len: u8) -> Key<WireAddr> {
+    Key::new(len.into(), WireAddr::from_host(overlay))
 }
 
 /// Every fan entry of a configuration map.
 pub(super) fn fan_entries<T: std::borrow::Borrow<MapData>>(
-    trie: &LpmTrie<T, u32, FanEntry>,
+    trie: &LpmTrie<T, WireAddr, FanEntry>,
 ) -> Result<Vec<FanEntry>> {
     trie.iter()
         .map(|item| Ok(item?.1))
@@ -99,23 +100,25 @@ pub(super) fn fan_entries<T: std::borrow::Borrow<MapData>>(
 /// programs accept fan traffic only for these addresses, refuse it from
 /// them, and learn path MTUs only towards hosts of those underlays.
 pub(super) fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
-    hosts: &mut BpfHashMap<T, u32, LocalHost>,
+    hosts: &mut BpfHashMap<T, WireAddr, LocalHost>,
     fans: &[FanEntry],
 ) -> Result<()> {
-    let mut want: BTreeMap<u32, LocalHost> = BTreeMap::new();
+    let mut want: BTreeMap<WireAddr, LocalHost> = BTreeMap::new();
     for fan in fans {
-        let host = want.entry(fan.local_host.to_be()).or_insert(LocalHost {
-            underlay: fan.map.underlay,
-            underlay_len: fan.map.underlay_len,
-            ..LocalHost::default()
-        });
+        let host = want
+            .entry(WireAddr::from_host(fan.local_host))
+            .or_insert(LocalHost {
+                underlay: fan.map.underlay,
+                underlay_len: fan.map.underlay_len,
+                ..LocalHost::default()
+            });
         if fan.map.underlay_len < host.underlay_len {
             host.underlay = fan.map.underlay;
             host.underlay_len = fan.map.underlay_len;
         }
         host.fans += 1;
     }
-    let stale: Vec<u32> = hosts
+    let stale: Vec<WireAddr> = hosts
         .keys()
         .filter_map(Result::ok)
         .filter(|key| !want.contains_key(key))
@@ -133,13 +136,13 @@ pub(super) fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
 
 /// The pinned maps, opened without loading any program (show, stats, detach).
 pub struct PinnedMaps {
-    pub config: LpmTrie<MapData, u32, FanEntry>,
+    pub config: LpmTrie<MapData, WireAddr, FanEntry>,
     pub meta: BpfHashMap<MapData, FanMetaKey, FanMeta>,
     pub stats: PerCpuArray<MapData, Counter>,
-    pub endpoints: BpfHashMap<MapData, u32, Endpoint>,
-    pub local_hosts: BpfHashMap<MapData, u32, LocalHost>,
+    pub endpoints: BpfHashMap<MapData, WireAddr, Endpoint>,
+    pub local_hosts: BpfHashMap<MapData, WireAddr, LocalHost>,
     /// Path MTUs learned towards remote hosts (an LRU hash map).
-    pub path_mtus: BpfHashMap<MapData, u32, PathMtu>,
+    pub path_mtus: BpfHashMap<MapData, WireAddr, PathMtu>,
     /// The agent's heartbeat.
     pub agent: Array<MapData, u64>,
     /// Whether the fast path may skip netfilter (`fan_common::maps::bypass`).

@@ -45,7 +45,7 @@ use aya::{
     },
 };
 use fan_common::{
-    Counter, FanEntry, FanStatKey, StatReason,
+    Counter, FanEntry, FanStatKey, StatReason, WireAddr,
     maps::{Endpoint, FanMeta, FanMetaKey, LocalHost, PathMtu},
 };
 

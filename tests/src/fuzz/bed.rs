@@ -180,7 +180,7 @@ impl Bed {
                     gateway_mac: GATEWAY_MAC,
                 };
                 dataplane.insert_endpoint(
-                    endpoint.addr.to_be(),
+                    fan_common::WireAddr::from_host(endpoint.addr),
                     &MapEndpoint {
                         ifindex: endpoint.ifindex,
                         mac: endpoint.mac,

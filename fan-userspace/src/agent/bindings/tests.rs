@@ -44,7 +44,7 @@ fn a_bound_address_resolves_by_port_or_by_fdb() {
         )
         .unwrap();
     let endpoints = table.endpoints(&s);
-    let key = |a: &str| u32::from(a.parse::<Ipv4Addr>().unwrap()).to_be();
+    let key = |a: &str| WireAddr::from(a.parse::<Ipv4Addr>().unwrap());
     assert_eq!(endpoints[&key("250.0.28.7")].ifindex, 5);
     assert_eq!(endpoints[&key("250.0.28.7")].mac, [2, 0, 0, 0, 0, 0xa]);
     assert_eq!(endpoints[&key("250.0.28.8")].ifindex, 6);

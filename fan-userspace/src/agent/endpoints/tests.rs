@@ -39,7 +39,7 @@ fn one_event_changes_what_it_is_about() {
         }],
     };
     let addr: Ipv4Addr = "250.0.28.7".parse().unwrap();
-    let key = u32::from(addr).to_be();
+    let key = WireAddr::from(addr);
     let mac = [2, 0, 0, 0, 0, 7];
     let fdb = FdbEntry {
         mac,
@@ -115,7 +115,11 @@ fn one_event_changes_what_it_is_about() {
 
 #[test]
 fn a_binding_holds_while_its_port_can_deliver() {
-    let (a, b, c) = (10u32.to_be(), 11u32.to_be(), 12u32.to_be());
+    let (a, b, c) = (
+        WireAddr::from_host(10),
+        WireAddr::from_host(11),
+        WireAddr::from_host(12),
+    );
     let have = HashMap::from([
         (a, endpoint(5, 0xa)),
         (b, endpoint(6, 0xb)),

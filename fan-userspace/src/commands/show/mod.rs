@@ -88,10 +88,7 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
     };
     let mut endpoints = 0;
     for key in maps.endpoints.keys() {
-        if fan
-            .slice
-            .contains(std::net::Ipv4Addr::from(u32::from_be(key?)))
-        {
+        if fan.slice.contains(std::net::Ipv4Addr::from(key?)) {
             endpoints += 1;
         }
     }
