@@ -23,7 +23,7 @@ use ipnetwork::Ipv4Network;
 
 use crate::{
     dataplane::PinnedMaps,
-    host::{FdbEntry, Link, Net, events::Change},
+    host::{Device, FdbEntry, Net, events::Change},
     state::record::Fan,
 };
 
@@ -74,7 +74,7 @@ pub struct Bridge {
     slice: Ipv4Network,
     gateway_mac: [u8; 6],
     refresh_idle: Duration,
-    ports: HashMap<u32, Link>,
+    ports: HashMap<u32, Device>,
     fdb: HashMap<[u8; 6], FdbEntry>,
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
 }
@@ -100,7 +100,7 @@ pub enum Effect {
 pub async fn observe(net: &Net, fans: &[Fan]) -> Result<Observed> {
     let mut observed = Observed::default();
     for fan in fans.iter().filter(|f| f.complete) {
-        let Some(bridge) = net.link(&fan.bridge).await? else {
+        let Some(bridge) = net.device(&fan.bridge).await? else {
             continue;
         };
         let Some(gateway_mac) = bridge.mac else {
@@ -139,7 +139,7 @@ impl Observed {
     /// Takes in one change the kernel announced.
     pub fn apply(&mut self, change: &Change) -> Effect {
         match change {
-            Change::Link(link) => {
+            Change::Device(link) => {
                 if let Some(bridge) = self.bridges.iter().find(|b| b.index == link.index) {
                     // A bridge announces itself whenever a port comes or
                     // goes (its carrier, MTU, features); only a new MAC or
@@ -276,7 +276,7 @@ impl Observed {
 /// after the program already counted it delivered, when that peer is down
 /// or in this same namespace (no container there). So: a veth that is up
 /// (which a veth is only while its peer is) with its peer in another namespace.
-pub fn can_deliver_to(port: &Link) -> bool {
+pub fn can_deliver_to(port: &Device) -> bool {
     port.kind.as_deref() == Some("veth") && port.oper_up && port.peer_netns_id.is_some()
 }
 

@@ -144,7 +144,7 @@ impl Follower {
 
 /// What `fan` needs, from the host as it is now.
 async fn need(net: &Net, dir: &StateDir, fan: &Fan) -> Result<Need> {
-    let Some(iface) = net.link(&fan.iface).await? else {
+    let Some(iface) = net.device(&fan.iface).await? else {
         return Ok(Need::Wait(format!(
             "underlay {} is gone; waiting for it",
             fan.iface
@@ -162,7 +162,7 @@ async fn need(net: &Net, dir: &StateDir, fan: &Fan) -> Result<Need> {
             },
         );
     }
-    let Some(bridge) = net.link(&fan.bridge).await? else {
+    let Some(bridge) = net.device(&fan.bridge).await? else {
         return Ok(Need::Repair(format!(
             "slice bridge {} was deleted",
             fan.bridge
@@ -291,7 +291,7 @@ async fn move_fan(
 /// The containers on `fan`'s slice bridge with an address in its slice
 /// (from the bridge's neighbours), as `ADDR (PORT)`, or the bare ports.
 async fn containers_on(net: &Net, fan: &Fan) -> Result<Vec<String>> {
-    let Some(bridge) = net.link(&fan.bridge).await? else {
+    let Some(bridge) = net.device(&fan.bridge).await? else {
         return Ok(Vec::new());
     };
     let mut named: Vec<String> = net

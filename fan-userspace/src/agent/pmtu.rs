@@ -82,7 +82,7 @@ pub struct SliceRoutes(BTreeMap<Ipv4Network, SliceRoute>);
 impl SliceRoutes {
     /// Brings the host's routes in line with `wanted`, logging each change.
     pub async fn sync(&mut self, net: &Net, wanted: &[SliceRoute]) -> Result<()> {
-        let Some(device) = net.link(HOST_DEVICE).await? else {
+        let Some(device) = net.device(HOST_DEVICE).await? else {
             self.0.clear();
             return Ok(());
         };

@@ -59,9 +59,9 @@ pub(super) async fn bind_known(
     binding: Binding,
 ) -> Result<BTreeMap<String, u64>> {
     if let Some(port) = &binding.port
-        && let Some(link) = net.link(port).await?
+        && let Some(link) = net.device(port).await?
     {
-        known.observed.apply(&Change::Link(link));
+        known.observed.apply(&Change::Device(link));
     }
     let (address, origin) = (binding.address, binding.origin);
     bindings.bind(binding, &known.observed.slices())?;

@@ -62,7 +62,7 @@ pub async fn add(
 
     let net = Net::connect().code(PLUMBING, "opening rtnetlink")?;
     let bridge = net
-        .link(&fan.bridge)
+        .device(&fan.bridge)
         .await
         .code(PLUMBING, "looking up the slice bridge")?
         .ok_or_else(|| {

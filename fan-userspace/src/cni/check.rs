@@ -61,11 +61,11 @@ pub async fn check(conf: &NetConf, inv: &Invocation, path: &[std::path::PathBuf]
     // The host end: there, up, a port of the slice bridge.
     let net = Net::connect().code(PLUMBING, "opening rtnetlink")?;
     let bridge = net
-        .link(&fan.bridge)
+        .device(&fan.bridge)
         .await
         .code(PLUMBING, "looking up the slice bridge")?;
     let host = net
-        .link(&port)
+        .device(&port)
         .await
         .code(PLUMBING, "looking up the host end")?;
     match (host, bridge) {

@@ -66,7 +66,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     }
     let net = Net::connect()?;
     let mut maps = PinnedMaps::open(&dir)?;
-    let host_dev = net.link(HOST_DEVICE).await?;
+    let host_dev = net.device(HOST_DEVICE).await?;
     for fan in &going {
         // The settings first: with them gone the agent (which waits while
         // we hold state.lock) no longer wants the fan's DHCP server.
@@ -124,7 +124,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         if going
             .iter()
             .any(|f| f.meta.owned & owned::CLSACT_UNDERLAY != 0)
-            && let Some(iface) = net.link(&args.iface).await?
+            && let Some(iface) = net.device(&args.iface).await?
         {
             net.del_clsact(iface.index).await?;
         }
@@ -160,7 +160,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
 /// if attach created it and nothing is plugged into it; otherwise removes
 /// only the gateway address attach added, and says why the bridge stays.
 async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
-    let Some(bridge) = net.link(&fan.bridge).await? else {
+    let Some(bridge) = net.device(&fan.bridge).await? else {
         return Ok(None);
     };
     let ports = net.port_names(bridge.index).await?;

@@ -67,7 +67,7 @@ pub async fn run(global: &Global) -> Result<()> {
             );
             continue;
         }
-        let Some(iface) = net.link(&fan.iface).await? else {
+        let Some(iface) = net.device(&fan.iface).await? else {
             found(
                 format!("the underlay {} of fan {} is gone", fan.iface, fan.overlay),
                 format!(
@@ -130,7 +130,7 @@ pub async fn run(global: &Global) -> Result<()> {
                 );
             }
         }
-        if let Some(bridge) = net.link(&fan.bridge).await? {
+        if let Some(bridge) = net.device(&fan.bridge).await? {
             for port in net.ports(bridge.index).await? {
                 if port.mtu > fan.mtu {
                     found(

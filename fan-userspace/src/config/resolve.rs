@@ -36,7 +36,7 @@ pub async fn underlay(net: &Net, underlay: &Underlay) -> Result<(String, Option<
         }
         Underlay::Interface(name, len) => {
             let link = net
-                .link(name)
+                .device(name)
                 .await?
                 .ok_or_else(|| anyhow!("no such interface: {name}"))?;
             let (primary, _) = *net.ipv4_addrs(link.index).await?.first().ok_or_else(|| {
@@ -67,7 +67,7 @@ pub async fn underlay(net: &Net, underlay: &Underlay) -> Result<(String, Option<
 
 async fn name_of(net: &Net, index: u32) -> Result<String> {
     Ok(net
-        .link_by_index(index)
+        .device_by_index(index)
         .await?
         .ok_or_else(|| anyhow!("interface {index} went away"))?
         .name)

@@ -9,9 +9,9 @@ use rtnetlink::packet_route::{AddressFamily, address::AddressAttribute};
 use super::Net;
 
 impl Net {
-    /// IPv4 addresses of a link with their prefix lengths, primary first.
+    /// IPv4 addresses of a device with their prefix lengths, primary first.
     /// This host's own address is IFA_LOCAL; IFA_ADDRESS is the same on a
-    /// broadcast link but the peer's on a point-to-point one, so it is not read.
+    /// broadcast device but the peer's on a point-to-point one, so it is not read.
     pub async fn ipv4_addrs(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
         Ok(self
             .all_ipv4_addrs(Some(index))
@@ -22,7 +22,7 @@ impl Net {
     }
 
     /// (ifindex, address, prefix length) of every IPv4 address, or of one
-    /// link's, primary first.
+    /// device's, primary first.
     pub async fn all_ipv4_addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
         let mut out: Vec<(u32, Ipv4Addr, u8)> = Vec::new();
         let mut request = self.handle.address().get();
@@ -55,7 +55,7 @@ impl Net {
             .with_context(|| format!("adding address {addr}/{len}"))
     }
 
-    /// Removes `addr/len` from link `index`; an address already gone is fine.
+    /// Removes `addr/len` from device `index`; an address already gone is fine.
     pub async fn del_addr(&self, index: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
         let mut addrs = self
             .handle

@@ -1,7 +1,7 @@
-//! A container's link on a slice bridge, over rtnetlink: the veth pair (the
+//! A container's device on a slice bridge, over rtnetlink: the veth pair (the
 //! host end a port of the bridge, the container end created straight in the
 //! container's namespace under its final name), and inside that namespace
-//! the address, the link state and the routes. Used by the CNI plugin.
+//! the address, the device's state and the routes. Used by the CNI plugin.
 
 use std::{net::Ipv4Addr, os::fd::AsRawFd as _, path::Path};
 
@@ -16,14 +16,14 @@ use rtnetlink::{
     },
 };
 
-use super::{Link, Net};
+use super::{Device, Net};
 
 /// What a container's interface looks like from inside its namespace.
 #[derive(Clone, Debug)]
 pub struct ContainerLink {
-    pub link: Link,
+    pub link: Device,
     pub addrs: Vec<(Ipv4Addr, u8)>,
-    /// Main-table IPv4 routes through the link: destination and gateway.
+    /// Main-table IPv4 routes through the device: destination and gateway.
     pub routes: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
 }
 
@@ -71,7 +71,7 @@ impl Net {
         netns: &Path,
         ifname: &str,
         mtu: u32,
-    ) -> Result<Link> {
+    ) -> Result<Device> {
         let ns = std::fs::File::open(netns).with_context(|| {
             format!(
                 "opening the container's network namespace {}",
@@ -99,23 +99,23 @@ impl Net {
             }
         }
         let link = self
-            .link(host_end)
+            .device(host_end)
             .await?
             .ok_or_else(|| anyhow!("{host_end} vanished after creation"))?;
         self.set_up(link.index).await?;
         Ok(link)
     }
 
-    /// Inside the container: `addr/len` on `ifname`, the link up, then each
-    /// route (`dst` via `gw`, or on the link without one). Returns the link.
+    /// Inside the container: `addr/len` on `ifname`, the device up, then each
+    /// route (`dst` via `gw`, or on the device without one). Returns the device.
     pub async fn configure_container_link(
         &self,
         ifname: &str,
         addr: (Ipv4Addr, u8),
         routes: &[(Ipv4Network, Option<Ipv4Addr>)],
-    ) -> Result<Link> {
+    ) -> Result<Device> {
         let link = self
-            .link(ifname)
+            .device(ifname)
             .await?
             .ok_or_else(|| anyhow!("{ifname} is not in the container's namespace"))?;
         self.add_addr(link.index, addr.0, addr.1).await?;
@@ -143,7 +143,7 @@ impl Net {
 
     /// Inside the container: `ifname` with its addresses and routes, if it exists.
     pub async fn container_link(&self, ifname: &str) -> Result<Option<ContainerLink>> {
-        let Some(link) = self.link(ifname).await? else {
+        let Some(link) = self.device(ifname).await? else {
             return Ok(None);
         };
         let addrs = self.ipv4_addrs(link.index).await?;
@@ -176,9 +176,9 @@ impl Net {
         }))
     }
 
-    /// Deletes the link named `name` if it exists (with a veth, its peer goes too).
+    /// Deletes the device named `name` if it exists (with a veth, its peer goes too).
     pub async fn del_link_named(&self, name: &str) -> Result<bool> {
-        match self.link(name).await? {
+        match self.device(name).await? {
             Some(link) => self.del_link(link.index).await.map(|()| true),
             None => Ok(false),
         }

@@ -1,4 +1,4 @@
-//! Netlink messages as the changes they announce: one link, one neighbour,
+//! Netlink messages as the changes they announce: one device, one neighbour,
 //! one forwarding entry. The dumps in [`super::Net`] parse their messages
 //! with the same functions, so an event and a dump never disagree.
 
@@ -9,14 +9,14 @@ use rtnetlink::packet_route::{
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
 };
 
-use super::{FdbEntry, Link};
+use super::{Device, FdbEntry};
 
 /// One change the kernel announced.
 #[derive(Clone, Debug)]
 pub enum Change {
-    /// A link appeared or changed (its state, its master, its name).
-    Link(Link),
-    /// The link with this index is gone.
+    /// A device appeared or changed (its state, its master, its name).
+    Device(Device),
+    /// The device with this index is gone.
     LinkGone(u32),
     /// An IPv4 neighbour on `ifindex`: its MAC, or `None` once it is gone or unusable.
     Neighbour {
@@ -43,7 +43,7 @@ pub fn change_of(message: &RouteNetlinkMessage) -> Option<Change> {
         {
             None
         }
-        RouteNetlinkMessage::NewLink(link) => Some(Change::Link(Link::from_message(link))),
+        RouteNetlinkMessage::NewLink(link) => Some(Change::Device(Device::from_message(link))),
         RouteNetlinkMessage::DelLink(link) => Some(Change::LinkGone(link.header.index)),
         RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
             let gone = matches!(message, RouteNetlinkMessage::DelNeighbour(_));

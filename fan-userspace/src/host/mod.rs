@@ -7,8 +7,8 @@
 mod addresses;
 pub mod bypass;
 pub mod container;
+mod devices;
 pub mod events;
-mod links;
 pub mod naming;
 pub mod nat;
 mod neighbours;
@@ -20,7 +20,7 @@ mod tc;
 use anyhow::{Context as _, Result};
 use rtnetlink::Handle;
 
-pub use links::Link;
+pub use devices::Device;
 pub use neighbours::FdbEntry;
 pub use routes::FoundRoute;
 pub use sysctl::{

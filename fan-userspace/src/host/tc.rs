@@ -1,4 +1,4 @@
-//! Traffic control (`tc`): a link's clsact qdisc and the BPF programs of
+//! Traffic control (`tc`): a device's clsact qdisc and the BPF programs of
 //! its filters, where the port programs hang before Linux 6.6.
 
 use anyhow::{Context as _, Result};
@@ -8,7 +8,7 @@ use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcOp
 use super::Net;
 
 impl Net {
-    /// Whether link `index` has a clsact qdisc (where TC filters hang
+    /// Whether device `index` has a clsact qdisc (where TC filters hang
     /// before Linux 6.6).
     pub async fn has_clsact(&self, index: u32) -> Result<bool> {
         let mut qdiscs = self.handle.qdisc().get().index(index as i32).execute();
@@ -25,7 +25,7 @@ impl Net {
         Ok(false)
     }
 
-    /// Deletes the clsact qdisc of link `index`, and with it its filters; a
+    /// Deletes the clsact qdisc of device `index`, and with it its filters; a
     /// qdisc or link already gone is fine.
     pub async fn del_clsact(&self, index: u32) -> Result<()> {
         let mut request = self.handle.qdisc().del(index as i32);

@@ -8,8 +8,8 @@ fn endpoint(ifindex: u32, last: u8) -> Endpoint {
     }
 }
 
-fn veth(index: u32, controller: u32) -> Link {
-    Link {
+fn veth(index: u32, controller: u32) -> Device {
+    Device {
         index,
         name: format!("veth{index}"),
         mtu: 1480,
@@ -47,9 +47,9 @@ fn one_event_changes_what_it_is_about() {
         idle: Duration::ZERO,
         permanent: false,
     };
-    assert_eq!(observed.apply(&Change::Link(veth(9, 3))), Effect::Changed);
+    assert_eq!(observed.apply(&Change::Device(veth(9, 3))), Effect::Changed);
     assert_eq!(
-        observed.apply(&Change::Link(veth(10, 4))),
+        observed.apply(&Change::Device(veth(10, 4))),
         Effect::None,
         "another bridge's port"
     );
@@ -82,32 +82,32 @@ fn one_event_changes_what_it_is_about() {
     );
     assert_eq!(slices.ports, vec![(9, "veth9".to_string())]);
     // The port goes down: no delivery, but encapsulation stays.
-    let down = Link {
+    let down = Device {
         oper_up: false,
         ..veth(9, 3)
     };
-    observed.apply(&Change::Link(down));
+    observed.apply(&Change::Device(down));
     assert!(observed.slices().endpoints.is_empty());
     assert_eq!(observed.slices().ports.len(), 1);
     // It comes back up, then is deleted.
-    observed.apply(&Change::Link(veth(9, 3)));
+    observed.apply(&Change::Device(veth(9, 3)));
     assert_eq!(observed.slices().endpoints.len(), 1);
     assert_eq!(observed.apply(&Change::LinkGone(9)), Effect::Changed);
     assert!(observed.slices().endpoints.is_empty() && observed.slices().ports.is_empty());
     assert_eq!(observed.apply(&Change::LinkGone(9)), Effect::None);
     // The bridge itself: only a new MAC or its going is news.
-    let bridge = |mac| Link {
+    let bridge = |mac| Device {
         kind: Some("bridge".into()),
         mac: Some(mac),
         controller: None,
         ..veth(3, 0)
     };
     assert_eq!(
-        observed.apply(&Change::Link(bridge([2, 0, 0, 0, 0, 1]))),
+        observed.apply(&Change::Device(bridge([2, 0, 0, 0, 0, 1]))),
         Effect::None
     );
     assert_eq!(
-        observed.apply(&Change::Link(bridge([2, 0, 0, 0, 0, 2]))),
+        observed.apply(&Change::Device(bridge([2, 0, 0, 0, 0, 2]))),
         Effect::ReadAgain
     );
     assert_eq!(observed.apply(&Change::LinkGone(3)), Effect::ReadAgain);

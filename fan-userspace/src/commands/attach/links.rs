@@ -106,7 +106,7 @@ impl Attach<'_> {
     async fn claim_clsact(&mut self, bit: u8, device: &str) -> Result<()> {
         let index = self
             .net
-            .link(device)
+            .device(device)
             .await?
             .ok_or_else(|| anyhow!("no such interface: {device}"))?
             .index;
@@ -149,7 +149,7 @@ async fn retire_if_defunct(
     hook: Hook,
 ) -> Result<()> {
     let now = net
-        .link(device)
+        .device(device)
         .await?
         .ok_or_else(|| anyhow!("no such interface: {device}"))?
         .index;

@@ -35,7 +35,7 @@ use crate::{
     host::naming::{IFNAME_MAX, bridge_mac, bridge_name},
     host::nat,
     host::{
-        FoundRoute, IP_FORWARD, Link, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
+        Device, FoundRoute, IP_FORWARD, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
         rp_filter_key, write_sysctl,
     },
     ipv4_network, require_capabilities,
@@ -62,7 +62,7 @@ const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {
-    iface: Link,
+    iface: Device,
     host: Ipv4Addr,
     underlay: Ipv4Network,
     overlay: Ipv4Network,
@@ -92,7 +92,7 @@ enum Undo {
     Sysctl(String, u8),
     /// Clear an [`owned`] bit of the record again.
     Claim(u8),
-    Link(String),
+    Device(String),
     Address(u32, Ipv4Addr, u8),
     /// Put back the MTU a link had.
     Mtu(u32, u32),
@@ -293,7 +293,7 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                 }
                 Undo::NatException(overlay) => nat::exclude_overlay(overlay)?,
                 Undo::Route(overlay) => {
-                    if let Some(dev) = net.link(HOST_DEVICE).await? {
+                    if let Some(dev) = net.device(HOST_DEVICE).await? {
                         net.del_route(overlay.network(), overlay.prefix(), dev.index)
                             .await?;
                     }
@@ -311,8 +311,8 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                         maps.meta.insert(key, meta, 0)?;
                     }
                 }
-                Undo::Link(name) => {
-                    if let Some(link) = net.link(&name).await? {
+                Undo::Device(name) => {
+                    if let Some(link) = net.device(&name).await? {
                         net.del_link(link.index).await?;
                     }
                 }

@@ -12,7 +12,7 @@ pub(super) async fn plan(
 ) -> Result<Plan> {
     let overlay = ipv4_network(args.overlay, "overlay")?;
     let iface = net
-        .link(&args.iface)
+        .device(&args.iface)
         .await?
         .ok_or_else(|| anyhow!("no such interface: {}", args.iface))?;
     let addrs = net.ipv4_addrs(iface.index).await?;

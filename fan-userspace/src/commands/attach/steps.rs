@@ -27,7 +27,7 @@ pub(super) struct Attach<'a> {
     /// Whether any step changed anything.
     pub(super) changed: bool,
     /// The host device, once its step made sure of it.
-    pub(super) host_dev: Option<Link>,
+    pub(super) host_dev: Option<Device>,
     /// The decapsulation mode and why, once the programs step attached it.
     pub(super) decap: Option<(DecapMode, ModeReason)>,
 }
@@ -116,7 +116,7 @@ impl<'a> Attach<'a> {
     /// first, so detach removes it even after a kill half-way, and nothing else.
     async fn bridge(&mut self) -> Result<()> {
         let (net, plan) = (self.net, self.plan);
-        let bridge = match net.link(&plan.bridge).await? {
+        let bridge = match net.device(&plan.bridge).await? {
             Some(link) => {
                 if link.kind.as_deref() != Some("bridge") {
                     bail!("{} exists and is not a bridge", plan.bridge);
@@ -127,7 +127,7 @@ impl<'a> Attach<'a> {
                 self.claim(owned::BRIDGE)?;
                 let mac = bridge_mac(plan.gateway);
                 let link = net.create_bridge(&plan.bridge, plan.mtu, mac).await?;
-                self.undo.push(Undo::Link(plan.bridge.clone()));
+                self.undo.push(Undo::Device(plan.bridge.clone()));
                 self.changed = true;
                 link
             }
@@ -153,13 +153,13 @@ impl<'a> Attach<'a> {
     /// fan, with the smallest overlay MTU of them.
     async fn host_device(&mut self) -> Result<()> {
         let (net, plan) = (self.net, self.plan);
-        let host_dev = match net.link(HOST_DEVICE).await? {
+        let host_dev = match net.device(HOST_DEVICE).await? {
             Some(link) => link,
             None => {
                 let link = net
                     .create_noarp_veth(HOST_DEVICE, HOST_DEVICE_PEER, plan.mtu)
                     .await?;
-                self.undo.push(Undo::Link(HOST_DEVICE.to_string()));
+                self.undo.push(Undo::Device(HOST_DEVICE.to_string()));
                 self.changed = true;
                 link
             }
@@ -369,7 +369,7 @@ fn describe_route(route: &FoundRoute) -> String {
 }
 
 /// Sets `link` up unless it is; the undo sets it down again.
-async fn bring_up(net: &Net, link: &Link, undo: &mut Vec<Undo>) -> Result<bool> {
+async fn bring_up(net: &Net, link: &Device, undo: &mut Vec<Undo>) -> Result<bool> {
     if link.up {
         return Ok(false);
     }

@@ -74,7 +74,7 @@ fn path_mtus(learned: &[(std::net::Ipv4Addr, PathMtu, bool)], fan: &Fan) -> Vec<
 /// What `fan-xdp run` currently does for `fan`, read from the kernel (the
 /// daemon's TCX links and the endpoint map), not from the daemon.
 async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> Result<FastPath> {
-    let ports = match net.link(&fan.bridge).await? {
+    let ports = match net.device(&fan.bridge).await? {
         Some(bridge) => net.ports(bridge.index).await?,
         None => Vec::new(),
     };

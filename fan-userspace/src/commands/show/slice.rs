@@ -80,7 +80,7 @@ pub async fn slice_use(
 /// The leases in `file`, each with the port its MAC is behind.
 async fn shown_leases(net: &Net, fan: &Fan, file: &std::path::Path) -> Result<Vec<ShownLease>> {
     let mut ports = std::collections::HashMap::new();
-    if let Some(bridge) = net.link(&fan.bridge).await? {
+    if let Some(bridge) = net.device(&fan.bridge).await? {
         let names: std::collections::HashMap<u32, String> = net
             .ports(bridge.index)
             .await?

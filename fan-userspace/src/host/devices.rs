@@ -1,4 +1,5 @@
-//! Links (`ip link`): what fan-xdp reads of an interface, looking one up,
+//! Network devices (`ip link`; "link" in fan-xdp means a BPF link only):
+//! what fan-xdp reads of an interface, looking one up,
 //! a bridge's ports, and creating, setting and deleting bridges and veths.
 
 use std::time::Duration;
@@ -17,7 +18,7 @@ use super::Net;
 
 /// What fan-xdp needs to know about one interface.
 #[derive(Clone, Debug)]
-pub struct Link {
+pub struct Device {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
@@ -29,20 +30,20 @@ pub struct Link {
     /// Administratively up (`ip link set ... up`).
     pub up: bool,
     pub mac: Option<[u8; 6]>,
-    /// The bridge (or other master) this link is a port of.
+    /// The bridge (or other master) this device is a port of.
     pub controller: Option<u32>,
     /// For a bridge: how long it keeps a forwarding entry nobody refreshes.
     pub ageing: Option<Duration>,
     /// The operational state is up: for a veth, its peer is up too.
     pub oper_up: bool,
-    /// For a veth (or other link with a peer): the id, in this namespace,
+    /// For a veth (or other device with a peer): the id, in this namespace,
     /// of the namespace its peer is in, when that is another one.
     pub peer_netns_id: Option<i32>,
 }
 
-impl Link {
+impl Device {
     pub(crate) fn from_message(msg: &LinkMessage) -> Self {
-        let mut link = Link {
+        let mut link = Device {
             index: msg.header.index,
             name: String::new(),
             mtu: 0,
@@ -106,7 +107,7 @@ fn kind_name(kind: &InfoKind) -> String {
 }
 
 impl Net {
-    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+    pub async fn device(&self, name: &str) -> Result<Option<Device>> {
         let mut links = self
             .handle
             .link()
@@ -114,7 +115,7 @@ impl Net {
             .match_name(name.to_string())
             .execute();
         match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
+            Ok(Some(msg)) => Ok(Some(Device::from_message(&msg))),
             Ok(None) => Ok(None),
             // The kernel answers ENODEV for an unknown name.
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
@@ -122,21 +123,21 @@ impl Net {
         }
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+    pub async fn device_by_index(&self, index: u32) -> Result<Option<Device>> {
         let mut links = self.handle.link().get().match_index(index).execute();
         match links.try_next().await {
-            Ok(msg) => Ok(msg.map(|m| Link::from_message(&m))),
+            Ok(msg) => Ok(msg.map(|m| Device::from_message(&m))),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
             Err(e) => Err(e).context("looking up an interface by index"),
         }
     }
 
     /// The ports of bridge `bridge`.
-    pub async fn ports(&self, bridge: u32) -> Result<Vec<Link>> {
+    pub async fn ports(&self, bridge: u32) -> Result<Vec<Device>> {
         let mut out = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(msg) = links.try_next().await.context("listing interfaces")? {
-            let link = Link::from_message(&msg);
+            let link = Device::from_message(&msg);
             if link.controller == Some(bridge) {
                 out.push(link);
             }
@@ -164,7 +165,7 @@ impl Net {
     /// back to 1500 when the last port leaves. A request for the MTU the
     /// device already has is ignored, so that case goes through another
     /// value first, while nothing is plugged in yet.
-    pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<Link> {
+    pub async fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<Device> {
         self.handle
             .link()
             .add(LinkBridge::new(name).address(mac.to_vec()).build())
@@ -172,7 +173,7 @@ impl Net {
             .await
             .with_context(|| format!("creating bridge {name}"))?;
         let created = self
-            .link(name)
+            .device(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))?;
         if created.mtu == mtu {
@@ -181,13 +182,13 @@ impl Net {
             self.set_mtu(created.index, other).await?;
         }
         self.set_mtu(created.index, mtu).await?;
-        self.link(name)
+        self.device(name)
             .await?
             .ok_or_else(|| anyhow!("bridge {name} vanished after creation"))
     }
 
     /// A veth pair whose first end does not ARP: routes to it need no neighbour.
-    pub async fn create_noarp_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Link> {
+    pub async fn create_noarp_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<Device> {
         self.handle
             .link()
             .add(LinkVeth::new(name, peer).mtu(mtu).arp(false).build())
@@ -195,10 +196,10 @@ impl Net {
             .await
             .with_context(|| format!("creating veth pair {name}/{peer}"))?;
         let link = self
-            .link(name)
+            .device(name)
             .await?
             .ok_or_else(|| anyhow!("{name} vanished after creation"))?;
-        if let Some(p) = self.link(peer).await? {
+        if let Some(p) = self.device(peer).await? {
             self.set_up(p.index).await?;
         }
         Ok(link)
