@@ -281,23 +281,15 @@ pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    // SAFETY: `get` is a valid bpf_attr prefix of the size given, and
-    // `pathname` points to a NUL-terminated string that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &raw mut get,
-            std::mem::size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::NotFound {
-            return Ok(None);
+    // SAFETY: `get` is a bpf_attr prefix whose `pathname` points to a
+    // NUL-terminated string that outlives the call.
+    let fd = match unsafe { bpf(BPF_OBJ_GET, &mut get) } {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
         }
-        return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
-    }
+    };
     // SAFETY: the kernel just returned this fd, and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     // A program's info would read as a link's: tell them apart by the fd's kind.
@@ -312,21 +304,32 @@ pub fn pinned_link_ifindex(pin: &Path) -> Result<Option<u32>> {
         info_len: std::mem::size_of::<LinkInfoHead>() as u32,
         info: (&raw mut info) as u64,
     };
-    // SAFETY: `query` is a valid bpf_attr prefix; `info` is writable for
+    // SAFETY: `query` is a bpf_attr prefix; `info` is writable for
     // `info_len` bytes, and the kernel writes no more than that.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut query) }
+        .with_context(|| format!("reading pinned link {}", pin.display()))?;
+    Ok(Some(info.ifindex))
+}
+
+/// The bpf(2) system call with `attr` (a prefix of `union bpf_attr`, its
+/// size passed along): its non-negative result, or the error.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for what command `cmd` does with it.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is valid for its size; the caller vouches for its pointers.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw mut query,
-            std::mem::size_of::<InfoByFdAttr>(),
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<T>(),
         )
     };
     if ret < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reading pinned link {}", pin.display()));
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(Some(info.ifindex))
+    Ok(ret)
 }
 
 /// Removes the state directories of other namespaces that are gone, judged
