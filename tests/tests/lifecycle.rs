@@ -90,11 +90,7 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
     let fleet = attached_pair().unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
-    let dir = h1
-        .ns
-        .enter(|| fan_userspace::state::StateDir::locate(None))
-        .unwrap()
-        .unwrap();
+    let dir = state_dir(h1);
     // The bridge's link: everything c1 sends to another host goes through it.
     let pin = dir.path.join(format!("link_{}_encap", h1.bridge));
     assert!(pin.exists(), "no pinned link at {}", pin.display());
@@ -303,11 +299,7 @@ fn an_older_map_layout_is_migrated_in_place() {
     let fleet = attached_pair().unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
-    let dir = h1
-        .ns
-        .enter(|| fan_userspace::state::StateDir::locate(None))
-        .unwrap()
-        .unwrap();
+    let dir = state_dir(h1);
     // What layout 2 left: the same maps less the two, records saying v2.
     for map in [EVENTS_MAP, EVENT_SETTINGS_MAP, STATS_BY_FAN_MAP] {
         std::fs::remove_file(dir.map(map)).unwrap();
@@ -364,4 +356,12 @@ fn an_older_map_layout_is_migrated_in_place() {
     );
     drop(monitor);
     fleet.detach_all().unwrap();
+}
+
+/// Where `host`'s fan-xdp pins its state.
+fn state_dir(host: &Host) -> fan_userspace::state::StateDir {
+    host.ns
+        .enter(|| fan_userspace::state::StateDir::locate(None))
+        .unwrap()
+        .unwrap()
 }

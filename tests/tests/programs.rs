@@ -1091,12 +1091,10 @@ fn encapsulation_never_writes_a_wrapped_length() {
     }
 }
 
-#[test]
-fn a_port_sends_only_from_addresses_bound_to_it() {
+/// A bed where 250.0.1.10 is bound to one port (`eth1-peer`); the other
+/// (`eth0-peer`) is its sibling's. Returns the bed and the two ifindexes.
+fn bed_with_250_0_1_10_bound() -> (Bed, u32, u32) {
     use fan_common::maps::Endpoint;
-    if !privileged() {
-        return;
-    }
     let mut bed = Bed::new();
     let (port, sibling) = (bed.ifindex("eth1-peer"), bed.ifindex("eth0-peer"));
     let endpoint = Endpoint {
@@ -1106,6 +1104,15 @@ fn a_port_sends_only_from_addresses_bound_to_it() {
     };
     let container = fan_common::WireAddr::from_octets([250, 0, 1, 10]);
     bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
+    (bed, port, sibling)
+}
+
+#[test]
+fn a_port_sends_only_from_addresses_bound_to_it() {
+    if !privileged() {
+        return;
+    }
+    let (mut bed, port, sibling) = bed_with_250_0_1_10_bound();
     let (frame, gateway) = (hex(ENCAP_IN), hex(ENCAP_FROM_GATEWAY));
     // 250.0.1.10 is bound to `port`: sent from the sibling's port it is dropped.
     bed.ingress_ifindex = sibling;
@@ -1136,19 +1143,10 @@ fn a_port_sends_only_from_addresses_bound_to_it() {
 
 #[test]
 fn a_port_sends_no_arp_claim_for_an_address_bound_elsewhere() {
-    use fan_common::maps::Endpoint;
     if !privileged() {
         return;
     }
-    let mut bed = Bed::new();
-    let (port, sibling) = (bed.ifindex("eth1-peer"), bed.ifindex("eth0-peer"));
-    let endpoint = Endpoint {
-        ifindex: port,
-        mac: [0x0a, 0, 0, 0, 0, 2],
-        gateway_mac: [0x0a, 0, 0, 0, 0, 1],
-    };
-    let container = fan_common::WireAddr::from_octets([250, 0, 1, 10]);
-    bed.dataplane.insert_endpoint(container, &endpoint).unwrap();
+    let (mut bed, port, sibling) = bed_with_250_0_1_10_bound();
     // From the sibling's port, claims of 250.0.1.10 or of the gateway would
     // teach the host's neighbour table (which the stack path follows).
     bed.ingress_ifindex = sibling;
