@@ -48,6 +48,14 @@ impl Dataplane {
         sync_local_hosts(&mut hosts, &fans)
     }
 
+    /// Sets the bypass value the programs follow (`fan_common::maps::bypass`).
+    pub fn set_bypass(&mut self, value: u32) -> Result<()> {
+        let mut bypass: Array<_, u32> = Array::try_from(self.map_mut(BYPASS_MAP)?)?;
+        bypass
+            .set(0, value, 0)
+            .context("writing the bypass setting")
+    }
+
     /// Sets the agent's heartbeat to `ns` (CLOCK_MONOTONIC), as the agent
     /// does every second: for tests of the programs.
     pub fn set_heartbeat(&mut self, ns: u64) -> Result<()> {

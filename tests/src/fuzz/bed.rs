@@ -195,6 +195,7 @@ impl Bed {
             endpoints,
             underlay: underlay(side, eth0, &ports, devices),
             enforce: vec![],
+            bypass_off: false,
         };
         Ok(Self {
             ns,

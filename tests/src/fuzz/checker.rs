@@ -237,6 +237,36 @@ impl Checker<'_, '_> {
         Ok(())
     }
 
+    /// Every program with the bypass off (a fiftieth of the run's cases
+    /// each): the port program still checks sources and DHCP replies, what
+    /// the programs would forward goes to the stack, nothing is delivered
+    /// straight into a container.
+    pub(super) fn bypass_off(&mut self, settings: &Settings) -> Result<()> {
+        let mut off = self.config.clone();
+        off.bypass_off = true;
+        self.runner.set_bypass_off(true)?;
+        let mut checker = Checker {
+            config: &off,
+            ports: self.ports,
+            runner: self.runner,
+            report: self.report,
+            failures: self.failures,
+        };
+        let generator = Generator::new(&off);
+        let seed = settings.seed ^ BYPASS_OFF_SEED;
+        for program in Program::ALL {
+            for index in 0..settings.cases_per_program.div_ceil(50) {
+                let mut rng = Rng::new(case_seed(seed, program, index));
+                let case = generator.case(&mut rng, program);
+                let checked = checker.check(&case)?;
+                let reproducer = format!("seed={:#x} case={index} (bypass off)", settings.seed);
+                // Not a corpus line: it means something else with the bypass on.
+                checker.note(&reproducer, &case, &checked, false);
+            }
+        }
+        self.runner.set_bypass_off(false)
+    }
+
     /// B decapsulates what A encapsulated for it, with both programs.
     pub(super) fn round_trips(&mut self, round_trips: &[RoundTripCase]) -> Result<()> {
         for (encapsulator, input, encapsulated) in round_trips {
@@ -290,6 +320,8 @@ fn encapsulated_to(observed: &Observed, peer: &model::Config) -> Option<Vec<u8>>
 
 /// Mixed into the run's seed for the forwarding-off phase.
 const FORWARDING_OFF_SEED: u64 = 0x006f_6666;
+/// Mixed into the run's seed for the bypass-off phase.
+const BYPASS_OFF_SEED: u64 = 0x0062_7970;
 
 enum RoundTrip {
     /// B gave back A's input: the Ethernet header as A's program left it,

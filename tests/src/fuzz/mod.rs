@@ -98,6 +98,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         checker.replay_corpus(&corpus)?;
         let round_trips = checker.generated(settings, start, &config_b)?;
         checker.forwarding_off(settings, ns)?;
+        checker.bypass_off(settings)?;
         Ok(round_trips)
     })??;
     let Bed {

@@ -115,6 +115,10 @@ pub struct Config {
     /// Findings for which the model predicts the stated policy rather
     /// than the programs' behaviour.
     pub enforce: Vec<Finding>,
+    /// The bypass is off (the host's netfilter could act): what the
+    /// programs would forward themselves goes to the stack, and nothing is
+    /// delivered straight into a container.
+    pub bypass_off: bool,
 }
 
 impl Config {

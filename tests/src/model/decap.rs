@@ -187,7 +187,8 @@ fn check_claim(config: &Config, outer: &Ipv4View, inner: &Ipv4View) -> Result<()
 fn direct_delivery(config: &Config, frame: &[u8], ctx: RunContext) -> Option<([u8; 6], [u8; 6])> {
     let ip = Ipv4View::parse(frame, ETH_LEN)?;
     let endpoint = config.endpoint(ip.dst())?;
-    if ip.ttl() <= 1 {
+    // With the bypass off the host's netfilter must see the packet.
+    if config.bypass_off || ip.ttl() <= 1 {
         return None;
     }
     let device = config.underlay.device(endpoint.ifindex)?;

@@ -85,6 +85,11 @@ fn encapsulate(
     if fan.is_local(ip.dst()) {
         return Err(NotSent::Pass("pass_local_slice"));
     }
+    if site.forwards() && config.bypass_off {
+        // The stack forwards it (netfilter sees it), then fan-host's
+        // program encapsulates it.
+        return Err(NotSent::Pass("stack_bypass_off"));
+    }
     let remote = fan.map.host_of(ip.dst());
     if fan.map.is_reserved_host(remote) {
         return Err(NotSent::Drop("drop_reserved_host"));

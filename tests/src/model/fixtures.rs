@@ -70,6 +70,7 @@ fn bed() -> Config {
             }],
         },
         enforce: vec![],
+        bypass_off: false,
     }
 }
 

@@ -49,6 +49,16 @@ impl<'a> Runner<'a> {
         })
     }
 
+    /// Turns the bypass off (forced, as `--bypass off` does) or on.
+    pub fn set_bypass_off(&mut self, off: bool) -> Result<()> {
+        use fan_common::maps::bypass;
+        self.dataplane.set_bypass(if off {
+            bypass::FORCED_OFF
+        } else {
+            bypass::FORCED_ON
+        })
+    }
+
     /// One run of `program` on `frame`, and the counters it moved.
     pub fn run(&mut self, program: Program, frame: &[u8], ctx: RunContext) -> Result<Observed> {
         if self
