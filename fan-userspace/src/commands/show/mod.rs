@@ -100,6 +100,22 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
 }
 
 pub async fn run(args: &ShowArgs, global: &Global) -> Result<()> {
+    // An attach or detach in progress (the agent's own, when a fan follows
+    // its underlay) may be creating or removing the pins as they are read:
+    // read again once it is done, for at most two seconds.
+    let run = RunDir::locate(global.run_dir.as_deref())?;
+    for _ in 0..20 {
+        match show(args, global).await {
+            Err(_) if run.try_lock_state().ok().flatten().is_none() => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            shown => return shown,
+        }
+    }
+    show(args, global).await
+}
+
+async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
     let (dir, fans) = attached(global)?;
     let run = RunDir::locate(global.run_dir.as_deref())?;
     let serving = agent::status(&run);
