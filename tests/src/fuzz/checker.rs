@@ -207,32 +207,19 @@ impl Checker<'_, '_> {
             }
         }
         ns.sysctl("net.ipv4.conf.eth0.forwarding", "0")?;
-        let mut checker = Checker {
-            config: &off,
-            ports: self.ports,
-            runner: self.runner,
-            report: self.report,
-            failures: self.failures,
-        };
-        let generator = Generator::new(&off);
-        let seed = settings.seed ^ FORWARDING_OFF_SEED;
-        for program in [
+        let encapsulating = [
             Program::EncapForward,
             Program::EncapPort,
             Program::EncapOutput,
-        ] {
-            for index in 0..settings.cases_per_program.div_ceil(50) {
-                let mut rng = Rng::new(case_seed(seed, program, index));
-                let case = generator.case(&mut rng, program);
-                let checked = checker.check(&case)?;
-                let reproducer = format!(
-                    "seed={:#x} case={index} (forwarding off on eth0)",
-                    settings.seed
-                );
-                // Not a corpus line: it means something else with forwarding on.
-                checker.note(&reproducer, &case, &checked, false);
-            }
-        }
+        ];
+        let seed = settings.seed ^ FORWARDING_OFF_SEED;
+        self.phase(
+            &off,
+            settings,
+            seed,
+            &encapsulating,
+            "forwarding off on eth0",
+        )?;
         ns.sysctl("net.ipv4.conf.eth0.forwarding", "1")?;
         Ok(())
     }
@@ -245,26 +232,40 @@ impl Checker<'_, '_> {
         let mut off = self.config.clone();
         off.bypass_off = true;
         self.runner.set_bypass_off(true)?;
+        let seed = settings.seed ^ BYPASS_OFF_SEED;
+        self.phase(&off, settings, seed, &Program::ALL, "bypass off")?;
+        self.runner.set_bypass_off(false)
+    }
+
+    /// A fiftieth of the run's cases for each of `programs` under `config`
+    /// (the bed set up to match), from `seed`, reproducers marked `label`.
+    /// Not corpus lines: the cases mean something else in the main run.
+    fn phase(
+        &mut self,
+        config: &model::Config,
+        settings: &Settings,
+        seed: u64,
+        programs: &[Program],
+        label: &str,
+    ) -> Result<()> {
         let mut checker = Checker {
-            config: &off,
+            config,
             ports: self.ports,
             runner: self.runner,
             report: self.report,
             failures: self.failures,
         };
-        let generator = Generator::new(&off);
-        let seed = settings.seed ^ BYPASS_OFF_SEED;
-        for program in Program::ALL {
+        let generator = Generator::new(config);
+        for &program in programs {
             for index in 0..settings.cases_per_program.div_ceil(50) {
                 let mut rng = Rng::new(case_seed(seed, program, index));
                 let case = generator.case(&mut rng, program);
                 let checked = checker.check(&case)?;
-                let reproducer = format!("seed={:#x} case={index} (bypass off)", settings.seed);
-                // Not a corpus line: it means something else with the bypass on.
+                let reproducer = format!("seed={:#x} case={index} ({label})", settings.seed);
                 checker.note(&reproducer, &case, &checked, false);
             }
         }
-        self.runner.set_bypass_off(false)
+        Ok(())
     }
 
     /// B decapsulates what A encapsulated for it, with both programs.
