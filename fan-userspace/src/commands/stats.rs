@@ -21,7 +21,7 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     let fan = match args.fan {
         Some(overlay) => {
             let name = overlay.to_string();
-            if maps.stats_by_fan()?.is_none() {
+            if !maps.has_stats_by_fan() {
                 bail!(
                     "the pinned maps have no per-fan counters (written by an older fan-xdp): attach again to migrate them"
                 );
@@ -39,7 +39,12 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         let totals = maps.stats()?;
         let now = Instant::now();
         let evicted = maps.path_mtus_evicted(&totals)?;
-        let by_fan = maps.stats_of_fans()?;
+        // The per-fan counters only where they are shown.
+        let by_fan = if args.prometheus || fan.is_some() {
+            maps.stats_of_fans()?
+        } else {
+            Vec::new()
+        };
         if args.prometheus {
             let fans: Vec<_> = by_fan
                 .into_iter()

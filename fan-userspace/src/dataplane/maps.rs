@@ -283,6 +283,12 @@ impl PinnedMaps {
         sum_stats(&self.stats)
     }
 
+    /// Whether the pinned maps have per-fan counters (not in a state of map
+    /// layout 2, until an attach migrates it).
+    pub fn has_stats_by_fan(&self) -> bool {
+        self.stats_by_fan.is_some()
+    }
+
     /// The counters of each fan that has counted anything, by overlay
     /// network (host byte order); None in a state of map layout 2.
     pub fn stats_by_fan(&self) -> Result<Option<BTreeMap<u32, Stats>>> {
@@ -295,14 +301,10 @@ impl PinnedMaps {
             let Some(reason) = StatReason::from_index(key.reason) else {
                 continue;
             };
-            let total = per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
-                packets: sum.packets + c.packets,
-                bytes: sum.bytes + c.bytes,
-            });
             fans.entry(key.overlay)
                 .or_default()
                 .0
-                .insert(reason.name(), total);
+                .insert(reason.name(), super::stats::summed(&per_cpu));
         }
         Ok(Some(fans))
     }

@@ -9,13 +9,17 @@ pub(super) fn sum_stats<T: std::borrow::Borrow<MapData>>(
     let mut stats = Stats::default();
     for &reason in StatReason::ALL {
         let per_cpu = array.get(&(reason as u32), 0)?;
-        let total = per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
-            packets: sum.packets + c.packets,
-            bytes: sum.bytes + c.bytes,
-        });
-        stats.0.insert(reason.name(), total);
+        stats.0.insert(reason.name(), summed(&per_cpu));
     }
     Ok(stats)
+}
+
+/// One counter's values on every CPU, added up.
+pub(super) fn summed(per_cpu: &aya::maps::PerCpuValues<Counter>) -> Counter {
+    per_cpu.iter().fold(Counter::default(), |sum, c| Counter {
+        packets: sum.packets + c.packets,
+        bytes: sum.bytes + c.bytes,
+    })
 }
 
 /// Counter totals by reason name.
