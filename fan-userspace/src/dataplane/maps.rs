@@ -77,6 +77,37 @@ impl Dataplane {
         }
     }
 
+    /// Every path MTU in the table: (host in host order, entry).
+    pub fn path_mtus(&self) -> Result<Vec<(u32, PathMtu)>> {
+        let map = self
+            .ebpf
+            .map(PATH_MTU_MAP)
+            .ok_or_else(|| anyhow!("no map {PATH_MTU_MAP}"))?;
+        let mtus: BpfHashMap<_, WireAddr, PathMtu> = BpfHashMap::try_from(map)?;
+        mtus.iter()
+            .map(|entry| {
+                let (host, mtu) = entry.context("reading the path MTUs")?;
+                Ok((host.to_host(), mtu))
+            })
+            .collect()
+    }
+
+    /// Writes the path MTU towards `host` (host order), as the programs
+    /// learn one: for tests of the programs.
+    pub fn set_path_mtu(&mut self, host: u32, entry: PathMtu) -> Result<()> {
+        let mut mtus: BpfHashMap<_, WireAddr, PathMtu> =
+            BpfHashMap::try_from(self.map_mut(PATH_MTU_MAP)?)?;
+        mtus.insert(WireAddr::from_host(host), entry, 0)
+            .context("writing a path MTU")
+    }
+
+    pub fn remove_path_mtu(&mut self, host: u32) -> Result<()> {
+        let mut mtus: BpfHashMap<_, WireAddr, PathMtu> =
+            BpfHashMap::try_from(self.map_mut(PATH_MTU_MAP)?)?;
+        mtus.remove(&WireAddr::from_host(host))
+            .context("removing a path MTU")
+    }
+
     /// The counters summed over all CPUs.
     pub fn stats(&self) -> Result<Stats> {
         let map = self

@@ -16,7 +16,7 @@ use fan_userspace::dataplane::Dataplane;
 use crate::{
     model::{
         Config,
-        config::{Device, Endpoint, Fan, Neighbour, Route, RouteKind, Underlay},
+        config::{Device, Endpoint, Fan, Neighbour, PathMtu, Route, RouteKind, Underlay},
     },
     netns::Netns,
     topology,
@@ -102,6 +102,15 @@ const ENDPOINTS: [([u8; 4], Option<&str>, u8); 7] = [
     ([172, 16, 1, 10], Some("eth0-peer"), 0x08),
 ];
 const GATEWAY_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x01];
+
+/// Path MTUs host A has learned: (remote host, MTU, unexpired). The hosts
+/// are nobody else in the bed (their neighbours unresolved); 576 lies near
+/// the kernel's floor of 552, and the expired entry must be ignored.
+const PATH_MTUS: [([u8; 4], u32, bool); 3] = [
+    ([198, 18, 0, 10], 1400, true),
+    ([198, 19, 0, 11], 576, true),
+    ([198, 18, 0, 12], 1000, false),
+];
 
 /// A loaded data plane in its own namespace, configured as `side`.
 pub struct Bed {
@@ -196,6 +205,19 @@ impl Bed {
             underlay: underlay(side, eth0, &ports, devices),
             enforce: vec![],
             bypass_off: false,
+            // Written by the runner, which keeps them as fresh (or as
+            // expired) as they are meant to be.
+            path_mtus: match side {
+                Side::A => PATH_MTUS
+                    .iter()
+                    .map(|&(host, mtu, fresh)| PathMtu {
+                        host: addr(host),
+                        mtu,
+                        fresh,
+                    })
+                    .collect(),
+                Side::B => vec![],
+            },
         };
         Ok(Self {
             ns,

@@ -9,10 +9,12 @@ use crate::model::{
 
 /// Counters that count a packet a second time, as a subset of another
 /// outcome: documented double counts, not outcomes of their own.
-const SUBSET_COUNTERS: [&str; 3] = [
+const SUBSET_COUNTERS: [&str; 4] = [
     "encapsulated_gso",
     "encapsulated_neigh_pending",
     "decapsulated_direct",
+    // A first path MTU for a host, beside `pmtu_learned`.
+    "pmtu_host_added",
 ];
 
 pub fn is_subset_counter(name: &str) -> bool {
@@ -37,8 +39,15 @@ pub fn compare(predicted: &Option<Prediction>, observed: &Observed) -> Vec<Strin
                 verdict,
                 frame,
                 counters,
+                learned,
             },
         ) => {
+            let expected: Vec<(u32, u32)> = p.learned.into_iter().collect();
+            if expected != *learned {
+                differences.push(format!(
+                    "path MTUs written (host, MTU): model {expected:08x?}, program {learned:08x?}"
+                ));
+            }
             if p.verdict != *verdict {
                 differences.push(format!(
                     "verdict: model {:#x}, program {verdict:#x}",
@@ -86,6 +95,8 @@ pub fn observed_fate(counters: &[(&'static str, u64, u64)]) -> Fate {
     let moved = |name: &str| counters.iter().any(|c| c.0 == name);
     if moved("encapsulated") {
         Fate::Encapsulated
+    } else if moved("pmtu_answered") {
+        Fate::Answered
     } else if moved("decapsulated_direct") {
         Fate::DeliveredDirect
     } else if moved("decapsulated") {
@@ -149,6 +160,38 @@ pub fn properties(
         Fate::Decapsulated | Fate::DeliveredDirect => {
             violations.extend(decapsulated_properties(config, input, frame));
         }
+        Fate::Answered => violations.extend(answer_properties(config, input, frame)),
+    }
+    violations
+}
+
+/// An answer is a well-formed ICMP error from a slice gateway to the
+/// packet's sender, quoting the packet's start.
+fn answer_properties(config: &Config, input: &[u8], output: &[u8]) -> Vec<String> {
+    let mut violations = Vec::new();
+    let (Some(asked), Some(answer)) = (
+        Ipv4View::parse(input, ETH_LEN),
+        Ipv4View::parse(output, ETH_LEN),
+    ) else {
+        return vec!["an answer without its IPv4 headers".into()];
+    };
+    if !answer.checksum_ok() {
+        violations.push("the answer's IPv4 checksum is wrong".into());
+    }
+    let icmp = &output[ETH_LEN + answer.header_len()..];
+    if crate::model::wire::ones_complement_sum(icmp) != 0xffff {
+        violations.push("the answer's ICMP checksum is wrong".into());
+    }
+    if answer.dst() != asked.src() || !config.fans.iter().any(|f| f.gateway() == answer.src()) {
+        violations.push(format!(
+            "answer {:#010x} -> {:#010x} is not from a gateway to the sender",
+            answer.src(),
+            answer.dst()
+        ));
+    }
+    let quoted = ETH_LEN..(ETH_LEN + asked.header_len()).min(input.len());
+    if icmp.get(8..8 + quoted.len()) != input.get(quoted) {
+        violations.push("the answer does not quote the packet's header".into());
     }
     violations
 }

@@ -30,9 +30,21 @@ const PORTS: [&str; 5] = ["eth0-peer", "eth1-peer", "0", "eth0", "missing"];
 
 /// Inner lengths at the MTU rules' edges (overlay MTUs 1480 and 1400, the
 /// locked route MTU 1400 less the outer header, a narrow container port 1300).
-const EDGE_LENGTHS: [usize; 16] = [
-    576, 1279, 1280, 1300, 1301, 1379, 1380, 1381, 1399, 1400, 1401, 1479, 1480, 1481, 1500, 2900,
+/// The learned path MTUs of 576 and 1000 (less the outer header) too.
+const EDGE_LENGTHS: [usize; 20] = [
+    556, 557, 576, 980, 981, 1279, 1280, 1300, 1301, 1379, 1380, 1381, 1399, 1400, 1401, 1479,
+    1480, 1481, 1500, 2900,
 ];
+
+/// MTUs a "fragmentation needed" reports: around the smallest link (68),
+/// the kernel's floor (552) and the bed's learned path MTUs (576, 1000,
+/// 1400), and the largest.
+const REPORTED_MTUS: [u16; 16] = [
+    0, 67, 68, 100, 551, 552, 553, 576, 577, 999, 1000, 1001, 1399, 1400, 1401, 65535,
+];
+
+/// Total lengths of the outer packets a "fragmentation needed" quotes.
+const QUOTED_LENGTHS: [u16; 8] = [68, 553, 577, 1001, 1400, 1401, 1500, 9000];
 
 /// Frame lengths around the test run's buffer limits.
 const JUMBO_LENGTHS: [usize; 9] = [3519, 3520, 3521, 3711, 3712, 3713, 3900, 4096, 4200];
@@ -155,6 +167,11 @@ impl<'a> Generator<'a> {
 
     /// What a container sends its gateway: an IPv4 packet for the overlay.
     fn container_frame(&self, rng: &mut Rng) -> Vec<u8> {
+        if rng.chance(1, 10)
+            && let Some(frame) = self.towards_learned_path(rng)
+        {
+            return frame;
+        }
         let (src, dst) = if rng.chance(1, 2) {
             self.plausible_sender_pair(rng)
         } else {
@@ -164,8 +181,12 @@ impl<'a> Generator<'a> {
         with_ethernet(rng, &packet)
     }
 
-    /// What arrives on the underlay: mostly IP-in-IP, often genuine.
+    /// What arrives on the underlay: mostly IP-in-IP, often genuine, and
+    /// now and then a router's "fragmentation needed".
     fn underlay_frame(&self, rng: &mut Rng) -> Vec<u8> {
+        if rng.chance(1, 8) {
+            return self.frag_needed(rng);
+        }
         let (outer_src, outer_dst, inner_src, inner_dst) = if rng.chance(1, 2) {
             self.plausible_claim(rng)
         } else {
@@ -187,6 +208,113 @@ impl<'a> Generator<'a> {
         let outer = ip_header(rng, fields, &inner);
         let mut packet = outer;
         packet.extend_from_slice(&inner);
+        with_ethernet(rng, &packet)
+    }
+
+    /// A host of `fan`'s underlay with a learned path MTU, if it has one.
+    fn learned_host(&self, rng: &mut Rng, fan: &Fan) -> Option<(u32, u32)> {
+        let hosts: Vec<(u32, u32)> = self
+            .config
+            .path_mtus
+            .iter()
+            .filter(|p| fan.map.underlay_contains(p.host))
+            .map(|p| (p.host, p.mtu))
+            .collect();
+        (!hosts.is_empty()).then(|| *rng.pick(&hosts))
+    }
+
+    /// A container's packet towards a host with a learned path MTU, from
+    /// this host's slice, its length at the edge of that MTU, mostly with
+    /// DF; now and then an ICMP error, which no answer may answer.
+    fn towards_learned_path(&self, rng: &mut Rng) -> Option<Vec<u8>> {
+        let fan = *rng.pick(&self.config.fans);
+        let (host, mtu) = self.learned_host(rng, &fan)?;
+        let src = self.slice_addr(rng, &fan, fan.local_host);
+        let dst = self.slice_addr(rng, &fan, host);
+        let protocol = *rng.pick(&[PROTO_ICMP, PROTO_UDP, PROTO_TCP]);
+        let mut payload = transport_header(rng, protocol);
+        if protocol == PROTO_ICMP && rng.chance(1, 3) {
+            payload[0] = *rng.pick(&[3, 4, 5, 11, 12, 0]);
+        }
+        // The inner length that just fits the path, and its neighbours.
+        let fits = mtu as usize - 20;
+        let total = *rng.pick(&[fits - 1, fits, fits + 1, fits + 100]);
+        let start = payload.len();
+        payload.resize(total - 20, 0);
+        rng.fill(&mut payload[start..(start + 16).min(total - 20)]);
+        let mut fields = self.header_fields(rng, protocol, src, dst);
+        if rng.chance(2, 3) {
+            fields.flags_offset = 0x4000;
+        }
+        let mut packet = ip_header(rng, fields, &payload);
+        packet.extend_from_slice(&payload);
+        Some(with_ethernet(rng, &packet))
+    }
+
+    /// A router's ICMP "fragmentation needed" to one of this host's
+    /// addresses, mostly about one of its outer packets: the quoted outer
+    /// header from that address to another host of the fan, then the first
+    /// bytes of the inner packet (its header from this host's slice to the
+    /// other host's, often), the MTU reported around the rules' edges.
+    fn frag_needed(&self, rng: &mut Rng) -> Vec<u8> {
+        let fan = *rng.pick(&self.config.fans);
+        let remote = match self.learned_host(rng, &fan) {
+            Some((host, _)) if rng.chance(1, 3) => host,
+            _ => self.host_in(rng, &fan),
+        };
+        let local = if rng.chance(7, 8) {
+            fan.local_host
+        } else {
+            self.underlay_addr(rng)
+        };
+        let (inner_src, inner_dst) = if rng.chance(3, 4) {
+            (
+                self.slice_addr(rng, &fan, fan.local_host),
+                self.slice_addr(rng, &fan, remote),
+            )
+        } else {
+            (self.inner_addr(rng), self.inner_addr(rng))
+        };
+        let inner = self.ip_packet(rng, inner_src, inner_dst, 0);
+        let protocol = if rng.chance(9, 10) {
+            PROTO_IPIP
+        } else {
+            rng.u8()
+        };
+        let quoted_src = if rng.chance(9, 10) {
+            local
+        } else {
+            self.underlay_addr(rng)
+        };
+        let fields = self.header_fields(rng, protocol, quoted_src, remote);
+        let mut quoted = ip_header(rng, fields, &inner);
+        let quoted_len = *rng.pick(&QUOTED_LENGTHS);
+        if rng.chance(3, 4) {
+            quoted[2..4].copy_from_slice(&quoted_len.to_be_bytes());
+        }
+        // RFC 792's 8 bytes after the header, the inner header, or more.
+        let cut = *rng.pick(&[0, 8, 19, 20, 28, 64]);
+        quoted.extend_from_slice(&inner[..cut.min(inner.len())]);
+        let (any, edge) = (rng.u16(), *rng.pick(&REPORTED_MTUS));
+        let reported = *rng.pick(&[edge, quoted_len - 1, quoted_len, any]);
+        let (icmp_type, code) = match rng.below(12) {
+            0 => (3, rng.u8()),
+            1 => (rng.u8(), 4),
+            _ => (3, 4),
+        };
+        let mut icmp = vec![icmp_type, code, 0, 0, 0, 0];
+        icmp.extend_from_slice(&reported.to_be_bytes());
+        icmp.extend_from_slice(&quoted);
+        let check = !crate::model::wire::ones_complement_sum(&icmp);
+        icmp[2..4].copy_from_slice(&check.to_be_bytes());
+        let router = if rng.chance(1, 2) {
+            self.host_in(rng, &fan)
+        } else {
+            self.underlay_addr(rng)
+        };
+        let fields = self.header_fields(rng, PROTO_ICMP, router, local);
+        let mut packet = ip_header(rng, fields, &icmp);
+        packet.extend_from_slice(&icmp);
         with_ethernet(rng, &packet)
     }
 
@@ -280,13 +408,14 @@ impl<'a> Generator<'a> {
 
     /// A host of the fan's underlay: this one, the peer, the bed's special
     /// hosts (unresolved, blackhole, unreachable, prohibited, other device,
-    /// narrow route), the reserved host parts, or any.
+    /// narrow route, learned path MTUs), the reserved host parts, or any.
     fn host_in(&self, rng: &mut Rng, fan: &Fan) -> u32 {
         let host_bits_max = !fan_common::fan::prefix_mask(fan.map.underlay_len);
         let bits = match rng.below(16) {
             0..=3 => 2,
             4 => 1,
-            5..=10 => rng.range(3, 9) as u32,
+            // The special hosts, and those with learned path MTUs.
+            5..=10 => rng.range(3, 12) as u32,
             11 => 0,
             12 => host_bits_max,
             13 => host_bits_max - 1,

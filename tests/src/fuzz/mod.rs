@@ -87,7 +87,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         ..
     } = &mut a;
     let round_trips = ns.enter(|| -> Result<Vec<RoundTripCase>> {
-        let mut runner = Runner::new(dataplane)?;
+        let mut runner = Runner::new(dataplane, &config.path_mtus)?;
         let mut checker = Checker {
             config,
             ports: &resolve,
@@ -108,7 +108,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         ..
     } = &mut b;
     ns.enter(|| -> Result<()> {
-        let mut runner = Runner::new(dataplane)?;
+        let mut runner = Runner::new(dataplane, &config.path_mtus)?;
         Checker {
             config,
             ports: &|_: &str| 0,

@@ -87,6 +87,17 @@ impl Underlay {
     }
 }
 
+/// A path MTU the programs have learned towards a remote underlay host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathMtu {
+    pub host: u32,
+    /// The largest outer packet the path carries.
+    pub mtu: u32,
+    /// Not yet expired (learned within the kernel's 10 minutes): an
+    /// expired entry is as good as none, but still there.
+    pub fresh: bool,
+}
+
 /// A place where the programs disagree with the stated policy (docs/security.md).
 /// By default the model predicts what the programs do there (so the
 /// fuzzer can look for other differences) and reports each case that hits
@@ -119,6 +130,8 @@ pub struct Config {
     /// programs would forward themselves goes to the stack, and nothing is
     /// delivered straight into a container.
     pub bypass_off: bool,
+    /// The path MTU table as a case finds it (each case starts from it).
+    pub path_mtus: Vec<PathMtu>,
 }
 
 impl Config {
@@ -134,6 +147,27 @@ impl Config {
     /// Whether `addr` is this host's underlay address in some fan.
     pub fn is_local_host(&self, addr: u32) -> bool {
         self.fans.iter().any(|fan| fan.local_host == addr)
+    }
+
+    /// The table's entry for `host`, expired or not.
+    pub fn path_mtu_entry(&self, host: u32) -> Option<&PathMtu> {
+        self.path_mtus.iter().find(|p| p.host == host)
+    }
+
+    /// The unexpired path MTU towards `host`, if one was learned.
+    pub fn path_mtu(&self, host: u32) -> Option<u32> {
+        self.path_mtu_entry(host).filter(|p| p.fresh).map(|p| p.mtu)
+    }
+
+    /// Whether `remote` is another member of an underlay that `local`,
+    /// one of this host's addresses, sends on: inside it, and neither its
+    /// network nor its broadcast address.
+    pub fn is_underlay_peer(&self, local: u32, remote: u32) -> bool {
+        self.fans.iter().any(|fan| {
+            fan.local_host == local
+                && fan.map.underlay_contains(remote)
+                && !fan.map.is_reserved_host(remote)
+        })
     }
 
     pub fn endpoint(&self, addr: u32) -> Option<&Endpoint> {

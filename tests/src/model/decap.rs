@@ -5,6 +5,7 @@ use super::{
     Fate, Prediction, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP,
     XDP_LINEAR_MAX, XDP_PASS,
     config::Config,
+    pmtu::{self, Learning, PROTO_ICMP},
     untouched,
     wire::{ETH_LEN, ETHERTYPE_IPV4, Ipv4View, PROTO_IPIP, decrement_ttl, ethertype, set_ecn},
 };
@@ -22,6 +23,25 @@ enum Verdict {
     },
     Pass(&'static str),
     Drop(&'static str),
+    /// An ICMP "fragmentation needed" for the stack, judged (and perhaps
+    /// learned from) on its way.
+    Judged(Learning),
+}
+
+/// A judged "fragmentation needed" of `len` bytes (as the program counts
+/// it), passed on with `verdict`: its counters and the entry it writes.
+fn judged(learning: &Learning, frame: &[u8], len: u64, verdict: u32) -> Prediction {
+    let mut counters = vec![(learning.counter, len)];
+    if let Some((_, _, true)) = learning.learned {
+        counters.push(("pmtu_host_added", 0));
+    }
+    Prediction {
+        verdict,
+        frame: frame.to_vec(),
+        counters,
+        fate: Fate::Passed,
+        learned: learning.learned.map(|(host, mtu, _)| (host, mtu)),
+    }
 }
 
 pub fn run_tc(config: &Config, frame: &[u8], ctx: RunContext) -> Prediction {
@@ -29,6 +49,7 @@ pub fn run_tc(config: &Config, frame: &[u8], ctx: RunContext) -> Prediction {
     match receive(config, frame) {
         Verdict::Pass(counter) => untouched(frame, TC_ACT_UNSPEC, Some(counter), Fate::Passed),
         Verdict::Drop(counter) => untouched(frame, TC_ACT_SHOT, Some(counter), Fate::Dropped),
+        Verdict::Judged(learning) => judged(&learning, frame, len, TC_ACT_UNSPEC),
         // The kernel shrinks a GSO skb only if it is TCP (or UDP with a
         // fixed segment size), and a test run's GSO skb has no GSO type:
         // removing the header fails, after the inner ECN was updated.
@@ -37,6 +58,7 @@ pub fn run_tc(config: &Config, frame: &[u8], ctx: RunContext) -> Prediction {
             frame,
             counters: vec![("drop_decap_failed", len)],
             fate: Fate::Dropped,
+            learned: None,
         },
         Verdict::Deliver { frame, outer_len } => {
             match direct_delivery(config, &strip(&frame, outer_len), ctx) {
@@ -50,6 +72,7 @@ pub fn run_tc(config: &Config, frame: &[u8], ctx: RunContext) -> Prediction {
                         frame: inner,
                         counters: vec![("decapsulated", len), ("decapsulated_direct", len)],
                         fate: Fate::DeliveredDirect,
+                        learned: None,
                     }
                 }
                 None => Prediction {
@@ -57,6 +80,7 @@ pub fn run_tc(config: &Config, frame: &[u8], ctx: RunContext) -> Prediction {
                     frame: strip(&frame, outer_len),
                     counters: vec![("decapsulated", len)],
                     fate: Fate::Decapsulated,
+                    learned: None,
                 },
             }
         }
@@ -75,13 +99,16 @@ pub fn run_xdp(config: &Config, frame: &[u8]) -> Prediction {
             frame: frame.to_vec(),
             counters: counted(counter),
             fate: Fate::Passed,
+            learned: None,
         },
         Verdict::Drop(counter) => Prediction {
             verdict: XDP_DROP,
             frame: frame.to_vec(),
             counters: counted(counter),
             fate: Fate::Dropped,
+            learned: None,
         },
+        Verdict::Judged(learning) => judged(&learning, frame, len, XDP_PASS),
         Verdict::Deliver {
             frame: updated,
             outer_len,
@@ -93,6 +120,7 @@ pub fn run_xdp(config: &Config, frame: &[u8]) -> Prediction {
                 frame: inner,
                 counters: counted("decapsulated"),
                 fate: Fate::Decapsulated,
+                learned: None,
             }
         }
     }
@@ -107,6 +135,15 @@ fn receive(config: &Config, frame: &[u8]) -> Verdict {
         return Verdict::Pass("pass_malformed_ipv4");
     };
     if outer.protocol() != PROTO_IPIP {
+        // Routers' "fragmentation needed" about our outer packets, to one
+        // of this host's addresses: learned from here only.
+        if outer.protocol() == PROTO_ICMP
+            && !outer.is_fragment()
+            && config.is_local_host(outer.dst())
+            && let Some(learning) = pmtu::learn(config, frame, &outer)
+        {
+            return Verdict::Judged(learning);
+        }
         return Verdict::Pass("pass_not_ipip");
     }
     if outer.is_fragment() {

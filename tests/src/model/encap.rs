@@ -3,6 +3,7 @@
 use super::{
     Fate, Prediction, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
     config::{Config, Fan},
+    pmtu,
     route::Lookup,
     untouched,
     wire::{
@@ -114,6 +115,31 @@ fn encapsulate(
     if largest > fan.overlay_mtu {
         return Err(too_big);
     }
+    if let Some(path) = config.path_mtu(remote) {
+        let too_big_for_path = largest + IPV4_MIN_LEN as u32 > path;
+        if !site.forwards() {
+            // The host's own packet: the route fan-xdp run keeps carries
+            // the path MTU, so one this big predates it.
+            if too_big_for_path {
+                return Err(NotSent::Drop("drop_too_big_for_path"));
+            }
+        } else if ip.is_fragment() {
+            // A datagram's fragments all take the stack's path.
+            return Err(NotSent::Pass("stack_fragment_for_path"));
+        } else if too_big_for_path {
+            return match pmtu::answer(fan, frame, &ip, path) {
+                Ok(answer) => Ok(Prediction {
+                    verdict: TC_ACT_REDIRECT,
+                    counters: vec![("pmtu_answered", answer.len() as u64)],
+                    frame: answer,
+                    fate: Fate::Answered,
+                    learned: None,
+                }),
+                Err(Ok(passed)) => Err(NotSent::Pass(passed)),
+                Err(Err(dropped)) => Err(NotSent::Drop(dropped)),
+            };
+        }
+    }
     let outer_len = largest + IPV4_MIN_LEN as u32;
     let lookup = config
         .underlay
@@ -156,6 +182,7 @@ fn encapsulate(
             frame: left,
             counters: vec![("drop_encap_failed", len)],
             fate: Fate::Dropped,
+            learned: None,
         });
     }
     let mut out = frame[..ETH_LEN].to_vec();
@@ -176,6 +203,7 @@ fn encapsulate(
         frame: out,
         counters,
         fate: Fate::Encapsulated,
+        learned: None,
     })
 }
 

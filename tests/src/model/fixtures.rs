@@ -71,6 +71,7 @@ fn bed() -> Config {
         },
         enforce: vec![],
         bypass_off: false,
+        path_mtus: vec![],
     }
 }
 

@@ -13,6 +13,7 @@ mod decap;
 mod encap;
 #[cfg(test)]
 mod fixtures;
+mod pmtu;
 pub mod route;
 pub mod wire;
 
@@ -93,6 +94,9 @@ pub enum Fate {
     Decapsulated,
     /// Outer header removed, redirected into a container.
     DeliveredDirect,
+    /// Turned into ICMP "fragmentation needed" from the slice gateway and
+    /// sent back to the container (too big for the learned path MTU).
+    Answered,
 }
 
 /// The model's prediction for one run.
@@ -103,6 +107,8 @@ pub struct Prediction {
     /// Every counter that moves, by name, with the bytes it adds (one packet each).
     pub counters: Vec<(&'static str, u64)>,
     pub fate: Fate,
+    /// The path MTU the run writes into the table: (host, MTU).
+    pub learned: Option<(u32, u32)>,
 }
 
 /// The largest frame the kernel takes for an skb test run: a page less the
@@ -177,5 +183,6 @@ fn untouched(frame: &[u8], verdict: u32, counter: Option<&'static str>, fate: Fa
             .map(|name| vec![(name, frame.len() as u64)])
             .unwrap_or_default(),
         fate,
+        learned: None,
     }
 }

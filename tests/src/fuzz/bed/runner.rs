@@ -4,10 +4,10 @@
 
 use anyhow::{Context as _, Result};
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
-use fan_common::StatReason;
+use fan_common::{StatReason, maps::PathMtu as MapPathMtu, pmtu::PMTU_EXPIRES_NS};
 use fan_userspace::dataplane::{Dataplane, Stats};
 
-use crate::model::{Program, RunContext};
+use crate::model::{Program, RunContext, config::PathMtu};
 
 /// What one test run did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub enum Observed {
         frame: Vec<u8>,
         /// Every counter that moved: (name, packets, bytes).
         counters: Vec<(&'static str, u64, u64)>,
+        /// The path MTUs the run wrote: (host, MTU).
+        learned: Vec<(u32, u32)>,
     },
 }
 
@@ -36,17 +38,66 @@ pub struct Runner<'a> {
     /// When the agent's heartbeat was last written: the runner beats as the
     /// agent does (every second), or direct delivery would not be followed.
     beaten: Option<std::time::Instant>,
+    /// The path MTU table each case starts from, as last written.
+    path_mtus: Vec<(u32, MapPathMtu)>,
+    wanted_path_mtus: Vec<PathMtu>,
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(dataplane: &'a mut Dataplane) -> Result<Self> {
+    /// A runner whose cases start from the path MTU table `path_mtus`.
+    pub fn new(dataplane: &'a mut Dataplane, path_mtus: &[PathMtu]) -> Result<Self> {
         let stats = dataplane.stats()?;
         Ok(Self {
             dataplane,
             stats,
             out: vec![0; 8192],
             beaten: None,
+            path_mtus: Vec::new(),
+            wanted_path_mtus: path_mtus.to_vec(),
         })
+    }
+
+    /// Writes the path MTU table the cases start from: fresh entries as
+    /// learned now, expired ones as learned just past the expiry.
+    fn write_path_mtus(&mut self, now: u64) -> Result<()> {
+        for (host, _) in self.dataplane.path_mtus()? {
+            self.dataplane.remove_path_mtu(host)?;
+        }
+        self.path_mtus.clear();
+        for wanted in &self.wanted_path_mtus {
+            let learned_ns = match wanted.fresh {
+                true => now,
+                // Wrapping, as the programs' age check does.
+                false => now.wrapping_sub(PMTU_EXPIRES_NS + 1_000_000_000),
+            };
+            let entry = MapPathMtu {
+                mtu: wanted.mtu,
+                _pad: 0,
+                learned_ns,
+            };
+            self.dataplane.set_path_mtu(wanted.host, entry)?;
+            self.path_mtus.push((wanted.host, entry));
+        }
+        Ok(())
+    }
+
+    /// The entries a run wrote into the path MTU table; puts the table back
+    /// as it was if it wrote any.
+    fn path_mtus_written(&mut self) -> Result<Vec<(u32, u32)>> {
+        let mut now: Vec<(u32, MapPathMtu)> = self.dataplane.path_mtus()?;
+        now.sort_by_key(|e| e.0);
+        let mut before = self.path_mtus.clone();
+        before.sort_by_key(|e| e.0);
+        if now == before {
+            return Ok(Vec::new());
+        }
+        let written = now
+            .iter()
+            .filter(|entry| !before.contains(entry))
+            .map(|(host, entry)| (*host, entry.mtu))
+            .collect();
+        self.write_path_mtus(fan_userspace::dataplane::monotonic_ns())?;
+        Ok(written)
     }
 
     /// Turns the bypass off (forced, as `--bypass off` does) or on.
@@ -65,8 +116,9 @@ impl<'a> Runner<'a> {
             .beaten
             .is_none_or(|at| at.elapsed() > std::time::Duration::from_secs(1))
         {
-            self.dataplane
-                .set_heartbeat(fan_userspace::dataplane::monotonic_ns())?;
+            let now = fan_userspace::dataplane::monotonic_ns();
+            self.dataplane.set_heartbeat(now)?;
+            self.write_path_mtus(now)?;
             self.beaten = Some(std::time::Instant::now());
         }
         let mut skb = [0u8; SKB_CTX_LEN];
@@ -102,10 +154,20 @@ impl<'a> Runner<'a> {
             .filter(|(_, c)| c.packets != 0 || c.bytes != 0)
             .map(|(name, c)| (name, c.packets, c.bytes))
             .collect();
+        // Only an ICMP message at a decapsulating program may teach a path
+        // MTU; reading the table after those alone keeps runs fast, and a
+        // stray write elsewhere still shows at the next.
+        let icmp = frame.len() > 23 && frame[12..14] == [0x08, 0x00] && frame[23] == 1;
+        let learned = if icmp && !program.is_encap() {
+            self.path_mtus_written()?
+        } else {
+            Vec::new()
+        };
         Ok(Observed::Ran {
             verdict: result.return_value,
             frame: self.out[..result.data_size_out as usize].to_vec(),
             counters,
+            learned,
         })
     }
 }
