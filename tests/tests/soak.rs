@@ -20,7 +20,7 @@ use fan_tests::{
     privileged,
     snapshot::assert_lifecycle_unchanged,
     topology::{Container, Host},
-    traffic::{mac_of, send_frames, tcp_transfer_via},
+    traffic::{listen_in, mac_of, send_frames, tcp_transfer_over},
 };
 
 /// Bytes of each TCP flow; a flow is one connection, content checked.
@@ -184,16 +184,13 @@ fn soak_with_flows_and_containers_coming_and_going() {
         for (k, (client, server)) in pairs.iter().enumerate() {
             let (flows, bytes) = (&flows, &bytes);
             workers.push(scope.spawn(move || {
-                for n in 0.. {
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    // A port of its own for each pair, and a new one for each
-                    // flow in turn: the last flow's server end may still be
-                    // closing on the last port.
-                    let port = 10_000 + 16 * k as u16 + n % 16;
-                    let at = (server.addr, port).into();
-                    let n = tcp_transfer_via(&server.ns, at, &client.ns, at, FLOW_BYTES)
+                // A port of its own for each pair, bound once: its flows
+                // follow one another on one listener.
+                let port = 10_000 + k as u16;
+                let at = (server.addr, port).into();
+                let listener = listen_in(&server.ns, at).unwrap();
+                while Instant::now() < deadline {
+                    let n = tcp_transfer_over(&listener, &client.ns, at, FLOW_BYTES)
                         .unwrap_or_else(|e| {
                             panic!("flow {} -> {}:{port}: {e:#}", client.addr, server.addr)
                         });

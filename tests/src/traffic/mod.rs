@@ -68,10 +68,27 @@ pub fn tcp_transfer_via(
     target: SocketAddr,
     bytes: u64,
 ) -> Result<u64> {
-    let listener = server
-        .enter(|| TcpListener::bind(listen))?
-        .with_context(|| format!("listening on {listen}"))?;
+    let listener = listen_in(server, listen)?;
+    tcp_transfer_over(&listener, client, target, bytes)
+}
+
+/// A listener at `addr` in `ns`, for [`tcp_transfer_over`].
+pub fn listen_in(ns: &Netns, addr: SocketAddr) -> Result<TcpListener> {
+    let listener = ns
+        .enter(|| TcpListener::bind(addr))?
+        .with_context(|| format!("listening on {addr}"))?;
     listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// [`tcp_transfer_via`] to a listener of [`listen_in`], which takes one
+/// connection after another: a run of transfers binds its port once.
+pub fn tcp_transfer_over(
+    listener: &TcpListener,
+    client: &Netns,
+    target: SocketAddr,
+    bytes: u64,
+) -> Result<u64> {
     let deadline = Instant::now() + TIME_LIMIT;
     let client_failed = AtomicBool::new(false);
 
