@@ -24,13 +24,13 @@ pub enum Path {
     KernelIpip,
     FanXdp,
     FanTc,
+    /// `fan-xdp attach` with nothing else, as a user runs it: the agent it
+    /// starts keeps the fast path. Beside `FanTc`, which it must equal.
+    FanAttachOnly,
     /// As `FanTc`, with `fan-xdp run --steer-flows`.
     FanTcSteered,
     /// fan-xdp in TC mode without `fan-xdp run`: every packet takes the stack.
     FanTcStack,
-    /// `fan-xdp attach` with nothing else, as a user runs it: the agent it
-    /// starts keeps the fast path.
-    FanAttachOnly,
 }
 
 impl Path {
@@ -43,6 +43,34 @@ impl Path {
                 | Path::FanTcStack
                 | Path::FanAttachOnly
         )
+    }
+
+    /// Every path, in the bench's order.
+    pub const ALL: [Path; 9] = [
+        Path::Routing,
+        Path::RoutingSteered,
+        Path::Vxlan,
+        Path::KernelIpip,
+        Path::FanXdp,
+        Path::FanTc,
+        Path::FanAttachOnly,
+        Path::FanTcSteered,
+        Path::FanTcStack,
+    ];
+
+    /// The path's name on the bench's command line (`--paths`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Path::Routing => "routing",
+            Path::RoutingSteered => "routing-steered",
+            Path::Vxlan => "vxlan",
+            Path::KernelIpip => "kernel-ipip",
+            Path::FanXdp => "fan-xdp",
+            Path::FanTc => "fan-tc",
+            Path::FanTcSteered => "fan-tc-steered",
+            Path::FanTcStack => "fan-tc-stack",
+            Path::FanAttachOnly => "fan-attach-only",
+        }
     }
 
     /// Whether the path learns endpoints through `fan-xdp run`.

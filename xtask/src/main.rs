@@ -92,6 +92,13 @@ enum Task {
         /// (and 25 each, for the agent's CPU per container).
         #[arg(long)]
         containers: bool,
+        /// Only these paths (and plain routing), only their table: a
+        /// focused comparison, e.g. `fan-tc,fan-attach-only`.
+        #[arg(long, conflicts_with = "containers")]
+        paths: Option<String>,
+        /// Runs per path (5 by default).
+        #[arg(long)]
+        runs: Option<usize>,
     },
 }
 
@@ -120,15 +127,31 @@ fn main() -> Result<()> {
             setup::run()?;
             soak(minutes, containers, cycles)
         }
-        Task::Bench { quick, containers } => {
+        Task::Bench {
+            quick,
+            containers,
+            paths,
+            runs,
+        } => {
             setup::run()?;
             if containers {
                 return containers_bench();
             }
-            bench(quick)?;
+            let mut args: Vec<String> = Vec::new();
+            if quick {
+                args.push("--quick".into());
+            }
+            if let Some(runs) = runs {
+                args.extend(["--runs".into(), runs.to_string()]);
+            }
+            let focused = paths.is_some();
+            if let Some(paths) = paths {
+                args.extend(["--paths".into(), paths]);
+            }
+            bench(&args)?;
             // Not in the smoke run: `cargo xtask test` runs 2 x 40 DHCP
             // containers for correctness (tests/tests/dhcp.rs).
-            if !quick {
+            if !quick && !focused {
                 containers_bench()?;
             }
             Ok(())
@@ -217,8 +240,9 @@ fn random_seed() -> u64 {
 }
 
 /// Builds and runs the bench (`--quick`: the smoke run).
-pub fn bench(quick: bool) -> Result<()> {
-    run_release("fan-bench", if quick { &["--quick"] } else { &[] })
+pub fn bench(args: &[String]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_release("fan-bench", &args)
 }
 
 /// Hundreds of DHCP containers per host (`fan-containers`).

@@ -93,7 +93,7 @@ pub fn run() -> Result<()> {
     // The bench's smoke run: every path sets up, carries traffic and tears
     // down, the per-packet runs count what they should (no speed asserted).
     println!("bench smoke: cargo xtask bench --quick");
-    match crate::bench(true) {
+    match crate::bench(&["--quick".to_string()]) {
         Ok(()) => totals.passed += 1,
         Err(e) => {
             println!("bench smoke FAILED: {e:#}");

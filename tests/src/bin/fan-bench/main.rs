@@ -2,7 +2,8 @@
 //! tunnels, side by side on the same namespaces, runs interleaved path by
 //! path, reported as medians with spread and as ratios to plain routing.
 //! Also the per-packet cost of each program, and how it scales with the
-//! number of overlays and of hosts. `--quick` is a short smoke run.
+//! number of overlays and of hosts. `--quick` is a short smoke run;
+//! `--paths fan-tc,fan-attach-only --runs 9` compares a few paths only.
 //!
 //! Here the runs over the paths and the fleets; the per-packet cost is in
 //! `cost`, the tables, the targets and the chart in `report`.
@@ -30,6 +31,61 @@ struct Config {
     seconds: u32,
     test_runs: u32,
     big_fleet: u8,
+    /// A smoke run: nothing it prints is a measurement.
+    quick: bool,
+    /// `--paths`: only these (with plain routing, every ratio's base), and
+    /// only the path table and its targets.
+    only: Option<Vec<Path>>,
+}
+
+impl Config {
+    /// `--quick`, `--runs N`, `--paths KEY,KEY...` (keys: [`Path::key`]).
+    fn from_args() -> Result<Self> {
+        let mut args = std::env::args().skip(1);
+        let mut cfg = Config {
+            runs: 5,
+            seconds: 10,
+            test_runs: 20_000,
+            big_fleet: 32,
+            quick: false,
+            only: None,
+        };
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => {
+                    cfg.runs = 1;
+                    cfg.seconds = 2;
+                    cfg.test_runs = 2_000;
+                    cfg.big_fleet = 8;
+                    cfg.quick = true;
+                }
+                "--runs" => {
+                    let n = args.next().context("--runs needs a number")?;
+                    cfg.runs = n
+                        .parse()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .with_context(|| format!("--runs {n}: not a number of runs"))?;
+                }
+                "--paths" => {
+                    let list = args.next().context("--paths needs a list")?;
+                    let mut only = vec![Path::Routing];
+                    for key in list.split(',') {
+                        let Some(path) = Path::ALL.into_iter().find(|p| p.key() == key) else {
+                            let keys: Vec<_> = Path::ALL.iter().map(|p| p.key()).collect();
+                            bail!("--paths: no path {key:?} (paths: {})", keys.join(", "));
+                        };
+                        if !only.contains(&path) {
+                            only.push(path);
+                        }
+                    }
+                    cfg.only = Some(only);
+                }
+                other => bail!("unknown argument {other:?} (--quick, --runs N, --paths LIST)"),
+            }
+        }
+        Ok(cfg)
+    }
 }
 
 /// Every path's samples, by the path's name.
@@ -56,22 +112,8 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench builds network namespaces and loads BPF programs: run it as root");
     }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let cfg = if quick {
-        Config {
-            runs: 1,
-            seconds: 2,
-            test_runs: 2_000,
-            big_fleet: 8,
-        }
-    } else {
-        Config {
-            runs: 5,
-            seconds: 10,
-            test_runs: 20_000,
-            big_fleet: 32,
-        }
-    };
+    let cfg = Config::from_args()?;
+    let quick = cfg.quick;
     let mut report = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?
         .trim()
@@ -94,13 +136,15 @@ fn main() -> Result<()> {
     println!("{table}");
     report += &table;
 
-    let costs = per_packet(&cfg)?;
-    println!("{costs}");
-    report += &costs;
+    if cfg.only.is_none() {
+        let costs = per_packet(&cfg)?;
+        println!("{costs}");
+        report += &costs;
 
-    let scaling = fleet_scaling(&cfg)?;
-    println!("{scaling}");
-    report += &scaling;
+        let scaling = fleet_scaling(&cfg)?;
+        println!("{scaling}");
+        report += &scaling;
+    }
 
     let verdicts = targets(&samples);
     println!("{verdicts}");
@@ -156,22 +200,14 @@ fn program_time(prefix: &str) -> (u64, u64) {
 /// what the system calls, scheduling and TCP cost without any path.
 fn paths(cfg: &Config) -> Result<(Samples, f64)> {
     let fleet = bench_fleet(2, 1)?;
-    let mut paths = vec![
-        Path::Routing,
-        Path::RoutingSteered,
-        Path::Vxlan,
-        Path::FanXdp,
-        Path::FanTc,
-        Path::FanTcSteered,
-        Path::FanTcStack,
-        Path::FanAttachOnly,
-    ];
     let ipip = kernel_has_ipip(&fleet.hosts[0].ns);
-    if ipip {
-        paths.insert(3, Path::KernelIpip);
-    }
+    let paths: Vec<Path> = Path::ALL
+        .into_iter()
+        .filter(|p| cfg.only.as_ref().is_none_or(|only| only.contains(p)))
+        .filter(|p| *p != Path::KernelIpip || ipip)
+        .collect();
     let mut samples: Samples = BTreeMap::new();
-    if !ipip {
+    if !ipip && cfg.only.is_none() {
         samples.insert(Path::KernelIpip.to_string(), (Path::KernelIpip, Vec::new()));
     }
     let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
@@ -188,7 +224,14 @@ fn paths(cfg: &Config) -> Result<(Samples, f64)> {
             )?
             .0,
         );
-        for &path in &paths {
+        // Every other run in reverse: a path's neighbours, and a drift of
+        // the machine over the run, weigh on every path alike (the attach
+        // only row is compared with the daemon row run by run).
+        let order: Vec<Path> = match run % 2 {
+            0 => paths.clone(),
+            _ => paths.iter().rev().copied().collect(),
+        };
+        for path in order {
             eprintln!("run {}/{}: {path}", run + 1, cfg.runs);
             let sample = measure::on_path(&fleet, path, &client.ns, server.addr, || {
                 measure(cfg, &fleet, path, &client.ns, &server.ns, server.addr)
