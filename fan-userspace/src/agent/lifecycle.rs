@@ -96,8 +96,8 @@ fn spawn(run: &RunDir, global: &Global) -> Result<()> {
     if let Some(dir) = &global.state_dir {
         command.arg("--state-dir").arg(dir);
     }
-    // Never -v: the agent would read the programs' event buffer, which has
-    // one consumer, and `fan-xdp -v stats` would see nothing.
+    // Never -v: the log is capped, and a busy host's debug lines would
+    // push out what matters (the programs' drops are `fan-xdp monitor`'s).
     command
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
