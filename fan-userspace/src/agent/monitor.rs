@@ -63,7 +63,16 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// The `kind` of a record, by the event's kind.
+const KIND_DROP: &str = "drop";
+const KIND_PASS: &str = "pass";
+
 impl EventRecord {
+    /// A sample of a passed packet (only for monitors that asked for them).
+    fn is_pass(&self) -> bool {
+        self.kind == KIND_PASS
+    }
+
     pub fn of(event: &Event) -> Self {
         let addresses = |src: WireAddr, dst: WireAddr| {
             (src != WireAddr::UNSPECIFIED || dst != WireAddr::UNSPECIFIED).then(|| Addresses {
@@ -73,8 +82,8 @@ impl EventRecord {
         };
         Self {
             kind: match EventKind::try_from(event.kind) {
-                Ok(EventKind::Drop) => "drop".into(),
-                Ok(EventKind::Pass) => "pass".into(),
+                Ok(EventKind::Drop) => KIND_DROP.into(),
+                Ok(EventKind::Pass) => KIND_PASS.into(),
                 Err(other) => format!("kind {other}"),
             },
             reason: StatReason::from_index(event.reason)
@@ -257,7 +266,7 @@ impl Client {
     /// socket takes; false once the monitor has gone.
     fn send(&mut self, records: &[EventRecord]) -> bool {
         for record in records {
-            if record.kind == "pass" && !self.passes {
+            if record.is_pass() && !self.passes {
                 continue;
             }
             if self.queue.len() > QUEUE_LIMIT {
