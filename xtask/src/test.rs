@@ -136,7 +136,7 @@ const NOT_IN_VM: &str = "fan_with_xdp_decapsulation";
 /// What stays in the guest: attaching, replacing, sweeping and removing
 /// programs on the clsact path, the heartbeat and direct delivery, traffic
 /// over three hosts.
-const USER_SIDE_ONLY: [&str; 15] = [
+const USER_SIDE_ONLY: [&str; 18] = [
     "doctor_names_what_breaks_a_fan_and_how_to_fix_it",
     "planning_mounts_no_bpffs_and_a_refused_attach_leaves_none_mounted",
     "detaching_the_fan_that_lowered_fan_host_raises_its_mtu_again",
@@ -154,6 +154,11 @@ const USER_SIDE_ONLY: [&str; 15] = [
     "state_directories_others_could_change_are_refused",
     // The agent's choice of ports; the programs' side is in programs.rs.
     "direct_delivery_only_to_ports_whose_peer_is_up_in_another_namespace",
+    // Bridges kept or removed, and which namespaces count as live: netlink
+    // and the namespace filesystem.
+    "detach_keeps_a_bridge_it_did_not_create_or_that_has_other_ports",
+    "a_namespace_held_only_by_a_bind_mount_elsewhere_counts_as_live",
+    "a_namespace_held_only_by_a_bind_mount_is_not_swept",
 ];
 
 /// Every test executable, in the VM on Debian's 6.1 kernel. Transfers are
