@@ -3,7 +3,8 @@
 //! path, reported as medians with spread and as ratios to plain routing.
 //! Also the per-packet cost of each program, and how it scales with the
 //! number of overlays and of hosts. `--quick` is a short smoke run;
-//! `--paths fan-tc,fan-attach-only --runs 9` compares a few paths only.
+//! `--paths fan-tc,fan-attach-only --runs 9` compares a few paths only,
+//! and `--tcp1-only` measures only their pinned 1-stream TCP.
 //!
 //! Here the runs over the paths and the fleets; the per-packet cost is in
 //! `cost`, the tables, the targets and the chart in `report`.
@@ -24,7 +25,7 @@ use fan_tests::{
 };
 
 use cost::per_packet;
-use report::{chart, path_table, targets};
+use report::{attach_only_verdict, chart, path_table, targets};
 
 struct Config {
     runs: usize,
@@ -36,10 +37,14 @@ struct Config {
     /// `--paths`: only these (with plain routing, every ratio's base), and
     /// only the path table and its targets.
     only: Option<Vec<Path>>,
+    /// `--tcp1-only`: of each run, the pinned 1-stream TCP figure alone
+    /// (the attach-only check's), so many more runs fit the same time.
+    tcp1_only: bool,
 }
 
 impl Config {
-    /// `--quick`, `--runs N`, `--paths KEY,KEY...` (keys: [`Path::key`]).
+    /// `--quick`, `--runs N`, `--paths KEY,KEY...` (keys: [`Path::key`]),
+    /// `--tcp1-only`.
     fn from_args() -> Result<Self> {
         let mut args = std::env::args().skip(1);
         let mut cfg = Config {
@@ -49,6 +54,7 @@ impl Config {
             big_fleet: 32,
             quick: false,
             only: None,
+            tcp1_only: false,
         };
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -81,7 +87,10 @@ impl Config {
                     }
                     cfg.only = Some(only);
                 }
-                other => bail!("unknown argument {other:?} (--quick, --runs N, --paths LIST)"),
+                "--tcp1-only" => cfg.tcp1_only = true,
+                other => bail!(
+                    "unknown argument {other:?} (--quick, --runs N, --paths LIST, --tcp1-only)"
+                ),
             }
         }
         Ok(cfg)
@@ -146,13 +155,22 @@ fn main() -> Result<()> {
         report += &scaling;
     }
 
-    let verdicts = targets(&samples);
+    let mut verdicts = targets(&samples);
+    if cfg.only.is_none() && !quick {
+        verdicts += &attach_only_pairs(&cfg)?;
+    } else {
+        verdicts += &attach_only_verdict(&samples);
+    }
     println!("{verdicts}");
     report += &verdicts;
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("report.md"), &report)?;
+    if cfg.tcp1_only {
+        println!("Written: {}/report.md", dir.canonicalize()?.display());
+        return Ok(());
+    }
     fan_tests::chart::register_font()?;
     chart(&samples, cfg.runs, quick).write_png(&dir.join("throughput.png"))?;
     println!(
@@ -213,17 +231,19 @@ fn paths(cfg: &Config) -> Result<(Samples, f64)> {
     let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
     let mut loopback = Vec::new();
     for run in 0..cfg.runs {
-        let localhost = Ipv4Addr::LOCALHOST;
-        loopback.push(
-            tcp_rr(
-                &client.ns,
-                &client.ns,
-                localhost,
-                cfg.seconds.min(5),
-                Some(CPU),
-            )?
-            .0,
-        );
+        if !cfg.tcp1_only {
+            let localhost = Ipv4Addr::LOCALHOST;
+            loopback.push(
+                tcp_rr(
+                    &client.ns,
+                    &client.ns,
+                    localhost,
+                    cfg.seconds.min(5),
+                    Some(CPU),
+                )?
+                .0,
+            );
+        }
         // Every other run in reverse: a path's neighbours, and a drift of
         // the machine over the run, weigh on every path alike (the attach
         // only row is compared with the daemon row run by run).
@@ -246,6 +266,27 @@ fn paths(cfg: &Config) -> Result<(Samples, f64)> {
     Ok((samples, median(&mut loopback)))
 }
 
+/// Runs the pinned 1-stream TCP of each of the two rows a user's one
+/// command must make equal, one after the other, [`ATTACH_ONLY_PAIRS`]
+/// times: the table's 5 runs, each spread by 15% on this machine, cannot
+/// tell 3% apart.
+fn attach_only_pairs(cfg: &Config) -> Result<String> {
+    let pairs = Config {
+        runs: ATTACH_ONLY_PAIRS,
+        seconds: cfg.seconds,
+        test_runs: cfg.test_runs,
+        big_fleet: cfg.big_fleet,
+        quick: false,
+        only: Some(vec![Path::FanTc, Path::FanAttachOnly]),
+        tcp1_only: true,
+    };
+    eprintln!("attach only against the daemon row, {ATTACH_ONLY_PAIRS} pairs");
+    let (samples, _) = paths(&pairs)?;
+    Ok(attach_only_verdict(&samples))
+}
+
+const ATTACH_ONLY_PAIRS: usize = 15;
+
 fn measure(
     cfg: &Config,
     fleet: &Fleet,
@@ -260,15 +301,22 @@ fn measure(
     } else {
         "fan_decap_tc"
     };
+    // With the agent, the container ports' program encapsulates (the
+    // bridge's sees none of the flow).
+    let encap_prefix = if path.runs_daemon() {
+        "fan_encap_port"
+    } else {
+        "fan_encap_forw"
+    };
     let stats = fan.then(BpfStats::enable).transpose()?;
-    let before = (program_time("fan_encap_forw"), program_time(decap_prefix));
+    let before = (program_time(encap_prefix), program_time(decap_prefix));
     let decapsulated_before = if fan {
         counter(&fleet.hosts[1], StatReason::Decapsulated)?
     } else {
         0
     };
     let (tcp1, _) = iperf3_tcp(server, client, addr, cfg.seconds, 1, Some(CPU))?;
-    let after = (program_time("fan_encap_forw"), program_time(decap_prefix));
+    let after = (program_time(encap_prefix), program_time(decap_prefix));
     drop(stats);
     let bpf_ns = fan.then(|| {
         let per = |b: (u64, u64), a: (u64, u64)| (a.0 - b.0) as f64 / (a.1 - b.1).max(1) as f64;
@@ -287,6 +335,20 @@ fn measure(
             counter(&fleet.hosts[1], StatReason::Decapsulated)? > decapsulated_before,
             "XDP counters did not move"
         );
+    }
+    if cfg.tcp1_only {
+        let nothing = f64::NAN;
+        return Ok(Sample {
+            tcp1,
+            tcp1_free: nothing,
+            retransmits_free: nothing,
+            tcp4: nothing,
+            udp_kpps: nothing,
+            rr_tps: nothing,
+            rr_p50: nothing,
+            rr_p99: nothing,
+            bpf_ns,
+        });
     }
     let (tcp1_free, retransmits_free) = iperf3_tcp(server, client, addr, cfg.seconds, 1, None)?;
     let (tcp4, _) = iperf3_tcp(server, client, addr, cfg.seconds, 4, Some(CPU))?;
