@@ -169,10 +169,7 @@ pub fn properties(
 /// packet's sender, quoting the packet's start.
 fn answer_properties(config: &Config, input: &[u8], output: &[u8]) -> Vec<String> {
     let mut violations = Vec::new();
-    let (Some(asked), Some(answer)) = (
-        Ipv4View::parse(input, ETH_LEN),
-        Ipv4View::parse(output, ETH_LEN),
-    ) else {
+    let Some((asked, answer)) = ipv4_headers(input, output) else {
         return vec!["an answer without its IPv4 headers".into()];
     };
     if !answer.checksum_ok() {
@@ -196,6 +193,14 @@ fn answer_properties(config: &Config, input: &[u8], output: &[u8]) -> Vec<String
     violations
 }
 
+/// The IPv4 headers right after Ethernet in a run's input and its output.
+fn ipv4_headers<'a>(input: &'a [u8], output: &'a [u8]) -> Option<(Ipv4View<'a>, Ipv4View<'a>)> {
+    Some((
+        Ipv4View::parse(input, ETH_LEN)?,
+        Ipv4View::parse(output, ETH_LEN)?,
+    ))
+}
+
 fn checksum_ok_at(frame: &[u8], at: usize) -> bool {
     Ipv4View::parse(frame, at).is_some_and(|h| h.checksum_ok())
 }
@@ -204,10 +209,7 @@ fn checksum_ok_at(frame: &[u8], at: usize) -> bool {
 /// correct inner checksum stays correct.
 fn decapsulated_properties(config: &Config, input: &[u8], output: &[u8]) -> Vec<String> {
     let mut violations = Vec::new();
-    let (Some(outer), Some(inner_out)) = (
-        Ipv4View::parse(input, ETH_LEN),
-        Ipv4View::parse(output, ETH_LEN),
-    ) else {
+    let Some((outer, inner_out)) = ipv4_headers(input, output) else {
         return vec!["a decapsulated frame without its IPv4 headers".into()];
     };
     let owned = config
