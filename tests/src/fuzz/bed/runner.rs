@@ -118,6 +118,13 @@ impl<'a> Runner<'a> {
         {
             let now = fan_userspace::dataplane::monotonic_ns();
             self.dataplane.set_heartbeat(now)?;
+            // Before the table is made fresh again: a write by a case that
+            // was not an ICMP message would otherwise be overwritten unseen.
+            let unchecked = self.path_mtus_written()?;
+            anyhow::ensure!(
+                unchecked.is_empty(),
+                "path MTUs written by a case that carried no ICMP message (host, MTU): {unchecked:08x?}"
+            );
             self.write_path_mtus(now)?;
             self.beaten = Some(std::time::Instant::now());
         }
@@ -156,7 +163,8 @@ impl<'a> Runner<'a> {
             .collect();
         // Only an ICMP message at a decapsulating program may teach a path
         // MTU; reading the table after those alone keeps runs fast, and a
-        // stray write elsewhere still shows at the next.
+        // stray write elsewhere still shows at the next such read or, at
+        // the latest, at the next refresh of the table.
         let icmp = frame.len() > 23 && frame[12..14] == [0x08, 0x00] && frame[23] == 1;
         let learned = if icmp && !program.is_encap() {
             self.path_mtus_written()?
