@@ -32,7 +32,9 @@ pub const MAX_FAN_STATS: u32 = crate::maps::MAX_FANS * StatReason::COUNT;
 
 macro_rules! stat_reasons {
     ($($variant:ident = $name:literal: $doc:literal,)*) => {
-        /// What happened to a packet. The discriminant is the slot in the stats map.
+        /// What happened to a packet. The discriminant is the slot in the stats
+        /// map: new reasons go last, so an upgrade carries every slot over
+        /// as it is (see the loader's resized maps).
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         #[repr(u32)]
         pub enum StatReason {
@@ -115,6 +117,7 @@ stat_reasons! {
     DropEncapFailed = "drop_encap_failed": "the kernel refused to make room for the outer header",
     DropDecapFailed = "drop_decap_failed": "the kernel refused to remove the outer header",
     EventsSuppressed = "events_suppressed": "events for `fan-xdp monitor` left out by the per-CPU rate limit or a full ring buffer; not a packet outcome",
+    PortPassed = "port_passed": "a container port's packet left to the bridge (the bridge's program counts its outcome if the bridge hands it up, the bridge alone delivers it if it goes to another port): one count per port program run",
 }
 
 impl StatReason {

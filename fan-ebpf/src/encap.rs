@@ -30,7 +30,7 @@ use crate::{
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{answer_too_big, path_mtu},
     port::{UDP_PORTS_LEN, arp_sender, is_dhcp_server_reply, source_bound_here},
-    stats::count_in,
+    stats::{count, count_in},
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
 
@@ -43,8 +43,9 @@ const AF_INET: u8 = 2;
 /// originates, or forwarded by the host itself, TTL already handled) does not.
 /// The port program does Forward's duties one hop earlier; whatever it
 /// passes goes on into the bridge, where the bridge's program sees it again
-/// and counts it, so passes are not counted at the port: the counters read
-/// the same with or without `fan-xdp run` keeping port programs.
+/// and counts it, so the port counts its passes as `port_passed` alone,
+/// not by their reason: the other counters read the same with or without
+/// `fan-xdp run` keeping port programs, and every run counts once.
 #[inline(always)]
 fn forwards(program: Program) -> bool {
     !matches!(program, Program::EncapOutput)
@@ -57,7 +58,9 @@ pub fn encapsulate(ctx: &TcContext, program: Program) -> i32 {
     match try_encapsulate(ctx, program, &mut fan) {
         Ok(action) => action,
         Err(Outcome::Pass(reason)) => {
-            if program != Program::EncapPort {
+            if program == Program::EncapPort {
+                count(StatReason::PortPassed, ctx.len() as usize);
+            } else {
                 count_in(fan, reason, ctx.len() as usize);
                 events::passed(&Seen::tc(ctx), program, reason);
             }

@@ -154,6 +154,121 @@ pub fn linked_tag(pin: &std::path::Path) -> Result<u64> {
         .with_context(|| format!("no program {id} for the link at {}", pin.display()))
 }
 
+/// How many times the kernel ran the TC program attached through `pin` (a
+/// TCX link, or before 6.6 the program marking a clsact filter): counted
+/// only while `aya::sys::enable_stats` is held.
+pub fn program_runs(pin: &std::path::Path) -> Result<u64> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    // Which kind the pin is follows from the kernel: either object's fd
+    // would read as the other's info.
+    let id = if fan_userspace::dataplane::tcx_supported() {
+        FdLink::from(PinnedLink::from_pin(pin)?)
+            .info()?
+            .program_id()
+    } else {
+        aya::programs::ProgramInfo::from_pin(pin)?.id()
+    };
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| p.run_count())
+        .with_context(|| format!("no program {id} for {}", pin.display()))
+}
+
+/// The BPF filter on `device`'s ingress clsact hook in `host` (kernels
+/// before 6.6), as `tc` lists it: program id, priority and handle. There
+/// must be exactly one: a replacement that leaves the old filter beside the
+/// new would run both.
+fn ingress_filter(host: &Host, device: &str) -> Result<(u32, u16, u32)> {
+    let listed = host
+        .ns
+        .run("tc", &["-j", "filter", "show", "dev", device, "ingress"])?;
+    let filters: Vec<serde_json::Value> = serde_json::from_str(&listed)
+        .with_context(|| format!("tc's filters of {device}: {listed}"))?;
+    let bpf: Vec<_> = filters
+        .iter()
+        .filter_map(|f| {
+            let id = f["options"]["prog"]["id"].as_u64()?;
+            let handle = f["options"]["handle"].as_str()?.strip_prefix("0x")?;
+            Some((
+                id as u32,
+                f["pref"].as_u64()? as u16,
+                u32::from_str_radix(handle, 16).ok()?,
+            ))
+        })
+        .collect();
+    match bpf[..] {
+        [one] => Ok(one),
+        _ => bail!(
+            "{device} has {} BPF filters on ingress: {listed}",
+            bpf.len()
+        ),
+    }
+}
+
+/// The tag of the program running at `device`'s ingress in `host` for the
+/// attachment pinned at `pin`: a TCX link's, or (before 6.6) the clsact
+/// filter's, which the pinned program must be.
+pub fn running_tag(host: &Host, device: &str, pin: &std::path::Path) -> Result<u64> {
+    if fan_userspace::dataplane::tcx_supported() {
+        return linked_tag(pin);
+    }
+    let (id, _, _) = ingress_filter(host, device)?;
+    let marked = aya::programs::ProgramInfo::from_pin(pin)?.id();
+    anyhow::ensure!(
+        marked == id,
+        "{} marks program {marked}, but {device}'s filter runs {id}",
+        pin.display()
+    );
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .map(|p| p.tag())
+        .with_context(|| format!("no program {id} on {device}"))
+}
+
+/// Makes the attachment at `device`'s ingress in `host`, pinned at `pin`,
+/// run `older` (another load's program), as an older fan-xdp would have
+/// left it: a TCX link updated in place, or (before 6.6) the clsact
+/// filter's program replaced under its priority and handle and the pin
+/// marking it.
+pub fn put_older_version(
+    host: &Host,
+    device: &str,
+    pin: &std::path::Path,
+    older: &mut aya::programs::SchedClassifier,
+) -> Result<()> {
+    use aya::programs::{
+        TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcHandle},
+    };
+    if fan_userspace::dataplane::tcx_supported() {
+        let link = FdLink::from(PinnedLink::from_pin(pin)?);
+        let id = older.attach_to_link(link.try_into()?)?;
+        // The pin keeps the link; this only closes our handle.
+        drop(older.take_link(id)?);
+        return Ok(());
+    }
+    let (_, priority, handle) = ingress_filter(host, device)?;
+    host.ns.enter(|| -> Result<()> {
+        let place = SchedClassifierLink::attached(
+            device,
+            TcAttachType::Ingress,
+            priority,
+            TcHandle::from(handle),
+            None,
+        )?;
+        let id = older.attach_to_link(place)?;
+        // Dropping the handle would remove the filter.
+        std::mem::forget(older.take_link(id)?);
+        Ok(())
+    })??;
+    std::fs::remove_file(pin)?;
+    older.pin(pin)?;
+    Ok(())
+}
+
 /// The tags of the bridge's program and of the host device's in `other`
 /// (a load of its own): the output hook's program encapsulates the same
 /// way with another tag, which makes it the "other version" a link can be

@@ -580,14 +580,9 @@ fn a_forward_drop_firewall_is_reported() {
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
-/// The tag of the program the link pinned at `pin` runs.
-fn linked_tag(pin: &std::path::Path) -> u64 {
-    fan_tests::lifecycle::linked_tag(pin).unwrap()
-}
-
 #[test]
 fn a_newer_program_replaces_the_running_one_without_a_gap() {
-    use aya::programs::links::{FdLink, PinnedLink};
+    use fan_tests::lifecycle::{forward_and_output_tags, put_older_version, running_tag};
     use fan_userspace::dataplane::{Dataplane, ENCAP_OUTPUT};
     if !privileged() {
         return;
@@ -595,7 +590,8 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
     let fleet = Fleet::new(2).unwrap();
     attach_all(&fleet, &[]);
     let fleet = fleet.with_containers(1).unwrap();
-    let (c1, c2) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    let h1 = &fleet.hosts[0];
+    let (c1, c2) = (&h1.containers[0], &fleet.hosts[1].containers[0]);
     let pin = std::fs::read_dir("/sys/fs/bpf/fan-xdp")
         .unwrap()
         .flatten()
@@ -604,41 +600,20 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
         .expect("host 1's bridge link pin");
 
     // Make host 1's bridge run another program, as an older fan-xdp would
-    // have left it (the output-hook variant: it encapsulates too).
-    let mut other = Dataplane::load().unwrap();
-    let (forward_tag, output_tag) =
-        fan_tests::lifecycle::forward_and_output_tags(&mut other).unwrap();
+    // have left it (the output-hook variant: it encapsulates too). On TCX
+    // the link is updated; before 6.6 the clsact filter's program is
+    // replaced and the pin marks it.
+    // With host 1's pinned maps, as an older version's program would have.
+    let dir = h1
+        .ns
+        .enter(|| fan_userspace::state::StateDir::locate(None))
+        .unwrap()
+        .unwrap();
+    let mut other = Dataplane::load_pinned(&dir).unwrap();
+    let (forward_tag, output_tag) = forward_and_output_tags(&mut other).unwrap();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
-    if !fan_userspace::dataplane::tcx_supported() {
-        // Without TCX (Linux < 6.6) the filter sits on a clsact qdisc and the
-        // pin is a program marking which version it runs; a replacement
-        // detaches and reattaches (a short gap: only TCX swaps atomically).
-        std::fs::remove_file(&pin).unwrap();
-        output.pin(&pin).unwrap();
-        let out = fleet.hosts[0]
-            .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
-            .unwrap();
-        assert!(
-            out.contains("attached: 250.0.0.0/8"),
-            "the upgrade changed nothing: {out}"
-        );
-        let marker = aya::programs::ProgramInfo::from_pin(&pin).unwrap().tag();
-        assert_eq!(
-            marker, forward_tag,
-            "the filter does not run the new program"
-        );
-        assert!(
-            ping(&c1.ns, c2.addr, 3).unwrap(),
-            "traffic after the replacement"
-        );
-        drop(other);
-        detach_all(&fleet);
-        return;
-    }
-    let link = FdLink::from(PinnedLink::from_pin(&pin).unwrap());
-    let id = output.attach_to_link(link.try_into().unwrap()).unwrap();
-    drop(output.take_link(id).unwrap());
-    assert_eq!(linked_tag(&pin), output_tag);
+    put_older_version(h1, &h1.bridge, &pin, output).unwrap();
+    assert_eq!(running_tag(h1, &h1.bridge, &pin).unwrap(), output_tag);
 
     // Upgrade while a ping stream runs: not one packet may be lost.
     let stream = c1
@@ -659,7 +634,7 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = fleet.hosts[0]
+    let out = h1
         .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
     assert!(
@@ -672,10 +647,12 @@ fn a_newer_program_replaces_the_running_one_without_a_gap() {
         summary.contains("400 packets transmitted, 400 received"),
         "{summary}"
     );
+    // One program on the bridge, the new one (before 6.6: one filter, not
+    // the old beside a new).
     assert_eq!(
-        linked_tag(&pin),
+        running_tag(h1, &h1.bridge, &pin).unwrap(),
         forward_tag,
-        "the link does not run the new program"
+        "the bridge does not run the new program"
     );
     drop(other);
     detach_all(&fleet);

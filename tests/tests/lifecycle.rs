@@ -12,7 +12,8 @@ use fan_common::StatReason;
 use fan_tests::{
     lifecycle::{
         agent_pid, attached_pair, container, drops, env_or, fleet_as_found,
-        forward_and_output_tags, linked_tag, resets, shape, wait_until_bridge_empty,
+        forward_and_output_tags, program_runs, put_older_version, resets, running_tag, shape,
+        wait_until_bridge_empty,
     },
     privileged,
     snapshot::assert_lifecycle_unchanged,
@@ -75,39 +76,38 @@ fn bytes_to_outlast(rate_bytes: u64, rounds: u32, round: Duration) -> u64 {
 
 #[test]
 fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
-    use aya::programs::links::{FdLink, PinnedLink};
     use fan_userspace::dataplane::{Dataplane, ENCAP_OUTPUT};
     if !privileged() {
         return;
     }
-    if !fan_userspace::dataplane::tcx_supported() {
-        // Before 6.6 a replacement detaches and reattaches the clsact
-        // filter: a gap, measured nowhere yet (docs/testing.md says so).
-        println!("no TCX on this kernel: the upgrade under load is TCX's alone");
-        return;
-    }
-    let rounds = 20;
+    let rounds = env_or("FAN_UPGRADE_ROUNDS", 20) as u32;
     let fleet = attached_pair().unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
     let dir = state_dir(h1);
-    // The bridge's link: everything c1 sends to another host goes through it.
+    // The bridge's attachment: everything c1 sends to another host goes
+    // through it. A TCX link, or before 6.6 a clsact filter the pinned
+    // program marks.
     let pin = dir.path.join(format!("link_{}_encap", h1.bridge));
-    assert!(pin.exists(), "no pinned link at {}", pin.display());
+    assert!(pin.exists(), "no pin at {}", pin.display());
+    let path = if fan_userspace::dataplane::tcx_supported() {
+        "TCX"
+    } else {
+        "clsact"
+    };
 
     // Another version: the output hook's program, which encapsulates the
-    // same way but has another tag, put on the link as an older fan-xdp
-    // would have left it; attach must replace it with the forward program.
-    let mut other = Dataplane::load().unwrap();
+    // same way but has another tag, put in place as an older fan-xdp would
+    // have left it; attach must replace it with the forward program. It
+    // uses h1's pinned maps, as an older version's would: with maps of its
+    // own it would know no fan and pass everything to the stack.
+    let mut other = Dataplane::load_pinned(&dir).unwrap();
     let (forward_tag, output_tag) = forward_and_output_tags(&mut other).unwrap();
     let output = other.classifier(ENCAP_OUTPUT).unwrap();
     let mut upgrade = || -> Duration {
-        let link = FdLink::from(PinnedLink::from_pin(&pin).unwrap());
-        let id = output.attach_to_link(link.try_into().unwrap()).unwrap();
-        // The pin keeps the link; this only closes our handle.
-        drop(output.take_link(id).unwrap());
+        put_older_version(h1, &h1.bridge, &pin, output).unwrap();
         assert_eq!(
-            linked_tag(&pin).unwrap(),
+            running_tag(h1, &h1.bridge, &pin).unwrap(),
             output_tag,
             "the older version is not in place"
         );
@@ -121,22 +121,31 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
             "the upgrade changed nothing: {out}"
         );
         assert_eq!(
-            linked_tag(&pin).unwrap(),
+            running_tag(h1, &h1.bridge, &pin).unwrap(),
             forward_tag,
-            "the link does not run the new program"
+            "the bridge does not run the new program"
         );
         took
     };
     let round = upgrade();
 
-    let rate = 100_000_000 / 8;
-    shape(c1, "100mbit").unwrap();
-    let bytes = bytes_to_outlast(rate, rounds, round);
+    let rate_mbit = env_or("FAN_UPGRADE_MBIT", 100);
+    shape(c1, &format!("{rate_mbit}mbit")).unwrap();
+    let bytes = bytes_to_outlast(rate_mbit * 1_000_000 / 8, rounds, round);
     let (drops_before, resets_before) = (
         drops(h1).unwrap() + drops(h2).unwrap(),
         resets(c1).unwrap() + resets(c2).unwrap(),
     );
     let retrans_before = snmp_counter(&c1.ns, "Tcp", "RetransSegs").unwrap();
+    // A packet that meets the bridge with no program on it is routed by h1's
+    // stack instead, to fan-host, whose program encapsulates it too: that
+    // program's run count (the kernel's) is the gap, which TCP alone would
+    // never show. Nothing else of c1's goes there: both versions on the
+    // bridge send to the underlay.
+    let _kernel_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+    let host_device_pin = dir.path.join("link_fan-host_encap");
+    let host_device_runs = || program_runs(&host_device_pin).unwrap();
+    let runs_before = host_device_runs();
     let mut slowest = Duration::ZERO;
     std::thread::scope(|scope| {
         let transfer = scope.spawn(|| tcp_transfer(&c2.ns, &c1.ns, c2.addr, bytes));
@@ -157,6 +166,7 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
         );
     });
     let retransmitted = snmp_counter(&c1.ns, "Tcp", "RetransSegs").unwrap() - retrans_before;
+    let without_program = host_device_runs() - runs_before;
     assert_eq!(
         resets(c1).unwrap() + resets(c2).unwrap(),
         resets_before,
@@ -167,9 +177,13 @@ fn twenty_program_upgrades_under_a_transfer_lose_nothing() {
         drops_before,
         "packets were dropped during the upgrades"
     );
+    assert_eq!(
+        without_program, 0,
+        "{without_program} packets met the bridge without a program during {rounds} upgrades ({path})"
+    );
     println!(
-        "{rounds} upgrades under a {} MB transfer: slowest attach {slowest:?}, \
-         0 drops, 0 resets, {retransmitted} segments retransmitted",
+        "{rounds} upgrades ({path}) under a {} MB transfer: slowest attach {slowest:?}, \
+         0 drops, 0 resets, 0 packets without a program, {retransmitted} segments retransmitted",
         bytes >> 20
     );
     drop(other);
@@ -359,6 +373,108 @@ fn an_older_map_layout_is_migrated_in_place() {
 }
 
 /// Where `host`'s fan-xdp pins its state.
+/// Counters pinned by an older fan-xdp that knew fewer reasons (a totals
+/// map one slot short, per-fan counters sized for it) are carried over by
+/// attach, slot for slot, into maps of this version's size; the new slot
+/// counts from then on.
+#[test]
+fn counters_pinned_with_fewer_reasons_are_carried_over() {
+    use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+    use fan_common::{Counter, FanStatKey, stats::MAX_FAN_STATS};
+    use fan_userspace::dataplane::{STATS_BY_FAN_MAP, STATS_MAP};
+    if !privileged() {
+        return;
+    }
+    let fleet = attached_pair().unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    let dir = state_dir(h1);
+    let cpus = aya::util::nr_cpus().unwrap();
+    let on_first_cpu = |packets| {
+        let mut values = vec![Counter::default(); cpus];
+        values[0] = Counter {
+            packets,
+            bytes: packets * 100,
+        };
+        PerCpuValues::try_from(values).unwrap()
+    };
+    // What the older version left: one reason fewer.
+    let older_slots = StatReason::COUNT - 1;
+    let mut totals = PerCpuArray::<MapData, Counter>::create(older_slots, 0).unwrap();
+    totals
+        .set(StatReason::Encapsulated as u32, on_first_cpu(1000), 0)
+        .unwrap();
+    totals.set(older_slots - 1, on_first_cpu(3), 0).unwrap();
+    let mut by_fan = PerCpuHashMap::<MapData, FanStatKey, Counter>::create(
+        MAX_FAN_STATS - fan_common::maps::MAX_FANS,
+        0,
+    )
+    .unwrap();
+    let key = FanStatKey {
+        overlay: u32::from(std::net::Ipv4Addr::new(250, 0, 0, 0)),
+        reason: StatReason::Encapsulated as u32,
+    };
+    by_fan.insert(key, on_first_cpu(7), 0).unwrap();
+    for name in [STATS_MAP, STATS_BY_FAN_MAP] {
+        std::fs::remove_file(dir.map(name)).unwrap();
+    }
+    totals.pin(dir.map(STATS_MAP)).unwrap();
+    by_fan.pin(dir.map(STATS_BY_FAN_MAP)).unwrap();
+    // An older version's agent goes with it (a new eBPF object is a new
+    // version); here the same build, so it is stopped by hand.
+    let run = h1
+        .ns
+        .enter(|| fan_userspace::state::rundir::RunDir::locate(None))
+        .unwrap()
+        .unwrap();
+    fan_userspace::agent::stop(&run).unwrap();
+
+    let out = h1
+        .fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
+        .unwrap();
+    assert!(out.contains("attached: 250.0.0.0/8"), "{out}");
+    let slots = |name: &str| {
+        aya::maps::MapInfo::from_pin(dir.map(name))
+            .unwrap()
+            .max_entries()
+    };
+    assert_eq!(slots(STATS_MAP), StatReason::COUNT);
+    assert_eq!(slots(STATS_BY_FAN_MAP), MAX_FAN_STATS);
+    let stats = h1.pinned_maps().unwrap().stats().unwrap();
+    assert_eq!(stats.get(StatReason::Encapsulated).packets, 1000);
+    assert_eq!(
+        stats.get(StatReason::ALL[older_slots as usize - 1]),
+        Counter {
+            packets: 3,
+            bytes: 300
+        }
+    );
+    let fan: serde_json::Value = serde_json::from_str(
+        &h1.fan_xdp_ok(&["stats", "--json", "--fan", OVERLAY])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(fan["encapsulated"]["packets"], 7, "{fan}");
+
+    // The programs count into the new maps, the new slot too.
+    assert!(h2.wait_for_direct(&c1.ns, c2.addr).unwrap());
+    let stats = h1.pinned_maps().unwrap().stats().unwrap();
+    assert!(stats.get(StatReason::Encapsulated).packets > 1000);
+    // The new agent's port programs (TCX only): what c1 sends its gateway
+    // they pass.
+    if fan_userspace::dataplane::tcx_supported() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while h1.counter(StatReason::PortPassed).unwrap() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the port programs do not count into the new map"
+            );
+            assert!(ping(&c1.ns, h1.gateway, 1).unwrap());
+        }
+    }
+    fleet.detach_all().unwrap();
+}
+
 fn state_dir(host: &Host) -> fan_userspace::state::StateDir {
     host.ns
         .enter(|| fan_userspace::state::StateDir::locate(None))

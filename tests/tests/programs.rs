@@ -661,9 +661,16 @@ fn encapsulation_forward_hook() {
     }
     let mut bed = Bed::new();
     // The port program encapsulates exactly as the bridge's does; what it
-    // passes, the bridge's program sees next and counts, so it counts nothing.
+    // passes, the bridge's program sees next and counts by its reason, so
+    // the port counts it as port_passed alone.
     for (f, passes_counted) in [(ENCAP_FORWARD, true), (ENCAP_PORT, false)] {
-        let passed = |reason| if passes_counted { vec![reason] } else { vec![] };
+        let passed = |reason| {
+            if passes_counted {
+                vec![reason]
+            } else {
+                vec![StatReason::PortPassed]
+            }
+        };
         bed.check(
             f,
             &hex(ENCAP_IN),
@@ -774,10 +781,14 @@ fn encapsulation_leaves_other_traffic_alone_and_refuses_what_names_no_host() {
             ),
         ] {
             let frame = hex(frame);
-            // Drops are the port's to count; passes the bridge counts next.
-            let counted = program != ENCAP_PORT || verdict == TC_ACT_SHOT;
-            let reasons = if counted { vec![reason] } else { vec![] };
-            bed.check_counts(program, &frame, verdict, &frame, &reasons);
+            // Drops are the port's to count; passes the bridge counts next,
+            // the port only as port_passed.
+            let reason = if program == ENCAP_PORT && verdict != TC_ACT_SHOT {
+                StatReason::PortPassed
+            } else {
+                reason
+            };
+            bed.check(program, &frame, verdict, &frame, reason);
         }
     }
 }
@@ -1045,11 +1056,11 @@ fn encapsulation_follows_the_underlay_route() {
         let narrow = padded(UDP_1400_TO_NARROW_ROUTE, 14 + 1400);
         if forwards {
             let counted = if program == ENCAP_PORT {
-                vec![]
+                StatReason::PortPassed
             } else {
-                vec![StatReason::StackTooBig]
+                StatReason::StackTooBig
             };
-            bed.check_counts(program, &narrow, TC_ACT_UNSPEC, &narrow, &counted);
+            bed.check(program, &narrow, TC_ACT_UNSPEC, &narrow, counted);
         } else {
             bed.check(
                 program,
@@ -1160,12 +1171,25 @@ fn a_port_sends_no_arp_claim_for_an_address_bound_elsewhere() {
             StatReason::DropSourceNotBound,
         );
     }
-    // An unbound sender, and the owner's own claim, pass uncounted.
+    // An unbound sender, and the owner's own claim, pass (counted as
+    // port_passed alone: the bridge's program counts the outcome).
     let unbound = hex(ARP_FROM_UNBOUND);
-    bed.check_counts(ENCAP_PORT, &unbound, TC_ACT_UNSPEC, &unbound, &[]);
+    bed.check(
+        ENCAP_PORT,
+        &unbound,
+        TC_ACT_UNSPEC,
+        &unbound,
+        StatReason::PortPassed,
+    );
     bed.ingress_ifindex = port;
     let own = hex(ARP_FROM_BOUND);
-    bed.check_counts(ENCAP_PORT, &own, TC_ACT_UNSPEC, &own, &[]);
+    bed.check(
+        ENCAP_PORT,
+        &own,
+        TC_ACT_UNSPEC,
+        &own,
+        StatReason::PortPassed,
+    );
     // The bridge's program leaves ARP to the bridge.
     let gateway = hex(ARP_FROM_GATEWAY);
     bed.check(
@@ -1196,10 +1220,16 @@ fn a_port_never_sends_dhcp_server_replies() {
             StatReason::DropDhcpServerReply,
         );
     }
-    // A client's request passes the port uncounted (the bridge's program
-    // counts it next, as not fan traffic) and is never encapsulated.
+    // A client's request passes the port (port_passed: the bridge's program
+    // counts its outcome next, as not fan traffic) and is never encapsulated.
     let discover = hex(DHCP_DISCOVER);
-    bed.check_counts(ENCAP_PORT, &discover, TC_ACT_UNSPEC, &discover, &[]);
+    bed.check(
+        ENCAP_PORT,
+        &discover,
+        TC_ACT_UNSPEC,
+        &discover,
+        StatReason::PortPassed,
+    );
     bed.check(
         ENCAP_FORWARD,
         &discover,
@@ -1360,19 +1390,20 @@ fn packets_too_big_for_the_learned_path_are_answered_or_fragmented() {
     let icmp_error = padded(ICMP_ERROR_1381_HEADER, 14 + 1381);
     let fragment = padded(UDP_FRAGMENT_1000_HEADER, 14 + 1000);
     for program in [ENCAP_FORWARD, ENCAP_PORT] {
+        // The port counts its passes as port_passed, not by their reason.
         let counted = |reason| {
             if program == ENCAP_PORT {
-                vec![]
+                StatReason::PortPassed
             } else {
-                vec![reason]
+                reason
             }
         };
-        bed.check_counts(
+        bed.check(
             program,
             &fragment,
             TC_ACT_UNSPEC,
             &fragment,
-            &counted(StatReason::StackFragmentForPath),
+            counted(StatReason::StackFragmentForPath),
         );
         bed.check(
             program,
@@ -1381,12 +1412,13 @@ fn packets_too_big_for_the_learned_path_are_answered_or_fragmented() {
             &answer,
             StatReason::PmtuAnswered,
         );
-        let passed = if program == ENCAP_PORT {
-            vec![]
-        } else {
-            vec![StatReason::StackTooBigForPath]
-        };
-        bed.check_counts(program, &no_df, TC_ACT_UNSPEC, &no_df, &passed);
+        bed.check(
+            program,
+            &no_df,
+            TC_ACT_UNSPEC,
+            &no_df,
+            counted(StatReason::StackTooBigForPath),
+        );
         bed.check(
             program,
             &icmp_error,

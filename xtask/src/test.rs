@@ -171,10 +171,14 @@ fn vm_tests(totals: &mut Totals) -> Result<bool> {
         .chain(USER_SIDE_ONLY)
         .map(|name| format!(" --skip {name}"))
         .collect();
+    // Of the tests over time, the two of the clsact path (a program
+    // upgraded in place under a transfer: 5 rounds at 20 Mbit/s, each
+    // attach takes seconds there; counters carried over to a new size).
     let command = format!(
         "./fan-xdp check; fail=0; for t in programs cli netns_fan interop fuzz; do \
          FAN_TEST_BULK_MB=16 FAN_FUZZ_CASES=5000 deps/$t --test-threads=1{skips} \
-         || fail=1; done; exit $fail"
+         || fail=1; done; FAN_UPGRADE_ROUNDS=5 FAN_UPGRADE_MBIT=20 deps/lifecycle \
+         --test-threads=1 twenty_program_upgrades counters_pinned || fail=1; exit $fail"
     );
     let (status, lines) =
         crate::vm::run_in_vm(&payload, &command, std::time::Duration::from_secs(1800), 4)?;

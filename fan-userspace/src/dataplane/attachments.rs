@@ -4,6 +4,7 @@
 //! pinned link is defunct.
 
 use super::*;
+use crate::host::TcBpfFilter;
 
 impl Dataplane {
     /// Attaches decapsulation to the underlay device `iface`.
@@ -61,7 +62,8 @@ impl Dataplane {
     /// the program (a different tag), the program is replaced in place,
     /// atomically, with no moment without a program. A pin whose attachment
     /// is not on `device` as it is now must be removed first (see
-    /// [`pinned_link_ifindex`]). Returns what changed.
+    /// [`pinned_link_ifindex`]). Returns what changed. TC hooks without TCX
+    /// go through [`Dataplane::ensure_clsact`].
     pub fn ensure_link(
         &mut self,
         program: &str,
@@ -69,9 +71,10 @@ impl Dataplane {
         hook: Hook,
         pin: &std::path::Path,
     ) -> Result<LinkChange> {
-        if hook != Hook::Xdp && !tcx_supported() {
-            return self.ensure_clsact(program, device, hook, pin);
-        }
+        anyhow::ensure!(
+            hook == Hook::Xdp || tcx_supported(),
+            "no TCX on this kernel: {program} on {device} is a clsact filter"
+        );
         let existing = match PinnedLink::from_pin(pin) {
             Ok(link) => Some(FdLink::from(link)),
             Err(aya::programs::links::LinkError::SyscallError(e))
@@ -140,26 +143,47 @@ impl Dataplane {
     /// The TC attachment for kernels without TCX (before 6.6): a filter on the
     /// device's clsact qdisc. Such a filter outlives this process by itself;
     /// the program pinned at `pin` marks it as ours and as which instance it
-    /// runs. Replacing one detaches the old filter before attaching the new,
-    /// a short gap that TCX links do not have.
-    pub(super) fn ensure_clsact(
+    /// runs. `running` is the filter that runs the pinned program, as the
+    /// caller found it on `device`: another version's is replaced in place
+    /// under its priority and handle (the kernel swaps the program of a
+    /// filter atomically, as a TCX link does), so no packet meets the hook
+    /// without a program.
+    pub fn ensure_clsact(
         &mut self,
         program: &str,
         device: &str,
         hook: Hook,
         pin: &std::path::Path,
+        running: Option<TcBpfFilter>,
     ) -> Result<LinkChange> {
+        use aya::programs::tc::{SchedClassifierLink, TcHandle};
         let attach_type = tc_attach_type(hook);
         let target = self.target_id(program)?;
-        let change = if pin.exists() {
-            LinkChange::Replaced
-        } else {
-            LinkChange::Created
-        };
         if pin.exists() {
             if pinned_program_id(pin) == Some(target) {
                 return Ok(LinkChange::Unchanged);
             }
+            let tc = self.target_tc(program)?;
+            if let Some(filter) = running {
+                let place = SchedClassifierLink::attached(
+                    device,
+                    attach_type,
+                    filter.priority,
+                    TcHandle::from(filter.handle),
+                    None,
+                )
+                .with_context(|| format!("finding {device}"))?;
+                let id = tc.attach_to_link(place).with_context(|| {
+                    format!("replacing the program of {device}'s {attach_type:?} filter")
+                })?;
+                // Dropping the handle would remove the filter: it must stay.
+                std::mem::forget(tc.take_link(id)?);
+                std::fs::remove_file(pin)?;
+                tc.pin(pin)
+                    .with_context(|| format!("pinning {}", pin.display()))?;
+                return Ok(LinkChange::Replaced);
+            }
+            // The pinned program's filter is not where it was: attach anew.
             let _ = aya::programs::tc::qdisc_detach_program(device, attach_type, program);
             std::fs::remove_file(pin)?;
         }
@@ -182,7 +206,7 @@ impl Dataplane {
         std::mem::forget(tc.take_link(id)?);
         tc.pin(pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
-        Ok(change)
+        Ok(LinkChange::Created)
     }
 }
 

@@ -5,6 +5,7 @@
 //! above this module names aya.
 
 mod attachments;
+mod carry;
 mod events;
 pub mod inspect;
 mod maps;
@@ -14,6 +15,7 @@ mod stats;
 pub use attachments::{
     LinkChange, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
 };
+use carry::CarriedCounters;
 use programs::program_by_name;
 
 pub use events::{EventRing, sample_passes};

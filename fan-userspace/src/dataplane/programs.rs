@@ -19,10 +19,23 @@ impl Dataplane {
         for (name, path) in MAPS.iter().zip(&paths) {
             loader.map_pin_path(name, path.as_path());
         }
-        // A map missing beside others (an older layout's state) is created
-        // now, and programs pinned before cannot be using it.
+        // Counters of an older version with fewer reasons: unpinned here,
+        // created at this size by the load, their values written back.
+        let carried = CarriedCounters::take(dir)?;
+        // A map missing beside others (an older layout's state, or counters
+        // carried over) is created now, and programs pinned before cannot
+        // be using it.
         let created = dir.exists() && paths.iter().any(|p| !p.exists());
-        let mut dataplane = Self::load_with(&mut loader)?;
+        let mut dataplane = match Self::load_with(&mut loader) {
+            Ok(dataplane) => dataplane,
+            Err(e) => {
+                carried.put_back();
+                return Err(e);
+            }
+        };
+        if carried.any() {
+            carried.restore(&mut dataplane.ebpf)?;
+        }
         dataplane.created_maps = created;
         Ok(dataplane)
     }

@@ -8,6 +8,11 @@ pub(super) fn sum_stats<T: std::borrow::Borrow<MapData>>(
 ) -> Result<Stats> {
     let mut stats = Stats::default();
     for &reason in StatReason::ALL {
+        // Counters pinned by an older version lack the newer reasons until
+        // attach carries them over (see `carry`): those read as none.
+        if reason as u32 >= array.len() {
+            continue;
+        }
         let per_cpu = array.get(&(reason as u32), 0)?;
         stats.0.insert(reason.name(), summed(&per_cpu));
     }

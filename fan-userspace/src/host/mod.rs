@@ -26,6 +26,7 @@ pub use routes::FoundRoute;
 pub use sysctl::{
     IP_FORWARD, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict, rp_filter_key, write_sysctl,
 };
+pub use tc::TcBpfFilter;
 
 /// A netlink connection in the calling thread's network namespace.
 pub struct Net {

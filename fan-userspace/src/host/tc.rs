@@ -48,6 +48,13 @@ impl Net {
     /// The ids of the BPF programs in the tc filters on the ingress (or
     /// egress) clsact hook of link `index`.
     pub async fn tc_bpf_programs(&self, index: u32, egress: bool) -> Result<Vec<u32>> {
+        let filters = self.tc_bpf_filters(index, egress).await?;
+        Ok(filters.into_iter().map(|f| f.program).collect())
+    }
+
+    /// The BPF filters on the ingress (or egress) clsact hook of link
+    /// `index`: which program each runs and where it sits.
+    pub async fn tc_bpf_filters(&self, index: u32, egress: bool) -> Result<Vec<TcBpfFilter>> {
         let mut request = self.handle.traffic_filter(index as i32).get();
         request = if egress {
             request.egress()
@@ -72,7 +79,12 @@ impl Net {
                 if let TcAttribute::Options(options) = attr {
                     for option in options {
                         if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = option {
-                            out.push(*id);
+                            out.push(TcBpfFilter {
+                                program: *id,
+                                // tcm_info: the priority above the protocol.
+                                priority: (msg.header.info >> 16) as u16,
+                                handle: u32::from(msg.header.handle),
+                            });
                         }
                     }
                 }
@@ -80,4 +92,13 @@ impl Net {
         }
         Ok(out)
     }
+}
+
+/// A BPF filter on a clsact hook: its program's id, and the priority and
+/// handle that name it, under which its program can be replaced in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcBpfFilter {
+    pub program: u32,
+    pub priority: u16,
+    pub handle: u32,
 }

@@ -15,7 +15,7 @@ pub mod rng;
 
 use std::{path::PathBuf, time::Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use self::{
     bed::{Bed, Runner, Side},
@@ -58,6 +58,10 @@ pub fn generated_case(config: &model::Config, seed: u64, program: Program, index
 
 pub fn run(settings: &Settings) -> Result<Report> {
     let start = Instant::now();
+    // The kernel counts every program's runs while this is held (machine-wide,
+    // a few nanoseconds a run): the count the tallies must come to.
+    let _kernel_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's BPF run statistics")?;
     let mut a = Bed::new(Side::A)?;
     let mut b = Bed::new(Side::B)?;
     let mut corpus = Vec::new();
@@ -99,6 +103,7 @@ pub fn run(settings: &Settings) -> Result<Report> {
         let round_trips = checker.generated(settings, start, &config_b)?;
         checker.forwarding_off(settings, ns)?;
         checker.bypass_off(settings)?;
+        add_kernel_runs(checker.report, checker.runner)?;
         Ok(round_trips)
     })??;
     let Bed {
@@ -116,7 +121,8 @@ pub fn run(settings: &Settings) -> Result<Report> {
             report: &mut report,
             failures: &mut failures,
         }
-        .round_trips(&round_trips)
+        .round_trips(&round_trips)?;
+        add_kernel_runs(&mut report, &mut runner)
     })??;
     failures.extend(outcomes_add_up(&report));
     report.disagreements = failures.len() as u64;
@@ -131,21 +137,31 @@ pub fn run(settings: &Settings) -> Result<Report> {
     Ok(report)
 }
 
-/// Per program, the outcomes counted add up to the runs: every run the
-/// kernel took counted exactly one, but the port program's passes.
+/// Adds a bed's programs' run counts, as the kernel kept them, to the tallies.
+fn add_kernel_runs(report: &mut Report, runner: &mut Runner) -> Result<()> {
+    for (program, runs) in runner.kernel_runs()? {
+        report.tallies.entry(program).or_default().kernel_runs += runs;
+    }
+    Ok(())
+}
+
+/// Per program, the outcomes counted add up to the runs the kernel counted
+/// (every run it took moved exactly one counter), and the kernel took every
+/// run it did not refuse, no more.
 fn outcomes_add_up(report: &Report) -> Vec<Failure> {
     report
         .tallies
         .iter()
-        .filter(|(_, t)| t.outcomes + t.uncounted_passes + t.refused != t.runs)
+        .filter(|(_, t)| t.outcomes != t.kernel_runs || t.kernel_runs + t.refused != t.runs)
         .map(|(program, t)| {
             let text = format!(
-                "{}: {} runs, but {} outcomes counted, {} port passes and {} refused",
+                "{}: the kernel counted {} runs; the runner made {}, {} refused; \
+                 {} outcomes counted",
                 program.name(),
+                t.kernel_runs,
                 t.runs,
-                t.outcomes,
-                t.uncounted_passes,
-                t.refused
+                t.refused,
+                t.outcomes
             );
             (None, text)
         })

@@ -13,8 +13,8 @@ pub struct Tally {
     pub refused: u64,
     /// Outcome counters moved (subset counters such as `encapsulated_gso` aside).
     pub outcomes: u64,
-    /// The port program's passes, which it leaves to the bridge's program to count.
-    pub uncounted_passes: u64,
+    /// The runs the kernel counted (BPF_ENABLE_STATS), over both beds.
+    pub kernel_runs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -58,12 +58,12 @@ impl Report {
         );
         for (program, t) in &self.tallies {
             text += &format!(
-                "  {:<18} runs {:>9}  refused {:>7}  outcomes counted {:>9}  port passes {:>7}\n",
+                "  {:<18} runs {:>9}  refused {:>7}  outcomes counted {:>9}  kernel's run count {:>9}\n",
                 program.name(),
                 t.runs,
                 t.refused,
                 t.outcomes,
-                t.uncounted_passes
+                t.kernel_runs
             );
         }
         text += "  counters reached (packets):\n";

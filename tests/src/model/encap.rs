@@ -38,8 +38,8 @@ const DONT_FRAGMENT: u16 = 0x4000;
 /// The largest inner length whose outer total length still fits 16 bits.
 const MAX_INNER_LEN: u32 = 65535 - IPV4_MIN_LEN as u32;
 
-/// Why a frame is not encapsulated: passed on (with the counter, which the
-/// port program does not bump) or dropped.
+/// Why a frame is not encapsulated: passed on (with the counter; the port
+/// program counts every pass as `port_passed` instead) or dropped.
 enum NotSent {
     Pass(&'static str),
     Drop(&'static str),
@@ -49,8 +49,12 @@ pub fn run(config: &Config, site: Site, frame: &[u8], ctx: RunContext) -> Predic
     match encapsulate(config, site, frame, ctx) {
         Ok(prediction) => prediction,
         Err(NotSent::Pass(counter)) => {
-            let counted = (site != Site::Port).then_some(counter);
-            untouched(frame, TC_ACT_UNSPEC, counted, Fate::Passed)
+            let counted = if site == Site::Port {
+                "port_passed"
+            } else {
+                counter
+            };
+            untouched(frame, TC_ACT_UNSPEC, Some(counted), Fate::Passed)
         }
         Err(NotSent::Drop(counter)) => untouched(frame, TC_ACT_SHOT, Some(counter), Fate::Dropped),
     }

@@ -23,6 +23,7 @@ const MODULES: &[&str] = &[
     "nft_masq",
     "sch_ingress",
     "cls_bpf",
+    "sch_tbf",
     "virtio_net",
     "virtio_pci",
 ];
@@ -38,6 +39,8 @@ const TOOLS: &[&str] = &[
     "/usr/sbin/ethtool",
     "/usr/bin/setpriv",
     "/usr/sbin/sysctl",
+    // Busybox's tc lists no BPF filters and shapes with no tbf.
+    "/usr/sbin/tc",
 ];
 
 /// The guest's modules in load order.

@@ -87,9 +87,14 @@ impl Attach<'_> {
         {
             self.claim_clsact(bit, target.device).await?;
         }
-        let change = self
-            .dataplane
-            .ensure_link(program, target.device, hook, pin)?;
+        let change = if hook != Hook::Xdp && !tcx_supported() {
+            let running = self.filter_running(pin, target.device, hook).await?;
+            self.dataplane
+                .ensure_clsact(program, target.device, hook, pin, running)?
+        } else {
+            self.dataplane
+                .ensure_link(program, target.device, hook, pin)?
+        };
         if change == LinkChange::Created {
             self.undo.push(Undo::Pin(
                 pin.to_path_buf(),
@@ -98,6 +103,30 @@ impl Attach<'_> {
             ));
         }
         Ok(change.changed())
+    }
+
+    /// The clsact filter on `device` that runs the program pinned at `pin`,
+    /// if both are there: an upgrade replaces its program in place.
+    async fn filter_running(
+        &self,
+        pin: &std::path::Path,
+        device: &str,
+        hook: Hook,
+    ) -> Result<Option<TcBpfFilter>> {
+        let Some(program) = pinned_program_id(pin) else {
+            return Ok(None);
+        };
+        let index = self
+            .net
+            .device(device)
+            .await?
+            .ok_or_else(|| anyhow!("no such interface: {device}"))?
+            .index;
+        let filters = self
+            .net
+            .tc_bpf_filters(index, hook == Hook::TcEgress)
+            .await?;
+        Ok(filters.into_iter().find(|f| f.program == program))
     }
 
     /// Before attaching a TC filter without TCX: if the device has no clsact

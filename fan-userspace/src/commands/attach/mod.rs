@@ -35,8 +35,8 @@ use crate::{
     host::naming::{IFNAME_MAX, bridge_mac, bridge_name},
     host::nat,
     host::{
-        Device, FoundRoute, IP_FORWARD, Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict,
-        rp_filter_key, write_sysctl,
+        Device, FoundRoute, IP_FORWARD, Net, RP_FILTER_LOOSE, TcBpfFilter, read_sysctl,
+        rp_filter_is_strict, rp_filter_key, write_sysctl,
     },
     ipv4_network, require_capabilities,
     state::StateDir,

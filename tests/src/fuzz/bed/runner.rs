@@ -110,6 +110,25 @@ impl<'a> Runner<'a> {
         })
     }
 
+    /// The kernel's own count of each program's runs in this bed (counted
+    /// while BPF_ENABLE_STATS is on: see [`crate::fuzz::run`]).
+    pub fn kernel_runs(&mut self) -> Result<Vec<(Program, u64)>> {
+        Program::ALL
+            .into_iter()
+            .map(|program| {
+                let info = if program.is_xdp() {
+                    self.dataplane.xdp()?.info()
+                } else {
+                    self.dataplane.classifier(program.name())?.info()
+                };
+                Ok((
+                    program,
+                    info.context("reading a program's info")?.run_count(),
+                ))
+            })
+            .collect()
+    }
+
     /// One run of `program` on `frame`, and the counters it moved.
     pub fn run(&mut self, program: Program, frame: &[u8], ctx: RunContext) -> Result<Observed> {
         if self
