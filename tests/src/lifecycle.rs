@@ -282,3 +282,56 @@ pub fn forward_and_output_tags(
     anyhow::ensure!(forward != output, "the two programs have one tag");
     Ok((forward, output))
 }
+
+/// The runs of `host`'s programs as the kernel counted them (every program
+/// holding the host's counters map: the pinned ones the links run, the
+/// agent's port program) and the outcomes its counters counted (the
+/// documented subsets aside). Runs count only while
+/// `aya::sys::enable_stats` is held, counters always: compare the two from
+/// before the host's first attach.
+pub fn runs_and_outcomes(host: &Host) -> Result<(u64, u64)> {
+    use fan_userspace::dataplane::STATS_MAP;
+    let dir = host
+        .ns
+        .enter(|| fan_userspace::state::StateDir::locate(None))??;
+    let counters_map = aya::maps::MapInfo::from_pin(dir.map(STATS_MAP))?.id();
+    let runs = aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| {
+            p.map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.contains(&counters_map))
+        })
+        .map(|p| p.run_count())
+        .sum();
+    let stats = host.pinned_maps()?.stats()?;
+    let outcomes = StatReason::ALL
+        .iter()
+        .filter(|r| r.is_outcome() && !crate::fuzz::check::is_subset_counter(r.name()))
+        .map(|&r| stats.get(r).packets)
+        .sum();
+    Ok((runs, outcomes))
+}
+
+/// Checks that `host`'s counters add up to its programs' runs: every run
+/// counts one outcome. Read until no program ran between two reads of the
+/// run counts (bounded: a second), as a packet may be under way.
+pub fn assert_runs_add_up(host: &Host) -> Result<(u64, u64)> {
+    let mut last = (0, 0);
+    for _ in 0..50 {
+        let (runs, outcomes) = runs_and_outcomes(host)?;
+        let (again, _) = runs_and_outcomes(host)?;
+        if runs == again && runs == outcomes {
+            return Ok((runs, outcomes));
+        }
+        last = (runs, outcomes);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "{}: its programs ran {} times, its counters counted {} outcomes",
+        host.ns.name(),
+        last.0,
+        last.1
+    )
+}

@@ -16,7 +16,10 @@ use std::{
 };
 
 use fan_tests::{
-    lifecycle::{Footprint, agent_pid, container, env_or, fleet_as_found, wait_until_bridge_empty},
+    lifecycle::{
+        Footprint, agent_pid, assert_runs_add_up, container, env_or, fleet_as_found,
+        wait_until_bridge_empty,
+    },
     privileged,
     snapshot::assert_lifecycle_unchanged,
     topology::{Container, Host},
@@ -139,6 +142,9 @@ fn soak_with_flows_and_containers_coming_and_going() {
     let stable_per_host = per_host / 2;
     let churn_every = Duration::from_millis(env_or("FAN_SOAK_CHURN_MS", 1500));
     let (fleet, before) = fleet_as_found(3).unwrap();
+    // The kernel counts the programs' runs from their load on, for the
+    // counters to add up to (dropped before the final snapshot: a descriptor).
+    let kernel_stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
     fleet.attach_all(&[]).unwrap();
     let plug = |host: &Host, port: u8, index: u8| {
         let c = container(host, port, index).unwrap();
@@ -271,6 +277,12 @@ fn soak_with_flows_and_containers_coming_and_going() {
         }
     });
     let end: Vec<Footprint> = agents.iter().map(|p| Footprint::of(*p).unwrap()).collect();
+    let runs: Vec<(u64, u64)> = fleet
+        .hosts
+        .iter()
+        .map(|h| assert_runs_add_up(h).unwrap())
+        .collect();
+    drop(kernel_stats);
     // Less the one stray the watch was proven with.
     let mut misdelivered = 0;
     let mut udp_in = 0;
@@ -298,12 +310,14 @@ fn soak_with_flows_and_containers_coming_and_going() {
         "soak {seconds} s, 3 hosts x {per_host} containers: {} TCP flows ({} MiB, every byte \
          checked) over {} long-lived pairs, {} containers replaced, {} UDP datagrams sent, {udp_in} \
          received by their address's owner, {misdelivered} misdelivered to a container's MAC for another address, {flooded} frames \
-         for others flooded by the bridges, {direct} packets delivered directly; agents' RSS {:?} -> {:?} KiB, fds {:?} -> {:?}",
+         for others flooded by the bridges, {direct} packets delivered directly; the hosts' program runs \
+         (the kernel's count) {:?}, each equal to its outcomes counted; agents' RSS {:?} -> {:?} KiB, fds {:?} -> {:?}",
         flows.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed) >> 20,
         pairs.len(),
         churned.load(Ordering::Relaxed),
         datagrams.load(Ordering::Relaxed),
+        runs.iter().map(|r| r.0).collect::<Vec<_>>(),
         warm.iter().map(|f| f.rss_kib).collect::<Vec<_>>(),
         end.iter().map(|f| f.rss_kib).collect::<Vec<_>>(),
         warm.iter().map(|f| f.fds).collect::<Vec<_>>(),
