@@ -689,22 +689,26 @@ fn reap(mut child: std::process::Child) {
     }
 }
 
-/// One HTTP request to `addr` from inside `host`'s namespace; the whole answer.
-fn http(host: &Host, addr: &str, request: &str) -> String {
+/// One HTTP request to `addr` from inside `host`'s namespace; the whole
+/// answer, or why there was none (nothing listening yet).
+fn try_http(host: &Host, addr: &str, request: &str) -> std::io::Result<String> {
     let (addr, request) = (addr.to_string(), request.to_string());
     host.ns
         .enter(move || {
             use std::io::Write as _;
-            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            stream.write_all(request.as_bytes()).unwrap();
+            let mut stream = std::net::TcpStream::connect(&addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(request.as_bytes())?;
             let mut answer = String::new();
-            stream.read_to_string(&mut answer).unwrap();
-            answer
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
         })
         .unwrap()
+}
+
+/// One HTTP request to `addr` from inside `host`'s namespace; the whole answer.
+fn http(host: &Host, addr: &str, request: &str) -> String {
+    try_http(host, addr, request).unwrap()
 }
 
 #[test]
@@ -725,18 +729,21 @@ fn the_agent_serves_metrics_only_where_asked_and_only_get_metrics() {
     let agent = host
         .fan_xdp_run_with(&["--metrics", "127.0.0.1:9469"])
         .unwrap();
+    // With no container port to take over, ready can be seen before the
+    // agent listens: until then a scrape is refused.
     host.wait_for_run_ready(Duration::from_secs(10)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let scraped = loop {
-        let answer = http(
+        let answer = try_http(
             host,
             "127.0.0.1:9469",
             "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
         );
-        if answer.starts_with("HTTP/1.1 200 OK") || Instant::now() > deadline {
-            break answer;
+        match answer {
+            Ok(answer) if answer.starts_with("HTTP/1.1 200 OK") => break answer,
+            _ if Instant::now() > deadline => break format!("{answer:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
         }
-        std::thread::sleep(Duration::from_millis(100));
     };
     assert!(scraped.starts_with("HTTP/1.1 200 OK\r\n"), "{scraped}");
     assert!(

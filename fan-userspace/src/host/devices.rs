@@ -107,6 +107,14 @@ fn kind_name(kind: &InfoKind) -> String {
 }
 
 impl Net {
+    /// The ifindex of device `name`, which must exist.
+    pub async fn index_of(&self, name: &str) -> Result<u32> {
+        match self.device(name).await? {
+            Some(device) => Ok(device.index),
+            None => anyhow::bail!("no such interface: {name}"),
+        }
+    }
+
     pub async fn device(&self, name: &str) -> Result<Option<Device>> {
         let mut links = self
             .handle

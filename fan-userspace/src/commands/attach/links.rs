@@ -116,12 +116,7 @@ impl Attach<'_> {
         let Some(program) = pinned_program_id(pin) else {
             return Ok(None);
         };
-        let index = self
-            .net
-            .device(device)
-            .await?
-            .ok_or_else(|| anyhow!("no such interface: {device}"))?
-            .index;
+        let index = self.net.index_of(device).await?;
         let filters = self
             .net
             .tc_bpf_filters(index, hook == Hook::TcEgress)
@@ -133,12 +128,7 @@ impl Attach<'_> {
     /// qdisc yet, the filter's attach adds one, so claim it in the record
     /// first (detach removes it then) and undo it on rollback.
     async fn claim_clsact(&mut self, bit: u8, device: &str) -> Result<()> {
-        let index = self
-            .net
-            .device(device)
-            .await?
-            .ok_or_else(|| anyhow!("no such interface: {device}"))?
-            .index;
+        let index = self.net.index_of(device).await?;
         if !self.net.has_clsact(index).await? {
             self.claim(bit)?;
             self.undo.push(Undo::Clsact(index));
@@ -177,11 +167,7 @@ async fn retire_if_defunct(
     device: &str,
     hook: Hook,
 ) -> Result<()> {
-    let now = net
-        .device(device)
-        .await?
-        .ok_or_else(|| anyhow!("no such interface: {device}"))?
-        .index;
+    let now = net.index_of(device).await?;
     match defunct(net, pin, now, hook).await? {
         None => return Ok(()),
         Some(None | Some(0)) => info!(
