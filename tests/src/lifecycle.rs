@@ -142,16 +142,20 @@ pub fn attached_pair() -> Result<Fleet> {
     Ok(fleet)
 }
 
+/// The loaded program of id `id`, attached through `at` (for the error).
+fn loaded_program(id: u32, at: &str) -> Result<aya::programs::ProgramInfo> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .with_context(|| format!("no program {id} for {at}"))
+}
+
 /// The tag (instruction hash) of the program the link pinned at `pin` runs.
 pub fn linked_tag(pin: &std::path::Path) -> Result<u64> {
     use aya::programs::links::{FdLink, PinnedLink};
     let link = FdLink::from(PinnedLink::from_pin(pin)?);
     let id = link.info()?.program_id();
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == id)
-        .map(|p| p.tag())
-        .with_context(|| format!("no program {id} for the link at {}", pin.display()))
+    Ok(loaded_program(id, &format!("the link at {}", pin.display()))?.tag())
 }
 
 /// How many times the kernel ran the TC program attached through `pin` (a
@@ -168,11 +172,7 @@ pub fn program_runs(pin: &std::path::Path) -> Result<u64> {
     } else {
         aya::programs::ProgramInfo::from_pin(pin)?.id()
     };
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == id)
-        .map(|p| p.run_count())
-        .with_context(|| format!("no program {id} for {}", pin.display()))
+    Ok(loaded_program(id, &pin.display().to_string())?.run_count())
 }
 
 /// The BPF filter on `device`'s ingress clsact hook in `host` (kernels
@@ -220,11 +220,7 @@ pub fn running_tag(host: &Host, device: &str, pin: &std::path::Path) -> Result<u
         "{} marks program {marked}, but {device}'s filter runs {id}",
         pin.display()
     );
-    aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == id)
-        .map(|p| p.tag())
-        .with_context(|| format!("no program {id} on {device}"))
+    Ok(loaded_program(id, device)?.tag())
 }
 
 /// Makes the attachment at `device`'s ingress in `host`, pinned at `pin`,
@@ -283,19 +279,11 @@ pub fn forward_and_output_tags(
     Ok((forward, output))
 }
 
-/// The runs of `host`'s programs as the kernel counted them (every program
-/// holding the host's counters map: the pinned ones the links run, the
-/// agent's port program) and the outcomes its counters counted (the
-/// documented subsets aside). Runs count only while
-/// `aya::sys::enable_stats` is held, counters always: compare the two from
-/// before the host's first attach.
-pub fn runs_and_outcomes(host: &Host) -> Result<(u64, u64)> {
-    use fan_userspace::dataplane::STATS_MAP;
-    let dir = host
-        .ns
-        .enter(|| fan_userspace::state::StateDir::locate(None))??;
-    let counters_map = aya::maps::MapInfo::from_pin(dir.map(STATS_MAP))?.id();
-    let runs = aya::programs::loaded_programs()
+/// The runs of the programs holding the counters map `counters_map` (a
+/// host's: the pinned programs its links run, its agent's port program) as
+/// the kernel counted them: only while `aya::sys::enable_stats` is held.
+fn runs_with_map(counters_map: u32) -> u64 {
+    aya::programs::loaded_programs()
         .flatten()
         .filter(|p| {
             p.map_ids()
@@ -304,25 +292,36 @@ pub fn runs_and_outcomes(host: &Host) -> Result<(u64, u64)> {
                 .is_some_and(|ids| ids.contains(&counters_map))
         })
         .map(|p| p.run_count())
-        .sum();
+        .sum()
+}
+
+/// The outcomes `host`'s counters counted (the documented subsets aside).
+fn outcomes_counted(host: &Host) -> Result<u64> {
     let stats = host.pinned_maps()?.stats()?;
-    let outcomes = StatReason::ALL
+    Ok(StatReason::ALL
         .iter()
         .filter(|r| r.is_outcome() && !crate::fuzz::check::is_subset_counter(r.name()))
         .map(|&r| stats.get(r).packets)
-        .sum();
-    Ok((runs, outcomes))
+        .sum())
 }
 
-/// Checks that `host`'s counters add up to its programs' runs: every run
+/// Checks that `host`'s counters add up to its programs' runs as the kernel
+/// counted them (hold `aya::sys::enable_stats` from before the host's first
+/// attach: runs count only while it is held, counters always): every run
 /// counts one outcome. Read until no program ran between two reads of the
-/// run counts (bounded: a second), as a packet may be under way.
+/// run counts (bounded: a second), as a packet may be under way. Returns
+/// (runs, outcomes).
 pub fn assert_runs_add_up(host: &Host) -> Result<(u64, u64)> {
+    use fan_userspace::dataplane::STATS_MAP;
+    let dir = host
+        .ns
+        .enter(|| fan_userspace::state::StateDir::locate(None))??;
+    let counters_map = aya::maps::MapInfo::from_pin(dir.map(STATS_MAP))?.id();
     let mut last = (0, 0);
     for _ in 0..50 {
-        let (runs, outcomes) = runs_and_outcomes(host)?;
-        let (again, _) = runs_and_outcomes(host)?;
-        if runs == again && runs == outcomes {
+        let runs = runs_with_map(counters_map);
+        let outcomes = outcomes_counted(host)?;
+        if runs == runs_with_map(counters_map) && runs == outcomes {
             return Ok((runs, outcomes));
         }
         last = (runs, outcomes);

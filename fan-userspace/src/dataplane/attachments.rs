@@ -163,8 +163,8 @@ impl Dataplane {
             if pinned_program_id(pin) == Some(target) {
                 return Ok(LinkChange::Unchanged);
             }
-            let tc = self.target_tc(program)?;
             if let Some(filter) = running {
+                let tc = self.target_tc(program)?;
                 let place = SchedClassifierLink::attached(
                     device,
                     attach_type,

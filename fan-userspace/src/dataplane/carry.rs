@@ -10,14 +10,18 @@ use super::*;
 
 /// One counter's values, a value per CPU.
 type PerCpu = Vec<Counter>;
+/// The totals map as pinned, one counter per slot.
+type Totals = PerCpuArray<MapData, Counter>;
+/// The per-fan counters map as pinned.
+type ByFan = PerCpuHashMap<MapData, FanStatKey, Counter>;
 
 /// The counters read from maps too small for this version, and the maps
 /// themselves, to pin back if the load fails.
 pub(super) struct CarriedCounters {
     /// The totals map, and its slots' values in slot order.
-    totals: Option<(MapData, Vec<PerCpu>)>,
+    totals: Option<(Totals, Vec<PerCpu>)>,
     /// The per-fan map, and its entries.
-    by_fan: Option<(MapData, Vec<(FanStatKey, PerCpu)>)>,
+    by_fan: Option<(ByFan, Vec<(FanStatKey, PerCpu)>)>,
     dir: StateDir,
 }
 
@@ -26,24 +30,20 @@ impl CarriedCounters {
     /// than this version's. A larger one was made by a newer fan-xdp, whose
     /// reasons this one cannot name: refused, with nothing changed.
     pub(super) fn take(dir: &StateDir) -> Result<Self> {
-        let totals = Self::resized(dir, STATS_MAP, StatReason::COUNT)?;
-        let by_fan = Self::resized(dir, STATS_BY_FAN_MAP, fan_common::stats::MAX_FAN_STATS)?;
-        let totals = match totals {
+        let totals = match Self::resized(dir, STATS_MAP, StatReason::COUNT)? {
             Some(data) => {
-                let array: PerCpuArray<MapData, Counter> =
-                    PerCpuArray::try_from(Map::PerCpuArray(data))?;
+                let array = PerCpuArray::try_from(Map::PerCpuArray(data))?;
                 let values = (0..array.len())
                     .map(|slot| Ok(array.get(&slot, 0)?.iter().copied().collect()))
                     .collect::<Result<Vec<_>>>()
                     .context("reading the older counters")?;
-                Some((MapData::from_pin(dir.map(STATS_MAP))?, values))
+                Some((array, values))
             }
             None => None,
         };
-        let by_fan = match by_fan {
+        let by_fan = match Self::resized(dir, STATS_BY_FAN_MAP, fan_common::stats::MAX_FAN_STATS)? {
             Some(data) => {
-                let map: PerCpuHashMap<MapData, FanStatKey, Counter> =
-                    PerCpuHashMap::try_from(Map::PerCpuHashMap(data))?;
+                let map = PerCpuHashMap::try_from(Map::PerCpuHashMap(data))?;
                 let entries = map
                     .iter()
                     .map(|entry| {
@@ -52,18 +52,14 @@ impl CarriedCounters {
                     })
                     .collect::<Result<Vec<_>>>()
                     .context("reading the older per-fan counters")?;
-                Some((MapData::from_pin(dir.map(STATS_BY_FAN_MAP))?, entries))
+                Some((map, entries))
             }
             None => None,
         };
-        let carried = Self {
-            totals,
-            by_fan,
-            dir: dir.clone(),
-        };
+        // Unpinned once both are read: a failure before leaves the state as it was.
         for (name, taken) in [
-            (STATS_MAP, carried.totals.is_some()),
-            (STATS_BY_FAN_MAP, carried.by_fan.is_some()),
+            (STATS_MAP, totals.is_some()),
+            (STATS_BY_FAN_MAP, by_fan.is_some()),
         ] {
             if taken {
                 let path = dir.map(name);
@@ -71,7 +67,11 @@ impl CarriedCounters {
                     .with_context(|| format!("unpinning {}", path.display()))?;
             }
         }
-        Ok(carried)
+        Ok(Self {
+            totals,
+            by_fan,
+            dir: dir.clone(),
+        })
     }
 
     /// The map `name` pinned in `dir` if its size is not `wanted`.
@@ -99,27 +99,22 @@ impl CarriedCounters {
         Ok(Some(MapData::from_pin(&path)?))
     }
 
-    /// Whether anything was carried (the maps were created anew).
-    pub(super) fn any(&self) -> bool {
-        self.totals.is_some() || self.by_fan.is_some()
-    }
-
     /// Pins the older maps back where they were (the load failed).
     pub(super) fn put_back(self) {
-        for (name, map) in [
-            (STATS_MAP, self.totals.map(|t| t.0)),
-            (STATS_BY_FAN_MAP, self.by_fan.map(|b| b.0)),
-        ] {
-            if let Some(map) = map {
-                let path = self.dir.map(name);
-                if let Err(e) = map.pin(&path) {
-                    log::warn!("could not pin {} back: {e}", path.display());
-                }
+        let pin_back = |name: &str, pinned: Result<(), aya::pin::PinError>| {
+            if let Err(e) = pinned {
+                log::warn!("could not pin {} back: {e}", self.dir.map(name).display());
             }
+        };
+        if let Some((array, _)) = self.totals {
+            pin_back(STATS_MAP, array.pin(self.dir.map(STATS_MAP)));
+        }
+        if let Some((map, _)) = self.by_fan {
+            pin_back(STATS_BY_FAN_MAP, map.pin(self.dir.map(STATS_BY_FAN_MAP)));
         }
     }
 
-    /// Writes the carried values into the maps this load created.
+    /// Writes the carried values, if any, into the maps this load created.
     pub(super) fn restore(self, ebpf: &mut Ebpf) -> Result<()> {
         if let Some((_, values)) = self.totals {
             let map = ebpf

@@ -33,9 +33,7 @@ impl Dataplane {
                 return Err(e);
             }
         };
-        if carried.any() {
-            carried.restore(&mut dataplane.ebpf)?;
-        }
+        carried.restore(&mut dataplane.ebpf)?;
         dataplane.created_maps = created;
         Ok(dataplane)
     }

@@ -79,16 +79,13 @@ impl Attach<'_> {
         hook: Hook,
         pin: &std::path::Path,
     ) -> Result<bool> {
-        let net = self.net;
-        retire_if_defunct(net, pin, target.device, hook).await?;
-        if hook != Hook::Xdp
-            && !tcx_supported()
-            && let Some(bit) = target.clsact
-        {
-            self.claim_clsact(bit, target.device).await?;
-        }
+        let index = self.net.index_of(target.device).await?;
+        retire_if_defunct(self.net, pin, target.device, index, hook).await?;
         let change = if hook != Hook::Xdp && !tcx_supported() {
-            let running = self.filter_running(pin, target.device, hook).await?;
+            if let Some(bit) = target.clsact {
+                self.claim_clsact(bit, index).await?;
+            }
+            let running = self.filter_running(pin, index, hook).await?;
             self.dataplane
                 .ensure_clsact(program, target.device, hook, pin, running)?
         } else {
@@ -105,18 +102,17 @@ impl Attach<'_> {
         Ok(change.changed())
     }
 
-    /// The clsact filter on `device` that runs the program pinned at `pin`,
-    /// if both are there: an upgrade replaces its program in place.
+    /// The clsact filter on device `index` that runs the program pinned at
+    /// `pin`, if both are there: an upgrade replaces its program in place.
     async fn filter_running(
         &self,
         pin: &std::path::Path,
-        device: &str,
+        index: u32,
         hook: Hook,
     ) -> Result<Option<TcBpfFilter>> {
         let Some(program) = pinned_program_id(pin) else {
             return Ok(None);
         };
-        let index = self.net.index_of(device).await?;
         let filters = self
             .net
             .tc_bpf_filters(index, hook == Hook::TcEgress)
@@ -127,8 +123,7 @@ impl Attach<'_> {
     /// Before attaching a TC filter without TCX: if the device has no clsact
     /// qdisc yet, the filter's attach adds one, so claim it in the record
     /// first (detach removes it then) and undo it on rollback.
-    async fn claim_clsact(&mut self, bit: u8, device: &str) -> Result<()> {
-        let index = self.net.index_of(device).await?;
+    async fn claim_clsact(&mut self, bit: u8, index: u32) -> Result<()> {
         if !self.net.has_clsact(index).await? {
             self.claim(bit)?;
             self.undo.push(Undo::Clsact(index));
@@ -157,17 +152,17 @@ pub(super) fn retire_other_decap(plan: &Plan, mode: DecapMode) -> Result<bool> {
     Ok(true)
 }
 
-/// Removes the pin at `pin` if what it attached is not on `device` as it is
-/// now: the device was deleted since, and perhaps re-created under its name
-/// (netplan, a driver reload), taking the program with it. Trusting such a
-/// pin would report success and attach nothing.
+/// Removes the pin at `pin` if what it attached is not on `device` (ifindex
+/// `now`) as it is now: the device was deleted since, and perhaps re-created
+/// under its name (netplan, a driver reload), taking the program with it.
+/// Trusting such a pin would report success and attach nothing.
 async fn retire_if_defunct(
     net: &Net,
     pin: &std::path::Path,
     device: &str,
+    now: u32,
     hook: Hook,
 ) -> Result<()> {
-    let now = net.index_of(device).await?;
     match defunct(net, pin, now, hook).await? {
         None => return Ok(()),
         Some(None | Some(0)) => info!(
