@@ -133,7 +133,7 @@ pub fn refusals(
 }
 
 /// What setup refuses in apt's plan for installing `packages`.
-fn refused_changes(packages: &[&str]) -> Result<Vec<String>> {
+pub fn refused_changes(packages: &[&str]) -> Result<Vec<String>> {
     refusals(&planned_changes(&simulate(packages)?), dpkg_older)
 }
 

@@ -25,7 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (idempotent: only what is missing).
+    /// Install what building, the demo, the bench and every test need
+    /// (idempotent: only what is missing). Each other task installs what
+    /// it needs itself.
     Setup,
     /// Build everything in release mode (the eBPF object is built by fan-userspace's build script).
     Build,
@@ -102,21 +104,43 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Task::Setup => setup::run(),
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", error_report(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error as fan-xdp prints its own: `error: ` and each cause on a line
+/// of its own, never a backtrace, whatever RUST_BACKTRACE says (these are
+/// a user's errors, not the program's faults).
+fn error_report(error: &anyhow::Error) -> String {
+    let mut report = format!("error: {error}");
+    for cause in error.chain().skip(1) {
+        report += &format!("\n  caused by: {cause}");
+    }
+    report
+}
+
+fn run(task: Task) -> Result<()> {
+    use setup::Use;
+    match task {
+        Task::Setup => setup::run(Use::Tests),
         Task::Build => {
-            setup::run()?;
+            setup::run(Use::Build)?;
             cargo(&["build", "--release"])
         }
         Task::Test { no_setup } => {
             if !no_setup {
-                setup::run()?;
+                setup::run(Use::Tests)?;
             }
             test::run()
         }
         Task::Fuzz { cases, seed } => {
-            setup::run()?;
+            setup::run(Use::Build)?;
             fuzz(cases, seed)
         }
         Task::Soak {
@@ -124,7 +148,7 @@ fn main() -> Result<()> {
             containers,
             cycles,
         } => {
-            setup::run()?;
+            setup::run(Use::Tests)?;
             soak(minutes, containers, cycles)
         }
         Task::Bench {
@@ -133,7 +157,7 @@ fn main() -> Result<()> {
             paths,
             runs,
         } => {
-            setup::run()?;
+            setup::run(Use::Bench)?;
             if containers {
                 return containers_bench();
             }
@@ -157,7 +181,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Vm { timeout, command } => {
-            setup::run()?;
+            setup::run(Use::Vm)?;
             let payload = vm::test_payload()?;
             let (status, _) = vm::run_in_vm(
                 &payload,
@@ -174,12 +198,12 @@ fn main() -> Result<()> {
             prefix,
             cni_bin_dir,
         } => {
-            setup::run()?;
+            setup::run(Use::Build)?;
             let installed = install::run(&prefix)?;
             cni::install_plugin(&installed, &cni_bin_dir)
         }
         Task::Demo => {
-            setup::run()?;
+            setup::run(Use::Demo)?;
             run_release("fan-demo", &[])
         }
     }

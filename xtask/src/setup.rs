@@ -4,68 +4,133 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the tests drive,
-/// each with what shows it is already here from any source.
+/// What a task needs installed: each README command asks for its own, so
+/// that the demo does not bring in Docker, LXD or a VM.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Use {
+    /// Building fan-xdp: the eBPF toolchain.
+    Build,
+    /// The demo: namespaces, ping, iperf3, nftables.
+    Demo,
+    /// The bench: the demo's tools and the containers part's DHCP.
+    Bench,
+    /// The second kernel in qemu (qemu itself comes privately: `vm::qemu`).
+    Vm,
+    /// Every test: all of the above and the container runtimes.
+    Tests,
+}
+
+impl Use {
+    /// The uses a task's needs include: the tests need everything, the
+    /// bench and the VM what the demo and the build need.
+    fn includes(self, other: Use) -> bool {
+        use Use::*;
+        match self {
+            Tests => true,
+            Bench => matches!(other, Build | Demo | Bench),
+            Demo => matches!(other, Build | Demo),
+            Vm => matches!(other, Build | Vm),
+            Build => other == Build,
+        }
+    }
+}
+
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the demo, bench
+/// and tests drive, each with the first use that needs it and what shows
+/// it is already here from any source. qemu is not among them: Debian 12's
+/// qemu-system-x86 would remove a newer qemu-utils the machine may have, so
+/// `cargo xtask vm` unpacks its own copy under target/ instead.
 const PACKAGES: &[Need] = &[
-    Need::package("llvm-22-dev", "LLVM 22, which bpf-linker links against"),
     Need::package(
+        Use::Build,
+        "llvm-22-dev",
+        "LLVM 22, which bpf-linker links against",
+    ),
+    Need::package(
+        Use::Build,
         "libpolly-22-dev",
         "needed to link bpf-linker against LLVM 22",
     ),
+    Need::program(Use::Demo, "iproute2", "ip", "ip: namespaces, veth, bridges"),
+    Need::program(Use::Demo, "iputils-ping", "ping", "ping between containers"),
     Need::program(
-        "iproute2",
-        "ip",
-        "ip: namespaces, veth, bridges in the tests",
+        Use::Demo,
+        "procps",
+        "sysctl",
+        "sysctl in the simulated hosts",
     ),
-    Need::program("iputils-ping", "ping", "ping in the tests"),
-    Need::program("ethtool", "ethtool", "turning TSO off in the tests"),
-    Need::program("tcpdump", "tcpdump", "underlay captures in the tests"),
-    Need::program("procps", "sysctl", "sysctl in the tests"),
-    Need::program("iperf3", "iperf3", "throughput in the demo and the bench"),
-    Need::program("nftables", "nft", "nft: fan-xdp's masquerade rules"),
-    Need::program("util-linux", "setpriv", "setpriv in the tests"),
     Need::program(
+        Use::Demo,
+        "iperf3",
+        "iperf3",
+        "throughput in the demo and the bench",
+    ),
+    Need::program(
+        Use::Demo,
+        "nftables",
+        "nft",
+        "nft: fan-xdp's masquerade rules",
+    ),
+    Need::program(
+        Use::Bench,
+        "ethtool",
+        "ethtool",
+        "turning TSO off in the bench and tests",
+    ),
+    Need::program(
+        Use::Bench,
+        "util-linux",
+        "setpriv",
+        "setpriv in the bench and tests",
+    ),
+    Need::program(
+        Use::Bench,
         "dnsmasq-base",
         "dnsmasq",
-        "the DHCP server `attach --dhcp` runs on a slice bridge",
+        "the DHCP server `attach --dhcp` runs, in the containers bench and tests",
     ),
     Need {
+        used_by: Use::Bench,
         package: "udhcpc",
-        why: "the DHCP client of the DHCP tests and the containers bench",
+        why: "the DHCP client of the containers bench and the DHCP tests",
         // Its script applies the router and the MTU; busybox's sample does not.
         present: Present::File("/etc/udhcpc/default.script"),
     },
+    Need {
+        used_by: Use::Bench,
+        package: "fonts-dejavu-core",
+        why: "the font of the bench's chart",
+        present: Present::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    },
+    Need::program(
+        Use::Tests,
+        "tcpdump",
+        "tcpdump",
+        "underlay captures in the tests",
+    ),
     // Installed, never started (the policy-rc.d below); not PID 1 here.
     Need::program(
+        Use::Tests,
         "systemd",
         "systemd-analyze",
         "systemd-analyze verify: the install test checks the unit with it",
     ),
     Need::program(
+        Use::Tests,
         "man-db",
         "man",
         "man: systemd-analyze verify looks up the unit's man page",
     ),
-    Need {
-        package: "fonts-dejavu-core",
-        why: "the font of the bench's chart",
-        present: Present::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
-    },
-    Need {
-        package: "qemu-system-x86",
-        why: "the VM that runs the tests on a second kernel",
-        // Bookworm's 7.2 is what the VM runs were made with; a newer one
-        // (backports, a local build) is used as it is.
-        present: Present::ProgramAtLeast("qemu-system-x86_64", (7, 2)),
-    },
     // Only Debian's static build will do: the VM copies /bin/busybox alone.
-    Need::package("busybox-static", "the VM's userland"),
+    Need::package(Use::Vm, "busybox-static", "the VM's userland"),
     Need::program(
+        Use::Vm,
         "kmod",
         "depmod",
         "depmod and modprobe, to pick the VM's kernel modules",
     ),
     Need::program(
+        Use::Vm,
         "binutils",
         "strip",
         "strip, to keep the VM's initramfs small",
@@ -74,9 +139,20 @@ const PACKAGES: &[Need] = &[
     // containers with runc: crun refuses this machine's hybrid cgroups), and
     // Debian's reference plugins (host-local delegated, portmap chained).
     // Their packages enable services; the policy-rc.d keeps them stopped.
-    Need::program("podman", "podman", "a real CNI runtime in the CNI tests"),
-    Need::program("runc", "runc", "the OCI runtime of Podman in the CNI tests"),
+    Need::program(
+        Use::Tests,
+        "podman",
+        "podman",
+        "a real CNI runtime in the CNI tests",
+    ),
+    Need::program(
+        Use::Tests,
+        "runc",
+        "runc",
+        "the OCI runtime of Podman in the CNI tests",
+    ),
     Need {
+        used_by: Use::Tests,
         package: "containernetworking-plugins",
         why: "the reference CNI plugins (host-local, portmap) the CNI tests chain",
         present: Present::File("/usr/lib/cni/portmap"),
@@ -88,15 +164,18 @@ const PACKAGES: &[Need] = &[
     // LXD is another program). Their services never start on install: the
     // deny-all policy-rc.d that `apt::install` holds while apt runs.
     Need::package(
+        Use::Tests,
         "docker.io",
         "Docker 20.10 on the fan, in the runtimes tests",
     ),
     Need::program(
+        Use::Tests,
         "lxc",
         "lxc-start",
         "LXC containers on the fan, in the runtimes tests",
     ),
     Need::package(
+        Use::Tests,
         "lxd",
         "LXD 5.0 containers on the fan, in the runtimes tests",
     ),
@@ -104,8 +183,9 @@ const PACKAGES: &[Need] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-pub fn run() -> Result<()> {
-    let missing: Vec<&Need> = PACKAGES.iter().filter(|need| !need.satisfied()).collect();
+/// Installs what `task` needs and is missing.
+pub fn run(task: Use) -> Result<()> {
+    let missing: Vec<&Need> = needed_by(task).filter(|need| !need.satisfied()).collect();
     if missing.is_empty() {
         println!("setup: Debian packages present");
     } else {
@@ -141,8 +221,12 @@ pub fn run() -> Result<()> {
         println!("setup: nightly rust-src present");
     }
 
-    let kernel = crate::vm::kernel().context("fetching the VM's kernel package")?;
-    println!("setup: VM kernel {} present", kernel.version);
+    if task.includes(Use::Vm) {
+        let kernel = crate::vm::kernel().context("fetching the VM's kernel package")?;
+        println!("setup: VM kernel {} present", kernel.version);
+        let qemu = crate::vm::qemu_program().context("fetching the VM's qemu")?;
+        println!("setup: qemu {}", qemu.describe());
+    }
 
     if bpf_linker_ok() {
         println!("setup: bpf-linker present");
@@ -169,8 +253,17 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// The packages `task` needs.
+fn needed_by(task: Use) -> impl Iterator<Item = &'static Need> {
+    PACKAGES
+        .iter()
+        .filter(move |need| task.includes(need.used_by))
+}
+
 /// A Debian package setup installs unless what it brings is already here.
 struct Need {
+    /// The first use that needs it.
+    used_by: Use,
     package: &'static str,
     /// Why the project needs it, said when it is installed.
     why: &'static str,
@@ -185,22 +278,27 @@ enum Present {
     Package,
     /// A program on PATH.
     Program(&'static str),
-    /// A program on PATH whose `--version` says at least (major, minor).
-    ProgramAtLeast(&'static str, (u32, u32)),
     File(&'static str),
 }
 
 impl Need {
-    const fn package(package: &'static str, why: &'static str) -> Self {
+    const fn package(used_by: Use, package: &'static str, why: &'static str) -> Self {
         Self {
+            used_by,
             package,
             why,
             present: Present::Package,
         }
     }
 
-    const fn program(package: &'static str, program: &'static str, why: &'static str) -> Self {
+    const fn program(
+        used_by: Use,
+        package: &'static str,
+        program: &'static str,
+        why: &'static str,
+    ) -> Self {
         Self {
+            used_by,
             package,
             why,
             present: Present::Program(program),
@@ -214,9 +312,6 @@ impl Need {
         let found = match self.present {
             Present::Package => None,
             Present::Program(program) => on_path(program),
-            Present::ProgramAtLeast(program, minimum) => {
-                on_path(program).filter(|path| program_at_least(path, minimum))
-            }
             Present::File(path) => Some(std::path::PathBuf::from(path)).filter(|p| p.exists()),
         };
         if let Some(found) = &found {
@@ -231,7 +326,7 @@ impl Need {
 }
 
 /// The first executable called `program` in PATH's directories.
-fn on_path(program: &str) -> Option<std::path::PathBuf> {
+pub fn on_path(program: &str) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -243,7 +338,7 @@ fn on_path(program: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Whether `program --version` reports at least `minimum`.
-fn program_at_least(program: &std::path::Path, minimum: (u32, u32)) -> bool {
+pub fn program_at_least(program: &std::path::Path, minimum: (u32, u32)) -> bool {
     let Ok(out) = Command::new(program).arg("--version").output() else {
         return false;
     };
@@ -251,7 +346,7 @@ fn program_at_least(program: &std::path::Path, minimum: (u32, u32)) -> bool {
     let enough = new_enough(&text, minimum);
     if !enough {
         println!(
-            "setup: {} reports {:?}, not at least {}.{}: installing Debian's",
+            "setup: {} reports {:?}, not at least {}.{}: not used",
             program.display(),
             text.lines().next().unwrap_or(""),
             minimum.0,
@@ -367,6 +462,34 @@ mod tests {
         assert!(!new_enough("QEMU emulator version 7.1.5", minimum));
         assert!(!new_enough("QEMU emulator version 6.2.0", minimum));
         assert!(!new_enough("", minimum));
+    }
+
+    /// The image's case: qemu-utils from bookworm-backports, which Debian
+    /// 12's qemu-system-x86 would remove. Setup asks apt for no qemu
+    /// package, and apt's plan for everything the tests need removes or
+    /// downgrades nothing on this machine (whatever of it is installed
+    /// already is no change in the plan).
+    #[test]
+    fn the_tests_needs_would_remove_or_downgrade_nothing_here() {
+        assert!(
+            PACKAGES.iter().all(|need| !need.package.starts_with("qemu")),
+            "qemu comes unpacked under target/, never from apt"
+        );
+        let names: Vec<&str> = needed_by(Use::Tests).map(|need| need.package).collect();
+        assert_eq!(names.len(), PACKAGES.len());
+        let refused = crate::apt::refused_changes(&names).unwrap();
+        assert!(refused.is_empty(), "apt would: {refused:?}");
+    }
+
+    #[test]
+    fn the_demo_installs_no_runtime_vm_or_bench_tool() {
+        let demo: Vec<&str> = needed_by(Use::Demo).map(|need| need.package).collect();
+        for package in ["docker.io", "lxd", "lxc", "podman", "busybox-static", "udhcpc"] {
+            assert!(!demo.contains(&package), "the demo installs {package}");
+        }
+        assert!(demo.contains(&"llvm-22-dev") && demo.contains(&"iperf3"));
+        let build: Vec<&str> = needed_by(Use::Build).map(|need| need.package).collect();
+        assert_eq!(build, ["llvm-22-dev", "libpolly-22-dev"]);
     }
 
     #[test]

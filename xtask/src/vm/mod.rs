@@ -9,6 +9,7 @@
 //! and what it runs gathered in `payload`.
 
 mod cpio;
+mod emulator;
 mod initramfs;
 mod payload;
 mod qemu;
@@ -19,6 +20,7 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::workspace_root;
 
+pub use emulator::qemu_program;
 pub use payload::test_payload;
 pub use qemu::run_in_vm;
 

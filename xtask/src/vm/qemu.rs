@@ -12,12 +12,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{EXIT_MARKER, Kernel, initramfs::initramfs, kernel, vm_dir};
+use super::{
+    EXIT_MARKER, Kernel,
+    emulator::{Qemu, qemu_program},
+    initramfs::initramfs,
+    kernel, vm_dir,
+};
 
 /// The guest machine: two CPUs, 3 GB, the serial console on stdio, and no
 /// reboot, so that a guest that powers off or panics ends qemu.
-fn qemu(kernel: &Kernel, accel: &str) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
+fn qemu(qemu: &Qemu, kernel: &Kernel, accel: &str) -> Command {
+    let mut cmd = qemu.command();
     cmd.args([
         "-machine",
         &format!("q35,accel={accel}"),
@@ -57,11 +62,11 @@ const KVM_PROBE_LIMIT: Duration = Duration::from_secs(20);
 /// hosts: so this boots the real kernel without a root file system, and
 /// KVM counts as working only if the kernel gets as far as panicking for
 /// want of one and qemu then exits by itself.
-fn kvm_boots(kernel: &Kernel) -> bool {
+fn kvm_boots(program: &Qemu, kernel: &Kernel) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
     }
-    let mut cmd = qemu(kernel, "kvm");
+    let mut cmd = qemu(program, kernel, "kvm");
     cmd.args(["-append", "console=ttyS0 panic=-1 loglevel=1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -89,11 +94,11 @@ fn kvm_boots(kernel: &Kernel) -> bool {
 
 /// The accelerator: `FAN_VM_ACCEL` (kvm or tcg) if set, else KVM where a
 /// probe boot shows it works, else TCG (emulation: slower, always there).
-fn accelerator(kernel: &Kernel) -> Result<String> {
+fn accelerator(program: &Qemu, kernel: &Kernel) -> Result<String> {
     match std::env::var("FAN_VM_ACCEL") {
         Ok(forced) if forced == "kvm" || forced == "tcg" => Ok(forced),
         Ok(other) => bail!("FAN_VM_ACCEL={other}: expected kvm or tcg"),
-        Err(_) if kvm_boots(kernel) => Ok("kvm".into()),
+        Err(_) if kvm_boots(program, kernel) => Ok("kvm".into()),
         Err(_) => {
             println!(
                 "vm: KVM unusable here (no /dev/kvm, or a probe boot did not finish within {} s); \
@@ -142,13 +147,14 @@ pub fn run_in_vm(
 ) -> Result<(i32, Vec<String>)> {
     let kernel = kernel()?;
     let initrd = initramfs(&kernel, payload, command)?;
-    let accel = accelerator(&kernel)?;
+    let program = qemu_program()?;
+    let accel = accelerator(&program, &kernel)?;
     println!(
         "vm: booting {} under {accel} (limit {} s)",
         kernel.version,
         limit.as_secs()
     );
-    let mut cmd = qemu(&kernel, &accel);
+    let mut cmd = qemu(&program, &kernel, &accel);
     cmd.arg("-initrd").arg(&initrd).args([
         "-append",
         "console=ttyS0 panic=-1 softlockup_panic=1 quiet loglevel=5",
@@ -167,7 +173,7 @@ pub fn run_in_vm(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
+        .context("starting qemu-system-x86_64")?;
     let log_path = vm_dir().join("console.log");
     let mut log = fs::File::create(&log_path)?;
     let (tx, rx) = std::sync::mpsc::channel();
