@@ -188,6 +188,7 @@ fn run(task: Task) -> Result<()> {
                 &command.join(" "),
                 std::time::Duration::from_secs(timeout),
                 4,
+                vm::Console::Live,
             )?;
             if status != 0 {
                 bail!("the command exited with {status} in the VM");

@@ -1,11 +1,14 @@
-//! Runs every test and prints one total.
+//! Runs every test and prints one total, and how long each part took.
 //!
 //! Host-only tests run in parallel; the namespace tests run one at a time,
-//! since they measure real transfers on a 2-core machine.
+//! since they measure real transfers on a 2-core machine. The guest on the
+//! second kernel runs beside them, at a lower priority.
 
 use std::{
     io::{BufRead as _, BufReader},
+    path::PathBuf,
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -19,81 +22,110 @@ struct Totals {
     ignored: u64,
 }
 
+/// How long each part of the run took, printed at the end.
+#[derive(Default)]
+struct Timings(Vec<(String, Duration)>);
+
+impl Timings {
+    fn time<T>(&mut self, part: &str, work: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let result = work();
+        self.0.push((part.to_string(), started.elapsed()));
+        result
+    }
+
+    fn print(&self, total: Duration) {
+        println!("time per part (the guest's suites ran beside the host's):");
+        for (part, took) in &self.0 {
+            println!("  {:>7.1} s  {part}", took.as_secs_f64());
+        }
+        println!("  {:>7.1} s  in all", total.as_secs_f64());
+    }
+}
+
+/// The host's test executables, each run (and timed) on its own, one test
+/// at a time: they build namespaces and measure transfers on 2 CPUs. This
+/// kernel has no ipip module: the interop tests run in the VM only.
+const HOST_SUITES: &[&str] = &[
+    "programs",
+    "cli",
+    "netns_fan",
+    "policy",
+    "pmtu",
+    "agent",
+    "netfilter",
+    // fanctl's file and verbs, reboots, address changes: host kernel only.
+    "host_lives",
+    // The CNI plugin: its protocol, the reference plugins, Podman.
+    "cni",
+    // The docs' `fan-xdp map` examples, run and compared.
+    "docs",
+    // DHCP on the slice: dnsmasq and udhcpc, which the VM has not.
+    "dhcp",
+    // The programs against the reference model: the corpus and 100,000
+    // generated cases per program, seeded by the commit.
+    "fuzz",
+    // Docker, LXC and LXD on the fan (about a minute); not in the VM,
+    // whose 6.1 guest has no container runtimes.
+    "runtimes",
+    // Over time: 3 leak cycles, 20 upgrades and 20 agent kills under a
+    // transfer, and a 30-second soak (cargo xtask soak runs longer ones).
+    "lifecycle",
+    "soak",
+];
+
 pub fn run() -> Result<()> {
-    lint()?;
-    // The namespace tests drive the fan-xdp binary, which `cargo test` of
-    // another package does not build.
-    crate::cargo(&[&["build"][..], &crate::TEST_FAN_XDP].concat())?;
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    timings.time("clippy (user side and eBPF)", lint)?;
+    // fan-xdp as the tests drive it and every test executable, built once:
+    // the host's suites and the guest run the same binaries.
+    let payload = timings.time(
+        "build: fan-xdp and the test executables",
+        crate::vm::test_payload,
+    )?;
+    // The guest emulates its CPUs (no KVM here) and is the longest part:
+    // it starts now and runs beside everything below, niced.
+    let guest = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = vm_tests(&payload);
+        (result, started.elapsed())
+    });
     let mut totals = Totals::default();
     let mut ok = true;
-    ok &= cargo_test(
-        &[
-            "--workspace",
-            "--exclude",
-            "fan-tests",
-            "--exclude",
-            "fan-ebpf",
-        ],
-        &[],
-        &mut totals,
-    )?;
-    // This kernel has no ipip module: the interop tests run in the VM only.
-    let host_tests = [
-        "--test",
-        "programs",
-        "--test",
-        "cli",
-        "--test",
-        "netns_fan",
-        "--test",
-        "policy",
-        "--test",
-        "pmtu",
-        "--test",
-        "agent",
-        "--test",
-        "netfilter",
-        // fanctl's file and verbs, reboots, address changes: host kernel only.
-        "--test",
-        "host_lives",
-        // The CNI plugin: its protocol, the reference plugins, Podman.
-        "--test",
-        "cni",
-        // The docs' `fan-xdp map` examples, run and compared.
-        "--test",
-        "docs",
-        // DHCP on the slice: dnsmasq and udhcpc, which the VM has not.
-        "--test",
-        "dhcp",
-        // The programs against the reference model: the corpus and 100,000
-        // generated cases per program, seeded by the commit.
-        "--test",
-        "fuzz",
-        // Docker, LXC and LXD on the fan (about a minute); not in the VM,
-        // whose 6.1 guest has no container runtimes.
-        "--test",
-        "runtimes",
-        // Over time: 3 leak cycles, 20 upgrades and 20 agent kills under a
-        // transfer, and a 30-second soak (cargo xtask soak runs longer ones).
-        "--test",
-        "lifecycle",
-        "--test",
-        "soak",
-    ];
-    ok &= cargo_test(
-        &[&["-p", "fan-tests"][..], &host_tests].concat(),
-        &["--test-threads=1"],
-        &mut totals,
-    )?;
+    ok &= timings.time("unit tests", || {
+        cargo_test(
+            &[
+                "--workspace",
+                "--exclude",
+                "fan-tests",
+                "--exclude",
+                "fan-ebpf",
+            ],
+            &[],
+            &mut totals,
+        )
+    })?;
+    for suite in HOST_SUITES {
+        ok &= timings.time(&format!("host: {suite}"), || {
+            cargo_test(
+                &["-p", "fan-tests", "--test", suite],
+                &["--test-threads=1"],
+                &mut totals,
+            )
+        })?;
+    }
     // The tests crate's own unit tests: the chart, the measurements, readiness.
-    ok &= cargo_test(&["-p", "fan-tests", "--lib"], &[], &mut totals)?;
+    ok &= timings.time("host: fan-tests' unit tests", || {
+        cargo_test(&["-p", "fan-tests", "--lib"], &[], &mut totals)
+    })?;
     println!("fan-xdp check on this kernel:");
     // The same build the tests drove, not a rebuild of it without the feature.
     crate::cargo(&[&["run", "-q"][..], &crate::TEST_FAN_XDP, &["--", "check"]].concat())?;
     // The bench's smoke run: every path sets up, carries traffic and tears
     // down, the per-packet runs count what they should (no speed asserted).
     println!("bench smoke: cargo xtask bench --quick");
-    match crate::bench(&["--quick".to_string()]) {
+    match timings.time("bench smoke", || crate::bench(&["--quick".to_string()])) {
         Ok(()) => totals.passed += 1,
         Err(e) => {
             println!("bench smoke FAILED: {e:#}");
@@ -101,15 +133,29 @@ pub fn run() -> Result<()> {
             ok = false;
         }
     }
-    // The same tests, and the interop tests, on the second kernel.
-    match vm_tests(&mut totals) {
-        Ok(passed) => ok &= passed,
+    println!("waiting for the guest (Debian's 6.1 kernel)");
+    let (guest, guest_took) = timings.time("waiting for the guest", || {
+        guest.join().expect("the guest's thread panicked")
+    });
+    timings
+        .0
+        .push(("guest: every suite, beside the above".into(), guest_took));
+    match guest {
+        Ok((passed, lines)) => {
+            println!("the guest's console (also in target/vm/console.log):");
+            for line in &lines {
+                println!("vm| {line}");
+                add_result(line, &mut totals);
+            }
+            ok &= passed;
+        }
         Err(e) => {
             println!("VM tests FAILED: {e:#}");
             totals.failed += 1;
             ok = false;
         }
     }
+    timings.print(started.elapsed());
     println!(
         "total: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
@@ -163,8 +209,8 @@ const USER_SIDE_ONLY: [&str; 18] = [
 
 /// Every test executable, in the VM on Debian's 6.1 kernel. Transfers are
 /// smaller there: the guest's CPU is emulated.
-fn vm_tests(totals: &mut Totals) -> Result<bool> {
-    let payload = crate::vm::test_payload()?;
+/// Returns whether every suite passed there, and the console's lines.
+fn vm_tests(payload: &[(PathBuf, String)]) -> Result<(bool, Vec<String>)> {
     println!("vm: {NOT_IN_VM} runs on this kernel only (veth XDP wedges the emulated 6.1 guest)");
     // The fuzz run is 5,000 cases per program there: the guest's CPU is emulated.
     let skips: String = std::iter::once(NOT_IN_VM)
@@ -180,12 +226,14 @@ fn vm_tests(totals: &mut Totals) -> Result<bool> {
          || fail=1; done; FAN_UPGRADE_ROUNDS=5 FAN_UPGRADE_MBIT=20 deps/lifecycle \
          --test-threads=1 twenty_program_upgrades counters_pinned || fail=1; exit $fail"
     );
-    let (status, lines) =
-        crate::vm::run_in_vm(&payload, &command, std::time::Duration::from_secs(1800), 4)?;
-    for line in &lines {
-        add_result(line, totals);
-    }
-    Ok(status == 0)
+    let (status, lines) = crate::vm::run_in_vm(
+        payload,
+        &command,
+        Duration::from_secs(1800),
+        4,
+        crate::vm::Console::Background,
+    )?;
+    Ok((status == 0, lines))
 }
 
 fn add_result(line: &str, totals: &mut Totals) {

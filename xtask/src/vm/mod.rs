@@ -22,7 +22,7 @@ use crate::workspace_root;
 
 pub use emulator::qemu_program;
 pub use payload::test_payload;
-pub use qemu::run_in_vm;
+pub use qemu::{Console, run_in_vm};
 
 /// Printed by the guest's init after the command: the host reads the status from it.
 const EXIT_MARKER: &str = "FAN-VM-EXIT ";

@@ -131,6 +131,20 @@ fn forward_lines(
     });
 }
 
+/// Where the guest's console goes besides its log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// Printed as it comes, at the usual priority.
+    Live,
+    /// Only logged (the caller prints the lines it gets back), and qemu
+    /// niced: the guest runs beside the host's tests and yields the CPUs to
+    /// them, using what they leave idle.
+    Background,
+}
+
+/// How much lower qemu's priority is in the background.
+const BACKGROUND_NICENESS: libc::c_int = 10;
+
 /// Boots the guest, runs `command` in it, and returns its exit status and
 /// console lines.
 /// `payload` is copied into the guest; `nics` adds that many virtio-net
@@ -144,6 +158,7 @@ pub fn run_in_vm(
     command: &str,
     limit: Duration,
     nics: usize,
+    console: Console,
 ) -> Result<(i32, Vec<String>)> {
     let kernel = kernel()?;
     let initrd = initramfs(&kernel, payload, command)?;
@@ -159,6 +174,19 @@ pub fn run_in_vm(
         "-append",
         "console=ttyS0 panic=-1 softlockup_panic=1 quiet loglevel=5",
     ]);
+    if console == Console::Background {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: setpriority is async-signal-safe, and it runs in the child
+        // before exec, so qemu and every thread it starts inherit it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICENESS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     for i in 0..nics {
         cmd.args(["-netdev", &format!("hubport,id=n{i},hubid={}", i / 2)]);
         cmd.args([
@@ -208,7 +236,9 @@ pub fn run_in_vm(
             Ok(Output::Console(line)) => {
                 let line = line.replace('\r', "");
                 writeln!(log, "{line}")?;
-                println!("{line}");
+                if console == Console::Live {
+                    println!("{line}");
+                }
                 if let Some(code) = line.trim().strip_prefix(EXIT_MARKER) {
                     status = code.trim().parse().ok();
                 }
