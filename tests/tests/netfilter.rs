@@ -187,3 +187,73 @@ fn a_forward_rule_still_applies_by_default() {
     );
     fleet.detach_all().unwrap();
 }
+
+/// A NAT rule added after attach takes effect at once: kube-proxy adds one
+/// for every new Service, and the agent turns the bypass off as nftables
+/// announces the change, not on its next resync (10 s later, when every
+/// connection to the new service in between failed). With bridge
+/// netfilter on and off. The time from the rule's commit to the bypass
+/// map saying off is printed, not asserted (a measurement, not a test).
+#[test]
+fn a_nat_rule_added_after_attach_applies_within_a_moment() {
+    if !privileged() {
+        return;
+    }
+    for bridge_netfilter in ["0", "1"] {
+        let case = format!("bridge netfilter {bridge_netfilter}");
+        let fleet = Fleet::new(2).unwrap();
+        let _ = fleet.hosts[0]
+            .ns
+            .sysctl("net.bridge.bridge-nf-call-iptables", bridge_netfilter);
+        fleet.attach_all(&[]).unwrap();
+        let fleet = fleet.with_containers(1).unwrap();
+        let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+        let (client, server) = (&h1.containers[0], &h2.containers[0]);
+        let shown = h1.fan_xdp_ok(&["show"]).unwrap();
+        assert!(shown.contains("bypass: on"), "{case}: {shown}");
+        nft(
+            &h1.ns,
+            &format!(
+                "table ip svc {{
+                    chain prerouting {{
+                        type nat hook prerouting priority -100; policy accept;
+                        ip daddr 10.96.0.10 tcp dport 80 dnat to {}:8080
+                    }}
+                }}",
+                server.addr
+            ),
+        );
+        let committed = Instant::now();
+        // The bypass map, read by `fan-xdp show` (a few ms a read) for at
+        // most a second: ten times the aim, and a tenth of the resync.
+        let mut reaction = None;
+        while committed.elapsed() < Duration::from_secs(1) {
+            let shown = h1.fan_xdp_ok(&["show"]).unwrap();
+            if shown.contains("bypass: off (ip svc chain prerouting rewrites addresses (NAT))") {
+                reaction = Some(committed.elapsed());
+                break;
+            }
+        }
+        // Connections right away, long before the agent's next resync.
+        for attempt in 0..3 {
+            assert!(
+                exchange(
+                    &server.ns,
+                    SocketAddr::from((server.addr, 8080)),
+                    &client.ns,
+                    SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 80)),
+                ),
+                "{case}: connection {attempt} to the new service failed ({:.1} s after the rule)",
+                committed.elapsed().as_secs_f64()
+            );
+        }
+        let reaction = reaction.unwrap_or_else(|| {
+            panic!("{case}: the bypass was still on a second after the rule's commit")
+        });
+        println!(
+            "{case}: the bypass was off {:.0} ms after the rule's commit (as `fan-xdp show` read it, a few ms a read)",
+            reaction.as_secs_f64() * 1000.0
+        );
+        fleet.detach_all().unwrap();
+    }
+}

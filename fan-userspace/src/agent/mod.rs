@@ -30,6 +30,7 @@ pub mod monitor;
 pub mod notify;
 pub mod pmtu;
 pub mod ports;
+mod ruleset;
 pub mod run;
 mod sync;
 

@@ -38,8 +38,10 @@ use crate::{
     agent::notify,
     agent::pmtu::SliceRoutes,
     agent::ports::PortEncap,
+    agent::ruleset::RulesetWatch,
     agent::sync::{
-        Synced, beat, bind, bind_known, is_delivered, publish, sync, sync_routes, unix_now,
+        Synced, beat, bind, bind_known, is_delivered, publish, publish_bypass, sync, sync_routes,
+        unix_now,
     },
     agent::{config::FileFans, follow::Follower},
     cli::{Global, RunArgs},
@@ -64,6 +66,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let mut routes = SliceRoutes::default();
     if args.once {
         let none = Bindings::default();
+        agent::ruleset::decide(&dir)?;
         return sync(&net, &dir, &none, &mut None, &mut ports, None, None)
             .await
             .map(drop);
@@ -180,9 +183,16 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             )
         };
     }
-    // The file's fans' DHCP servers too, then the first sync: ready once
-    // the fans are up and the fast path is in place.
+    // The file's fans' DHCP servers too, then the bypass and the first
+    // sync: ready once the fans are up and the fast path is in place.
     dhcp_round!();
+    let resync_period = Duration::from_secs(args.resync_seconds.max(1));
+    let mut ruleset = RulesetWatch::start(dir.clone(), resync_period)?;
+    publish_bypass(
+        &run_dir,
+        &mut status,
+        ruleset.verdicts.borrow_and_update().clone(),
+    );
     let first = full_sync!();
     status.ready = true;
     publish(&run_dir, &mut status, first);
@@ -226,7 +236,6 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     Some(Ok(Some(bindings))) => Ok(Synced {
                         bindings,
                         ports: ports.as_ref().map_or(0, PortEncap::ports),
-                        bypass: None,
                     }),
                     Some(Err(e)) => Err(e),
                     None => full_sync!(),
@@ -255,6 +264,10 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 agent::cap_log(&run_dir);
             }
             () = monitors.pump(&dir) => {}
+            Ok(()) = ruleset.verdicts.changed() => {
+                let verdict = ruleset.verdicts.borrow_and_update().clone();
+                publish_bypass(&run_dir, &mut status, verdict);
+            }
             accepted = control.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let (mut stream, request) = match read_request(stream) {
@@ -303,7 +316,6 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                                     Some(bindings) => Ok(Synced {
                                         bindings,
                                         ports: ports.as_ref().map_or(0, PortEncap::ports),
-                                        bypass: None,
                                     }),
                                     None => full_sync!(),
                                 };
@@ -323,7 +335,6 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                                 Some(known) => known.settle(&dir, &bindings, &mut ports).map(|bindings| Synced {
                                     bindings,
                                     ports: ports.as_ref().map_or(0, PortEncap::ports),
-                                    bypass: None,
                                 }),
                                 None => full_sync!(),
                             };

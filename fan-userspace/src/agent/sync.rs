@@ -81,7 +81,6 @@ pub(super) struct Synced {
     /// Addresses delivered straight into containers, by origin.
     pub(super) bindings: BTreeMap<String, u64>,
     pub(super) ports: usize,
-    pub(super) bypass: Option<bypass::Verdict>,
 }
 
 /// Records a sync in the status file (and says so to the service manager).
@@ -91,13 +90,26 @@ pub(super) fn publish(run_dir: &RunDir, status: &mut agent::Status, synced: Resu
             status.last_sync = unix_now();
             status.bindings = synced.bindings;
             status.ports = synced.ports as u64;
-            if let Some(verdict) = synced.bypass {
-                status.bypass = verdict.on;
-                status.bypass_why = verdict.why;
-            }
         }
         Err(e) => warn!("sync failed: {e:#}"),
     }
+    write_status(run_dir, status);
+}
+
+/// Records the ruleset watch's verdict in the status.
+pub(super) fn publish_bypass(
+    run_dir: &RunDir,
+    status: &mut agent::Status,
+    verdict: Option<bypass::Verdict>,
+) {
+    let Some(verdict) = verdict else { return };
+    status.bypass = verdict.on;
+    status.bypass_why = verdict.why;
+    write_status(run_dir, status);
+}
+
+/// Writes the status file and says the status to the service manager.
+fn write_status(run_dir: &RunDir, status: &agent::Status) {
     if let Err(e) = agent::write_status(run_dir, status) {
         warn!("writing the agent's status: {e:#}");
     }
@@ -148,17 +160,6 @@ pub(super) async fn sync(
     }
     let mut maps = PinnedMaps::open(dir)?;
     let fans = load_fans(&maps)?;
-    // The bypass first: where netfilter could act, there is no fast path.
-    let value = maps.bypass()?;
-    let (decided, verdict) = bypass::decide(bypass::setting_of(value));
-    if decided != value {
-        maps.set_bypass(decided)?;
-        info!(
-            "bypass {} ({})",
-            if verdict.on { "on" } else { "off" },
-            verdict.why
-        );
-    }
     let observed = endpoints::observe(net, &fans).await?;
     let want = observed.slices();
     let have: HashMap<WireAddr, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
@@ -204,7 +205,6 @@ pub(super) async fn sync(
     Ok(Synced {
         bindings: counts,
         ports: ports.as_ref().map_or(0, PortEncap::ports),
-        bypass: Some(verdict),
     })
 }
 
