@@ -253,7 +253,10 @@ pub struct FanMeta {
     /// What attach made itself ([`owned`] bits), so detach removes exactly
     /// that and keeps what it adopted. Set before the thing is made.
     pub owned: u8,
-    pub _pad: [u8; 3],
+    /// The MTU an adopted slice bridge had before attach set the fan's
+    /// (with [`owned::BRIDGE_MTU`]), native byte order: detach puts it back.
+    pub orig_bridge_mtu: [u8; 2],
+    pub _pad: u8,
 }
 
 /// Bits of [`FanMeta::owned`].
@@ -267,6 +270,9 @@ pub mod owned {
     pub const CLSACT_UNDERLAY: u8 = 4;
     /// Before Linux 6.6: attach added the clsact qdisc to the slice bridge.
     pub const CLSACT_BRIDGE: u8 = 8;
+    /// attach changed the MTU of a slice bridge it adopted; the MTU it
+    /// found is in [`super::FanMeta::orig_bridge_mtu`].
+    pub const BRIDGE_MTU: u8 = 16;
 }
 
 #[cfg(feature = "user")]

@@ -1328,26 +1328,39 @@ fn detach_keeps_a_bridge_it_did_not_create_or_that_has_other_ports() {
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
     host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    // An operator's bridge with an address of its own, given to attach.
-    host.ns
-        .ip(&["link", "add", "mybr", "mtu", "1480", "type", "bridge"])
-        .unwrap();
-    host.ns
-        .ip(&["addr", "add", "10.77.0.1/24", "dev", "mybr"])
-        .unwrap();
-    host.ns.ip(&["link", "set", "mybr", "up"]).unwrap();
+    // An operator's bridge with an address of its own, given to attach:
+    // at the fan's MTU already, and at 1500, which the fan lowers to 1480
+    // and detach puts back.
+    for mtu in ["1480", "1500"] {
+        host.ns
+            .ip(&["link", "add", "mybr", "mtu", mtu, "type", "bridge"])
+            .unwrap();
+        host.ns
+            .ip(&["addr", "add", "10.77.0.1/24", "dev", "mybr"])
+            .unwrap();
+        host.ns.ip(&["link", "set", "mybr", "up"]).unwrap();
+        let before = netns_snapshot(&host.ns).unwrap();
+        host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--bridge", "mybr"])
+            .unwrap();
+        let link = host.ns.ip(&["link", "show", "mybr"]).unwrap();
+        assert!(link.contains("mtu 1480 "), "{link}");
+        let addrs = host.ns.ip(&["-4", "addr", "show", "mybr"]).unwrap();
+        assert!(addrs.contains("250.0.1.1/24"), "{addrs}");
+        let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+        let link = host.ns.ip(&["link", "show", "mybr"]).unwrap();
+        assert!(
+            link.contains(&format!("mtu {mtu} ")),
+            "MTU {mtu} not restored: {link}"
+        );
+        assert_netns_unchanged(
+            &host.ns,
+            &before,
+            &format!("detach did not leave the adopted bridge (MTU {mtu}) as it was"),
+        );
+        assert!(out.contains("kept: fan-xdp did not create it"), "{out}");
+        host.ns.ip(&["link", "del", "mybr"]).unwrap();
+    }
     let before = netns_snapshot(&host.ns).unwrap();
-    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--bridge", "mybr"])
-        .unwrap();
-    let addrs = host.ns.ip(&["-4", "addr", "show", "mybr"]).unwrap();
-    assert!(addrs.contains("250.0.1.1/24"), "{addrs}");
-    let out = host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-    assert_netns_unchanged(
-        &host.ns,
-        &before,
-        "detach did not leave the adopted bridge as it was",
-    );
-    assert!(out.contains("kept: fan-xdp did not create it"), "{out}");
 
     // A bridge attach created, into which a runtime has plugged a
     // container since: it stays, without the fan's address.

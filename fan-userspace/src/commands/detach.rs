@@ -176,6 +176,12 @@ async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
         net.del_addr(bridge.index, fan.gateway, fan.slice.prefix())
             .await?;
     }
+    // The MTU it was adopted with, unless someone has set another since:
+    // that choice is theirs to keep.
+    if fan.meta.owned & owned::BRIDGE_MTU != 0 && bridge.mtu == fan.mtu {
+        let found = u32::from(u16::from_ne_bytes(fan.meta.orig_bridge_mtu));
+        net.set_mtu(bridge.index, found).await?;
+    }
     Ok(Some(if created {
         // Another user's containers (a runtime's) are still plugged in.
         format!("it still has ports ({})", ports.join(", "))

@@ -249,6 +249,7 @@ pub(super) fn new_record(plan: &Plan) -> Result<FanMeta> {
         // The underlay's clsact qdisc is the fans' of that device together:
         // the claim passes on, so the last one to go removes it.
         owned: same_iface.map_or(0, |m| m.owned & owned::CLSACT_UNDERLAY),
-        _pad: [0; 3],
+        orig_bridge_mtu: [0; 2],
+        _pad: 0,
     })
 }

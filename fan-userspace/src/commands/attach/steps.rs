@@ -133,6 +133,13 @@ impl<'a> Attach<'a> {
             }
         };
         if bridge.mtu != plan.mtu {
+            if self.meta.owned & (owned::BRIDGE | owned::BRIDGE_MTU) == 0 {
+                // An adopted bridge's own MTU, recorded before it changes,
+                // so that detach gives the bridge back as it was found.
+                self.meta.orig_bridge_mtu =
+                    u16::try_from(bridge.mtu).unwrap_or(u16::MAX).to_ne_bytes();
+                self.claim(owned::BRIDGE_MTU)?;
+            }
             net.set_mtu(bridge.index, plan.mtu).await?;
             self.undo.push(Undo::Mtu(bridge.index, bridge.mtu));
             self.changed = true;
