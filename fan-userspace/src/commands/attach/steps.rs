@@ -275,7 +275,9 @@ impl<'a> Attach<'a> {
             self.undo.push(Undo::Config(previous));
             self.changed = true;
         }
-        Ok(())
+        // The underlays follow the fans; a state from before the map
+        // existed has it empty until now.
+        PinnedMaps::open(&plan.dir)?.sync_underlays()
     }
 
     /// After the last step, where nothing can fail any more: the other
