@@ -253,7 +253,10 @@ pub struct FanMeta {
     /// What attach made itself ([`owned`] bits), so detach removes exactly
     /// that and keeps what it adopted. Set before the thing is made.
     pub owned: u8,
-    pub _pad: [u8; 3],
+    /// An adopted bridge's IPv6 accept_ra before attach set it to 0 (valid
+    /// with the [`owned::BRIDGE_ACCEPT_RA`] bit).
+    pub orig_bridge_accept_ra: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Bits of [`FanMeta::owned`].
@@ -267,6 +270,10 @@ pub mod owned {
     pub const CLSACT_UNDERLAY: u8 = 4;
     /// Before Linux 6.6: attach added the clsact qdisc to the slice bridge.
     pub const CLSACT_BRIDGE: u8 = 8;
+    /// attach set an adopted slice bridge's accept_ra to 0 (the host takes
+    /// no router advertisement from a container); detach puts back
+    /// `orig_bridge_accept_ra`. A bridge attach created goes with its setting.
+    pub const BRIDGE_ACCEPT_RA: u8 = 16;
 }
 
 #[cfg(feature = "user")]
