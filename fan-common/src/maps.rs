@@ -256,7 +256,9 @@ pub struct FanMeta {
     /// The MTU an adopted slice bridge had before attach set the fan's
     /// (with [`owned::BRIDGE_MTU`]), native byte order: detach puts it back.
     pub orig_bridge_mtu: [u8; 2],
-    pub _pad: u8,
+    /// An adopted bridge's IPv6 accept_ra before attach set it to 0 (valid
+    /// with the [`owned::BRIDGE_ACCEPT_RA`] bit).
+    pub orig_bridge_accept_ra: u8,
 }
 
 /// Bits of [`FanMeta::owned`].
@@ -270,9 +272,13 @@ pub mod owned {
     pub const CLSACT_UNDERLAY: u8 = 4;
     /// Before Linux 6.6: attach added the clsact qdisc to the slice bridge.
     pub const CLSACT_BRIDGE: u8 = 8;
+    /// attach set an adopted slice bridge's accept_ra to 0 (the host takes
+    /// no router advertisement from a container); detach puts back
+    /// `orig_bridge_accept_ra`. A bridge attach created goes with its setting.
+    pub const BRIDGE_ACCEPT_RA: u8 = 16;
     /// attach changed the MTU of a slice bridge it adopted; the MTU it
     /// found is in [`super::FanMeta::orig_bridge_mtu`].
-    pub const BRIDGE_MTU: u8 = 16;
+    pub const BRIDGE_MTU: u8 = 32;
 }
 
 #[cfg(feature = "user")]

@@ -94,8 +94,8 @@ stat_reasons! {
     DropInnerTooLong = "drop_inner_too_long": "inner packet over 65515 bytes (or BIG TCP's length 0): its outer total length would not fit 16 bits",
     DropReservedHost = "drop_reserved_host": "destination maps to the underlay's network or broadcast address",
     DropSourceNotLocal = "drop_source_not_local": "inner source is not in this host's slice: it would be dropped as spoofed by the receiver",
-    DropSourceNotBound = "drop_source_not_bound": "a container port sent from an address bound to another port, or from the gateway's",
-    DropDhcpServerReply = "drop_dhcp_server_reply": "a container port sent a DHCP server reply (UDP 67 -> 68): only the slice's own DHCP server (fan-xdp's dnsmasq on the bridge) may answer its clients",
+    DropSourceNotBound = "drop_source_not_bound": "a container port sent from an address bound to another port (an IPv4 source or an ARP sender)",
+    DropDhcpServerReply = "drop_dhcp_server_reply": "a container port sent UDP from port 67 or to port 68 (a DHCP server's side), or from 68 to another port than 67: of the DHCP pair a container sends only a client's messages (68 -> 67); only the slice's own DHCP server (fan-xdp's dnsmasq on the bridge) may answer its clients",
     DropCrossUnderlay = "drop_cross_underlay": "source and destination fans use different underlay addresses of this host: the receiver could not check the sender, so the packet would be dropped there",
     DropFibBlackhole = "drop_fib_blackhole": "the underlay route to the destination host is a blackhole",
     DropFibUnreachable = "drop_fib_unreachable": "the underlay route to the destination host is unreachable",
@@ -118,6 +118,12 @@ stat_reasons! {
     DropDecapFailed = "drop_decap_failed": "the kernel refused to remove the outer header",
     EventsSuppressed = "events_suppressed": "events for `fan-xdp monitor` left out by the per-CPU rate limit or a full ring buffer; not a packet outcome",
     PortPassed = "port_passed": "a container port's packet left to the bridge (the bridge's program counts its outcome if the bridge hands it up, the bridge alone delivers it if it goes to another port): one count per port program run",
+    DropVlanTagged = "drop_vlan_tagged": "a container sent a VLAN-tagged frame (a tag in the frame, or one the kernel moved into the packet's metadata): the host would strip the tag and take the inner packet unchecked, or carry the tag onto the underlay",
+    DropNotIpv4OrArp = "drop_not_ipv4_or_arp": "a container port sent a frame that is neither IPv4 nor ARP (IPv6 among them: its router advertisements would reach the host)",
+    DropArpNotEthernetIpv4 = "drop_arp_not_ethernet_ipv4": "a container port sent ARP that is not Ethernet/IPv4 (hardware type 1, protocol IPv4, address lengths 6 and 4), which the kernel may still learn from",
+    DropSourceReserved = "drop_source_reserved": "a container sent from its slice's gateway, network or broadcast address (an IPv4 source, or at its port an ARP sender)",
+    DropSourceOutsideSlice = "drop_source_outside_slice": "a container port sent from an address outside this host's slices, or from 0.0.0.0 other than a DHCP client's message to the server or to 255.255.255.255",
+    DropTunnelToUnderlay = "drop_tunnel_to_underlay": "a container sent IP-in-IP, IPv6-in-IPv4 or GRE to an address of an attached fan's underlay: masqueraded by the host, it would reach that host as this host's own fan traffic",
 }
 
 impl StatReason {

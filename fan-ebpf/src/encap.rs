@@ -29,7 +29,7 @@ use crate::{
     maps::{bypass_off, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{answer_too_big, path_mtu},
-    port::{UDP_PORTS_LEN, arp_sender, is_dhcp_server_reply, source_bound_here},
+    port::{UDP_PORTS_LEN, admit},
     stats::{count, count_in},
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
@@ -95,19 +95,15 @@ fn try_encapsulate(
         ensure_linear(ctx, ETH_HDR_LEN + ip_len + TCP_DATA_OFFSET_END);
     }
     let (start, end) = frame(ctx);
+    if forwards(program) {
+        // A container's frame: the container edge's rule first.
+        admit(ctx, program == Program::EncapPort, start, end).map_err(Outcome::Drop)?;
+    }
     let Some(eth) = crate::parse::eth(start, end) else {
         return Err(Outcome::Pass(StatReason::PassNotIpv4));
     };
     // SAFETY: bounds-checked by `eth`.
     if !unsafe { (*eth).is_ipv4() } {
-        if program == Program::EncapPort
-            && let Some(sender) = arp_sender(start, end)
-            && !source_bound_here(ctx, sender)
-        {
-            // An ARP claim of a sibling's (or the gateway's) address would
-            // teach the host's neighbour table, which the stack path follows.
-            return Err(Outcome::Drop(StatReason::DropSourceNotBound));
-        }
         return Err(Outcome::Pass(StatReason::PassNotIpv4));
     }
     let Some(ip_ptr) = ipv4(start, end, ETH_HDR_LEN) else {
@@ -115,14 +111,6 @@ fn try_encapsulate(
     };
     // SAFETY: bounds-checked by `ipv4`.
     let ip = unsafe { *ip_ptr };
-    if program == Program::EncapPort && is_dhcp_server_reply(&ip, start, end) {
-        // Checked before the source: a rogue server answering from its own
-        // (bound) address must not be heard either.
-        return Err(Outcome::Drop(StatReason::DropDhcpServerReply));
-    }
-    if program == Program::EncapPort && !source_bound_here(ctx, ip.src_wire()) {
-        return Err(Outcome::Drop(StatReason::DropSourceNotBound));
-    }
     let Some(fan) = fan_for(ip.dst_wire()) else {
         return Err(Outcome::Pass(StatReason::PassNotOverlay));
     };

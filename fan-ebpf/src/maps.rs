@@ -29,6 +29,12 @@ pub static FAN_CONFIG: LpmTrie<WireAddr, FanEntry> = LpmTrie::with_max_entries(M
 #[map]
 pub static FAN_LOCAL_HOSTS: HashMap<WireAddr, LocalHost> = HashMap::with_max_entries(MAX_FANS, 0);
 
+/// The underlays of the attached fans, keyed by prefix (network byte
+/// order), each with how many fans use it: what a container's tunnel
+/// packets may not be sent to.
+#[map]
+pub static FAN_UNDERLAYS: LpmTrie<WireAddr, u32> = LpmTrie::with_max_entries(MAX_FANS, 0);
+
 /// Path MTUs learned towards remote underlay hosts (network byte order),
 /// from ICMP fragmentation needed received on the underlay device only.
 #[map]

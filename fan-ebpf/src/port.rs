@@ -1,35 +1,209 @@
-//! What a container may send, as the program at its bridge port checks
-//! it: only from addresses bound to that port (an IPv4 source or an ARP
-//! claim), and never a DHCP server's reply.
+//! The container edge: what a container may send, one rule written once
+//! (docs/security.md). `admit` is its stage, run first by the program on
+//! a container's bridge port, and in its binding-free part by the slice
+//! bridge's program, which runs without the agent and on every kernel.
+//!
+//! From a port: IPv4 from the container's own address (bound to that
+//! port, or before a binding exists one of this host's slices' container
+//! addresses), ARP of Ethernet/IPv4 whose sender is such an address, of the
+//! DHCP pair only a client's messages (0.0.0.0 as a source for them alone),
+//! no VLAN tag, nothing else. From the bridge: no VLAN tag, no source that
+//! is a slice's gateway, network or broadcast address, and no tunnel packet
+//! to an attached fan's underlay.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use fan_common::{
-    WireAddr,
-    ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_UDP},
+    FanEntry, StatReason, WireAddr,
+    ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_UDP},
 };
 
 use crate::{
-    maps::{FAN_ENDPOINTS, fan_for},
-    parse::{Ipv4Hdr, ptr_at},
+    maps::{FAN_ENDPOINTS, FAN_UNDERLAYS, fan_for},
+    parse::{Ipv4Hdr, eth, ipv4, ptr_at},
 };
 
-/// The port program's check of a container's source address `src` (an
-/// IPv4 source or an ARP sender): an address bound
-/// to another port (a sibling's), or the slice gateway's, is not this
-/// container's to send from. Addresses with no binding yet pass: the check
-/// applies where a binding exists.
+const ETH_P_ARP: u16 = 0x0806;
+/// VLAN tags: 802.1Q, 802.1ad, and the pre-standard QinQ type.
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_QINQ: u16 = 0x9100;
+
+/// Checks a frame a container sent, at its port (`at_port`) or at the
+/// bridge: Ok to go on, or the reason it is refused. What is neither
+/// refused nor fan traffic the caller leaves to the stack, as before.
 #[inline(always)]
-pub fn source_bound_here(ctx: &TcContext, src: WireAddr) -> bool {
+pub fn admit(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result<(), StatReason> {
+    // SAFETY: reading a field of the program's own context.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        // The kernel took the tag into the skb before TC: encapsulated and
+        // redirected, the packet would carry it onto the underlay.
+        return Err(StatReason::DropVlanTagged);
+    }
+    let Some(eth) = eth(start, end) else {
+        return if at_port {
+            Err(StatReason::DropNotIpv4OrArp)
+        } else {
+            Ok(())
+        };
+    };
+    // SAFETY: bounds-checked by `eth`.
+    match u16::from_be_bytes(unsafe { (*eth).ether_type }) {
+        ETH_P_IPV4 => match ipv4(start, end, ETH_HDR_LEN) {
+            // SAFETY: bounds-checked by `ipv4`.
+            Some(ip) => admit_ipv4(ctx, at_port, unsafe { &*ip }, start, end),
+            // Left to the stack, which refuses it.
+            None => Ok(()),
+        },
+        // Even VLAN 0: the kernel strips a priority tag and takes the
+        // inner packet, which nothing here would have checked.
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ => Err(StatReason::DropVlanTagged),
+        ETH_P_ARP if at_port => admit_arp(ctx, start, end),
+        // IPv6 among them: a router advertisement would reach the host.
+        _ if at_port => Err(StatReason::DropNotIpv4OrArp),
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn admit_ipv4(
+    ctx: &TcContext,
+    at_port: bool,
+    ip: &Ipv4Hdr,
+    start: usize,
+    end: usize,
+) -> Result<(), StatReason> {
+    let src = ip.src_wire();
+    let src_slice = slice_of_source(src)?;
+    if carries_a_tunnel(ip.protocol) && is_in_an_underlay(ip.dst_wire()) {
+        return Err(StatReason::DropTunnelToUnderlay);
+    }
+    if !at_port {
+        return Ok(());
+    }
+    let dhcp_client = dhcp_side(ip, start, end)?;
+    if src.raw() == 0 {
+        // A client without an address yet asks everyone, or the server it
+        // knows (the slice gateway, renewing before it was bound).
+        let to_server = ip.dst() == u32::MAX
+            || fan_for(ip.dst_wire()).is_some_and(|fan| ip.dst() == fan.gateway());
+        return if dhcp_client && to_server {
+            Ok(())
+        } else {
+            Err(StatReason::DropSourceOutsideSlice)
+        };
+    }
+    port_source(ctx, src, src_slice)
+}
+
+/// A port's ARP: Ethernet/IPv4 only (Linux learns from IEEE 802's hardware
+/// type 6 on Ethernet as well), whose sender is the container's own address,
+/// or 0.0.0.0 for a probe (RFC 5227), which claims nothing.
+#[inline(always)]
+fn admit_arp(ctx: &TcContext, start: usize, end: usize) -> Result<(), StatReason> {
+    let Some(arp) = ptr_at::<ArpIpv4Head>(start, end, ETH_HDR_LEN) else {
+        return Err(StatReason::DropArpNotEthernetIpv4);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let arp = unsafe { &*arp };
+    let ipv4_over_ethernet = u16::from_be_bytes(arp.hardware_type) == ARP_HRD_ETHER
+        && u16::from_be_bytes(arp.protocol_type) == ETH_P_IPV4
+        && arp.hardware_len == 6
+        && arp.protocol_len == 4;
+    if !ipv4_over_ethernet {
+        return Err(StatReason::DropArpNotEthernetIpv4);
+    }
+    let sender = WireAddr::from_octets(arp.sender_ip);
+    if sender.raw() == 0 {
+        return Ok(());
+    }
+    port_source(ctx, sender, slice_of_source(sender)?)
+}
+
+/// The local slice `src` lies in, if any; refused if it is that slice's
+/// gateway, network or broadcast address, none of which a container owns.
+/// (The rest of the host reserve is not in the programs' maps.)
+#[inline(always)]
+fn slice_of_source(src: WireAddr) -> Result<Option<&'static FanEntry>, StatReason> {
+    let Some(fan) = fan_for(src) else {
+        return Ok(None);
+    };
+    let addr = src.to_host();
+    if !fan.is_local(addr) {
+        return Ok(None);
+    }
+    if addr == fan.gateway() || fan.map.is_slice_edge(fan.local_host, addr) {
+        return Err(StatReason::DropSourceReserved);
+    }
+    Ok(Some(fan))
+}
+
+/// A port's source address (IPv4, or an ARP sender) `src`, in `slice`: an
+/// address of this host's slices, and not bound to another port (a
+/// sibling's). An address with no binding yet passes.
+#[inline(always)]
+fn port_source(ctx: &TcContext, src: WireAddr, slice: Option<&FanEntry>) -> Result<(), StatReason> {
+    if slice.is_none() {
+        return Err(StatReason::DropSourceOutsideSlice);
+    }
     // SAFETY: reading a field of the program's own context.
     let port = unsafe { (*ctx.skb.skb).ingress_ifindex };
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    if let Some(endpoint) = unsafe { FAN_ENDPOINTS.get(src) } {
-        return endpoint.ifindex == port;
+    match unsafe { FAN_ENDPOINTS.get(src) } {
+        Some(endpoint) if endpoint.ifindex != port => Err(StatReason::DropSourceNotBound),
+        _ => Ok(()),
     }
-    match fan_for(src) {
-        Some(fan) => src.to_host() != fan.gateway(),
-        None => true,
+}
+
+/// IPv6-in-IPv4 (RFC 4213) and GRE, beside IP-in-IP.
+const IPPROTO_IPV6: u8 = 41;
+const IPPROTO_GRE: u8 = 47;
+
+/// Whether an IPv4 packet of `protocol` carries another packet that a
+/// receiving fan host could take for fan traffic once the host masquerades
+/// it. (VXLAN mode will add its UDP port here.)
+#[inline(always)]
+fn carries_a_tunnel(protocol: u8) -> bool {
+    matches!(protocol, IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE)
+}
+
+/// Whether `addr` lies in the underlay of an attached fan.
+#[inline(always)]
+fn is_in_an_underlay(addr: WireAddr) -> bool {
+    FAN_UNDERLAYS.get(Key::new(32, addr)).is_some()
+}
+
+/// Source and destination ports of a UDP header.
+pub const UDP_PORTS_LEN: usize = 4;
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+
+/// Of the DHCP pair a container sends only a client's messages (UDP 68 ->
+/// 67): a server's side (from 67, or to 68, where clients take replies
+/// from any port) would answer the slice's clients before fan-xdp's
+/// dnsmasq, handing out addresses, routers and MTUs of its choosing.
+/// Whether this is a client's message; refused if it is the server's side.
+/// Only an unfragmented datagram or a first fragment carries the ports;
+/// the rest are useless without it.
+#[inline(always)]
+fn dhcp_side(ip: &Ipv4Hdr, start: usize, end: usize) -> Result<bool, StatReason> {
+    if ip.protocol != IPPROTO_UDP || ip.frag_off() & IP_OFFSET_MASK != 0 {
+        return Ok(false);
     }
+    let Some(ports) = ptr_at::<[u8; UDP_PORTS_LEN]>(start, end, ETH_HDR_LEN + ip.header_len())
+    else {
+        return Ok(false);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let ports = unsafe { *ports };
+    let (from, to) = (
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+    );
+    let client = from == DHCP_CLIENT_PORT && to == DHCP_SERVER_PORT;
+    if !client && (from == DHCP_SERVER_PORT || from == DHCP_CLIENT_PORT || to == DHCP_CLIENT_PORT) {
+        return Err(StatReason::DropDhcpServerReply);
+    }
+    Ok(client)
 }
 
 /// An Ethernet/IPv4 ARP packet's fields up to the sender's protocol address.
@@ -44,50 +218,4 @@ struct ArpIpv4Head {
     sender_ip: [u8; 4],
 }
 
-const ETH_P_ARP: u16 = 0x0806;
 const ARP_HRD_ETHER: u16 = 1;
-
-/// The sender address of an Ethernet/IPv4 ARP packet;
-/// None for anything else.
-#[inline(always)]
-pub fn arp_sender(start: usize, end: usize) -> Option<WireAddr> {
-    let eth = crate::parse::eth(start, end)?;
-    // SAFETY: bounds-checked by `eth`.
-    if u16::from_be_bytes(unsafe { (*eth).ether_type }) != ETH_P_ARP {
-        return None;
-    }
-    let arp = ptr_at::<ArpIpv4Head>(start, end, ETH_HDR_LEN)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    let arp = unsafe { &*arp };
-    let ipv4_over_ethernet = u16::from_be_bytes(arp.hardware_type) == ARP_HRD_ETHER
-        && u16::from_be_bytes(arp.protocol_type) == ETH_P_IPV4
-        && arp.hardware_len == 6
-        && arp.protocol_len == 4;
-    ipv4_over_ethernet.then(|| WireAddr::from_octets(arp.sender_ip))
-}
-
-/// Source and destination ports of a UDP header.
-pub const UDP_PORTS_LEN: usize = 4;
-const DHCP_SERVER_PORT: u16 = 67;
-const DHCP_CLIENT_PORT: u16 = 68;
-
-/// Whether a frame a container sent is a DHCP server's reply (UDP 67 -> 68,
-/// to any destination: offers are broadcast or unicast). A container's own
-/// DHCP server would answer the slice's clients before fan-xdp's, handing
-/// out addresses, routers and MTUs of its choosing. Only an unfragmented
-/// datagram or a first fragment carries the ports; the rest are useless
-/// without it.
-#[inline(always)]
-pub fn is_dhcp_server_reply(ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
-    if ip.protocol != IPPROTO_UDP || ip.frag_off() & IP_OFFSET_MASK != 0 {
-        return false;
-    }
-    let Some(ports) = ptr_at::<[u8; UDP_PORTS_LEN]>(start, end, ETH_HDR_LEN + ip.header_len())
-    else {
-        return false;
-    };
-    // SAFETY: bounds-checked by `ptr_at`.
-    let ports = unsafe { *ports };
-    u16::from_be_bytes([ports[0], ports[1]]) == DHCP_SERVER_PORT
-        && u16::from_be_bytes([ports[2], ports[3]]) == DHCP_CLIENT_PORT
-}

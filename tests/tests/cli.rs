@@ -2095,3 +2095,80 @@ fn doctor_names_what_breaks_a_fan_and_how_to_fix_it() {
     assert!(stderr.contains("3 problem(s) found"), "{stderr}");
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
+
+/// A bridge name dnsmasq's `--interface=` would misread (a comma makes a
+/// list of two interfaces, a `*` a wildcard) is refused before anything
+/// changes.
+#[test]
+fn bridge_names_dnsmasq_would_misread_are_refused() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    for name in ["br0,eth0", "fan*"] {
+        let out = host
+            .fan_xdp(&[
+                "attach",
+                "eth0",
+                "--overlay",
+                OVERLAY,
+                "--bridge",
+                name,
+                "--no-agent",
+            ])
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was taken");
+        assert!(stderr.contains("dnsmasq"), "{name}: {stderr}");
+        assert!(
+            host.ns.ip(&["link", "show", name]).is_err(),
+            "{name} was created"
+        );
+    }
+}
+
+/// The host takes no router advertisement from a slice bridge: a created
+/// bridge gets accept_ra 0; an adopted one too, and detach puts back what
+/// it had.
+#[test]
+fn slice_bridges_take_no_router_advertisements() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let accept_ra = |bridge: &str| {
+        let path = format!("/proc/sys/net/ipv6/conf/{bridge}/accept_ra");
+        host.ns
+            .enter(move || std::fs::read_to_string(path).unwrap())
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--no-agent"])
+        .unwrap();
+    assert_eq!(accept_ra(&host.bridge), "0");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+
+    host.ns
+        .ip(&["link", "add", "adopted0", "type", "bridge"])
+        .unwrap();
+    host.ns
+        .sysctl("net.ipv6.conf.adopted0.accept_ra", "2")
+        .unwrap();
+    host.fan_xdp_ok(&[
+        "attach",
+        "eth0",
+        "--overlay",
+        OVERLAY,
+        "--bridge",
+        "adopted0",
+        "--no-agent",
+    ])
+    .unwrap();
+    assert_eq!(accept_ra("adopted0"), "0");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_eq!(accept_ra("adopted0"), "2", "detach did not put it back");
+    host.ns.ip(&["link", "del", "adopted0"]).unwrap();
+}

@@ -348,6 +348,78 @@ const DHCP_LIKE_FRAGMENT_OUT: &str = "020000000022 020000000011 0800
     45000034 00004000 4004ae9e c6120001 c6120002
     45000020 12340001 3f117279 fa00010a fa000214
     00430044 000c0000 66616e21";
+// The container edge (docs/security.md): what a port refuses, and what the
+// bridge's program refuses too. ARP of hardware type 6 (IEEE 802, which
+// Linux's arp_process takes on Ethernet) claiming 250.0.1.10, and an ARP
+// probe (RFC 5227: sender 0.0.0.0) for it.
+const ARP_IEEE802_FROM_BOUND: &str = "ffffffffffff 0200000000aa 0806
+    0006 0800 06 04 0001 0200000000aa fa00010a 000000000000 fa000101";
+const ARP_PROBE: &str = "ffffffffffff 0200000000aa 0806
+    0001 0800 06 04 0001 0200000000aa 00000000 000000000000 fa00010a";
+// ENCAP_IN and ARP_FROM_BOUND behind a VLAN 0 tag (802.1Q), and ENCAP_IN
+// behind two (802.1ad, then 802.1Q): the kernel strips priority tags and
+// takes the inner packet.
+const VLAN_0_ENCAP_IN: &str = "020000000001 0200000000aa 8100 0000 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const VLAN_0_ARP_FROM_BOUND: &str = "ffffffffffff 0200000000aa 8100 0000 0806
+    0001 0800 06 04 0001 0200000000aa fa00010a 000000000000 fa000101";
+const QINQ_0_ENCAP_IN: &str = "020000000001 0200000000aa 88a8 0000 8100 0000 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// A container's UDP to port 68 from port 1234 (a client takes it from any
+// port), from port 67 to 5353, and from 68 to 5353.
+const UDP_TO_CLIENT_PORT: &str = "ffffffffffff 0200000000aa 0800
+    45000020 12344000 40112d8f fa00010a ffffffff
+    04d20044 000c0000 66616e21";
+const UDP_FROM_SERVER_PORT: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4011317a fa00010a fa000214
+    004314e9 000c0000 66616e21";
+const UDP_CLIENT_PORT_ELSEWHERE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 4011317a fa00010a fa000214
+    004414e9 000c0000 66616e21";
+// A DHCP client's request unicast to the server (the gateway) from 0.0.0.0,
+// and an ICMP echo from 0.0.0.0.
+const DHCP_REQUEST_TO_SERVER: &str = "020000000001 0200000000aa 0800
+    45000020 12340000 40116d98 00000000 fa000101
+    00440043 000c0000 66616e21";
+const UNSPECIFIED_TO_ELSEWHERE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40011ca6 00000000 0a010203
+    0800e139 42420001 66616e21";
+// 250.0.3.3 (another host's slice) to 10.1.2.3, outside the overlay.
+const OUTSIDE_SLICE_TO_ELSEWHERE: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40011fa2 fa000303 0a010203
+    0800e139 42420001 66616e21";
+// From the slice's network (250.0.1.0) and broadcast (250.0.1.255) addresses.
+const ENCAP_FROM_NETWORK: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40013194 fa000100 fa000214
+    0800e139 42420001 66616e21";
+const ENCAP_FROM_BROADCAST: &str = "020000000001 0200000000aa 0800
+    45000020 12344000 40013095 fa0001ff fa000214
+    0800e139 42420001 66616e21";
+// A container's own tunnels, 250.0.1.10 -> 198.18.0.2 (the underlay's peer):
+// IP-in-IP carrying what would pass for the peer's fan packet (250.0.2.20 ->
+// 250.0.1.10), IPv6-in-IPv4 (41) and GRE (47); the same IP-in-IP to the
+// second fan's underlay (198.19.0.2), and to 203.0.113.9, outside every
+// underlay (inner 10.9.9.9 -> 10.1.2.3).
+const IPIP_TO_UNDERLAY: &str = "020000000001 0200000000aa 0800
+    45000034 12344000 40046773 fa00010a c6120002
+    45000020 12344000 4001318a fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const IPV6_IN_IPV4_TO_UNDERLAY: &str = "020000000001 0200000000aa 0800
+    4500001c 12344000 40296766 fa00010a c6120002
+    60000000 00000000";
+const GRE_TO_UNDERLAY: &str = "020000000001 0200000000aa 0800
+    45000018 12344000 402f6764 fa00010a c6120002
+    00000800";
+const IPIP_TO_SECOND_UNDERLAY: &str = "020000000001 0200000000aa 0800
+    45000034 12344000 40046772 fa00010a c6130002
+    45000020 12344000 4001458a f0000214 f000010a
+    0800e139 42420001 66616e21";
+const IPIP_ELSEWHERE: &str = "020000000001 0200000000aa 0800
+    45000034 12344000 4004f17d fa00010a cb007109
+    45000020 12344000 40010994 0a090909 0a010203
+    0800e139 42420001 66616e21";
 // UDP, total length 1400, to 250.0.9.90: host 198.18.0.9 has a locked route MTU of 1400.
 const UDP_1400_TO_NARROW_ROUTE: &str = "020000000001 0200000000aa 0800
     45000578 12344000 401124dc fa00010a fa00095a";
@@ -592,6 +664,13 @@ impl Bed {
         self.check_counts(name, input, verdict, output, &[reason]);
     }
 
+    /// As `check`, for a frame the program leaves as it is (passed or dropped).
+    #[track_caller]
+    fn check_untouched(&mut self, name: &str, frame: &str, verdict: u32, reason: StatReason) {
+        let frame = hex(frame);
+        self.check(name, &frame, verdict, &frame, reason);
+    }
+
     /// As `check`, with every counter that must count the packet once.
     #[track_caller]
     fn check_counts(
@@ -780,6 +859,16 @@ fn encapsulation_leaves_other_traffic_alone_and_refuses_what_names_no_host() {
                 StatReason::DropSourceNotLocal,
             ),
         ] {
+            // What a port refuses before anything else (docs/security.md):
+            // ARP whose sender (198.18.0.2) is outside this host's slices,
+            // any frame neither IPv4 nor ARP, and sources outside the slices.
+            let (verdict, reason) = match (program, frame) {
+                (ENCAP_PORT, ARP | ENCAP_SOURCE_NOT_LOCAL) => {
+                    (TC_ACT_SHOT, StatReason::DropSourceOutsideSlice)
+                }
+                (ENCAP_PORT, IPV6) => (TC_ACT_SHOT, StatReason::DropNotIpv4OrArp),
+                _ => (verdict, reason),
+            };
             let frame = hex(frame);
             // Drops are the port's to count; passes the bridge counts next,
             // the port only as port_passed.
@@ -1139,7 +1228,7 @@ fn a_port_sends_only_from_addresses_bound_to_it() {
         &gateway,
         TC_ACT_SHOT,
         &gateway,
-        StatReason::DropSourceNotBound,
+        StatReason::DropSourceReserved,
     );
     // From its own port it goes out as usual.
     bed.ingress_ifindex = port;
@@ -1161,15 +1250,12 @@ fn a_port_sends_no_arp_claim_for_an_address_bound_elsewhere() {
     // From the sibling's port, claims of 250.0.1.10 or of the gateway would
     // teach the host's neighbour table (which the stack path follows).
     bed.ingress_ifindex = sibling;
-    for claim in [ARP_FROM_BOUND, ARP_FROM_GATEWAY] {
+    for (claim, reason) in [
+        (ARP_FROM_BOUND, StatReason::DropSourceNotBound),
+        (ARP_FROM_GATEWAY, StatReason::DropSourceReserved),
+    ] {
         let frame = hex(claim);
-        bed.check(
-            ENCAP_PORT,
-            &frame,
-            TC_ACT_SHOT,
-            &frame,
-            StatReason::DropSourceNotBound,
-        );
+        bed.check(ENCAP_PORT, &frame, TC_ACT_SHOT, &frame, reason);
     }
     // An unbound sender, and the owner's own claim, pass (counted as
     // port_passed alone: the bridge's program counts the outcome).
@@ -1253,6 +1339,154 @@ fn a_port_never_sends_dhcp_server_replies() {
         TC_ACT_REDIRECT,
         &hex(DHCP_OFFER_REMOTE_FORWARD_OUT),
         StatReason::Encapsulated,
+    );
+}
+
+#[test]
+fn a_port_sends_only_ethernet_ipv4_arp_from_its_own_address() {
+    if !privileged() {
+        return;
+    }
+    let (mut bed, port, sibling) = bed_with_250_0_1_10_bound();
+    // Hardware type 6 claiming 250.0.1.10 is refused from any port, the
+    // owner's too: Ethernet/IPv4 is all a container's ARP may be.
+    for from in [sibling, port] {
+        bed.ingress_ifindex = from;
+        bed.check_untouched(
+            ENCAP_PORT,
+            ARP_IEEE802_FROM_BOUND,
+            TC_ACT_SHOT,
+            StatReason::DropArpNotEthernetIpv4,
+        );
+    }
+    // A probe (sender 0.0.0.0, RFC 5227) claims nothing: it passes.
+    bed.check_untouched(ENCAP_PORT, ARP_PROBE, TC_ACT_UNSPEC, StatReason::PortPassed);
+}
+
+#[test]
+fn a_port_sends_dhcp_only_as_a_client() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    bed.ingress_ifindex = bed.ifindex("eth1-peer");
+    // A client takes what comes to port 68 from any port: a container's
+    // UDP to 68, or from 67, or from 68 to anything but 67, is refused.
+    for frame in [
+        UDP_TO_CLIENT_PORT,
+        UDP_FROM_SERVER_PORT,
+        UDP_CLIENT_PORT_ELSEWHERE,
+    ] {
+        bed.check_untouched(
+            ENCAP_PORT,
+            frame,
+            TC_ACT_SHOT,
+            StatReason::DropDhcpServerReply,
+        );
+    }
+    // 0.0.0.0 is a source for a client's message to the server (or to
+    // 255.255.255.255: DHCP_DISCOVER above), and nothing else.
+    bed.check_untouched(
+        ENCAP_PORT,
+        DHCP_REQUEST_TO_SERVER,
+        TC_ACT_UNSPEC,
+        StatReason::PortPassed,
+    );
+    bed.check_untouched(
+        ENCAP_PORT,
+        UNSPECIFIED_TO_ELSEWHERE,
+        TC_ACT_SHOT,
+        StatReason::DropSourceOutsideSlice,
+    );
+    // The bridge's program has no bindings and leaves both to the stack.
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        UNSPECIFIED_TO_ELSEWHERE,
+        TC_ACT_UNSPEC,
+        StatReason::PassNotOverlay,
+    );
+}
+
+#[test]
+fn a_port_sends_only_ipv4_and_arp_and_containers_no_vlan_tags() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    bed.ingress_ifindex = bed.ifindex("eth1-peer");
+    // IPv6 (router advertisements among it) stops at the port; without
+    // port programs attach keeps the bridge from taking advertisements.
+    bed.check_untouched(ENCAP_PORT, IPV6, TC_ACT_SHOT, StatReason::DropNotIpv4OrArp);
+    bed.check_untouched(ENCAP_FORWARD, IPV6, TC_ACT_UNSPEC, StatReason::PassNotIpv4);
+    // A VLAN tag in the frame, VLAN 0 included, is refused by the port and
+    // by the bridge's program. (A tag the kernel moved into the skb's
+    // metadata is refused too; BPF_PROG_TEST_RUN cannot set one.)
+    for program in [ENCAP_PORT, ENCAP_FORWARD] {
+        for frame in [VLAN_0_ENCAP_IN, VLAN_0_ARP_FROM_BOUND, QINQ_0_ENCAP_IN] {
+            bed.check_untouched(program, frame, TC_ACT_SHOT, StatReason::DropVlanTagged);
+        }
+    }
+}
+
+#[test]
+fn containers_send_no_tunnel_packets_to_an_underlay() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new().with_second_fan();
+    bed.ingress_ifindex = bed.ifindex("eth1-peer");
+    // The host would masquerade them onto the underlay, where the receiver
+    // sees this host's own fan packets: refused by the port and by the
+    // bridge's program, which runs without the agent and on every kernel.
+    for program in [ENCAP_FORWARD, ENCAP_PORT] {
+        for frame in [
+            IPIP_TO_UNDERLAY,
+            IPV6_IN_IPV4_TO_UNDERLAY,
+            GRE_TO_UNDERLAY,
+            IPIP_TO_SECOND_UNDERLAY,
+        ] {
+            bed.check_untouched(
+                program,
+                frame,
+                TC_ACT_SHOT,
+                StatReason::DropTunnelToUnderlay,
+            );
+        }
+        // A tunnel to an address outside every underlay is the container's own.
+        let passed = match program {
+            ENCAP_PORT => StatReason::PortPassed,
+            _ => StatReason::PassNotOverlay,
+        };
+        bed.check_untouched(program, IPIP_ELSEWHERE, TC_ACT_UNSPEC, passed);
+    }
+}
+
+#[test]
+fn containers_never_send_from_their_slices_reserved_addresses() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::new();
+    bed.ingress_ifindex = bed.ifindex("eth1-peer");
+    // The gateway's, network and broadcast addresses, refused by the port
+    // and by the bridge's program, which has no bindings to go by.
+    for program in [ENCAP_FORWARD, ENCAP_PORT] {
+        for frame in [ENCAP_FROM_GATEWAY, ENCAP_FROM_NETWORK, ENCAP_FROM_BROADCAST] {
+            bed.check_untouched(program, frame, TC_ACT_SHOT, StatReason::DropSourceReserved);
+        }
+    }
+    // A port sends from this host's slices only, wherever to.
+    bed.check_untouched(
+        ENCAP_PORT,
+        OUTSIDE_SLICE_TO_ELSEWHERE,
+        TC_ACT_SHOT,
+        StatReason::DropSourceOutsideSlice,
+    );
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        OUTSIDE_SLICE_TO_ELSEWHERE,
+        TC_ACT_UNSPEC,
+        StatReason::PassNotOverlay,
     );
 }
 

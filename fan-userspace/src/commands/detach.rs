@@ -12,7 +12,10 @@ use crate::{
     cli::{DetachArgs, Global},
     dataplane::{Hook, PinnedMaps, unlink},
     host::nat,
-    host::{Net, RP_FILTER_LOOSE, read_sysctl, rp_filter_key, write_sysctl},
+    host::{
+        Net, RP_FILTER_LOOSE, accept_ra_key, read_ipv6_sysctl, read_sysctl, rp_filter_key,
+        write_ipv6_sysctl, write_sysctl,
+    },
     ipv4_network, require_capabilities,
     state::record::{Fan, HOST_DEVICE, attached, meta_key},
     state::rundir::RunDir,
@@ -182,12 +185,33 @@ async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
         let found = u32::from(u16::from_ne_bytes(fan.meta.orig_bridge_mtu));
         net.set_mtu(bridge.index, found).await?;
     }
+    if fan.meta.owned & owned::BRIDGE_ACCEPT_RA != 0 {
+        restore_accept_ra(&fan.bridge, fan.meta.orig_bridge_accept_ra);
+    }
     Ok(Some(if created {
         // Another user's containers (a runtime's) are still plugged in.
         format!("it still has ports ({})", ports.join(", "))
     } else {
         "fan-xdp did not create it".to_string()
     }))
+}
+
+/// Puts back an adopted bridge's accept_ra, unless something else has set
+/// it since attach set 0: that choice is theirs to keep.
+fn restore_accept_ra(bridge: &str, recorded: u8) {
+    let key = accept_ra_key(bridge);
+    match read_ipv6_sysctl(&key) {
+        Ok(Some(0)) => {
+            if let Err(e) = write_ipv6_sysctl(&key, recorded) {
+                warn!("restoring {key}: {e:#}");
+            }
+        }
+        Ok(Some(other)) => {
+            info!("leaving {key} at {other}: it was changed after attach set it to 0")
+        }
+        Ok(None) => {}
+        Err(e) => warn!("{e:#}"),
+    }
 }
 
 fn remove_pin(path: &std::path::Path, device: &str, hook: Hook) {

@@ -9,7 +9,7 @@ use ipnetwork::Ipv4Network;
 use super::{FanLine, Underlay, Word, default_overlay};
 use crate::{
     cli::{Bypass, Mode},
-    host::naming::IFNAME_MAX,
+    host::naming::{check_bridge_name, check_ifname},
 };
 
 type WordError<'a> = (Word<'a>, String);
@@ -80,7 +80,7 @@ pub(super) fn parse_words<'a>(
             }
             "bridge" => {
                 let v = value()?;
-                check_ifname(v.text).map_err(|m| (v, m))?;
+                check_bridge_name(v.text).map_err(|m| (v, m))?;
                 fan.bridge = Some(v.text.to_string());
             }
             "mode" => {
@@ -204,19 +204,4 @@ fn check_map(overlay: Ipv4Network, len: u8, underlay: &Underlay) -> Result<(), S
         }),
         (Ok(()), _) => Ok(()),
     }
-}
-
-/// The kernel's rule for an interface name (dev_valid_name).
-fn check_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > IFNAME_MAX {
-        return Err(format!("an interface name is 1 to {IFNAME_MAX} bytes"));
-    }
-    if name == "."
-        || name == ".."
-        || name.contains(['/', ':'])
-        || name.contains(char::is_whitespace)
-    {
-        return Err("not an interface name".into());
-    }
-    Ok(())
 }

@@ -45,7 +45,10 @@ impl Dataplane {
         let fans = fan_entries(&trie)?;
         let mut hosts: BpfHashMap<_, WireAddr, LocalHost> =
             BpfHashMap::try_from(self.map_mut(LOCAL_HOSTS_MAP)?)?;
-        sync_local_hosts(&mut hosts, &fans)
+        sync_local_hosts(&mut hosts, &fans)?;
+        let mut underlays: LpmTrie<_, WireAddr, u32> =
+            LpmTrie::try_from(self.map_mut(UNDERLAYS_MAP)?)?;
+        sync_underlays(&mut underlays, &fans)
     }
 
     /// Sets the bypass value the programs follow (`fan_common::maps::bypass`).
@@ -173,6 +176,38 @@ pub(super) fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
+/// Makes the underlays map hold exactly the underlays of `fans`, each with
+/// how many fans use it: the programs refuse a container's tunnel packets
+/// (IP-in-IP, IPv6-in-IPv4, GRE) to any address in them.
+pub(super) fn sync_underlays<T: std::borrow::BorrowMut<MapData>>(
+    underlays: &mut LpmTrie<T, WireAddr, u32>,
+    fans: &[FanEntry],
+) -> Result<()> {
+    let mut want: BTreeMap<(u32, u8), u32> = BTreeMap::new();
+    for fan in fans {
+        *want
+            .entry((fan.map.underlay, fan.map.underlay_len))
+            .or_default() += 1;
+    }
+    let stale: Vec<Key<WireAddr>> = underlays
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !want.contains_key(&(key.data().to_host(), key.prefix_len() as u8)))
+        .collect();
+    for key in stale {
+        underlays.remove(&key).context("removing an underlay")?;
+    }
+    for ((underlay, len), fans) in want {
+        let key = Key::new(len.into(), WireAddr::from_host(underlay));
+        if underlays.get(&key, 0).ok() != Some(fans) {
+            underlays
+                .insert(&key, fans, 0)
+                .context("writing an underlay")?;
+        }
+    }
+    Ok(())
+}
+
 /// The pinned maps, opened without loading any program (show, stats, detach).
 pub struct PinnedMaps {
     pub config: LpmTrie<MapData, WireAddr, FanEntry>,
@@ -180,6 +215,9 @@ pub struct PinnedMaps {
     pub stats: PerCpuArray<MapData, Counter>,
     pub endpoints: BpfHashMap<MapData, WireAddr, Endpoint>,
     pub local_hosts: BpfHashMap<MapData, WireAddr, LocalHost>,
+    /// The attached fans' underlays; None in a state of map layout 3 or
+    /// older (until an attach creates it).
+    underlays: Option<LpmTrie<MapData, WireAddr, u32>>,
     /// Path MTUs learned towards remote hosts (an LRU hash map).
     pub path_mtus: BpfHashMap<MapData, WireAddr, PathMtu>,
     /// The agent's heartbeat.
@@ -204,6 +242,10 @@ impl PinnedMaps {
             stats: PerCpuArray::try_from(open(STATS_MAP)?)?,
             endpoints: BpfHashMap::try_from(open(ENDPOINTS_MAP)?)?,
             local_hosts: BpfHashMap::try_from(open(LOCAL_HOSTS_MAP)?)?,
+            underlays: match dir.map(UNDERLAYS_MAP).exists() {
+                true => Some(LpmTrie::try_from(open(UNDERLAYS_MAP)?)?),
+                false => None,
+            },
             path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
             agent: Array::try_from(open(AGENT_MAP)?)?,
             bypass: Array::try_from(open(BYPASS_MAP)?)?,
@@ -267,7 +309,7 @@ impl PinnedMaps {
             )
             .context("writing the fan map entry")?;
         let fans = fan_entries(&self.config)?;
-        sync_local_hosts(&mut self.local_hosts, &fans)
+        self.sync_hosts_and_underlays(&fans)
     }
 
     /// Removes the fan of overlay `overlay/len` (host byte order) from the
@@ -290,7 +332,26 @@ impl PinnedMaps {
             }
         }
         let fans = fan_entries(&self.config)?;
-        sync_local_hosts(&mut self.local_hosts, &fans)
+        self.sync_hosts_and_underlays(&fans)
+    }
+
+    /// Brings the underlays in line with the configured fans: for a state
+    /// whose underlays map this version's load has just created.
+    pub fn sync_underlays(&mut self) -> Result<()> {
+        let fans = fan_entries(&self.config)?;
+        match &mut self.underlays {
+            Some(underlays) => sync_underlays(underlays, &fans),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings the local hosts and the underlays in line with `fans`.
+    fn sync_hosts_and_underlays(&mut self, fans: &[FanEntry]) -> Result<()> {
+        sync_local_hosts(&mut self.local_hosts, fans)?;
+        match &mut self.underlays {
+            Some(underlays) => sync_underlays(underlays, fans),
+            None => Ok(()),
+        }
     }
 
     /// fan-xdp's record of every fan, ordered by overlay.

@@ -73,14 +73,16 @@ pub const STATS_BY_FAN_MAP: &str = "FAN_STATS_BY_FAN";
 pub const META_MAP: &str = "FAN_META";
 pub const ENDPOINTS_MAP: &str = "FAN_ENDPOINTS";
 pub const LOCAL_HOSTS_MAP: &str = "FAN_LOCAL_HOSTS";
+pub const UNDERLAYS_MAP: &str = "FAN_UNDERLAYS";
 pub const PATH_MTU_MAP: &str = "FAN_PATH_MTU";
 pub const AGENT_MAP: &str = "FAN_AGENT";
 pub const BYPASS_MAP: &str = "FAN_BYPASS";
 pub const EVENTS_MAP: &str = "FAN_EVENTS";
 pub const EVENT_SETTINGS_MAP: &str = "FAN_EVENT_SETTINGS";
-/// The pinned maps. A state directory of map layout 2 lacks the last three;
-/// attach creates them in place (see `commands::attach`).
-const MAPS: [&str; 11] = [
+/// The pinned maps. A state directory of map layout 2 lacks the last four,
+/// one of layout 3 the last; attach creates them in place (see
+/// `commands::attach`).
+const MAPS: [&str; 12] = [
     AGENT_MAP,
     BYPASS_MAP,
     CONFIG_MAP,
@@ -92,6 +94,7 @@ const MAPS: [&str; 11] = [
     EVENTS_MAP,
     EVENT_SETTINGS_MAP,
     STATS_BY_FAN_MAP,
+    UNDERLAYS_MAP,
 ];
 
 /// Where decapsulation runs on the underlay device: the one type both sides share.

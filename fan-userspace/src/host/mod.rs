@@ -24,7 +24,8 @@ pub use devices::Device;
 pub use neighbours::FdbEntry;
 pub use routes::FoundRoute;
 pub use sysctl::{
-    IP_FORWARD, RP_FILTER_LOOSE, read_sysctl, rp_filter_is_strict, rp_filter_key, write_sysctl,
+    IP_FORWARD, RP_FILTER_LOOSE, accept_ra_key, read_ipv6_sysctl, read_sysctl, rp_filter_is_strict,
+    rp_filter_key, write_ipv6_sysctl, write_sysctl,
 };
 pub use tc::TcBpfFilter;
 

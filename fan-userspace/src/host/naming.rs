@@ -5,6 +5,34 @@ use std::net::Ipv4Addr;
 /// Linux interface names hold at most 15 bytes (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 
+/// The kernel's rule for an interface name (dev_valid_name).
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > IFNAME_MAX {
+        return Err(format!("an interface name is 1 to {IFNAME_MAX} bytes"));
+    }
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.contains(char::is_whitespace)
+    {
+        return Err("not an interface name".into());
+    }
+    Ok(())
+}
+
+/// A slice bridge's name: an interface name that dnsmasq's
+/// `--interface=NAME` names alone. A comma would make it a list of two
+/// interfaces, and a trailing `*` a wildcard matching others.
+pub fn check_bridge_name(name: &str) -> Result<(), String> {
+    check_ifname(name)?;
+    if name.contains([',', '*']) {
+        return Err(format!(
+            "bridge name {name:?} holds ',' or '*', which dnsmasq's --interface reads as a list or a wildcard"
+        ));
+    }
+    Ok(())
+}
+
 /// The bridge name of a slice: `fan-` and the slice's octets joined by `-`,
 /// trailing zero octets dropped (`250.0.28.0/24` is `fan-250-0-28`), as fanctl
 /// and LXD named them. When that exceeds 15 bytes the octets are written as
@@ -33,6 +61,27 @@ pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_names_are_one_interface_to_the_kernel_and_dnsmasq() {
+        for good in ["fan-250-0-1", "br0", "a.b-c_d", "fan-21f01020"] {
+            assert_eq!(check_bridge_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "sixteen-bytes-xx",
+            ".",
+            "..",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "br0,eth0",
+            "fan*",
+        ] {
+            assert!(check_bridge_name(bad).is_err(), "{bad:?} was taken");
+        }
+    }
 
     #[test]
     fn names_follow_fanctl_and_shorten_deterministically() {

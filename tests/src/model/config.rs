@@ -144,6 +144,16 @@ impl Config {
             .max_by_key(|fan| fan.map.overlay_len)
     }
 
+    /// Whether `addr` is the gateway, network or broadcast address of one
+    /// of this host's slices: no container's.
+    pub fn is_slice_edge_or_gateway(&self, addr: u32) -> bool {
+        self.fans.iter().any(|fan| {
+            let slice = fan.map.slice_of(fan.local_host);
+            let last = slice | (u32::MAX >> fan.map.slice_len());
+            fan.is_local(addr) && (addr == slice || addr == slice + 1 || addr == last)
+        })
+    }
+
     /// Whether `addr` is this host's underlay address in some fan.
     pub fn is_local_host(&self, addr: u32) -> bool {
         self.fans.iter().any(|fan| fan.local_host == addr)

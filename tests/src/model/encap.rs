@@ -66,24 +66,15 @@ fn encapsulate(
     frame: &[u8],
     ctx: RunContext,
 ) -> Result<Prediction, NotSent> {
+    if site.forwards() {
+        container_edge(config, site, frame, ctx.ingress_ifindex).map_err(NotSent::Drop)?;
+    }
     if ethertype(frame) != Some(ETHERTYPE_IPV4) {
-        if site == Site::Port
-            && let Some(sender) = arp_ipv4_sender(frame)
-            && !source_is_this_ports(config, sender, ctx.ingress_ifindex)
-        {
-            return Err(NotSent::Drop("drop_source_not_bound"));
-        }
         return Err(NotSent::Pass("pass_not_ipv4"));
     }
     let Some(ip) = Ipv4View::parse(frame, ETH_LEN) else {
         return Err(NotSent::Pass("pass_malformed_ipv4"));
     };
-    if site == Site::Port && is_dhcp_server_reply(frame, &ip) {
-        return Err(NotSent::Drop("drop_dhcp_server_reply"));
-    }
-    if site == Site::Port && !source_is_this_ports(config, ip.src(), ctx.ingress_ifindex) {
-        return Err(NotSent::Drop("drop_source_not_bound"));
-    }
     let Some(fan) = config.fan_for(ip.dst()) else {
         return Err(NotSent::Pass("pass_not_overlay"));
     };
@@ -211,19 +202,106 @@ fn encapsulate(
     })
 }
 
-/// The port rule: a source bound to another port, or the slice gateway's
-/// address, is not this container's to send from; an unbound address is.
-/// A UDP datagram from port 67 (a DHCP server) to port 68 (a client): the
-/// ports lie in the first fragment only, and must be inside the frame.
-fn is_dhcp_server_reply(frame: &[u8], ip: &Ipv4View) -> bool {
+/// The container edge, as docs/security.md states it: what the bridge's
+/// program (`Site::Forward`) and a port's (`Site::Port`) refuse of what a
+/// container sends, checked in the order the rule lists, first refusal
+/// named. (A VLAN tag in the skb's metadata cannot be given to a test run.)
+fn container_edge(
+    config: &Config,
+    site: Site,
+    frame: &[u8],
+    port: u32,
+) -> Result<(), &'static str> {
+    let at_port = site == Site::Port;
+    let Some(kind) = ethertype(frame) else {
+        return if at_port {
+            Err("drop_not_ipv4_or_arp")
+        } else {
+            Ok(())
+        };
+    };
+    if [0x8100, 0x88a8, 0x9100].contains(&kind) {
+        return Err("drop_vlan_tagged");
+    }
+    if kind == ETHERTYPE_IPV4 {
+        let Some(ip) = Ipv4View::parse(frame, ETH_LEN) else {
+            return Ok(());
+        };
+        if config.is_slice_edge_or_gateway(ip.src()) {
+            return Err("drop_source_reserved");
+        }
+        let tunnel = [PROTO_IPIP, 41, 47].contains(&ip.protocol());
+        if tunnel
+            && config
+                .fans
+                .iter()
+                .any(|fan| fan.map.underlay_contains(ip.dst()))
+        {
+            return Err("drop_tunnel_to_underlay");
+        }
+        if !at_port {
+            return Ok(());
+        }
+        let dhcp_client = match udp_ports(frame, &ip) {
+            Some((68, 67)) => true,
+            Some((from, to)) if from == 67 || from == 68 || to == 68 => {
+                return Err("drop_dhcp_server_reply");
+            }
+            _ => false,
+        };
+        if ip.src() == 0 {
+            let to_server = ip.dst() == u32::MAX
+                || config
+                    .fan_for(ip.dst())
+                    .is_some_and(|fan| fan.gateway() == ip.dst());
+            return if dhcp_client && to_server {
+                Ok(())
+            } else {
+                Err("drop_source_outside_slice")
+            };
+        }
+        return a_ports_own(config, ip.src(), port);
+    }
+    if !at_port {
+        return Ok(());
+    }
+    const ETHERTYPE_ARP: u16 = 0x0806;
+    if kind != ETHERTYPE_ARP {
+        return Err("drop_not_ipv4_or_arp");
+    }
+    let Some(sender) = arp_ipv4_sender(frame) else {
+        return Err("drop_arp_not_ethernet_ipv4");
+    };
+    if sender == 0 {
+        // A probe (RFC 5227) claims nothing.
+        return Ok(());
+    }
+    if config.is_slice_edge_or_gateway(sender) {
+        return Err("drop_source_reserved");
+    }
+    a_ports_own(config, sender, port)
+}
+
+/// A port's source: in one of this host's slices, and not bound to
+/// another port (an address with no binding yet is anyone's in the slice).
+fn a_ports_own(config: &Config, src: u32, port: u32) -> Result<(), &'static str> {
+    if !config.fans.iter().any(|fan| fan.is_local(src)) {
+        return Err("drop_source_outside_slice");
+    }
+    match config.endpoint(src) {
+        Some(endpoint) if endpoint.ifindex != port => Err("drop_source_not_bound"),
+        _ => Ok(()),
+    }
+}
+
+/// A UDP datagram's source and destination ports: in the first fragment
+/// only, and only if inside the frame.
+fn udp_ports(frame: &[u8], ip: &Ipv4View) -> Option<(u16, u16)> {
     const FRAGMENT_OFFSET: u16 = 0x1fff;
     let fragment_offset = be16(frame, ip.offset() + 6) & FRAGMENT_OFFSET;
     let ports_at = ip.offset() + ip.header_len();
-    ip.protocol() == PROTO_UDP
-        && fragment_offset == 0
-        && frame.len() >= ports_at + 4
-        && be16(frame, ports_at) == 67
-        && be16(frame, ports_at + 2) == 68
+    (ip.protocol() == PROTO_UDP && fragment_offset == 0 && frame.len() >= ports_at + 4)
+        .then(|| (be16(frame, ports_at), be16(frame, ports_at + 2)))
 }
 
 /// The sender protocol address of an ARP packet for IPv4 over Ethernet
@@ -238,13 +316,6 @@ pub fn arp_ipv4_sender(frame: &[u8]) -> Option<u32> {
         && arp[4] == 6
         && arp[5] == 4;
     ipv4_over_ethernet.then(|| be32(arp, 14))
-}
-
-fn source_is_this_ports(config: &Config, src: u32, port: u32) -> bool {
-    if let Some(endpoint) = config.endpoint(src) {
-        return endpoint.ifindex == port;
-    }
-    config.fan_for(src).is_none_or(|fan| src != fan.gateway())
 }
 
 /// The sender's half of the receive policy: the inner source must be in

@@ -32,11 +32,12 @@ use crate::{
         inspect, overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported,
         unlink,
     },
-    host::naming::{IFNAME_MAX, bridge_mac, bridge_name},
+    host::naming::{bridge_mac, bridge_name, check_bridge_name},
     host::nat,
     host::{
-        Device, FoundRoute, IP_FORWARD, Net, RP_FILTER_LOOSE, TcBpfFilter, read_sysctl,
-        rp_filter_is_strict, rp_filter_key, write_sysctl,
+        Device, FoundRoute, IP_FORWARD, Net, RP_FILTER_LOOSE, TcBpfFilter, accept_ra_key,
+        read_ipv6_sysctl, read_sysctl, rp_filter_is_strict, rp_filter_key, write_ipv6_sysctl,
+        write_sysctl,
     },
     ipv4_network, require_capabilities,
     state::StateDir,
@@ -90,6 +91,7 @@ enum Undo {
     StateDir,
     Record,
     Sysctl(String, u8),
+    Ipv6Sysctl(String, u8),
     /// Clear an [`owned`] bit of the record again.
     Claim(u8),
     Device(String),
@@ -317,6 +319,7 @@ async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {
                     }
                 }
                 Undo::Sysctl(key, value) => write_sysctl(&key, value)?,
+                Undo::Ipv6Sysctl(key, value) => write_ipv6_sysctl(&key, value)?,
                 Undo::Record => {
                     let mut maps = PinnedMaps::open(&plan.dir)?;
                     maps.meta.remove(&meta_key(plan.overlay))?;

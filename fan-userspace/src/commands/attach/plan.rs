@@ -99,8 +99,8 @@ pub(super) async fn plan(
         .bridge
         .clone()
         .unwrap_or_else(|| bridge_name(slice_start));
-    if bridge.is_empty() || bridge.len() > IFNAME_MAX {
-        bail!("bridge name {bridge:?} must be 1 to {IFNAME_MAX} bytes");
+    if let Err(why) = check_bridge_name(&bridge) {
+        bail!("bridge name {bridge:?}: {why}");
     }
     let max_mtu = iface.mtu.saturating_sub(OUTER_HEADER);
     let mtu = args.mtu.unwrap_or(max_mtu);
@@ -250,6 +250,6 @@ pub(super) fn new_record(plan: &Plan) -> Result<FanMeta> {
         // the claim passes on, so the last one to go removes it.
         owned: same_iface.map_or(0, |m| m.owned & owned::CLSACT_UNDERLAY),
         orig_bridge_mtu: [0; 2],
-        _pad: 0,
+        orig_bridge_accept_ra: 0,
     })
 }

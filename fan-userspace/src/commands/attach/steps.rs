@@ -152,7 +152,30 @@ impl<'a> Attach<'a> {
                 .push(Undo::Address(bridge.index, gateway.0, gateway.1));
             self.changed = true;
         }
+        self.ignore_router_advertisements()?;
         self.changed |= bring_up(net, &bridge, self.undo).await?;
+        Ok(())
+    }
+
+    /// The host takes no router advertisement from the slice bridge: a
+    /// container's would give the host a default route and addresses (the
+    /// port programs drop IPv6, but they need the agent and Linux 6.6).
+    /// What an adopted bridge had is recorded before the write, for detach.
+    fn ignore_router_advertisements(&mut self) -> Result<()> {
+        let key = accept_ra_key(&self.plan.bridge);
+        let Some(before) = read_ipv6_sysctl(&key)? else {
+            return Ok(());
+        };
+        if before == 0 {
+            return Ok(());
+        }
+        if self.meta.owned & owned::BRIDGE == 0 && self.meta.owned & owned::BRIDGE_ACCEPT_RA == 0 {
+            self.meta.orig_bridge_accept_ra = before;
+            self.claim(owned::BRIDGE_ACCEPT_RA)?;
+        }
+        write_ipv6_sysctl(&key, 0)?;
+        self.undo.push(Undo::Ipv6Sysctl(key, before));
+        self.changed = true;
         Ok(())
     }
 
@@ -282,7 +305,9 @@ impl<'a> Attach<'a> {
             self.undo.push(Undo::Config(previous));
             self.changed = true;
         }
-        Ok(())
+        // The underlays follow the fans; a state from before the map
+        // existed has it empty until now.
+        PinnedMaps::open(&plan.dir)?.sync_underlays()
     }
 
     /// After the last step, where nothing can fail any more: the other
