@@ -84,6 +84,10 @@ enum Task {
         /// Where CNI runtimes look for plugins.
         #[arg(long, default_value = cni::DEFAULT_CNI_BIN_DIR)]
         cni_bin_dir: std::path::PathBuf,
+        /// Write every file under DIR instead of /, as packagers stage an
+        /// install: the unit and the CNI link still name PREFIX's paths.
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<std::path::PathBuf>,
     },
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
@@ -197,10 +201,10 @@ fn run(task: Task) -> Result<()> {
         Task::Install {
             prefix,
             cni_bin_dir,
+            destdir,
         } => {
             setup::run(Use::Build)?;
-            let installed = install::run(&prefix)?;
-            cni::install_plugin(&installed, &cni_bin_dir)
+            install::run(&prefix, destdir.as_deref(), &cni_bin_dir)
         }
         Task::Demo => {
             setup::run(Use::Demo)?;

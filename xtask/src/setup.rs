@@ -472,7 +472,9 @@ mod tests {
     #[test]
     fn the_tests_needs_would_remove_or_downgrade_nothing_here() {
         assert!(
-            PACKAGES.iter().all(|need| !need.package.starts_with("qemu")),
+            PACKAGES
+                .iter()
+                .all(|need| !need.package.starts_with("qemu")),
             "qemu comes unpacked under target/, never from apt"
         );
         let names: Vec<&str> = needed_by(Use::Tests).map(|need| need.package).collect();
@@ -484,7 +486,14 @@ mod tests {
     #[test]
     fn the_demo_installs_no_runtime_vm_or_bench_tool() {
         let demo: Vec<&str> = needed_by(Use::Demo).map(|need| need.package).collect();
-        for package in ["docker.io", "lxd", "lxc", "podman", "busybox-static", "udhcpc"] {
+        for package in [
+            "docker.io",
+            "lxd",
+            "lxc",
+            "podman",
+            "busybox-static",
+            "udhcpc",
+        ] {
             assert!(!demo.contains(&package), "the demo installs {package}");
         }
         assert!(demo.contains(&"llvm-22-dev") && demo.contains(&"iperf3"));
