@@ -81,6 +81,12 @@ pub fn staged(destdir: &Path, path: &Path) -> PathBuf {
 /// under `destdir` if given) with everything else and the CNI plugin.
 pub fn run(prefix: &Path, destdir: Option<&Path>, cni_bin_dir: &Path) -> Result<()> {
     let layout = Layout::under(prefix)?;
+    if !cni_bin_dir.is_absolute() {
+        bail!(
+            "--cni-bin-dir {} must be an absolute path (runtimes look there, not under this directory)",
+            cni_bin_dir.display()
+        );
+    }
     crate::build_release_fan_xdp()?;
     let destdir = destdir.unwrap_or(Path::new("/"));
     let binary = workspace_root().join("target/release/fan-xdp");
@@ -106,20 +112,14 @@ pub fn run(prefix: &Path, destdir: Option<&Path>, cni_bin_dir: &Path) -> Result<
 
 pub const UNIT: &str = "fan-xdp.service";
 
-/// [`install`], and the CNI plugin `fan` in `cni_bin_dir`: a link to the
-/// binary's final path, staged under `destdir` like the rest.
+/// [`install`], and the CNI plugin `fan` in `cni_bin_dir` (absolute): a
+/// link to the binary's final path, staged under `destdir` like the rest.
 pub fn install_with_plugin(
     layout: &Layout,
     destdir: &Path,
     binary: &Path,
     cni_bin_dir: &Path,
 ) -> Result<()> {
-    if !cni_bin_dir.is_absolute() {
-        bail!(
-            "--cni-bin-dir {} must be an absolute path",
-            cni_bin_dir.display()
-        );
-    }
     install(layout, destdir, binary)?;
     crate::cni::install_plugin(&layout.fan_xdp(), &staged(destdir, cni_bin_dir))
 }
@@ -189,20 +189,40 @@ pub fn install(layout: &Layout, destdir: &Path, binary: &Path) -> Result<()> {
     Ok(())
 }
 
-fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+pub fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
     write(to, &bytes, mode)
 }
 
 /// Writes through a temporary name and renames: a running fan-xdp being
 /// replaced keeps its old file (overwriting a running executable fails).
-fn write(to: &Path, bytes: impl AsRef<[u8]>, mode: u32) -> Result<()> {
+pub fn write(to: &Path, bytes: impl AsRef<[u8]>, mode: u32) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let tmp = to.with_extension("xtask-new");
     fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
     fs::rename(&tmp, to).with_context(|| format!("installing {}", to.display()))?;
     println!("installed {}", to.display());
     Ok(())
+}
+
+/// Every path under `dir`, relative to it, sorted (links not followed).
+pub fn tree(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).with_context(|| format!("reading {}", next.display()))? {
+            let path = entry?.path();
+            if fs::symlink_metadata(&path)?.is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path.strip_prefix(dir)?.to_path_buf());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// A new empty directory of its own: installs may run at once (the tests').
@@ -213,6 +233,18 @@ pub fn tempdir(purpose: &str) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The tests' build of fan-xdp (`cargo xtask test` builds it first).
+#[cfg(test)]
+pub fn test_binary() -> PathBuf {
+    let binary = workspace_root().join("target/debug/fan-xdp");
+    assert!(
+        binary.exists(),
+        "{} is missing: cargo build -p fan-userspace",
+        binary.display()
+    );
+    binary
 }
 
 #[cfg(test)]
@@ -234,17 +266,6 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.success() && text.trim().is_empty(), text)
-    }
-
-    /// The tests' build of fan-xdp (`cargo xtask test` builds it first).
-    pub fn test_binary() -> PathBuf {
-        let binary = workspace_root().join("target/debug/fan-xdp");
-        assert!(
-            binary.exists(),
-            "{} is missing: cargo build -p fan-userspace",
-            binary.display()
-        );
-        binary
     }
 
     #[test]
@@ -298,23 +319,6 @@ mod tests {
         fs::remove_dir_all(&prefix).unwrap();
     }
 
-    /// Every path under `dir`, relative to it, sorted (links not followed).
-    fn tree(dir: &Path) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut pending = vec![dir.to_path_buf()];
-        while let Some(next) = pending.pop() {
-            for entry in fs::read_dir(&next).unwrap() {
-                let path = entry.unwrap().path();
-                if fs::symlink_metadata(&path).unwrap().is_dir() {
-                    pending.push(path.clone());
-                }
-                found.push(path.strip_prefix(dir).unwrap().to_path_buf());
-            }
-        }
-        found.sort();
-        found
-    }
-
     #[test]
     fn a_staged_install_writes_nothing_outside_destdir_and_names_the_final_paths() {
         let binary = test_binary();
@@ -335,7 +339,7 @@ mod tests {
             host_plugin.display()
         );
         let staged_prefix = prefix.strip_prefix("/").unwrap();
-        for path in tree(&destdir) {
+        for path in tree(&destdir).unwrap() {
             let cni = Path::new("opt/cni/bin");
             assert!(
                 path.starts_with(staged_prefix) || path.starts_with(cni) || cni.starts_with(&path),
