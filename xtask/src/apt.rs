@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Where invoke-rc.d and deb-systemd-invoke look before starting a service.
-const POLICY_RC: &str = "/usr/sbin/policy-rc.d";
+pub const POLICY_RC: &str = "/usr/sbin/policy-rc.d";
 
 /// A policy-rc.d that forbids every action (exit status 101 means "action
 /// not allowed"): a package we install must not start its daemon (tcpdump,

@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | build | install | test | demo | fuzz | soak | vm | bench`.
+//! Project tasks: `cargo xtask setup | build | install | deb | test | demo | fuzz | soak | vm | bench`.
 //!
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
 //! fresh machine and can install that toolchain itself.
 
 mod apt;
 mod cni;
+mod deb;
 mod install;
 mod services;
 mod setup;
@@ -84,7 +85,15 @@ enum Task {
         /// Where CNI runtimes look for plugins.
         #[arg(long, default_value = cni::DEFAULT_CNI_BIN_DIR)]
         cni_bin_dir: std::path::PathBuf,
+        /// Write every file under DIR instead of /, as packagers stage an
+        /// install: the unit and the CNI link still name PREFIX's paths.
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<std::path::PathBuf>,
     },
+    /// Build the Debian package target/debian/fan-xdp_<version>_<arch>.deb:
+    /// what `install` installs, in Debian's places, with /etc/network/fan
+    /// (no fans) as a conffile; installing it starts and enables nothing.
+    Deb,
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
         /// A short smoke run (no speed asserted).
@@ -198,10 +207,14 @@ fn run(task: Task) -> Result<()> {
         Task::Install {
             prefix,
             cni_bin_dir,
+            destdir,
         } => {
             setup::run(Use::Build)?;
-            let installed = install::run(&prefix)?;
-            cni::install_plugin(&installed, &cni_bin_dir)
+            install::run(&prefix, destdir.as_deref(), &cni_bin_dir)
+        }
+        Task::Deb => {
+            setup::run(Use::Build)?;
+            deb::run()
         }
         Task::Demo => {
             setup::run(Use::Demo)?;
@@ -310,7 +323,6 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
-/// Runs cargo with `args` in the workspace root.
 /// The fan-xdp the tests drive, as cargo arguments: with fault injection
 /// (`FAN_XDP_INJECT`), which only the tests' build has.
 pub const TEST_FAN_XDP: [&str; 6] = [
@@ -322,6 +334,7 @@ pub const TEST_FAN_XDP: [&str; 6] = [
     "fault-injection",
 ];
 
+/// Runs cargo with `args` in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
@@ -333,4 +346,16 @@ pub fn cargo(args: &[&str]) -> Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Runs `cmd` and returns what it printed; its error output is the error's
+/// if it fails.
+pub fn stdout_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

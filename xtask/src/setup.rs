@@ -51,6 +51,12 @@ const PACKAGES: &[Need] = &[
         "libpolly-22-dev",
         "needed to link bpf-linker against LLVM 22",
     ),
+    Need::program(
+        Use::Build,
+        "dpkg-dev",
+        "dpkg-shlibdeps",
+        "dpkg-shlibdeps: the libraries `cargo xtask deb`'s package depends on",
+    ),
     Need::program(Use::Demo, "iproute2", "ip", "ip: namespaces, veth, bridges"),
     Need::program(Use::Demo, "iputils-ping", "ping", "ping between containers"),
     Need::program(
@@ -120,6 +126,12 @@ const PACKAGES: &[Need] = &[
         "man-db",
         "man",
         "man: systemd-analyze verify looks up the unit's man page",
+    ),
+    Need::program(
+        Use::Tests,
+        "lintian",
+        "lintian",
+        "lintian: the package test checks `cargo xtask deb`'s package with it",
     ),
     // Only Debian's static build will do: the VM copies /bin/busybox alone.
     Need::package(Use::Vm, "busybox-static", "the VM's userland"),
@@ -498,7 +510,7 @@ mod tests {
         }
         assert!(demo.contains(&"llvm-22-dev") && demo.contains(&"iperf3"));
         let build: Vec<&str> = needed_by(Use::Build).map(|need| need.package).collect();
-        assert_eq!(build, ["llvm-22-dev", "libpolly-22-dev"]);
+        assert_eq!(build, ["llvm-22-dev", "libpolly-22-dev", "dpkg-dev"]);
     }
 
     #[test]

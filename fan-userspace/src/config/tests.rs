@@ -278,3 +278,21 @@ fn only_root_may_own_or_write_the_file() {
     let e = owner_allows(path, 0, 0o100646).unwrap_err().to_string();
     assert!(e.contains("writable by others (mode 646)"), "{e}");
 }
+
+/// The Debian package's /etc/network/fan: comments only, so no fans
+/// until the operator adds a line; its example, uncommented, is one fan.
+#[test]
+fn the_packaged_file_has_no_fans_and_its_example_is_one() {
+    let shipped = include_str!("../../../packaging/debian/fan");
+    assert_eq!(parse("/etc/network/fan", shipped).unwrap(), []);
+    let example = shipped
+        .lines()
+        .find_map(|line| line.strip_prefix("#   250."))
+        .map(|rest| format!("250.{rest}"))
+        .expect("the file shows an example line");
+    let fans = parse("/etc/network/fan", &example).unwrap();
+    assert_eq!(fans.len(), 1);
+    assert_eq!(fans[0].overlay, net("250.0.0.0/8"));
+    assert_eq!(fans[0].underlay, Underlay::Interface("eth0".into(), 16));
+    assert!(fans[0].dhcp);
+}

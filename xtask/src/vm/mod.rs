@@ -16,9 +16,9 @@ mod qemu;
 
 use std::{fs, path::PathBuf, process::Command};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result};
 
-use crate::workspace_root;
+use crate::{stdout_of as run, workspace_root};
 
 pub use emulator::qemu_program;
 pub use payload::test_payload;
@@ -35,16 +35,6 @@ pub struct Kernel {
 
 fn vm_dir() -> PathBuf {
     workspace_root().join("target/vm")
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Downloads (once) Debian's cloud kernel package and unpacks it under target/vm.
