@@ -43,6 +43,15 @@ impl Timings {
     }
 }
 
+/// The unit tests: every crate but the end-to-end tests and the programs.
+const UNIT_TESTS: [&str; 5] = [
+    "--workspace",
+    "--exclude",
+    "fan-tests",
+    "--exclude",
+    "fan-ebpf",
+];
+
 /// The host's test executables, each run (and timed) on its own, one test
 /// at a time: they build namespaces and measure transfers on 2 CPUs. This
 /// kernel has no ipip module: the interop tests run in the VM only.
@@ -78,12 +87,13 @@ pub fn run() -> Result<()> {
     let started = Instant::now();
     let mut timings = Timings::default();
     timings.time("clippy (user side and eBPF)", lint)?;
-    // fan-xdp as the tests drive it and every test executable, built once:
-    // the host's suites and the guest run the same binaries.
-    let payload = timings.time(
-        "build: fan-xdp and the test executables",
-        crate::vm::test_payload,
-    )?;
+    // fan-xdp as the tests drive it and every test executable, built once
+    // and before the guest starts (a build beside it slows both): the
+    // host's suites and the guest run the same binaries.
+    let payload = timings.time("build: fan-xdp and the test executables", || {
+        crate::cargo(&[&["test", "--no-run"][..], &UNIT_TESTS].concat())?;
+        crate::vm::test_payload()
+    })?;
     // The guest emulates its CPUs (no KVM here) and is the longest part:
     // it starts now and runs beside everything below, niced.
     let guest = std::thread::spawn(move || {
@@ -93,19 +103,7 @@ pub fn run() -> Result<()> {
     });
     let mut totals = Totals::default();
     let mut ok = true;
-    ok &= timings.time("unit tests", || {
-        cargo_test(
-            &[
-                "--workspace",
-                "--exclude",
-                "fan-tests",
-                "--exclude",
-                "fan-ebpf",
-            ],
-            &[],
-            &mut totals,
-        )
-    })?;
+    ok &= timings.time("unit tests", || cargo_test(&UNIT_TESTS, &[], &mut totals))?;
     for suite in HOST_SUITES {
         ok &= timings.time(&format!("host: {suite}"), || {
             cargo_test(

@@ -170,9 +170,12 @@ pub fn run_in_vm(
         limit.as_secs()
     );
     let mut cmd = qemu(&program, &kernel, &accel);
+    // no_timer_check: an emulated CPU on a busy host (the guest runs beside
+    // the host's suites) can miss the IO-APIC timer check's deadline, and
+    // the kernel then panics at boot ("IO-APIC + timer doesn't work").
     cmd.arg("-initrd").arg(&initrd).args([
         "-append",
-        "console=ttyS0 panic=-1 softlockup_panic=1 quiet loglevel=5",
+        "console=ttyS0 panic=-1 softlockup_panic=1 no_timer_check quiet loglevel=5",
     ]);
     if console == Console::Background {
         use std::os::unix::process::CommandExt as _;
