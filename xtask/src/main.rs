@@ -359,3 +359,21 @@ pub fn stdout_of(cmd: &mut Command) -> Result<String> {
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    #[test]
+    fn an_error_is_reported_with_its_causes_and_no_backtrace() {
+        // SAFETY: the test sets a variable no other test of this crate reads.
+        unsafe { std::env::set_var("RUST_BACKTRACE", "1") };
+        let error = Err::<(), _>(anyhow::anyhow!("apt-get download failed"))
+            .context("fetching the VM's qemu")
+            .unwrap_err();
+        assert_eq!(
+            super::error_report(&error),
+            "error: fetching the VM's qemu\n  caused by: apt-get download failed"
+        );
+    }
+}
