@@ -141,7 +141,7 @@ fn the_package_has_its_fields_and_files_and_lintian_finds_no_error() {
     );
     assert_eq!(field("Section"), "net");
     assert_eq!(field("Priority"), "optional");
-    assert_eq!(field("Recommends"), "dnsmasq-base");
+    assert_eq!(field("Recommends"), "dnsmasq-base, iproute2");
     assert_eq!(
         field("Description"),
         "Fan networking with an eBPF/XDP data plane"
