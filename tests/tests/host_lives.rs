@@ -741,3 +741,79 @@ fn errors_print_no_backtrace_whatever_rust_backtrace_says() {
         "error: reading /nonexistent/fan\n  caused by: No such file or directory (os error 2)\n"
     );
 }
+
+/// The underlay's MTU lowered after attach (a provider's path, a VPN) and
+/// raised again: the fan's MTU follows it both ways, so containers'
+/// transfers go on (TCP learns the lower MTU from the stack's
+/// "fragmentation needed"); an MTU given with `--mtu` stays as given.
+#[test]
+fn the_fans_mtu_follows_the_underlays() {
+    if !privileged() {
+        return;
+    }
+    let fleet = two_hosts_on_the_fan();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    let set_underlay_mtu = |mtu: &str| {
+        for (i, host) in fleet.hosts.iter().enumerate() {
+            let port = format!("sw-h{}", i + 1);
+            fleet
+                .switch
+                .ip(&["link", "set", &port, "mtu", mtu])
+                .unwrap();
+            host.ns.ip(&["link", "set", "eth0", "mtu", mtu]).unwrap();
+        }
+    };
+    let fan_mtu = |host: &Host| show(host)[0]["mtu"].as_u64();
+    let bridge_mtu = |host: &Host| {
+        let link = host.ns.ip(&["link", "show", &host.bridge]).unwrap();
+        link.split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse::<u64>().ok())
+    };
+    for (underlay, fan) in [("1400", 1380), ("1500", 1480)] {
+        set_underlay_mtu(underlay);
+        for host in [h1, h2] {
+            assert!(
+                within(Duration::from_secs(5), || fan_mtu(host) == Some(fan)
+                    && bridge_mtu(host) == Some(fan)),
+                "underlay MTU {underlay}: the fan's MTU is {:?}, its bridge's {:?}, not {fan}",
+                fan_mtu(host),
+                bridge_mtu(host)
+            );
+        }
+        for (server, client) in [(c2, c1), (c1, c2)] {
+            let moved =
+                fan_tests::traffic::tcp_transfer(&server.ns, &client.ns, server.addr, 20 << 20)
+                    .unwrap_or_else(|e| {
+                        panic!("underlay MTU {underlay}: a 20 MB transfer failed: {e:#}")
+                    });
+            assert_eq!(moved, 20 << 20, "underlay MTU {underlay}");
+        }
+    }
+    // An MTU given stays as given while it fits, and the agent says when
+    // it no longer does rather than changing it.
+    fleet.detach_all().unwrap();
+    h1.fan_xdp_ok(&[
+        "attach",
+        "eth0",
+        "--overlay",
+        "250.0.0.0/8",
+        "--mtu",
+        "1300",
+    ])
+    .unwrap();
+    set_underlay_mtu("1400");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(fan_mtu(h1), Some(1300));
+    set_underlay_mtu("1300");
+    assert!(
+        within(Duration::from_secs(5), || attach_agent_log(h1)
+            .contains("too small for the fan's --mtu 1300")),
+        "{}",
+        attach_agent_log(h1)
+    );
+    assert_eq!(fan_mtu(h1), Some(1300));
+    h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}

@@ -13,8 +13,13 @@
 //!   bridge was deleted or re-created: attach again re-creates the bridge,
 //!   attaches the programs to the devices as they are now and points the fan
 //!   entry at the underlay's new ifindex;
-//! - the underlay is gone, down, or without an address in its underlay:
-//!   nothing to do but wait (said once).
+//! - the underlay's MTU changed, and the fan's MTU was not given with
+//!   `--mtu`: the fan's MTU follows (the underlay's less the outer header),
+//!   in place: the fan entry the programs read (they then hand what no
+//!   longer fits to the stack, which answers "fragmentation needed"), the
+//!   slice bridge, `fan-host`, the record, and DHCP's MTU option;
+//! - the underlay is gone, down, or without an address in its underlay, or
+//!   too narrow for a given `--mtu`: nothing to do but wait (said once).
 //!
 //! Each change is one log line; a wait is said once until it ends.
 
@@ -37,8 +42,9 @@ use crate::{
     host::{Net, bypass, naming::bridge_name},
     state::{
         StateDir,
-        record::{Fan, load_fans},
+        record::{Fan, HOST_DEVICE, load_fans},
         rundir::RunDir,
+        settings,
     },
 };
 
@@ -52,6 +58,8 @@ enum Need {
     Move(std::net::Ipv4Addr),
     /// Attach again; why.
     Repair(String),
+    /// The underlay's MTU changed: the fan's follows, to this.
+    Retune(u32),
 }
 
 /// The waits already said, by overlay, so that each is logged once, and
@@ -113,7 +121,7 @@ impl Follower {
             .flat_map(|f| [f.iface.clone(), f.bridge.clone()])
             .collect();
         for fan in fans.iter().filter(|f| f.complete) {
-            let need = need(net, dir, fan).await?;
+            let need = need(net, dir, run_dir, fan).await?;
             match need {
                 Need::Nothing => {
                     if self.said.remove(&fan.overlay).is_some() {
@@ -132,9 +140,21 @@ impl Follower {
                 }
                 Need::Repair(why) => {
                     self.said.remove(&fan.overlay);
-                    let args = args_of(fan, bypass, Some(fan.bridge.clone()), dhcp_of(fan, global));
+                    // As it was, its MTU too: a changed underlay MTU is
+                    // followed at the next look.
+                    let args = args_of(
+                        fan,
+                        bypass,
+                        Some(fan.bridge.clone()),
+                        Some(fan.mtu),
+                        dhcp_of(fan, global),
+                    );
                     attach::run(&args, global).await?;
                     info!("overlay {}: {why}: attached again", fan.overlay);
+                }
+                Need::Retune(mtu) => {
+                    self.said.remove(&fan.overlay);
+                    retune(net, dir, fan, mtu).await?;
                 }
             }
         }
@@ -143,7 +163,7 @@ impl Follower {
 }
 
 /// What `fan` needs, from the host as it is now.
-async fn need(net: &Net, dir: &StateDir, fan: &Fan) -> Result<Need> {
+async fn need(net: &Net, dir: &StateDir, run_dir: &RunDir, fan: &Fan) -> Result<Need> {
     let Some(iface) = net.device(&fan.iface).await? else {
         return Ok(Need::Wait(format!(
             "underlay {} is gone; waiting for it",
@@ -208,12 +228,67 @@ async fn need(net: &Net, dir: &StateDir, fan: &Fan) -> Result<Need> {
     if !iface.up {
         return Ok(Need::Wait(format!("underlay {} is down", fan.iface)));
     }
-    Ok(Need::Nothing)
+    let fits = iface.mtu.saturating_sub(OUTER_HEADER);
+    match settings::load(run_dir, fan.overlay)?.explicit_mtu {
+        Some(given) if given > fits => Ok(Need::Wait(format!(
+            "underlay {} has MTU {} now, too small for the fan's --mtu {given} (at most {fits}); waiting for it to grow, or attach again with a smaller --mtu",
+            fan.iface, iface.mtu
+        ))),
+        Some(_) => Ok(Need::Nothing),
+        None if fits < MIN_MTU => Ok(Need::Wait(format!(
+            "underlay {} has MTU {}, leaving {fits} for the fan, below {MIN_MTU}; waiting for it to grow",
+            fan.iface, iface.mtu
+        ))),
+        None if fits != fan.mtu => Ok(Need::Retune(fits)),
+        None => Ok(Need::Nothing),
+    }
+}
+
+/// The outer IPv4 header of every encapsulated packet.
+const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
+/// The smallest fan MTU attach accepts.
+const MIN_MTU: u32 = 576;
+
+/// Gives `fan` the MTU `mtu` in place: first the fan entry the programs
+/// read (lowered, what no longer fits goes to the stack, which answers
+/// "fragmentation needed" so TCP adapts), then the slice bridge, `fan-host`
+/// (the smallest MTU of the fans) and the record. The agent's DHCP round
+/// restarts dnsmasq with the new MTU option.
+async fn retune(net: &Net, dir: &StateDir, fan: &Fan, mtu: u32) -> Result<()> {
+    let mut maps = PinnedMaps::open(dir)?;
+    let key = overlay_key(u32::from(fan.overlay.network()), fan.overlay.prefix());
+    let mut entry = maps.config.get(&key, 0)?;
+    entry.overlay_mtu = mtu;
+    maps.config.insert(&key, entry, 0)?;
+    if let Some(bridge) = net.device(&fan.bridge).await? {
+        net.set_mtu(bridge.index, mtu).await?;
+    }
+    let meta_key = crate::state::record::meta_key(fan.overlay);
+    let mut meta = fan.meta;
+    meta.mtu = mtu;
+    maps.meta.insert(meta_key, meta, 0)?;
+    let smallest = load_fans(&maps)?.iter().map(|f| f.mtu).min().unwrap_or(mtu);
+    if let Some(host_dev) = net.device(HOST_DEVICE).await?
+        && host_dev.mtu != smallest
+    {
+        net.set_mtu(host_dev.index, smallest).await?;
+    }
+    info!(
+        "overlay {}: underlay {} MTU changed: the fan's MTU follows, {} -> {mtu}",
+        fan.overlay, fan.iface, fan.mtu
+    );
+    Ok(())
 }
 
 /// The attach that gives `fan` again, as it was set up (bridge None: named
 /// by the default rule for whatever slice the host has now).
-fn args_of(fan: &Fan, bypass: u32, bridge: Option<String>, dhcp: bool) -> AttachArgs {
+fn args_of(
+    fan: &Fan,
+    bypass: u32,
+    bridge: Option<String>,
+    mtu: Option<u32>,
+    dhcp: bool,
+) -> AttachArgs {
     // A mode that was asked for is asked for again; one auto chose, auto chooses.
     let requested = ModeReason::try_from(fan.meta.mode_reason) == Ok(ModeReason::Requested);
     let mode = match fan.mode {
@@ -229,7 +304,7 @@ fn args_of(fan: &Fan, bypass: u32, bridge: Option<String>, dhcp: bool) -> Attach
         host_reserve: fan.host_reserve,
         mode,
         no_nat: !fan.nat,
-        mtu: Some(fan.mtu),
+        mtu,
         no_agent: true,
         bypass: bypass::setting_of(bypass),
         dhcp,
@@ -261,10 +336,14 @@ async fn move_fan(
 ) -> Result<()> {
     let left = containers_on(net, fan).await?;
     let bridge = (fan.bridge != bridge_name(fan.slice.network())).then(|| fan.bridge.clone());
-    // Read before detach, which forgets the fan's settings.
+    // Read before detach, which forgets the fan's settings. An MTU given
+    // stays given; one that followed the underlay follows it still.
     let dhcp = dhcp_of(fan, global);
+    let explicit_mtu = crate::state::rundir::RunDir::locate(global.run_dir.as_deref())
+        .and_then(|run| settings::load(&run, fan.overlay))
+        .map_or(Some(fan.mtu), |s| s.explicit_mtu);
     detach::run(&detach_args(fan), global).await?;
-    attach::run(&args_of(fan, bypass, bridge, dhcp), global).await?;
+    attach::run(&args_of(fan, bypass, bridge, explicit_mtu, dhcp), global).await?;
     let now = load_fans(&PinnedMaps::open(dir)?)?
         .into_iter()
         .find(|f| f.overlay == fan.overlay);

@@ -39,6 +39,11 @@ pub struct Settings {
     pub cni_range: Option<[Ipv4Addr; 2]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_cidr: Option<(Ipv4Addr, u8)>,
+    /// The MTU given with `--mtu` (or `mtu N` in the file), kept whatever
+    /// the underlay's MTU does; without it the fan's MTU follows the
+    /// underlay's (less the outer header), and the agent keeps it so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explicit_mtu: Option<u32>,
     /// The dnsmasq attach found (`FAN_XDP_DNSMASQ` or PATH), which the
     /// agent runs: its environment is reduced to a fixed PATH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +65,7 @@ impl Settings {
             dhcp_range: dhcp_range.map(|r| [r.first, r.last]),
             cni_range: cni_range.map(|r| [r.first, r.last]),
             docker_cidr: docker_cidr.map(|c| (c.base, c.len)),
+            explicit_mtu: None,
             dnsmasq: None,
         }
     }
@@ -70,10 +76,13 @@ impl Settings {
             && self.dhcp_range.is_none()
             && self.cni_range.is_none()
             && self.docker_cidr.is_none()
+            && self.explicit_mtu.is_none()
     }
 
     /// Whether both ask for the same: DHCP and the same overrides (the slice
-    /// is the fan's, and where dnsmasq was found is not a request).
+    /// is the fan's, and where dnsmasq was found is not a request; the MTU
+    /// is compared as a value with the fan's, and how it was chosen is the
+    /// first attach's).
     pub fn same_request(&self, other: &Settings) -> bool {
         (self.dhcp, self.dhcp_range, self.cni_range, self.docker_cidr)
             == (

@@ -94,6 +94,7 @@ pub(super) async fn plan(
     if args.dhcp {
         settings.dnsmasq = Some(dhcp::find_dnsmasq()?);
     }
+    settings.explicit_mtu = args.mtu;
     let gateway = Ipv4Addr::from(map.gateway_of(u32::from(host)));
     let bridge = args
         .bridge
