@@ -817,3 +817,74 @@ fn the_fans_mtu_follows_the_underlays() {
     assert_eq!(fan_mtu(h1), Some(1300));
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
+
+/// An address flap renumbers nothing: the fan's address gone for a moment
+/// while another of the underlay is there (a keepalived VIP, a secondary)
+/// moves nothing; gone for longer, the fan moves, and it goes back to the
+/// address it was attached with, where its containers are, once that is back.
+#[test]
+fn an_address_flap_keeps_the_slice_and_a_move_goes_back_home() {
+    if !privileged() {
+        return;
+    }
+    let fleet = two_hosts_on_the_fan();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (c1, c2) = (&h1.containers[0], &h2.containers[0]);
+    for scope in ["all", "eth0"] {
+        h2.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
+            .unwrap();
+    }
+    let home = vec![("250.0.0.0/8".to_string(), "250.0.2.0/24".to_string())];
+    let vip = vec![("250.0.0.0/8".to_string(), "250.0.100.0/24".to_string())];
+    h2.ns
+        .ip(&["addr", "add", "198.18.0.100/16", "dev", "eth0"])
+        .unwrap();
+    // A flap of half a second.
+    h2.ns
+        .ip(&["addr", "del", "198.18.0.2/16", "dev", "eth0"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    h2.ns
+        .ip(&["addr", "add", "198.18.0.2/16", "dev", "eth0"])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        slices(h2),
+        home,
+        "a flap moved the fan:\n{}",
+        attach_agent_log(h2)
+    );
+    assert!(
+        ping(&c2.ns, c1.addr, 2).unwrap(),
+        "the container lost the fan after a flap"
+    );
+    // Gone for longer: the fan moves to the address that is there...
+    h2.ns
+        .ip(&["addr", "del", "198.18.0.2/16", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        within(Duration::from_secs(8), || slices(h2) == vip),
+        "the fan did not move: {:?}\n{}",
+        slices(h2),
+        attach_agent_log(h2)
+    );
+    // ...and back home once its own address is back.
+    h2.ns
+        .ip(&["addr", "add", "198.18.0.2/16", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        within(Duration::from_secs(8), || slices(h2) == home),
+        "the fan did not go back: {:?}\n{}",
+        slices(h2),
+        attach_agent_log(h2)
+    );
+    assert!(
+        within(Duration::from_secs(5), || ping(&c2.ns, c1.addr, 1).unwrap()),
+        "the container on the home slice does not reach the other host again"
+    );
+    let log = attach_agent_log(h2);
+    assert!(log.contains("198.18.0.2 is back on eth0 within"), "{log}");
+    assert_eq!(log.matches("moved from").count(), 2, "{log}");
+    fleet.detach_all().unwrap();
+}

@@ -6,9 +6,14 @@
 //! missing and re-attach what is defunct:
 //!
 //! - the underlay's address changed (the fan's address is gone and another
-//!   in the underlay is there, whichever came first): the fan is detached
-//!   from the old slice and attached on the new one, its bridge named by the
-//!   same rule (the default name follows the slice; a given name stays);
+//!   in the underlay is there, whichever came first) and stayed so for
+//!   [`MOVE_AFTER`]: the fan is detached from the old slice and attached on
+//!   the new one, its bridge named by the same rule (the default name
+//!   follows the slice; a given name stays). An address that is back
+//!   within that time (a flap, a keepalived VIP taking over for a moment)
+//!   moves nothing; and a fan the follower moved goes back to the address
+//!   it was attached with as soon as that address is back, where its
+//!   containers are;
 //! - the underlay was deleted and re-created under its name, or the slice
 //!   bridge was deleted or re-created: attach again re-creates the bridge,
 //!   attaches the programs to the devices as they are now and points the fan
@@ -23,7 +28,11 @@
 //!
 //! Each change is one log line; a wait is said once until it ends.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use fan_common::maps::{DecapMode, ModeReason};
@@ -55,19 +64,33 @@ enum Need {
     /// Nothing can be done until the host changes again; why.
     Wait(String),
     /// Its address is gone; this one in its underlay is there.
-    Move(std::net::Ipv4Addr),
+    Move(Ipv4Addr),
     /// Attach again; why.
     Repair(String),
     /// The underlay's MTU changed: the fan's follows, to this.
     Retune(u32),
 }
 
-/// The waits already said, by overlay, so that each is logged once, and
-/// the devices the fans are on (as of the last look).
+/// How long a fan's address must stay gone, with another one there,
+/// before the fan moves to the other: a flap moves nothing.
+pub const MOVE_AFTER: Duration = Duration::from_secs(2);
+
+/// A move seen but not yet made: to where, and since when.
+struct Pending {
+    to: Ipv4Addr,
+    since: Instant,
+}
+
+/// The waits already said, by overlay, so that each is logged once, the
+/// devices the fans are on (as of the last look), the moves waiting out
+/// [`MOVE_AFTER`], and the fans the follower moved: (the address each was
+/// attached with, the one it moved to).
 #[derive(Default)]
 pub struct Follower {
     said: HashMap<Ipv4Network, String>,
     devices: HashSet<String>,
+    pending: HashMap<Ipv4Network, Pending>,
+    moved: HashMap<Ipv4Network, (Ipv4Addr, Ipv4Addr)>,
 }
 
 impl Follower {
@@ -91,6 +114,12 @@ impl Follower {
             }
             _ => false,
         }
+    }
+
+    /// Whether a move waits out [`MOVE_AFTER`]: the agent looks again on
+    /// its next tick, as no event may come.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Looks at every complete fan and acts where the host changed under it.
@@ -120,8 +149,24 @@ impl Follower {
             .iter()
             .flat_map(|f| [f.iface.clone(), f.bridge.clone()])
             .collect();
+        // Moves made by someone else are theirs: nothing to go back to.
+        self.moved
+            .retain(|overlay, (_, to)| fans.iter().any(|f| f.overlay == *overlay && f.host == *to));
         for fan in fans.iter().filter(|f| f.complete) {
-            let need = need(net, dir, run_dir, fan).await?;
+            let attached_with = self.moved.get(&fan.overlay).map(|(from, _)| *from);
+            let need = need(net, dir, run_dir, fan, attached_with).await?;
+            if !matches!(need, Need::Move(_))
+                && let Some(pending) = self.pending.remove(&fan.overlay)
+                && need == Need::Nothing
+            {
+                info!(
+                    "overlay {}: {} is back on {} within {:.1} s: the fan stays",
+                    fan.overlay,
+                    fan.host,
+                    fan.iface,
+                    pending.since.elapsed().as_secs_f64()
+                );
+            }
             match need {
                 Need::Nothing => {
                     if self.said.remove(&fan.overlay).is_some() {
@@ -136,7 +181,40 @@ impl Follower {
                 }
                 Need::Move(to) => {
                     self.said.remove(&fan.overlay);
+                    let now = Instant::now();
+                    let pending = self
+                        .pending
+                        .entry(fan.overlay)
+                        .or_insert(Pending { to, since: now });
+                    if pending.to != to {
+                        *pending = Pending { to, since: now };
+                    }
+                    if pending.since == now {
+                        let why = if Some(to) == attached_with {
+                            format!(
+                                "{to}, which the fan was attached with, is back on {}",
+                                fan.iface
+                            )
+                        } else {
+                            format!("{} has {to} but not {}", fan.iface, fan.host)
+                        };
+                        info!(
+                            "overlay {}: {why}: moving the fan there unless that changes within {} s",
+                            fan.overlay,
+                            MOVE_AFTER.as_secs()
+                        );
+                    }
+                    if pending.since.elapsed() < MOVE_AFTER {
+                        continue;
+                    }
+                    self.pending.remove(&fan.overlay);
                     move_fan(net, fan, to, bypass, global, dir).await?;
+                    let from = attached_with.unwrap_or(fan.host);
+                    if to == from {
+                        self.moved.remove(&fan.overlay);
+                    } else {
+                        self.moved.insert(fan.overlay, (from, to));
+                    }
                 }
                 Need::Repair(why) => {
                     self.said.remove(&fan.overlay);
@@ -144,6 +222,7 @@ impl Follower {
                     // followed at the next look.
                     let args = args_of(
                         fan,
+                        fan.host,
                         bypass,
                         Some(fan.bridge.clone()),
                         Some(fan.mtu),
@@ -162,8 +241,15 @@ impl Follower {
     }
 }
 
-/// What `fan` needs, from the host as it is now.
-async fn need(net: &Net, dir: &StateDir, run_dir: &RunDir, fan: &Fan) -> Result<Need> {
+/// What `fan` needs, from the host as it is now; `attached_with` is the
+/// address the follower moved it from, preferred while it is there.
+async fn need(
+    net: &Net,
+    dir: &StateDir,
+    run_dir: &RunDir,
+    fan: &Fan,
+    attached_with: Option<Ipv4Addr>,
+) -> Result<Need> {
     let Some(iface) = net.device(&fan.iface).await? else {
         return Ok(Need::Wait(format!(
             "underlay {} is gone; waiting for it",
@@ -171,6 +257,11 @@ async fn need(net: &Net, dir: &StateDir, run_dir: &RunDir, fan: &Fan) -> Result<
         )));
     };
     let addrs = net.ipv4_addrs(iface.index).await?;
+    if let Some(home) = attached_with
+        && addrs.iter().any(|(a, _)| *a == home)
+    {
+        return Ok(Need::Move(home));
+    }
     if !addrs.iter().any(|(a, _)| *a == fan.host) {
         return Ok(
             match addrs.iter().find(|(a, _)| fan.underlay.contains(*a)) {
@@ -284,6 +375,7 @@ async fn retune(net: &Net, dir: &StateDir, fan: &Fan, mtu: u32) -> Result<()> {
 /// by the default rule for whatever slice the host has now).
 fn args_of(
     fan: &Fan,
+    host: Ipv4Addr,
     bypass: u32,
     bridge: Option<String>,
     mtu: Option<u32>,
@@ -313,6 +405,7 @@ fn args_of(
         dhcp_range: None,
         cni_range: None,
         docker_cidr: None,
+        host: Some(host),
     }
 }
 
@@ -329,7 +422,7 @@ fn dhcp_of(fan: &Fan, global: &Global) -> bool {
 async fn move_fan(
     net: &Net,
     fan: &Fan,
-    to: std::net::Ipv4Addr,
+    to: Ipv4Addr,
     bypass: u32,
     global: &Global,
     dir: &StateDir,
@@ -343,7 +436,11 @@ async fn move_fan(
         .and_then(|run| settings::load(&run, fan.overlay))
         .map_or(Some(fan.mtu), |s| s.explicit_mtu);
     detach::run(&detach_args(fan), global).await?;
-    attach::run(&args_of(fan, bypass, bridge, explicit_mtu, dhcp), global).await?;
+    attach::run(
+        &args_of(fan, to, bypass, bridge, explicit_mtu, dhcp),
+        global,
+    )
+    .await?;
     let now = load_fans(&PinnedMaps::open(dir)?)?
         .into_iter()
         .find(|f| f.overlay == fan.overlay);

@@ -255,6 +255,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     break;
                 }
                 report(beat(&dir));
+                if follower.has_pending() {
+                    report(follower.follow(&net, &dir, &run_dir, &inner).await);
+                }
                 monitors.refresh(&dir);
                 report(sync_routes(&net, &dir, &mut routes).await);
                 if dhcp_round!() {

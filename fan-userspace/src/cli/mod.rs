@@ -142,6 +142,11 @@ pub struct AttachArgs {
     /// prefix (default: the slice's third quarter).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub docker_cidr: Option<Cidr>,
+    /// The underlay address to take, where the interface has several: the
+    /// agent's own attaches name the one it follows. Not an option: an
+    /// operator's attach takes the interface's first address in the underlay.
+    #[arg(skip)]
+    pub host: Option<std::net::Ipv4Addr>,
 }
 
 /// `FIRST-LAST`, both IPv4 addresses, FIRST not after LAST.

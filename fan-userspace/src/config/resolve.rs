@@ -92,6 +92,7 @@ pub async fn attach_args(net: &Net, fan: &FanLine, no_agent: bool) -> Result<Att
         dhcp_range: None,
         cni_range: None,
         docker_cidr: None,
+        host: None,
     })
 }
 

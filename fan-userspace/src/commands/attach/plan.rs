@@ -32,7 +32,8 @@ pub(super) async fn plan(
                     u.prefix()
                 );
             }
-            let (addr, _) = addrs.iter().find(|(a, _)| u.contains(*a)).ok_or_else(|| {
+            let named = |a: &Ipv4Addr| args.host.is_none_or(|host| host == *a);
+            let (addr, _) = addrs.iter().find(|(a, _)| u.contains(*a) && named(a)).ok_or_else(|| {
                 let held: Vec<String> = addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
                 anyhow!(
                     "overlay/underlay mismatch: {} holds no address in underlay {u} (it has {})",

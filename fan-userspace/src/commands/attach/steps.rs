@@ -85,8 +85,8 @@ impl<'a> Attach<'a> {
         let found = settings::load(run, overlay)?;
         // Whether the MTU was given is the first attach's to say: a later
         // one (the agent's repair) names the fan's MTU as it is.
-        let first_mtu = self.plan.existing.is_none()
-            && found.explicit_mtu != self.plan.settings.explicit_mtu;
+        let first_mtu =
+            self.plan.existing.is_none() && found.explicit_mtu != self.plan.settings.explicit_mtu;
         if !found.same_request(&self.plan.settings) || first_mtu {
             settings::save(run, overlay, &self.plan.settings)?;
             self.undo.push(Undo::Settings(found));
