@@ -21,7 +21,7 @@ use fan_tests::{
     netns::Netns,
     privileged,
     topology::{Fleet, Host, OVERLAY_MTU},
-    traffic::{gratuitous_arp, mac_of, ping, send_frames, snmp_counter},
+    traffic::{arp_request, gratuitous_arp, mac_of, ping, send_frames, snmp_counter},
 };
 use fan_userspace::agent::bindings::format_mac;
 
@@ -573,6 +573,56 @@ fn a_leased_address_stays_with_its_container_against_arp() {
         snmp_counter(&rogue, "Icmp", "InEchos").unwrap(),
         rogue_echoes,
         "the rogue got its sibling's traffic"
+    );
+    for host in [h1, h2] {
+        fan_xdp(host, &state, &["detach", "eth0"]).unwrap();
+    }
+}
+
+#[test]
+fn a_leased_address_stays_with_its_container_against_a_forged_mac() {
+    let Some((state, fleet)) = bed(2) else {
+        return;
+    };
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    attach_dhcp(h1, &state, &[]);
+    attach_dhcp(h2, &state, &[]);
+    let (owner, rogue, client) = (
+        dhcp_container(h2, 1),
+        dhcp_container(h2, 2),
+        dhcp_container(h1, 1),
+    );
+    let (lo, _, lc) = (
+        lease(&owner).unwrap(),
+        lease(&rogue).unwrap(),
+        lease(&client).unwrap(),
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        show(h2, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
+    }));
+    assert!(ping(&client, lo.addr, 2).unwrap());
+    // The rogue sends frames with the owner's MAC as their source (ARP
+    // probes, which claim no address): the bridge now has that MAC on the
+    // rogue's port.
+    let owner_mac = mac_of(&owner, "eth0").unwrap();
+    let probe = arp_request(owner_mac, (owner_mac, Ipv4Addr::UNSPECIFIED), h2.gateway);
+    send_frames(&rogue, "eth0", &vec![probe; 3]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let owner_echoes = snmp_counter(&owner, "Icmp", "InEchos").unwrap();
+    let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
+    assert!(
+        ping(&client, lo.addr, 3).unwrap(),
+        "the owner lost its traffic"
+    );
+    assert_eq!(
+        snmp_counter(&owner, "Icmp", "InEchos").unwrap(),
+        owner_echoes + 3,
+        "the owner's traffic went elsewhere"
+    );
+    assert!(h2.counter(StatReason::DecapsulatedDirect).unwrap() >= direct + 3);
+    assert!(
+        ping(&owner, lc.addr, 3).unwrap(),
+        "the owner can no longer send"
     );
     for host in [h1, h2] {
         fan_xdp(host, &state, &["detach", "eth0"]).unwrap();
