@@ -524,27 +524,29 @@ fn rogue_server_is_not_heard(extra: &[&str]) -> Option<(StateDir, Fleet, Netns, 
     Some((state, fleet, rogue, client, leased))
 }
 
+/// Both hosts attached with DHCP; an owner and a rogue on `h2` and a client
+/// on `h1`, each with its lease, and both of `h2`'s leases bound.
+fn owner_rogue_and_client(h1: &Host, h2: &Host, state: &StateDir) -> [(Netns, Leased); 3] {
+    attach_dhcp(h1, state, &[]);
+    attach_dhcp(h2, state, &[]);
+    let leased = [(h2, 1), (h2, 2), (h1, 1)].map(|(host, j)| {
+        let ns = dhcp_container(host, j);
+        let lease = lease(&ns).unwrap();
+        (ns, lease)
+    });
+    assert!(eventually(Duration::from_secs(5), || {
+        show(h2, state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
+    }));
+    leased
+}
+
 #[test]
 fn a_leased_address_stays_with_its_container_against_arp() {
     let Some((state, fleet)) = bed(2) else {
         return;
     };
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
-    attach_dhcp(h1, &state, &[]);
-    attach_dhcp(h2, &state, &[]);
-    let (owner, rogue, client) = (
-        dhcp_container(h2, 1),
-        dhcp_container(h2, 2),
-        dhcp_container(h1, 1),
-    );
-    let (lo, _, _) = (
-        lease(&owner).unwrap(),
-        lease(&rogue).unwrap(),
-        lease(&client).unwrap(),
-    );
-    assert!(eventually(Duration::from_secs(5), || {
-        show(h2, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
-    }));
+    let [(owner, lo), (rogue, _), (client, _)] = owner_rogue_and_client(h1, h2, &state);
     // Bound before any traffic: the very first packets go straight in.
     let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
     assert!(ping(&client, lo.addr, 2).unwrap());
@@ -585,21 +587,7 @@ fn a_leased_address_stays_with_its_container_against_a_forged_mac() {
         return;
     };
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
-    attach_dhcp(h1, &state, &[]);
-    attach_dhcp(h2, &state, &[]);
-    let (owner, rogue, client) = (
-        dhcp_container(h2, 1),
-        dhcp_container(h2, 2),
-        dhcp_container(h1, 1),
-    );
-    let (lo, _, lc) = (
-        lease(&owner).unwrap(),
-        lease(&rogue).unwrap(),
-        lease(&client).unwrap(),
-    );
-    assert!(eventually(Duration::from_secs(5), || {
-        show(h2, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
-    }));
+    let [(owner, lo), (rogue, _), (client, lc)] = owner_rogue_and_client(h1, h2, &state);
     assert!(ping(&client, lo.addr, 2).unwrap());
     // The rogue sends frames with the owner's MAC as their source (ARP
     // probes, which claim no address): the bridge now has that MAC on the
