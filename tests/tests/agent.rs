@@ -18,8 +18,8 @@ use fan_common::StatReason;
 use fan_tests::{
     netns::Netns,
     privileged,
-    topology::{Fleet, Host, fan_xdp_binary},
-    traffic::{gratuitous_arp, mac_of, ping, send_frames, snmp_counter, tcp_transfer},
+    topology::{Fleet, Host, add_container_at, fan_xdp_binary},
+    traffic::{arp_request, gratuitous_arp, mac_of, ping, send_frames, snmp_counter, tcp_transfer},
 };
 use fan_userspace::{
     agent::bindings::{self, Binding, Origin, format_mac},
@@ -364,6 +364,58 @@ fn a_container_that_answers_arp_for_its_siblings_address_gets_none_of_its_traffi
     fleet.detach_all().unwrap();
 }
 
+#[test]
+fn a_container_cannot_take_the_address_its_runtime_hands_out_next() {
+    if !privileged() {
+        return;
+    }
+    let fleet = two_hosts_with_two_containers();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let (client, owner, squatter) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
+    assert!(h2.wait_for_direct(&client.ns, owner.addr).unwrap());
+    // The address a runtime like Docker hands out next, after .11 and .12.
+    let next = std::net::Ipv4Addr::from(u32::from(h2.slice) + 13);
+    // The squatter sends from it: ARP requests for the gateway, which teach
+    // the host's neighbour table `next` at the squatter's MAC.
+    let squatter_mac = mac_of(&squatter.ns, "eth0").unwrap();
+    let claim = arp_request(squatter_mac, (squatter_mac, next), h2.gateway);
+    send_frames(&squatter.ns, "eth0", &vec![claim.clone(); 3]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        delivers(h2, next),
+        None,
+        "an address nobody was given went to the port that claimed it"
+    );
+    // The runtime's container: its address set inside its namespace, as
+    // Docker sets it, and no ARP sent.
+    let given = add_container_at(h2, 3, next).unwrap();
+    let given_mac = mac_of(&given.ns, "eth0").unwrap();
+    assert!(
+        ping(&given.ns, client.addr, 3).unwrap(),
+        "the container given the address cannot send from it"
+    );
+    let squatter_echoes = snmp_counter(&squatter.ns, "Icmp", "InEchos").unwrap();
+    assert!(
+        h2.wait_for_direct(&client.ns, next).unwrap(),
+        "the container given the address gets no direct delivery"
+    );
+    assert_eq!(delivers(h2, next), Some(given_mac));
+    assert!(ping(&client.ns, next, 3).unwrap());
+    assert_eq!(
+        snmp_counter(&squatter.ns, "Icmp", "InEchos").unwrap(),
+        squatter_echoes,
+        "the squatter got traffic for the address"
+    );
+    // Now that the address is given, the squatter's claims are dropped.
+    let refused = h2.counter(StatReason::DropSourceNotBound).unwrap();
+    send_frames(&squatter.ns, "eth0", &vec![claim; 3]).unwrap();
+    assert_eq!(
+        h2.counter(StatReason::DropSourceNotBound).unwrap(),
+        refused + 3
+    );
+    fleet.detach_all().unwrap();
+}
+
 /// A `static` binding as `fan-xdp bind` makes it, through the agent's
 /// control socket as the CNI plugin and the DHCP leases do.
 fn binding(address: std::net::Ipv4Addr, mac: [u8; 6], port: &str) -> Binding {
@@ -397,10 +449,15 @@ fn a_bound_address_is_delivered_before_any_arp_is_never_taken_over_and_outlives_
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
     let (client, owner, rogue) = (&h1.containers[0], &h2.containers[0], &h2.containers[1]);
     let run = run_dir(h2);
-    // No packet has crossed yet: the bridge has learned nothing of `owner`.
+    // No packet has crossed yet, and no neighbour entry is needed: the
+    // address configured in the container is delivered already.
     h2.ns.ip(&["neigh", "flush", "dev", &h2.bridge]).unwrap();
-    assert_eq!(delivers(h2, owner.addr), None);
     let owner_mac = mac_of(&owner.ns, "eth0").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while delivers(h2, owner.addr).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(delivers(h2, owner.addr), Some(owner_mac));
     let bound = h2
         .fan_xdp_ok(&[
             "bind",

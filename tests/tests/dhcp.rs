@@ -21,7 +21,7 @@ use fan_tests::{
     netns::Netns,
     privileged,
     topology::{Fleet, Host, OVERLAY_MTU},
-    traffic::{gratuitous_arp, mac_of, ping, send_frames, snmp_counter},
+    traffic::{arp_request, gratuitous_arp, mac_of, ping, send_frames, snmp_counter},
 };
 use fan_userspace::agent::bindings::format_mac;
 
@@ -524,27 +524,29 @@ fn rogue_server_is_not_heard(extra: &[&str]) -> Option<(StateDir, Fleet, Netns, 
     Some((state, fleet, rogue, client, leased))
 }
 
+/// Both hosts attached with DHCP; an owner and a rogue on `h2` and a client
+/// on `h1`, each with its lease, and both of `h2`'s leases bound.
+fn owner_rogue_and_client(h1: &Host, h2: &Host, state: &StateDir) -> [(Netns, Leased); 3] {
+    attach_dhcp(h1, state, &[]);
+    attach_dhcp(h2, state, &[]);
+    let leased = [(h2, 1), (h2, 2), (h1, 1)].map(|(host, j)| {
+        let ns = dhcp_container(host, j);
+        let lease = lease(&ns).unwrap();
+        (ns, lease)
+    });
+    assert!(eventually(Duration::from_secs(5), || {
+        show(h2, state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
+    }));
+    leased
+}
+
 #[test]
 fn a_leased_address_stays_with_its_container_against_arp() {
     let Some((state, fleet)) = bed(2) else {
         return;
     };
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
-    attach_dhcp(h1, &state, &[]);
-    attach_dhcp(h2, &state, &[]);
-    let (owner, rogue, client) = (
-        dhcp_container(h2, 1),
-        dhcp_container(h2, 2),
-        dhcp_container(h1, 1),
-    );
-    let (lo, _, _) = (
-        lease(&owner).unwrap(),
-        lease(&rogue).unwrap(),
-        lease(&client).unwrap(),
-    );
-    assert!(eventually(Duration::from_secs(5), || {
-        show(h2, &state, &[])[0]["agent"]["bindings"]["dhcp"] == 2
-    }));
+    let [(owner, lo), (rogue, _), (client, _)] = owner_rogue_and_client(h1, h2, &state);
     // Bound before any traffic: the very first packets go straight in.
     let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
     assert!(ping(&client, lo.addr, 2).unwrap());
@@ -573,6 +575,42 @@ fn a_leased_address_stays_with_its_container_against_arp() {
         snmp_counter(&rogue, "Icmp", "InEchos").unwrap(),
         rogue_echoes,
         "the rogue got its sibling's traffic"
+    );
+    for host in [h1, h2] {
+        fan_xdp(host, &state, &["detach", "eth0"]).unwrap();
+    }
+}
+
+#[test]
+fn a_leased_address_stays_with_its_container_against_a_forged_mac() {
+    let Some((state, fleet)) = bed(2) else {
+        return;
+    };
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let [(owner, lo), (rogue, _), (client, lc)] = owner_rogue_and_client(h1, h2, &state);
+    assert!(ping(&client, lo.addr, 2).unwrap());
+    // The rogue sends frames with the owner's MAC as their source (ARP
+    // probes, which claim no address): the bridge now has that MAC on the
+    // rogue's port.
+    let owner_mac = mac_of(&owner, "eth0").unwrap();
+    let probe = arp_request(owner_mac, (owner_mac, Ipv4Addr::UNSPECIFIED), h2.gateway);
+    send_frames(&rogue, "eth0", &vec![probe; 3]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let owner_echoes = snmp_counter(&owner, "Icmp", "InEchos").unwrap();
+    let direct = h2.counter(StatReason::DecapsulatedDirect).unwrap();
+    assert!(
+        ping(&client, lo.addr, 3).unwrap(),
+        "the owner lost its traffic"
+    );
+    assert_eq!(
+        snmp_counter(&owner, "Icmp", "InEchos").unwrap(),
+        owner_echoes + 3,
+        "the owner's traffic went elsewhere"
+    );
+    assert!(h2.counter(StatReason::DecapsulatedDirect).unwrap() >= direct + 3);
+    assert!(
+        ping(&owner, lc.addr, 3).unwrap(),
+        "the owner can no longer send"
     );
     for host in [h1, h2] {
         fan_xdp(host, &state, &["detach", "eth0"]).unwrap();

@@ -2,11 +2,11 @@
 //! who said so.
 //!
 //! The CNI plugin, the DHCP server's leases and the command line (`static`)
-//! bind addresses on purpose; the bridge's neighbour and forwarding tables
-//! teach the agent the rest (`learned`, see [`super::endpoints`]). A bound
-//! address is never moved by what is learned (a container that answers ARP
-//! for its neighbour's address gets nothing) and no resync removes it: only
-//! the one who bound it unbinds it. The agent is the only writer of the
+//! bind addresses on purpose; containers without a binding own what their
+//! runtime configured on their interface. Which port a binding stands for,
+//! and what outranks what, is [`super::ownership`]'s table: a bound address
+//! is never moved by ARP, the forwarding database or a MAC, and no resync
+//! removes it: only the one who bound it unbinds it. The agent is the only writer of the
 //! table; others ask it over the control socket ([`bind`], [`unbind`],
 //! [`list`]), and the agent answers a bind only once the endpoint map holds
 //! the address, so the first packet already takes the fast path.
@@ -14,14 +14,17 @@
 //! The table is kept in the run directory (`bindings.json`), so an agent
 //! that restarts keeps it; it dies with the boot, as the ports do.
 
-use fan_common::WireAddr;
-use std::{collections::BTreeMap, fs, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    net::Ipv4Addr,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
-use fan_common::maps::Endpoint;
 use serde::{Deserialize, Serialize};
 
-use super::endpoints::Slices;
+use super::{endpoints::Slices, ownership};
 use crate::state::rundir::{RunDir, write_private_atomically};
 
 /// Where a binding came from.
@@ -34,7 +37,7 @@ pub enum Origin {
     Dhcp,
     /// Given on the command line or in the configuration.
     Static,
-    /// The bridge's neighbour and forwarding tables.
+    /// The bridge's neighbour and forwarding tables: never a binding's.
     Learned,
 }
 
@@ -55,8 +58,8 @@ pub struct Binding {
     pub address: Ipv4Addr,
     /// The container's MAC address, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
-    /// The host end of the container's veth; when absent, the port the
-    /// bridge's forwarding database has for `mac`.
+    /// The host end of the container's veth; when absent, the port whose
+    /// container end first had `mac` and `address` (see [`ownership`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
     pub origin: Origin,
@@ -66,7 +69,7 @@ pub struct Binding {
 }
 
 impl Binding {
-    fn mac_bytes(&self) -> Result<[u8; 6]> {
+    pub fn mac_bytes(&self) -> Result<[u8; 6]> {
         parse_mac(&self.mac)
     }
 }
@@ -95,6 +98,10 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 #[derive(Default)]
 pub struct Bindings {
     by_address: BTreeMap<Ipv4Addr, Binding>,
+    /// The port each binding without a named port was fixed at, with the
+    /// MAC it was fixed for. Not kept in the file: an agent that restarts
+    /// finds the same ports from the container ends.
+    fixed: HashMap<Ipv4Addr, (String, u32)>,
     /// Where the table is kept; `None` for `fan-xdp run --once`.
     file: Option<std::path::PathBuf>,
 }
@@ -114,6 +121,7 @@ impl Bindings {
         };
         Ok(Self {
             by_address,
+            fixed: HashMap::new(),
             file: Some(file),
         })
     }
@@ -121,6 +129,7 @@ impl Bindings {
     /// Drops every binding, and the file that kept them.
     pub fn forget(&mut self) -> Result<()> {
         self.by_address.clear();
+        self.fixed.clear();
         match &self.file {
             Some(file) => match fs::remove_file(file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -160,7 +169,8 @@ impl Bindings {
         }
         if let Some(held) = self.by_address.get(&binding.address)
             && held.mac_bytes().ok() != Some(mac)
-            && self.resolve_one(held, slices).is_some()
+            && ownership::port_of(held, self.fixed_port(held), slices)
+                .is_some_and(|port| slices.deliverable.contains(&port))
         {
             bail!(
                 "{} is already bound to {} ({} binding for {})",
@@ -213,30 +223,41 @@ impl Bindings {
         self.by_address.values()
     }
 
-    /// The endpoint map's entries for the bindings whose port can deliver
-    /// now, keyed as the map is (network byte order).
-    pub fn endpoints(&self, slices: &Slices) -> BTreeMap<WireAddr, Endpoint> {
-        self.by_address
-            .values()
-            .filter_map(|b| Some((WireAddr::from(b.address), self.resolve_one(b, slices)?)))
-            .collect()
+    /// Whether a binding holds `address`.
+    pub fn holds(&self, address: Ipv4Addr) -> bool {
+        self.by_address.contains_key(&address)
     }
 
-    /// The endpoint a binding stands for, if its port is live.
-    fn resolve_one(&self, binding: &Binding, slices: &Slices) -> Option<Endpoint> {
-        let mac = binding.mac_bytes().ok()?;
-        let ifindex = match &binding.port {
-            Some(name) => slices.ports.iter().find(|(_, n)| n == name)?.0,
-            None => *slices.fdb.get(&mac)?,
-        };
-        if !slices.deliverable.contains(&ifindex) {
-            return None;
+    fn fixed_port(&self, binding: &Binding) -> Option<u32> {
+        self.fixed
+            .get(&binding.address)
+            .filter(|(mac, _)| *mac == binding.mac)
+            .map(|(_, port)| *port)
+    }
+
+    /// Each binding's port now, in the order of [`Bindings::list`]; a
+    /// binding without a named port that found one is fixed at it.
+    pub fn fix_ports(&mut self, slices: &Slices) -> Vec<Option<u32>> {
+        let ports: Vec<Option<u32>> = self
+            .by_address
+            .values()
+            .map(|b| ownership::port_of(b, self.fixed_port(b), slices))
+            .collect();
+        let mut fixed = HashMap::new();
+        for (binding, port) in self.by_address.values().zip(&ports) {
+            if let (None, Some(port)) = (&binding.port, port) {
+                if self.fixed_port(binding) != Some(*port) {
+                    log::info!(
+                        "{}: {} binding fixed at port {port}",
+                        binding.address,
+                        binding.origin.name()
+                    );
+                }
+                fixed.insert(binding.address, (binding.mac.clone(), *port));
+            }
         }
-        Some(Endpoint {
-            ifindex,
-            mac,
-            gateway_mac: slices.gateway_mac_of(binding.address)?,
-        })
+        self.fixed = fixed;
+        ports
     }
 
     /// How many bindings each origin has, for the status.

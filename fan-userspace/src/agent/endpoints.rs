@@ -1,18 +1,21 @@
-//! The endpoint map: which veth each local container's overlay address is
-//! behind, so decapsulation can deliver straight into the container.
+//! What the agent sees of the slice bridges, for the endpoint map (which
+//! veth each local container's overlay address is behind, so decapsulation
+//! can deliver straight into the container) and the port programs.
 //!
-//! The kernel already knows: the slice bridge's neighbour table maps a
-//! container's address to its MAC, and the bridge's forwarding database maps
-//! that MAC to the port (the host end of the container's veth). `sync` reads
-//! both and makes the map say exactly that, adding, changing and removing
-//! entries; anything unknown is simply absent and takes the stack. So is a
-//! container whose veth is down or whose peer is not in another namespace
-//! (see [`can_deliver_to`]); `fan-xdp run` resyncs on every link event, so
+//! Per bridge: its ports, its forwarding database (only to keep busy
+//! containers' entries from ageing out), and each port's container end as
+//! its runtime configured it (MAC and IPv4 addresses, read through the
+//! veth's peer, see [`crate::host::ContainerEnd`]). Who owns which address
+//! is decided from that and the bindings in one place,
+//! [`super::ownership`]: nothing here learns an address from the neighbour
+//! table or the forwarding database, which any container can write by
+//! answering ARP or sending frames. An endpoint needs a port that can
+//! deliver (see [`can_deliver_to`]); `fan-xdp run` follows link events, so
 //! an endpoint leaves the map when its link goes down.
 
 use fan_common::WireAddr;
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     time::Duration,
 };
@@ -23,15 +26,13 @@ use ipnetwork::Ipv4Network;
 
 use crate::{
     dataplane::PinnedMaps,
-    host::{Device, FdbEntry, Net, events::Change},
+    host::{ContainerEnd, Device, FdbEntry, Net, events::Change},
     state::record::Fan,
 };
 
 /// What `fan-xdp run` keeps in step with the slice bridges.
 #[derive(Default)]
 pub struct Slices {
-    /// What the endpoint map should hold, by address (network byte order).
-    pub endpoints: HashMap<WireAddr, Endpoint>,
     /// The veth ports of the slice bridges (index, name): where containers
     /// send from, and where encapsulation can start.
     pub ports: Vec<(u32, String)>,
@@ -41,10 +42,12 @@ pub struct Slices {
     /// traffic encapsulated at the port never reaches the bridge to refresh
     /// them, so they would age out although the container is busy.
     pub fading: Vec<FdbEntry>,
-    /// Each deliverable port's MACs, from the bridges' forwarding databases.
-    pub fdb: HashMap<[u8; 6], u32>,
+    /// Each deliverable port's container end, as its runtime configured it.
+    pub ends: HashMap<u32, ContainerEnd>,
     /// Each slice and its bridge's MAC (the gateway's).
     pub gateways: Vec<(Ipv4Network, [u8; 6])>,
+    /// The slices' addresses no container owns: gateway, network, broadcast.
+    pub reserved: HashSet<Ipv4Addr>,
 }
 
 impl Slices {
@@ -72,17 +75,23 @@ const REFRESH_AFTER_AGEING_FRACTION: u32 = 3;
 pub struct Bridge {
     index: u32,
     slice: Ipv4Network,
+    gateway: Ipv4Addr,
     gateway_mac: [u8; 6],
     refresh_idle: Duration,
     ports: HashMap<u32, Device>,
     fdb: HashMap<[u8; 6], FdbEntry>,
-    neighbours: HashMap<Ipv4Addr, [u8; 6]>,
+    /// Each port's container end, by port.
+    ends: HashMap<u32, ContainerEnd>,
 }
 
 /// Every complete fan's slice bridge, as last read or told.
 #[derive(Default)]
 pub struct Observed {
     bridges: Vec<Bridge>,
+    /// Ports whose container end is to be read again: the port changed, or
+    /// the bridge saw a new MAC on it (the container just came up, perhaps
+    /// configured since the port did).
+    unread: BTreeSet<u32>,
 }
 
 /// What one change did to what the agent knows.
@@ -106,27 +115,31 @@ pub async fn observe(net: &Net, fans: &[Fan]) -> Result<Observed> {
         let Some(gateway_mac) = bridge.mac else {
             continue;
         };
+        let ports: HashMap<u32, Device> = net
+            .ports(bridge.index)
+            .await?
+            .into_iter()
+            .map(|l| (l.index, l))
+            .collect();
+        observed.unread.extend(ports.keys());
         observed.bridges.push(Bridge {
             index: bridge.index,
             slice: fan.slice,
+            gateway: fan.gateway,
             gateway_mac,
             refresh_idle: bridge.ageing.unwrap_or(Duration::from_secs(300))
                 / REFRESH_AFTER_AGEING_FRACTION,
-            ports: net
-                .ports(bridge.index)
-                .await?
-                .into_iter()
-                .map(|l| (l.index, l))
-                .collect(),
+            ports,
             fdb: net
                 .fdb(bridge.index)
                 .await?
                 .into_iter()
                 .map(|e| (e.mac, e))
                 .collect(),
-            neighbours: net.neighbours(bridge.index).await?.into_iter().collect(),
+            ends: HashMap::new(),
         });
     }
+    observed.read_ends(net).await;
     Ok(observed)
 }
 
@@ -157,8 +170,10 @@ impl Observed {
                 for bridge in &mut self.bridges {
                     if link.controller == Some(bridge.index) {
                         bridge.ports.insert(link.index, link.clone());
+                        self.unread.insert(link.index);
                         effect = Effect::Changed;
                     } else if bridge.ports.remove(&link.index).is_some() {
+                        bridge.ends.remove(&link.index);
                         effect = Effect::Changed;
                     }
                 }
@@ -172,25 +187,14 @@ impl Observed {
                 for bridge in &mut self.bridges {
                     if bridge.ports.remove(index).is_some() {
                         bridge.fdb.retain(|_, e| e.port != *index);
+                        bridge.ends.remove(index);
                         effect = Effect::Changed;
                     }
                 }
                 effect
             }
-            Change::Neighbour {
-                ifindex,
-                address,
-                mac,
-            } => {
-                let Some(bridge) = self.bridges.iter_mut().find(|b| b.index == *ifindex) else {
-                    return Effect::None;
-                };
-                match mac {
-                    Some(mac) => bridge.neighbours.insert(*address, *mac),
-                    None => bridge.neighbours.remove(address),
-                };
-                Effect::Changed
-            }
+            // What a container answers in ARP decides nothing.
+            Change::Neighbour { .. } => Effect::None,
             Change::Fdb {
                 bridge,
                 entry,
@@ -207,17 +211,48 @@ impl Observed {
                     {
                         bridge.fdb.remove(&entry.mac);
                     }
-                } else {
-                    bridge.fdb.insert(entry.mac, *entry);
+                } else if bridge
+                    .fdb
+                    .insert(entry.mac, *entry)
+                    .is_none_or(|e| e.port != entry.port)
+                {
+                    self.unread.insert(entry.port);
                 }
                 Effect::Changed
             }
         }
     }
 
+    /// Reads again the container ends of the ports marked unread: one
+    /// small request per port an event was about, never all of them. A
+    /// port whose end cannot be read has none (it owns no address by
+    /// configuration) until the next read.
+    pub async fn read_ends(&mut self, net: &Net) {
+        for index in std::mem::take(&mut self.unread) {
+            let Some(bridge) = self
+                .bridges
+                .iter_mut()
+                .find(|b| b.ports.contains_key(&index))
+            else {
+                continue;
+            };
+            match net.container_end(&bridge.ports[&index]).await {
+                Ok(Some(end)) => {
+                    bridge.ends.insert(index, end);
+                }
+                Ok(None) => {
+                    bridge.ends.remove(&index);
+                }
+                Err(e) => {
+                    log::warn!("port {index}: {e:#}");
+                    bridge.ends.remove(&index);
+                }
+            }
+        }
+    }
+
     /// What the endpoint map and the port programs should cover, from what
-    /// is known: a neighbour whose MAC the bridge learned on a port that
-    /// can deliver is an endpoint behind that port.
+    /// is known (who owns which address is [`super::ownership`]'s).
     pub fn slices(&self) -> Slices {
         let mut slices = Slices::default();
         for bridge in &self.bridges {
@@ -227,33 +262,26 @@ impl Observed {
                 .filter(|l| can_deliver_to(l))
                 .map(|l| l.index)
                 .collect();
-            let fdb: HashMap<[u8; 6], &FdbEntry> = bridge
-                .fdb
-                .values()
-                .filter(|e| deliverable.contains(&e.port))
-                .map(|e| (e.mac, e))
-                .collect();
             slices.gateways.push((bridge.slice, bridge.gateway_mac));
-            slices
-                .fdb
-                .extend(fdb.iter().map(|(mac, entry)| (*mac, entry.port)));
-            for (addr, mac) in &bridge.neighbours {
-                if !bridge.slice.contains(*addr) {
+            slices.reserved.extend([
+                bridge.gateway,
+                bridge.slice.network(),
+                bridge.slice.broadcast(),
+            ]);
+            for (port, end) in &bridge.ends {
+                if !deliverable.contains(port) {
                     continue;
                 }
-                let Some(entry) = fdb.get(mac) else {
-                    continue;
-                };
-                slices.endpoints.insert(
-                    WireAddr::from(*addr),
-                    Endpoint {
-                        ifindex: entry.port,
-                        mac: *mac,
-                        gateway_mac: bridge.gateway_mac,
-                    },
-                );
-                if !entry.permanent && entry.idle > bridge.refresh_idle {
-                    slices.fading.push(**entry);
+                slices.ends.insert(*port, end.clone());
+                // The container's own MAC on its own port, refreshed while
+                // it is busy (encapsulated at the port, its traffic never
+                // reaches the bridge to refresh it).
+                if let Some(entry) = bridge.fdb.get(&end.mac)
+                    && entry.port == *port
+                    && !entry.permanent
+                    && entry.idle > bridge.refresh_idle
+                {
+                    slices.fading.push(*entry);
                 }
             }
             // Encapsulation at a port works on any veth; delivery only on some.
@@ -278,40 +306,6 @@ impl Observed {
 /// (which a veth is only while its peer is) with its peer in another namespace.
 pub fn can_deliver_to(port: &Device) -> bool {
     port.kind.as_deref() == Some("veth") && port.oper_up && port.peer_netns_id.is_some()
-}
-
-/// What the endpoint map should hold given what it holds: a binding holds
-/// while its port can deliver. Neither a neighbour entry that the kernel's
-/// garbage collection drops (a quiet container) nor one that another
-/// container rewrites by answering ARP for the address moves or removes it;
-/// the address is released when its port goes (the container is gone). On
-/// its own port, a binding follows the container's MAC.
-pub fn keep_bindings(
-    have: &HashMap<WireAddr, Endpoint>,
-    slices: &Slices,
-) -> HashMap<WireAddr, Endpoint> {
-    let mut want = slices.endpoints.clone();
-    for (addr, bound) in have {
-        if !slices.deliverable.contains(&bound.ifindex) {
-            continue;
-        }
-        match want.get(addr) {
-            Some(learned) if learned.ifindex == bound.ifindex => {}
-            Some(learned) => {
-                log::warn!(
-                    "{} is bound to port {} and answered for on port {}: kept where it is",
-                    std::net::Ipv4Addr::from(*addr),
-                    bound.ifindex,
-                    learned.ifindex
-                );
-                want.insert(*addr, *bound);
-            }
-            None => {
-                want.insert(*addr, *bound);
-            }
-        }
-    }
-    want
 }
 
 /// Makes the pinned endpoint map equal `want`. Returns (added or changed, removed).

@@ -17,10 +17,15 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 
 use super::{
     bindings::Bindings,
-    endpoints::{self, Effect, Observed, Slices},
+    endpoints::{self, Effect, Observed},
+    ownership,
     ports::PortEncap,
 };
-use crate::{dataplane::PinnedMaps, host::events, state::StateDir};
+use crate::{
+    dataplane::PinnedMaps,
+    host::{Net, events},
+    state::StateDir,
+};
 
 /// What the last full sync found, kept current by events since.
 pub struct Known {
@@ -29,36 +34,18 @@ pub struct Known {
     pub have: HashMap<WireAddr, Endpoint>,
 }
 
-/// The endpoint map's entries: what the bridge taught (learned entries,
-/// which keep to a live port), then the bindings made on purpose over it;
-/// and how many each origin has. Kept while the bypass is off too: the
-/// programs then deliver nothing directly (they read the bypass), but the
-/// port programs still check each container's source against them.
-pub fn choose(
-    have: &HashMap<WireAddr, Endpoint>,
-    want: &Slices,
-    bindings: &Bindings,
-) -> (HashMap<WireAddr, Endpoint>, BTreeMap<String, u64>) {
-    let mut bound = endpoints::keep_bindings(have, want);
-    let chosen = bindings.endpoints(want);
-    let mut counts = bindings.counts();
-    let learned = bound.keys().filter(|k| !chosen.contains_key(k)).count();
-    counts.insert("learned".into(), learned as u64);
-    bound.extend(chosen);
-    (bound, counts)
-}
-
 impl Known {
     /// Takes in the changes `messages` announce. `None` if one of them needs
     /// a full sync (a slice bridge changed or went, or events were lost);
     /// `Some(Ok(None))` if none was about a slice bridge (nothing to write);
     /// else the bindings by origin after the endpoint map and the ports were
     /// brought in step.
-    pub fn take_in(
+    pub async fn take_in(
         &mut self,
         messages: &[NetlinkMessage<RouteNetlinkMessage>],
+        net: &Net,
         dir: &StateDir,
-        bindings: &Bindings,
+        bindings: &mut Bindings,
         ports: &mut Option<PortEncap>,
     ) -> Option<Result<Option<BTreeMap<String, u64>>>> {
         let mut changed = false;
@@ -88,6 +75,8 @@ impl Known {
             debug!("{} event(s), none about a slice bridge", messages.len());
             return Some(Ok(None));
         }
+        // Only the ports the events were about are read again.
+        self.observed.read_ends(net).await;
         Some(self.settle(dir, bindings, ports).map(Some))
     }
 
@@ -96,11 +85,11 @@ impl Known {
     pub fn settle(
         &mut self,
         dir: &StateDir,
-        bindings: &Bindings,
+        bindings: &mut Bindings,
         ports: &mut Option<PortEncap>,
     ) -> Result<BTreeMap<String, u64>> {
         let want = self.observed.slices();
-        let (bound, counts) = choose(&self.have, &want, bindings);
+        let (bound, counts) = ownership::owners(bindings, &want);
         if bound != self.have {
             let mut maps = PinnedMaps::open(dir)?;
             let (changed, removed) = endpoints::apply_diff(&mut maps, &self.have, &bound)?;

@@ -28,6 +28,7 @@ mod lifecycle;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
+pub mod ownership;
 pub mod pmtu;
 pub mod ports;
 mod ruleset;

@@ -65,9 +65,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let mut ports = None;
     let mut routes = SliceRoutes::default();
     if args.once {
-        let none = Bindings::default();
+        let mut none = Bindings::default();
         agent::ruleset::decide(&dir)?;
-        return sync(&net, &dir, &none, &mut None, &mut ports, None, None)
+        return sync(&net, &dir, &mut none, &mut None, &mut ports, None, None)
             .await
             .map(drop);
     }
@@ -143,7 +143,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             let synced = sync(
                 &net,
                 &dir,
-                &bindings,
+                &mut bindings,
                 &mut known,
                 &mut ports,
                 Some(args.steer_flows),
@@ -227,9 +227,10 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                     report(follower.follow(&net, &dir, &run_dir, &inner).await);
                     file_fans.retry(&net, &inner).await;
                 }
-                let taken = known
-                    .as_mut()
-                    .and_then(|k| k.take_in(&messages, &dir, &bindings, &mut ports));
+                let taken = match known.as_mut() {
+                    Some(k) => k.take_in(&messages, &net, &dir, &mut bindings, &mut ports).await,
+                    None => None,
+                };
                 let synced = match taken {
                     // Nothing about a slice bridge: nothing to write or say.
                     Some(Ok(None)) => continue,
@@ -335,7 +336,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                                 info!("{address}: {} binding removed", origin.name());
                             }
                             let synced = match known.as_mut() {
-                                Some(known) => known.settle(&dir, &bindings, &mut ports).map(|bindings| Synced {
+                                Some(known) => known.settle(&dir, &mut bindings, &mut ports).map(|bindings| Synced {
                                     bindings,
                                     ports: ports.as_ref().map_or(0, PortEncap::ports),
                                 }),

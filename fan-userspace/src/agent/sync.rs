@@ -17,8 +17,9 @@ use crate::{
     agent,
     agent::bindings::{Binding, Bindings},
     agent::endpoints,
-    agent::known::{self, Known},
+    agent::known::Known,
     agent::notify,
+    agent::ownership,
     agent::pmtu::{self, SliceRoutes},
     agent::ports::PortEncap,
     dataplane::PinnedMaps,
@@ -62,6 +63,7 @@ pub(super) async fn bind_known(
         && let Some(link) = net.device(port).await?
     {
         known.observed.apply(&Change::Device(link));
+        known.observed.read_ends(net).await;
     }
     let (address, origin) = (binding.address, binding.origin);
     bindings.bind(binding, &known.observed.slices())?;
@@ -143,7 +145,7 @@ pub(super) fn unix_now() -> u64 {
 pub(super) async fn sync(
     net: &Net,
     dir: &StateDir,
-    bindings: &Bindings,
+    bindings: &mut Bindings,
     known: &mut Option<Known>,
     ports: &mut Option<PortEncap>,
     at_ports: Option<bool>,
@@ -163,7 +165,7 @@ pub(super) async fn sync(
     let observed = endpoints::observe(net, &fans).await?;
     let want = observed.slices();
     let have: HashMap<WireAddr, Endpoint> = maps.endpoints.iter().collect::<Result<_, _>>()?;
-    let (bound, counts) = known::choose(&have, &want, bindings);
+    let (bound, counts) = ownership::owners(bindings, &want);
     let (changed, removed) = endpoints::apply_diff(&mut maps, &have, &bound)?;
     if changed + removed > 0 {
         info!(

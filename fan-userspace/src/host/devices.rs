@@ -39,6 +39,9 @@ pub struct Device {
     /// For a veth (or other device with a peer): the id, in this namespace,
     /// of the namespace its peer is in, when that is another one.
     pub peer_netns_id: Option<i32>,
+    /// For a veth: its peer's index (in the peer's namespace when
+    /// `peer_netns_id` is set).
+    pub peer_index: Option<u32>,
 }
 
 impl Device {
@@ -56,6 +59,7 @@ impl Device {
             ageing: None,
             oper_up: false,
             peer_netns_id: None,
+            peer_index: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -64,6 +68,7 @@ impl Device {
                 LinkAttribute::Controller(index) => link.controller = Some(*index),
                 LinkAttribute::OperState(state) => link.oper_up = *state == State::Up,
                 LinkAttribute::LinkNetNsId(id) => link.peer_netns_id = Some(*id),
+                LinkAttribute::Link(index) => link.peer_index = Some(*index),
                 LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {

@@ -72,6 +72,25 @@ pub fn gratuitous_arp(mac: [u8; 6], addr: Ipv4Addr) -> Vec<u8> {
     arp
 }
 
+/// An ARP request broadcast from Ethernet source `frame_source`, asking for
+/// `target` on behalf of `sender` (its MAC and address): a request for a
+/// host address teaches that host the sender, and any frame teaches the
+/// bridge where `frame_source` is. A sender address of 0.0.0.0 is a probe.
+pub fn arp_request(
+    frame_source: [u8; 6],
+    sender: ([u8; 6], Ipv4Addr),
+    target: Ipv4Addr,
+) -> Vec<u8> {
+    let mut arp = vec![0xff; 6];
+    arp.extend(frame_source);
+    arp.extend(crate::hex("0806 0001 0800 06 04 0001"));
+    arp.extend(sender.0);
+    arp.extend(sender.1.octets());
+    arp.extend([0; 6]);
+    arp.extend(target.octets());
+    arp
+}
+
 /// The MAC address of `iface` in `ns`, as 6 bytes.
 pub fn mac_of(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
     let text = ns.run("cat", &[&format!("/sys/class/net/{iface}/address")])?;

@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use crate::netns::Netns;
 
 pub use capture::{Capture, read_pcap};
-pub use frames::{gratuitous_arp, mac_of, send_frames};
+pub use frames::{arp_request, gratuitous_arp, mac_of, send_frames};
 pub use iperf::{iperf3, iperf3_tcp, pin_thread, tcp_rr, udp_pps};
 
 /// No single transfer, capture or wait may take longer than this.

@@ -1,12 +1,19 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+use crate::host::ContainerEnd;
 
 fn slices() -> Slices {
     Slices {
         ports: vec![(5, "veth-a".into()), (6, "veth-b".into())],
         deliverable: HashSet::from([5, 6]),
-        fdb: HashMap::from([([2, 0, 0, 0, 0, 0xb], 6)]),
+        ends: HashMap::from([(
+            6,
+            ContainerEnd {
+                mac: [2, 0, 0, 0, 0, 0xb],
+                addresses: vec!["250.0.28.8".parse().unwrap()],
+            },
+        )]),
         gateways: vec![("250.0.28.0/24".parse().unwrap(), [2, 0, 0, 0, 0, 1])],
         ..Slices::default()
     }
@@ -30,29 +37,6 @@ fn owner_binding() -> Binding {
         Some("veth-a"),
         Origin::Cni,
     )
-}
-
-#[test]
-fn a_bound_address_resolves_by_port_or_by_fdb() {
-    let mut table = Bindings::default();
-    let s = slices();
-    table.bind(owner_binding(), &s).unwrap();
-    table
-        .bind(
-            binding("250.0.28.8", "02:00:00:00:00:0b", None, Origin::Dhcp),
-            &s,
-        )
-        .unwrap();
-    let endpoints = table.endpoints(&s);
-    let key = |a: &str| WireAddr::from(a.parse::<Ipv4Addr>().unwrap());
-    assert_eq!(endpoints[&key("250.0.28.7")].ifindex, 5);
-    assert_eq!(endpoints[&key("250.0.28.7")].mac, [2, 0, 0, 0, 0, 0xa]);
-    assert_eq!(endpoints[&key("250.0.28.8")].ifindex, 6);
-    assert_eq!(
-        endpoints[&key("250.0.28.8")].gateway_mac,
-        [2, 0, 0, 0, 0, 1]
-    );
-    assert_eq!(table.counts()["cni"], 1);
 }
 
 #[test]

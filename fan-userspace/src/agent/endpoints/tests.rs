@@ -1,13 +1,5 @@
 use super::*;
 
-fn endpoint(ifindex: u32, last: u8) -> Endpoint {
-    Endpoint {
-        ifindex,
-        mac: [2, 0, 0, 0, 0, last],
-        gateway_mac: [2, 0, 0, 0, 0, 1],
-    }
-}
-
 fn veth(index: u32, controller: u32) -> Device {
     Device {
         index,
@@ -22,6 +14,7 @@ fn veth(index: u32, controller: u32) -> Device {
         ageing: None,
         oper_up: true,
         peer_netns_id: Some(1),
+        peer_index: Some(2),
     }
 }
 
@@ -31,15 +24,16 @@ fn one_event_changes_what_it_is_about() {
         bridges: vec![Bridge {
             index: 3,
             slice: "250.0.28.0/24".parse().unwrap(),
+            gateway: "250.0.28.1".parse().unwrap(),
             gateway_mac: [2, 0, 0, 0, 0, 1],
             refresh_idle: Duration::from_secs(100),
             ports: HashMap::new(),
             fdb: HashMap::new(),
-            neighbours: HashMap::new(),
+            ends: HashMap::new(),
         }],
+        unread: BTreeSet::new(),
     };
     let addr: Ipv4Addr = "250.0.28.7".parse().unwrap();
-    let key = WireAddr::from(addr);
     let mac = [2, 0, 0, 0, 0, 7];
     let fdb = FdbEntry {
         mac,
@@ -53,33 +47,35 @@ fn one_event_changes_what_it_is_about() {
         Effect::None,
         "another bridge's port"
     );
+    assert_eq!(observed.unread, BTreeSet::from([9]), "the new port's end");
+    observed.unread.clear();
+    // What a container answers in ARP is no news.
     let neighbour = Change::Neighbour {
         ifindex: 3,
         address: addr,
         mac: Some(mac),
     };
-    assert_eq!(observed.apply(&neighbour), Effect::Changed);
-    assert!(
-        observed.slices().endpoints.is_empty(),
-        "no forwarding entry yet"
-    );
-    assert_eq!(
-        observed.apply(&Change::Fdb {
-            bridge: 3,
-            entry: fdb,
-            gone: false
-        }),
-        Effect::Changed
-    );
+    assert_eq!(observed.apply(&neighbour), Effect::None);
+    // A MAC new on the port: its end is read again; the same entry again is not news.
+    let learned = Change::Fdb {
+        bridge: 3,
+        entry: fdb,
+        gone: false,
+    };
+    assert_eq!(observed.apply(&learned), Effect::Changed);
+    assert_eq!(observed.unread, BTreeSet::from([9]));
+    observed.unread.clear();
+    observed.apply(&learned);
+    assert!(observed.unread.is_empty());
+    // The end as read (read_ends needs the kernel).
+    let end = ContainerEnd {
+        mac,
+        addresses: vec![addr],
+    };
+    observed.bridges[0].ends.insert(9, end.clone());
     let slices = observed.slices();
-    assert_eq!(
-        slices.endpoints[&key],
-        Endpoint {
-            ifindex: 9,
-            mac,
-            gateway_mac: [2, 0, 0, 0, 0, 1]
-        }
-    );
+    assert_eq!(slices.ends[&9], end);
+    assert!(slices.reserved.contains(&"250.0.28.1".parse().unwrap()));
     assert_eq!(slices.ports, vec![(9, "veth9".to_string())]);
     // The port goes down: no delivery, but encapsulation stays.
     let down = Device {
@@ -87,13 +83,13 @@ fn one_event_changes_what_it_is_about() {
         ..veth(9, 3)
     };
     observed.apply(&Change::Device(down));
-    assert!(observed.slices().endpoints.is_empty());
+    assert!(observed.slices().ends.is_empty());
     assert_eq!(observed.slices().ports.len(), 1);
-    // It comes back up, then is deleted.
+    // It comes back up, then is deleted, and its end with it.
     observed.apply(&Change::Device(veth(9, 3)));
-    assert_eq!(observed.slices().endpoints.len(), 1);
+    assert_eq!(observed.slices().ends.len(), 1);
     assert_eq!(observed.apply(&Change::LinkGone(9)), Effect::Changed);
-    assert!(observed.slices().endpoints.is_empty() && observed.slices().ports.is_empty());
+    assert!(observed.bridges[0].ends.is_empty() && observed.slices().ports.is_empty());
     assert_eq!(observed.apply(&Change::LinkGone(9)), Effect::None);
     // The bridge itself: only a new MAC or its going is news.
     let bridge = |mac| Device {
@@ -111,40 +107,4 @@ fn one_event_changes_what_it_is_about() {
         Effect::ReadAgain
     );
     assert_eq!(observed.apply(&Change::LinkGone(3)), Effect::ReadAgain);
-}
-
-#[test]
-fn a_binding_holds_while_its_port_can_deliver() {
-    let (a, b, c) = (
-        WireAddr::from_host(10),
-        WireAddr::from_host(11),
-        WireAddr::from_host(12),
-    );
-    let have = HashMap::from([
-        (a, endpoint(5, 0xa)),
-        (b, endpoint(6, 0xb)),
-        (c, endpoint(7, 0xc)),
-    ]);
-    let slices = Slices {
-        // a: another port answers for it; b: its neighbour entry is gone;
-        // c: its port is gone, and a new port holds it.
-        endpoints: HashMap::from([(a, endpoint(6, 0xb)), (c, endpoint(8, 0xd))]),
-        deliverable: HashSet::from([5, 6, 8]),
-        ..Slices::default()
-    };
-    let want = keep_bindings(&have, &slices);
-    assert_eq!(want[&a], endpoint(5, 0xa), "moved by another port's ARP");
-    assert_eq!(
-        want[&b],
-        endpoint(6, 0xb),
-        "dropped with its neighbour entry"
-    );
-    assert_eq!(want[&c], endpoint(8, 0xd), "not released with its port");
-    // On its own port a binding follows the container's MAC.
-    let slices = Slices {
-        endpoints: HashMap::from([(a, endpoint(5, 0xe))]),
-        deliverable: HashSet::from([5]),
-        ..Slices::default()
-    };
-    assert_eq!(keep_bindings(&have, &slices)[&a], endpoint(5, 0xe));
 }
