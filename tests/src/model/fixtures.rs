@@ -185,6 +185,9 @@ fn decapsulation_fixtures() {
     assert_eq!(p.frame, hex(DECAP_CE_OUT));
     let p = run(Program::DecapXdp, DECAP_SPOOFED);
     assert_eq!(p.counters, vec![("drop_spoofed_source", 66)]);
+    // The same fan packet sent by a container (raw IP-in-IP to the
+    // underlay) is the container edge's forgery, refused at the bridge.
     let p = run(Program::EncapForward, DECAP_IN);
-    assert_eq!(p.verdict, TC_ACT_UNSPEC);
+    assert_eq!(p.verdict, TC_ACT_SHOT);
+    assert_eq!(p.counters.first().map(|c| c.0), Some("drop_tunnel_to_underlay"));
 }
