@@ -5,7 +5,7 @@
 use fan_common::FanMap;
 
 use super::{
-    Config, Fate, Program, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_PASS,
+    Config, Fate, Program, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS,
     config::{Device, Endpoint, Fan, Neighbour, Route, RouteKind, Underlay},
     predict,
 };
@@ -189,5 +189,8 @@ fn decapsulation_fixtures() {
     // underlay) is the container edge's forgery, refused at the bridge.
     let p = run(Program::EncapForward, DECAP_IN);
     assert_eq!(p.verdict, TC_ACT_SHOT);
-    assert_eq!(p.counters.first().map(|c| c.0), Some("drop_tunnel_to_underlay"));
+    assert_eq!(
+        p.counters.first().map(|c| c.0),
+        Some("drop_tunnel_to_underlay")
+    );
 }
