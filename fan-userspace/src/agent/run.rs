@@ -40,8 +40,8 @@ use crate::{
     agent::ports::PortEncap,
     agent::ruleset::RulesetWatch,
     agent::sync::{
-        Synced, beat, bind, bind_known, is_delivered, publish, publish_bypass, sync, sync_routes,
-        unix_now,
+        Synced, beat, bind, bind_known, collect_portless, is_delivered, publish, publish_bypass,
+        sync, sync_routes, unix_now,
     },
     agent::{config::FileFans, follow::Follower},
     cli::{Global, RunArgs},
@@ -140,6 +140,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // fresh before READY; the tick keeps it so).
     macro_rules! full_sync {
         () => {{
+            report(collect_portless(&net, &mut bindings).await);
             let synced = sync(
                 &net,
                 &dir,

@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 
 use crate::{
     agent,
-    agent::bindings::{Binding, Bindings},
+    agent::bindings::{Binding, Bindings, Origin},
     agent::endpoints,
     agent::known::{self, Known},
     agent::notify,
@@ -67,6 +67,30 @@ pub(super) async fn bind_known(
     bindings.bind(binding, &known.observed.slices())?;
     info!("{address}: {} binding recorded", origin.name());
     known.settle(dir, bindings, ports)
+}
+
+/// Removes the CNI bindings whose port no longer exists. The port (the
+/// host end of the container's veth) dies with the container's namespace,
+/// and a DEL that ran while no agent was up could not unbind: left alone,
+/// every such address would stay taken for the plugin's ADD, and the CNI
+/// range would shrink with every rollout. Other origins' bindings stand:
+/// a static or DHCP binding outlives its port on purpose.
+pub(super) async fn collect_portless(net: &Net, bindings: &mut Bindings) -> Result<()> {
+    let mut gone = Vec::new();
+    for binding in bindings.list().filter(|b| b.origin == Origin::Cni) {
+        if let Some(port) = &binding.port
+            && net.device(port).await?.is_none()
+        {
+            gone.push((binding.address, port.clone()));
+        }
+    }
+    for (address, port) in gone {
+        bindings.unbind(address, Origin::Cni)?;
+        warn!(
+            "{address}: cni binding removed: its port {port} is gone (the container's DEL ran while no agent was up)"
+        );
+    }
+    Ok(())
 }
 
 /// Whether the endpoint map delivers `address` straight to a container.
