@@ -515,6 +515,12 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
         .unwrap();
     let doomed_state = state(&doomed.hosts[0]);
     assert!(doomed_state.exists());
+    // Its run directory (locks, bindings) goes too.
+    let run_dir_of = |pinned: &std::path::Path| {
+        std::path::Path::new("/run/fan-xdp").join(pinned.file_name().unwrap())
+    };
+    let doomed_run = run_dir_of(&doomed_state);
+    assert!(doomed_run.join("agent.lock").exists());
     drop(doomed);
     wait_until_links_defunct(&doomed_state);
     h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
@@ -522,6 +528,14 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     assert!(
         !doomed_state.exists(),
         "stale state of a deleted namespace was not swept"
+    );
+    assert!(
+        !doomed_run.exists(),
+        "the run directory of a deleted namespace was not swept"
+    );
+    assert!(
+        run_dir_of(&state(h2)).exists(),
+        "a live run directory swept"
     );
     assert!(state(h1).exists() && state(h2).exists(), "live state swept");
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();

@@ -73,6 +73,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
+    run_dir.sweep_gone_namespaces();
     let mut bindings = Bindings::load(&run_dir)?;
     let mut dhcp_servers = dhcp::Servers::default();
     let mut known: Option<Known> = None;
