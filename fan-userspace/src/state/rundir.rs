@@ -235,13 +235,13 @@ mod tests {
             path: own.clone(),
         };
         let removed = run.sweep_stale(|| Ok(HashSet::from([1]))).unwrap();
-        assert_eq!(removed, [dead.clone()]);
+        assert_eq!(removed, vec![dead.clone()]);
         assert!(live.exists() && held.exists() && own.exists() && !dead.exists());
         // Once nobody holds its lock, the next sweep takes it.
         drop(holder);
         assert_eq!(
             run.sweep_stale(|| Ok(HashSet::from([1]))).unwrap(),
-            [held.clone()]
+            vec![held.clone()]
         );
         fs::remove_dir_all(&root).unwrap();
     }
