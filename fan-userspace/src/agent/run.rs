@@ -73,6 +73,8 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
+    // Ours alone now (the lock): what a killed predecessor left is ours to keep or remove.
+    report(routes.adopt(&net).await);
     run_dir.sweep_gone_namespaces();
     let mut bindings = Bindings::load(&run_dir)?;
     let mut dhcp_servers = dhcp::Servers::default();
