@@ -884,6 +884,50 @@ fn bridge_rx_packets(host: &Host) -> u64 {
 }
 
 #[test]
+fn a_daemon_after_a_killed_one_gives_the_ports_their_own_rps_masks_back() {
+    if !privileged() || !fan_userspace::dataplane::tcx_supported() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    attach_all(&fleet, &["--no-agent"]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let host = &fleet.hosts[0];
+    let rps = || {
+        host.ns
+            .run("cat", &["/sys/class/net/veth1/queues/rx-0/rps_cpus"])
+            .unwrap()
+            .trim()
+            .trim_start_matches(['0', ','])
+            .to_string()
+    };
+    let own = rps();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let all_cpus = fan_userspace::agent::ports::rps_mask(&online).unwrap();
+    let all_cpus = all_cpus.trim_start_matches(['0', ',']);
+    assert_ne!(own, all_cpus, "the port starts steered");
+    let steered = || {
+        (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            rps() == all_cpus
+        })
+    };
+    let first = host.fan_xdp_run_with(&["--steer-flows"]).unwrap();
+    assert!(steered(), "--steer-flows did not steer the port");
+    first.kill().unwrap();
+    let second = host.fan_xdp_run_with(&["--steer-flows"]).unwrap();
+    host.wait_for_run_ready(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert!(steered());
+    second.stop().unwrap();
+    assert_eq!(
+        rps(),
+        own,
+        "the port kept the killed daemon's mask after the next one stopped"
+    );
+    fleet.detach_all().unwrap();
+}
+
+#[test]
 fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     if !privileged() {
         return;

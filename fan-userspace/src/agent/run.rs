@@ -37,7 +37,7 @@ use crate::{
     agent::monitor::Monitors,
     agent::notify,
     agent::pmtu::SliceRoutes,
-    agent::ports::PortEncap,
+    agent::ports::{AtPorts, PortEncap},
     agent::ruleset::RulesetWatch,
     agent::sync::{
         Synced, beat, bind, bind_known, collect_portless, is_delivered, publish, publish_bypass,
@@ -73,6 +73,10 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
+    let at_ports = AtPorts {
+        steer_flows: args.steer_flows,
+        rps_record: run_dir.path.join("rps.json"),
+    };
     // Ours alone now (the lock): what a killed predecessor left is ours to keep or remove.
     report(routes.adopt(&net).await);
     run_dir.sweep_gone_namespaces();
@@ -150,7 +154,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 &bindings,
                 &mut known,
                 &mut ports,
-                Some(args.steer_flows),
+                Some(&at_ports),
                 Some(&mut routes),
             )
             .await;

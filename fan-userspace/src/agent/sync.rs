@@ -20,7 +20,7 @@ use crate::{
     agent::known::{self, Known},
     agent::notify,
     agent::pmtu::{self, SliceRoutes},
-    agent::ports::PortEncap,
+    agent::ports::{AtPorts, PortEncap},
     dataplane::PinnedMaps,
     host::bypass,
     host::{Net, events::Change},
@@ -162,7 +162,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// One pass: the endpoint map, the port programs (`at_ports` says whether
-/// to steer flows) and the path MTU routes; with `--once` neither of the last
+/// to steer flows, and where the masks are recorded) and the path MTU routes; with `--once` neither of the last
 /// two (None: nothing would remove them after the exit).
 pub(super) async fn sync(
     net: &Net,
@@ -170,7 +170,7 @@ pub(super) async fn sync(
     bindings: &Bindings,
     known: &mut Option<Known>,
     ports: &mut Option<PortEncap>,
-    at_ports: Option<bool>,
+    at_ports: Option<&AtPorts>,
     routes: Option<&mut SliceRoutes>,
 ) -> Result<Synced> {
     *known = None;
@@ -209,11 +209,11 @@ pub(super) async fn sync(
     // The port programs stay while the bypass is off: they pass what is
     // for other slices to the stack then, but still drop what a container
     // must not send (a sibling's source, a DHCP server's replies).
-    if let Some(steer_flows) = at_ports
+    if let Some(at_ports) = at_ports
         && ports.is_none()
         && fans.iter().any(|f| f.complete)
     {
-        *ports = PortEncap::open(dir, steer_flows)?;
+        *ports = PortEncap::open(dir, at_ports)?;
     }
     if let Some(ports) = ports {
         ports.sync(&want.ports)?;
