@@ -24,6 +24,15 @@ use fan_userspace::dataplane::Stats;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const BULK: u64 = 20 << 20;
+/// Every host's attach (the underlay spans both segments).
+const ATTACH: [&str; 6] = [
+    "attach",
+    "eth0",
+    "--overlay",
+    OVERLAY,
+    "--underlay",
+    "198.18.0.0/16",
+];
 
 struct Host {
     ns: Netns,
@@ -145,14 +154,7 @@ fn build() -> Net {
             ns,
             addr: format!("{slice}.10").parse().unwrap(),
         };
-        host.fan_xdp(&[
-            "attach",
-            "eth0",
-            "--overlay",
-            OVERLAY,
-            "--underlay",
-            "198.18.0.0/16",
-        ]);
+        host.fan_xdp(&ATTACH);
         let bridge = format!("fan-{}", slice.replace('.', "-"));
         let gateway = format!("{slice}.1").parse().unwrap();
         host.container = plug_container(
@@ -409,14 +411,7 @@ fn a_restarted_agent_removes_the_path_mtu_routes_its_killed_predecessor_left() {
         .unwrap();
     // The agent back (attach restarts it): the route it did not install
     // itself is its all the same, and goes.
-    h2.fan_xdp(&[
-        "attach",
-        "eth0",
-        "--overlay",
-        OVERLAY,
-        "--underlay",
-        "198.18.0.0/16",
-    ]);
+    h2.fan_xdp(&ATTACH);
     let gone = eventually(|| !routed());
     let log = h2.ns.enter(|| {
         let run = fan_userspace::state::rundir::RunDir::locate(None).unwrap();

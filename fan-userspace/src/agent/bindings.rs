@@ -6,7 +6,9 @@
 //! teach the agent the rest (`learned`, see [`super::endpoints`]). A bound
 //! address is never moved by what is learned (a container that answers ARP
 //! for its neighbour's address gets nothing) and no resync removes it: only
-//! the one who bound it unbinds it. The agent is the only writer of the
+//! the one who bound it unbinds it. The one exception is a `cni` binding
+//! whose port no longer exists (its container's DEL ran while no agent was
+//! up): a full sync removes it (see the agent's `sync::collect_portless`). The agent is the only writer of the
 //! table; others ask it over the control socket ([`bind`], [`unbind`],
 //! [`list`]), and the agent answers a bind only once the endpoint map holds
 //! the address, so the first packet already takes the fast path.
