@@ -515,6 +515,12 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
         .unwrap();
     let doomed_state = state(&doomed.hosts[0]);
     assert!(doomed_state.exists());
+    // Its run directory (locks, bindings) goes too.
+    let run_dir_of = |pinned: &std::path::Path| {
+        std::path::Path::new("/run/fan-xdp").join(pinned.file_name().unwrap())
+    };
+    let doomed_run = run_dir_of(&doomed_state);
+    assert!(doomed_run.join("agent.lock").exists());
     drop(doomed);
     wait_until_links_defunct(&doomed_state);
     h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
@@ -522,6 +528,14 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     assert!(
         !doomed_state.exists(),
         "stale state of a deleted namespace was not swept"
+    );
+    assert!(
+        !doomed_run.exists(),
+        "the run directory of a deleted namespace was not swept"
+    );
+    assert!(
+        run_dir_of(&state(h2)).exists(),
+        "a live run directory swept"
     );
     assert!(state(h1).exists() && state(h2).exists(), "live state swept");
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
@@ -867,6 +881,50 @@ fn bridge_rx_packets(host: &Host) -> u64 {
         )
         .unwrap();
     out.trim().parse().unwrap()
+}
+
+#[test]
+fn a_daemon_after_a_killed_one_gives_the_ports_their_own_rps_masks_back() {
+    if !privileged() || !fan_userspace::dataplane::tcx_supported() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    attach_all(&fleet, &["--no-agent"]);
+    let fleet = fleet.with_containers(1).unwrap();
+    let host = &fleet.hosts[0];
+    let rps = || {
+        host.ns
+            .run("cat", &["/sys/class/net/veth1/queues/rx-0/rps_cpus"])
+            .unwrap()
+            .trim()
+            .trim_start_matches(['0', ','])
+            .to_string()
+    };
+    let own = rps();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let all_cpus = fan_userspace::agent::ports::rps_mask(&online).unwrap();
+    let all_cpus = all_cpus.trim_start_matches(['0', ',']);
+    assert_ne!(own, all_cpus, "the port starts steered");
+    let steered = || {
+        (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            rps() == all_cpus
+        })
+    };
+    let first = host.fan_xdp_run_with(&["--steer-flows"]).unwrap();
+    assert!(steered(), "--steer-flows did not steer the port");
+    first.kill().unwrap();
+    let second = host.fan_xdp_run_with(&["--steer-flows"]).unwrap();
+    host.wait_for_run_ready(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert!(steered());
+    second.stop().unwrap();
+    assert_eq!(
+        rps(),
+        own,
+        "the port kept the killed daemon's mask after the next one stopped"
+    );
+    fleet.detach_all().unwrap();
 }
 
 #[test]

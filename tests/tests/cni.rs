@@ -11,6 +11,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use fan_tests::{
     cni::{Answer, Attachment, BinDir, TempDir, addresses_in, invoke},
+    lifecycle::agent_pid,
     netns::Netns,
     podman::Podman,
     privileged,
@@ -628,11 +629,59 @@ fn gc_releases_attachments_not_listed_and_spares_an_add_in_flight() {
     );
     assert_eq!(ports(host).len(), 2, "the stale port stayed");
     // Once that ADD has answered (and is not listed), the next GC takes it.
+    // A torn allocation file (an older version's crash) blocks nothing: set
+    // aside, and released as soon as every listed attachment has its own.
     drop(held);
     let _ = std::fs::remove_file(&marker);
+    let torn = store.join(Ipv4Addr::from(u32::from(address[0]) + 100).to_string());
+    std::fs::write(&torn, br#"{"containerID":"#).unwrap();
     assert!(plugin.run(host, "GC", None, &gc).ok);
     assert_eq!(plugin.allocations(host), BTreeSet::from([address[0]]));
+    assert!(
+        std::fs::read_dir(&store)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains(".corrupt")),
+        "the torn file's address stayed reserved"
+    );
+    assert!(!torn.exists());
     assert_eq!(ports(host), vec![port("keep")]);
+    fleet.detach_all().unwrap();
+}
+
+#[test]
+fn a_del_while_the_agent_is_down_leaves_no_binding_once_it_is_back() {
+    if !privileged() {
+        return;
+    }
+    let fleet = one_host();
+    let host = &fleet.hosts[0];
+    let plugin = Plugin::new("agentdown");
+    let good = conf("1.0.0");
+    let ns = Netns::new("ad1").unwrap();
+    let a = Attachment::of("ad1", &ns);
+    plugin.run(host, "ADD", Some(&a), &good).result();
+    let held = bound(host);
+    assert_eq!(held.len(), 1);
+    let pid = agent_pid(host).unwrap() as i32;
+    // SAFETY: signalling the agent by the pid its status names; it runs in
+    // this test's namespace.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // The DEL cannot unbind (no agent), but succeeds: the runtime would
+    // retry it forever otherwise.
+    assert!(plugin.run(host, "DEL", Some(&a), &good).ok);
+    assert_eq!(ports(host), Vec::<String>::new());
+    assert_eq!(plugin.allocations(host), BTreeSet::new());
+    // The agent back (attach restarts it): its first sync drops the binding
+    // of the port that is gone, so the address is free for the next ADD.
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", "250.0.0.0/8"])
+        .unwrap();
+    assert_eq!(
+        bound(host),
+        vec![],
+        "the binding of {} outlived its port",
+        held[0].address
+    );
     fleet.detach_all().unwrap();
 }
 

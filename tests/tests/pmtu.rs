@@ -24,6 +24,15 @@ use fan_userspace::dataplane::Stats;
 
 const OVERLAY: &str = "250.0.0.0/8";
 const BULK: u64 = 20 << 20;
+/// Every host's attach (the underlay spans both segments).
+const ATTACH: [&str; 6] = [
+    "attach",
+    "eth0",
+    "--overlay",
+    OVERLAY,
+    "--underlay",
+    "198.18.0.0/16",
+];
 
 struct Host {
     ns: Netns,
@@ -145,14 +154,7 @@ fn build() -> Net {
             ns,
             addr: format!("{slice}.10").parse().unwrap(),
         };
-        host.fan_xdp(&[
-            "attach",
-            "eth0",
-            "--overlay",
-            OVERLAY,
-            "--underlay",
-            "198.18.0.0/16",
-        ]);
+        host.fan_xdp(&ATTACH);
         let bridge = format!("fan-{}", slice.replace('.', "-"));
         let gateway = format!("{slice}.1").parse().unwrap();
         host.container = plug_container(
@@ -367,4 +369,57 @@ fn a_container_cannot_teach_its_host_a_path_mtu() {
     );
     let shown: serde_json::Value = serde_json::from_str(&h1.fan_xdp(&["show", "--json"])).unwrap();
     assert_eq!(shown[0]["path_mtus"], serde_json::json!([]), "{shown}");
+}
+
+#[test]
+fn a_restarted_agent_removes_the_path_mtu_routes_its_killed_predecessor_left() {
+    if !privileged() {
+        return;
+    }
+    let net = build();
+    let [h1, h2, _] = &net.hosts[..] else {
+        unreachable!()
+    };
+    // h2 learns the narrow path (as in the first test) and its agent routes it.
+    for _ in 0..2 {
+        assert!(!ping_df(&h2.container, h1.addr, 1452));
+    }
+    let routed = || {
+        h2.ns
+            .ip(&["route", "show", "250.1.1.0/24"])
+            .unwrap()
+            .contains("mtu 1380")
+    };
+    assert!(eventually(routed), "h2 has no route with the path MTU");
+    let shown: serde_json::Value = serde_json::from_str(&h2.fan_xdp(&["show", "--json"])).unwrap();
+    let pid = shown[0]["agent"]["pid"].as_i64().expect("an agent") as i32;
+    // SAFETY: signalling the agent by the pid its status names; it runs in
+    // this test's namespace.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // While no agent runs, the path MTU expires (here: is forgotten at once).
+    h2.ns
+        .enter(|| {
+            let dir = fan_userspace::state::StateDir::locate(None)?;
+            let mut maps = fan_userspace::dataplane::PinnedMaps::open(&dir)?;
+            let hosts: Vec<_> = maps.path_mtus.keys().collect::<Result<_, _>>()?;
+            for host in hosts {
+                maps.path_mtus.remove(&host)?;
+            }
+            anyhow::Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    // The agent back (attach restarts it): the route it did not install
+    // itself is its all the same, and goes.
+    h2.fan_xdp(&ATTACH);
+    let gone = eventually(|| !routed());
+    let log = h2.ns.enter(|| {
+        let run = fan_userspace::state::rundir::RunDir::locate(None).unwrap();
+        std::fs::read_to_string(run.path.join("agent.log")).unwrap_or_default()
+    });
+    assert!(
+        gone,
+        "the killed agent's route outlived its path MTU: {} {log:?}",
+        h2.ns.ip(&["route"]).unwrap()
+    );
 }

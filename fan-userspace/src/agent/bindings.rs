@@ -6,7 +6,10 @@
 //! runtime configured on their interface. Which port a binding stands for,
 //! and what outranks what, is [`super::ownership`]'s table: a bound address
 //! is never moved by ARP, the forwarding database or a MAC, and no resync
-//! removes it: only the one who bound it unbinds it. The agent is the only writer of the
+//! removes it: only the one who bound it unbinds it. The one exception is a
+//! `cni` binding whose port no longer exists (its container's DEL ran while
+//! no agent was up): a full sync removes it (see the agent's
+//! `sync::collect_portless`). The agent is the only writer of the
 //! table; others ask it over the control socket ([`bind`], [`unbind`],
 //! [`list`]), and the agent answers a bind only once the endpoint map holds
 //! the address, so the first packet already takes the fast path.

@@ -120,6 +120,27 @@ impl SliceRoutes {
         Ok(())
     }
 
+    /// Takes over the path MTU routes an agent killed before it could
+    /// remove them left (marked with fan-xdp's routing protocol number): the
+    /// next [`SliceRoutes::sync`] replaces those still wanted and removes the rest.
+    pub async fn adopt(&mut self, net: &Net) -> Result<()> {
+        let Some(device) = net.device(HOST_DEVICE).await? else {
+            return Ok(());
+        };
+        for (dest, len) in net.path_mtu_routes(device.index).await? {
+            let slice = Ipv4Network::new(dest, len).context("a route's prefix")?;
+            // MTU 0 matches no wanted route: the next sync writes it again or removes it.
+            let unknown = SliceRoute {
+                slice,
+                gateway: Ipv4Addr::UNSPECIFIED,
+                mtu: 0,
+            };
+            self.0.insert(slice, unknown);
+            info!("path MTU route towards {slice}: left by the previous agent, taken over");
+        }
+        Ok(())
+    }
+
     /// Removes every route put in place.
     pub async fn clear(&mut self, net: &Net) -> Result<()> {
         self.sync(net, &[]).await

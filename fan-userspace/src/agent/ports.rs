@@ -10,8 +10,17 @@
 //! mode attaches them as they join and lets them go with the daemon: its
 //! TCX links close when it exits, and the bridge's program is always there
 //! behind them, so traffic is encapsulated either way.
+//!
+//! With `--steer-flows` the ports' RPS masks are changed too, and put back
+//! when a port is let go. What they were is kept in the run directory
+//! (`rps.json`) while they are changed, so that the agent after one killed
+//! before it could put them back restores the ports' own masks, not the
+//! killed agent's.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
@@ -20,10 +29,29 @@ use aya::programs::{
 };
 use log::{debug, info, warn};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     dataplane::{ENCAP_PORT, tcx_supported},
-    state::StateDir,
+    state::{StateDir, rundir::write_private_atomically},
 };
+
+/// What the agent does at the ports.
+pub struct AtPorts {
+    /// `--steer-flows`.
+    pub steer_flows: bool,
+    /// Where the RPS masks the ports had are recorded while they are changed.
+    pub rps_record: PathBuf,
+}
+
+/// One port's RPS masks before `--steer-flows` changed them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RpsBefore {
+    ifindex: u32,
+    port: String,
+    /// Each receive queue's `rps_cpus` file and its mask.
+    queues: Vec<(PathBuf, String)>,
+}
 
 pub struct PortEncap {
     program: SchedClassifier,
@@ -33,12 +61,15 @@ pub struct PortEncap {
     links: HashMap<u32, Port>,
     /// With `--steer-flows`: the RPS mask to give every port.
     steer: Option<String>,
+    rps_record: PathBuf,
+    /// Ports a killed agent steered, not taken up again yet, by index.
+    inherited: HashMap<u32, RpsBefore>,
 }
 
 struct Port {
     link: SchedClassifierLinkId,
     /// RPS masks this replaced, to put back when the port is let go.
-    rps_before: Vec<(PathBuf, String)>,
+    rps_before: RpsBefore,
 }
 
 impl Drop for PortEncap {
@@ -46,13 +77,17 @@ impl Drop for PortEncap {
         for (_, port) in self.links.drain() {
             restore_rps(&port.rps_before);
         }
+        for (_, before) in self.inherited.drain() {
+            restore_rps(&before);
+        }
+        let _ = std::fs::remove_file(&self.rps_record);
     }
 }
 
 impl PortEncap {
     /// The program `attach` pinned in `dir`, ready to attach to ports; None
     /// on kernels without TCX, where a filter would outlive the daemon.
-    pub fn open(dir: &StateDir, steer_flows: bool) -> Result<Option<Self>> {
+    pub fn open(dir: &StateDir, at: &AtPorts) -> Result<Option<Self>> {
         if !tcx_supported() {
             return Ok(None);
         }
@@ -64,7 +99,7 @@ impl PortEncap {
             )
         })?;
         let program_id = program.info()?.id();
-        let steer = if steer_flows {
+        let steer = if at.steer_flows {
             let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
                 .context("reading the online CPUs")?;
             Some(rps_mask(&online)?)
@@ -76,6 +111,8 @@ impl PortEncap {
             program_id,
             links: HashMap::new(),
             steer,
+            inherited: inherit(&at.rps_record),
+            rps_record: at.rps_record.clone(),
         }))
     }
 
@@ -101,6 +138,7 @@ impl PortEncap {
                 restore_rps(&port.rps_before);
             }
         }
+        let inherited = !self.inherited.is_empty();
         let mut added = 0;
         for (index, name) in ports {
             if self.links.contains_key(index) {
@@ -114,16 +152,30 @@ impl PortEncap {
                 .attach_with_options(name, TcAttachType::Ingress, options)
             {
                 Ok(link) => {
-                    let rps_before = match &self.steer {
-                        Some(mask) => steer(name, mask),
-                        None => Vec::new(),
+                    let mut rps_before = match &self.steer {
+                        Some(mask) => steer(*index, name, mask),
+                        None => RpsBefore::default(),
                     };
+                    // Steered by a killed agent: its own masks are the recorded ones.
+                    if let Some(inherited) = self.inherited.remove(index)
+                        && inherited.port == *name
+                    {
+                        if self.steer.is_some() {
+                            rps_before = inherited;
+                        } else {
+                            restore_rps(&inherited);
+                        }
+                    }
                     self.links.insert(*index, Port { link, rps_before });
                     added += 1;
                 }
                 // The port may have gone since it was listed; the next sync settles it.
                 Err(e) => debug!("encapsulation at port {name}: {e}"),
             }
+        }
+        // What a killed agent steered and is no port of ours now goes back.
+        for (_, before) in self.inherited.drain() {
+            restore_rps(&before);
         }
         if added + gone.len() > 0 {
             info!(
@@ -132,7 +184,33 @@ impl PortEncap {
                 gone.len()
             );
         }
+        if added + gone.len() > 0 || inherited {
+            self.record_rps();
+        }
         Ok((added, gone.len()))
+    }
+
+    /// Records the masks the steered ports had (nothing when none is).
+    fn record_rps(&self) {
+        let steered: Vec<&RpsBefore> = self
+            .links
+            .values()
+            .map(|p| &p.rps_before)
+            .filter(|b| !b.queues.is_empty())
+            .collect();
+        let written = if steered.is_empty() {
+            match std::fs::remove_file(&self.rps_record) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            }
+        } else {
+            serde_json::to_vec(&steered)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| write_private_atomically(&self.rps_record, &bytes))
+        };
+        if let Err(e) = written {
+            warn!("recording the ports' RPS masks: {e:#}");
+        }
     }
 
     pub fn ports(&self) -> usize {
@@ -141,8 +219,12 @@ impl PortEncap {
 }
 
 /// Sets `mask` on every receive queue of `port`; returns what was there.
-fn steer(port: &str, mask: &str) -> Vec<(PathBuf, String)> {
-    let mut before = Vec::new();
+fn steer(ifindex: u32, port: &str, mask: &str) -> RpsBefore {
+    let mut before = RpsBefore {
+        ifindex,
+        port: port.to_string(),
+        queues: Vec::new(),
+    };
     let Ok(queues) = std::fs::read_dir(format!("/sys/class/net/{port}/queues")) else {
         return before;
     };
@@ -155,17 +237,44 @@ fn steer(port: &str, mask: &str) -> Vec<(PathBuf, String)> {
             continue;
         };
         match std::fs::write(&path, mask) {
-            Ok(()) => before.push((path, old.trim().to_string())),
+            Ok(()) => before.queues.push((path, old.trim().to_string())),
             Err(e) => warn!("steering flows on {port}: {e}"),
         }
     }
     before
 }
 
-fn restore_rps(before: &[(PathBuf, String)]) {
-    for (path, mask) in before {
-        // Gone with its device, or renamed: nothing left to restore.
+/// Puts the masks back, if the port is still the device they were read from.
+fn restore_rps(before: &RpsBefore) {
+    let index = std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", before.port));
+    // Gone with its device, or the name is another device's now.
+    if index.ok().and_then(|i| i.trim().parse::<u32>().ok()) != Some(before.ifindex) {
+        return;
+    }
+    for (path, mask) in &before.queues {
         let _ = std::fs::write(path, mask);
+    }
+}
+
+/// The masks a killed agent recorded, by port index.
+fn inherit(record: &Path) -> HashMap<u32, RpsBefore> {
+    let Ok(bytes) = std::fs::read(record) else {
+        return HashMap::new();
+    };
+    match serde_json::from_slice::<Vec<RpsBefore>>(&bytes) {
+        Ok(list) => {
+            if !list.is_empty() {
+                info!(
+                    "{} port(s) still steered by a previous agent: their own RPS masks are recorded",
+                    list.len()
+                );
+            }
+            list.into_iter().map(|b| (b.ifindex, b)).collect()
+        }
+        Err(e) => {
+            warn!("{} is unreadable ({e}): ignored", record.display());
+            HashMap::new()
+        }
     }
 }
 

@@ -37,11 +37,11 @@ use crate::{
     agent::monitor::Monitors,
     agent::notify,
     agent::pmtu::SliceRoutes,
-    agent::ports::PortEncap,
+    agent::ports::{AtPorts, PortEncap},
     agent::ruleset::RulesetWatch,
     agent::sync::{
-        Synced, beat, bind, bind_known, is_delivered, publish, publish_bypass, sync, sync_routes,
-        unix_now,
+        Synced, beat, bind, bind_known, collect_portless, is_delivered, publish, publish_bypass,
+        sync, sync_routes, unix_now,
     },
     agent::{config::FileFans, follow::Follower},
     cli::{Global, RunArgs},
@@ -73,6 +73,13 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
+    let at_ports = AtPorts {
+        steer_flows: args.steer_flows,
+        rps_record: run_dir.path.join("rps.json"),
+    };
+    // Ours alone now (the lock): what a killed predecessor left is ours to keep or remove.
+    report(routes.adopt(&net).await);
+    run_dir.sweep_gone_namespaces();
     let mut bindings = Bindings::load(&run_dir)?;
     let mut dhcp_servers = dhcp::Servers::default();
     let mut known: Option<Known> = None;
@@ -140,13 +147,14 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // fresh before READY; the tick keeps it so).
     macro_rules! full_sync {
         () => {{
+            report(collect_portless(&net, &mut bindings).await);
             let synced = sync(
                 &net,
                 &dir,
                 &mut bindings,
                 &mut known,
                 &mut ports,
-                Some(args.steer_flows),
+                Some(&at_ports),
                 Some(&mut routes),
             )
             .await;

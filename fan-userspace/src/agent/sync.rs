@@ -15,13 +15,13 @@ use log::{debug, info, warn};
 
 use crate::{
     agent,
-    agent::bindings::{Binding, Bindings},
+    agent::bindings::{Binding, Bindings, Origin},
     agent::endpoints,
     agent::known::Known,
     agent::notify,
     agent::ownership,
     agent::pmtu::{self, SliceRoutes},
-    agent::ports::PortEncap,
+    agent::ports::{AtPorts, PortEncap},
     dataplane::PinnedMaps,
     host::bypass,
     host::{Net, events::Change},
@@ -69,6 +69,30 @@ pub(super) async fn bind_known(
     bindings.bind(binding, &known.observed.slices())?;
     info!("{address}: {} binding recorded", origin.name());
     known.settle(dir, bindings, ports)
+}
+
+/// Removes the CNI bindings whose port no longer exists. The port (the
+/// host end of the container's veth) dies with the container's namespace,
+/// and a DEL that ran while no agent was up could not unbind: left alone,
+/// every such address would stay taken for the plugin's ADD, and the CNI
+/// range would shrink with every rollout. Other origins' bindings stand:
+/// a static or DHCP binding outlives its port on purpose.
+pub(super) async fn collect_portless(net: &Net, bindings: &mut Bindings) -> Result<()> {
+    let mut gone = Vec::new();
+    for binding in bindings.list().filter(|b| b.origin == Origin::Cni) {
+        if let Some(port) = &binding.port
+            && net.device(port).await?.is_none()
+        {
+            gone.push((binding.address, port.clone()));
+        }
+    }
+    for (address, port) in gone {
+        bindings.unbind(address, Origin::Cni)?;
+        warn!(
+            "{address}: cni binding removed: its port {port} is gone (the container's DEL ran while no agent was up)"
+        );
+    }
+    Ok(())
 }
 
 /// Whether the endpoint map delivers `address` straight to a container.
@@ -140,7 +164,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// One pass: the endpoint map, the port programs (`at_ports` says whether
-/// to steer flows) and the path MTU routes; with `--once` neither of the last
+/// to steer flows, and where the masks are recorded) and the path MTU routes; with `--once` neither of the last
 /// two (None: nothing would remove them after the exit).
 pub(super) async fn sync(
     net: &Net,
@@ -148,7 +172,7 @@ pub(super) async fn sync(
     bindings: &mut Bindings,
     known: &mut Option<Known>,
     ports: &mut Option<PortEncap>,
-    at_ports: Option<bool>,
+    at_ports: Option<&AtPorts>,
     routes: Option<&mut SliceRoutes>,
 ) -> Result<Synced> {
     *known = None;
@@ -187,11 +211,11 @@ pub(super) async fn sync(
     // The port programs stay while the bypass is off: they pass what is
     // for other slices to the stack then, but still drop what a container
     // must not send (a sibling's source, a DHCP server's replies).
-    if let Some(steer_flows) = at_ports
+    if let Some(at_ports) = at_ports
         && ports.is_none()
         && fans.iter().any(|f| f.complete)
     {
-        *ports = PortEncap::open(dir, steer_flows)?;
+        *ports = PortEncap::open(dir, at_ports)?;
     }
     if let Some(ports) = ports {
         ports.sync(&want.ports)?;

@@ -116,8 +116,43 @@ pub async fn gc(conf: &NetConf, path: &[std::path::PathBuf]) -> CniResult<()> {
             .code(IO_FAILURE, "releasing a CNI allocation")?;
         released.push(allocation.address);
     }
+    // Bindings whose port is gone (a DEL while the agent was down), then
+    // addresses set aside as unreadable once no attachment can hold them.
+    let bound = unbind_portless(&net, &store.ports_in_flight()).await;
+    let freed = store
+        .release_unowned_reservations(&lock, valid, &bound)
+        .code(IO_FAILURE, "releasing reserved CNI addresses")?;
+    released.extend(&freed);
     if !released.is_empty() {
         eprintln!("fan: GC released {released:?}");
     }
     Ok(())
+}
+
+/// Asks the agent to drop its CNI bindings whose port no longer exists
+/// (none if no agent runs), except those of ports an ADD in flight is
+/// plugging; returns the addresses still bound.
+async fn unbind_portless(net: &Net, in_flight: &[String]) -> Vec<Ipv4Addr> {
+    let Ok(run) = context::agent() else {
+        return Vec::new();
+    };
+    let Ok(bound) = bindings::list(&run) else {
+        return Vec::new();
+    };
+    let mut still = Vec::new();
+    for binding in bound {
+        let portless = match &binding.port {
+            Some(port) if binding.origin == Origin::Cni && !in_flight.contains(port) => {
+                matches!(net.device(port).await, Ok(None))
+            }
+            _ => false,
+        };
+        if !portless {
+            still.push(binding.address);
+        } else if let Err(e) = bindings::unbind(&run, binding.address, Origin::Cni) {
+            eprintln!("fan: unbinding {}: {e:#}", binding.address);
+            still.push(binding.address);
+        }
+    }
+    still
 }

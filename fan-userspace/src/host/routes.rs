@@ -7,13 +7,20 @@ use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     RouteMessageBuilder,
-    packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
+    packet_route::route::{
+        RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteType,
+    },
 };
 
 use super::Net;
 
 /// The main routing table.
 const RT_TABLE_MAIN: u32 = 254;
+
+/// The routing protocol number that marks fan-xdp's path MTU routes
+/// (`ip route show proto 250`): unassigned in the kernel's and iproute2's
+/// lists, and the overlay's first octet by default.
+pub const RTPROT_FAN_XDP_PMTU: u8 = 250;
 
 /// A route as the kernel listed it, kept whole so it can be put back as it was.
 #[derive(Clone, Debug)]
@@ -113,7 +120,9 @@ impl Net {
     }
 
     /// Adds or replaces the route to `dest/len` through `oif` from `src`
-    /// with route MTU `mtu`.
+    /// with route MTU `mtu`, marked as fan-xdp's path MTU route
+    /// ([`RTPROT_FAN_XDP_PMTU`]) so that an agent restarted after a crash
+    /// finds the routes its predecessor left.
     pub async fn replace_route_with_mtu(
         &self,
         dest: Ipv4Addr,
@@ -123,6 +132,7 @@ impl Net {
         mtu: u32,
     ) -> Result<()> {
         let mut route = Self::route(dest, len, oif, Some(src));
+        route.header.protocol = RouteProtocol::Other(RTPROT_FAN_XDP_PMTU);
         route
             .attributes
             .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
@@ -135,14 +145,44 @@ impl Net {
             .with_context(|| format!("adding route {dest}/{len} with MTU {mtu}"))
     }
 
-    pub async fn del_route(&self, dest: Ipv4Addr, len: u8, oif: u32) -> Result<()> {
-        match self
+    /// The main-table routes through `oif` marked [`RTPROT_FAN_XDP_PMTU`],
+    /// as (destination, prefix length).
+    pub async fn path_mtu_routes(&self, oif: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut routes = self
             .handle
             .route()
-            .del(Self::route(dest, len, oif, None))
-            .execute()
-            .await
-        {
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = routes.try_next().await.context("listing routes")? {
+            if msg.header.protocol != RouteProtocol::Other(RTPROT_FAN_XDP_PMTU) {
+                continue;
+            }
+            let (mut dst, mut through, mut table) =
+                (Ipv4Addr::UNSPECIFIED, None, u32::from(msg.header.table));
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+                    RouteAttribute::Oif(i) => through = Some(*i),
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if through == Some(oif) && table == RT_TABLE_MAIN {
+                out.push((dst, msg.header.destination_prefix_length));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the route to `dest/len` through `oif`, whichever protocol
+    /// put it there (fan-xdp's routes through its own device are all its).
+    pub async fn del_route(&self, dest: Ipv4Addr, len: u8, oif: u32) -> Result<()> {
+        let mut route = Self::route(dest, len, oif, None);
+        // The builder says "static"; a deletion matches only that protocol
+        // unless none is given.
+        route.header.protocol = RouteProtocol::Unspec;
+        match self.handle.route().del(route).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
             Err(e) => Err(e).with_context(|| format!("deleting route {dest}/{len}")),

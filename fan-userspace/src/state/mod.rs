@@ -192,19 +192,24 @@ impl StateDir {
 
     /// The directories of other namespaces, with their cookies.
     pub fn others(&self) -> Vec<(PathBuf, u64)> {
-        let Ok(entries) = fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name();
-                let cookie = name.to_str()?.strip_prefix("netns-")?.parse::<u64>().ok()?;
-                Some((entry.path(), cookie))
-            })
-            .filter(|(path, _)| *path != self.path)
-            .collect()
+        other_namespaces(&self.root, &self.path)
     }
+}
+
+/// The `netns-<cookie>` directories under `root` but `own`, with their cookies.
+pub(crate) fn other_namespaces(root: &Path, own: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let cookie = name.to_str()?.strip_prefix("netns-")?.parse::<u64>().ok()?;
+            Some((entry.path(), cookie))
+        })
+        .filter(|(path, _)| path != own)
+        .collect()
 }
 
 /// Creates each of `dirs` in order (owned by root, mode 0700) where missing,

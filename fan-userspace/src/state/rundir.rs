@@ -11,11 +11,21 @@
 //! `state.lock` is held by every command that changes a namespace's fans
 //! (attach, detach), for as long as it plans and applies the change: two
 //! concurrent attaches with overlapping overlays then cannot both pass
-//! validation and race on the pins. Lock files are never deleted: deleting
-//! one while another process waits on it would let two processes lock two
-//! different files.
+//! validation and race on the pins. A live namespace's lock files are never
+//! deleted: deleting one while another process waits on it would let two
+//! processes lock two different files.
+//!
+//! A namespace's directory outlives the namespace (a test run leaves
+//! hundreds), so every attach and every agent start sweeps the directories
+//! of namespaces that are gone ([`RunDir::sweep_stale`]). A cookie is never
+//! reused, so once no process, `ip netns` name or bind mount holds a
+//! namespace with that cookie, nothing can compute the directory's name
+//! again: only a process that opened a lock file before could still use it,
+//! and one that holds it keeps the directory (each lock is taken,
+//! non-blocking, before the directory is removed).
 
 use std::{
+    collections::HashSet,
     fs,
     os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
@@ -24,7 +34,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use log::info;
 
-use crate::state::{check_private_dir, create_private_dirs};
+use crate::state::{check_private_dir, create_private_dirs, other_namespaces};
 
 /// The default parent of every namespace's run directory.
 const SYSTEM_RUN_DIR: &str = "/run/fan-xdp";
@@ -54,6 +64,46 @@ impl RunDir {
         create_private_dirs(&[&self.root, &self.path], "the run directory")
     }
 
+    /// [`RunDir::sweep_stale`] against the namespaces alive now, logged;
+    /// called by every attach and agent start.
+    pub fn sweep_gone_namespaces(&self) {
+        match self.sweep_stale(crate::host::netns::live_cookies) {
+            Ok(removed) if !removed.is_empty() => info!(
+                "removed the run directories of {} namespace(s) that are gone",
+                removed.len()
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("sweeping stale run directories: {e:#}"),
+        }
+    }
+
+    /// Removes the directories of other namespaces whose cookie is not among
+    /// the `live` ones (see [`crate::host::netns::live_cookies`]), unless a
+    /// process holds one of their locks. The directories are listed before
+    /// the live namespaces are: a directory made for a namespace born
+    /// meanwhile is not looked at. Returns what was removed.
+    pub fn sweep_stale(&self, live: impl FnOnce() -> Result<HashSet<u64>>) -> Result<Vec<PathBuf>> {
+        let others = other_namespaces(&self.root, &self.path);
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let live = live()?;
+        let mut removed = Vec::new();
+        for (path, cookie) in others {
+            if live.contains(&cookie) {
+                continue;
+            }
+            // Held until the directory is gone: nobody takes them meanwhile.
+            let Some(_held) = take_every_lock(&path)? else {
+                continue;
+            };
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("removing the stale run directory {}", path.display()))?;
+            removed.push(path);
+        }
+        Ok(removed)
+    }
+
     /// Takes `state.lock` if no other fan-xdp holds it. The agent's way: a
     /// command that holds it may be waiting for the agent's answer; and its
     /// DHCP supervision skips a round while attach or detach changes the
@@ -80,6 +130,32 @@ impl RunDir {
         }
         Ok(StateLock { _file: file })
     }
+}
+
+/// The lock files a run directory may hold.
+const LOCK_FILES: [&str; 2] = ["state.lock", "agent.lock"];
+
+/// Takes each of `dir`'s lock files that exists, non-blocking; None if a
+/// process holds one.
+fn take_every_lock(dir: &Path) -> Result<Option<Vec<fs::File>>> {
+    let mut held = Vec::new();
+    for name in LOCK_FILES {
+        let path = dir.join(name);
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        if !try_flock(&file, libc::LOCK_EX | libc::LOCK_NB)? {
+            return Ok(None);
+        }
+        held.push(file);
+    }
+    Ok(Some(held))
 }
 
 /// Opens (creating it, mode 0600) a lock file of a run directory; never
@@ -132,4 +208,41 @@ pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes)
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_takes_only_dead_namespaces_directories_whose_locks_are_free() {
+        let root = std::env::temp_dir().join(format!("fan-rundir-sweep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = |cookie: u64| {
+            let path = root.join(format!("netns-{cookie}"));
+            fs::create_dir_all(&path).unwrap();
+            for lock in LOCK_FILES {
+                fs::write(path.join(lock), b"").unwrap();
+            }
+            fs::write(path.join("bindings.json"), b"[]").unwrap();
+            path
+        };
+        let (live, dead, held, own) = (dir(1), dir(2), dir(3), dir(4));
+        let holder = open_lock_file(&held.join("agent.lock")).unwrap();
+        assert!(try_flock(&holder, libc::LOCK_EX | libc::LOCK_NB).unwrap());
+        let run = RunDir {
+            root: root.clone(),
+            path: own.clone(),
+        };
+        let removed = run.sweep_stale(|| Ok(HashSet::from([1]))).unwrap();
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(live.exists() && held.exists() && own.exists() && !dead.exists());
+        // Once nobody holds its lock, the next sweep takes it.
+        drop(holder);
+        assert_eq!(
+            run.sweep_stale(|| Ok(HashSet::from([1]))).unwrap(),
+            vec![held.clone()]
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -189,6 +189,7 @@ async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<
         }
         Err(e) => warn!("sweeping stale state: {e:#}"),
     }
+    run_dir.sweep_gone_namespaces();
     if let Some(existing) = &plan.existing
         && existing.complete
         && !same_settings(existing, &plan)
