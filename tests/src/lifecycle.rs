@@ -180,6 +180,28 @@ pub fn program_runs(pin: &std::path::Path) -> Result<u64> {
 /// must be exactly one: a replacement that leaves the old filter beside the
 /// new would run both.
 fn ingress_filter(host: &Host, device: &str) -> Result<(u32, u16, u32)> {
+    let bpf = ingress_bpf_filters(host, device)?;
+    match bpf[..] {
+        [one] => Ok(one),
+        _ => bail!("{device} has {} BPF filters on ingress: {bpf:?}", bpf.len()),
+    }
+}
+
+/// The names of the programs of the BPF filters on `device`'s ingress
+/// clsact hook in `host` (kernels before 6.6), in the order they run.
+pub fn ingress_filter_programs(host: &Host, device: &str) -> Result<Vec<String>> {
+    ingress_bpf_filters(host, device)?
+        .into_iter()
+        .map(|(id, _, _)| {
+            let info = loaded_program(id, device)?;
+            Ok(info.name_as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+/// The BPF filters on `device`'s ingress clsact hook in `host`, as `tc`
+/// lists them: program id, priority and handle.
+pub fn ingress_bpf_filters(host: &Host, device: &str) -> Result<Vec<(u32, u16, u32)>> {
     let listed = host
         .ns
         .run("tc", &["-j", "filter", "show", "dev", device, "ingress"])?;
@@ -197,13 +219,7 @@ fn ingress_filter(host: &Host, device: &str) -> Result<(u32, u16, u32)> {
             ))
         })
         .collect();
-    match bpf[..] {
-        [one] => Ok(one),
-        _ => bail!(
-            "{device} has {} BPF filters on ingress: {listed}",
-            bpf.len()
-        ),
-    }
+    Ok(bpf)
 }
 
 /// The tag of the program running at `device`'s ingress in `host` for the

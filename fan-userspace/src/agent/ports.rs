@@ -10,20 +10,40 @@
 //! mode attaches them as they join and lets them go with the daemon: its
 //! TCX links close when it exits, and the bridge's program is always there
 //! behind them, so traffic is encapsulated either way.
+//!
+//! Before Linux 6.6 (no TCX) a port's program is a filter on the port's
+//! clsact qdisc, which outlives the process: the agent removes its filters
+//! when it lets a port go and when it stops (and the qdiscs it added for
+//! them, recorded in the run directory), and a restarted agent takes over
+//! the filters a killed one left, marked as fan-xdp's by their name (the
+//! program's), priority and handle, replacing their program in place.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
     LinkOrder, ProgramInfo, SchedClassifier, TcAttachType,
-    tc::{SchedClassifierLinkId, TcAttachOptions},
+    tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
 };
 use log::{debug, info, warn};
 
 use crate::{
-    dataplane::{ENCAP_PORT, tcx_supported},
-    state::StateDir,
+    dataplane::{ENCAP_PORT, add_clsact_filter, replace_clsact_program, tcx_supported},
+    host::Net,
+    state::{
+        StateDir,
+        rundir::{RunDir, write_private_atomically},
+    },
 };
+
+/// A port filter's priority before Linux 6.6: after the kernel's default
+/// (49152), so that, as with TCX, a filter someone else put there decides
+/// first. With its handle it marks the filter as fan-xdp's.
+pub const PORT_FILTER_PRIORITY: u16 = 0xfa00;
+pub const PORT_FILTER_HANDLE: u32 = 0xfa;
 
 pub struct PortEncap {
     program: SchedClassifier,
@@ -33,29 +53,80 @@ pub struct PortEncap {
     links: HashMap<u32, Port>,
     /// With `--steer-flows`: the RPS mask to give every port.
     steer: Option<String>,
+    /// Before Linux 6.6: the ports' clsact qdiscs fan-xdp added.
+    clsact: Option<ClsactQdiscs>,
 }
 
 struct Port {
-    link: SchedClassifierLinkId,
+    name: String,
+    hook: PortHook,
     /// RPS masks this replaced, to put back when the port is let go.
     rps_before: Vec<(PathBuf, String)>,
+}
+
+/// How the program hangs on a port.
+enum PortHook {
+    Tcx(SchedClassifierLinkId),
+    /// A filter at [`PORT_FILTER_PRIORITY`] and [`PORT_FILTER_HANDLE`].
+    Clsact,
+}
+
+/// The clsact qdiscs fan-xdp added to ports (by index, with the port's
+/// name), kept in a file of the run directory so that a restarted agent
+/// removes the ones a killed agent added, and no other.
+struct ClsactQdiscs {
+    record: PathBuf,
+    added: HashMap<u32, String>,
+    /// Ports of the record not yet taken over or let go since the start.
+    unsettled: bool,
+}
+
+impl ClsactQdiscs {
+    fn load(run: &RunDir) -> Self {
+        let record = run.path.join("port-clsact");
+        let added = std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (index, name) = line.split_once(' ')?;
+                Some((index.parse().ok()?, name.to_string()))
+            })
+            .collect::<HashMap<_, _>>();
+        let unsettled = !added.is_empty();
+        Self {
+            record,
+            added,
+            unsettled,
+        }
+    }
+
+    fn save(&self) {
+        let text: String = self
+            .added
+            .iter()
+            .map(|(index, name)| format!("{index} {name}\n"))
+            .collect();
+        if let Err(e) = write_private_atomically(&self.record, text.as_bytes()) {
+            warn!("recording the ports' clsact qdiscs: {e:#}");
+        }
+    }
 }
 
 impl Drop for PortEncap {
     fn drop(&mut self) {
         for (_, port) in self.links.drain() {
+            if let PortHook::Clsact = port.hook {
+                remove_port_filter(&port.name);
+            }
             restore_rps(&port.rps_before);
         }
     }
 }
 
 impl PortEncap {
-    /// The program `attach` pinned in `dir`, ready to attach to ports; None
-    /// on kernels without TCX, where a filter would outlive the daemon.
-    pub fn open(dir: &StateDir, steer_flows: bool) -> Result<Option<Self>> {
-        if !tcx_supported() {
-            return Ok(None);
-        }
+    /// The program `attach` pinned in `dir`, ready to attach to ports (as
+    /// TCX links, or before Linux 6.6 as clsact filters recorded in `run`).
+    pub fn open(dir: &StateDir, run: &RunDir, steer_flows: bool) -> Result<Option<Self>> {
         let pin = dir.program(ENCAP_PORT);
         let program = SchedClassifier::from_pin(&pin).with_context(|| {
             format!(
@@ -76,7 +147,90 @@ impl PortEncap {
             program_id,
             links: HashMap::new(),
             steer,
+            clsact: (!tcx_supported()).then(|| ClsactQdiscs::load(run)),
         }))
+    }
+
+    /// After a new program version was attached: with clsact filters, moves
+    /// each port's filter to it in place (no moment without the port's
+    /// guards) and returns true; with TCX links, false (the caller lets the
+    /// ports go and attaches them anew).
+    pub fn follow_upgrade(&mut self, dir: &StateDir) -> Result<bool> {
+        if self.clsact.is_none() {
+            return Ok(false);
+        }
+        let pin = dir.program(ENCAP_PORT);
+        let mut program = SchedClassifier::from_pin(&pin)
+            .with_context(|| format!("opening {}", pin.display()))?;
+        for port in self.links.values() {
+            // A port gone meanwhile: the next sync lets it go.
+            if let Err(e) = replace_clsact_program(
+                &mut program,
+                &port.name,
+                TcAttachType::Ingress,
+                PORT_FILTER_PRIORITY,
+                PORT_FILTER_HANDLE,
+            ) {
+                debug!("upgrading the filter of port {}: {e:#}", port.name);
+            }
+        }
+        self.program_id = program.info()?.id();
+        self.program = program;
+        Ok(true)
+    }
+
+    /// Lets every port go, and with clsact filters also removes the qdiscs
+    /// fan-xdp added (when nothing else hangs on them): the agent's stop.
+    pub async fn release(mut self, net: &Net) {
+        for port in std::mem::take(&mut self.links).into_values() {
+            if let PortHook::Clsact = port.hook {
+                remove_port_filter(&port.name);
+            }
+            restore_rps(&port.rps_before);
+        }
+        self.remove_own_qdiscs(net, &HashSet::new()).await;
+    }
+
+    /// Removes the clsact qdiscs fan-xdp added to ports it no longer runs on,
+    /// the first time after a start with the filter a killed agent left on
+    /// such a port.
+    pub async fn tidy(&mut self, net: &Net) {
+        let keep: HashSet<u32> = self.links.keys().copied().collect();
+        self.remove_own_qdiscs(net, &keep).await;
+    }
+
+    async fn remove_own_qdiscs(&mut self, net: &Net, keep: &HashSet<u32>) {
+        let Some(qdiscs) = &mut self.clsact else {
+            return;
+        };
+        if !qdiscs.unsettled && qdiscs.added.keys().all(|index| keep.contains(index)) {
+            return;
+        }
+        let gone: Vec<(u32, String)> = qdiscs
+            .added
+            .iter()
+            .filter(|(index, _)| !keep.contains(index))
+            .map(|(index, name)| (*index, name.clone()))
+            .collect();
+        for (index, name) in gone {
+            // The same device still, by name and index: a killed agent's
+            // filter goes first, then the qdisc if nothing else hangs on it.
+            if net.index_of(&name).await.is_ok_and(|now| now == index) {
+                remove_port_filter(&name);
+                match net.has_tc_filters(index).await {
+                    Ok(false) => {
+                        if let Err(e) = net.del_clsact(index).await {
+                            warn!("removing the clsact qdisc of {name}: {e:#}");
+                        }
+                    }
+                    Ok(true) => info!("{name}: leaving its clsact qdisc to its other filters"),
+                    Err(e) => warn!("listing the filters of {name}: {e:#}"),
+                }
+            }
+            qdiscs.added.remove(&index);
+        }
+        qdiscs.unsettled = false;
+        qdiscs.save();
     }
 
     /// Whether the program pinned in `dir` is still the one this runs.
@@ -96,8 +250,12 @@ impl PortEncap {
             .collect();
         for index in &gone {
             if let Some(port) = self.links.remove(index) {
-                // A deleted device took the link with it; this only closes our fd.
-                let _ = self.program.detach(port.link);
+                match port.hook {
+                    // A deleted device took the link with it; this only closes our fd.
+                    PortHook::Tcx(link) => drop(self.program.detach(link)),
+                    // Its qdisc goes at the next tidy, if fan-xdp added it.
+                    PortHook::Clsact => remove_port_filter(&port.name),
+                }
                 restore_rps(&port.rps_before);
             }
         }
@@ -106,19 +264,21 @@ impl PortEncap {
             if self.links.contains_key(index) {
                 continue;
             }
-            // Last in the port's chain: a program someone else put there
-            // (a policy, say) decides first, and its verdict stands.
-            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-            match self
-                .program
-                .attach_with_options(name, TcAttachType::Ingress, options)
-            {
-                Ok(link) => {
+            match self.hang(*index, name) {
+                Ok(hook) => {
                     let rps_before = match &self.steer {
                         Some(mask) => steer(name, mask),
                         None => Vec::new(),
                     };
-                    self.links.insert(*index, Port { link, rps_before });
+                    let name = name.clone();
+                    self.links.insert(
+                        *index,
+                        Port {
+                            name,
+                            hook,
+                            rps_before,
+                        },
+                    );
                     added += 1;
                 }
                 // The port may have gone since it was listed; the next sync settles it.
@@ -137,6 +297,49 @@ impl PortEncap {
 
     pub fn ports(&self) -> usize {
         self.links.len()
+    }
+
+    /// Runs the program on port `index` (`name`), last in its chain: a
+    /// program someone else put there (a policy, say) decides first, and
+    /// its verdict stands.
+    fn hang(&mut self, index: u32, name: &str) -> Result<PortHook> {
+        let Some(qdiscs) = &mut self.clsact else {
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let link = self
+                .program
+                .attach_with_options(name, TcAttachType::Ingress, options)?;
+            return Ok(PortHook::Tcx(link));
+        };
+        // A filter of ours already there (a killed agent's, or an agent
+        // before an upgrade) is taken over in place: no gap in the guards.
+        let taken_over = replace_clsact_program(
+            &mut self.program,
+            name,
+            TcAttachType::Ingress,
+            PORT_FILTER_PRIORITY,
+            PORT_FILTER_HANDLE,
+        );
+        if taken_over.is_err() {
+            let options = NlOptions {
+                priority: PORT_FILTER_PRIORITY,
+                handle: PORT_FILTER_HANDLE.into(),
+                ..Default::default()
+            };
+            if add_clsact_filter(&mut self.program, name, TcAttachType::Ingress, options)? {
+                qdiscs.added.insert(index, name.to_string());
+                qdiscs.save();
+            }
+        }
+        Ok(PortHook::Clsact)
+    }
+}
+
+/// Removes fan-xdp's port filter (by the program's name) from the ingress
+/// of `port`; a port or filter already gone is fine.
+fn remove_port_filter(port: &str) {
+    if let Err(e) = aya::programs::tc::qdisc_detach_program(port, TcAttachType::Ingress, ENCAP_PORT)
+    {
+        debug!("removing the filter of port {port}: {e}");
     }
 }
 

@@ -146,7 +146,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
                 &bindings,
                 &mut known,
                 &mut ports,
-                Some(args.steer_flows),
+                Some((args.steer_flows, &run_dir)),
                 Some(&mut routes),
             )
             .await;
@@ -360,7 +360,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     notify::notify("STOPPING=1");
     monitors.stop(&dir);
-    drop(ports);
+    if let Some(ports) = ports.take() {
+        ports.release(&net).await;
+    }
     if let Err(e) = routes.clear(&net).await {
         warn!("removing the path MTU routes: {e:#}");
     }

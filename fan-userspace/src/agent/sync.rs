@@ -138,7 +138,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// One pass: the endpoint map, the port programs (`at_ports` says whether
-/// to steer flows) and the path MTU routes; with `--once` neither of the last
+/// to steer flows, and where to record the ports' clsact qdiscs before 6.6) and the path MTU routes; with `--once` neither of the last
 /// two (None: nothing would remove them after the exit).
 pub(super) async fn sync(
     net: &Net,
@@ -146,13 +146,15 @@ pub(super) async fn sync(
     bindings: &Bindings,
     known: &mut Option<Known>,
     ports: &mut Option<PortEncap>,
-    at_ports: Option<bool>,
+    at_ports: Option<(bool, &RunDir)>,
     routes: Option<&mut SliceRoutes>,
 ) -> Result<Synced> {
     *known = None;
     if !dir.exists() {
         // Detached: the ports' links would keep a dead fan's program running.
-        *ports = None;
+        if let Some(ports) = ports.take() {
+            ports.release(net).await;
+        }
         if let Some(routes) = routes {
             routes.clear(net).await?;
         }
@@ -178,21 +180,26 @@ pub(super) async fn sync(
         have: bound,
     });
 
-    if ports.as_ref().is_some_and(|p| !p.is_current(dir)) {
+    if let Some(current) = ports
+        && !current.is_current(dir)
+    {
         info!("a new program version was attached: moving the ports to it");
-        *ports = None;
+        if !current.follow_upgrade(dir)? {
+            *ports = None;
+        }
     }
     // The port programs stay while the bypass is off: they pass what is
     // for other slices to the stack then, but still drop what a container
     // must not send (a sibling's source, a DHCP server's replies).
-    if let Some(steer_flows) = at_ports
+    if let Some((steer_flows, run)) = at_ports
         && ports.is_none()
         && fans.iter().any(|f| f.complete)
     {
-        *ports = PortEncap::open(dir, steer_flows)?;
+        *ports = PortEncap::open(dir, run, steer_flows)?;
     }
     if let Some(ports) = ports {
         ports.sync(&want.ports)?;
+        ports.tidy(net).await;
         for entry in &want.fading {
             net.refresh_fdb(entry.port, entry.mac).await?;
         }
