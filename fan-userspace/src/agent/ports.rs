@@ -334,6 +334,19 @@ impl PortEncap {
     }
 }
 
+/// Removes fan-xdp's port filters from `ports` (before Linux 6.6): detach's,
+/// for a bridge whose fan goes while no agent may be there to let its ports
+/// go (a filter would run the detached fan's program on). The qdiscs an
+/// agent added stay in its record, for the next agent to remove.
+pub fn remove_port_filters(ports: &[String]) {
+    if tcx_supported() {
+        return;
+    }
+    for port in ports {
+        remove_port_filter(port);
+    }
+}
+
 /// Removes fan-xdp's port filter (by the program's name) from the ingress
 /// of `port`; a port or filter already gone is fine.
 fn remove_port_filter(port: &str) {
