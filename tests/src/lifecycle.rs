@@ -187,16 +187,40 @@ fn ingress_filter(host: &Host, device: &str) -> Result<(u32, u16, u32)> {
     }
 }
 
-/// The names of the programs of the BPF filters on `device`'s ingress
-/// clsact hook in `host` (kernels before 6.6), in the order they run.
-pub fn ingress_filter_programs(host: &Host, device: &str) -> Result<Vec<String>> {
-    ingress_bpf_filters(host, device)?
-        .into_iter()
-        .map(|(id, _, _)| {
-            let info = loaded_program(id, device)?;
-            Ok(info.name_as_str().unwrap_or_default().to_string())
+/// The names of the programs on `device`'s TC ingress in `host`, in the
+/// order they run: its TCX chain, or before 6.6 its clsact filters.
+pub fn ingress_programs(host: &Host, device: &str) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let ids: Vec<u32> = if fan_userspace::dataplane::tcx_supported() {
+        let device = device.to_string();
+        host.ns
+            .enter(move || SchedClassifier::query_tcx(&device, TcAttachType::Ingress))
+            .unwrap()
+            .unwrap()
+            .1
+            .iter()
+            .map(|p| p.id())
+            .collect()
+    } else if has_clsact(host, device) {
+        let filters = ingress_bpf_filters(host, device).unwrap();
+        filters.into_iter().map(|(id, _, _)| id).collect()
+    } else {
+        Vec::new()
+    };
+    ids.into_iter()
+        .map(|id| {
+            let info = loaded_program(id, device).unwrap();
+            info.name_as_str().unwrap_or_default().to_string()
         })
         .collect()
+}
+
+/// Whether `device` in `host` has a clsact qdisc.
+pub fn has_clsact(host: &Host, device: &str) -> bool {
+    host.ns
+        .run("tc", &["qdisc", "show", "dev", device])
+        .unwrap()
+        .contains("clsact")
 }
 
 /// The BPF filters on `device`'s ingress clsact hook in `host`, as `tc`

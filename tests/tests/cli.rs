@@ -840,24 +840,6 @@ fn monitor_shows_each_drop_with_its_addresses_to_every_monitor() {
     );
 }
 
-/// The programs on the TCX ingress of `port` in `host` (before 6.6: its
-/// clsact filters), by name.
-fn port_programs(host: &Host, port: &str) -> Vec<String> {
-    use aya::programs::{SchedClassifier, TcAttachType};
-    if !fan_userspace::dataplane::tcx_supported() {
-        return fan_tests::lifecycle::ingress_filter_programs(host, port).unwrap();
-    }
-    let port = port.to_string();
-    host.ns
-        .enter(move || SchedClassifier::query_tcx(&port, TcAttachType::Ingress))
-        .unwrap()
-        .unwrap()
-        .1
-        .iter()
-        .filter_map(|p| p.name_as_str().map(str::to_string))
-        .collect()
-}
-
 /// Frames the slice bridge of `host` has taken in for the host so far.
 fn bridge_rx_packets(host: &Host) -> u64 {
     let out = host
@@ -927,7 +909,7 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     // On every kernel: a TCX link, or before 6.6 a clsact filter.
     assert_eq!(shown["ports_encapsulating"], 1, "{shown}");
     assert_eq!(
-        port_programs(sender, "veth1"),
+        fan_tests::lifecycle::ingress_programs(sender, "veth1"),
         [fan_userspace::dataplane::ENCAP_PORT]
     );
     assert_eq!(
@@ -986,7 +968,7 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     // The port programs go with the daemon; the bridge's program takes over.
     let [daemon, other] = daemons;
     daemon.stop().unwrap();
-    assert!(port_programs(sender, "veth1").is_empty());
+    assert!(fan_tests::lifecycle::ingress_programs(sender, "veth1").is_empty());
     let shown = fast_path(sender);
     assert_eq!(shown["ports_encapsulating"], 0, "{shown}");
     let text = sender.fan_xdp_ok(&["show"]).unwrap();
@@ -1713,7 +1695,8 @@ fn a_failed_reattach_puts_back_what_it_found() {
     // cannot list filters to show it).
     if fan_userspace::dataplane::tcx_supported() {
         assert!(
-            !port_programs(host, "eth0").contains(&fan_userspace::dataplane::DECAP_TC.to_string()),
+            !fan_tests::lifecycle::ingress_programs(host, "eth0")
+                .contains(&fan_userspace::dataplane::DECAP_TC.to_string()),
             "TC decapsulation is still in eth0's TCX chain"
         );
     }

@@ -201,9 +201,9 @@ pub fn replace_clsact_program(
     let place =
         SchedClassifierLink::attached(device, attach_type, priority, TcHandle::from(handle), None)
             .with_context(|| format!("finding {device}"))?;
-    let id = tc.attach_to_link(place).with_context(|| {
-        format!("replacing the program of {device}'s {attach_type:?} filter")
-    })?;
+    let id = tc
+        .attach_to_link(place)
+        .with_context(|| format!("replacing the program of {device}'s {attach_type:?} filter"))?;
     // Dropping the handle would remove the filter: it must stay.
     std::mem::forget(tc.take_link(id)?);
     Ok(())
