@@ -168,16 +168,19 @@ impl Listener {
 }
 
 /// Waits (bounded) until `reason` on `host` counted `want` packets more
-/// than `before`; returns the difference then.
-fn counted(host: &Host, reason: StatReason, before: u64, want: u64) -> u64 {
+/// than `before`, and asserts it counted exactly that many.
+#[track_caller]
+fn assert_counted(host: &Host, reason: StatReason, before: u64, want: usize, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let delta = host.counter(reason).unwrap() - before;
-        if delta >= want || Instant::now() >= deadline {
-            return delta;
+    let mut delta = 0;
+    while Instant::now() < deadline {
+        delta = host.counter(reason).unwrap() - before;
+        if delta >= want as u64 {
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(delta, want as u64, "{state}: {reason:?}");
 }
 
 const SENDER: [u8; 4] = [250, 0, 2, 11];
@@ -209,11 +212,7 @@ fn the_edge_holds(fleet: &Fleet, agent: bool) {
     for tunnel in [TUNNEL_FROM_GATEWAY, TUNNEL_FROM_SIBLING] {
         send_frames(&sender.ns, "eth0", &to_gateway("0800", tunnel)).unwrap();
     }
-    assert_eq!(
-        counted(b, StatReason::DropTunnelToUnderlay, before, 2 * SENT as u64),
-        2 * SENT as u64,
-        "{state}: tunnels to the underlay were not dropped"
-    );
+    assert_counted(b, StatReason::DropTunnelToUnderlay, before, 2 * SENT, state);
     for inner_src in [GATEWAY, SIBLING] {
         assert_eq!(
             at_a.count_ipv4(1, inner_src, A_CONTAINER),
@@ -242,11 +241,7 @@ fn the_edge_holds(fleet: &Fleet, agent: bool) {
     let before = b.counter(StatReason::DropArpNotEthernetIpv4).unwrap();
     let claim = arp_claim(6, sender_mac, SIBLING);
     send_frames(&sender.ns, "eth0", &vec![claim; SENT]).unwrap();
-    assert_eq!(
-        counted(b, StatReason::DropArpNotEthernetIpv4, before, SENT as u64),
-        SENT as u64,
-        "{state}"
-    );
+    assert_counted(b, StatReason::DropArpNotEthernetIpv4, before, SENT, state);
     let neighbour =
         b.ns.ip(&["neigh", "show", &sibling.addr.to_string(), "dev", &b.bridge])
             .unwrap();
@@ -273,11 +268,7 @@ fn the_edge_holds(fleet: &Fleet, agent: bool) {
         &to_gateway("8100 0000 8100 0000 0800", ECHO_TO_GATEWAY),
     )
     .unwrap();
-    assert_eq!(
-        counted(b, StatReason::DropVlanTagged, before, 2 * SENT as u64),
-        2 * SENT as u64,
-        "{state}"
-    );
+    assert_counted(b, StatReason::DropVlanTagged, before, 2 * SENT, state);
     assert_eq!(
         snmp_counter(&b.ns, "Icmp", "InEchos").unwrap(),
         echoes,
@@ -297,12 +288,8 @@ fn the_edge_holds(fleet: &Fleet, agent: bool) {
     let straight = frame(sibling_mac, sender_mac, "0800", UDP_TO_SIBLINGS_CLIENT_PORT);
     send_frames(&sender.ns, "eth0", &vec![straight; SENT]).unwrap();
     // The port drops both; the bridge's program sees only what the host routes.
-    let dropped = if agent { 2 * SENT } else { SENT } as u64;
-    assert_eq!(
-        counted(b, StatReason::DropDhcpServerReply, before, dropped),
-        dropped,
-        "{state}"
-    );
+    let dropped = if agent { 2 * SENT } else { SENT };
+    assert_counted(b, StatReason::DropDhcpServerReply, before, dropped, state);
     // Without port programs, what crosses the bridge straight is the
     // bridge's to carry, unchecked (docs/security.md).
     let received = at_sibling.count_ipv4(17, SENDER, SIBLING);
@@ -318,11 +305,7 @@ fn the_edge_holds(fleet: &Fleet, agent: bool) {
     let all_nodes = [0x33, 0x33, 0, 0, 0, 1];
     let advertisement = frame(all_nodes, sender_mac, "86dd", ROUTER_ADVERTISEMENT);
     send_frames(&sender.ns, "eth0", &[advertisement]).unwrap();
-    assert_eq!(
-        counted(b, StatReason::DropNotIpv4OrArp, before, 1),
-        1,
-        "{state}"
-    );
+    assert_counted(b, StatReason::DropNotIpv4OrArp, before, 1, state);
     std::thread::sleep(Duration::from_millis(300));
     for family in ["route", "addr"] {
         let learned = b.ns.ip(&["-6", family, "show", "dev", &b.bridge]).unwrap();
