@@ -86,7 +86,7 @@ fn try_encapsulate(
     found: &mut Option<&'static FanEntry>,
 ) -> Result<i32, Outcome> {
     let (ip_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
-    if program == Program::EncapPort && protocol == IPPROTO_UDP {
+    if forwards(program) && protocol == IPPROTO_UDP {
         // The UDP ports, for the DHCP guard.
         ensure_linear(ctx, ETH_HDR_LEN + ip_len + UDP_PORTS_LEN);
     }

@@ -3,13 +3,14 @@
 //! a container's bridge port, and in its binding-free part by the slice
 //! bridge's program, which runs without the agent and on every kernel.
 //!
-//! From a port: IPv4 from the container's own address (bound to that
+//! Everywhere: only IPv4 and ARP of Ethernet/IPv4, no VLAN tag, no source
+//! (or ARP sender) that is a slice's gateway, network or broadcast address,
+//! no ARP sender outside this host's slices but 0.0.0.0 (a probe), of the
+//! DHCP pair only a client's messages, and no tunnel packet to an attached
+//! fan's underlay. A port knows which container sent the frame and checks
+//! besides that the source is that container's own address (bound to the
 //! port, or before a binding exists one of this host's slices' container
-//! addresses), ARP of Ethernet/IPv4 whose sender is such an address, of the
-//! DHCP pair only a client's messages (0.0.0.0 as a source for them alone),
-//! no VLAN tag, nothing else. From the bridge: no VLAN tag, no source that
-//! is a slice's gateway, network or broadcast address, and no tunnel packet
-//! to an attached fan's underlay.
+//! addresses), 0.0.0.0 only for a DHCP client's messages.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use fan_common::{
@@ -27,6 +28,8 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_P_QINQ: u16 = 0x9100;
+/// `skb->pkt_type` of a packet the host sent and loops back to itself.
+const PACKET_LOOPBACK: u32 = 5;
 
 /// Checks a frame a container sent, at its port (`at_port`) or at the
 /// bridge: Ok to go on, or the reason it is refused. What is neither
@@ -34,17 +37,19 @@ const ETH_P_QINQ: u16 = 0x9100;
 #[inline(always)]
 pub fn admit(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result<(), StatReason> {
     // SAFETY: reading a field of the program's own context.
+    if unsafe { (*ctx.skb.skb).pkt_type } == PACKET_LOOPBACK {
+        // The host's own multicast, looped back to it through the bridge's
+        // receive path (and so through its ingress): no container sent it.
+        return Ok(());
+    }
+    // SAFETY: reading a field of the program's own context.
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
         // The kernel took the tag into the skb before TC: encapsulated and
         // redirected, the packet would carry it onto the underlay.
         return Err(StatReason::DropVlanTagged);
     }
     let Some(eth) = eth(start, end) else {
-        return if at_port {
-            Err(StatReason::DropNotIpv4OrArp)
-        } else {
-            Ok(())
-        };
+        return Err(StatReason::DropNotIpv4OrArp);
     };
     // SAFETY: bounds-checked by `eth`.
     match u16::from_be_bytes(unsafe { (*eth).ether_type }) {
@@ -57,10 +62,10 @@ pub fn admit(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
         // Even VLAN 0: the kernel strips a priority tag and takes the
         // inner packet, which nothing here would have checked.
         ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ => Err(StatReason::DropVlanTagged),
-        ETH_P_ARP if at_port => admit_arp(ctx, start, end),
-        // IPv6 among them: a router advertisement would reach the host.
-        _ if at_port => Err(StatReason::DropNotIpv4OrArp),
-        _ => Ok(()),
+        ETH_P_ARP => admit_arp(ctx, at_port, start, end),
+        // The fan is IPv4 only. IPv6 among the rest: a router advertisement
+        // would reach the host.
+        _ => Err(StatReason::DropNotIpv4OrArp),
     }
 }
 
@@ -77,10 +82,10 @@ fn admit_ipv4(
     if carries_a_tunnel(ip.protocol) && is_in_an_underlay(ip.dst_wire()) {
         return Err(StatReason::DropTunnelToUnderlay);
     }
+    let dhcp_client = dhcp_side(ip, start, end)?;
     if !at_port {
         return Ok(());
     }
-    let dhcp_client = dhcp_side(ip, start, end)?;
     if src.raw() == 0 {
         // A client without an address yet asks everyone, or the server it
         // knows (the slice gateway, renewing before it was bound).
@@ -95,11 +100,12 @@ fn admit_ipv4(
     port_source(ctx, src, src_slice)
 }
 
-/// A port's ARP: Ethernet/IPv4 only (Linux learns from IEEE 802's hardware
-/// type 6 on Ethernet as well), whose sender is the container's own address,
-/// or 0.0.0.0 for a probe (RFC 5227), which claims nothing.
+/// A container's ARP: Ethernet/IPv4 only (Linux learns from IEEE 802's
+/// hardware type 6 on Ethernet as well), whose sender is a container address
+/// of this host's slices (at a port: the container's own), or 0.0.0.0 for a
+/// probe (RFC 5227), which claims nothing.
 #[inline(always)]
-fn admit_arp(ctx: &TcContext, start: usize, end: usize) -> Result<(), StatReason> {
+fn admit_arp(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result<(), StatReason> {
     let Some(arp) = ptr_at::<ArpIpv4Head>(start, end, ETH_HDR_LEN) else {
         return Err(StatReason::DropArpNotEthernetIpv4);
     };
@@ -116,7 +122,11 @@ fn admit_arp(ctx: &TcContext, start: usize, end: usize) -> Result<(), StatReason
     if sender.raw() == 0 {
         return Ok(());
     }
-    port_source(ctx, sender, slice_of_source(sender)?)
+    let slice = slice_of_source(sender)?;
+    if !at_port {
+        return slice.map(|_| ()).ok_or(StatReason::DropSourceOutsideSlice);
+    }
+    port_source(ctx, sender, slice)
 }
 
 /// The local slice `src` lies in, if any; refused if it is that slice's

@@ -180,6 +180,52 @@ pub fn program_runs(pin: &std::path::Path) -> Result<u64> {
 /// must be exactly one: a replacement that leaves the old filter beside the
 /// new would run both.
 fn ingress_filter(host: &Host, device: &str) -> Result<(u32, u16, u32)> {
+    let bpf = ingress_bpf_filters(host, device)?;
+    match bpf[..] {
+        [one] => Ok(one),
+        _ => bail!("{device} has {} BPF filters on ingress: {bpf:?}", bpf.len()),
+    }
+}
+
+/// The names of the programs on `device`'s TC ingress in `host`, in the
+/// order they run: its TCX chain, or before 6.6 its clsact filters.
+pub fn ingress_programs(host: &Host, device: &str) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let ids: Vec<u32> = if fan_userspace::dataplane::tcx_supported() {
+        let device = device.to_string();
+        host.ns
+            .enter(move || SchedClassifier::query_tcx(&device, TcAttachType::Ingress))
+            .unwrap()
+            .unwrap()
+            .1
+            .iter()
+            .map(|p| p.id())
+            .collect()
+    } else if has_clsact(host, device) {
+        let filters = ingress_bpf_filters(host, device).unwrap();
+        filters.into_iter().map(|(id, _, _)| id).collect()
+    } else {
+        Vec::new()
+    };
+    ids.into_iter()
+        .map(|id| {
+            let info = loaded_program(id, device).unwrap();
+            info.name_as_str().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+/// Whether `device` in `host` has a clsact qdisc.
+pub fn has_clsact(host: &Host, device: &str) -> bool {
+    host.ns
+        .run("tc", &["qdisc", "show", "dev", device])
+        .unwrap()
+        .contains("clsact")
+}
+
+/// The BPF filters on `device`'s ingress clsact hook in `host`, as `tc`
+/// lists them: program id, priority and handle.
+pub fn ingress_bpf_filters(host: &Host, device: &str) -> Result<Vec<(u32, u16, u32)>> {
     let listed = host
         .ns
         .run("tc", &["-j", "filter", "show", "dev", device, "ingress"])?;
@@ -197,13 +243,7 @@ fn ingress_filter(host: &Host, device: &str) -> Result<(u32, u16, u32)> {
             ))
         })
         .collect();
-    match bpf[..] {
-        [one] => Ok(one),
-        _ => bail!(
-            "{device} has {} BPF filters on ingress: {listed}",
-            bpf.len()
-        ),
-    }
+    Ok(bpf)
 }
 
 /// The tag of the program running at `device`'s ingress in `host` for the

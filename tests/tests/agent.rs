@@ -151,9 +151,7 @@ fn ready_is_announced_once_the_fast_path_is_in_place() {
     let shown = show(host);
     let fast = &shown[0]["fast_path"];
     assert_eq!(fast["ports"], 1, "{shown}");
-    if fan_userspace::dataplane::tcx_supported() {
-        assert_eq!(fast["ports_encapsulating"], 1, "{shown}");
-    }
+    assert_eq!(fast["ports_encapsulating"], 1, "{shown}");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let mut stopping = false;

@@ -854,20 +854,6 @@ fn monitor_shows_each_drop_with_its_addresses_to_every_monitor() {
     );
 }
 
-/// The programs on the TCX ingress of `port` in `host`, by name.
-fn port_programs(host: &Host, port: &str) -> Vec<String> {
-    use aya::programs::{SchedClassifier, TcAttachType};
-    let port = port.to_string();
-    host.ns
-        .enter(move || SchedClassifier::query_tcx(&port, TcAttachType::Ingress))
-        .unwrap()
-        .unwrap()
-        .1
-        .iter()
-        .filter_map(|p| p.name_as_str().map(str::to_string))
-        .collect()
-}
-
 /// Frames the slice bridge of `host` has taken in for the host so far.
 fn bridge_rx_packets(host: &Host) -> u64 {
     let out = host
@@ -971,9 +957,6 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     };
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
     let all_cpus = fan_userspace::agent::ports::rps_mask(&online).unwrap();
-    // Without TCX (the VM's 6.1) a port filter would outlive the daemon:
-    // encapsulation stays at the bridge there.
-    let at_ports = fan_userspace::dataplane::tcx_supported();
     let fast_path = |host: &Host| {
         let shown = json(&host.fan_xdp_ok(&["show", "--json"]).unwrap());
         shown[0]["fast_path"].clone()
@@ -981,36 +964,27 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     let shown = fast_path(sender);
     assert_eq!(shown["ports"], 1, "{shown}");
     assert_eq!(shown["endpoints"], 1, "{shown}");
-    if at_ports {
-        assert_eq!(shown["ports_encapsulating"], 1, "{shown}");
-        assert_eq!(
-            port_programs(sender, "veth1"),
-            [fan_userspace::dataplane::ENCAP_PORT]
-        );
-        assert_eq!(
-            rps(),
-            all_cpus.trim_start_matches(['0', ',']),
-            "--steer-flows did not steer the port"
-        );
-    }
+    // On every kernel: a TCX link, or before 6.6 a clsact filter.
+    assert_eq!(shown["ports_encapsulating"], 1, "{shown}");
+    assert_eq!(
+        fan_tests::lifecycle::ingress_programs(sender, "veth1"),
+        [fan_userspace::dataplane::ENCAP_PORT]
+    );
+    assert_eq!(
+        rps(),
+        all_cpus.trim_start_matches(['0', ',']),
+        "--steer-flows did not steer the port"
+    );
 
     // Frames from the container are encapsulated at its port: the bridge
     // does not see them (ARP may still cross it).
     let before = bridge_rx_packets(sender);
     assert!(ping(&local.ns, remote.addr, 20).unwrap());
     let crossed = bridge_rx_packets(sender) - before;
-    if at_ports {
-        assert!(
-            crossed < 5,
-            "{crossed} of 20 echo requests crossed the bridge"
-        );
-    } else {
-        assert!(shown["ports_encapsulating"].is_null(), "{shown}");
-        assert!(
-            crossed >= 20,
-            "only {crossed} of 20 echo requests crossed the bridge"
-        );
-    }
+    assert!(
+        crossed < 5,
+        "{crossed} of 20 echo requests crossed the bridge"
+    );
 
     // What the port passes (here: echo requests to the gateway) the bridge's
     // program counts once, as it would without the daemon.
@@ -1052,14 +1026,12 @@ fn the_daemon_encapsulates_at_container_ports_and_keeps_them_learned() {
     // The port programs go with the daemon; the bridge's program takes over.
     let [daemon, other] = daemons;
     daemon.stop().unwrap();
-    if at_ports {
-        assert!(port_programs(sender, "veth1").is_empty());
-        let shown = fast_path(sender);
-        assert_eq!(shown["ports_encapsulating"], 0, "{shown}");
-        let text = sender.fan_xdp_ok(&["show"]).unwrap();
-        assert!(text.contains("(no agent runs)"), "{text}");
-        assert_eq!(rps(), "", "the port's RPS mask was not restored");
-    }
+    assert!(fan_tests::lifecycle::ingress_programs(sender, "veth1").is_empty());
+    let shown = fast_path(sender);
+    assert_eq!(shown["ports_encapsulating"], 0, "{shown}");
+    let text = sender.fan_xdp_ok(&["show"]).unwrap();
+    assert!(text.contains("(no agent runs)"), "{text}");
+    assert_eq!(rps(), "", "the port's RPS mask was not restored");
     assert!(ping(&local.ns, remote.addr, 3).unwrap());
     drop(other);
     detach_all(&fleet);
@@ -1781,7 +1753,8 @@ fn a_failed_reattach_puts_back_what_it_found() {
     // cannot list filters to show it).
     if fan_userspace::dataplane::tcx_supported() {
         assert!(
-            !port_programs(host, "eth0").contains(&fan_userspace::dataplane::DECAP_TC.to_string()),
+            !fan_tests::lifecycle::ingress_programs(host, "eth0")
+                .contains(&fan_userspace::dataplane::DECAP_TC.to_string()),
             "TC decapsulation is still in eth0's TCX chain"
         );
     }

@@ -337,10 +337,6 @@ const DHCP_DISCOVER: &str = "ffffffffffff 0200000000aa 0800
 const DHCP_OFFER_REMOTE: &str = "020000000001 0200000000aa 0800
     45000020 12344000 4011317a fa00010a fa000214
     00430044 000c0000 66616e21";
-const DHCP_OFFER_REMOTE_FORWARD_OUT: &str = "020000000022 020000000011 0800
-    45000034 00004000 4004ae9e c6120001 c6120002
-    45000020 12344000 3f11327a fa00010a fa000214
-    00430044 000c0000 66616e21";
 const DHCP_LIKE_FRAGMENT: &str = "020000000001 0200000000aa 0800
     45000020 12340001 40117179 fa00010a fa000214
     00430044 000c0000 66616e21";
@@ -859,14 +855,16 @@ fn encapsulation_leaves_other_traffic_alone_and_refuses_what_names_no_host() {
                 StatReason::DropSourceNotLocal,
             ),
         ] {
-            // What a port refuses before anything else (docs/security.md):
-            // ARP whose sender (198.18.0.2) is outside this host's slices,
-            // any frame neither IPv4 nor ARP, and sources outside the slices.
+            // What the container edge refuses before anything else
+            // (docs/security.md): at a port and at the bridge, ARP whose
+            // sender (198.18.0.2) is outside this host's slices and any
+            // frame neither IPv4 nor ARP; at a port, sources outside the
+            // slices.
             let (verdict, reason) = match (program, frame) {
-                (ENCAP_PORT, ARP | ENCAP_SOURCE_NOT_LOCAL) => {
+                (ENCAP_PORT | ENCAP_FORWARD, ARP) | (ENCAP_PORT, ENCAP_SOURCE_NOT_LOCAL) => {
                     (TC_ACT_SHOT, StatReason::DropSourceOutsideSlice)
                 }
-                (ENCAP_PORT, IPV6) => (TC_ACT_SHOT, StatReason::DropNotIpv4OrArp),
+                (ENCAP_PORT | ENCAP_FORWARD, IPV6) => (TC_ACT_SHOT, StatReason::DropNotIpv4OrArp),
                 _ => (verdict, reason),
             };
             let frame = hex(frame);
@@ -1276,13 +1274,18 @@ fn a_port_sends_no_arp_claim_for_an_address_bound_elsewhere() {
         &own,
         StatReason::PortPassed,
     );
-    // The bridge's program leaves ARP to the bridge.
-    let gateway = hex(ARP_FROM_GATEWAY);
-    bed.check(
+    // The bridge's program has no bindings: it refuses a claim of the
+    // gateway's address, and passes any container address's.
+    bed.check_untouched(
         ENCAP_FORWARD,
-        &gateway,
+        ARP_FROM_GATEWAY,
+        TC_ACT_SHOT,
+        StatReason::DropSourceReserved,
+    );
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        ARP_FROM_BOUND,
         TC_ACT_UNSPEC,
-        &gateway,
         StatReason::PassNotIpv4,
     );
 }
@@ -1331,15 +1334,16 @@ fn a_port_never_sends_dhcp_server_replies() {
         &hex(DHCP_LIKE_FRAGMENT_OUT),
         StatReason::Encapsulated,
     );
-    // The guard is the port's: the bridge's program sees what is forwarded
-    // to the host, never a server's answer between ports.
-    bed.check(
-        ENCAP_FORWARD,
-        &hex(DHCP_OFFER_REMOTE),
-        TC_ACT_REDIRECT,
-        &hex(DHCP_OFFER_REMOTE_FORWARD_OUT),
-        StatReason::Encapsulated,
-    );
+    // The bridge's program refuses what a server answers into the host
+    // (forwarded or not); between ports, the bridge carries it unseen.
+    for offer in [DHCP_OFFER_BROADCAST, DHCP_OFFER_REMOTE] {
+        bed.check_untouched(
+            ENCAP_FORWARD,
+            offer,
+            TC_ACT_SHOT,
+            StatReason::DropDhcpServerReply,
+        );
+    }
 }
 
 #[test]
@@ -1361,6 +1365,19 @@ fn a_port_sends_only_ethernet_ipv4_arp_from_its_own_address() {
     }
     // A probe (sender 0.0.0.0, RFC 5227) claims nothing: it passes.
     bed.check_untouched(ENCAP_PORT, ARP_PROBE, TC_ACT_UNSPEC, StatReason::PortPassed);
+    // The bridge's program, with no bindings, refuses the same kind.
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        ARP_IEEE802_FROM_BOUND,
+        TC_ACT_SHOT,
+        StatReason::DropArpNotEthernetIpv4,
+    );
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        ARP_PROBE,
+        TC_ACT_UNSPEC,
+        StatReason::PassNotIpv4,
+    );
 }
 
 #[test]
@@ -1372,17 +1389,15 @@ fn a_port_sends_dhcp_only_as_a_client() {
     bed.ingress_ifindex = bed.ifindex("eth1-peer");
     // A client takes what comes to port 68 from any port: a container's
     // UDP to 68, or from 67, or from 68 to anything but 67, is refused.
-    for frame in [
-        UDP_TO_CLIENT_PORT,
-        UDP_FROM_SERVER_PORT,
-        UDP_CLIENT_PORT_ELSEWHERE,
-    ] {
-        bed.check_untouched(
-            ENCAP_PORT,
-            frame,
-            TC_ACT_SHOT,
-            StatReason::DropDhcpServerReply,
-        );
+    // The bridge's program refuses them too, as they enter the host.
+    for program in [ENCAP_PORT, ENCAP_FORWARD] {
+        for frame in [
+            UDP_TO_CLIENT_PORT,
+            UDP_FROM_SERVER_PORT,
+            UDP_CLIENT_PORT_ELSEWHERE,
+        ] {
+            bed.check_untouched(program, frame, TC_ACT_SHOT, StatReason::DropDhcpServerReply);
+        }
     }
     // 0.0.0.0 is a source for a client's message to the server (or to
     // 255.255.255.255: DHCP_DISCOVER above), and nothing else.
@@ -1414,10 +1429,11 @@ fn a_port_sends_only_ipv4_and_arp_and_containers_no_vlan_tags() {
     }
     let mut bed = Bed::new();
     bed.ingress_ifindex = bed.ifindex("eth1-peer");
-    // IPv6 (router advertisements among it) stops at the port; without
-    // port programs attach keeps the bridge from taking advertisements.
-    bed.check_untouched(ENCAP_PORT, IPV6, TC_ACT_SHOT, StatReason::DropNotIpv4OrArp);
-    bed.check_untouched(ENCAP_FORWARD, IPV6, TC_ACT_UNSPEC, StatReason::PassNotIpv4);
+    // IPv6 (router advertisements among it) stops at the port, and at the
+    // bridge's program: the fan is IPv4 only.
+    for program in [ENCAP_PORT, ENCAP_FORWARD] {
+        bed.check_untouched(program, IPV6, TC_ACT_SHOT, StatReason::DropNotIpv4OrArp);
+    }
     // A VLAN tag in the frame, VLAN 0 included, is refused by the port and
     // by the bridge's program. (A tag the kernel moved into the skb's
     // metadata is refused too; BPF_PROG_TEST_RUN cannot set one.)

@@ -60,6 +60,8 @@ const HOST_SUITES: &[&str] = &[
     "cli",
     "netns_fan",
     "policy",
+    // The container edge from inside containers, with and without the agent.
+    "edge",
     "pmtu",
     "agent",
     "netfilter",
@@ -219,7 +221,7 @@ fn vm_tests(payload: &[(PathBuf, String)]) -> Result<(bool, Vec<String>)> {
     // upgraded in place under a transfer: 5 rounds at 20 Mbit/s, each
     // attach takes seconds there; counters carried over to a new size).
     let command = format!(
-        "./fan-xdp check; fail=0; for t in programs cli netns_fan interop fuzz; do \
+        "./fan-xdp check; fail=0; for t in programs cli netns_fan interop edge fuzz; do \
          FAN_TEST_BULK_MB=16 FAN_FUZZ_CASES=5000 deps/$t --test-threads=1{skips} \
          || fail=1; done; FAN_UPGRADE_ROUNDS=5 FAN_UPGRADE_MBIT=20 deps/lifecycle \
          --test-threads=1 twenty_program_upgrades counters_pinned || fail=1; exit $fail"

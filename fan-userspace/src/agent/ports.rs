@@ -11,6 +11,13 @@
 //! TCX links close when it exits, and the bridge's program is always there
 //! behind them, so traffic is encapsulated either way.
 //!
+//! Before Linux 6.6 (no TCX) a port's program is a filter on the port's
+//! clsact qdisc, which outlives the process: the agent removes its filters
+//! when it lets a port go and when it stops (and the qdiscs it added for
+//! them, recorded in the run directory), and a restarted agent takes over
+//! the filters a killed one left, marked as fan-xdp's by their name (the
+//! program's), priority and handle, replacing their program in place.
+//!
 //! With `--steer-flows` the ports' RPS masks are changed too, and put back
 //! when a port is let go. What they were is kept in the run directory
 //! (`rps.json`) while they are changed, so that the agent after one killed
@@ -18,30 +25,46 @@
 //! killed agent's.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
     LinkOrder, ProgramInfo, SchedClassifier, TcAttachType,
-    tc::{SchedClassifierLinkId, TcAttachOptions},
+    tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions},
 };
 use log::{debug, info, warn};
-
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::{ENCAP_PORT, tcx_supported},
-    state::{StateDir, rundir::write_private_atomically},
+    dataplane::{ENCAP_PORT, add_clsact_filter, replace_clsact_program, tcx_supported},
+    host::Net,
+    state::{
+        StateDir,
+        rundir::{RunDir, write_private_atomically},
+    },
 };
 
-/// What the agent does at the ports.
+/// What the agent does at the ports, and where it keeps what it must be
+/// able to undo after a kill.
 pub struct AtPorts {
     /// `--steer-flows`.
     pub steer_flows: bool,
     /// Where the RPS masks the ports had are recorded while they are changed.
     pub rps_record: PathBuf,
+    /// Where the ports' clsact qdiscs fan-xdp added are recorded (before 6.6).
+    pub clsact_record: PathBuf,
+}
+
+impl AtPorts {
+    pub fn new(steer_flows: bool, run: &RunDir) -> Self {
+        Self {
+            steer_flows,
+            rps_record: run.path.join("rps.json"),
+            clsact_record: run.path.join("port-clsact"),
+        }
+    }
 }
 
 /// One port's RPS masks before `--steer-flows` changed them.
@@ -53,6 +76,12 @@ struct RpsBefore {
     queues: Vec<(PathBuf, String)>,
 }
 
+/// A port filter's priority before Linux 6.6: after the kernel's default
+/// (49152), so that, as with TCX, a filter someone else put there decides
+/// first. With its handle it marks the filter as fan-xdp's.
+pub const PORT_FILTER_PRIORITY: u16 = 0xfa00;
+pub const PORT_FILTER_HANDLE: u32 = 0xfa;
+
 pub struct PortEncap {
     program: SchedClassifier,
     /// The pinned program's id when it was opened: another id means a newer
@@ -61,20 +90,74 @@ pub struct PortEncap {
     links: HashMap<u32, Port>,
     /// With `--steer-flows`: the RPS mask to give every port.
     steer: Option<String>,
+    /// Before Linux 6.6: the ports' clsact qdiscs fan-xdp added.
+    clsact: Option<ClsactQdiscs>,
     rps_record: PathBuf,
     /// Ports a killed agent steered, not taken up again yet, by index.
     inherited: HashMap<u32, RpsBefore>,
 }
 
 struct Port {
-    link: SchedClassifierLinkId,
+    name: String,
+    hook: PortHook,
     /// RPS masks this replaced, to put back when the port is let go.
     rps_before: RpsBefore,
+}
+
+/// How the program hangs on a port.
+enum PortHook {
+    Tcx(SchedClassifierLinkId),
+    /// A filter at [`PORT_FILTER_PRIORITY`] and [`PORT_FILTER_HANDLE`].
+    Clsact,
+}
+
+/// The clsact qdiscs fan-xdp added to ports (by index, with the port's
+/// name), kept in a file of the run directory so that a restarted agent
+/// removes the ones a killed agent added, and no other.
+struct ClsactQdiscs {
+    record: PathBuf,
+    added: HashMap<u32, String>,
+    /// Ports of the record not yet taken over or let go since the start.
+    unsettled: bool,
+}
+
+impl ClsactQdiscs {
+    fn load(record: &Path) -> Self {
+        let record = record.to_path_buf();
+        let added = std::fs::read_to_string(&record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (index, name) = line.split_once(' ')?;
+                Some((index.parse().ok()?, name.to_string()))
+            })
+            .collect::<HashMap<_, _>>();
+        let unsettled = !added.is_empty();
+        Self {
+            record,
+            added,
+            unsettled,
+        }
+    }
+
+    fn save(&self) {
+        let text: String = self
+            .added
+            .iter()
+            .map(|(index, name)| format!("{index} {name}\n"))
+            .collect();
+        if let Err(e) = write_private_atomically(&self.record, text.as_bytes()) {
+            warn!("recording the ports' clsact qdiscs: {e:#}");
+        }
+    }
 }
 
 impl Drop for PortEncap {
     fn drop(&mut self) {
         for (_, port) in self.links.drain() {
+            if let PortHook::Clsact = port.hook {
+                remove_port_filter(&port.name);
+            }
             restore_rps(&port.rps_before);
         }
         for (_, before) in self.inherited.drain() {
@@ -85,12 +168,9 @@ impl Drop for PortEncap {
 }
 
 impl PortEncap {
-    /// The program `attach` pinned in `dir`, ready to attach to ports; None
-    /// on kernels without TCX, where a filter would outlive the daemon.
+    /// The program `attach` pinned in `dir`, ready to attach to ports (as
+    /// TCX links, or before Linux 6.6 as clsact filters).
     pub fn open(dir: &StateDir, at: &AtPorts) -> Result<Option<Self>> {
-        if !tcx_supported() {
-            return Ok(None);
-        }
         let pin = dir.program(ENCAP_PORT);
         let program = SchedClassifier::from_pin(&pin).with_context(|| {
             format!(
@@ -111,9 +191,96 @@ impl PortEncap {
             program_id,
             links: HashMap::new(),
             steer,
+            clsact: (!tcx_supported()).then(|| ClsactQdiscs::load(&at.clsact_record)),
             inherited: inherit(&at.rps_record),
             rps_record: at.rps_record.clone(),
         }))
+    }
+
+    /// After a new program version was attached: with clsact filters, moves
+    /// each port's filter to it in place (no moment without the port's
+    /// guards) and returns true; with TCX links, false (the caller lets the
+    /// ports go and attaches them anew).
+    pub fn follow_upgrade(&mut self, dir: &StateDir) -> Result<bool> {
+        if self.clsact.is_none() {
+            return Ok(false);
+        }
+        let pin = dir.program(ENCAP_PORT);
+        let mut program = SchedClassifier::from_pin(&pin)
+            .with_context(|| format!("opening {}", pin.display()))?;
+        for port in self.links.values() {
+            // A port gone meanwhile: the next sync lets it go.
+            if let Err(e) = replace_clsact_program(
+                &mut program,
+                &port.name,
+                TcAttachType::Ingress,
+                PORT_FILTER_PRIORITY,
+                PORT_FILTER_HANDLE,
+            ) {
+                debug!("upgrading the filter of port {}: {e:#}", port.name);
+            }
+        }
+        self.program_id = program.info()?.id();
+        self.program = program;
+        Ok(true)
+    }
+
+    /// Lets every port go, and with clsact filters also removes the qdiscs
+    /// fan-xdp added (when nothing else hangs on them): the agent's stop.
+    pub async fn release(mut self, net: &Net) {
+        for port in std::mem::take(&mut self.links).into_values() {
+            if let PortHook::Clsact = port.hook {
+                remove_port_filter(&port.name);
+            }
+            restore_rps(&port.rps_before);
+        }
+        for (_, before) in self.inherited.drain() {
+            restore_rps(&before);
+        }
+        let _ = std::fs::remove_file(&self.rps_record);
+        self.remove_own_qdiscs(net, &HashSet::new()).await;
+    }
+
+    /// Removes the clsact qdiscs fan-xdp added to ports it no longer runs on,
+    /// the first time after a start with the filter a killed agent left on
+    /// such a port.
+    pub async fn tidy(&mut self, net: &Net) {
+        let keep: HashSet<u32> = self.links.keys().copied().collect();
+        self.remove_own_qdiscs(net, &keep).await;
+    }
+
+    async fn remove_own_qdiscs(&mut self, net: &Net, keep: &HashSet<u32>) {
+        let Some(qdiscs) = &mut self.clsact else {
+            return;
+        };
+        if !qdiscs.unsettled && qdiscs.added.keys().all(|index| keep.contains(index)) {
+            return;
+        }
+        let gone: Vec<(u32, String)> = qdiscs
+            .added
+            .iter()
+            .filter(|(index, _)| !keep.contains(index))
+            .map(|(index, name)| (*index, name.clone()))
+            .collect();
+        for (index, name) in gone {
+            // The same device still, by name and index: a killed agent's
+            // filter goes first, then the qdisc if nothing else hangs on it.
+            if net.index_of(&name).await.is_ok_and(|now| now == index) {
+                remove_port_filter(&name);
+                match net.has_tc_filters(index).await {
+                    Ok(false) => {
+                        if let Err(e) = net.del_clsact(index).await {
+                            warn!("removing the clsact qdisc of {name}: {e:#}");
+                        }
+                    }
+                    Ok(true) => info!("{name}: leaving its clsact qdisc to its other filters"),
+                    Err(e) => warn!("listing the filters of {name}: {e:#}"),
+                }
+            }
+            qdiscs.added.remove(&index);
+        }
+        qdiscs.unsettled = false;
+        qdiscs.save();
     }
 
     /// Whether the program pinned in `dir` is still the one this runs.
@@ -131,27 +298,25 @@ impl PortEncap {
             .filter(|index| !wanted.contains(index))
             .copied()
             .collect();
+        let inherited = !self.inherited.is_empty();
         for index in &gone {
             if let Some(port) = self.links.remove(index) {
-                // A deleted device took the link with it; this only closes our fd.
-                let _ = self.program.detach(port.link);
+                match port.hook {
+                    // A deleted device took the link with it; this only closes our fd.
+                    PortHook::Tcx(link) => drop(self.program.detach(link)),
+                    // Its qdisc goes at the next tidy, if fan-xdp added it.
+                    PortHook::Clsact => remove_port_filter(&port.name),
+                }
                 restore_rps(&port.rps_before);
             }
         }
-        let inherited = !self.inherited.is_empty();
         let mut added = 0;
         for (index, name) in ports {
             if self.links.contains_key(index) {
                 continue;
             }
-            // Last in the port's chain: a program someone else put there
-            // (a policy, say) decides first, and its verdict stands.
-            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-            match self
-                .program
-                .attach_with_options(name, TcAttachType::Ingress, options)
-            {
-                Ok(link) => {
+            match self.hang(*index, name) {
+                Ok(hook) => {
                     let mut rps_before = match &self.steer {
                         Some(mask) => steer(*index, name, mask),
                         None => RpsBefore::default(),
@@ -166,7 +331,15 @@ impl PortEncap {
                             restore_rps(&inherited);
                         }
                     }
-                    self.links.insert(*index, Port { link, rps_before });
+                    let name = name.clone();
+                    self.links.insert(
+                        *index,
+                        Port {
+                            name,
+                            hook,
+                            rps_before,
+                        },
+                    );
                     added += 1;
                 }
                 // The port may have gone since it was listed; the next sync settles it.
@@ -177,6 +350,9 @@ impl PortEncap {
         for (_, before) in self.inherited.drain() {
             restore_rps(&before);
         }
+        if added + gone.len() > 0 || inherited {
+            self.record_rps();
+        }
         if added + gone.len() > 0 {
             info!(
                 "encapsulating at {} port(s): {added} added, {} removed",
@@ -184,10 +360,11 @@ impl PortEncap {
                 gone.len()
             );
         }
-        if added + gone.len() > 0 || inherited {
-            self.record_rps();
-        }
         Ok((added, gone.len()))
+    }
+
+    pub fn ports(&self) -> usize {
+        self.links.len()
     }
 
     /// Records the masks the steered ports had (nothing when none is).
@@ -213,8 +390,60 @@ impl PortEncap {
         }
     }
 
-    pub fn ports(&self) -> usize {
-        self.links.len()
+    /// Runs the program on port `index` (`name`), last in its chain: a
+    /// program someone else put there (a policy, say) decides first, and
+    /// its verdict stands.
+    fn hang(&mut self, index: u32, name: &str) -> Result<PortHook> {
+        let Some(qdiscs) = &mut self.clsact else {
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let link = self
+                .program
+                .attach_with_options(name, TcAttachType::Ingress, options)?;
+            return Ok(PortHook::Tcx(link));
+        };
+        // A filter of ours already there (a killed agent's, or an agent
+        // before an upgrade) is taken over in place: no gap in the guards.
+        let taken_over = replace_clsact_program(
+            &mut self.program,
+            name,
+            TcAttachType::Ingress,
+            PORT_FILTER_PRIORITY,
+            PORT_FILTER_HANDLE,
+        );
+        if taken_over.is_err() {
+            let options = NlOptions {
+                priority: PORT_FILTER_PRIORITY,
+                handle: PORT_FILTER_HANDLE.into(),
+                ..Default::default()
+            };
+            if add_clsact_filter(&mut self.program, name, TcAttachType::Ingress, options)? {
+                qdiscs.added.insert(index, name.to_string());
+                qdiscs.save();
+            }
+        }
+        Ok(PortHook::Clsact)
+    }
+}
+
+/// Removes fan-xdp's port filters from `ports` (before Linux 6.6): detach's,
+/// for a bridge whose fan goes while no agent may be there to let its ports
+/// go (a filter would run the detached fan's program on). The qdiscs an
+/// agent added stay in its record, for the next agent to remove.
+pub fn remove_port_filters(ports: &[String]) {
+    if tcx_supported() {
+        return;
+    }
+    for port in ports {
+        remove_port_filter(port);
+    }
+}
+
+/// Removes fan-xdp's port filter (by the program's name) from the ingress
+/// of `port`; a port or filter already gone is fine.
+fn remove_port_filter(port: &str) {
+    if let Err(e) = aya::programs::tc::qdisc_detach_program(port, TcAttachType::Ingress, ENCAP_PORT)
+    {
+        debug!("removing the filter of port {port}: {e}");
     }
 }
 

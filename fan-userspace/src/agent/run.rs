@@ -73,10 +73,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
     let _lock = agent::lock(&run_dir)?;
-    let at_ports = AtPorts {
-        steer_flows: args.steer_flows,
-        rps_record: run_dir.path.join("rps.json"),
-    };
+    let at_ports = AtPorts::new(args.steer_flows, &run_dir);
     // Ours alone now (the lock): what a killed predecessor left is ours to keep or remove.
     report(routes.adopt(&net).await);
     run_dir.sweep_gone_namespaces();
@@ -372,7 +369,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     }
     notify::notify("STOPPING=1");
     monitors.stop(&dir);
-    drop(ports);
+    if let Some(ports) = ports.take() {
+        ports.release(&net).await;
+    }
     if let Err(e) = routes.clear(&net).await {
         warn!("removing the path MTU routes: {e:#}");
     }

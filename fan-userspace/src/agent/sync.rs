@@ -164,7 +164,8 @@ pub(super) fn unix_now() -> u64 {
 }
 
 /// One pass: the endpoint map, the port programs (`at_ports` says whether
-/// to steer flows, and where the masks are recorded) and the path MTU routes; with `--once` neither of the last
+/// to steer flows, and where what must be undone after a kill is
+/// recorded) and the path MTU routes; with `--once` neither of the last
 /// two (None: nothing would remove them after the exit).
 pub(super) async fn sync(
     net: &Net,
@@ -178,7 +179,9 @@ pub(super) async fn sync(
     *known = None;
     if !dir.exists() {
         // Detached: the ports' links would keep a dead fan's program running.
-        *ports = None;
+        if let Some(ports) = ports.take() {
+            ports.release(net).await;
+        }
         if let Some(routes) = routes {
             routes.clear(net).await?;
         }
@@ -204,9 +207,13 @@ pub(super) async fn sync(
         have: bound,
     });
 
-    if ports.as_ref().is_some_and(|p| !p.is_current(dir)) {
+    if let Some(current) = ports
+        && !current.is_current(dir)
+    {
         info!("a new program version was attached: moving the ports to it");
-        *ports = None;
+        if !current.follow_upgrade(dir)? {
+            *ports = None;
+        }
     }
     // The port programs stay while the bypass is off: they pass what is
     // for other slices to the stack then, but still drop what a container
@@ -219,6 +226,7 @@ pub(super) async fn sync(
     }
     if let Some(ports) = ports {
         ports.sync(&want.ports)?;
+        ports.tidy(net).await;
         for entry in &want.fading {
             net.refresh_fdb(entry.port, entry.mac).await?;
         }

@@ -96,6 +96,9 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
             &fan.bridge,
             Hook::TcIngress,
         );
+        if let Some(bridge) = net.device(&fan.bridge).await? {
+            agent::ports::remove_port_filters(&net.port_names(bridge.index).await?);
+        }
         let kept = release_bridge(&net, fan).await?;
         let _ = maps.meta.remove(&meta_key(fan.overlay));
         // The agent says what changed itself.

@@ -156,7 +156,6 @@ impl Dataplane {
         pin: &std::path::Path,
         running: Option<TcBpfFilter>,
     ) -> Result<LinkChange> {
-        use aya::programs::tc::{SchedClassifierLink, TcHandle};
         let attach_type = tc_attach_type(hook);
         let target = self.target_id(program)?;
         if pin.exists() {
@@ -165,19 +164,7 @@ impl Dataplane {
             }
             if let Some(filter) = running {
                 let tc = self.target_tc(program)?;
-                let place = SchedClassifierLink::attached(
-                    device,
-                    attach_type,
-                    filter.priority,
-                    TcHandle::from(filter.handle),
-                    None,
-                )
-                .with_context(|| format!("finding {device}"))?;
-                let id = tc.attach_to_link(place).with_context(|| {
-                    format!("replacing the program of {device}'s {attach_type:?} filter")
-                })?;
-                // Dropping the handle would remove the filter: it must stay.
-                std::mem::forget(tc.take_link(id)?);
+                replace_clsact_program(tc, device, attach_type, filter.priority, filter.handle)?;
                 std::fs::remove_file(pin)?;
                 tc.pin(pin)
                     .with_context(|| format!("pinning {}", pin.display()))?;
@@ -191,23 +178,60 @@ impl Dataplane {
         log::info!(
             "TCX unavailable (kernel before 6.6): attaching {program} to {device} through a clsact qdisc"
         );
-        if let Err(e) = aya::programs::tc::qdisc_add_clsact(device) {
-            log::debug!("clsact on {device}: {e} (already present)");
-        }
         let tc = self.target_tc(program)?;
-        let id = tc
-            .attach_with_options(
-                device,
-                attach_type,
-                TcAttachOptions::Netlink(Default::default()),
-            )
-            .with_context(|| format!("attaching {program} to {device} {attach_type:?} (clsact)"))?;
-        // Dropping the handle would remove the filter: it must stay after we exit.
-        std::mem::forget(tc.take_link(id)?);
+        add_clsact_filter(tc, device, attach_type, Default::default())?;
         tc.pin(pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(LinkChange::Created)
     }
+}
+
+/// Makes the clsact filter of `device` at `attach_type`, `priority` and
+/// `handle` run `tc` instead of its program: the kernel swaps a filter's
+/// program atomically, as a TCX link's, so no packet meets the hook without
+/// one. Fails if there is no such filter. The filter stays after we exit.
+pub fn replace_clsact_program(
+    tc: &mut SchedClassifier,
+    device: &str,
+    attach_type: TcAttachType,
+    priority: u16,
+    handle: u32,
+) -> Result<()> {
+    use aya::programs::tc::{SchedClassifierLink, TcHandle};
+    let place =
+        SchedClassifierLink::attached(device, attach_type, priority, TcHandle::from(handle), None)
+            .with_context(|| format!("finding {device}"))?;
+    let id = tc
+        .attach_to_link(place)
+        .with_context(|| format!("replacing the program of {device}'s {attach_type:?} filter"))?;
+    // Dropping the handle would remove the filter: it must stay.
+    std::mem::forget(tc.take_link(id)?);
+    Ok(())
+}
+
+/// Adds a filter running `tc` at `attach_type` of `device` (the TC
+/// attachment before Linux 6.6), first the clsact qdisc it hangs on if the
+/// device has none. Returns whether it added the qdisc. The filter stays
+/// after we exit.
+pub fn add_clsact_filter(
+    tc: &mut SchedClassifier,
+    device: &str,
+    attach_type: TcAttachType,
+    options: aya::programs::tc::NlOptions,
+) -> Result<bool> {
+    let added_qdisc = match aya::programs::tc::qdisc_add_clsact(device) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("clsact on {device}: {e} (already present)");
+            false
+        }
+    };
+    let id = tc
+        .attach_with_options(device, attach_type, TcAttachOptions::Netlink(options))
+        .with_context(|| format!("attaching a clsact filter to {device} {attach_type:?}"))?;
+    // Dropping the handle would remove the filter: it must stay after we exit.
+    std::mem::forget(tc.take_link(id)?);
+    Ok(added_qdisc)
 }
 
 /// Whether this kernel has TCX (BPF links for TC, Linux 6.6).

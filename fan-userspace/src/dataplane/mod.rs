@@ -13,7 +13,8 @@ mod programs;
 mod stats;
 
 pub use attachments::{
-    LinkChange, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported, unlink,
+    LinkChange, add_clsact_filter, pinned_link_ifindex, pinned_program_id, replace_clsact_program,
+    sweep_stale, tcx_supported, unlink,
 };
 use carry::CarriedCounters;
 use programs::program_by_name;

@@ -45,6 +45,27 @@ impl Net {
         }
     }
 
+    /// Whether any filter, of any kind, hangs on the clsact qdisc of link
+    /// `index` (ingress or egress).
+    pub async fn has_tc_filters(&self, index: u32) -> Result<bool> {
+        for egress in [false, true] {
+            let mut request = self.handle.traffic_filter(index as i32).get();
+            request = if egress {
+                request.egress()
+            } else {
+                request.ingress()
+            };
+            match request.execute().try_next().await {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) => {}
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::EINVAL, -libc::ENOENT].contains(&e.raw_code()) => {}
+                Err(e) => return Err(e).context("listing tc filters"),
+            }
+        }
+        Ok(false)
+    }
+
     /// The ids of the BPF programs in the tc filters on the ingress (or
     /// egress) clsact hook of link `index`.
     pub async fn tc_bpf_programs(&self, index: u32, egress: bool) -> Result<Vec<u32>> {

@@ -205,7 +205,8 @@ fn encapsulate(
 /// The container edge, as docs/security.md states it: what the bridge's
 /// program (`Site::Forward`) and a port's (`Site::Port`) refuse of what a
 /// container sends, checked in the order the rule lists, first refusal
-/// named. (A VLAN tag in the skb's metadata cannot be given to a test run.)
+/// named. (Neither a VLAN tag in the skb's metadata nor a looped-back
+/// packet of the host's can be given to a test run.)
 fn container_edge(
     config: &Config,
     site: Site,
@@ -214,11 +215,7 @@ fn container_edge(
 ) -> Result<(), &'static str> {
     let at_port = site == Site::Port;
     let Some(kind) = ethertype(frame) else {
-        return if at_port {
-            Err("drop_not_ipv4_or_arp")
-        } else {
-            Ok(())
-        };
+        return Err("drop_not_ipv4_or_arp");
     };
     if [0x8100, 0x88a8, 0x9100].contains(&kind) {
         return Err("drop_vlan_tagged");
@@ -239,9 +236,6 @@ fn container_edge(
         {
             return Err("drop_tunnel_to_underlay");
         }
-        if !at_port {
-            return Ok(());
-        }
         let dhcp_client = match udp_ports(frame, &ip) {
             Some((68, 67)) => true,
             Some((from, to)) if from == 67 || from == 68 || to == 68 => {
@@ -249,6 +243,9 @@ fn container_edge(
             }
             _ => false,
         };
+        if !at_port {
+            return Ok(());
+        }
         if ip.src() == 0 {
             let to_server = ip.dst() == u32::MAX
                 || config
@@ -261,9 +258,6 @@ fn container_edge(
             };
         }
         return a_ports_own(config, ip.src(), port);
-    }
-    if !at_port {
-        return Ok(());
     }
     const ETHERTYPE_ARP: u16 = 0x0806;
     if kind != ETHERTYPE_ARP {
@@ -279,18 +273,28 @@ fn container_edge(
     if config.is_slice_edge_or_gateway(sender) {
         return Err("drop_source_reserved");
     }
+    if !at_port {
+        return in_a_slice(config, sender);
+    }
     a_ports_own(config, sender, port)
 }
 
 /// A port's source: in one of this host's slices, and not bound to
 /// another port (an address with no binding yet is anyone's in the slice).
 fn a_ports_own(config: &Config, src: u32, port: u32) -> Result<(), &'static str> {
-    if !config.fans.iter().any(|fan| fan.is_local(src)) {
-        return Err("drop_source_outside_slice");
-    }
+    in_a_slice(config, src)?;
     match config.endpoint(src) {
         Some(endpoint) if endpoint.ifindex != port => Err("drop_source_not_bound"),
         _ => Ok(()),
+    }
+}
+
+/// A source in one of this host's slices.
+fn in_a_slice(config: &Config, src: u32) -> Result<(), &'static str> {
+    if config.fans.iter().any(|fan| fan.is_local(src)) {
+        Ok(())
+    } else {
+        Err("drop_source_outside_slice")
     }
 }
 

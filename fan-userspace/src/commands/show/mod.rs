@@ -9,7 +9,7 @@ use crate::{
     agent,
     agent::pmtu,
     cli::{Global, ShowArgs},
-    dataplane::{PinnedMaps, inspect, tcx_supported},
+    dataplane::{ENCAP_PORT, PinnedMaps, inspect, pinned_program_id, tcx_supported},
     host::Net,
     host::bypass,
     state::StateDir,
@@ -79,12 +79,22 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
         None => Vec::new(),
     };
     let ports_encapsulating = if tcx_supported() {
-        Some(inspect::ports_running_encap(
-            dir,
-            ports.iter().map(|p| p.name.as_str()),
-        ))
+        inspect::ports_running_encap(dir, ports.iter().map(|p| p.name.as_str()))
     } else {
-        None
+        // Before 6.6: the clsact filters running the pinned port program.
+        let encap = pinned_program_id(&dir.program(ENCAP_PORT));
+        let mut running = 0;
+        for port in &ports {
+            if net
+                .tc_bpf_programs(port.index, false)
+                .await?
+                .into_iter()
+                .any(|id| Some(id) == encap)
+            {
+                running += 1;
+            }
+        }
+        running
     };
     let mut endpoints = 0;
     for key in maps.endpoints.keys() {
@@ -94,7 +104,7 @@ async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> R
     }
     Ok(FastPath {
         ports: ports.len(),
-        ports_encapsulating,
+        ports_encapsulating: Some(ports_encapsulating),
         endpoints,
     })
 }
