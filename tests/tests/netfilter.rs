@@ -9,7 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fan_tests::{netns::Netns, privileged, topology::Fleet, traffic::ping};
+use fan_tests::{
+    netns::Netns,
+    privileged,
+    topology::{Container, Fleet},
+    traffic::ping,
+};
 
 /// Loads an nftables ruleset (nft's own syntax) into `ns`.
 fn nft(ns: &Netns, ruleset: &str) {
@@ -59,6 +64,17 @@ fn exchange(server: &Netns, listen: SocketAddr, client: &Netns, connect: SocketA
     })
 }
 
+/// One exchange from `client` to the ClusterIP-like 10.96.0.10:80, which
+/// a DNAT rule maps to port 8080 of `server`.
+fn through_the_service(server: &Container, client: &Container) -> bool {
+    exchange(
+        &server.ns,
+        SocketAddr::from((server.addr, 8080)),
+        &client.ns,
+        SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 80)),
+    )
+}
+
 #[test]
 fn a_dnat_service_address_works_with_or_without_agent_and_bridge_netfilter() {
     if !privileged() {
@@ -96,12 +112,7 @@ fn a_dnat_service_address_works_with_or_without_agent_and_bridge_netfilter() {
             );
             for attempt in 0..3 {
                 assert!(
-                    exchange(
-                        &server.ns,
-                        SocketAddr::from((server.addr, 8080)),
-                        &client.ns,
-                        SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 80)),
-                    ),
+                    through_the_service(server, client),
                     "{case}: connection {attempt} to the service address failed"
                 );
             }
@@ -237,12 +248,7 @@ fn a_nat_rule_added_after_attach_applies_within_a_moment() {
         // Connections right away, long before the agent's next resync.
         for attempt in 0..3 {
             assert!(
-                exchange(
-                    &server.ns,
-                    SocketAddr::from((server.addr, 8080)),
-                    &client.ns,
-                    SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 80)),
-                ),
+                through_the_service(server, client),
                 "{case}: connection {attempt} to the new service failed ({:.1} s after the rule)",
                 committed.elapsed().as_secs_f64()
             );

@@ -154,16 +154,7 @@ impl ClsactQdiscs {
 
 impl Drop for PortEncap {
     fn drop(&mut self) {
-        for (_, port) in self.links.drain() {
-            if let PortHook::Clsact = port.hook {
-                remove_port_filter(&port.name);
-            }
-            restore_rps(&port.rps_before);
-        }
-        for (_, before) in self.inherited.drain() {
-            restore_rps(&before);
-        }
-        let _ = std::fs::remove_file(&self.rps_record);
+        self.let_every_port_go();
     }
 }
 
@@ -228,7 +219,15 @@ impl PortEncap {
     /// Lets every port go, and with clsact filters also removes the qdiscs
     /// fan-xdp added (when nothing else hangs on them): the agent's stop.
     pub async fn release(mut self, net: &Net) {
-        for port in std::mem::take(&mut self.links).into_values() {
+        self.let_every_port_go();
+        self.remove_own_qdiscs(net, &HashSet::new()).await;
+    }
+
+    /// Takes the program off every port (TCX links close with their
+    /// descriptors; clsact filters are removed) and puts back the RPS masks
+    /// it changed, a killed agent's record included.
+    fn let_every_port_go(&mut self) {
+        for (_, port) in self.links.drain() {
             if let PortHook::Clsact = port.hook {
                 remove_port_filter(&port.name);
             }
@@ -238,7 +237,6 @@ impl PortEncap {
             restore_rps(&before);
         }
         let _ = std::fs::remove_file(&self.rps_record);
-        self.remove_own_qdiscs(net, &HashSet::new()).await;
     }
 
     /// Removes the clsact qdiscs fan-xdp added to ports it no longer runs on,
