@@ -142,6 +142,29 @@ fn decapsulated_traffic_continues_down_the_underlays_tcx_chain() {
     // bridge program. Its own (unpinned) maps hold no fan, so it counts every
     // IPv4 packet it sees as `pass_not_overlay`; on this underlay the only
     // such packets are the decapsulated ones.
+    // The bridge's program refuses ARP whose sender is in none of its
+    // slices (here it has none): the hosts' underlay neighbours are set
+    // by hand, so that no ARP has to pass it.
+    for (host, peer) in [(h1, h2), (h2, h1)] {
+        let mac = peer
+            .ns
+            .run("cat", &["/sys/class/net/eth0/address"])
+            .unwrap();
+        let peer_addr = peer.underlay_addr.to_string();
+        host.ns
+            .ip(&[
+                "neigh",
+                "replace",
+                &peer_addr,
+                "lladdr",
+                mac.trim(),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
+    }
     let mut probe = Dataplane::load().unwrap();
     h2.ns
         .enter(|| probe.attach_encap_forward("eth0"))

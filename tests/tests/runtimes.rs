@@ -11,8 +11,9 @@
 //! `fan_tests::runtimes`, what is left are the tests and the few helpers
 //! beside them.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
+use fan_common::StatReason;
 use fan_tests::{
     dhcp::Leased,
     netns::Netns,
@@ -25,8 +26,8 @@ use fan_tests::{
         lxd::{self, LXD, Lxd},
         wait_for_lease,
     },
-    topology::Host,
-    traffic::{ping, tcp_transfer},
+    topology::{Host, add_container_at},
+    traffic::{arp_request, mac_of, ping, send_frames, snmp_counter, tcp_transfer},
 };
 
 const MB: u64 = 1 << 20;
@@ -182,6 +183,64 @@ fn docker_containers_on_two_hosts_ping_and_move_100_mb_inside_dockers_range() {
         "only {packets} packets encapsulated for 100 MB"
     );
     drop((c1, c2, c3));
+    drop(bed);
+}
+
+/// A container cannot take the address Docker hands out next: one that
+/// claims the first addresses of Docker's range by ARP before Docker
+/// starts a container gets nothing for them, and the Docker container
+/// given one of them owns it (its runtime configured it): it reaches the
+/// other host and is reached, delivered to directly, and the squatter's
+/// later claims are dropped at its port.
+#[test]
+fn a_squatter_cannot_take_the_address_docker_hands_out_next() {
+    let Some(bed) = docker_bed() else { return };
+    let h2 = &bed.fleet.hosts[1];
+    let (d1, d2) = (&bed.runtimes[0], &bed.runtimes[1]);
+    let peer = d1.run("peer", &[]).unwrap();
+    // A container of h2 outside Docker's range, plugged in by hand.
+    let at = |offset: u32| Ipv4Addr::from(u32::from(h2.slice) + offset);
+    let squatter = add_container_at(h2, 40, at(40)).unwrap();
+    let mac = mac_of(&squatter.ns, "eth0").unwrap();
+    let claimed: Vec<Ipv4Addr> = (128..=131).map(at).collect();
+    let claims: Vec<Vec<u8>> = claimed
+        .iter()
+        .map(|address| arp_request(mac, (mac, *address), h2.gateway))
+        .collect();
+    send_frames(&squatter.ns, "eth0", &claims).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let given = d2.run("given", &[]).unwrap();
+    assert!(
+        claimed.contains(&given.addr),
+        "Docker gave {}, none of the claimed {claimed:?}: the test shows nothing",
+        given.addr
+    );
+    assert!(
+        docker_ping(d2, "given", peer.addr),
+        "the Docker container given {} cannot reach the other host",
+        given.addr
+    );
+    assert!(
+        h2.wait_for_direct(&peer.ns, given.addr).unwrap(),
+        "no direct delivery to the Docker container given {}",
+        given.addr
+    );
+    let squatter_echoes = snmp_counter(&squatter.ns, "Icmp", "InEchos").unwrap();
+    assert!(ping(&peer.ns, given.addr, 3).unwrap());
+    assert_eq!(
+        snmp_counter(&squatter.ns, "Icmp", "InEchos").unwrap(),
+        squatter_echoes,
+        "the squatter got the Docker container's traffic"
+    );
+    let refused = h2.counter(StatReason::DropSourceNotBound).unwrap();
+    let claim = arp_request(mac, (mac, given.addr), h2.gateway);
+    send_frames(&squatter.ns, "eth0", &[claim]).unwrap();
+    assert_eq!(
+        h2.counter(StatReason::DropSourceNotBound).unwrap(),
+        refused + 1,
+        "the squatter's claim of the Docker container's address passed its port"
+    );
+    drop((peer, given, squatter));
     drop(bed);
 }
 

@@ -172,12 +172,41 @@ impl<'a> Generator<'a> {
         {
             return frame;
         }
+        if rng.chance(1, 12) {
+            return self.tunnel_from_a_container(rng);
+        }
         let (src, dst) = if rng.chance(1, 2) {
             self.plausible_sender_pair(rng)
         } else {
             (self.inner_addr(rng), self.inner_addr(rng))
         };
         let packet = self.ip_packet(rng, src, dst, 2);
+        with_ethernet(rng, &packet)
+    }
+
+    /// A container's tunnel packet (IP-in-IP, IPv6-in-IPv4, GRE) from its
+    /// slice, mostly to a host of a fan's underlay (where a peer would take
+    /// it for fan traffic), else outside every underlay, where tunnels are
+    /// the container's own business. The inner packet often claims a
+    /// sibling's or the gateway's address.
+    fn tunnel_from_a_container(&self, rng: &mut Rng) -> Vec<u8> {
+        let fan = *rng.pick(&self.config.fans);
+        let src = self.slice_addr(rng, &fan, fan.local_host);
+        let dst = if rng.chance(3, 4) {
+            self.host_in(rng, &fan)
+        } else {
+            u32::from_be_bytes(*rng.pick(&OUTSIDE))
+        };
+        let (inner_src, inner_dst) = if rng.chance(1, 2) {
+            (fan.gateway(), self.inner_addr(rng))
+        } else {
+            (self.inner_addr(rng), self.inner_addr(rng))
+        };
+        let inner = self.ip_packet(rng, inner_src, inner_dst, 0);
+        let protocol = *rng.pick(&[PROTO_IPIP, PROTO_IPIP, 41, 47]);
+        let fields = self.header_fields(rng, protocol, src, dst);
+        let mut packet = ip_header(rng, fields, &inner);
+        packet.extend_from_slice(&inner);
         with_ethernet(rng, &packet)
     }
 

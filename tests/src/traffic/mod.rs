@@ -89,7 +89,32 @@ pub fn tcp_transfer_over(
     target: SocketAddr,
     bytes: u64,
 ) -> Result<u64> {
-    let deadline = Instant::now() + TIME_LIMIT;
+    tcp_transfer_over_within(listener, client, target, bytes, TIME_LIMIT)
+}
+
+/// [`tcp_transfer`] with a time limit of its own, for a transfer sized to
+/// outlast something slow (a shaped link in the emulated guest).
+pub fn tcp_transfer_within(
+    server: &Netns,
+    client: &Netns,
+    addr: Ipv4Addr,
+    bytes: u64,
+    limit: Duration,
+) -> Result<u64> {
+    let target = SocketAddr::from((addr, 5201));
+    let listener = listen_in(server, target)?;
+    tcp_transfer_over_within(&listener, client, target, bytes, limit)
+}
+
+/// [`tcp_transfer_over`] within `limit`.
+pub fn tcp_transfer_over_within(
+    listener: &TcpListener,
+    client: &Netns,
+    target: SocketAddr,
+    bytes: u64,
+    limit: Duration,
+) -> Result<u64> {
+    let deadline = Instant::now() + limit;
     let client_failed = AtomicBool::new(false);
 
     std::thread::scope(|scope| {

@@ -99,7 +99,14 @@ pub(super) fn transport_header(rng: &mut Rng, protocol: u8) -> Vec<u8> {
             if rng.chance(1, 4) {
                 // DHCP: a server's reply (67 -> 68), which ports drop, or the
                 // other way round.
-                let ports = *rng.pick(&[[0, 67, 0, 68], [0, 68, 0, 67], [0, 67, 0, 67]]);
+                // A client takes a reply to 68 from any port.
+                let ports = *rng.pick(&[
+                    [0, 67, 0, 68],
+                    [0, 68, 0, 67],
+                    [0, 67, 0, 67],
+                    [0x04, 0xd2, 0, 68],
+                    [0, 68, 0x04, 0xd2],
+                ]);
                 udp[..4].copy_from_slice(&ports);
             } else {
                 rng.fill(&mut udp[..4]);
@@ -137,18 +144,25 @@ pub(super) fn with_ethernet(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
     match rng.below(100) {
         0..=87 => frame.extend_from_slice(&[0x08, 0x00]),
-        88..=90 => frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00]),
+        88..=90 => {
+            // VLAN tags (the kernel strips a VLAN 0 priority tag and takes
+            // what is inside): one or two, of each tag type.
+            for _ in 0..rng.range(1, 3) {
+                let tag_type: [u8; 2] = *rng.pick(&[[0x81, 0x00], [0x88, 0xa8], [0x91, 0x00]]);
+                let vlan: [u8; 2] = *rng.pick(&[[0x00, 0x00], [0x00, 0x0a]]);
+                frame.extend_from_slice(&tag_type);
+                frame.extend_from_slice(&vlan);
+            }
+            if rng.chance(1, 4) {
+                frame.extend_from_slice(&[0x08, 0x06]);
+                frame.extend_from_slice(&arp_body(rng, packet));
+                return frame;
+            }
+            frame.extend_from_slice(&[0x08, 0x00]);
+        }
         91..=93 => {
             frame.extend_from_slice(&[0x08, 0x06]);
-            frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-            frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x22]);
-            // The sender: often the packet's source (a container claiming
-            // an address of the slice), else an underlay address.
-            match packet.get(12..16) {
-                Some(src) if rng.chance(1, 2) => frame.extend_from_slice(src),
-                _ => frame.extend_from_slice(&[198, 18, 0, 2]),
-            }
-            frame.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
+            frame.extend_from_slice(&arp_body(rng, packet));
             return frame;
         }
         94..=96 => {
@@ -162,6 +176,40 @@ pub(super) fn with_ethernet(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
     }
     frame.extend_from_slice(packet);
     frame
+}
+
+/// An ARP packet after the Ethernet type: mostly Ethernet/IPv4 (hardware
+/// type 1), else IEEE 802's type 6 (which Linux also learns from on
+/// Ethernet) or any, any protocol or lengths now and then; the sender's MAC
+/// often another container port's; the sender's address the packet's
+/// source (a container claiming an address), 0.0.0.0 (a probe) or an
+/// underlay address.
+fn arp_body(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
+    let any = rng.u16();
+    let hardware = *rng.pick(&[1, 1, 1, 6, any]);
+    let protocol = if rng.chance(7, 8) { 0x0800 } else { rng.u16() };
+    let (hardware_len, protocol_len) = if rng.chance(7, 8) {
+        (6, 4)
+    } else {
+        (rng.u8(), rng.u8())
+    };
+    let mut arp = Vec::with_capacity(28);
+    arp.extend_from_slice(&hardware.to_be_bytes());
+    arp.extend_from_slice(&u16::to_be_bytes(protocol));
+    arp.extend_from_slice(&[hardware_len, protocol_len, 0, *rng.pick(&[1, 2])]);
+    let sender_mac: [u8; 6] = *rng.pick(&[
+        [2, 0, 0, 0, 0, 0x22],
+        [2, 0, 0, 0, 0, 0xaa],
+        [2, 0, 0, 0, 0, 0xbb],
+    ]);
+    arp.extend_from_slice(&sender_mac);
+    match packet.get(12..16) {
+        Some(src) if rng.chance(1, 2) => arp.extend_from_slice(src),
+        _ if rng.chance(1, 3) => arp.extend_from_slice(&[0, 0, 0, 0]),
+        _ => arp.extend_from_slice(&[198, 18, 0, 2]),
+    }
+    arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
+    arp
 }
 
 /// Cuts the frame at one of its header boundaries (give or take two bytes),
