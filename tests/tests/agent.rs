@@ -819,3 +819,39 @@ fn the_agent_serves_metrics_only_where_asked_and_only_get_metrics() {
     agent.stop().unwrap();
     fleet.detach_all().unwrap();
 }
+
+/// Control clients that connect and say nothing hold nobody up: the agent
+/// reads each request off its loop (one second a read at most), so the
+/// heartbeat that direct delivery follows stays fresh, and a request that
+/// does come is answered meanwhile.
+#[test]
+fn silent_control_clients_do_not_stop_the_heartbeat() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    let host = &fleet.hosts[0];
+    let socket = run_dir(host).path.join("agent.sock");
+    // Six at once: read one after another on the loop, they held it six
+    // seconds, twice the heartbeat's timeout.
+    let silent: Vec<std::os::unix::net::UnixStream> = (0..6)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let started = Instant::now();
+    let mut oldest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(5) {
+        let beat = host.pinned_maps().unwrap().agent.get(&0, 0).unwrap();
+        let age = fan_userspace::dataplane::monotonic_ns().saturating_sub(beat);
+        oldest = oldest.max(Duration::from_nanos(age));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = host.fan_xdp_ok(&["show"]).unwrap();
+    drop(silent);
+    assert!(
+        oldest < Duration::from_millis(2500),
+        "the heartbeat was {oldest:?} old while silent clients were connected"
+    );
+    assert!(status.contains("agent: fan-xdp run"), "{status}");
+    fleet.detach_all().unwrap();
+}

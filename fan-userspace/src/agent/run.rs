@@ -129,6 +129,8 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     tokio::spawn(connection);
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Control requests, each read by a task of its own, answered here.
+    let (requests_tx, mut requests) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     // Every second: the heartbeat, and the path MTU routes (the programs
     // learn path MTUs with no netlink event to say so).
@@ -279,13 +281,17 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
             }
             accepted = control.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (mut stream, request) = match read_request(stream) {
-                    Ok(read) => read,
-                    Err(e) => {
-                        warn!("control request: {e:#}");
-                        continue;
+                // Read off the loop: a slow or silent client holds up its
+                // own thread (1 s a read at most), never the heartbeat.
+                let requests_tx = requests_tx.clone();
+                tokio::task::spawn_blocking(move || match read_request(stream) {
+                    Ok(read) => {
+                        let _ = requests_tx.blocking_send(read);
                     }
-                };
+                    Err(e) => warn!("control request: {e:#}"),
+                });
+            }
+            Some((mut stream, request)) = requests.recv() => {
                 let answer = match request {
                     Request::Status => Ok(serde_json::json!({ "status": status })),
                     // Answered once done, so that `fan-xdp reload` (the
@@ -390,6 +396,9 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     );
     Ok(())
 }
+
+/// Control requests read and waiting for the loop.
+const CONTROL_QUEUE: usize = 64;
 
 /// Events closer than this belong to one burst, taken in together...
 const BURST_QUIET: Duration = Duration::from_millis(20);
