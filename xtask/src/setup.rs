@@ -384,7 +384,7 @@ fn reported_version(text: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn package_installed(name: &str) -> bool {
+pub fn package_installed(name: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${db:Status-Status}", name])
         .stderr(Stdio::null())

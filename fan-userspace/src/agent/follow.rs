@@ -45,7 +45,10 @@ use rtnetlink::{
 
 use crate::{
     cli::{AttachArgs, Global, Mode},
-    commands::{attach, detach},
+    commands::{
+        attach::{self, MIN_FAN_MTU, OUTER_HEADER},
+        detach,
+    },
     config::resolve::detach_args,
     dataplane::{Hook, PinnedMaps, overlay_key},
     host::{Net, bypass, naming::bridge_name},
@@ -208,7 +211,7 @@ impl Follower {
                         continue;
                     }
                     self.pending.remove(&fan.overlay);
-                    move_fan(net, fan, to, bypass, global, dir).await?;
+                    move_fan(net, fan, to, bypass, global, dir, run_dir).await?;
                     let from = attached_with.unwrap_or(fan.host);
                     if to == from {
                         self.moved.remove(&fan.overlay);
@@ -226,7 +229,7 @@ impl Follower {
                         bypass,
                         Some(fan.bridge.clone()),
                         Some(fan.mtu),
-                        dhcp_of(fan, global),
+                        settings::dhcp_of(run_dir, fan).unwrap_or(false),
                     );
                     attach::run(&args, global).await?;
                     info!("overlay {}: {why}: attached again", fan.overlay);
@@ -326,19 +329,14 @@ async fn need(
             fan.iface, iface.mtu
         ))),
         Some(_) => Ok(Need::Nothing),
-        None if fits < MIN_MTU => Ok(Need::Wait(format!(
-            "underlay {} has MTU {}, leaving {fits} for the fan, below {MIN_MTU}; waiting for it to grow",
+        None if fits < MIN_FAN_MTU => Ok(Need::Wait(format!(
+            "underlay {} has MTU {}, leaving {fits} for the fan, below {MIN_FAN_MTU}; waiting for it to grow",
             fan.iface, iface.mtu
         ))),
         None if fits != fan.mtu => Ok(Need::Retune(fits)),
         None => Ok(Need::Nothing),
     }
 }
-
-/// The outer IPv4 header of every encapsulated packet.
-const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
-/// The smallest fan MTU attach accepts.
-const MIN_MTU: u32 = 576;
 
 /// Gives `fan` the MTU `mtu` in place: first the fan entry the programs
 /// read (lowered, what no longer fits goes to the stack, which answers
@@ -409,14 +407,6 @@ fn args_of(
     }
 }
 
-/// Whether `fan` was attached with DHCP on its slice (its settings in the
-/// run directory).
-fn dhcp_of(fan: &Fan, global: &Global) -> bool {
-    crate::state::rundir::RunDir::locate(global.run_dir.as_deref())
-        .and_then(|run| crate::state::settings::dhcp_of(&run, fan))
-        .unwrap_or(false)
-}
-
 /// The slice follows the address: detach from the old slice, attach on the
 /// new, and name the containers left behind on the old one.
 async fn move_fan(
@@ -426,15 +416,16 @@ async fn move_fan(
     bypass: u32,
     global: &Global,
     dir: &StateDir,
+    run_dir: &RunDir,
 ) -> Result<()> {
     let left = containers_on(net, fan).await?;
     let bridge = (fan.bridge != bridge_name(fan.slice.network())).then(|| fan.bridge.clone());
     // Read before detach, which forgets the fan's settings. An MTU given
     // stays given; one that followed the underlay follows it still.
-    let dhcp = dhcp_of(fan, global);
-    let explicit_mtu = crate::state::rundir::RunDir::locate(global.run_dir.as_deref())
-        .and_then(|run| settings::load(&run, fan.overlay))
-        .map_or(Some(fan.mtu), |s| s.explicit_mtu);
+    let (dhcp, explicit_mtu) = match settings::load(run_dir, fan.overlay) {
+        Ok(found) => (found.dhcp, found.explicit_mtu),
+        Err(_) => (false, Some(fan.mtu)),
+    };
     detach::run(&detach_args(fan), global).await?;
     attach::run(
         &args_of(fan, to, bypass, bridge, explicit_mtu, dhcp),

@@ -131,7 +131,8 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Control requests, each read by a task of its own, answered here.
     let (requests_tx, mut requests) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
-    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
+    let resync_period = Duration::from_secs(args.resync_seconds.max(1));
+    let mut resync = tokio::time::interval(resync_period);
     // Every second: the heartbeat, and the path MTU routes (the programs
     // learn path MTUs with no netlink event to say so).
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -193,7 +194,6 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // The file's fans' DHCP servers too, then the bypass and the first
     // sync: ready once the fans are up and the fast path is in place.
     dhcp_round!();
-    let resync_period = Duration::from_secs(args.resync_seconds.max(1));
     let mut ruleset = RulesetWatch::start(dir.clone(), resync_period)?;
     publish_bypass(
         &run_dir,

@@ -49,15 +49,24 @@ impl Net {
     /// The main-table route to exactly `dest/len`, if any. Other tables
     /// (policy routing, the local table) are someone else's business.
     pub async fn find_route(&self, dest: Ipv4Addr, len: u8) -> Result<Option<FoundRoute>> {
+        Ok(self
+            .main_table_routes()
+            .await?
+            .into_iter()
+            .find(|(d, l, _)| *d == dest && *l == len)
+            .map(|(_, _, found)| found))
+    }
+
+    /// Every IPv4 route of the main table: its destination (0.0.0.0 for a
+    /// default route, which carries none), prefix length, and what it says.
+    async fn main_table_routes(&self) -> Result<Vec<(Ipv4Addr, u8, FoundRoute)>> {
         let mut routes = self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
+        let mut out = Vec::new();
         while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            if msg.header.destination_prefix_length != len {
-                continue;
-            }
             let mut found = FoundRoute {
                 oif: None,
                 src: None,
@@ -65,10 +74,10 @@ impl Net {
                 unicast: msg.header.kind == RouteType::Unicast,
                 message: msg.clone(),
             };
-            let (mut dst, mut table) = (None, u32::from(msg.header.table));
+            let (mut dst, mut table) = (Ipv4Addr::UNSPECIFIED, u32::from(msg.header.table));
             for attr in &msg.attributes {
                 match attr {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(*a),
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
                     RouteAttribute::Oif(i) => found.oif = Some(*i),
                     RouteAttribute::PrefSource(RouteAddress::Inet(a)) => found.src = Some(*a),
                     RouteAttribute::MultiPath(_) => found.multipath = true,
@@ -76,12 +85,11 @@ impl Net {
                     _ => {}
                 }
             }
-            // A default route carries no destination attribute.
-            if dst.unwrap_or(Ipv4Addr::UNSPECIFIED) == dest && table == RT_TABLE_MAIN {
-                return Ok(Some(found));
+            if table == RT_TABLE_MAIN {
+                out.push((dst, msg.header.destination_prefix_length, found));
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// Deletes exactly the route `found` describes.
@@ -148,31 +156,16 @@ impl Net {
     /// The main-table routes through `oif` marked [`RTPROT_FAN_XDP_PMTU`],
     /// as (destination, prefix length).
     pub async fn path_mtu_routes(&self, oif: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        let mut out = Vec::new();
-        while let Some(msg) = routes.try_next().await.context("listing routes")? {
-            if msg.header.protocol != RouteProtocol::Other(RTPROT_FAN_XDP_PMTU) {
-                continue;
-            }
-            let (mut dst, mut through, mut table) =
-                (Ipv4Addr::UNSPECIFIED, None, u32::from(msg.header.table));
-            for attr in &msg.attributes {
-                match attr {
-                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-                    RouteAttribute::Oif(i) => through = Some(*i),
-                    RouteAttribute::Table(t) => table = *t,
-                    _ => {}
-                }
-            }
-            if through == Some(oif) && table == RT_TABLE_MAIN {
-                out.push((dst, msg.header.destination_prefix_length));
-            }
-        }
-        Ok(out)
+        let marked = RouteProtocol::Other(RTPROT_FAN_XDP_PMTU);
+        Ok(self
+            .main_table_routes()
+            .await?
+            .into_iter()
+            .filter(|(_, _, found)| {
+                found.oif == Some(oif) && found.message.header.protocol == marked
+            })
+            .map(|(dst, len, _)| (dst, len))
+            .collect())
     }
 
     /// Deletes the route to `dest/len` through `oif`, whichever protocol

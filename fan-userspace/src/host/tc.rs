@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
-use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcOption};
+use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
 
 use super::Net;
 
@@ -49,18 +49,8 @@ impl Net {
     /// `index` (ingress or egress).
     pub async fn has_tc_filters(&self, index: u32) -> Result<bool> {
         for egress in [false, true] {
-            let mut request = self.handle.traffic_filter(index as i32).get();
-            request = if egress {
-                request.egress()
-            } else {
-                request.ingress()
-            };
-            match request.execute().try_next().await {
-                Ok(Some(_)) => return Ok(true),
-                Ok(None) => {}
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if [-libc::EINVAL, -libc::ENOENT].contains(&e.raw_code()) => {}
-                Err(e) => return Err(e).context("listing tc filters"),
+            if !self.tc_filters(index, egress).await?.is_empty() {
+                return Ok(true);
             }
         }
         Ok(false)
@@ -76,26 +66,8 @@ impl Net {
     /// The BPF filters on the ingress (or egress) clsact hook of link
     /// `index`: which program each runs and where it sits.
     pub async fn tc_bpf_filters(&self, index: u32, egress: bool) -> Result<Vec<TcBpfFilter>> {
-        let mut request = self.handle.traffic_filter(index as i32).get();
-        request = if egress {
-            request.egress()
-        } else {
-            request.ingress()
-        };
-        let mut filters = request.execute();
         let mut out = Vec::new();
-        loop {
-            let msg = match filters.try_next().await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                // No clsact qdisc on the device (a re-created one): no filters.
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if [-libc::EINVAL, -libc::ENOENT].contains(&e.raw_code()) =>
-                {
-                    break;
-                }
-                Err(e) => return Err(e).context("listing tc filters"),
-            };
+        for msg in self.tc_filters(index, egress).await? {
             for attr in &msg.attributes {
                 if let TcAttribute::Options(options) = attr {
                     for option in options {
@@ -109,6 +81,33 @@ impl Net {
                         }
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every filter on the ingress (or egress) clsact hook of link `index`,
+    /// of any kind.
+    async fn tc_filters(&self, index: u32, egress: bool) -> Result<Vec<TcMessage>> {
+        let mut request = self.handle.traffic_filter(index as i32).get();
+        request = if egress {
+            request.egress()
+        } else {
+            request.ingress()
+        };
+        let mut filters = request.execute();
+        let mut out = Vec::new();
+        loop {
+            match filters.try_next().await {
+                Ok(Some(msg)) => out.push(msg),
+                Ok(None) => break,
+                // No clsact qdisc on the device (a re-created one): no filters.
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if [-libc::EINVAL, -libc::ENOENT].contains(&e.raw_code()) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(e).context("listing tc filters"),
             }
         }
         Ok(out)

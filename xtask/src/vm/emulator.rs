@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{run, vm_dir};
-use crate::setup::{on_path, program_at_least};
+use crate::setup::{on_path, package_installed, program_at_least};
 
 /// The package whose binary boots the guest.
 const QEMU_PACKAGE: &str = "qemu-system-x86";
@@ -213,7 +213,7 @@ fn closure(
     package: &str,
     depends: &dyn Fn(&str) -> Result<Vec<Dependency>>,
 ) -> Result<BTreeSet<String>> {
-    closure_with(package, depends, &|name| package_installed(name))
+    closure_with(package, depends, &package_installed)
 }
 
 fn closure_with(
@@ -252,14 +252,6 @@ fn closure_with(
 
 /// Packages only maintainer scripts use: unpacking runs no script.
 const MAINTAINER_TOOLS: &[&str] = &["debconf", "cdebconf", "install-info", "dpkg"];
-
-fn package_installed(name: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${db:Status-Status}", name])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
-}
 
 #[cfg(test)]
 mod tests {

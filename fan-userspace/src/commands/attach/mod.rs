@@ -59,7 +59,9 @@ use table::checkpoint;
 
 /// IP-in-IP costs 20 bytes of every underlay packet.
 /// The outer IPv4 header the programs add (no options).
-const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
+pub(crate) const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
+/// The smallest fan MTU: IPv4's minimum datagram every host must accept.
+pub(crate) const MIN_FAN_MTU: u32 = 576;
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {

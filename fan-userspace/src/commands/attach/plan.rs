@@ -106,9 +106,9 @@ pub(super) async fn plan(
     }
     let max_mtu = iface.mtu.saturating_sub(OUTER_HEADER);
     let mtu = args.mtu.unwrap_or(max_mtu);
-    if mtu > max_mtu || mtu < 576 {
+    if mtu > max_mtu || mtu < MIN_FAN_MTU {
         bail!(
-            "--mtu {mtu} does not fit: {} has MTU {}, leaving at most {max_mtu} after the 20-byte outer header (and at least 576)",
+            "--mtu {mtu} does not fit: {} has MTU {}, leaving at most {max_mtu} after the 20-byte outer header (and at least {MIN_FAN_MTU})",
             iface.name,
             iface.mtu
         );
