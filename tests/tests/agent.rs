@@ -423,6 +423,7 @@ fn binding(address: std::net::Ipv4Addr, mac: [u8; 6], port: &str) -> Binding {
         port: Some(port.to_string()),
         origin: Origin::Static,
         owner: "fan-xdp bind".into(),
+        pod: None,
     }
 }
 

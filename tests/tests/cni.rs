@@ -167,6 +167,7 @@ fn every_command_in_every_advertised_version() {
             port: Some(port(&id)),
             origin: Origin::Cni,
             owner: id.clone(),
+            pod: None,
         };
         assert_eq!(bound(host), vec![expected_binding]);
         assert!(
@@ -682,6 +683,70 @@ fn a_del_while_the_agent_is_down_leaves_no_binding_once_it_is_back() {
         "the binding of {} outlived its port",
         held[0].address
     );
+    fleet.detach_all().unwrap();
+}
+
+/// kubelet's CNI_ARGS as containerd's CRI passes them for pod `default/web-0`.
+const KUBELET_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=kp1;K8S_POD_UID=0b7f3c52-9e41-4d2a-8c6e-5a1d2f3b4c5d";
+
+#[test]
+fn an_add_with_kubelets_arguments_names_the_pod_in_the_store_binding_and_show() {
+    if !privileged() {
+        return;
+    }
+    let fleet = one_host();
+    let host = &fleet.hosts[0];
+    let plugin = Plugin::new("pod");
+    let good = conf("1.0.0");
+    let ns = Netns::new("kp1").unwrap();
+    let a = Attachment::of("kp1", &ns);
+    let state = plugin.state.path.to_str().unwrap();
+    let added = invoke(
+        &host.ns,
+        &plugin.bin,
+        "fan",
+        "ADD",
+        Some(&a),
+        &good,
+        &[("FAN_XDP_STATE_DIR", state), ("CNI_ARGS", KUBELET_ARGS)],
+    )
+    .unwrap();
+    added.result();
+    let address = Ipv4Addr::new(250, 0, 1, 192);
+    let pod = json!({"namespace": "default", "name": "web-0", "uid": "0b7f3c52-9e41-4d2a-8c6e-5a1d2f3b4c5d"});
+    let file = plugin
+        .state
+        .path
+        .join(format!("cni/fan/{}-24/{address}", host.slice));
+    let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        stored,
+        json!({"containerID": "kp1", "ifname": "eth0", "port": port("kp1"), "pod": pod}),
+        "the allocation file"
+    );
+    let held = bound(host);
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        serde_json::to_value(&held[0].pod).unwrap(),
+        pod,
+        "the binding"
+    );
+    let text = host.fan_xdp_ok(&["show"]).unwrap();
+    let line = format!(
+        "  250.0.1.192     cni    pod default/web-0, container kp1 at {}",
+        port("kp1")
+    );
+    assert!(
+        text.lines().any(|l| l == line),
+        "show does not name the pod beside its address:\n{text}"
+    );
+    let shown: Value =
+        serde_json::from_str(&host.fan_xdp_ok(&["show", "--json"]).unwrap()).unwrap();
+    assert_eq!(shown[0]["bindings"][0]["pod"], pod, "show --json");
+    assert!(plugin.run(host, "DEL", Some(&a), &good).ok);
+    assert_nothing_left(&plugin, host, "DEL of the pod");
+    let text = host.fan_xdp_ok(&["show"]).unwrap();
+    assert!(!text.contains("web-0"), "show still names the pod:\n{text}");
     fleet.detach_all().unwrap();
 }
 

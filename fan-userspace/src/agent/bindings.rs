@@ -69,6 +69,25 @@ pub struct Binding {
     /// Who the binding is for: a container id, a DHCP client id.
     #[serde(default)]
     pub owner: String,
+    /// The Kubernetes pod of a `cni` binding, from the runtime's CNI_ARGS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+}
+
+/// A Kubernetes pod, as kubelet names it to the runtime and the runtime to
+/// CNI plugins (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `K8S_POD_UID`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+impl std::fmt::Display for Pod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 impl Binding {

@@ -137,6 +137,7 @@ pub async fn add(
         port: Some(port.clone()),
         origin: Origin::Cni,
         owner: inv.container_id.clone(),
+        pod: inv.pod.clone(),
     };
     if let Err(e) = bindings::bind(&run, &binding) {
         let _ = net.del_link_named(&port).await;
@@ -211,6 +212,7 @@ fn allocate(store: &Store, fan: &Fan, inv: &Invocation, port: &str) -> CniResult
         container_id: inv.container_id.clone(),
         ifname: inv.ifname.clone(),
         port: port.to_string(),
+        pod: inv.pod.clone(),
     };
     store
         .allocate(&lock, plan.cni, &wanted, &bound)

@@ -7,6 +7,7 @@ use super::{
     config::is_plain_name,
     error::{BAD_ENVIRONMENT, CniError, CniResult},
 };
+use crate::agent::bindings::Pod;
 
 /// The commands of the specification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct Invocation {
     pub ifname: String,
     /// CNI_NETNS: required for ADD and CHECK, may be empty for DEL.
     pub netns: Option<PathBuf>,
+    /// The Kubernetes pod, when the runtime names one in CNI_ARGS.
+    pub pod: Option<Pod>,
 }
 
 /// The environment, read through `var` (the process's, or a test's).
@@ -89,6 +92,82 @@ pub fn ifname_error(name: &str) -> Option<String> {
     name.chars()
         .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
         .map(|c| format!("CNI_IFNAME {name:?} contains {c:?}, which an interface name may not"))
+}
+
+/// The keys of CNI_ARGS the plugin knows: the convention's `IgnoreUnknown`
+/// and what kubelet passes through the runtime (containerd, CRI-O).
+const KNOWN_ARGS: [&str; 5] = [
+    "IgnoreUnknown",
+    "K8S_POD_NAMESPACE",
+    "K8S_POD_NAME",
+    "K8S_POD_UID",
+    "K8S_POD_INFRA_CONTAINER_ID",
+];
+
+/// Longest pod namespace, name or UID accepted (a DNS subdomain's length;
+/// Podman passes container names, which are not DNS names, so only the
+/// length and the characters that would garble `show` are checked).
+const POD_FIELD_MAX: usize = 253;
+
+/// The pod named by CNI_ARGS (`KEY=VALUE;...`), as libcni's convention reads
+/// it: every pair has a `=`, and a key the plugin does not know is refused
+/// unless `IgnoreUnknown` is `1` or `true`. A pod needs both namespace and name.
+pub fn pod_from_args(args: &str) -> Result<Option<Pod>, String> {
+    let mut pairs = Vec::new();
+    for pair in args.split(';').filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("CNI_ARGS pair {pair:?} is not KEY=VALUE"))?;
+        pairs.push((key, value));
+    }
+    let value = |key: &str| pairs.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let ignore_unknown = match value("IgnoreUnknown") {
+        None => false,
+        Some(v) if v == "1" || v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v == "0" || v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(format!(
+                "CNI_ARGS IgnoreUnknown={v:?} is not 1, 0, true or false"
+            ));
+        }
+    };
+    if !ignore_unknown && let Some((key, _)) = pairs.iter().find(|(k, _)| !KNOWN_ARGS.contains(k)) {
+        return Err(format!(
+            "CNI_ARGS names {key:?}, which the plugin does not know (IgnoreUnknown=1 lets it pass)"
+        ));
+    }
+    let field = |key: &str| -> Result<Option<String>, String> {
+        let Some(v) = value(key).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        if v.len() > POD_FIELD_MAX {
+            return Err(format!(
+                "CNI_ARGS {key} is longer than {POD_FIELD_MAX} bytes"
+            ));
+        }
+        if let Some(c) = v
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+        {
+            return Err(format!("CNI_ARGS {key}={v:?} contains {c:?}"));
+        }
+        Ok(Some(v.to_string()))
+    };
+    let (namespace, name, uid) = (
+        field("K8S_POD_NAMESPACE")?,
+        field("K8S_POD_NAME")?,
+        field("K8S_POD_UID")?,
+    );
+    match (namespace, name) {
+        (Some(namespace), Some(name)) => Ok(Some(Pod {
+            namespace,
+            name,
+            uid,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("CNI_ARGS has K8S_POD_NAMESPACE without K8S_POD_NAME".into()),
+        (None, Some(_)) => Err("CNI_ARGS has K8S_POD_NAME without K8S_POD_NAMESPACE".into()),
+    }
 }
 
 impl Env {
@@ -153,10 +232,13 @@ impl Env {
                         path.display()
                     )));
                 }
+                let pod =
+                    pod_from_args(text("CNI_ARGS")?.as_deref().unwrap_or_default()).map_err(bad)?;
                 Some(Invocation {
                     container_id,
                     ifname,
                     netns,
+                    pod,
                 })
             }
             _ => None,
@@ -244,6 +326,60 @@ mod tests {
                 "{key}={value:?}: {} lacks {needle}",
                 e.msg
             );
+        }
+    }
+
+    #[test]
+    fn kubelets_pod_arguments_name_the_pod() {
+        let mut vars = GOOD.to_vec();
+        vars.push((
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee_1.x-y;K8S_POD_UID=9d7c1a52-4e2b-4f0c-8a57-0c3b2f1e6d11;FOO=bar",
+        ));
+        let pod = env(&vars).unwrap().invocation.unwrap().pod;
+        assert_eq!(
+            pod,
+            Some(Pod {
+                namespace: "default".into(),
+                name: "web-0".into(),
+                uid: Some("9d7c1a52-4e2b-4f0c-8a57-0c3b2f1e6d11".into()),
+            })
+        );
+        assert_eq!(pod.unwrap().to_string(), "default/web-0");
+        // Podman's arguments: no UID; none at all: no pod.
+        assert_eq!(
+            pod_from_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=Web_1;K8S_POD_NAME=Web_1")
+                .unwrap()
+                .map(|p| (p.to_string(), p.uid)),
+            Some(("Web_1/Web_1".into(), None))
+        );
+        assert_eq!(pod_from_args(""), Ok(None));
+        assert_eq!(pod_from_args("IgnoreUnknown=true;FOO=1"), Ok(None));
+    }
+
+    #[test]
+    fn bad_pod_arguments_are_refused_with_code_4_and_named() {
+        let long = format!("K8S_POD_NAMESPACE=a;K8S_POD_NAME={}", "n".repeat(254));
+        let cases = [
+            ("K8S_POD_NAME", "\"K8S_POD_NAME\" is not KEY=VALUE"),
+            (
+                "FOO=bar;K8S_POD_NAME=x",
+                "\"FOO\", which the plugin does not know",
+            ),
+            ("IgnoreUnknown=0;FOO=bar", "\"FOO\""),
+            ("IgnoreUnknown=yes", "IgnoreUnknown=\"yes\""),
+            ("K8S_POD_NAMESPACE=default", "without K8S_POD_NAME"),
+            ("K8S_POD_NAME=web", "without K8S_POD_NAMESPACE"),
+            ("K8S_POD_NAMESPACE=a/b;K8S_POD_NAME=c", "contains '/'"),
+            ("K8S_POD_NAMESPACE=a;K8S_POD_NAME=c\nd", "contains '\\n'"),
+            (long.as_str(), "K8S_POD_NAME is longer than 253"),
+        ];
+        for (args, needle) in cases {
+            let e = with("CNI_ARGS", Some(args))
+                .err()
+                .unwrap_or_else(|| panic!("CNI_ARGS={args:?} accepted"));
+            assert_eq!(e.code, 4, "{args:?}");
+            assert!(e.msg.contains(needle), "{args:?}: {} lacks {needle}", e.msg);
         }
     }
 

@@ -35,6 +35,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use super::{config::Attachment, ids::port_name};
+use crate::agent::bindings::Pod;
 use crate::state::{
     create_private_dirs,
     rundir::{open_lock_file, try_flock},
@@ -60,6 +61,9 @@ pub struct Allocation {
     pub ifname: String,
     /// The host end of the container's veth.
     pub port: String,
+    /// The Kubernetes pod, when the runtime named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
 }
 
 fn unspecified() -> Ipv4Addr {
@@ -391,6 +395,7 @@ mod tests {
             container_id: id.into(),
             ifname: "eth0".into(),
             port: format!("fv{id}"),
+            pod: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub fn bind(args: &BindArgs, global: &Global) -> Result<()> {
             port: args.port.clone(),
             origin: Origin::Static,
             owner: "fan-xdp bind".into(),
+            pod: None,
         },
     )?;
     println!(

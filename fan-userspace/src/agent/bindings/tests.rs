@@ -26,6 +26,7 @@ fn binding(address: &str, mac: &str, port: Option<&str>, origin: Origin) -> Bind
         port: port.map(str::to_string),
         origin,
         owner: "c1".into(),
+        pod: None,
     }
 }
 

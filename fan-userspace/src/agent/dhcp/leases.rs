@@ -26,6 +26,7 @@ impl Lease {
             port: None,
             origin: Origin::Dhcp,
             owner: self.client_id.clone().unwrap_or_else(|| self.mac.clone()),
+            pod: None,
         }
     }
 }

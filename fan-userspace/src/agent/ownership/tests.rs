@@ -43,6 +43,7 @@ fn binding(address: &str, last: u8, port: Option<&str>, origin: Origin) -> Bindi
         port: port.map(str::to_string),
         origin,
         owner: "c1".into(),
+        pod: None,
     }
 }
 

@@ -7,7 +7,10 @@ use fan_common::maps::PathMtu;
 
 use crate::{
     agent,
-    agent::pmtu,
+    agent::{
+        bindings::{self, Binding},
+        pmtu,
+    },
     cli::{Global, ShowArgs},
     dataplane::{ENCAP_PORT, PinnedMaps, inspect, pinned_program_id, tcx_supported},
     host::Net,
@@ -43,6 +46,8 @@ struct Shown<'a> {
     agent: Option<&'a agent::Status>,
     /// Whether the fast path may skip the host's netfilter, and why (not).
     bypass: &'a bypass::Verdict,
+    /// The agent's bindings of addresses of the slice (CNI's name their pod).
+    bindings: Vec<&'a Binding>,
     #[serde(flatten)]
     slice: SliceUse,
 }
@@ -129,6 +134,17 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
     let (dir, fans) = attached(global)?;
     let run = RunDir::locate(global.run_dir.as_deref())?;
     let serving = agent::status(&run);
+    let bound = if serving.is_some() {
+        bindings::list(&run).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let bound_in = |fan: &Fan| -> Vec<&Binding> {
+        bound
+            .iter()
+            .filter(|b| fan.slice.contains(b.address))
+            .collect()
+    };
     let mut fast_paths = Vec::new();
     let mut slices = Vec::new();
     let mut learned = Vec::new();
@@ -162,6 +178,7 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
                 path_mtus: path_mtus(&learned, fan),
                 agent: serving.as_ref(),
                 bypass: &bypass,
+                bindings: bound_in(fan),
                 slice,
             })
             .collect();
@@ -210,6 +227,9 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
         for line in describe_slice_use(fan, slice) {
             println!("{line}");
         }
+        for line in describe_bindings(fan, &bound_in(fan)) {
+            println!("{line}");
+        }
         let Some(fast_path) = fast_path else { continue };
         println!(
             "{}: decapsulation {} ({})",
@@ -234,6 +254,30 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The bound addresses of `fan`'s slice, one line each: who holds it (a
+/// CNI binding's pod and container, a DHCP client) and at which port.
+fn describe_bindings(fan: &Fan, bound: &[&Binding]) -> Vec<String> {
+    if bound.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec![format!("{}: bound addresses:", fan.bridge)];
+    for b in bound {
+        let holder = match &b.pod {
+            Some(pod) => format!("pod {pod}, container {}", b.owner),
+            None if b.owner.is_empty() => "an unnamed owner".to_string(),
+            None => b.owner.clone(),
+        };
+        lines.push(format!(
+            "  {:<15} {:<6} {} at {}",
+            b.address,
+            b.origin.name(),
+            holder,
+            b.port.as_deref().unwrap_or(&b.mac)
+        ));
+    }
+    lines
 }
 
 /// One line on the fast path, saying what is missing when `fan-xdp run` is not.
