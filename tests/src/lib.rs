@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod cni;
+pub mod cri;
 pub mod dhcp;
 pub mod fuzz;
 pub mod lifecycle;

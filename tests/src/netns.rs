@@ -19,6 +19,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Made by this test (deleted on drop), not by a runtime.
+    owned: bool,
 }
 
 impl Netns {
@@ -28,7 +30,7 @@ impl Netns {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -41,7 +43,17 @@ impl Netns {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}{}-{n}-{label}", std::process::id());
         run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]))?;
-        Ok(Self { name })
+        Ok(Self { name, owned: true })
+    }
+
+    /// The namespace `/run/netns/NAME` that a runtime made and owns (a pod's,
+    /// by containerd): the helpers here run in it, and dropping this leaves
+    /// it and what runs in it alone.
+    pub fn of_runtime(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -120,6 +132,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // Whatever still runs inside (an agent a failed test did not stop)
         // would keep the namespace alive after its name is gone.
         kill_processes_in(&self.name);

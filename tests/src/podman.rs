@@ -143,7 +143,7 @@ impl Drop for Podman<'_> {
 
 /// A root filesystem of Debian's static busybox with a link per applet
 /// (not for `busybox` itself, which would replace the binary by a link to itself).
-fn busybox_rootfs(dir: &Path) -> Result<()> {
+pub fn busybox_rootfs(dir: &Path) -> Result<()> {
     let busybox = dir.join("bin/busybox");
     std::fs::copy("/bin/busybox", &busybox).context("copying /bin/busybox (busybox-static)")?;
     let applets = run(Command::new(&busybox).arg("--list"))?;

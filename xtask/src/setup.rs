@@ -169,6 +169,34 @@ const PACKAGES: &[Need] = &[
         why: "the reference CNI plugins (host-local, portmap) the CNI tests chain",
         present: Present::File("/usr/lib/cni/portmap"),
     },
+    // Kubernetes's path in the CRI tests: containerd's CRI plugin (Debian's
+    // containerd has it built in), a CRI client of the tests' own generated
+    // from the CRI proto (protoc), and the pause image built offline from a
+    // static C program (gcc and libc's static archive).
+    Need::program(
+        Use::Tests,
+        "containerd",
+        "containerd",
+        "containerd 1.6 and its CRI plugin, in the CRI tests",
+    ),
+    Need::program(
+        Use::Tests,
+        "protobuf-compiler",
+        "protoc",
+        "protoc: the CRI tests' client is generated from the CRI proto",
+    ),
+    Need::program(
+        Use::Tests,
+        "gcc",
+        "gcc",
+        "gcc: the CRI tests' static pause program",
+    ),
+    Need {
+        used_by: Use::Tests,
+        package: "libc6-dev",
+        why: "libc's static archive, for the CRI tests' static pause program",
+        present: Present::File("/usr/lib/x86_64-linux-gnu/libc.a"),
+    },
     // The container runtimes the runtimes tests drive, each inside the
     // namespace of the host it serves. Docker and LXD by Debian's package:
     // the versions docs/containers.md describes (the docker client some

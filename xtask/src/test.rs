@@ -69,6 +69,8 @@ const HOST_SUITES: &[&str] = &[
     "host_lives",
     // The CNI plugin: its protocol, the reference plugins, Podman.
     "cni",
+    // Kubernetes's path: containerd's CRI on two nodes, and the DaemonSet's image.
+    "cri",
     // The docs' `fan-xdp map` examples, run and compared.
     "docs",
     // DHCP on the slice: dnsmasq and udhcpc, which the VM has not.

@@ -232,8 +232,12 @@ impl Env {
                         path.display()
                     )));
                 }
-                let pod =
-                    pod_from_args(text("CNI_ARGS")?.as_deref().unwrap_or_default()).map_err(bad)?;
+                // A DEL never fails on CNI_ARGS: the runtime would retry it forever.
+                let pod = match pod_from_args(text("CNI_ARGS")?.as_deref().unwrap_or_default()) {
+                    Ok(pod) => pod,
+                    Err(_) if command == Command::Del => None,
+                    Err(e) => return Err(bad(e)),
+                };
                 Some(Invocation {
                     container_id,
                     ifname,
@@ -381,6 +385,18 @@ mod tests {
             assert_eq!(e.code, 4, "{args:?}");
             assert!(e.msg.contains(needle), "{args:?}: {} lacks {needle}", e.msg);
         }
+    }
+
+    #[test]
+    fn a_del_with_bad_pod_arguments_still_runs() {
+        let del = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=default"),
+        ])
+        .unwrap();
+        assert_eq!(del.invocation.unwrap().pod, None);
     }
 
     #[test]

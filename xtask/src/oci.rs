@@ -1,0 +1,153 @@
+//! One-layer OCI image archives built offline from a directory: what
+//! `ctr images import` and `podman load` read (an `oci-layout`, an
+//! `index.json` naming the image, and content-addressed blobs). Used by
+//! `cargo xtask image` (fan-xdp's DaemonSet image) and by the CRI tests
+//! (their pause and busybox images), which include this file as it is: it
+//! needs nothing but std, anyhow, `tar` and `sha256sum`.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// What the image runs, as its config says.
+pub struct ImageConfig<'a> {
+    /// `name:tag` as a runtime refers to it (`fan-xdp:0.1.0`, `pause:fan`);
+    /// containerd's annotation holds it under `docker.io/library/`.
+    pub reference: &'a str,
+    pub entrypoint: &'a [&'a str],
+    pub env: &'a [&'a str],
+}
+
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// Writes `archive`: an OCI image of one layer holding `rootfs` as it is
+/// (owned by root, times zeroed, names sorted: the same tree gives the same
+/// digest). `work` is a scratch directory, emptied first.
+pub fn write_archive(
+    rootfs: &Path,
+    config: &ImageConfig,
+    work: &Path,
+    archive: &Path,
+) -> Result<()> {
+    let _ = std::fs::remove_dir_all(work);
+    let blobs = work.join("layout/blobs/sha256");
+    std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+    let layer = work.join("layer.tar");
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."))?;
+    let (layer_digest, layer_size) = store_blob(&blobs, &std::fs::read(&layer)?)?;
+    std::fs::remove_file(&layer)?;
+    let strings = |items: &[&str]| {
+        let quoted: Vec<String> = items.iter().map(|s| json_string(s)).collect();
+        format!("[{}]", quoted.join(","))
+    };
+    let image_config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Entrypoint":{},"Env":{}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer_digest}"]}}}}"#,
+        strings(config.entrypoint),
+        strings(config.env)
+    );
+    let (config_digest, config_size) = store_blob(&blobs, image_config.as_bytes())?;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_TYPE}","config":{{"mediaType":"{CONFIG_TYPE}","digest":"sha256:{config_digest}","size":{config_size}}},"layers":[{{"mediaType":"{LAYER_TYPE}","digest":"sha256:{layer_digest}","size":{layer_size}}}]}}"#
+    );
+    let (manifest_digest, manifest_size) = store_blob(&blobs, manifest.as_bytes())?;
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{MANIFEST_TYPE}","digest":"sha256:{manifest_digest}","size":{manifest_size},"platform":{{"architecture":"amd64","os":"linux"}},"annotations":{{"io.containerd.image.name":{},"org.opencontainers.image.ref.name":{}}}}}]}}"#,
+        json_string(&format!("docker.io/library/{}", config.reference)),
+        json_string(config.reference)
+    );
+    let layout = work.join("layout");
+    std::fs::write(layout.join("index.json"), index)?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(&layout)
+        .arg("-cf")
+        .arg(archive)
+        .args(["oci-layout", "index.json", "blobs"]))?;
+    std::fs::remove_dir_all(work)?;
+    Ok(())
+}
+
+/// Stores `bytes` under their SHA-256 in `blobs`: (hex digest, size).
+fn store_blob(blobs: &Path, bytes: &[u8]) -> Result<(String, usize)> {
+    let digest = sha256(bytes)?;
+    std::fs::write(blobs.join(&digest), bytes)?;
+    Ok((digest, bytes.len()))
+}
+
+/// The SHA-256 of `bytes` in hex (coreutils' sha256sum).
+pub fn sha256(bytes: &[u8]) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running sha256sum")?;
+    let mut stdin = child.stdin.take().context("sha256sum's stdin")?;
+    let writer = std::thread::scope(|scope| {
+        let writing = scope.spawn(move || stdin.write_all(bytes));
+        let out = child.wait_with_output();
+        (writing.join(), out)
+    });
+    let (written, out) = writer;
+    written.map_err(|_| anyhow::anyhow!("writing to sha256sum panicked"))??;
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(hex) if out.status.success() && hex.len() == 64 => Ok(hex.to_string()),
+        _ => bail!("sha256sum printed {text:?}"),
+    }
+}
+
+/// `text` as a JSON string.
+fn json_string(text: &str) -> String {
+    let mut out = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
