@@ -106,6 +106,44 @@ impl Images {
     }
 }
 
+/// fan-xdp's DaemonSet image, named as `cargo xtask image` names it.
+pub fn fan_xdp_reference() -> String {
+    format!("fan-xdp:{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Images {
+    /// Where the images are built.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// fan-xdp's DaemonSet image as `cargo xtask image` lays it out, around
+    /// the binary under test (its debug information stripped): the archive.
+    pub fn fan_xdp(&self) -> Result<PathBuf> {
+        let binary = self.dir.join("fan-xdp");
+        run(Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&binary)
+            .arg(crate::topology::fan_xdp_binary()))?;
+        let root = self.dir.join("fan-xdp-root");
+        oci::fan_xdp_rootfs(&binary, &root)?;
+        let archive = self.dir.join("fan-xdp.tar");
+        oci::write_archive(
+            &root,
+            &oci::ImageConfig {
+                reference: &fan_xdp_reference(),
+                entrypoint: &["/usr/bin/fan-xdp"],
+                env: &[oci::IMAGE_PATH],
+            },
+            &self.dir.join("work"),
+            &archive,
+        )?;
+        std::fs::remove_dir_all(&root)?;
+        Ok(archive)
+    }
+}
+
 impl Drop for Images {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -161,8 +199,9 @@ state = "{d}/state"
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     pub id: String,
-    /// `/var/run/netns/cni-...`, made by containerd.
-    pub netns: PathBuf,
+    /// `/var/run/netns/cni-...`, made by containerd; none for a pod on
+    /// the node's network.
+    pub netns: Option<PathBuf>,
 }
 
 /// One node's containerd, in the node's network namespace.
@@ -176,16 +215,19 @@ pub struct Containerd {
     channel: Mutex<Option<Channel>>,
     /// Every sandbox it ran, for the cleanup.
     sandboxes: Mutex<Vec<Sandbox>>,
+    /// The pod namespaces (`/run/netns/cni-*`) there before it started.
+    netns_before: Vec<String>,
 }
 
 impl Containerd {
     /// Starts containerd for `node` with the CNI plugins of `bin_dir` and
-    /// the configuration `conflist` (as `10-fan.conflist`), `env` passed on
-    /// to it and so to the plugins; imports `images`.
+    /// the configuration `conflist` (as `10-fan.conflist`; none: what an
+    /// installer writes later into [`Containerd::conf_dir`]), `env` passed
+    /// on to it and so to the plugins; imports `images`.
     pub fn start(
         node: &Netns,
         bin_dir: &Path,
-        conflist: &[u8],
+        conflist: Option<&[u8]>,
         env: &[(&str, &str)],
         images: &Images,
     ) -> Result<Self> {
@@ -193,7 +235,9 @@ impl Containerd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("net.d"))?;
         std::fs::create_dir_all(dir.join("logs"))?;
-        std::fs::write(dir.join("net.d/10-fan.conflist"), conflist)?;
+        if let Some(conflist) = conflist {
+            std::fs::write(dir.join("net.d/10-fan.conflist"), conflist)?;
+        }
         std::fs::write(
             dir.join("config.toml"),
             containerd_config(&dir, bin_dir, &dir.join("net.d")),
@@ -212,6 +256,7 @@ impl Containerd {
             runtime,
             channel: Mutex::new(None),
             sandboxes: Mutex::new(Vec::new()),
+            netns_before: pod_namespaces(),
         };
         this.launch()?;
         for archive in [&images.pause, &images.busybox] {
@@ -438,7 +483,11 @@ impl Containerd {
 
     /// RunPodSandbox for pod `namespace/name`: its id.
     pub fn run_pod(&self, namespace: &str, name: &str) -> Result<String> {
-        let config = self.pod_config(namespace, name);
+        self.run_sandbox(self.pod_config(namespace, name))
+    }
+
+    /// RunPodSandbox with `config`: its id.
+    pub fn run_sandbox(&self, config: cri::PodSandboxConfig) -> Result<String> {
         let answer = self.runtime(|mut c| async move {
             c.run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config),
@@ -447,7 +496,7 @@ impl Containerd {
             .await
         })?;
         let id = answer.pod_sandbox_id;
-        let netns = self.pod_netns(&id)?;
+        let netns = self.pod_netns(&id).ok();
         self.sandboxes.lock().unwrap().push(Sandbox {
             id: id.clone(),
             netns,
@@ -525,28 +574,38 @@ impl Containerd {
         Ok(())
     }
 
-    /// A busybox container `name` in pod `pod` running `sleep 3600`,
+    /// A busybox container `work` in pod `pod` running `sleep 3600`,
     /// started: its id.
     pub fn run_busybox(&self, pod: &str, namespace: &str, pod_name: &str) -> Result<String> {
-        let sandbox_config = self.pod_config(namespace, pod_name);
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "work".into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: full_name(BUSYBOX_IMAGE),
+                ..Default::default()
+            }),
+            command: vec!["sleep".into(), "3600".into()],
+            log_path: "work.log".into(),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        self.run_container(pod, config, self.pod_config(namespace, pod_name))
+    }
+
+    /// CreateContainer and StartContainer: its id.
+    pub fn run_container(
+        &self,
+        pod: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: cri::PodSandboxConfig,
+    ) -> Result<String> {
         let pod_id = pod.to_string();
         let created = self.runtime(|mut c| async move {
             c.create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod_id,
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "work".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: full_name(BUSYBOX_IMAGE),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "3600".into()],
-                    log_path: "work.log".into(),
-                    linux: Some(cri::LinuxContainerConfig::default()),
-                    ..Default::default()
-                }),
+                config: Some(config),
                 sandbox_config: Some(sandbox_config),
             })
             .await
@@ -560,6 +619,24 @@ impl Containerd {
             .await
         })?;
         Ok(id)
+    }
+
+    /// The container's state and exit code.
+    pub fn container_state(&self, id: &str) -> Result<(cri::ContainerState, i32)> {
+        let id = id.to_string();
+        let status = self.runtime(|mut c| async move {
+            c.container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+        })?;
+        let status = status.status.context("no container status")?;
+        Ok((
+            cri::ContainerState::try_from(status.state)
+                .unwrap_or(cri::ContainerState::ContainerUnknown),
+            status.exit_code,
+        ))
     }
 
     /// ExecSync in container `id`: (exit code, stdout and stderr).
@@ -620,15 +697,27 @@ impl Containerd {
             // with its socket on its command line.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // A namespace containerd made for a sandbox that failed before it
+        // was recorded (1.6 leaves one when its CNI is not initialized):
+        // new since the start, and nothing runs in it.
+        for name in pod_namespaces() {
+            if self.netns_before.contains(&name) {
+                continue;
+            }
+            let pids = Command::new("ip").args(["netns", "pids", &name]).output();
+            if pids.is_ok_and(|out| out.status.success() && out.stdout.is_empty()) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
         for sandbox in self.sandboxes() {
             // The shim's socket: /run/containerd/s/ and the SHA-256 of
             // ADDRESS/NAMESPACE/ID, as containerd 1.6 names it.
             if let Ok(hash) = oci::sha256(format!("{address}/k8s.io/{}", sandbox.id).as_bytes()) {
                 let _ = std::fs::remove_file(Path::new("/run/containerd/s").join(hash));
             }
-            if sandbox.netns.exists() {
-                let _ = Command::new("umount").arg(&sandbox.netns).output();
-                let _ = std::fs::remove_file(&sandbox.netns);
+            if let Some(netns) = sandbox.netns.filter(|n| n.exists()) {
+                let _ = Command::new("umount").arg(&netns).output();
+                let _ = std::fs::remove_file(&netns);
             }
             for cached in [
                 format!("fan-{}-eth0", sandbox.id),
@@ -666,6 +755,19 @@ impl Drop for Containerd {
         let _ = std::fs::remove_dir_all(state);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The names of the pod namespaces in /run/netns (`cni-*`).
+fn pod_namespaces() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("cni-"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The pids of shims started by the containerd at `address`.

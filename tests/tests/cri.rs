@@ -57,7 +57,7 @@ impl Bed {
                 Containerd::start(
                     &h.ns,
                     &bin.path,
-                    CONFLIST.as_bytes(),
+                    Some(CONFLIST.as_bytes()),
                     &[("FAN_XDP_STATE_DIR", &state_dir)],
                     &images,
                 )
@@ -400,4 +400,316 @@ fn an_add_before_the_agent_is_ready_fails_try_again_and_the_next_run_pod_succeed
     assert!(ping(&host.ns, ip, 1).unwrap(), "the pod does not answer");
     containerd.remove_pod(&id).unwrap();
     bed.assert_nothing_left(host, "RemovePodSandbox");
+}
+
+/// The literal block (`key: |`) of deploy/fan-xdp-daemonset.yaml that
+/// follows the first line containing `anchor`, dedented.
+fn yaml_block(yaml: &str, anchor: &str) -> String {
+    let indent_of = |l: &str| l.len() - l.trim_start().len();
+    let mut lines = yaml.lines().skip_while(|l| !l.contains(anchor));
+    let key = lines
+        .find(|l| l.trim_end().ends_with('|'))
+        .expect("a literal block");
+    let body: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || indent_of(l) > indent_of(key))
+        .collect();
+    let indent = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| indent_of(l))
+        .min()
+        .unwrap_or(0);
+    body.iter()
+        .map(|l| l.get(indent..).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim_end()
+        .to_string()
+        + "\n"
+}
+
+/// A directory of this test on the host's bpffs, standing for the node's
+/// `/sys/fs/bpf` in the DaemonSet's pod: the agent's pins (and its sweep
+/// of namespaces it cannot see from its pod) stay inside it. Bind-mounted
+/// on itself as a shared mount, as a systemd host's /sys/fs/bpf is (the
+/// DaemonSet's Bidirectional propagation needs one; this machine's is
+/// private). Removed with what is pinned there, after a detach.
+struct PrivateBpffs {
+    path: std::path::PathBuf,
+    node: String,
+    run: std::path::PathBuf,
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.node])
+            .arg(fan_tests::topology::fan_xdp_binary())
+            .args(["detach", "eth0"])
+            .env("FAN_XDP_PIN_DIR", &self.path)
+            .env("FAN_XDP_RUN_DIR", &self.run)
+            .output();
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[test]
+fn the_daemonsets_image_attaches_the_fan_installs_the_plugin_and_pods_get_addresses() {
+    use k8s_cri::v1 as cri;
+    if !privileged() {
+        return;
+    }
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/fan-xdp-daemonset.yaml"
+    ))
+    .unwrap();
+    let reference = fan_tests::cri::fan_xdp_reference();
+    assert_eq!(
+        yaml.matches(&format!("image: {reference}\n")).count(),
+        2,
+        "the DaemonSet names {reference} for both containers"
+    );
+    let install_script = yaml_block(&yaml, "name: install-cni");
+    let agent_command = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- fan-xdp attach"))
+        .map(|rest| format!("fan-xdp attach{rest}"))
+        .expect("the agent's command");
+    let conflist = yaml_block(&yaml, "10-fan.conflist: |");
+    let parsed: serde_json::Value = serde_json::from_str(&conflist).unwrap();
+    assert_eq!(parsed["plugins"][0]["type"], "fan", "{conflist}");
+
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let private = TempDir::new("cri-daemonset").unwrap();
+    let dir = |name: &str| {
+        let path = private.path.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        path
+    };
+    let (run, state, cni_bin, config) = (dir("run"), dir("state"), dir("bin"), dir("config"));
+    // A node's CNI binary directory holds the reference plugins already.
+    for plugin in ["loopback", "portmap"] {
+        std::os::unix::fs::symlink(
+            std::path::Path::new(fan_tests::cni::REFERENCE_PLUGINS).join(plugin),
+            cni_bin.join(plugin),
+        )
+        .unwrap();
+    }
+    std::fs::write(config.join("10-fan.conflist"), &conflist).unwrap();
+    let bpffs = PrivateBpffs {
+        path: std::path::PathBuf::from(format!("/sys/fs/bpf/fxt-cri-{}", std::process::id())),
+        node: host.ns.name().to_string(),
+        run: run.clone(),
+    };
+    std::fs::create_dir_all(&bpffs.path).unwrap();
+    std::fs::set_permissions(
+        &bpffs.path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let shared = bpffs.path.to_str().unwrap();
+    fan_tests::netns::run(std::process::Command::new("mount").args(["--bind", shared, shared]))
+        .unwrap();
+    fan_tests::netns::run(std::process::Command::new("mount").args(["--make-shared", shared]))
+        .unwrap();
+
+    let images = Images::build().unwrap();
+    let built = Instant::now();
+    let archive = images.fan_xdp().unwrap();
+    let size = std::fs::metadata(&archive).unwrap().len();
+    eprintln!(
+        "the image {reference}: {:.1} MiB (the binary under test, debug information stripped), built in {:.1} s",
+        size as f64 / f64::from(1 << 20),
+        built.elapsed().as_secs_f64()
+    );
+    let (pin_dir, run_dir, state_dir) = (
+        bpffs.path.to_str().unwrap(),
+        run.to_str().unwrap(),
+        state.to_str().unwrap(),
+    );
+    // The plugin, run by containerd on the node, finds what the agent in
+    // its pod made: the same directories.
+    let containerd = Containerd::start(
+        &host.ns,
+        &cni_bin,
+        None,
+        &[
+            ("FAN_XDP_PIN_DIR", pin_dir),
+            ("FAN_XDP_RUN_DIR", run_dir),
+            ("FAN_XDP_STATE_DIR", state_dir),
+        ],
+        &images,
+    )
+    .unwrap();
+    containerd.import(&archive).unwrap();
+    containerd
+        .wait_for_image(&fan_tests::cri::full_name(&reference))
+        .unwrap();
+
+    // The DaemonSet's pod: host network, privileged, the node's directories.
+    let host_namespaces = cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ..Default::default()
+    };
+    let mut sandbox = containerd.pod_config("kube-system", "fan-xdp-node1");
+    // kubelet gives a host-network pod no hostname of its own (it shares the node's).
+    sandbox.hostname = String::new();
+    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(host_namespaces.clone()),
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let ds_pod = containerd.run_sandbox(sandbox.clone()).unwrap();
+    let mount = |host_path: &std::path::Path, container_path: &str, propagation| cri::Mount {
+        container_path: container_path.into(),
+        host_path: host_path.display().to_string(),
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    let private_mount = cri::MountPropagation::PropagationPrivate;
+    let container =
+        |name: &str, script: &str, mounts: Vec<cri::Mount>, envs| cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: fan_tests::cri::full_name(&reference),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            envs,
+            mounts,
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    privileged: true,
+                    namespace_options: Some(host_namespaces.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+    let init = containerd
+        .run_container(
+            &ds_pod,
+            container(
+                "install-cni",
+                &install_script,
+                vec![
+                    mount(&cni_bin, "/host/opt/cni/bin", private_mount),
+                    mount(&containerd.conf_dir(), "/host/etc/cni/net.d", private_mount),
+                    mount(&config, "/config", private_mount),
+                ],
+                vec![],
+            ),
+            sandbox.clone(),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (state, code) = containerd.container_state(&init).unwrap();
+        if state == cri::ContainerState::ContainerExited {
+            assert_eq!(code, 0, "the init step failed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the init step did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read(cni_bin.join("fan")).unwrap(),
+        std::fs::read(archive_binary(&images)).unwrap(),
+        "the init step installed fan-xdp as the plugin `fan`"
+    );
+    assert_eq!(
+        std::fs::read_to_string(containerd.conf_dir().join("10-fan.conflist")).unwrap(),
+        conflist
+    );
+    let env = |key: &str, value: &str| cri::KeyValue {
+        key: key.into(),
+        value: value.into(),
+    };
+    let agent = containerd
+        .run_container(
+            &ds_pod,
+            container(
+                "agent",
+                &agent_command,
+                vec![
+                    mount(
+                        &bpffs.path,
+                        "/sys/fs/bpf",
+                        cri::MountPropagation::PropagationBidirectional,
+                    ),
+                    mount(&run, "/run/fan-xdp", private_mount),
+                    mount(&state, "/var/lib/fan-xdp", private_mount),
+                ],
+                vec![env("FAN_IFACE", "eth0"), env("FAN_OVERLAY", "250.0.0.0/8")],
+            ),
+            sandbox,
+        )
+        .unwrap();
+
+    // The node is Ready once containerd has read the conflist the init step
+    // wrote; a pod then, retried as kubelet retries it, until the agent in
+    // the DaemonSet's pod serves the node.
+    containerd.wait_until_network_ready().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pod = loop {
+        match containerd.run_pod("default", "through-the-image") {
+            Ok(id) => break id,
+            Err(e) => {
+                let (state, _) = containerd.container_state(&agent).unwrap();
+                assert!(
+                    Instant::now() < deadline && state == cri::ContainerState::ContainerRunning,
+                    "no pod network from the DaemonSet's agent ({state:?}): {e:#}\n{}",
+                    containerd.log_tail()
+                );
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    };
+    let ip = containerd.pod_ip(&pod).unwrap();
+    assert!(in_cni_range(host, ip), "{ip}");
+    assert!(
+        ping(&host.ns, ip, 2).unwrap(),
+        "the pod does not answer its node"
+    );
+    let held = host
+        .ns
+        .enter(|| bindings::list(&RunDir::locate(Some(&run))?))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        held.iter()
+            .map(|b| (b.address, b.origin))
+            .collect::<Vec<_>>(),
+        [(ip, Origin::Cni)],
+        "the agent in the DaemonSet's pod holds the pod's binding"
+    );
+    containerd.remove_pod(&pod).unwrap();
+    assert_eq!(ports(host), Vec::<String>::new());
+    assert_eq!(
+        addresses_in(&state.join(format!("cni/fan/{}-24", host.slice))),
+        BTreeSet::new()
+    );
+    drop(containerd);
+    drop(bpffs);
+}
+
+/// The fan-xdp binary inside the test's image (what the init step copies).
+fn archive_binary(images: &Images) -> std::path::PathBuf {
+    images.dir().join("fan-xdp")
 }

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | install | deb | test | demo | fuzz | soak | vm | bench`.
+//! Project tasks: `cargo xtask setup | build | install | deb | image | test | demo | fuzz | soak | vm | bench`.
 //!
 //! xtask depends on nothing that needs the eBPF toolchain, so it builds on a
 //! fresh machine and can install that toolchain itself.
@@ -6,7 +6,9 @@
 mod apt;
 mod cni;
 mod deb;
+mod image;
 mod install;
+mod oci;
 mod services;
 mod setup;
 mod test;
@@ -94,6 +96,10 @@ enum Task {
     /// what `install` installs, in Debian's places, with /etc/network/fan
     /// (no fans) as a conffile; installing it starts and enables nothing.
     Deb,
+    /// Build fan-xdp's DaemonSet image from scratch, offline: the OCI archive
+    /// target/image/fan-xdp_<version>.oci.tar, named fan-xdp:<version>
+    /// (the release binary, nft, dnsmasq, their libraries, busybox's shell).
+    Image,
     /// Measure fan-xdp against plain routing and the kernel's tunnels (target/bench/).
     Bench {
         /// A short smoke run (no speed asserted).
@@ -215,6 +221,10 @@ fn run(task: Task) -> Result<()> {
         Task::Deb => {
             setup::run(Use::Build)?;
             deb::run()
+        }
+        Task::Image => {
+            setup::run(Use::Image)?;
+            image::build().map(drop)
         }
         Task::Demo => {
             setup::run(Use::Demo)?;

@@ -151,3 +151,106 @@ fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// The search path of fan-xdp's image.
+pub const IMAGE_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The programs fan-xdp runs (nftables for `--nat`, dnsmasq for `--dhcp`),
+/// which the image carries with their libraries.
+pub const AGENT_PROGRAMS: [&str; 2] = ["/usr/sbin/nft", "/usr/sbin/dnsmasq"];
+
+/// Debian's static busybox, for the DaemonSet's shell steps (the init
+/// step's `cp` and `mv`, the agent's `sh -c`): no libraries.
+pub const BUSYBOX: &str = "/bin/busybox";
+const BUSYBOX_APPLETS: [&str; 3] = ["sh", "cp", "mv"];
+
+/// Lays out fan-xdp's image in `root` (empty or missing): `fan_xdp` (the
+/// binary, its eBPF object inside) as `/usr/bin/fan-xdp`, nft and dnsmasq,
+/// every library the three link (as `ldd` finds them, at the same paths),
+/// busybox with the applets the DaemonSet uses, and an `/etc/passwd` and
+/// `/etc/group` with the `nobody` dnsmasq drops to.
+pub fn fan_xdp_rootfs(fan_xdp: &Path, root: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(root);
+    for dir in [
+        "usr/bin", "usr/sbin", "bin", "etc", "tmp", "run", "var/lib", "proc", "sys", "dev",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    std::fs::set_permissions(
+        root.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )?;
+    copy_into(root, fan_xdp, Path::new("/usr/bin/fan-xdp"))?;
+    let mut libraries = linked_libraries(fan_xdp)?;
+    for program in AGENT_PROGRAMS {
+        let program = Path::new(program);
+        copy_into(root, program, program)?;
+        libraries.extend(linked_libraries(program)?);
+    }
+    libraries.sort();
+    libraries.dedup();
+    for library in &libraries {
+        copy_into(root, library, library)?;
+    }
+    if !linked_libraries(Path::new(BUSYBOX))?.is_empty() {
+        bail!("{BUSYBOX} is not Debian's static busybox (apt-get install busybox-static)");
+    }
+    copy_into(root, Path::new(BUSYBOX), Path::new(BUSYBOX))?;
+    for applet in BUSYBOX_APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    Ok(())
+}
+
+/// Copies the file `from` (links followed) to `to` inside `root`.
+fn copy_into(root: &Path, from: &Path, to: &Path) -> Result<()> {
+    let target = root.join(to.strip_prefix("/").unwrap_or(to));
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(from, &target)
+        .with_context(|| format!("copying {} into the image", from.display()))?;
+    Ok(())
+}
+
+/// The libraries `binary` links, with the dynamic loader, as `ldd` lists
+/// them; none for a static binary.
+fn linked_libraries(binary: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        // ldd's answer for a static binary.
+        if why.contains("not a dynamic executable") {
+            return Ok(Vec::new());
+        }
+        bail!("ldd {}: {}", binary.display(), why.trim());
+    }
+    let mut libraries = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let path = match line.split_once("=>") {
+            Some((name, _)) if line.contains("not found") => {
+                bail!(
+                    "{} links {}, which is not found",
+                    binary.display(),
+                    name.trim()
+                )
+            }
+            Some((_, found)) => found.trim(),
+            None => line,
+        };
+        let path = path.split(" (").next().unwrap_or_default().trim();
+        if path.starts_with('/') {
+            libraries.push(std::path::PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
+}

@@ -16,6 +16,8 @@ pub enum Use {
     Bench,
     /// The second kernel in qemu (qemu itself comes privately: `vm::qemu`).
     Vm,
+    /// fan-xdp's DaemonSet image: the programs and the shell it carries.
+    Image,
     /// Every test: all of the above and the container runtimes.
     Tests,
 }
@@ -30,6 +32,7 @@ impl Use {
             Bench => matches!(other, Build | Demo | Bench),
             Demo => matches!(other, Build | Demo),
             Vm => matches!(other, Build | Vm),
+            Image => matches!(other, Build | Image),
             Build => other == Build,
         }
     }
@@ -76,7 +79,8 @@ const PACKAGES: &[Need] = &[
         "nftables",
         "nft",
         "nft: fan-xdp's masquerade rules",
-    ),
+    )
+    .also(Use::Image),
     Need::program(
         Use::Bench,
         "ethtool",
@@ -94,9 +98,11 @@ const PACKAGES: &[Need] = &[
         "dnsmasq-base",
         "dnsmasq",
         "the DHCP server `attach --dhcp` runs, in the containers bench and tests",
-    ),
+    )
+    .also(Use::Image),
     Need {
         used_by: Use::Bench,
+        also: None,
         package: "udhcpc",
         why: "the DHCP client of the containers bench and the DHCP tests",
         // Its script applies the router and the MTU; busybox's sample does not.
@@ -104,6 +110,7 @@ const PACKAGES: &[Need] = &[
     },
     Need {
         used_by: Use::Bench,
+        also: None,
         package: "fonts-dejavu-core",
         why: "the font of the bench's chart",
         present: Present::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
@@ -134,7 +141,12 @@ const PACKAGES: &[Need] = &[
         "lintian: the package test checks `cargo xtask deb`'s package with it",
     ),
     // Only Debian's static build will do: the VM copies /bin/busybox alone.
-    Need::package(Use::Vm, "busybox-static", "the VM's userland"),
+    Need::package(
+        Use::Vm,
+        "busybox-static",
+        "the VM's userland, and the DaemonSet image's shell",
+    )
+    .also(Use::Image),
     Need::program(
         Use::Vm,
         "kmod",
@@ -165,6 +177,7 @@ const PACKAGES: &[Need] = &[
     ),
     Need {
         used_by: Use::Tests,
+        also: None,
         package: "containernetworking-plugins",
         why: "the reference CNI plugins (host-local, portmap) the CNI tests chain",
         present: Present::File("/usr/lib/cni/portmap"),
@@ -193,6 +206,7 @@ const PACKAGES: &[Need] = &[
     ),
     Need {
         used_by: Use::Tests,
+        also: None,
         package: "libc6-dev",
         why: "libc's static archive, for the CRI tests' static pause program",
         present: Present::File("/usr/lib/x86_64-linux-gnu/libc.a"),
@@ -295,15 +309,17 @@ pub fn run(task: Use) -> Result<()> {
 
 /// The packages `task` needs.
 fn needed_by(task: Use) -> impl Iterator<Item = &'static Need> {
-    PACKAGES
-        .iter()
-        .filter(move |need| task.includes(need.used_by))
+    PACKAGES.iter().filter(move |need| {
+        task.includes(need.used_by) || need.also.is_some_and(|also| task.includes(also))
+    })
 }
 
 /// A Debian package setup installs unless what it brings is already here.
 struct Need {
     /// The first use that needs it.
     used_by: Use,
+    /// A use outside `used_by`'s that needs it too.
+    also: Option<Use>,
     package: &'static str,
     /// Why the project needs it, said when it is installed.
     why: &'static str,
@@ -325,9 +341,18 @@ impl Need {
     const fn package(used_by: Use, package: &'static str, why: &'static str) -> Self {
         Self {
             used_by,
+            also: None,
             package,
             why,
             present: Present::Package,
+        }
+    }
+
+    /// Needed by `use_` too.
+    const fn also(self, use_: Use) -> Self {
+        Self {
+            also: Some(use_),
+            ..self
         }
     }
 
@@ -339,6 +364,7 @@ impl Need {
     ) -> Self {
         Self {
             used_by,
+            also: None,
             package,
             why,
             present: Present::Program(program),
@@ -539,6 +565,17 @@ mod tests {
         assert!(demo.contains(&"llvm-22-dev") && demo.contains(&"iperf3"));
         let build: Vec<&str> = needed_by(Use::Build).map(|need| need.package).collect();
         assert_eq!(build, ["llvm-22-dev", "libpolly-22-dev", "dpkg-dev"]);
+    }
+
+    #[test]
+    fn the_image_installs_what_it_carries_and_no_runtime() {
+        let image: Vec<&str> = needed_by(Use::Image).map(|need| need.package).collect();
+        for package in ["nftables", "dnsmasq-base", "busybox-static", "llvm-22-dev"] {
+            assert!(image.contains(&package), "the image lacks {package}");
+        }
+        for package in ["docker.io", "podman", "containerd", "iperf3"] {
+            assert!(!image.contains(&package), "the image installs {package}");
+        }
     }
 
     #[test]
