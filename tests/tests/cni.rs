@@ -934,6 +934,15 @@ fn podman_containers_on_two_hosts_reach_each_other_and_rm_leaves_nothing() {
             "the container's address is bound on {}",
             host.slice
         );
+        // Podman's CNI_ARGS name the container as K8S_POD_NAME, with no namespace.
+        let shown = host.fan_xdp_ok(&["show"]).unwrap();
+        assert!(
+            shown.lines().any(|l| l.starts_with(&format!(
+                "  {:<15} cni    pod web, container ",
+                address.to_string()
+            ))),
+            "show does not name Podman's container beside {address}:\n{shown}"
+        );
     }
     let (one, two) = (&podmans[0], &podmans[1]);
     for (from, to) in [(one, addresses[1]), (two, addresses[0])] {

@@ -78,6 +78,8 @@ pub struct Binding {
 /// CNI plugins (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `K8S_POD_UID`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pod {
+    /// Empty where the runtime names no namespace (Podman).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +88,9 @@ pub struct Pod {
 
 impl std::fmt::Display for Pod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            return write!(f, "{}", self.name);
+        }
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }

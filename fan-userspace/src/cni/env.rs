@@ -111,7 +111,7 @@ const POD_FIELD_MAX: usize = 253;
 
 /// The pod named by CNI_ARGS (`KEY=VALUE;...`), as libcni's convention reads
 /// it: every pair has a `=`, and a key the plugin does not know is refused
-/// unless `IgnoreUnknown` is `1` or `true`. A pod needs both namespace and name.
+/// unless `IgnoreUnknown` is `1` or `true`. No pod without a name.
 pub fn pod_from_args(args: &str) -> Result<Option<Pod>, String> {
     let mut pairs = Vec::new();
     for pair in args.split(';').filter(|p| !p.is_empty()) {
@@ -158,16 +158,12 @@ pub fn pod_from_args(args: &str) -> Result<Option<Pod>, String> {
         field("K8S_POD_NAME")?,
         field("K8S_POD_UID")?,
     );
-    match (namespace, name) {
-        (Some(namespace), Some(name)) => Ok(Some(Pod {
-            namespace,
-            name,
-            uid,
-        })),
-        (None, None) => Ok(None),
-        (Some(_), None) => Err("CNI_ARGS has K8S_POD_NAMESPACE without K8S_POD_NAME".into()),
-        (None, Some(_)) => Err("CNI_ARGS has K8S_POD_NAME without K8S_POD_NAMESPACE".into()),
-    }
+    // Podman passes its container's name as K8S_POD_NAME, without a namespace.
+    Ok(name.map(|name| Pod {
+        namespace: namespace.unwrap_or_default(),
+        name,
+        uid,
+    }))
 }
 
 impl Env {
@@ -350,7 +346,7 @@ mod tests {
             })
         );
         assert_eq!(pod.unwrap().to_string(), "default/web-0");
-        // Podman's arguments: no UID; none at all: no pod.
+        // Names that are not DNS names pass (a runtime's own names); no UID: none.
         assert_eq!(
             pod_from_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=Web_1;K8S_POD_NAME=Web_1")
                 .unwrap()
@@ -358,6 +354,13 @@ mod tests {
             Some(("Web_1/Web_1".into(), None))
         );
         assert_eq!(pod_from_args(""), Ok(None));
+        assert_eq!(pod_from_args("K8S_POD_NAMESPACE=default"), Ok(None));
+        // Podman 4.3's: its container's name, no namespace.
+        let podman = "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c1";
+        assert_eq!(
+            pod_from_args(podman).unwrap().map(|p| p.to_string()),
+            Some("web".into())
+        );
         assert_eq!(pod_from_args("IgnoreUnknown=true;FOO=1"), Ok(None));
     }
 
@@ -372,8 +375,6 @@ mod tests {
             ),
             ("IgnoreUnknown=0;FOO=bar", "\"FOO\""),
             ("IgnoreUnknown=yes", "IgnoreUnknown=\"yes\""),
-            ("K8S_POD_NAMESPACE=default", "without K8S_POD_NAME"),
-            ("K8S_POD_NAME=web", "without K8S_POD_NAMESPACE"),
             ("K8S_POD_NAMESPACE=a/b;K8S_POD_NAME=c", "contains '/'"),
             ("K8S_POD_NAMESPACE=a;K8S_POD_NAME=c\nd", "contains '\\n'"),
             (long.as_str(), "K8S_POD_NAME is longer than 253"),
@@ -393,7 +394,7 @@ mod tests {
             ("CNI_COMMAND", "DEL"),
             ("CNI_CONTAINERID", "c1"),
             ("CNI_IFNAME", "eth0"),
-            ("CNI_ARGS", "K8S_POD_NAMESPACE=default"),
+            ("CNI_ARGS", "K8S_POD_NAME"),
         ])
         .unwrap();
         assert_eq!(del.invocation.unwrap().pod, None);
