@@ -14,7 +14,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use crate::{netns::Netns, topology::fan_xdp_binary};
+use crate::{
+    netns::Netns,
+    topology::{Host, fan_xdp_binary},
+};
+use fan_userspace::{
+    agent::bindings::{self, Binding},
+    state::rundir::RunDir,
+};
 
 /// Debian's reference plugins (containernetworking-plugins).
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -39,6 +46,28 @@ impl BinDir {
         }
         Ok(Self { path, _dir: dir })
     }
+}
+
+/// The agent's bindings on `host`.
+pub fn bound(host: &Host) -> Vec<Binding> {
+    host.ns
+        .enter(|| bindings::list(&RunDir::locate(None)?))
+        .expect("entering the host's namespace")
+        .expect("listing the agent's bindings")
+}
+
+/// The plugin's ports (`fv...`) on `host`'s slice bridge.
+pub fn ports(host: &Host) -> Vec<String> {
+    let out = host
+        .ns
+        .ip(&["-o", "link", "show", "master", &host.bridge])
+        .expect("listing the bridge's ports");
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter_map(|n| n.split('@').next())
+        .filter(|n| n.starts_with("fv"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The addresses named by the files of `dir` (the plugin's allocations,

@@ -10,7 +10,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use fan_tests::{
-    cni::{Answer, Attachment, BinDir, TempDir, addresses_in, invoke},
+    cni::{Answer, Attachment, BinDir, TempDir, addresses_in, bound, invoke, ports},
     lifecycle::agent_pid,
     netns::Netns,
     podman::Podman,
@@ -19,9 +19,8 @@ use fan_tests::{
     traffic::{ping, tcp_transfer_via},
 };
 use fan_userspace::{
-    agent::bindings::{self, Binding, Origin},
+    agent::bindings::{Binding, Origin},
     cni::ids::{attachment_key, port_name},
-    state::rundir::RunDir,
 };
 use serde_json::{Value, json};
 
@@ -58,44 +57,27 @@ impl Plugin {
     }
 
     fn run(&self, host: &Host, command: &str, a: Option<&Attachment>, conf: &str) -> Answer {
+        self.run_with(host, command, a, conf, &[])
+    }
+
+    /// [`Plugin::run`] with `extra` variables (a runtime's CNI_ARGS).
+    fn run_with(
+        &self,
+        host: &Host,
+        command: &str,
+        a: Option<&Attachment>,
+        conf: &str,
+        extra: &[(&str, &str)],
+    ) -> Answer {
         let state = self.state.path.to_str().unwrap();
-        invoke(
-            &host.ns,
-            &self.bin,
-            "fan",
-            command,
-            a,
-            conf,
-            &[("FAN_XDP_STATE_DIR", state)],
-        )
-        .unwrap()
+        let vars = [&[("FAN_XDP_STATE_DIR", state)][..], extra].concat();
+        invoke(&host.ns, &self.bin, "fan", command, a, conf, &vars).unwrap()
     }
 
     /// The plugin's allocations on `host`'s slice.
     fn allocations(&self, host: &Host) -> BTreeSet<Ipv4Addr> {
         addresses_in(&self.state.path.join(format!("cni/fan/{}-24", host.slice)))
     }
-}
-
-/// The agent's bindings on `host`.
-fn bound(host: &Host) -> Vec<Binding> {
-    host.ns
-        .enter(|| bindings::list(&RunDir::locate(None)?))
-        .unwrap()
-        .unwrap()
-}
-
-/// The plugin's ports (`fv...`) on `host`'s slice bridge.
-fn ports(host: &Host) -> Vec<String> {
-    let out = host
-        .ns
-        .ip(&["-o", "link", "show", "master", &host.bridge])
-        .unwrap();
-    out.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .filter(|n| n.starts_with("fv"))
-        .collect()
 }
 
 fn mac(ns_args: &[&str]) -> String {
@@ -700,17 +682,7 @@ fn an_add_with_kubelets_arguments_names_the_pod_in_the_store_binding_and_show() 
     let good = conf("1.0.0");
     let ns = Netns::new("kp1").unwrap();
     let a = Attachment::of("kp1", &ns);
-    let state = plugin.state.path.to_str().unwrap();
-    let added = invoke(
-        &host.ns,
-        &plugin.bin,
-        "fan",
-        "ADD",
-        Some(&a),
-        &good,
-        &[("FAN_XDP_STATE_DIR", state), ("CNI_ARGS", KUBELET_ARGS)],
-    )
-    .unwrap();
+    let added = plugin.run_with(host, "ADD", Some(&a), &good, &[("CNI_ARGS", KUBELET_ARGS)]);
     added.result();
     let address = Ipv4Addr::new(250, 0, 1, 192);
     let pod = json!({"namespace": "default", "name": "web-0", "uid": "0b7f3c52-9e41-4d2a-8c6e-5a1d2f3b4c5d"});

@@ -12,7 +12,7 @@ use std::{
 };
 
 use fan_tests::{
-    cni::{BinDir, TempDir, addresses_in, invoke},
+    cni::{BinDir, TempDir, addresses_in, bound, invoke, ports},
     cri::{Containerd, Images},
     lifecycle::agent_pid,
     netns::Netns,
@@ -21,7 +21,7 @@ use fan_tests::{
     traffic::{ping, tcp_transfer, tcp_transfer_via},
 };
 use fan_userspace::{
-    agent::bindings::{self, Binding, Origin},
+    agent::bindings::{self, Origin},
     state::rundir::RunDir,
 };
 
@@ -92,27 +92,6 @@ impl Bed {
         );
         assert_eq!(bound(host), vec![], "{why}: a binding was left");
     }
-}
-
-/// The agent's bindings on `host`.
-fn bound(host: &Host) -> Vec<Binding> {
-    host.ns
-        .enter(|| bindings::list(&RunDir::locate(None)?))
-        .unwrap()
-        .unwrap()
-}
-
-/// The plugin's ports (`fv...`) on `host`'s slice bridge.
-fn ports(host: &Host) -> Vec<String> {
-    let out = host
-        .ns
-        .ip(&["-o", "link", "show", "master", &host.bridge])
-        .unwrap();
-    out.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .filter(|n| n.starts_with("fv"))
-        .collect()
 }
 
 /// The plugin's CNI range of `host`'s slice: .192 to .254 of the /24.

@@ -38,19 +38,7 @@ pub fn write_archive(
     let blobs = work.join("layout/blobs/sha256");
     std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let layer = work.join("layer.tar");
-    run(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(rootfs)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("."))?;
+    tar(rootfs, &layer, &["."])?;
     let (layer_digest, layer_size) = store_blob(&blobs, &std::fs::read(&layer)?)?;
     std::fs::remove_file(&layer)?;
     let strings = |items: &[&str]| {
@@ -78,6 +66,14 @@ pub fn write_archive(
         layout.join("oci-layout"),
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
+    tar(&layout, archive, &["oci-layout", "index.json", "blobs"])?;
+    std::fs::remove_dir_all(work)?;
+    Ok(())
+}
+
+/// Writes `members` of `dir` into the tar file `out`, the same bytes for
+/// the same tree: names sorted, owned by root, times zeroed.
+fn tar(dir: &Path, out: &Path, members: &[&str]) -> Result<()> {
     run(Command::new("tar")
         .args([
             "--sort=name",
@@ -87,12 +83,10 @@ pub fn write_archive(
             "--mtime=@0",
             "-C",
         ])
-        .arg(&layout)
+        .arg(dir)
         .arg("-cf")
-        .arg(archive)
-        .args(["oci-layout", "index.json", "blobs"]))?;
-    std::fs::remove_dir_all(work)?;
-    Ok(())
+        .arg(out)
+        .args(members))
 }
 
 /// Stores `bytes` under their SHA-256 in `blobs`: (hex digest, size).
