@@ -278,6 +278,10 @@ fn pods_on_two_nodes_reach_each_other_through_containerds_cri_and_leave_nothing(
         std::thread::sleep(Duration::from_millis(500));
         kill_agent(node1);
         restart_agent(node1);
+        assert!(
+            !transfer.is_finished(),
+            "the transfer ended before the agent was back: pace it slower"
+        );
         let moved = transfer.join().unwrap();
         assert_eq!(
             moved.unwrap(),

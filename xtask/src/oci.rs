@@ -248,3 +248,115 @@ fn linked_libraries(binary: &Path) -> Result<Vec<std::path::PathBuf>> {
     }
     Ok(libraries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(path: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_archive_names_its_image_and_each_blob_is_its_digest_the_same_every_time() {
+        let base = std::env::temp_dir().join(format!("fan-oci-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/hello"), "#!/bin/sh\necho hi\n").unwrap();
+        let config = ImageConfig {
+            reference: "hello:1",
+            entrypoint: &["/bin/hello"],
+            env: &["PATH=/bin"],
+        };
+        let (first, second) = (base.join("first.tar"), base.join("second.tar"));
+        write_archive(&root, &config, &base.join("work"), &first).unwrap();
+        write_archive(&root, &config, &base.join("work"), &second).unwrap();
+        let (first_bytes, second_bytes) = (
+            std::fs::read(&first).unwrap(),
+            std::fs::read(&second).unwrap(),
+        );
+        assert!(
+            first_bytes == second_bytes,
+            "the same tree gave two archives"
+        );
+
+        let out = base.join("unpacked");
+        std::fs::create_dir_all(&out).unwrap();
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&first)
+            .arg("-C")
+            .arg(&out))
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("oci-layout")).unwrap(),
+            r#"{"imageLayoutVersion":"1.0.0"}"#
+        );
+        let blobs = out.join("blobs/sha256");
+        for entry in std::fs::read_dir(&blobs).unwrap().flatten() {
+            let name = entry.file_name().into_string().unwrap();
+            assert_eq!(sha256(&std::fs::read(entry.path()).unwrap()).unwrap(), name);
+        }
+        let index = json(&out.join("index.json"));
+        let entry = &index["manifests"][0];
+        assert_eq!(
+            entry["annotations"]["io.containerd.image.name"],
+            "docker.io/library/hello:1"
+        );
+        assert_eq!(
+            entry["annotations"]["org.opencontainers.image.ref.name"],
+            "hello:1"
+        );
+        let blob = |digest: &serde_json::Value| {
+            blobs.join(digest.as_str().unwrap().strip_prefix("sha256:").unwrap())
+        };
+        let manifest = json(&blob(&entry["digest"]));
+        let layer = &manifest["layers"][0];
+        assert_eq!(layer["mediaType"], LAYER_TYPE);
+        let image = json(&blob(&manifest["config"]["digest"]));
+        assert_eq!(
+            image["rootfs"]["diff_ids"][0], layer["digest"],
+            "an uncompressed layer is its own diff"
+        );
+        assert_eq!(
+            image["config"]["Entrypoint"],
+            serde_json::json!(["/bin/hello"])
+        );
+        assert_eq!(image["config"]["Env"], serde_json::json!(["PATH=/bin"]));
+        let listed = Command::new("tar")
+            .arg("-tvf")
+            .arg(blob(&layer["digest"]))
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.contains("0/0") && l.ends_with("./bin/hello")),
+            "{listed}"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn ldd_finds_the_loader_and_libc_of_a_dynamic_program_and_nothing_for_a_static_one() {
+        let libraries = linked_libraries(Path::new("/bin/sh")).unwrap();
+        assert!(
+            libraries
+                .iter()
+                .any(|l| l.ends_with("ld-linux-x86-64.so.2")),
+            "{libraries:?}"
+        );
+        assert!(
+            libraries.iter().any(|l| l.ends_with("libc.so.6")),
+            "{libraries:?}"
+        );
+        if Path::new(BUSYBOX).exists() {
+            assert_eq!(
+                linked_libraries(Path::new(BUSYBOX)).unwrap(),
+                Vec::<std::path::PathBuf>::new()
+            );
+        }
+    }
+}
