@@ -230,10 +230,15 @@ fn pods_on_two_nodes_reach_each_other_through_containerds_cri_and_leave_nothing(
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    let shown = node0.fan_xdp_ok(&["show"]).unwrap();
     node0
         .ns
         .run("nft", &["delete", "table", "ip", "fan-cri-svc"])
         .unwrap();
+    assert!(
+        shown.contains("bypass: off ("),
+        "the DNAT rule left the bypass on:\n{shown}"
+    );
     assert!(
         answered,
         "the ClusterIP 10.96.0.10:80 of pod {} never answered",
