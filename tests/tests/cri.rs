@@ -4,6 +4,11 @@
 //! CNI_ARGS. Here a containerd 1.6 runs in each simulated node's namespace
 //! and a CRI client of the tests' own (`fan_tests::cri`) stands in for
 //! kubelet. Host kernel only.
+//!
+//! Over 400 lines: the issue asks for the CRI tests in a test executable of
+//! their own; containerd, the client, the images, the cleanup and the
+//! DaemonSet's helpers live in `fan_tests::cri`, what is left are the
+//! tests and their bed.
 
 use std::{
     collections::BTreeSet,
@@ -390,60 +395,6 @@ fn an_add_before_the_agent_is_ready_fails_try_again_and_the_next_run_pod_succeed
     bed.assert_nothing_left(host, "RemovePodSandbox");
 }
 
-/// The literal block (`key: |`) of deploy/fan-xdp-daemonset.yaml that
-/// follows the first line containing `anchor`, dedented.
-fn yaml_block(yaml: &str, anchor: &str) -> String {
-    let indent_of = |l: &str| l.len() - l.trim_start().len();
-    let mut lines = yaml.lines().skip_while(|l| !l.contains(anchor));
-    let key = lines
-        .find(|l| l.trim_end().ends_with('|'))
-        .expect("a literal block");
-    let body: Vec<&str> = lines
-        .take_while(|l| l.trim().is_empty() || indent_of(l) > indent_of(key))
-        .collect();
-    let indent = body
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| indent_of(l))
-        .min()
-        .unwrap_or(0);
-    body.iter()
-        .map(|l| l.get(indent..).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-        .trim_end()
-        .to_string()
-        + "\n"
-}
-
-/// A directory of this test on the host's bpffs, standing for the node's
-/// `/sys/fs/bpf` in the DaemonSet's pod: the agent's pins (and its sweep
-/// of namespaces it cannot see from its pod) stay inside it. Bind-mounted
-/// on itself as a shared mount, as a systemd host's /sys/fs/bpf is (the
-/// DaemonSet's Bidirectional propagation needs one; this machine's is
-/// private). Removed with what is pinned there, after a detach.
-struct PrivateBpffs {
-    path: std::path::PathBuf,
-    node: String,
-    run: std::path::PathBuf,
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.node])
-            .arg(fan_tests::topology::fan_xdp_binary())
-            .args(["detach", "eth0"])
-            .env("FAN_XDP_PIN_DIR", &self.path)
-            .env("FAN_XDP_RUN_DIR", &self.run)
-            .output();
-        let _ = std::process::Command::new("umount")
-            .arg(&self.path)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 #[test]
 fn the_daemonsets_image_attaches_the_fan_installs_the_plugin_and_pods_get_addresses() {
     use k8s_cri::v1 as cri;
@@ -461,13 +412,13 @@ fn the_daemonsets_image_attaches_the_fan_installs_the_plugin_and_pods_get_addres
         2,
         "the DaemonSet names {reference} for both containers"
     );
-    let install_script = yaml_block(&yaml, "name: install-cni");
+    let install_script = fan_tests::cri::daemonset::yaml_block(&yaml, "name: install-cni");
     let agent_command = yaml
         .lines()
         .find_map(|l| l.trim().strip_prefix("- fan-xdp attach"))
         .map(|rest| format!("fan-xdp attach{rest}"))
         .expect("the agent's command");
-    let conflist = yaml_block(&yaml, "10-fan.conflist: |");
+    let conflist = fan_tests::cri::daemonset::yaml_block(&yaml, "10-fan.conflist: |");
     let parsed: serde_json::Value = serde_json::from_str(&conflist).unwrap();
     assert_eq!(parsed["plugins"][0]["type"], "fan", "{conflist}");
 
@@ -491,23 +442,7 @@ fn the_daemonsets_image_attaches_the_fan_installs_the_plugin_and_pods_get_addres
         .unwrap();
     }
     std::fs::write(config.join("10-fan.conflist"), &conflist).unwrap();
-    let bpffs = PrivateBpffs {
-        path: std::path::PathBuf::from(format!("/sys/fs/bpf/fxt-cri-{}", std::process::id())),
-        node: host.ns.name().to_string(),
-        run: run.clone(),
-    };
-    std::fs::create_dir_all(&bpffs.path).unwrap();
-    std::fs::set_permissions(
-        &bpffs.path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    let shared = bpffs.path.to_str().unwrap();
-    fan_tests::netns::run(std::process::Command::new("mount").args(["--bind", shared, shared]))
-        .unwrap();
-    fan_tests::netns::run(std::process::Command::new("mount").args(["--make-shared", shared]))
-        .unwrap();
-
+    let bpffs = fan_tests::cri::daemonset::PrivateBpffs::new(&host.ns, &run).unwrap();
     let images = Images::build().unwrap();
     let built = Instant::now();
     let archive = images.fan_xdp().unwrap();
