@@ -543,6 +543,90 @@ fn state_is_per_namespace_and_stale_state_is_swept() {
     assert!(!state(h1).exists() && !state(h2).exists());
 }
 
+/// A fan-xdp in a PID namespace of its own (a DaemonSet pod without
+/// hostPID) sees only its own processes: a namespace that only some other
+/// process holds would look gone to it. Its sweep must leave that
+/// namespace's run directory alone.
+#[test]
+fn a_fan_xdp_in_its_own_pid_namespace_sweeps_nothing() {
+    if !privileged() {
+        return;
+    }
+    // A network namespace held by one process, with no name and no fan-xdp.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let ns_path = format!("/proc/{}/ns/net", holder.id());
+    let ours = fan_userspace::host::netns::current_cookie().unwrap();
+    // Until `unshare` has made the namespace, /proc shows ours.
+    let cookie = (0..500)
+        .find_map(|_| {
+            let cookie = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let ns = std::fs::File::open(&ns_path).ok()?;
+                        enter_netns(&ns).ok()?;
+                        fan_userspace::host::netns::current_cookie().ok()
+                    })
+                    .join()
+                    .unwrap()
+            });
+            let cookie = cookie.filter(|&cookie| cookie != ours);
+            if cookie.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            cookie
+        })
+        .expect("the holder did not get a namespace of its own");
+    let unattended = std::path::Path::new("/run/fan-xdp").join(format!("netns-{cookie}"));
+    std::fs::create_dir_all(&unattended).unwrap();
+    std::fs::write(unattended.join("bindings.json"), "[]").unwrap();
+
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let binary = fan_tests::topology::fan_xdp_binary();
+    let out = host
+        .ns
+        .output(
+            "unshare",
+            &[
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                binary.to_str().unwrap(),
+                "attach",
+                "eth0",
+                "--overlay",
+                OVERLAY,
+                "--no-agent",
+            ],
+        )
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let kept = unattended.join("bindings.json").exists();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = std::fs::remove_dir_all(&unattended);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        kept,
+        "the run directory of a live namespace was swept by a fan-xdp that cannot see its holder: {stderr}"
+    );
+    assert!(stderr.contains("PID namespace of its own"), "{stderr}");
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+/// Enters the network namespace `ns` on the calling thread.
+fn enter_netns(ns: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setns on an fd we hold open; it only changes this thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A deleted namespace's devices go in the kernel's deferred work: waits
 /// (at most ~5 s) until every link pinned in `dir` reports no device.
 fn wait_until_links_defunct(dir: &std::path::Path) {

@@ -39,9 +39,27 @@ pub fn current_cookie() -> Result<u64> {
     Ok(cookie)
 }
 
+/// The inode number of the initial PID namespace, fixed by the kernel
+/// (`PROC_PID_INIT_INO` in include/linux/proc_ns.h).
+const INITIAL_PID_NAMESPACE_INODE: u64 = 0xEFFF_FFFC;
+
+/// Whether this process sees every process of the machine: it is in the
+/// initial PID namespace. A DaemonSet pod without `hostPID`, say, is not.
+fn sees_every_process() -> Result<bool> {
+    let ns = fs::metadata("/proc/self/ns/pid").context("reading our PID namespace")?;
+    Ok(ns.ino() == INITIAL_PID_NAMESPACE_INODE)
+}
+
 /// Cookies of every network namespace some process, `ip netns` name or
-/// bind mount holds.
+/// bind mount holds. An error in a PID namespace of its own, whose /proc
+/// shows only some of the processes: a namespace held by a process it
+/// cannot see would be taken for gone, and its state swept.
 pub fn live_cookies() -> Result<HashSet<u64>> {
+    if !sees_every_process()? {
+        anyhow::bail!(
+            "not judging which network namespaces are gone: fan-xdp runs in a PID namespace of its own and sees only some of the processes"
+        );
+    }
     let mut paths = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -138,4 +156,17 @@ fn cookie_of(file: &fs::File) -> Result<u64> {
             .join()
             .map_err(|_| anyhow::anyhow!("namespace probe panicked"))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tests run as the machine's processes do, in the initial PID
+    /// namespace (as fan-xdp on a host, or a DaemonSet pod with hostPID).
+    #[test]
+    fn the_initial_pid_namespace_is_recognised() {
+        assert!(sees_every_process().unwrap());
+        assert!(live_cookies().unwrap().contains(&current_cookie().unwrap()));
+    }
 }
