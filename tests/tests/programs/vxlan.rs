@@ -12,7 +12,7 @@ use fan_common::{
     vxlan::{SOURCE_PORT_MAX, SOURCE_PORT_MIN, VXLAN_DEFAULT_PORT, default_vni},
 };
 use fan_tests::{hex, privileged, topology};
-use fan_userspace::dataplane::{DECAP_TC, VXLAN_OUT};
+use fan_userspace::dataplane::{DECAP_TC, ENCAP_FORWARD, ENCAP_PORT, VXLAN_OUT};
 
 use super::{
     Bed, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, hex_string, padded,
@@ -305,13 +305,61 @@ const VXLAN_RX_ARP_TARGET_NOT_LOCAL: &str = "020000000011 020000000022 0800
     00010800 06040001 0a000000 0214fa00 02140000
     00000000 fa000303";
 
+// A container routing through its gateway (02:..:01) to 250.0.2.20.
+const VXLAN_PORT_ROUTED_IN: &str = "020000000001 0a000000010a 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// Routed as the host would: to the remote container's MAC from the host's neighbour
+// table, from the bridge's, TTL 63; then encapsulated.
+const VXLAN_PORT_ROUTED_OUT: &str = "020000000022 020000000011 0800
+    45000052 00004000 4011ae73 c6120001 c6120002
+    00002118 003e0000 08000000 fa000000
+    0a0000000214 020000000001 0800
+    45000020 12344000 3f01328a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// To 250.0.2.21 through the gateway: no neighbour entry yet.
+const VXLAN_PORT_NO_NEIGHBOUR: &str = "020000000001 0a000000010a 0800
+    45000020 12344000 40013189 fa00010a fa000215
+    0800e139 42420001 66616e21";
+
 /// Where the outer UDP source port sits in an encapsulated frame.
 const SOURCE_PORT: std::ops::Range<usize> = 34..36;
 
 impl Bed {
-    /// The bed with its fan made a VXLAN fan, whose overlay port is `eth1`.
+    /// The bed with its fan made a VXLAN fan, whose overlay port is `eth1`
+    /// and slice bridge `br0` (02:..:01, 250.0.1.1/8 on-link, one port
+    /// `c0` for a carrier), where the host knows 250.0.2.20 at 0a:..:02:14.
     fn vxlan() -> Self {
         let mut bed = Bed::new();
+        for args in [
+            &[
+                "link",
+                "add",
+                "br0",
+                "address",
+                "02:00:00:00:00:01",
+                "type",
+                "bridge",
+            ][..],
+            &[
+                "link", "add", "c0", "type", "veth", "peer", "name", "c0-peer",
+            ],
+            &["link", "set", "c0", "master", "br0", "up"],
+            &["link", "set", "c0-peer", "up"],
+            &["link", "set", "br0", "up"],
+            &["addr", "add", "250.0.1.1/8", "dev", "br0"],
+            &[
+                "neigh",
+                "add",
+                "250.0.2.20",
+                "lladdr",
+                "0a:00:00:00:02:14",
+                "dev",
+                "br0",
+            ],
+        ] {
+            bed.ns.ip(args).unwrap();
+        }
         let overlay_port = bed.ifindex("eth1");
         let underlay = bed.ifindex("eth0");
         let entry = FanEntry {
@@ -319,6 +367,7 @@ impl Bed {
             vxlan_port: VXLAN_DEFAULT_PORT,
             vni: default_vni(u32::from(topology::OVERLAY.0)),
             overlay_port_ifindex: overlay_port,
+            bridge_ifindex: bed.ifindex("br0"),
             ..FanEntry::ipip(
                 topology::fan_map(),
                 u32::from_be_bytes([198, 18, 0, 1]),
@@ -527,4 +576,43 @@ fn vxlan_switched_to_a_known_container_goes_straight_in() {
         .insert_endpoint(container, &elsewhere)
         .unwrap();
     bed.check(DECAP_TC, &input, TC_ACT_REDIRECT, &inner, d);
+}
+
+#[test]
+fn a_vxlan_fans_ports_encapsulate_switched_frames_as_they_are_and_route_the_rest() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::vxlan();
+    let port = bed.ifindex("c0");
+    bed.ingress_ifindex = port;
+    let sender = Endpoint {
+        ifindex: port,
+        mac: [0x0a, 0, 0, 0, 0x01, 0x0a],
+        gateway_mac: [0x02, 0, 0, 0, 0, 0x01],
+    };
+    let passed = StatReason::PortPassed;
+    // A sender the agent does not know yet: left to the bridge.
+    bed.check_untouched(ENCAP_PORT, VXLAN_OUT_IPV4_IN, TC_ACT_UNSPEC, passed);
+    let container = fan_common::WireAddr::from_octets([250, 0, 1, 10]);
+    bed.dataplane.insert_endpoint(container, &sender).unwrap();
+    let encapsulated = [StatReason::Encapsulated];
+    for (input, output) in [
+        // To a remote container's MAC (the overlay on-link): switched, TTL kept.
+        (VXLAN_OUT_IPV4_IN, VXLAN_OUT_IPV4_OUT),
+        // To the gateway: routed to the neighbour's MAC, TTL taken.
+        (VXLAN_PORT_ROUTED_IN, VXLAN_PORT_ROUTED_OUT),
+    ] {
+        let (verdict, mut out, case) = bed.run_counted(ENCAP_PORT, &hex(input), &encapsulated);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "verdict of {case}");
+        out[SOURCE_PORT].fill(0);
+        assert_eq!(hex_string(&out), hex_string(&hex(output)), "{case}");
+    }
+    // No neighbour entry yet: the host resolves it through the overlay port.
+    bed.check_untouched(ENCAP_PORT, VXLAN_PORT_NO_NEIGHBOUR, TC_ACT_UNSPEC, passed);
+    // The bridge's program leaves a VXLAN fan's packets to the host, which
+    // routes them back to the bridge.
+    bed.ingress_ifindex = 0;
+    let via_port = StatReason::PassVxlanViaOverlayPort;
+    bed.check_untouched(ENCAP_FORWARD, VXLAN_PORT_ROUTED_IN, TC_ACT_UNSPEC, via_port);
 }
