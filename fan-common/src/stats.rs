@@ -131,6 +131,7 @@ stat_reasons! {
     DropVxlanBroadcastNotArp = "drop_vxlan_broadcast_not_arp": "a frame received over VXLAN to a broadcast or multicast MAC that is not an ARP request",
     DropVxlanTooBig = "drop_vxlan_too_big": "a frame at a VXLAN fan's overlay port larger than the fan's MTU (or the underlay route's, or a learned path MTU) allows after the 50-byte overhead: switched, not routed, so nobody answers its sender",
     PassVxlanViaOverlayPort = "pass_vxlan_via_overlay_port": "a VXLAN fan's packet at the slice bridge's program: the host routes it back to the bridge, whose overlay port sends it",
+    VxlanFloodNotSent = "vxlan_flood_not_sent": "a broadcast or multicast frame the slice bridge flooded to a VXLAN fan's overlay port that names no remote host (IPv6 neighbour discovery, an ARP for this host's slice): not sent, as the kernel's fan vxlan discards it; not a drop event",
     PassVxlanAtXdp = "pass_vxlan_at_xdp": "a VXLAN fan's frame at the XDP hook: left to the TC program, which decapsulates VXLAN",
 }
 

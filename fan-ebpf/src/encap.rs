@@ -362,13 +362,13 @@ pub fn segment_len(ctx: &TcContext, ip: &Ipv4Hdr, start: usize, end: usize) -> O
 
 /// Where an encapsulated packet goes next, from the kernel's routing table.
 pub struct NextHop {
-    ifindex: u32,
+    pub ifindex: u32,
     /// The next hop's and the device's MAC addresses, when the next hop's
     /// neighbour entry is resolved.
-    neighbour: Option<([u8; 6], [u8; 6])>,
+    pub neighbour: Option<([u8; 6], [u8; 6])>,
     /// The next hop's address (network byte order): the remote host, or
     /// the underlay gateway towards it.
-    address: u32,
+    pub address: u32,
 }
 
 pub enum RouteError {

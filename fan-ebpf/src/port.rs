@@ -5,7 +5,8 @@
 //!
 //! Everywhere: only IPv4 and ARP of Ethernet/IPv4, no VLAN tag, no source
 //! (or ARP sender) that is a slice's gateway, network or broadcast address,
-//! no ARP sender outside this host's slices but 0.0.0.0 (a probe), of the
+//! no ARP sender outside this host's slices but 0.0.0.0 (a probe) and, at
+//! the bridge, a VXLAN fan's remote containers (through its overlay port), of the
 //! DHCP pair only a client's messages, and no tunnel packet to an attached
 //! fan's underlay. A port knows which container sent the frame and checks
 //! besides that the source is that container's own address (bound to the
@@ -119,7 +120,14 @@ fn admit_arp(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
     }
     let slice = slice_of_source(sender)?;
     if !at_port {
-        return slice.map(|_| ()).ok_or(StatReason::DropSourceOutsideSlice);
+        // A VXLAN fan's remote containers reach the bridge through its
+        // overlay port, their ARP checked by the receive policy.
+        let remote_vxlan = || fan_for(sender).is_some_and(|fan| fan.is_vxlan());
+        return match slice {
+            Some(_) => Ok(()),
+            None if remote_vxlan() => Ok(()),
+            None => Err(StatReason::DropSourceOutsideSlice),
+        };
     }
     port_source(ctx, sender, slice)
 }

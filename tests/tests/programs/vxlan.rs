@@ -68,6 +68,10 @@ const VXLAN_OUT_ARP_REPLY_OUT: &str = "020000000022 020000000011 0800
 const VXLAN_OUT_IPV6: &str = "0a0000000214 0a000000010a 86dd
     60000000 00003b40 fe800000 00000000 00000000
     00000002 fe800000 00000000 00000000 00000001";
+// IPv6 to a multicast MAC (all nodes), as the bridge floods it.
+const VXLAN_OUT_IPV6_MULTICAST: &str = "333300000001 0a000000010a 86dd
+    60000000 00003b40 fe800000 00000000 00000000
+    00000002 ff020000 00000000 00000000 00000001";
 // 250.0.1.10 -> 10.1.2.3: outside the overlay.
 const VXLAN_OUT_NOT_OVERLAY: &str = "0a0000000214 0a000000010a 0800
     45000020 12344000 4001219b fa00010a 0a010203
@@ -429,7 +433,6 @@ fn the_overlay_port_drops_what_the_fan_does_not_send() {
         (VXLAN_OUT_NOT_OVERLAY, StatReason::DropVxlanNotOverlay),
         (VXLAN_OUT_SECOND_FAN, StatReason::DropVxlanNotOverlay),
         (VXLAN_OUT_LOCAL_SLICE, StatReason::DropVxlanLocalSlice),
-        (VXLAN_OUT_ARP_TARGET_LOCAL, StatReason::DropVxlanLocalSlice),
         (VXLAN_OUT_RESERVED, StatReason::DropReservedHost),
         (VXLAN_OUT_SOURCE_NOT_LOCAL, StatReason::DropSourceNotLocal),
         (
@@ -444,6 +447,12 @@ fn the_overlay_port_drops_what_the_fan_does_not_send() {
         ),
     ] {
         bed.check_untouched(VXLAN_OUT, frame, TC_ACT_SHOT, reason);
+    }
+    // What the bridge floods to every port and names no other host: not
+    // sent, and no drop event either.
+    for frame in [VXLAN_OUT_ARP_TARGET_LOCAL, VXLAN_OUT_IPV6_MULTICAST] {
+        let not_sent = StatReason::VxlanFloodNotSent;
+        bed.check_untouched(VXLAN_OUT, frame, TC_ACT_SHOT, not_sent);
     }
     // One byte over the fan's MTU: switched, so nobody could be told.
     let too_big = padded(VXLAN_OUT_UDP_1451_HEADERS, 14 + 1451);
@@ -615,4 +624,13 @@ fn a_vxlan_fans_ports_encapsulate_switched_frames_as_they_are_and_route_the_rest
     bed.ingress_ifindex = 0;
     let via_port = StatReason::PassVxlanViaOverlayPort;
     bed.check_untouched(ENCAP_FORWARD, VXLAN_PORT_ROUTED_IN, TC_ACT_UNSPEC, via_port);
+    // A remote container's ARP, handed to the bridge by the overlay port,
+    // reaches the host (the receive policy checked its sender).
+    let not_ipv4 = StatReason::PassNotIpv4;
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        VXLAN_RX_ARP_REQUEST_INNER,
+        TC_ACT_UNSPEC,
+        not_ipv4,
+    );
 }
