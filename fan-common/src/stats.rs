@@ -123,7 +123,7 @@ stat_reasons! {
     DropArpNotEthernetIpv4 = "drop_arp_not_ethernet_ipv4": "a container port sent ARP that is not Ethernet/IPv4 (hardware type 1, protocol IPv4, address lengths 6 and 4), which the kernel may still learn from",
     DropSourceReserved = "drop_source_reserved": "a container sent from its slice's gateway, network or broadcast address (an IPv4 source, or at its port an ARP sender)",
     DropSourceOutsideSlice = "drop_source_outside_slice": "a container port sent from an address outside this host's slices, or from 0.0.0.0 other than a DHCP client's message to the server or to 255.255.255.255",
-    DropTunnelToUnderlay = "drop_tunnel_to_underlay": "a container sent IP-in-IP, IPv6-in-IPv4 or GRE to an address of an attached fan's underlay: masqueraded by the host, it would reach that host as this host's own fan traffic",
+    DropTunnelToUnderlay = "drop_tunnel_to_underlay": "a container sent IP-in-IP, IPv6-in-IPv4, GRE or VXLAN of an attached VXLAN fan (its port and VNI) to an address of an attached fan's underlay: masqueraded by the host, it would reach that host as this host's own fan traffic",
     DropVxlanNotIpv4OrArp = "drop_vxlan_not_ipv4_or_arp": "a VXLAN fan's frame (at its overlay port, or received) that is neither IPv4 nor ARP (IPv6 among them): the Fan's VXLAN carries only those",
     DropVxlanNotOverlay = "drop_vxlan_not_overlay": "a frame at a VXLAN fan's overlay port whose IPv4 destination (or ARP target) is in no VXLAN fan's overlay: no host to send it to",
     DropVxlanLocalSlice = "drop_vxlan_local_slice": "a frame at a VXLAN fan's overlay port whose IPv4 destination (or ARP target) is in this host's own slice: a remote that is this host is not sent to",

@@ -30,7 +30,7 @@ use crate::{
     maps::{bypass_off, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{answer_too_big, path_mtu},
-    port::{UDP_PORTS_LEN, admit},
+    port::{UDP_TUNNEL_PEEK_LEN, admit},
     stats::{count, count_in},
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
     vxlan,
@@ -102,8 +102,8 @@ fn try_encapsulate(
 ) -> Result<i32, Outcome> {
     let (ip_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
     if forwards(program) && protocol == IPPROTO_UDP {
-        // The UDP ports, for the DHCP guard.
-        ensure_linear(ctx, ETH_HDR_LEN + ip_len + UDP_PORTS_LEN);
+        // The UDP ports and a VXLAN header, for the DHCP and tunnel guards.
+        ensure_linear(ctx, ETH_HDR_LEN + ip_len + UDP_TUNNEL_PEEK_LEN);
     }
     if gso_size(ctx) != 0 {
         // `segment_len` reads a GSO packet's TCP data offset (byte 12).

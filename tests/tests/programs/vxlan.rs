@@ -325,6 +325,14 @@ const VXLAN_PORT_ROUTED_OUT: &str = "020000000022 020000000011 0800
 const VXLAN_PORT_NO_NEIGHBOUR: &str = "020000000001 0a000000010a 0800
     45000020 12344000 40013189 fa00010a fa000215
     0800e139 42420001 66616e21";
+// A container's UDP to 198.18.0.2 port 8472 with the fan's VNI: the fan's VXLAN.
+const VXLAN_TUNNEL_TO_UNDERLAY: &str = "020000000001 0a000000010a 0800
+    45000028 12344000 40116772 fa00010a c6120002
+    9c402118 00140000 08000000 fa000000 66616e21";
+// The same with VNI 16384001: no fan's.
+const VXLAN_OTHER_VNI_TO_UNDERLAY: &str = "020000000001 0a000000010a 0800
+    45000028 12344000 40116772 fa00010a c6120002
+    9c402118 00140000 08000000 fa000100 66616e21";
 
 /// Where the outer UDP source port sits in an encapsulated frame.
 const SOURCE_PORT: std::ops::Range<usize> = 34..36;
@@ -632,5 +640,25 @@ fn a_vxlan_fans_ports_encapsulate_switched_frames_as_they_are_and_route_the_rest
         VXLAN_RX_ARP_REQUEST_INNER,
         TC_ACT_UNSPEC,
         not_ipv4,
+    );
+}
+
+#[test]
+fn containers_send_no_vxlan_of_a_fan_to_an_underlay() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::vxlan();
+    // Masqueraded by the host, it would reach 198.18.0.2 as this host's
+    // own VXLAN.
+    let tunnel = StatReason::DropTunnelToUnderlay;
+    bed.check_untouched(ENCAP_FORWARD, VXLAN_TUNNEL_TO_UNDERLAY, TC_ACT_SHOT, tunnel);
+    // Another VNI names no fan: ordinary UDP, not fan traffic.
+    let not_overlay = StatReason::PassNotOverlay;
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        VXLAN_OTHER_VNI_TO_UNDERLAY,
+        TC_ACT_UNSPEC,
+        not_overlay,
     );
 }
