@@ -51,30 +51,18 @@ fn plumb(host: &Host) -> VxlanHost {
     }
     let i = host.underlay_addr.octets()[3];
     let address = |j: u32| Ipv4Addr::from(u32::from(host.slice) + 10 + j);
-    let on_link = plug_container(
-        ns,
-        bridge,
-        "veth1",
-        &format!("vx{i}-1"),
-        (address(1), 8),
-        host.gateway,
-    )
-    .unwrap();
-    let routed = plug_container(
-        ns,
-        bridge,
-        "veth2",
-        &format!("vx{i}-2"),
-        (address(2), 24),
-        host.gateway,
-    )
-    .unwrap();
-    for container in [&on_link, &routed] {
-        container.ip(&["link", "set", "eth0", "mtu", MTU]).unwrap();
-    }
-    for port in ["veth1", "veth2"] {
-        ns.ip(&["link", "set", port, "mtu", MTU]).unwrap();
-    }
+    // Container `j` with the prefix length `len`: 8, the overlay on-link
+    // (LXD's), or the slice's 24, everything else through the gateway.
+    let container = |j: u32, len: u8| {
+        let port = format!("veth{j}");
+        let label = format!("vx{i}-{j}");
+        let netns =
+            plug_container(ns, bridge, &port, &label, (address(j), len), host.gateway).unwrap();
+        netns.ip(&["link", "set", "eth0", "mtu", MTU]).unwrap();
+        ns.ip(&["link", "set", &port, "mtu", MTU]).unwrap();
+        (netns, address(j))
+    };
+    let (on_link, routed) = (container(1, 8), container(2, 24));
     let index = |name: &str| {
         let name = name.to_string();
         ns.enter(move || topology::ifindex(&name)).unwrap().unwrap()
@@ -105,8 +93,8 @@ fn plumb(host: &Host) -> VxlanHost {
         .unwrap();
     VxlanHost {
         dataplane,
-        on_link: (on_link, address(1)),
-        routed: (routed, address(2)),
+        on_link,
+        routed,
     }
 }
 
