@@ -219,7 +219,8 @@ pub fn port_hop(
     params.family = AF_INET;
     params.l4_protocol = ip.protocol;
     params.ifindex = fan.bridge_ifindex;
-    params.__bindgen_anon_1.tot_len = ip.total_len();
+    // No length: a GSO packet's would fail the route's MTU, which the
+    // caller checks by the segment (against the fan's and the path's).
     params.__bindgen_anon_2.tos = ip.tos;
     params.__bindgen_anon_3.ipv4_src = ip.src_wire().raw();
     params.__bindgen_anon_4.ipv4_dst = ip.dst_wire().raw();
