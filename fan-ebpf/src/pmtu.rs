@@ -20,14 +20,15 @@ use fan_common::{
     },
     maps::PathMtu,
     pmtu::{PmtuVerdict, is_fresh, judge},
-    vxlan::{UDP_HDR_LEN, VXLAN_FLAG_VNI, VXLAN_HDR_LEN},
+    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN},
 };
 
 use crate::{
-    maps::{FAN_PATH_MTU, ICMP_BUDGET, fan_for, is_local_host, local_host, vxlan_fan},
+    maps::{FAN_PATH_MTU, ICMP_BUDGET, fan_for, is_local_host, local_host},
     parse::{EthHdr, Ipv4Hdr, ipv4, ptr_at},
     ratelimit::take_token,
     stats::count,
+    vxlan::fan_of_udp,
 };
 
 /// ICMP answers each CPU may send per second, and at once.
@@ -134,15 +135,7 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
 /// show the VXLAN header naming a fan (RFC 792 promises only the UDP one).
 #[inline(always)]
 fn quoted_vxlan_inner(start: usize, end: usize, udp_offset: usize) -> Option<Option<usize>> {
-    let headers = ptr_at::<[u8; UDP_HDR_LEN + VXLAN_HDR_LEN]>(start, end, udp_offset)?;
-    // SAFETY: bounds-checked by `ptr_at`; copied out.
-    let headers = unsafe { *headers };
-    let port = u16::from_be_bytes([headers[2], headers[3]]);
-    let vni = u32::from_be_bytes([0, headers[12], headers[13], headers[14]]);
-    if headers[8] & VXLAN_FLAG_VNI == 0 {
-        return None;
-    }
-    vxlan_fan(port, vni)?;
+    fan_of_udp(start, end, udp_offset)?;
     let inner_eth = udp_offset + UDP_HDR_LEN + VXLAN_HDR_LEN;
     let Some(eth) = ptr_at::<EthHdr>(start, end, inner_eth) else {
         return Some(None);

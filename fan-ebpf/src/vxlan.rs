@@ -26,14 +26,17 @@ use fan_common::{
     FanEntry, StatReason, WireAddr,
     events::Program,
     ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IPPROTO_UDP},
-    vxlan::{Outer, VXLAN_HEADERS_LEN, VXLAN_OVERHEAD, vxlan_source_port},
+    vxlan::{
+        Outer, UDP_HDR_LEN, VXLAN_HDR_LEN, VXLAN_HEADERS_LEN, VXLAN_OVERHEAD, header_vni,
+        vxlan_source_port,
+    },
 };
 
 use crate::{
     decap::direct_endpoint,
     encap::{AF_INET, Hop, NextHop, RouteError, check_source, route_to, segment_len, send_to},
     events::{self, Seen},
-    maps::{FAN_ENDPOINTS, fan_for},
+    maps::{FAN_ENDPOINTS, fan_for, vxlan_fan},
     parse::{ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
     pmtu::path_mtu,
     stats::count_in,
@@ -42,6 +45,20 @@ use crate::{
 
 /// Bytes of an Ethernet/IPv4 ARP packet.
 const ARP_IPV4_LEN: usize = mem::size_of::<ArpIpv4>();
+
+/// The VXLAN fan a UDP packet (its header at `udp_offset` of
+/// `[start, end)`) is for: its destination port and its VXLAN header's VNI
+/// (with the I flag) name one.
+#[inline(always)]
+pub fn fan_of_udp(start: usize, end: usize, udp_offset: usize) -> Option<&'static FanEntry> {
+    let headers = ptr_at::<[u8; UDP_HDR_LEN + VXLAN_HDR_LEN]>(start, end, udp_offset)?;
+    // SAFETY: bounds-checked by `ptr_at`; copied out.
+    let headers = unsafe { *headers };
+    let port = u16::from_be_bytes([headers[2], headers[3]]);
+    let mut vxlan = [0u8; VXLAN_HDR_LEN];
+    vxlan.copy_from_slice(&headers[UDP_HDR_LEN..]);
+    vxlan_fan(port, header_vni(&vxlan)?)
+}
 
 /// TC ingress of the overlay port `B`: every frame the bridge switched
 /// there is encapsulated to its remote host or dropped with its reason

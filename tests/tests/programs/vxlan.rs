@@ -743,3 +743,47 @@ fn path_mtu_is_learned_from_routers_quoting_our_vxlan() {
     let shot = StatReason::DropVxlanTooBig;
     bed.check(VXLAN_OUT, &too_big, TC_ACT_SHOT, &too_big, shot);
 }
+
+#[test]
+fn drop_events_name_a_vxlan_packets_inner_addresses() {
+    use fan_common::WireAddr;
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::vxlan();
+    let addr = WireAddr::from_octets;
+    let spoofed = StatReason::DropSpoofedSource;
+    bed.check_untouched(DECAP_TC, VXLAN_RX_SPOOFED, TC_ACT_SHOT, spoofed);
+    let event = bed.dataplane.next_event().unwrap().expect("a drop event");
+    assert_eq!(event.reason, spoofed as u32);
+    assert_eq!(
+        (
+            event.outer_src,
+            event.outer_dst,
+            event.inner_src,
+            event.inner_dst
+        ),
+        (
+            addr([198, 18, 0, 3]),
+            addr([198, 18, 0, 1]),
+            addr([250, 0, 2, 20]),
+            addr([250, 0, 1, 10])
+        )
+    );
+    assert_eq!(event.protocol, 1, "the inner packet's protocol");
+    // An ARP message's sender and target, as the overlay port refused it.
+    let not_local = StatReason::DropSourceNotLocal;
+    bed.check_untouched(
+        VXLAN_OUT,
+        VXLAN_OUT_ARP_SENDER_NOT_LOCAL,
+        TC_ACT_SHOT,
+        not_local,
+    );
+    let event = bed.dataplane.next_event().unwrap().expect("a drop event");
+    assert_eq!(event.program, fan_common::Program::VxlanOut as u8);
+    assert_eq!(
+        (event.inner_src, event.inner_dst),
+        (addr([250, 0, 3, 3]), addr([250, 0, 2, 20]))
+    );
+    assert_eq!(bed.dataplane.next_event().unwrap(), None);
+}
