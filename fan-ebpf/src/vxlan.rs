@@ -112,6 +112,12 @@ struct Payload {
 
 #[inline(always)]
 fn try_send(ctx: &TcContext, found: &mut Option<&'static FanEntry>) -> Result<i32, StatReason> {
+    // SAFETY: reading a field of the program's own context.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        // A tag the kernel keeps beside the frame would go out on the
+        // underlay with the outer packet.
+        return Err(StatReason::DropVlanTagged);
+    }
     ensure_linear(ctx, ETH_HDR_LEN + ARP_IPV4_LEN);
     let (start, end) = frame(ctx);
     let eth = eth(start, end).ok_or(StatReason::DropVxlanNotIpv4OrArp)?;

@@ -14,7 +14,7 @@ use fan_tests::{
     netns::Netns,
     privileged,
     topology::{self, Fleet, Host, plug_container},
-    traffic::{mac_of, ping, tcp_transfer},
+    traffic::{mac_of, ping, send_frames, tcp_transfer},
 };
 use fan_userspace::dataplane::{Dataplane, DecapMode, Stats, monotonic_ns};
 
@@ -191,6 +191,25 @@ fn containers_reach_each_other_over_vxlan_on_link_and_routed() {
         "{received:?}"
     );
     assert_no_drops(&hosts, &before);
+    // A VLAN-tagged frame the bridge floods (to a MAC it does not know):
+    // the overlay port's receive moves the tag beside the frame, where it
+    // would go onto the underlay with the outer packet.
+    let tagged = fan_tests::hex(
+        "0a00000000ff 0a000000010b 8100 0005 0800
+         45000020 12344000 40013192 fa00010b fa00020b
+         0800e139 42420001 66616e21",
+    );
+    let vlan_before = stats(h1).get(StatReason::DropVlanTagged).packets;
+    send_frames(&h1.on_link.0, "eth0", &[tagged]).unwrap();
+    let waited = std::time::Instant::now();
+    while stats(h1).get(StatReason::DropVlanTagged).packets == vlan_before
+        && waited.elapsed() < std::time::Duration::from_secs(2)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let vlan_drops = stats(h1).get(StatReason::DropVlanTagged).packets - vlan_before;
+    assert_eq!(vlan_drops, 1, "the tagged frame was not refused once");
+    let before: Vec<Stats> = hosts.iter().map(stats).collect();
     // Bulk TCP both ways: GSO through the encapsulation, then without TSO.
     let bytes = 20 << 20;
     for (from, to, sender) in [(&h1.on_link, &h2.on_link, h1), (&h2.routed, &h1.routed, h2)] {
