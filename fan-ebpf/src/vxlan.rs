@@ -34,7 +34,10 @@ use fan_common::{
 
 use crate::{
     decap::direct_endpoint,
-    encap::{AF_INET, Hop, NextHop, RouteError, check_source, route_to, segment_len, send_to},
+    encap::{
+        AF_INET, Hop, NextHop, RouteError, TCP_DATA_OFFSET_END, check_source, route_to,
+        segment_len, send_to,
+    },
     events::{self, Seen},
     maps::{FAN_ENDPOINTS, fan_for, vxlan_fan},
     parse::{ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
@@ -174,7 +177,7 @@ fn ipv4_payload(ctx: &TcContext) -> Result<Payload, StatReason> {
     let (ip_len, _) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
     if gso_size(ctx) != 0 {
         // `segment_len` reads a GSO packet's TCP data offset (byte 12).
-        ensure_linear(ctx, ETH_HDR_LEN + ip_len + 13);
+        ensure_linear(ctx, ETH_HDR_LEN + ip_len + TCP_DATA_OFFSET_END);
     }
     let (start, end) = frame(ctx);
     let ip = ipv4(start, end, ETH_HDR_LEN).ok_or(StatReason::DropMalformedInner)?;
