@@ -10,7 +10,14 @@ use crate::model::{
     wire::{ETH_LEN, PROTO_IPIP, PROTO_TCP, PROTO_UDP, from_hex},
 };
 
-use headers::{HeaderFields, ip_header, transport_header, truncate_at_a_boundary, with_ethernet};
+use super::bed::{GATEWAY_MAC, VXLAN_NEIGHBOUR};
+use headers::{
+    HeaderFields, arp_message, ip_header, transport_header, truncate_at_a_boundary, with_ethernet,
+};
+
+fn addr(bytes: [u8; 4]) -> u32 {
+    u32::from_be_bytes(bytes)
+}
 
 /// One input: the program, the port it arrives on (by device name, so a
 /// corpus line means the same in every namespace), the GSO size, the frame.
@@ -104,7 +111,9 @@ impl<'a> Generator<'a> {
     }
 
     pub fn case(&self, rng: &mut Rng, program: Program) -> Case {
-        let mut frame = if rng.chance(1, 8) {
+        let mut frame = if program == Program::VxlanOut && rng.chance(9, 10) {
+            self.at_overlay_port(rng)
+        } else if rng.chance(1, 8) {
             self.mutated_fixture(rng)
         } else {
             // Now and then the other direction's traffic, so each program
@@ -180,7 +189,141 @@ impl<'a> Generator<'a> {
         } else {
             (self.inner_addr(rng), self.inner_addr(rng))
         };
+        let (src, dst) = match self.vxlan_fan() {
+            // A VXLAN fan's container routing through its gateway to the
+            // remote container the host's neighbour table knows.
+            Some(fan) if rng.chance(1, 10) => {
+                (self.slice_addr(rng, &fan, fan.local_host), addr(VXLAN_NEIGHBOUR))
+            }
+            _ => (src, dst),
+        };
         let packet = self.ip_packet(rng, src, dst, 2);
+        let mut frame = with_ethernet(rng, &packet);
+        if rng.chance(1, 3) {
+            // Routed through the gateway (else switched to a MAC of its own).
+            frame[..6].copy_from_slice(&GATEWAY_MAC);
+        }
+        frame
+    }
+
+    /// The bed's VXLAN fan.
+    fn vxlan_fan(&self) -> Option<Fan> {
+        self.config.fans.iter().find(|f| f.vxlan.is_some()).copied()
+    }
+
+    /// A frame the slice bridge switched to a VXLAN fan's overlay port:
+    /// IPv4 (mostly from this host's slice to a remote one), ARP requests
+    /// and replies (by sender and target, likewise), IPv6 and anything,
+    /// to a remote container's MAC, a broadcast or a multicast one.
+    fn at_overlay_port(&self, rng: &mut Rng) -> Vec<u8> {
+        let fan = self.vxlan_fan().expect("the bed's VXLAN fan");
+        let src = match rng.below(8) {
+            0 => self.inner_addr(rng),
+            1 => fan.gateway(),
+            _ => self.slice_addr(rng, &fan, fan.local_host),
+        };
+        let dst = match rng.below(10) {
+            0 => self.inner_addr(rng),
+            1 => self.slice_addr(rng, &fan, fan.local_host),
+            2 => u32::from_be_bytes(*rng.pick(&OUTSIDE)),
+            _ => {
+                let host = self.host_in(rng, &fan);
+                self.slice_addr(rng, &fan, host)
+            }
+        };
+        let dst_mac = *rng.pick(&[
+            [0x0a, 0, 0, 0, 2, 0x14],
+            [0xff; 6],
+            [0x33, 0x33, 0, 0, 0, 1],
+            [0x01, 0, 0x5e, 0, 0, 1],
+            [2, 0, 0, 0, 0, 0xb1],
+        ]);
+        let mut frame = dst_mac.to_vec();
+        frame.extend_from_slice(&[0x0a, 0, 0, 0, 0, 0x09]);
+        match rng.below(10) {
+            0..=4 => {
+                frame.extend_from_slice(&[0x08, 0x00]);
+                frame.extend_from_slice(&self.ip_packet(rng, src, dst, 0));
+            }
+            5..=7 => {
+                frame.extend_from_slice(&[0x08, 0x06]);
+                frame.extend_from_slice(&arp_message(rng, src, dst));
+            }
+            8 => {
+                frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 59, 255]);
+                frame.resize(frame.len() + 32, 0);
+            }
+            _ => {
+                frame.extend_from_slice(&rng.u16().to_be_bytes());
+                frame.resize(frame.len() + 46, 0);
+            }
+        }
+        if rng.chance(1, 10) {
+            let len = *rng.pick(&EDGE_LENGTHS) + ETH_LEN;
+            frame.resize(len.max(frame.len()), 0);
+        }
+        frame
+    }
+
+    /// A VXLAN packet on the underlay: mostly a genuine claim of the bed's
+    /// VXLAN fan (an owner of a slice to this host, the fan's port and VNI
+    /// with the I flag, IPv4 or ARP from the owner's slice to ours), one
+    /// part of it now and then replaced: the outer addresses, the port,
+    /// the VNI, the flags, the inner addresses (spoofed), the inner
+    /// Ethernet type or a broadcast or multicast inner MAC.
+    fn vxlan_frame(&self, rng: &mut Rng) -> Vec<u8> {
+        let fan = self.vxlan_fan().expect("the bed's VXLAN fan");
+        let vxlan = fan.vxlan.expect("a VXLAN fan");
+        let owner = self.host_in(rng, &fan);
+        let mut outer_src = owner;
+        let mut outer_dst = fan.local_host;
+        let mut inner_src = self.slice_addr(rng, &fan, owner);
+        let mut inner_dst = self.slice_addr(rng, &fan, fan.local_host);
+        let (mut port, mut vni, mut flags) = (vxlan.port, vxlan.vni, 0x08u8);
+        let (any16, any32, any8) = (rng.u16(), rng.u32() & 0xff_ffff, rng.u8());
+        match rng.below(14) {
+            0 => outer_src = self.underlay_addr(rng),
+            1 => outer_dst = self.underlay_addr(rng),
+            2 => inner_src = self.inner_addr(rng),
+            3 => inner_dst = self.inner_addr(rng),
+            4 => port = *rng.pick(&[4789, 8472 + 1, any16]),
+            5 => vni = *rng.pick(&[vni + 1, vni - 1, 0, any32]),
+            6 => flags = *rng.pick(&[0, 0x0c, 0x80, any8]),
+            _ => {}
+        }
+        let dst_mac = match rng.below(8) {
+            0 => [0xff; 6],
+            1 => [0x01, 0, 0x5e, 0, 0, 1],
+            2 => GATEWAY_MAC,
+            _ => [0x0a, 0, 0, 0, 0, 0x09],
+        };
+        let mut inner = dst_mac.to_vec();
+        inner.extend_from_slice(&[0x0a, 0, 0, 0, 2, 0x14]);
+        match rng.below(10) {
+            0..=5 => {
+                inner.extend_from_slice(&[0x08, 0x00]);
+                inner.extend_from_slice(&self.ip_packet(rng, inner_src, inner_dst, 0));
+            }
+            6..=8 => {
+                inner.extend_from_slice(&[0x08, 0x06]);
+                inner.extend_from_slice(&arp_message(rng, inner_src, inner_dst));
+            }
+            _ => {
+                let kind = *rng.pick(&[0x86dd, 0x8100, any16]);
+                inner.extend_from_slice(&u16::to_be_bytes(kind));
+                inner.resize(inner.len() + 40, 0);
+            }
+        }
+        let mut udp = rng.u16().to_be_bytes().to_vec();
+        udp.extend_from_slice(&port.to_be_bytes());
+        udp.extend_from_slice(&((inner.len() + 16) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0, flags, 0, 0, 0]);
+        udp.extend_from_slice(&vni.to_be_bytes()[1..]);
+        udp.push(0);
+        udp.extend_from_slice(&inner);
+        let fields = self.header_fields(rng, PROTO_UDP, outer_src, outer_dst);
+        let mut packet = ip_header(rng, fields, &udp);
+        packet.extend_from_slice(&udp);
         with_ethernet(rng, &packet)
     }
 
@@ -202,8 +345,23 @@ impl<'a> Generator<'a> {
         } else {
             (self.inner_addr(rng), self.inner_addr(rng))
         };
-        let inner = self.ip_packet(rng, inner_src, inner_dst, 0);
-        let protocol = *rng.pick(&[PROTO_IPIP, PROTO_IPIP, 41, 47]);
+        let mut inner = self.ip_packet(rng, inner_src, inner_dst, 0);
+        let mut protocol = *rng.pick(&[PROTO_IPIP, PROTO_IPIP, 41, 47]);
+        if rng.chance(1, 4)
+            && let Some(vxlan) = self.vxlan_fan().and_then(|f| f.vxlan)
+        {
+            // VXLAN naming the fan (or another VNI), the inner frame behind.
+            protocol = PROTO_UDP;
+            let vni = *rng.pick(&[vxlan.vni, vxlan.vni + 1]);
+            let mut udp = vec![0x12, 0x34];
+            udp.extend_from_slice(&vxlan.port.to_be_bytes());
+            udp.extend_from_slice(&((inner.len() + 30) as u16).to_be_bytes());
+            udp.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+            udp.extend_from_slice(&vni.to_be_bytes()[1..]);
+            udp.extend_from_slice(&[0, 0x0a, 0, 0, 0, 2, 0x14, 0x0a, 0, 0, 0, 0, 9, 8, 0]);
+            udp.append(&mut inner);
+            inner = udp;
+        }
         let fields = self.header_fields(rng, protocol, src, dst);
         let mut packet = ip_header(rng, fields, &inner);
         packet.extend_from_slice(&inner);
@@ -215,6 +373,9 @@ impl<'a> Generator<'a> {
     fn underlay_frame(&self, rng: &mut Rng) -> Vec<u8> {
         if rng.chance(1, 8) {
             return self.frag_needed(rng);
+        }
+        if rng.chance(1, 4) {
+            return self.vxlan_frame(rng);
         }
         let (outer_src, outer_dst, inner_src, inner_dst) = if rng.chance(1, 2) {
             self.plausible_claim(rng)

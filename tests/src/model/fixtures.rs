@@ -24,6 +24,7 @@ fn bed() -> Config {
             local_host: underlay([198, 18, 0, 1]),
             underlay_ifindex: ETH0,
             overlay_mtu: 1480,
+            vxlan: None,
         }],
         endpoints: vec![Endpoint {
             addr: underlay([250, 0, 1, 10]),
