@@ -36,11 +36,14 @@ pub enum Decision {
     Decapsulate { outer_len: usize },
     /// A VXLAN fan's genuine frame: remove `outer_len` bytes after the
     /// Ethernet header (outer IPv4, UDP and VXLAN), then the inner Ethernet
-    /// header takes the outer one's place. `ipv4`: it carries IPv4 (else ARP).
+    /// header takes the outer one's place. `ipv4`: it carries IPv4 (else
+    /// ARP), into which the TC program carries a CE mark of `outer_tos`
+    /// (the XDP program passes the frame as it is).
     DecapsulateVxlan {
         outer_len: usize,
         fan: &'static FanEntry,
         ipv4: bool,
+        outer_tos: u8,
     },
     /// Not fan traffic (or not decapsulable here): the stack decides.
     Pass(StatReason),
@@ -137,7 +140,7 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
     };
     let checked = check_receiver(dst_fan, &outer, inner.dst())
         .and_then(|()| check_sender(dst_fan, src_fan, &outer, inner.src()))
-        .and_then(|()| carry_ecn(&outer, inner_ptr));
+        .and_then(|()| carry_ecn(outer.tos, inner_ptr));
     match checked {
         Ok(()) => Decision::Decapsulate { outer_len },
         Err(reason) => Decision::Drop(reason),
@@ -197,15 +200,14 @@ fn check_sender(
     Ok(())
 }
 
-/// Copies an outer CE mark into the inner IPv4 header at `inner_ptr`
-/// (RFC 6040), or refuses a CE mark over a Not-ECT inner packet.
+/// Copies a CE mark of the outer header's `outer_tos` into the inner IPv4
+/// header at `inner_ptr` (RFC 6040), or refuses a CE mark over a Not-ECT
+/// inner packet.
 #[inline(always)]
-fn carry_ecn(outer: &Ipv4Hdr, inner_ptr: *mut Ipv4Hdr) -> Result<(), StatReason> {
+pub fn carry_ecn(outer_tos: u8, inner_ptr: *mut Ipv4Hdr) -> Result<(), StatReason> {
     // SAFETY: the caller bounds-checked `inner_ptr`; copied out.
     let inner = unsafe { *inner_ptr };
-    let Some(ecn) = decap_ecn(outer.tos, inner.tos) else {
-        return Err(StatReason::DropCeNotEct);
-    };
+    let ecn = check_ecn(outer_tos, &inner)?;
     if ecn != inner.tos & ECN_MASK {
         let old = inner.tos_word();
         let tos = (inner.tos & !ECN_MASK) | ecn;
@@ -218,6 +220,13 @@ fn carry_ecn(outer: &Ipv4Hdr, inner_ptr: *mut Ipv4Hdr) -> Result<(), StatReason>
         }
     }
     Ok(())
+}
+
+/// The inner ECN field once an outer CE mark (in `outer_tos`) is carried
+/// into `inner`; refused for a Not-ECT inner packet under CE.
+#[inline(always)]
+fn check_ecn(outer_tos: u8, inner: &Ipv4Hdr) -> Result<u8, StatReason> {
+    decap_ecn(outer_tos, inner.tos).ok_or(StatReason::DropCeNotEct)
 }
 
 /// Bytes the receive policy reads of a VXLAN packet after its outer IPv4
@@ -261,7 +270,8 @@ fn decide_vxlan(
             if inner_eth.dst_is_group() {
                 return Err(StatReason::DropVxlanBroadcastNotArp);
             }
-            carry_ecn(outer, inner_ptr)?;
+            // Carried by the TC program alone: XDP passes the frame untouched.
+            check_ecn(outer.tos, &inner)?;
             true
         }
         ETH_P_ARP => {
@@ -286,6 +296,7 @@ fn decide_vxlan(
         outer_len,
         fan,
         ipv4,
+        outer_tos: outer.tos,
     })
 }
 
@@ -345,7 +356,8 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
             outer_len,
             fan: vxlan_fan,
             ipv4,
-        } => match vxlan::hand_over(ctx, vxlan_fan, outer_len, ipv4) {
+            outer_tos,
+        } => match vxlan::hand_over(ctx, vxlan_fan, outer_len, ipv4.then_some(outer_tos)) {
             Ok(handed) => {
                 count_in(fan, StatReason::Decapsulated, len);
                 if handed.direct {

@@ -33,7 +33,7 @@ use fan_common::{
 };
 
 use crate::{
-    decap::direct_endpoint,
+    decap::{carry_ecn, direct_endpoint},
     encap::{
         AF_INET, Hop, NextHop, RouteError, TCP_DATA_OFFSET_END, check_source, route_to,
         segment_len, send_to,
@@ -399,13 +399,15 @@ pub struct HandedOver {
 /// to that container's MAC, straight into its namespace (switched, so no
 /// TTL is taken); everything else to the bridge, through the overlay port
 /// (`B`'s transmit is `A`'s receive: the bridge learns the remote MAC on
-/// `A` and delivers).
+/// `A` and delivers). `ipv4_outer_tos`: the outer header's TOS if the
+/// inner frame is IPv4, whose ECN field takes an outer CE mark (RFC 6040), the policy
+/// having refused CE over Not-ECT.
 #[inline(always)]
 pub fn hand_over(
     ctx: &TcContext,
     fan: &FanEntry,
     outer_len: usize,
-    ipv4: bool,
+    ipv4_outer_tos: Option<u8>,
 ) -> Result<HandedOver, StatReason> {
     let failed = |_| StatReason::DropDecapFailed;
     let inner_eth: EthHdr = ctx.load(ETH_HDR_LEN + outer_len).map_err(failed)?;
@@ -415,7 +417,14 @@ pub fn hand_over(
     ctx.adjust_room(-strip, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO as u64)
         .map_err(failed)?;
     ctx.store(0, &inner_eth, 0).map_err(failed)?;
-    if ipv4 && let Some(endpoint) = switched_endpoint(ctx, &inner_eth) {
+    if let Some(outer_tos) = ipv4_outer_tos {
+        let (start, end) = frame(ctx);
+        let inner = ipv4(start, end, ETH_HDR_LEN).ok_or(StatReason::DropMalformedInner)?;
+        carry_ecn(outer_tos, inner)?;
+    }
+    if ipv4_outer_tos.is_some()
+        && let Some(endpoint) = switched_endpoint(ctx, &inner_eth)
+    {
         return Ok(HandedOver {
             // SAFETY: the helper takes plain integers.
             action: unsafe { bpf_redirect_peer(endpoint, 0) } as i32,

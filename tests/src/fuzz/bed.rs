@@ -349,8 +349,25 @@ fn make_vxlan_devices(ns: &Netns, side: Side) -> Result<()> {
     let neighbour = Ipv4Addr::from(VXLAN_NEIGHBOUR).to_string();
     let neighbour_mac = mac_text(VXLAN_NEIGHBOUR_MAC);
     let mut commands: Vec<Vec<&str>> = vec![
-        vec!["link", "add", VXLAN_BRIDGE, "address", &bridge_mac, "type", "bridge"],
-        vec!["link", "add", OVERLAY_PORT, "type", "veth", "peer", "name", "vx-a"],
+        vec![
+            "link",
+            "add",
+            VXLAN_BRIDGE,
+            "address",
+            &bridge_mac,
+            "type",
+            "bridge",
+        ],
+        vec![
+            "link",
+            "add",
+            OVERLAY_PORT,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vx-a",
+        ],
         vec!["link", "set", "vx-a", "master", VXLAN_BRIDGE, "up"],
         vec!["link", "set", OVERLAY_PORT, "up"],
         vec!["link", "set", VXLAN_BRIDGE, "up"],
@@ -358,7 +375,14 @@ fn make_vxlan_devices(ns: &Netns, side: Side) -> Result<()> {
     ];
     if side == Side::A {
         commands.push(vec![
-            "neigh", "add", &neighbour, "lladdr", &neighbour_mac, "dev", VXLAN_BRIDGE, "nud",
+            "neigh",
+            "add",
+            &neighbour,
+            "lladdr",
+            &neighbour_mac,
+            "dev",
+            VXLAN_BRIDGE,
+            "nud",
             "permanent",
         ]);
     }

@@ -192,9 +192,10 @@ impl<'a> Generator<'a> {
         let (src, dst) = match self.vxlan_fan() {
             // A VXLAN fan's container routing through its gateway to the
             // remote container the host's neighbour table knows.
-            Some(fan) if rng.chance(1, 10) => {
-                (self.slice_addr(rng, &fan, fan.local_host), addr(VXLAN_NEIGHBOUR))
-            }
+            Some(fan) if rng.chance(1, 10) => (
+                self.slice_addr(rng, &fan, fan.local_host),
+                addr(VXLAN_NEIGHBOUR),
+            ),
             _ => (src, dst),
         };
         let packet = self.ip_packet(rng, src, dst, 2);

@@ -67,9 +67,10 @@ pub fn run_tc(config: &Config, frame: &[u8], ctx: RunContext) -> Prediction {
         Verdict::Pass(counter) => untouched(frame, TC_ACT_UNSPEC, Some(counter), Fate::Passed),
         Verdict::Drop(counter) => untouched(frame, TC_ACT_SHOT, Some(counter), Fate::Dropped),
         Verdict::Judged(learning) => judged(&learning, frame, len, TC_ACT_UNSPEC),
-        Verdict::DeliverVxlan { frame, .. } if ctx.gso_size & 0xffff != 0 => Prediction {
+        // Removing the headers fails before the inner ECN is updated.
+        Verdict::DeliverVxlan { .. } if ctx.gso_size & 0xffff != 0 => Prediction {
             verdict: TC_ACT_SHOT,
-            frame,
+            frame: frame.to_vec(),
             counters: vec![("drop_decap_failed", len)],
             fate: Fate::Dropped,
             learned: None,
@@ -159,19 +160,15 @@ pub fn run_xdp(config: &Config, frame: &[u8]) -> Prediction {
             learned: None,
         },
         Verdict::Judged(learning) => judged(&learning, frame, len, XDP_PASS),
-        // Left to the TC program, which hands the inner frame to the bridge;
-        // the inner ECN is updated already (the policy is shared).
-        Verdict::DeliverVxlan { frame: updated, .. } => {
-            let mut out = updated;
-            out.extend_from_slice(&frame[linear..]);
-            Prediction {
-                verdict: XDP_PASS,
-                frame: out,
-                counters: counted("pass_vxlan_at_xdp"),
-                fate: Fate::Passed,
-                learned: None,
-            }
-        }
+        // Left to the TC program, which hands the inner frame to the bridge
+        // (and carries an outer CE mark inward): untouched.
+        Verdict::DeliverVxlan { .. } => Prediction {
+            verdict: XDP_PASS,
+            frame: frame.to_vec(),
+            counters: counted("pass_vxlan_at_xdp"),
+            fate: Fate::Passed,
+            learned: None,
+        },
         Verdict::Deliver {
             frame: updated,
             outer_len,
@@ -255,11 +252,7 @@ fn carry_ecn(frame: &[u8], outer: &Ipv4View, inner: &Ipv4View) -> Result<Vec<u8>
 /// whose destination (target) is a container of this host's slice and
 /// whose source (sender) lies in the slice the outer source owns, and
 /// only an ARP request goes to a broadcast or multicast MAC.
-fn receive_vxlan(
-    config: &Config,
-    frame: &[u8],
-    outer: &Ipv4View,
-) -> Result<Verdict, &'static str> {
+fn receive_vxlan(config: &Config, frame: &[u8], outer: &Ipv4View) -> Result<Verdict, &'static str> {
     const OFFSET: u16 = 0x1fff;
     let not_ours = Ok(Verdict::Pass("pass_not_ipip"));
     // A later fragment has no UDP header to tell.
@@ -284,7 +277,13 @@ fn receive_vxlan(
         ETHERTYPE_IPV4 => {
             let inner = Ipv4View::parse(frame, payload).ok_or("drop_malformed_inner")?;
             check_receiver(fan, outer, inner.dst())?;
-            check_sender(config, fan, vxlan_source_fan(config, fan, inner.src())?, outer, inner.src())?;
+            check_sender(
+                config,
+                fan,
+                vxlan_source_fan(config, fan, inner.src())?,
+                outer,
+                inner.src(),
+            )?;
             if to_group {
                 return Err("drop_vxlan_broadcast_not_arp");
             }
@@ -295,16 +294,20 @@ fn receive_vxlan(
                 .get(payload..payload + ARP_IPV4_LEN)
                 .ok_or("drop_vxlan_arp_not_request_or_reply")?;
             let operation = be16(arp, 6);
-            let ethernet_ipv4 = be16(arp, 0) == 1
-                && be16(arp, 2) == ETHERTYPE_IPV4
-                && arp[4] == 6
-                && arp[5] == 4;
+            let ethernet_ipv4 =
+                be16(arp, 0) == 1 && be16(arp, 2) == ETHERTYPE_IPV4 && arp[4] == 6 && arp[5] == 4;
             if !ethernet_ipv4 || !(operation == 1 || operation == 2) {
                 return Err("drop_vxlan_arp_not_request_or_reply");
             }
             let (sender, target) = (be32(arp, 14), be32(arp, 24));
             check_receiver(fan, outer, target)?;
-            check_sender(config, fan, vxlan_source_fan(config, fan, sender)?, outer, sender)?;
+            check_sender(
+                config,
+                fan,
+                vxlan_source_fan(config, fan, sender)?,
+                outer,
+                sender,
+            )?;
             if to_group && operation != 1 {
                 return Err("drop_vxlan_broadcast_not_arp");
             }
@@ -321,13 +324,15 @@ fn receive_vxlan(
 
 /// The fan of a VXLAN frame's inner source (or ARP sender): the VNI's fan
 /// if its overlay holds it, else the one whose overlay does.
-fn vxlan_source_fan<'a>(config: &'a Config, fan: &'a Fan, src: u32) -> Result<&'a Fan, &'static str> {
+fn vxlan_source_fan<'a>(
+    config: &'a Config,
+    fan: &'a Fan,
+    src: u32,
+) -> Result<&'a Fan, &'static str> {
     if fan.map.overlay_contains(src) {
         return Ok(fan);
     }
-    config
-        .fan_for(src)
-        .ok_or("drop_inner_src_outside_overlay")
+    config.fan_for(src).ok_or("drop_inner_src_outside_overlay")
 }
 
 /// Whether a decapsulated VXLAN IPv4 frame goes straight into the container

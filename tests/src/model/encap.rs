@@ -178,7 +178,7 @@ fn encapsulate(
     if fan.vxlan.is_some() {
         let frame_len = ETH_LEN as u32 + inner_len;
         let out = vxlan::encapsulated(fan, remote, ip.tos(), frame_len, &edited);
-        return Ok(vxlan::sent(out, next_hop));
+        return Ok(vxlan::sent(out, next_hop, ctx));
     }
     let mut out = frame[..ETH_LEN].to_vec();
     out.extend_from_slice(&outer_header(fan, remote, &ip));

@@ -48,7 +48,12 @@ pub fn run_out(config: &Config, frame: &[u8], ctx: RunContext) -> Prediction {
                         | "drop_vxlan_not_overlay"
                 ) =>
         {
-            untouched(frame, TC_ACT_SHOT, Some("vxlan_flood_not_sent"), Fate::Dropped)
+            untouched(
+                frame,
+                TC_ACT_SHOT,
+                Some("vxlan_flood_not_sent"),
+                Fate::Dropped,
+            )
         }
         Err(reason) => untouched(frame, TC_ACT_SHOT, Some(reason), Fate::Dropped),
     }
@@ -94,7 +99,7 @@ fn send(config: &Config, frame: &[u8], ctx: RunContext) -> Result<Prediction, &'
         out.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         out.extend_from_slice(&headers(fan, remote, 0, payload.frame_len));
         out.extend_from_slice(frame);
-        return Ok(sent(out, next_hop));
+        return Ok(sent(out, next_hop, ctx));
     }
     if ctx.gso_size & 0xffff != 0 {
         // A test run's GSO skb has no GSO type: growing it fails.
@@ -108,6 +113,7 @@ fn send(config: &Config, frame: &[u8], ctx: RunContext) -> Result<Prediction, &'
     Ok(sent(
         encapsulated(fan, remote, payload.tos, payload.frame_len, frame),
         next_hop,
+        ctx,
     ))
 }
 
@@ -218,10 +224,14 @@ fn headers(fan: &Fan, remote: u32, tos: u8, frame_len: u32) -> Vec<u8> {
 }
 
 /// An encapsulated frame on its way: to the resolved next hop's MAC from
-/// the device's, or (unresolved) to the kernel's neighbour queue.
-pub fn sent(mut out: Vec<u8>, next_hop: Option<([u8; 6], [u8; 6])>) -> Prediction {
+/// the device's, or (unresolved) to the kernel's neighbour queue. (A GSO
+/// frame gets here only as ARP, which is put behind the headers whole.)
+pub fn sent(mut out: Vec<u8>, next_hop: Option<([u8; 6], [u8; 6])>, ctx: RunContext) -> Prediction {
     let bytes = out.len() as u64;
     let mut counters = vec![("encapsulated", bytes)];
+    if ctx.gso_size & 0xffff != 0 {
+        counters.push(("encapsulated_gso", bytes));
+    }
     match next_hop {
         Some((next_hop_mac, device_mac)) => {
             out[0..6].copy_from_slice(&next_hop_mac);

@@ -529,6 +529,8 @@ fn vxlan_is_decapsulated_into_the_frame_that_was_sent_and_handed_to_the_bridge()
     let xdp_pass = StatReason::PassVxlanAtXdp;
     bed.check_untouched("xdp", VXLAN_RX_IPV4, XDP_PASS, xdp_pass);
     bed.check_untouched("xdp", VXLAN_RX_ARP_REQUEST, XDP_PASS, xdp_pass);
+    // Even with a CE mark to carry inward: the TC program carries it.
+    bed.check_untouched("xdp", VXLAN_RX_CE_IN, XDP_PASS, xdp_pass);
 }
 
 #[test]
