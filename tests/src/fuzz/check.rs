@@ -6,13 +6,43 @@ use fan_common::vxlan::{SOURCE_PORT_MAX, SOURCE_PORT_MIN};
 use super::bed::Observed;
 use crate::model::{
     Config, Fate, Prediction, Program, VXLAN_SOURCE_PORT,
-    wire::{ETH_LEN, Ipv4View, PROTO_UDP, to_hex},
+    wire::{ETH_LEN, Ipv4View, PROTO_TCP, PROTO_UDP, be16, to_hex},
 };
 
 /// Whether `frame` is an IPv4 packet of UDP: for an encapsulated frame,
 /// VXLAN (its inner frame 50 bytes after the Ethernet header).
 pub fn is_vxlan(frame: &[u8]) -> bool {
     Ipv4View::parse(frame, ETH_LEN).is_some_and(|ip| ip.protocol() == PROTO_UDP)
+}
+
+/// An inner flow as the kernel's flow hash sees it: (source, destination,
+/// protocol, source port, destination port).
+pub type Flow = (u32, u32, u8, u16, u16);
+
+/// The flow of a VXLAN-encapsulated frame's inner TCP or UDP packet, when
+/// plainly one: an unfragmented IPv4 packet without options, whose length
+/// is the frame's (the flow hash then reads exactly these fields).
+pub fn vxlan_flow(encapsulated: &[u8]) -> Option<Flow> {
+    if !is_vxlan(encapsulated) {
+        return None;
+    }
+    let at = inner_at(encapsulated);
+    let ip = Ipv4View::parse(encapsulated, at)?;
+    let plain = ip.header_len() == 20
+        && be16(encapsulated, at + 6) & 0x3fff == 0
+        && usize::from(ip.total_len()) == encapsulated.len() - at
+        && usize::from(ip.total_len()) >= 24
+        && matches!(ip.protocol(), PROTO_TCP | PROTO_UDP);
+    plain.then(|| {
+        let ports = at + 20;
+        (
+            ip.src(),
+            ip.dst(),
+            ip.protocol(),
+            be16(encapsulated, ports),
+            be16(encapsulated, ports + 2),
+        )
+    })
 }
 
 /// Where the inner IPv4 header of an encapsulated frame is.

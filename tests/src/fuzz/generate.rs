@@ -262,8 +262,34 @@ impl<'a> Generator<'a> {
         if rng.chance(1, 10) {
             let len = *rng.pick(&EDGE_LENGTHS) + ETH_LEN;
             frame.resize(len.max(frame.len()), 0);
+        } else if rng.chance(1, 6) {
+            self.one_of_few_flows(rng, &mut frame);
         }
         frame
+    }
+
+    /// Makes `frame` a packet of one of a few TCP and UDP flows (its other
+    /// fields as they are), so that flows recur with different packets:
+    /// each flow's source port must stay the same.
+    fn one_of_few_flows(&self, rng: &mut Rng, frame: &mut Vec<u8>) {
+        let (src, dst): ([u8; 4], [u8; 4]) = *rng.pick(&[
+            ([251, 0, 1, 10], VXLAN_NEIGHBOUR),
+            ([251, 0, 1, 10], [251, 0, 3, 7]),
+            ([251, 0, 1, 77], [251, 0, 2, 8]),
+        ]);
+        let protocol = *rng.pick(&[PROTO_TCP, PROTO_UDP]);
+        let (from, to): (u16, u16) = *rng.pick(&[(4321, 80), (5353, 53), (40000, 8472)]);
+        let mut transport = transport_header(rng, protocol);
+        transport[..2].copy_from_slice(&from.to_be_bytes());
+        transport[2..4].copy_from_slice(&to.to_be_bytes());
+        transport.resize(transport.len() + rng.range(0, 64), 0xab);
+        let mut fields = self.header_fields(rng, protocol, addr(src), addr(dst));
+        fields.flags_offset = 0x4000;
+        let mut packet = ip_header(rng, fields, &transport);
+        packet.extend_from_slice(&transport);
+        frame.truncate(12);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&packet);
     }
 
     /// A VXLAN packet on the underlay: mostly a genuine claim of the bed's
