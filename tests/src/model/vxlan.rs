@@ -154,6 +154,9 @@ fn arp_payload(frame: &[u8]) -> Result<Payload, &'static str> {
     })
 }
 
+/// The next hop's and the device's MACs, when the next hop is resolved.
+pub type NextHopMacs = Option<([u8; 6], [u8; 6])>;
+
 /// The underlay's next hop towards `remote` for an outer packet of
 /// `outer_len` bytes: its and the device's MACs when resolved. `Err` with
 /// the drop's counter, or "frag_needed" when the route's MTU is too small.
@@ -162,7 +165,7 @@ pub fn next_hop(
     fan: &Fan,
     remote: u32,
     outer_len: u32,
-) -> Result<Option<([u8; 6], [u8; 6])>, &'static str> {
+) -> Result<NextHopMacs, &'static str> {
     match config
         .underlay
         .lookup(fan.underlay_ifindex, remote, outer_len)
