@@ -239,26 +239,7 @@ impl<'a> Generator<'a> {
             [0x01, 0, 0x5e, 0, 0, 1],
             [2, 0, 0, 0, 0, 0xb1],
         ]);
-        let mut frame = dst_mac.to_vec();
-        frame.extend_from_slice(&[0x0a, 0, 0, 0, 0, 0x09]);
-        match rng.below(10) {
-            0..=4 => {
-                frame.extend_from_slice(&[0x08, 0x00]);
-                frame.extend_from_slice(&self.ip_packet(rng, src, dst, 0));
-            }
-            5..=7 => {
-                frame.extend_from_slice(&[0x08, 0x06]);
-                frame.extend_from_slice(&arp_message(rng, src, dst));
-            }
-            8 => {
-                frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 59, 255]);
-                frame.resize(frame.len() + 32, 0);
-            }
-            _ => {
-                frame.extend_from_slice(&rng.u16().to_be_bytes());
-                frame.resize(frame.len() + 46, 0);
-            }
-        }
+        let mut frame = self.ethernet_frame(rng, dst_mac, [0x0a, 0, 0, 0, 0, 0x09], src, dst);
         if rng.chance(1, 10) {
             let len = *rng.pick(&EDGE_LENGTHS) + ETH_LEN;
             frame.resize(len.max(frame.len()), 0);
@@ -290,6 +271,38 @@ impl<'a> Generator<'a> {
         frame.truncate(12);
         frame.extend_from_slice(&[0x08, 0x00]);
         frame.extend_from_slice(&packet);
+    }
+
+    /// An Ethernet frame between container MACs: IPv4 from `src` to `dst`
+    /// mostly, an ARP request or reply (mostly) from `src` for `dst`, or
+    /// IPv6, a VLAN tag or any type.
+    fn ethernet_frame(
+        &self,
+        rng: &mut Rng,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: u32,
+        dst: u32,
+    ) -> Vec<u8> {
+        let mut frame = dst_mac.to_vec();
+        frame.extend_from_slice(&src_mac);
+        match rng.below(10) {
+            0..=4 => {
+                frame.extend_from_slice(&[0x08, 0x00]);
+                frame.extend_from_slice(&self.ip_packet(rng, src, dst, 0));
+            }
+            5..=7 => {
+                frame.extend_from_slice(&[0x08, 0x06]);
+                frame.extend_from_slice(&arp_message(rng, src, dst));
+            }
+            _ => {
+                let any = rng.u16();
+                let kind = *rng.pick(&[0x86dd, 0x8100, any]);
+                frame.extend_from_slice(&u16::to_be_bytes(kind));
+                frame.resize(frame.len() + 40, 0);
+            }
+        }
+        frame
     }
 
     /// A VXLAN packet on the underlay: mostly a genuine claim of the bed's
@@ -324,23 +337,8 @@ impl<'a> Generator<'a> {
             2 => GATEWAY_MAC,
             _ => [0x0a, 0, 0, 0, 0, 0x09],
         };
-        let mut inner = dst_mac.to_vec();
-        inner.extend_from_slice(&[0x0a, 0, 0, 0, 2, 0x14]);
-        match rng.below(10) {
-            0..=5 => {
-                inner.extend_from_slice(&[0x08, 0x00]);
-                inner.extend_from_slice(&self.ip_packet(rng, inner_src, inner_dst, 0));
-            }
-            6..=8 => {
-                inner.extend_from_slice(&[0x08, 0x06]);
-                inner.extend_from_slice(&arp_message(rng, inner_src, inner_dst));
-            }
-            _ => {
-                let kind = *rng.pick(&[0x86dd, 0x8100, any16]);
-                inner.extend_from_slice(&u16::to_be_bytes(kind));
-                inner.resize(inner.len() + 40, 0);
-            }
-        }
+        let inner =
+            self.ethernet_frame(rng, dst_mac, [0x0a, 0, 0, 0, 2, 0x14], inner_src, inner_dst);
         let mut udp = rng.u16().to_be_bytes().to_vec();
         udp.extend_from_slice(&port.to_be_bytes());
         udp.extend_from_slice(&((inner.len() + 16) as u16).to_be_bytes());
