@@ -1,7 +1,8 @@
 //! The host the fuzzer runs the programs on: a namespace like programs.rs's
 //! bed (eth0 the underlay, typed routes, a locked MTU, a route through
-//! another device, resolved and unresolved neighbours), five fans with
-//! different slice sizes, and containers with direct delivery. The same
+//! another device, resolved and unresolved neighbours), five IP-in-IP fans with
+//! different slice sizes, a VXLAN fan with its overlay port and slice bridge,
+//! and containers with direct delivery. The same
 //! description gives the model its configuration, so the two cannot drift.
 //! The runs of the programs on it are in `runner`.
 

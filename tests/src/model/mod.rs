@@ -1,4 +1,4 @@
-//! A reference model of fan-xdp's five programs, written from the stated
+//! A reference model of fan-xdp's six programs, written from the stated
 //! policy (docs/security.md, docs/design.md) and independent of fan-ebpf:
 //! given the host's configuration, one frame and the test run's context, it
 //! predicts the verdict, the exact
