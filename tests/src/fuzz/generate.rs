@@ -444,7 +444,11 @@ impl<'a> Generator<'a> {
     fn towards_learned_path(&self, rng: &mut Rng) -> Option<Vec<u8>> {
         let fan = *rng.pick(&self.config.fans);
         let (host, mtu) = self.learned_host(rng, &fan)?;
-        let src = self.slice_addr(rng, &fan, fan.local_host);
+        let src = match self.endpoint_in(&fan) {
+            // A VXLAN fan's port sends only for a container it knows.
+            Some(endpoint) if rng.chance(1, 2) => endpoint,
+            _ => self.slice_addr(rng, &fan, fan.local_host),
+        };
         let dst = self.slice_addr(rng, &fan, host);
         let protocol = *rng.pick(&[PROTO_ICMP, PROTO_UDP, PROTO_TCP]);
         let mut payload = transport_header(rng, protocol);
@@ -452,7 +456,7 @@ impl<'a> Generator<'a> {
             payload[0] = *rng.pick(&[3, 4, 5, 11, 12, 0]);
         }
         // The inner length that just fits the path, and its neighbours.
-        let fits = mtu as usize - 20;
+        let fits = (mtu - fan.overhead()) as usize;
         let total = *rng.pick(&[fits - 1, fits, fits + 1, fits + 100]);
         let start = payload.len();
         payload.resize(total - 20, 0);
@@ -463,7 +467,20 @@ impl<'a> Generator<'a> {
         }
         let mut packet = ip_header(rng, fields, &payload);
         packet.extend_from_slice(&payload);
-        Some(with_ethernet(rng, &packet))
+        let mut frame = with_ethernet(rng, &packet);
+        if fan.vxlan.is_some() && rng.chance(1, 2) {
+            frame[..6].copy_from_slice(&GATEWAY_MAC);
+        }
+        Some(frame)
+    }
+
+    /// A container of this host's slice of `fan` with direct delivery.
+    fn endpoint_in(&self, fan: &Fan) -> Option<u32> {
+        self.config
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .find(|&a| fan.is_local(a))
     }
 
     /// A router's ICMP "fragmentation needed" to one of this host's
@@ -490,12 +507,31 @@ impl<'a> Generator<'a> {
         } else {
             (self.inner_addr(rng), self.inner_addr(rng))
         };
-        let inner = self.ip_packet(rng, inner_src, inner_dst, 0);
-        let protocol = if rng.chance(9, 10) {
+        let mut inner = self.ip_packet(rng, inner_src, inner_dst, 0);
+        let mut protocol = if rng.chance(9, 10) {
             PROTO_IPIP
         } else {
             rng.u8()
         };
+        if let Some(vxlan) = fan.vxlan
+            && protocol == PROTO_IPIP
+        {
+            // Our VXLAN: UDP to the fan's port (or another), the VXLAN
+            // header with its VNI (or another), the inner frame's header.
+            protocol = PROTO_UDP;
+            let port = *rng.pick(&[vxlan.port, vxlan.port, 4789]);
+            let vni = *rng.pick(&[vxlan.vni, vxlan.vni, vxlan.vni + 1]);
+            let ethertype: [u8; 2] = *rng.pick(&[[0x08, 0x00], [0x08, 0x00], [0x08, 0x06]]);
+            let mut udp = vec![0xc3, 0x50];
+            udp.extend_from_slice(&port.to_be_bytes());
+            udp.extend_from_slice(&((inner.len() + 30) as u16).to_be_bytes());
+            udp.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+            udp.extend_from_slice(&vni.to_be_bytes()[1..]);
+            udp.extend_from_slice(&[0, 0x0a, 0, 0, 0, 2, 0x14, 0x0a, 0, 0, 0, 0, 9]);
+            udp.extend_from_slice(&ethertype);
+            udp.extend_from_slice(&inner);
+            inner = udp;
+        }
         let quoted_src = if rng.chance(9, 10) {
             local
         } else {
@@ -507,8 +543,9 @@ impl<'a> Generator<'a> {
         if rng.chance(3, 4) {
             quoted[2..4].copy_from_slice(&quoted_len.to_be_bytes());
         }
-        // RFC 792's 8 bytes after the header, the inner header, or more.
-        let cut = *rng.pick(&[0, 8, 19, 20, 28, 64]);
+        // RFC 792's 8 bytes after the header, the inner header, or more
+        // (VXLAN's: its UDP header, its VXLAN header, the inner frame's).
+        let cut = *rng.pick(&[0, 8, 19, 20, 28, 64, 16, 30, 50]);
         quoted.extend_from_slice(&inner[..cut.min(inner.len())]);
         let (any, edge) = (rng.u16(), *rng.pick(&REPORTED_MTUS));
         let reported = *rng.pick(&[edge, quoted_len - 1, quoted_len, any]);
