@@ -5,7 +5,8 @@
 //!
 //! Everywhere: only IPv4 and ARP of Ethernet/IPv4, no VLAN tag, no source
 //! (or ARP sender) that is a slice's gateway, network or broadcast address,
-//! no ARP sender outside this host's slices but 0.0.0.0 (a probe), of the
+//! no ARP sender outside this host's slices but 0.0.0.0 (a probe) and, at
+//! the bridge, a VXLAN fan's remote containers (through its overlay port), of the
 //! DHCP pair only a client's messages, and no tunnel packet to an attached
 //! fan's underlay. A port knows which container sent the frame and checks
 //! besides that the source is that container's own address (bound to the
@@ -16,14 +17,15 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use fan_common::{
     FanEntry, StatReason, WireAddr,
     ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_UDP},
+    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN},
 };
 
 use crate::{
     maps::{FAN_ENDPOINTS, FAN_UNDERLAYS, fan_for},
-    parse::{Ipv4Hdr, eth, ipv4, ptr_at},
+    parse::{ArpIpv4Head, ETH_P_ARP, Ipv4Hdr, eth, ipv4, ptr_at},
+    vxlan::fan_of_udp,
 };
 
-const ETH_P_ARP: u16 = 0x0806;
 /// VLAN tags: 802.1Q, 802.1ad, and the pre-standard QinQ type.
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
@@ -79,7 +81,7 @@ fn admit_ipv4(
 ) -> Result<(), StatReason> {
     let src = ip.src_wire();
     let src_slice = slice_of_source(src)?;
-    if carries_a_tunnel(ip.protocol) && is_in_an_underlay(ip.dst_wire()) {
+    if carries_a_tunnel(ip, start, end) && is_in_an_underlay(ip.dst_wire()) {
         return Err(StatReason::DropTunnelToUnderlay);
     }
     let dhcp_client = dhcp_side(ip, start, end)?;
@@ -111,11 +113,7 @@ fn admit_arp(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let arp = unsafe { &*arp };
-    let ipv4_over_ethernet = u16::from_be_bytes(arp.hardware_type) == ARP_HRD_ETHER
-        && u16::from_be_bytes(arp.protocol_type) == ETH_P_IPV4
-        && arp.hardware_len == 6
-        && arp.protocol_len == 4;
-    if !ipv4_over_ethernet {
+    if !arp.is_ethernet_ipv4() {
         return Err(StatReason::DropArpNotEthernetIpv4);
     }
     let sender = WireAddr::from_octets(arp.sender_ip);
@@ -124,7 +122,14 @@ fn admit_arp(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
     }
     let slice = slice_of_source(sender)?;
     if !at_port {
-        return slice.map(|_| ()).ok_or(StatReason::DropSourceOutsideSlice);
+        // A VXLAN fan's remote containers reach the bridge through its
+        // overlay port, their ARP checked by the receive policy.
+        let remote_vxlan = || fan_for(sender).is_some_and(|fan| fan.is_vxlan());
+        return match slice {
+            Some(_) => Ok(()),
+            None if remote_vxlan() => Ok(()),
+            None => Err(StatReason::DropSourceOutsideSlice),
+        };
     }
     port_source(ctx, sender, slice)
 }
@@ -168,12 +173,19 @@ fn port_source(ctx: &TcContext, src: WireAddr, slice: Option<&FanEntry>) -> Resu
 const IPPROTO_IPV6: u8 = 41;
 const IPPROTO_GRE: u8 = 47;
 
-/// Whether an IPv4 packet of `protocol` carries another packet that a
-/// receiving fan host could take for fan traffic once the host masquerades
-/// it. (VXLAN mode will add its UDP port here.)
+/// Whether the IPv4 packet `ip` (in `[start, end)`) carries another packet
+/// that a receiving fan host could take for fan traffic once the host
+/// masquerades it: IP-in-IP, IPv6-in-IPv4, GRE, or UDP whose port and
+/// VXLAN header name a VXLAN fan.
 #[inline(always)]
-fn carries_a_tunnel(protocol: u8) -> bool {
-    matches!(protocol, IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE)
+fn carries_a_tunnel(ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
+    match ip.protocol {
+        IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE => true,
+        IPPROTO_UDP if ip.frag_off() & IP_OFFSET_MASK == 0 => {
+            fan_of_udp(start, end, ETH_HDR_LEN + ip.header_len()).is_some()
+        }
+        _ => false,
+    }
 }
 
 /// Whether `addr` lies in the underlay of an attached fan.
@@ -183,7 +195,10 @@ fn is_in_an_underlay(addr: WireAddr) -> bool {
 }
 
 /// Source and destination ports of a UDP header.
-pub const UDP_PORTS_LEN: usize = 4;
+const UDP_PORTS_LEN: usize = 4;
+/// A UDP header and the VXLAN header behind it: what the edge reads of a
+/// container's UDP packet.
+pub const UDP_TUNNEL_PEEK_LEN: usize = UDP_HDR_LEN + VXLAN_HDR_LEN;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 
@@ -215,17 +230,3 @@ fn dhcp_side(ip: &Ipv4Hdr, start: usize, end: usize) -> Result<bool, StatReason>
     }
     Ok(client)
 }
-
-/// An Ethernet/IPv4 ARP packet's fields up to the sender's protocol address.
-#[repr(C)]
-struct ArpIpv4Head {
-    hardware_type: [u8; 2],
-    protocol_type: [u8; 2],
-    hardware_len: u8,
-    protocol_len: u8,
-    operation: [u8; 2],
-    sender_mac: [u8; 6],
-    sender_ip: [u8; 4],
-}
-
-const ARP_HRD_ETHER: u16 = 1;

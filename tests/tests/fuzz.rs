@@ -1,4 +1,4 @@
-//! Differential testing: the five programs against the reference model
+//! Differential testing: the six programs against the reference model
 //! (tests/src/model), on the corpus (tests/corpus) and then on generated
 //! cases, with the properties of tests/src/fuzz/check.rs on top.
 //!

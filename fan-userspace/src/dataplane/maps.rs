@@ -48,7 +48,10 @@ impl Dataplane {
         sync_local_hosts(&mut hosts, &fans)?;
         let mut underlays: LpmTrie<_, WireAddr, u32> =
             LpmTrie::try_from(self.map_mut(UNDERLAYS_MAP)?)?;
-        sync_underlays(&mut underlays, &fans)
+        sync_underlays(&mut underlays, &fans)?;
+        let mut vxlan: BpfHashMap<_, VxlanKey, WireAddr> =
+            BpfHashMap::try_from(self.map_mut(VXLAN_MAP)?)?;
+        sync_vxlan(&mut vxlan, &fans)
     }
 
     /// Sets the bypass value the programs follow (`fan_common::maps::bypass`).
@@ -160,17 +163,34 @@ pub(super) fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
         }
         host.fans += 1;
     }
-    let stale: Vec<WireAddr> = hosts
+    make_hash_map_hold(hosts, want, "a local host")
+}
+
+/// Makes `map` hold exactly `want`: stale keys removed, changed or
+/// missing values written (`what` names an entry in errors).
+fn make_hash_map_hold<T, K, V>(
+    map: &mut BpfHashMap<T, K, V>,
+    want: BTreeMap<K, V>,
+    what: &str,
+) -> Result<()>
+where
+    T: std::borrow::BorrowMut<MapData>,
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let stale: Vec<K> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|key| !want.contains_key(key))
         .collect();
     for key in stale {
-        hosts.remove(&key).context("removing a local host")?;
+        map.remove(&key)
+            .with_context(|| format!("removing {what}"))?;
     }
-    for (key, host) in want {
-        if hosts.get(&key, 0).ok() != Some(host) {
-            hosts.insert(key, host, 0).context("writing a local host")?;
+    for (key, value) in want {
+        if map.get(&key, 0).ok() != Some(value) {
+            map.insert(key, value, 0)
+                .with_context(|| format!("writing {what}"))?;
         }
     }
     Ok(())
@@ -208,6 +228,27 @@ pub(super) fn sync_underlays<T: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
+/// Makes the VXLAN map hold exactly the VXLAN fans of `fans`, by port and
+/// VNI: what a received VXLAN packet must name to be one of ours.
+pub(super) fn sync_vxlan<T: std::borrow::BorrowMut<MapData>>(
+    vxlan: &mut BpfHashMap<T, VxlanKey, WireAddr>,
+    fans: &[FanEntry],
+) -> Result<()> {
+    let want: BTreeMap<VxlanKey, WireAddr> = fans
+        .iter()
+        .filter(|fan| fan.is_vxlan())
+        .map(|fan| {
+            let key = VxlanKey {
+                vni: fan.vni,
+                port: fan.vxlan_port,
+                _pad: 0,
+            };
+            (key, WireAddr::from_host(fan.map.overlay))
+        })
+        .collect();
+    make_hash_map_hold(vxlan, want, "a VXLAN fan")
+}
+
 /// The pinned maps, opened without loading any program (show, stats, detach).
 pub struct PinnedMaps {
     pub config: LpmTrie<MapData, WireAddr, FanEntry>,
@@ -220,6 +261,8 @@ pub struct PinnedMaps {
     underlays: Option<LpmTrie<MapData, WireAddr, u32>>,
     /// Path MTUs learned towards remote hosts (an LRU hash map).
     pub path_mtus: BpfHashMap<MapData, WireAddr, PathMtu>,
+    /// The VXLAN fans by port and VNI.
+    vxlan: BpfHashMap<MapData, VxlanKey, WireAddr>,
     /// The agent's heartbeat.
     pub agent: Array<MapData, u64>,
     /// Whether the fast path may skip netfilter (`fan_common::maps::bypass`).
@@ -247,6 +290,7 @@ impl PinnedMaps {
                 false => None,
             },
             path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
+            vxlan: BpfHashMap::try_from(open(VXLAN_MAP)?)?,
             agent: Array::try_from(open(AGENT_MAP)?)?,
             bypass: Array::try_from(open(BYPASS_MAP)?)?,
             stats_by_fan: match dir.map(STATS_BY_FAN_MAP).exists() {
@@ -345,9 +389,10 @@ impl PinnedMaps {
         }
     }
 
-    /// Brings the local hosts and the underlays in line with `fans`.
+    /// Brings the local hosts, the underlays and the VXLAN fans in line with `fans`.
     fn sync_hosts_and_underlays(&mut self, fans: &[FanEntry]) -> Result<()> {
         sync_local_hosts(&mut self.local_hosts, fans)?;
+        sync_vxlan(&mut self.vxlan, fans)?;
         match &mut self.underlays {
             Some(underlays) => sync_underlays(underlays, fans),
             None => Ok(()),

@@ -1,7 +1,8 @@
 //! The host the fuzzer runs the programs on: a namespace like programs.rs's
 //! bed (eth0 the underlay, typed routes, a locked MTU, a route through
-//! another device, resolved and unresolved neighbours), five fans with
-//! different slice sizes, and containers with direct delivery. The same
+//! another device, resolved and unresolved neighbours), five IP-in-IP fans with
+//! different slice sizes, a VXLAN fan with its overlay port and slice bridge,
+//! and containers with direct delivery. The same
 //! description gives the model its configuration, so the two cannot drift.
 //! The runs of the programs on it are in `runner`.
 
@@ -10,13 +11,18 @@ mod runner;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
-use fan_common::{FanEntry, FanMap, fan::validate_fans, maps::Endpoint as MapEndpoint};
+use fan_common::{
+    Encap, FanEntry, FanMap,
+    fan::validate_fans,
+    maps::Endpoint as MapEndpoint,
+    vxlan::{VXLAN_DEFAULT_PORT, default_vni},
+};
 use fan_userspace::dataplane::Dataplane;
 
 use crate::{
     model::{
         Config,
-        config::{Device, Endpoint, Fan, Neighbour, PathMtu, Route, RouteKind, Underlay},
+        config::{Device, Endpoint, Fan, Neighbour, PathMtu, Route, RouteKind, Underlay, Vxlan},
     },
     netns::Netns,
     topology,
@@ -82,6 +88,19 @@ const FANS: [FanSpec; 5] = [
     ([172, 16, 0, 0], 12, [198, 18, 0, 0], 20, 1480, 2),
 ];
 
+/// The VXLAN fan, beside the IP-in-IP ones: 251.0.0.0/8 over the first
+/// fan's underlay from the same address (a /24 slice, MTU 1500 - 50), its
+/// overlay port `vx-b` (whose peer `vx-a` is the slice bridge `brvx`'s
+/// port) and the bridge, at the gateway address with the overlay on-link.
+const VXLAN_FAN: FanSpec = ([251, 0, 0, 0], 8, [198, 18, 0, 0], 16, 1450, 0);
+const OVERLAY_PORT: &str = "vx-b";
+const VXLAN_BRIDGE: &str = "brvx";
+const VXLAN_BRIDGE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xb1];
+/// A remote container host A's neighbour table knows on the bridge (the
+/// port program's route lookup resolves it), and its MAC.
+pub const VXLAN_NEIGHBOUR: [u8; 4] = [251, 0, 2, 20];
+const VXLAN_NEIGHBOUR_MAC: [u8; 6] = [0x0a, 0, 0, 0, 2, 0x14];
+
 /// Every underlay address of `side`'s eth0 (each fan's local address, once).
 fn local_addresses(side: Side) -> Vec<u32> {
     let mut addresses: Vec<u32> = FANS.iter().map(|f| underlay_host(side, f.2, f.5)).collect();
@@ -92,7 +111,8 @@ fn local_addresses(side: Side) -> Vec<u32> {
 
 /// Containers with direct delivery on host A: (address, port device or
 /// `None` for a stale entry, container MAC's last byte).
-const ENDPOINTS: [([u8; 4], Option<&str>, u8); 7] = [
+const ENDPOINTS: [([u8; 4], Option<&str>, u8); 8] = [
+    ([251, 0, 1, 10], Some("eth0-peer"), 0x09),
     ([250, 0, 1, 10], Some("eth0-peer"), 0x02),
     ([250, 0, 1, 11], Some("eth1-peer"), 0x03),
     ([250, 0, 1, 12], None, 0x04),
@@ -101,7 +121,7 @@ const ENDPOINTS: [([u8; 4], Option<&str>, u8); 7] = [
     ([100, 64, 0, 6], Some("eth0-peer"), 0x07),
     ([172, 16, 1, 10], Some("eth0-peer"), 0x08),
 ];
-const GATEWAY_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x01];
+pub const GATEWAY_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x01];
 
 /// Path MTUs host A has learned: (remote host, MTU, unexpired). The hosts
 /// are nobody else in the bed (their neighbours unresolved); 576 lies near
@@ -143,24 +163,33 @@ impl Bed {
         };
         let eth0 = ifindex("eth0")?;
         let mut dataplane = Dataplane::load()?;
-        let fans = fans(side, eth0);
+        let vxlan = Vxlan {
+            port: VXLAN_DEFAULT_PORT,
+            vni: default_vni(addr(VXLAN_FAN.0)),
+            overlay_port: ifindex(OVERLAY_PORT)?,
+            bridge: ifindex(VXLAN_BRIDGE)?,
+        };
+        let fans = fans(side, eth0, vxlan);
         let maps: Vec<FanMap> = fans.iter().map(|f| f.map).collect();
         validate_fans(&maps).context("the fuzz bed's fans")?;
         for fan in &fans {
-            dataplane.insert_fan(&FanEntry {
-                map: fan.map,
-                local_host: fan.local_host,
-                underlay_ifindex: fan.underlay_ifindex,
-                overlay_mtu: fan.overlay_mtu,
-            })?;
+            dataplane.insert_fan(&fan_entry(fan))?;
         }
         let mut ports = vec![("eth0".to_string(), eth0)];
-        let mut devices = vec![Device {
-            ifindex: eth0,
-            mtu: topology::UNDERLAY_MTU,
-            mac: side.mac(),
-            forwarding: true,
-        }];
+        let mut devices = vec![
+            Device {
+                ifindex: eth0,
+                mtu: topology::UNDERLAY_MTU,
+                mac: side.mac(),
+                forwarding: true,
+            },
+            Device {
+                ifindex: vxlan.bridge,
+                mtu: topology::UNDERLAY_MTU,
+                mac: VXLAN_BRIDGE_MAC,
+                forwarding: true,
+            },
+        ];
         let mut endpoints = Vec::new();
         if side == Side::A {
             for (name, mtu, mac) in [
@@ -202,7 +231,7 @@ impl Bed {
         let config = Config {
             fans,
             endpoints,
-            underlay: underlay(side, eth0, &ports, devices),
+            underlay: underlay(side, eth0, &ports, devices, vxlan.bridge),
             enforce: vec![],
             bypass_off: false,
             // Written by the runner, which keeps them as fresh (or as
@@ -307,8 +336,82 @@ fn make_devices(ns: &Netns, side: Side) -> Result<()> {
     for dev in ["eth0-peer", "eth0"] {
         ns.ip(&["link", "set", dev, "up"])?;
     }
+    make_vxlan_devices(ns, side)?;
     ns.sysctl("net.ipv4.ip_forward", "1")?;
     Ok(())
+}
+
+/// The VXLAN fan's slice bridge with its overlay port pair, the gateway
+/// address on it with the overlay on-link (LXD's layout), and on A a
+/// remote container in the bridge's neighbour table.
+fn make_vxlan_devices(ns: &Netns, side: Side) -> Result<()> {
+    let bridge_mac = mac_text(VXLAN_BRIDGE_MAC);
+    let gateway = format!("251.0.{}.1/8", side.host_byte());
+    let neighbour = Ipv4Addr::from(VXLAN_NEIGHBOUR).to_string();
+    let neighbour_mac = mac_text(VXLAN_NEIGHBOUR_MAC);
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec![
+            "link",
+            "add",
+            VXLAN_BRIDGE,
+            "address",
+            &bridge_mac,
+            "type",
+            "bridge",
+        ],
+        vec![
+            "link",
+            "add",
+            OVERLAY_PORT,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vx-a",
+        ],
+        vec!["link", "set", "vx-a", "master", VXLAN_BRIDGE, "up"],
+        vec!["link", "set", OVERLAY_PORT, "up"],
+        vec!["link", "set", VXLAN_BRIDGE, "up"],
+        vec!["addr", "add", &gateway, "dev", VXLAN_BRIDGE],
+    ];
+    if side == Side::A {
+        commands.push(vec![
+            "neigh",
+            "add",
+            &neighbour,
+            "lladdr",
+            &neighbour_mac,
+            "dev",
+            VXLAN_BRIDGE,
+            "nud",
+            "permanent",
+        ]);
+    }
+    for args in commands {
+        ns.ip(&args)?;
+    }
+    Ok(())
+}
+
+/// The map entry user space writes for `fan` (attach's).
+fn fan_entry(fan: &Fan) -> FanEntry {
+    let ipip = FanEntry::ipip(
+        fan.map,
+        fan.local_host,
+        fan.underlay_ifindex,
+        fan.overlay_mtu,
+    );
+    match fan.vxlan {
+        None => ipip,
+        Some(vxlan) => FanEntry {
+            encap: Encap::Vxlan as u8,
+            vxlan_port: vxlan.port,
+            vni: vxlan.vni,
+            overlay_port_ifindex: vxlan.overlay_port,
+            bridge_ifindex: vxlan.bridge,
+            ..ipip
+        },
+    }
 }
 
 /// Host A's special routes: as in programs.rs's bed.
@@ -343,19 +446,28 @@ fn make_routes(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
-fn fans(side: Side, eth0: u32) -> Vec<Fan> {
+fn fans(side: Side, eth0: u32, vxlan: Vxlan) -> Vec<Fan> {
+    let fan = |&(overlay, olen, underlay, ulen, mtu, offset): &FanSpec, vxlan| Fan {
+        map: FanMap::new(addr(overlay), olen, addr(underlay), ulen),
+        local_host: underlay_host(side, underlay, offset),
+        underlay_ifindex: eth0,
+        overlay_mtu: mtu,
+        vxlan,
+    };
     FANS.iter()
-        .map(|&(overlay, olen, underlay, ulen, mtu, offset)| Fan {
-            map: FanMap::new(addr(overlay), olen, addr(underlay), ulen),
-            local_host: underlay_host(side, underlay, offset),
-            underlay_ifindex: eth0,
-            overlay_mtu: mtu,
-        })
+        .map(|spec| fan(spec, None))
+        .chain([fan(&VXLAN_FAN, Some(vxlan))])
         .collect()
 }
 
 /// The route lookup's view of the namespace built above.
-fn underlay(side: Side, eth0: u32, ports: &[(String, u32)], devices: Vec<Device>) -> Underlay {
+fn underlay(
+    side: Side,
+    eth0: u32,
+    ports: &[(String, u32)],
+    devices: Vec<Device>,
+    bridge: u32,
+) -> Underlay {
     let mut routes = vec![];
     let mut local_table = vec![];
     let mut neighbours = vec![];
@@ -387,6 +499,23 @@ fn underlay(side: Side, eth0: u32, ports: &[(String, u32)], devices: Vec<Device>
         }
     }
     local_table.extend(local_addresses(side));
+    // The VXLAN fan's overlay, on-link at the bridge (the port program's
+    // lookup of a routed frame's destination).
+    routes.push(Route {
+        prefix: addr(VXLAN_FAN.0),
+        len: VXLAN_FAN.1,
+        kind: RouteKind::Unicast,
+        dev: bridge,
+        locked_mtu: None,
+    });
+    local_table.push(addr([251, 0, side.host_byte(), 1]));
+    if side == Side::A {
+        neighbours.push(Neighbour {
+            addr: addr(VXLAN_NEIGHBOUR),
+            dev: bridge,
+            mac: VXLAN_NEIGHBOUR_MAC,
+        });
+    }
     Underlay {
         routes,
         local_table,

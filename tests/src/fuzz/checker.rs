@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::{
     Report, Settings,
-    bed::{Observed, Runner},
+    bed::{GATEWAY_MAC, Observed, Runner},
     case_seed,
     check::{self, compare, observed_fate, properties},
     corpus,
@@ -60,12 +60,48 @@ impl Checker<'_, '_> {
         let observed = self.runner.run(case.program, &case.frame, ctx)?;
         let mut problems = compare(&predicted, &observed);
         problems.extend(properties(config, case.program, &case.frame, &observed));
+        problems.extend(self.vxlan_encapsulation(case, &observed));
         self.tally(case, &observed);
         Ok(Checked {
             observed,
             problems,
             known,
         })
+    }
+
+    /// A VXLAN encapsulation's source port must be the one its inner
+    /// flow got before (the kernel's flow hash, keyed per boot); the port
+    /// program's are tallied as switched or routed.
+    fn vxlan_encapsulation(&mut self, case: &Case, observed: &Observed) -> Option<String> {
+        let Observed::Ran {
+            frame, counters, ..
+        } = observed
+        else {
+            return None;
+        };
+        if observed_fate(counters) != Fate::Encapsulated || !check::is_vxlan(frame) {
+            return None;
+        }
+        if case.program == Program::EncapPort {
+            let paths = &mut self.report.vxlan_port_paths;
+            if case.frame[..6] == GATEWAY_MAC {
+                paths.1 += 1;
+            } else {
+                paths.0 += 1;
+            }
+        }
+        let flow = check::vxlan_flow(frame)?;
+        let port = model::wire::be16(frame, model::VXLAN_SOURCE_PORT.start);
+        match self.report.vxlan_flows.insert(flow, port) {
+            Some(earlier) if earlier != port => Some(format!(
+                "VXLAN source port {port} for flow {flow:x?}, which got {earlier} before"
+            )),
+            Some(_) => {
+                self.report.vxlan_flow_repeats += 1;
+                None
+            }
+            None => None,
+        }
     }
 
     fn context(&self, case: &Case) -> RunContext {
@@ -307,7 +343,9 @@ fn encapsulated_to(observed: &Observed, peer: &model::Config) -> Option<Vec<u8>>
     else {
         return None;
     };
-    if observed_fate(counters) != Fate::Encapsulated || frame.len() < 54 {
+    // VXLAN's round trip ends at the overlay port, which hands the inner
+    // frame to the bridge: checked by the model alone.
+    if observed_fate(counters) != Fate::Encapsulated || frame.len() < 54 || check::is_vxlan(frame) {
         return None;
     }
     let (outer_dst, inner_dst) = (model::wire::be32(frame, 30), model::wire::be32(frame, 50));

@@ -10,7 +10,14 @@ use crate::model::{
     wire::{ETH_LEN, PROTO_IPIP, PROTO_TCP, PROTO_UDP, from_hex},
 };
 
-use headers::{HeaderFields, ip_header, transport_header, truncate_at_a_boundary, with_ethernet};
+use super::bed::{GATEWAY_MAC, VXLAN_NEIGHBOUR};
+use headers::{
+    HeaderFields, arp_message, ip_header, transport_header, truncate_at_a_boundary, with_ethernet,
+};
+
+fn addr(bytes: [u8; 4]) -> u32 {
+    u32::from_be_bytes(bytes)
+}
 
 /// One input: the program, the port it arrives on (by device name, so a
 /// corpus line means the same in every namespace), the GSO size, the frame.
@@ -104,7 +111,9 @@ impl<'a> Generator<'a> {
     }
 
     pub fn case(&self, rng: &mut Rng, program: Program) -> Case {
-        let mut frame = if rng.chance(1, 8) {
+        let mut frame = if program == Program::VxlanOut && rng.chance(9, 10) {
+            self.at_overlay_port(rng)
+        } else if rng.chance(1, 8) {
             self.mutated_fixture(rng)
         } else {
             // Now and then the other direction's traffic, so each program
@@ -180,7 +189,166 @@ impl<'a> Generator<'a> {
         } else {
             (self.inner_addr(rng), self.inner_addr(rng))
         };
+        let (src, dst) = match self.vxlan_fan() {
+            // A VXLAN fan's container routing through its gateway to the
+            // remote container the host's neighbour table knows.
+            Some(fan) if rng.chance(1, 10) => (
+                self.slice_addr(rng, &fan, fan.local_host),
+                addr(VXLAN_NEIGHBOUR),
+            ),
+            _ => (src, dst),
+        };
         let packet = self.ip_packet(rng, src, dst, 2);
+        let mut frame = with_ethernet(rng, &packet);
+        if rng.chance(1, 3) {
+            // Routed through the gateway (else switched to a MAC of its own).
+            frame[..6].copy_from_slice(&GATEWAY_MAC);
+        }
+        frame
+    }
+
+    /// The bed's VXLAN fan.
+    fn vxlan_fan(&self) -> Option<Fan> {
+        self.config.fans.iter().find(|f| f.vxlan.is_some()).copied()
+    }
+
+    /// A frame the slice bridge switched to a VXLAN fan's overlay port:
+    /// IPv4 (mostly from this host's slice to a remote one), ARP requests
+    /// and replies (by sender and target, likewise), IPv6 and anything,
+    /// to a remote container's MAC, a broadcast or a multicast one.
+    fn at_overlay_port(&self, rng: &mut Rng) -> Vec<u8> {
+        let fan = self.vxlan_fan().expect("the bed's VXLAN fan");
+        let src = match rng.below(8) {
+            0 => self.inner_addr(rng),
+            1 => fan.gateway(),
+            _ => self.slice_addr(rng, &fan, fan.local_host),
+        };
+        let dst = match rng.below(10) {
+            0 => self.inner_addr(rng),
+            1 => self.slice_addr(rng, &fan, fan.local_host),
+            2 => u32::from_be_bytes(*rng.pick(&OUTSIDE)),
+            _ => {
+                let host = self.host_in(rng, &fan);
+                self.slice_addr(rng, &fan, host)
+            }
+        };
+        let dst_mac = *rng.pick(&[
+            [0x0a, 0, 0, 0, 2, 0x14],
+            [0xff; 6],
+            [0x33, 0x33, 0, 0, 0, 1],
+            [0x01, 0, 0x5e, 0, 0, 1],
+            [2, 0, 0, 0, 0, 0xb1],
+        ]);
+        let mut frame = self.ethernet_frame(rng, dst_mac, [0x0a, 0, 0, 0, 0, 0x09], src, dst);
+        if rng.chance(1, 10) {
+            let len = *rng.pick(&EDGE_LENGTHS) + ETH_LEN;
+            frame.resize(len.max(frame.len()), 0);
+        } else if rng.chance(1, 6) {
+            self.one_of_few_flows(rng, &mut frame);
+        }
+        frame
+    }
+
+    /// Makes `frame` a packet of one of a few TCP and UDP flows (its other
+    /// fields as they are), so that flows recur with different packets:
+    /// each flow's source port must stay the same.
+    fn one_of_few_flows(&self, rng: &mut Rng, frame: &mut Vec<u8>) {
+        let (src, dst): ([u8; 4], [u8; 4]) = *rng.pick(&[
+            ([251, 0, 1, 10], VXLAN_NEIGHBOUR),
+            ([251, 0, 1, 10], [251, 0, 3, 7]),
+            ([251, 0, 1, 77], [251, 0, 2, 8]),
+        ]);
+        let protocol = *rng.pick(&[PROTO_TCP, PROTO_UDP]);
+        let (from, to): (u16, u16) = *rng.pick(&[(4321, 80), (5353, 53), (40000, 8472)]);
+        let mut transport = transport_header(rng, protocol);
+        transport[..2].copy_from_slice(&from.to_be_bytes());
+        transport[2..4].copy_from_slice(&to.to_be_bytes());
+        transport.resize(transport.len() + rng.range(0, 64), 0xab);
+        let mut fields = self.header_fields(rng, protocol, addr(src), addr(dst));
+        fields.flags_offset = 0x4000;
+        let mut packet = ip_header(rng, fields, &transport);
+        packet.extend_from_slice(&transport);
+        frame.truncate(12);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&packet);
+    }
+
+    /// An Ethernet frame between container MACs: IPv4 from `src` to `dst`
+    /// mostly, an ARP request or reply (mostly) from `src` for `dst`, or
+    /// IPv6, a VLAN tag or any type.
+    fn ethernet_frame(
+        &self,
+        rng: &mut Rng,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: u32,
+        dst: u32,
+    ) -> Vec<u8> {
+        let mut frame = dst_mac.to_vec();
+        frame.extend_from_slice(&src_mac);
+        match rng.below(10) {
+            0..=4 => {
+                frame.extend_from_slice(&[0x08, 0x00]);
+                frame.extend_from_slice(&self.ip_packet(rng, src, dst, 0));
+            }
+            5..=7 => {
+                frame.extend_from_slice(&[0x08, 0x06]);
+                frame.extend_from_slice(&arp_message(rng, src, dst));
+            }
+            _ => {
+                let any = rng.u16();
+                let kind = *rng.pick(&[0x86dd, 0x8100, any]);
+                frame.extend_from_slice(&u16::to_be_bytes(kind));
+                frame.resize(frame.len() + 40, 0);
+            }
+        }
+        frame
+    }
+
+    /// A VXLAN packet on the underlay: mostly a genuine claim of the bed's
+    /// VXLAN fan (an owner of a slice to this host, the fan's port and VNI
+    /// with the I flag, IPv4 or ARP from the owner's slice to ours), one
+    /// part of it now and then replaced: the outer addresses, the port,
+    /// the VNI, the flags, the inner addresses (spoofed), the inner
+    /// Ethernet type or a broadcast or multicast inner MAC.
+    fn vxlan_frame(&self, rng: &mut Rng) -> Vec<u8> {
+        let fan = self.vxlan_fan().expect("the bed's VXLAN fan");
+        let vxlan = fan.vxlan.expect("a VXLAN fan");
+        let owner = self.host_in(rng, &fan);
+        let mut outer_src = owner;
+        let mut outer_dst = fan.local_host;
+        let mut inner_src = self.slice_addr(rng, &fan, owner);
+        let mut inner_dst = self.slice_addr(rng, &fan, fan.local_host);
+        let (mut port, mut vni, mut flags) = (vxlan.port, vxlan.vni, 0x08u8);
+        let (any16, any32, any8) = (rng.u16(), rng.u32() & 0xff_ffff, rng.u8());
+        match rng.below(14) {
+            0 => outer_src = self.underlay_addr(rng),
+            1 => outer_dst = self.underlay_addr(rng),
+            2 => inner_src = self.inner_addr(rng),
+            3 => inner_dst = self.inner_addr(rng),
+            4 => port = *rng.pick(&[4789, 8472 + 1, any16]),
+            5 => vni = *rng.pick(&[vni + 1, vni - 1, 0, any32]),
+            6 => flags = *rng.pick(&[0, 0x0c, 0x80, any8]),
+            _ => {}
+        }
+        let dst_mac = match rng.below(8) {
+            0 => [0xff; 6],
+            1 => [0x01, 0, 0x5e, 0, 0, 1],
+            2 => GATEWAY_MAC,
+            _ => [0x0a, 0, 0, 0, 0, 0x09],
+        };
+        let inner =
+            self.ethernet_frame(rng, dst_mac, [0x0a, 0, 0, 0, 2, 0x14], inner_src, inner_dst);
+        let mut udp = rng.u16().to_be_bytes().to_vec();
+        udp.extend_from_slice(&port.to_be_bytes());
+        udp.extend_from_slice(&((inner.len() + 16) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0, flags, 0, 0, 0]);
+        udp.extend_from_slice(&vni.to_be_bytes()[1..]);
+        udp.push(0);
+        udp.extend_from_slice(&inner);
+        let fields = self.header_fields(rng, PROTO_UDP, outer_src, outer_dst);
+        let mut packet = ip_header(rng, fields, &udp);
+        packet.extend_from_slice(&udp);
         with_ethernet(rng, &packet)
     }
 
@@ -202,8 +370,23 @@ impl<'a> Generator<'a> {
         } else {
             (self.inner_addr(rng), self.inner_addr(rng))
         };
-        let inner = self.ip_packet(rng, inner_src, inner_dst, 0);
-        let protocol = *rng.pick(&[PROTO_IPIP, PROTO_IPIP, 41, 47]);
+        let mut inner = self.ip_packet(rng, inner_src, inner_dst, 0);
+        let mut protocol = *rng.pick(&[PROTO_IPIP, PROTO_IPIP, 41, 47]);
+        if rng.chance(1, 4)
+            && let Some(vxlan) = self.vxlan_fan().and_then(|f| f.vxlan)
+        {
+            // VXLAN naming the fan (or another VNI), the inner frame behind.
+            protocol = PROTO_UDP;
+            let vni = *rng.pick(&[vxlan.vni, vxlan.vni + 1]);
+            let mut udp = vec![0x12, 0x34];
+            udp.extend_from_slice(&vxlan.port.to_be_bytes());
+            udp.extend_from_slice(&((inner.len() + 30) as u16).to_be_bytes());
+            udp.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+            udp.extend_from_slice(&vni.to_be_bytes()[1..]);
+            udp.extend_from_slice(&[0, 0x0a, 0, 0, 0, 2, 0x14, 0x0a, 0, 0, 0, 0, 9, 8, 0]);
+            udp.append(&mut inner);
+            inner = udp;
+        }
         let fields = self.header_fields(rng, protocol, src, dst);
         let mut packet = ip_header(rng, fields, &inner);
         packet.extend_from_slice(&inner);
@@ -215,6 +398,9 @@ impl<'a> Generator<'a> {
     fn underlay_frame(&self, rng: &mut Rng) -> Vec<u8> {
         if rng.chance(1, 8) {
             return self.frag_needed(rng);
+        }
+        if rng.chance(1, 4) {
+            return self.vxlan_frame(rng);
         }
         let (outer_src, outer_dst, inner_src, inner_dst) = if rng.chance(1, 2) {
             self.plausible_claim(rng)
@@ -258,7 +444,11 @@ impl<'a> Generator<'a> {
     fn towards_learned_path(&self, rng: &mut Rng) -> Option<Vec<u8>> {
         let fan = *rng.pick(&self.config.fans);
         let (host, mtu) = self.learned_host(rng, &fan)?;
-        let src = self.slice_addr(rng, &fan, fan.local_host);
+        let src = match self.endpoint_in(&fan) {
+            // A VXLAN fan's port sends only for a container it knows.
+            Some(endpoint) if rng.chance(1, 2) => endpoint,
+            _ => self.slice_addr(rng, &fan, fan.local_host),
+        };
         let dst = self.slice_addr(rng, &fan, host);
         let protocol = *rng.pick(&[PROTO_ICMP, PROTO_UDP, PROTO_TCP]);
         let mut payload = transport_header(rng, protocol);
@@ -266,7 +456,7 @@ impl<'a> Generator<'a> {
             payload[0] = *rng.pick(&[3, 4, 5, 11, 12, 0]);
         }
         // The inner length that just fits the path, and its neighbours.
-        let fits = mtu as usize - 20;
+        let fits = (mtu - fan.overhead()) as usize;
         let total = *rng.pick(&[fits - 1, fits, fits + 1, fits + 100]);
         let start = payload.len();
         payload.resize(total - 20, 0);
@@ -277,7 +467,20 @@ impl<'a> Generator<'a> {
         }
         let mut packet = ip_header(rng, fields, &payload);
         packet.extend_from_slice(&payload);
-        Some(with_ethernet(rng, &packet))
+        let mut frame = with_ethernet(rng, &packet);
+        if fan.vxlan.is_some() && rng.chance(1, 2) {
+            frame[..6].copy_from_slice(&GATEWAY_MAC);
+        }
+        Some(frame)
+    }
+
+    /// A container of this host's slice of `fan` with direct delivery.
+    fn endpoint_in(&self, fan: &Fan) -> Option<u32> {
+        self.config
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .find(|&a| fan.is_local(a))
     }
 
     /// A router's ICMP "fragmentation needed" to one of this host's
@@ -304,12 +507,31 @@ impl<'a> Generator<'a> {
         } else {
             (self.inner_addr(rng), self.inner_addr(rng))
         };
-        let inner = self.ip_packet(rng, inner_src, inner_dst, 0);
-        let protocol = if rng.chance(9, 10) {
+        let mut inner = self.ip_packet(rng, inner_src, inner_dst, 0);
+        let mut protocol = if rng.chance(9, 10) {
             PROTO_IPIP
         } else {
             rng.u8()
         };
+        if let Some(vxlan) = fan.vxlan
+            && protocol == PROTO_IPIP
+        {
+            // Our VXLAN: UDP to the fan's port (or another), the VXLAN
+            // header with its VNI (or another), the inner frame's header.
+            protocol = PROTO_UDP;
+            let port = *rng.pick(&[vxlan.port, vxlan.port, 4789]);
+            let vni = *rng.pick(&[vxlan.vni, vxlan.vni, vxlan.vni + 1]);
+            let ethertype: [u8; 2] = *rng.pick(&[[0x08, 0x00], [0x08, 0x00], [0x08, 0x06]]);
+            let mut udp = vec![0xc3, 0x50];
+            udp.extend_from_slice(&port.to_be_bytes());
+            udp.extend_from_slice(&((inner.len() + 30) as u16).to_be_bytes());
+            udp.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+            udp.extend_from_slice(&vni.to_be_bytes()[1..]);
+            udp.extend_from_slice(&[0, 0x0a, 0, 0, 0, 2, 0x14, 0x0a, 0, 0, 0, 0, 9]);
+            udp.extend_from_slice(&ethertype);
+            udp.extend_from_slice(&inner);
+            inner = udp;
+        }
         let quoted_src = if rng.chance(9, 10) {
             local
         } else {
@@ -321,8 +543,9 @@ impl<'a> Generator<'a> {
         if rng.chance(3, 4) {
             quoted[2..4].copy_from_slice(&quoted_len.to_be_bytes());
         }
-        // RFC 792's 8 bytes after the header, the inner header, or more.
-        let cut = *rng.pick(&[0, 8, 19, 20, 28, 64]);
+        // RFC 792's 8 bytes after the header, the inner header, or more
+        // (VXLAN's: its UDP header, its VXLAN header, the inner frame's).
+        let cut = *rng.pick(&[0, 8, 19, 20, 28, 64, 16, 30, 50]);
         quoted.extend_from_slice(&inner[..cut.min(inner.len())]);
         let (any, edge) = (rng.u16(), *rng.pick(&REPORTED_MTUS));
         let reported = *rng.pick(&[edge, quoted_len - 1, quoted_len, any]);

@@ -1,4 +1,4 @@
-//! Differential testing of the five programs against the model: generated
+//! Differential testing of the six programs against the model: generated
 //! and corpus cases run through BPF_PROG_TEST_RUN and through the model,
 //! compared byte for byte, verdict and counters; properties on top.
 //!

@@ -37,6 +37,14 @@ pub struct Report {
     pub counters: BTreeMap<(Program, &'static str), u64>,
     /// Cases run a second time on the same input, which must do the same.
     pub repetitions: u64,
+    /// The UDP source port each VXLAN-encapsulated flow got (the kernel
+    /// hashes the inner flow with a per-boot key: the same flow, the same
+    /// port), and how many encapsulations met an earlier one of their flow.
+    pub vxlan_flows: BTreeMap<super::check::Flow, u16>,
+    pub vxlan_flow_repeats: u64,
+    /// A VXLAN fan's frames the port program encapsulated: (switched as
+    /// they were, routed to the neighbour's MAC).
+    pub vxlan_port_paths: (u64, u64),
     pub elapsed: Duration,
 }
 
@@ -79,6 +87,14 @@ impl Report {
         text += &format!(
             "  repetitions on the original input: {}\n",
             self.repetitions
+        );
+        text += &format!(
+            "  VXLAN: {} flows' source ports, {} encapsulations of a flow seen before; \
+             at the port {} switched and {} routed\n",
+            self.vxlan_flows.len(),
+            self.vxlan_flow_repeats,
+            self.vxlan_port_paths.0,
+            self.vxlan_port_paths.1
         );
         for known in &self.known_reproduced {
             text += &format!("  known finding still reproduces: {known}\n");

@@ -13,9 +13,35 @@ pub struct Fan {
     pub underlay_ifindex: u32,
     /// The largest inner packet sent without the stack's say.
     pub overlay_mtu: u32,
+    /// A VXLAN fan's settings; `None` for IP-in-IP.
+    pub vxlan: Option<Vxlan>,
 }
 
+/// What a VXLAN fan adds: its UDP port and VNI, the overlay port `B` its
+/// received frames are handed to, and the slice bridge.
+#[derive(Clone, Copy, Debug)]
+pub struct Vxlan {
+    pub port: u16,
+    pub vni: u32,
+    pub overlay_port: u32,
+    pub bridge: u32,
+}
+
+/// Outer IPv4, UDP and VXLAN headers and the inner Ethernet header.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Outer IPv4 header.
+pub const IPIP_OVERHEAD: u32 = 20;
+
 impl Fan {
+    /// Bytes each underlay packet spends on the encapsulation.
+    pub fn overhead(&self) -> u32 {
+        if self.vxlan.is_some() {
+            VXLAN_OVERHEAD
+        } else {
+            IPIP_OVERHEAD
+        }
+    }
+
     /// Whether `addr` is in this host's own slice.
     pub fn is_local(&self, addr: u32) -> bool {
         self.map.overlay_contains(addr) && self.map.slice_contains(self.local_host, addr)
@@ -178,6 +204,24 @@ impl Config {
                 && fan.map.underlay_contains(remote)
                 && !fan.map.is_reserved_host(remote)
         })
+    }
+
+    /// The VXLAN fan a UDP packet to `port` with VNI `vni` is for.
+    pub fn vxlan_fan(&self, port: u16, vni: u32) -> Option<&Fan> {
+        self.fans
+            .iter()
+            .find(|fan| fan.vxlan.is_some_and(|v| v.port == port && v.vni == vni))
+    }
+
+    /// The VXLAN fan named by the UDP and VXLAN headers at `udp_at` of
+    /// `frame` (the I flag set), if both are there.
+    pub fn vxlan_fan_at(&self, frame: &[u8], udp_at: usize) -> Option<&Fan> {
+        let headers = frame.get(udp_at..udp_at + 16)?;
+        if headers[8] & 0x08 == 0 {
+            return None;
+        }
+        let vni = u32::from_be_bytes([0, headers[12], headers[13], headers[14]]);
+        self.vxlan_fan(u16::from_be_bytes([headers[2], headers[3]]), vni)
     }
 
     pub fn endpoint(&self, addr: u32) -> Option<&Endpoint> {

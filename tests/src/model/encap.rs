@@ -5,7 +5,7 @@ use super::{
     config::{Config, Fan},
     pmtu,
     route::Lookup,
-    untouched,
+    untouched, vxlan,
     wire::{
         ETH_LEN, ETHERTYPE_IPV4, IPV4_MIN_LEN, Ipv4Fields, Ipv4View, PROTO_IPIP, PROTO_TCP,
         PROTO_UDP, be16, be32, decrement_ttl, ethertype,
@@ -35,8 +35,6 @@ impl Site {
 /// The outer header's TTL: the underlay is a network of its own.
 const OUTER_TTL: u8 = 64;
 const DONT_FRAGMENT: u16 = 0x4000;
-/// The largest inner length whose outer total length still fits 16 bits.
-const MAX_INNER_LEN: u32 = 65535 - IPV4_MIN_LEN as u32;
 
 /// Why a frame is not encapsulated: passed on (with the counter; the port
 /// program counts every pass as `port_passed` instead) or dropped.
@@ -81,6 +79,10 @@ fn encapsulate(
     if fan.is_local(ip.dst()) {
         return Err(NotSent::Pass("pass_local_slice"));
     }
+    if fan.vxlan.is_some() && site != Site::Port {
+        // The host routes it to the slice bridge, whose overlay port sends it.
+        return Err(NotSent::Pass("pass_vxlan_via_overlay_port"));
+    }
     if site.forwards() && config.bypass_off {
         // The stack forwards it (netfilter sees it), then fan-host's
         // program encapsulates it.
@@ -90,12 +92,19 @@ fn encapsulate(
     if fan.map.is_reserved_host(remote) {
         return Err(NotSent::Drop("drop_reserved_host"));
     }
-    source_may_send_to(config, fan, ip.src())?;
-    if site.forwards() && ip.ttl() <= 1 {
+    source_may_send_to(config, fan, ip.src()).map_err(NotSent::Drop)?;
+    let hop = if !site.forwards() {
+        Hop::AsIs
+    } else if fan.vxlan.is_some() {
+        port_hop(config, fan, frame, &ip)?
+    } else {
+        Hop::Routed
+    };
+    if hop != Hop::AsIs && ip.ttl() <= 1 {
         return Err(NotSent::Pass("stack_ttl_expired"));
     }
     let inner_len = u32::from(ip.total_len());
-    if inner_len == 0 || inner_len > MAX_INNER_LEN {
+    if inner_len == 0 || inner_len + fan.overhead() > u32::from(u16::MAX) {
         return Err(NotSent::Drop("drop_inner_too_long"));
     }
     let too_big = if site.forwards() {
@@ -111,7 +120,7 @@ fn encapsulate(
         return Err(too_big);
     }
     if let Some(path) = config.path_mtu(remote) {
-        let too_big_for_path = largest + IPV4_MIN_LEN as u32 > path;
+        let too_big_for_path = largest + fan.overhead() > path;
         if !site.forwards() {
             // The host's own packet: the route fan-xdp run keeps carries
             // the path MTU, so one this big predates it.
@@ -135,50 +144,41 @@ fn encapsulate(
             };
         }
     }
-    let outer_len = largest + IPV4_MIN_LEN as u32;
-    let lookup = config
-        .underlay
-        .lookup(fan.underlay_ifindex, remote, outer_len);
-    let next_hop = match lookup {
-        Lookup::Resolved { ifindex, .. } | Lookup::Unresolved { ifindex }
-            if ifindex != fan.underlay_ifindex =>
-        {
-            return Err(NotSent::Drop("drop_fib_not_forwarded"));
-        }
-        Lookup::Resolved {
-            next_hop_mac,
-            device_mac,
-            ..
-        } => Some((next_hop_mac, device_mac)),
-        Lookup::Unresolved { .. } => None,
-        Lookup::FragNeeded => return Err(too_big),
-        Lookup::Blackhole => return Err(NotSent::Drop("drop_fib_blackhole")),
-        Lookup::Unreachable => return Err(NotSent::Drop("drop_fib_unreachable")),
-        Lookup::Prohibit => return Err(NotSent::Drop("drop_fib_prohibit")),
-        Lookup::NotForwarded => return Err(NotSent::Drop("drop_fib_not_forwarded")),
-        Lookup::ForwardingDisabled => {
-            return Err(NotSent::Drop("drop_fib_forwarding_disabled"));
-        }
+    let outer_len = largest + fan.overhead();
+    let next_hop = match vxlan::next_hop(config, fan, remote, outer_len) {
+        Ok(next_hop) => next_hop,
+        Err("frag_needed") => return Err(too_big),
+        Err(reason) => return Err(NotSent::Drop(reason)),
     };
 
-    let mut inner = frame[ETH_LEN..].to_vec();
-    if site.forwards() {
-        decrement_ttl(&mut inner, 0);
+    let mut edited = frame.to_vec();
+    match hop {
+        Hop::AsIs => {}
+        Hop::Routed => decrement_ttl(&mut edited, ETH_LEN),
+        Hop::RoutedTo { dst_mac, src_mac } => {
+            decrement_ttl(&mut edited, ETH_LEN);
+            edited[0..6].copy_from_slice(&dst_mac);
+            edited[6..12].copy_from_slice(&src_mac);
+        }
     }
+    let inner = edited[ETH_LEN..].to_vec();
     if gso_size != 0 {
         // The kernel grows a GSO skb only if it is TCP (or UDP with a fixed
         // segment size), and a test run's GSO skb has no GSO type at all:
         // making room fails, after the TTL was taken.
-        let mut left = frame[..ETH_LEN].to_vec();
-        left.extend_from_slice(&inner);
         let len = frame.len() as u64;
         return Ok(Prediction {
             verdict: TC_ACT_SHOT,
-            frame: left,
+            frame: edited,
             counters: vec![("drop_encap_failed", len)],
             fate: Fate::Dropped,
             learned: None,
         });
+    }
+    if fan.vxlan.is_some() {
+        let frame_len = ETH_LEN as u32 + inner_len;
+        let out = vxlan::encapsulated(fan, remote, ip.tos(), frame_len, &edited);
+        return Ok(vxlan::sent(out, next_hop, ctx));
     }
     let mut out = frame[..ETH_LEN].to_vec();
     out.extend_from_slice(&outer_header(fan, remote, &ip));
@@ -227,7 +227,11 @@ fn container_edge(
         if config.is_slice_edge_or_gateway(ip.src()) {
             return Err("drop_source_reserved");
         }
-        let tunnel = [PROTO_IPIP, 41, 47].contains(&ip.protocol());
+        let udp_at = ETH_LEN + ip.header_len();
+        let vxlan = ip.protocol() == PROTO_UDP
+            && be16(frame, ETH_LEN + 6) & 0x1fff == 0
+            && config.vxlan_fan_at(frame, udp_at).is_some();
+        let tunnel = [PROTO_IPIP, 41, 47].contains(&ip.protocol()) || vxlan;
         if tunnel
             && config
                 .fans
@@ -274,7 +278,14 @@ fn container_edge(
         return Err("drop_source_reserved");
     }
     if !at_port {
-        return in_a_slice(config, sender);
+        // A VXLAN fan's remote containers reach the bridge through its
+        // overlay port, their ARP checked by the receive policy.
+        let remote_vxlan = config.fan_for(sender).is_some_and(|f| f.vxlan.is_some());
+        return if remote_vxlan {
+            Ok(())
+        } else {
+            in_a_slice(config, sender)
+        };
     }
     a_ports_own(config, sender, port)
 }
@@ -325,23 +336,68 @@ pub fn arp_ipv4_sender(frame: &[u8]) -> Option<u32> {
 /// The sender's half of the receive policy: the inner source must be in
 /// this host's slice of its fan, and that fan must send from the same
 /// underlay address as the destination's fan.
-fn source_may_send_to(config: &Config, dst_fan: &Fan, src: u32) -> Result<(), NotSent> {
+pub(super) fn source_may_send_to(
+    config: &Config,
+    dst_fan: &Fan,
+    src: u32,
+) -> Result<(), &'static str> {
     let Some(src_fan) = config.fan_for(src) else {
-        return Err(NotSent::Drop("drop_source_not_local"));
+        return Err("drop_source_not_local");
     };
     if !src_fan.is_local(src) {
-        return Err(NotSent::Drop("drop_source_not_local"));
+        return Err("drop_source_not_local");
     }
     if src_fan.local_host != dst_fan.local_host {
-        return Err(NotSent::Drop("drop_cross_underlay"));
+        return Err("drop_cross_underlay");
     }
     Ok(())
+}
+
+/// The hop an encapsulating program is for the packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// The host's own packet, or a VXLAN frame a container switched to a
+    /// remote container's MAC: carried as it is.
+    AsIs,
+    /// Routed in the host's place: the TTL taken.
+    Routed,
+    /// Routed onto a VXLAN overlay: the TTL taken, the frame addressed to
+    /// the remote container's MAC from the bridge's.
+    RoutedTo { dst_mac: [u8; 6], src_mac: [u8; 6] },
+}
+
+/// A VXLAN fan's packet at a container's port: addressed to a MAC other
+/// than the sender's gateway it is switched (as it is); addressed to the
+/// gateway it is routed, to the remote container's MAC as the host's
+/// neighbour table on the bridge knows it. A sender the endpoint map does
+/// not know, or no neighbour (nor route) there: left to the bridge.
+fn port_hop(config: &Config, fan: &Fan, frame: &[u8], ip: &Ipv4View) -> Result<Hop, NotSent> {
+    let passed = NotSent::Pass("port_passed");
+    let Some(sender) = config.endpoint(ip.src()) else {
+        return Err(passed);
+    };
+    if frame[0..6] != sender.gateway_mac {
+        return Ok(Hop::AsIs);
+    }
+    let bridge = fan.vxlan.expect("a VXLAN fan").bridge;
+    // No length: the caller checks the segment against the MTUs.
+    match config.underlay.lookup(bridge, ip.dst(), 0) {
+        Lookup::Resolved {
+            ifindex,
+            next_hop_mac,
+            device_mac,
+        } if ifindex == bridge => Ok(Hop::RoutedTo {
+            dst_mac: next_hop_mac,
+            src_mac: device_mac,
+        }),
+        _ => Err(passed),
+    }
 }
 
 /// The longest packet this skb becomes on the wire, less the outer header:
 /// itself, or for a GSO packet one segment (IP and transport header plus
 /// the segment size). `None` when a GSO TCP packet's header is cut short.
-fn largest_packet(frame: &[u8], ip: &Ipv4View, gso_size: u32) -> Option<u32> {
+pub(super) fn largest_packet(frame: &[u8], ip: &Ipv4View, gso_size: u32) -> Option<u32> {
     if gso_size == 0 {
         return Some(u32::from(ip.total_len()));
     }

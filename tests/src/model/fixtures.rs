@@ -6,7 +6,7 @@ use fan_common::FanMap;
 
 use super::{
     Config, Fate, Program, RunContext, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_PASS,
-    config::{Device, Endpoint, Fan, Neighbour, Route, RouteKind, Underlay},
+    config::{Device, Endpoint, Fan, Neighbour, Route, RouteKind, Underlay, Vxlan},
     predict,
 };
 use crate::hex;
@@ -24,6 +24,7 @@ fn bed() -> Config {
             local_host: underlay([198, 18, 0, 1]),
             underlay_ifindex: ETH0,
             overlay_mtu: 1480,
+            vxlan: None,
         }],
         endpoints: vec![Endpoint {
             addr: underlay([250, 0, 1, 10]),
@@ -193,4 +194,78 @@ fn decapsulation_fixtures() {
         p.counters.first().map(|c| c.0),
         Some("drop_tunnel_to_underlay")
     );
+}
+
+/// programs.rs's VXLAN bed: its fan made a VXLAN fan (port 8472, VNI
+/// 16384000, MTU 1450), whose overlay port and bridge the runs need not see.
+fn vxlan_bed() -> Config {
+    let mut config = bed();
+    config.fans[0].overlay_mtu = 1450;
+    config.fans[0].vxlan = Some(Vxlan {
+        port: 8472,
+        vni: 16_384_000,
+        overlay_port: 7,
+        bridge: 8,
+    });
+    config
+}
+
+// The same fixtures as tests/programs/vxlan.rs's (the source port there
+// masked, here the model's 0).
+const VXLAN_OUT_IPV4_IN: &str = "0a0000000214 0a000000010a 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const VXLAN_OUT_IPV4_OUT: &str = "020000000022 020000000011 0800
+    45000052 00004000 4011ae73 c6120001 c6120002
+    00002118 003e0000 08000000 fa000000
+    0a0000000214 0a000000010a 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+const VXLAN_OUT_ARP_IN: &str = "ffffffffffff 0a000000010a 0806
+    00010800 06040001 0a000000 010afa00 010a0000
+    00000000 fa000214";
+const VXLAN_OUT_ARP_OUT: &str = "020000000022 020000000011 0800
+    4500004e 00004000 4011ae77 c6120001 c6120002
+    00002118 003a0000 08000000 fa000000
+    ffffffffffff 0a000000010a 0806
+    00010800 06040001 0a000000 010afa00 010a0000
+    00000000 fa000214";
+const VXLAN_RX_CE_IN: &str = "020000000011 020000000022 0800
+    45030052 00004000 4011ae70 c6120002 c6120001
+    9c402118 003e0000 08000000 fa000000
+    0a000000010a 0a0000000214 0800
+    45020020 12344000 40013188 fa000214 fa00010a
+    0800e139 42420001 66616e21";
+const VXLAN_RX_CE_INNER: &str = "0a000000010a 0a0000000214 0800
+    45030020 12344000 40013187 fa000214 fa00010a
+    0800e139 42420001 66616e21";
+
+#[test]
+fn vxlan_fixtures() {
+    let config = vxlan_bed();
+    let ctx = RunContext::default();
+    let predict = |program, frame| predict(&config, program, &hex(frame), ctx).unwrap();
+    for (input, output) in [
+        (VXLAN_OUT_IPV4_IN, VXLAN_OUT_IPV4_OUT),
+        (VXLAN_OUT_ARP_IN, VXLAN_OUT_ARP_OUT),
+    ] {
+        let p = predict(Program::VxlanOut, input);
+        assert_eq!((p.verdict, p.frame), (TC_ACT_REDIRECT, hex(output)));
+        let len = hex(output).len() as u64;
+        assert_eq!(p.counters, vec![("encapsulated", len)]);
+    }
+    // At the bridge's program, a VXLAN fan's packet goes to the host.
+    let p = predict(Program::EncapForward, VXLAN_OUT_IPV4_IN);
+    assert_eq!(p.counters, vec![("pass_vxlan_via_overlay_port", 46)]);
+    // The inner frame as sent, CE carried in, to the bridge by the overlay port.
+    let p = predict(Program::DecapTc, VXLAN_RX_CE_IN);
+    assert_eq!(
+        (p.verdict, p.frame),
+        (TC_ACT_REDIRECT, hex(VXLAN_RX_CE_INNER))
+    );
+    assert_eq!(p.fate, Fate::Decapsulated);
+    // XDP leaves it to TC, untouched.
+    let p = predict(Program::DecapXdp, VXLAN_RX_CE_IN);
+    assert_eq!((p.verdict, p.frame), (XDP_PASS, hex(VXLAN_RX_CE_IN)));
+    assert_eq!(p.counters, vec![("pass_vxlan_at_xdp", 96)]);
 }

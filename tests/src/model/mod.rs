@@ -1,4 +1,4 @@
-//! A reference model of fan-xdp's five programs, written from the stated
+//! A reference model of fan-xdp's six programs, written from the stated
 //! policy (docs/security.md, docs/design.md) and independent of fan-ebpf:
 //! given the host's configuration, one frame and the test run's context, it
 //! predicts the verdict, the exact
@@ -15,6 +15,7 @@ mod encap;
 mod fixtures;
 mod pmtu;
 pub mod route;
+mod vxlan;
 pub mod wire;
 
 pub use config::Config;
@@ -28,15 +29,18 @@ pub enum Program {
     EncapOutput,
     DecapTc,
     DecapXdp,
+    /// A VXLAN fan's overlay port `B`: what the slice bridge switches there.
+    VxlanOut,
 }
 
 impl Program {
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 6] = [
         Program::EncapForward,
         Program::EncapPort,
         Program::EncapOutput,
         Program::DecapTc,
         Program::DecapXdp,
+        Program::VxlanOut,
     ];
 
     /// The program's name in the eBPF object (and in reproducers).
@@ -47,6 +51,7 @@ impl Program {
             Program::EncapOutput => "fan_encap_output",
             Program::DecapTc => "fan_decap_tc",
             Program::DecapXdp => "fan_decap_xdp",
+            Program::VxlanOut => "fan_vxlan_out",
         }
     }
 
@@ -61,7 +66,7 @@ impl Program {
     pub fn is_encap(self) -> bool {
         matches!(
             self,
-            Program::EncapForward | Program::EncapPort | Program::EncapOutput
+            Program::EncapForward | Program::EncapPort | Program::EncapOutput | Program::VxlanOut
         )
     }
 }
@@ -152,6 +157,7 @@ pub fn predict(
         Program::EncapOutput => encap::run(config, encap::Site::Output, frame, ctx),
         Program::DecapTc => decap::run_tc(config, frame, ctx),
         Program::DecapXdp => decap::run_xdp(config, frame),
+        Program::VxlanOut => vxlan::run_out(config, frame, ctx),
     })
 }
 
@@ -173,6 +179,11 @@ pub fn known_finding(
         predict(&readme, program, frame, ctx) != programs
     })
 }
+
+/// Where an encapsulated VXLAN frame's outer UDP source port is: a hash of
+/// the inner flow with the kernel's per-boot key, which the model cannot
+/// know (the checker checks its range and masks it).
+pub const VXLAN_SOURCE_PORT: std::ops::Range<usize> = 34..36;
 
 /// A prediction that leaves the frame as it is.
 fn untouched(frame: &[u8], verdict: u32, counter: Option<&'static str>, fate: Fate) -> Prediction {

@@ -6,8 +6,8 @@
 use super::{
     config::{Config, Fan},
     wire::{
-        ETH_LEN, IPV4_MIN_LEN, Ipv4Fields, Ipv4View, PROTO_IPIP, be16, be32, ones_complement_sum,
-        put16,
+        ETH_LEN, IPV4_MIN_LEN, Ipv4Fields, Ipv4View, PROTO_IPIP, PROTO_UDP, be16, be32,
+        ones_complement_sum, put16,
     },
 };
 
@@ -55,8 +55,19 @@ pub fn learn(config: &Config, frame: &[u8], outer: &Ipv4View) -> Option<Learning
         return ignored("pmtu_rejected_quote");
     };
     let (local, remote) = (quoted.src(), quoted.dst());
-    if quoted.protocol() != PROTO_IPIP
-        || local != outer.dst()
+    let after_quoted = quote_at + quoted.header_len();
+    // Ours: IP-in-IP, or a VXLAN fan's VXLAN (the quote must show the
+    // VXLAN header naming the fan; the inner header is an IPv4 frame's).
+    let inner_at = match quoted.protocol() {
+        PROTO_IPIP => Some(after_quoted),
+        PROTO_UDP if config.vxlan_fan_at(frame, after_quoted).is_some() => {
+            let inner_eth = after_quoted + 16;
+            (frame.len() >= inner_eth + ETH_LEN && be16(frame, inner_eth + 12) == 0x0800)
+                .then_some(inner_eth + ETH_LEN)
+        }
+        _ => return ignored("pmtu_rejected_quote"),
+    };
+    if local != outer.dst()
         || !config.is_underlay_peer(local, remote)
         || config.is_local_host(remote)
     {
@@ -64,8 +75,9 @@ pub fn learn(config: &Config, frame: &[u8], outer: &Ipv4View) -> Option<Learning
     }
     // The inner header, when the quote goes that far (RFC 792 promises
     // only 8 bytes past the quoted header).
-    let inner_at = quote_at + quoted.header_len();
-    if frame.len() >= inner_at + IPV4_MIN_LEN {
+    if let Some(inner_at) = inner_at
+        && frame.len() >= inner_at + IPV4_MIN_LEN
+    {
         let (src, dst) = (be32(frame, inner_at + 12), be32(frame, inner_at + 16));
         let from_us = config
             .fan_for(src)
@@ -125,7 +137,7 @@ pub fn answer(
     let mut quote = frame[ETH_LEN..].to_vec();
     quote.resize(quote_len, 0);
     let mut icmp = vec![DEST_UNREACH, FRAG_NEEDED, 0, 0, 0, 0, 0, 0];
-    put16(&mut icmp, 6, (path - IPV4_MIN_LEN as u32) as u16);
+    put16(&mut icmp, 6, (path - fan.overhead()) as u16);
     icmp.extend_from_slice(&quote);
     let check = !ones_complement_sum(&icmp);
     put16(&mut icmp, 2, check);

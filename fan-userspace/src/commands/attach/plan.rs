@@ -253,5 +253,9 @@ pub(super) fn new_record(plan: &Plan) -> Result<FanMeta> {
         owned: same_iface.map_or(0, |m| m.owned & owned::CLSACT_UNDERLAY),
         orig_bridge_mtu: [0; 2],
         orig_bridge_accept_ra: 0,
+        encap: fan_common::Encap::Ipip as u8,
+        _pad: [0],
+        vxlan_port: 0,
+        vni: 0,
     })
 }

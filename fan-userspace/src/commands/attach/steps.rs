@@ -294,12 +294,7 @@ impl<'a> Attach<'a> {
                 verdict.why
             );
         }
-        let entry = FanEntry {
-            map: plan.map,
-            local_host: u32::from(plan.host),
-            underlay_ifindex: plan.iface.index,
-            overlay_mtu: plan.mtu,
-        };
+        let entry = FanEntry::ipip(plan.map, u32::from(plan.host), plan.iface.index, plan.mtu);
         let previous = maps
             .config
             .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)

@@ -212,6 +212,26 @@ fn arp_body(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
     arp
 }
 
+/// An ARP message from `sender` about `target`: mostly an Ethernet/IPv4
+/// request or reply, now and then another operation or hardware type.
+pub(super) fn arp_message(rng: &mut Rng, sender: u32, target: u32) -> Vec<u8> {
+    let hardware: u16 = *rng.pick(&[1, 1, 1, 1, 6]);
+    let operation: u16 = *rng.pick(&[1, 1, 2, 2, 3, 0]);
+    let mut arp = Vec::with_capacity(28);
+    arp.extend_from_slice(&hardware.to_be_bytes());
+    arp.extend_from_slice(&[0x08, 0x00, 6, 4]);
+    arp.extend_from_slice(&operation.to_be_bytes());
+    arp.extend_from_slice(&[0x0a, 0, 0, 0, 0, 0x09]);
+    arp.extend_from_slice(&sender.to_be_bytes());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&target.to_be_bytes());
+    if rng.chance(1, 4) {
+        // Padded to Ethernet's minimum.
+        arp.resize(46, 0);
+    }
+    arp
+}
+
 /// Cuts the frame at one of its header boundaries (give or take two bytes),
 /// or anywhere.
 pub(super) fn truncate_at_a_boundary(rng: &mut Rng, frame: &mut Vec<u8>) {
