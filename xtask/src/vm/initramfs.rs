@@ -18,6 +18,7 @@ const MODULES: &[&str] = &[
     "veth",
     "bridge",
     "ipip",
+    "vxlan",
     "nf_tables",
     "nft_chain_nat",
     "nft_masq",
