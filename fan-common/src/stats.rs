@@ -133,6 +133,7 @@ stat_reasons! {
     PassVxlanViaOverlayPort = "pass_vxlan_via_overlay_port": "a VXLAN fan's packet at the slice bridge's program: the host routes it back to the bridge, whose overlay port sends it",
     VxlanFloodNotSent = "vxlan_flood_not_sent": "a broadcast or multicast frame the slice bridge flooded to a VXLAN fan's overlay port that names no remote host (IPv6 neighbour discovery, an ARP for this host's slice): not sent, as the kernel's fan vxlan discards it; not a drop event",
     PassVxlanAtXdp = "pass_vxlan_at_xdp": "a VXLAN fan's frame at the XDP hook: left to the TC program, which decapsulates VXLAN",
+    DropIpipToVxlanFan = "drop_ipip_to_vxlan_fan": "IP-in-IP whose inner destination is in a VXLAN fan's slice: that fan's hosts send VXLAN only, as the kernel's fan would take nothing else",
 }
 
 impl StatReason {

@@ -138,6 +138,10 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
         (Some(_), None) => return Decision::Drop(StatReason::DropInnerSrcOutsideOverlay),
         (Some(dst_fan), Some(src_fan)) => (dst_fan, src_fan),
     };
+    // A fan speaks one wire format: a VXLAN fan's slice takes no IP-in-IP.
+    if dst_fan.is_vxlan() {
+        return Decision::Drop(StatReason::DropIpipToVxlanFan);
+    }
     let checked = check_receiver(dst_fan, &outer, inner.dst())
         .and_then(|()| check_sender(dst_fan, src_fan, &outer, inner.src()))
         .and_then(|()| carry_ecn(outer.tos, inner_ptr));

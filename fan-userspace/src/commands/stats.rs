@@ -98,8 +98,14 @@ fn print(
         println!("{}", serde_json::Value::Object(out));
         return Ok(());
     }
+    // As wide as the longest reason's name: the columns stay aligned.
+    let width = StatReason::ALL
+        .iter()
+        .map(|reason| reason.name().len())
+        .max()
+        .unwrap_or(0);
     println!(
-        "{:<32} {:>14} {:>18} {:>12}",
+        "{:<width$} {:>14} {:>18} {:>12}",
         "REASON", "PACKETS", "BYTES", "PACKETS/S"
     );
     for &reason in StatReason::ALL {
@@ -108,7 +114,7 @@ fn print(
         let rate =
             previous.map(|(p, dt)| stats.since(p).get(reason).packets as f64 / dt.as_secs_f64());
         println!(
-            "{:<32} {:>14} {:>18} {:>12}",
+            "{:<width$} {:>14} {:>18} {:>12}",
             reason.name(),
             c.packets,
             c.bytes,

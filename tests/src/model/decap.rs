@@ -376,6 +376,10 @@ fn check_claim(config: &Config, outer: &Ipv4View, inner: &Ipv4View) -> Result<()
         (Some(_), None) => return Err(Verdict::Drop("drop_inner_src_outside_overlay")),
         (Some(dst_fan), Some(src_fan)) => (dst_fan, src_fan),
     };
+    // One wire format per fan: a VXLAN fan's slice takes no IP-in-IP.
+    if dst_fan.vxlan.is_some() {
+        return Err(Verdict::Drop("drop_ipip_to_vxlan_fan"));
+    }
     check_receiver(dst_fan, outer, inner.dst()).map_err(Verdict::Drop)?;
     check_sender(config, dst_fan, src_fan, outer, inner.src()).map_err(Verdict::Drop)
 }

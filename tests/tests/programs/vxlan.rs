@@ -15,7 +15,8 @@ use fan_tests::{hex, privileged, topology};
 use fan_userspace::dataplane::{DECAP_TC, ENCAP_FORWARD, ENCAP_PORT, VXLAN_OUT};
 
 use super::{
-    Bed, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, hex_string, padded,
+    Bed, DECAP_IN, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, hex_string,
+    padded,
 };
 
 // A container (0a:..:01:0a) on-link to a remote one (0a:..:02:14), 250.0.1.10 -> 250.0.2.20 ICMP.
@@ -788,4 +789,21 @@ fn drop_events_name_a_vxlan_packets_inner_addresses() {
         (addr([250, 0, 3, 3]), addr([250, 0, 2, 20]))
     );
     assert_eq!(bed.dataplane.next_event().unwrap(), None);
+}
+
+/// A fan speaks one wire format: IP-in-IP that would be decapsulated into a
+/// slice of an IP-in-IP fan is refused when that fan speaks VXLAN.
+#[test]
+fn a_vxlan_fans_slice_takes_no_ip_in_ip() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::vxlan();
+    bed.check_untouched(
+        DECAP_TC,
+        DECAP_IN,
+        TC_ACT_SHOT,
+        StatReason::DropIpipToVxlanFan,
+    );
+    bed.check_untouched("xdp", DECAP_IN, XDP_DROP, StatReason::DropIpipToVxlanFan);
 }
