@@ -89,6 +89,20 @@ pub fn agent_pid(host: &Host) -> Result<u32> {
     Ok(pid as u32)
 }
 
+/// The oldest `host`'s agent heartbeat gets while `for_how_long` passes
+/// (sampled every 100 ms): the programs stop trusting it at 3 s.
+pub fn oldest_beat(host: &Host, for_how_long: Duration) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let mut oldest = Duration::ZERO;
+    while started.elapsed() < for_how_long {
+        let beat = host.pinned_maps()?.agent.get(&0, 0)?;
+        let age = fan_userspace::dataplane::monotonic_ns().saturating_sub(beat);
+        oldest = oldest.max(Duration::from_nanos(age));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(oldest)
+}
+
 /// What a process holds: resident memory in KiB and open descriptors.
 #[derive(Clone, Copy, Debug)]
 pub struct Footprint {

@@ -838,14 +838,7 @@ fn silent_control_clients_do_not_stop_the_heartbeat() {
     let silent: Vec<std::os::unix::net::UnixStream> = (0..6)
         .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
         .collect();
-    let started = Instant::now();
-    let mut oldest = Duration::ZERO;
-    while started.elapsed() < Duration::from_secs(5) {
-        let beat = host.pinned_maps().unwrap().agent.get(&0, 0).unwrap();
-        let age = fan_userspace::dataplane::monotonic_ns().saturating_sub(beat);
-        oldest = oldest.max(Duration::from_nanos(age));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let oldest = fan_tests::lifecycle::oldest_beat(host, Duration::from_secs(5)).unwrap();
     let status = host.fan_xdp_ok(&["show"]).unwrap();
     drop(silent);
     assert!(
@@ -854,4 +847,50 @@ fn silent_control_clients_do_not_stop_the_heartbeat() {
     );
     assert!(status.contains("agent: fan-xdp run"), "{status}");
     fleet.detach_all().unwrap();
+}
+
+#[test]
+fn a_slow_attach_of_the_agents_own_does_not_lapse_the_heartbeat() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    let host = &fleet.hosts[0];
+    let run = run_dir(host);
+    // An agent whose own attaches take four seconds (the heartbeat's
+    // timeout is three): a slow kernel, a busy host.
+    fan_userspace::agent::stop(&run).unwrap();
+    let slow = host
+        .ns
+        .command(fan_xdp_binary().to_str().unwrap())
+        .args(["run"])
+        .env("FAN_XDP_INJECT", "delay:apply:4000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fan_userspace::agent::status(&run).is_some_and(|s| s.ready) {
+        assert!(Instant::now() < deadline, "the agent never got ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The slice bridge deleted by hand: the agent attaches again (slowly).
+    host.ns.ip(&["link", "del", &host.bridge]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let answered = fan_userspace::agent::request(&run, "status", Duration::from_secs(1));
+    let oldest = fan_tests::lifecycle::oldest_beat(host, Duration::from_secs(5)).unwrap();
+    let repaired = host.ns.ip(&["link", "show", "dev", &host.bridge]).is_ok();
+    fan_userspace::agent::stop(&run).unwrap();
+    reap(slow);
+    fleet.detach_all().unwrap();
+    assert!(repaired, "the agent did not attach the fan again");
+    assert!(
+        oldest < Duration::from_millis(2500),
+        "the heartbeat was {oldest:?} old while the agent attached again"
+    );
+    assert!(
+        answered.is_ok(),
+        "no status within 1 s while the agent attached again: {answered:?}"
+    );
 }

@@ -419,6 +419,57 @@ fn two_fans_serve_side_by_side_and_detach_stops_only_its_own() {
 }
 
 #[test]
+fn a_slow_dnsmasq_stop_does_not_lapse_the_heartbeat() {
+    let Some((state, fleet)) = bed(1) else {
+        return;
+    };
+    let h1 = &fleet.hosts[0];
+    attach_dhcp(h1, &state, &[]);
+    fan_xdp(
+        h1,
+        &state,
+        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
+    )
+    .unwrap();
+    // In place of attach's agent, one that waits four seconds for each
+    // DHCP server it stops (the heartbeat's timeout is three), as for a
+    // dnsmasq that ignores SIGTERM. It adopts both servers.
+    let run = h1
+        .ns
+        .enter(|| fan_userspace::state::rundir::RunDir::locate(None))
+        .unwrap()
+        .unwrap();
+    fan_userspace::agent::stop(&run).unwrap();
+    let (key, value) = state.env();
+    let mut agent = h1
+        .ns
+        .command(fan_tests::topology::fan_xdp_binary().to_str().unwrap())
+        .args(["run"])
+        .env(key, value)
+        .env("FAN_XDP_INJECT", "delay:dhcp-stop:4000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            fan_userspace::agent::status(&run).is_some_and(|s| s.ready)
+        }),
+        "the agent never got ready"
+    );
+    // One fan detached: the agent stops its server (slowly).
+    fan_xdp(h1, &state, &["detach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+    let oldest = fan_tests::lifecycle::oldest_beat(h1, Duration::from_secs(5)).unwrap();
+    fan_userspace::agent::stop(&run).unwrap();
+    let _ = agent.wait();
+    fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+    assert!(
+        oldest < Duration::from_millis(2500),
+        "the heartbeat was {oldest:?} old while the agent stopped a DHCP server"
+    );
+}
+
+#[test]
 fn a_containers_own_dhcp_server_is_not_heard() {
     rogue_server_is_not_heard(&[]);
 }

@@ -97,26 +97,9 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Whether a netlink event may concern a fan: any IPv4 address change,
-    /// and a link change of a fan's underlay or slice bridge (or before the
-    /// first look, any). A container's port coming and going does not, so
-    /// hundreds of them cost the follower nothing.
-    pub fn concerns(&self, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
-        let NetlinkPayload::InnerMessage(message) = payload else {
-            return false;
-        };
-        match message {
-            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-                a.header.family == AddressFamily::Inet
-            }
-            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
-                self.devices.is_empty()
-                    || link.attributes.iter().any(|attr| {
-                        matches!(attr, LinkAttribute::IfName(name) if self.devices.contains(name))
-                    })
-            }
-            _ => false,
-        }
+    /// The devices the fans are on, as of the last look (see [`concerns`]).
+    pub fn devices(&self) -> &HashSet<String> {
+        &self.devices
     }
 
     /// Whether a move waits out [`MOVE_AFTER`]: the agent looks again on
@@ -231,6 +214,7 @@ impl Follower {
                         Some(fan.mtu),
                         settings::dhcp_of(run_dir, fan).unwrap_or(false),
                     );
+                    crate::agent::injected_delay("apply");
                     attach::run(&args, global).await?;
                     info!("overlay {}: {why}: attached again", fan.overlay);
                 }
@@ -241,6 +225,29 @@ impl Follower {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a netlink event may concern a fan on `devices` (the
+/// follower's [`Follower::devices`]): any IPv4 address change, and a link
+/// change of a fan's underlay or slice bridge (or before the first look,
+/// any). A container's port coming and going does not, so hundreds of
+/// them cost the follower nothing.
+pub fn concerns(devices: &HashSet<String>, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
+    let NetlinkPayload::InnerMessage(message) = payload else {
+        return false;
+    };
+    match message {
+        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+            a.header.family == AddressFamily::Inet
+        }
+        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
+            devices.is_empty()
+                || link.attributes.iter().any(
+                    |attr| matches!(attr, LinkAttribute::IfName(name) if devices.contains(name)),
+                )
+        }
+        _ => false,
     }
 }
 
