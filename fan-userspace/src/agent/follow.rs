@@ -44,18 +44,16 @@ use rtnetlink::{
 };
 
 use crate::{
+    apply::{self, How},
     cli::{AttachArgs, Global, Mode},
-    commands::{
-        attach::{self, MIN_FAN_MTU, OUTER_HEADER},
-        detach,
-    },
+    commands::attach::{self, MIN_FAN_MTU, OUTER_HEADER},
     config::resolve::detach_args,
     dataplane::{Hook, PinnedMaps, overlay_key},
     host::{Net, bypass, naming::bridge_name},
     state::{
         StateDir,
         record::{Fan, HOST_DEVICE, load_fans},
-        rundir::RunDir,
+        rundir::{RunDir, StateLock},
         settings,
     },
 };
@@ -123,7 +121,7 @@ impl Follower {
         }
         // A command changing the fans now may be waiting for the agent:
         // never wait for it; the next event or resync looks again.
-        let Some(_lock) = run_dir.try_lock_state()? else {
+        let Some(lock) = run_dir.try_lock_state()? else {
             debug!("another fan-xdp is changing the fans: following the host at the next look");
             return Ok(());
         };
@@ -194,7 +192,7 @@ impl Follower {
                         continue;
                     }
                     self.pending.remove(&fan.overlay);
-                    move_fan(net, fan, to, bypass, global, dir, run_dir).await?;
+                    move_fan(net, fan, to, global, dir, run_dir, &lock).await?;
                     let from = attached_with.unwrap_or(fan.host);
                     if to == from {
                         self.moved.remove(&fan.overlay);
@@ -214,8 +212,7 @@ impl Follower {
                         Some(fan.mtu),
                         settings::dhcp_of(run_dir, fan).unwrap_or(false),
                     );
-                    crate::agent::injected_delay("apply");
-                    attach::run(&args, global).await?;
+                    apply::attach(&args, global, How::held(&lock)).await?;
                     info!("overlay {}: {why}: attached again", fan.overlay);
                 }
                 Need::Retune(mtu) => {
@@ -420,12 +417,13 @@ async fn move_fan(
     net: &Net,
     fan: &Fan,
     to: Ipv4Addr,
-    bypass: u32,
     global: &Global,
     dir: &StateDir,
     run_dir: &RunDir,
+    lock: &StateLock,
 ) -> Result<()> {
     let left = containers_on(net, fan).await?;
+    let bypass = PinnedMaps::open(dir)?.bypass()?;
     let bridge = (fan.bridge != bridge_name(fan.slice.network())).then(|| fan.bridge.clone());
     // Read before detach, which forgets the fan's settings. An MTU given
     // stays given; one that followed the underlay follows it still.
@@ -433,10 +431,11 @@ async fn move_fan(
         Ok(found) => (found.dhcp, found.explicit_mtu),
         Err(_) => (false, Some(fan.mtu)),
     };
-    detach::run(&detach_args(fan), global).await?;
-    attach::run(
+    apply::detach(&detach_args(fan), global, How::held(lock)).await?;
+    apply::attach(
         &args_of(fan, to, bypass, bridge, explicit_mtu, dhcp),
         global,
+        How::held(lock),
     )
     .await?;
     let now = load_fans(&PinnedMaps::open(dir)?)?

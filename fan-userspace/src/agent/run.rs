@@ -151,7 +151,6 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // held open.
     let inner = Global {
         pin_dir: dir.root.parent().map(std::path::Path::to_path_buf),
-        by_agent: true,
         ..global.clone()
     };
     let mut file_fans = FileFans::new(args, &run_dir);
