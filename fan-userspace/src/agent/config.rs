@@ -11,9 +11,10 @@
 //! boot) is tried again on every address change, every change of a fan's
 //! device and every resync.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use ipnetwork::Ipv4Network;
 use log::{info, warn};
 
 use crate::{
@@ -193,6 +194,17 @@ impl FileFans {
             }
         }
         self.pending = still;
+    }
+}
+
+impl FileFans {
+    /// The host addresses the file's lines name, by overlay: those fans
+    /// stay on that address (the follower never moves them to another).
+    pub fn named_addresses(&self) -> HashMap<Ipv4Network, Ipv4Addr> {
+        self.lines
+            .iter()
+            .filter_map(|line| Some((line.overlay, resolve::named_address(&line.underlay)?)))
+            .collect()
     }
 }
 

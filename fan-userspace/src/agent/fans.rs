@@ -114,7 +114,8 @@ async fn serve(
     let _ = started.send(file_fans.apply(&net, &global, lines).await);
     let mut follower = Follower::default();
     let follow = async |follower: &mut Follower, file_fans: &mut FileFans| {
-        report(follower.follow(&net, &dir, &run_dir, &global).await);
+        let named = file_fans.named_addresses();
+        report(follower.follow(&net, &dir, &run_dir, &global, &named).await);
         file_fans.retry(&net, &global).await;
         devices.send_if_modified(|known| {
             let changed = known != follower.devices();

@@ -6,7 +6,10 @@
 //! missing and re-attach what is defunct:
 //!
 //! - the underlay's address changed (the fan's address is gone and another
-//!   in the underlay is there, whichever came first) and stayed so for
+//!   in the underlay is there, whichever came first; unless the
+//!   configuration names the fan's address, which it then waits for: an
+//!   operator who names an address never sees the fan on another, such as
+//!   a keepalived VIP) and stayed so for
 //!   [`MOVE_AFTER`]: the fan is detached from the old slice and attached on
 //!   the new one, its bridge named by the same rule (the default name
 //!   follows the slice; a given name stays). An address that is back
@@ -106,13 +109,16 @@ impl Follower {
         !self.pending.is_empty()
     }
 
-    /// Looks at every complete fan and acts where the host changed under it.
+    /// Looks at every complete fan and acts where the host changed under
+    /// it. The fans in `named` (by overlay: the configuration names their
+    /// host address) are never moved to another address.
     pub async fn follow(
         &mut self,
         net: &Net,
         dir: &StateDir,
         run_dir: &RunDir,
         global: &Global,
+        named: &HashMap<Ipv4Network, Ipv4Addr>,
     ) -> Result<()> {
         if !dir.exists() {
             self.said.clear();
@@ -138,7 +144,8 @@ impl Follower {
             .retain(|overlay, (_, to)| fans.iter().any(|f| f.overlay == *overlay && f.host == *to));
         for fan in fans.iter().filter(|f| f.complete) {
             let attached_with = self.moved.get(&fan.overlay).map(|(from, _)| *from);
-            let need = need(net, dir, run_dir, fan, attached_with).await?;
+            let named = named.get(&fan.overlay).copied();
+            let need = need(net, dir, run_dir, fan, attached_with, named).await?;
             if !matches!(need, Need::Move(_))
                 && let Some(pending) = self.pending.remove(&fan.overlay)
                 && need == Need::Nothing
@@ -249,13 +256,16 @@ pub fn concerns(devices: &HashSet<String>, payload: &NetlinkPayload<RouteNetlink
 }
 
 /// What `fan` needs, from the host as it is now; `attached_with` is the
-/// address the follower moved it from, preferred while it is there.
+/// address the follower moved it from, preferred while it is there;
+/// `named`, the address the configuration names for it, the only one it
+/// may be on.
 async fn need(
     net: &Net,
     dir: &StateDir,
     run_dir: &RunDir,
     fan: &Fan,
     attached_with: Option<Ipv4Addr>,
+    named: Option<Ipv4Addr>,
 ) -> Result<Need> {
     let Some(iface) = net.device(&fan.iface).await? else {
         return Ok(Need::Wait(format!(
@@ -270,6 +280,16 @@ async fn need(
         return Ok(Need::Move(home));
     }
     if !addrs.iter().any(|(a, _)| *a == fan.host) {
+        if let Some(named) = named {
+            return Ok(if addrs.iter().any(|(a, _)| *a == named) {
+                Need::Move(named)
+            } else {
+                Need::Wait(format!(
+                    "{} lost {}; the configuration names {named} for this fan, and no other address: waiting for it",
+                    fan.iface, fan.host
+                ))
+            });
+        }
         return Ok(
             match addrs.iter().find(|(a, _)| fan.underlay.contains(*a)) {
                 Some((to, _)) => Need::Move(*to),
