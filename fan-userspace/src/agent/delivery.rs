@@ -176,7 +176,16 @@ impl Delivery {
             ToDelivery::DhcpLeases(leases) => {
                 match self.bindings.replace_origin(Origin::Dhcp, leases) {
                     Ok(true) => {
-                        let synced = self.full_sync().await;
+                        // With what is known, a lease costs what it
+                        // changes, not a full read: hundreds of containers
+                        // leasing at once would read everything hundreds
+                        // of times.
+                        let synced = match self.known.as_mut() {
+                            Some(known) => known
+                                .settle(&self.dir, &mut self.bindings, &mut self.ports)
+                                .map(|bindings| self.synced(bindings)),
+                            None => self.full_sync().await,
+                        };
                         self.publish(synced);
                     }
                     Ok(false) => {}
