@@ -63,7 +63,16 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut reference = None;
     for n in sizes {
-        let run = run(n).with_context(|| format!("{n} containers per host"))?;
+        // A size that fails (a client without a lease on a loaded
+        // machine) is reported as such; the others still are.
+        let run = match run(n) {
+            Ok(run) => run,
+            Err(e) => {
+                println!("{n} per host: {e:#}");
+                writeln!(report, "| {n} | failed: {e:#} |")?;
+                continue;
+            }
+        };
         let per_container = run.agent_per_container();
         let against = per_container / *reference.get_or_insert(per_container);
         writeln!(
@@ -197,8 +206,9 @@ fn run(n: u32) -> Result<Run> {
     }
     let peers = [leases[n as usize].addr, leases[0].addr];
     for ((i, ns), leased) in containers.iter().zip(&leases) {
+        // Once more if the first echo is lost (a loaded machine).
         ensure!(
-            ping(ns, peers[*i], 1)?,
+            ping(ns, peers[*i], 1)? || ping(ns, peers[*i], 3)?,
             "{} cannot reach {}",
             leased.addr,
             peers[*i]
