@@ -8,9 +8,12 @@
 //! endpoint map and its port programs go with it, so every packet takes the
 //! bridge and the stack, which is always correct.
 //!
-//! This file is the loop and what it waits on; what a sync writes and
-//! publishes is in the agent's `sync` module, the control socket's
-//! requests and answers in its `control` module.
+//! This file starts the agent's controllers, each the owner of one
+//! concern, talking through channels (nothing one does holds up another),
+//! waits for a stop, and stops them in order: `delivery` (bindings,
+//! endpoint map, port programs, routes, monitors, status), `fans` (every
+//! attach and detach the agent makes), `dhcp::controller`, `ruleset`,
+//! `heartbeat`, `control` (the socket), and the netlink event reader here.
 
 use std::{
     collections::HashSet,
