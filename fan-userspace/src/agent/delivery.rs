@@ -8,7 +8,7 @@
 //! on another controller, and nothing it does blocks for long (every read
 //! of the host is netlink, asynchronous).
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use log::{info, warn};
@@ -174,16 +174,22 @@ impl Delivery {
                 let _ = answer.send(());
             }
             ToDelivery::DhcpLeases(leases) => {
+                let fresh = self.fresh_lease_macs(&leases);
                 match self.bindings.replace_origin(Origin::Dhcp, leases) {
                     Ok(true) => {
                         // With what is known, a lease costs what it
-                        // changes, not a full read: hundreds of containers
-                        // leasing at once would read everything hundreds
-                        // of times.
+                        // changes (the ends of its container read again,
+                        // which configured the address since), not a full
+                        // read: hundreds of containers leasing at once
+                        // would read everything hundreds of times.
                         let synced = match self.known.as_mut() {
-                            Some(known) => known
-                                .settle(&self.dir, &mut self.bindings, &mut self.ports)
-                                .map(|bindings| self.synced(bindings)),
+                            Some(known) => {
+                                known.observed.read_again_holding(&fresh);
+                                known.observed.read_ends(&self.net).await;
+                                known
+                                    .settle(&self.dir, &mut self.bindings, &mut self.ports)
+                                    .map(|bindings| self.synced(bindings))
+                            }
                             None => self.full_sync().await,
                         };
                         self.publish(synced);
@@ -213,6 +219,21 @@ impl Delivery {
                 report(self.monitors.add(stream, passes, &self.dir));
             }
         }
+    }
+
+    /// The MACs of the leases in `leases` that are not bindings yet.
+    fn fresh_lease_macs(&self, leases: &[Binding]) -> HashSet<[u8; 6]> {
+        let bound: HashSet<(Ipv4Addr, &str)> = self
+            .bindings
+            .list()
+            .filter(|b| b.origin == Origin::Dhcp)
+            .map(|b| (b.address, b.mac.as_str()))
+            .collect();
+        leases
+            .iter()
+            .filter(|lease| !bound.contains(&(lease.address, lease.mac.as_str())))
+            .filter_map(|lease| lease.mac_bytes().ok())
+            .collect()
     }
 
     /// A full read: every link, neighbour and forwarding entry.
