@@ -697,21 +697,9 @@ fn under_systemd_attach_starts_the_unit_and_an_older_agent_is_replaced() {
     );
 
     // An agent of an older release serves: an attach from this one replaces it.
-    fan_userspace::agent::stop(&run).unwrap();
-    let older = host
-        .ns
-        .command(fan_xdp_binary().to_str().unwrap())
-        .args(["run"])
-        .env("FAN_XDP_INJECT", "version:older")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fan_userspace::agent::status(&run).is_some_and(|s| s.ready) {
-        assert!(Instant::now() < deadline, "the older agent never got ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_, older) =
+        fan_tests::lifecycle::replace_agent(host, &[("FAN_XDP_INJECT", "version:older".as_ref())])
+            .unwrap();
     assert_eq!(
         fan_userspace::agent::status(&run).unwrap().version,
         "0.0.0+older"
@@ -857,24 +845,13 @@ fn a_slow_attach_of_the_agents_own_does_not_lapse_the_heartbeat() {
     let fleet = Fleet::new(1).unwrap();
     fleet.attach_all(&[]).unwrap();
     let host = &fleet.hosts[0];
-    let run = run_dir(host);
     // An agent whose own attaches take four seconds (the heartbeat's
     // timeout is three): a slow kernel, a busy host.
-    fan_userspace::agent::stop(&run).unwrap();
-    let slow = host
-        .ns
-        .command(fan_xdp_binary().to_str().unwrap())
-        .args(["run"])
-        .env("FAN_XDP_INJECT", "delay:apply:4000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fan_userspace::agent::status(&run).is_some_and(|s| s.ready) {
-        assert!(Instant::now() < deadline, "the agent never got ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (run, slow) = fan_tests::lifecycle::replace_agent(
+        host,
+        &[("FAN_XDP_INJECT", "delay:apply:4000".as_ref())],
+    )
+    .unwrap();
     // The slice bridge deleted by hand: the agent attaches again (slowly).
     host.ns.ip(&["link", "del", &host.bridge]).unwrap();
     std::thread::sleep(Duration::from_millis(500));

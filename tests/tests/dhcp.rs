@@ -71,6 +71,17 @@ fn attach_dhcp(host: &Host, state: &StateDir, extra: &[&str]) -> String {
     fan_xdp(host, state, &args).unwrap()
 }
 
+/// `OVERLAY` and 240.0.0.0/8 attached with `--dhcp` on `host`'s eth0.
+fn attach_two_dhcp_fans(host: &Host, state: &StateDir) {
+    attach_dhcp(host, state, &[]);
+    fan_xdp(
+        host,
+        state,
+        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
+    )
+    .unwrap();
+}
+
 fn show(host: &Host, state: &StateDir, extra: &[&str]) -> serde_json::Value {
     let args = [&["show", "--json"][..], extra].concat();
     serde_json::from_str(&fan_xdp(host, state, &args).unwrap()).unwrap()
@@ -385,13 +396,7 @@ fn two_fans_serve_side_by_side_and_detach_stops_only_its_own() {
         return;
     };
     let h1 = &fleet.hosts[0];
-    attach_dhcp(h1, &state, &[]);
-    fan_xdp(
-        h1,
-        &state,
-        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
-    )
-    .unwrap();
+    attach_two_dhcp_fans(h1, &state);
     let (c250, c240) = (
         dhcp_container(h1, 1),
         plug_dhcp_container(&h1.ns, "fan-240-0-1", "dveth2", "d1-240").unwrap(),
@@ -424,39 +429,19 @@ fn a_slow_dnsmasq_stop_does_not_lapse_the_heartbeat() {
         return;
     };
     let h1 = &fleet.hosts[0];
-    attach_dhcp(h1, &state, &[]);
-    fan_xdp(
-        h1,
-        &state,
-        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
-    )
-    .unwrap();
+    attach_two_dhcp_fans(h1, &state);
     // In place of attach's agent, one that waits four seconds for each
     // DHCP server it stops (the heartbeat's timeout is three), as for a
     // dnsmasq that ignores SIGTERM. It adopts both servers.
-    let run = h1
-        .ns
-        .enter(|| fan_userspace::state::rundir::RunDir::locate(None))
-        .unwrap()
-        .unwrap();
-    fan_userspace::agent::stop(&run).unwrap();
     let (key, value) = state.env();
-    let mut agent = h1
-        .ns
-        .command(fan_tests::topology::fan_xdp_binary().to_str().unwrap())
-        .args(["run"])
-        .env(key, value)
-        .env("FAN_XDP_INJECT", "delay:dhcp-stop:4000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            fan_userspace::agent::status(&run).is_some_and(|s| s.ready)
-        }),
-        "the agent never got ready"
-    );
+    let (run, mut agent) = fan_tests::lifecycle::replace_agent(
+        h1,
+        &[
+            (key, value.as_os_str()),
+            ("FAN_XDP_INJECT", "delay:dhcp-stop:4000".as_ref()),
+        ],
+    )
+    .unwrap();
     // One fan detached: the agent stops its server (slowly).
     fan_xdp(h1, &state, &["detach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
     let oldest = fan_tests::lifecycle::oldest_beat(h1, Duration::from_secs(5)).unwrap();

@@ -56,47 +56,23 @@ pub(super) enum ToDelivery {
 /// Messages waiting for the delivery controller.
 pub(super) const QUEUE: usize = 256;
 
+/// Built by `fan-xdp run` with nothing known yet (`known`, `ports` None,
+/// no monitors): its first full read fills them in.
 pub(super) struct Delivery {
-    net: Net,
-    dir: StateDir,
-    run_dir: RunDir,
-    bindings: Bindings,
-    at_ports: AtPorts,
-    routes: SliceRoutes,
-    status: agent::Status,
-    resync_period: Duration,
-    known: Option<Known>,
-    ports: Option<PortEncap>,
-    monitors: Monitors,
+    pub(super) net: Net,
+    pub(super) dir: StateDir,
+    pub(super) run_dir: RunDir,
+    pub(super) bindings: Bindings,
+    pub(super) at_ports: AtPorts,
+    pub(super) routes: SliceRoutes,
+    pub(super) status: agent::Status,
+    pub(super) resync_period: Duration,
+    pub(super) known: Option<Known>,
+    pub(super) ports: Option<PortEncap>,
+    pub(super) monitors: Monitors,
 }
 
 impl Delivery {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        net: Net,
-        dir: StateDir,
-        run_dir: RunDir,
-        bindings: Bindings,
-        at_ports: AtPorts,
-        routes: SliceRoutes,
-        status: agent::Status,
-        resync_period: Duration,
-    ) -> Self {
-        Self {
-            net,
-            dir,
-            run_dir,
-            bindings,
-            at_ports,
-            routes,
-            status,
-            resync_period,
-            known: None,
-            ports: None,
-            monitors: Monitors::default(),
-        }
-    }
-
     /// Serves `inbox` until `stop` fires (or every sender is gone), then
     /// lets go of the fast path: the port programs, the path MTU routes,
     /// the endpoint map (emptied, so every packet takes the bridge and the

@@ -6,21 +6,14 @@
 //! It also sees when an agent that attach started has nothing left to
 //! serve (every fan detached), and says so.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use log::info;
 use tokio::sync::mpsc;
 
 use crate::{
-    agent::{delivery::report, sync::beat},
+    agent::{delivery::report, stoppable::Stoppable, sync::beat},
     state::StateDir,
 };
 
@@ -29,9 +22,10 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// How often the thread looks whether it should stop.
 const STOP_CHECK: Duration = Duration::from_millis(100);
 
+/// The heartbeat, running; dropped, it returns once the last beat is
+/// written: a beat stopped after that stays stopped.
 pub(super) struct Heartbeat {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Stoppable,
 }
 
 impl Heartbeat {
@@ -43,41 +37,20 @@ impl Heartbeat {
         stop_when_detached: bool,
         detached: mpsc::UnboundedSender<()>,
     ) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if stop_when_detached && !dir.exists() {
-                            info!("fan-xdp run: every fan is detached; stopping");
-                            let _ = detached.send(());
-                            return;
-                        }
-                        report(beat(&dir));
-                        let beaten = Instant::now();
-                        while beaten.elapsed() < PERIOD && !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(STOP_CHECK);
-                        }
-                    }
+        Stoppable::spawn("heartbeat", move |stop| {
+            while !stop.get() {
+                if stop_when_detached && !dir.exists() {
+                    info!("fan-xdp run: every fan is detached; stopping");
+                    let _ = detached.send(());
+                    return;
                 }
-            })
-            .context("starting the heartbeat")?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
+                report(beat(&dir));
+                let beaten = Instant::now();
+                while beaten.elapsed() < PERIOD && !stop.get() {
+                    std::thread::sleep(STOP_CHECK);
+                }
+            }
         })
-    }
-}
-
-impl Drop for Heartbeat {
-    /// Returns once the last beat is written: a beat stopped after this
-    /// stays stopped.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        .map(|thread| Self { _thread: thread })
     }
 }

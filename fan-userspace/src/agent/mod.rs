@@ -36,6 +36,7 @@ pub mod pmtu;
 pub mod ports;
 mod ruleset;
 pub mod run;
+mod stoppable;
 mod sync;
 
 use std::{

@@ -48,6 +48,7 @@ use crate::{
     agent::fans::{self, Fans, ToFans},
     agent::follow::concerns,
     agent::heartbeat::Heartbeat,
+    agent::monitor::Monitors,
     agent::notify,
     agent::pmtu::SliceRoutes,
     agent::ports::AtPorts,
@@ -184,16 +185,19 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     )?;
     let mut ruleset = RulesetWatch::start(dir.clone(), resync_period)?;
     let first_verdict = ruleset.verdicts.borrow_and_update().clone();
-    let delivering = Delivery::new(
+    let delivering = Delivery {
         net,
-        dir.clone(),
-        run_dir.clone(),
+        dir: dir.clone(),
+        run_dir: run_dir.clone(),
         bindings,
         at_ports,
         routes,
         status,
         resync_period,
-    );
+        known: None,
+        ports: None,
+        monitors: Monitors::default(),
+    };
     let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel();
     let delivery_task = tokio::spawn(delivering.run(delivery_inbox, delivery_stopped));
     round_now(&dhcp.inbox).await;
