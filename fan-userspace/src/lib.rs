@@ -8,6 +8,7 @@
 //! attach created.
 
 pub mod agent;
+pub mod apply;
 pub mod cli;
 pub mod cni;
 pub mod commands;

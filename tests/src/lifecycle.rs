@@ -89,6 +89,54 @@ pub fn agent_pid(host: &Host) -> Result<u32> {
     Ok(pid as u32)
 }
 
+/// The oldest `host`'s agent heartbeat gets while `for_how_long` passes
+/// (sampled every 100 ms): the programs stop trusting it at 3 s.
+pub fn oldest_beat(host: &Host, for_how_long: Duration) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let mut oldest = Duration::ZERO;
+    while started.elapsed() < for_how_long {
+        let beat = host.pinned_maps()?.agent.get(&0, 0)?;
+        let age = fan_userspace::dataplane::monotonic_ns().saturating_sub(beat);
+        oldest = oldest.max(Duration::from_nanos(age));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(oldest)
+}
+
+/// Stops `host`'s agent and starts `fan-xdp run` in its place with `env`
+/// set (a test hook, a state directory); returns its run directory and the
+/// process once it is ready (10 s at most).
+pub fn replace_agent(
+    host: &Host,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<(fan_userspace::state::rundir::RunDir, std::process::Child)> {
+    let run = host
+        .ns
+        .enter(|| fan_userspace::state::rundir::RunDir::locate(None))??;
+    fan_userspace::agent::stop(&run)?;
+    let agent = host
+        .ns
+        .command(
+            crate::topology::fan_xdp_binary()
+                .to_str()
+                .context("binary path")?,
+        )
+        .arg("run")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting fan-xdp run")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fan_userspace::agent::status(&run).is_some_and(|s| s.ready) {
+        if std::time::Instant::now() > deadline {
+            bail!("the agent in {} never got ready", host.ns.name());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((run, agent))
+}
+
 /// What a process holds: resident memory in KiB and open descriptors.
 #[derive(Clone, Copy, Debug)]
 pub struct Footprint {

@@ -698,21 +698,9 @@ fn under_systemd_attach_starts_the_unit_and_an_older_agent_is_replaced() {
     );
 
     // An agent of an older release serves: an attach from this one replaces it.
-    fan_userspace::agent::stop(&run).unwrap();
-    let older = host
-        .ns
-        .command(fan_xdp_binary().to_str().unwrap())
-        .args(["run"])
-        .env("FAN_XDP_INJECT", "version:older")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !fan_userspace::agent::status(&run).is_some_and(|s| s.ready) {
-        assert!(Instant::now() < deadline, "the older agent never got ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_, older) =
+        fan_tests::lifecycle::replace_agent(host, &[("FAN_XDP_INJECT", "version:older".as_ref())])
+            .unwrap();
     assert_eq!(
         fan_userspace::agent::status(&run).unwrap().version,
         "0.0.0+older"
@@ -839,14 +827,7 @@ fn silent_control_clients_do_not_stop_the_heartbeat() {
     let silent: Vec<std::os::unix::net::UnixStream> = (0..6)
         .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
         .collect();
-    let started = Instant::now();
-    let mut oldest = Duration::ZERO;
-    while started.elapsed() < Duration::from_secs(5) {
-        let beat = host.pinned_maps().unwrap().agent.get(&0, 0).unwrap();
-        let age = fan_userspace::dataplane::monotonic_ns().saturating_sub(beat);
-        oldest = oldest.max(Duration::from_nanos(age));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let oldest = fan_tests::lifecycle::oldest_beat(host, Duration::from_secs(5)).unwrap();
     let status = host.fan_xdp_ok(&["show"]).unwrap();
     drop(silent);
     assert!(
@@ -855,4 +836,39 @@ fn silent_control_clients_do_not_stop_the_heartbeat() {
     );
     assert!(status.contains("agent: fan-xdp run"), "{status}");
     fleet.detach_all().unwrap();
+}
+
+#[test]
+fn a_slow_attach_of_the_agents_own_does_not_lapse_the_heartbeat() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    let host = &fleet.hosts[0];
+    // An agent whose own attaches take four seconds (the heartbeat's
+    // timeout is three): a slow kernel, a busy host.
+    let (run, slow) = fan_tests::lifecycle::replace_agent(
+        host,
+        &[("FAN_XDP_INJECT", "delay:apply:4000".as_ref())],
+    )
+    .unwrap();
+    // The slice bridge deleted by hand: the agent attaches again (slowly).
+    host.ns.ip(&["link", "del", &host.bridge]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let answered = fan_userspace::agent::request(&run, "status", Duration::from_secs(1));
+    let oldest = fan_tests::lifecycle::oldest_beat(host, Duration::from_secs(5)).unwrap();
+    let repaired = host.ns.ip(&["link", "show", "dev", &host.bridge]).is_ok();
+    fan_userspace::agent::stop(&run).unwrap();
+    reap(slow);
+    fleet.detach_all().unwrap();
+    assert!(repaired, "the agent did not attach the fan again");
+    assert!(
+        oldest < Duration::from_millis(2500),
+        "the heartbeat was {oldest:?} old while the agent attached again"
+    );
+    assert!(
+        answered.is_ok(),
+        "no status within 1 s while the agent attached again: {answered:?}"
+    );
 }

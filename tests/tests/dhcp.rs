@@ -71,6 +71,17 @@ fn attach_dhcp(host: &Host, state: &StateDir, extra: &[&str]) -> String {
     fan_xdp(host, state, &args).unwrap()
 }
 
+/// `OVERLAY` and 240.0.0.0/8 attached with `--dhcp` on `host`'s eth0.
+fn attach_two_dhcp_fans(host: &Host, state: &StateDir) {
+    attach_dhcp(host, state, &[]);
+    fan_xdp(
+        host,
+        state,
+        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
+    )
+    .unwrap();
+}
+
 fn show(host: &Host, state: &StateDir, extra: &[&str]) -> serde_json::Value {
     let args = [&["show", "--json"][..], extra].concat();
     serde_json::from_str(&fan_xdp(host, state, &args).unwrap()).unwrap()
@@ -385,13 +396,7 @@ fn two_fans_serve_side_by_side_and_detach_stops_only_its_own() {
         return;
     };
     let h1 = &fleet.hosts[0];
-    attach_dhcp(h1, &state, &[]);
-    fan_xdp(
-        h1,
-        &state,
-        &["attach", "eth0", "--overlay", "240.0.0.0/8", "--dhcp"],
-    )
-    .unwrap();
+    attach_two_dhcp_fans(h1, &state);
     let (c250, c240) = (
         dhcp_container(h1, 1),
         plug_dhcp_container(&h1.ns, "fan-240-0-1", "dveth2", "d1-240").unwrap(),
@@ -416,6 +421,37 @@ fn two_fans_serve_side_by_side_and_detach_stops_only_its_own() {
     assert_eq!(pids_named(&h1.ns, "dnsmasq"), vec![kept as u32]);
     assert_eq!(lease(&c250).unwrap(), l250);
     fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+}
+
+#[test]
+fn a_slow_dnsmasq_stop_does_not_lapse_the_heartbeat() {
+    let Some((state, fleet)) = bed(1) else {
+        return;
+    };
+    let h1 = &fleet.hosts[0];
+    attach_two_dhcp_fans(h1, &state);
+    // In place of attach's agent, one that waits four seconds for each
+    // DHCP server it stops (the heartbeat's timeout is three), as for a
+    // dnsmasq that ignores SIGTERM. It adopts both servers.
+    let (key, value) = state.env();
+    let (run, mut agent) = fan_tests::lifecycle::replace_agent(
+        h1,
+        &[
+            (key, value.as_os_str()),
+            ("FAN_XDP_INJECT", "delay:dhcp-stop:4000".as_ref()),
+        ],
+    )
+    .unwrap();
+    // One fan detached: the agent stops its server (slowly).
+    fan_xdp(h1, &state, &["detach", "eth0", "--overlay", "240.0.0.0/8"]).unwrap();
+    let oldest = fan_tests::lifecycle::oldest_beat(h1, Duration::from_secs(5)).unwrap();
+    fan_userspace::agent::stop(&run).unwrap();
+    let _ = agent.wait();
+    fan_xdp(h1, &state, &["detach", "eth0"]).unwrap();
+    assert!(
+        oldest < Duration::from_millis(2500),
+        "the heartbeat was {oldest:?} old while the agent stopped a DHCP server"
+    );
 }
 
 #[test]

@@ -888,3 +888,53 @@ fn an_address_flap_keeps_the_slice_and_a_move_goes_back_home() {
     assert_eq!(log.matches("moved from").count(), 2, "{log}");
     fleet.detach_all().unwrap();
 }
+
+#[test]
+fn a_fan_whose_address_the_file_names_never_moves_to_another() {
+    if !privileged() {
+        return;
+    }
+    let dir = Scratch::new("named");
+    let (config, log) = (dir.join("fan"), dir.join("agent.log"));
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let own = format!("{}/16", host.underlay_addr);
+    write_config(&config, &format!("250.0.0.0/8 {own}\n"));
+    let agent =
+        Daemon::start_logged(&host.ns, &["--config", config.to_str().unwrap()], &log).unwrap();
+    let home = vec![("250.0.0.0/8".to_string(), host.slice_cidr())];
+    assert!(
+        within(Duration::from_secs(10), || agent_ready(host)
+            && slices(host) == home),
+        "the agent brought up no fan from the file"
+    );
+    for scope in ["all", "eth0"] {
+        host.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
+            .unwrap();
+    }
+    // A keepalived VIP in the underlay, then the named address gone for
+    // longer than a flap: the fan waits for its address.
+    host.ns
+        .ip(&["addr", "add", "198.18.0.100/16", "dev", "eth0"])
+        .unwrap();
+    host.ns.ip(&["addr", "del", &own, "dev", "eth0"]).unwrap();
+    std::thread::sleep(fan_userspace::agent::follow::MOVE_AFTER * 2);
+    let while_gone = slices(host);
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    host.ns.ip(&["addr", "add", &own, "dev", "eth0"]).unwrap();
+    let back = within(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("eth0 is back as it was"))
+    });
+    drop(agent);
+    fleet.detach_all().unwrap();
+    assert_eq!(
+        while_gone, home,
+        "the fan left the address the file names:\n{said}"
+    );
+    assert!(
+        said.contains("the configuration names"),
+        "no word of the wait:\n{said}"
+    );
+    assert!(back, "the fan is not as it was once its address is back");
+}

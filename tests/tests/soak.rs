@@ -4,7 +4,10 @@
 //! other ports. At the end: every flow delivered every byte once (content
 //! checked), no container got a packet for an address it did not own, the
 //! agents' memory and descriptors stayed flat, and the final detach left
-//! the hosts as they were.
+//! the hosts as they were. Meanwhile the hosts change under the agents as
+//! real ones do: an nftables DNAT rule (a Service's, as kube-proxy writes
+//! it) comes and goes, turning the bypass off and on, and a host's
+//! underlay address flaps; no flow may break for it.
 //!
 //! `cargo xtask test` runs a short one; `cargo xtask soak --minutes M` the
 //! long one (FAN_SOAK_SECONDS, FAN_SOAK_CONTAINERS set its size).
@@ -110,6 +113,55 @@ fn strays(c: &Container) -> String {
         .join(" ")
 }
 
+/// A Service's DNAT rule, as kube-proxy adds one, in a table of its own
+/// in `host`, for a second, then the table removed. Returns whether the
+/// agent turned the bypass off while the rule was there and back on after
+/// (each within a second).
+fn dnat_on_and_off(host: &Host, backend: Ipv4Addr) -> bool {
+    let rules = format!(
+        "table ip soak_service {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         ip daddr 10.96.0.10 tcp dport 80 dnat to {backend}:8080; }}; }}"
+    );
+    let run = host
+        .ns
+        .enter(|| fan_userspace::state::rundir::RunDir::locate(None))
+        .unwrap()
+        .unwrap();
+    let bypass_becomes = |on: bool| {
+        let since = Instant::now();
+        while since.elapsed() < Duration::from_secs(1) {
+            if fan_userspace::agent::status(&run).is_some_and(|s| s.bypass == on) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    let mut child = host
+        .ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success(), "nft refused the DNAT rule");
+    let off = bypass_becomes(false);
+    host.ns
+        .run("nft", &["delete", "table", "ip", "soak_service"])
+        .unwrap();
+    off && bypass_becomes(true)
+}
+
+/// `host`'s underlay address gone for half a second, then back.
+fn flap(host: &Host) {
+    let own = format!("{}/16", host.underlay_addr);
+    host.ns.ip(&["addr", "del", &own, "dev", "eth0"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    host.ns.ip(&["addr", "add", &own, "dev", "eth0"]).unwrap();
+}
+
 /// Proves the watch sees a misdelivery: a frame for another address,
 /// written onto the container's port from the host side, is counted.
 fn watch_sees_a_stray(host: &Host, c: &Container, port: &str) {
@@ -184,6 +236,8 @@ fn soak_with_flows_and_containers_coming_and_going() {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (flows, bytes, datagrams) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let churned = AtomicU64::new(0);
+    let (dnat_rules, flaps) = (AtomicU64::new(0), AtomicU64::new(0));
+    let disturb_every = Duration::from_millis(env_or("FAN_SOAK_DISTURB_MS", 2000));
     let mut warm = Vec::new();
     std::thread::scope(|scope| {
         let mut workers = Vec::new();
@@ -235,6 +289,34 @@ fn soak_with_flows_and_containers_coming_and_going() {
                         datagrams.fetch_add(1, Ordering::Relaxed);
                     }
                     std::thread::sleep(Duration::from_millis((5 * targets.len() as u64).max(5)));
+                }
+            }));
+        }
+        // The hosts change under the agents, round the hosts: a DNAT rule
+        // of a table of its own added (the bypass goes off) and removed
+        // (back on); the underlay address gone for half a second (a flap:
+        // the fan stays).
+        {
+            let (fleet, stable) = (&fleet, &stable);
+            let (dnat_rules, flaps) = (&dnat_rules, &flaps);
+            workers.push(scope.spawn(move || {
+                let mut turn = 0usize;
+                while Instant::now() + disturb_every < deadline {
+                    std::thread::sleep(disturb_every);
+                    let h = turn % fleet.hosts.len();
+                    let host = &fleet.hosts[h];
+                    if turn.is_multiple_of(2) {
+                        assert!(
+                            dnat_on_and_off(host, stable[h][0].c.addr),
+                            "the bypass did not follow a DNAT rule in {} within 1 s",
+                            host.ns.name()
+                        );
+                        dnat_rules.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        flap(host);
+                        flaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    turn += 1;
                 }
             }));
         }
@@ -310,13 +392,16 @@ fn soak_with_flows_and_containers_coming_and_going() {
         "soak {seconds} s, 3 hosts x {per_host} containers: {} TCP flows ({} MiB, every byte \
          checked) over {} long-lived pairs, {} containers replaced, {} UDP datagrams sent, {udp_in} \
          received by their address's owner, {misdelivered} misdelivered to a container's MAC for another address, {flooded} frames \
-         for others flooded by the bridges, {direct} packets delivered directly; the hosts' program runs \
+         for others flooded by the bridges, {direct} packets delivered directly, {} DNAT rules added and removed, {} address \
+         flaps, 0 flows broken; the hosts' program runs \
          (the kernel's count) {:?}, each equal to its outcomes counted; agents' RSS {:?} -> {:?} KiB, fds {:?} -> {:?}",
         flows.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed) >> 20,
         pairs.len(),
         churned.load(Ordering::Relaxed),
         datagrams.load(Ordering::Relaxed),
+        dnat_rules.load(Ordering::Relaxed),
+        flaps.load(Ordering::Relaxed),
         runs.iter().map(|r| r.0).collect::<Vec<_>>(),
         warm.iter().map(|f| f.rss_kib).collect::<Vec<_>>(),
         end.iter().map(|f| f.rss_kib).collect::<Vec<_>>(),
@@ -330,6 +415,10 @@ fn soak_with_flows_and_containers_coming_and_going() {
     assert!(
         churned.load(Ordering::Relaxed) > 0,
         "no container was replaced"
+    );
+    assert!(
+        dnat_rules.load(Ordering::Relaxed) > 0 && flaps.load(Ordering::Relaxed) > 0,
+        "the hosts did not change under the agents"
     );
     for (w, e) in warm.iter().zip(&end) {
         assert!(

@@ -1,8 +1,9 @@
 //! The configuration's fans, as the agent keeps them: every line not marked
 //! `off` is brought up at start, and `reload` applies the difference after an
 //! edit (fans added, removed or changed), each logged. The fans are
-//! attached and detached by `attach` and `detach` themselves, from the
-//! arguments [`crate::config::resolve`] makes of each line.
+//! attached and detached through the apply layer ([`crate::apply`]), under
+//! the lock the agent holds, from the arguments [`crate::config::resolve`]
+//! makes of each line.
 //!
 //! Only a file that root owns and only root may write is read; a file with
 //! a bad line changes nothing (the error names file, line, column, token).
@@ -10,18 +11,19 @@
 //! boot) is tried again on every address change, every change of a fan's
 //! device and every resync.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use ipnetwork::Ipv4Network;
 use log::{info, warn};
 
 use crate::{
+    apply::{self, How},
     cli::{FAN_CONFIG, Global, RunArgs},
-    commands::{attach, detach},
     config::{self, FanLine, apply::describe, resolve},
     host::Net,
     state::record::attached,
-    state::rundir::RunDir,
+    state::rundir::{RunDir, StateLock},
 };
 
 pub struct FileFans {
@@ -102,7 +104,7 @@ impl FileFans {
         if self.path.is_none() {
             return Ok(());
         }
-        let Some(_lock) = self.run_dir.try_lock_state()? else {
+        let Some(lock) = self.run_dir.try_lock_state()? else {
             info!(
                 "another fan-xdp is changing the fans: the configuration is applied once it is done"
             );
@@ -120,7 +122,7 @@ impl FileFans {
                 continue;
             }
             if let Some(fan) = fans.iter().find(|f| f.overlay == old.overlay) {
-                match detach::run(&resolve::detach_args(fan), global).await {
+                match apply::detach(&resolve::detach_args(fan), global, How::held(&lock)).await {
                     Ok(()) if new.is_none() => info!(
                         "{}: removed from the configuration: detached",
                         describe(old, &path)
@@ -140,7 +142,7 @@ impl FileFans {
                 Some(_) => Some("changed"),
                 None => Some("added"),
             };
-            match up(net, line, global).await {
+            match up(net, line, global, &lock).await {
                 Ok(()) => {
                     if let Some(what) = what {
                         info!("{}: {what}: attached", describe(line, &path));
@@ -180,18 +182,29 @@ impl FileFans {
         if self.pending.is_empty() {
             return;
         }
-        let Ok(Some(_lock)) = self.run_dir.try_lock_state() else {
+        let Ok(Some(lock)) = self.run_dir.try_lock_state() else {
             return;
         };
         let path = self.path.clone().unwrap_or_default();
         let mut still = Vec::new();
         for line in std::mem::take(&mut self.pending) {
-            match up(net, &line, global).await {
+            match up(net, &line, global, &lock).await {
                 Ok(()) => info!("{}: attached now", describe(&line, &path)),
                 Err(_) => still.push(line),
             }
         }
         self.pending = still;
+    }
+}
+
+impl FileFans {
+    /// The host addresses the file's lines name, by overlay: those fans
+    /// stay on that address (the follower never moves them to another).
+    pub fn named_addresses(&self) -> HashMap<Ipv4Network, Ipv4Addr> {
+        self.lines
+            .iter()
+            .filter_map(|line| Some((line.overlay, resolve::named_address(&line.underlay)?)))
+            .collect()
     }
 }
 
@@ -206,7 +219,9 @@ fn same(a: &FanLine, b: &FanLine) -> bool {
     }
 }
 
-async fn up(net: &Net, line: &FanLine, global: &Global) -> Result<()> {
+async fn up(net: &Net, line: &FanLine, global: &Global, lock: &StateLock) -> Result<()> {
     let args = resolve::attach_args(net, line, true).await?;
-    attach::run(&args, global).await
+    apply::attach(&args, global, How::held(lock))
+        .await
+        .map(drop)
 }

@@ -1,16 +1,21 @@
 //! The agent's side of its control socket: reading a connection's request
-//! (only root may ask), and answering it once the loop in
-//! [`crate::agent::run`] has acted. The line format is
+//! (only root may ask), handing it to the controller that owns what it
+//! asks about, and answering once that one has acted. The line format is
 //! [`crate::agent::parse_request`]'s; clients use [`crate::agent::send`].
 
 use std::{io::Write as _, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use log::debug;
+use log::{debug, warn};
+use tokio::sync::oneshot;
 
 use crate::{
     agent,
     agent::bindings::{Binding, Origin},
+    agent::delivery::ToDelivery,
+    agent::dhcp::controller::{ToDhcp, round_now},
+    agent::fans::ToFans,
+    agent::notify,
 };
 
 /// What a control connection asked for.
@@ -91,4 +96,105 @@ pub(super) fn reply(
     if let Err(e) = writeln!(stream, "{line}") {
         debug!("answering a control request: {e}");
     }
+}
+
+/// Where a control request is carried out: the controllers' inboxes.
+#[derive(Clone)]
+pub(super) struct Controllers {
+    pub(super) delivery: tokio::sync::mpsc::Sender<ToDelivery>,
+    pub(super) fans: tokio::sync::mpsc::UnboundedSender<ToFans>,
+    pub(super) dhcp: std::sync::mpsc::Sender<ToDhcp>,
+    /// Asks the agent to stop.
+    pub(super) stop: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+/// The control socket's controller: accepts connections, each served by a
+/// task of its own (read off the runtime: a slow or silent client holds
+/// up its own thread, 1 s a read at most), which hands the request to the
+/// controller that owns it and answers once that one has acted.
+pub(super) async fn serve(listener: tokio::net::UnixListener, controllers: Controllers) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(answer(stream, controllers.clone()));
+    }
+}
+
+async fn answer(stream: tokio::net::UnixStream, controllers: Controllers) {
+    let read = tokio::task::spawn_blocking(move || read_request(stream)).await;
+    let (mut stream, request) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => {
+            warn!("control request: {e:#}");
+            return;
+        }
+        Err(e) => {
+            warn!("control request: {e}");
+            return;
+        }
+    };
+    let delivery = &controllers.delivery;
+    let answer = match request {
+        Request::Status => ask(delivery, ToDelivery::Status)
+            .await
+            .map(|status| serde_json::json!({ "status": status })),
+        // Answered once done, so that `fan-xdp reload` (the unit's
+        // ExecReload) returns when the file is applied, or with why not.
+        Request::Reload => {
+            let applied = match ask_fans(&controllers.fans).await {
+                Ok(applied) => applied,
+                Err(e) => Err(e),
+            };
+            round_now(&controllers.dhcp).await;
+            let status = ask(delivery, ToDelivery::FullSync).await;
+            notify::notify("STATUS=reloaded");
+            applied.and(status.map(|status| serde_json::json!({ "status": status })))
+        }
+        Request::Stop => {
+            reply(&mut stream, Ok(serde_json::json!({})));
+            let _ = controllers.stop.send(());
+            return;
+        }
+        Request::Bind(binding) => ask(delivery, |answer| ToDelivery::Bind(binding, answer))
+            .await
+            .and_then(|answered| answered),
+        Request::Unbind(address, origin) => ask(delivery, |answer| {
+            ToDelivery::Unbind(address, origin, answer)
+        })
+        .await
+        .and_then(|answered| answered),
+        Request::Bindings => ask(delivery, ToDelivery::Bindings).await,
+        Request::Monitor { passes } => {
+            reply(&mut stream, Ok(serde_json::json!({})));
+            let _ = delivery.send(ToDelivery::Monitor(stream, passes)).await;
+            return;
+        }
+    };
+    let _ = tokio::task::spawn_blocking(move || reply(&mut stream, answer)).await;
+}
+
+/// Asks the delivery controller, and waits for its answer.
+async fn ask<T>(
+    delivery: &tokio::sync::mpsc::Sender<ToDelivery>,
+    message: impl FnOnce(oneshot::Sender<T>) -> ToDelivery,
+) -> Result<T> {
+    let (answer, answered) = oneshot::channel();
+    delivery
+        .send(message(answer))
+        .await
+        .map_err(|_| anyhow::anyhow!("the agent is stopping"))?;
+    answered
+        .await
+        .map_err(|_| anyhow::anyhow!("the agent is stopping"))
+}
+
+/// Asks the fans controller to apply the file again.
+async fn ask_fans(fans: &tokio::sync::mpsc::UnboundedSender<ToFans>) -> Result<Result<()>> {
+    let (answer, answered) = oneshot::channel();
+    fans.send(ToFans::Reload(answer))
+        .map_err(|_| anyhow::anyhow!("the agent is stopping"))?;
+    answered
+        .await
+        .map_err(|_| anyhow::anyhow!("the agent is stopping"))
 }

@@ -227,6 +227,21 @@ impl Observed {
     /// small request per port an event was about, never all of them. A
     /// port whose end cannot be read has none (it owns no address by
     /// configuration) until the next read.
+    /// Marks the ports whose container end has one of `macs` to be read
+    /// again (by [`Observed::read_ends`]): a container that just took a
+    /// lease configured its address where no event of this namespace says so.
+    pub fn read_again_holding(&mut self, macs: &HashSet<[u8; 6]>) {
+        for bridge in &self.bridges {
+            self.unread.extend(
+                bridge
+                    .ends
+                    .iter()
+                    .filter(|(_, end)| macs.contains(&end.mac))
+                    .map(|(port, _)| *port),
+            );
+        }
+    }
+
     pub async fn read_ends(&mut self, net: &Net) {
         for index in std::mem::take(&mut self.unread) {
             let Some(bridge) = self

@@ -6,7 +6,10 @@
 //! missing and re-attach what is defunct:
 //!
 //! - the underlay's address changed (the fan's address is gone and another
-//!   in the underlay is there, whichever came first) and stayed so for
+//!   in the underlay is there, whichever came first; unless the
+//!   configuration names the fan's address, which it then waits for: an
+//!   operator who names an address never sees the fan on another, such as
+//!   a keepalived VIP) and stayed so for
 //!   [`MOVE_AFTER`]: the fan is detached from the old slice and attached on
 //!   the new one, its bridge named by the same rule (the default name
 //!   follows the slice; a given name stays). An address that is back
@@ -44,18 +47,16 @@ use rtnetlink::{
 };
 
 use crate::{
+    apply::{self, How},
     cli::{AttachArgs, Global, Mode},
-    commands::{
-        attach::{self, MIN_FAN_MTU, OUTER_HEADER},
-        detach,
-    },
+    commands::attach::{self, MIN_FAN_MTU, OUTER_HEADER},
     config::resolve::detach_args,
     dataplane::{Hook, PinnedMaps, overlay_key},
     host::{Net, bypass, naming::bridge_name},
     state::{
         StateDir,
         record::{Fan, HOST_DEVICE, load_fans},
-        rundir::RunDir,
+        rundir::{RunDir, StateLock},
         settings,
     },
 };
@@ -97,26 +98,9 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Whether a netlink event may concern a fan: any IPv4 address change,
-    /// and a link change of a fan's underlay or slice bridge (or before the
-    /// first look, any). A container's port coming and going does not, so
-    /// hundreds of them cost the follower nothing.
-    pub fn concerns(&self, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
-        let NetlinkPayload::InnerMessage(message) = payload else {
-            return false;
-        };
-        match message {
-            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
-                a.header.family == AddressFamily::Inet
-            }
-            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
-                self.devices.is_empty()
-                    || link.attributes.iter().any(|attr| {
-                        matches!(attr, LinkAttribute::IfName(name) if self.devices.contains(name))
-                    })
-            }
-            _ => false,
-        }
+    /// The devices the fans are on, as of the last look (see [`concerns`]).
+    pub fn devices(&self) -> &HashSet<String> {
+        &self.devices
     }
 
     /// Whether a move waits out [`MOVE_AFTER`]: the agent looks again on
@@ -125,13 +109,16 @@ impl Follower {
         !self.pending.is_empty()
     }
 
-    /// Looks at every complete fan and acts where the host changed under it.
+    /// Looks at every complete fan and acts where the host changed under
+    /// it. The fans in `named` (by overlay: the configuration names their
+    /// host address) are never moved to another address.
     pub async fn follow(
         &mut self,
         net: &Net,
         dir: &StateDir,
         run_dir: &RunDir,
         global: &Global,
+        named: &HashMap<Ipv4Network, Ipv4Addr>,
     ) -> Result<()> {
         if !dir.exists() {
             self.said.clear();
@@ -140,7 +127,7 @@ impl Follower {
         }
         // A command changing the fans now may be waiting for the agent:
         // never wait for it; the next event or resync looks again.
-        let Some(_lock) = run_dir.try_lock_state()? else {
+        let Some(lock) = run_dir.try_lock_state()? else {
             debug!("another fan-xdp is changing the fans: following the host at the next look");
             return Ok(());
         };
@@ -157,7 +144,8 @@ impl Follower {
             .retain(|overlay, (_, to)| fans.iter().any(|f| f.overlay == *overlay && f.host == *to));
         for fan in fans.iter().filter(|f| f.complete) {
             let attached_with = self.moved.get(&fan.overlay).map(|(from, _)| *from);
-            let need = need(net, dir, run_dir, fan, attached_with).await?;
+            let named = named.get(&fan.overlay).copied();
+            let need = need(net, dir, run_dir, fan, attached_with, named).await?;
             if !matches!(need, Need::Move(_))
                 && let Some(pending) = self.pending.remove(&fan.overlay)
                 && need == Need::Nothing
@@ -211,7 +199,7 @@ impl Follower {
                         continue;
                     }
                     self.pending.remove(&fan.overlay);
-                    move_fan(net, fan, to, bypass, global, dir, run_dir).await?;
+                    move_fan(net, fan, to, global, dir, run_dir, &lock).await?;
                     let from = attached_with.unwrap_or(fan.host);
                     if to == from {
                         self.moved.remove(&fan.overlay);
@@ -231,7 +219,7 @@ impl Follower {
                         Some(fan.mtu),
                         settings::dhcp_of(run_dir, fan).unwrap_or(false),
                     );
-                    attach::run(&args, global).await?;
+                    apply::attach(&args, global, How::held(&lock)).await?;
                     info!("overlay {}: {why}: attached again", fan.overlay);
                 }
                 Need::Retune(mtu) => {
@@ -244,14 +232,40 @@ impl Follower {
     }
 }
 
+/// Whether a netlink event may concern a fan on `devices` (the
+/// follower's [`Follower::devices`]): any IPv4 address change, and a link
+/// change of a fan's underlay or slice bridge (or before the first look,
+/// any). A container's port coming and going does not, so hundreds of
+/// them cost the follower nothing.
+pub fn concerns(devices: &HashSet<String>, payload: &NetlinkPayload<RouteNetlinkMessage>) -> bool {
+    let NetlinkPayload::InnerMessage(message) = payload else {
+        return false;
+    };
+    match message {
+        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+            a.header.family == AddressFamily::Inet
+        }
+        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
+            devices.is_empty()
+                || link.attributes.iter().any(
+                    |attr| matches!(attr, LinkAttribute::IfName(name) if devices.contains(name)),
+                )
+        }
+        _ => false,
+    }
+}
+
 /// What `fan` needs, from the host as it is now; `attached_with` is the
-/// address the follower moved it from, preferred while it is there.
+/// address the follower moved it from, preferred while it is there;
+/// `named`, the address the configuration names for it, the only one it
+/// may be on.
 async fn need(
     net: &Net,
     dir: &StateDir,
     run_dir: &RunDir,
     fan: &Fan,
     attached_with: Option<Ipv4Addr>,
+    named: Option<Ipv4Addr>,
 ) -> Result<Need> {
     let Some(iface) = net.device(&fan.iface).await? else {
         return Ok(Need::Wait(format!(
@@ -266,6 +280,16 @@ async fn need(
         return Ok(Need::Move(home));
     }
     if !addrs.iter().any(|(a, _)| *a == fan.host) {
+        if let Some(named) = named {
+            return Ok(if addrs.iter().any(|(a, _)| *a == named) {
+                Need::Move(named)
+            } else {
+                Need::Wait(format!(
+                    "{} lost {}; the configuration names {named} for this fan, and no other address: waiting for it",
+                    fan.iface, fan.host
+                ))
+            });
+        }
         return Ok(
             match addrs.iter().find(|(a, _)| fan.underlay.contains(*a)) {
                 Some((to, _)) => Need::Move(*to),
@@ -413,12 +437,13 @@ async fn move_fan(
     net: &Net,
     fan: &Fan,
     to: Ipv4Addr,
-    bypass: u32,
     global: &Global,
     dir: &StateDir,
     run_dir: &RunDir,
+    lock: &StateLock,
 ) -> Result<()> {
     let left = containers_on(net, fan).await?;
+    let bypass = PinnedMaps::open(dir)?.bypass()?;
     let bridge = (fan.bridge != bridge_name(fan.slice.network())).then(|| fan.bridge.clone());
     // Read before detach, which forgets the fan's settings. An MTU given
     // stays given; one that followed the underlay follows it still.
@@ -426,10 +451,11 @@ async fn move_fan(
         Ok(found) => (found.dhcp, found.explicit_mtu),
         Err(_) => (false, Some(fan.mtu)),
     };
-    detach::run(&detach_args(fan), global).await?;
-    attach::run(
+    apply::detach(&detach_args(fan), global, How::held(lock)).await?;
+    apply::attach(
         &args_of(fan, to, bypass, bridge, explicit_mtu, dhcp),
         global,
+        How::held(lock),
     )
     .await?;
     let now = load_fans(&PinnedMaps::open(dir)?)?

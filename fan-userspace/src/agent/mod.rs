@@ -20,9 +20,12 @@
 pub mod bindings;
 pub mod config;
 mod control;
+mod delivery;
 pub mod dhcp;
 pub mod endpoints;
+mod fans;
 pub mod follow;
+mod heartbeat;
 pub mod known;
 mod lifecycle;
 pub mod metrics;
@@ -33,6 +36,7 @@ pub mod pmtu;
 pub mod ports;
 mod ruleset;
 pub mod run;
+mod stoppable;
 mod sync;
 
 use std::{
@@ -67,6 +71,27 @@ pub fn version() -> String {
         hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{}+{hash:016x}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Test hook: `FAN_XDP_INJECT=delay:<point>:<ms>` makes the agent's work
+/// at `point` (`apply`: an attach or detach, see [`crate::apply`]; `dhcp-stop`:
+/// stopping a DHCP server) take that much longer, as a slow kernel or a
+/// dnsmasq that ignores SIGTERM would. Honoured only in builds with the
+/// `fault-injection` feature.
+pub fn injected_delay(point: &str) {
+    if !cfg!(feature = "fault-injection") {
+        return;
+    }
+    let Ok(inject) = std::env::var("FAN_XDP_INJECT") else {
+        return;
+    };
+    if let Some(("delay", rest)) = inject.split_once(':')
+        && let Some((at, millis)) = rest.split_once(':')
+        && at == point
+        && let Ok(millis) = millis.parse()
+    {
+        std::thread::sleep(Duration::from_millis(millis));
+    }
 }
 
 /// What the agent says about itself.

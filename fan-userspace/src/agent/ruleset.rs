@@ -15,11 +15,6 @@
 
 use std::{
     os::fd::AsRawFd as _,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -28,6 +23,7 @@ use log::{info, warn};
 use netlink_sys::{Socket, constants::NETLINK_NETFILTER};
 use tokio::sync::watch;
 
+use super::stoppable::{StopAsked, Stoppable};
 use crate::{dataplane::PinnedMaps, host::bypass, state::StateDir};
 
 /// The netlink multicast group of nftables' change notifications
@@ -68,8 +64,7 @@ pub fn decide(dir: &StateDir) -> Result<Option<bypass::Verdict>> {
 pub struct RulesetWatch {
     /// The latest verdict; changed whenever the thread decides.
     pub verdicts: watch::Receiver<Option<bypass::Verdict>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Stoppable,
 }
 
 impl RulesetWatch {
@@ -93,28 +88,13 @@ impl RulesetWatch {
             None
         });
         let (verdicts_tx, verdicts) = watch::channel(first);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
-            .name("ruleset-watch".into())
-            .spawn({
-                let stop = stop.clone();
-                move || follow(&socket, &dir, resync, &verdicts_tx, &stop)
-            })
-            .context("starting the ruleset watch")?;
+        let thread = Stoppable::spawn("ruleset-watch", move |stop| {
+            follow(&socket, &dir, resync, &verdicts_tx, &stop);
+        })?;
         Ok(Self {
             verdicts,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
-    }
-}
-
-impl Drop for RulesetWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -124,10 +104,10 @@ fn follow(
     dir: &StateDir,
     resync: Duration,
     verdicts: &watch::Sender<Option<bypass::Verdict>>,
-    stop: &AtomicBool,
+    stop: &StopAsked,
 ) {
     let mut decided_at = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.get() {
         let until_resync = resync.saturating_sub(decided_at.elapsed());
         let changed = match wait_readable(socket, until_resync.min(STOP_CHECK)) {
             Ok(readable) => readable,

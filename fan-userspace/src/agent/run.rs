@@ -8,44 +8,53 @@
 //! endpoint map and its port programs go with it, so every packet takes the
 //! bridge and the stack, which is always correct.
 //!
-//! This file is the loop and what it waits on; what a sync writes and
-//! publishes is in the agent's `sync` module, the control socket's
-//! requests and answers in its `control` module.
+//! This file starts the agent's controllers, each the owner of one
+//! concern, talking through channels (nothing one does holds up another),
+//! waits for a stop, and stops them in order: `delivery` (bindings,
+//! endpoint map, port programs, routes, monitors, status), `fans` (every
+//! attach and detach the agent makes), `dhcp::controller`, `ruleset`,
+//! `heartbeat`, `control` (the socket), and the netlink event reader here.
 
 use std::{
+    collections::HashSet,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use futures::StreamExt as _;
+use futures::{StreamExt as _, channel::mpsc::UnboundedReceiver};
 use log::{info, warn};
 use rtnetlink::{
     constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK, RTMGRP_NEIGH},
+    packet_core::NetlinkMessage,
+    packet_route::RouteNetlinkMessage,
     sys::{AsyncSocket as _, SocketAddr},
 };
-
-use tokio::net::UnixListener;
+use tokio::{
+    net::UnixListener,
+    sync::{
+        mpsc::{Sender, UnboundedSender},
+        watch,
+    },
+};
 
 use crate::{
     agent,
     agent::bindings::Bindings,
-    agent::control::{Request, read_request, reply},
-    agent::dhcp,
-    agent::endpoints,
-    agent::known::Known,
+    agent::config::FileFans,
+    agent::control::{self, Controllers},
+    agent::delivery::{self, Delivery, ToDelivery, report},
+    agent::dhcp::controller::{Dhcp, round_now},
+    agent::fans::{self, Fans, ToFans},
+    agent::follow::concerns,
+    agent::heartbeat::Heartbeat,
     agent::monitor::Monitors,
     agent::notify,
     agent::pmtu::SliceRoutes,
-    agent::ports::{AtPorts, PortEncap},
+    agent::ports::AtPorts,
     agent::ruleset::RulesetWatch,
-    agent::sync::{
-        Synced, beat, bind, bind_known, collect_portless, is_delivered, publish, publish_bypass,
-        sync, sync_routes, unix_now,
-    },
-    agent::{config::FileFans, follow::Follower},
+    agent::sync::{sync, unix_now},
     cli::{Global, RunArgs},
-    dataplane::PinnedMaps,
     host::Net,
     require_capabilities,
     state::StateDir,
@@ -62,12 +71,11 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // that the directory it holds open below is the one attach pins into.
     dir.mount()?;
     let net = Net::connect()?;
-    let mut ports = None;
     let mut routes = SliceRoutes::default();
     if args.once {
         let mut none = Bindings::default();
         agent::ruleset::decide(&dir)?;
-        return sync(&net, &dir, &mut none, &mut None, &mut ports, None, None)
+        return sync(&net, &dir, &mut none, &mut None, &mut None, None, None)
             .await
             .map(drop);
     }
@@ -77,9 +85,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     // Ours alone now (the lock): what a killed predecessor left is ours to keep or remove.
     report(routes.adopt(&net).await);
     run_dir.sweep_gone_namespaces();
-    let mut bindings = Bindings::load(&run_dir)?;
-    let mut dhcp_servers = dhcp::Servers::default();
-    let mut known: Option<Known> = None;
+    let bindings = Bindings::load(&run_dir)?;
     // Under `ip netns exec` the bpffs is reached through the mount namespace
     // of the command's parent, which may exit long before the agent does.
     let dir = dir.held_open()?;
@@ -89,12 +95,11 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let files = agent::Files::of(&run_dir);
     // A socket left by an agent that died: ours to replace, as we hold the lock.
     let _ = std::fs::remove_file(&files.socket);
-    let control = UnixListener::bind(&files.socket)
+    let control_socket = UnixListener::bind(&files.socket)
         .with_context(|| format!("listening on {}", files.socket.display()))?;
     std::fs::set_permissions(&files.socket, std::fs::Permissions::from_mode(0o600))?;
 
-    let (mut connection, _, mut events) =
-        rtnetlink::new_connection().context("opening rtnetlink")?;
+    let (mut connection, _, events) = rtnetlink::new_connection().context("opening rtnetlink")?;
     connection
         .socket_mut()
         .socket_mut()
@@ -129,265 +134,116 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     tokio::spawn(connection);
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    // Control requests, each read by a task of its own, answered here.
-    let (requests_tx, mut requests) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
     let resync_period = Duration::from_secs(args.resync_seconds.max(1));
-    let mut resync = tokio::time::interval(resync_period);
-    // Every second: the heartbeat, and the path MTU routes (the programs
-    // learn path MTUs with no netlink event to say so).
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut status = agent::Status {
+    let status = agent::Status {
         pid: std::process::id(),
         version: agent::version(),
         started_by_attach: args.started_by_attach,
         since: unix_now(),
         ..agent::Status::default()
     };
-    // A full sync, and a heartbeat right after it (the first one must be
-    // fresh before READY; the tick keeps it so).
-    macro_rules! full_sync {
-        () => {{
-            report(collect_portless(&net, &mut bindings).await);
-            let synced = sync(
-                &net,
-                &dir,
-                &mut bindings,
-                &mut known,
-                &mut ports,
-                Some(&at_ports),
-                Some(&mut routes),
-            )
-            .await;
-            report(beat(&dir));
-            status.full_reads += 1;
-            synced
-        }};
-    }
-    // attach and detach, run from here for the configuration's fans and to
-    // follow the host, reach the bpffs through the descriptor held open.
+    // Each concern has a controller of its own, and they talk through
+    // channels: nothing one does holds up another. The delivery
+    // controller (bindings, endpoint map, port programs, status) and the
+    // control socket's run here; the fans controller (attach and detach:
+    // the file's fans, following the host), the DHCP servers' supervision,
+    // the ruleset watch and the heartbeat each on a thread of its own.
+    let (delivery_tx, delivery_inbox) = tokio::sync::mpsc::channel(delivery::QUEUE);
+    let (stop_tx, mut stop_asked) = tokio::sync::mpsc::unbounded_channel();
+    // attach and detach, run by the fans controller for the configuration's
+    // fans and to follow the host, reach the bpffs through the descriptor
+    // held open.
     let inner = Global {
         pin_dir: dir.root.parent().map(std::path::Path::to_path_buf),
-        by_agent: true,
         ..global.clone()
     };
     let mut file_fans = FileFans::new(args, &run_dir);
     // A bad file stops the start: nothing of it is applied.
     let lines = file_fans.read()?;
-    if let Err(e) = file_fans.apply(&net, &inner, lines).await {
+    let (started, fans_up) = tokio::sync::oneshot::channel();
+    let fans = Fans::start(
+        fans::Setting {
+            file_fans,
+            lines,
+            dir: dir.clone(),
+            run_dir: run_dir.clone(),
+            global: inner,
+            resync_period,
+        },
+        started,
+    )?;
+    if let Ok(Err(e)) = fans_up.await {
         warn!("the configuration's fans: {e:#}");
-    }
-    let mut follower = Follower::default();
-    let mut monitors = Monitors::default();
-    monitors.refresh(&dir);
-    // The DHCP servers of fans attached with --dhcp, and their leases.
-    macro_rules! dhcp_round {
-        () => {
-            dhcp::round(
-                &mut dhcp_servers,
-                &run_dir,
-                global.state_dir.as_deref(),
-                &dir,
-                &mut bindings,
-            )
-        };
     }
     // The file's fans' DHCP servers too, then the bypass and the first
     // sync: ready once the fans are up and the fast path is in place.
-    dhcp_round!();
+    let dhcp = Dhcp::start(
+        run_dir.clone(),
+        global.state_dir.clone(),
+        dir.clone(),
+        delivery_tx.clone(),
+    )?;
     let mut ruleset = RulesetWatch::start(dir.clone(), resync_period)?;
-    publish_bypass(
-        &run_dir,
-        &mut status,
-        ruleset.verdicts.borrow_and_update().clone(),
-    );
-    let first = full_sync!();
-    status.ready = true;
-    publish(&run_dir, &mut status, first);
+    let first_verdict = ruleset.verdicts.borrow_and_update().clone();
+    let delivering = Delivery {
+        net,
+        dir: dir.clone(),
+        run_dir: run_dir.clone(),
+        bindings,
+        at_ports,
+        routes,
+        status,
+        resync_period,
+        known: None,
+        ports: None,
+        monitors: Monitors::default(),
+    };
+    let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel();
+    let delivery_task = tokio::spawn(delivering.run(delivery_inbox, delivery_stopped));
+    round_now(&dhcp.inbox).await;
+    let _ = delivery_tx.send(ToDelivery::Bypass(first_verdict)).await;
+    let (ready, is_ready) = tokio::sync::oneshot::channel();
+    let _ = delivery_tx.send(ToDelivery::Ready(ready)).await;
+    let _ = is_ready.await;
+    let heartbeat = Heartbeat::start(dir.clone(), args.started_by_attach, stop_tx.clone())?;
+    tokio::spawn(forward_verdicts(ruleset, delivery_tx.clone()));
+    tokio::spawn(read_events(
+        events,
+        delivery_tx.clone(),
+        fans.inbox.clone(),
+        fans.devices.clone(),
+        stop_tx.clone(),
+    ));
+    tokio::spawn(control::serve(
+        control_socket,
+        Controllers {
+            delivery: delivery_tx,
+            fans: fans.inbox.clone(),
+            dhcp: dhcp.inbox.clone(),
+            stop: stop_tx,
+        },
+    ));
     notify::notify("READY=1");
     info!(
         "fan-xdp run: serving {} (pid {}, version {})",
         dir.path.display(),
-        status.pid,
-        status.version
+        std::process::id(),
+        agent::version()
     );
-    loop {
-        tokio::select! {
-            event = events.next() => {
-                let Some((first, _)) = event else {
-                    warn!("netlink event stream ended");
-                    break;
-                };
-                // A burst (a container coming up, or hundreds) arrives as
-                // many events: take them in until the kernel is quiet for a
-                // moment (or for at most a quarter of a second), then write once.
-                let mut messages = vec![first];
-                let burst = std::time::Instant::now();
-                while burst.elapsed() < BURST_MOST {
-                    match tokio::time::timeout(BURST_QUIET, events.next()).await {
-                        Ok(Some((message, _))) => messages.push(message),
-                        _ => break,
-                    }
-                }
-                // The host's own changes (an underlay's address, a fan's
-                // device deleted or re-created) are the follower's.
-                if messages.iter().any(|m| follower.concerns(&m.payload)) {
-                    report(follower.follow(&net, &dir, &run_dir, &inner).await);
-                    file_fans.retry(&net, &inner).await;
-                }
-                let taken = match known.as_mut() {
-                    Some(k) => k.take_in(&messages, &net, &dir, &mut bindings, &mut ports).await,
-                    None => None,
-                };
-                let synced = match taken {
-                    // Nothing about a slice bridge: nothing to write or say.
-                    Some(Ok(None)) => continue,
-                    Some(Ok(Some(bindings))) => Ok(Synced {
-                        bindings,
-                        ports: ports.as_ref().map_or(0, PortEncap::ports),
-                    }),
-                    Some(Err(e)) => Err(e),
-                    None => full_sync!(),
-                };
-                publish(&run_dir, &mut status, synced);
-            }
-            _ = resync.tick() => {
-                // The safety net for host changes whose event was missed.
-                report(follower.follow(&net, &dir, &run_dir, &inner).await);
-                file_fans.retry(&net, &inner).await;
-                let synced = full_sync!();
-                publish(&run_dir, &mut status, synced);
-            }
-            _ = tick.tick() => {
-                if args.started_by_attach && !dir.exists() {
-                    info!("fan-xdp run: every fan is detached; stopping");
-                    break;
-                }
-                report(beat(&dir));
-                if follower.has_pending() {
-                    report(follower.follow(&net, &dir, &run_dir, &inner).await);
-                }
-                monitors.refresh(&dir);
-                report(sync_routes(&net, &dir, &mut routes).await);
-                if dhcp_round!() {
-                    let synced = full_sync!();
-                    publish(&run_dir, &mut status, synced);
-                }
-                agent::cap_log(&run_dir);
-            }
-            () = monitors.pump(&dir) => {}
-            Ok(()) = ruleset.verdicts.changed() => {
-                let verdict = ruleset.verdicts.borrow_and_update().clone();
-                publish_bypass(&run_dir, &mut status, verdict);
-            }
-            accepted = control.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                // Read off the loop: a slow or silent client holds up its
-                // own thread (1 s a read at most), never the heartbeat.
-                let requests_tx = requests_tx.clone();
-                tokio::task::spawn_blocking(move || match read_request(stream) {
-                    Ok(read) => {
-                        let _ = requests_tx.blocking_send(read);
-                    }
-                    Err(e) => warn!("control request: {e:#}"),
-                });
-            }
-            Some((mut stream, request)) = requests.recv() => {
-                let answer = match request {
-                    Request::Status => Ok(serde_json::json!({ "status": status })),
-                    // Answered once done, so that `fan-xdp reload` (the
-                    // unit's ExecReload) returns when the file is applied,
-                    // or with why not.
-                    Request::Reload => {
-                        let applied = match file_fans.read() {
-                            Ok(lines) => file_fans.apply(&net, &inner, lines).await,
-                            Err(e) => Err(e),
-                        };
-                        dhcp_round!();
-                        let synced = full_sync!();
-                        publish(&run_dir, &mut status, synced);
-                        notify::notify("STATUS=reloaded");
-                        applied.map(|()| serde_json::json!({ "status": status }))
-                    }
-                    Request::Stop => {
-                        reply(&mut stream, Ok(serde_json::json!({})));
-                        break;
-                    }
-                    Request::Bind(binding) => {
-                        let address = binding.address;
-                        // With what is known, only the binding's port is read
-                        // again: fifty containers starting at once cost fifty
-                        // small changes, not fifty full reads.
-                        let bound = match known.as_mut() {
-                            Some(known) => {
-                                bind_known(&net, &dir, &mut bindings, known, &mut ports, binding)
-                                    .await
-                                    .map(Some)
-                            }
-                            None => bind(&net, &dir, &mut bindings, binding).await.map(|()| None),
-                        };
-                        match bound {
-                            Ok(counts) => {
-                                let synced = match counts {
-                                    Some(bindings) => Ok(Synced {
-                                        bindings,
-                                        ports: ports.as_ref().map_or(0, PortEncap::ports),
-                                    }),
-                                    None => full_sync!(),
-                                };
-                                publish(&run_dir, &mut status, synced);
-                                is_delivered(&dir, address)
-                                    .map(|active| serde_json::json!({ "active": active }))
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Request::Unbind(address, origin) => match bindings.unbind(address, origin) {
-                        Ok(removed) => {
-                            if removed {
-                                info!("{address}: {} binding removed", origin.name());
-                            }
-                            let synced = match known.as_mut() {
-                                Some(known) => known.settle(&dir, &mut bindings, &mut ports).map(|bindings| Synced {
-                                    bindings,
-                                    ports: ports.as_ref().map_or(0, PortEncap::ports),
-                                }),
-                                None => full_sync!(),
-                            };
-                            publish(&run_dir, &mut status, synced);
-                            Ok(serde_json::json!({ "removed": removed }))
-                        }
-                        Err(e) => Err(e),
-                    },
-                    Request::Bindings => {
-                        Ok(serde_json::json!({ "bindings": bindings.list().collect::<Vec<_>>() }))
-                    }
-                    Request::Monitor { passes } => {
-                        reply(&mut stream, Ok(serde_json::json!({})));
-                        report(monitors.add(stream, passes, &dir));
-                        continue;
-                    }
-                };
-                reply(&mut stream, answer);
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-        }
+    tokio::select! {
+        _ = stop_asked.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
     notify::notify("STOPPING=1");
-    monitors.stop(&dir);
-    if let Some(ports) = ports.take() {
-        ports.release(&net).await;
-    }
-    if let Err(e) = routes.clear(&net).await {
-        warn!("removing the path MTU routes: {e:#}");
-    }
-    if dir.exists() {
-        let mut maps = PinnedMaps::open(&dir)?;
-        maps.stop_beating()?;
-        endpoints::clear(&mut maps)?;
-    } else {
-        // Every fan is detached: no port of theirs is left to bind to.
-        bindings.forget()?;
+    // No attach is cut in half; no beat after the endpoint map is emptied.
+    fans.stop();
+    dhcp.stop();
+    drop(heartbeat);
+    let _ = stop_delivery.send(());
+    match delivery_task.await {
+        Ok(released) => released?,
+        Err(e) => warn!("the delivery controller: {e}"),
     }
     let _ = std::fs::remove_file(&files.status);
     let _ = std::fs::remove_file(&files.socket);
@@ -397,8 +253,54 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     Ok(())
 }
 
-/// Control requests read and waiting for the loop.
-const CONTROL_QUEUE: usize = 64;
+/// The ruleset watch's verdicts, to the delivery controller (for the status).
+async fn forward_verdicts(mut ruleset: RulesetWatch, delivery: Sender<ToDelivery>) {
+    while ruleset.verdicts.changed().await.is_ok() {
+        let verdict = ruleset.verdicts.borrow_and_update().clone();
+        if delivery.send(ToDelivery::Bypass(verdict)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The netlink event reader: bursts to the delivery controller, and a
+/// word to the fans controller when one may concern a fan. The stream's
+/// end stops the agent.
+async fn read_events(
+    mut events: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    delivery: Sender<ToDelivery>,
+    fans: UnboundedSender<ToFans>,
+    devices: watch::Receiver<HashSet<String>>,
+    stop: UnboundedSender<()>,
+) {
+    while let Some((first, _)) = events.next().await {
+        // A burst (a container coming up, or hundreds) arrives as many
+        // events: take them in until the kernel is quiet for a moment (or
+        // for at most a quarter of a second), then write once.
+        let mut messages = vec![first];
+        let burst = std::time::Instant::now();
+        while burst.elapsed() < BURST_MOST {
+            match tokio::time::timeout(BURST_QUIET, events.next()).await {
+                Ok(Some((message, _))) => messages.push(message),
+                _ => break,
+            }
+        }
+        // The host's own changes (an underlay's address, a fan's device
+        // deleted or re-created) are the fans controller's.
+        let concerns_fans = {
+            let devices = devices.borrow();
+            messages.iter().any(|m| concerns(&devices, &m.payload))
+        };
+        if concerns_fans {
+            let _ = fans.send(ToFans::HostChanged);
+        }
+        if delivery.send(ToDelivery::Events(messages)).await.is_err() {
+            return;
+        }
+    }
+    warn!("netlink event stream ended");
+    let _ = stop.send(());
+}
 
 /// Events closer than this belong to one burst, taken in together...
 const BURST_QUIET: Duration = Duration::from_millis(20);
@@ -417,10 +319,4 @@ pub fn reload(global: &Global) -> Result<()> {
     agent::request(&run_dir, "reload", Duration::from_secs(30))?;
     println!("reloaded");
     Ok(())
-}
-
-fn report(result: Result<()>) {
-    if let Err(e) = result {
-        warn!("{e:#}");
-    }
 }

@@ -34,13 +34,6 @@ pub struct Global {
     /// Where state that outlives a boot is kept (the DHCP leases) instead of /var/lib/fan-xdp.
     #[arg(long, global = true, env = "FAN_XDP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Set by the agent when it runs attach and detach itself (for the
-    /// configuration's fans, or to follow the host). It holds `state.lock`
-    /// already, taken without waiting (a command holding it may be waiting
-    /// for the agent's answer), and logs one line per change: so they
-    /// neither lock nor print.
-    #[arg(skip)]
-    pub by_agent: bool,
 }
 
 #[derive(Subcommand)]

@@ -9,6 +9,7 @@ use log::{info, warn};
 use crate::{
     agent,
     agent::dhcp,
+    apply::Report,
     cli::{DetachArgs, Global},
     dataplane::{Hook, PinnedMaps, unlink},
     host::nat,
@@ -22,16 +23,19 @@ use crate::{
     state::settings,
 };
 
+/// `fan-xdp detach`: the change through the apply layer.
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
-    // Held until detach returns: no attach changes the fans meanwhile (run
-    // by the agent, the agent holds it).
-    let run_dir = RunDir::locate(global.run_dir.as_deref())?;
-    let _lock = if global.by_agent {
-        None
-    } else {
-        Some(run_dir.lock_state()?)
-    };
+    crate::apply::detach(args, global, crate::apply::How::COMMAND).await
+}
+
+/// Detaches (its caller holds `state.lock`: see [`crate::apply`]).
+pub(crate) async fn detach(
+    args: &DetachArgs,
+    global: &Global,
+    run_dir: RunDir,
+    report: Report,
+) -> Result<()> {
     let overlay = args
         .overlay
         .map(|o| ipv4_network(o, "overlay"))
@@ -101,8 +105,7 @@ pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
         }
         let kept = release_bridge(&net, fan).await?;
         let _ = maps.meta.remove(&meta_key(fan.overlay));
-        // The agent says what changed itself.
-        if !global.by_agent {
+        if report == Report::Print {
             println!(
                 "detached: {} from {} (bridge {}{})",
                 fan.overlay,

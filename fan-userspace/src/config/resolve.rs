@@ -92,8 +92,23 @@ pub async fn attach_args(net: &Net, fan: &FanLine, no_agent: bool) -> Result<Att
         dhcp_range: None,
         cni_range: None,
         docker_cidr: None,
-        host: None,
+        // A line that names this host's address attaches with that one,
+        // not whichever address of the interface comes first.
+        host: named_address(&fan.underlay),
     })
+}
+
+/// The host address a line's UNDERLAY names, if it names one (`ADDR/LEN`
+/// with ADDR not the network's address): the fan is on that address and
+/// no other.
+pub fn named_address(underlay: &Underlay) -> Option<std::net::Ipv4Addr> {
+    match underlay {
+        Underlay::Address(addr, len) => Ipv4Network::new(*addr, *len)
+            .ok()
+            .filter(|network| network.network() != *addr)
+            .map(|_| *addr),
+        Underlay::Interface(..) | Underlay::Default => None,
+    }
 }
 
 /// The `detach` of an attached fan.

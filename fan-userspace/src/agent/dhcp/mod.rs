@@ -23,6 +23,7 @@
 //! detach stops a fan's server ([`stop_recorded`]).
 
 mod config;
+pub(in crate::agent) mod controller;
 mod leases;
 mod process;
 
@@ -47,7 +48,7 @@ pub use leases::{Lease, read_leases};
 use process::{cmdline, is_ours, recorded_pid, spawn, stop};
 
 use crate::{
-    agent::bindings::{Binding, Bindings, Origin},
+    agent::bindings::Binding,
     dataplane::PinnedMaps,
     state::{
         StateDir, create_private_dirs,
@@ -125,6 +126,7 @@ impl Servers {
                         "DHCP is off"
                     }
                 );
+                crate::agent::injected_delay("dhcp-stop");
                 if let Err(e) = stop(server.pid, &server.argv, server.child.as_mut()) {
                     warn!("stopping dnsmasq for {overlay}: {e:#}");
                 }
@@ -245,23 +247,23 @@ impl Servers {
 }
 
 /// One round of the agent's supervision: the servers the fans' settings ask
-/// for, and their leases as bindings of origin `dhcp` in `bindings`. Skipped
+/// for, and their leases, as bindings of origin `dhcp`. Skipped (None)
 /// while attach or detach holds `state.lock` (detach stops a server, which
-/// this must not start again meanwhile); the next round catches up. Returns
-/// whether the bindings changed (then the endpoint map needs a sync).
+/// this must not start again meanwhile); the next round catches up. It may
+/// take seconds (a server that ignores SIGTERM is waited for): the agent
+/// runs it on a thread of its own ([`controller`]).
 pub fn round(
     servers: &mut Servers,
     run: &RunDir,
     state_dir: Option<&Path>,
     dir: &StateDir,
-    bindings: &mut Bindings,
-) -> bool {
+) -> Option<Vec<Binding>> {
     let _lock = match run.try_lock_state() {
         Ok(Some(lock)) => lock,
-        Ok(None) => return false,
+        Ok(None) => return None,
         Err(e) => {
             warn!("DHCP supervision: {e:#}");
-            return false;
+            return None;
         }
     };
     let fans = if dir.exists() {
@@ -273,13 +275,7 @@ pub fn round(
         Ok(fans) => servers.supervise(run, state_dir, &fans),
         Err(e) => warn!("DHCP supervision: {e:#}"),
     }
-    match bindings.replace_origin(Origin::Dhcp, servers.bindings()) {
-        Ok(changed) => changed,
-        Err(e) => {
-            warn!("DHCP bindings: {e:#}");
-            false
-        }
-    }
+    Some(servers.bindings())
 }
 
 /// What `fan` asks for, if it serves DHCP.

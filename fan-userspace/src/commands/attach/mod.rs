@@ -120,21 +120,18 @@ enum Undo {
     Settings(Settings),
 }
 
+/// `fan-xdp attach`: the change through the apply layer, then, with
+/// `--dhcp`, the agent's server waited for.
 pub async fn run(args: &AttachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
+    if args.dhcp && args.no_agent {
+        bail!(
+            "--dhcp needs the agent, which starts and supervises the DHCP server (dnsmasq): attach without --no-agent"
+        );
+    }
+    let fan = crate::apply::attach(args, global, crate::apply::How::COMMAND).await?;
     let run_dir = RunDir::locate(global.run_dir.as_deref())?;
-    let fan = {
-        // Held while attach plans and applies: neither sees another change
-        // (run by the agent, the agent holds it).
-        let _lock = if global.by_agent {
-            None
-        } else {
-            Some(run_dir.lock_state()?)
-        };
-        attach(args, global, &run_dir).await?
-    };
-    // The agent that runs an attach itself supervises the server anyway.
-    if args.dhcp && !global.by_agent {
+    if args.dhcp {
         // The agent starts the server once the lock is free; its reload
         // answers after a full sync.
         agent::request(&run_dir, "reload", Duration::from_secs(30))?;
@@ -174,8 +171,14 @@ fn wait_for_dhcp(run_dir: &RunDir, global: &Global, overlay: &Ipv4Network) -> Re
     }
 }
 
-/// Plans and applies the attach (holding `state.lock`); returns the overlay.
-async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<Ipv4Network> {
+/// Plans and applies the attach (its caller holds `state.lock`: see
+/// [`crate::apply`]); returns the overlay.
+pub(crate) async fn attach(
+    args: &AttachArgs,
+    global: &Global,
+    run_dir: &RunDir,
+    report: crate::apply::Report,
+) -> Result<Ipv4Network> {
     let net = Net::connect()?;
     let plan = plan(&net, args, global, run_dir).await?;
     checkpoint("plan")?;
@@ -223,8 +226,8 @@ async fn attach(args: &AttachArgs, global: &Global, run_dir: &RunDir) -> Result<
     let mut undo = Vec::new();
     match apply(&net, &plan, &mut undo).await {
         Ok(changed) => {
-            if global.by_agent {
-                // The agent runs this attach, and says what changed itself.
+            if report == crate::apply::Report::Quiet {
+                // Its caller says what changed.
             } else if changed {
                 println!(
                     "attached: {} over {} on {} ({}), slice {} on {}, gateway {}",

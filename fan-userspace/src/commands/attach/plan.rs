@@ -73,13 +73,6 @@ pub(super) async fn plan(
             args.host_reserve
         );
     }
-    // The agent's own attaches (following the host) say --no-agent only
-    // because the agent is already there.
-    if args.dhcp && args.no_agent && !global.by_agent {
-        bail!(
-            "--dhcp needs the agent, which starts and supervises the DHCP server (dnsmasq): attach without --no-agent"
-        );
-    }
     let mut settings = Settings::new(
         slice,
         args.dhcp,
