@@ -110,6 +110,15 @@ pub fn replace_agent(
     host: &Host,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<(fan_userspace::state::rundir::RunDir, std::process::Child)> {
+    replace_agent_with(host, &[], env)
+}
+
+/// As [`replace_agent`], with `args` after `fan-xdp run`.
+pub fn replace_agent_with(
+    host: &Host,
+    args: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<(fan_userspace::state::rundir::RunDir, std::process::Child)> {
     let run = host
         .ns
         .enter(|| fan_userspace::state::rundir::RunDir::locate(None))??;
@@ -122,6 +131,7 @@ pub fn replace_agent(
                 .context("binary path")?,
         )
         .arg("run")
+        .args(args)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -838,6 +838,41 @@ fn silent_control_clients_do_not_stop_the_heartbeat() {
     fleet.detach_all().unwrap();
 }
 
+/// The heartbeat vouches for the endpoint map: when the map's keeper (the
+/// delivery controller) hangs, the beat must stop, so that the programs
+/// fall back to the stack instead of trusting a map nobody keeps.
+#[test]
+fn a_hung_endpoint_map_keeper_stops_the_heartbeat() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    fleet.attach_all(&[]).unwrap();
+    let host = &fleet.hosts[0];
+    // The keeper's full read, every 2 s, hangs for 12 s: from 2 s on the
+    // keeper is stuck, so by 7 s the beat stops, and by 10 s it is too old.
+    let (run, hung) = fan_tests::lifecycle::replace_agent_with(
+        host,
+        &["--resync-seconds", "2"],
+        &[("FAN_XDP_INJECT", "delay:delivery:12000".as_ref())],
+    )
+    .unwrap();
+    let oldest = fan_tests::lifecycle::oldest_beat(host, Duration::from_secs(11)).unwrap();
+    let _ = fan_userspace::agent::stop(&run);
+    let _ = hung_kill(hung);
+    fleet.detach_all().unwrap();
+    assert!(
+        oldest > Duration::from_secs(3),
+        "the heartbeat went on ({oldest:?} at the oldest) while the endpoint map's keeper hung"
+    );
+}
+
+/// Kills an agent that may not answer a stop in time, and reaps it.
+fn hung_kill(mut agent: std::process::Child) -> std::io::Result<()> {
+    let _ = agent.kill();
+    agent.wait().map(drop)
+}
+
 #[test]
 fn a_slow_attach_of_the_agents_own_does_not_lapse_the_heartbeat() {
     if !privileged() {

@@ -19,6 +19,7 @@ use crate::{
     agent,
     agent::bindings::{Binding, Bindings, Origin},
     agent::endpoints,
+    agent::heartbeat::KeeperAlive,
     agent::known::Known,
     agent::monitor::Monitors,
     agent::pmtu::SliceRoutes,
@@ -70,6 +71,8 @@ pub(super) struct Delivery {
     pub(super) known: Option<Known>,
     pub(super) ports: Option<PortEncap>,
     pub(super) monitors: Monitors,
+    /// Stamped each time round the loop: the heartbeat beats only while it is.
+    pub(super) alive: KeeperAlive,
 }
 
 impl Delivery {
@@ -89,12 +92,15 @@ impl Delivery {
         // with no netlink event to say so), the event ring, the log's cap.
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            self.alive.turned();
             tokio::select! {
                 message = inbox.recv() => {
                     let Some(message) = message else { break };
                     self.take(message).await;
                 }
                 _ = resync.tick() => {
+                    // A test's stand-in for a hung keeper (blocks this task).
+                    agent::injected_delay("delivery");
                     // The safety net for changes whose event was missed.
                     let synced = self.full_sync().await;
                     self.publish(synced);

@@ -75,7 +75,8 @@ pub fn version() -> String {
 
 /// Test hook: `FAN_XDP_INJECT=delay:<point>:<ms>` makes the agent's work
 /// at `point` (`apply`: an attach or detach, see [`crate::apply`]; `dhcp-stop`:
-/// stopping a DHCP server) take that much longer, as a slow kernel or a
+/// stopping a DHCP server; `delivery`: the endpoint map keeper's periodic full
+/// read, blocking its task) take that much longer, as a slow kernel or a
 /// dnsmasq that ignores SIGTERM would. Honoured only in builds with the
 /// `fault-injection` feature.
 pub fn injected_delay(point: &str) {

@@ -47,7 +47,7 @@ use crate::{
     agent::dhcp::controller::{Dhcp, round_now},
     agent::fans::{self, Fans, ToFans},
     agent::follow::concerns,
-    agent::heartbeat::Heartbeat,
+    agent::heartbeat::{Heartbeat, KeeperAlive},
     agent::monitor::Monitors,
     agent::notify,
     agent::pmtu::SliceRoutes,
@@ -185,6 +185,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     )?;
     let mut ruleset = RulesetWatch::start(dir.clone(), resync_period)?;
     let first_verdict = ruleset.verdicts.borrow_and_update().clone();
+    let keeper = KeeperAlive::new();
     let delivering = Delivery {
         net,
         dir: dir.clone(),
@@ -197,6 +198,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
         known: None,
         ports: None,
         monitors: Monitors::default(),
+        alive: keeper.clone(),
     };
     let (stop_delivery, delivery_stopped) = tokio::sync::oneshot::channel();
     let delivery_task = tokio::spawn(delivering.run(delivery_inbox, delivery_stopped));
@@ -205,7 +207,7 @@ pub async fn run(args: &RunArgs, global: &Global) -> Result<()> {
     let (ready, is_ready) = tokio::sync::oneshot::channel();
     let _ = delivery_tx.send(ToDelivery::Ready(ready)).await;
     let _ = is_ready.await;
-    let heartbeat = Heartbeat::start(dir.clone(), args.started_by_attach, stop_tx.clone())?;
+    let heartbeat = Heartbeat::start(dir.clone(), keeper, args.started_by_attach, stop_tx.clone())?;
     tokio::spawn(forward_verdicts(ruleset, delivery_tx.clone()));
     tokio::spawn(read_events(
         events,
