@@ -29,7 +29,7 @@ use crate::{
     events::{self, Seen},
     maps::{bypass_off, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
-    pmtu::{answer_too_big, path_mtu},
+    pmtu::{Asker, answer_too_big, path_mtu},
     port::{UDP_TUNNEL_PEEK_LEN, admit},
     stats::{count, count_in},
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
@@ -174,21 +174,23 @@ fn try_encapsulate(
         _ => return Err(too_big),
     };
     if let Some(path) = path_mtu(remote_host) {
-        let too_big = segment + overhead > path;
-        if !forwards(program) {
-            if too_big {
-                // The host's own packet: its route to the remote slice carries
-                // the path MTU while `fan-xdp run` keeps it; this one predates it.
-                return Err(Outcome::Drop(StatReason::DropTooBigForPath));
-            }
-        } else if is_fragment(ip.frag_off()) {
+        if forwards(program) && is_fragment(ip.frag_off()) {
             // Every fragment of a datagram takes one path: the stack, which
             // fragments what does not fit (or first reassembles, with
             // conntrack), where the fragments that fit would otherwise go
             // ahead and leave the others waiting for them in a reassembly queue.
             return Err(Outcome::Pass(StatReason::StackFragmentForPath));
-        } else if too_big {
-            return match answer_too_big(ctx, fan, &ip, path) {
+        }
+        if segment + overhead > path {
+            // A container's packet is answered as its gateway would; the
+            // host's own (sent before `fan-xdp run` gave its route the path
+            // MTU, or with no agent at all) as its stack would for a tunnel.
+            let asker = if forwards(program) {
+                Asker::Container
+            } else {
+                Asker::Host
+            };
+            return match answer_too_big(ctx, fan, &ip, path, asker) {
                 Ok(action) => Ok(action),
                 Err(StatReason::StackTooBigForPath) => {
                     Err(Outcome::Pass(StatReason::StackTooBigForPath))

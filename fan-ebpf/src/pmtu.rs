@@ -1,10 +1,11 @@
 //! Path MTU through the fan: learned at the underlay device from routers'
 //! ICMP "fragmentation needed" about our outer packets, and answered to the
 //! containers whose packets no longer fit, as the router they see (the slice
-//! gateway) would answer them.
+//! gateway) would answer them, and to the host's own sockets, as its stack
+//! would answer them for a tunnel of its own.
 
 use aya_ebpf::{
-    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    bindings::{BPF_F_INGRESS, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_redirect, bpf_skb_change_tail},
@@ -145,27 +146,47 @@ fn quoted_vxlan_inner(start: usize, end: usize, udp_offset: usize) -> Option<Opt
     Some(ipv4.then_some(inner_eth + ETH_HDR_LEN))
 }
 
-/// What a forwarding program does with a container's packet too big for the
-/// learned path MTU `path` towards its destination host: with DF, answer
-/// ICMP fragmentation needed (MTU `path` less the fan's overhead) from the slice gateway, back
-/// out of the device it came in by; without DF, let the stack fragment it.
-/// `Ok` carries the redirect of the answer; `Err` what else happened.
+/// Whose packet is too big, and so where its answer goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    /// A container's, forwarded by a bridge or port program: answered from
+    /// the slice gateway, back out of the device it came in by.
+    Container,
+    /// The host's own, at fan-host's egress: answered from the destination
+    /// it was sent to (a source the host does not own, so the stack takes it
+    /// in), into fan-host's ingress, where the stack learns the path MTU for
+    /// that destination as from its own tunnel.
+    Host,
+}
+
+/// What a program does with a packet too big for the learned path MTU
+/// `path` towards its destination host: with DF, answer ICMP fragmentation
+/// needed (MTU `path` less the fan's overhead) to `asker`; without DF, a
+/// container's goes to the stack, which fragments it, and the host's is
+/// dropped (its stack fragments to the route's MTU, which it learns from
+/// its DF packets' answers or the agent's path MTU route). `Ok` carries the
+/// redirect of the answer; `Err` what else happened.
 #[inline(always)]
 pub fn answer_too_big(
     ctx: &TcContext,
     fan: &FanEntry,
     ip: &Ipv4Hdr,
     path: u32,
+    asker: Asker,
 ) -> Result<i32, StatReason> {
     let frag_off = ip.frag_off();
     if frag_off & IP_DF == 0 {
-        return Err(StatReason::StackTooBigForPath);
+        return Err(match asker {
+            Asker::Container => StatReason::StackTooBigForPath,
+            Asker::Host => StatReason::DropTooBigForPath,
+        });
     }
-    // Never about an ICMP error, a non-first fragment, or a source that is
-    // not a container of the slice (the edges of the slice name none).
+    // Never about an ICMP error, a non-first fragment, or (a container's)
+    // a source that is not a container of the slice (the edges of the
+    // slice name none; the host sends from its gateway).
     let src = ip.src();
     if frag_off & IP_OFFSET_MASK != 0
-        || fan.map.is_slice_edge(fan.local_host, src)
+        || (asker == Asker::Container && fan.map.is_slice_edge(fan.local_host, src))
         || (ip.protocol == IPPROTO_ICMP && is_icmp_error_packet(ctx, ip))
     {
         return Err(StatReason::DropTooBigForPath);
@@ -173,7 +194,7 @@ pub fn answer_too_big(
     if !take_token(&ICMP_BUDGET, ANSWERS_PER_SECOND, ANSWER_BURST) {
         return Err(StatReason::PmtuAnswerSuppressed);
     }
-    let action = build_answer(ctx, fan, ip, (path - fan.overhead()) as u16)
+    let action = build_answer(ctx, fan, ip, (path - fan.overhead()) as u16, asker)
         .ok_or(StatReason::DropAnswerFailed)?;
     count(StatReason::PmtuAnswered, ctx.len() as usize);
     Ok(action)
@@ -202,7 +223,13 @@ const MAX_QUOTE: usize = 60 + QUOTED_PAYLOAD;
 /// trim to the quote, make room for the new IPv4 and ICMP headers, write
 /// them, swap the Ethernet addresses. `None` if the kernel refused a step.
 #[inline(always)]
-fn build_answer(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, mtu: u16) -> Option<i32> {
+fn build_answer(
+    ctx: &TcContext,
+    fan: &FanEntry,
+    ip: &Ipv4Hdr,
+    mtu: u16,
+    asker: Asker,
+) -> Option<i32> {
     let old_eth: EthHdr = ctx.load(0).ok()?;
     let quote_len = ip.header_len() + QUOTED_PAYLOAD;
     // Trimming also ends GSO: the answer is one small packet.
@@ -225,15 +252,24 @@ fn build_answer(ctx: &TcContext, fan: &FanEntry, ip: &Ipv4Hdr, mtu: u16) -> Opti
         sum += u16::from_ne_bytes(word) as u32;
         i += 1;
     }
-    let header = icmp_error_ip_header(fan.gateway(), ip.src(), (ICMP_HDR_LEN + quote_len) as u16);
+    let from = match asker {
+        Asker::Container => fan.gateway(),
+        Asker::Host => ip.dst(),
+    };
+    let header = icmp_error_ip_header(from, ip.src(), (ICMP_HDR_LEN + quote_len) as u16);
     let icmp = icmp_frag_needed_header(mtu, sum);
     ctx.store(ETH_HDR_LEN, &header, 0).ok()?;
     ctx.store(ETH_HDR_LEN + IPV4_HDR_LEN, &icmp, 0).ok()?;
-    // To the container, from the gateway it sent to.
+    // To the container, from the gateway it sent to (or to fan-host, whose
+    // own address NOARP put in both, so the stack takes it as for itself).
     ctx.store(0, &old_eth.src, 0).ok()?;
     ctx.store(6, &old_eth.dst, 0).ok()?;
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let flags = match asker {
+        Asker::Container => 0,
+        Asker::Host => BPF_F_INGRESS as u64,
+    };
     // SAFETY: the helper takes plain integers.
-    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    Some(unsafe { bpf_redirect(ifindex, flags) } as i32)
 }

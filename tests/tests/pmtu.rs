@@ -112,6 +112,11 @@ fn on_switch(switch: &Netns, label: &str, addr: &str) -> Netns {
 }
 
 fn build() -> Net {
+    build_with(&[])
+}
+
+/// [`build`], every attach with `extra` options.
+fn build_with(extra: &[&str]) -> Net {
     let (sw_a, sw_b) = (bridge_ns("swA"), bridge_ns("swB"));
     let r1 = on_switch(&sw_a, "r1", "198.18.1.254/24");
     let r2 = on_switch(&sw_b, "r2", "198.18.2.254/24");
@@ -154,7 +159,7 @@ fn build() -> Net {
             ns,
             addr: format!("{slice}.10").parse().unwrap(),
         };
-        host.fan_xdp(&ATTACH);
+        host.fan_xdp(&[&ATTACH[..], extra].concat());
         let bridge = format!("fan-{}", slice.replace('.', "-"));
         let gateway = format!("{slice}.1").parse().unwrap();
         host.container = plug_container(
@@ -335,6 +340,53 @@ fn a_narrower_hop_on_the_underlay_needs_no_mtu_option() {
     .map(|reason| stack.get(reason).packets)
     .sum();
     assert!(to_the_stack >= 1, "the fragments did not take the stack");
+    assert_eq!(
+        tcp_transfer(&h2.container, &h1.ns, h2.addr, BULK).unwrap(),
+        BULK,
+        "the host's own transfer"
+    );
+}
+
+/// With no agent to give the remote slice's route the path MTU, the host's
+/// own DF packets too big for the path are answered as its stack would
+/// answer them for a tunnel: it learns the MTU for that destination and
+/// sends what fits, where they were dropped without a word before.
+#[test]
+fn the_hosts_own_packets_too_big_for_the_path_are_answered() {
+    if !privileged() {
+        return;
+    }
+    let net = build_with(&["--no-agent"]);
+    let [h1, h2, _] = &net.hosts[..] else {
+        unreachable!()
+    };
+    // h1 learns the narrower path from the router (a container's transfer).
+    assert_eq!(
+        tcp_transfer(&h2.container, &h1.container, h2.addr, BULK).unwrap(),
+        BULK
+    );
+    assert!(h1.stats().get(StatReason::PmtuLearned).packets >= 1);
+    assert!(
+        !h1.ns
+            .ip(&["route", "show", "250.2.2.0/24"])
+            .unwrap()
+            .contains("mtu"),
+        "without an agent nothing gives the slice's route the path MTU"
+    );
+    let answered = h1.stats().get(StatReason::PmtuAnswered).packets;
+    // Too big for the path: answered, and the host's stack learns 1380.
+    assert!(
+        !ping_df(&h1.ns, h2.addr, 1400),
+        "1428 bytes with DF got through"
+    );
+    assert_eq!(
+        h1.stats().get(StatReason::PmtuAnswered).packets,
+        answered + 1,
+        "the host's packet was not answered"
+    );
+    assert_eq!(route_mtu(&h1.ns, h2.addr), Some(1380));
+    assert!(ping_df(&h1.ns, h2.addr, 1352), "1380 bytes with DF");
+    // TCP from the host adapts at once.
     assert_eq!(
         tcp_transfer(&h2.container, &h1.ns, h2.addr, BULK).unwrap(),
         BULK,

@@ -515,6 +515,18 @@ const UDP_DF_1381_ANSWER: &str = "0200000000aa 020000000001 0800
     00000000 00000000 00000000 00000000 00000000
     00000000 00000000 00000000 00000000 00000000
     00000000 00000000 00000000";
+// The host's own (from its gateway address 250.0.1.1), with DF, 1381 bytes.
+const HOST_UDP_DF_1381_HEADER: &str = "020000000001 0200000000aa 0800
+    45000565 12344000 40112c3e fa000101 fa000214";
+// Its answer, into fan-host: from the destination it was sent to (250.0.2.20,
+// an address the host does not own) to 250.0.1.1, the same MTU and quote.
+const HOST_UDP_DF_1381_ANSWER: &str = "0200000000aa 020000000001 0800
+    45c00070 00000000 400182b7 fa000214 fa000101
+    0304f797 00000564 45000565 12344000 40112c3e
+    fa000101 fa000214 00000000 00000000 00000000
+    00000000 00000000 00000000 00000000 00000000
+    00000000 00000000 00000000 00000000 00000000
+    00000000 00000000 00000000";
 // Without DF: the stack fragments it.
 const UDP_1381_HEADER: &str = "020000000001 0200000000aa 0800
     45000565 12340000 40116c35 fa00010a fa000214";
@@ -1694,13 +1706,22 @@ fn packets_too_big_for_the_learned_path_are_answered_or_fragmented() {
             StatReason::DropTooBigForPath,
         );
     }
-    // The host's own packet: its route carries the path MTU once `fan-xdp
-    // run` keeps it; one that does not fit is dropped.
+    // The host's own packet (its route carries the path MTU once `fan-xdp
+    // run` keeps it): with DF answered into fan-host as its stack would
+    // answer for a tunnel; without DF dropped (the answers to its DF
+    // packets, or the agent's route, teach the stack to fragment).
     bed.check(
         ENCAP_OUTPUT,
-        &df,
+        &padded(HOST_UDP_DF_1381_HEADER, 14 + 1381),
+        TC_ACT_REDIRECT,
+        &hex(HOST_UDP_DF_1381_ANSWER),
+        StatReason::PmtuAnswered,
+    );
+    bed.check(
+        ENCAP_OUTPUT,
+        &no_df,
         TC_ACT_SHOT,
-        &df,
+        &no_df,
         StatReason::DropTooBigForPath,
     );
     // 1380 + 20 fits the path: encapsulated as usual.

@@ -229,14 +229,20 @@ pub fn properties(
         Fate::Decapsulated | Fate::DeliveredDirect => {
             violations.extend(decapsulated_properties(config, input, frame));
         }
-        Fate::Answered => violations.extend(answer_properties(config, input, frame)),
+        Fate::Answered => violations.extend(answer_properties(config, program, input, frame)),
     }
     violations
 }
 
-/// An answer is a well-formed ICMP error from a slice gateway to the
-/// packet's sender, quoting the packet's start.
-fn answer_properties(config: &Config, input: &[u8], output: &[u8]) -> Vec<String> {
+/// An answer is a well-formed ICMP error to the packet's sender, quoting
+/// the packet's start: a container's from a slice gateway, the host's own
+/// (at fan-host's egress) from the address it was sent to.
+fn answer_properties(
+    config: &Config,
+    program: Program,
+    input: &[u8],
+    output: &[u8],
+) -> Vec<String> {
     let mut violations = Vec::new();
     let Some((asked, answer)) = ipv4_headers(input, output) else {
         return vec!["an answer without its IPv4 headers".into()];
@@ -248,9 +254,14 @@ fn answer_properties(config: &Config, input: &[u8], output: &[u8]) -> Vec<String
     if crate::model::wire::ones_complement_sum(icmp) != 0xffff {
         violations.push("the answer's ICMP checksum is wrong".into());
     }
-    if answer.dst() != asked.src() || !config.fans.iter().any(|f| f.gateway() == answer.src()) {
+    let from_the_right_source = if program == Program::EncapOutput {
+        answer.src() == asked.dst()
+    } else {
+        config.fans.iter().any(|f| f.gateway() == answer.src())
+    };
+    if answer.dst() != asked.src() || !from_the_right_source {
         violations.push(format!(
-            "answer {:#010x} -> {:#010x} is not from a gateway to the sender",
+            "answer {:#010x} -> {:#010x} is not to the sender from its gateway (or, for the host, from the destination)",
             answer.src(),
             answer.dst()
         ));

@@ -121,17 +121,14 @@ fn encapsulate(
     }
     if let Some(path) = config.path_mtu(remote) {
         let too_big_for_path = largest + fan.overhead() > path;
-        if !site.forwards() {
-            // The host's own packet: the route fan-xdp run keeps carries
-            // the path MTU, so one this big predates it.
-            if too_big_for_path {
-                return Err(NotSent::Drop("drop_too_big_for_path"));
-            }
-        } else if ip.is_fragment() {
+        if site.forwards() && ip.is_fragment() {
             // A datagram's fragments all take the stack's path.
             return Err(NotSent::Pass("stack_fragment_for_path"));
-        } else if too_big_for_path {
-            return match pmtu::answer(fan, frame, &ip, path) {
+        }
+        if too_big_for_path {
+            // The host's own packet is answered into fan-host, as its
+            // stack would answer it for a tunnel.
+            return match pmtu::answer(fan, frame, &ip, path, !site.forwards()) {
                 Ok(answer) => Ok(Prediction {
                     verdict: TC_ACT_REDIRECT,
                     counters: vec![("pmtu_answered", answer.len() as u64)],

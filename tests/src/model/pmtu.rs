@@ -112,23 +112,32 @@ pub fn learn(config: &Config, frame: &[u8], outer: &Ipv4View) -> Option<Learning
 /// fragmentation needed (MTU `path` less the outer header) from the slice
 /// gateway, back to the sender's MAC. `Err(Ok(counter))`: passed to the
 /// stack; `Err(Err(counter))`: dropped.
+/// `host`: the host's own packet (at fan-host's egress), answered from the
+/// address it was sent to; else a container's, answered from its gateway.
 pub fn answer(
     fan: &Fan,
     frame: &[u8],
     ip: &Ipv4View,
     path: u32,
+    host: bool,
 ) -> Result<Vec<u8>, Result<&'static str, &'static str>> {
     const DF: u16 = 0x4000;
     const OFFSET: u16 = 0x1fff;
     let flags = be16(frame, ip.offset() + 6);
     if flags & DF == 0 {
-        // The stack fragments it to the route MTU.
-        return Err(Ok("stack_too_big_for_path"));
+        // A container's: the stack fragments it to the route MTU. The
+        // host's: dropped (its stack learns from its DF packets' answers).
+        return Err(if host {
+            Err("drop_too_big_for_path")
+        } else {
+            Ok("stack_too_big_for_path")
+        });
     }
     let after_header = frame.get(ETH_LEN + ip.header_len());
     let about_an_error = ip.protocol() == PROTO_ICMP
         && after_header.is_none_or(|icmp_type| ICMP_ERRORS.contains(icmp_type));
-    if flags & OFFSET != 0 || fan.map.is_slice_edge(fan.local_host, ip.src()) || about_an_error {
+    let edge_source = !host && fan.map.is_slice_edge(fan.local_host, ip.src());
+    if flags & OFFSET != 0 || edge_source || about_an_error {
         return Err(Err("drop_too_big_for_path"));
     }
     // The quote: the header and 64 bytes, cut from the packet (or padded
@@ -149,7 +158,7 @@ pub fn answer(
         flags_offset: 0,
         ttl: 64,
         protocol: PROTO_ICMP,
-        src: fan.gateway(),
+        src: if host { ip.dst() } else { fan.gateway() },
         dst: ip.src(),
     }
     .to_bytes();
