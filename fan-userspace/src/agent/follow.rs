@@ -44,9 +44,9 @@ use rtnetlink::{
 };
 
 use crate::{
-    cli::{AttachArgs, Global, Mode},
+    cli::{AttachArgs, FanType, Global, Mode},
     commands::{
-        attach::{self, MIN_FAN_MTU, OUTER_HEADER},
+        attach::{self, MIN_FAN_MTU},
         detach,
     },
     config::resolve::detach_args,
@@ -322,7 +322,7 @@ async fn need(
     if !iface.up {
         return Ok(Need::Wait(format!("underlay {} is down", fan.iface)));
     }
-    let fits = iface.mtu.saturating_sub(OUTER_HEADER);
+    let fits = iface.mtu.saturating_sub(fan.overhead());
     match settings::load(run_dir, fan.overlay)?.explicit_mtu {
         Some(given) if given > fits => Ok(Need::Wait(format!(
             "underlay {} has MTU {} now, too small for the fan's --mtu {given} (at most {fits}); waiting for it to grow, or attach again with a smaller --mtu",
@@ -349,6 +349,13 @@ async fn retune(net: &Net, dir: &StateDir, fan: &Fan, mtu: u32) -> Result<()> {
     let mut entry = maps.config.get(&key, 0)?;
     entry.overlay_mtu = mtu;
     maps.config.insert(&key, entry, 0)?;
+    // A VXLAN fan's overlay port first: a bridge takes no MTU above its ports'.
+    let (port, inner) = fan.overlay_port().unzip();
+    for name in [port, inner].into_iter().flatten() {
+        if let Some(end) = net.device(&name).await? {
+            net.set_mtu(end.index, mtu).await?;
+        }
+    }
     if let Some(bridge) = net.device(&fan.bridge).await? {
         net.set_mtu(bridge.index, mtu).await?;
     }
@@ -356,8 +363,10 @@ async fn retune(net: &Net, dir: &StateDir, fan: &Fan, mtu: u32) -> Result<()> {
     let mut meta = fan.meta;
     meta.mtu = mtu;
     maps.meta.insert(meta_key, meta, 0)?;
-    let smallest = load_fans(&maps)?.iter().map(|f| f.mtu).min().unwrap_or(mtu);
+    let fans = load_fans(&maps)?;
+    let routed = fans.iter().filter(|f| !f.is_vxlan()).map(|f| f.mtu).min();
     if let Some(host_dev) = net.device(HOST_DEVICE).await?
+        && let Some(smallest) = routed
         && host_dev.mtu != smallest
     {
         net.set_mtu(host_dev.index, smallest).await?;
@@ -393,6 +402,13 @@ fn args_of(
         bridge,
         host_reserve: fan.host_reserve,
         mode,
+        fan_type: if fan.is_vxlan() {
+            FanType::Vxlan
+        } else {
+            FanType::Ipip
+        },
+        vni: fan.vni,
+        port: fan.port,
         no_nat: !fan.nat,
         mtu,
         no_agent: true,

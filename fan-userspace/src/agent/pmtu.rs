@@ -1,7 +1,8 @@
 //! Path MTUs in the host's routes: what the programs learn about narrower
 //! underlay paths (the pinned `FAN_PATH_MTU` map) becomes, for each remote
-//! slice behind such a path, a route through `fan-host` with that MTU less
-//! the outer header. The stack then fragments packets without DF (from
+//! slice behind such a path, a route through the fan's device (`fan-host`
+//! for IP-in-IP, the slice bridge for VXLAN) with that MTU less the fan's
+//! overhead (20 bytes, or 50). The stack then fragments packets without DF (from
 //! containers, which the programs hand to it) before they are encapsulated,
 //! and the host's own sockets see the path MTU of their route. Kept by
 //! `fan-xdp run`; removed when it stops, which falls back to the overlay's
@@ -10,7 +11,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
-use fan_common::{ipv4::IPV4_HDR_LEN, maps::PathMtu, pmtu::is_fresh};
+use fan_common::{maps::PathMtu, pmtu::is_fresh};
 use ipnetwork::Ipv4Network;
 use log::info;
 
@@ -21,11 +22,13 @@ use crate::{
 };
 
 /// A route to a remote slice with a lowered MTU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SliceRoute {
     pub slice: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// The device it goes through: `fan-host`, or a VXLAN fan's slice bridge.
+    pub device: String,
 }
 
 /// The learned path MTUs: remote host, its entry, and whether it still holds.
@@ -63,11 +66,17 @@ pub fn wanted(learned: &[(Ipv4Addr, PathMtu, bool)], fans: &[Fan]) -> Vec<SliceR
             let Ok(slice) = Ipv4Network::new(slice, map.slice_len()) else {
                 continue;
             };
-            let mtu = entry.mtu.saturating_sub(IPV4_HDR_LEN as u32).min(fan.mtu);
+            let mtu = entry.mtu.saturating_sub(fan.overhead()).min(fan.mtu);
+            let device = if fan.is_vxlan() {
+                fan.bridge.clone()
+            } else {
+                HOST_DEVICE.to_string()
+            };
             routes.push(SliceRoute {
                 slice,
                 gateway: fan.gateway,
                 mtu,
+                device,
             });
         }
     }
@@ -82,27 +91,29 @@ pub struct SliceRoutes(BTreeMap<Ipv4Network, SliceRoute>);
 impl SliceRoutes {
     /// Brings the host's routes in line with `wanted`, logging each change.
     pub async fn sync(&mut self, net: &Net, wanted: &[SliceRoute]) -> Result<()> {
-        let Some(device) = net.device(HOST_DEVICE).await? else {
-            self.0.clear();
-            return Ok(());
-        };
-        let want: BTreeMap<_, _> = wanted.iter().map(|r| (r.slice, *r)).collect();
-        let gone: Vec<Ipv4Network> = self
+        let want: BTreeMap<_, _> = wanted.iter().map(|r| (r.slice, r.clone())).collect();
+        let gone: Vec<SliceRoute> = self
             .0
-            .keys()
-            .filter(|slice| !want.contains_key(slice))
-            .copied()
+            .values()
+            .filter(|r| want.get(&r.slice).is_none_or(|w| w.device != r.device))
+            .cloned()
             .collect();
-        for slice in gone {
-            net.del_route(slice.network(), slice.prefix(), device.index)
-                .await?;
-            self.0.remove(&slice);
-            info!("path MTU towards {slice} expired: its route is gone");
+        for route in gone {
+            // A device that went took its routes along.
+            if let Some(device) = net.device(&route.device).await? {
+                net.del_route(route.slice.network(), route.slice.prefix(), device.index)
+                    .await?;
+            }
+            self.0.remove(&route.slice);
+            info!("path MTU towards {} expired: its route is gone", route.slice);
         }
         for (slice, route) in want {
             if self.0.get(&slice) == Some(&route) {
                 continue;
             }
+            let Some(device) = net.device(&route.device).await? else {
+                continue;
+            };
             net.replace_route_with_mtu(
                 slice.network(),
                 slice.prefix(),
@@ -111,11 +122,11 @@ impl SliceRoutes {
                 route.mtu,
             )
             .await?;
-            self.0.insert(slice, route);
             info!(
-                "path MTU towards {slice}: route through {HOST_DEVICE} with MTU {}",
-                route.mtu
+                "path MTU towards {slice}: route through {} with MTU {}",
+                route.device, route.mtu
             );
+            self.0.insert(slice, route);
         }
         Ok(())
     }
@@ -124,16 +135,17 @@ impl SliceRoutes {
     /// remove them left (marked with fan-xdp's routing protocol number): the
     /// next [`SliceRoutes::sync`] replaces those still wanted and removes the rest.
     pub async fn adopt(&mut self, net: &Net) -> Result<()> {
-        let Some(device) = net.device(HOST_DEVICE).await? else {
-            return Ok(());
-        };
-        for (dest, len) in net.path_mtu_routes(device.index).await? {
+        for (dest, len, oif) in net.path_mtu_routes().await? {
+            let Some(device) = net.device_by_index(oif).await? else {
+                continue;
+            };
             let slice = Ipv4Network::new(dest, len).context("a route's prefix")?;
             // MTU 0 matches no wanted route: the next sync writes it again or removes it.
             let unknown = SliceRoute {
                 slice,
                 gateway: Ipv4Addr::UNSPECIFIED,
                 mtu: 0,
+                device: device.name,
             };
             self.0.insert(slice, unknown);
             info!("path MTU route towards {slice}: left by the previous agent, taken over");
