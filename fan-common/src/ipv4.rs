@@ -83,7 +83,7 @@ pub fn outer_header(src: u32, dst: u32, tos: u8, inner_len: u16) -> [u8; IPV4_HD
 
 /// A 20-byte IPv4 header with ID 0 and TTL 64, its checksum folded in.
 #[inline(always)]
-fn ipv4_header(
+pub(crate) fn ipv4_header(
     src: u32,
     dst: u32,
     tos: u8,

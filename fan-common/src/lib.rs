@@ -13,9 +13,10 @@ pub mod plan;
 pub mod pmtu;
 pub mod program;
 pub mod stats;
+pub mod vxlan;
 
 pub use addr::WireAddr;
 pub use fan::{FanError, FanMap};
-pub use maps::FanEntry;
+pub use maps::{Encap, FanEntry};
 pub use program::Program;
 pub use stats::{Counter, FanStatKey, StatReason};

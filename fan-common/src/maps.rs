@@ -4,7 +4,7 @@ use crate::fan::FanMap;
 
 /// Bumped whenever a map's key or value layout changes, so a loader never
 /// reuses pinned maps written by an incompatible version.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Most fans one host can carry (entries in the LPM trie keyed by overlay).
 pub const MAX_FANS: u32 = 256;
@@ -21,11 +21,52 @@ pub struct FanEntry {
     /// The underlay device encapsulated packets leave by.
     pub underlay_ifindex: u32,
     /// The overlay MTU: the largest inner packet sent without the stack's
-    /// say (normally the underlay MTU - 20; lower when the path is narrower).
+    /// say (normally the underlay MTU less the encapsulation's overhead,
+    /// 20 or 50; lower when the path is narrower).
     pub overlay_mtu: u32,
+    /// The wire format ([`Encap`]).
+    pub encap: u8,
+    pub _pad: [u8; 1],
+    /// VXLAN: the UDP destination port (host byte order); 0 for IP-in-IP.
+    pub vxlan_port: u16,
+    /// VXLAN: the network identifier (24 bits); 0 for IP-in-IP.
+    pub vni: u32,
+    /// VXLAN: the overlay port's host end (`B`), where `fan_vxlan_out` runs
+    /// at TC ingress and where frames for the slice bridge are redirected;
+    /// 0 for IP-in-IP.
+    pub overlay_port_ifindex: u32,
+    /// The slice bridge.
+    pub bridge_ifindex: u32,
 }
 
 impl FanEntry {
+    /// An IP-in-IP fan's entry (no VXLAN fields, no bridge recorded).
+    pub const fn ipip(
+        map: FanMap,
+        local_host: u32,
+        underlay_ifindex: u32,
+        overlay_mtu: u32,
+    ) -> Self {
+        Self {
+            map,
+            local_host,
+            underlay_ifindex,
+            overlay_mtu,
+            encap: Encap::Ipip as u8,
+            _pad: [0],
+            vxlan_port: 0,
+            vni: 0,
+            overlay_port_ifindex: 0,
+            bridge_ifindex: 0,
+        }
+    }
+
+    /// Whether the fan speaks VXLAN (else IP-in-IP).
+    #[inline(always)]
+    pub const fn is_vxlan(&self) -> bool {
+        self.encap == Encap::Vxlan as u8
+    }
+
     /// The first address of this host's slice, in host byte order.
     #[inline(always)]
     pub const fn local_slice(&self) -> u32 {
@@ -43,6 +84,46 @@ impl FanEntry {
     #[inline(always)]
     pub const fn is_local(&self, addr: u32) -> bool {
         self.map.slice_contains(self.local_host, addr)
+    }
+}
+
+/// A fan's wire format (`FanEntry::encap`, `FanMeta::encap`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Encap {
+    /// IP-in-IP (protocol 4), the Fan's first format.
+    #[default]
+    Ipip = 0,
+    /// VXLAN over UDP (RFC 7348), Ubuntu's Fan VXLAN and LXD's fan mode.
+    Vxlan = 1,
+}
+
+impl Encap {
+    /// As the command line, `show` and the metrics name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Encap::Ipip => "ipip",
+            Encap::Vxlan => "vxlan",
+        }
+    }
+
+    /// Bytes each underlay packet spends on the encapsulation.
+    pub const fn overhead(self) -> u32 {
+        match self {
+            Encap::Ipip => crate::ipv4::IPV4_HDR_LEN as u32,
+            Encap::Vxlan => crate::vxlan::VXLAN_OVERHEAD,
+        }
+    }
+}
+
+impl TryFrom<u8> for Encap {
+    type Error = u8;
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            0 => Ok(Encap::Ipip),
+            1 => Ok(Encap::Vxlan),
+            other => Err(other),
+        }
     }
 }
 
@@ -67,6 +148,22 @@ pub struct Endpoint {
 #[cfg(feature = "user")]
 // SAFETY: Endpoint is repr(C), Copy, and made only of integers with no padding.
 unsafe impl aya::Pod for Endpoint {}
+
+/// Key of the VXLAN fans map (`FAN_VXLAN`): a UDP destination port and a
+/// VNI, as a received packet's outer headers name them (host byte order).
+/// Its value is the fan's overlay network (a [`crate::WireAddr`]), for the
+/// fan map's lookup. User space derives it from the VXLAN fans' entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(C)]
+pub struct VxlanKey {
+    pub vni: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: VxlanKey is repr(C), Copy, and made only of integers with explicit padding.
+unsafe impl aya::Pod for VxlanKey {}
 
 /// Most containers one host can have direct delivery for.
 pub const MAX_ENDPOINTS: u32 = 16384;
@@ -259,6 +356,13 @@ pub struct FanMeta {
     /// An adopted bridge's IPv6 accept_ra before attach set it to 0 (valid
     /// with the [`owned::BRIDGE_ACCEPT_RA`] bit).
     pub orig_bridge_accept_ra: u8,
+    /// The wire format ([`Encap`]).
+    pub encap: u8,
+    pub _pad: [u8; 1],
+    /// VXLAN: the UDP destination port (host byte order); 0 for IP-in-IP.
+    pub vxlan_port: u16,
+    /// VXLAN: the network identifier; 0 for IP-in-IP.
+    pub vni: u32,
 }
 
 /// Bits of [`FanMeta::owned`].

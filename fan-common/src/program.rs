@@ -10,6 +10,9 @@ pub enum Program {
     EncapOutput = 2,
     DecapTc = 3,
     DecapXdp = 4,
+    /// TC ingress of a VXLAN fan's overlay port (`B`): frames the slice
+    /// bridge sends towards other hosts.
+    VxlanOut = 5,
 }
 
 impl Program {
@@ -21,6 +24,7 @@ impl Program {
             Program::EncapOutput => "fan_encap_output",
             Program::DecapTc => "fan_decap_tc",
             Program::DecapXdp => "fan_decap_xdp",
+            Program::VxlanOut => "fan_vxlan_out",
         }
     }
 
@@ -41,6 +45,7 @@ impl TryFrom<u8> for Program {
             2 => Program::EncapOutput,
             3 => Program::DecapTc,
             4 => Program::DecapXdp,
+            5 => Program::VxlanOut,
             other => return Err(other),
         })
     }

@@ -71,7 +71,7 @@ stat_reasons! {
     PassMalformedIpv4 = "pass_malformed_ipv4": "IPv4 header truncated or invalid: left to the stack to reject",
     PassNotOverlay = "pass_not_overlay": "destination outside every configured overlay: not fan traffic",
     PassLocalSlice = "pass_local_slice": "destination in this host's own slice: delivered locally",
-    PassNotIpip = "pass_not_ipip": "not IP-in-IP: left to the stack",
+    PassNotIpip = "pass_not_ipip": "neither IP-in-IP nor VXLAN to an attached VXLAN fan's port and VNI: left to the stack",
     PassNotLocalUnderlay = "pass_not_local_underlay": "outer destination is not this host's underlay address",
     PassOuterFragment = "pass_outer_fragment": "outer header is a fragment, which cannot be decapsulated before reassembly",
     StackBypassOff = "stack_bypass_off": "the host's netfilter could act on fan traffic (the bypass is off): encapsulated after the stack has forwarded it, delivered through the stack",
@@ -93,7 +93,7 @@ stat_reasons! {
     DropTooBig = "drop_too_big": "host-originated packet larger than the underlay MTU (the device's, or the route's) allows",
     DropInnerTooLong = "drop_inner_too_long": "inner packet over 65515 bytes (or BIG TCP's length 0): its outer total length would not fit 16 bits",
     DropReservedHost = "drop_reserved_host": "destination maps to the underlay's network or broadcast address",
-    DropSourceNotLocal = "drop_source_not_local": "inner source is not in this host's slice: it would be dropped as spoofed by the receiver",
+    DropSourceNotLocal = "drop_source_not_local": "inner source (or a VXLAN fan's ARP sender) is not in this host's slice: it would be dropped as spoofed by the receiver",
     DropSourceNotBound = "drop_source_not_bound": "a container port sent from an address bound to another port (an IPv4 source or an ARP sender)",
     DropDhcpServerReply = "drop_dhcp_server_reply": "a container port sent UDP from port 67 or to port 68 (a DHCP server's side), or from 68 to another port than 67: of the DHCP pair a container sends only a client's messages (68 -> 67); only the slice's own DHCP server (fan-xdp's dnsmasq on the bridge) may answer its clients",
     DropCrossUnderlay = "drop_cross_underlay": "source and destination fans use different underlay addresses of this host: the receiver could not check the sender, so the packet would be dropped there",
@@ -124,6 +124,13 @@ stat_reasons! {
     DropSourceReserved = "drop_source_reserved": "a container sent from its slice's gateway, network or broadcast address (an IPv4 source, or at its port an ARP sender)",
     DropSourceOutsideSlice = "drop_source_outside_slice": "a container port sent from an address outside this host's slices, or from 0.0.0.0 other than a DHCP client's message to the server or to 255.255.255.255",
     DropTunnelToUnderlay = "drop_tunnel_to_underlay": "a container sent IP-in-IP, IPv6-in-IPv4 or GRE to an address of an attached fan's underlay: masqueraded by the host, it would reach that host as this host's own fan traffic",
+    DropVxlanNotIpv4OrArp = "drop_vxlan_not_ipv4_or_arp": "a VXLAN fan's frame (at its overlay port, or received) that is neither IPv4 nor ARP (IPv6 among them): the Fan's VXLAN carries only those",
+    DropVxlanNotOverlay = "drop_vxlan_not_overlay": "a frame at a VXLAN fan's overlay port whose IPv4 destination (or ARP target) is in no VXLAN fan's overlay: no host to send it to",
+    DropVxlanLocalSlice = "drop_vxlan_local_slice": "a frame at a VXLAN fan's overlay port whose IPv4 destination (or ARP target) is in this host's own slice: a remote that is this host is not sent to",
+    DropVxlanArpNotRequestOrReply = "drop_vxlan_arp_not_request_or_reply": "a VXLAN fan's ARP (at its overlay port, or received) that is not an Ethernet/IPv4 request or reply",
+    DropVxlanBroadcastNotArp = "drop_vxlan_broadcast_not_arp": "a frame received over VXLAN to a broadcast or multicast MAC that is not an ARP request",
+    DropVxlanTooBig = "drop_vxlan_too_big": "a frame at a VXLAN fan's overlay port larger than the fan's MTU (or the underlay route's, or a learned path MTU) allows after the 50-byte overhead: switched, not routed, so nobody answers its sender",
+    PassVxlanAtXdp = "pass_vxlan_at_xdp": "a VXLAN fan's frame at the XDP hook: left to the TC program, which decapsulates VXLAN",
 }
 
 impl StatReason {

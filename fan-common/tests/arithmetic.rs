@@ -151,12 +151,7 @@ fn slice_edges_and_the_gateway() {
     let (map, host) = map_of("10.0.0.0/8", "198.18.0.5/24");
     assert!(map.is_slice_edge(host, addr("10.5.255.255")));
     assert!(!map.is_slice_edge(host, addr("10.5.0.255")));
-    let entry = fan_common::FanEntry {
-        map,
-        local_host: host,
-        underlay_ifindex: 1,
-        overlay_mtu: 1480,
-    };
+    let entry = fan_common::FanEntry::ipip(map, host, 1, 1480);
     assert_eq!(entry.gateway(), addr("10.5.0.1"));
 }
 

@@ -5,6 +5,7 @@
 //! - `fan_encap_output`: TC egress of fan-xdp's NOARP host device (traffic the host originates).
 //! - `fan_decap_tc`: TC ingress of the underlay device.
 //! - `fan_decap_xdp`: native XDP on the underlay device.
+//! - `fan_vxlan_out`: TC ingress of a VXLAN fan's overlay port (`B`).
 //! - `fan_bench_xdp_pass`: only the bench's baseline.
 // The programs are built for the BPF target only. A host build of the
 // workspace (`cargo build --workspace --all-targets`) compiles this crate
@@ -23,6 +24,7 @@ mod port;
 mod ratelimit;
 mod stats;
 mod tc;
+mod vxlan;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
@@ -49,6 +51,11 @@ pub fn fan_encap_output(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn fan_decap_tc(ctx: TcContext) -> i32 {
     decap::decapsulate_tc(&ctx)
+}
+
+#[classifier]
+pub fn fan_vxlan_out(ctx: TcContext) -> i32 {
+    vxlan::send(&ctx)
 }
 
 #[xdp(frags)]

@@ -12,7 +12,7 @@ use fan_common::{
     events::EVENT_RING_BYTES,
     maps::{
         AGENT_HEARTBEAT_TIMEOUT_NS, Endpoint, FanMeta, FanMetaKey, LocalHost, MAX_ENDPOINTS,
-        MAX_FANS, MAX_PATH_MTUS, PathMtu,
+        MAX_FANS, MAX_PATH_MTUS, PathMtu, VxlanKey,
     },
     stats::MAX_FAN_STATS,
 };
@@ -34,6 +34,12 @@ pub static FAN_LOCAL_HOSTS: HashMap<WireAddr, LocalHost> = HashMap::with_max_ent
 /// packets may not be sent to.
 #[map]
 pub static FAN_UNDERLAYS: LpmTrie<WireAddr, u32> = LpmTrie::with_max_entries(MAX_FANS, 0);
+
+/// The VXLAN fans by UDP port and VNI (host byte order), each naming its
+/// overlay network (network byte order) for [`fan_for`]: what makes a
+/// received VXLAN packet one of ours.
+#[map]
+pub static FAN_VXLAN: HashMap<VxlanKey, WireAddr> = HashMap::with_max_entries(MAX_FANS, 0);
 
 /// Path MTUs learned towards remote underlay hosts (network byte order),
 /// from ICMP fragmentation needed received on the underlay device only.
@@ -123,6 +129,15 @@ pub fn local_host(addr: WireAddr) -> Option<&'static LocalHost> {
 #[inline(always)]
 pub fn is_local_host(addr: WireAddr) -> bool {
     local_host(addr).is_some()
+}
+
+/// The VXLAN fan of UDP destination port `port` and network `vni`.
+#[inline(always)]
+pub fn vxlan_fan(port: u16, vni: u32) -> Option<&'static FanEntry> {
+    let key = VxlanKey { vni, port, _pad: 0 };
+    // SAFETY: a lookup with a key on our stack; the value is copied out.
+    let overlay = *unsafe { FAN_VXLAN.get(key) }?;
+    fan_for(overlay).filter(|fan| fan.is_vxlan() && fan.vni == vni && fan.vxlan_port == port)
 }
 
 /// The fan whose overlay contains `addr`.

@@ -610,12 +610,12 @@ impl Bed {
         );
         validate_fans(&[topology::fan_map(), map]).unwrap();
         self.dataplane
-            .insert_fan(&FanEntry {
+            .insert_fan(&FanEntry::ipip(
                 map,
-                local_host: u32::from_be_bytes([198, 18, 0, 1]),
-                underlay_ifindex: ifindex,
-                overlay_mtu: 1480,
-            })
+                u32::from_be_bytes([198, 18, 0, 1]),
+                ifindex,
+                1480,
+            ))
             .unwrap();
         self
     }
@@ -643,12 +643,12 @@ impl Bed {
         );
         validate_fans(&[topology::fan_map(), map]).unwrap();
         self.dataplane
-            .insert_fan(&FanEntry {
+            .insert_fan(&FanEntry::ipip(
                 map,
-                local_host: u32::from_be_bytes([198, 19, 0, 1]),
-                underlay_ifindex: ifindex,
-                overlay_mtu: 1480,
-            })
+                u32::from_be_bytes([198, 19, 0, 1]),
+                ifindex,
+                1480,
+            ))
             .unwrap();
         self
     }

@@ -125,7 +125,7 @@ impl From<FanType> for fan_common::Encap {
 }
 
 /// The largest VXLAN network identifier: it has 24 bits.
-pub const MAX_VNI: u32 = (1 << 24) - 1;
+pub const MAX_VNI: u32 = fan_common::vxlan::VXLAN_VNI_MAX;
 
 #[derive(Args, Clone)]
 pub struct AttachArgs {

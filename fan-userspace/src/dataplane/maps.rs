@@ -48,7 +48,10 @@ impl Dataplane {
         sync_local_hosts(&mut hosts, &fans)?;
         let mut underlays: LpmTrie<_, WireAddr, u32> =
             LpmTrie::try_from(self.map_mut(UNDERLAYS_MAP)?)?;
-        sync_underlays(&mut underlays, &fans)
+        sync_underlays(&mut underlays, &fans)?;
+        let mut vxlan: BpfHashMap<_, VxlanKey, WireAddr> =
+            BpfHashMap::try_from(self.map_mut(VXLAN_MAP)?)?;
+        sync_vxlan(&mut vxlan, &fans)
     }
 
     /// Sets the bypass value the programs follow (`fan_common::maps::bypass`).
@@ -208,6 +211,42 @@ pub(super) fn sync_underlays<T: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
+/// Makes the VXLAN map hold exactly the VXLAN fans of `fans`, by port and
+/// VNI: what a received VXLAN packet must name to be one of ours.
+pub(super) fn sync_vxlan<T: std::borrow::BorrowMut<MapData>>(
+    vxlan: &mut BpfHashMap<T, VxlanKey, WireAddr>,
+    fans: &[FanEntry],
+) -> Result<()> {
+    let want: BTreeMap<VxlanKey, WireAddr> = fans
+        .iter()
+        .filter(|fan| fan.is_vxlan())
+        .map(|fan| {
+            let key = VxlanKey {
+                vni: fan.vni,
+                port: fan.vxlan_port,
+                _pad: 0,
+            };
+            (key, WireAddr::from_host(fan.map.overlay))
+        })
+        .collect();
+    let stale: Vec<VxlanKey> = vxlan
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !want.contains_key(key))
+        .collect();
+    for key in stale {
+        vxlan.remove(&key).context("removing a VXLAN fan")?;
+    }
+    for (key, overlay) in want {
+        if vxlan.get(&key, 0).ok() != Some(overlay) {
+            vxlan
+                .insert(key, overlay, 0)
+                .context("writing a VXLAN fan")?;
+        }
+    }
+    Ok(())
+}
+
 /// The pinned maps, opened without loading any program (show, stats, detach).
 pub struct PinnedMaps {
     pub config: LpmTrie<MapData, WireAddr, FanEntry>,
@@ -220,6 +259,8 @@ pub struct PinnedMaps {
     underlays: Option<LpmTrie<MapData, WireAddr, u32>>,
     /// Path MTUs learned towards remote hosts (an LRU hash map).
     pub path_mtus: BpfHashMap<MapData, WireAddr, PathMtu>,
+    /// The VXLAN fans by port and VNI.
+    vxlan: BpfHashMap<MapData, VxlanKey, WireAddr>,
     /// The agent's heartbeat.
     pub agent: Array<MapData, u64>,
     /// Whether the fast path may skip netfilter (`fan_common::maps::bypass`).
@@ -247,6 +288,7 @@ impl PinnedMaps {
                 false => None,
             },
             path_mtus: BpfHashMap::try_from(open(PATH_MTU_MAP)?)?,
+            vxlan: BpfHashMap::try_from(open(VXLAN_MAP)?)?,
             agent: Array::try_from(open(AGENT_MAP)?)?,
             bypass: Array::try_from(open(BYPASS_MAP)?)?,
             stats_by_fan: match dir.map(STATS_BY_FAN_MAP).exists() {
@@ -345,9 +387,10 @@ impl PinnedMaps {
         }
     }
 
-    /// Brings the local hosts and the underlays in line with `fans`.
+    /// Brings the local hosts, the underlays and the VXLAN fans in line with `fans`.
     fn sync_hosts_and_underlays(&mut self, fans: &[FanEntry]) -> Result<()> {
         sync_local_hosts(&mut self.local_hosts, fans)?;
+        sync_vxlan(&mut self.vxlan, fans)?;
         match &mut self.underlays {
             Some(underlays) => sync_underlays(underlays, fans),
             None => Ok(()),

@@ -49,7 +49,7 @@ use aya::{
 };
 use fan_common::{
     Counter, FanEntry, FanStatKey, StatReason, WireAddr,
-    maps::{Endpoint, FanMeta, FanMetaKey, LocalHost, PathMtu},
+    maps::{Endpoint, FanMeta, FanMetaKey, LocalHost, PathMtu, VxlanKey},
 };
 
 use crate::state::StateDir;
@@ -64,13 +64,13 @@ pub const ENCAP_PORT: &str = "fan_encap_port";
 pub const ENCAP_OUTPUT: &str = "fan_encap_output";
 pub const DECAP_TC: &str = "fan_decap_tc";
 pub const DECAP_XDP: &str = "fan_decap_xdp";
-/// At a VXLAN fan's overlay port (its inner end's TC ingress): encapsulates
-/// what the slice bridge sends to the overlay.
-pub const VXLAN_OUT: &str = "fan_vxlan_out";
+/// TC ingress of a VXLAN fan's overlay port (`B`): encapsulates what the
+/// slice bridge sends to the overlay.
+pub const VXLAN_OUT: &str = fan_common::Program::VxlanOut.name();
 /// The name of its link's pin, beside the device's name.
 pub const VXLAN_OUT_PIN: &str = "vxlan-out";
 /// Every TC program, in the order they are loaded and pinned.
-const TC_PROGRAMS: [&str; 4] = [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT, DECAP_TC];
+const TC_PROGRAMS: [&str; 5] = [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT, DECAP_TC, VXLAN_OUT];
 /// An XDP program that only returns XDP_PASS: the bench's baseline.
 pub const BENCH_XDP_PASS: &str = "fan_bench_xdp_pass";
 pub const CONFIG_MAP: &str = "FAN_CONFIG";
@@ -85,10 +85,11 @@ pub const AGENT_MAP: &str = "FAN_AGENT";
 pub const BYPASS_MAP: &str = "FAN_BYPASS";
 pub const EVENTS_MAP: &str = "FAN_EVENTS";
 pub const EVENT_SETTINGS_MAP: &str = "FAN_EVENT_SETTINGS";
-/// The pinned maps. A state directory of map layout 2 lacks the last four,
-/// one of layout 3 the last; attach creates them in place (see
-/// `commands::attach`).
-const MAPS: [&str; 12] = [
+pub const VXLAN_MAP: &str = "FAN_VXLAN";
+/// The pinned maps. A state directory of map layout 2 lacked the event
+/// maps, the per-fan counters and the underlays; layout 4 (VXLAN) changed
+/// the fan entry and record, which no older state can be read as.
+const MAPS: [&str; 13] = [
     AGENT_MAP,
     BYPASS_MAP,
     CONFIG_MAP,
@@ -101,6 +102,7 @@ const MAPS: [&str; 12] = [
     EVENT_SETTINGS_MAP,
     STATS_BY_FAN_MAP,
     UNDERLAYS_MAP,
+    VXLAN_MAP,
 ];
 
 /// Where decapsulation runs on the underlay device: the one type both sides share.

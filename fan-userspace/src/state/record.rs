@@ -121,7 +121,7 @@ impl Fan {
     /// What the wire format adds to each packet: the underlay MTU less this
     /// is the most the fan can carry.
     pub fn overhead(&self) -> u32 {
-        overhead(self.encap)
+        self.encap.overhead()
     }
 
     /// The prefix length of the gateway's address on the slice bridge.
@@ -137,15 +137,6 @@ impl Fan {
     pub fn overlay_port(&self) -> Option<(String, String)> {
         self.is_vxlan()
             .then(|| crate::host::naming::overlay_port_names(self.slice.network()))
-    }
-}
-
-/// What a wire format adds to every packet: the outer IPv4 header, and for
-/// VXLAN the UDP and VXLAN headers and the inner Ethernet header too.
-pub const fn overhead(encap: Encap) -> u32 {
-    match encap {
-        Encap::Ipip => crate::commands::attach::OUTER_HEADER,
-        Encap::Vxlan => fan_common::VXLAN_OVERHEAD,
     }
 }
 

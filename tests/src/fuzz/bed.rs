@@ -147,12 +147,12 @@ impl Bed {
         let maps: Vec<FanMap> = fans.iter().map(|f| f.map).collect();
         validate_fans(&maps).context("the fuzz bed's fans")?;
         for fan in &fans {
-            dataplane.insert_fan(&FanEntry {
-                map: fan.map,
-                local_host: fan.local_host,
-                underlay_ifindex: fan.underlay_ifindex,
-                overlay_mtu: fan.overlay_mtu,
-            })?;
+            dataplane.insert_fan(&FanEntry::ipip(
+                fan.map,
+                fan.local_host,
+                fan.underlay_ifindex,
+                fan.overlay_mtu,
+            ))?;
         }
         let mut ports = vec![("eth0".to_string(), eth0)];
         let mut devices = vec![Device {

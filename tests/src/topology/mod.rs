@@ -73,12 +73,12 @@ impl Host {
     /// The fan map entry of this host, with the ifindex of its `eth0`.
     pub fn fan_entry(&self) -> Result<FanEntry> {
         let ifindex = self.ns.enter(|| ifindex("eth0"))??;
-        Ok(FanEntry {
-            map: fan_map(),
-            local_host: u32::from(self.underlay_addr),
-            underlay_ifindex: ifindex,
-            overlay_mtu: OVERLAY_MTU,
-        })
+        Ok(FanEntry::ipip(
+            fan_map(),
+            u32::from(self.underlay_addr),
+            ifindex,
+            OVERLAY_MTU,
+        ))
     }
 
     /// This host's slice as `a.b.c.d/len`.
@@ -184,12 +184,12 @@ pub fn single_host_dataplane(label: &str) -> Result<(Netns, Dataplane, u32)> {
     ns.sysctl("net.ipv4.ip_forward", "1")?;
     let ifindex = ns.enter(|| ifindex("eth0"))??;
     let mut dataplane = Dataplane::load()?;
-    dataplane.insert_fan(&FanEntry {
-        map: fan_map(),
-        local_host: u32::from_be_bytes([198, 18, 0, 1]),
-        underlay_ifindex: ifindex,
-        overlay_mtu: OVERLAY_MTU,
-    })?;
+    dataplane.insert_fan(&FanEntry::ipip(
+        fan_map(),
+        u32::from_be_bytes([198, 18, 0, 1]),
+        ifindex,
+        OVERLAY_MTU,
+    ))?;
     Ok((ns, dataplane, ifindex))
 }
 

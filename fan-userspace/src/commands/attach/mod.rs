@@ -16,9 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
-    Encap, FanEntry, FanMap, VXLAN_DEFAULT_PORT, default_vni,
+    Encap, FanEntry, FanMap,
     fan::validate_fans,
     maps::{DecapMode, FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, ModeReason, SYSCTL_UNKNOWN, owned},
+    vxlan::{VXLAN_DEFAULT_PORT, default_vni},
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
@@ -42,7 +43,7 @@ use crate::{
     ipv4_network, require_capabilities,
     state::StateDir,
     state::record::{
-        Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes, overhead,
+        Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes,
     },
     state::rundir::RunDir,
     state::settings::{self, Settings},
@@ -59,9 +60,6 @@ use steps::apply;
 pub use table::STEPS;
 use table::checkpoint;
 
-/// IP-in-IP costs 20 bytes of every underlay packet.
-/// The outer IPv4 header the programs add (no options).
-pub(crate) const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
 /// The smallest fan MTU: IPv4's minimum datagram every host must accept.
 pub(crate) const MIN_FAN_MTU: u32 = 576;
 

@@ -105,7 +105,7 @@ pub(super) async fn plan(
         bail!("bridge name {bridge:?}: {why}");
     }
     let wire = wire_format(args, overlay)?;
-    let overhead = overhead(args.fan_type.into());
+    let overhead = Encap::from(args.fan_type).overhead();
     let max_mtu = iface.mtu.saturating_sub(overhead);
     let mtu = args.mtu.unwrap_or(max_mtu);
     if mtu > max_mtu || mtu < MIN_FAN_MTU {
@@ -298,6 +298,7 @@ pub(super) fn new_record(plan: &Plan) -> Result<FanMeta> {
         orig_bridge_mtu: [0; 2],
         orig_bridge_accept_ra: 0,
         encap: plan.wire.encap() as u8,
+        _pad: [0],
         vxlan_port: plan.wire.vni_and_port().1,
         vni: plan.wire.vni_and_port().0,
     })

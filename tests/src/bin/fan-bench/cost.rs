@@ -40,12 +40,12 @@ fn cost_bed(extra: u32) -> Result<(Netns, Dataplane)> {
         // 251.k.0.0/16 and up over 198.19.0.0/24: disjoint from 250/8 and each other.
         let overlay = u32::from_be_bytes([251 + (k / 256) as u8, (k % 256) as u8, 0, 0]);
         let map = FanMap::new(overlay, 16, u32::from_be_bytes([198, 19, 0, 0]), 24);
-        dp.insert_fan(&FanEntry {
+        dp.insert_fan(&FanEntry::ipip(
             map,
-            local_host: u32::from_be_bytes([198, 19, 0, 1]),
-            underlay_ifindex: ifindex,
-            overlay_mtu: 1480,
-        })?;
+            u32::from_be_bytes([198, 19, 0, 1]),
+            ifindex,
+            1480,
+        ))?;
     }
     Ok((ns, dp))
 }
