@@ -105,7 +105,10 @@ impl SliceRoutes {
                     .await?;
             }
             self.0.remove(&route.slice);
-            info!("path MTU towards {} expired: its route is gone", route.slice);
+            info!(
+                "path MTU towards {} expired: its route is gone",
+                route.slice
+            );
         }
         for (slice, route) in want {
             if self.0.get(&slice) == Some(&route) {

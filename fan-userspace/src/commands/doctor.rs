@@ -164,11 +164,12 @@ pub async fn run(global: &Global) -> Result<()> {
             );
         }
     }
+    // Each fan with its wire format.
+    let named: Vec<String> = fans
+        .iter()
+        .map(|f| format!("{} {}", f.overlay, f.encap.name()))
+        .collect();
     if findings.is_empty() {
-        let named: Vec<String> = fans
-            .iter()
-            .map(|f| format!("{} {}", f.overlay, f.encap.name()))
-            .collect();
         println!(
             "ok: {} fan(s) ({}), nothing found that breaks them",
             fans.len(),
@@ -176,6 +177,7 @@ pub async fn run(global: &Global) -> Result<()> {
         );
         return Ok(());
     }
+    println!("fan(s): {}", named.join(", "));
     for finding in &findings {
         println!("problem: {}\n    fix: {}", finding.problem, finding.fix);
     }

@@ -26,7 +26,11 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
                     "the pinned maps have no per-fan counters (written by an older fan-xdp): attach again to migrate them"
                 );
             }
-            match maps.stats_of_fans()?.into_iter().find(|f| f.overlay == name) {
+            match maps
+                .stats_of_fans()?
+                .into_iter()
+                .find(|f| f.overlay == name)
+            {
                 Some(found) => Some((name, found.encap)),
                 None => bail!("no fan with overlay {name} is attached here"),
             }

@@ -218,7 +218,13 @@ fn a_vxlan_fan_s_words_and_their_refusals() {
     assert_eq!((fans[1].vni, fans[1].port), (Some(42), Some(4789)));
     assert_eq!(fans[1].mode, Some(Mode::Tc));
     assert_eq!(fans[2].fan_type, Some(FanType::Ipip));
-    assert_error("250.0.0.0/8 eth0/16 type gre", 1, 26, "gre", "ipip or vxlan");
+    assert_error(
+        "250.0.0.0/8 eth0/16 type gre",
+        1,
+        26,
+        "gre",
+        "ipip or vxlan",
+    );
     assert_error(
         "250.0.0.0/8 eth0/16 type vxlan vni 16777216",
         1,

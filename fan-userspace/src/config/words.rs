@@ -147,7 +147,10 @@ fn check_type<'a>(fan: &FanLine, keywords: &[Word<'a>]) -> Result<(), WordError<
         }
         return Ok(());
     }
-    match keywords.iter().find(|w| w.text == "vni" || w.text == "port") {
+    match keywords
+        .iter()
+        .find(|w| w.text == "vni" || w.text == "port")
+    {
         Some(word) => Err((*word, format!("{} needs type vxlan", word.text))),
         None => Ok(()),
     }

@@ -69,6 +69,15 @@ impl Stats {
         if by_fan.is_empty() {
             return out;
         }
+        // An info series per fan: its labels whether or not it has counted anything.
+        out += "# HELP fan_xdp_fan_info The fans attached here: overlay and wire format.\n";
+        out += "# TYPE fan_xdp_fan_info gauge\n";
+        for fan in by_fan {
+            out += &format!(
+                "fan_xdp_fan_info{{overlay=\"{}\",type=\"{}\"}} 1\n",
+                fan.overlay, fan.encap
+            );
+        }
         for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
             out += &format!(
                 "# HELP fan_xdp_fan_{metric}_total {what} per fan and outcome decided once the packet's fan was known, summed over CPUs.\n"
@@ -180,6 +189,10 @@ mod tests {
             stats: stats(3, 150),
         }];
         let text = Stats::default().prometheus(0, &by_fan);
+        assert!(
+            text.lines()
+                .any(|l| l == "fan_xdp_fan_info{overlay=\"250.0.0.0/8\",type=\"vxlan\"} 1")
+        );
         assert!(text.lines().any(|l| l
             == "fan_xdp_fan_packets_total{overlay=\"250.0.0.0/8\",type=\"vxlan\",reason=\"encapsulated\"} 3"));
         assert!(text.lines().any(|l| l

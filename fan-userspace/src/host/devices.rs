@@ -230,7 +230,12 @@ impl Net {
     ) -> Result<(Device, Device)> {
         self.handle
             .link()
-            .add(LinkVeth::new(port, inner).mtu(mtu).controller(bridge).build())
+            .add(
+                LinkVeth::new(port, inner)
+                    .mtu(mtu)
+                    .controller(bridge)
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("creating veth pair {port}/{inner}"))?;

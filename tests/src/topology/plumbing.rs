@@ -104,7 +104,15 @@ pub fn plug_container(
     (addr, len): (Ipv4Addr, u8),
     gateway: Ipv4Addr,
 ) -> Result<Netns> {
-    plug_container_with_mtu(host_ns, bridge, port, label, (addr, len), gateway, OVERLAY_MTU)
+    plug_container_with_mtu(
+        host_ns,
+        bridge,
+        port,
+        label,
+        (addr, len),
+        gateway,
+        OVERLAY_MTU,
+    )
 }
 
 /// [`plug_container`] with link MTU `mtu` (a VXLAN fan's is 50 below the underlay's).

@@ -157,7 +157,10 @@ impl<'a> Attach<'a> {
             self.changed = true;
         }
         self.bridge_index = bridge.index;
-        let gateway = (plan.gateway, gateway_prefix(plan.wire, plan.overlay, plan.slice));
+        let gateway = (
+            plan.gateway,
+            gateway_prefix(plan.wire, plan.overlay, plan.slice),
+        );
         if !net.ipv4_addrs(bridge.index).await?.contains(&gateway) {
             self.claim(owned::GATEWAY_ADDRESS)?;
             net.add_addr(bridge.index, gateway.0, gateway.1).await?;

@@ -1,0 +1,510 @@
+//! The Fan's VXLAN mode end to end: `fan-xdp attach --type vxlan` on two
+//! simulated hosts, and a fan-xdp host beside a host whose kernel `vxlan`
+//! device is configured as Ubuntu's Fan VXLAN (and LXD's `bridge.mode=fan`)
+//! would be, with containers of both kinds: routed through the gateway
+//! (fan-xdp's /24) and with the overlay's /8 on-link (LXD's). Also what
+//! attach makes for a VXLAN fan, that each step's undo and detach take
+//! exactly that back, and the options it refuses.
+
+use std::net::Ipv4Addr;
+
+use fan_common::vxlan::{SOURCE_PORT_MAX, SOURCE_PORT_MIN, VXLAN_FLAG_VNI};
+use fan_tests::{
+    lifecycle::ingress_programs,
+    netns::Netns,
+    privileged,
+    snapshot::{assert_netns_unchanged, netns_snapshot},
+    topology::{Fleet, Host, plug_container_with_mtu},
+    traffic::{Capture, mac_of, ping, tcp_transfer},
+};
+
+const OVERLAY: &str = "250.0.0.0/8";
+/// LXD's VNI for 250.0.0.0/8: the overlay's network address >> 8.
+const VNI: u32 = 16_384_000;
+const PORT: u16 = 8472;
+/// The underlay's 1500 less VXLAN's 50.
+const MTU: u32 = 1450;
+const BULK: u64 = 20 * 1024 * 1024;
+
+/// A container on a slice bridge: number `j` has address slice + 10 + j,
+/// with prefix 24 (routed through the gateway, as fan-xdp's plan gives it)
+/// or 8 (the overlay on-link, as LXD's DHCP gives it), and its default
+/// route via the gateway either way.
+struct Container {
+    ns: Netns,
+    addr: Ipv4Addr,
+}
+
+fn container(host: &Host, j: u8, len: u8) -> Container {
+    let addr = Ipv4Addr::from(u32::from(host.slice) + 10 + u32::from(j));
+    let i = host.underlay_addr.octets()[3];
+    let ns = plug_container_with_mtu(
+        &host.ns,
+        &host.bridge,
+        &format!("veth{j}"),
+        &format!("vc{i}-{j}"),
+        (addr, len),
+        host.gateway,
+        MTU,
+    )
+    .unwrap();
+    Container { ns, addr }
+}
+
+/// `host` made a Fan VXLAN host by its kernel, as Ubuntu's fan patch and
+/// LXD set one up, in a fan of two hosts whose other member is `peer`: a
+/// vxlan device with the fan's VNI and port, a port of the slice bridge,
+/// which holds `<slice>.1/8` (the overlay on-link), and an all-zeros FDB
+/// entry to `peer` (what the Fan's arithmetic gives with two hosts). The
+/// commands docs/containers.md shows.
+fn kernel_vxlan_fan(host: &Host, peer: Ipv4Addr) {
+    let ns = &host.ns;
+    let (local, peer, mtu) = (
+        host.underlay_addr.to_string(),
+        peer.to_string(),
+        MTU.to_string(),
+    );
+    let (vni, port) = (VNI.to_string(), PORT.to_string());
+    let bridge = host.bridge.as_str();
+    let gateway = format!("{}/8", host.gateway);
+    for args in [
+        &["link", "add", bridge, "mtu", &mtu, "type", "bridge"][..],
+        &["addr", "add", &gateway, "dev", bridge],
+        &["link", "set", bridge, "up"],
+        &[
+            "link",
+            "add",
+            "vx",
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "dstport",
+            &port,
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "nolearning",
+        ],
+        &["link", "set", "vx", "mtu", &mtu, "master", bridge, "up"],
+    ] {
+        ns.ip(args).unwrap();
+    }
+    ns.run(
+        "bridge",
+        &[
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "vx",
+            "dst",
+            &peer,
+        ],
+    )
+    .unwrap();
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+}
+
+fn show(host: &Host) -> serde_json::Value {
+    serde_json::from_str(&host.fan_xdp_ok(&["show", "--json"]).unwrap()).unwrap()
+}
+
+fn stats(host: &Host) -> serde_json::Value {
+    serde_json::from_str(&host.fan_xdp_ok(&["stats", "--json"]).unwrap()).unwrap()
+}
+
+/// The MAC `peer` learned for `addr` by ARP (from `ip neigh`), if any.
+fn neighbour_mac(ns: &Netns, addr: Ipv4Addr) -> Option<[u8; 6]> {
+    let text = ns.ip(&["neigh", "show", &addr.to_string()]).unwrap();
+    let lladdr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)?;
+    let bytes: Vec<u8> = lladdr
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    bytes.try_into().ok()
+}
+
+/// What the VXLAN packets between underlay hosts `a` and `b` carried, each
+/// header checked against RFC 7348 and the fan's settings; the frames sent
+/// by each (a -> b, b -> a), and the inner ethertypes seen.
+#[derive(Default, Debug)]
+struct Wire {
+    from_a: usize,
+    from_b: usize,
+    arp: usize,
+    source_ports: std::collections::BTreeSet<u16>,
+}
+
+fn check_wire(frames: &[Vec<u8>], a: Ipv4Addr, b: Ipv4Addr, fan_xdp: Ipv4Addr) -> Wire {
+    let mut wire = Wire::default();
+    for frame in frames {
+        // Ethernet 14, IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14.
+        if frame.len() < 64 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 {
+            continue;
+        }
+        let (ip, udp, vxlan, inner) =
+            (&frame[14..34], &frame[34..42], &frame[42..50], &frame[50..]);
+        if u16::from_be_bytes([udp[2], udp[3]]) != PORT {
+            continue;
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        assert_eq!(ip[0], 0x45, "outer IPv4 with options from {src}");
+        assert_eq!(vxlan[0], VXLAN_FLAG_VNI, "VXLAN flags from {src}");
+        assert_eq!(vxlan[1..4], [0, 0, 0], "VXLAN reserved bytes from {src}");
+        let vni = u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]);
+        assert_eq!(vni, VNI, "VNI from {src}");
+        assert_eq!(vxlan[7], 0, "VXLAN's last reserved byte from {src}");
+        let ethertype = [inner[12], inner[13]];
+        assert!(
+            ethertype == [0x08, 0x00] || ethertype == [0x08, 0x06],
+            "{src} sent ethertype {ethertype:02x?} into the fan"
+        );
+        if src == fan_xdp {
+            // fan-xdp's choices: DF, TTL 64, ID 0, UDP checksum 0, source
+            // port from the flow's hash in the kernel's range.
+            let flags = u16::from_be_bytes([ip[6], ip[7]]);
+            assert_eq!(flags, 0x4000, "fan-xdp's outer DF and fragment offset");
+            assert_eq!(ip[8], 64, "fan-xdp's outer TTL");
+            assert_eq!(ip[4..6], [0, 0], "fan-xdp's outer ID");
+            assert_eq!(udp[6..8], [0, 0], "fan-xdp's UDP checksum");
+            let source = u16::from_be_bytes([udp[0], udp[1]]);
+            assert!(
+                (SOURCE_PORT_MIN..=SOURCE_PORT_MAX).contains(&source),
+                "source port {source} outside the kernel's range"
+            );
+            wire.source_ports.insert(source);
+        }
+        wire.arp += usize::from(ethertype == [0x08, 0x06]);
+        if (src, dst) == (a, b) {
+            wire.from_a += 1;
+        } else if (src, dst) == (b, a) {
+            wire.from_b += 1;
+        }
+    }
+    wire
+}
+
+/// Pings between the containers of each pair, both ways (and so ARP: for
+/// the remote container itself where the /8 is on-link, for the gateway
+/// otherwise).
+fn exchange(pairs: &[(&Container, &Container)]) {
+    for (one, other) in pairs {
+        for (from, to) in [(one, other), (other, one)] {
+            assert!(
+                ping(&from.ns, to.addr, 2).unwrap(),
+                "{} -> {}",
+                from.addr,
+                to.addr
+            );
+        }
+    }
+}
+
+/// The ARP answer an on-link container got for a remote container is the
+/// remote container's own MAC: ARP went across the fan both ways.
+fn assert_arp_across(on_link: &Container, remote: &Container) {
+    let learned = neighbour_mac(&on_link.ns, remote.addr);
+    let real = mac_of(&remote.ns, "eth0").unwrap();
+    assert_eq!(
+        learned,
+        Some(real),
+        "{} resolved {} to another MAC (not ARP across the fan)",
+        on_link.addr,
+        remote.addr
+    );
+}
+
+#[test]
+fn two_fan_xdp_vxlan_hosts_carry_ping_arp_and_tcp_both_ways() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&["--type", "vxlan"]).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    for host in [h1, h2] {
+        let shown = show(host);
+        assert_eq!(
+            (
+                &shown[0]["type"],
+                &shown[0]["vni"],
+                &shown[0]["port"],
+                &shown[0]["mtu"]
+            ),
+            (
+                &serde_json::json!("vxlan"),
+                &serde_json::json!(VNI),
+                &serde_json::json!(PORT),
+                &serde_json::json!(MTU)
+            ),
+            "{shown}"
+        );
+        assert_eq!(shown[0]["mode"], "tc", "{shown}");
+    }
+    let (r1, l1) = (container(h1, 1, 24), container(h1, 2, 8));
+    let (r2, l2) = (container(h2, 1, 24), container(h2, 2, 8));
+    for host in [h1, h2] {
+        host.wait_for_run_ready(std::time::Duration::from_secs(10))
+            .unwrap();
+    }
+
+    let capture =
+        Capture::start(&h2.ns, "eth0", std::env::temp_dir().join("vxlan-2.pcap")).unwrap();
+    exchange(&[(&r1, &r2), (&l1, &l2), (&r1, &l2), (&l1, &r2)]);
+    let wire = check_wire(
+        &capture.finish().unwrap(),
+        h1.underlay_addr,
+        h2.underlay_addr,
+        h1.underlay_addr,
+    );
+    assert!(
+        wire.from_a >= 16 && wire.from_b >= 16 && wire.arp >= 2,
+        "captured {wire:?}"
+    );
+    assert_arp_across(&l1, &l2);
+    assert_arp_across(&l2, &l1);
+    assert_arp_across(&l1, &r2);
+
+    for (a, b) in [(&r1, &r2), (&l1, &l2)] {
+        assert_eq!(tcp_transfer(&b.ns, &a.ns, b.addr, BULK).unwrap(), BULK);
+        assert_eq!(tcp_transfer(&a.ns, &b.ns, a.addr, BULK).unwrap(), BULK);
+    }
+    for host in [h1, h2] {
+        let s = stats(host);
+        assert_eq!(s["drop_spoofed_source"]["packets"], 0, "{s}");
+    }
+    drop((r1, l1, r2, l2));
+    fleet.detach_all().unwrap();
+}
+
+#[test]
+fn fan_xdp_and_a_kernel_vxlan_fan_host_interoperate() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--type", "vxlan"])
+        .unwrap();
+    kernel_vxlan_fan(h2, h1.underlay_addr);
+    let (r1, l1) = (container(h1, 1, 24), container(h1, 2, 8));
+    let (r2, l2) = (container(h2, 1, 24), container(h2, 2, 8));
+    h1.wait_for_run_ready(std::time::Duration::from_secs(10))
+        .unwrap();
+
+    let capture = Capture::start(
+        &h2.ns,
+        "eth0",
+        std::env::temp_dir().join("vxlan-kernel.pcap"),
+    )
+    .unwrap();
+    exchange(&[(&r1, &r2), (&l1, &l2), (&r1, &l2), (&l1, &r2)]);
+    let wire = check_wire(
+        &capture.finish().unwrap(),
+        h1.underlay_addr,
+        h2.underlay_addr,
+        h1.underlay_addr,
+    );
+    assert!(
+        wire.from_a >= 16 && wire.from_b >= 16 && wire.arp >= 2,
+        "captured {wire:?}"
+    );
+    assert_arp_across(&l1, &l2);
+    assert_arp_across(&l2, &l1);
+
+    let vx = |which: &str| -> u64 {
+        h2.ns
+            .run("cat", &[&format!("/sys/class/net/vx/statistics/{which}")])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (rx, tx) = (vx("rx_bytes"), vx("tx_bytes"));
+    for (a, b) in [(&r1, &r2), (&l1, &l2)] {
+        assert_eq!(
+            tcp_transfer(&b.ns, &a.ns, b.addr, BULK).unwrap(),
+            BULK,
+            "fan-xdp -> kernel vxlan"
+        );
+        assert_eq!(
+            tcp_transfer(&a.ns, &b.ns, a.addr, BULK).unwrap(),
+            BULK,
+            "kernel vxlan -> fan-xdp"
+        );
+    }
+    assert!(
+        vx("rx_bytes") - rx >= 2 * BULK,
+        "the vxlan device did not receive the transfers"
+    );
+    assert!(
+        vx("tx_bytes") - tx >= 2 * BULK,
+        "the vxlan device did not send the transfers"
+    );
+    drop((r1, l1, r2, l2));
+    h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}
+
+/// The pieces attach makes for a VXLAN fan, and that detach removes them all.
+#[test]
+fn a_vxlan_fan_s_bridge_gateway_and_overlay_port_come_and_go_with_it() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    // Detach leaves forwarding on, by design (runtimes may rely on it).
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let before = netns_snapshot(&host.ns).unwrap();
+    let out = host
+        .fan_xdp_ok(&[
+            "attach",
+            "eth0",
+            "--overlay",
+            OVERLAY,
+            "--type",
+            "vxlan",
+            "--no-agent",
+        ])
+        .unwrap();
+    assert!(out.contains("(VXLAN, VNI 16384000, port 8472)"), "{out}");
+    let bridge = host.bridge.as_str();
+    // The gateway with the overlay's prefix: the kernel routes the overlay to the bridge.
+    let addrs = host.ns.ip(&["-4", "addr", "show", "dev", bridge]).unwrap();
+    assert!(
+        addrs.contains(&format!("inet {}/8 ", host.gateway)),
+        "{addrs}"
+    );
+    let route = host.ns.ip(&["route", "show", OVERLAY]).unwrap();
+    assert!(route.contains(&format!("dev {bridge}")), "{route}");
+    // No fan-host: the overlay port carries the host's traffic too.
+    assert!(host.ns.ip(&["link", "show", "fan-host"]).is_err());
+    let (a, b) = ("fvx-fa000100a", "fvx-fa000100b");
+    let port = host.ns.ip(&["-d", "link", "show", a]).unwrap();
+    assert!(
+        port.contains(&format!("master {bridge}")) && port.contains("mtu 1450"),
+        "{port}"
+    );
+    let inner = host.ns.ip(&["-d", "link", "show", b]).unwrap();
+    assert!(
+        inner.contains("mtu 1450") && inner.contains("state UP"),
+        "{inner}"
+    );
+    assert!(
+        !host
+            .ns
+            .ip(&["addr", "show", "dev", b])
+            .unwrap()
+            .contains("inet")
+    );
+    let bridge_link = host.ns.ip(&["link", "show", bridge]).unwrap();
+    assert!(bridge_link.contains("mtu 1450"), "{bridge_link}");
+    // fan_vxlan_out at B's TC ingress.
+    assert_eq!(ingress_programs(host, b), ["fan_vxlan_out"]);
+    let shown = host.fan_xdp_ok(&["show"]).unwrap();
+    assert!(
+        shown.contains("type=vxlan")
+            && shown.contains("vni=16384000")
+            && shown.contains("port=8472"),
+        "{shown}"
+    );
+    let prometheus = host.fan_xdp_ok(&["stats", "--prometheus"]).unwrap();
+    assert!(
+        prometheus.contains("fan_xdp_fan_info{overlay=\"250.0.0.0/8\",type=\"vxlan\"} 1"),
+        "{prometheus}"
+    );
+    let stats = host.fan_xdp_ok(&["stats", "--fan", OVERLAY]).unwrap();
+    assert!(stats.starts_with("type: vxlan\n"), "{stats}");
+    let doctor = host.fan_xdp(&["doctor"]).unwrap();
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.starts_with("fan(s): 250.0.0.0/8 vxlan\n"),
+        "{doctor}"
+    );
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_netns_unchanged(
+        &host.ns,
+        &before,
+        "detach of a VXLAN fan left something behind",
+    );
+}
+
+/// An attach that fails after any step leaves nothing of a VXLAN fan.
+#[test]
+fn a_vxlan_attach_failing_at_each_step_takes_back_what_it_did() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let before = netns_snapshot(&host.ns).unwrap();
+    let binary = fan_tests::topology::fan_xdp_binary();
+    for step in fan_userspace::commands::attach::STEPS {
+        let out = host
+            .ns
+            .command(binary.to_str().unwrap())
+            .args([
+                "attach",
+                "eth0",
+                "--overlay",
+                OVERLAY,
+                "--type",
+                "vxlan",
+                "--no-agent",
+            ])
+            .env("FAN_XDP_INJECT", format!("fail:{step}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&format!("after step {step}")),
+            "{step}: {stderr} (a build without the fault-injection feature?)"
+        );
+        assert_netns_unchanged(
+            &host.ns,
+            &before,
+            &format!("a VXLAN attach failing after {step} left something behind"),
+        );
+    }
+}
+
+/// Bad VXLAN options are refused by name, and refused before anything changes.
+#[test]
+fn bad_vxlan_options_are_refused_and_change_nothing() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let before = netns_snapshot(&host.ns).unwrap();
+    let attach = ["attach", "eth0", "--overlay", OVERLAY];
+    for (extra, says) in [
+        (&["--type", "vxlan", "--vni", "16777216"][..], "24 bits"),
+        (&["--type", "vxlan", "--port", "0"], "1 to 65535"),
+        (&["--type", "vxlan", "--port", "65536"], "1 to 65535"),
+        (&["--type", "gre"], "gre"),
+        (&["--vni", "7"], "need --type vxlan"),
+        (&["--port", "4789"], "need --type vxlan"),
+        (
+            &["--type", "vxlan", "--mode", "xdp"],
+            "--mode xdp does not decapsulate VXLAN",
+        ),
+        (
+            &["--type", "vxlan", "--mtu", "1460"],
+            "after the 50-byte vxlan header",
+        ),
+    ] {
+        let args = [&attach[..], extra].concat();
+        let out = host.fan_xdp(&args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was taken");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_netns_unchanged(&host.ns, &before, &format!("{args:?} changed something"));
+    }
+}
