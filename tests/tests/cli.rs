@@ -222,7 +222,7 @@ fn two_overlays_side_by_side() {
     let prometheus = h1.fan_xdp_ok(&["stats", "--prometheus"]).unwrap();
     assert!(
         prometheus
-            .contains("fan_xdp_fan_packets_total{overlay=\"240.0.0.0/8\",reason=\"encapsulated\"}"),
+            .contains("fan_xdp_fan_packets_total{overlay=\"240.0.0.0/8\",type=\"ipip\",reason=\"encapsulated\"}"),
         "{prometheus}"
     );
 

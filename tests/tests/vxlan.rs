@@ -508,3 +508,85 @@ fn bad_vxlan_options_are_refused_and_change_nothing() {
         assert_netns_unchanged(&host.ns, &before, &format!("{args:?} changed something"));
     }
 }
+
+/// fanctl's spelling: `up ... type vxlan` and a configuration line with it
+/// make the same fan as `attach --type vxlan`; `down` removes it.
+#[test]
+fn up_and_down_take_the_type_vni_and_port_words() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.fan_xdp_ok(&[
+        "up",
+        "--no-agent",
+        OVERLAY,
+        "eth0/16",
+        "type",
+        "vxlan",
+        "vni",
+        "42",
+        "port",
+        "4789",
+    ])
+    .unwrap();
+    let shown = show(host);
+    assert_eq!(
+        (&shown[0]["type"], &shown[0]["vni"], &shown[0]["port"]),
+        (
+            &serde_json::json!("vxlan"),
+            &serde_json::json!(42),
+            &serde_json::json!(4789)
+        ),
+        "{shown}"
+    );
+    host.fan_xdp_ok(&["down", OVERLAY, "eth0/16"]).unwrap();
+    assert_eq!(show(host), serde_json::json!([]));
+}
+
+/// The agent puts back a VXLAN fan's overlay port deleted under it.
+#[test]
+fn the_agent_repairs_a_deleted_overlay_port() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--type", "vxlan"])
+        .unwrap();
+    let (a, b) = ("fvx-fa000100a", "fvx-fa000100b");
+    host.ns.ip(&["link", "del", a]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let back = host.ns.ip(&["link", "show", a]).unwrap_or_default();
+        if back.contains(&format!("master {}", host.bridge))
+            && ingress_programs(host, b) == ["fan_vxlan_out"]
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the overlay port is not back: {back}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let entry = host
+        .pinned_maps()
+        .unwrap()
+        .config
+        .iter()
+        .next()
+        .unwrap()
+        .unwrap()
+        .1;
+    let index = |name: &str| {
+        host.ns
+            .enter(|| fan_tests::topology::ifindex(name))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(entry.overlay_port_ifindex, index(b));
+    assert_eq!(entry.bridge_ifindex, index(&host.bridge));
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}

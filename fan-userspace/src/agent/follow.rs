@@ -50,7 +50,7 @@ use crate::{
         detach,
     },
     config::resolve::detach_args,
-    dataplane::{Hook, PinnedMaps, overlay_key},
+    dataplane::{Hook, PinnedMaps, VXLAN_OUT_PIN, overlay_key},
     host::{Net, bypass, naming::bridge_name},
     state::{
         StateDir,
@@ -319,6 +319,9 @@ async fn need(
             fan.bridge
         )));
     }
+    if let Some(why) = overlay_port_broken(net, dir, fan, bridge.index).await? {
+        return Ok(Need::Repair(why));
+    }
     if !iface.up {
         return Ok(Need::Wait(format!("underlay {} is down", fan.iface)));
     }
@@ -336,6 +339,48 @@ async fn need(
         None if fits != fan.mtu => Ok(Need::Retune(fits)),
         None => Ok(Need::Nothing),
     }
+}
+
+/// What is wrong with a VXLAN fan's overlay port, if anything: deleted,
+/// unplugged from the slice bridge (`bridge`, its ifindex now), its program
+/// gone with a re-created device, or the fan entry naming old devices.
+async fn overlay_port_broken(
+    net: &Net,
+    dir: &StateDir,
+    fan: &Fan,
+    bridge: u32,
+) -> Result<Option<String>> {
+    let Some((port, inner)) = fan.overlay_port() else {
+        return Ok(None);
+    };
+    let (Some(port_dev), Some(inner_dev)) = (net.device(&port).await?, net.device(&inner).await?)
+    else {
+        return Ok(Some(format!("overlay port {port}/{inner} was deleted")));
+    };
+    if port_dev.controller != Some(bridge) {
+        return Ok(Some(format!(
+            "overlay port {port} is no longer a port of {}",
+            fan.bridge
+        )));
+    }
+    let pin = dir.link(&inner, VXLAN_OUT_PIN);
+    if attach::defunct(net, &pin, inner_dev.index, Hook::TcIngress)
+        .await?
+        .is_some()
+    {
+        return Ok(Some(format!("overlay port {inner} was re-created")));
+    }
+    let key = overlay_key(u32::from(fan.overlay.network()), fan.overlay.prefix());
+    let entry = PinnedMaps::open(dir)?.config.get(&key, 0).ok();
+    if entry
+        .is_some_and(|e| e.overlay_port_ifindex != inner_dev.index || e.bridge_ifindex != bridge)
+    {
+        return Ok(Some(format!(
+            "the fan entry names an old {inner} or {}",
+            fan.bridge
+        )));
+    }
+    Ok(None)
 }
 
 /// Gives `fan` the MTU `mtu` in place: first the fan entry the programs
