@@ -590,3 +590,89 @@ fn the_agent_repairs_a_deleted_overlay_port() {
     assert_eq!(entry.bridge_ifindex, index(&host.bridge));
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
+
+/// DHCP on a VXLAN fan: the lease's option 26 carries the fan's MTU (the
+/// underlay's less 50), the router is the gateway, the netmask the slice's.
+#[test]
+fn dhcp_on_a_vxlan_fan_hands_out_its_mtu() {
+    if !privileged() {
+        return;
+    }
+    fan_tests::dhcp::require_tools().unwrap();
+    let state = fan_tests::dhcp::StateDir::new().unwrap();
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let said = fan_tests::dhcp::fan_xdp(
+        host,
+        &state,
+        &[
+            "attach",
+            "eth0",
+            "--overlay",
+            OVERLAY,
+            "--type",
+            "vxlan",
+            "--dhcp",
+        ],
+    )
+    .unwrap();
+    assert!(said.contains("MTU 1450"), "{said}");
+    let client =
+        fan_tests::dhcp::plug_dhcp_container(&host.ns, &host.bridge, "dveth1", "vd1-1").unwrap();
+    let leased = fan_tests::dhcp::lease(&client).unwrap();
+    assert_eq!(
+        (leased.prefix, leased.router, leased.mtu),
+        (24, Some(host.gateway), MTU),
+        "{leased:?}"
+    );
+    drop(client);
+    fan_tests::dhcp::fan_xdp(host, &state, &["detach", "eth0"]).unwrap();
+}
+
+/// An IP-in-IP fan and a VXLAN fan on one host: `fan-host` is the IP-in-IP
+/// fan's alone and goes with it; the VXLAN fan's pieces stay until it goes.
+#[test]
+fn an_ipip_fan_and_a_vxlan_fan_side_by_side() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let before = netns_snapshot(&host.ns).unwrap();
+    host.fan_xdp_ok(&[
+        "attach",
+        "eth0",
+        "--overlay",
+        OVERLAY,
+        "--type",
+        "vxlan",
+        "--no-agent",
+    ])
+    .unwrap();
+    assert!(host.ns.ip(&["link", "show", "fan-host"]).is_err());
+    host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8", "--no-agent"])
+        .unwrap();
+    let fan_host = host.ns.ip(&["link", "show", "fan-host"]).unwrap();
+    assert!(
+        fan_host.contains("mtu 1480"),
+        "the IP-in-IP fan's MTU: {fan_host}"
+    );
+    let shown = show(host);
+    let types: Vec<&str> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["ipip", "vxlan"], "{shown}");
+    host.fan_xdp_ok(&["detach", "eth0", "--overlay", "240.0.0.0/8"])
+        .unwrap();
+    assert!(
+        host.ns.ip(&["link", "show", "fan-host"]).is_err(),
+        "fan-host outlived the last IP-in-IP fan"
+    );
+    assert!(host.ns.ip(&["link", "show", "fvx-fa000100a"]).is_ok());
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_netns_unchanged(&host.ns, &before, "two fans left something behind");
+}
