@@ -67,6 +67,16 @@ impl FanEntry {
         self.encap == Encap::Vxlan as u8
     }
 
+    /// Bytes each underlay packet of this fan spends on the encapsulation.
+    #[inline(always)]
+    pub const fn overhead(&self) -> u32 {
+        if self.is_vxlan() {
+            crate::vxlan::VXLAN_OVERHEAD
+        } else {
+            crate::ipv4::IPV4_HDR_LEN as u32
+        }
+    }
+
     /// The first address of this host's slice, in host byte order.
     #[inline(always)]
     pub const fn local_slice(&self) -> u32 {

@@ -130,6 +130,7 @@ stat_reasons! {
     DropVxlanArpNotRequestOrReply = "drop_vxlan_arp_not_request_or_reply": "a VXLAN fan's ARP (at its overlay port, or received) that is not an Ethernet/IPv4 request or reply",
     DropVxlanBroadcastNotArp = "drop_vxlan_broadcast_not_arp": "a frame received over VXLAN to a broadcast or multicast MAC that is not an ARP request",
     DropVxlanTooBig = "drop_vxlan_too_big": "a frame at a VXLAN fan's overlay port larger than the fan's MTU (or the underlay route's, or a learned path MTU) allows after the 50-byte overhead: switched, not routed, so nobody answers its sender",
+    PassVxlanViaOverlayPort = "pass_vxlan_via_overlay_port": "a VXLAN fan's packet at the slice bridge's program: the host routes it back to the bridge, whose overlay port sends it",
     PassVxlanAtXdp = "pass_vxlan_at_xdp": "a VXLAN fan's frame at the XDP hook: left to the TC program, which decapsulates VXLAN",
 }
 

@@ -10,26 +10,38 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use fan_common::{
-    FanEntry, StatReason,
+    FanEntry, StatReason, WireAddr,
     events::Program,
     ipv4::{
-        ECN_MASK, ETH_HDR_LEN, IPPROTO_ICMP, IPPROTO_IPIP, decap_ecn, is_fragment, replace_word,
+        ECN_MASK, ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_UDP,
+        decap_ecn, is_fragment, replace_word,
     },
+    maps::Endpoint,
+    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN, header_vni},
 };
 
 use crate::{
     events::{self, Seen},
-    maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host},
-    parse::{EthHdr, eth, ipv4},
+    maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host, vxlan_fan},
+    parse::{ARP_OP_REQUEST, ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
     pmtu,
     stats::count_in,
-    tc::{device_mtu, ensure_ipv4_header, frame, gso_size},
+    tc::{device_mtu, ensure_ipv4_header, ensure_linear, frame, gso_size},
+    vxlan,
 };
 
 /// What to do with a received frame.
 pub enum Decision {
     /// Ours and genuine: remove `outer_len` bytes after the Ethernet header.
     Decapsulate { outer_len: usize },
+    /// A VXLAN fan's genuine frame: remove `outer_len` bytes after the
+    /// Ethernet header (outer IPv4, UDP and VXLAN), then the inner Ethernet
+    /// header takes the outer one's place. `ipv4`: it carries IPv4 (else ARP).
+    DecapsulateVxlan {
+        outer_len: usize,
+        fan: &'static FanEntry,
+        ipv4: bool,
+    },
     /// Not fan traffic (or not decapsulable here): the stack decides.
     Pass(StatReason),
     /// Fan traffic that must not be delivered.
@@ -40,25 +52,32 @@ pub enum Decision {
 ///
 /// A frame claims to be fan traffic for this host when it is IP-in-IP (not
 /// an outer fragment) addressed to one of this host's underlay addresses and
-/// at least one inner address lies in an attached overlay. (IP-in-IP whose
-/// inner addresses are in no overlay is not the Fan's: a kernel tunnel may
-/// own it, so the stack decides.) A claim is decapsulated only if
-/// - the inner destination is in this host's slice of its fan, that fan's
-///   local address is the outer destination, and it is neither the slice's
-///   network nor its broadcast address (so nothing is forwarded on behalf of
-///   another host, and limited broadcast or multicast can never be reached:
+/// at least one inner address lies in an attached overlay, or VXLAN (UDP to
+/// one of this host's underlay addresses) whose port and VNI are a VXLAN
+/// fan's. (IP-in-IP whose inner addresses are in no overlay, or VXLAN of
+/// another port or VNI, is not the Fan's: a kernel tunnel may own it, so
+/// the stack decides.) A claim is decapsulated only if
+/// - the inner destination (a VXLAN ARP message's target) is in this host's
+///   slice of its fan (for VXLAN, the VNI's fan), that fan's local address
+///   is the outer destination, and it is neither the slice's network nor
+///   its broadcast address (so nothing is forwarded on behalf of another
+///   host, and limited broadcast or multicast can never be reached:
 ///   overlays exclude both);
 /// - the outer source is a host of that fan's underlay: not one of this
 ///   host's own addresses, not the underlay's network or broadcast address;
-/// - the inner source is in an attached overlay whose underlay contains the
-///   outer source, and in that overlay its slice is the outer source's.
+/// - the inner source (a VXLAN ARP message's sender) is in an attached
+///   overlay whose underlay contains the outer source, and in that overlay
+///   its slice is the outer source's;
+/// - VXLAN only: the inner frame is IPv4 or an Ethernet/IPv4 ARP request
+///   or reply, and only an ARP request goes to a broadcast (or multicast) MAC.
 ///
 /// Every other claim is dropped with its own reason. If the outer header
-/// carries an ECN CE mark, it is copied into the inner header here (RFC
+/// carries an ECN CE mark, it is copied into the inner IPv4 header here (RFC
 /// 6040), since the outer header is about to go.
 ///
-/// `found` gets the claim's fan once the inner addresses name one (the
-/// destination's, else the source's), for the per-fan counters.
+/// `found` gets the claim's fan once the inner addresses (for VXLAN, the
+/// port and VNI) name one (the destination's, else the source's), for the
+/// per-fan counters.
 #[inline(always)]
 pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -> Decision {
     let Some(eth) = eth(start, end) else {
@@ -74,6 +93,12 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
     // SAFETY: bounds-checked above; the header is copied out, so later writes
     // through other pointers cannot alias it.
     let outer = unsafe { *outer };
+    if outer.protocol == IPPROTO_UDP {
+        return match decide_vxlan(start, end, &outer, found) {
+            Ok(decision) => decision,
+            Err(reason) => Decision::Drop(reason),
+        };
+    }
     if outer.protocol != IPPROTO_IPIP {
         // Routers' "fragmentation needed" about our outer packets: the
         // underlay device is the one place they may be learned from.
@@ -99,10 +124,9 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
     // SAFETY: bounds-checked above.
     let inner = unsafe { *inner_ptr };
     let dst_fan = fan_for(inner.dst_wire());
-    let inner_src = inner.src();
     let src_fan = match dst_fan {
-        Some(fan) if fan.map.overlay_contains(inner_src) => Some(fan),
-        _ => fan_for(inner.src_wire()),
+        Some(fan) => source_fan(fan, inner.src()),
+        None => fan_for(inner.src_wire()),
     };
     *found = dst_fan.or(src_fan);
     let (dst_fan, src_fan) = match (dst_fan, src_fan) {
@@ -111,48 +135,181 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
         (Some(_), None) => return Decision::Drop(StatReason::DropInnerSrcOutsideOverlay),
         (Some(dst_fan), Some(src_fan)) => (dst_fan, src_fan),
     };
+    let checked = check_receiver(dst_fan, &outer, inner.dst())
+        .and_then(|()| check_sender(dst_fan, src_fan, &outer, inner.src()))
+        .and_then(|()| carry_ecn(&outer, inner_ptr));
+    match checked {
+        Ok(()) => Decision::Decapsulate { outer_len },
+        Err(reason) => Decision::Drop(reason),
+    }
+}
 
-    // The inner destination: a container (or the gateway) of this host's slice.
-    let inner_dst = inner.dst();
-    if dst_fan.local_host != outer.dst() || !dst_fan.is_local(inner_dst) {
-        return Decision::Drop(StatReason::DropInnerDstNotLocal);
+/// The fan the inner source `src` is from, given the destination's fan:
+/// that fan if its overlay holds `src` (one lookup saved), else the fan
+/// whose overlay does.
+#[inline(always)]
+fn source_fan(dst_fan: &'static FanEntry, src: u32) -> Option<&'static FanEntry> {
+    if dst_fan.map.overlay_contains(src) {
+        Some(dst_fan)
+    } else {
+        fan_for(WireAddr::from_host(src))
     }
-    if dst_fan.map.is_slice_edge(dst_fan.local_host, inner_dst) {
-        return Decision::Drop(StatReason::DropInnerDstReserved);
+}
+
+/// The inner destination (or ARP target) `dst`: a container (or the
+/// gateway) of this host's slice of `dst_fan`, whose local address the
+/// outer header was sent to.
+#[inline(always)]
+fn check_receiver(dst_fan: &FanEntry, outer: &Ipv4Hdr, dst: u32) -> Result<(), StatReason> {
+    if dst_fan.local_host != outer.dst() || !dst_fan.is_local(dst) {
+        return Err(StatReason::DropInnerDstNotLocal);
     }
-    // The outer source: another host of the fan's underlay.
+    if dst_fan.map.is_slice_edge(dst_fan.local_host, dst) {
+        return Err(StatReason::DropInnerDstReserved);
+    }
+    Ok(())
+}
+
+/// The outer source: another host of the fan's underlay, owning the slice
+/// of the inner source (or ARP sender) `src`, which lies in `src_fan`.
+#[inline(always)]
+fn check_sender(
+    dst_fan: &FanEntry,
+    src_fan: &FanEntry,
+    outer: &Ipv4Hdr,
+    src: u32,
+) -> Result<(), StatReason> {
     let outer_src = outer.src();
     if !dst_fan.map.underlay_contains(outer_src) || !src_fan.map.underlay_contains(outer_src) {
-        return Decision::Drop(StatReason::DropOuterSrcOutsideUnderlay);
+        return Err(StatReason::DropOuterSrcOutsideUnderlay);
     }
     // Reserved in either fan: a source fan with a narrower underlay has
     // its own network and broadcast addresses, which own no slice there.
     if dst_fan.map.is_reserved_host(outer_src) || src_fan.map.is_reserved_host(outer_src) {
-        return Decision::Drop(StatReason::DropOuterSrcReserved);
+        return Err(StatReason::DropOuterSrcReserved);
     }
     if is_local_host(outer.src_wire()) {
-        return Decision::Drop(StatReason::DropOuterSrcIsLocal);
+        return Err(StatReason::DropOuterSrcIsLocal);
     }
-    // The inner source: in the slice the outer source owns.
-    if src_fan.map.host_of(inner_src) != outer_src {
-        return Decision::Drop(StatReason::DropSpoofedSource);
+    if src_fan.map.host_of(src) != outer_src {
+        return Err(StatReason::DropSpoofedSource);
     }
+    Ok(())
+}
 
+/// Copies an outer CE mark into the inner IPv4 header at `inner_ptr`
+/// (RFC 6040), or refuses a CE mark over a Not-ECT inner packet.
+#[inline(always)]
+fn carry_ecn(outer: &Ipv4Hdr, inner_ptr: *mut Ipv4Hdr) -> Result<(), StatReason> {
+    // SAFETY: the caller bounds-checked `inner_ptr`; copied out.
+    let inner = unsafe { *inner_ptr };
     let Some(ecn) = decap_ecn(outer.tos, inner.tos) else {
-        return Decision::Drop(StatReason::DropCeNotEct);
+        return Err(StatReason::DropCeNotEct);
     };
     if ecn != inner.tos & ECN_MASK {
         let old = inner.tos_word();
         let tos = (inner.tos & !ECN_MASK) | ecn;
         let new = u16::from_ne_bytes([inner.version_ihl, tos]);
         let check = replace_word(inner.check_word(), old, new);
-        // SAFETY: `inner_ptr` was bounds-checked; both hooks may write packet data.
+        // SAFETY: bounds-checked by the caller; both hooks may write packet data.
         unsafe {
             (*inner_ptr).tos = tos;
             (*inner_ptr).check = check.to_ne_bytes();
         }
     }
-    Decision::Decapsulate { outer_len }
+    Ok(())
+}
+
+/// Bytes the receive policy reads of a VXLAN packet after its outer IPv4
+/// header: UDP, VXLAN, the inner Ethernet header and an ARP message (an
+/// inner IPv4 header is read with its options).
+pub const VXLAN_POLICY_LEN: usize = UDP_HDR_LEN + VXLAN_HDR_LEN + ETH_HDR_LEN + ARP_IPV4_LEN;
+const ARP_IPV4_LEN: usize = core::mem::size_of::<ArpIpv4>();
+
+/// The VXLAN branch of the receive policy, for UDP `outer`. `Ok` with a
+/// pass for what is not a VXLAN fan's, or with the decapsulation; `Err`
+/// with the reason a VXLAN fan's frame is dropped.
+#[inline(always)]
+fn decide_vxlan(
+    start: usize,
+    end: usize,
+    outer: &Ipv4Hdr,
+    found: &mut Option<&'static FanEntry>,
+) -> Result<Decision, StatReason> {
+    let not_ours = Ok(Decision::Pass(StatReason::PassNotIpip));
+    // A later fragment has no UDP header to tell.
+    if outer.frag_off() & IP_OFFSET_MASK != 0 || !is_local_host(outer.dst_wire()) {
+        return not_ours;
+    }
+    let udp_offset = ETH_HDR_LEN + outer.header_len();
+    let Some(headers) = ptr_at::<[u8; UDP_HDR_LEN + VXLAN_HDR_LEN]>(start, end, udp_offset) else {
+        return not_ours;
+    };
+    // SAFETY: bounds-checked by `ptr_at`; copied out.
+    let headers = unsafe { *headers };
+    let port = u16::from_be_bytes([headers[2], headers[3]]);
+    let mut vxlan = [0u8; VXLAN_HDR_LEN];
+    vxlan.copy_from_slice(&headers[UDP_HDR_LEN..]);
+    let Some(fan) = header_vni(&vxlan).and_then(|vni| vxlan_fan(port, vni)) else {
+        return not_ours;
+    };
+    *found = Some(fan);
+    if is_fragment(outer.frag_off()) {
+        return Ok(Decision::Pass(StatReason::PassOuterFragment));
+    }
+    let outer_len = outer.header_len() + UDP_HDR_LEN + VXLAN_HDR_LEN;
+    let inner_eth = eth_at(start, end, ETH_HDR_LEN + outer_len)?;
+    let payload = ETH_HDR_LEN + outer_len + ETH_HDR_LEN;
+    let ipv4 = match inner_eth.ether_type() {
+        ETH_P_IPV4 => {
+            let inner_ptr = ipv4(start, end, payload).ok_or(StatReason::DropMalformedInner)?;
+            // SAFETY: bounds-checked by `ipv4`; copied out.
+            let inner = unsafe { *inner_ptr };
+            check_receiver(fan, outer, inner.dst())?;
+            check_sender(fan, vxlan_source_fan(fan, inner.src())?, outer, inner.src())?;
+            if inner_eth.dst_is_group() {
+                return Err(StatReason::DropVxlanBroadcastNotArp);
+            }
+            carry_ecn(outer, inner_ptr)?;
+            true
+        }
+        ETH_P_ARP => {
+            let arp = ptr_at::<ArpIpv4>(start, end, payload)
+                .ok_or(StatReason::DropVxlanArpNotRequestOrReply)?;
+            // SAFETY: bounds-checked by `ptr_at`; copied out.
+            let arp = unsafe { *arp };
+            if !arp.is_request_or_reply() {
+                return Err(StatReason::DropVxlanArpNotRequestOrReply);
+            }
+            check_receiver(fan, outer, arp.target())?;
+            let sender = arp.head.sender();
+            check_sender(fan, vxlan_source_fan(fan, sender)?, outer, sender)?;
+            if inner_eth.dst_is_group() && arp.head.operation() != ARP_OP_REQUEST {
+                return Err(StatReason::DropVxlanBroadcastNotArp);
+            }
+            false
+        }
+        _ => return Err(StatReason::DropVxlanNotIpv4OrArp),
+    };
+    Ok(Decision::DecapsulateVxlan {
+        outer_len,
+        fan,
+        ipv4,
+    })
+}
+
+/// The fan of a VXLAN frame's inner source (or ARP sender) `src`.
+#[inline(always)]
+fn vxlan_source_fan(fan: &'static FanEntry, src: u32) -> Result<&'static FanEntry, StatReason> {
+    source_fan(fan, src).ok_or(StatReason::DropInnerSrcOutsideOverlay)
+}
+
+/// The Ethernet header at `offset`, copied out.
+#[inline(always)]
+fn eth_at(start: usize, end: usize, offset: usize) -> Result<EthHdr, StatReason> {
+    let eth = ptr_at::<EthHdr>(start, end, offset).ok_or(StatReason::DropVxlanNotIpv4OrArp)?;
+    // SAFETY: bounds-checked by `ptr_at`; copied out.
+    Ok(unsafe { *eth })
 }
 
 /// TC ingress on the underlay device.
@@ -161,6 +318,10 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
     let (outer_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
     if protocol == IPPROTO_IPIP {
         ensure_ipv4_header(ctx, ETH_HDR_LEN + outer_len);
+    } else if protocol == IPPROTO_UDP {
+        ensure_linear(ctx, ETH_HDR_LEN + outer_len + VXLAN_POLICY_LEN);
+        let inner = ETH_HDR_LEN + outer_len + UDP_HDR_LEN + VXLAN_HDR_LEN + ETH_HDR_LEN;
+        ensure_ipv4_header(ctx, inner);
     }
     let (start, end) = frame(ctx);
     let len = ctx.len() as usize;
@@ -189,6 +350,23 @@ pub fn decapsulate_tc(ctx: &TcContext) -> i32 {
                 None => TC_ACT_UNSPEC,
             }
         }
+        Decision::DecapsulateVxlan {
+            outer_len,
+            fan: vxlan_fan,
+            ipv4,
+        } => match vxlan::hand_over(ctx, vxlan_fan, outer_len, ipv4) {
+            Ok(handed) => {
+                count_in(fan, StatReason::Decapsulated, len);
+                if handed.direct {
+                    count_in(fan, StatReason::DecapsulatedDirect, len);
+                }
+                handed.action
+            }
+            Err(reason) => {
+                count_in(fan, reason, len);
+                TC_ACT_SHOT
+            }
+        },
         Decision::Pass(reason) => {
             count_in(fan, reason, len);
             events::passed(&Seen::tc(ctx), Program::DecapTc, reason);
@@ -215,22 +393,10 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
     let ip_ptr = ipv4(start, end, ETH_HDR_LEN)?;
     // SAFETY: bounds-checked by `ipv4`.
     let ip = unsafe { *ip_ptr };
-    // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
-    let endpoint = unsafe { FAN_ENDPOINTS.get(ip.dst_wire()) }?;
-    // A map whose keeper stopped beating may name ports that changed hands;
-    // with the bypass off, the host's netfilter must see the packet.
-    if !agent_alive() || bypass_off() {
-        return None;
-    }
     if ip.ttl <= 1 {
         return None;
     }
-    // A stale entry (its device gone) falls back to the stack instead of
-    // delivering anywhere.
-    let mtu = device_mtu(ctx, endpoint.ifindex)?;
-    if gso_size(ctx) == 0 && ip.total_len() as u32 > mtu {
-        return None;
-    }
+    let endpoint = direct_endpoint(ctx, &ip)?;
     // SAFETY: both headers were bounds-checked and nothing moved the data since.
     unsafe {
         (*ip_ptr).decrement_ttl();
@@ -239,6 +405,27 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
     }
     // SAFETY: the helper takes plain integers.
     Some(unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32)
+}
+
+/// The container a decapsulated IPv4 packet `ip` may be delivered straight
+/// to: known to the endpoint map while its keeper beats, the bypass on,
+/// its veth there and wide enough.
+#[inline(always)]
+pub fn direct_endpoint(ctx: &TcContext, ip: &Ipv4Hdr) -> Option<&'static Endpoint> {
+    // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
+    let endpoint = unsafe { FAN_ENDPOINTS.get(ip.dst_wire()) }?;
+    // A map whose keeper stopped beating may name ports that changed hands;
+    // with the bypass off, the host's netfilter must see the packet.
+    if !agent_alive() || bypass_off() {
+        return None;
+    }
+    // A stale entry (its device gone) falls back to the stack instead of
+    // delivering anywhere.
+    let mtu = device_mtu(ctx, endpoint.ifindex)?;
+    if gso_size(ctx) == 0 && ip.total_len() as u32 > mtu {
+        return None;
+    }
+    Some(endpoint)
 }
 
 /// XDP on the underlay device, before the stack (and GRO) sees the packet.
@@ -270,6 +457,11 @@ pub fn decapsulate_xdp(ctx: &XdpContext) -> u32 {
             // SAFETY: bounds-checked against the adjusted packet.
             unsafe { *new_eth = saved };
             count_in(fan, StatReason::Decapsulated, len);
+            xdp_action::XDP_PASS
+        }
+        Decision::DecapsulateVxlan { .. } => {
+            // Decapsulated at TC, which hands the inner frame to the bridge.
+            count_in(fan, StatReason::PassVxlanAtXdp, len);
             xdp_action::XDP_PASS
         }
         Decision::Pass(reason) => {

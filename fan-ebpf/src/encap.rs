@@ -10,7 +10,8 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
         BPF_FIB_LKUP_RET_UNSUPP_LWT, TC_ACT_SHOT, TC_ACT_UNSPEC,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -32,10 +33,11 @@ use crate::{
     port::{UDP_PORTS_LEN, admit},
     stats::{count, count_in},
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
+    vxlan,
 };
 
 /// `AF_INET`, for the route lookup.
-const AF_INET: u8 = 2;
+pub const AF_INET: u8 = 2;
 
 /// Whether `program` forwards the packet in the host's place, owing it a
 /// router's TTL and MTU handling: the bridge's and the ports' programs
@@ -79,6 +81,19 @@ enum Outcome {
     Drop(StatReason),
 }
 
+/// The hop the encapsulating program is for the inner packet.
+pub enum Hop {
+    /// Carried as it is: the host's own packet (routed already), or a VXLAN
+    /// frame a container addressed to a remote container's MAC (switched).
+    AsIs,
+    /// Routed in the host's place: the TTL decremented (IP-in-IP's inner
+    /// packet has no Ethernet header of its own).
+    Routed,
+    /// Routed onto a VXLAN overlay: the TTL decremented and the inner
+    /// Ethernet header addressed to the remote container from the bridge.
+    RoutedTo { dst_mac: [u8; 6], src_mac: [u8; 6] },
+}
+
 #[inline(always)]
 fn try_encapsulate(
     ctx: &TcContext,
@@ -119,6 +134,10 @@ fn try_encapsulate(
     if fan.is_local(dst) {
         return Err(Outcome::Pass(StatReason::PassLocalSlice));
     }
+    if fan.is_vxlan() && program != Program::EncapPort {
+        // The host routes it to the slice bridge, whose overlay port sends it.
+        return Err(Outcome::Pass(StatReason::PassVxlanViaOverlayPort));
+    }
     if forwards(program) && bypass_off() {
         // Forwarded through the stack (FORWARD, NAT, conntrack), then
         // encapsulated at fan-host's egress.
@@ -128,12 +147,21 @@ fn try_encapsulate(
     if fan.map.is_reserved_host(remote_host) {
         return Err(Outcome::Drop(StatReason::DropReservedHost));
     }
-    check_source(fan, &ip)?;
-    if forwards(program) && ip.ttl <= 1 {
+    check_source(fan, ip.src()).map_err(Outcome::Drop)?;
+    let hop = if !forwards(program) {
+        Hop::AsIs
+    } else if fan.is_vxlan() {
+        // SAFETY: bounds-checked by `eth`; copied out.
+        vxlan::port_hop(ctx, fan, &unsafe { *eth }, &ip).map_err(Outcome::Pass)?
+    } else {
+        Hop::Routed
+    };
+    if !matches!(hop, Hop::AsIs) && ip.ttl <= 1 {
         return Err(Outcome::Pass(StatReason::StackTtlExpired));
     }
     let total_len = ip.total_len() as u32;
-    if total_len == 0 || total_len + IPV4_HDR_LEN as u32 > u16::MAX as u32 {
+    let overhead = fan.overhead();
+    if total_len == 0 || total_len + overhead > u16::MAX as u32 {
         return Err(Outcome::Drop(StatReason::DropInnerTooLong));
     }
     let too_big = if forwards(program) {
@@ -146,7 +174,7 @@ fn try_encapsulate(
         _ => return Err(too_big),
     };
     if let Some(path) = path_mtu(remote_host) {
-        let too_big = segment + IPV4_HDR_LEN as u32 > path;
+        let too_big = segment + overhead > path;
         if !forwards(program) {
             if too_big {
                 // The host's own packet: its route to the remote slice carries
@@ -169,15 +197,33 @@ fn try_encapsulate(
             };
         }
     }
-    let next_hop = match route_to(ctx, fan, remote_host, &ip, segment + IPV4_HDR_LEN as u32) {
+    let protocol = if fan.is_vxlan() {
+        IPPROTO_UDP
+    } else {
+        IPPROTO_IPIP
+    };
+    let next_hop = match route_to(ctx, fan, remote_host, protocol, ip.tos, segment + overhead) {
         Ok(next_hop) => next_hop,
         Err(RouteError::TooBig) => return Err(too_big),
         Err(RouteError::Drop(reason)) => return Err(Outcome::Drop(reason)),
     };
 
-    if forwards(program) {
+    match hop {
+        Hop::AsIs => {}
         // SAFETY: `ip_ptr` was bounds-checked and nothing has moved the data since.
-        unsafe { (*ip_ptr).decrement_ttl() };
+        Hop::Routed => unsafe { (*ip_ptr).decrement_ttl() },
+        // SAFETY: `ip_ptr` and `eth` were bounds-checked and nothing has
+        // moved the data since.
+        Hop::RoutedTo { dst_mac, src_mac } => unsafe {
+            (*ip_ptr).decrement_ttl();
+            (*eth).dst = dst_mac;
+            (*eth).src = src_mac;
+        },
+    }
+    if fan.is_vxlan() {
+        let inner_frame_len = (ETH_HDR_LEN as u32 + total_len) as u16;
+        return vxlan::encapsulate(ctx, fan, remote_host, ip.tos, inner_frame_len, &next_hop)
+            .map_err(Outcome::Drop);
     }
 
     // The encapsulation flags make the kernel record the inner header offsets
@@ -198,7 +244,21 @@ fn try_encapsulate(
     {
         return Err(Outcome::Drop(StatReason::DropEncapFailed));
     }
+    send_to(ctx, fan, &next_hop, false).map_err(Outcome::Drop)
+}
 
+/// Sends an encapsulated packet to the next hop the route lookup found:
+/// both MAC addresses written from its answer and out of the device, or
+/// through `bpf_redirect_neigh` while the neighbour entry is unresolved
+/// (to the next hop found with `explicit_next_hop`, else routed again).
+/// Counts the packet as encapsulated.
+#[inline(always)]
+pub fn send_to(
+    ctx: &TcContext,
+    fan: &FanEntry,
+    next_hop: &NextHop,
+    explicit_next_hop: bool,
+) -> Result<i32, StatReason> {
     let len = ctx.len() as usize;
     count_in(Some(fan), StatReason::Encapsulated, len);
     if gso_size(ctx) != 0 {
@@ -209,10 +269,31 @@ fn try_encapsulate(
             // The route lookup's answer, as Cilium's fib helpers use it: both
             // MAC addresses written here, straight out of the device.
             if ctx.store(0, &dst_mac, 0).is_err() || ctx.store(6, &src_mac, 0).is_err() {
-                return Err(Outcome::Drop(StatReason::DropEncapFailed));
+                return Err(StatReason::DropEncapFailed);
             }
             // SAFETY: the helper takes plain integers.
             unsafe { bpf_redirect(next_hop.ifindex, 0) }
+        }
+        None if explicit_next_hop => {
+            count_in(Some(fan), StatReason::EncapsulatedNeighPending, len);
+            // A frame of the overlay port has no route of its own, and an
+            // ARP frame no IPv4 protocol for the kernel to route it by: the
+            // next hop is named.
+            let mut params = bpf_redir_neigh {
+                nh_family: AF_INET as u32,
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                    ipv4_nh: next_hop.address,
+                },
+            };
+            // SAFETY: `params` lives on our stack for the duration of the call.
+            unsafe {
+                bpf_redirect_neigh(
+                    next_hop.ifindex,
+                    &mut params,
+                    mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
+            }
         }
         None => {
             count_in(Some(fan), StatReason::EncapsulatedNeighPending, len);
@@ -236,21 +317,20 @@ fn try_encapsulate(
 /// dropping it here keeps it off the wire and names the reason on the host
 /// that sent it.
 #[inline(always)]
-fn check_source(dst_fan: &FanEntry, ip: &Ipv4Hdr) -> Result<(), Outcome> {
-    let src = ip.src();
+pub fn check_source(dst_fan: &FanEntry, src: u32) -> Result<(), StatReason> {
     let src_fan = if dst_fan.map.overlay_contains(src) {
         dst_fan
     } else {
-        match fan_for(ip.src_wire()) {
+        match fan_for(WireAddr::from_host(src)) {
             Some(src_fan) => src_fan,
-            None => return Err(Outcome::Drop(StatReason::DropSourceNotLocal)),
+            None => return Err(StatReason::DropSourceNotLocal),
         }
     };
     if !src_fan.is_local(src) {
-        return Err(Outcome::Drop(StatReason::DropSourceNotLocal));
+        return Err(StatReason::DropSourceNotLocal);
     }
     if src_fan.local_host != dst_fan.local_host {
-        return Err(Outcome::Drop(StatReason::DropCrossUnderlay));
+        return Err(StatReason::DropCrossUnderlay);
     }
     Ok(())
 }
@@ -262,7 +342,7 @@ const TCP_DATA_OFFSET_END: usize = 13;
 /// for a GSO packet one segment (IP and transport headers plus `gso_size`).
 /// `None` if a GSO packet's TCP header is not there to measure.
 #[inline(always)]
-fn segment_len(ctx: &TcContext, ip: &Ipv4Hdr, start: usize, end: usize) -> Option<u32> {
+pub fn segment_len(ctx: &TcContext, ip: &Ipv4Hdr, start: usize, end: usize) -> Option<u32> {
     let gso_size = gso_size(ctx);
     if gso_size == 0 {
         return Some(ip.total_len() as u32);
@@ -281,14 +361,17 @@ fn segment_len(ctx: &TcContext, ip: &Ipv4Hdr, start: usize, end: usize) -> Optio
 }
 
 /// Where an encapsulated packet goes next, from the kernel's routing table.
-struct NextHop {
+pub struct NextHop {
     ifindex: u32,
     /// The next hop's and the device's MAC addresses, when the next hop's
     /// neighbour entry is resolved.
     neighbour: Option<([u8; 6], [u8; 6])>,
+    /// The next hop's address (network byte order): the remote host, or
+    /// the underlay gateway towards it.
+    address: u32,
 }
 
-enum RouteError {
+pub enum RouteError {
     /// The outer packet would not fit the route's MTU (a locked route MTU, a
     /// learned path MTU, or the device's).
     TooBig,
@@ -296,24 +379,25 @@ enum RouteError {
 }
 
 /// Looks up the underlay route from this host to `remote_host` for an outer
-/// packet of `outer_len` bytes, as the kernel would route it, and accepts
-/// only a route through the fan's underlay device. Every failure has its own
-/// reason.
+/// packet of `outer_len` bytes (of IP `protocol`, with `tos`), as the kernel
+/// would route it, and accepts only a route through the fan's underlay
+/// device. Every failure has its own reason.
 #[inline(always)]
-fn route_to(
+pub fn route_to(
     ctx: &TcContext,
     fan: &FanEntry,
     remote_host: u32,
-    ip: &Ipv4Hdr,
+    protocol: u8,
+    tos: u8,
     outer_len: u32,
 ) -> Result<NextHop, RouteError> {
     // SAFETY: every field of the lookup is plain data; zero is a valid value.
     let mut params: bpf_fib_lookup = unsafe { mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = IPPROTO_IPIP;
+    params.l4_protocol = protocol;
     params.ifindex = fan.underlay_ifindex;
     params.__bindgen_anon_1.tot_len = outer_len as u16;
-    params.__bindgen_anon_2.tos = ip.tos;
+    params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_3.ipv4_src = WireAddr::from_host(fan.local_host).raw();
     params.__bindgen_anon_4.ipv4_dst = WireAddr::from_host(remote_host).raw();
     // SAFETY: `params` lives on our stack for the duration of the call; the
@@ -360,5 +444,7 @@ fn route_to(
     Ok(NextHop {
         ifindex: params.ifindex,
         neighbour: resolved.then_some((params.dmac, params.smac)),
+        // SAFETY: the lookup wrote the next hop's address into the IPv4 member.
+        address: unsafe { params.__bindgen_anon_4.ipv4_dst },
     })
 }

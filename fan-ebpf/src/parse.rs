@@ -23,6 +23,81 @@ impl EthHdr {
     pub fn is_ipv4(&self) -> bool {
         u16::from_be_bytes(self.ether_type) == ETH_P_IPV4
     }
+
+    #[inline(always)]
+    pub fn ether_type(&self) -> u16 {
+        u16::from_be_bytes(self.ether_type)
+    }
+
+    /// Whether the destination is a group address (broadcast or multicast).
+    #[inline(always)]
+    pub fn dst_is_group(&self) -> bool {
+        self.dst[0] & 1 != 0
+    }
+}
+
+pub const ETH_P_ARP: u16 = 0x0806;
+const ARP_HRD_ETHER: u16 = 1;
+pub const ARP_OP_REQUEST: u16 = 1;
+pub const ARP_OP_REPLY: u16 = 2;
+
+/// An Ethernet/IPv4 ARP packet's fields up to the sender's protocol address.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArpIpv4Head {
+    pub hardware_type: [u8; 2],
+    pub protocol_type: [u8; 2],
+    pub hardware_len: u8,
+    pub protocol_len: u8,
+    pub operation: [u8; 2],
+    pub sender_mac: [u8; 6],
+    pub sender_ip: [u8; 4],
+}
+
+impl ArpIpv4Head {
+    /// Hardware type Ethernet, protocol IPv4, address lengths 6 and 4.
+    #[inline(always)]
+    pub fn is_ethernet_ipv4(&self) -> bool {
+        u16::from_be_bytes(self.hardware_type) == ARP_HRD_ETHER
+            && u16::from_be_bytes(self.protocol_type) == ETH_P_IPV4
+            && self.hardware_len == 6
+            && self.protocol_len == 4
+    }
+
+    #[inline(always)]
+    pub fn operation(&self) -> u16 {
+        u16::from_be_bytes(self.operation)
+    }
+
+    /// The sender's address in host byte order.
+    #[inline(always)]
+    pub fn sender(&self) -> u32 {
+        u32::from_be_bytes(self.sender_ip)
+    }
+}
+
+/// A whole Ethernet/IPv4 ARP packet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArpIpv4 {
+    pub head: ArpIpv4Head,
+    pub target_mac: [u8; 6],
+    pub target_ip: [u8; 4],
+}
+
+impl ArpIpv4 {
+    /// An Ethernet/IPv4 request or reply: the only ARP the Fan's VXLAN carries.
+    #[inline(always)]
+    pub fn is_request_or_reply(&self) -> bool {
+        self.head.is_ethernet_ipv4()
+            && matches!(self.head.operation(), ARP_OP_REQUEST | ARP_OP_REPLY)
+    }
+
+    /// The target's address in host byte order.
+    #[inline(always)]
+    pub fn target(&self) -> u32 {
+        u32::from_be_bytes(self.target_ip)
+    }
 }
 
 #[repr(C)]

@@ -121,7 +121,7 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
 
 /// What a forwarding program does with a container's packet too big for the
 /// learned path MTU `path` towards its destination host: with DF, answer
-/// ICMP fragmentation needed (MTU `path` - 20) from the slice gateway, back
+/// ICMP fragmentation needed (MTU `path` less the fan's overhead) from the slice gateway, back
 /// out of the device it came in by; without DF, let the stack fragment it.
 /// `Ok` carries the redirect of the answer; `Err` what else happened.
 #[inline(always)]
@@ -147,7 +147,7 @@ pub fn answer_too_big(
     if !take_token(&ICMP_BUDGET, ANSWERS_PER_SECOND, ANSWER_BURST) {
         return Err(StatReason::PmtuAnswerSuppressed);
     }
-    let action = build_answer(ctx, fan, ip, (path - IPV4_HDR_LEN as u32) as u16)
+    let action = build_answer(ctx, fan, ip, (path - fan.overhead()) as u16)
         .ok_or(StatReason::DropAnswerFailed)?;
     count(StatReason::PmtuAnswered, ctx.len() as usize);
     Ok(action)

@@ -20,10 +20,9 @@ use fan_common::{
 
 use crate::{
     maps::{FAN_ENDPOINTS, FAN_UNDERLAYS, fan_for},
-    parse::{Ipv4Hdr, eth, ipv4, ptr_at},
+    parse::{ArpIpv4Head, ETH_P_ARP, Ipv4Hdr, eth, ipv4, ptr_at},
 };
 
-const ETH_P_ARP: u16 = 0x0806;
 /// VLAN tags: 802.1Q, 802.1ad, and the pre-standard QinQ type.
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
@@ -111,11 +110,7 @@ fn admit_arp(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let arp = unsafe { &*arp };
-    let ipv4_over_ethernet = u16::from_be_bytes(arp.hardware_type) == ARP_HRD_ETHER
-        && u16::from_be_bytes(arp.protocol_type) == ETH_P_IPV4
-        && arp.hardware_len == 6
-        && arp.protocol_len == 4;
-    if !ipv4_over_ethernet {
+    if !arp.is_ethernet_ipv4() {
         return Err(StatReason::DropArpNotEthernetIpv4);
     }
     let sender = WireAddr::from_octets(arp.sender_ip);
@@ -215,17 +210,3 @@ fn dhcp_side(ip: &Ipv4Hdr, start: usize, end: usize) -> Result<bool, StatReason>
     }
     Ok(client)
 }
-
-/// An Ethernet/IPv4 ARP packet's fields up to the sender's protocol address.
-#[repr(C)]
-struct ArpIpv4Head {
-    hardware_type: [u8; 2],
-    protocol_type: [u8; 2],
-    hardware_len: u8,
-    protocol_len: u8,
-    operation: [u8; 2],
-    sender_mac: [u8; 6],
-    sender_ip: [u8; 4],
-}
-
-const ARP_HRD_ETHER: u16 = 1;

@@ -15,6 +15,9 @@ use fan_common::{FanEntry, FanMap, StatReason, fan::validate_fans};
 use fan_tests::{hex, netns::Netns, privileged, topology};
 use fan_userspace::dataplane::{DECAP_TC, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, ENCAP_PORT};
 
+#[path = "programs/vxlan.rs"]
+mod vxlan;
+
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: continue with the next program / the stack
@@ -677,6 +680,21 @@ impl Bed {
         output: &[u8],
         reasons: &[StatReason],
     ) {
+        let (got, out, case) = self.run_counted(name, input, reasons);
+        assert_eq!(got, verdict, "verdict of {case}");
+        assert_eq!(hex_string(&out), hex_string(output), "bytes out of {case}");
+    }
+
+    /// Runs program `name` on `input` once, checks that exactly the
+    /// counters `reasons` counted it, and returns the verdict, the bytes
+    /// out and the case's name for messages.
+    #[track_caller]
+    fn run_counted(
+        &mut self,
+        name: &str,
+        input: &[u8],
+        reasons: &[StatReason],
+    ) -> (u32, Vec<u8>, String) {
         let before = self.dataplane.stats().unwrap();
         let mut out = vec![0u8; input.len() + 256];
         let dataplane = &mut self.dataplane;
@@ -702,9 +720,7 @@ impl Bed {
             .unwrap()
             .unwrap_or_else(|e| panic!("{name} on {} bytes: test run failed: {e:?}", input.len()));
         let case = format!("{name} on {}", hex_string(&input[..input.len().min(40)]));
-        assert_eq!(result.return_value, verdict, "verdict of {case}");
-        let out = &out[..result.data_size_out as usize];
-        assert_eq!(hex_string(out), hex_string(output), "bytes out of {case}");
+        out.truncate(result.data_size_out as usize);
         let delta = self.dataplane.stats().unwrap().since(&before);
         for &r in StatReason::ALL.iter().filter(|r| r.is_outcome()) {
             let expected = u64::from(reasons.contains(&r));
@@ -715,6 +731,7 @@ impl Bed {
                 r.name()
             );
         }
+        (result.return_value, out, case)
     }
 }
 
