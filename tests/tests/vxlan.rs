@@ -15,7 +15,7 @@ use fan_tests::{
     privileged,
     snapshot::{assert_netns_unchanged, netns_snapshot},
     topology::{Fleet, Host, plug_container_with_mtu},
-    traffic::{Capture, mac_of, ping, tcp_transfer},
+    traffic::{Capture, mac_of, ping, tcp_transfer, tcp_transfer_via},
 };
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -171,7 +171,10 @@ fn check_wire(frames: &[Vec<u8>], a: Ipv4Addr, b: Ipv4Addr, fan_xdp: Ipv4Addr) -
             let flags = u16::from_be_bytes([ip[6], ip[7]]);
             assert_eq!(flags, 0x4000, "fan-xdp's outer DF and fragment offset");
             assert_eq!(ip[8], 64, "fan-xdp's outer TTL");
-            assert_eq!(ip[4..6], [0, 0], "fan-xdp's outer ID");
+            // ID 0, which GSO counts up per segment: whole on ARP alone.
+            if ethertype == [0x08, 0x06] {
+                assert_eq!(ip[4..6], [0, 0], "fan-xdp's outer ID");
+            }
             assert_eq!(udp[6..8], [0, 0], "fan-xdp's UDP checksum");
             let source = u16::from_be_bytes([udp[0], udp[1]]);
             assert!(
@@ -275,6 +278,40 @@ fn two_fan_xdp_vxlan_hosts_carry_ping_arp_and_tcp_both_ways() {
         assert_eq!(tcp_transfer(&b.ns, &a.ns, b.addr, BULK).unwrap(), BULK);
         assert_eq!(tcp_transfer(&a.ns, &b.ns, a.addr, BULK).unwrap(), BULK);
     }
+    // GSO segmented in software: no TSO on the underlay devices.
+    for host in [h1, h2] {
+        host.ns
+            .run("ethtool", &["-K", "eth0", "tso", "off"])
+            .unwrap();
+    }
+    assert_eq!(tcp_transfer(&l2.ns, &l1.ns, l2.addr, BULK).unwrap(), BULK);
+    assert_eq!(tcp_transfer(&r1.ns, &r2.ns, r1.addr, BULK).unwrap(), BULK);
+
+    // Four flows, four UDP source ports (the per-flow entropy IP-in-IP lacks).
+    let capture =
+        Capture::start(&h2.ns, "eth0", std::env::temp_dir().join("vxlan-4.pcap")).unwrap();
+    std::thread::scope(|scope| {
+        for port in 5301..5305 {
+            let (server, client, addr) = (&l2.ns, &l1.ns, l2.addr);
+            scope.spawn(move || {
+                let target = std::net::SocketAddr::from((addr, port));
+                let moved = tcp_transfer_via(server, target, client, target, 1 << 20).unwrap();
+                assert_eq!(moved, 1 << 20);
+            });
+        }
+    });
+    let wire = check_wire(
+        &capture.finish().unwrap(),
+        h1.underlay_addr,
+        h2.underlay_addr,
+        h1.underlay_addr,
+    );
+    assert!(
+        wire.source_ports.len() >= 4,
+        "4 flows went out from {} source port(s): {:?}",
+        wire.source_ports.len(),
+        wire.source_ports
+    );
     for host in [h1, h2] {
         let s = stats(host);
         assert_eq!(s["drop_spoofed_source"]["packets"], 0, "{s}");

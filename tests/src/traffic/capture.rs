@@ -32,6 +32,10 @@ impl Capture {
         let mut line = String::new();
         BufReader::new(stderr).read_line(&mut line)?;
         ensure!(line.contains("listening"), "tcpdump did not start: {line}");
+        // It says so a moment before frames reach the file: measured here,
+        // frames sent right after the line were missing from it, the same
+        // ones sent half a second later were there.
+        std::thread::sleep(Duration::from_millis(500));
         Ok(Self { child, path })
     }
 
