@@ -268,12 +268,7 @@ fn require_fault_injection(host: &Host) {
 
 /// `fan-xdp attach` with the test hook `FAN_XDP_INJECT=<inject>` set.
 fn attach_injected(host: &Host, inject: &str) -> std::process::Output {
-    let binary = fan_tests::topology::fan_xdp_binary();
-    host.ns
-        .command(binary.to_str().unwrap())
-        .args(["attach", "eth0", "--overlay", OVERLAY])
-        .env("FAN_XDP_INJECT", inject)
-        .output()
+    host.fan_xdp_injected(&["attach", "eth0", "--overlay", OVERLAY], inject)
         .unwrap()
 }
 
@@ -398,19 +393,7 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
 
     // A failure inside any step is rolled back completely.
     require_fault_injection(host);
-    for step in fan_userspace::commands::attach::STEPS {
-        let out = attach_injected(host, &format!("fail:{step}"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(&format!("injected failure after step {step}")),
-            "{stderr}"
-        );
-        assert_unchanged(
-            &host.ns,
-            &before,
-            &format!("failure after {step} was not rolled back"),
-        );
-    }
+    host.assert_every_step_rolls_back(&["attach", "eth0", "--overlay", OVERLAY], &before, snapshot);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use fan_tests::{
     privileged,
     snapshot::{assert_netns_unchanged, netns_snapshot},
     topology::{Fleet, Host, plug_container_with_mtu},
-    traffic::{Capture, mac_of, ping, tcp_transfer, tcp_transfer_via},
+    traffic::{Capture, link_statistic, mac_of, ping, tcp_transfer, tcp_transfer_via},
 };
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -209,6 +209,72 @@ fn exchange(pairs: &[(&Container, &Container)]) {
     }
 }
 
+/// The containers of a test: on each host one routed through the gateway
+/// (`r`, /24) and one with the overlay on-link (`l`, /8).
+struct Pairs {
+    r1: Container,
+    l1: Container,
+    r2: Container,
+    l2: Container,
+}
+
+impl Pairs {
+    fn plug(h1: &Host, h2: &Host) -> Self {
+        Self {
+            r1: container(h1, 1, 24),
+            l1: container(h1, 2, 8),
+            r2: container(h2, 1, 24),
+            l2: container(h2, 2, 8),
+        }
+    }
+
+    /// Pings between every container of one host and every one of the
+    /// other, captured on `h2`'s underlay and checked header by header
+    /// (`fan_xdp`: the fan-xdp host whose own choices are checked too);
+    /// the on-link containers learned the remote ones' real MACs.
+    fn exchange_checked(&self, h1: &Host, h2: &Host, fan_xdp: Ipv4Addr) -> Wire {
+        let pcap = std::env::temp_dir().join(format!("{}.pcap", h2.ns.name()));
+        let capture = Capture::start(&h2.ns, "eth0", pcap).unwrap();
+        let Self { r1, l1, r2, l2 } = self;
+        exchange(&[(r1, r2), (l1, l2), (r1, l2), (l1, r2)]);
+        let wire = check_wire(
+            &capture.finish().unwrap(),
+            h1.underlay_addr,
+            h2.underlay_addr,
+            fan_xdp,
+        );
+        assert!(
+            wire.from_a >= 16 && wire.from_b >= 16 && wire.arp >= 2,
+            "captured {wire:?}"
+        );
+        assert_arp_across(l1, l2);
+        assert_arp_across(l2, l1);
+        assert_arp_across(l1, r2);
+        wire
+    }
+
+    /// [`BULK`] bytes over TCP each way between the routed containers and
+    /// between the on-link ones.
+    fn transfer_both_ways(&self) {
+        for (a, b) in [(&self.r1, &self.r2), (&self.l1, &self.l2)] {
+            assert_eq!(
+                tcp_transfer(&b.ns, &a.ns, b.addr, BULK).unwrap(),
+                BULK,
+                "{} -> {}",
+                a.addr,
+                b.addr
+            );
+            assert_eq!(
+                tcp_transfer(&a.ns, &b.ns, a.addr, BULK).unwrap(),
+                BULK,
+                "{} -> {}",
+                b.addr,
+                a.addr
+            );
+        }
+    }
+}
+
 /// The ARP answer an on-link container got for a remote container is the
 /// remote container's own MAC: ARP went across the fan both ways.
 fn assert_arp_across(on_link: &Container, remote: &Container) {
@@ -250,49 +316,27 @@ fn two_fan_xdp_vxlan_hosts_carry_ping_arp_and_tcp_both_ways() {
         );
         assert_eq!(shown[0]["mode"], "tc", "{shown}");
     }
-    let (r1, l1) = (container(h1, 1, 24), container(h1, 2, 8));
-    let (r2, l2) = (container(h2, 1, 24), container(h2, 2, 8));
+    let pairs = Pairs::plug(h1, h2);
     for host in [h1, h2] {
         host.wait_for_run_ready(std::time::Duration::from_secs(10))
             .unwrap();
     }
-
-    let capture =
-        Capture::start(&h2.ns, "eth0", std::env::temp_dir().join("vxlan-2.pcap")).unwrap();
-    exchange(&[(&r1, &r2), (&l1, &l2), (&r1, &l2), (&l1, &r2)]);
-    let wire = check_wire(
-        &capture.finish().unwrap(),
-        h1.underlay_addr,
-        h2.underlay_addr,
-        h1.underlay_addr,
-    );
-    assert!(
-        wire.from_a >= 16 && wire.from_b >= 16 && wire.arp >= 2,
-        "captured {wire:?}"
-    );
-    assert_arp_across(&l1, &l2);
-    assert_arp_across(&l2, &l1);
-    assert_arp_across(&l1, &r2);
-
-    for (a, b) in [(&r1, &r2), (&l1, &l2)] {
-        assert_eq!(tcp_transfer(&b.ns, &a.ns, b.addr, BULK).unwrap(), BULK);
-        assert_eq!(tcp_transfer(&a.ns, &b.ns, a.addr, BULK).unwrap(), BULK);
-    }
+    pairs.exchange_checked(h1, h2, h1.underlay_addr);
+    pairs.transfer_both_ways();
     // GSO segmented in software: no TSO on the underlay devices.
     for host in [h1, h2] {
         host.ns
             .run("ethtool", &["-K", "eth0", "tso", "off"])
             .unwrap();
     }
-    assert_eq!(tcp_transfer(&l2.ns, &l1.ns, l2.addr, BULK).unwrap(), BULK);
-    assert_eq!(tcp_transfer(&r1.ns, &r2.ns, r1.addr, BULK).unwrap(), BULK);
+    pairs.transfer_both_ways();
 
     // Four flows, four UDP source ports (the per-flow entropy IP-in-IP lacks).
-    let capture =
-        Capture::start(&h2.ns, "eth0", std::env::temp_dir().join("vxlan-4.pcap")).unwrap();
+    let pcap = std::env::temp_dir().join(format!("{}-4.pcap", h2.ns.name()));
+    let capture = Capture::start(&h2.ns, "eth0", pcap).unwrap();
     std::thread::scope(|scope| {
         for port in 5301..5305 {
-            let (server, client, addr) = (&l2.ns, &l1.ns, l2.addr);
+            let (server, client, addr) = (&pairs.l2.ns, &pairs.l1.ns, pairs.l2.addr);
             scope.spawn(move || {
                 let target = std::net::SocketAddr::from((addr, port));
                 let moved = tcp_transfer_via(server, target, client, target, 1 << 20).unwrap();
@@ -316,7 +360,7 @@ fn two_fan_xdp_vxlan_hosts_carry_ping_arp_and_tcp_both_ways() {
         let s = stats(host);
         assert_eq!(s["drop_spoofed_source"]["packets"], 0, "{s}");
     }
-    drop((r1, l1, r2, l2));
+    drop(pairs);
     fleet.detach_all().unwrap();
 }
 
@@ -330,52 +374,13 @@ fn fan_xdp_and_a_kernel_vxlan_fan_host_interoperate() {
     h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--type", "vxlan"])
         .unwrap();
     kernel_vxlan_fan(h2, h1.underlay_addr);
-    let (r1, l1) = (container(h1, 1, 24), container(h1, 2, 8));
-    let (r2, l2) = (container(h2, 1, 24), container(h2, 2, 8));
+    let pairs = Pairs::plug(h1, h2);
     h1.wait_for_run_ready(std::time::Duration::from_secs(10))
         .unwrap();
-
-    let capture = Capture::start(
-        &h2.ns,
-        "eth0",
-        std::env::temp_dir().join("vxlan-kernel.pcap"),
-    )
-    .unwrap();
-    exchange(&[(&r1, &r2), (&l1, &l2), (&r1, &l2), (&l1, &r2)]);
-    let wire = check_wire(
-        &capture.finish().unwrap(),
-        h1.underlay_addr,
-        h2.underlay_addr,
-        h1.underlay_addr,
-    );
-    assert!(
-        wire.from_a >= 16 && wire.from_b >= 16 && wire.arp >= 2,
-        "captured {wire:?}"
-    );
-    assert_arp_across(&l1, &l2);
-    assert_arp_across(&l2, &l1);
-
-    let vx = |which: &str| -> u64 {
-        h2.ns
-            .run("cat", &[&format!("/sys/class/net/vx/statistics/{which}")])
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    pairs.exchange_checked(h1, h2, h1.underlay_addr);
+    let vx = |which: &str| link_statistic(&h2.ns, "vx", which).unwrap();
     let (rx, tx) = (vx("rx_bytes"), vx("tx_bytes"));
-    for (a, b) in [(&r1, &r2), (&l1, &l2)] {
-        assert_eq!(
-            tcp_transfer(&b.ns, &a.ns, b.addr, BULK).unwrap(),
-            BULK,
-            "fan-xdp -> kernel vxlan"
-        );
-        assert_eq!(
-            tcp_transfer(&a.ns, &b.ns, a.addr, BULK).unwrap(),
-            BULK,
-            "kernel vxlan -> fan-xdp"
-        );
-    }
+    pairs.transfer_both_ways();
     assert!(
         vx("rx_bytes") - rx >= 2 * BULK,
         "the vxlan device did not receive the transfers"
@@ -384,7 +389,7 @@ fn fan_xdp_and_a_kernel_vxlan_fan_host_interoperate() {
         vx("tx_bytes") - tx >= 2 * BULK,
         "the vxlan device did not send the transfers"
     );
-    drop((r1, l1, r2, l2));
+    drop(pairs);
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
@@ -481,34 +486,19 @@ fn a_vxlan_attach_failing_at_each_step_takes_back_what_it_did() {
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
     let before = netns_snapshot(&host.ns).unwrap();
-    let binary = fan_tests::topology::fan_xdp_binary();
-    for step in fan_userspace::commands::attach::STEPS {
-        let out = host
-            .ns
-            .command(binary.to_str().unwrap())
-            .args([
-                "attach",
-                "eth0",
-                "--overlay",
-                OVERLAY,
-                "--type",
-                "vxlan",
-                "--no-agent",
-            ])
-            .env("FAN_XDP_INJECT", format!("fail:{step}"))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(&format!("after step {step}")),
-            "{step}: {stderr} (a build without the fault-injection feature?)"
-        );
-        assert_netns_unchanged(
-            &host.ns,
-            &before,
-            &format!("a VXLAN attach failing after {step} left something behind"),
-        );
-    }
+    host.assert_every_step_rolls_back(
+        &[
+            "attach",
+            "eth0",
+            "--overlay",
+            OVERLAY,
+            "--type",
+            "vxlan",
+            "--no-agent",
+        ],
+        &before,
+        netns_snapshot,
+    );
 }
 
 /// Bad VXLAN options are refused by name, and refused before anything changes.
@@ -608,15 +598,7 @@ fn the_agent_repairs_a_deleted_overlay_port() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let entry = host
-        .pinned_maps()
-        .unwrap()
-        .config
-        .iter()
-        .next()
-        .unwrap()
-        .unwrap()
-        .1;
+    let entry = host.pinned_fan_entry().unwrap();
     let index = |name: &str| {
         host.ns
             .enter(|| fan_tests::topology::ifindex(name))
