@@ -25,6 +25,7 @@ const PORT: u16 = 8472;
 /// The underlay's 1500 less VXLAN's 50.
 const MTU: u32 = 1450;
 const BULK: u64 = 20 * 1024 * 1024;
+const ATTACH_VXLAN: [&str; 6] = ["attach", "eth0", "--overlay", OVERLAY, "--type", "vxlan"];
 
 /// A container on a slice bridge: number `j` has address slice + 10 + j,
 /// with prefix 24 (routed through the gateway, as fan-xdp's plan gives it)
@@ -371,8 +372,7 @@ fn fan_xdp_and_a_kernel_vxlan_fan_host_interoperate() {
     }
     let fleet = Fleet::new(2).unwrap();
     let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
-    h1.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--type", "vxlan"])
-        .unwrap();
+    h1.fan_xdp_ok(&ATTACH_VXLAN).unwrap();
     kernel_vxlan_fan(h2, h1.underlay_addr);
     let pairs = Pairs::plug(h1, h2);
     h1.wait_for_run_ready(std::time::Duration::from_secs(10))
@@ -393,27 +393,26 @@ fn fan_xdp_and_a_kernel_vxlan_fan_host_interoperate() {
     h1.fan_xdp_ok(&["detach", "eth0"]).unwrap();
 }
 
+/// One host, forwarding on (detach leaves it on, by design: runtimes may
+/// rely on it), and the snapshot of its namespace as found.
+fn one_host() -> (Fleet, String) {
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let before = netns_snapshot(&host.ns).unwrap();
+    (fleet, before)
+}
+
 /// The pieces attach makes for a VXLAN fan, and that detach removes them all.
 #[test]
 fn a_vxlan_fan_s_bridge_gateway_and_overlay_port_come_and_go_with_it() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(1).unwrap();
+    let (fleet, before) = one_host();
     let host = &fleet.hosts[0];
-    // Detach leaves forwarding on, by design (runtimes may rely on it).
-    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let before = netns_snapshot(&host.ns).unwrap();
     let out = host
-        .fan_xdp_ok(&[
-            "attach",
-            "eth0",
-            "--overlay",
-            OVERLAY,
-            "--type",
-            "vxlan",
-            "--no-agent",
-        ])
+        .fan_xdp_ok(&[&ATTACH_VXLAN[..], &["--no-agent"]].concat())
         .unwrap();
     assert!(out.contains("(VXLAN, VNI 16384000, port 8472)"), "{out}");
     let bridge = host.bridge.as_str();
@@ -483,19 +482,10 @@ fn a_vxlan_attach_failing_at_each_step_takes_back_what_it_did() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(1).unwrap();
+    let (fleet, before) = one_host();
     let host = &fleet.hosts[0];
-    let before = netns_snapshot(&host.ns).unwrap();
     host.assert_every_step_rolls_back(
-        &[
-            "attach",
-            "eth0",
-            "--overlay",
-            OVERLAY,
-            "--type",
-            "vxlan",
-            "--no-agent",
-        ],
+        &[&ATTACH_VXLAN[..], &["--no-agent"]].concat(),
         &before,
         netns_snapshot,
     );
@@ -507,9 +497,8 @@ fn bad_vxlan_options_are_refused_and_change_nothing() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(1).unwrap();
+    let (fleet, before) = one_host();
     let host = &fleet.hosts[0];
-    let before = netns_snapshot(&host.ns).unwrap();
     let attach = ["attach", "eth0", "--overlay", OVERLAY];
     for (extra, says) in [
         (&["--type", "vxlan", "--vni", "16777216"][..], "24 bits"),
@@ -580,8 +569,7 @@ fn the_agent_repairs_a_deleted_overlay_port() {
     }
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY, "--type", "vxlan"])
-        .unwrap();
+    host.fan_xdp_ok(&ATTACH_VXLAN).unwrap();
     let (a, b) = ("fvx-fa000100a", "fvx-fa000100b");
     host.ns.ip(&["link", "del", a]).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -621,20 +609,8 @@ fn dhcp_on_a_vxlan_fan_hands_out_its_mtu() {
     let state = fan_tests::dhcp::StateDir::new().unwrap();
     let fleet = Fleet::new(1).unwrap();
     let host = &fleet.hosts[0];
-    let said = fan_tests::dhcp::fan_xdp(
-        host,
-        &state,
-        &[
-            "attach",
-            "eth0",
-            "--overlay",
-            OVERLAY,
-            "--type",
-            "vxlan",
-            "--dhcp",
-        ],
-    )
-    .unwrap();
+    let said =
+        fan_tests::dhcp::fan_xdp(host, &state, &[&ATTACH_VXLAN[..], &["--dhcp"]].concat()).unwrap();
     assert!(said.contains("MTU 1450"), "{said}");
     let client =
         fan_tests::dhcp::plug_dhcp_container(&host.ns, &host.bridge, "dveth1", "vd1-1").unwrap();
@@ -655,20 +631,10 @@ fn an_ipip_fan_and_a_vxlan_fan_side_by_side() {
     if !privileged() {
         return;
     }
-    let fleet = Fleet::new(1).unwrap();
+    let (fleet, before) = one_host();
     let host = &fleet.hosts[0];
-    host.ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let before = netns_snapshot(&host.ns).unwrap();
-    host.fan_xdp_ok(&[
-        "attach",
-        "eth0",
-        "--overlay",
-        OVERLAY,
-        "--type",
-        "vxlan",
-        "--no-agent",
-    ])
-    .unwrap();
+    host.fan_xdp_ok(&[&ATTACH_VXLAN[..], &["--no-agent"]].concat())
+        .unwrap();
     assert!(host.ns.ip(&["link", "show", "fan-host"]).is_err());
     host.fan_xdp_ok(&["attach", "eth0", "--overlay", "240.0.0.0/8", "--no-agent"])
         .unwrap();
