@@ -126,17 +126,24 @@ impl Fan {
 
     /// The prefix length of the gateway's address on the slice bridge.
     pub fn gateway_prefix(&self) -> u8 {
-        if self.is_vxlan() {
-            self.overlay.prefix()
-        } else {
-            self.slice.prefix()
-        }
+        gateway_prefix(self.encap, self.overlay, self.slice)
     }
 
     /// A VXLAN fan's overlay port: (the bridge's end, the inner end).
     pub fn overlay_port(&self) -> Option<(String, String)> {
         self.is_vxlan()
             .then(|| crate::host::naming::overlay_port_names(self.slice.network()))
+    }
+}
+
+/// The prefix length of the gateway's address on the slice bridge: the
+/// slice's for IP-in-IP (the overlay is routed through `fan-host`); the
+/// overlay's for VXLAN, as Ubuntu's Fan and LXD give it, so the kernel's
+/// prefix route sends the whole overlay to the bridge and its overlay port.
+pub fn gateway_prefix(encap: Encap, overlay: Ipv4Network, slice: Ipv4Network) -> u8 {
+    match encap {
+        Encap::Ipip => slice.prefix(),
+        Encap::Vxlan => overlay.prefix(),
     }
 }
 

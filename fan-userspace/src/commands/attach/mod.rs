@@ -42,7 +42,10 @@ use crate::{
     },
     ipv4_network, require_capabilities,
     state::StateDir,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes},
+    state::record::{
+        Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, gateway_prefix, load_fans, meta_key,
+        name_bytes,
+    },
     state::rundir::RunDir,
     state::settings::{self, Settings},
 };

@@ -157,10 +157,8 @@ impl<'a> Attach<'a> {
             self.changed = true;
         }
         self.bridge_index = bridge.index;
-        let gateway = (
-            plan.gateway,
-            gateway_prefix(plan.wire, plan.overlay, plan.slice),
-        );
+        let prefix = gateway_prefix(plan.wire.encap(), plan.overlay, plan.slice);
+        let gateway = (plan.gateway, prefix);
         if !net.ipv4_addrs(bridge.index).await?.contains(&gateway) {
             self.claim(owned::GATEWAY_ADDRESS)?;
             net.add_addr(bridge.index, gateway.0, gateway.1).await?;
@@ -482,17 +480,6 @@ fn describe_route(route: &FoundRoute) -> String {
         (_, true, _) => "with several next hops".to_string(),
         (_, _, Some(oif)) => format!("via another interface, index {oif}"),
         (_, _, None) => "with no output interface".to_string(),
-    }
-}
-
-/// The prefix length of the gateway's address on the slice bridge: the
-/// slice's for IP-in-IP (the overlay is routed through `fan-host`); the
-/// overlay's for VXLAN, as Ubuntu's Fan and LXD give it, so the kernel's
-/// prefix route sends the whole overlay to the bridge and its overlay port.
-pub(crate) fn gateway_prefix(wire: Wire, overlay: Ipv4Network, slice: Ipv4Network) -> u8 {
-    match wire {
-        Wire::Ipip => slice.prefix(),
-        Wire::Vxlan { .. } => overlay.prefix(),
     }
 }
 
