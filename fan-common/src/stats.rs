@@ -123,7 +123,7 @@ stat_reasons! {
     DropArpNotEthernetIpv4 = "drop_arp_not_ethernet_ipv4": "a container port sent ARP that is not Ethernet/IPv4 (hardware type 1, protocol IPv4, address lengths 6 and 4), which the kernel may still learn from",
     DropSourceReserved = "drop_source_reserved": "a container sent from its slice's gateway, network or broadcast address (an IPv4 source, or at its port an ARP sender)",
     DropSourceOutsideSlice = "drop_source_outside_slice": "a container port sent from an address outside this host's slices, or from 0.0.0.0 other than a DHCP client's message to the server or to 255.255.255.255",
-    DropTunnelToUnderlay = "drop_tunnel_to_underlay": "a container sent IP-in-IP, IPv6-in-IPv4 or GRE to an address of an attached fan's underlay: masqueraded by the host, it would reach that host as this host's own fan traffic",
+    DropTunnelToUnderlay = "drop_tunnel_to_underlay": "a container sent IP-in-IP, IPv6-in-IPv4, GRE or VXLAN of an attached VXLAN fan (its port and VNI) to an address of an attached fan's underlay: masqueraded by the host, it would reach that host as this host's own fan traffic",
     DropVxlanNotIpv4OrArp = "drop_vxlan_not_ipv4_or_arp": "a VXLAN fan's frame (at its overlay port, or received) that is neither IPv4 nor ARP (IPv6 among them): the Fan's VXLAN carries only those",
     DropVxlanNotOverlay = "drop_vxlan_not_overlay": "a frame at a VXLAN fan's overlay port whose IPv4 destination (or ARP target) is in no VXLAN fan's overlay: no host to send it to",
     DropVxlanLocalSlice = "drop_vxlan_local_slice": "a frame at a VXLAN fan's overlay port whose IPv4 destination (or ARP target) is in this host's own slice: a remote that is this host is not sent to",
@@ -131,6 +131,7 @@ stat_reasons! {
     DropVxlanBroadcastNotArp = "drop_vxlan_broadcast_not_arp": "a frame received over VXLAN to a broadcast or multicast MAC that is not an ARP request",
     DropVxlanTooBig = "drop_vxlan_too_big": "a frame at a VXLAN fan's overlay port larger than the fan's MTU (or the underlay route's, or a learned path MTU) allows after the 50-byte overhead: switched, not routed, so nobody answers its sender",
     PassVxlanViaOverlayPort = "pass_vxlan_via_overlay_port": "a VXLAN fan's packet at the slice bridge's program: the host routes it back to the bridge, whose overlay port sends it",
+    VxlanFloodNotSent = "vxlan_flood_not_sent": "a broadcast or multicast frame the slice bridge flooded to a VXLAN fan's overlay port that names no remote host (IPv6 neighbour discovery, an ARP for this host's slice): not sent, as the kernel's fan vxlan discards it; not a drop event",
     PassVxlanAtXdp = "pass_vxlan_at_xdp": "a VXLAN fan's frame at the XDP hook: left to the TC program, which decapsulates VXLAN",
 }
 

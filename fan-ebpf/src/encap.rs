@@ -30,7 +30,7 @@ use crate::{
     maps::{bypass_off, fan_for},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{answer_too_big, path_mtu},
-    port::{UDP_PORTS_LEN, admit},
+    port::{UDP_TUNNEL_PEEK_LEN, admit},
     stats::{count, count_in},
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
     vxlan,
@@ -102,8 +102,8 @@ fn try_encapsulate(
 ) -> Result<i32, Outcome> {
     let (ip_len, protocol) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
     if forwards(program) && protocol == IPPROTO_UDP {
-        // The UDP ports, for the DHCP guard.
-        ensure_linear(ctx, ETH_HDR_LEN + ip_len + UDP_PORTS_LEN);
+        // The UDP ports and a VXLAN header, for the DHCP and tunnel guards.
+        ensure_linear(ctx, ETH_HDR_LEN + ip_len + UDP_TUNNEL_PEEK_LEN);
     }
     if gso_size(ctx) != 0 {
         // `segment_len` reads a GSO packet's TCP data offset (byte 12).
@@ -362,13 +362,13 @@ pub fn segment_len(ctx: &TcContext, ip: &Ipv4Hdr, start: usize, end: usize) -> O
 
 /// Where an encapsulated packet goes next, from the kernel's routing table.
 pub struct NextHop {
-    ifindex: u32,
+    pub ifindex: u32,
     /// The next hop's and the device's MAC addresses, when the next hop's
     /// neighbour entry is resolved.
-    neighbour: Option<([u8; 6], [u8; 6])>,
+    pub neighbour: Option<([u8; 6], [u8; 6])>,
     /// The next hop's address (network byte order): the remote host, or
     /// the underlay gateway towards it.
-    address: u32,
+    pub address: u32,
 }
 
 pub enum RouteError {

@@ -5,7 +5,8 @@
 //!
 //! Everywhere: only IPv4 and ARP of Ethernet/IPv4, no VLAN tag, no source
 //! (or ARP sender) that is a slice's gateway, network or broadcast address,
-//! no ARP sender outside this host's slices but 0.0.0.0 (a probe), of the
+//! no ARP sender outside this host's slices but 0.0.0.0 (a probe) and, at
+//! the bridge, a VXLAN fan's remote containers (through its overlay port), of the
 //! DHCP pair only a client's messages, and no tunnel packet to an attached
 //! fan's underlay. A port knows which container sent the frame and checks
 //! besides that the source is that container's own address (bound to the
@@ -16,10 +17,11 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use fan_common::{
     FanEntry, StatReason, WireAddr,
     ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_UDP},
+    vxlan::{UDP_HDR_LEN, VXLAN_FLAG_VNI, VXLAN_HDR_LEN},
 };
 
 use crate::{
-    maps::{FAN_ENDPOINTS, FAN_UNDERLAYS, fan_for},
+    maps::{FAN_ENDPOINTS, FAN_UNDERLAYS, fan_for, vxlan_fan},
     parse::{ArpIpv4Head, ETH_P_ARP, Ipv4Hdr, eth, ipv4, ptr_at},
 };
 
@@ -78,7 +80,7 @@ fn admit_ipv4(
 ) -> Result<(), StatReason> {
     let src = ip.src_wire();
     let src_slice = slice_of_source(src)?;
-    if carries_a_tunnel(ip.protocol) && is_in_an_underlay(ip.dst_wire()) {
+    if carries_a_tunnel(ip, start, end) && is_in_an_underlay(ip.dst_wire()) {
         return Err(StatReason::DropTunnelToUnderlay);
     }
     let dhcp_client = dhcp_side(ip, start, end)?;
@@ -119,7 +121,14 @@ fn admit_arp(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
     }
     let slice = slice_of_source(sender)?;
     if !at_port {
-        return slice.map(|_| ()).ok_or(StatReason::DropSourceOutsideSlice);
+        // A VXLAN fan's remote containers reach the bridge through its
+        // overlay port, their ARP checked by the receive policy.
+        let remote_vxlan = || fan_for(sender).is_some_and(|fan| fan.is_vxlan());
+        return match slice {
+            Some(_) => Ok(()),
+            None if remote_vxlan() => Ok(()),
+            None => Err(StatReason::DropSourceOutsideSlice),
+        };
     }
     port_source(ctx, sender, slice)
 }
@@ -163,12 +172,27 @@ fn port_source(ctx: &TcContext, src: WireAddr, slice: Option<&FanEntry>) -> Resu
 const IPPROTO_IPV6: u8 = 41;
 const IPPROTO_GRE: u8 = 47;
 
-/// Whether an IPv4 packet of `protocol` carries another packet that a
-/// receiving fan host could take for fan traffic once the host masquerades
-/// it. (VXLAN mode will add its UDP port here.)
+/// Whether the IPv4 packet `ip` (in `[start, end)`) carries another packet
+/// that a receiving fan host could take for fan traffic once the host
+/// masquerades it: IP-in-IP, IPv6-in-IPv4, GRE, or UDP whose port and
+/// VXLAN header name a VXLAN fan.
 #[inline(always)]
-fn carries_a_tunnel(protocol: u8) -> bool {
-    matches!(protocol, IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE)
+fn carries_a_tunnel(ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
+    match ip.protocol {
+        IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE => true,
+        IPPROTO_UDP if ip.frag_off() & IP_OFFSET_MASK == 0 => {
+            let offset = ETH_HDR_LEN + ip.header_len();
+            let Some(headers) = ptr_at::<[u8; UDP_TUNNEL_PEEK_LEN]>(start, end, offset) else {
+                return false;
+            };
+            // SAFETY: bounds-checked by `ptr_at`; copied out.
+            let headers = unsafe { *headers };
+            let port = u16::from_be_bytes([headers[2], headers[3]]);
+            let vni = u32::from_be_bytes([0, headers[12], headers[13], headers[14]]);
+            headers[8] & VXLAN_FLAG_VNI != 0 && vxlan_fan(port, vni).is_some()
+        }
+        _ => false,
+    }
 }
 
 /// Whether `addr` lies in the underlay of an attached fan.
@@ -178,7 +202,10 @@ fn is_in_an_underlay(addr: WireAddr) -> bool {
 }
 
 /// Source and destination ports of a UDP header.
-pub const UDP_PORTS_LEN: usize = 4;
+const UDP_PORTS_LEN: usize = 4;
+/// A UDP header and the VXLAN header behind it: what the edge reads of a
+/// container's UDP packet.
+pub const UDP_TUNNEL_PEEK_LEN: usize = UDP_HDR_LEN + VXLAN_HDR_LEN;
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
 

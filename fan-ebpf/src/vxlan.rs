@@ -18,11 +18,12 @@ use aya_ebpf::{
     },
     helpers::generated::{
         bpf_fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer, bpf_skb_change_head,
+        bpf_skb_vlan_pop, bpf_skb_vlan_push,
     },
     programs::TcContext,
 };
 use fan_common::{
-    FanEntry, StatReason,
+    FanEntry, StatReason, WireAddr,
     events::Program,
     ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IPPROTO_UDP},
     vxlan::{Outer, VXLAN_HEADERS_LEN, VXLAN_OVERHEAD, vxlan_source_port},
@@ -51,12 +52,30 @@ pub fn send(ctx: &TcContext) -> i32 {
     let mut fan = None;
     match try_send(ctx, &mut fan) {
         Ok(action) => action,
+        Err(reason) if is_flood_not_sent(ctx, reason) => {
+            count_in(fan, StatReason::VxlanFloodNotSent, ctx.len() as usize);
+            TC_ACT_SHOT
+        }
         Err(reason) => {
             count_in(fan, reason, ctx.len() as usize);
             events::dropped(&Seen::tc(ctx), Program::VxlanOut, reason);
             TC_ACT_SHOT
         }
     }
+}
+
+/// Whether a frame refused for `reason` is one the bridge floods to every
+/// port, the overlay port among them, without meaning it for another host.
+#[inline(always)]
+fn is_flood_not_sent(ctx: &TcContext, reason: StatReason) -> bool {
+    let flooded = ctx.load::<u8>(0).is_ok_and(|first| first & 1 != 0);
+    flooded
+        && matches!(
+            reason,
+            StatReason::DropVxlanNotIpv4OrArp
+                | StatReason::DropVxlanLocalSlice
+                | StatReason::DropVxlanNotOverlay
+        )
 }
 
 /// What `send` needs of a frame's IPv4 packet or ARP message.
@@ -85,7 +104,7 @@ fn try_send(ctx: &TcContext, found: &mut Option<&'static FanEntry>) -> Result<i3
         ETH_P_ARP => arp_payload(ctx)?,
         _ => return Err(StatReason::DropVxlanNotIpv4OrArp),
     };
-    let fan = fan_for(fan_common::WireAddr::from_host(payload.dst))
+    let fan = fan_for(WireAddr::from_host(payload.dst))
         .filter(|fan| fan.is_vxlan())
         .ok_or(StatReason::DropVxlanNotOverlay)?;
     *found = Some(fan);
@@ -275,7 +294,31 @@ fn encapsulate_arp(
         return Err(StatReason::DropEncapFailed);
     }
     write_headers(ctx, &headers, None)?;
+    retype_ipv4(ctx)?;
     send_to(ctx, fan, next_hop, true)
+}
+
+const ETH_P_8021Q: u16 = 0x8100;
+
+/// Makes the kernel take the frame, an ARP frame with outer headers put in
+/// front, for the IPv4 packet it now is (`skb->protocol`, which no helper
+/// sets and which `bpf_redirect_neigh`, the neighbour queue and the
+/// device's features go by): two VLAN tags pushed, the second moving the
+/// first into the frame and typing the skb 802.1Q, then popped, the first
+/// pop typing the skb by the Ethernet type behind the tag, IPv4.
+#[inline(always)]
+fn retype_ipv4(ctx: &TcContext) -> Result<(), StatReason> {
+    let skb = ctx.skb.skb as *mut _;
+    let tag = ETH_P_8021Q.to_be();
+    // SAFETY (each call): the context pointer is the program's; plain
+    // integers otherwise.
+    let pushed =
+        unsafe { bpf_skb_vlan_push(skb, tag, 0) == 0 && bpf_skb_vlan_push(skb, tag, 0) == 0 };
+    // SAFETY: as above.
+    let popped = unsafe { bpf_skb_vlan_pop(skb) == 0 && bpf_skb_vlan_pop(skb) == 0 };
+    (pushed && popped)
+        .then_some(())
+        .ok_or(StatReason::DropEncapFailed)
 }
 
 /// The outer headers' fields of a packet from this host to `remote_host`:

@@ -30,6 +30,12 @@ impl Dataplane {
         self.attach_tc(ENCAP_OUTPUT, device, TcAttachType::Egress)
     }
 
+    /// Attaches a VXLAN fan's sending program to its overlay port's (`B`'s)
+    /// ingress: for tests of the programs (attach keeps its own, pinned link).
+    pub fn attach_vxlan_out(&mut self, overlay_port: &str) -> Result<()> {
+        self.attach_tc(VXLAN_OUT, overlay_port, TcAttachType::Ingress)
+    }
+
     pub(super) fn attach_tc(
         &mut self,
         name: &'static str,

@@ -163,17 +163,34 @@ pub(super) fn sync_local_hosts<T: std::borrow::BorrowMut<MapData>>(
         }
         host.fans += 1;
     }
-    let stale: Vec<WireAddr> = hosts
+    make_hash_map_hold(hosts, want, "a local host")
+}
+
+/// Makes `map` hold exactly `want`: stale keys removed, changed or
+/// missing values written (`what` names an entry in errors).
+fn make_hash_map_hold<T, K, V>(
+    map: &mut BpfHashMap<T, K, V>,
+    want: BTreeMap<K, V>,
+    what: &str,
+) -> Result<()>
+where
+    T: std::borrow::BorrowMut<MapData>,
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let stale: Vec<K> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|key| !want.contains_key(key))
         .collect();
     for key in stale {
-        hosts.remove(&key).context("removing a local host")?;
+        map.remove(&key)
+            .with_context(|| format!("removing {what}"))?;
     }
-    for (key, host) in want {
-        if hosts.get(&key, 0).ok() != Some(host) {
-            hosts.insert(key, host, 0).context("writing a local host")?;
+    for (key, value) in want {
+        if map.get(&key, 0).ok() != Some(value) {
+            map.insert(key, value, 0)
+                .with_context(|| format!("writing {what}"))?;
         }
     }
     Ok(())
@@ -229,22 +246,7 @@ pub(super) fn sync_vxlan<T: std::borrow::BorrowMut<MapData>>(
             (key, WireAddr::from_host(fan.map.overlay))
         })
         .collect();
-    let stale: Vec<VxlanKey> = vxlan
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| !want.contains_key(key))
-        .collect();
-    for key in stale {
-        vxlan.remove(&key).context("removing a VXLAN fan")?;
-    }
-    for (key, overlay) in want {
-        if vxlan.get(&key, 0).ok() != Some(overlay) {
-            vxlan
-                .insert(key, overlay, 0)
-                .context("writing a VXLAN fan")?;
-        }
-    }
-    Ok(())
+    make_hash_map_hold(vxlan, want, "a VXLAN fan")
 }
 
 /// The pinned maps, opened without loading any program (show, stats, detach).

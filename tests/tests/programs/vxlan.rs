@@ -12,7 +12,7 @@ use fan_common::{
     vxlan::{SOURCE_PORT_MAX, SOURCE_PORT_MIN, VXLAN_DEFAULT_PORT, default_vni},
 };
 use fan_tests::{hex, privileged, topology};
-use fan_userspace::dataplane::{DECAP_TC, VXLAN_OUT};
+use fan_userspace::dataplane::{DECAP_TC, ENCAP_FORWARD, ENCAP_PORT, VXLAN_OUT};
 
 use super::{
     Bed, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, XDP_DROP, XDP_PASS, hex_string, padded,
@@ -68,6 +68,10 @@ const VXLAN_OUT_ARP_REPLY_OUT: &str = "020000000022 020000000011 0800
 const VXLAN_OUT_IPV6: &str = "0a0000000214 0a000000010a 86dd
     60000000 00003b40 fe800000 00000000 00000000
     00000002 fe800000 00000000 00000000 00000001";
+// IPv6 to a multicast MAC (all nodes), as the bridge floods it.
+const VXLAN_OUT_IPV6_MULTICAST: &str = "333300000001 0a000000010a 86dd
+    60000000 00003b40 fe800000 00000000 00000000
+    00000002 ff020000 00000000 00000000 00000001";
 // 250.0.1.10 -> 10.1.2.3: outside the overlay.
 const VXLAN_OUT_NOT_OVERLAY: &str = "0a0000000214 0a000000010a 0800
     45000020 12344000 4001219b fa00010a 0a010203
@@ -305,13 +309,69 @@ const VXLAN_RX_ARP_TARGET_NOT_LOCAL: &str = "020000000011 020000000022 0800
     00010800 06040001 0a000000 0214fa00 02140000
     00000000 fa000303";
 
+// A container routing through its gateway (02:..:01) to 250.0.2.20.
+const VXLAN_PORT_ROUTED_IN: &str = "020000000001 0a000000010a 0800
+    45000020 12344000 4001318a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// Routed as the host would: to the remote container's MAC from the host's neighbour
+// table, from the bridge's, TTL 63; then encapsulated.
+const VXLAN_PORT_ROUTED_OUT: &str = "020000000022 020000000011 0800
+    45000052 00004000 4011ae73 c6120001 c6120002
+    00002118 003e0000 08000000 fa000000
+    0a0000000214 020000000001 0800
+    45000020 12344000 3f01328a fa00010a fa000214
+    0800e139 42420001 66616e21";
+// To 250.0.2.21 through the gateway: no neighbour entry yet.
+const VXLAN_PORT_NO_NEIGHBOUR: &str = "020000000001 0a000000010a 0800
+    45000020 12344000 40013189 fa00010a fa000215
+    0800e139 42420001 66616e21";
+// A container's UDP to 198.18.0.2 port 8472 with the fan's VNI: the fan's VXLAN.
+const VXLAN_TUNNEL_TO_UNDERLAY: &str = "020000000001 0a000000010a 0800
+    45000028 12344000 40116772 fa00010a c6120002
+    9c402118 00140000 08000000 fa000000 66616e21";
+// The same with VNI 16384001: no fan's.
+const VXLAN_OTHER_VNI_TO_UNDERLAY: &str = "020000000001 0a000000010a 0800
+    45000028 12344000 40116772 fa00010a c6120002
+    9c402118 00140000 08000000 fa000100 66616e21";
+
 /// Where the outer UDP source port sits in an encapsulated frame.
 const SOURCE_PORT: std::ops::Range<usize> = 34..36;
 
 impl Bed {
-    /// The bed with its fan made a VXLAN fan, whose overlay port is `eth1`.
+    /// The bed with its fan made a VXLAN fan, whose overlay port is `eth1`
+    /// and slice bridge `br0` (02:..:01, 250.0.1.1/8 on-link, one port
+    /// `c0` for a carrier), where the host knows 250.0.2.20 at 0a:..:02:14.
     fn vxlan() -> Self {
         let mut bed = Bed::new();
+        for args in [
+            &[
+                "link",
+                "add",
+                "br0",
+                "address",
+                "02:00:00:00:00:01",
+                "type",
+                "bridge",
+            ][..],
+            &[
+                "link", "add", "c0", "type", "veth", "peer", "name", "c0-peer",
+            ],
+            &["link", "set", "c0", "master", "br0", "up"],
+            &["link", "set", "c0-peer", "up"],
+            &["link", "set", "br0", "up"],
+            &["addr", "add", "250.0.1.1/8", "dev", "br0"],
+            &[
+                "neigh",
+                "add",
+                "250.0.2.20",
+                "lladdr",
+                "0a:00:00:00:02:14",
+                "dev",
+                "br0",
+            ],
+        ] {
+            bed.ns.ip(args).unwrap();
+        }
         let overlay_port = bed.ifindex("eth1");
         let underlay = bed.ifindex("eth0");
         let entry = FanEntry {
@@ -319,6 +379,7 @@ impl Bed {
             vxlan_port: VXLAN_DEFAULT_PORT,
             vni: default_vni(u32::from(topology::OVERLAY.0)),
             overlay_port_ifindex: overlay_port,
+            bridge_ifindex: bed.ifindex("br0"),
             ..FanEntry::ipip(
                 topology::fan_map(),
                 u32::from_be_bytes([198, 18, 0, 1]),
@@ -380,7 +441,6 @@ fn the_overlay_port_drops_what_the_fan_does_not_send() {
         (VXLAN_OUT_NOT_OVERLAY, StatReason::DropVxlanNotOverlay),
         (VXLAN_OUT_SECOND_FAN, StatReason::DropVxlanNotOverlay),
         (VXLAN_OUT_LOCAL_SLICE, StatReason::DropVxlanLocalSlice),
-        (VXLAN_OUT_ARP_TARGET_LOCAL, StatReason::DropVxlanLocalSlice),
         (VXLAN_OUT_RESERVED, StatReason::DropReservedHost),
         (VXLAN_OUT_SOURCE_NOT_LOCAL, StatReason::DropSourceNotLocal),
         (
@@ -395,6 +455,12 @@ fn the_overlay_port_drops_what_the_fan_does_not_send() {
         ),
     ] {
         bed.check_untouched(VXLAN_OUT, frame, TC_ACT_SHOT, reason);
+    }
+    // What the bridge floods to every port and names no other host: not
+    // sent, and no drop event either.
+    for frame in [VXLAN_OUT_ARP_TARGET_LOCAL, VXLAN_OUT_IPV6_MULTICAST] {
+        let not_sent = StatReason::VxlanFloodNotSent;
+        bed.check_untouched(VXLAN_OUT, frame, TC_ACT_SHOT, not_sent);
     }
     // One byte over the fan's MTU: switched, so nobody could be told.
     let too_big = padded(VXLAN_OUT_UDP_1451_HEADERS, 14 + 1451);
@@ -527,4 +593,72 @@ fn vxlan_switched_to_a_known_container_goes_straight_in() {
         .insert_endpoint(container, &elsewhere)
         .unwrap();
     bed.check(DECAP_TC, &input, TC_ACT_REDIRECT, &inner, d);
+}
+
+#[test]
+fn a_vxlan_fans_ports_encapsulate_switched_frames_as_they_are_and_route_the_rest() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::vxlan();
+    let port = bed.ifindex("c0");
+    bed.ingress_ifindex = port;
+    let sender = Endpoint {
+        ifindex: port,
+        mac: [0x0a, 0, 0, 0, 0x01, 0x0a],
+        gateway_mac: [0x02, 0, 0, 0, 0, 0x01],
+    };
+    let passed = StatReason::PortPassed;
+    // A sender the agent does not know yet: left to the bridge.
+    bed.check_untouched(ENCAP_PORT, VXLAN_OUT_IPV4_IN, TC_ACT_UNSPEC, passed);
+    let container = fan_common::WireAddr::from_octets([250, 0, 1, 10]);
+    bed.dataplane.insert_endpoint(container, &sender).unwrap();
+    let encapsulated = [StatReason::Encapsulated];
+    for (input, output) in [
+        // To a remote container's MAC (the overlay on-link): switched, TTL kept.
+        (VXLAN_OUT_IPV4_IN, VXLAN_OUT_IPV4_OUT),
+        // To the gateway: routed to the neighbour's MAC, TTL taken.
+        (VXLAN_PORT_ROUTED_IN, VXLAN_PORT_ROUTED_OUT),
+    ] {
+        let (verdict, mut out, case) = bed.run_counted(ENCAP_PORT, &hex(input), &encapsulated);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "verdict of {case}");
+        out[SOURCE_PORT].fill(0);
+        assert_eq!(hex_string(&out), hex_string(&hex(output)), "{case}");
+    }
+    // No neighbour entry yet: the host resolves it through the overlay port.
+    bed.check_untouched(ENCAP_PORT, VXLAN_PORT_NO_NEIGHBOUR, TC_ACT_UNSPEC, passed);
+    // The bridge's program leaves a VXLAN fan's packets to the host, which
+    // routes them back to the bridge.
+    bed.ingress_ifindex = 0;
+    let via_port = StatReason::PassVxlanViaOverlayPort;
+    bed.check_untouched(ENCAP_FORWARD, VXLAN_PORT_ROUTED_IN, TC_ACT_UNSPEC, via_port);
+    // A remote container's ARP, handed to the bridge by the overlay port,
+    // reaches the host (the receive policy checked its sender).
+    let not_ipv4 = StatReason::PassNotIpv4;
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        VXLAN_RX_ARP_REQUEST_INNER,
+        TC_ACT_UNSPEC,
+        not_ipv4,
+    );
+}
+
+#[test]
+fn containers_send_no_vxlan_of_a_fan_to_an_underlay() {
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::vxlan();
+    // Masqueraded by the host, it would reach 198.18.0.2 as this host's
+    // own VXLAN.
+    let tunnel = StatReason::DropTunnelToUnderlay;
+    bed.check_untouched(ENCAP_FORWARD, VXLAN_TUNNEL_TO_UNDERLAY, TC_ACT_SHOT, tunnel);
+    // Another VNI names no fan: ordinary UDP, not fan traffic.
+    let not_overlay = StatReason::PassNotOverlay;
+    bed.check_untouched(
+        ENCAP_FORWARD,
+        VXLAN_OTHER_VNI_TO_UNDERLAY,
+        TC_ACT_UNSPEC,
+        not_overlay,
+    );
 }
