@@ -661,3 +661,45 @@ fn an_ipip_fan_and_a_vxlan_fan_side_by_side() {
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     assert_netns_unchanged(&host.ns, &before, "two fans left something behind");
 }
+
+/// An LXD 5.0 container on fan-xdp's VXLAN bridge, addressed by fan-xdp's
+/// DHCP, reaches a container behind a kernel-VXLAN Fan host (an LXD host
+/// not moved yet), and the other way: the end state of
+/// docs/containers.md's move, on a stock kernel.
+#[test]
+fn an_lxd_container_on_a_vxlan_fan_reaches_one_behind_a_kernel_vxlan_host() {
+    use fan_tests::runtimes::{Bed, LEASE_TIME, installed, lxd, wait_for_lease};
+    if !privileged() || !installed("lxd", lxd::LXD) {
+        return;
+    }
+    let mut bed = Bed::new(2, &["--type", "vxlan", "--dhcp"], &lxd::leftovers()).unwrap();
+    // Host 2 is not moved: its kernel's vxlan device is its fan.
+    bed.fan_xdp(1, &["detach", "eth0"]).unwrap();
+    let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
+    kernel_vxlan_fan(h2, h1.underlay_addr);
+    let behind_kernel = container(h2, 1, 8);
+    let mut daemon = lxd::Lxd::start(h1, "h1", &h1.bridge, MTU).unwrap();
+    let c1 = daemon.launch("c1").unwrap();
+    let lease = wait_for_lease(&c1.ns, LEASE_TIME).unwrap();
+    assert_eq!(
+        (lease.prefix, lease.mtu, lease.router),
+        (24, MTU, Some(h1.gateway)),
+        "the lease on {}",
+        h1.slice_cidr()
+    );
+    assert!(
+        ping(&c1.ns, behind_kernel.addr, 3).unwrap(),
+        "the LXD container cannot reach the kernel-VXLAN host's container"
+    );
+    assert!(
+        ping(&behind_kernel.ns, lease.addr, 3).unwrap(),
+        "the kernel-VXLAN host's container cannot reach the LXD container"
+    );
+    let seen = daemon.address("c1").unwrap();
+    assert!(
+        seen.starts_with(&format!("{} (eth0)", lease.addr)),
+        "{seen}"
+    );
+    drop((c1, behind_kernel));
+    bed.runtimes.push(daemon);
+}
