@@ -703,3 +703,71 @@ fn an_lxd_container_on_a_vxlan_fan_reaches_one_behind_a_kernel_vxlan_host() {
     drop((c1, behind_kernel));
     bed.runtimes.push(daemon);
 }
+
+/// The MTU of `dev` in `host`'s namespace.
+fn link_mtu(host: &Host, dev: &str) -> Option<u32> {
+    let link = host.ns.ip(&["link", "show", dev]).ok()?;
+    let mut words = link.split_whitespace().skip_while(|w| *w != "mtu");
+    words.nth(1)?.parse().ok()
+}
+
+/// The underlay's MTU lowered after attach and raised again: a VXLAN fan's
+/// MTU follows it with VXLAN's 50 bytes of overhead (not IP-in-IP's 20), on
+/// the fan, its bridge and both ends of its overlay port, and transfers go on.
+#[test]
+fn a_vxlan_fan_s_mtu_follows_the_underlay_less_50() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&["--type", "vxlan"]).unwrap();
+    let (h1, h2) = (&fleet.hosts[0], &fleet.hosts[1]);
+    // Routed through the gateway: a frame switched to the overlay port
+    // above its MTU is dropped by the bridge, with no ICMP (as with the
+    // kernel's fan device), so on-link containers need their MTU lowered.
+    let (c1, c2) = (container(h1, 1, 24), container(h2, 1, 24));
+    for (underlay, fan) in [(1400, 1350), (1500, 1450)] {
+        for (i, host) in fleet.hosts.iter().enumerate() {
+            let mtu = underlay.to_string();
+            let port = format!("sw-h{}", i + 1);
+            fleet
+                .switch
+                .ip(&["link", "set", &port, "mtu", &mtu])
+                .unwrap();
+            host.ns.ip(&["link", "set", "eth0", "mtu", &mtu]).unwrap();
+        }
+        for host in [h1, h2] {
+            let third = host.slice.octets()[2];
+            let (a, b) = (
+                format!("fvx-fa00{third:02x}00a"),
+                format!("fvx-fa00{third:02x}00b"),
+            );
+            let mtus = || {
+                [
+                    show(host)[0]["mtu"].as_u64().map(|m| m as u32),
+                    link_mtu(host, &host.bridge),
+                    link_mtu(host, &a),
+                    link_mtu(host, &b),
+                ]
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while mtus() != [Some(fan); 4] && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            assert_eq!(
+                mtus(),
+                [Some(fan); 4],
+                "underlay MTU {underlay}: the fan, bridge and overlay port of {}",
+                host.ns.name()
+            );
+        }
+        for (server, client) in [(&c2, &c1), (&c1, &c2)] {
+            // The containers keep their 1450: what no longer fits gets
+            // "fragmentation needed" from their host and TCP adapts.
+            let moved = tcp_transfer(&server.ns, &client.ns, server.addr, 8 << 20).unwrap();
+            assert_eq!(moved, 8 << 20, "underlay MTU {underlay}");
+        }
+    }
+    drop((c1, c2));
+    fleet.detach_all().unwrap();
+}
