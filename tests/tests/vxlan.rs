@@ -771,3 +771,30 @@ fn a_vxlan_fan_s_mtu_follows_the_underlay_less_50() {
     drop((c1, c2));
     fleet.detach_all().unwrap();
 }
+
+/// An adopted bridge with no address of its own set takes its ports'
+/// smallest MAC: the overlay port must not change it (its containers would
+/// keep sending to the gateway's old MAC once the port went again).
+#[test]
+fn the_overlay_port_leaves_an_adopted_bridge_s_mac_alone() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    fan_tests::topology::add_bridge(host).unwrap();
+    // The container's port with the largest unicast MAC but one: the
+    // bridge's MAC is that port's, and a port below it would take over.
+    let c = container(host, 1, 24);
+    host.ns
+        .ip(&["link", "set", "veth1", "address", "fe:ff:ff:ff:ff:fe"])
+        .unwrap();
+    let bridge_mac = || mac_of(&host.ns, &host.bridge).unwrap();
+    assert_eq!(bridge_mac(), [0xfe, 0xff, 0xff, 0xff, 0xff, 0xfe]);
+    host.fan_xdp_ok(&[&ATTACH_VXLAN[..], &["--no-agent"]].concat())
+        .unwrap();
+    assert_eq!(bridge_mac(), [0xfe, 0xff, 0xff, 0xff, 0xff, 0xfe]);
+    assert!(ping(&c.ns, host.gateway, 1).unwrap());
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+    assert_eq!(bridge_mac(), [0xfe, 0xff, 0xff, 0xff, 0xff, 0xfe]);
+}

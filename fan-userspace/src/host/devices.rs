@@ -218,24 +218,24 @@ impl Net {
         Ok(link)
     }
 
-    /// A veth pair whose end `port` is a port of bridge `bridge`, its peer
-    /// `inner` in this namespace; both with `mtu`, both down. Returns
-    /// (`port`, `inner`).
+    /// A veth pair whose end `port` (with MAC `mac`) is a port of bridge
+    /// `bridge`, its peer `inner` in this namespace; both with `mtu`, both
+    /// down. Returns (`port`, `inner`).
     pub async fn create_bridge_veth(
         &self,
-        port: &str,
+        (port, mac): (&str, [u8; 6]),
         inner: &str,
         bridge: u32,
         mtu: u32,
     ) -> Result<(Device, Device)> {
+        let pair = LinkVeth::new(port, inner)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .controller(bridge)
+            .build();
         self.handle
             .link()
-            .add(
-                LinkVeth::new(port, inner)
-                    .mtu(mtu)
-                    .controller(bridge)
-                    .build(),
-            )
+            .add(pair)
             .execute()
             .await
             .with_context(|| format!("creating veth pair {port}/{inner}"))?;

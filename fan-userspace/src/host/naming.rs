@@ -71,6 +71,13 @@ pub fn overlay_port_names(slice: Ipv4Addr) -> (String, String) {
     (format!("{stem}a"), format!("{stem}b"))
 }
 
+/// The MAC of an overlay port's bridge end: the largest unicast address.
+/// A bridge with no address set takes its ports' smallest MAC, so plugging
+/// this port into an adopted bridge that has other ports never changes the
+/// bridge's (its containers would keep the gateway's old MAC in their ARP
+/// caches). It is never a frame's source: the port only switches frames.
+pub const OVERLAY_PORT_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+
 /// Whether `name` is an overlay port's bridge end: not a container's port
 /// (the agent hangs no port program on it and delivers nothing through it).
 pub fn is_overlay_port(name: &str) -> bool {

@@ -33,7 +33,9 @@ use crate::{
         VXLAN_OUT, VXLAN_OUT_PIN, inspect, overlay_key, pinned_link_ifindex, pinned_program_id,
         sweep_stale, tcx_supported, unlink,
     },
-    host::naming::{bridge_mac, bridge_name, check_bridge_name, overlay_port_names},
+    host::naming::{
+        OVERLAY_PORT_MAC, bridge_mac, bridge_name, check_bridge_name, overlay_port_names,
+    },
     host::nat,
     host::{
         Device, FoundRoute, IP_FORWARD, Net, RP_FILTER_LOOSE, TcBpfFilter, accept_ra_key,

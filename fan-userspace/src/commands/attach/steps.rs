@@ -236,8 +236,9 @@ impl<'a> Attach<'a> {
         let (a, b) = overlay_port_names(plan.slice.network());
         let (port, inner) = match (net.device(&a).await?, net.device(&b).await?) {
             (None, None) => {
+                let port = (a.as_str(), OVERLAY_PORT_MAC);
                 let pair = net
-                    .create_bridge_veth(&a, &b, self.bridge_index, plan.mtu)
+                    .create_bridge_veth(port, &b, self.bridge_index, plan.mtu)
                     .await?;
                 self.undo.push(Undo::Device(a.clone()));
                 self.changed = true;
