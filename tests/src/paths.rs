@@ -351,6 +351,15 @@ impl Active {
                     // The bridges were made by hand and adopted: detach keeps
                     // them, with their ports and the gateway address.
                     host.fan_xdp_ok(&["detach", "eth0"])?;
+                    // A VXLAN fan's gateway forwards remote traffic back out
+                    // of the bridge, so the kernel sent the containers ICMP
+                    // redirects to the remote containers themselves; what they
+                    // cached would misroute the next path's packets.
+                    if self.path == Path::FanVxlan {
+                        for container in &host.containers {
+                            container.ns.ip(&["route", "flush", "cache"])?;
+                        }
+                    }
                 }
             }
         }
