@@ -798,3 +798,35 @@ fn the_overlay_port_leaves_an_adopted_bridge_s_mac_alone() {
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
     assert_eq!(bridge_mac(), [0xfe, 0xff, 0xff, 0xff, 0xff, 0xfe]);
 }
+
+/// doctor says when a VXLAN fan's gateway would send ICMP redirects (the
+/// namespace's default), which tell containers routed through it to send
+/// to remote containers directly, and is content once they are off.
+#[test]
+fn doctor_names_redirects_on_a_vxlan_fan_s_bridge() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    host.fan_xdp_ok(&ATTACH_VXLAN).unwrap();
+    let out = host.fan_xdp(&["doctor"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("sends ICMP redirects on fan-250-0-1")
+            && said.contains("net.ipv4.conf.fan-250-0-1.send_redirects=0"),
+        "{said}"
+    );
+    for scope in ["all", "fan-250-0-1"] {
+        host.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0")
+            .unwrap();
+    }
+    let healthy = host.fan_xdp_ok(&["doctor"]).unwrap();
+    assert_eq!(
+        healthy,
+        "ok: 1 fan(s) (250.0.0.0/8 vxlan), nothing found that breaks them\n"
+    );
+    host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
+}

@@ -139,6 +139,24 @@ pub async fn run(global: &Global) -> Result<()> {
                         reattach(fan),
                     );
                 }
+                // The gateway forwards what routed containers send to remote
+                // ones back out of the bridge: the kernel sends them ICMP
+                // redirects (when conf/all or the bridge's says so), they
+                // then switch such traffic past the host's forwarding and
+                // netfilter, and keep those routes cached after a detach.
+                let key = |scope: &str| format!("conf/{scope}/send_redirects");
+                if read_sysctl(&key("all"))? != 0 || read_sysctl(&key(&fan.bridge))? != 0 {
+                    found(
+                        format!(
+                            "the VXLAN fan {}'s gateway sends ICMP redirects on {}: containers routed through it are told to send to remote containers directly",
+                            fan.overlay, fan.bridge
+                        ),
+                        format!(
+                            "sysctl -w net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.{}.send_redirects=0",
+                            fan.bridge
+                        ),
+                    );
+                }
             }
             for port in net.ports(bridge.index).await? {
                 if port.mtu > fan.mtu {
