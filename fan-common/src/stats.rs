@@ -118,7 +118,7 @@ stat_reasons! {
     DropDecapFailed = "drop_decap_failed": "the kernel refused to remove the outer header",
     EventsSuppressed = "events_suppressed": "events for `fan-xdp monitor` left out by the per-CPU rate limit or a full ring buffer; not a packet outcome",
     PortPassed = "port_passed": "a container port's packet left to the bridge (the bridge's program counts its outcome if the bridge hands it up, the bridge alone delivers it if it goes to another port): one count per port program run",
-    DropVlanTagged = "drop_vlan_tagged": "a container sent a VLAN-tagged frame (a tag in the frame, or one the kernel moved into the packet's metadata): the host would strip the tag and take the inner packet unchecked, or carry the tag onto the underlay",
+    DropVlanTagged = "drop_vlan_tagged": "a container sent a VLAN-tagged frame (a tag in the frame, or one the kernel moved into the packet's metadata), or the bridge sent a VXLAN fan's overlay port one with a tag in the metadata: the host would strip the tag and take the inner packet unchecked, or carry the tag onto the underlay",
     DropNotIpv4OrArp = "drop_not_ipv4_or_arp": "a container port sent a frame that is neither IPv4 nor ARP (IPv6 among them: its router advertisements would reach the host)",
     DropArpNotEthernetIpv4 = "drop_arp_not_ethernet_ipv4": "a container port sent ARP that is not Ethernet/IPv4 (hardware type 1, protocol IPv4, address lengths 6 and 4), which the kernel may still learn from",
     DropSourceReserved = "drop_source_reserved": "a container sent from its slice's gateway, network or broadcast address (an IPv4 source, or at its port an ARP sender)",

@@ -17,17 +17,17 @@ use fan_common::{
         decap_ecn, is_fragment, replace_word,
     },
     maps::Endpoint,
-    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN, header_vni},
+    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN},
 };
 
 use crate::{
     events::{self, Seen},
-    maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host, vxlan_fan},
+    maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host},
     parse::{ARP_OP_REQUEST, ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
     pmtu,
     stats::count_in,
     tc::{device_mtu, ensure_ipv4_header, ensure_linear, frame, gso_size},
-    vxlan,
+    vxlan::{self, fan_of_udp},
 };
 
 /// What to do with a received frame.
@@ -241,16 +241,7 @@ fn decide_vxlan(
     if outer.frag_off() & IP_OFFSET_MASK != 0 || !is_local_host(outer.dst_wire()) {
         return not_ours;
     }
-    let udp_offset = ETH_HDR_LEN + outer.header_len();
-    let Some(headers) = ptr_at::<[u8; UDP_HDR_LEN + VXLAN_HDR_LEN]>(start, end, udp_offset) else {
-        return not_ours;
-    };
-    // SAFETY: bounds-checked by `ptr_at`; copied out.
-    let headers = unsafe { *headers };
-    let port = u16::from_be_bytes([headers[2], headers[3]]);
-    let mut vxlan = [0u8; VXLAN_HDR_LEN];
-    vxlan.copy_from_slice(&headers[UDP_HDR_LEN..]);
-    let Some(fan) = header_vni(&vxlan).and_then(|vni| vxlan_fan(port, vni)) else {
+    let Some(fan) = fan_of_udp(start, end, ETH_HDR_LEN + outer.header_len()) else {
         return not_ours;
     };
     *found = Some(fan);

@@ -336,7 +336,7 @@ pub fn check_source(dst_fan: &FanEntry, src: u32) -> Result<(), StatReason> {
 }
 
 /// Bytes of a TCP header up to and including the data offset.
-const TCP_DATA_OFFSET_END: usize = 13;
+pub const TCP_DATA_OFFSET_END: usize = 13;
 
 /// The length of the largest packet this skb becomes: the packet itself, or
 /// for a GSO packet one segment (IP and transport headers plus `gso_size`).

@@ -7,16 +7,18 @@
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use fan_common::{
-    StatReason,
+    StatReason, WireAddr,
     events::{EVENT_BURST, EVENTS_PER_SECOND, Event, EventKind, Program, SAMPLE_PASSES},
-    ipv4::{ETH_HDR_LEN, IPPROTO_IPIP},
+    ipv4::{ETH_HDR_LEN, IPPROTO_IPIP, IPPROTO_UDP},
+    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN},
 };
 
 use crate::{
     maps::{DROP_EVENT_BUDGET, FAN_EVENT_SETTINGS, FAN_EVENTS, SAMPLE_BUDGET},
-    parse::{eth, ipv4},
+    parse::{ArpIpv4, ETH_P_ARP, eth, ipv4, ptr_at},
     ratelimit::take_token,
     stats::count,
+    vxlan::fan_of_udp,
 };
 
 /// The packet whose event is being sent: the readable bytes, its length
@@ -96,8 +98,9 @@ fn send(seen: &Seen, program: Program, kind: EventKind, reason: StatReason) {
     }
 }
 
-/// The addresses of the packet's IPv4 headers: an IP-in-IP packet's outer
-/// and inner ones; else the one header, as inner for the encapsulating
+/// The addresses of the packet's IPv4 headers: an IP-in-IP or VXLAN
+/// packet's outer and inner ones; an ARP message's sender and target as
+/// inner ones; else the one header, as inner for the encapsulating
 /// programs (a container's or the host's packet) and as outer for the
 /// decapsulating ones (underlay traffic).
 #[inline(always)]
@@ -105,6 +108,11 @@ fn read_addresses(seen: &Seen, program: Program, event: &mut Event) {
     let Some(eth) = eth(seen.start, seen.end) else {
         return;
     };
+    // SAFETY: bounds-checked by `eth`.
+    if unsafe { (*eth).ether_type() } == ETH_P_ARP {
+        read_arp(seen, ETH_HDR_LEN, event);
+        return;
+    }
     // SAFETY: bounds-checked by `eth`.
     if !unsafe { (*eth).is_ipv4() } {
         return;
@@ -115,16 +123,23 @@ fn read_addresses(seen: &Seen, program: Program, event: &mut Event) {
     // SAFETY: bounds-checked by `ipv4`.
     let first = unsafe { *first };
     event.protocol = first.protocol;
-    if first.protocol == IPPROTO_IPIP {
+    let inner_at = match first.protocol {
+        IPPROTO_IPIP => Some(ETH_HDR_LEN + first.header_len()),
+        IPPROTO_UDP => vxlan_inner(seen, ETH_HDR_LEN + first.header_len()),
+        _ => None,
+    };
+    if let Some(at) = inner_at {
         event.outer_src = first.src_wire();
         event.outer_dst = first.dst_wire();
-        let at = ETH_HDR_LEN + first.header_len();
         if let Some(inner) = ipv4(seen.start, seen.end, at) {
             // SAFETY: bounds-checked by `ipv4`.
             let inner = unsafe { *inner };
             event.inner_src = inner.src_wire();
             event.inner_dst = inner.dst_wire();
             event.protocol = inner.protocol;
+        } else {
+            // A VXLAN fan's ARP, or an unreadable inner header.
+            read_arp(seen, at, event);
         }
     } else if program.decapsulates() {
         event.outer_src = first.src_wire();
@@ -132,5 +147,24 @@ fn read_addresses(seen: &Seen, program: Program, event: &mut Event) {
     } else {
         event.inner_src = first.src_wire();
         event.inner_dst = first.dst_wire();
+    }
+}
+
+/// Where the inner frame's payload starts, if the UDP packet at
+/// `udp_offset` is a VXLAN fan's.
+#[inline(always)]
+fn vxlan_inner(seen: &Seen, udp_offset: usize) -> Option<usize> {
+    fan_of_udp(seen.start, seen.end, udp_offset)?;
+    Some(udp_offset + UDP_HDR_LEN + VXLAN_HDR_LEN + ETH_HDR_LEN)
+}
+
+/// An ARP message's sender and target, as the event's inner addresses.
+#[inline(always)]
+fn read_arp(seen: &Seen, at: usize, event: &mut Event) {
+    if let Some(arp) = ptr_at::<ArpIpv4>(seen.start, seen.end, at) {
+        // SAFETY: bounds-checked by `ptr_at`; copied out.
+        let arp = unsafe { *arp };
+        event.inner_src = WireAddr::from_octets(arp.head.sender_ip);
+        event.inner_dst = WireAddr::from_octets(arp.target_ip);
     }
 }

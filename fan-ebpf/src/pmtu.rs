@@ -15,11 +15,12 @@ use fan_common::{
     FanEntry, StatReason, WireAddr,
     ipv4::{
         ETH_HDR_LEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HDR_LEN, IP_DF, IP_OFFSET_MASK,
-        IPPROTO_ICMP, IPPROTO_IPIP, IPV4_HDR_LEN, icmp_error_ip_header, icmp_frag_needed_header,
-        is_icmp_error,
+        IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_UDP, IPV4_HDR_LEN, icmp_error_ip_header,
+        icmp_frag_needed_header, is_icmp_error,
     },
     maps::PathMtu,
     pmtu::{PmtuVerdict, is_fresh, judge},
+    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN},
 };
 
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
     parse::{EthHdr, Ipv4Hdr, ipv4, ptr_at},
     ratelimit::take_token,
     stats::count,
+    vxlan::fan_of_udp,
 };
 
 /// ICMP answers each CPU may send per second, and at once.
@@ -65,11 +67,20 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
     };
     // SAFETY: bounds-checked by `ipv4`; copied out.
     let quoted = unsafe { *quoted };
-    // Ours: IP-in-IP from the address the message came to, towards a fan
-    // host of that address's underlay (not one of ours).
-    if quoted.protocol != IPPROTO_IPIP || quoted.src_wire() != outer.dst_wire() {
+    // Ours: IP-in-IP, or a VXLAN fan's VXLAN, from the address the message
+    // came to, towards a fan host of that address's underlay (not one of ours).
+    if quoted.src_wire() != outer.dst_wire() {
         return Some(StatReason::PmtuRejectedQuote);
     }
+    let after_quoted = quote_offset + quoted.header_len();
+    let inner_offset = match quoted.protocol {
+        IPPROTO_IPIP => Some(after_quoted),
+        IPPROTO_UDP => match quoted_vxlan_inner(start, end, after_quoted) {
+            Some(inner_offset) => inner_offset,
+            None => return Some(StatReason::PmtuRejectedQuote),
+        },
+        _ => return Some(StatReason::PmtuRejectedQuote),
+    };
     let remote = quoted.dst();
     let ours = local_host(quoted.src_wire()).is_some_and(|local| local.has_peer(remote));
     if !ours || is_local_host(quoted.dst_wire()) {
@@ -77,8 +88,7 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
     }
     // RFC 792 promises only 8 bytes after the quoted header; a longer quote
     // shows the inner header, which must be from our slice to the remote's.
-    let inner_offset = quote_offset + quoted.header_len();
-    if let Some(inner) = ptr_at::<Ipv4Hdr>(start, end, inner_offset) {
+    if let Some(inner) = inner_offset.and_then(|at| ptr_at::<Ipv4Hdr>(start, end, at)) {
         // SAFETY: bounds-checked by `ptr_at`; copied out.
         let inner = unsafe { *inner };
         let from_us = fan_for(inner.src_wire())
@@ -117,6 +127,22 @@ pub fn learn(start: usize, end: usize, outer: &Ipv4Hdr) -> Option<StatReason> {
         PmtuVerdict::NotSmaller => StatReason::PmtuIgnoredNotSmaller,
         PmtuVerdict::NotLower => StatReason::PmtuIgnoredNotLower,
     })
+}
+
+/// Where the inner IPv4 header of a quoted UDP packet at `udp_offset`
+/// would be, if the quote is a VXLAN fan's VXLAN: `Some(None)` when the
+/// inner frame is not IPv4 or not quoted. `None` if the quote does not
+/// show the VXLAN header naming a fan (RFC 792 promises only the UDP one).
+#[inline(always)]
+fn quoted_vxlan_inner(start: usize, end: usize, udp_offset: usize) -> Option<Option<usize>> {
+    fan_of_udp(start, end, udp_offset)?;
+    let inner_eth = udp_offset + UDP_HDR_LEN + VXLAN_HDR_LEN;
+    let Some(eth) = ptr_at::<EthHdr>(start, end, inner_eth) else {
+        return Some(None);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let ipv4 = unsafe { (*eth).is_ipv4() };
+    Some(ipv4.then_some(inner_eth + ETH_HDR_LEN))
 }
 
 /// What a forwarding program does with a container's packet too big for the

@@ -17,12 +17,13 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use fan_common::{
     FanEntry, StatReason, WireAddr,
     ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_UDP},
-    vxlan::{UDP_HDR_LEN, VXLAN_FLAG_VNI, VXLAN_HDR_LEN},
+    vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN},
 };
 
 use crate::{
-    maps::{FAN_ENDPOINTS, FAN_UNDERLAYS, fan_for, vxlan_fan},
+    maps::{FAN_ENDPOINTS, FAN_UNDERLAYS, fan_for},
     parse::{ArpIpv4Head, ETH_P_ARP, Ipv4Hdr, eth, ipv4, ptr_at},
+    vxlan::fan_of_udp,
 };
 
 /// VLAN tags: 802.1Q, 802.1ad, and the pre-standard QinQ type.
@@ -181,15 +182,7 @@ fn carries_a_tunnel(ip: &Ipv4Hdr, start: usize, end: usize) -> bool {
     match ip.protocol {
         IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE => true,
         IPPROTO_UDP if ip.frag_off() & IP_OFFSET_MASK == 0 => {
-            let offset = ETH_HDR_LEN + ip.header_len();
-            let Some(headers) = ptr_at::<[u8; UDP_TUNNEL_PEEK_LEN]>(start, end, offset) else {
-                return false;
-            };
-            // SAFETY: bounds-checked by `ptr_at`; copied out.
-            let headers = unsafe { *headers };
-            let port = u16::from_be_bytes([headers[2], headers[3]]);
-            let vni = u32::from_be_bytes([0, headers[12], headers[13], headers[14]]);
-            headers[8] & VXLAN_FLAG_VNI != 0 && vxlan_fan(port, vni).is_some()
+            fan_of_udp(start, end, ETH_HDR_LEN + ip.header_len()).is_some()
         }
         _ => false,
     }

@@ -26,14 +26,20 @@ use fan_common::{
     FanEntry, StatReason, WireAddr,
     events::Program,
     ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IPPROTO_UDP},
-    vxlan::{Outer, VXLAN_HEADERS_LEN, VXLAN_OVERHEAD, vxlan_source_port},
+    vxlan::{
+        Outer, UDP_HDR_LEN, VXLAN_HDR_LEN, VXLAN_HEADERS_LEN, VXLAN_OVERHEAD, header_vni,
+        vxlan_source_port,
+    },
 };
 
 use crate::{
     decap::direct_endpoint,
-    encap::{AF_INET, Hop, NextHop, RouteError, check_source, route_to, segment_len, send_to},
+    encap::{
+        AF_INET, Hop, NextHop, RouteError, TCP_DATA_OFFSET_END, check_source, route_to,
+        segment_len, send_to,
+    },
     events::{self, Seen},
-    maps::{FAN_ENDPOINTS, fan_for},
+    maps::{FAN_ENDPOINTS, fan_for, vxlan_fan},
     parse::{ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
     pmtu::path_mtu,
     stats::count_in,
@@ -42,6 +48,20 @@ use crate::{
 
 /// Bytes of an Ethernet/IPv4 ARP packet.
 const ARP_IPV4_LEN: usize = mem::size_of::<ArpIpv4>();
+
+/// The VXLAN fan a UDP packet (its header at `udp_offset` of
+/// `[start, end)`) is for: its destination port and its VXLAN header's VNI
+/// (with the I flag) name one.
+#[inline(always)]
+pub fn fan_of_udp(start: usize, end: usize, udp_offset: usize) -> Option<&'static FanEntry> {
+    let headers = ptr_at::<[u8; UDP_HDR_LEN + VXLAN_HDR_LEN]>(start, end, udp_offset)?;
+    // SAFETY: bounds-checked by `ptr_at`; copied out.
+    let headers = unsafe { *headers };
+    let port = u16::from_be_bytes([headers[2], headers[3]]);
+    let mut vxlan = [0u8; VXLAN_HDR_LEN];
+    vxlan.copy_from_slice(&headers[UDP_HDR_LEN..]);
+    vxlan_fan(port, header_vni(&vxlan)?)
+}
 
 /// TC ingress of the overlay port `B`: every frame the bridge switched
 /// there is encapsulated to its remote host or dropped with its reason
@@ -95,6 +115,12 @@ struct Payload {
 
 #[inline(always)]
 fn try_send(ctx: &TcContext, found: &mut Option<&'static FanEntry>) -> Result<i32, StatReason> {
+    // SAFETY: reading a field of the program's own context.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        // A tag the kernel keeps beside the frame would go out on the
+        // underlay with the outer packet.
+        return Err(StatReason::DropVlanTagged);
+    }
     ensure_linear(ctx, ETH_HDR_LEN + ARP_IPV4_LEN);
     let (start, end) = frame(ctx);
     let eth = eth(start, end).ok_or(StatReason::DropVxlanNotIpv4OrArp)?;
@@ -151,7 +177,7 @@ fn ipv4_payload(ctx: &TcContext) -> Result<Payload, StatReason> {
     let (ip_len, _) = ensure_ipv4_header(ctx, ETH_HDR_LEN);
     if gso_size(ctx) != 0 {
         // `segment_len` reads a GSO packet's TCP data offset (byte 12).
-        ensure_linear(ctx, ETH_HDR_LEN + ip_len + 13);
+        ensure_linear(ctx, ETH_HDR_LEN + ip_len + TCP_DATA_OFFSET_END);
     }
     let (start, end) = frame(ctx);
     let ip = ipv4(start, end, ETH_HDR_LEN).ok_or(StatReason::DropMalformedInner)?;
@@ -219,7 +245,8 @@ pub fn port_hop(
     params.family = AF_INET;
     params.l4_protocol = ip.protocol;
     params.ifindex = fan.bridge_ifindex;
-    params.__bindgen_anon_1.tot_len = ip.total_len();
+    // No length: a GSO packet's would fail the route's MTU, which the
+    // caller checks by the segment (against the fan's and the path's).
     params.__bindgen_anon_2.tos = ip.tos;
     params.__bindgen_anon_3.ipv4_src = ip.src_wire().raw();
     params.__bindgen_anon_4.ipv4_dst = ip.dst_wire().raw();

@@ -7,14 +7,16 @@
 
 use std::net::Ipv4Addr;
 
-use fan_common::{Encap, FanEntry, StatReason, vxlan::VXLAN_DEFAULT_PORT};
+use fan_common::{
+    Encap, FanEntry, StatReason, WireAddr, maps::Endpoint, vxlan::VXLAN_DEFAULT_PORT,
+};
 use fan_tests::{
     netns::Netns,
     privileged,
     topology::{self, Fleet, Host, plug_container},
-    traffic::{ping, tcp_transfer},
+    traffic::{mac_of, ping, send_frames, tcp_transfer},
 };
-use fan_userspace::dataplane::{Dataplane, DecapMode, Stats};
+use fan_userspace::dataplane::{Dataplane, DecapMode, Stats, monotonic_ns};
 
 const MTU: &str = "1450";
 
@@ -98,6 +100,39 @@ fn plumb(host: &Host) -> VxlanHost {
     }
 }
 
+/// The fast path the agent keeps: the port program on both containers'
+/// ports, the endpoint map naming them, a fresh heartbeat.
+fn keep_endpoints(host: &Host, vxlan: &mut VxlanHost) {
+    let ns = &host.ns;
+    let gateway_mac = mac_of(ns, &host.bridge).unwrap();
+    for (port, (container, addr)) in [("veth1", &vxlan.on_link), ("veth2", &vxlan.routed)] {
+        let name = port.to_string();
+        let ifindex = ns.enter(move || topology::ifindex(&name)).unwrap().unwrap();
+        let endpoint = Endpoint {
+            ifindex,
+            mac: mac_of(container, "eth0").unwrap(),
+            gateway_mac,
+        };
+        let dataplane = &mut vxlan.dataplane;
+        ns.enter(|| -> anyhow::Result<()> {
+            dataplane.insert_endpoint(WireAddr::from(*addr), &endpoint)?;
+            dataplane.attach_encap_port(port)
+        })
+        .unwrap()
+        .unwrap();
+    }
+    vxlan.dataplane.set_heartbeat(monotonic_ns()).unwrap();
+}
+
+/// Packets the overlay port `B` received (what the bridge sent it).
+fn overlay_port_packets(host: &Host) -> u64 {
+    let text = host
+        .ns
+        .run("cat", &["/sys/class/net/fanB/statistics/rx_packets"])
+        .unwrap();
+    text.trim().parse().unwrap()
+}
+
 fn stats(host: &VxlanHost) -> Stats {
     host.dataplane.stats().unwrap()
 }
@@ -156,6 +191,25 @@ fn containers_reach_each_other_over_vxlan_on_link_and_routed() {
         "{received:?}"
     );
     assert_no_drops(&hosts, &before);
+    // A VLAN-tagged frame the bridge floods (to a MAC it does not know):
+    // the overlay port's receive moves the tag beside the frame, where it
+    // would go onto the underlay with the outer packet.
+    let tagged = fan_tests::hex(
+        "0a00000000ff 0a000000010b 8100 0005 0800
+         45000020 12344000 40013192 fa00010b fa00020b
+         0800e139 42420001 66616e21",
+    );
+    let vlan_before = stats(h1).get(StatReason::DropVlanTagged).packets;
+    send_frames(&h1.on_link.0, "eth0", &[tagged]).unwrap();
+    let waited = std::time::Instant::now();
+    while stats(h1).get(StatReason::DropVlanTagged).packets == vlan_before
+        && waited.elapsed() < std::time::Duration::from_secs(2)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let vlan_drops = stats(h1).get(StatReason::DropVlanTagged).packets - vlan_before;
+    assert_eq!(vlan_drops, 1, "the tagged frame was not refused once");
+    let before: Vec<Stats> = hosts.iter().map(stats).collect();
     // Bulk TCP both ways: GSO through the encapsulation, then without TSO.
     let bytes = 20 << 20;
     for (from, to, sender) in [(&h1.on_link, &h2.on_link, h1), (&h2.routed, &h1.routed, h2)] {
@@ -177,5 +231,49 @@ fn containers_reach_each_other_over_vxlan_on_link_and_routed() {
         tcp_transfer(&h2.on_link.0, &h1.on_link.0, h2.on_link.1, bytes).unwrap(),
         bytes
     );
+    assert_no_drops(&hosts, &before);
+}
+
+#[test]
+fn the_fast_path_sends_from_the_ports_and_delivers_straight_into_containers() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    let mut hosts: Vec<VxlanHost> = fleet.hosts.iter().map(plumb).collect();
+    for (host, vxlan) in fleet.hosts.iter().zip(&mut hosts) {
+        keep_endpoints(host, vxlan);
+    }
+    let (h1, h2) = (&hosts[0], &hosts[1]);
+    // ARP first, through the overlay ports (the ports leave ARP to the bridge).
+    for (from, to) in [(&h1.on_link, &h2.on_link), (&h1.routed, &h2.routed)] {
+        assert!(ping(&from.0, to.1, 1).unwrap(), "{} -> {}", from.1, to.1);
+    }
+    // The host routes one packet for the routed container before it has
+    // the remote neighbour: from then on its ports have all they need.
+    let before: Vec<Stats> = hosts.iter().map(stats).collect();
+    let through_b: Vec<u64> = fleet.hosts.iter().map(overlay_port_packets).collect();
+    let bytes = 20 << 20;
+    for (from, to) in [(&h1.on_link, &h2.on_link), (&h1.routed, &h2.routed)] {
+        assert_eq!(tcp_transfer(&to.0, &from.0, to.1, bytes).unwrap(), bytes);
+    }
+    let (sent, received) = (stats(h1).since(&before[0]), stats(h2).since(&before[1]));
+    assert!(
+        sent.get(StatReason::Encapsulated).bytes >= 2 * bytes,
+        "{sent:?}"
+    );
+    assert!(
+        received.get(StatReason::DecapsulatedDirect).bytes >= 2 * bytes,
+        "{received:?}"
+    );
+    // A handful of packets (ARP refreshes) may still take the bridge.
+    for (host, before) in fleet.hosts.iter().zip(through_b) {
+        let through = overlay_port_packets(host) - before;
+        assert!(
+            through < 20,
+            "{through} packets went through {}'s overlay port: sent {sent:?}, received {received:?}",
+            host.underlay_addr
+        );
+    }
     assert_no_drops(&hosts, &before);
 }

@@ -36,6 +36,12 @@ impl Dataplane {
         self.attach_tc(VXLAN_OUT, overlay_port, TcAttachType::Ingress)
     }
 
+    /// Attaches the container port program to a bridge port's ingress: for
+    /// tests of the programs (the agent keeps its own, pinned links).
+    pub fn attach_encap_port(&mut self, port: &str) -> Result<()> {
+        self.attach_tc(ENCAP_PORT, port, TcAttachType::Ingress)
+    }
+
     pub(super) fn attach_tc(
         &mut self,
         name: &'static str,

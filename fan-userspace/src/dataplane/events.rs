@@ -42,6 +42,22 @@ impl EventRing {
     }
 }
 
+impl Dataplane {
+    /// The next event in this load's ring, if any: for tests of the
+    /// programs (the agent reads the pinned ring).
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        let mut ring = RingBuf::try_from(self.map_mut(EVENTS_MAP)?)?;
+        let Some(item) = ring.next() else {
+            return Ok(None);
+        };
+        anyhow::ensure!(item.len() >= std::mem::size_of::<Event>(), "a short event");
+        // SAFETY: as in `EventRing::next_event`.
+        Ok(Some(unsafe {
+            std::ptr::read_unaligned(item.as_ptr().cast::<Event>())
+        }))
+    }
+}
+
 impl std::os::fd::AsRawFd for EventRing {
     fn as_raw_fd(&self) -> RawFd {
         self.ring.as_raw_fd()

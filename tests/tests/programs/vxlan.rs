@@ -334,6 +334,47 @@ const VXLAN_OTHER_VNI_TO_UNDERLAY: &str = "020000000001 0a000000010a 0800
     45000028 12344000 40116772 fa00010a c6120002
     9c402118 00140000 08000000 fa000100 66616e21";
 
+// A router (198.18.0.254) says our VXLAN packet of 1500 bytes to 198.18.0.2 needs 1400,
+// quoting the outer IPv4, UDP and VXLAN headers and the inner frame's Ethernet and IPv4 ones.
+const VXLAN_PMTU_1400: &str = "020000000011 020000000022 0800
+    45000062 00000000 4001ed77 c61200fe c6120001
+    03041344 00000578 450005dc 00004000 4011a8e9
+    c6120001 c6120002 9c402118 05c80000 08000000
+    fa000000 0a000000 02140a00 0000010a 08004500
+    05941234 40004011 2c06fa00 010afa00 0214";
+// The same quoting only the 8 bytes RFC 792 promises: no VNI to tell it ours.
+const VXLAN_PMTU_UDP_ONLY: &str = "020000000011 020000000022 0800
+    45000038 00000000 4001eda1 c61200fe c6120001
+    03043463 00000578 450005dc 00004000 4011a8e9
+    c6120001 c6120002 9c402118 05c80000";
+// Quoting VXLAN of another VNI: not ours.
+const VXLAN_PMTU_OTHER_VNI: &str = "020000000011 020000000022 0800
+    45000062 00000000 4001ed77 c61200fe c6120001
+    03041244 00000578 450005dc 00004000 4011a8e9
+    c6120001 c6120002 9c402118 05c80000 08000000
+    fa000100 0a000000 02140a00 0000010a 08004500
+    05941234 40004011 2c06fa00 010afa00 0214";
+// Quoting an inner packet from 250.0.3.3, not from our slice.
+const VXLAN_PMTU_INNER_NOT_OURS: &str = "020000000011 020000000022 0800
+    45000062 00000000 4001ed77 c61200fe c6120001
+    03041344 00000578 450005dc 00004000 4011a8e9
+    c6120001 c6120002 9c402118 05c80000 08000000
+    fa000000 0a000000 02140a00 0000010a 08004500
+    05941234 40004011 2a0dfa00 0303fa00 0214";
+
+// UDP of total length 1351: with 50 bytes over a learned 1400.
+const VXLAN_OUT_UDP_1351_HEADERS: &str = "0a0000000214 0a000000010a 0800
+    45000547 12344000 40112c53 fa00010a fa000214";
+// Total length 1350: fits the learned 1400 exactly.
+const VXLAN_OUT_UDP_1350_HEADERS: &str = "0a0000000214 0a000000010a 0800
+    45000546 12344000 40112c54 fa00010a fa000214";
+
+const VXLAN_OUT_UDP_1350_OUT_HEADERS: &str = "020000000022 020000000011 0800
+    45000578 00004000 4011a94d c6120001 c6120002
+    00002118 05640000 08000000 fa000000
+    0a0000000214 0a000000010a 0800
+    45000546 12344000 40112c54 fa00010a fa000214";
+
 /// Where the outer UDP source port sits in an encapsulated frame.
 const SOURCE_PORT: std::ops::Range<usize> = 34..36;
 
@@ -661,4 +702,88 @@ fn containers_send_no_vxlan_of_a_fan_to_an_underlay() {
         TC_ACT_UNSPEC,
         not_overlay,
     );
+}
+
+#[test]
+fn path_mtu_is_learned_from_routers_quoting_our_vxlan() {
+    if !privileged() {
+        return;
+    }
+    for (program, pass) in [(DECAP_TC, TC_ACT_UNSPEC), ("xdp", XDP_PASS)] {
+        let mut bed = Bed::vxlan();
+        let learned = |bed: &Bed| {
+            let host = u32::from_be_bytes([198, 18, 0, 2]);
+            bed.dataplane.path_mtu(host).unwrap().map(|p| p.mtu)
+        };
+        for (fixture, reason) in [
+            // No VNI to tell it ours, or another's.
+            (VXLAN_PMTU_UDP_ONLY, StatReason::PmtuRejectedQuote),
+            (VXLAN_PMTU_OTHER_VNI, StatReason::PmtuRejectedQuote),
+            (VXLAN_PMTU_INNER_NOT_OURS, StatReason::PmtuRejectedInner),
+        ] {
+            bed.check_untouched(program, fixture, pass, reason);
+        }
+        assert_eq!(learned(&bed), None, "{program}");
+        let frame = hex(VXLAN_PMTU_1400);
+        let learned_new = [StatReason::PmtuLearned, StatReason::PmtuHostAdded];
+        bed.check_counts(program, &frame, pass, &frame, &learned_new);
+        assert_eq!(learned(&bed), Some(1400), "{program}");
+    }
+    // 1350 + 50 fits the learned 1400; 1351 + 50 does not, and at the
+    // overlay port nobody could be told.
+    let mut bed = Bed::vxlan();
+    let frame = hex(VXLAN_PMTU_1400);
+    let learned_new = [StatReason::PmtuLearned, StatReason::PmtuHostAdded];
+    bed.check_counts(DECAP_TC, &frame, TC_ACT_UNSPEC, &frame, &learned_new);
+    bed.check_vxlan_out(
+        &padded(VXLAN_OUT_UDP_1350_HEADERS, 14 + 1350),
+        &padded(VXLAN_OUT_UDP_1350_OUT_HEADERS, 14 + 1350 + 50),
+    );
+    let too_big = padded(VXLAN_OUT_UDP_1351_HEADERS, 14 + 1351);
+    let shot = StatReason::DropVxlanTooBig;
+    bed.check(VXLAN_OUT, &too_big, TC_ACT_SHOT, &too_big, shot);
+}
+
+#[test]
+fn drop_events_name_a_vxlan_packets_inner_addresses() {
+    use fan_common::WireAddr;
+    if !privileged() {
+        return;
+    }
+    let mut bed = Bed::vxlan();
+    let addr = WireAddr::from_octets;
+    let spoofed = StatReason::DropSpoofedSource;
+    bed.check_untouched(DECAP_TC, VXLAN_RX_SPOOFED, TC_ACT_SHOT, spoofed);
+    let event = bed.dataplane.next_event().unwrap().expect("a drop event");
+    assert_eq!(event.reason, spoofed as u32);
+    assert_eq!(
+        (
+            event.outer_src,
+            event.outer_dst,
+            event.inner_src,
+            event.inner_dst
+        ),
+        (
+            addr([198, 18, 0, 3]),
+            addr([198, 18, 0, 1]),
+            addr([250, 0, 2, 20]),
+            addr([250, 0, 1, 10])
+        )
+    );
+    assert_eq!(event.protocol, 1, "the inner packet's protocol");
+    // An ARP message's sender and target, as the overlay port refused it.
+    let not_local = StatReason::DropSourceNotLocal;
+    bed.check_untouched(
+        VXLAN_OUT,
+        VXLAN_OUT_ARP_SENDER_NOT_LOCAL,
+        TC_ACT_SHOT,
+        not_local,
+    );
+    let event = bed.dataplane.next_event().unwrap().expect("a drop event");
+    assert_eq!(event.program, fan_common::Program::VxlanOut as u8);
+    assert_eq!(
+        (event.inner_src, event.inner_dst),
+        (addr([250, 0, 3, 3]), addr([250, 0, 2, 20]))
+    );
+    assert_eq!(bed.dataplane.next_event().unwrap(), None);
 }
