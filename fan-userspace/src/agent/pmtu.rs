@@ -161,3 +161,76 @@ impl SliceRoutes {
         self.sync(net, &[]).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fan_common::{
+        Encap,
+        maps::{FanMeta, MAP_LAYOUT_VERSION},
+    };
+
+    use super::*;
+    use crate::state::record::name_bytes;
+
+    /// Host 198.18.0.1/16's complete fan 250.0.0.0/8 of wire format `encap`.
+    fn fan(encap: Encap) -> Fan {
+        let meta = FanMeta {
+            iface: name_bytes("eth0"),
+            bridge: name_bytes("fan-250-0-1"),
+            decap_mode: 2,
+            mode_reason: 0,
+            nat: 1,
+            complete: 1,
+            orig_forwarding: 1,
+            orig_rp_filter: 0xff,
+            orig_rp_filter_all: 0xff,
+            underlay_len: 16,
+            host: u32::from(Ipv4Addr::new(198, 18, 0, 1)),
+            host_reserve: 1,
+            mtu: 1500 - encap.overhead(),
+            layout_version: MAP_LAYOUT_VERSION,
+            owned: 0,
+            orig_bridge_mtu: [0; 2],
+            orig_bridge_accept_ra: 0,
+            encap: encap as u8,
+            _pad: [0],
+            vxlan_port: 8472,
+            vni: 16_384_000,
+        };
+        Fan::from_record([8, u32::from(Ipv4Addr::new(250, 0, 0, 0))], meta).unwrap()
+    }
+
+    #[test]
+    fn a_narrower_path_lowers_each_fan_by_its_own_overhead_through_its_own_device() {
+        let learned = [(
+            Ipv4Addr::new(198, 18, 0, 2),
+            PathMtu {
+                mtu: 1400,
+                _pad: 0,
+                learned_ns: 0,
+            },
+            true,
+        )];
+        let route = |encap| wanted(&learned, &[fan(encap)]);
+        let slice: Ipv4Network = "250.0.2.0/24".parse().unwrap();
+        let gateway = Ipv4Addr::new(250, 0, 1, 1);
+        assert_eq!(
+            route(Encap::Vxlan),
+            [SliceRoute {
+                slice,
+                gateway,
+                mtu: 1350,
+                device: "fan-250-0-1".into()
+            }]
+        );
+        assert_eq!(
+            route(Encap::Ipip),
+            [SliceRoute {
+                slice,
+                gateway,
+                mtu: 1380,
+                device: HOST_DEVICE.into()
+            }]
+        );
+    }
+}
