@@ -1,7 +1,8 @@
 //! The ways two slices can be joined, each set up and torn down on the same
 //! namespaces, for side-by-side measurements: plain routes, the kernel's
 //! VXLAN (flannel style), the kernel's ipip driver (the original Fan's wire
-//! format, where the kernel has it), and fan-xdp in its decapsulation modes.
+//! format, where the kernel has it), and fan-xdp in its decapsulation modes
+//! and as a VXLAN fan.
 
 use std::fmt;
 
@@ -31,6 +32,8 @@ pub enum Path {
     FanTcSteered,
     /// fan-xdp in TC mode without `fan-xdp run`: every packet takes the stack.
     FanTcStack,
+    /// As `FanTc`, the fan's wire format VXLAN (`attach --type vxlan`).
+    FanVxlan,
 }
 
 impl Path {
@@ -42,11 +45,12 @@ impl Path {
                 | Path::FanTcSteered
                 | Path::FanTcStack
                 | Path::FanAttachOnly
+                | Path::FanVxlan
         )
     }
 
     /// Every path, in the bench's order.
-    pub const ALL: [Path; 9] = [
+    pub const ALL: [Path; 10] = [
         Path::Routing,
         Path::RoutingSteered,
         Path::Vxlan,
@@ -56,6 +60,7 @@ impl Path {
         Path::FanAttachOnly,
         Path::FanTcSteered,
         Path::FanTcStack,
+        Path::FanVxlan,
     ];
 
     /// The path's name on the bench's command line (`--paths`).
@@ -70,12 +75,16 @@ impl Path {
             Path::FanTcSteered => "fan-tc-steered",
             Path::FanTcStack => "fan-tc-stack",
             Path::FanAttachOnly => "fan-attach-only",
+            Path::FanVxlan => "fan-vxlan",
         }
     }
 
     /// Whether the path learns endpoints through `fan-xdp run`.
     pub fn runs_daemon(self) -> bool {
-        matches!(self, Path::FanTc | Path::FanTcSteered | Path::FanAttachOnly)
+        matches!(
+            self,
+            Path::FanTc | Path::FanTcSteered | Path::FanAttachOnly | Path::FanVxlan
+        )
     }
 }
 
@@ -105,6 +114,7 @@ impl fmt::Display for Path {
             Path::FanTcSteered => "fan-xdp, TC decap + direct delivery, --steer-flows",
             Path::FanTcStack => "fan-xdp, TC decap via the stack",
             Path::FanAttachOnly => "fan-xdp, attach only (as a user runs it)",
+            Path::FanVxlan => "fan-xdp VXLAN, TC decap + direct delivery",
         })
     }
 }
@@ -267,8 +277,14 @@ impl Active {
             | Path::FanTc
             | Path::FanTcSteered
             | Path::FanTcStack
-            | Path::FanAttachOnly => {
+            | Path::FanAttachOnly
+            | Path::FanVxlan => {
                 let mode = if path == Path::FanXdp { "xdp" } else { "tc" };
+                let wire = if path == Path::FanVxlan {
+                    "vxlan"
+                } else {
+                    "ipip"
+                };
                 // Every path but the user's own manages its agent itself.
                 let agent = if path == Path::FanAttachOnly {
                     None
@@ -288,11 +304,13 @@ impl Active {
                         &overlay,
                         "--mode",
                         mode,
+                        "--type",
+                        wire,
                         "--no-nat",
                     ];
                     args.extend(agent);
                     host.fan_xdp_ok(&args)?;
-                    if path == Path::FanTc {
+                    if path == Path::FanTc || path == Path::FanVxlan {
                         daemons.push(host.fan_xdp_run()?);
                     } else if path == Path::FanTcSteered {
                         daemons.push(host.fan_xdp_run_with(&["--steer-flows"])?);
@@ -326,12 +344,22 @@ impl Active {
             | Path::FanTc
             | Path::FanTcSteered
             | Path::FanTcStack
-            | Path::FanAttachOnly => {
+            | Path::FanAttachOnly
+            | Path::FanVxlan => {
                 drop(self.daemons);
                 for host in &fleet.hosts {
                     // The bridges were made by hand and adopted: detach keeps
                     // them, with their ports and the gateway address.
                     host.fan_xdp_ok(&["detach", "eth0"])?;
+                    // A VXLAN fan's gateway forwards remote traffic back out
+                    // of the bridge, so the kernel sent the containers ICMP
+                    // redirects to the remote containers themselves; what they
+                    // cached would misroute the next path's packets.
+                    if self.path == Path::FanVxlan {
+                        for container in &host.containers {
+                            container.ns.ip(&["route", "flush", "cache"])?;
+                        }
+                    }
                 }
             }
         }

@@ -222,7 +222,7 @@ fn two_overlays_side_by_side() {
     let prometheus = h1.fan_xdp_ok(&["stats", "--prometheus"]).unwrap();
     assert!(
         prometheus
-            .contains("fan_xdp_fan_packets_total{overlay=\"240.0.0.0/8\",reason=\"encapsulated\"}"),
+            .contains("fan_xdp_fan_packets_total{overlay=\"240.0.0.0/8\",type=\"ipip\",reason=\"encapsulated\"}"),
         "{prometheus}"
     );
 
@@ -268,12 +268,7 @@ fn require_fault_injection(host: &Host) {
 
 /// `fan-xdp attach` with the test hook `FAN_XDP_INJECT=<inject>` set.
 fn attach_injected(host: &Host, inject: &str) -> std::process::Output {
-    let binary = fan_tests::topology::fan_xdp_binary();
-    host.ns
-        .command(binary.to_str().unwrap())
-        .args(["attach", "eth0", "--overlay", OVERLAY])
-        .env("FAN_XDP_INJECT", inject)
-        .output()
+    host.fan_xdp_injected(&["attach", "eth0", "--overlay", OVERLAY], inject)
         .unwrap()
 }
 
@@ -398,19 +393,7 @@ fn every_error_is_named_and_leaves_the_host_as_it_was() {
 
     // A failure inside any step is rolled back completely.
     require_fault_injection(host);
-    for step in fan_userspace::commands::attach::STEPS {
-        let out = attach_injected(host, &format!("fail:{step}"));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(&format!("injected failure after step {step}")),
-            "{stderr}"
-        );
-        assert_unchanged(
-            &host.ns,
-            &before,
-            &format!("failure after {step} was not rolled back"),
-        );
-    }
+    host.assert_every_step_rolls_back(&["attach", "eth0", "--overlay", OVERLAY], &before, snapshot);
 }
 
 #[test]
@@ -2168,7 +2151,10 @@ fn doctor_names_what_breaks_a_fan_and_how_to_fix_it() {
     host.fan_xdp_ok(&["attach", "eth0", "--overlay", OVERLAY])
         .unwrap();
     let healthy = host.fan_xdp_ok(&["doctor"]).unwrap();
-    assert_eq!(healthy, "ok: 1 fan(s), nothing found that breaks them\n");
+    assert_eq!(
+        healthy,
+        "ok: 1 fan(s) (250.0.0.0/8 ipip), nothing found that breaks them\n"
+    );
 
     // Three things that break fans in the field.
     host.ns.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();

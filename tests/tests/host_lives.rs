@@ -289,15 +289,7 @@ fn the_slice_follows_the_underlay_address_in_both_orders() {
             Vec::<String>::new(),
             "move {step}: the old slice's address, routes or NAT remain"
         );
-        let entry = h2
-            .pinned_maps()
-            .unwrap()
-            .config
-            .iter()
-            .next()
-            .unwrap()
-            .unwrap()
-            .1;
+        let entry = h2.pinned_fan_entry().unwrap();
         assert_eq!(
             Ipv4Addr::from(entry.local_host),
             new,

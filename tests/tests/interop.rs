@@ -11,7 +11,7 @@ use fan_tests::{
     paths::{kernel_has_ipip, kernel_ipip_host},
     privileged,
     topology::{Fleet, Host, add_bridge, plug_container},
-    traffic::{Capture, ping, tcp_transfer},
+    traffic::{Capture, link_statistic, ping, tcp_transfer},
 };
 
 const OVERLAY: &str = "250.0.0.0/8";
@@ -24,13 +24,7 @@ fn kernel_fan(fleet: &Fleet, host: &Host) {
 }
 
 fn ipip_counter(host: &Host, which: &str) -> u64 {
-    let path = format!("/sys/class/net/fan-ipip/statistics/{which}");
-    host.ns
-        .run("cat", &[&path])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    link_statistic(&host.ns, "fan-ipip", which).unwrap()
 }
 
 fn stats(host: &Host) -> serde_json::Value {

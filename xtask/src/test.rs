@@ -75,6 +75,9 @@ const HOST_SUITES: &[&str] = &[
     "docs",
     // DHCP on the slice: dnsmasq and udhcpc, which the VM has not.
     "dhcp",
+    // VXLAN fans: two fan-xdp hosts, interop with a kernel vxlan Fan host,
+    // LXD 5.0 on the bridge, and what attach makes and takes back.
+    "vxlan",
     // The programs against the reference model: the corpus and 100,000
     // generated cases per program, seeded by the commit.
     "fuzz",

@@ -26,7 +26,7 @@ use ipnetwork::Ipv4Network;
 
 use crate::{
     dataplane::PinnedMaps,
-    host::{ContainerEnd, Device, FdbEntry, Net, events::Change},
+    host::{ContainerEnd, Device, FdbEntry, Net, events::Change, naming::is_overlay_port},
     state::record::Fan,
 };
 
@@ -299,12 +299,13 @@ impl Observed {
                     slices.fading.push(*entry);
                 }
             }
-            // Encapsulation at a port works on any veth; delivery only on some.
+            // Encapsulation at a port works on any veth; delivery only on
+            // some. A VXLAN fan's overlay port is the overlay, not a container.
             slices.ports.extend(
                 bridge
                     .ports
                     .values()
-                    .filter(|l| l.kind.as_deref() == Some("veth"))
+                    .filter(|l| l.kind.as_deref() == Some("veth") && !is_overlay_port(&l.name))
                     .map(|l| (l.index, l.name.clone())),
             );
             slices.deliverable.extend(deliverable);

@@ -48,10 +48,10 @@ use rtnetlink::{
 
 use crate::{
     apply::{self, How},
-    cli::{AttachArgs, Global, Mode},
-    commands::attach::{self, MIN_FAN_MTU, OUTER_HEADER},
+    cli::{AttachArgs, FanType, Global, Mode},
+    commands::attach::{self, MIN_FAN_MTU},
     config::resolve::detach_args,
-    dataplane::{Hook, PinnedMaps, overlay_key},
+    dataplane::{Hook, PinnedMaps, VXLAN_OUT_PIN, overlay_key},
     host::{Net, bypass, naming::bridge_name},
     state::{
         StateDir,
@@ -343,10 +343,13 @@ async fn need(
             fan.bridge
         )));
     }
+    if let Some(why) = overlay_port_broken(net, dir, fan, bridge.index).await? {
+        return Ok(Need::Repair(why));
+    }
     if !iface.up {
         return Ok(Need::Wait(format!("underlay {} is down", fan.iface)));
     }
-    let fits = iface.mtu.saturating_sub(OUTER_HEADER);
+    let fits = iface.mtu.saturating_sub(fan.overhead());
     match settings::load(run_dir, fan.overlay)?.explicit_mtu {
         Some(given) if given > fits => Ok(Need::Wait(format!(
             "underlay {} has MTU {} now, too small for the fan's --mtu {given} (at most {fits}); waiting for it to grow, or attach again with a smaller --mtu",
@@ -362,6 +365,48 @@ async fn need(
     }
 }
 
+/// What is wrong with a VXLAN fan's overlay port, if anything: deleted,
+/// unplugged from the slice bridge (`bridge`, its ifindex now), its program
+/// gone with a re-created device, or the fan entry naming old devices.
+async fn overlay_port_broken(
+    net: &Net,
+    dir: &StateDir,
+    fan: &Fan,
+    bridge: u32,
+) -> Result<Option<String>> {
+    let Some((port, inner)) = fan.overlay_port() else {
+        return Ok(None);
+    };
+    let (Some(port_dev), Some(inner_dev)) = (net.device(&port).await?, net.device(&inner).await?)
+    else {
+        return Ok(Some(format!("overlay port {port}/{inner} was deleted")));
+    };
+    if port_dev.controller != Some(bridge) {
+        return Ok(Some(format!(
+            "overlay port {port} is no longer a port of {}",
+            fan.bridge
+        )));
+    }
+    let pin = dir.link(&inner, VXLAN_OUT_PIN);
+    if attach::defunct(net, &pin, inner_dev.index, Hook::TcIngress)
+        .await?
+        .is_some()
+    {
+        return Ok(Some(format!("overlay port {inner} was re-created")));
+    }
+    let key = overlay_key(u32::from(fan.overlay.network()), fan.overlay.prefix());
+    let entry = PinnedMaps::open(dir)?.config.get(&key, 0).ok();
+    if entry
+        .is_some_and(|e| e.overlay_port_ifindex != inner_dev.index || e.bridge_ifindex != bridge)
+    {
+        return Ok(Some(format!(
+            "the fan entry names an old {inner} or {}",
+            fan.bridge
+        )));
+    }
+    Ok(None)
+}
+
 /// Gives `fan` the MTU `mtu` in place: first the fan entry the programs
 /// read (lowered, what no longer fits goes to the stack, which answers
 /// "fragmentation needed" so TCP adapts), then the slice bridge, `fan-host`
@@ -373,6 +418,13 @@ async fn retune(net: &Net, dir: &StateDir, fan: &Fan, mtu: u32) -> Result<()> {
     let mut entry = maps.config.get(&key, 0)?;
     entry.overlay_mtu = mtu;
     maps.config.insert(&key, entry, 0)?;
+    // A VXLAN fan's overlay port first: a bridge takes no MTU above its ports'.
+    let (port, inner) = fan.overlay_port().unzip();
+    for name in [port, inner].into_iter().flatten() {
+        if let Some(end) = net.device(&name).await? {
+            net.set_mtu(end.index, mtu).await?;
+        }
+    }
     if let Some(bridge) = net.device(&fan.bridge).await? {
         net.set_mtu(bridge.index, mtu).await?;
     }
@@ -380,8 +432,10 @@ async fn retune(net: &Net, dir: &StateDir, fan: &Fan, mtu: u32) -> Result<()> {
     let mut meta = fan.meta;
     meta.mtu = mtu;
     maps.meta.insert(meta_key, meta, 0)?;
-    let smallest = load_fans(&maps)?.iter().map(|f| f.mtu).min().unwrap_or(mtu);
+    let fans = load_fans(&maps)?;
+    let routed = fans.iter().filter(|f| !f.is_vxlan()).map(|f| f.mtu).min();
     if let Some(host_dev) = net.device(HOST_DEVICE).await?
+        && let Some(smallest) = routed
         && host_dev.mtu != smallest
     {
         net.set_mtu(host_dev.index, smallest).await?;
@@ -417,6 +471,13 @@ fn args_of(
         bridge,
         host_reserve: fan.host_reserve,
         mode,
+        fan_type: if fan.is_vxlan() {
+            FanType::Vxlan
+        } else {
+            FanType::Ipip
+        },
+        vni: fan.vni,
+        port: fan.port,
         no_nat: !fan.nat,
         mtu,
         no_agent: true,

@@ -13,8 +13,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::lpm_trie::Key;
 use fan_common::{
-    StatReason, WireAddr,
+    Encap, StatReason, WireAddr,
     events::{Event, EventKind, Program},
 };
 use log::{debug, info, warn};
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    dataplane::{EventRing, sample_passes},
+    dataplane::{EventRing, PinnedMaps, sample_passes},
     state::StateDir,
 };
 
@@ -48,6 +49,10 @@ pub struct EventRecord {
     pub inner: Option<Addresses>,
     /// The innermost IP protocol number.
     pub protocol: u8,
+    /// The wire format ("ipip" or "vxlan") of the fan the inner addresses
+    /// belong to, where one does.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub fan_type: Option<String>,
     /// Events this monitor lost (it read too slowly) just before this one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost: u64,
@@ -73,7 +78,8 @@ impl EventRecord {
         self.kind == KIND_PASS
     }
 
-    pub fn of(event: &Event) -> Self {
+    /// `fan_of`: the wire format of the fan an overlay address is in.
+    pub fn of(event: &Event, fan_of: impl Fn(WireAddr) -> Option<&'static str>) -> Self {
         let addresses = |src: WireAddr, dst: WireAddr| {
             (src != WireAddr::UNSPECIFIED || dst != WireAddr::UNSPECIFIED).then(|| Addresses {
                 src: Ipv4Addr::from(src),
@@ -95,6 +101,11 @@ impl EventRecord {
             outer: addresses(event.outer_src, event.outer_dst),
             inner: addresses(event.inner_src, event.inner_dst),
             protocol: event.protocol,
+            fan_type: [event.inner_dst, event.inner_src]
+                .into_iter()
+                .filter(|a| *a != WireAddr::UNSPECIFIED)
+                .find_map(fan_of)
+                .map(str::to_string),
             lost: 0,
         }
     }
@@ -114,6 +125,9 @@ impl std::fmt::Display for EventRecord {
             "{} {} at {} on {}, {} bytes",
             self.kind, self.reason, self.program, self.device, self.len
         )?;
+        if let Some(fan_type) = &self.fan_type {
+            write!(f, ", {fan_type} fan")?;
+        }
         if let Some(outer) = self.outer {
             write!(f, ", outer {} -> {}", outer.src, outer.dst)?;
         }
@@ -232,6 +246,14 @@ impl Monitors {
             return;
         };
         let mut lines = Vec::new();
+        // Each record names its fan's wire format, from the fans as they are now.
+        let maps = (!self.clients.is_empty())
+            .then(|| PinnedMaps::open(dir).ok())
+            .flatten();
+        let fan_of = |addr: WireAddr| {
+            let entry = maps.as_ref()?.config.get(&Key::new(32, addr), 0).ok()?;
+            Encap::try_from(entry.encap).ok().map(Encap::name)
+        };
         while lines.len() < EVENTS_PER_ROUND {
             let Some(event) = ready.get_inner_mut().next_event() else {
                 // Drained: the kernel wakes the ring's reader for the next
@@ -242,7 +264,7 @@ impl Monitors {
             // Events are read (and so consumed) whether or not anyone
             // listens: a full ring would refuse the next drops' events.
             if !self.clients.is_empty() {
-                lines.push(EventRecord::of(&event));
+                lines.push(EventRecord::of(&event, fan_of));
             }
         }
         let before = self.clients.len();

@@ -87,6 +87,39 @@ pub enum Mode {
     Auto,
 }
 
+/// The fan's wire format (`--type`, the `type` keyword).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FanType {
+    /// IP-in-IP (protocol 4), the seed's and fanctl's default.
+    #[default]
+    Ipip,
+    /// VXLAN over UDP, as Ubuntu's fan kernel and LXD's `bridge.mode=fan`
+    /// networks send it: an Ethernet overlay, MTU the underlay's - 50.
+    Vxlan,
+}
+
+impl FanType {
+    /// As the command line, the configuration and `show` name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FanType::Ipip => "ipip",
+            FanType::Vxlan => "vxlan",
+        }
+    }
+}
+
+impl From<FanType> for fan_common::Encap {
+    fn from(fan_type: FanType) -> Self {
+        match fan_type {
+            FanType::Ipip => fan_common::Encap::Ipip,
+            FanType::Vxlan => fan_common::Encap::Vxlan,
+        }
+    }
+}
+
+/// The largest VXLAN network identifier: it has 24 bits.
+pub const MAX_VNI: u32 = fan_common::vxlan::VXLAN_VNI_MAX;
+
 #[derive(Args, Clone)]
 pub struct AttachArgs {
     /// The underlay interface.
@@ -105,10 +138,22 @@ pub struct AttachArgs {
     pub host_reserve: u32,
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
+    /// The wire format: ipip, or vxlan to join a fan of Ubuntu's kernel
+    /// or LXD's `bridge.mode=fan` (decapsulates at TC: `--mode xdp` is refused).
+    #[arg(long = "type", value_enum, default_value_t = FanType::Ipip)]
+    pub fan_type: FanType,
+    /// With --type vxlan: the VXLAN network identifier, 0 to 16777215
+    /// (default: the overlay's network address >> 8, as LXD: 250.0.0.0/8 -> 16384000).
+    #[arg(long, value_parser = parse_vni)]
+    pub vni: Option<u32>,
+    /// With --type vxlan: the UDP destination port, 1 to 65535 (default 8472,
+    /// Linux's, which LXD's `dstport 0` selects).
+    #[arg(long, value_parser = parse_port)]
+    pub port: Option<u16>,
     /// Do not masquerade slice traffic leaving the overlay.
     #[arg(long)]
     pub no_nat: bool,
-    /// Overlay MTU (default: underlay MTU - 20).
+    /// Overlay MTU (default: underlay MTU - 20, or - 50 with --type vxlan).
     #[arg(long)]
     pub mtu: Option<u32>,
     /// Do not start the agent (`fan-xdp run`) where none runs: every packet
@@ -159,6 +204,27 @@ pub fn parse_range(text: &str) -> Result<AddrRange, String> {
     Ok(range)
 }
 
+/// A VXLAN network identifier: a decimal number below 2^24.
+pub fn parse_vni(text: &str) -> Result<u32, String> {
+    match text.parse::<u64>() {
+        Ok(vni) if vni <= u64::from(MAX_VNI) => Ok(vni as u32),
+        Ok(vni) => Err(format!(
+            "VNI {vni} does not fit VXLAN's 24 bits (at most {MAX_VNI})"
+        )),
+        Err(_) => Err(format!(
+            "{text:?} is not a VNI (a number from 0 to {MAX_VNI})"
+        )),
+    }
+}
+
+/// A UDP port: 1 to 65535.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u32>() {
+        Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
+        _ => Err(format!("{text:?} is not a UDP port (1 to 65535)")),
+    }
+}
+
 /// `BASE/LEN`, aligned (no host bits).
 pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
     let (base, len) = text
@@ -205,7 +271,7 @@ pub struct UpArgs {
     /// As attach's: do not start the agent.
     #[arg(long)]
     pub no_agent: bool,
-    /// `[OVERLAY] UNDERLAY [dhcp] [host-reserve N] [bridge NAME] [mode M] [mtu N] [no-nat] [bypass B]`;
+    /// `[OVERLAY] UNDERLAY [dhcp] [host-reserve N] [bridge NAME] [type ipip|vxlan] [vni N] [port P] [mode M] [mtu N] [no-nat] [bypass B]`;
     /// UNDERLAY is ADDR/LEN, IFACE/LEN or default.
     #[arg(required_unless_present = "all", value_name = "WORDS")]
     pub words: Vec<String>,
@@ -358,5 +424,19 @@ mod tests {
                 .contains("aligned")
         );
         assert!(parse_cidr("250.0.28.128").unwrap_err().contains("BASE/LEN"));
+    }
+
+    #[test]
+    fn vnis_and_ports_are_parsed_or_refused_by_name() {
+        assert_eq!(parse_vni("16384000"), Ok(16_384_000));
+        assert_eq!(parse_vni("0"), Ok(0));
+        assert_eq!(parse_vni("16777215"), Ok(MAX_VNI));
+        assert!(parse_vni("16777216").unwrap_err().contains("24 bits"));
+        assert!(parse_vni("-1").unwrap_err().contains("not a VNI"));
+        assert!(parse_vni("x").unwrap_err().contains("not a VNI"));
+        assert_eq!(parse_port("8472"), Ok(8472));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        assert!(parse_port("0").unwrap_err().contains("1 to 65535"));
+        assert!(parse_port("65536").unwrap_err().contains("1 to 65535"));
     }
 }

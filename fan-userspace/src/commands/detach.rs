@@ -11,7 +11,7 @@ use crate::{
     agent::dhcp,
     apply::Report,
     cli::{DetachArgs, Global},
-    dataplane::{Hook, PinnedMaps, unlink},
+    dataplane::{Hook, PinnedMaps, VXLAN_OUT_PIN, unlink},
     host::nat,
     host::{
         Net, RP_FILTER_LOOSE, accept_ra_key, read_ipv6_sysctl, read_sysctl, rp_filter_key,
@@ -91,7 +91,9 @@ pub(crate) async fn detach(
         maps.remove_fan(map.overlay, map.overlay_len)?;
         nat::exclude_overlay(fan.overlay)?;
         nat::remove_masquerade(fan.overlay)?;
-        if let Some(dev) = &host_dev {
+        if let Some(dev) = &host_dev
+            && !fan.is_vxlan()
+        {
             net.del_route(fan.overlay.network(), fan.overlay.prefix(), dev.index)
                 .await?;
         }
@@ -102,6 +104,11 @@ pub(crate) async fn detach(
         );
         if let Some(bridge) = net.device(&fan.bridge).await? {
             agent::ports::remove_port_filters(&net.port_names(bridge.index).await?);
+        }
+        // The overlay port before the bridge: a port would keep it.
+        if let Some((port, inner)) = fan.overlay_port() {
+            remove_pin(&dir.link(&inner, VXLAN_OUT_PIN), &inner, Hook::TcIngress);
+            net.del_link_named(&port).await?;
         }
         let kept = release_bridge(&net, fan).await?;
         let _ = maps.meta.remove(&meta_key(fan.overlay));
@@ -138,9 +145,10 @@ pub(crate) async fn detach(
             net.del_clsact(iface.index).await?;
         }
     }
-    // fan-host carries every fan's host traffic, at the smallest fan MTU:
-    // the fan that needed it lower may just have gone.
-    if let (Some(dev), Some(lowest)) = (&host_dev, staying.iter().map(|f| f.mtu).min())
+    // fan-host carries every IP-in-IP fan's host traffic, at the smallest
+    // fan MTU: the fan that needed it lower may just have gone.
+    let routed = || staying.iter().filter(|f| !f.is_vxlan());
+    if let (Some(dev), Some(lowest)) = (&host_dev, routed().map(|f| f.mtu).min())
         && dev.mtu < lowest
     {
         net.set_mtu(dev.index, lowest).await?;
@@ -149,11 +157,13 @@ pub(crate) async fn detach(
             dev.mtu
         );
     }
-    if staying.is_empty() {
+    if routed().next().is_none() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);
         if let Some(dev) = host_dev {
             net.del_link(dev.index).await?;
         }
+    }
+    if staying.is_empty() {
         // Only older versions loosened conf/all; new records say UNKNOWN.
         restore_if_ours("conf/all/rp_filter", first.orig_rp_filter_all);
         // Forwarding stays on: a runtime that started after attach (Docker,
@@ -182,7 +192,7 @@ async fn release_bridge(net: &Net, fan: &Fan) -> Result<Option<String>> {
         net.del_clsact(bridge.index).await?;
     }
     if fan.meta.owned & owned::GATEWAY_ADDRESS != 0 {
-        net.del_addr(bridge.index, fan.gateway, fan.slice.prefix())
+        net.del_addr(bridge.index, fan.gateway, fan.gateway_prefix())
             .await?;
     }
     // The MTU it was adopted with, unless someone has set another since:

@@ -9,7 +9,10 @@ use crate::{
     cli::Global,
     dataplane::{DECAP_TC, PinnedMaps, inspect, overlay_key, pinned_link_ifindex, tcx_supported},
     host::{IP_FORWARD, Net, nat, read_sysctl, rp_filter_is_strict},
-    state::{record::attached, rundir::RunDir},
+    state::{
+        record::{Fan, attached},
+        rundir::RunDir,
+    },
 };
 
 /// One finding: what is wrong, and what fixes it.
@@ -60,20 +63,14 @@ pub async fn run(global: &Global) -> Result<()> {
                     "fan {} was attached only half-way (the attach was interrupted)",
                     fan.overlay
                 ),
-                format!(
-                    "finish it: fan-xdp attach {} --overlay {}",
-                    fan.iface, fan.overlay
-                ),
+                format!("finish it: {}", reattach(fan)),
             );
             continue;
         }
         let Some(iface) = net.device(&fan.iface).await? else {
             found(
                 format!("the underlay {} of fan {} is gone", fan.iface, fan.overlay),
-                format!(
-                    "when it is back: fan-xdp attach {} --overlay {}",
-                    fan.iface, fan.overlay
-                ),
+                format!("when it is back: {}", reattach(fan)),
             );
             continue;
         };
@@ -99,7 +96,7 @@ pub async fn run(global: &Global) -> Result<()> {
                     "fan {} points at an old {} (the device was re-created)",
                     fan.overlay, fan.iface
                 ),
-                format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
+                reattach(fan),
             );
         }
         let hook = if fan.mode == Some(DecapMode::Xdp) {
@@ -116,7 +113,7 @@ pub async fn run(global: &Global) -> Result<()> {
                     "the decapsulation link of {} is defunct (on ifindex {index}, the device is now {})",
                     fan.iface, iface.index
                 ),
-                format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
+                reattach(fan),
             );
         }
         if fan.mode == Some(DecapMode::Tc) && tcx_supported() {
@@ -131,6 +128,36 @@ pub async fn run(global: &Global) -> Result<()> {
             }
         }
         if let Some(bridge) = net.device(&fan.bridge).await? {
+            if let Some((port, _)) = fan.overlay_port() {
+                let plugged = net.device(&port).await?;
+                if plugged.is_none_or(|p| p.controller != Some(bridge.index)) {
+                    found(
+                        format!(
+                            "the VXLAN fan {}'s overlay port {port} is not a port of {}: nothing the bridge sends reaches other hosts",
+                            fan.overlay, fan.bridge
+                        ),
+                        reattach(fan),
+                    );
+                }
+                // The gateway forwards what routed containers send to remote
+                // ones back out of the bridge: the kernel sends them ICMP
+                // redirects (when conf/all or the bridge's says so), they
+                // then switch such traffic past the host's forwarding and
+                // netfilter, and keep those routes cached after a detach.
+                let key = |scope: &str| format!("conf/{scope}/send_redirects");
+                if read_sysctl(&key("all"))? != 0 || read_sysctl(&key(&fan.bridge))? != 0 {
+                    found(
+                        format!(
+                            "the VXLAN fan {}'s gateway sends ICMP redirects on {}: containers routed through it are told to send to remote containers directly",
+                            fan.overlay, fan.bridge
+                        ),
+                        format!(
+                            "sysctl -w net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.{}.send_redirects=0",
+                            fan.bridge
+                        ),
+                    );
+                }
+            }
             for port in net.ports(bridge.index).await? {
                 if port.mtu > fan.mtu {
                     found(
@@ -151,16 +178,35 @@ pub async fn run(global: &Global) -> Result<()> {
                     "the slice bridge {} of fan {} is gone",
                     fan.bridge, fan.overlay
                 ),
-                format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay),
+                reattach(fan),
             );
         }
     }
+    // Each fan with its wire format.
+    let named: Vec<String> = fans
+        .iter()
+        .map(|f| format!("{} {}", f.overlay, f.encap.name()))
+        .collect();
     if findings.is_empty() {
-        println!("ok: {} fan(s), nothing found that breaks them", fans.len());
+        println!(
+            "ok: {} fan(s) ({}), nothing found that breaks them",
+            fans.len(),
+            named.join(", ")
+        );
         return Ok(());
     }
+    println!("fan(s): {}", named.join(", "));
     for finding in &findings {
         println!("problem: {}\n    fix: {}", finding.problem, finding.fix);
     }
     bail!("{} problem(s) found", findings.len())
+}
+
+/// The attach that sets `fan` up again as it is (its wire format included).
+fn reattach(fan: &Fan) -> String {
+    let mut command = format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay);
+    if let (Some(vni), Some(port)) = (fan.vni, fan.port) {
+        command += &format!(" --type vxlan --vni {vni} --port {port}");
+    }
+    command
 }

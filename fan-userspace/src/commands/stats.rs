@@ -26,10 +26,14 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
                     "the pinned maps have no per-fan counters (written by an older fan-xdp): attach again to migrate them"
                 );
             }
-            if !maps.stats_of_fans()?.iter().any(|(n, _)| *n == name) {
-                bail!("no fan with overlay {name} is attached here");
+            match maps
+                .stats_of_fans()?
+                .into_iter()
+                .find(|f| f.overlay == name)
+            {
+                Some(found) => Some((name, found.encap)),
+                None => bail!("no fan with overlay {name} is attached here"),
             }
-            Some(name)
         }
         None => None,
     };
@@ -48,21 +52,22 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
         if args.prometheus {
             let fans: Vec<_> = by_fan
                 .into_iter()
-                .filter(|(name, _)| fan.as_ref().is_none_or(|f| f == name))
+                .filter(|f| fan.as_ref().is_none_or(|(name, _)| *name == f.overlay))
                 .collect();
             print!("{}", totals.prometheus(evicted, &fans));
             return Ok(());
         }
         let stats = match &fan {
-            Some(name) => by_fan
+            Some((name, _)) => by_fan
                 .into_iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, s)| s)
+                .find(|f| f.overlay == *name)
+                .map(|f| f.stats)
                 .unwrap_or_default(),
             None => totals,
         };
         print(
             &stats,
+            fan.as_ref().map(|(_, encap)| *encap),
             previous.as_ref().map(|(s, t)| (s, now - *t)),
             evicted,
             args.json,
@@ -76,8 +81,10 @@ pub async fn run(args: &StatsArgs, global: &Global) -> Result<()> {
     }
 }
 
+/// `encap`: the wire format of the one fan shown (None: the totals).
 fn print(
     stats: &Stats,
+    encap: Option<&str>,
     previous: Option<(&Stats, Duration)>,
     path_mtus_evicted: u64,
     json: bool,
@@ -90,6 +97,9 @@ fn print(
                 reason.name().into(),
                 serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
             );
+        }
+        if let Some(encap) = encap {
+            out.insert("type".into(), serde_json::json!(encap));
         }
         out.insert(
             "pmtu_evicted".into(),
@@ -104,6 +114,9 @@ fn print(
         .map(|reason| reason.name().len())
         .max()
         .unwrap_or(0);
+    if let Some(encap) = encap {
+        println!("type: {encap}");
+    }
     println!(
         "{:<width$} {:>14} {:>18} {:>12}",
         "REASON", "PACKETS", "BYTES", "PACKETS/S"

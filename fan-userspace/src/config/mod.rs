@@ -5,8 +5,9 @@
 //! lines are skipped. UNDERLAY is `ADDR/LEN` (this host's address, or the
 //! underlay network), `IFACE/LEN` (that interface's primary address with
 //! that prefix length) or `default` (the interface of the default route).
-//! fanctl's keywords are `dhcp`, `host-reserve N`, `bridge NAME` and `off`;
-//! fan-xdp's own are `mode tc|xdp|auto`, `mtu N`, `no-nat` and
+//! fanctl's keywords are `dhcp`, `host-reserve N`, `bridge NAME`, `off` and
+//! `type ipip|vxlan` (the wire format); fan-xdp's own are `vni N` and
+//! `port P` (with `type vxlan`), `mode tc|xdp|auto`, `mtu N`, `no-nat` and
 //! `bypass off|on|auto`.
 //!
 //! Parsing is all or nothing: the first bad token is an error naming the
@@ -22,7 +23,7 @@ use std::{fmt, net::Ipv4Addr, path::Path};
 use anyhow::{Context as _, Result, bail};
 use ipnetwork::Ipv4Network;
 
-use crate::cli::{Bypass, Mode};
+use crate::cli::{Bypass, FanType, Mode};
 
 /// Where fanctl keeps its fans, and so where `up -a` and `fan-xdp run` look.
 pub const DEFAULT_PATH: &str = crate::cli::FAN_CONFIG;
@@ -65,6 +66,11 @@ pub struct FanLine {
     /// Listed, but not brought up by `up -a` or the agent.
     pub off: bool,
     pub mode: Option<Mode>,
+    /// `type ipip|vxlan` (None: IP-in-IP).
+    pub fan_type: Option<FanType>,
+    /// `vni N`, `port P`: with `type vxlan` only.
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
     pub mtu: Option<u32>,
     pub no_nat: bool,
     pub bypass: Option<Bypass>,

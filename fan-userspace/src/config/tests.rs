@@ -43,6 +43,9 @@ fn a_file_with_comments_blank_lines_and_every_keyword() {
             bridge: None,
             off: false,
             mode: None,
+            fan_type: None,
+            vni: None,
+            port: None,
             mtu: None,
             no_nat: false,
             bypass: None,
@@ -202,11 +205,71 @@ fn every_error_names_file_line_column_and_token() {
 }
 
 #[test]
+fn a_vxlan_fan_s_words_and_their_refusals() {
+    let text = "\
+250.0.0.0/8 eth0/16 dhcp type vxlan
+240.0.0.0/8 198.18.0.5/16 type vxlan vni 42 port 4789 mode tc
+10.0.0.0/8 eth1/16 type ipip
+";
+    let fans = parse("fan", text).unwrap();
+    assert_eq!(fans[0].fan_type, Some(FanType::Vxlan));
+    assert_eq!((fans[0].vni, fans[0].port), (None, None));
+    assert_eq!(fans[1].fan_type, Some(FanType::Vxlan));
+    assert_eq!((fans[1].vni, fans[1].port), (Some(42), Some(4789)));
+    assert_eq!(fans[1].mode, Some(Mode::Tc));
+    assert_eq!(fans[2].fan_type, Some(FanType::Ipip));
+    assert_error(
+        "250.0.0.0/8 eth0/16 type gre",
+        1,
+        26,
+        "gre",
+        "ipip or vxlan",
+    );
+    assert_error(
+        "250.0.0.0/8 eth0/16 type vxlan vni 16777216",
+        1,
+        36,
+        "16777216",
+        "24 bits",
+    );
+    assert_error(
+        "250.0.0.0/8 eth0/16 type vxlan port 0",
+        1,
+        37,
+        "0",
+        "1 to 65535",
+    );
+    assert_error(
+        "250.0.0.0/8 eth0/16 port 4789",
+        1,
+        21,
+        "port",
+        "port needs type vxlan",
+    );
+    assert_error(
+        "250.0.0.0/8 eth0/16 vni 5 type ipip",
+        1,
+        21,
+        "vni",
+        "vni needs type vxlan",
+    );
+    assert_error(
+        "250.0.0.0/8 eth0/16 mode xdp type vxlan",
+        1,
+        21,
+        "mode",
+        "mode xdp does not decapsulate VXLAN",
+    );
+    let up = parse_args(&words("eth0/16 type vxlan vni 7")).unwrap();
+    assert_eq!((up.fan_type, up.vni), (Some(FanType::Vxlan), Some(7)));
+}
+
+#[test]
 fn the_error_message_reads_like_a_compiler_s() {
     let e = parse("/etc/network/fan", "250.0.0.0/8 eth0/16 dchp\n").unwrap_err();
     assert_eq!(
         e.to_string(),
-        "/etc/network/fan:1:21: \"dchp\": unknown keyword (expected dhcp, host-reserve N, bridge NAME, off, mode M, mtu N, no-nat or bypass B)"
+        "/etc/network/fan:1:21: \"dchp\": unknown keyword (expected dhcp, host-reserve N, bridge NAME, off, type T, vni N, port P, mode M, mtu N, no-nat or bypass B)"
     );
 }
 
@@ -251,7 +314,7 @@ fn the_verbs_errors_name_the_word() {
     );
     assert_eq!(
         e.to_string(),
-        "word 3 \"hostreserve\": unknown keyword (expected dhcp, host-reserve N, bridge NAME, off, mode M, mtu N, no-nat or bypass B)"
+        "word 3 \"hostreserve\": unknown keyword (expected dhcp, host-reserve N, bridge NAME, off, type T, vni N, port P, mode M, mtu N, no-nat or bypass B)"
     );
     let e = parse_args(&words("eth0")).unwrap_err();
     assert_eq!((e.column, e.token.as_str()), (1, "eth0"));

@@ -8,7 +8,7 @@ use ipnetwork::Ipv4Network;
 
 use super::{FanLine, Underlay, Word, default_overlay};
 use crate::{
-    cli::{Bypass, Mode},
+    cli::{Bypass, FanType, Mode, parse_port, parse_vni},
     host::naming::{check_bridge_name, check_ifname},
 };
 
@@ -40,6 +40,9 @@ pub(super) fn parse_words<'a>(
         bridge: None,
         off: false,
         mode: None,
+        fan_type: None,
+        vni: None,
+        port: None,
         mtu: None,
         no_nat: false,
         bypass: None,
@@ -92,6 +95,22 @@ pub(super) fn parse_words<'a>(
                     _ => return Err((v, "mode is tc, xdp or auto".into())),
                 });
             }
+            "type" => {
+                let v = value()?;
+                fan.fan_type = Some(match v.text {
+                    "ipip" => FanType::Ipip,
+                    "vxlan" => FanType::Vxlan,
+                    _ => return Err((v, "type is ipip or vxlan".into())),
+                });
+            }
+            "vni" => {
+                let v = value()?;
+                fan.vni = Some(parse_vni(v.text).map_err(|m| (v, m))?);
+            }
+            "port" => {
+                let v = value()?;
+                fan.port = Some(parse_port(v.text).map_err(|m| (v, m))?);
+            }
             "bypass" => {
                 let v = value()?;
                 fan.bypass = Some(match v.text {
@@ -104,14 +123,37 @@ pub(super) fn parse_words<'a>(
             _ => {
                 return Err((
                     word,
-                    "unknown keyword (expected dhcp, host-reserve N, bridge NAME, off, mode M, mtu N, no-nat or bypass B)"
+                    "unknown keyword (expected dhcp, host-reserve N, bridge NAME, off, type T, vni N, port P, mode M, mtu N, no-nat or bypass B)"
                         .into(),
                 ));
             }
         }
         seen.push(word.text);
     }
+    check_type(&fan, keywords)?;
     Ok(fan)
+}
+
+/// VXLAN's own keywords need `type vxlan`, which decapsulates at TC only.
+fn check_type<'a>(fan: &FanLine, keywords: &[Word<'a>]) -> Result<(), WordError<'a>> {
+    if fan.fan_type == Some(FanType::Vxlan) {
+        if fan.mode == Some(Mode::Xdp)
+            && let Some(word) = keywords.iter().find(|w| w.text == "mode")
+        {
+            return Err((
+                *word,
+                "mode xdp does not decapsulate VXLAN (TC does): use mode tc or auto".into(),
+            ));
+        }
+        return Ok(());
+    }
+    match keywords
+        .iter()
+        .find(|w| w.text == "vni" || w.text == "port")
+    {
+        Some(word) => Err((*word, format!("{} needs type vxlan", word.text))),
+        None => Ok(()),
+    }
 }
 
 fn is_underlay_word(text: &str) -> bool {

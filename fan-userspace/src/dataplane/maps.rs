@@ -448,7 +448,7 @@ impl PinnedMaps {
 
     /// The counters of every attached fan, named by its overlay (CIDR),
     /// in overlay order; empty in a state of map layout 2.
-    pub fn stats_of_fans(&self) -> Result<Vec<(String, Stats)>> {
+    pub fn stats_of_fans(&self) -> Result<Vec<FanStats>> {
         let Some(mut by_fan) = self.stats_by_fan()? else {
             return Ok(Vec::new());
         };
@@ -456,16 +456,26 @@ impl PinnedMaps {
         fans.sort_by_key(|f| (f.map.overlay, f.map.overlay_len));
         Ok(fans
             .iter()
-            .map(|f| {
-                let name = format!(
+            .map(|f| FanStats {
+                overlay: format!(
                     "{}/{}",
                     std::net::Ipv4Addr::from(f.map.overlay),
                     f.map.overlay_len
-                );
-                (name, by_fan.remove(&f.map.overlay).unwrap_or_default())
+                ),
+                encap: fan_common::Encap::try_from(f.encap).map_or("unknown", |e| e.name()),
+                stats: by_fan.remove(&f.map.overlay).unwrap_or_default(),
             })
             .collect())
     }
+}
+
+/// One fan's counters, named by its overlay, with its wire format.
+#[derive(Clone, Debug, Default)]
+pub struct FanStats {
+    pub overlay: String,
+    /// "ipip" or "vxlan".
+    pub encap: &'static str,
+    pub stats: Stats,
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the programs' `bpf_ktime_get_ns`.

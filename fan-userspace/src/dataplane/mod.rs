@@ -20,7 +20,7 @@ use carry::CarriedCounters;
 use programs::program_by_name;
 
 pub use events::{EventRing, sample_passes};
-pub use maps::{PinnedMaps, monotonic_ns, overlay_key};
+pub use maps::{FanStats, PinnedMaps, monotonic_ns, overlay_key};
 pub use stats::Stats;
 use stats::sum_stats;
 
@@ -64,8 +64,11 @@ pub const ENCAP_PORT: &str = "fan_encap_port";
 pub const ENCAP_OUTPUT: &str = "fan_encap_output";
 pub const DECAP_TC: &str = "fan_decap_tc";
 pub const DECAP_XDP: &str = "fan_decap_xdp";
-/// TC ingress of a VXLAN fan's overlay port (`B`).
+/// TC ingress of a VXLAN fan's overlay port (`B`): encapsulates what the
+/// slice bridge sends to the overlay.
 pub const VXLAN_OUT: &str = fan_common::Program::VxlanOut.name();
+/// The name of its link's pin, beside the device's name.
+pub const VXLAN_OUT_PIN: &str = "vxlan-out";
 /// Every TC program, in the order they are loaded and pinned.
 const TC_PROGRAMS: [&str; 5] = [ENCAP_FORWARD, ENCAP_PORT, ENCAP_OUTPUT, DECAP_TC, VXLAN_OUT];
 /// An XDP program that only returns XDP_PASS: the bench's baseline.

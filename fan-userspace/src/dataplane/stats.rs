@@ -41,8 +41,8 @@ impl Stats {
     /// attach): what it counted since the reset is all it says.
     /// The counters in Prometheus' text exposition format (version 0.0.4): one
     /// packets and one bytes counter per outcome, labelled by its stable name,
-    /// and the same per fan (`fan_xdp_fan_*`, labelled by overlay too).
-    pub fn prometheus(&self, path_mtus_evicted: u64, by_fan: &[(String, Stats)]) -> String {
+    /// and the same per fan (`fan_xdp_fan_*`, labelled by overlay and type too).
+    pub fn prometheus(&self, path_mtus_evicted: u64, by_fan: &[FanStats]) -> String {
         let mut out = String::new();
         for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
             out += &format!(
@@ -69,12 +69,26 @@ impl Stats {
         if by_fan.is_empty() {
             return out;
         }
+        // An info series per fan: its labels whether or not it has counted anything.
+        out += "# HELP fan_xdp_fan_info The fans attached here: overlay and wire format.\n";
+        out += "# TYPE fan_xdp_fan_info gauge\n";
+        for fan in by_fan {
+            out += &format!(
+                "fan_xdp_fan_info{{overlay=\"{}\",type=\"{}\"}} 1\n",
+                fan.overlay, fan.encap
+            );
+        }
         for (metric, what) in [("packets", "Packets"), ("bytes", "Bytes")] {
             out += &format!(
                 "# HELP fan_xdp_fan_{metric}_total {what} per fan and outcome decided once the packet's fan was known, summed over CPUs.\n"
             );
             out += &format!("# TYPE fan_xdp_fan_{metric}_total counter\n");
-            for (overlay, stats) in by_fan {
+            for FanStats {
+                overlay,
+                encap,
+                stats,
+            } in by_fan
+            {
                 for (reason, c) in &stats.0 {
                     let value = if metric == "packets" {
                         c.packets
@@ -82,7 +96,7 @@ impl Stats {
                         c.bytes
                     };
                     out += &format!(
-                        "fan_xdp_fan_{metric}_total{{overlay=\"{overlay}\",reason=\"{reason}\"}} {value}\n"
+                        "fan_xdp_fan_{metric}_total{{overlay=\"{overlay}\",type=\"{encap}\",reason=\"{reason}\"}} {value}\n"
                     );
                 }
             }
@@ -111,7 +125,7 @@ mod tests {
 
     use fan_common::{Counter, StatReason};
 
-    use super::Stats;
+    use super::{FanStats, Stats};
 
     fn stats(packets: u64, bytes: u64) -> Stats {
         let mut stats = Stats::default();
@@ -165,5 +179,23 @@ mod tests {
         assert_eq!(lines.last(), Some(&"fan_xdp_path_mtu_evicted_total 2"));
         let samples = lines.iter().filter(|l| !l.starts_with('#')).count();
         assert_eq!(samples, 2 * StatReason::ALL.len() + 1);
+    }
+
+    #[test]
+    fn prometheus_per_fan_series_say_the_overlay_and_the_type() {
+        let by_fan = [FanStats {
+            overlay: "250.0.0.0/8".into(),
+            encap: "vxlan",
+            stats: stats(3, 150),
+        }];
+        let text = Stats::default().prometheus(0, &by_fan);
+        assert!(
+            text.lines()
+                .any(|l| l == "fan_xdp_fan_info{overlay=\"250.0.0.0/8\",type=\"vxlan\"} 1")
+        );
+        assert!(text.lines().any(|l| l
+            == "fan_xdp_fan_packets_total{overlay=\"250.0.0.0/8\",type=\"vxlan\",reason=\"encapsulated\"} 3"));
+        assert!(text.lines().any(|l| l
+            == "fan_xdp_fan_bytes_total{overlay=\"250.0.0.0/8\",type=\"vxlan\",reason=\"encapsulated\"} 150"));
     }
 }

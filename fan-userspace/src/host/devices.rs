@@ -218,6 +218,46 @@ impl Net {
         Ok(link)
     }
 
+    /// A veth pair whose end `port` (with MAC `mac`) is a port of bridge
+    /// `bridge`, its peer `inner` in this namespace; both with `mtu`, both
+    /// down. Returns (`port`, `inner`).
+    pub async fn create_bridge_veth(
+        &self,
+        (port, mac): (&str, [u8; 6]),
+        inner: &str,
+        bridge: u32,
+        mtu: u32,
+    ) -> Result<(Device, Device)> {
+        let pair = LinkVeth::new(port, inner)
+            .mtu(mtu)
+            .address(mac.to_vec())
+            .controller(bridge)
+            .build();
+        self.handle
+            .link()
+            .add(pair)
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {port}/{inner}"))?;
+        let gone = |name: &str| anyhow!("{name} vanished after creation");
+        let port = self.device(port).await?.ok_or_else(|| gone(port))?;
+        let inner = self.device(inner).await?.ok_or_else(|| gone(inner))?;
+        if inner.mtu != mtu {
+            self.set_mtu(inner.index, mtu).await?;
+        }
+        Ok((port, inner))
+    }
+
+    /// Makes device `index` a port of bridge `bridge`.
+    pub async fn set_controller(&self, index: u32, bridge: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(bridge).build())
+            .execute()
+            .await
+            .context("adding a port to a bridge")
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<()> {
         self.handle
             .link()

@@ -58,6 +58,34 @@ pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
     [0x02, 0xfa, a, b, c, d]
 }
 
+/// Where a VXLAN fan's overlay port names begin: a veth pair attach makes
+/// for the slice bridge (fan-xdp's emulation of the Fan's vxlan device).
+const OVERLAY_PORT_PREFIX: &str = "fvx-";
+
+/// The overlay port of a VXLAN fan's slice: `fvx-` and the slice address
+/// as eight hex digits, then `a` for the end plugged into the bridge and
+/// `b` for the end whose ingress encapsulates (13 bytes each). Derived
+/// from the slice alone, so detach finds them without a record of names.
+pub fn overlay_port_names(slice: Ipv4Addr) -> (String, String) {
+    let stem = format!("{OVERLAY_PORT_PREFIX}{:08x}", u32::from(slice));
+    (format!("{stem}a"), format!("{stem}b"))
+}
+
+/// The MAC of an overlay port's bridge end: the largest unicast address.
+/// A bridge with no address set takes its ports' smallest MAC, so plugging
+/// this port into an adopted bridge that has other ports never changes the
+/// bridge's (its containers would keep the gateway's old MAC in their ARP
+/// caches). It is never a frame's source: the port only switches frames.
+pub const OVERLAY_PORT_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+/// Whether `name` is an overlay port's bridge end: not a container's port
+/// (the agent hangs no port program on it and delivers nothing through it).
+pub fn is_overlay_port(name: &str) -> bool {
+    name.strip_prefix(OVERLAY_PORT_PREFIX)
+        .and_then(|rest| rest.strip_suffix('a'))
+        .is_some_and(|hex| hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +127,19 @@ mod tests {
             bridge_name("250.255.255.252".parse().unwrap()),
             "fan-fafffffc"
         );
+    }
+
+    #[test]
+    fn overlay_port_names_fit_and_are_told_apart() {
+        let (a, b) = overlay_port_names(Ipv4Addr::new(250, 0, 28, 0));
+        assert_eq!((a.as_str(), b.as_str()), ("fvx-fa001c00a", "fvx-fa001c00b"));
+        assert!(check_ifname(&a).is_ok() && check_ifname(&b).is_ok());
+        let (widest, _) = overlay_port_names(Ipv4Addr::new(255, 255, 255, 255));
+        assert!(widest.len() <= IFNAME_MAX);
+        assert!(is_overlay_port(&a));
+        assert!(!is_overlay_port(&b));
+        assert!(!is_overlay_port("fvx-fa001c0a"));
+        assert!(!is_overlay_port("veth1234a"));
+        assert!(!is_overlay_port("fvx-fa001c0ga"));
     }
 }

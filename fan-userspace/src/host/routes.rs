@@ -153,18 +153,16 @@ impl Net {
             .with_context(|| format!("adding route {dest}/{len} with MTU {mtu}"))
     }
 
-    /// The main-table routes through `oif` marked [`RTPROT_FAN_XDP_PMTU`],
-    /// as (destination, prefix length).
-    pub async fn path_mtu_routes(&self, oif: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+    /// The main-table routes marked [`RTPROT_FAN_XDP_PMTU`], as
+    /// (destination, prefix length, output device).
+    pub async fn path_mtu_routes(&self) -> Result<Vec<(Ipv4Addr, u8, u32)>> {
         let marked = RouteProtocol::Other(RTPROT_FAN_XDP_PMTU);
         Ok(self
             .main_table_routes()
             .await?
             .into_iter()
-            .filter(|(_, _, found)| {
-                found.oif == Some(oif) && found.message.header.protocol == marked
-            })
-            .map(|(dst, len, _)| (dst, len))
+            .filter(|(_, _, found)| found.message.header.protocol == marked)
+            .filter_map(|(dst, len, found)| Some((dst, len, found.oif?)))
             .collect())
     }
 

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use fan_common::{
-    FanMap,
+    Encap, FanMap,
     maps::{DecapMode, FanMeta, FanMetaKey, ModeReason},
     plan::AddressPlan,
 };
@@ -31,6 +31,12 @@ pub struct Fan {
     #[serde(serialize_with = "serialize_mode")]
     pub mode: Option<DecapMode>,
     pub mode_reason: &'static str,
+    /// The wire format, "ipip" or "vxlan".
+    #[serde(rename = "type", serialize_with = "serialize_encap")]
+    pub encap: Encap,
+    /// VXLAN's network identifier and UDP port (None for IP-in-IP).
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
     pub nat: bool,
     pub host_reserve: u32,
     pub mtu: u32,
@@ -65,6 +71,9 @@ impl Fan {
         let underlay = Ipv4Network::new(host, meta.underlay_len).ok()?;
         let map = fan_map(overlay, underlay);
         let slice_start = Ipv4Addr::from(map.slice_of(meta.host));
+        let encap = Encap::try_from(meta.encap).unwrap_or(Encap::Ipip);
+        let vxlan = encap == Encap::Vxlan;
+        let reason = ModeReason::try_from(meta.mode_reason);
         Some(Self {
             overlay,
             underlay: Ipv4Network::new(underlay.network(), meta.underlay_len).ok()?,
@@ -74,8 +83,14 @@ impl Fan {
             bridge: name_str(&meta.bridge),
             iface: name_str(&meta.iface),
             mode: DecapMode::try_from(meta.decap_mode).ok(),
-            mode_reason: ModeReason::try_from(meta.mode_reason)
-                .map_or("requested", ModeReason::text),
+            mode_reason: match reason {
+                Ok(ModeReason::Requested) | Err(_) => "requested",
+                Ok(_) if vxlan => "auto: VXLAN decapsulates at TC",
+                Ok(reason) => reason.text(),
+            },
+            encap,
+            vni: vxlan.then_some(meta.vni),
+            port: vxlan.then_some(meta.vxlan_port),
             nat: meta.nat != 0,
             host_reserve: meta.host_reserve,
             mtu: meta.mtu,
@@ -98,6 +113,42 @@ impl Fan {
     pub fn map(&self) -> FanMap {
         fan_map(self.overlay, self.underlay)
     }
+
+    pub fn is_vxlan(&self) -> bool {
+        self.encap == Encap::Vxlan
+    }
+
+    /// What the wire format adds to each packet: the underlay MTU less this
+    /// is the most the fan can carry.
+    pub fn overhead(&self) -> u32 {
+        self.encap.overhead()
+    }
+
+    /// The prefix length of the gateway's address on the slice bridge.
+    pub fn gateway_prefix(&self) -> u8 {
+        gateway_prefix(self.encap, self.overlay, self.slice)
+    }
+
+    /// A VXLAN fan's overlay port: (the bridge's end, the inner end).
+    pub fn overlay_port(&self) -> Option<(String, String)> {
+        self.is_vxlan()
+            .then(|| crate::host::naming::overlay_port_names(self.slice.network()))
+    }
+}
+
+/// The prefix length of the gateway's address on the slice bridge: the
+/// slice's for IP-in-IP (the overlay is routed through `fan-host`); the
+/// overlay's for VXLAN, as Ubuntu's Fan and LXD give it, so the kernel's
+/// prefix route sends the whole overlay to the bridge and its overlay port.
+pub fn gateway_prefix(encap: Encap, overlay: Ipv4Network, slice: Ipv4Network) -> u8 {
+    match encap {
+        Encap::Ipip => slice.prefix(),
+        Encap::Vxlan => overlay.prefix(),
+    }
+}
+
+fn serialize_encap<S: serde::Serializer>(encap: &Encap, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(encap.name())
 }
 
 fn serialize_mode<S: serde::Serializer>(mode: &Option<DecapMode>, s: S) -> Result<S::Ok, S::Error> {

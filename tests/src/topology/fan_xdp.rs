@@ -155,6 +155,54 @@ impl Host {
         Ok(false)
     }
 
+    /// The first fan entry in this host's pinned maps (the one fan of a
+    /// host with one).
+    pub fn pinned_fan_entry(&self) -> Result<fan_common::FanEntry> {
+        let maps = self.pinned_maps()?;
+        let first = maps.config.iter().next().context("no fan entry")?;
+        Ok(first?.1)
+    }
+
+    /// `fan-xdp ARGS` with the test hook `FAN_XDP_INJECT=<inject>` set
+    /// (honoured by a build with the `fault-injection` feature).
+    pub fn fan_xdp_injected(&self, args: &[&str], inject: &str) -> Result<std::process::Output> {
+        self.ns
+            .command(fan_xdp_binary().to_str().context("binary path")?)
+            .args(args)
+            .env("FAN_XDP_INJECT", inject)
+            .output()
+            .context("running fan-xdp")
+    }
+
+    /// Runs the attach `args` failing after each of its steps in turn, and
+    /// asserts each time that the namespace is as `before` says (taken by
+    /// `take`): every step's undo takes back exactly what it did.
+    #[track_caller]
+    pub fn assert_every_step_rolls_back(
+        &self,
+        args: &[&str],
+        before: &str,
+        take: fn(&Netns) -> Result<String>,
+    ) {
+        for step in fan_userspace::commands::attach::STEPS {
+            let out = self
+                .fan_xdp_injected(args, &format!("fail:{step}"))
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success()
+                    && stderr.contains(&format!("injected failure after step {step}")),
+                "{step}: {stderr}"
+            );
+            crate::snapshot::assert_same(
+                &self.ns,
+                take,
+                before,
+                &format!("{args:?} failing after {step} was not rolled back"),
+            );
+        }
+    }
+
     /// fan-xdp's pinned maps for this host's namespace.
     pub fn pinned_maps(&self) -> Result<fan_userspace::dataplane::PinnedMaps> {
         let dir = self

@@ -23,7 +23,7 @@ use fan_userspace::{
 use crate::netns::Netns;
 
 pub use fan_xdp::{Daemon, fan_xdp_binary, ports_taken_over, stdout_of_success};
-pub use plumbing::{add_bridge, add_container_at, plug_container};
+pub use plumbing::{add_bridge, add_container_at, plug_container, plug_container_with_mtu};
 
 pub const OVERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(250, 0, 0, 0), 8);
 pub const UNDERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 16);

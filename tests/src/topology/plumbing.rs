@@ -104,8 +104,29 @@ pub fn plug_container(
     (addr, len): (Ipv4Addr, u8),
     gateway: Ipv4Addr,
 ) -> Result<Netns> {
+    plug_container_with_mtu(
+        host_ns,
+        bridge,
+        port,
+        label,
+        (addr, len),
+        gateway,
+        OVERLAY_MTU,
+    )
+}
+
+/// [`plug_container`] with link MTU `mtu` (a VXLAN fan's is 50 below the underlay's).
+pub fn plug_container_with_mtu(
+    host_ns: &Netns,
+    bridge: &str,
+    port: &str,
+    label: &str,
+    (addr, len): (Ipv4Addr, u8),
+    gateway: Ipv4Addr,
+    mtu: u32,
+) -> Result<Netns> {
     let ns = Netns::new(label)?;
-    let mtu = OVERLAY_MTU.to_string();
+    let mtu = mtu.to_string();
     host_ns.add_veth_to(port, &ns)?;
     host_ns.ip(&["link", "set", port, "mtu", &mtu, "master", bridge, "up"])?;
     ns.ip(&["link", "set", "eth0", "mtu", &mtu])?;

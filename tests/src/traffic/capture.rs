@@ -19,10 +19,22 @@ pub struct Capture {
 impl Capture {
     /// Captures the first 128 bytes of every frame on `iface` in `ns`.
     pub fn start(ns: &Netns, iface: &str, path: std::path::PathBuf) -> Result<Self> {
+        Self::start_with(ns, iface, path, &[])
+    }
+
+    /// [`Capture::start`] with more of tcpdump's words after its own: `-c N`
+    /// (stop after N frames), then a filter expression.
+    pub fn start_with(
+        ns: &Netns,
+        iface: &str,
+        path: std::path::PathBuf,
+        words: &[&str],
+    ) -> Result<Self> {
         let mut child = ns
             .command("tcpdump")
             .args(["-Z", "root", "-i", iface, "-s", "128", "-U", "-n", "-w"])
             .arg(&path)
+            .args(words)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -32,6 +44,10 @@ impl Capture {
         let mut line = String::new();
         BufReader::new(stderr).read_line(&mut line)?;
         ensure!(line.contains("listening"), "tcpdump did not start: {line}");
+        // It says so a moment before frames reach the file: measured here,
+        // frames sent right after the line were missing from it, the same
+        // ones sent half a second later were there.
+        std::thread::sleep(Duration::from_millis(500));
         Ok(Self { child, path })
     }
 

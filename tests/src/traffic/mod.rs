@@ -193,6 +193,16 @@ pub fn tcp_transfer_over_within(
     })
 }
 
+/// One of device `dev`'s counters in `ns` (`rx_bytes`, `tx_packets`, ...),
+/// from /sys/class/net/DEV/statistics.
+pub fn link_statistic(ns: &Netns, dev: &str, which: &str) -> Result<u64> {
+    let path = format!("/sys/class/net/{dev}/statistics/{which}");
+    ns.run("cat", &[&path])?
+        .trim()
+        .parse()
+        .with_context(|| format!("{path} in {}", ns.name()))
+}
+
 /// A counter of the IP stack of `ns` from /proc/net/snmp, e.g. ("Ip",
 /// "ForwDatagrams") or ("Icmp", "InEchos").
 pub fn snmp_counter(ns: &Netns, group: &str, name: &str) -> Result<u64> {

@@ -1,5 +1,6 @@
 //! The programs' step of an attach: decapsulation on the underlay,
-//! encapsulation on the bridge and the host device, each through a BPF link
+//! encapsulation on the bridge and the host device (IP-in-IP) or the
+//! overlay port (VXLAN), each through a BPF link
 //! (a clsact filter before 6.6) that is kept, upgraded in place or
 //! replaced when defunct.
 
@@ -53,15 +54,30 @@ impl Attach<'_> {
         self.changed |= self
             .attach_program(ENCAP_FORWARD, &bridge, Hook::TcIngress, &bridge_pin)
             .await?;
-        // fan-host is fan-xdp's: its qdisc goes with it.
-        let host = Target {
-            device: HOST_DEVICE,
-            clsact: None,
-        };
-        let host_pin = plan.dir.link(HOST_DEVICE, "encap");
-        self.changed |= self
-            .attach_program(ENCAP_OUTPUT, &host, Hook::TcEgress, &host_pin)
-            .await?;
+        // fan-host and the overlay port are fan-xdp's: their qdiscs go with them.
+        match &self.overlay_port {
+            None => {
+                let host = Target {
+                    device: HOST_DEVICE,
+                    clsact: None,
+                };
+                let host_pin = plan.dir.link(HOST_DEVICE, "encap");
+                self.changed |= self
+                    .attach_program(ENCAP_OUTPUT, &host, Hook::TcEgress, &host_pin)
+                    .await?;
+            }
+            Some(inner) => {
+                let name = inner.name.clone();
+                let port = Target {
+                    device: &name,
+                    clsact: None,
+                };
+                let pin = plan.dir.link(&name, VXLAN_OUT_PIN);
+                self.changed |= self
+                    .attach_program(VXLAN_OUT, &port, Hook::TcIngress, &pin)
+                    .await?;
+            }
+        }
         // The pinned programs are the ones the links run: a new version (or a
         // first attach) moved every link to this load's programs, so they
         // replace the pins, all together; otherwise the links run the pins'.

@@ -16,9 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use fan_common::{
-    FanEntry, FanMap,
+    Encap, FanEntry, FanMap,
     fan::validate_fans,
     maps::{DecapMode, FanMeta, FanMetaKey, MAP_LAYOUT_VERSION, ModeReason, SYSCTL_UNKNOWN, owned},
+    vxlan::{VXLAN_DEFAULT_PORT, default_vni},
 };
 use ipnetwork::Ipv4Network;
 use log::{info, warn};
@@ -26,13 +27,15 @@ use log::{info, warn};
 use crate::{
     agent,
     agent::dhcp,
-    cli::{AttachArgs, Bypass, Global, Mode},
+    cli::{AttachArgs, Bypass, FanType, Global, Mode},
     dataplane::{
         DECAP_TC, DECAP_XDP, Dataplane, ENCAP_FORWARD, ENCAP_OUTPUT, Hook, LinkChange, PinnedMaps,
-        inspect, overlay_key, pinned_link_ifindex, pinned_program_id, sweep_stale, tcx_supported,
-        unlink,
+        VXLAN_OUT, VXLAN_OUT_PIN, inspect, overlay_key, pinned_link_ifindex, pinned_program_id,
+        sweep_stale, tcx_supported, unlink,
     },
-    host::naming::{bridge_mac, bridge_name, check_bridge_name},
+    host::naming::{
+        OVERLAY_PORT_MAC, bridge_mac, bridge_name, check_bridge_name, overlay_port_names,
+    },
     host::nat,
     host::{
         Device, FoundRoute, IP_FORWARD, Net, RP_FILTER_LOOSE, TcBpfFilter, accept_ra_key,
@@ -41,7 +44,10 @@ use crate::{
     },
     ipv4_network, require_capabilities,
     state::StateDir,
-    state::record::{Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, load_fans, meta_key, name_bytes},
+    state::record::{
+        Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, gateway_prefix, load_fans, meta_key,
+        name_bytes,
+    },
     state::rundir::RunDir,
     state::settings::{self, Settings},
 };
@@ -57,11 +63,43 @@ use steps::apply;
 pub use table::STEPS;
 use table::checkpoint;
 
-/// IP-in-IP costs 20 bytes of every underlay packet.
-/// The outer IPv4 header the programs add (no options).
-pub(crate) const OUTER_HEADER: u32 = fan_common::ipv4::IPV4_HDR_LEN as u32;
 /// The smallest fan MTU: IPv4's minimum datagram every host must accept.
 pub(crate) const MIN_FAN_MTU: u32 = 576;
+
+/// A fan's wire format as attach sets it up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// IP-in-IP: a routed overlay through `fan-host`.
+    Ipip,
+    /// VXLAN: an Ethernet overlay through the slice bridge's overlay port.
+    Vxlan { vni: u32, port: u16 },
+}
+
+impl Wire {
+    pub(crate) const fn encap(self) -> Encap {
+        match self {
+            Wire::Ipip => Encap::Ipip,
+            Wire::Vxlan { .. } => Encap::Vxlan,
+        }
+    }
+
+    /// VXLAN's network identifier and UDP port (0 for IP-in-IP), as the fan
+    /// entry and the record hold them.
+    const fn vni_and_port(self) -> (u32, u16) {
+        match self {
+            Wire::Ipip => (0, 0),
+            Wire::Vxlan { vni, port } => (vni, port),
+        }
+    }
+
+    /// The wire format of an attached fan.
+    fn of(fan: &Fan) -> Self {
+        match (fan.vni, fan.port) {
+            (Some(vni), Some(port)) => Wire::Vxlan { vni, port },
+            _ => Wire::Ipip,
+        }
+    }
+}
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {
@@ -75,6 +113,7 @@ struct Plan {
     bridge: String,
     mtu: u32,
     mode: Mode,
+    wire: Wire,
     bypass: Bypass,
     nat: bool,
     host_reserve: u32,
@@ -200,8 +239,9 @@ pub(crate) async fn attach(
         && !same_settings(existing, &plan)
     {
         bail!(
-            "overlay {} is already attached with other settings (bridge {}, interface {}, underlay {}); detach it first",
+            "overlay {} is already attached with other settings (type {}, bridge {}, interface {}, underlay {}); detach it first",
             plan.overlay,
+            existing.encap.name(),
             existing.bridge,
             existing.iface,
             existing.underlay
@@ -229,8 +269,12 @@ pub(crate) async fn attach(
             if report == crate::apply::Report::Quiet {
                 // Its caller says what changed.
             } else if changed {
+                let wire = match plan.wire {
+                    Wire::Ipip => String::new(),
+                    Wire::Vxlan { vni, port } => format!(" (VXLAN, VNI {vni}, port {port})"),
+                };
                 println!(
-                    "attached: {} over {} on {} ({}), slice {} on {}, gateway {}",
+                    "attached: {} over {} on {} ({}), slice {} on {}, gateway {}{wire}",
                     plan.overlay,
                     plan.underlay,
                     plan.iface.name,
@@ -280,6 +324,7 @@ fn same_settings(existing: &Fan, plan: &Plan) -> bool {
         && existing.nat == plan.nat
         && existing.host_reserve == plan.host_reserve
         && existing.mtu == plan.mtu
+        && Wire::of(existing) == plan.wire
 }
 
 async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {

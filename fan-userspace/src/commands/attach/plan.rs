@@ -97,13 +97,16 @@ pub(super) async fn plan(
     if let Err(why) = check_bridge_name(&bridge) {
         bail!("bridge name {bridge:?}: {why}");
     }
-    let max_mtu = iface.mtu.saturating_sub(OUTER_HEADER);
+    let wire = wire_format(args, overlay)?;
+    let overhead = Encap::from(args.fan_type).overhead();
+    let max_mtu = iface.mtu.saturating_sub(overhead);
     let mtu = args.mtu.unwrap_or(max_mtu);
     if mtu > max_mtu || mtu < MIN_FAN_MTU {
         bail!(
-            "--mtu {mtu} does not fit: {} has MTU {}, leaving at most {max_mtu} after the 20-byte outer header (and at least {MIN_FAN_MTU})",
+            "--mtu {mtu} does not fit: {} has MTU {}, leaving at most {max_mtu} after the {overhead}-byte {} header (and at least {MIN_FAN_MTU})",
             iface.name,
-            iface.mtu
+            iface.mtu,
+            args.fan_type.name()
         );
     }
 
@@ -160,8 +163,20 @@ pub(super) async fn plan(
         }
         (requested, _) => requested,
     };
+    if wire != Wire::Ipip
+        && mode == Mode::Xdp
+        && let Some(other) = others.iter().find(|f| f.iface == iface.name)
+    {
+        bail!(
+            "{} decapsulates in xdp mode for overlay {}, and VXLAN decapsulates at TC only; attach {} again with --mode tc first",
+            iface.name,
+            other.overlay,
+            other.overlay
+        );
+    }
     if let Some(prog) = iface.xdp_prog_id
         && mode != Mode::Tc
+        && wire == Wire::Ipip
         && !inspect::xdp_link_runs(&dir, &iface.name, prog)
     {
         let name = inspect::program_name(prog).unwrap_or_else(|| "unknown".into());
@@ -181,6 +196,7 @@ pub(super) async fn plan(
         bridge,
         mtu,
         mode,
+        wire,
         bypass: args.bypass,
         nat: !args.no_nat,
         host_reserve: args.host_reserve,
@@ -190,6 +206,32 @@ pub(super) async fn plan(
         others,
         existing: existing.pop(),
     })
+}
+
+/// The wire format asked for, checked: `--vni` and `--port` belong to
+/// VXLAN, which decapsulates at TC only (the XDP program passes it on).
+pub(super) fn wire_format(args: &AttachArgs, overlay: Ipv4Network) -> Result<Wire> {
+    match args.fan_type {
+        FanType::Ipip => {
+            if args.vni.is_some() || args.port.is_some() {
+                bail!("--vni and --port set VXLAN's header: they need --type vxlan");
+            }
+            Ok(Wire::Ipip)
+        }
+        FanType::Vxlan => {
+            if args.mode == Mode::Xdp {
+                bail!(
+                    "--mode xdp does not decapsulate VXLAN (the TC program does): attach with --mode tc or auto"
+                );
+            }
+            Ok(Wire::Vxlan {
+                vni: args
+                    .vni
+                    .unwrap_or_else(|| default_vni(u32::from(overlay.network()))),
+                port: args.port.unwrap_or(VXLAN_DEFAULT_PORT),
+            })
+        }
+    }
 }
 
 /// The hook `--mode` asks for, if it names one.
@@ -203,12 +245,14 @@ pub(super) fn requested_decap(mode: Mode) -> Option<DecapMode> {
 
 /// The decapsulation hook to try first, and why.
 pub(super) fn decap_choice(plan: &Plan) -> (DecapMode, ModeReason) {
+    let veth = plan.iface.kind.as_deref() == Some("veth");
     match plan.mode {
+        // VXLAN decapsulates at TC only (the record says why: see `Fan`).
+        Mode::Auto if plan.wire != Wire::Ipip && veth => (DecapMode::Tc, ModeReason::AutoVeth),
+        Mode::Auto if plan.wire != Wire::Ipip => (DecapMode::Tc, ModeReason::AutoNoNativeXdp),
         Mode::Xdp => (DecapMode::Xdp, ModeReason::Requested),
         Mode::Tc => (DecapMode::Tc, ModeReason::Requested),
-        Mode::Auto if plan.iface.kind.as_deref() == Some("veth") => {
-            (DecapMode::Tc, ModeReason::AutoVeth)
-        }
+        Mode::Auto if veth => (DecapMode::Tc, ModeReason::AutoVeth),
         Mode::Auto => (DecapMode::Xdp, ModeReason::AutoNativeXdp),
     }
 }
@@ -246,9 +290,9 @@ pub(super) fn new_record(plan: &Plan) -> Result<FanMeta> {
         owned: same_iface.map_or(0, |m| m.owned & owned::CLSACT_UNDERLAY),
         orig_bridge_mtu: [0; 2],
         orig_bridge_accept_ra: 0,
-        encap: fan_common::Encap::Ipip as u8,
+        encap: plan.wire.encap() as u8,
         _pad: [0],
-        vxlan_port: 0,
-        vni: 0,
+        vxlan_port: plan.wire.vni_and_port().1,
+        vni: plan.wire.vni_and_port().0,
     })
 }

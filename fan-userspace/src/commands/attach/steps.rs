@@ -1,6 +1,7 @@
 //! The steps of an attach, each with the undo of what it changed: the
-//! record, sysctls, the bridge, the host device, the route, NAT and the fan
-//! entry (the programs' step is in `links`).
+//! record, sysctls, the bridge, the host device (IP-in-IP) or the overlay
+//! port (VXLAN), the route (IP-in-IP), NAT and the fan entry (the
+//! programs' step is in `links`).
 
 use super::links::retire_other_decap;
 use super::table::{Step, checkpoint};
@@ -28,6 +29,10 @@ pub(super) struct Attach<'a> {
     pub(super) changed: bool,
     /// The host device, once its step made sure of it.
     pub(super) host_dev: Option<Device>,
+    /// A VXLAN fan's overlay port (its end in this namespace, where
+    /// `fan_vxlan_out` runs) and the slice bridge, once their steps made sure of them.
+    pub(super) overlay_port: Option<Device>,
+    pub(super) bridge_index: u32,
     /// The decapsulation mode and why, once the programs step attached it.
     pub(super) decap: Option<(DecapMode, ModeReason)>,
 }
@@ -56,6 +61,8 @@ impl<'a> Attach<'a> {
             meta,
             changed: false,
             host_dev: None,
+            overlay_port: None,
+            bridge_index: 0,
             decap: None,
         })
     }
@@ -66,6 +73,7 @@ impl<'a> Attach<'a> {
             Step::Sysctl => self.sysctl(),
             Step::Bridge => self.bridge().await,
             Step::HostDevice => self.host_device().await,
+            Step::OverlayPort => self.overlay_port().await,
             Step::Route => self.route().await,
             Step::Nat => self.nat(),
             Step::Programs => self.programs().await,
@@ -148,7 +156,9 @@ impl<'a> Attach<'a> {
             self.undo.push(Undo::Mtu(bridge.index, bridge.mtu));
             self.changed = true;
         }
-        let gateway = (plan.gateway, plan.slice.prefix());
+        self.bridge_index = bridge.index;
+        let prefix = gateway_prefix(plan.wire.encap(), plan.overlay, plan.slice);
+        let gateway = (plan.gateway, prefix);
         if !net.ipv4_addrs(bridge.index).await?.contains(&gateway) {
             self.claim(owned::GATEWAY_ADDRESS)?;
             net.add_addr(bridge.index, gateway.0, gateway.1).await?;
@@ -187,6 +197,10 @@ impl<'a> Attach<'a> {
     /// fan, with the smallest overlay MTU of them.
     async fn host_device(&mut self) -> Result<()> {
         let (net, plan) = (self.net, self.plan);
+        if plan.wire != Wire::Ipip {
+            // The bridge carries a VXLAN fan's host traffic: see `overlay_port`.
+            return Ok(());
+        }
         let host_dev = match net.device(HOST_DEVICE).await? {
             Some(link) => link,
             None => {
@@ -208,10 +222,69 @@ impl<'a> Attach<'a> {
         Ok(())
     }
 
+    /// A VXLAN fan's overlay port, fan-xdp's stand-in for the Fan's vxlan
+    /// device: a veth pair whose end A is a port of the slice bridge, and
+    /// whose end B, up, unaddressed and without IPv6, runs `fan_vxlan_out`
+    /// at its ingress (what the bridge sends A is encapsulated there, and
+    /// what is decapsulated for the bridge is sent out of B). Named from the
+    /// slice, fan-xdp's alone: detach deletes it by name.
+    async fn overlay_port(&mut self) -> Result<()> {
+        let (net, plan) = (self.net, self.plan);
+        if plan.wire == Wire::Ipip {
+            return Ok(());
+        }
+        let (a, b) = overlay_port_names(plan.slice.network());
+        let (port, inner) = match (net.device(&a).await?, net.device(&b).await?) {
+            (None, None) => {
+                let port = (a.as_str(), OVERLAY_PORT_MAC);
+                let pair = net
+                    .create_bridge_veth(port, &b, self.bridge_index, plan.mtu)
+                    .await?;
+                self.undo.push(Undo::Device(a.clone()));
+                self.changed = true;
+                pair
+            }
+            (Some(port), Some(inner))
+                if port.kind.as_deref() == Some("veth") && port.peer_index == Some(inner.index) =>
+            {
+                (port, inner)
+            }
+            _ => bail!(
+                "{a} or {b} exists and is not the veth pair fan-xdp makes for {}'s overlay port: remove it first",
+                plan.bridge
+            ),
+        };
+        // A bridge re-created since (the agent repairs) has lost its port.
+        if port.controller != Some(self.bridge_index) {
+            net.set_controller(port.index, self.bridge_index).await?;
+            self.changed = true;
+        }
+        for end in [&port, &inner] {
+            if end.mtu != plan.mtu {
+                net.set_mtu(end.index, plan.mtu).await?;
+                self.undo.push(Undo::Mtu(end.index, end.mtu));
+                self.changed = true;
+            }
+            // No link-local address, router solicitation or neighbour
+            // discovery of the host's into the bridge (the device goes with its settings).
+            let key = format!("conf/{}/disable_ipv6", end.name);
+            if read_ipv6_sysctl(&key)?.is_some_and(|v| v == 0) {
+                write_ipv6_sysctl(&key, 1)?;
+            }
+            self.changed |= bring_up(net, end, self.undo).await?;
+        }
+        self.overlay_port = Some(inner);
+        Ok(())
+    }
+
     /// The overlay route via the host device, sourced from the gateway so
-    /// receivers' anti-spoofing accepts it.
+    /// receivers' anti-spoofing accepts it. A VXLAN fan has none of its own:
+    /// the gateway's address on the bridge, with the overlay's prefix, gives it.
     async fn route(&mut self) -> Result<()> {
         let (net, plan) = (self.net, self.plan);
+        if plan.wire != Wire::Ipip {
+            return Ok(());
+        }
         let host_dev = self
             .host_dev
             .as_ref()
@@ -294,7 +367,19 @@ impl<'a> Attach<'a> {
                 verdict.why
             );
         }
-        let entry = FanEntry::ipip(plan.map, u32::from(plan.host), plan.iface.index, plan.mtu);
+        let (vni, vxlan_port) = plan.wire.vni_and_port();
+        let entry = FanEntry {
+            map: plan.map,
+            local_host: u32::from(plan.host),
+            underlay_ifindex: plan.iface.index,
+            overlay_mtu: plan.mtu,
+            encap: plan.wire.encap() as u8,
+            _pad: [0; 1],
+            vxlan_port,
+            vni,
+            overlay_port_ifindex: self.overlay_port.as_ref().map_or(0, |d| d.index),
+            bridge_ifindex: self.bridge_index,
+        };
         let previous = maps
             .config
             .get(&overlay_key(entry.map.overlay, entry.map.overlay_len), 0)

@@ -41,24 +41,28 @@ pub(super) enum Step {
     Sysctl,
     /// The slice bridge with the gateway address.
     Bridge,
-    /// The NOARP device for the host's own overlay traffic.
+    /// IP-in-IP: the NOARP device for the host's own overlay traffic.
     HostDevice,
-    /// The overlay route.
+    /// VXLAN: the slice bridge's overlay port (a veth pair).
+    OverlayPort,
+    /// IP-in-IP: the overlay route.
     Route,
     /// Masquerading slice traffic leaving the overlays.
     Nat,
-    /// Decapsulation on the underlay, encapsulation on the bridge and host device.
+    /// Decapsulation on the underlay, encapsulation on the bridge and the
+    /// host device (IP-in-IP) or the overlay port (VXLAN).
     Programs,
     /// The fan entry the programs look up.
     Config,
 }
 
 impl Step {
-    pub(super) const ORDER: [Step; 8] = [
+    pub(super) const ORDER: [Step; 9] = [
         Step::Record,
         Step::Sysctl,
         Step::Bridge,
         Step::HostDevice,
+        Step::OverlayPort,
         Step::Route,
         Step::Nat,
         Step::Programs,
@@ -71,6 +75,7 @@ impl Step {
             Step::Sysctl => "sysctl",
             Step::Bridge => "bridge",
             Step::HostDevice => "host-device",
+            Step::OverlayPort => "overlay-port",
             Step::Route => "route",
             Step::Nat => "nat",
             Step::Programs => "programs",
@@ -80,8 +85,8 @@ impl Step {
 }
 
 /// The attach steps, in order. Names are what `FAN_XDP_INJECT` refers to.
-pub const STEPS: [&str; 8] = {
-    let mut names = [""; 8];
+pub const STEPS: [&str; 9] = {
+    let mut names = [""; 9];
     let mut i = 0;
     while i < names.len() {
         names[i] = Step::ORDER[i].name();

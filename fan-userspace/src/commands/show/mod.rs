@@ -15,6 +15,7 @@ use crate::{
     dataplane::{ENCAP_PORT, PinnedMaps, inspect, pinned_program_id, tcx_supported},
     host::Net,
     host::bypass,
+    host::naming::is_overlay_port,
     state::StateDir,
     state::record::{Fan, attached},
     state::rundir::RunDir,
@@ -79,8 +80,14 @@ fn path_mtus(learned: &[(std::net::Ipv4Addr, PathMtu, bool)], fan: &Fan) -> Vec<
 /// What `fan-xdp run` currently does for `fan`, read from the kernel (the
 /// daemon's TCX links and the endpoint map), not from the daemon.
 async fn fast_path(net: &Net, dir: &StateDir, maps: &PinnedMaps, fan: &Fan) -> Result<FastPath> {
+    // A VXLAN fan's overlay port is the overlay's, not a container's.
     let ports = match net.device(&fan.bridge).await? {
-        Some(bridge) => net.ports(bridge.index).await?,
+        Some(bridge) => net
+            .ports(bridge.index)
+            .await?
+            .into_iter()
+            .filter(|p| !is_overlay_port(&p.name))
+            .collect(),
         None => Vec::new(),
     };
     let ports_encapsulating = if tcx_supported() {
@@ -195,9 +202,13 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
     );
     for fan in &fans {
         let mut flags = vec![
+            format!("type={}", fan.encap.name()),
             format!("mtu={}", fan.mtu),
             format!("host-reserve={}", fan.host_reserve),
         ];
+        if let (Some(vni), Some(port)) = (fan.vni, fan.port) {
+            flags.extend([format!("vni={vni}"), format!("port={port}")]);
+        }
         if fan.nat {
             flags.push("nat".into());
         }
@@ -229,6 +240,16 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
         }
         for line in describe_bindings(fan, &bound_in(fan)) {
             println!("{line}");
+        }
+        if let Some((port, inner)) = fan.overlay_port() {
+            println!(
+                "{}: VXLAN (VNI {}, UDP port {}) through its overlay port {port}, encapsulated at {inner}; gateway {}/{} (the overlay on-link)",
+                fan.bridge,
+                fan.vni.unwrap_or_default(),
+                fan.port.unwrap_or_default(),
+                fan.gateway,
+                fan.gateway_prefix()
+            );
         }
         let Some(fast_path) = fast_path else { continue };
         println!(

@@ -21,7 +21,7 @@ use fan_tests::{
     netns::Netns,
     paths::{Active, Path, bench_fleet, kernel_has_ipip},
     topology::{self, Fleet},
-    traffic::{iperf3, iperf3_tcp, tcp_rr, udp_pps},
+    traffic::{Capture, iperf3, iperf3_tcp, tcp_rr, udp_pps},
 };
 
 use cost::per_packet;
@@ -155,6 +155,12 @@ fn main() -> Result<()> {
         report += &scaling;
     }
 
+    if samples.contains_key(&Path::FanVxlan.to_string()) {
+        let ports = vxlan_source_ports()?;
+        println!("{ports}");
+        report += &ports;
+    }
+
     let mut verdicts = targets(&samples);
     if cfg.only.is_none() && !quick {
         verdicts += &attach_only_pairs(&cfg)?;
@@ -178,6 +184,41 @@ fn main() -> Result<()> {
         dir.canonicalize()?.display()
     );
     Ok(())
+}
+
+/// How many UDP source ports 4 TCP streams over a VXLAN fan leave from
+/// (frames captured on the receiving host's underlay for a second): the
+/// per-flow entropy NICs and ECMP spread by, which IP-in-IP lacks.
+fn vxlan_source_ports() -> Result<String> {
+    let fleet = bench_fleet(2, 1)?;
+    let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
+    let ports = measure::on_path(&fleet, Path::FanVxlan, &client.ns, server.addr, || {
+        let pcap = std::env::temp_dir().join("fan-bench-vxlan-ports.pcap");
+        let port = fan_common::vxlan::VXLAN_DEFAULT_PORT.to_string();
+        let filter = format!(
+            "udp dst port {port} and src host {}",
+            fleet.hosts[0].underlay_addr
+        );
+        let capture =
+            Capture::start_with(&fleet.hosts[1].ns, "eth0", pcap, &["-c", "2000", &filter])?;
+        iperf3_tcp(&server.ns, &client.ns, server.addr, 1, 4, None)?;
+        let ports: std::collections::BTreeSet<u16> = capture
+            .finish()?
+            .iter()
+            .filter(|f| f.len() >= 42)
+            .map(|f| u16::from_be_bytes([f[34], f[35]]))
+            .collect();
+        Ok(ports)
+    })?;
+    let verdict = if ports.len() >= 4 {
+        "each stream its own"
+    } else {
+        "NOT one each"
+    };
+    Ok(format!(
+        "\nVXLAN fan, 4 TCP streams for 1 s: {} UDP source port(s) on the wire ({verdict}): {ports:?}\n",
+        ports.len()
+    ))
 }
 
 /// kernel.bpf_stats_enabled on while it lives, restored afterwards. It is a
