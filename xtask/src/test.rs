@@ -78,6 +78,9 @@ const HOST_SUITES: &[&str] = &[
     // VXLAN fans: two fan-xdp hosts, interop with a kernel vxlan Fan host,
     // LXD 5.0 on the bridge, and what attach makes and takes back.
     "vxlan",
+    // The VXLAN data plane on hand-built hosts: on-link and routed
+    // containers, the ports' fast path.
+    "vxlan_dataplane",
     // The programs against the reference model: the corpus and 100,000
     // generated cases per program, seeded by the commit.
     "fuzz",
@@ -181,6 +184,14 @@ pub fn run() -> Result<()> {
 /// interop tests) and by the programs' fixtures.
 const NOT_IN_VM: &str = "fan_with_xdp_decapsulation";
 
+/// The VXLAN suite's tests that also run in the 6.1 guest (its clsact
+/// path, its vxlan module as the interop peer); the rest need dnsmasq or
+/// LXD, which the guest has not, or exercise only the command line.
+const VXLAN_IN_VM: &str = "fan_xdp_and_a_kernel_vxlan_fan_host_interoperate \
+    two_fan_xdp_vxlan_hosts_carry_ping_arp_and_tcp_both_ways \
+    a_vxlan_fan_s_bridge_gateway_and_overlay_port_come_and_go_with_it \
+    an_ipip_fan_and_a_vxlan_fan_side_by_side";
+
 /// Tests of the command line that exercise nothing the 6.1 kernel does
 /// differently (no hook, no program, no clsact path): they run on this
 /// kernel only, which keeps the emulated guest's share of the run short.
@@ -228,7 +239,8 @@ fn vm_tests(payload: &[(PathBuf, String)]) -> Result<(bool, Vec<String>)> {
     let command = format!(
         "./fan-xdp check; fail=0; for t in programs cli netns_fan interop edge fuzz; do \
          FAN_TEST_BULK_MB=16 FAN_FUZZ_CASES=5000 deps/$t --test-threads=1{skips} \
-         || fail=1; done; FAN_UPGRADE_ROUNDS=5 FAN_UPGRADE_MBIT=20 deps/lifecycle \
+         || fail=1; done; deps/vxlan_dataplane --test-threads=1 || fail=1; \
+         deps/vxlan --test-threads=1 {VXLAN_IN_VM} || fail=1; FAN_UPGRADE_ROUNDS=5 FAN_UPGRADE_MBIT=20 deps/lifecycle \
          --test-threads=1 twenty_program_upgrades counters_pinned || fail=1; exit $fail"
     );
     let (status, lines) = crate::vm::run_in_vm(
