@@ -184,6 +184,10 @@ pub fn run() -> Result<()> {
 /// interop tests) and by the programs' fixtures.
 const NOT_IN_VM: &str = "fan_with_xdp_decapsulation";
 
+/// The VXLAN data plane's test that runs in the 6.1 guest: the other keeps
+/// a test's heartbeat for its transfers, which the emulated guest outlasts.
+const VXLAN_DATAPLANE_IN_VM: &str = "containers_reach_each_other_over_vxlan_on_link_and_routed";
+
 /// The VXLAN suite's tests that also run in the 6.1 guest (its clsact
 /// path, its vxlan module as the interop peer); the rest need dnsmasq or
 /// LXD, which the guest has not, or exercise only the command line.
@@ -239,7 +243,8 @@ fn vm_tests(payload: &[(PathBuf, String)]) -> Result<(bool, Vec<String>)> {
     let command = format!(
         "./fan-xdp check; fail=0; for t in programs cli netns_fan interop edge fuzz; do \
          FAN_TEST_BULK_MB=16 FAN_FUZZ_CASES=5000 deps/$t --test-threads=1{skips} \
-         || fail=1; done; deps/vxlan_dataplane --test-threads=1 || fail=1; \
+         || fail=1; done; deps/vxlan_dataplane --test-threads=1 {VXLAN_DATAPLANE_IN_VM} \
+         || fail=1; \
          deps/vxlan --test-threads=1 {VXLAN_IN_VM} || fail=1; FAN_UPGRADE_ROUNDS=5 FAN_UPGRADE_MBIT=20 deps/lifecycle \
          --test-threads=1 twenty_program_upgrades counters_pinned || fail=1; exit $fail"
     );
