@@ -65,7 +65,8 @@ pub fn ports(host: &Host) -> Vec<String> {
     out.lines()
         .filter_map(|l| l.split(": ").nth(1))
         .filter_map(|n| n.split('@').next())
-        .filter(|n| n.starts_with("fv"))
+        // A VXLAN fan's overlay port is the fan's, not a container's.
+        .filter(|n| n.starts_with("fv") && !fan_userspace::host::naming::is_overlay_port(n))
         .map(str::to_string)
         .collect()
 }

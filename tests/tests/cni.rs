@@ -16,7 +16,7 @@ use fan_tests::{
     podman::Podman,
     privileged,
     topology::{Fleet, Host},
-    traffic::{ping, tcp_transfer_via},
+    traffic::{ping, tcp_transfer, tcp_transfer_via},
 };
 use fan_userspace::{
     agent::bindings::{Binding, Origin},
@@ -503,6 +503,57 @@ fn mtu_routes_dns_and_a_preceding_plugins_result() {
     assert!(plugin.run(host, "CHECK", Some(&a), &check).ok);
     assert!(plugin.run(host, "DEL", Some(&a), &with).ok);
     assert_nothing_left(&plugin, host, "DEL with options");
+    fleet.detach_all().unwrap();
+}
+
+/// The plugin on a VXLAN fan: its configuration names no wire format (the
+/// host's fan decides), and pods get that fan's MTU (the underlay's less 50)
+/// and reach each other across hosts.
+#[test]
+fn pods_on_a_vxlan_fan_get_its_mtu_and_reach_each_other() {
+    if !privileged() {
+        return;
+    }
+    let fleet = Fleet::new(2).unwrap();
+    fleet.attach_all(&["--type", "vxlan"]).unwrap();
+    let plugin = Plugin::new("vxlan");
+    let config = conf("1.0.0");
+    let ids = ["vxlan-pod-0", "vxlan-pod-1"];
+    let pods: Vec<(Netns, Ipv4Addr)> = fleet
+        .hosts
+        .iter()
+        .zip(ids)
+        .map(|(host, id)| {
+            let ns = Netns::new(id).unwrap();
+            let answer = plugin.run(host, "ADD", Some(&Attachment::of(id, &ns)), &config);
+            let cidr = answer.result()["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let addr: Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+            (ns, addr)
+        })
+        .collect();
+    for (ns, _) in &pods {
+        let link = ns.ip(&["link", "show", "eth0"]).unwrap();
+        assert!(link.contains("mtu 1450"), "{link}");
+    }
+    let [(ns0, addr0), (ns1, addr1)] = &pods[..] else {
+        unreachable!()
+    };
+    assert!(ping(ns0, *addr1, 2).unwrap(), "{addr0} -> {addr1}");
+    assert!(ping(ns1, *addr0, 2).unwrap(), "{addr1} -> {addr0}");
+    let bytes = 8 << 20;
+    assert_eq!(tcp_transfer(ns1, ns0, *addr1, bytes).unwrap(), bytes);
+    assert_eq!(tcp_transfer(ns0, ns1, *addr0, bytes).unwrap(), bytes);
+    for ((host, id), (ns, _)) in fleet.hosts.iter().zip(ids).zip(&pods) {
+        assert!(
+            plugin
+                .run(host, "DEL", Some(&Attachment::of(id, ns)), &config)
+                .ok
+        );
+        assert_nothing_left(&plugin, host, "DEL on a VXLAN fan");
+    }
     fleet.detach_all().unwrap();
 }
 

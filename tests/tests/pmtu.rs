@@ -394,6 +394,42 @@ fn the_hosts_own_packets_too_big_for_the_path_are_answered() {
     );
 }
 
+/// A VXLAN fan over the same narrower hop: the programs learn the path MTU
+/// from the router's message quoting their VXLAN, the agent gives the remote
+/// slice's route (through the bridge) the path's MTU less 50, the host
+/// answers its routed containers from that route, and TCP adapts.
+#[test]
+fn a_narrower_hop_under_a_vxlan_fan_is_learned_and_followed() {
+    if !privileged() {
+        return;
+    }
+    let net = build_with(&["--type", "vxlan"]);
+    let [h1, h2, _] = &net.hosts[..] else {
+        unreachable!()
+    };
+    // The first transfer may stall until the route is in place: bounded
+    // retries, each a full transfer.
+    let moved = (0..3).any(|_| {
+        tcp_transfer(&h2.container, &h1.container, h2.addr, BULK).is_ok_and(|n| n == BULK)
+    });
+    assert!(moved, "no transfer over the narrower path completed");
+    assert!(h1.stats().get(StatReason::PmtuLearned).packets >= 1);
+    assert!(
+        eventually(|| {
+            let routes = h1.ns.ip(&["route", "show", "250.2.2.0/24"]).unwrap();
+            routes.contains("mtu 1350")
+        }),
+        "no route with the path MTU less 50: {}",
+        h1.ns.ip(&["route"]).unwrap()
+    );
+    assert_eq!(route_mtu(&h1.container, h2.addr), Some(1350));
+    assert!(ping_df(&h1.container, h2.addr, 1322), "1350 bytes with DF");
+    assert!(
+        !ping_df(&h1.container, h2.addr, 1323),
+        "1351 bytes with DF got through"
+    );
+}
+
 #[test]
 fn a_container_cannot_teach_its_host_a_path_mtu() {
     if !privileged() {
