@@ -32,7 +32,21 @@ impl Capture {
     ) -> Result<Self> {
         let mut child = ns
             .command("tcpdump")
-            .args(["-Z", "root", "-i", iface, "-s", "128", "-U", "-n", "-w"])
+            // Immediate mode: each frame is handed over as it arrives, not in
+            // blocks that a stop may leave unread (the emulated guest lost the
+            // last second of its captures so).
+            .args([
+                "-Z",
+                "root",
+                "-i",
+                iface,
+                "-s",
+                "128",
+                "-U",
+                "--immediate-mode",
+                "-n",
+                "-w",
+            ])
             .arg(&path)
             .args(words)
             .stdout(Stdio::null())
