@@ -4,6 +4,7 @@
 use std::{
     fs::File,
     os::fd::AsRawFd as _,
+    path::Path,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -112,22 +113,27 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace, so that interface
     /// names, netlink and BPF attachments made by `f` resolve inside it.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let file = File::open(format!("/run/netns/{}", self.name))
-            .with_context(|| format!("opening namespace {}", self.name))?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on this thread only; the fd is open for the call.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(std::io::Error::last_os_error())
-                            .context("setns into the test namespace");
-                    }
-                    Ok(f())
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        enter_path(Path::new(&format!("/run/netns/{}", self.name)), f)
     }
+}
+
+/// [`Netns::enter`] for the network namespace at `path`, named or not
+/// (`/proc/<pid>/ns/net` of a process that holds one).
+pub fn enter_path<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = File::open(path).with_context(|| format!("opening namespace {}", path.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on this thread only; the fd is open for the call.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .context("setns into the test namespace");
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 impl Drop for Netns {

@@ -545,16 +545,11 @@ fn a_fan_xdp_in_its_own_pid_namespace_sweeps_nothing() {
     // Until `unshare` has made the namespace, /proc shows ours.
     let cookie = (0..500)
         .find_map(|_| {
-            let cookie = std::thread::scope(|scope| {
-                scope
-                    .spawn(|| {
-                        let ns = std::fs::File::open(&ns_path).ok()?;
-                        enter_netns(&ns).ok()?;
-                        fan_userspace::host::netns::current_cookie().ok()
-                    })
-                    .join()
-                    .unwrap()
-            });
+            let cookie = fan_tests::netns::enter_path(std::path::Path::new(&ns_path), || {
+                fan_userspace::host::netns::current_cookie().ok()
+            })
+            .ok()
+            .flatten();
             let cookie = cookie.filter(|&cookie| cookie != ours);
             if cookie.is_none() {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -598,16 +593,6 @@ fn a_fan_xdp_in_its_own_pid_namespace_sweeps_nothing() {
     );
     assert!(stderr.contains("PID namespace of its own"), "{stderr}");
     host.fan_xdp_ok(&["detach", "eth0"]).unwrap();
-}
-
-/// Enters the network namespace `ns` on the calling thread.
-fn enter_netns(ns: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: setns on an fd we hold open; it only changes this thread.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// A deleted namespace's devices go in the kernel's deferred work: waits
