@@ -1,10 +1,11 @@
 //! Real container runtimes on the fan, as the Fan's users ran them: Docker
 //! pointed at the slice bridge (`-b fan-250-0-1 --mtu=1480
 //! --iptables=false`), LXC and LXD containers on the slice bridge taking
-//! their addresses from fan-xdp's DHCP. Each daemon runs inside the
-//! namespace of the simulated host it serves (tests/src/runtimes). Host
-//! kernel only: the 6.1 VM has no runtimes. docs/containers.md shows the
-//! same commands.
+//! their addresses from fan-xdp's DHCP. Docker and LXC run unchanged on a
+//! VXLAN fan as well (the same scenarios, `attach --type vxlan`). Each
+//! daemon runs inside the namespace of the simulated host it serves
+//! (tests/src/runtimes). Host kernel only: the 6.1 VM has no runtimes.
+//! docs/containers.md shows the same commands.
 //!
 //! Over 400 lines: each test is one runtime's scenario end to end, whole
 //! so that a failure reads on its own; the daemons' setup is already in
@@ -13,7 +14,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use fan_common::StatReason;
+use fan_common::{Encap, StatReason, vxlan::VXLAN_DEFAULT_PORT};
 use fan_tests::{
     dhcp::Leased,
     netns::Netns,
@@ -26,8 +27,8 @@ use fan_tests::{
         lxd::{self, LXD, Lxd},
         wait_for_lease,
     },
-    topology::{Host, add_container_at},
-    traffic::{arp_request, mac_of, ping, send_frames, snmp_counter, tcp_transfer},
+    topology::{Host, OVERLAY_MTU, add_container_at},
+    traffic::{Capture, arp_request, mac_of, ping, send_frames, snmp_counter, tcp_transfer},
 };
 
 const MB: u64 = 1 << 20;
@@ -53,12 +54,13 @@ fn in_docker_range(host: &Host, addr: Ipv4Addr) -> bool {
     (128..=191).contains(&offset)
 }
 
-/// Docker on both hosts of a fresh two-host fan, with the image imported.
-fn docker_bed() -> Option<Bed<Dockerd>> {
+/// Docker on both hosts of a fresh two-host fan of wire format `encap`,
+/// with the image imported.
+fn docker_bed(encap: Encap) -> Option<Bed<Dockerd>> {
     if !privileged() || !installed("docker.io", DOCKERD) {
         return None;
     }
-    let mut bed = Bed::new(2, &[], &docker::leftovers()).unwrap();
+    let mut bed = Bed::new_typed(2, encap, &[], &docker::leftovers()).unwrap();
     for i in 0..bed.fleet.hosts.len() {
         let options = docker_options(&bed, i);
         let dockerd =
@@ -140,14 +142,69 @@ fn a_1500_slice_bridge_keeps_its_mtu_when_a_larger_port_joins() {
     fleet.detach_all().unwrap();
 }
 
-#[test]
-fn docker_containers_on_two_hosts_ping_and_move_100_mb_inside_dockers_range() {
-    let Some(bed) = docker_bed() else { return };
+/// The prefix of the gateway address on the slice bridge, which Docker's
+/// `-b` takes for its network's: the slice's on an IP-in-IP fan (routed
+/// through the gateway), the overlay's on a VXLAN fan (on-link, as on
+/// LXD's fan bridge).
+fn gateway_prefix(encap: Encap) -> u8 {
+    match encap {
+        Encap::Ipip => 24,
+        Encap::Vxlan => 8,
+    }
+}
+
+/// The wire format of an underlay frame that carries a fan's packet: IPv4
+/// protocol 4, or UDP to VXLAN's port.
+fn wire_format(frame: &[u8]) -> Option<Encap> {
+    const IPV4_START: usize = 14;
+    if frame.len() < IPV4_START + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let udp_start = IPV4_START + usize::from(frame[IPV4_START] & 0x0f) * 4;
+    let destination_port = frame.get(udp_start + 2..udp_start + 4);
+    match frame[IPV4_START + 9] {
+        4 => Some(Encap::Ipip),
+        17 if destination_port == Some(&VXLAN_DEFAULT_PORT.to_be_bytes()[..]) => Some(Encap::Vxlan),
+        _ => None,
+    }
+}
+
+/// Runs `exchange` (pings between `host`'s containers and the other
+/// host's, three each way) while `host`'s underlay is captured, and asserts
+/// that the fan's packets in the capture all took wire format `encap`, at
+/// least one for each echo and its reply.
+fn carried_as<T>(encap: Encap, host: &Host, exchange: impl FnOnce() -> T) -> T {
+    let pcap = std::env::temp_dir().join(format!("{}-runtime.pcap", host.ns.name()));
+    let capture = Capture::start(&host.ns, "eth0", pcap).unwrap();
+    let exchanged = exchange();
+    let frames = capture.finish().unwrap();
+    let formats: Vec<Encap> = frames.iter().filter_map(|f| wire_format(f)).collect();
+    let carried = formats.iter().filter(|&&format| format == encap).count();
+    assert!(
+        carried >= 12 && carried == formats.len(),
+        "{carried} of {} fan packets on {}'s underlay went {}: {formats:?}",
+        formats.len(),
+        host.ns.name(),
+        encap.name()
+    );
+    exchanged
+}
+
+/// Docker on two hosts of a fan of wire format `encap`, started with the
+/// options `fan-xdp show --json` gives: each container's address is in
+/// Docker's range of its slice, with the prefix of the bridge's gateway
+/// address, the fan's MTU and the gateway as default route; containers
+/// ping across the hosts both ways (carried in the fan's format on the
+/// underlay) and move 100 MB each way, which the sending hosts' counters
+/// show was encapsulated.
+fn docker_containers_ping_and_move_100_mb(encap: Encap) {
+    let Some(bed) = docker_bed(encap) else { return };
     let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);
     let (d1, d2) = (&bed.runtimes[0], &bed.runtimes[1]);
     let c1 = d1.run("c1", &[]).unwrap();
     let c2 = d2.run("c2", &[]).unwrap();
     let c3 = d2.run("c3", &[]).unwrap();
+    let mtu = format!(" mtu {} ", bed.fan_mtu());
     for (host, container) in [(h1, &c1), (h2, &c2), (h2, &c3)] {
         assert!(
             in_docker_range(host, container.addr),
@@ -156,34 +213,59 @@ fn docker_containers_on_two_hosts_ping_and_move_100_mb_inside_dockers_range() {
             container.addr,
             host.slice_cidr()
         );
+        let addr = container
+            .ns
+            .ip(&["-o", "-4", "addr", "show", "eth0"])
+            .unwrap();
+        let held = format!(" {}/{} ", container.addr, gateway_prefix(encap));
+        assert!(addr.contains(&held), "{addr}");
         let link = container.ns.ip(&["-o", "link", "show", "eth0"]).unwrap();
-        assert!(link.contains(" mtu 1480 "), "{link}");
+        assert!(link.contains(&mtu), "{link}");
         let route = container.ns.ip(&["route", "show", "default"]).unwrap();
         assert!(
             route.starts_with(&format!("default via {} ", host.gateway)),
             "{route}"
         );
     }
-    assert!(
-        docker_ping(d1, "c1", c2.addr),
-        "c1 on h1 cannot ping c2 on h2"
-    );
-    assert!(
-        docker_ping(d2, "c3", c1.addr),
-        "c3 on h2 cannot ping c1 on h1"
-    );
-    let encapsulated = h1.counter(fan_common::StatReason::Encapsulated).unwrap();
-    let moved = tcp_transfer(&c2.ns, &c1.ns, c2.addr, 100 * MB).unwrap();
-    assert_eq!(moved, 100 * MB);
-    // The bytes crossed the fan (not some other path between the hosts):
-    // even as the largest GSO packets (65515 bytes inside) 100 MB is 1601.
-    let packets = h1.counter(fan_common::StatReason::Encapsulated).unwrap() - encapsulated;
-    assert!(
-        packets >= 100 * MB / 65515,
-        "only {packets} packets encapsulated for 100 MB"
-    );
+    carried_as(encap, h2, || {
+        assert!(
+            docker_ping(d1, "c1", c2.addr),
+            "c1 on h1 cannot ping c2 on h2"
+        );
+        assert!(
+            docker_ping(d2, "c3", c1.addr),
+            "c3 on h2 cannot ping c1 on h1"
+        );
+    });
+    for (sending, server, client) in [(h1, &c2, &c1), (h2, &c1, &c2)] {
+        let encapsulated = sending.counter(StatReason::Encapsulated).unwrap();
+        let moved = tcp_transfer(&server.ns, &client.ns, server.addr, 100 * MB).unwrap();
+        assert_eq!(moved, 100 * MB, "{} -> {}", client.name, server.name);
+        // The bytes crossed the fan (not some other path between the
+        // hosts): even as the largest GSO packets (65515 bytes inside)
+        // 100 MB is 1601.
+        let packets = sending.counter(StatReason::Encapsulated).unwrap() - encapsulated;
+        assert!(
+            packets >= 100 * MB / 65515,
+            "only {packets} packets encapsulated for 100 MB from {}",
+            client.name
+        );
+    }
     drop((c1, c2, c3));
     drop(bed);
+}
+
+#[test]
+fn docker_containers_on_two_hosts_ping_and_move_100_mb_inside_dockers_range() {
+    docker_containers_ping_and_move_100_mb(Encap::Ipip);
+}
+
+/// The same on a VXLAN fan, unchanged: the bridge holds `<slice>.1/8`, so
+/// Docker's network is the overlay's /8 (on-link) with `--fixed-cidr`
+/// keeping it to the slice's Docker range, and the MTU is 1450.
+#[test]
+fn docker_containers_on_two_vxlan_fan_hosts_ping_and_move_100_mb_inside_dockers_range() {
+    docker_containers_ping_and_move_100_mb(Encap::Vxlan);
 }
 
 /// A container cannot take the address Docker hands out next: one that
@@ -194,7 +276,9 @@ fn docker_containers_on_two_hosts_ping_and_move_100_mb_inside_dockers_range() {
 /// later claims are dropped at its port.
 #[test]
 fn a_squatter_cannot_take_the_address_docker_hands_out_next() {
-    let Some(bed) = docker_bed() else { return };
+    let Some(bed) = docker_bed(Encap::Ipip) else {
+        return;
+    };
     let h2 = &bed.fleet.hosts[1];
     let (d1, d2) = (&bed.runtimes[0], &bed.runtimes[1]);
     let peer = d1.run("peer", &[]).unwrap();
@@ -361,7 +445,9 @@ fn dockers_user_defined_network_adopts_the_fan_bridge_and_network_rm_leaves_it()
 
 #[test]
 fn detach_and_reattach_while_docker_runs_leave_its_containers_connected() {
-    let Some(bed) = docker_bed() else { return };
+    let Some(bed) = docker_bed(Encap::Ipip) else {
+        return;
+    };
     let h1 = &bed.fleet.hosts[0];
     let (d1, d2) = (&bed.runtimes[0], &bed.runtimes[1]);
     let c1 = d1.run("c1", &[]).unwrap();
@@ -393,9 +479,9 @@ fn in_dhcp_range(host: &Host, addr: Ipv4Addr) -> bool {
 
 /// Waits for the leases of one container on each of the two hosts, checks
 /// each is what fan-xdp's DHCP gives on that host's slice (the plan's
-/// range, prefix 24, MTU 1480, the gateway as router), and that the two
-/// containers ping each other across the fan. Returns the leases.
-fn leased_and_reaching(hosts: &[Host], containers: [&Netns; 2]) -> Vec<Leased> {
+/// range, prefix 24, the fan's MTU `mtu`, the gateway as router), and that
+/// the two containers ping each other across the fan. Returns the leases.
+fn leased_and_reaching(hosts: &[Host], containers: [&Netns; 2], mtu: u32) -> Vec<Leased> {
     let leases: Vec<Leased> = containers
         .iter()
         .map(|ns| wait_for_lease(ns, LEASE_TIME).unwrap())
@@ -409,7 +495,7 @@ fn leased_and_reaching(hosts: &[Host], containers: [&Netns; 2]) -> Vec<Leased> {
         );
         assert_eq!(
             (lease.prefix, lease.mtu, lease.router),
-            (24, 1480, Some(host.gateway)),
+            (24, mtu, Some(host.gateway)),
             "the lease on {}",
             host.slice_cidr()
         );
@@ -425,31 +511,51 @@ fn leased_and_reaching(hosts: &[Host], containers: [&Netns; 2]) -> Vec<Leased> {
     leases
 }
 
-#[test]
-fn lxc_containers_on_two_hosts_take_fan_dhcp_addresses_ping_and_transfer() {
+/// LXC containers on two hosts of a fan of wire format `encap` with DHCP,
+/// each configured as for an IP-in-IP fan (`lxc.net.0.mtu = 1480`): each
+/// takes a lease of its host's slice whose MTU is the fan's (on a VXLAN fan
+/// DHCP's option 26 lowers the config's to 1450); they ping across the
+/// hosts (carried in the fan's format on the underlay), the receiving host
+/// delivers straight into its container, and 20 MB move each way.
+fn lxc_containers_take_fan_dhcp_addresses_ping_and_transfer(encap: Encap) {
     if !privileged() || !installed("lxc", LXC_START) {
         return;
     }
-    let mut bed = Bed::new(2, &["--dhcp"], &[]).unwrap();
+    let mut bed = Bed::new_typed(2, encap, &["--dhcp"], &[]).unwrap();
     let mut containers = Vec::new();
     for (i, host) in bed.fleet.hosts.iter().enumerate() {
         let mut lxc = LxcHost::new(host, &format!("h{}", i + 1)).unwrap();
-        containers.push(lxc.start("c1", &host.bridge, 1480).unwrap());
+        containers.push(lxc.start("c1", &host.bridge, OVERLAY_MTU).unwrap());
         bed.runtimes.push(lxc);
     }
     let (c1, c2) = (&containers[0], &containers[1]);
-    let leases = leased_and_reaching(&bed.fleet.hosts, [&c1.ns, &c2.ns]);
     let h2 = &bed.fleet.hosts[1];
+    let leases = carried_as(encap, h2, || {
+        leased_and_reaching(&bed.fleet.hosts, [&c1.ns, &c2.ns], bed.fan_mtu())
+    });
     // The lease is a binding: packets go straight into the container.
     assert!(
         h2.wait_for_direct(&c1.ns, leases[1].addr).unwrap(),
         "no direct delivery to h2's DHCP container"
     );
-    assert_eq!(
-        tcp_transfer(&c2.ns, &c1.ns, leases[1].addr, 20 * MB).unwrap(),
-        20 * MB
-    );
+    for (server, client, addr) in [(c2, c1, leases[1].addr), (c1, c2, leases[0].addr)] {
+        assert_eq!(
+            tcp_transfer(&server.ns, &client.ns, addr, 20 * MB).unwrap(),
+            20 * MB,
+            "to {addr}"
+        );
+    }
     drop(containers);
+}
+
+#[test]
+fn lxc_containers_on_two_hosts_take_fan_dhcp_addresses_ping_and_transfer() {
+    lxc_containers_take_fan_dhcp_addresses_ping_and_transfer(Encap::Ipip);
+}
+
+#[test]
+fn lxc_containers_on_two_vxlan_fan_hosts_take_fan_dhcp_addresses_ping_and_transfer() {
+    lxc_containers_take_fan_dhcp_addresses_ping_and_transfer(Encap::Vxlan);
 }
 
 #[test]
@@ -464,7 +570,11 @@ fn lxd_containers_with_a_bridged_nic_take_fan_dhcp_addresses_and_ping_across() {
         containers.push(lxd.launch("c1").unwrap());
         bed.runtimes.push(lxd);
     }
-    let leases = leased_and_reaching(&bed.fleet.hosts, [&containers[0].ns, &containers[1].ns]);
+    let leases = leased_and_reaching(
+        &bed.fleet.hosts,
+        [&containers[0].ns, &containers[1].ns],
+        bed.fan_mtu(),
+    );
     // LXD sees the address DHCP gave (it reads it from the container).
     let seen = bed.runtimes[0].address("c1").unwrap();
     assert!(

@@ -668,11 +668,12 @@ fn an_ipip_fan_and_a_vxlan_fan_side_by_side() {
 /// docs/containers.md's move, on a stock kernel.
 #[test]
 fn an_lxd_container_on_a_vxlan_fan_reaches_one_behind_a_kernel_vxlan_host() {
+    use fan_common::Encap;
     use fan_tests::runtimes::{Bed, LEASE_TIME, installed, lxd, wait_for_lease};
     if !privileged() || !installed("lxd", lxd::LXD) {
         return;
     }
-    let mut bed = Bed::new(2, &["--type", "vxlan", "--dhcp"], &lxd::leftovers()).unwrap();
+    let mut bed = Bed::new_typed(2, Encap::Vxlan, &["--dhcp"], &lxd::leftovers()).unwrap();
     // Host 2 is not moved: its kernel's vxlan device is its fan.
     bed.fan_xdp(1, &["detach", "eth0"]).unwrap();
     let (h1, h2) = (&bed.fleet.hosts[0], &bed.fleet.hosts[1]);

@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use fan_common::Encap;
 
 use crate::{
     dhcp::{Leased, StateDir, leased},
@@ -73,6 +74,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// namespaces go.
 pub struct Bed<R> {
     pub runtimes: Vec<R>,
+    /// The fans' wire format (`attach --type`).
+    pub encap: Encap,
     leftovers: Leftovers,
     /// fan-xdp's `--state-dir` (DHCP leases), private to the test.
     pub state: StateDir,
@@ -86,11 +89,23 @@ impl<R> Bed<R> {
     /// outside their own directories that the runtime writes: those absent
     /// now are removed at the end.
     pub fn new(hosts: u8, attach: &[&str], leftovers: &[String]) -> Result<Self> {
+        Self::new_typed(hosts, Encap::Ipip, attach, leftovers)
+    }
+
+    /// [`Bed::new`] with fans of wire format `encap` (`--type`), which
+    /// every later [`Bed::attach`] keeps.
+    pub fn new_typed(
+        hosts: u8,
+        encap: Encap,
+        attach: &[&str],
+        leftovers: &[String],
+    ) -> Result<Self> {
         let guard = ONE_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let bed = Self {
             runtimes: Vec::new(),
+            encap,
             leftovers: Leftovers::absent_now(leftovers),
             state: StateDir::new()?,
             fleet: Fleet::new(hosts)?,
@@ -102,12 +117,24 @@ impl<R> Bed<R> {
         Ok(bed)
     }
 
-    /// `fan-xdp attach eth0 --overlay 250.0.0.0/8 ARGS` on host `i`.
+    /// `fan-xdp attach eth0 --overlay 250.0.0.0/8 --type TYPE ARGS` on
+    /// host `i`.
     pub fn attach(&self, i: usize, args: &[&str]) -> Result<String> {
-        self.fan_xdp(
-            i,
-            &[&["attach", "eth0", "--overlay", "250.0.0.0/8"][..], args].concat(),
-        )
+        let attach = [
+            "attach",
+            "eth0",
+            "--overlay",
+            "250.0.0.0/8",
+            "--type",
+            self.encap.name(),
+        ];
+        self.fan_xdp(i, &[&attach[..], args].concat())
+    }
+
+    /// The fans' MTU: the hosts' 1500-byte underlay less the encapsulation's
+    /// overhead (1480 IP-in-IP, 1450 VXLAN).
+    pub fn fan_mtu(&self) -> u32 {
+        crate::topology::UNDERLAY_MTU - self.encap.overhead()
     }
 
     /// `fan-xdp ARGS` on host `i`, with the bed's state directory.
