@@ -925,8 +925,72 @@ fn a_fan_whose_address_the_file_names_never_moves_to_another() {
         "the fan left the address the file names:\n{said}"
     );
     assert!(
-        said.contains("the configuration names"),
+        said.contains(&format!("{} is named for this fan", host.underlay_addr)),
         "no word of the wait:\n{said}"
     );
     assert!(back, "the fan is not as it was once its address is back");
+}
+
+/// `up OVERLAY ADDR/LEN` by hand names the address as a line of the file
+/// does: the fan waits for it instead of moving to a VIP; once `down`
+/// detached it, the same fan brought up by interface follows again.
+#[test]
+fn a_fan_whose_address_up_names_never_moves_and_down_forgets_the_name() {
+    if !privileged() {
+        return;
+    }
+    let dir = Scratch::new("up-named");
+    let (config, log) = (dir.join("fan"), dir.join("agent.log"));
+    let fleet = Fleet::new(1).unwrap();
+    let host = &fleet.hosts[0];
+    let own = format!("{}/16", host.underlay_addr);
+    write_config(&config, "");
+    let agent =
+        Daemon::start_logged(&host.ns, &["--config", config.to_str().unwrap()], &log).unwrap();
+    host.fan_xdp_ok(&["up", "250.0.0.0/8", &own]).unwrap();
+    let home = vec![("250.0.0.0/8".to_string(), host.slice_cidr())];
+    assert!(
+        within(Duration::from_secs(10), || agent_ready(host)
+            && slices(host) == home),
+        "the agent does not serve the fan `up` attached"
+    );
+    for scope in ["all", "eth0"] {
+        host.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
+            .unwrap();
+    }
+    let flap_for_long = || {
+        host.ns
+            .ip(&["addr", "add", "198.18.0.100/16", "dev", "eth0"])
+            .unwrap();
+        host.ns.ip(&["addr", "del", &own, "dev", "eth0"]).unwrap();
+        std::thread::sleep(fan_userspace::agent::follow::MOVE_AFTER * 2);
+        let while_gone = slices(host);
+        host.ns.ip(&["addr", "add", &own, "dev", "eth0"]).unwrap();
+        host.ns
+            .ip(&["addr", "del", "198.18.0.100/16", "dev", "eth0"])
+            .unwrap();
+        while_gone
+    };
+    let while_named = flap_for_long();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        while_named, home,
+        "the fan left the address `up` named:\n{said}"
+    );
+    host.fan_xdp_ok(&["down", "250.0.0.0/8", &own]).unwrap();
+    // By interface: no address named, so the follower may move it.
+    host.fan_xdp_ok(&["up", "250.0.0.0/8", "eth0/16"]).unwrap();
+    let while_unnamed = flap_for_long();
+    drop(agent);
+    fleet.detach_all().unwrap();
+    assert!(
+        said.contains(&format!("{} is named for this fan", host.underlay_addr)),
+        "no word of the wait:\n{said}"
+    );
+    assert_eq!(
+        while_unnamed,
+        vec![("250.0.0.0/8".to_string(), "250.0.100.0/24".to_string())],
+        "after down, a fan brought up by interface should follow the address it has"
+    );
 }

@@ -196,6 +196,11 @@ const VXLAN_IN_VM: &str = "fan_xdp_and_a_kernel_vxlan_fan_host_interoperate \
     a_vxlan_fan_s_bridge_gateway_and_overlay_port_come_and_go_with_it \
     an_ipip_fan_and_a_vxlan_fan_side_by_side";
 
+/// The path MTU test that also runs in the 6.1 guest: the host's own packet
+/// too big for a path the programs learned, answered by the program on the
+/// clsact path with an ICMP the older kernel's stack must take in.
+const PMTU_IN_VM: &str = "the_hosts_own_packets_too_big_for_the_path_are_answered";
+
 /// Tests of the command line that exercise nothing the 6.1 kernel does
 /// differently (no hook, no program, no clsact path): they run on this
 /// kernel only, which keeps the emulated guest's share of the run short.
@@ -246,7 +251,8 @@ fn vm_tests(payload: &[(PathBuf, String)]) -> Result<(bool, Vec<String>)> {
          FAN_TEST_BULK_MB=16 FAN_FUZZ_CASES=5000 deps/$t --test-threads=1{skips} \
          || fail=1; done; deps/vxlan_dataplane --test-threads=1 {VXLAN_DATAPLANE_IN_VM} \
          || fail=1; \
-         deps/vxlan --test-threads=1 {VXLAN_IN_VM} || fail=1; FAN_UPGRADE_ROUNDS=3 FAN_UPGRADE_MBIT=20 deps/lifecycle \
+         deps/vxlan --test-threads=1 {VXLAN_IN_VM} || fail=1; \
+         deps/pmtu --test-threads=1 {PMTU_IN_VM} || fail=1; FAN_UPGRADE_ROUNDS=3 FAN_UPGRADE_MBIT=20 deps/lifecycle \
          --test-threads=1 twenty_program_upgrades counters_pinned || fail=1; exit $fail"
     );
     let (status, lines) = crate::vm::run_in_vm(

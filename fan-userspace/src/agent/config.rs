@@ -132,6 +132,9 @@ impl FileFans {
                 }
             }
         }
+        if let Err(e) = crate::state::named::forget_detached(global) {
+            failed.push(format!("{e:#}"));
+        }
         self.pending.clear();
         for line in &lines {
             let old = self.lines.iter().find(|l| l.overlay == line.overlay);

@@ -114,7 +114,12 @@ async fn serve(
     let _ = started.send(file_fans.apply(&net, &global, lines).await);
     let mut follower = Follower::default();
     let follow = async |follower: &mut Follower, file_fans: &mut FileFans| {
-        let named = file_fans.named_addresses();
+        let mut named = file_fans.named_addresses();
+        // What `up` named by hand stands over the file (the later word).
+        match crate::state::named::load(&run_dir) {
+            Ok(by_hand) => named.extend(by_hand),
+            Err(e) => log::warn!("{e:#}"),
+        }
         report(follower.follow(&net, &dir, &run_dir, &global, &named).await);
         file_fans.retry(&net, &global).await;
         devices.send_if_modified(|known| {

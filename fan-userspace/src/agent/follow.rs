@@ -110,7 +110,7 @@ impl Follower {
     }
 
     /// Looks at every complete fan and acts where the host changed under
-    /// it. The fans in `named` (by overlay: the configuration names their
+    /// it. The fans in `named` (by overlay: the configuration or `up` names their
     /// host address) are never moved to another address.
     pub async fn follow(
         &mut self,
@@ -257,7 +257,7 @@ pub fn concerns(devices: &HashSet<String>, payload: &NetlinkPayload<RouteNetlink
 
 /// What `fan` needs, from the host as it is now; `attached_with` is the
 /// address the follower moved it from, preferred while it is there;
-/// `named`, the address the configuration names for it, the only one it
+/// `named`, the address the configuration or `up` names for it, the only one it
 /// may be on.
 async fn need(
     net: &Net,
@@ -285,7 +285,7 @@ async fn need(
                 Need::Move(named)
             } else {
                 Need::Wait(format!(
-                    "{} lost {}; the configuration names {named} for this fan, and no other address: waiting for it",
+                    "{} lost {}; {named} is named for this fan (by the configuration or `up`), and no other address: waiting for it",
                     fan.iface, fan.host
                 ))
             });

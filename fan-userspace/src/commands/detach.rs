@@ -26,7 +26,8 @@ use crate::{
 /// `fan-xdp detach`: the change through the apply layer.
 pub async fn run(args: &DetachArgs, global: &Global) -> Result<()> {
     require_capabilities()?;
-    crate::apply::detach(args, global, crate::apply::How::COMMAND).await
+    crate::apply::detach(args, global, crate::apply::How::COMMAND).await?;
+    crate::state::named::forget_detached(global)
 }
 
 /// Detaches (its caller holds `state.lock`: see [`crate::apply`]).

@@ -56,6 +56,11 @@ pub async fn run(global: &Global) -> Result<()> {
             "accept the slice bridges in it, e.g. `nft insert rule <family> <table> <chain> iifname \"fan-*\" accept` and the same with oifname".into(),
         );
     }
+    if let Some((entries, limit)) = arp_table_use()
+        && let Some((problem, fix)) = arp_table_finding(entries, limit)
+    {
+        found(problem, fix);
+    }
     for fan in &fans {
         if !fan.complete {
             found(
@@ -202,6 +207,46 @@ pub async fn run(global: &Global) -> Result<()> {
     bail!("{} problem(s) found", findings.len())
 }
 
+/// The kernel's ARP table: its entries and the most it makes
+/// (`net.ipv4.neigh.default.gc_thresh3`). One table serves every network
+/// namespace of the host, each container's included; both files exist
+/// only in the initial namespace (None elsewhere: nothing to judge).
+fn arp_table_use() -> Option<(u64, u64)> {
+    let limit = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").ok()?;
+    let stat = std::fs::read_to_string("/proc/net/stat/arp_cache").ok()?;
+    let mut lines = stat.lines();
+    let column = lines
+        .next()?
+        .split_whitespace()
+        .position(|c| c == "entries")?;
+    let entries = lines.next()?.split_whitespace().nth(column)?;
+    Some((
+        u64::from_str_radix(entries, 16).ok()?,
+        limit.trim().parse().ok()?,
+    ))
+}
+
+/// Past `limit` entries the kernel makes no new one, and so answers no ARP
+/// request from a new sender: a container that came up then cannot reach
+/// its gateway. Each container holds an entry for its gateway and its host
+/// one for it: a host needs about two per container. Said from three
+/// quarters full, while there is room to act.
+fn arp_table_finding(entries: u64, limit: u64) -> Option<(String, String)> {
+    if entries * 4 < limit * 3 {
+        return None;
+    }
+    let raised = (entries * 2).max(limit * 2).next_power_of_two();
+    Some((
+        format!(
+            "the kernel's ARP table holds {entries} of the {limit} entries it allows (one table for the host and every container): past it new containers get no ARP answer and cannot reach their gateway"
+        ),
+        format!(
+            "allow about two per container: sysctl -w net.ipv4.neigh.default.gc_thresh2={} net.ipv4.neigh.default.gc_thresh3={raised}",
+            raised / 2
+        ),
+    ))
+}
+
 /// The attach that sets `fan` up again as it is (its wire format included).
 fn reattach(fan: &Fan) -> String {
     let mut command = format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay);
@@ -209,4 +254,22 @@ fn reattach(fan: &Fan) -> String {
         command += &format!(" --type vxlan --vni {vni} --port {port}");
     }
     command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nearly_full_arp_table_is_a_finding_with_room_to_spare_in_its_fix() {
+        assert_eq!(arp_table_finding(700, 1024), None);
+        let (problem, fix) = arp_table_finding(768, 1024).expect("three quarters full");
+        assert!(problem.contains("holds 768 of the 1024"), "{problem}");
+        assert!(
+            fix.ends_with("gc_thresh2=1024 net.ipv4.neigh.default.gc_thresh3=2048"),
+            "{fix}"
+        );
+        let (_, fix) = arp_table_finding(1500, 1024).expect("over the limit");
+        assert!(fix.ends_with("gc_thresh3=4096"), "{fix}");
+    }
 }

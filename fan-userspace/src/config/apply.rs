@@ -18,6 +18,7 @@ use crate::{
     host::Net,
     state::record::Fan,
     state::record::attached,
+    state::{named, rundir::RunDir},
 };
 
 /// `fan-xdp up [OVERLAY] UNDERLAY [KEYWORD ...]`, or `up -a`: every line of
@@ -62,6 +63,14 @@ pub async fn up(args: &UpArgs, global: &Global) -> Result<()> {
                 }
             }
             return Err(e.context(describe(&lines[index], &args.config)));
+        }
+    }
+    // A fan whose line names this host's address stays on it: the agent's
+    // follower reads the configuration's lines, and this for those given here.
+    let run_dir = RunDir::locate(global.run_dir.as_deref())?;
+    for line in &lines {
+        if let Some(address) = resolve::named_address(&line.underlay) {
+            named::name(&run_dir, line.overlay, address)?;
         }
     }
     Ok(())

@@ -20,6 +20,7 @@
 //! symbolic link to somewhere else. Both are checked without following links
 //! and refused unless root owns them and nobody else may write to them.
 
+pub mod named;
 pub mod record;
 pub mod rundir;
 pub mod settings;

@@ -63,9 +63,16 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut reference = None;
     for n in sizes {
+        let _room = ArpRoom::make(n)?;
+        let full_before = arp_table_fulls()?;
         // A size that fails (a client without a lease on a loaded
         // machine) is reported as such; the others still are.
-        let run = match run(n) {
+        let run = run(n);
+        let fulls = arp_table_fulls()? - full_before;
+        if fulls > 0 {
+            println!("{n} per host: the kernel's ARP table was full {fulls} time(s)");
+        }
+        let run = match run {
             Ok(run) => run,
             Err(e) => {
                 println!("{n} per host: {e:#}");
@@ -224,12 +231,14 @@ fn run(n: u32) -> Result<Run> {
     let peers = [leases[n as usize].addr, leases[0].addr];
     for ((i, ns), leased) in containers.iter().zip(&leases) {
         // Once more if the first echo is lost (a loaded machine).
-        ensure!(
-            ping(ns, peers[*i], 1)? || ping(ns, peers[*i], 3)?,
-            "{} cannot reach {}",
-            leased.addr,
-            peers[*i]
-        );
+        if !(ping(ns, peers[*i], 1)? || ping(ns, peers[*i], 3)?) {
+            bail!(
+                "{} cannot reach {}\n{}",
+                leased.addr,
+                peers[*i],
+                diagnosis(&fleet, &state, ns, &fleet.hosts[*i])
+            );
+        }
     }
     let mut bindings = 0;
     let mut endpoints = 0;
@@ -286,6 +295,118 @@ fn show(host: &Host, state: &StateDir) -> Result<serde_json::Value> {
     let shown: serde_json::Value =
         serde_json::from_str(&fan_xdp(host, state, &["show", "--json"])?)?;
     Ok(shown[0].clone())
+}
+
+/// Each bench host's containers hold an ARP entry for their gateway and the
+/// host one for each container, in the kernel's one ARP table shared by
+/// every namespace: two hosts of `n` need about 4n entries, and past
+/// `net.ipv4.neigh.default.gc_thresh3` (1024 by default) the kernel makes
+/// no new entry and so answers no ARP request (a container then cannot
+/// reach its gateway). A real host of n containers needs 2n; its operator
+/// raises the limit as `fan-xdp doctor` says. The bench raises the three
+/// thresholds for a size that needs it, as `fan-bench` turns on BPF
+/// statistics, and puts them back when the size is done.
+struct ArpRoom(Option<[String; 3]>);
+
+const GC_THRESH: [&str; 3] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+];
+
+impl ArpRoom {
+    fn make(n: u32) -> Result<Self> {
+        let read = |path: &str| -> Result<String> {
+            Ok(std::fs::read_to_string(path)
+                .with_context(|| format!("reading {path}"))?
+                .trim()
+                .to_string())
+        };
+        let before = [
+            read(GC_THRESH[0])?,
+            read(GC_THRESH[1])?,
+            read(GC_THRESH[2])?,
+        ];
+        let need = 4 * u64::from(n) + 256;
+        let limit: u64 = before[2].parse().context("gc_thresh3")?;
+        if limit >= need {
+            return Ok(Self(None));
+        }
+        println!(
+            "{n} per host: the bench needs about {need} ARP entries; raising net.ipv4.neigh.default.gc_thresh2/3 from {}/{limit} to {need}/{} for this size",
+            before[1],
+            2 * need
+        );
+        let room = Self(Some(before));
+        std::fs::write(GC_THRESH[1], need.to_string()).context("raising gc_thresh2")?;
+        std::fs::write(GC_THRESH[2], (2 * need).to_string()).context("raising gc_thresh3")?;
+        Ok(room)
+    }
+}
+
+impl Drop for ArpRoom {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            for (path, value) in GC_THRESH.iter().zip(before) {
+                if let Err(e) = std::fs::write(path, value) {
+                    eprintln!("restoring {path} to {value}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// How often, since boot, the kernel's ARP table was full (the sum of the
+/// per-CPU `table_fulls` in /proc/net/stat/arp_cache).
+fn arp_table_fulls() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/net/stat/arp_cache")?;
+    let mut lines = stat.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .context("empty arp_cache stat")?
+        .split_whitespace()
+        .collect();
+    let column = header
+        .iter()
+        .position(|c| *c == "table_fulls")
+        .context("no table_fulls in /proc/net/stat/arp_cache")?;
+    lines
+        .map(|line| {
+            let field = line
+                .split_whitespace()
+                .nth(column)
+                .context("short arp_cache line")?;
+            Ok(u64::from_str_radix(field, 16)?)
+        })
+        .sum()
+}
+
+/// What tells why a container cannot reach its peer: its own view (address,
+/// routes, neighbours), its host's bridge entry for its MAC and the binding
+/// of its address, and each host's drop counters.
+fn diagnosis(fleet: &Fleet, state: &StateDir, container: &Netns, host: &Host) -> String {
+    let mut told = String::new();
+    for (what, args) in [
+        ("addresses", &["-br", "addr"][..]),
+        ("routes", &["route"][..]),
+        ("neighbours", &["neigh"][..]),
+    ] {
+        let out = container
+            .output("ip", args)
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        told += &format!(
+            "container {what}:\n{}\n",
+            out.unwrap_or_else(|e| e.to_string())
+        );
+    }
+    if let Ok(shown) = show(host, state) {
+        told += &format!("its host's show: {}\n", shown["agent"]);
+    }
+    for h in &fleet.hosts {
+        let stats = fan_xdp(h, state, &["stats"]).unwrap_or_else(|e| e.to_string());
+        told += &format!("{} stats:\n{stats}\n", h.ns.name());
+    }
+    told
 }
 
 /// The pid `show` reports for the agent (`what` = "agent") or the DHCP server ("dhcp").
