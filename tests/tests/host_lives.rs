@@ -881,6 +881,27 @@ fn an_address_flap_keeps_the_slice_and_a_move_goes_back_home() {
     fleet.detach_all().unwrap();
 }
 
+/// A keepalived VIP in the underlay, then `own` gone for longer than a
+/// flap, then back: the fans as they were while it was gone.
+fn away_for_long(host: &Host, own: &str) -> Vec<(String, String)> {
+    for scope in ["all", "eth0"] {
+        host.ns
+            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
+            .unwrap();
+    }
+    host.ns
+        .ip(&["addr", "add", "198.18.0.100/16", "dev", "eth0"])
+        .unwrap();
+    host.ns.ip(&["addr", "del", own, "dev", "eth0"]).unwrap();
+    std::thread::sleep(fan_userspace::agent::follow::MOVE_AFTER * 2);
+    let while_gone = slices(host);
+    host.ns.ip(&["addr", "add", own, "dev", "eth0"]).unwrap();
+    host.ns
+        .ip(&["addr", "del", "198.18.0.100/16", "dev", "eth0"])
+        .unwrap();
+    while_gone
+}
+
 #[test]
 fn a_fan_whose_address_the_file_names_never_moves_to_another() {
     if !privileged() {
@@ -900,21 +921,8 @@ fn a_fan_whose_address_the_file_names_never_moves_to_another() {
             && slices(host) == home),
         "the agent brought up no fan from the file"
     );
-    for scope in ["all", "eth0"] {
-        host.ns
-            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
-            .unwrap();
-    }
-    // A keepalived VIP in the underlay, then the named address gone for
-    // longer than a flap: the fan waits for its address.
-    host.ns
-        .ip(&["addr", "add", "198.18.0.100/16", "dev", "eth0"])
-        .unwrap();
-    host.ns.ip(&["addr", "del", &own, "dev", "eth0"]).unwrap();
-    std::thread::sleep(fan_userspace::agent::follow::MOVE_AFTER * 2);
-    let while_gone = slices(host);
+    let while_gone = away_for_long(host, &own);
     let said = std::fs::read_to_string(&log).unwrap_or_default();
-    host.ns.ip(&["addr", "add", &own, "dev", "eth0"]).unwrap();
     let back = within(Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("eth0 is back as it was"))
     });
@@ -954,25 +962,7 @@ fn a_fan_whose_address_up_names_never_moves_and_down_forgets_the_name() {
             && slices(host) == home),
         "the agent does not serve the fan `up` attached"
     );
-    for scope in ["all", "eth0"] {
-        host.ns
-            .sysctl(&format!("net.ipv4.conf.{scope}.promote_secondaries"), "1")
-            .unwrap();
-    }
-    let flap_for_long = || {
-        host.ns
-            .ip(&["addr", "add", "198.18.0.100/16", "dev", "eth0"])
-            .unwrap();
-        host.ns.ip(&["addr", "del", &own, "dev", "eth0"]).unwrap();
-        std::thread::sleep(fan_userspace::agent::follow::MOVE_AFTER * 2);
-        let while_gone = slices(host);
-        host.ns.ip(&["addr", "add", &own, "dev", "eth0"]).unwrap();
-        host.ns
-            .ip(&["addr", "del", "198.18.0.100/16", "dev", "eth0"])
-            .unwrap();
-        while_gone
-    };
-    let while_named = flap_for_long();
+    let while_named = away_for_long(host, &own);
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(
         while_named, home,
@@ -981,7 +971,7 @@ fn a_fan_whose_address_up_names_never_moves_and_down_forgets_the_name() {
     host.fan_xdp_ok(&["down", "250.0.0.0/8", &own]).unwrap();
     // By interface: no address named, so the follower may move it.
     host.fan_xdp_ok(&["up", "250.0.0.0/8", "eth0/16"]).unwrap();
-    let while_unnamed = flap_for_long();
+    let while_unnamed = away_for_long(host, &own);
     drop(agent);
     fleet.detach_all().unwrap();
     assert!(
