@@ -5,7 +5,12 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -199,12 +204,88 @@ fn a_forward_rule_still_applies_by_default() {
     fleet.detach_all().unwrap();
 }
 
+/// The probe's port on the server, which the rule under test rewrites to
+/// [`PROBE_NATTED`]: where a datagram arrives tells the path it took (the
+/// fast path skips NAT, the host's stack applies it).
+const PROBE_PORT: u16 = 9000;
+const PROBE_NATTED: u16 = 9001;
+
+/// A stream of UDP datagrams from a client container to a server
+/// container's [`PROBE_PORT`], one every 500 us (for at most 5 s), each
+/// carrying its send time in nanoseconds since `base` (the monotonic clock,
+/// which every namespace shares), received on both ports.
+struct Probe {
+    stop: Arc<AtomicBool>,
+    sender: JoinHandle<()>,
+    receivers: [JoinHandle<Vec<u64>>; 2],
+}
+
+impl Probe {
+    fn start(client: &Container, server: &Container, base: Instant) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let receivers = [PROBE_PORT, PROBE_NATTED].map(|port| {
+            let socket = server
+                .ns
+                .enter(|| UdpSocket::bind((server.addr, port)))
+                .unwrap()
+                .unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut sent_at, mut buf) = (Vec::new(), [0u8; 8]);
+                loop {
+                    match socket.recv(&mut buf) {
+                        Ok(8) => sent_at.push(u64::from_be_bytes(buf)),
+                        Ok(_) => {}
+                        // Drained: nothing for 200 ms once the sender stopped.
+                        Err(_) if stop.load(Ordering::Relaxed) => return sent_at,
+                        Err(_) => {}
+                    }
+                }
+            })
+        });
+        let socket = client
+            .ns
+            .enter(|| UdpSocket::bind((client.addr, 0)))
+            .unwrap()
+            .unwrap();
+        let to = SocketAddr::from((server.addr, PROBE_PORT));
+        let sender = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(5) {
+                    let now = base.elapsed().as_nanos() as u64;
+                    let _ = socket.send_to(&now.to_be_bytes(), to);
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        };
+        Self {
+            stop,
+            sender,
+            receivers,
+        }
+    }
+
+    /// Stops the stream; the send times received on each port.
+    fn finish(self) -> [Vec<u64>; 2] {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sender.join().unwrap();
+        self.receivers.map(|r| r.join().unwrap())
+    }
+}
+
 /// A NAT rule added after attach takes effect at once: kube-proxy adds one
 /// for every new Service, and the agent turns the bypass off as nftables
 /// announces the change, not on its next resync (10 s later, when every
 /// connection to the new service in between failed). With bridge
-/// netfilter on and off. The time from the rule's commit to the bypass
-/// map saying off is printed, not asserted (a measurement, not a test).
+/// netfilter on and off. A stream of datagrams through a second rule of
+/// the same commit shows where the fast path ended: the time from the
+/// commit to the first datagram the stack rewrote, and to the bypass map
+/// saying off, are printed, not asserted (a measurement, not a test).
 #[test]
 fn a_nat_rule_added_after_attach_applies_within_a_moment() {
     if !privileged() {
@@ -222,19 +303,24 @@ fn a_nat_rule_added_after_attach_applies_within_a_moment() {
         let (client, server) = (&h1.containers[0], &h2.containers[0]);
         let shown = h1.fan_xdp_ok(&["show"]).unwrap();
         assert!(shown.contains("bypass: on"), "{case}: {shown}");
+        let base = Instant::now();
+        let probe = Probe::start(client, server, base);
+        std::thread::sleep(Duration::from_millis(200));
         nft(
             &h1.ns,
             &format!(
                 "table ip svc {{
                     chain prerouting {{
                         type nat hook prerouting priority -100; policy accept;
-                        ip daddr 10.96.0.10 tcp dport 80 dnat to {}:8080
+                        ip daddr 10.96.0.10 tcp dport 80 dnat to {server}:8080
+                        ip daddr {server} udp dport {PROBE_PORT} dnat to {server}:{PROBE_NATTED}
                     }}
                 }}",
-                server.addr
+                server = server.addr
             ),
         );
         let committed = Instant::now();
+        let committed_at = committed.duration_since(base).as_nanos() as u64;
         // The bypass map, read by `fan-xdp show` (a few ms a read) for at
         // most a second: ten times the aim, and a tenth of the resync.
         let mut reaction = None;
@@ -253,11 +339,34 @@ fn a_nat_rule_added_after_attach_applies_within_a_moment() {
                 committed.elapsed().as_secs_f64()
             );
         }
+        std::thread::sleep(Duration::from_millis(500).saturating_sub(committed.elapsed()));
+        let [fast, natted] = probe.finish();
         let reaction = reaction.unwrap_or_else(|| {
             panic!("{case}: the bypass was still on a second after the rule's commit")
         });
+        assert!(
+            fast.iter().any(|&t| t < committed_at),
+            "{case}: no probe datagram took the fast path before the rule"
+        );
+        let first_stack = *natted
+            .iter()
+            .min()
+            .unwrap_or_else(|| panic!("{case}: no probe datagram took the stack after the rule"));
+        // Once one took the stack, the bypass stays off: none sent 50 ms
+        // later (in flight meanwhile) may skip NAT.
+        let late = fast
+            .iter()
+            .filter(|&&t| t > first_stack + 50_000_000)
+            .count();
+        assert_eq!(
+            late, 0,
+            "{case}: datagrams skipped NAT after the stack had taken one"
+        );
+        let missed = fast.iter().filter(|&&t| t > committed_at).count();
+        let ms = |ns: u64| ns as f64 / 1e6;
         println!(
-            "{case}: the bypass was off {:.0} ms after the rule's commit (as `fan-xdp show` read it, a few ms a read)",
+            "{case}: from the rule's commit (nft returned) to the first datagram the stack rewrote: {:.1} ms ({missed} datagram(s) sent after the commit skipped NAT, one every 0.5 ms); to the bypass map reading off: {:.0} ms (as `fan-xdp show` read it, a few ms a read)",
+            ms(first_stack.saturating_sub(committed_at)),
             reaction.as_secs_f64() * 1000.0
         );
         fleet.detach_all().unwrap();
