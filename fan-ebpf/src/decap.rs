@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use fan_common::{
-    FanEntry, StatReason, WireAddr,
+    FanEntry, StatReason,
     events::Program,
     ipv4::{
         ECN_MASK, ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_UDP,
@@ -22,8 +22,8 @@ use fan_common::{
 
 use crate::{
     events::{self, Seen},
-    maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host},
-    parse::{ARP_OP_REQUEST, ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
+    maps::{FAN_ENDPOINTS, agent_alive, bypass_off, fan_for, is_local_host, source_fan},
+    parse::{ARP_IPV4_LEN, ARP_OP_REQUEST, ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
     pmtu,
     stats::count_in,
     tc::{device_mtu, ensure_ipv4_header, ensure_linear, frame, gso_size},
@@ -151,18 +151,6 @@ pub fn decide(start: usize, end: usize, found: &mut Option<&'static FanEntry>) -
     }
 }
 
-/// The fan the inner source `src` is from, given the destination's fan:
-/// that fan if its overlay holds `src` (one lookup saved), else the fan
-/// whose overlay does.
-#[inline(always)]
-fn source_fan(dst_fan: &'static FanEntry, src: u32) -> Option<&'static FanEntry> {
-    if dst_fan.map.overlay_contains(src) {
-        Some(dst_fan)
-    } else {
-        fan_for(WireAddr::from_host(src))
-    }
-}
-
 /// The inner destination (or ARP target) `dst`: a container (or the
 /// gateway) of this host's slice of `dst_fan`, whose local address the
 /// outer header was sent to.
@@ -237,7 +225,6 @@ fn check_ecn(outer_tos: u8, inner: &Ipv4Hdr) -> Result<u8, StatReason> {
 /// header: UDP, VXLAN, the inner Ethernet header and an ARP message (an
 /// inner IPv4 header is read with its options).
 pub const VXLAN_POLICY_LEN: usize = UDP_HDR_LEN + VXLAN_HDR_LEN + ETH_HDR_LEN + ARP_IPV4_LEN;
-const ARP_IPV4_LEN: usize = core::mem::size_of::<ArpIpv4>();
 
 /// The VXLAN branch of the receive policy, for UDP `outer`. `Ok` with a
 /// pass for what is not a VXLAN fan's, or with the decapsulation; `Err`

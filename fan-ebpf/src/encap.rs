@@ -27,7 +27,7 @@ use fan_common::{
 
 use crate::{
     events::{self, Seen},
-    maps::{bypass_off, fan_for},
+    maps::{bypass_off, fan_for, source_fan},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{Asker, answer_too_big, path_mtu},
     port::{UDP_TUNNEL_PEEK_LEN, admit},
@@ -319,15 +319,8 @@ pub fn send_to(
 /// dropping it here keeps it off the wire and names the reason on the host
 /// that sent it.
 #[inline(always)]
-pub fn check_source(dst_fan: &FanEntry, src: u32) -> Result<(), StatReason> {
-    let src_fan = if dst_fan.map.overlay_contains(src) {
-        dst_fan
-    } else {
-        match fan_for(WireAddr::from_host(src)) {
-            Some(src_fan) => src_fan,
-            None => return Err(StatReason::DropSourceNotLocal),
-        }
-    };
+pub fn check_source(dst_fan: &'static FanEntry, src: u32) -> Result<(), StatReason> {
+    let src_fan = source_fan(dst_fan, src).ok_or(StatReason::DropSourceNotLocal)?;
     if !src_fan.is_local(src) {
         return Err(StatReason::DropSourceNotLocal);
     }

@@ -145,3 +145,15 @@ pub fn vxlan_fan(port: u16, vni: u32) -> Option<&'static FanEntry> {
 pub fn fan_for(addr: WireAddr) -> Option<&'static FanEntry> {
     FAN_CONFIG.get(Key::new(32, addr))
 }
+
+/// The fan a packet's source `src` (host order) is from, given its
+/// destination's fan: that fan if its overlay holds `src` (one lookup
+/// saved), else the fan whose overlay does.
+#[inline(always)]
+pub fn source_fan(dst_fan: &'static FanEntry, src: u32) -> Option<&'static FanEntry> {
+    if dst_fan.map.overlay_contains(src) {
+        Some(dst_fan)
+    } else {
+        fan_for(WireAddr::from_host(src))
+    }
+}

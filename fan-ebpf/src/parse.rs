@@ -85,6 +85,9 @@ pub struct ArpIpv4 {
     pub target_ip: [u8; 4],
 }
 
+/// Bytes of an Ethernet/IPv4 ARP packet.
+pub const ARP_IPV4_LEN: usize = core::mem::size_of::<ArpIpv4>();
+
 impl ArpIpv4 {
     /// An Ethernet/IPv4 request or reply: the only ARP the Fan's VXLAN carries.
     #[inline(always)]

@@ -40,14 +40,11 @@ use crate::{
     },
     events::{self, Seen},
     maps::{FAN_ENDPOINTS, fan_for, vxlan_fan},
-    parse::{ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
+    parse::{ARP_IPV4_LEN, ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
     pmtu::path_mtu,
     stats::count_in,
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
-
-/// Bytes of an Ethernet/IPv4 ARP packet.
-const ARP_IPV4_LEN: usize = mem::size_of::<ArpIpv4>();
 
 /// The VXLAN fan a UDP packet (its header at `udp_offset` of
 /// `[start, end)`) is for: its destination port and its VXLAN header's VNI
