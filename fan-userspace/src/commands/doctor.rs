@@ -8,7 +8,7 @@ use crate::{
     agent,
     cli::Global,
     dataplane::{DECAP_TC, PinnedMaps, inspect, overlay_key, pinned_link_ifindex, tcx_supported},
-    host::{IP_FORWARD, Net, nat, read_sysctl, rp_filter_is_strict},
+    host::{IP_FORWARD, Net, arp_table::ArpTable, nat, read_sysctl, rp_filter_is_strict},
     state::{
         record::{Fan, attached},
         rundir::RunDir,
@@ -56,8 +56,9 @@ pub async fn run(global: &Global) -> Result<()> {
             "accept the slice bridges in it, e.g. `nft insert rule <family> <table> <chain> iifname \"fan-*\" accept` and the same with oifname".into(),
         );
     }
-    if let Some((entries, limit)) = arp_table_use()
-        && let Some((problem, fix)) = arp_table_finding(entries, limit)
+    // Readable in the host's own namespace only: elsewhere nothing to judge.
+    if let Ok(table) = ArpTable::read()
+        && let Some((problem, fix)) = arp_table_finding(table.entries, table.limit)
     {
         found(problem, fix);
     }
@@ -205,25 +206,6 @@ pub async fn run(global: &Global) -> Result<()> {
         println!("problem: {}\n    fix: {}", finding.problem, finding.fix);
     }
     bail!("{} problem(s) found", findings.len())
-}
-
-/// The kernel's ARP table: its entries and the most it makes
-/// (`net.ipv4.neigh.default.gc_thresh3`). One table serves every network
-/// namespace of the host, each container's included; both files exist
-/// only in the initial namespace (None elsewhere: nothing to judge).
-fn arp_table_use() -> Option<(u64, u64)> {
-    let limit = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3").ok()?;
-    let stat = std::fs::read_to_string("/proc/net/stat/arp_cache").ok()?;
-    let mut lines = stat.lines();
-    let column = lines
-        .next()?
-        .split_whitespace()
-        .position(|c| c == "entries")?;
-    let entries = lines.next()?.split_whitespace().nth(column)?;
-    Some((
-        u64::from_str_radix(entries, 16).ok()?,
-        limit.trim().parse().ok()?,
-    ))
 }
 
 /// Past `limit` entries the kernel makes no new one, and so answers no ARP

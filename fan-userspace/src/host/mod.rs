@@ -5,6 +5,7 @@
 //! a file of its own; the sysctls are plain files under /proc.
 
 mod addresses;
+pub mod arp_table;
 pub mod bypass;
 pub mod container;
 mod devices;

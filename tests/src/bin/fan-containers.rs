@@ -28,7 +28,10 @@ use fan_tests::{
     topology::{Fleet, Host},
     traffic::ping,
 };
-use fan_userspace::host::naming::bridge_name;
+use fan_userspace::host::{
+    arp_table::{ArpTable, GC_THRESH},
+    naming::bridge_name,
+};
 
 const OVERLAY: &str = "250.0.0.0/8";
 /// Containers per host, the first the reference of the others.
@@ -64,11 +67,11 @@ fn main() -> Result<()> {
     let mut reference = None;
     for n in sizes {
         let _room = ArpRoom::make(n)?;
-        let full_before = arp_table_fulls()?;
+        let full_before = ArpTable::read()?.fulls;
         // A size that fails (a client without a lease on a loaded
         // machine) is reported as such; the others still are.
         let run = run(n);
-        let fulls = arp_table_fulls()? - full_before;
+        let fulls = ArpTable::read()?.fulls - full_before;
         if fulls > 0 {
             println!("{n} per host: the kernel's ARP table was full {fulls} time(s)");
         }
@@ -303,38 +306,29 @@ fn show(host: &Host, state: &StateDir) -> Result<serde_json::Value> {
 /// `net.ipv4.neigh.default.gc_thresh3` (1024 by default) the kernel makes
 /// no new entry and so answers no ARP request (a container then cannot
 /// reach its gateway). A real host of n containers needs 2n; its operator
-/// raises the limit as `fan-xdp doctor` says. The bench raises the three
-/// thresholds for a size that needs it, as `fan-bench` turns on BPF
-/// statistics, and puts them back when the size is done.
-struct ArpRoom(Option<[String; 3]>);
-
-const GC_THRESH: [&str; 3] = [
-    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
-    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
-    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
-];
+/// raises the limit as `fan-xdp doctor` says. The bench raises gc_thresh2
+/// and gc_thresh3 for a size that needs it, as `fan-bench` turns on BPF
+/// statistics, and puts them back (held here as they were) when the size
+/// is done.
+struct ArpRoom(Option<[String; 2]>);
 
 impl ArpRoom {
     fn make(n: u32) -> Result<Self> {
+        let need = 4 * u64::from(n) + 256;
+        let limit = ArpTable::read()?.limit;
+        if limit >= need {
+            return Ok(Self(None));
+        }
         let read = |path: &str| -> Result<String> {
             Ok(std::fs::read_to_string(path)
                 .with_context(|| format!("reading {path}"))?
                 .trim()
                 .to_string())
         };
-        let before = [
-            read(GC_THRESH[0])?,
-            read(GC_THRESH[1])?,
-            read(GC_THRESH[2])?,
-        ];
-        let need = 4 * u64::from(n) + 256;
-        let limit: u64 = before[2].parse().context("gc_thresh3")?;
-        if limit >= need {
-            return Ok(Self(None));
-        }
+        let before = [read(GC_THRESH[1])?, read(GC_THRESH[2])?];
         println!(
             "{n} per host: the bench needs about {need} ARP entries; raising net.ipv4.neigh.default.gc_thresh2/3 from {}/{limit} to {need}/{} for this size",
-            before[1],
+            before[0],
             2 * need
         );
         let room = Self(Some(before));
@@ -347,38 +341,13 @@ impl ArpRoom {
 impl Drop for ArpRoom {
     fn drop(&mut self) {
         if let Some(before) = &self.0 {
-            for (path, value) in GC_THRESH.iter().zip(before) {
+            for (path, value) in GC_THRESH[1..].iter().zip(before) {
                 if let Err(e) = std::fs::write(path, value) {
                     eprintln!("restoring {path} to {value}: {e}");
                 }
             }
         }
     }
-}
-
-/// How often, since boot, the kernel's ARP table was full (the sum of the
-/// per-CPU `table_fulls` in /proc/net/stat/arp_cache).
-fn arp_table_fulls() -> Result<u64> {
-    let stat = std::fs::read_to_string("/proc/net/stat/arp_cache")?;
-    let mut lines = stat.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .context("empty arp_cache stat")?
-        .split_whitespace()
-        .collect();
-    let column = header
-        .iter()
-        .position(|c| *c == "table_fulls")
-        .context("no table_fulls in /proc/net/stat/arp_cache")?;
-    lines
-        .map(|line| {
-            let field = line
-                .split_whitespace()
-                .nth(column)
-                .context("short arp_cache line")?;
-            Ok(u64::from_str_radix(field, 16)?)
-        })
-        .sum()
 }
 
 /// What tells why a container cannot reach its peer: its own view (address,
