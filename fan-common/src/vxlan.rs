@@ -99,19 +99,11 @@ impl Outer {
         let udp = udp_header(self.src_port, self.dst_port, inner_frame_len);
         let vxlan = vxlan_header(self.vni);
         let mut h = [0u8; VXLAN_HEADERS_LEN];
-        let mut i = 0;
-        while i < IPV4_HDR_LEN {
-            h[i] = ip[i];
-            i += 1;
-        }
-        while i < IPV4_HDR_LEN + UDP_HDR_LEN {
-            h[i] = udp[i - IPV4_HDR_LEN];
-            i += 1;
-        }
-        while i < VXLAN_HEADERS_LEN {
-            h[i] = vxlan[i - IPV4_HDR_LEN - UDP_HDR_LEN];
-            i += 1;
-        }
+        let (ip_part, rest) = h.split_at_mut(IPV4_HDR_LEN);
+        let (udp_part, vxlan_part) = rest.split_at_mut(UDP_HDR_LEN);
+        ip_part.copy_from_slice(&ip);
+        udp_part.copy_from_slice(&udp);
+        vxlan_part.copy_from_slice(&vxlan);
         h
     }
 }
