@@ -394,8 +394,7 @@ fn deliver_direct(ctx: &TcContext) -> Option<i32> {
     // SAFETY: both headers were bounds-checked and nothing moved the data since.
     unsafe {
         (*ip_ptr).decrement_ttl();
-        (*eth).dst = endpoint.mac;
-        (*eth).src = endpoint.gateway_mac;
+        (*eth).readdress(&endpoint.mac, &endpoint.gateway_mac);
     }
     // SAFETY: the helper takes plain integers.
     Some(unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32)

@@ -1,7 +1,7 @@
 //! Encapsulation: wrap IPv4 packets bound for a remote slice in an outer
 //! IPv4 header addressed by the fan arithmetic, and send them to the underlay.
 
-use core::mem;
+use core::mem::{self, MaybeUninit};
 
 use aya_ebpf::{
     bindings::{
@@ -27,6 +27,7 @@ use fan_common::{
 
 use crate::{
     events::{self, Seen},
+    fib::{self, AF_INET},
     maps::{bypass_off, fan_for, source_fan},
     parse::{Ipv4Hdr, ipv4, ptr_at},
     pmtu::{Asker, answer_too_big, path_mtu},
@@ -35,9 +36,6 @@ use crate::{
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
     vxlan,
 };
-
-/// `AF_INET`, for the route lookup.
-pub const AF_INET: u8 = 2;
 
 /// Whether `program` forwards the packet in the host's place, owing it a
 /// router's TTL and MTU handling: the bridge's and the ports' programs
@@ -110,10 +108,12 @@ fn try_encapsulate(
         ensure_linear(ctx, ETH_HDR_LEN + ip_len + TCP_DATA_OFFSET_END);
     }
     let (start, end) = frame(ctx);
-    if forwards(program) {
+    let sender = if forwards(program) {
         // A container's frame: the container edge's rule first.
-        admit(ctx, program == Program::EncapPort, start, end).map_err(Outcome::Drop)?;
-    }
+        admit(ctx, program == Program::EncapPort, start, end).map_err(Outcome::Drop)?
+    } else {
+        None
+    };
     let Some(eth) = crate::parse::eth(start, end) else {
         return Err(Outcome::Pass(StatReason::PassNotIpv4));
     };
@@ -152,7 +152,7 @@ fn try_encapsulate(
         Hop::AsIs
     } else if fan.is_vxlan() {
         // SAFETY: bounds-checked by `eth`; copied out.
-        vxlan::port_hop(ctx, fan, &unsafe { *eth }, &ip).map_err(Outcome::Pass)?
+        vxlan::port_hop(ctx, fan, sender, &unsafe { *eth }, &ip).map_err(Outcome::Pass)?
     } else {
         Hop::Routed
     };
@@ -218,8 +218,7 @@ fn try_encapsulate(
         // moved the data since.
         Hop::RoutedTo { dst_mac, src_mac } => unsafe {
             (*ip_ptr).decrement_ttl();
-            (*eth).dst = dst_mac;
-            (*eth).src = src_mac;
+            (*eth).readdress(&dst_mac, &src_mac);
         },
     }
     if fan.is_vxlan() {
@@ -270,9 +269,12 @@ pub fn send_to(
         Some((dst_mac, src_mac)) => {
             // The route lookup's answer, as Cilium's fib helpers use it: both
             // MAC addresses written here, straight out of the device.
-            if ctx.store(0, &dst_mac, 0).is_err() || ctx.store(6, &src_mac, 0).is_err() {
-                return Err(StatReason::DropEncapFailed);
-            }
+            let mut macs = [0u8; 12];
+            let (dst, src) = macs.split_at_mut(6);
+            dst.copy_from_slice(&dst_mac);
+            src.copy_from_slice(&src_mac);
+            ctx.store(0, &macs, 0)
+                .map_err(|_| StatReason::DropEncapFailed)?;
             // SAFETY: the helper takes plain integers.
             unsafe { bpf_redirect(next_hop.ifindex, 0) }
         }
@@ -386,21 +388,22 @@ pub fn route_to(
     tos: u8,
     outer_len: u32,
 ) -> Result<NextHop, RouteError> {
-    // SAFETY: every field of the lookup is plain data; zero is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = protocol;
-    params.ifindex = fan.underlay_ifindex;
+    let mut slot = MaybeUninit::uninit();
+    let params = fib::ipv4_query(
+        &mut slot,
+        fan.underlay_ifindex,
+        protocol,
+        tos,
+        WireAddr::from_host(fan.local_host).raw(),
+        WireAddr::from_host(remote_host).raw(),
+    );
     params.__bindgen_anon_1.tot_len = outer_len as u16;
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = WireAddr::from_host(fan.local_host).raw();
-    params.__bindgen_anon_4.ipv4_dst = WireAddr::from_host(remote_host).raw();
     // SAFETY: `params` lives on our stack for the duration of the call; the
     // context pointer is the program's.
     let ret = unsafe {
         bpf_fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut params,
+            params,
             mem::size_of::<bpf_fib_lookup>() as i32,
             // No BPF_FIB_LOOKUP_OUTPUT: with it the underlay device becomes
             // the lookup's output interface, and a host route through another

@@ -17,6 +17,7 @@
 mod decap;
 mod encap;
 mod events;
+mod fib;
 mod maps;
 mod parse;
 mod pmtu;

@@ -1,7 +1,7 @@
 //! The maps shared with user space. Names are the pin names user space uses.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
@@ -87,9 +87,13 @@ pub fn agent_alive() -> bool {
     let Some(beat) = FAN_AGENT.get(0) else {
         return false;
     };
+    // The coarse clock: asked on every delivered packet, and a clock-source
+    // read costs tens of ns on a VM while seconds are what matter here. It
+    // lags CLOCK_MONOTONIC, which the agent beats by, by up to a tick: a
+    // beat that seems to lie ahead is a beat just now.
     // SAFETY: the helper takes no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    *beat != 0 && now.wrapping_sub(*beat) < AGENT_HEARTBEAT_TIMEOUT_NS
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    *beat != 0 && now.saturating_sub(*beat) < AGENT_HEARTBEAT_TIMEOUT_NS
 }
 
 /// User space's record of each fan (bridge, interface, mode, original

@@ -17,6 +17,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use fan_common::{
     FanEntry, StatReason, WireAddr,
     ipv4::{ETH_HDR_LEN, ETH_P_IPV4, IP_OFFSET_MASK, IPPROTO_IPIP, IPPROTO_UDP},
+    maps::Endpoint,
     vxlan::{UDP_HDR_LEN, VXLAN_HDR_LEN},
 };
 
@@ -33,16 +34,27 @@ const ETH_P_QINQ: u16 = 0x9100;
 /// `skb->pkt_type` of a packet the host sent and loops back to itself.
 const PACKET_LOOPBACK: u32 = 5;
 
+/// The container behind the port, as the endpoint map binds it to the
+/// frame's source: `None` before a binding exists, at the bridge, and for
+/// what no container's address sent.
+pub type Sender = Option<&'static Endpoint>;
+
 /// Checks a frame a container sent, at its port (`at_port`) or at the
-/// bridge: Ok to go on, or the reason it is refused. What is neither
-/// refused nor fan traffic the caller leaves to the stack, as before.
+/// bridge: Ok to go on, with the sender the check found, or the reason it
+/// is refused. What is neither refused nor fan traffic the caller leaves
+/// to the stack, as before.
 #[inline(always)]
-pub fn admit(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result<(), StatReason> {
+pub fn admit(
+    ctx: &TcContext,
+    at_port: bool,
+    start: usize,
+    end: usize,
+) -> Result<Sender, StatReason> {
     // SAFETY: reading a field of the program's own context.
     if unsafe { (*ctx.skb.skb).pkt_type } == PACKET_LOOPBACK {
         // The host's own multicast, looped back to it through the bridge's
         // receive path (and so through its ingress): no container sent it.
-        return Ok(());
+        return Ok(None);
     }
     // SAFETY: reading a field of the program's own context.
     if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
@@ -59,12 +71,12 @@ pub fn admit(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
             // SAFETY: bounds-checked by `ipv4`.
             Some(ip) => admit_ipv4(ctx, at_port, unsafe { &*ip }, start, end),
             // Left to the stack, which refuses it.
-            None => Ok(()),
+            None => Ok(None),
         },
         // Even VLAN 0: the kernel strips a priority tag and takes the
         // inner packet, which nothing here would have checked.
         ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ => Err(StatReason::DropVlanTagged),
-        ETH_P_ARP => admit_arp(ctx, at_port, start, end),
+        ETH_P_ARP => admit_arp(ctx, at_port, start, end).map(|()| None),
         // The fan is IPv4 only. IPv6 among the rest: a router advertisement
         // would reach the host.
         _ => Err(StatReason::DropNotIpv4OrArp),
@@ -78,7 +90,7 @@ fn admit_ipv4(
     ip: &Ipv4Hdr,
     start: usize,
     end: usize,
-) -> Result<(), StatReason> {
+) -> Result<Sender, StatReason> {
     let src = ip.src_wire();
     let src_slice = slice_of_source(src)?;
     if carries_a_tunnel(ip, start, end) && is_in_an_underlay(ip.dst_wire()) {
@@ -86,7 +98,7 @@ fn admit_ipv4(
     }
     let dhcp_client = dhcp_side(ip, start, end)?;
     if !at_port {
-        return Ok(());
+        return Ok(None);
     }
     if src.raw() == 0 {
         // A client without an address yet asks everyone, or the server it
@@ -94,7 +106,7 @@ fn admit_ipv4(
         let to_server = ip.dst() == u32::MAX
             || fan_for(ip.dst_wire()).is_some_and(|fan| ip.dst() == fan.gateway());
         return if dhcp_client && to_server {
-            Ok(())
+            Ok(None)
         } else {
             Err(StatReason::DropSourceOutsideSlice)
         };
@@ -131,7 +143,7 @@ fn admit_arp(ctx: &TcContext, at_port: bool, start: usize, end: usize) -> Result
             None => Err(StatReason::DropSourceOutsideSlice),
         };
     }
-    port_source(ctx, sender, slice)
+    port_source(ctx, sender, slice).map(|_| ())
 }
 
 /// The local slice `src` lies in, if any; refused if it is that slice's
@@ -154,9 +166,14 @@ fn slice_of_source(src: WireAddr) -> Result<Option<&'static FanEntry>, StatReaso
 
 /// A port's source address (IPv4, or an ARP sender) `src`, in `slice`: an
 /// address of this host's slices, and not bound to another port (a
-/// sibling's). An address with no binding yet passes.
+/// sibling's). An address with no binding yet passes. The binding, if any,
+/// is this port's container.
 #[inline(always)]
-fn port_source(ctx: &TcContext, src: WireAddr, slice: Option<&FanEntry>) -> Result<(), StatReason> {
+fn port_source(
+    ctx: &TcContext,
+    src: WireAddr,
+    slice: Option<&FanEntry>,
+) -> Result<Sender, StatReason> {
     if slice.is_none() {
         return Err(StatReason::DropSourceOutsideSlice);
     }
@@ -165,7 +182,7 @@ fn port_source(ctx: &TcContext, src: WireAddr, slice: Option<&FanEntry>) -> Resu
     // SAFETY: a lookup with a key on our stack; the value stays valid for this run.
     match unsafe { FAN_ENDPOINTS.get(src) } {
         Some(endpoint) if endpoint.ifindex != port => Err(StatReason::DropSourceNotBound),
-        _ => Ok(()),
+        sender => Ok(sender),
     }
 }
 

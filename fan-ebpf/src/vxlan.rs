@@ -7,7 +7,7 @@
 //! the underlay's program hands decapsulated frames back to the bridge
 //! through `B` (see `decap`).
 
-use core::mem;
+use core::mem::{self, MaybeUninit};
 
 use aya_ebpf::{
     bindings::{
@@ -35,13 +35,14 @@ use fan_common::{
 use crate::{
     decap::{carry_ecn, direct_endpoint},
     encap::{
-        AF_INET, Hop, NextHop, RouteError, TCP_DATA_OFFSET_END, check_source, route_to,
-        segment_len, send_to,
+        Hop, NextHop, RouteError, TCP_DATA_OFFSET_END, check_source, route_to, segment_len, send_to,
     },
     events::{self, Seen},
-    maps::{FAN_ENDPOINTS, fan_for, vxlan_fan},
+    fib,
+    maps::{fan_for, vxlan_fan},
     parse::{ARP_IPV4_LEN, ArpIpv4, ETH_P_ARP, EthHdr, Ipv4Hdr, eth, ipv4, ptr_at},
     pmtu::path_mtu,
+    port::Sender,
     stats::count_in,
     tc::{ensure_ipv4_header, ensure_linear, frame, gso_size},
 };
@@ -218,7 +219,8 @@ fn arp_payload(ctx: &TcContext) -> Result<Payload, StatReason> {
 }
 
 /// Where the container port's program stands for a VXLAN fan's packet to
-/// a remote container (`ip`, in the frame behind `eth`): a frame addressed
+/// a remote container (`ip`, in the frame behind `eth`, from `sender` as
+/// the container edge found it bound to the port): a frame addressed
 /// to a remote container's MAC (a container with the overlay on-link that
 /// resolved it through the overlay port) is switched, carried as it is; one
 /// addressed to the gateway is routed, to the remote container's MAC from
@@ -229,30 +231,31 @@ fn arp_payload(ctx: &TcContext) -> Result<Payload, StatReason> {
 pub fn port_hop(
     ctx: &TcContext,
     fan: &FanEntry,
+    sender: Sender,
     eth: &EthHdr,
     ip: &Ipv4Hdr,
 ) -> Result<Hop, StatReason> {
-    // SAFETY: a lookup with a key on our stack; the value is copied out.
-    let sender = unsafe { FAN_ENDPOINTS.get(ip.src_wire()) }.ok_or(StatReason::PortPassed)?;
+    let sender = sender.ok_or(StatReason::PortPassed)?;
     if eth.dst != sender.gateway_mac {
         return Ok(Hop::AsIs);
     }
-    // SAFETY: every field of the lookup is plain data; zero is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = ip.protocol;
-    params.ifindex = fan.bridge_ifindex;
+    let mut slot = MaybeUninit::uninit();
+    let params = fib::ipv4_query(
+        &mut slot,
+        fan.bridge_ifindex,
+        ip.protocol,
+        ip.tos,
+        ip.src_wire().raw(),
+        ip.dst_wire().raw(),
+    );
     // No length: a GSO packet's would fail the route's MTU, which the
     // caller checks by the segment (against the fan's and the path's).
-    params.__bindgen_anon_2.tos = ip.tos;
-    params.__bindgen_anon_3.ipv4_src = ip.src_wire().raw();
-    params.__bindgen_anon_4.ipv4_dst = ip.dst_wire().raw();
     // SAFETY: `params` lives on our stack for the duration of the call; the
     // context pointer is the program's.
     let ret = unsafe {
         bpf_fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut params,
+            params,
             mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -290,13 +293,24 @@ pub fn encapsulate(
     inner_frame_len: u16,
     next_hop: &NextHop,
 ) -> Result<i32, StatReason> {
-    let inner_eth: EthHdr = ctx.load(0).map_err(|_| StatReason::DropEncapFailed)?;
+    let (start, end) = frame(ctx);
+    let inner_eth = eth(start, end).ok_or(StatReason::DropEncapFailed)?;
+    // SAFETY: bounds-checked by `eth`; copied out.
+    let inner_eth = unsafe { *inner_eth };
     let headers = outer(ctx, fan, remote_host, tos).headers(inner_frame_len);
+    // The headers and, behind them, the inner Ethernet header, written in
+    // one store.
+    let mut front = [0u8; VXLAN_HEADERS_LEN + ETH_HDR_LEN];
+    let (outer_part, eth_part) = front.split_at_mut(VXLAN_HEADERS_LEN);
+    outer_part.copy_from_slice(&headers);
+    inner_eth.write_to(eth_part);
     // The room goes after the frame's Ethernet header: it becomes the outer
-    // one, and the inner one is written again behind the new headers.
+    // one, its type IPv4 already, and the inner one is written again
+    // behind the new headers.
     ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
         .map_err(|_| StatReason::DropEncapFailed)?;
-    write_headers(ctx, &headers, Some(&inner_eth))?;
+    ctx.store(ETH_HDR_LEN, &front, BPF_F_RECOMPUTE_CSUM as u64)
+        .map_err(|_| StatReason::DropEncapFailed)?;
     send_to(ctx, fan, next_hop, true)
 }
 
@@ -317,7 +331,12 @@ fn encapsulate_arp(
     if unsafe { bpf_skb_change_head(ctx.skb.skb as *mut _, room, 0) } != 0 {
         return Err(StatReason::DropEncapFailed);
     }
-    write_headers(ctx, &headers, None)?;
+    let failed = |_| StatReason::DropEncapFailed;
+    ctx.store(ETH_HDR_LEN, &headers, BPF_F_RECOMPUTE_CSUM as u64)
+        .map_err(failed)?;
+    // The frame's own Ethernet header, now the outer one, says ARP.
+    ctx.store(12, &ETH_P_IPV4.to_be_bytes(), 0)
+        .map_err(failed)?;
     retype_ipv4(ctx)?;
     send_to(ctx, fan, next_hop, true)
 }
@@ -359,27 +378,6 @@ fn outer(ctx: &TcContext, fan: &FanEntry, remote_host: u32, tos: u8) -> Outer {
         dst_port: fan.vxlan_port,
         vni: fan.vni,
     }
-}
-
-/// Writes the outer IPv4, UDP and VXLAN headers after the (outer) Ethernet
-/// header, and the inner Ethernet header behind them if given; the outer
-/// Ethernet header is `send_to`'s, but its type must say IPv4.
-#[inline(always)]
-fn write_headers(
-    ctx: &TcContext,
-    headers: &[u8; VXLAN_HEADERS_LEN],
-    inner_eth: Option<&EthHdr>,
-) -> Result<(), StatReason> {
-    let failed = |_| StatReason::DropEncapFailed;
-    ctx.store(ETH_HDR_LEN, headers, BPF_F_RECOMPUTE_CSUM as u64)
-        .map_err(failed)?;
-    if let Some(inner_eth) = inner_eth {
-        ctx.store(ETH_HDR_LEN + VXLAN_HEADERS_LEN, inner_eth, 0)
-            .map_err(failed)?;
-    }
-    ctx.store(12, &ETH_P_IPV4.to_be_bytes(), 0)
-        .map_err(failed)?;
-    Ok(())
 }
 
 /// What became of a decapsulated VXLAN frame.

@@ -4,7 +4,9 @@
 //! Also the per-packet cost of each program, and how it scales with the
 //! number of overlays and of hosts. `--quick` is a short smoke run;
 //! `--paths fan-tc,fan-attach-only --runs 9` compares a few paths only,
-//! and `--tcp1-only` measures only their pinned 1-stream TCP.
+//! `--tcp1-only` measures only their pinned 1-stream TCP, and `--rr-only`
+//! only their pinned request/response (with the programs' time per run
+//! taken during it: small packets, where a path's own work weighs most).
 //!
 //! Here the runs over the paths and the fleets; the per-packet cost is in
 //! `cost`, the tables, the targets and the chart in `report`.
@@ -37,14 +39,23 @@ struct Config {
     /// `--paths`: only these (with plain routing, every ratio's base), and
     /// only the path table and its targets.
     only: Option<Vec<Path>>,
-    /// `--tcp1-only`: of each run, the pinned 1-stream TCP figure alone
-    /// (the attach-only check's), so many more runs fit the same time.
-    tcp1_only: bool,
+    /// `--tcp1-only` or `--rr-only`: of each run, that figure alone, so
+    /// many more runs fit the same time.
+    only_figure: Option<Figure>,
+}
+
+/// The one figure a run measures when asked for one alone.
+#[derive(Clone, Copy, PartialEq)]
+enum Figure {
+    /// Pinned 1-stream TCP (the attach-only check's).
+    Tcp1,
+    /// Pinned request/response, the programs timed during it.
+    Rr,
 }
 
 impl Config {
     /// `--quick`, `--runs N`, `--paths KEY,KEY...` (keys: [`Path::key`]),
-    /// `--tcp1-only`.
+    /// `--tcp1-only`, `--rr-only`.
     fn from_args() -> Result<Self> {
         let mut args = std::env::args().skip(1);
         let mut cfg = Config {
@@ -54,7 +65,7 @@ impl Config {
             big_fleet: 32,
             quick: false,
             only: None,
-            tcp1_only: false,
+            only_figure: None,
         };
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -87,9 +98,10 @@ impl Config {
                     }
                     cfg.only = Some(only);
                 }
-                "--tcp1-only" => cfg.tcp1_only = true,
+                "--tcp1-only" => cfg.only_figure = Some(Figure::Tcp1),
+                "--rr-only" => cfg.only_figure = Some(Figure::Rr),
                 other => bail!(
-                    "unknown argument {other:?} (--quick, --runs N, --paths LIST, --tcp1-only)"
+                    "unknown argument {other:?} (--quick, --runs N, --paths LIST, --tcp1-only, --rr-only)"
                 ),
             }
         }
@@ -173,7 +185,7 @@ fn main() -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("report.md"), &report)?;
-    if cfg.tcp1_only {
+    if cfg.only_figure.is_some() {
         println!("Written: {}/report.md", dir.canonicalize()?.display());
         return Ok(());
     }
@@ -272,7 +284,7 @@ fn paths(cfg: &Config) -> Result<(Samples, f64)> {
     let (client, server) = (&fleet.hosts[0].containers[0], &fleet.hosts[1].containers[0]);
     let mut loopback = Vec::new();
     for run in 0..cfg.runs {
-        if !cfg.tcp1_only {
+        if cfg.only_figure != Some(Figure::Tcp1) {
             let localhost = Ipv4Addr::LOCALHOST;
             loopback.push(
                 tcp_rr(
@@ -319,7 +331,7 @@ fn attach_only_pairs(cfg: &Config) -> Result<String> {
         big_fleet: cfg.big_fleet,
         quick: false,
         only: Some(vec![Path::FanTc, Path::FanAttachOnly]),
-        tcp1_only: true,
+        only_figure: Some(Figure::Tcp1),
     };
     eprintln!("attach only against the daemon row, {ATTACH_ONLY_PAIRS} pairs");
     let (samples, _) = paths(&pairs)?;
@@ -349,14 +361,29 @@ fn measure(
     } else {
         "fan_encap_forw"
     };
-    let stats = fan.then(BpfStats::enable).transpose()?;
-    let before = (program_time(encap_prefix), program_time(decap_prefix));
     let decapsulated_before = if fan {
         counter(&fleet.hosts[1], StatReason::Decapsulated)?
     } else {
         0
     };
-    let (tcp1, _) = iperf3_tcp(server, client, addr, cfg.seconds, 1, Some(CPU))?;
+    // Request/response alone is measured without the programs' timing,
+    // then timed on a short run of its own; otherwise the programs are
+    // timed during the 1-stream run. The two clock reads per program run
+    // are a tax only the fan paths would pay.
+    let nothing = f64::NAN;
+    let rr = match cfg.only_figure {
+        Some(Figure::Rr) => Some(tcp_rr(server, client, addr, cfg.seconds, Some(CPU))?),
+        _ => None,
+    };
+    let stats = fan.then(BpfStats::enable).transpose()?;
+    let before = (program_time(encap_prefix), program_time(decap_prefix));
+    let tcp1 = match rr {
+        Some(_) => {
+            tcp_rr(server, client, addr, cfg.seconds.min(3), Some(CPU))?;
+            nothing
+        }
+        None => iperf3_tcp(server, client, addr, cfg.seconds, 1, Some(CPU))?.0,
+    };
     let after = (program_time(encap_prefix), program_time(decap_prefix));
     drop(stats);
     let bpf_ns = fan.then(|| {
@@ -377,17 +404,17 @@ fn measure(
             "XDP counters did not move"
         );
     }
-    if cfg.tcp1_only {
-        let nothing = f64::NAN;
+    if cfg.only_figure.is_some() {
+        let (rr_tps, rr_p50, rr_p99) = rr.unwrap_or((nothing, nothing, nothing));
         return Ok(Sample {
             tcp1,
             tcp1_free: nothing,
             retransmits_free: nothing,
             tcp4: nothing,
             udp_kpps: nothing,
-            rr_tps: nothing,
-            rr_p50: nothing,
-            rr_p99: nothing,
+            rr_tps,
+            rr_p50,
+            rr_p99,
             bpf_ns,
         });
     }

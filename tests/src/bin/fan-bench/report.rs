@@ -66,7 +66,7 @@ pub(super) fn path_table(samples: &Samples, loopback_rr: f64) -> String {
          The unpinned run shows the same path with both CPUs in use; a veth transmits on the CPU that sends, \
          so when the sender's process and its ACK-clocked softirq are on different CPUs one flow is reordered \
          (the retransmits, on every path). UDP runs unpinned: the sender's CPU carries the path.\n\
-         BPF ns per invocation come from kernel.bpf_stats_enabled during the pinned 1-stream run; one invocation may carry a 64 KB GSO packet.\n"
+         BPF ns per invocation come from kernel.bpf_stats_enabled during the pinned 1-stream run, where one invocation may carry a 64 KB GSO packet (with `--rr-only`, during a request/response run of its own after the measured one).\n"
     );
     // A transaction's time minus the same exchange over loopback: what the
     // path between the containers adds.
