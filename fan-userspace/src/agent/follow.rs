@@ -55,7 +55,7 @@ use crate::{
     host::{Net, bypass, naming::bridge_name},
     state::{
         StateDir,
-        record::{Fan, HOST_DEVICE, load_fans},
+        record::{Fan, HOST_DEVICE, host_device_mtu, load_fans},
         rundir::{RunDir, StateLock},
         settings,
     },
@@ -433,9 +433,8 @@ async fn retune(net: &Net, dir: &StateDir, fan: &Fan, mtu: u32) -> Result<()> {
     meta.mtu = mtu;
     maps.meta.insert(meta_key, meta, 0)?;
     let fans = load_fans(&maps)?;
-    let routed = fans.iter().filter(|f| !f.is_vxlan()).map(|f| f.mtu).min();
     if let Some(host_dev) = net.device(HOST_DEVICE).await?
-        && let Some(smallest) = routed
+        && let Some(smallest) = host_device_mtu(&fans)
         && host_dev.mtu != smallest
     {
         net.set_mtu(host_dev.index, smallest).await?;
@@ -476,8 +475,8 @@ fn args_of(
         } else {
             FanType::Ipip
         },
-        vni: fan.vni,
-        port: fan.port,
+        vni: fan.wire.vxlan().map(|(vni, _)| vni),
+        port: fan.wire.vxlan().map(|(_, port)| port),
         no_nat: !fan.nat,
         mtu,
         no_agent: true,

@@ -18,7 +18,7 @@ use crate::{
         write_ipv6_sysctl, write_sysctl,
     },
     ipv4_network, require_capabilities,
-    state::record::{Fan, HOST_DEVICE, attached, meta_key},
+    state::record::{Fan, HOST_DEVICE, attached, host_device_mtu, meta_key},
     state::rundir::RunDir,
     state::settings,
 };
@@ -148,8 +148,8 @@ pub(crate) async fn detach(
     }
     // fan-host carries every IP-in-IP fan's host traffic, at the smallest
     // fan MTU: the fan that needed it lower may just have gone.
-    let routed = || staying.iter().filter(|f| !f.is_vxlan());
-    if let (Some(dev), Some(lowest)) = (&host_dev, routed().map(|f| f.mtu).min())
+    let lowest = host_device_mtu(&staying);
+    if let (Some(dev), Some(lowest)) = (&host_dev, lowest)
         && dev.mtu < lowest
     {
         net.set_mtu(dev.index, lowest).await?;
@@ -158,7 +158,7 @@ pub(crate) async fn detach(
             dev.mtu
         );
     }
-    if routed().next().is_none() {
+    if lowest.is_none() {
         remove_pin(&dir.link(HOST_DEVICE, "encap"), HOST_DEVICE, Hook::TcEgress);
         if let Some(dev) = host_dev {
             net.del_link(dev.index).await?;

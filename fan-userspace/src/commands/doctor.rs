@@ -191,7 +191,7 @@ pub async fn run(global: &Global) -> Result<()> {
     // Each fan with its wire format.
     let named: Vec<String> = fans
         .iter()
-        .map(|f| format!("{} {}", f.overlay, f.encap.name()))
+        .map(|f| format!("{} {}", f.overlay, f.wire.encap().name()))
         .collect();
     if findings.is_empty() {
         println!(
@@ -232,7 +232,7 @@ fn arp_table_finding(entries: u64, limit: u64) -> Option<(String, String)> {
 /// The attach that sets `fan` up again as it is (its wire format included).
 fn reattach(fan: &Fan) -> String {
     let mut command = format!("fan-xdp attach {} --overlay {}", fan.iface, fan.overlay);
-    if let (Some(vni), Some(port)) = (fan.vni, fan.port) {
+    if let Some((vni, port)) = fan.wire.vxlan() {
         command += &format!(" --type vxlan --vni {vni} --port {port}");
     }
     command

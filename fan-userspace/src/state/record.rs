@@ -31,12 +31,10 @@ pub struct Fan {
     #[serde(serialize_with = "serialize_mode")]
     pub mode: Option<DecapMode>,
     pub mode_reason: &'static str,
-    /// The wire format, "ipip" or "vxlan".
-    #[serde(rename = "type", serialize_with = "serialize_encap")]
-    pub encap: Encap,
-    /// VXLAN's network identifier and UDP port (None for IP-in-IP).
-    pub vni: Option<u32>,
-    pub port: Option<u16>,
+    /// Shown as `type` ("ipip" or "vxlan"), `vni` and `port` (null for
+    /// IP-in-IP).
+    #[serde(flatten)]
+    pub wire: Wire,
     pub nat: bool,
     pub host_reserve: u32,
     pub mtu: u32,
@@ -44,6 +42,69 @@ pub struct Fan {
     pub complete: bool,
     #[serde(skip)]
     pub meta: FanMeta,
+}
+
+/// A fan's wire format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// IP-in-IP: a routed overlay through `fan-host`.
+    Ipip,
+    /// VXLAN: an Ethernet overlay through the slice bridge's overlay port,
+    /// with its network identifier and UDP destination port.
+    Vxlan { vni: u32, port: u16 },
+}
+
+impl Wire {
+    /// As fan-xdp's record holds it (an unknown type read as IP-in-IP).
+    fn of(meta: &FanMeta) -> Self {
+        match Encap::try_from(meta.encap) {
+            Ok(Encap::Vxlan) => Wire::Vxlan {
+                vni: meta.vni,
+                port: meta.vxlan_port,
+            },
+            Ok(Encap::Ipip) | Err(_) => Wire::Ipip,
+        }
+    }
+
+    pub const fn encap(self) -> Encap {
+        match self {
+            Wire::Ipip => Encap::Ipip,
+            Wire::Vxlan { .. } => Encap::Vxlan,
+        }
+    }
+
+    pub const fn is_vxlan(self) -> bool {
+        matches!(self, Wire::Vxlan { .. })
+    }
+
+    /// VXLAN's network identifier and UDP port (0 for IP-in-IP), as the fan
+    /// entry and the record hold them.
+    pub const fn vni_and_port(self) -> (u32, u16) {
+        match self {
+            Wire::Ipip => (0, 0),
+            Wire::Vxlan { vni, port } => (vni, port),
+        }
+    }
+
+    /// VXLAN's network identifier and UDP port, `None` for IP-in-IP.
+    pub const fn vxlan(self) -> Option<(u32, u16)> {
+        match self {
+            Wire::Ipip => None,
+            Wire::Vxlan { vni, port } => Some((vni, port)),
+        }
+    }
+}
+
+impl Serialize for Wire {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let vxlan = self.vxlan();
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("type", self.encap().name())?;
+        map.serialize_entry("vni", &vxlan.map(|(vni, _)| vni))?;
+        map.serialize_entry("port", &vxlan.map(|(_, port)| port))?;
+        map.end()
+    }
 }
 
 pub fn meta_key(overlay: Ipv4Network) -> FanMetaKey {
@@ -71,8 +132,7 @@ impl Fan {
         let underlay = Ipv4Network::new(host, meta.underlay_len).ok()?;
         let map = fan_map(overlay, underlay);
         let slice_start = Ipv4Addr::from(map.slice_of(meta.host));
-        let encap = Encap::try_from(meta.encap).unwrap_or(Encap::Ipip);
-        let vxlan = encap == Encap::Vxlan;
+        let wire = Wire::of(&meta);
         let reason = ModeReason::try_from(meta.mode_reason);
         Some(Self {
             overlay,
@@ -85,12 +145,10 @@ impl Fan {
             mode: DecapMode::try_from(meta.decap_mode).ok(),
             mode_reason: match reason {
                 Ok(ModeReason::Requested) | Err(_) => "requested",
-                Ok(_) if vxlan => "auto: VXLAN decapsulates at TC",
+                Ok(_) if wire.is_vxlan() => "auto: VXLAN decapsulates at TC",
                 Ok(reason) => reason.text(),
             },
-            encap,
-            vni: vxlan.then_some(meta.vni),
-            port: vxlan.then_some(meta.vxlan_port),
+            wire,
             nat: meta.nat != 0,
             host_reserve: meta.host_reserve,
             mtu: meta.mtu,
@@ -115,18 +173,18 @@ impl Fan {
     }
 
     pub fn is_vxlan(&self) -> bool {
-        self.encap == Encap::Vxlan
+        self.wire.is_vxlan()
     }
 
     /// What the wire format adds to each packet: the underlay MTU less this
     /// is the most the fan can carry.
     pub fn overhead(&self) -> u32 {
-        self.encap.overhead()
+        self.wire.encap().overhead()
     }
 
     /// The prefix length of the gateway's address on the slice bridge.
     pub fn gateway_prefix(&self) -> u8 {
-        gateway_prefix(self.encap, self.overlay, self.slice)
+        gateway_prefix(self.wire.encap(), self.overlay, self.slice)
     }
 
     /// A VXLAN fan's overlay port: (the bridge's end, the inner end).
@@ -134,6 +192,15 @@ impl Fan {
         self.is_vxlan()
             .then(|| crate::host::naming::overlay_port_names(self.slice.network()))
     }
+}
+
+/// The MTU of `fan-host`, which carries the host's own traffic of every
+/// IP-in-IP fan: the smallest of theirs (`None` without one).
+pub fn host_device_mtu<'a>(fans: impl IntoIterator<Item = &'a Fan>) -> Option<u32> {
+    fans.into_iter()
+        .filter(|fan| !fan.is_vxlan())
+        .map(|fan| fan.mtu)
+        .min()
 }
 
 /// The prefix length of the gateway's address on the slice bridge: the
@@ -145,10 +212,6 @@ pub fn gateway_prefix(encap: Encap, overlay: Ipv4Network, slice: Ipv4Network) ->
         Encap::Ipip => slice.prefix(),
         Encap::Vxlan => overlay.prefix(),
     }
-}
-
-fn serialize_encap<S: serde::Serializer>(encap: &Encap, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(encap.name())
 }
 
 fn serialize_mode<S: serde::Serializer>(mode: &Option<DecapMode>, s: S) -> Result<S::Ok, S::Error> {
@@ -185,4 +248,27 @@ pub fn attached(global: &crate::cli::Global) -> Result<(crate::state::StateDir, 
         Vec::new()
     };
     Ok((dir, fans))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::Wire;
+
+    #[test]
+    fn a_wire_format_shows_as_its_type_vni_and_port() {
+        assert_eq!(
+            serde_json::to_value(Wire::Ipip).unwrap(),
+            json!({"type": "ipip", "vni": null, "port": null})
+        );
+        let vxlan = Wire::Vxlan {
+            vni: 16_384_000,
+            port: 8472,
+        };
+        assert_eq!(
+            serde_json::to_value(vxlan).unwrap(),
+            json!({"type": "vxlan", "vni": 16_384_000, "port": 8472})
+        );
+    }
 }

@@ -45,7 +45,7 @@ use crate::{
     ipv4_network, require_capabilities,
     state::StateDir,
     state::record::{
-        Fan, HOST_DEVICE, HOST_DEVICE_PEER, fan_map, gateway_prefix, load_fans, meta_key,
+        Fan, HOST_DEVICE, HOST_DEVICE_PEER, Wire, fan_map, gateway_prefix, load_fans, meta_key,
         name_bytes,
     },
     state::rundir::RunDir,
@@ -65,41 +65,6 @@ use table::checkpoint;
 
 /// The smallest fan MTU: IPv4's minimum datagram every host must accept.
 pub(crate) const MIN_FAN_MTU: u32 = 576;
-
-/// A fan's wire format as attach sets it up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Wire {
-    /// IP-in-IP: a routed overlay through `fan-host`.
-    Ipip,
-    /// VXLAN: an Ethernet overlay through the slice bridge's overlay port.
-    Vxlan { vni: u32, port: u16 },
-}
-
-impl Wire {
-    pub(crate) const fn encap(self) -> Encap {
-        match self {
-            Wire::Ipip => Encap::Ipip,
-            Wire::Vxlan { .. } => Encap::Vxlan,
-        }
-    }
-
-    /// VXLAN's network identifier and UDP port (0 for IP-in-IP), as the fan
-    /// entry and the record hold them.
-    const fn vni_and_port(self) -> (u32, u16) {
-        match self {
-            Wire::Ipip => (0, 0),
-            Wire::Vxlan { vni, port } => (vni, port),
-        }
-    }
-
-    /// The wire format of an attached fan.
-    fn of(fan: &Fan) -> Self {
-        match (fan.vni, fan.port) {
-            (Some(vni), Some(port)) => Wire::Vxlan { vni, port },
-            _ => Wire::Ipip,
-        }
-    }
-}
 
 /// Everything attach will do, worked out before anything changes.
 struct Plan {
@@ -241,7 +206,7 @@ pub(crate) async fn attach(
         bail!(
             "overlay {} is already attached with other settings (type {}, bridge {}, interface {}, underlay {}); detach it first",
             plan.overlay,
-            existing.encap.name(),
+            existing.wire.encap().name(),
             existing.bridge,
             existing.iface,
             existing.underlay
@@ -269,9 +234,9 @@ pub(crate) async fn attach(
             if report == crate::apply::Report::Quiet {
                 // Its caller says what changed.
             } else if changed {
-                let wire = match plan.wire {
-                    Wire::Ipip => String::new(),
-                    Wire::Vxlan { vni, port } => format!(" (VXLAN, VNI {vni}, port {port})"),
+                let wire = match plan.wire.vxlan() {
+                    None => String::new(),
+                    Some((vni, port)) => format!(" (VXLAN, VNI {vni}, port {port})"),
                 };
                 println!(
                     "attached: {} over {} on {} ({}), slice {} on {}, gateway {}{wire}",
@@ -324,7 +289,7 @@ fn same_settings(existing: &Fan, plan: &Plan) -> bool {
         && existing.nat == plan.nat
         && existing.host_reserve == plan.host_reserve
         && existing.mtu == plan.mtu
-        && Wire::of(existing) == plan.wire
+        && existing.wire == plan.wire
 }
 
 async fn rollback(net: &Net, plan: &Plan, undo: Vec<Undo>) {

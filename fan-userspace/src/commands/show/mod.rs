@@ -202,11 +202,11 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
     );
     for fan in &fans {
         let mut flags = vec![
-            format!("type={}", fan.encap.name()),
+            format!("type={}", fan.wire.encap().name()),
             format!("mtu={}", fan.mtu),
             format!("host-reserve={}", fan.host_reserve),
         ];
-        if let (Some(vni), Some(port)) = (fan.vni, fan.port) {
+        if let Some((vni, port)) = fan.wire.vxlan() {
             flags.extend([format!("vni={vni}"), format!("port={port}")]);
         }
         if fan.nat {
@@ -241,12 +241,11 @@ async fn show(args: &ShowArgs, global: &Global) -> Result<()> {
         for line in describe_bindings(fan, &bound_in(fan)) {
             println!("{line}");
         }
-        if let Some((port, inner)) = fan.overlay_port() {
+        if let (Some((port, inner)), Some((vni, udp_port))) = (fan.overlay_port(), fan.wire.vxlan())
+        {
             println!(
-                "{}: VXLAN (VNI {}, UDP port {}) through its overlay port {port}, encapsulated at {inner}; gateway {}/{} (the overlay on-link)",
+                "{}: VXLAN (VNI {vni}, UDP port {udp_port}) through its overlay port {port}, encapsulated at {inner}; gateway {}/{} (the overlay on-link)",
                 fan.bridge,
-                fan.vni.unwrap_or_default(),
-                fan.port.unwrap_or_default(),
                 fan.gateway,
                 fan.gateway_prefix()
             );
