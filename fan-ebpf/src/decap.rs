@@ -238,12 +238,18 @@ fn decide_vxlan(
 ) -> Result<Decision, StatReason> {
     let not_ours = Ok(Decision::Pass(StatReason::PassNotIpip));
     // A later fragment has no UDP header to tell.
-    if outer.frag_off() & IP_OFFSET_MASK != 0 || !is_local_host(outer.dst_wire()) {
+    if outer.frag_off() & IP_OFFSET_MASK != 0 {
         return not_ours;
     }
     let Some(fan) = fan_of_udp(start, end, ETH_HDR_LEN + outer.header_len()) else {
         return not_ours;
     };
+    // Sent to the fan's own underlay address, as every packet of its own
+    // is, it is sent to this host: the fans' local addresses are the
+    // local-host map's, which is then asked only about the rest.
+    if outer.dst() != fan.local_host && !is_local_host(outer.dst_wire()) {
+        return not_ours;
+    }
     *found = Some(fan);
     if is_fragment(outer.frag_off()) {
         return Ok(Decision::Pass(StatReason::PassOuterFragment));
