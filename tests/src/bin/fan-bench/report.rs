@@ -178,7 +178,7 @@ fn targets_of(samples: &Samples, path: Path, heading: &str) -> String {
                 .flatten(),
         );
     let mut out = format!("\n## Targets ({heading})\n\n");
-    // A figure not measured (`--tcp1-only`) is no verdict.
+    // A figure not measured (`--tcp1-only`, `--rr-only`) is no verdict.
     for (name, value, goal) in checks.into_iter().chain(vxlan).filter(|c| !c.1.is_nan()) {
         out += &format!(
             "- {name}: {value:.2}x, {}\n",
