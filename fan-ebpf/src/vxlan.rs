@@ -250,6 +250,9 @@ pub fn port_hop(
     );
     // No length: a GSO packet's would fail the route's MTU, which the
     // caller checks by the segment (against the fan's and the path's).
+    // Given none, the kernel measures the frame against the bridge's MTU
+    // instead: a frame that is not GSO and carries bytes past its IPv4
+    // packet beyond that (a raw socket's) goes to the stack, which trims it.
     // SAFETY: `params` lives on our stack for the duration of the call; the
     // context pointer is the program's.
     let ret = unsafe {

@@ -96,7 +96,7 @@ fn encapsulate(
     let hop = if !site.forwards() {
         Hop::AsIs
     } else if fan.vxlan.is_some() {
-        port_hop(config, fan, frame, &ip)?
+        port_hop(config, fan, frame, &ip, ctx.gso_size & 0xffff)?
     } else {
         Hop::Routed
     };
@@ -367,8 +367,15 @@ enum Hop {
 /// than the sender's gateway it is switched (as it is); addressed to the
 /// gateway it is routed, to the remote container's MAC as the host's
 /// neighbour table on the bridge knows it. A sender the endpoint map does
-/// not know, or no neighbour (nor route) there: left to the bridge.
-fn port_hop(config: &Config, fan: &Fan, frame: &[u8], ip: &Ipv4View) -> Result<Hop, NotSent> {
+/// not know, no neighbour (nor route) there, or a frame the bridge could
+/// not forward: left to the bridge.
+fn port_hop(
+    config: &Config,
+    fan: &Fan,
+    frame: &[u8],
+    ip: &Ipv4View,
+    gso_size: u32,
+) -> Result<Hop, NotSent> {
     let passed = NotSent::Pass("port_passed");
     let Some(sender) = config.endpoint(ip.src()) else {
         return Err(passed);
@@ -377,16 +384,28 @@ fn port_hop(config: &Config, fan: &Fan, frame: &[u8], ip: &Ipv4View) -> Result<H
         return Ok(Hop::AsIs);
     }
     let bridge = fan.vxlan.expect("a VXLAN fan").bridge;
-    // No length: the caller checks the segment against the MTUs.
+    // No length: the caller checks the segment against the MTUs. Given
+    // none, the kernel's lookup measures the frame itself against the
+    // bridge (`is_skb_forwardable`): one that is not GSO may be at most the
+    // MTU, an Ethernet header and a VLAN tag long (IPv4 trailing bytes
+    // beyond the packet's total length count too).
+    let forwardable = |mtu: u32| gso_size != 0 || frame.len() as u32 <= mtu + 14 + 4;
     match config.underlay.lookup(bridge, ip.dst(), 0) {
         Lookup::Resolved {
             ifindex,
             next_hop_mac,
             device_mac,
-        } if ifindex == bridge => Ok(Hop::RoutedTo {
-            dst_mac: next_hop_mac,
-            src_mac: device_mac,
-        }),
+        } if ifindex == bridge
+            && config
+                .underlay
+                .device(bridge)
+                .is_some_and(|bridge| forwardable(bridge.mtu)) =>
+        {
+            Ok(Hop::RoutedTo {
+                dst_mac: next_hop_mac,
+                src_mac: device_mac,
+            })
+        }
         _ => Err(passed),
     }
 }
