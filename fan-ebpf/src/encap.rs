@@ -10,10 +10,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
         BPF_FIB_LKUP_RET_UNSUPP_LWT, TC_ACT_SHOT, TC_ACT_UNSPEC,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
-        bpf_redir_neigh__bindgen_ty_1,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use fan_common::{
@@ -398,20 +397,8 @@ pub fn route_to(
         WireAddr::from_host(remote_host).raw(),
     );
     params.__bindgen_anon_1.tot_len = outer_len as u16;
-    // SAFETY: `params` lives on our stack for the duration of the call; the
-    // context pointer is the program's.
-    let ret = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            params,
-            mem::size_of::<bpf_fib_lookup>() as i32,
-            // No BPF_FIB_LOOKUP_OUTPUT: with it the underlay device becomes
-            // the lookup's output interface, and a host route through another
-            // device would be skipped for a wider one through ours.
-            0,
-        )
-    };
-    let resolved = match ret as u32 {
+    let ret = fib::lookup(ctx, params);
+    let resolved = match ret {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(RouteError::TooBig),

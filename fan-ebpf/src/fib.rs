@@ -2,7 +2,9 @@
 
 use core::mem::{MaybeUninit, size_of};
 
-use aya_ebpf::bindings::bpf_fib_lookup;
+use aya_ebpf::{
+    bindings::bpf_fib_lookup, helpers::generated::bpf_fib_lookup as fib_lookup, programs::TcContext,
+};
 
 /// `AF_INET`, for the route lookup.
 pub const AF_INET: u8 = 2;
@@ -40,4 +42,23 @@ pub fn ipv4_query(
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
     params
+}
+
+/// Asks the kernel's routing table `params` for the packet of `ctx`, with
+/// no flags: the rules and the main table as the stack would route it (no
+/// `BPF_FIB_LOOKUP_OUTPUT`, which would skip a host route through another
+/// device for a wider one through the query's). The `BPF_FIB_LKUP_RET_*`
+/// answer; `params` holds the result.
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, params: &mut bpf_fib_lookup) -> u32 {
+    // SAFETY: `params` is borrowed for the duration of the call and is the
+    // size given; the context pointer is the program's.
+    unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        ) as u32
+    }
 }

@@ -7,17 +7,17 @@
 //! the underlay's program hands decapsulated frames back to the bridge
 //! through `B` (see `decap`).
 
-use core::mem::{self, MaybeUninit};
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
         BPF_ADJ_ROOM_ENCAP_L2_MASK, BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
         BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::{
-        bpf_fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer, bpf_skb_change_head,
+        bpf_get_hash_recalc, bpf_redirect, bpf_redirect_peer, bpf_skb_change_head,
         bpf_skb_vlan_pop, bpf_skb_vlan_push,
     },
     programs::TcContext,
@@ -253,19 +253,10 @@ pub fn port_hop(
     // Given none, the kernel measures the frame against the bridge's MTU
     // instead: a frame that is not GSO and carries bytes past its IPv4
     // packet beyond that (a raw socket's) goes to the stack, which trims it.
-    // SAFETY: `params` lives on our stack for the duration of the call; the
-    // context pointer is the program's.
-    let ret = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            params,
-            mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let ret = fib::lookup(ctx, params);
     // The overlay's prefix route is the bridge's: anything else (no
     // neighbour yet, another route) is the host's to handle.
-    if ret as u32 != BPF_FIB_LKUP_RET_SUCCESS || params.ifindex != fan.bridge_ifindex {
+    if ret != BPF_FIB_LKUP_RET_SUCCESS || params.ifindex != fan.bridge_ifindex {
         return Err(StatReason::PortPassed);
     }
     Ok(Hop::RoutedTo {
